@@ -1,0 +1,38 @@
+# segmentd: build, run, test and benchmark.
+GO ?= go
+
+.PHONY: all build run test unit bench fmt vet lint clean
+
+all: build
+
+## build: segmentd and segmentctl into bin/
+build:
+	$(GO) build -o bin/segmentd ./cmd/segmentd
+	$(GO) build -o bin/segmentctl ./cmd/segmentctl
+
+## run: segmentd on the embedded default (in-process Kafka and Redis)
+run:
+	$(GO) run ./cmd/segmentd
+
+## test: unit and integration tests with -race against real Kafka 4.x and Redis,
+## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards
+test:
+	scripts/test-servers.sh run -- $(GO) test -race -count=1 -timeout 14m ./...
+
+## unit: tests that need no servers (integration tests skip)
+unit:
+	$(GO) test -count=1 ./...
+
+## bench: every benchmark of BENCHMARKS.md, against real servers
+bench:
+	scripts/test-servers.sh run -- scripts/bench.sh
+
+fmt:
+	gofmt -l -w .
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
+
+clean:
+	rm -rf bin

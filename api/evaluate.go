@@ -1,0 +1,137 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/segmentd/segmentd/segment"
+)
+
+// evaluationJSON is the answer of POST /v1/segments/{id}/evaluate.
+type evaluationJSON struct {
+	Member  bool            `json:"member"`
+	Include []criterionEval `json:"include"`
+	Exclude []criterionEval `json:"exclude"`
+}
+
+// criterionEval is the outcome of one criterion: the criterion, whether it
+// matched, whether the field was present (and not null), and the value seen
+// there (null when missing).
+type criterionEval struct {
+	Criterion criterionJSON
+	Matched   bool
+	Present   bool
+	Seen      any
+}
+
+// MarshalJSON writes {"field", "operator", "value", "matched", "present",
+// "seen"}, with "value" only when the criterion has one.
+func (c criterionEval) MarshalJSON() ([]byte, error) {
+	if !c.Criterion.HasValue {
+		return json.Marshal(struct {
+			Field    string `json:"field"`
+			Operator string `json:"operator"`
+			Matched  bool   `json:"matched"`
+			Present  bool   `json:"present"`
+			Seen     any    `json:"seen"`
+		}{c.Criterion.Field, c.Criterion.Operator, c.Matched, c.Present, c.Seen})
+	}
+	return json.Marshal(struct {
+		Field    string `json:"field"`
+		Operator string `json:"operator"`
+		Value    any    `json:"value"`
+		Matched  bool   `json:"matched"`
+		Present  bool   `json:"present"`
+		Seen     any    `json:"seen"`
+	}{c.Criterion.Field, c.Criterion.Operator, c.Criterion.Value, c.Matched, c.Present, c.Seen})
+}
+
+func evalsOut(results []segment.CriterionResult) []criterionEval {
+	out := make([]criterionEval, len(results))
+	for i, cr := range results {
+		out[i] = criterionEval{Criterion: criterionOut(cr.Criterion), Matched: cr.Matched, Present: cr.Present, Seen: cr.Value}
+	}
+	return out
+}
+
+// evaluate serves POST /v1/segments/{id}/evaluate with {"userId": "…"} (the
+// stored profile) or {"profile": {…}}: whether the user is a member, and the
+// outcome of each criterion. A static segment answers from its list, for a
+// userId only.
+func (s *Server) evaluate(w http.ResponseWriter, r *http.Request) {
+	d, err := s.visibleSegment(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	obj, err := s.readObject(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var fe fieldErrors
+	checkKeys(&fe, "", obj, map[string]bool{"userId": true, "profile": true}, nil)
+	var userID string
+	rawUser, hasUser := obj["userId"]
+	if hasUser {
+		userID, _ = decodeString(&fe, "userId", rawUser, false)
+		if userID == "" && len(fe) == 0 {
+			fe.add("userId", "userId must not be empty")
+		}
+	}
+	var profile segment.Profile
+	rawProfile, hasProfile := obj["profile"]
+	if hasProfile {
+		if string(rawProfile) == "null" || json.Unmarshal(rawProfile, &profile) != nil {
+			fe.add("profile", "profile must be a JSON object")
+		}
+	}
+	switch {
+	case hasUser && hasProfile:
+		fe.add("profile", "give either userId or profile, not both")
+	case !hasUser && !hasProfile:
+		fe.add("userId", "userId or profile is required")
+	case d.Type == segment.TypeStatic && hasProfile:
+		fe.add("profile", "a static segment is evaluated by userId: its members are a list of user ids")
+	}
+	if err := fe.err(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+
+	if d.Type == segment.TypeStatic {
+		member, err := s.sets.IsMember(r.Context(), d.OrgID, d.ID, userID)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, evaluationJSON{Member: member, Include: []criterionEval{}, Exclude: []criterionEval{}})
+		return
+	}
+
+	if hasUser {
+		if s.profiles == nil {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "stored profiles are not available; evaluate a profile given in the body", nil)
+			return
+		}
+		p, ok, err := s.profiles.Profile(r.Context(), d.OrgID, userID)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if !ok {
+			writeError(w, http.StatusNotFound, codeUserNotFound, fmt.Sprintf("user %s has no stored profile", userID), nil)
+			return
+		}
+		profile = p
+	}
+	rule, err := segment.Compile(d.Criteria)
+	if err != nil {
+		s.log.Error("stored criteria do not compile", "org", d.OrgID, "segment", d.ID, "err", err)
+		writeError(w, http.StatusInternalServerError, codeInternal, "the segment's stored criteria do not compile", nil)
+		return
+	}
+	e := rule.Explain(profile, s.now())
+	writeJSON(w, http.StatusOK, evaluationJSON{Member: e.Member, Include: evalsOut(e.Include), Exclude: evalsOut(e.Exclude)})
+}

@@ -1,0 +1,420 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// Paging bounds of GET /v1/segments.
+const (
+	defaultSegmentsLimit = 50
+	maxSegmentsLimit     = 100
+)
+
+// listSegments serves GET /v1/segments?limit=&type=&cursor=.
+func (s *Server) listSegments(w http.ResponseWriter, r *http.Request) {
+	org := orgOf(r.Context())
+	q := r.URL.Query()
+	var fe fieldErrors
+	limit, ok := parseLimit(&fe, q.Get("limit"), defaultSegmentsLimit, maxSegmentsLimit)
+	typ := segment.Type(q.Get("type"))
+	if typ != "" && typ != segment.TypeStatic && typ != segment.TypeDynamic {
+		fe.add("type", `type must be "static" or "dynamic"`)
+		ok = false
+	}
+	if !ok {
+		s.fail(w, r, fe.err())
+		return
+	}
+	defs, next, err := s.defs.List(r.Context(), org, membership.ListOptions{Limit: limit, Type: typ, Cursor: q.Get("cursor")})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ids := make([]string, len(defs))
+	for i, d := range defs {
+		ids[i] = d.ID
+	}
+	sizes, err := s.sets.Sizes(r.Context(), org, ids)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := make([]segmentJSON, len(defs))
+	for i, d := range defs {
+		// Lists leave out static user ids (up to 100,000 per segment);
+		// GET /v1/segments/{id} or its members carry them.
+		out[i] = segmentOut(d, sizes[d.ID], nil)
+	}
+	writeJSON(w, http.StatusOK, page(out, next))
+}
+
+// sortedCopy returns ids sorted, in a new slice.
+func sortedCopy(ids []string) []string {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return out
+}
+
+// writeTimeout bounds the work of a call that writes membership.
+const writeTimeout = 5 * time.Minute
+
+// writeContext returns the context of a call that writes: it is not
+// canceled when the client goes away, so that a write once begun is not cut
+// in the middle by a disconnect.
+func writeContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
+}
+
+// parseLimit parses the limit query parameter: def when empty, else an
+// integer from 1 to max.
+func parseLimit(fe *fieldErrors, v string, def, max int) (int, bool) {
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > max {
+		fe.add("limit", fmt.Sprintf("limit must be an integer from 1 to %d", max))
+		return 0, false
+	}
+	return n, true
+}
+
+// createSegment serves POST /v1/segments.
+func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
+	org := orgOf(r.Context())
+	b, err := s.decodeSegmentBody(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var fe fieldErrors
+	if b.Name == nil {
+		fe.add("name", "name is required")
+	}
+	if b.Type == nil {
+		fe.add("type", `type is required: "static" or "dynamic"`)
+	} else {
+		switch segment.Type(*b.Type) {
+		case segment.TypeDynamic:
+			if b.Criteria == nil {
+				fe.add("criteria", "criteria are required for a dynamic segment")
+			}
+		case segment.TypeStatic:
+			if b.UserIDs == nil {
+				fe.add("userIds", "userIds are required for a static segment (an empty list is allowed)")
+			}
+		}
+	}
+	if err := fe.err(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	now := s.now().UTC()
+	d := segment.Definition{
+		OrgID:     org,
+		Name:      *b.Name,
+		Type:      segment.Type(*b.Type),
+		UserIDs:   b.UserIDs,
+		CreatedAt: now,
+		UpdatedAt: now,
+	}
+	if b.Description != nil {
+		d.Description = *b.Description
+	}
+	if b.URL != nil {
+		d.URL = *b.URL
+	}
+	if b.Criteria != nil {
+		d.Criteria = *b.Criteria
+	}
+	d.Normalize()
+	if err := d.Validate(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	userIDs := d.UserIDs
+	d.Status = segment.StatusBuilding
+	d.EstimatedSize = 0
+	if d.Type == segment.TypeStatic {
+		d.Status = segment.StatusReady
+		d.EstimatedSize = int64(len(userIDs))
+		d.Criteria = segment.Criteria{}
+	}
+	ctx, cancel := writeContext(r)
+	defer cancel()
+	created, err := s.defs.Create(ctx, d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var size int64
+	if created.Type == segment.TypeStatic {
+		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
+			s.rollbackCreate(created, userIDs, now)
+			s.fail(w, r, err)
+			return
+		}
+		size = int64(len(userIDs))
+		userIDs = sortedCopy(userIDs)
+	}
+	w.Header().Set("Location", "/v1/segments/"+created.ID)
+	writeJSON(w, http.StatusCreated, segmentOut(created, size, userIDs))
+}
+
+// writeStaticList makes a static segment's members exactly userIDs:
+// it plans the changes, publishes them, then writes them. A failed write is
+// reported; retrying the same request publishes the same events again
+// (deterministic ids) and finishes the write.
+func (s *Server) writeStaticList(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) error {
+	cause := membership.StaticCause(d.ID, d.Generation, userIDs, nil)
+	changes, err := s.sets.PlanReplace(ctx, d.OrgID, d.ID, userIDs, cause, now)
+	if err != nil {
+		return err
+	}
+	return s.publishThenApply(ctx, changes)
+}
+
+// publishThenApply publishes changes, then writes them to the membership
+// sets, so that no change is written without being published.
+func (s *Server) publishThenApply(ctx context.Context, changes []events.Change) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := s.publish(ctx, changes); err != nil {
+		return err
+	}
+	if err := s.sets.Apply(ctx, changes); err != nil {
+		return fmt.Errorf("write membership: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) publish(ctx context.Context, changes []events.Change) error {
+	if s.pub == nil || len(changes) == 0 {
+		return nil
+	}
+	if err := s.pub.Publish(ctx, changes); err != nil {
+		return fmt.Errorf("publish %d membership changes: %w", len(changes), err)
+	}
+	return nil
+}
+
+// rollbackCreate removes a static segment whose list could not be written,
+// so that the client's retry does not leave a second segment behind. The
+// entries may have been published in part, so every one is answered with an
+// exit (the same exits a deletion publishes). It runs on its own context:
+// the request's may be what failed.
+func (s *Server) rollbackCreate(d segment.Definition, userIDs []string, now time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	exits := make([]events.Change, len(userIDs))
+	for i, u := range userIDs {
+		exits[i] = events.Change{OrgID: d.OrgID, SegmentID: d.ID, UserID: u, At: now, Cause: membership.DeleteCause(d.ID)}
+	}
+	err := s.publish(ctx, exits)
+	if err == nil {
+		err = s.removeSegment(ctx, d, now)
+	}
+	if err != nil {
+		s.log.Error("roll back a static segment whose list could not be written; delete it to clean up",
+			"org", d.OrgID, "segment", d.ID, "err", err)
+	}
+}
+
+// getSegment serves GET /v1/segments/{id}.
+func (s *Server) getSegment(w http.ResponseWriter, r *http.Request) {
+	d, err := s.visibleSegment(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out, err := s.present(r.Context(), d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// visibleSegment returns the segment named by the path for the request's
+// organisation; another organisation's segment, or one being deleted, is
+// not found.
+func (s *Server) visibleSegment(r *http.Request) (segment.Definition, error) {
+	d, err := s.defs.Get(r.Context(), orgOf(r.Context()), r.PathValue("id"))
+	if errors.Is(err, membership.ErrNotFound) || (err == nil && d.Status == segment.StatusDeleting) {
+		return segment.Definition{}, errNotFound
+	}
+	return d, err
+}
+
+// present returns the full JSON of a segment: its exact size and, for a
+// static segment, its list.
+func (s *Server) present(ctx context.Context, d segment.Definition) (segmentJSON, error) {
+	if d.Type == segment.TypeStatic {
+		ids, err := s.sets.AllMembers(ctx, d.OrgID, d.ID)
+		if err != nil {
+			return segmentJSON{}, err
+		}
+		return segmentOut(d, int64(len(ids)), ids), nil
+	}
+	sizes, err := s.sets.Sizes(ctx, d.OrgID, []string{d.ID})
+	if err != nil {
+		return segmentJSON{}, err
+	}
+	return segmentOut(d, sizes[d.ID], nil), nil
+}
+
+// replaceSegment serves PUT /v1/segments/{id}: the fields given replace
+// name, description, url and criteria (dynamic) or userIds (static); fields
+// left out keep their values, and the type cannot change. New criteria bump
+// the generation and put the segment back to building; a new static list is
+// published and written as a diff.
+func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
+	cur, err := s.visibleSegment(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	b, err := s.decodeSegmentBody(w, r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var fe fieldErrors
+	if b.Type != nil && segment.Type(*b.Type) != cur.Type {
+		fe.add("type", fmt.Sprintf("the type of a segment cannot change (it is %s)", cur.Type))
+	}
+	if cur.Type == segment.TypeStatic && b.Criteria != nil {
+		fe.add("criteria", "criteria are only allowed for dynamic segments")
+	}
+	if cur.Type == segment.TypeDynamic && b.UserIDs != nil {
+		fe.add("userIds", "userIds are only allowed for static segments")
+	}
+	if err := fe.err(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// apply puts the body's fields on d; it runs again on every
+	// compare-and-set retry, on the definition as freshly read.
+	apply := func(d *segment.Definition) {
+		if b.Name != nil {
+			d.Name = *b.Name
+		}
+		if b.Description != nil {
+			d.Description = *b.Description
+		}
+		if b.URL != nil {
+			d.URL = *b.URL
+		}
+		if b.Criteria != nil {
+			d.Criteria = *b.Criteria
+		}
+		d.Normalize()
+	}
+	next := cur
+	apply(&next)
+	next.UserIDs = b.UserIDs
+	next.Normalize()
+	if err := next.Validate(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	userIDs := next.UserIDs
+	now := s.now().UTC()
+	ctx, cancel := writeContext(r)
+	defer cancel()
+	var newSize int64
+	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
+		if err := s.writeStaticList(ctx, cur, userIDs, now); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		newSize = int64(len(userIDs))
+	}
+	updated, err := s.defs.Update(ctx, cur.OrgID, cur.ID, func(d *segment.Definition) error {
+		if d.Status == segment.StatusDeleting {
+			return membership.ErrNotFound
+		}
+		before := *d
+		apply(d)
+		switch {
+		case d.Type == segment.TypeDynamic && !sameCriteria(before.Criteria, d.Criteria):
+			d.Generation++
+			d.Status = segment.StatusBuilding
+		case d.Type == segment.TypeStatic && b.UserIDs != nil:
+			// Every list change moves the generation, so that the same
+			// request made again later is told apart from a retry.
+			d.Generation++
+			d.EstimatedSize = newSize
+		case d.Name == before.Name && d.Description == before.Description && d.URL == before.URL:
+			return membership.ErrUnchanged
+		}
+		d.UpdatedAt = now
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out, err := s.present(ctx, updated)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// sameCriteria reports whether a and b are the same criteria, values
+// compared as JSON.
+func sameCriteria(a, b segment.Criteria) bool {
+	ja, erra := json.Marshal(criteriaOut(a))
+	jb, errb := json.Marshal(criteriaOut(b))
+	return erra == nil && errb == nil && string(ja) == string(jb)
+}
+
+// deleteSegment serves DELETE /v1/segments/{id}: it hides the segment, then
+// publishes an exit for every member and removes the membership chunk by
+// chunk, then deletes the definition. A failure answers 503 and the client's
+// retry continues where it stopped.
+func (s *Server) deleteSegment(w http.ResponseWriter, r *http.Request) {
+	org := orgOf(r.Context())
+	ctx, cancel := writeContext(r)
+	defer cancel()
+	d, err := s.defs.Get(ctx, org, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.removeSegment(ctx, d, s.now().UTC()); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// removeSegment deletes a segment and its membership.
+func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now time.Time) error {
+	if d.Status != segment.StatusDeleting {
+		if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
+			return err
+		}
+	}
+	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
+		return err
+	}
+	if err := s.defs.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,318 @@
+// Package api is segmentd's HTTP API: the /v1 segment, membership and
+// evaluation calls of the contract, their authentication by API key, JSON
+// errors, Prometheus request metrics, the operational endpoints (/healthz,
+// /readyz, /metrics) and the OpenAPI document served at /v1/openapi.json.
+//
+// The package is thin: it translates HTTP into calls of the segment and
+// membership packages, which decide.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// DefaultMaxBodyBytes bounds request bodies when Config.MaxBodyBytes is zero:
+// 8 MiB, room for a static list of 100,000 user ids.
+const DefaultMaxBodyBytes = 8 << 20
+
+// DefinitionStore keeps segment definitions. *membership.Definitions
+// satisfies it.
+type DefinitionStore interface {
+	// Create stores a new definition, assigning its id; it fails with
+	// membership.ErrLimitExceeded at the per-organisation limit.
+	Create(ctx context.Context, d segment.Definition) (segment.Definition, error)
+	// Get returns one definition or membership.ErrNotFound.
+	Get(ctx context.Context, org, id string) (segment.Definition, error)
+	// GetMany returns the definitions of ids that exist, by id.
+	GetMany(ctx context.Context, org string, ids []string) (map[string]segment.Definition, error)
+	// List returns a page of an organisation's definitions and the next cursor.
+	List(ctx context.Context, org string, opts membership.ListOptions) ([]segment.Definition, string, error)
+	// Update changes a definition with compare-and-set.
+	Update(ctx context.Context, org, id string, fn func(*segment.Definition) error) (segment.Definition, error)
+	// MarkDeleting hides a definition while its membership is removed.
+	MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error)
+	// Delete removes a definition.
+	Delete(ctx context.Context, org, id string) error
+}
+
+// MembershipStore reads and writes the public membership sets.
+// *membership.Sets satisfies it.
+type MembershipStore interface {
+	// Members returns a page of a segment's user ids and the next cursor.
+	Members(ctx context.Context, org, seg string, limit int, cursor string) ([]string, string, error)
+	// AllMembers returns every user id of a (static) segment, sorted.
+	AllMembers(ctx context.Context, org, seg string) ([]string, error)
+	// IsMember reports whether a user is in a segment.
+	IsMember(ctx context.Context, org, seg, user string) (bool, error)
+	// UserSegments returns the ids of the segments a user is in.
+	UserSegments(ctx context.Context, org, user string) ([]string, error)
+	// Sizes returns the exact size of each segment.
+	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
+	// PlanReplace computes the changes that make a static list userIDs.
+	PlanReplace(ctx context.Context, org, seg string, userIDs []string, cause events.Cause, at time.Time) ([]events.Change, error)
+	// PlanEdit computes the changes of adding and removing user ids, and
+	// returns the size before them.
+	PlanEdit(ctx context.Context, org, seg string, add, remove []string, cause events.Cause, at time.Time) ([]events.Change, int64, error)
+	// Apply writes changes to the membership sets.
+	Apply(ctx context.Context, changes []events.Change) error
+	// DeleteSegment removes a segment's membership, publishing the exits
+	// chunk by chunk before writing them.
+	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)
+}
+
+// ProfileSource reads stored user profiles, for evaluation by user id.
+type ProfileSource interface {
+	// Profile returns a user's profile; false when the user has none.
+	Profile(ctx context.Context, orgID, userID string) (segment.Profile, bool, error)
+}
+
+// Publisher publishes membership changes to the change topic. Publishing the
+// same change twice must be harmless: events carry deterministic ids.
+type Publisher interface {
+	// Publish returns once every change is durably published.
+	Publish(ctx context.Context, changes []events.Change) error
+}
+
+// Config configures a Server. Definitions and Membership are required; the
+// rest has defaults.
+type Config struct {
+	// Definitions stores segment definitions.
+	Definitions DefinitionStore
+	// Membership reads and writes the membership sets.
+	Membership MembershipStore
+	// Profiles reads stored profiles for POST /v1/segments/{id}/evaluate
+	// with a userId; nil answers such calls with 503.
+	Profiles ProfileSource
+	// Publisher publishes the membership changes of static lists and of
+	// deletions before they are written; nil publishes nothing.
+	Publisher Publisher
+	// Keys maps each API key to the organisation it authenticates (the
+	// orgId:key pairs of SEGMENTD_API_KEYS). Only their SHA-256 hashes are
+	// kept; empty keys are ignored.
+	Keys map[string]string
+	// Ready reports whether the service can serve (Kafka and Redis reachable,
+	// definitions loaded); nil is always ready.
+	Ready func(ctx context.Context) error
+	// Metrics serves /metrics; nil serves the default Prometheus gatherer.
+	Metrics http.Handler
+	// Registerer receives the HTTP request metrics; nil registers them
+	// nowhere.
+	Registerer prometheus.Registerer
+	// Logger logs server errors; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// MaxBodyBytes bounds request bodies (413 past it); zero is
+	// DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+}
+
+// Server is the HTTP API. It is an http.Handler, safe for concurrent use.
+type Server struct {
+	defs     DefinitionStore
+	sets     MembershipStore
+	profiles ProfileSource
+	pub      Publisher
+	keys     []keyEntry
+	ready    func(ctx context.Context) error
+	metricsH http.Handler
+	log      *slog.Logger
+	now      func() time.Time
+	maxBody  int64
+	metrics  *httpMetrics
+	mux      *http.ServeMux
+}
+
+// keyEntry is one API key, kept as its SHA-256 hash.
+type keyEntry struct {
+	hash [sha256.Size]byte
+	org  string
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	s := &Server{
+		defs:     cfg.Definitions,
+		sets:     cfg.Membership,
+		profiles: cfg.Profiles,
+		pub:      cfg.Publisher,
+		ready:    cfg.Ready,
+		metricsH: cfg.Metrics,
+		log:      cfg.Logger,
+		now:      cfg.Now,
+		maxBody:  cfg.MaxBodyBytes,
+		mux:      http.NewServeMux(),
+	}
+	for key, org := range cfg.Keys {
+		if key == "" || org == "" {
+			continue
+		}
+		s.keys = append(s.keys, keyEntry{hash: sha256.Sum256([]byte(key)), org: org})
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.maxBody <= 0 {
+		s.maxBody = DefaultMaxBodyBytes
+	}
+	if s.metricsH == nil {
+		s.metricsH = promhttp.Handler()
+	}
+	s.metrics = newHTTPMetrics(cfg.Registerer, s.log)
+	for _, rt := range s.routes() {
+		h := rt.handler
+		if rt.auth {
+			h = s.authenticate(h)
+		}
+		s.mux.Handle(rt.method+" "+rt.path, s.instrument(rt.path, s.recoverPanics(h)))
+	}
+	return s
+}
+
+// route is one registered call. The OpenAPI test checks that the document
+// describes exactly these.
+type route struct {
+	method  string
+	path    string
+	auth    bool
+	handler http.HandlerFunc
+}
+
+// routes lists every call of the API. Each new call is one row here, a
+// handler, and its description in openapi.json.
+func (s *Server) routes() []route {
+	return []route{
+		// Segments.
+		{http.MethodGet, "/v1/segments", true, s.listSegments},
+		{http.MethodPost, "/v1/segments", true, s.createSegment},
+		{http.MethodGet, "/v1/segments/{id}", true, s.getSegment},
+		{http.MethodPut, "/v1/segments/{id}", true, s.replaceSegment},
+		{http.MethodDelete, "/v1/segments/{id}", true, s.deleteSegment},
+
+		// Membership and explanation.
+		{http.MethodGet, "/v1/segments/{id}/members", true, s.listMembers},
+		{http.MethodPost, "/v1/segments/{id}/members", true, s.editMembers},
+		{http.MethodGet, "/v1/segments/{id}/members/{userId}", true, s.isMember},
+		{http.MethodGet, "/v1/users/{userId}/segments", true, s.userSegments},
+		{http.MethodPost, "/v1/segments/{id}/evaluate", true, s.evaluate},
+
+		// Audience: POST /v1/audience/search is added here by its owner.
+
+		// Without authentication.
+		{http.MethodGet, "/v1/openapi.json", false, s.openAPI},
+		{http.MethodGet, "/healthz", false, s.healthz},
+		{http.MethodGet, "/readyz", false, s.readyz},
+		{http.MethodGet, "/metrics", false, s.serveMetrics},
+	}
+}
+
+// ServeHTTP serves the API. Calls that match no route are answered with a
+// JSON 404, or 405 when the path exists for other methods.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.mux.Handler(r); pattern != "" {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	// Let the mux decide between 404, 405 and a redirect to a clean path,
+	// then answer 404 and 405 in JSON.
+	start := time.Now()
+	rec := &recordingWriter{header: http.Header{}}
+	s.mux.ServeHTTP(rec, r)
+	code := rec.code
+	switch code {
+	case http.StatusNotFound:
+		writeError(w, http.StatusNotFound, codeNotFound, "no such route", nil)
+	case http.StatusMethodNotAllowed:
+		if allow := rec.header.Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		writeError(w, http.StatusMethodNotAllowed, codeMethodNotAllowed, "method "+r.Method+" is not allowed here", nil)
+	default:
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(code)
+		_, _ = w.Write(rec.body)
+	}
+	s.metrics.observe("unmatched", r.Method, code, time.Since(start))
+}
+
+// recordingWriter keeps what the mux answers to an unmatched call.
+type recordingWriter struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (w *recordingWriter) Header() http.Header { return w.header }
+
+func (w *recordingWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+
+func (w *recordingWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	w.body = append(w.body, b...)
+	return len(b), nil
+}
+
+// recoverPanics answers a panicking handler with a JSON 500 instead of a
+// dropped connection, and logs it.
+func (s *Server) recoverPanics(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("handler panicked", "method", r.Method, "route", r.Pattern, "panic", v)
+				writeError(w, http.StatusInternalServerError, codeInternal, "internal error", nil)
+			}
+		}()
+		h(w, r)
+	}
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.ready(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "not ready: "+err.Error(), nil)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	s.metricsH.ServeHTTP(w, r)
+}
+
+// The Redis stores satisfy the interfaces.
+var (
+	_ DefinitionStore = (*membership.Definitions)(nil)
+	_ MembershipStore = (*membership.Sets)(nil)
+)

@@ -1,0 +1,338 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/segmentd/segmentd/segment"
+)
+
+// This file holds the wire types of the HTTP bodies, kept apart from the
+// domain types, and their strict decoding: unknown fields, fields that the
+// server owns and values of the wrong JSON type are 400s naming the field.
+
+// serverOwned are the segment fields that only the server sets.
+var serverOwned = map[string]bool{
+	"id": true, "size": true, "estimatedSize": true, "status": true,
+	"createdAt": true, "updatedAt": true, "generation": true, "orgId": true,
+}
+
+// timeFormat is how instants are written: RFC 3339 in UTC with milliseconds.
+const timeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// readObject reads the request body, bounded by the server's limit, as one
+// JSON object and returns its members, raw.
+func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]json.RawMessage, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err
+		}
+		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "could not read the request body"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var obj map[string]json.RawMessage
+	if err := dec.Decode(&obj); err != nil {
+		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "the request body is not a JSON object: " + jsonProblem(err)}
+	}
+	if obj == nil {
+		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "the request body must be a JSON object, not null"}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "the request body has data after the JSON object"}
+	}
+	return obj, nil
+}
+
+// jsonProblem describes a decoding error without Go type names.
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("%s (at byte %d)", se.Error(), se.Offset)
+	case errors.As(err, &te):
+		return "got " + te.Value
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of the body"
+	}
+	return err.Error()
+}
+
+// fieldErrors collects the problems of one request body.
+type fieldErrors []errorDetail
+
+func (fe *fieldErrors) add(field, msg string) {
+	*fe = append(*fe, errorDetail{Field: field, Message: msg})
+}
+
+func (fe fieldErrors) err() error {
+	if len(fe) == 0 {
+		return nil
+	}
+	return invalid("the request is invalid", fe...)
+}
+
+// checkKeys reports unknown and server-owned members of obj, located under
+// prefix, in a stable order.
+func checkKeys(fe *fieldErrors, prefix string, obj map[string]json.RawMessage, known map[string]bool, owned map[string]bool) {
+	keys := make([]string, 0, len(obj))
+	for k := range obj {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case owned[k]:
+			fe.add(prefix+k, k+" is set by the server and cannot be given")
+		case !known[k]:
+			fe.add(prefix+k, "unknown field "+k)
+		}
+	}
+}
+
+// decodeString decodes a JSON string; nullable also accepts null as "".
+func decodeString(fe *fieldErrors, field string, raw json.RawMessage, nullable bool) (string, bool) {
+	if nullable && string(raw) == "null" {
+		return "", true
+	}
+	var s string
+	if string(raw) == "null" || json.Unmarshal(raw, &s) != nil {
+		fe.add(field, field+" must be a string")
+		return "", false
+	}
+	return s, true
+}
+
+// decodeStrings decodes a JSON array of strings.
+func decodeStrings(fe *fieldErrors, field string, raw json.RawMessage) ([]string, bool) {
+	var ss []string
+	if string(raw) == "null" || json.Unmarshal(raw, &ss) != nil {
+		fe.add(field, field+" must be an array of strings")
+		return nil, false
+	}
+	if ss == nil {
+		ss = []string{}
+	}
+	return ss, true
+}
+
+// segmentBody is the body of POST and PUT /v1/segments: a field is nil when
+// absent.
+type segmentBody struct {
+	Name        *string
+	Description *string
+	URL         *string
+	Type        *string
+	Criteria    *segment.Criteria
+	UserIDs     []string // nil when absent
+}
+
+var segmentBodyFields = map[string]bool{
+	"name": true, "description": true, "url": true, "type": true, "criteria": true, "userIds": true,
+}
+
+// decodeSegmentBody reads and checks a segment body.
+func (s *Server) decodeSegmentBody(w http.ResponseWriter, r *http.Request) (segmentBody, error) {
+	obj, err := s.readObject(w, r)
+	if err != nil {
+		return segmentBody{}, err
+	}
+	var fe fieldErrors
+	checkKeys(&fe, "", obj, segmentBodyFields, serverOwned)
+	var b segmentBody
+	str := func(field string, nullable bool) *string {
+		raw, ok := obj[field]
+		if !ok {
+			return nil
+		}
+		v, ok := decodeString(&fe, field, raw, nullable)
+		if !ok {
+			return nil
+		}
+		return &v
+	}
+	b.Name = str("name", false)
+	b.Description = str("description", true)
+	b.URL = str("url", true)
+	b.Type = str("type", false)
+	if raw, ok := obj["criteria"]; ok {
+		if c, ok := decodeCriteria(&fe, "criteria", raw); ok {
+			b.Criteria = &c
+		}
+	}
+	if raw, ok := obj["userIds"]; ok {
+		b.UserIDs, _ = decodeStrings(&fe, "userIds", raw)
+	}
+	return b, fe.err()
+}
+
+// decodeCriteria decodes {"include": [...], "exclude": [...]}; a missing list
+// is empty.
+func decodeCriteria(fe *fieldErrors, field string, raw json.RawMessage) (segment.Criteria, bool) {
+	var obj map[string]json.RawMessage
+	if string(raw) == "null" || json.Unmarshal(raw, &obj) != nil {
+		fe.add(field, field+` must be an object {"include": [...], "exclude": [...]}`)
+		return segment.Criteria{}, false
+	}
+	n := len(*fe)
+	checkKeys(fe, field+".", obj, map[string]bool{"include": true, "exclude": true}, nil)
+	c := segment.Criteria{Include: []segment.Criterion{}, Exclude: []segment.Criterion{}}
+	for _, part := range []struct {
+		name string
+		out  *[]segment.Criterion
+	}{{"include", &c.Include}, {"exclude", &c.Exclude}} {
+		raw, ok := obj[part.name]
+		if !ok {
+			continue
+		}
+		at := field + "." + part.name
+		var items []json.RawMessage
+		if string(raw) == "null" || json.Unmarshal(raw, &items) != nil {
+			fe.add(at, at+" must be an array of criteria")
+			continue
+		}
+		for i, item := range items {
+			cr, _ := decodeCriterion(fe, fmt.Sprintf("%s[%d]", at, i), item)
+			*part.out = append(*part.out, cr)
+		}
+	}
+	return c, len(*fe) == n
+}
+
+// decodeCriterion decodes {"field", "operator", "value"}; HasValue is set
+// when "value" is present, even as null. Numbers decode as float64.
+func decodeCriterion(fe *fieldErrors, at string, raw json.RawMessage) (segment.Criterion, bool) {
+	var obj map[string]json.RawMessage
+	if string(raw) == "null" || json.Unmarshal(raw, &obj) != nil {
+		fe.add(at, at+` must be an object {"field", "operator", "value"}`)
+		return segment.Criterion{}, false
+	}
+	n := len(*fe)
+	checkKeys(fe, at+".", obj, map[string]bool{"field": true, "operator": true, "value": true}, nil)
+	var c segment.Criterion
+	if raw, ok := obj["field"]; ok {
+		c.Field, _ = decodeString(fe, at+".field", raw, false)
+	}
+	if raw, ok := obj["operator"]; ok {
+		c.Operator, _ = decodeString(fe, at+".operator", raw, false)
+	}
+	if raw, ok := obj["value"]; ok {
+		c.HasValue = true
+		if err := json.Unmarshal(raw, &c.Value); err != nil {
+			fe.add(at+".value", "value is not valid JSON")
+		}
+	}
+	return c, len(*fe) == n
+}
+
+// segmentJSON is a segment as the API shows it.
+type segmentJSON struct {
+	ID            string        `json:"id"`
+	Name          string        `json:"name"`
+	Description   *string       `json:"description"`
+	Type          string        `json:"type"`
+	Criteria      *criteriaJSON `json:"criteria,omitempty"`
+	UserIDs       *[]string     `json:"userIds,omitempty"`
+	URL           *string       `json:"url"`
+	EstimatedSize int64         `json:"estimatedSize"`
+	Size          int64         `json:"size"`
+	Status        string        `json:"status"`
+	CreatedAt     string        `json:"createdAt"`
+	UpdatedAt     string        `json:"updatedAt"`
+}
+
+type criteriaJSON struct {
+	Include []criterionJSON `json:"include"`
+	Exclude []criterionJSON `json:"exclude"`
+}
+
+// criterionJSON is a criterion as shown; "value" is left out when the
+// criterion has none.
+type criterionJSON struct {
+	Field    string
+	Operator string
+	Value    any
+	HasValue bool
+}
+
+// MarshalJSON writes {"field", "operator", "value"}, with "value" exactly when
+// the criterion has one, null included.
+func (c criterionJSON) MarshalJSON() ([]byte, error) {
+	if !c.HasValue {
+		return json.Marshal(struct {
+			Field    string `json:"field"`
+			Operator string `json:"operator"`
+		}{c.Field, c.Operator})
+	}
+	return json.Marshal(struct {
+		Field    string `json:"field"`
+		Operator string `json:"operator"`
+		Value    any    `json:"value"`
+	}{c.Field, c.Operator, c.Value})
+}
+
+func criterionOut(c segment.Criterion) criterionJSON {
+	return criterionJSON{Field: c.Field, Operator: c.Operator, Value: c.Value, HasValue: c.HasValue || c.Value != nil}
+}
+
+func criteriaOut(c segment.Criteria) *criteriaJSON {
+	out := &criteriaJSON{Include: make([]criterionJSON, 0, len(c.Include)), Exclude: make([]criterionJSON, 0, len(c.Exclude))}
+	for _, cr := range c.Include {
+		out.Include = append(out.Include, criterionOut(cr))
+	}
+	for _, cr := range c.Exclude {
+		out.Exclude = append(out.Exclude, criterionOut(cr))
+	}
+	return out
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
+
+func optString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// segmentOut shows d with its exact size. userIDs is the list of a static
+// segment, nil to leave it out.
+func segmentOut(d segment.Definition, size int64, userIDs []string) segmentJSON {
+	out := segmentJSON{
+		ID: d.ID, Name: d.Name, Description: optString(d.Description), Type: string(d.Type),
+		URL: optString(d.URL), EstimatedSize: d.EstimatedSize, Size: size, Status: string(d.Status),
+		CreatedAt: formatTime(d.CreatedAt), UpdatedAt: formatTime(d.UpdatedAt),
+	}
+	switch d.Type {
+	case segment.TypeDynamic:
+		out.Criteria = criteriaOut(d.Criteria)
+	case segment.TypeStatic:
+		if userIDs != nil {
+			ids := slices.Clone(userIDs)
+			out.UserIDs = &ids
+		}
+	}
+	return out
+}
+
+// listJSON is a page of a list: {"data": [...], "nextCursor": "…" or null}.
+type listJSON[T any] struct {
+	Data       []T     `json:"data"`
+	NextCursor *string `json:"nextCursor"`
+}
+
+func page[T any](data []T, next string) listJSON[T] {
+	if data == nil {
+		data = []T{}
+	}
+	return listJSON[T]{Data: data, NextCursor: optString(next)}
+}

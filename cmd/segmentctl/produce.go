@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/kafkaio"
+)
+
+// produce sends JSON lines to the profile topic keyed by userId. A line that
+// is not valid JSON is still sent (unkeyed): segmentd dead-letters it with
+// the reason, which is what a producer's bad record would meet.
+func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("produce", flag.ContinueOnError)
+	file := fs.String("f", "-", "file of JSON lines, - for stdin")
+	topic := fs.String("topic", e.profileTopic, "topic to produce to")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	in := stdin
+	if *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	w := kafkaio.NewWriter(e.brokers)
+	defer w.Close()
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	var batch []kafka.Message
+	n := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := w.WriteMessages(ctx, batch...); err != nil {
+			return fmt.Errorf("produce: %w", err)
+		}
+		n += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		var k struct {
+			UserID string `json:"userId"`
+		}
+		_ = json.Unmarshal(line, &k) // an undecodable line goes unkeyed
+		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(k.UserID), Value: append([]byte(nil), line...), Time: time.Now()})
+		if len(batch) == 1000 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read input: %w", err)
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "produced %d events to %s\n", n, *topic)
+	return nil
+}

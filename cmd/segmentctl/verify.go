@@ -1,0 +1,37 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+)
+
+// verify recomputes every ready dynamic segment from the stored profiles and
+// prints each difference with Redis; any difference exits 1.
+func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	org := fs.String("org", "", "verify only this organisation")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rdb := membership.NewClient(e.redisAddrs)
+	defer rdb.Close()
+	diffs, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), time.Now(), *org)
+	if err != nil {
+		return err
+	}
+	for _, d := range diffs {
+		fmt.Fprintln(stdout, d)
+	}
+	if len(diffs) > 0 {
+		fmt.Fprintf(stdout, "%d differences\n", len(diffs))
+		return exitCode(1)
+	}
+	fmt.Fprintln(stdout, "no differences")
+	return nil
+}

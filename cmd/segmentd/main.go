@@ -1,0 +1,206 @@
+// Command segmentd is the segmentation daemon: the HTTP API, the profile
+// event processor and the background jobs, in one process. With no Kafka or
+// Redis configured it runs on embedded in-process stand-ins.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/segmentd/segmentd/api"
+	"github.com/segmentd/segmentd/config"
+	"github.com/segmentd/segmentd/embedded"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+)
+
+func main() {
+	ctx, stop := signalContext()
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, "segmentd:", err)
+		os.Exit(1)
+	}
+}
+
+// run wires segmentd and blocks until ctx ends, then shuts down in order:
+// stop fetching, finish and commit the batch in hand, stop the jobs and the
+// HTTP server, close the clients.
+func run(ctx context.Context, args []string, getenv func(string) string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("segmentd takes no arguments; configure it with SEGMENTD_* variables")
+	}
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	if cfg.Embedded() {
+		srv, err := embedded.Start(getenv("SEGMENTD_EMBEDDED_EPHEMERAL") == "1")
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		cfg.KafkaBrokers, cfg.RedisAddrs = srv.KafkaBrokers(), []string{srv.RedisAddr()}
+		cfg.Partitions = min(cfg.Partitions, 4)
+		if len(cfg.APIKeys) == 0 {
+			key, err := devKey()
+			if err != nil {
+				return err
+			}
+			cfg.APIKeys = map[string]string{key: "dev"}
+			// The dev key is printed on purpose: it is how a new user reaches the API.
+			fmt.Printf("segmentd embedded mode (in-memory; data is lost on exit)\n  dev API key (org \"dev\"): %s\n", key)
+		}
+		fmt.Printf("  embedded Kafka: %s\n  embedded Redis: %s\n", cfg.KafkaBrokers[0], cfg.RedisAddrs[0])
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	rdb := membership.NewClient(cfg.RedisAddrs)
+	defer rdb.Close()
+	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); err != nil {
+		return err
+	}
+	defs := membership.NewDefinitions(rdb)
+	users := membership.NewUsers(rdb)
+	scheds := membership.NewSchedules(rdb)
+	registry := processor.NewRegistry(defs, 250*time.Millisecond, log)
+
+	reader := kafkaio.NewReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
+	writer := kafkaio.NewWriter(cfg.KafkaBrokers)
+	metrics := processor.NewMetrics(reg)
+	proc := processor.New(processor.Config{
+		Fetcher: reader, Producer: writer, Users: users, Rules: registry, Scheduler: scheds,
+		MembershipTopic: cfg.MembershipTopic, DLQTopic: cfg.DLQTopic,
+		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, ShutdownTimeout: cfg.ShutdownTimeout,
+		Metrics: metrics, Logger: log,
+	})
+	publisher := kafkaio.NewPublisher(writer, cfg.MembershipTopic)
+
+	ready := func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		if err := kafkaio.Ping(ctx, cfg.KafkaBrokers); err != nil {
+			return fmt.Errorf("kafka: %w", err)
+		}
+		if !registry.Loaded() {
+			return errors.New("definitions not loaded")
+		}
+		if !proc.Healthy() {
+			return errors.New("processor is retrying a failing batch")
+		}
+		return nil
+	}
+	handler := api.New(api.Config{
+		Definitions: defs,
+		Membership:  membership.NewSets(rdb),
+		Profiles:    users,
+		Publisher:   publisher,
+		Keys:        cfg.APIKeys,
+		Ready:       ready,
+		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Registerer:  reg,
+		Logger:      log,
+	})
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	httpSrv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	fmt.Printf("segmentd API on http://%s\n", ln.Addr())
+	log.Info("segmentd started", "http", ln.Addr().String(), "kafka", cfg.KafkaBrokers, "redis", cfg.RedisAddrs, "group", cfg.GroupID)
+
+	if err := registry.Reload(ctx); err != nil {
+		log.Warn("first definitions load failed; retrying in the background", "err", err)
+	}
+
+	// Jobs stop when jobCtx ends; the processor stops fetching when ctx ends.
+	jobCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopJobs()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	goRun := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goRun("registry", func() error { return registry.Run(jobCtx) })
+	goRun("http", func() error {
+		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	procDone := make(chan struct{})
+	procCtx, stopProc := context.WithCancel(ctx)
+	defer stopProc()
+	go func() {
+		defer close(procDone)
+		if err := proc.Run(procCtx); err != nil {
+			errc <- fmt.Errorf("processor: %w", err)
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error("stopping after failure", "err", runErr)
+	}
+	log.Info("shutting down")
+	stopProc()
+	deadline := time.After(cfg.ShutdownTimeout)
+	select {
+	case <-procDone:
+	case <-deadline:
+		log.Warn("processor did not stop in time")
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(shutCtx)
+	stopJobs()
+	wg.Wait()
+	_ = reader.Close()
+	_ = writer.Close()
+	log.Info("stopped")
+	return runErr
+}
+
+func devKey() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("dev key: %w", err)
+	}
+	return "sk_dev_" + hex.EncodeToString(b), nil
+}

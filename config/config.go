@@ -1,0 +1,238 @@
+// Package config owns segmentd's configuration: the SEGMENTD_* environment
+// variables of the contract, parsed and validated once at start-up.
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is segmentd's validated configuration.
+type Config struct {
+	// HTTPAddr is the API listen address.
+	HTTPAddr string
+	// KafkaBrokers lists the brokers; empty means the embedded in-process broker.
+	KafkaBrokers []string
+	// RedisAddrs lists Redis nodes: one is standalone, several are a Redis Cluster;
+	// empty means the embedded in-process Redis.
+	RedisAddrs      []string
+	ProfileTopic    string
+	MembershipTopic string
+	DLQTopic        string
+	GroupID         string
+	// APIKeys maps API keys to organisation ids. Empty in embedded mode means
+	// one development key is generated and printed at start.
+	APIKeys map[string]string
+	// BatchSize is the most profile events processed in one batch.
+	BatchSize int
+	// BatchWait is how long a batch waits to fill before it is processed.
+	BatchWait time.Duration
+	// EstimateInterval is how often estimatedSize is refreshed.
+	EstimateInterval time.Duration
+	// ShutdownTimeout bounds the orderly shutdown.
+	ShutdownTimeout time.Duration
+	// Partitions is the partition count used when segmentd creates its topics.
+	Partitions int
+}
+
+// Embedded reports whether segmentd runs its in-process Kafka and Redis.
+func (c Config) Embedded() bool { return len(c.KafkaBrokers) == 0 || len(c.RedisAddrs) == 0 }
+
+// Var describes one configuration variable.
+type Var struct {
+	Name    string
+	Default string
+	Usage   string
+}
+
+// Vars lists every variable segmentd reads, in the order of the contract.
+var Vars = []Var{
+	{"SEGMENTD_HTTP_ADDR", "127.0.0.1:8080", "API listen address"},
+	{"SEGMENTD_KAFKA_BROKERS", "", "comma-separated brokers; empty: embedded in-process broker"},
+	{"SEGMENTD_REDIS_ADDRS", "", "comma-separated; one = standalone, several = Redis Cluster; empty: embedded in-process Redis"},
+	{"SEGMENTD_PROFILE_TOPIC", "profile-events", "input topic"},
+	{"SEGMENTD_MEMBERSHIP_TOPIC", "segment-membership", "output topic"},
+	{"SEGMENTD_DLQ_TOPIC", "profile-events-dlq", "undecodable or invalid input"},
+	{"SEGMENTD_GROUP_ID", "segmentd", "consumer group"},
+	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
+	{"SEGMENTD_BATCH_SIZE", "1000", "most profile events per processing batch"},
+	{"SEGMENTD_BATCH_WAIT", "20ms", "how long a batch waits to fill"},
+	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
+	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
+	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},
+}
+
+// Error is a configuration error naming the variable at fault.
+type Error struct {
+	Var    string
+	Value  string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config: %s=%q: %s", e.Var, e.Value, e.Reason)
+}
+
+// Load reads and validates segmentd's configuration through getenv.
+func Load(getenv func(string) string) (Config, error) { return load(getenv, true) }
+
+// LoadClient reads the configuration as a client such as segmentctl needs
+// it: the same variables, but no API keys are required.
+func LoadClient(getenv func(string) string) (Config, error) { return load(getenv, false) }
+
+func load(getenv func(string) string, daemon bool) (Config, error) {
+	get := func(name string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		for _, v := range Vars {
+			if v.Name == name {
+				return v.Default
+			}
+		}
+		return ""
+	}
+	var c Config
+	var err error
+	c.HTTPAddr = get("SEGMENTD_HTTP_ADDR")
+	if _, _, e := net.SplitHostPort(c.HTTPAddr); e != nil {
+		return c, &Error{"SEGMENTD_HTTP_ADDR", c.HTTPAddr, "want host:port"}
+	}
+	if c.KafkaBrokers, err = addrList("SEGMENTD_KAFKA_BROKERS", get("SEGMENTD_KAFKA_BROKERS")); err != nil {
+		return c, err
+	}
+	if c.RedisAddrs, err = addrList("SEGMENTD_REDIS_ADDRS", get("SEGMENTD_REDIS_ADDRS")); err != nil {
+		return c, err
+	}
+	for _, t := range []struct {
+		name string
+		dst  *string
+	}{
+		{"SEGMENTD_PROFILE_TOPIC", &c.ProfileTopic},
+		{"SEGMENTD_MEMBERSHIP_TOPIC", &c.MembershipTopic},
+		{"SEGMENTD_DLQ_TOPIC", &c.DLQTopic},
+	} {
+		v := get(t.name)
+		if !validTopic(v) {
+			return c, &Error{t.name, v, "a topic name is 1-249 characters of [a-zA-Z0-9._-]"}
+		}
+		*t.dst = v
+	}
+	if c.ProfileTopic == c.MembershipTopic || c.ProfileTopic == c.DLQTopic || c.MembershipTopic == c.DLQTopic {
+		return c, &Error{"SEGMENTD_MEMBERSHIP_TOPIC", c.MembershipTopic, "profile, membership and DLQ topics must differ"}
+	}
+	c.GroupID = get("SEGMENTD_GROUP_ID")
+	if c.APIKeys, err = apiKeys(get("SEGMENTD_API_KEYS")); err != nil {
+		return c, err
+	}
+	if daemon && !c.Embedded() && len(c.APIKeys) == 0 {
+		return c, &Error{"SEGMENTD_API_KEYS", "", "required when Kafka and Redis are external"}
+	}
+	if c.BatchSize, err = positiveInt("SEGMENTD_BATCH_SIZE", get("SEGMENTD_BATCH_SIZE"), 100000); err != nil {
+		return c, err
+	}
+	if c.Partitions, err = positiveInt("SEGMENTD_PARTITIONS", get("SEGMENTD_PARTITIONS"), 10000); err != nil {
+		return c, err
+	}
+	for _, d := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{"SEGMENTD_BATCH_WAIT", &c.BatchWait},
+		{"SEGMENTD_ESTIMATE_INTERVAL", &c.EstimateInterval},
+		{"SEGMENTD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout},
+	} {
+		v := get(d.name)
+		x, e := time.ParseDuration(v)
+		if e != nil || x <= 0 {
+			return c, &Error{d.name, v, "want a positive duration such as 250ms or 1h"}
+		}
+		*d.dst = x
+	}
+	return c, nil
+}
+
+func addrList(name, v string) ([]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, a := range strings.Split(v, ",") {
+		a = strings.TrimSpace(a)
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" {
+			return nil, &Error{name, v, fmt.Sprintf("%q is not host:port", a)}
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return nil, &Error{name, v, fmt.Sprintf("%q has no valid port", a)}
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func apiKeys(v string) (map[string]string, error) {
+	keys := map[string]string{}
+	if v == "" {
+		return keys, nil
+	}
+	for i, pair := range strings.Split(v, ",") {
+		org, key, ok := strings.Cut(strings.TrimSpace(pair), ":")
+		// The value holds secrets: name the pair by position, never echo it.
+		if !ok || org == "" || key == "" {
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d is not orgId:key", i+1)}
+		}
+		if !ValidID(org) {
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: orgId %q must be 1-100 characters of [a-zA-Z0-9_.-]", i+1, org)}
+		}
+		if len(key) < 16 {
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}
+		}
+		if _, dup := keys[key]; dup {
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key used twice", i+1)}
+		}
+		keys[key] = org
+	}
+	return keys, nil
+}
+
+func positiveInt(name, v string, max int) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > max {
+		return 0, &Error{name, v, fmt.Sprintf("want an integer from 1 to %d", max)}
+	}
+	return n, nil
+}
+
+// ValidID reports whether s can be an organisation id: 1-100 characters of
+// [a-zA-Z0-9_.-], so that it never breaks a Redis hash tag.
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > 100 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !idByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func validTopic(s string) bool {
+	if len(s) == 0 || len(s) > 249 || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !idByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func idByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+}

@@ -1,0 +1,157 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "127.0.0.1:8080" || c.ProfileTopic != "profile-events" || c.MembershipTopic != "segment-membership" ||
+		c.DLQTopic != "profile-events-dlq" || c.GroupID != "segmentd" || !c.Embedded() || c.BatchWait != 20*time.Millisecond {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestLoadExternal(t *testing.T) {
+	c, err := Load(envOf(map[string]string{
+		"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092, 127.0.0.2:9092",
+		"SEGMENTD_REDIS_ADDRS":   "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+		"SEGMENTD_API_KEYS":      "acme:sk_acme_0123456789abcdef,globex:sk_globex_0123456789ab",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Embedded() || len(c.KafkaBrokers) != 2 || len(c.RedisAddrs) != 3 || c.APIKeys["sk_acme_0123456789abcdef"] != "acme" {
+		t.Fatalf("got %+v", c)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	base := map[string]string{
+		"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092",
+		"SEGMENTD_REDIS_ADDRS":   "127.0.0.1:6379",
+		"SEGMENTD_API_KEYS":      "acme:sk_acme_0123456789abcdef",
+	}
+	tests := map[string]struct {
+		name, value string
+		wantVar     string
+	}{
+		"http addr without port":   {"SEGMENTD_HTTP_ADDR", "localhost", "SEGMENTD_HTTP_ADDR"},
+		"broker without port":      {"SEGMENTD_KAFKA_BROKERS", "kafka", "SEGMENTD_KAFKA_BROKERS"},
+		"redis bad port":           {"SEGMENTD_REDIS_ADDRS", "127.0.0.1:99999", "SEGMENTD_REDIS_ADDRS"},
+		"topic with space":         {"SEGMENTD_PROFILE_TOPIC", "my topic", "SEGMENTD_PROFILE_TOPIC"},
+		"same topics":              {"SEGMENTD_MEMBERSHIP_TOPIC", "profile-events", "SEGMENTD_MEMBERSHIP_TOPIC"},
+		"key pair without colon":   {"SEGMENTD_API_KEYS", "acme", "SEGMENTD_API_KEYS"},
+		"short key":                {"SEGMENTD_API_KEYS", "acme:short", "SEGMENTD_API_KEYS"},
+		"org with brace":           {"SEGMENTD_API_KEYS", "ac}me:sk_acme_0123456789abcdef", "SEGMENTD_API_KEYS"},
+		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
+		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
+		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			m := map[string]string{}
+			for k, v := range base {
+				m[k] = v
+			}
+			m[tt.name] = tt.value
+			_, err := Load(envOf(m))
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Var != tt.wantVar {
+				t.Fatalf("err = %v, want a config error naming %s", err, tt.wantVar)
+			}
+			if strings.Contains(err.Error(), "0123456789abcdef") {
+				t.Fatalf("error leaks an API key: %v", err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestLoadClientNeedsNoKeys(t *testing.T) {
+	if _, err := LoadClient(envOf(map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:6379"})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDockerCompose checks that docker-compose.yml parses, has the three
+// services, and wires segmentd with variables this package knows, pointing
+// at the compose services.
+func TestDockerCompose(t *testing.T) {
+	b, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Services map[string]struct {
+			Image       string            `yaml:"image"`
+			Build       any               `yaml:"build"`
+			Environment map[string]string `yaml:"environment"`
+			DependsOn   map[string]any    `yaml:"depends_on"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	var names []string
+	for n := range doc.Services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if strings.Join(names, ",") != "kafka,redis,segmentd" {
+		t.Fatalf("services = %v", names)
+	}
+	if !strings.HasPrefix(doc.Services["kafka"].Image, "apache/kafka:4") {
+		t.Errorf("kafka image %q is not Apache Kafka 4.x", doc.Services["kafka"].Image)
+	}
+	if doc.Services["kafka"].Environment["KAFKA_PROCESS_ROLES"] != "broker,controller" {
+		t.Errorf("kafka is not in KRaft combined mode")
+	}
+	sd := doc.Services["segmentd"]
+	if sd.Build == nil {
+		t.Errorf("segmentd is not built from the repository's Dockerfile")
+	}
+	if _, err := os.Stat("../Dockerfile"); err != nil {
+		t.Errorf("Dockerfile: %v", err)
+	}
+	known := map[string]bool{}
+	for _, v := range Vars {
+		known[v.Name] = true
+	}
+	for k := range sd.Environment {
+		if !known[k] {
+			t.Errorf("segmentd environment sets %s, which config does not read", k)
+		}
+	}
+	env := map[string]string{}
+	for k, v := range sd.Environment {
+		env[k] = os.Expand(v, func(string) string { return "" })
+	}
+	env["SEGMENTD_API_KEYS"] = "acme:sk_acme_change_me_0000"
+	c, err := Load(envOf(env))
+	if err != nil {
+		t.Fatalf("compose environment does not load: %v", err)
+	}
+	if c.KafkaBrokers[0] != "kafka:9092" || c.RedisAddrs[0] != "redis:6379" {
+		t.Errorf("segmentd is not wired to the compose services: %v %v", c.KafkaBrokers, c.RedisAddrs)
+	}
+	for _, dep := range []string{"kafka", "redis"} {
+		if _, ok := sd.DependsOn[dep]; !ok {
+			t.Errorf("segmentd does not depend on %s", dep)
+		}
+	}
+}

@@ -1,0 +1,116 @@
+package events
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Cause types of a membership change, as published in cause.type.
+const (
+	CauseProfile = "profile"
+	CauseSegment = "segment"
+	CauseStatic  = "static"
+	CauseTime    = "time"
+)
+
+// Change directions, as published in change.
+const (
+	Entered = "entered"
+	Exited  = "exited"
+)
+
+// Cause says why a membership changed.
+type Cause struct {
+	// Type is one of CauseProfile, CauseSegment, CauseStatic or CauseTime.
+	Type string
+	// EventID is the profile event, definition revision or request that caused the change.
+	EventID string
+	// Version is the profile version that caused the change, 0 when none.
+	Version int64
+}
+
+// Change is one user entering or leaving one segment.
+type Change struct {
+	OrgID     string
+	SegmentID string
+	UserID    string
+	// Entered is true for an entry and false for an exit.
+	Entered bool
+	At      time.Time
+	Cause   Cause
+}
+
+// Direction returns Entered or Exited.
+func (c Change) Direction() string {
+	if c.Entered {
+		return Entered
+	}
+	return Exited
+}
+
+// EventID returns an id that depends only on what changed and why, so that a
+// change replayed after a crash carries the same id as the first time.
+func (c Change) EventID() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%d",
+		c.OrgID, c.SegmentID, c.UserID, c.Direction(), c.Cause.Type, c.Cause.EventID, c.Cause.Version)
+	return "chg_" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// changeWire is the JSON of a membership-change event on the output topic.
+type changeWire struct {
+	EventID   string    `json:"eventId"`
+	OrgID     string    `json:"orgId"`
+	SegmentID string    `json:"segmentId"`
+	UserID    string    `json:"userId"`
+	Change    string    `json:"change"`
+	At        string    `json:"at"`
+	Cause     causeWire `json:"cause"`
+}
+
+type causeWire struct {
+	Type    string `json:"type"`
+	EventID string `json:"eventId,omitempty"`
+	Version int64  `json:"version,omitempty"`
+}
+
+// EncodeChange returns the JSON value of the membership-change event for c.
+func EncodeChange(c Change) ([]byte, error) {
+	return json.Marshal(changeWire{
+		EventID:   c.EventID(),
+		OrgID:     c.OrgID,
+		SegmentID: c.SegmentID,
+		UserID:    c.UserID,
+		Change:    c.Direction(),
+		At:        c.At.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
+		Cause:     causeWire{Type: c.Cause.Type, EventID: c.Cause.EventID, Version: c.Cause.Version},
+	})
+}
+
+// DecodedChange is a membership-change event read back from the output topic.
+type DecodedChange struct {
+	EventID string
+	Change
+}
+
+// DecodeChange parses a membership-change event.
+func DecodeChange(b []byte) (DecodedChange, error) {
+	var w changeWire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return DecodedChange{}, fmt.Errorf("decode change event: %w", err)
+	}
+	at, err := time.Parse(time.RFC3339Nano, w.At)
+	if err != nil {
+		return DecodedChange{}, fmt.Errorf("decode change event: at: %w", err)
+	}
+	if w.Change != Entered && w.Change != Exited {
+		return DecodedChange{}, fmt.Errorf("decode change event: change %q", w.Change)
+	}
+	return DecodedChange{EventID: w.EventID, Change: Change{
+		OrgID: w.OrgID, SegmentID: w.SegmentID, UserID: w.UserID, Entered: w.Change == Entered, At: at,
+		Cause: Cause{Type: w.Cause.Type, EventID: w.Cause.EventID, Version: w.Cause.Version},
+	}}, nil
+}

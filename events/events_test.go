@@ -1,0 +1,108 @@
+package events
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDecodeProfileEvent(t *testing.T) {
+	tests := map[string]struct {
+		in        string
+		wantField string // empty: valid
+		check     func(t *testing.T, ev ProfileEvent)
+	}{
+		"full profile": {
+			in: `{"eventId":"e1","type":"profile.updated","orgId":"acme","userId":"u1","version":17,"occurredAt":"2026-11-25T17:00:00Z","profile":{"points":1200,"customFields":{"vip":true}}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if !ev.HasVersion || ev.Version != 17 || ev.Profile["points"] != 1200.0 || ev.OccurredAt.IsZero() {
+					t.Fatalf("%+v", ev)
+				}
+			},
+		},
+		"patch with null": {
+			in: `{"eventId":"e2","type":"profile.updated","orgId":"acme","userId":"u1","changes":{"points":1300,"customFields.vip":null}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.HasVersion || ev.Changes["points"] != 1300.0 {
+					t.Fatalf("%+v", ev)
+				}
+				if v, ok := ev.Changes["customFields.vip"]; !ok || v != nil {
+					t.Fatalf("null removal lost: %+v", ev.Changes)
+				}
+			},
+		},
+		"delete without body": {in: `{"eventId":"e3","type":"profile.deleted","orgId":"acme","userId":"u1","version":3}`},
+		"eventId derived": {
+			in: `{"type":"profile.created","orgId":"acme","userId":"u1","profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if !strings.HasPrefix(ev.EventID, "evt_sha_") {
+					t.Fatalf("eventId %q", ev.EventID)
+				}
+			},
+		},
+		"not json":             {in: `{"type":`, wantField: ""},
+		"missing org":          {in: `{"type":"profile.created","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"org with brace":       {in: `{"type":"profile.created","orgId":"a}b","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"missing user":         {in: `{"type":"profile.created","orgId":"acme","profile":{}}`, wantField: "userId"},
+		"unknown type":         {in: `{"type":"profile.merged","orgId":"acme","userId":"u1","profile":{}}`, wantField: "type"},
+		"both profile/changes": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"changes":{"a":1}}`, wantField: "profile"},
+		"neither":              {in: `{"type":"profile.updated","orgId":"acme","userId":"u1"}`, wantField: "profile"},
+		"profile not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
+		"negative version":     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
+		"fractional version":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
+		"bad occurredAt":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
+		"bad path":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
+		"empty changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			ev, err := DecodeProfileEvent([]byte(tt.in))
+			invalid := tt.wantField != "" || tt.check == nil && strings.HasPrefix(name, "not")
+			if invalid {
+				var ie *InvalidError
+				if err == nil || !IsInvalid(err) {
+					t.Fatalf("err = %v, want InvalidError", err)
+				}
+				if ie, _ = err.(*InvalidError); ie.Field != tt.wantField {
+					t.Fatalf("field = %q, want %q (%v)", ie.Field, tt.wantField, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, ev)
+			}
+		})
+	}
+}
+
+func TestChangeRoundTripAndDeterministicID(t *testing.T) {
+	c := Change{OrgID: "acme", SegmentID: "seg_1", UserID: "u_42", Entered: true,
+		At: time.Date(2026, 11, 25, 17, 0, 0, 123e6, time.UTC), Cause: Cause{Type: CauseProfile, EventID: "evt_1", Version: 17}}
+	b, err := EncodeChange(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"at":"2026-11-25T17:00:00.123Z"`) || !strings.Contains(string(b), `"change":"entered"`) {
+		t.Fatalf("wire: %s", b)
+	}
+	d, err := DecodeChange(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.EventID != c.EventID() || d.Change != c {
+		t.Fatalf("round trip: %+v vs %+v", d, c)
+	}
+	later := c
+	later.At = c.At.Add(time.Hour) // a replay later carries the same id
+	if later.EventID() != c.EventID() {
+		t.Fatal("eventId depends on the time of publishing")
+	}
+	exit := c
+	exit.Entered = false
+	if exit.EventID() == c.EventID() {
+		t.Fatal("entered and exited share an id")
+	}
+}

@@ -1,0 +1,292 @@
+// Package testenv connects integration tests to the real Kafka and Redis
+// servers they need.
+//
+// The servers are named by environment variables, which
+// scripts/test-servers.sh sets (`make test` runs the tests through it):
+//
+//	SEGMENTD_TEST_KAFKA_BROKERS        comma-separated Kafka brokers, host:port
+//	SEGMENTD_TEST_REDIS_ADDR           a standalone Redis, host:port
+//	SEGMENTD_TEST_REDIS_CLUSTER_ADDRS  comma-separated Redis Cluster nodes, host:port
+//	SEGMENTD_TEST_REQUIRE_SERVERS      "1" makes a missing variable fail the test
+//
+// A test that asks for a server whose variable is unset is skipped, so that a
+// plain `go test ./...` passes without any server; with
+// SEGMENTD_TEST_REQUIRE_SERVERS=1 it fails instead, so that `make test` and CI
+// never skip an integration test by accident.
+//
+// The servers are shared by every test of a run, and by packages that run in
+// parallel: tests must name their topics, keys and consumer groups with
+// UniqueName and must not flush or delete what they did not create.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+)
+
+// Names of the environment variables that this package reads.
+const (
+	// EnvKafkaBrokers holds the comma-separated host:port list of Kafka brokers.
+	EnvKafkaBrokers = "SEGMENTD_TEST_KAFKA_BROKERS"
+	// EnvRedisAddr holds the host:port of a standalone Redis server.
+	EnvRedisAddr = "SEGMENTD_TEST_REDIS_ADDR"
+	// EnvRedisClusterAddrs holds the comma-separated host:port list of Redis Cluster nodes.
+	EnvRedisClusterAddrs = "SEGMENTD_TEST_REDIS_CLUSTER_ADDRS"
+	// EnvRequireServers, when set to "1", turns a missing server variable into a test failure instead of a skip.
+	EnvRequireServers = "SEGMENTD_TEST_REQUIRE_SERVERS"
+)
+
+// setupTimeout bounds each network step of the helpers: pinging a server,
+// creating a topic, waiting for its partitions to get leaders.
+const setupTimeout = 60 * time.Second
+
+// Kafka returns the Kafka brokers named by SEGMENTD_TEST_KAFKA_BROKERS. When
+// the variable is unset it skips the test, or fails it if
+// SEGMENTD_TEST_REQUIRE_SERVERS is "1".
+func Kafka(t testing.TB) []string {
+	t.Helper()
+	return addrs(t, EnvKafkaBrokers)
+}
+
+// Redis returns the address of the standalone Redis server named by
+// SEGMENTD_TEST_REDIS_ADDR. When the variable is unset it skips the test, or
+// fails it if SEGMENTD_TEST_REQUIRE_SERVERS is "1".
+func Redis(t testing.TB) string {
+	t.Helper()
+	return addrs(t, EnvRedisAddr)[0]
+}
+
+// RedisCluster returns the Redis Cluster nodes named by
+// SEGMENTD_TEST_REDIS_CLUSTER_ADDRS. When the variable is unset it skips the
+// test, or fails it if SEGMENTD_TEST_REQUIRE_SERVERS is "1".
+func RedisCluster(t testing.TB) []string {
+	t.Helper()
+	return addrs(t, EnvRedisClusterAddrs)
+}
+
+// addrs reads a comma-separated list of addresses from the environment
+// variable name, and skips or fails the test when there is none.
+func addrs(t testing.TB, name string) []string {
+	t.Helper()
+	var out []string
+	for _, a := range strings.Split(os.Getenv(name), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) > 0 {
+		return out
+	}
+	if os.Getenv(EnvRequireServers) == "1" {
+		t.Fatalf("testenv: %s is not set, but %s=1 requires the integration servers: "+
+			"run the tests with `make test` or scripts/test-servers.sh run -- go test ...", name, EnvRequireServers)
+	}
+	t.Skipf("integration test: set %s or run `make test`", name)
+	return nil
+}
+
+// RedisClient returns a client of the standalone Redis server given by Redis,
+// after checking with a PING that the server answers. The client is closed
+// when the test ends.
+func RedisClient(t testing.TB) redis.UniversalClient {
+	t.Helper()
+	addr := Redis(t)
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatalf("testenv: Redis at %s (%s) does not answer PING: %v", addr, EnvRedisAddr, err)
+	}
+	return c
+}
+
+// RedisClusterClient returns a cluster client of the Redis Cluster given by
+// RedisCluster, after checking with a PING that every master answers. The
+// client is closed when the test ends.
+func RedisClusterClient(t testing.TB) redis.UniversalClient {
+	t.Helper()
+	nodes := RedisCluster(t)
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: nodes})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		if err := m.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("%s: %w", m.Options().Addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("testenv: Redis Cluster at %s (%s) does not answer PING: %v",
+			strings.Join(nodes, ","), EnvRedisClusterAddrs, err)
+	}
+	return c
+}
+
+// CreateTopic creates the Kafka topic name with the given number of
+// partitions and a replication factor of 1, and waits until every partition
+// has a leader, so that the test can produce to it right away. An existing
+// topic with that many partitions is accepted. It fails the test on any
+// error.
+//
+// A kafka.Writer whose Transport already served another topic may not see the
+// new topic for a few seconds, because the Transport caches metadata: give
+// each test's Writer its own &kafka.Transport{}.
+func CreateTopic(t testing.TB, brokers []string, name string, partitions int) {
+	t.Helper()
+	if partitions < 1 {
+		t.Fatalf("testenv: CreateTopic(%q): partitions must be at least 1, got %d", name, partitions)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+
+	conn, err := dialAny(ctx, brokers)
+	if err != nil {
+		t.Fatalf("testenv: CreateTopic(%q): %v", name, err)
+	}
+	defer conn.Close()
+	controller, err := conn.Controller()
+	if err != nil {
+		t.Fatalf("testenv: CreateTopic(%q): find the controller: %v", name, err)
+	}
+	cconn := conn
+	if controller.Host != "" {
+		addr := net.JoinHostPort(controller.Host, strconv.Itoa(controller.Port))
+		c, err := kafka.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatalf("testenv: CreateTopic(%q): dial the controller %s: %v", name, addr, err)
+		}
+		defer c.Close()
+		cconn = c
+	}
+	deadline, _ := ctx.Deadline()
+	_ = cconn.SetDeadline(deadline)
+	// CreateTopics takes an already existing topic as a success.
+	err = cconn.CreateTopics(kafka.TopicConfig{
+		Topic:             name,
+		NumPartitions:     partitions,
+		ReplicationFactor: 1,
+	})
+	if err != nil {
+		t.Fatalf("testenv: CreateTopic(%q, %d partitions): %v", name, partitions, err)
+	}
+
+	// Wait until the metadata shows every partition with a leader.
+	var last string
+	for {
+		got, err := readPartitions(ctx, brokers, name)
+		switch {
+		case err != nil:
+			last = err.Error()
+		case len(got) > partitions:
+			t.Fatalf("testenv: CreateTopic(%q): the topic already exists with %d partitions, not %d",
+				name, len(got), partitions)
+		default:
+			led := 0
+			for _, p := range got {
+				if p.Leader.Host != "" {
+					led++
+				}
+			}
+			if len(got) == partitions && led == partitions {
+				return
+			}
+			last = fmt.Sprintf("%d of %d partitions visible, %d with a leader", len(got), partitions, led)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("testenv: CreateTopic(%q): partitions not ready within %s: %s", name, setupTimeout, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// readPartitions asks a broker for the metadata of topic, on a connection of
+// its own so that no metadata cache is involved.
+func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafka.Partition, error) {
+	conn, err := dialAny(ctx, brokers)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn.ReadPartitions(topic)
+}
+
+// dialAny connects to the first of brokers that accepts a connection.
+func dialAny(ctx context.Context, brokers []string) (*kafka.Conn, error) {
+	if len(brokers) == 0 {
+		return nil, errors.New("no Kafka broker given")
+	}
+	var errs []error
+	for _, b := range brokers {
+		c, err := kafka.DialContext(ctx, "tcp", b)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("dial Kafka brokers %s: %w", strings.Join(brokers, ","), errors.Join(errs...))
+}
+
+// maxNameLen keeps the names from UniqueName under 100 characters.
+const maxNameLen = 99
+
+// UniqueName returns a name that no other test, and no other run of the same
+// test, gets: prefix, the test's name and a random suffix, joined by "-". It
+// holds only the characters [a-zA-Z0-9_-] (any other character of prefix or
+// of the test's name becomes "_") and is at most 99 characters long, so that
+// it is valid as a Kafka topic, a consumer group, a Redis key and an orgId.
+func UniqueName(t testing.TB, prefix string) string {
+	t.Helper()
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("testenv: UniqueName: %v", err)
+	}
+	suffix := hex.EncodeToString(b[:])
+
+	prefix = sanitize(prefix)
+	if room := maxNameLen - len(suffix) - 2; len(prefix) > room/2 {
+		prefix = prefix[:room/2]
+	}
+	head := prefix
+	name := sanitize(t.Name())
+	if room := maxNameLen - len(suffix) - 1 - len(head) - 1; room > 0 && name != "" {
+		if len(name) > room {
+			name = name[:room]
+		}
+		if head != "" {
+			head += "-"
+		}
+		head += name
+	}
+	if head == "" {
+		return suffix
+	}
+	return head + "-" + suffix
+}
+
+// sanitize replaces every character outside [a-zA-Z0-9_-] with "_".
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
+			return r
+		default:
+			return '_'
+		}
+	}, s)
+}

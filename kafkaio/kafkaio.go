@@ -1,0 +1,146 @@
+// Package kafkaio adapts segmentio/kafka-go to segmentd: the group reader of
+// the profile topic, the writer of change events and dead letters, topic
+// creation, and a reachability check.
+package kafkaio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/events"
+)
+
+// NewReader returns a consumer-group reader of topic. Offsets are committed
+// only by explicit CommitMessages calls (CommitInterval 0 makes them synchronous).
+func NewReader(brokers []string, group, topic string) *kafka.Reader {
+	return kafka.NewReader(kafka.ReaderConfig{
+		Brokers:           brokers,
+		GroupID:           group,
+		GroupTopics:       []string{topic},
+		MinBytes:          1,
+		MaxBytes:          16 << 20,
+		MaxWait:           100 * time.Millisecond,
+		QueueCapacity:     4096,
+		CommitInterval:    0,
+		StartOffset:       kafka.FirstOffset,
+		HeartbeatInterval: time.Second,
+		SessionTimeout:    10 * time.Second,
+		RebalanceTimeout:  10 * time.Second,
+		JoinGroupBackoff:  500 * time.Millisecond,
+		ReadBackoffMin:    50 * time.Millisecond,
+		ReadBackoffMax:    500 * time.Millisecond,
+		MaxAttempts:       3,
+	})
+}
+
+// NewWriter returns a synchronous writer for messages that name their
+// topic, keyed by user with the hash balancer, acknowledged by all in-sync
+// replicas.
+func NewWriter(brokers []string) *kafka.Writer {
+	return &kafka.Writer{
+		Addr:                   kafka.TCP(brokers...),
+		Balancer:               &kafka.Hash{},
+		RequiredAcks:           kafka.RequireAll,
+		BatchSize:              10000,
+		BatchBytes:             16 << 20,
+		BatchTimeout:           2 * time.Millisecond,
+		MaxAttempts:            3,
+		WriteBackoffMin:        50 * time.Millisecond,
+		WriteBackoffMax:        time.Second,
+		AllowAutoTopicCreation: false,
+		// A transport of its own: the shared default caches topic metadata
+		// across writers, so a topic created after another writer's first
+		// write could stay unknown for a while.
+		Transport: &kafka.Transport{MetadataTTL: 10 * time.Second},
+	}
+}
+
+// Publisher publishes membership changes to the membership topic.
+type Publisher struct {
+	w     *kafka.Writer
+	topic string
+}
+
+// NewPublisher returns a publisher writing through w.
+func NewPublisher(w *kafka.Writer, topic string) *Publisher { return &Publisher{w: w, topic: topic} }
+
+// Publish writes one change event per change and returns once all are acknowledged.
+func (p *Publisher) Publish(ctx context.Context, changes []events.Change) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	msgs := make([]kafka.Message, 0, len(changes))
+	for _, c := range changes {
+		v, err := events.EncodeChange(c)
+		if err != nil {
+			return fmt.Errorf("encode change: %w", err)
+		}
+		msgs = append(msgs, kafka.Message{Topic: p.topic, Key: []byte(c.UserID), Value: v})
+	}
+	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
+		return fmt.Errorf("publish %d changes: %w", len(msgs), err)
+	}
+	return nil
+}
+
+// EnsureTopics creates each missing topic with the given partition count and
+// replication (capped to the number of brokers).
+func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
+	conn, err := dial(ctx, brokers)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	bs, err := conn.Brokers()
+	if err != nil {
+		return fmt.Errorf("list brokers: %w", err)
+	}
+	rf := min(3, len(bs))
+	ctrl, err := conn.Controller()
+	if err != nil {
+		return fmt.Errorf("find controller: %w", err)
+	}
+	cc, err := (&kafka.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port)))
+	if err != nil {
+		return fmt.Errorf("dial controller: %w", err)
+	}
+	defer cc.Close()
+	for _, t := range topics {
+		err := cc.CreateTopics(kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: rf})
+		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// Ping checks that one of the brokers answers a metadata request.
+func Ping(ctx context.Context, brokers []string) error {
+	conn, err := dial(ctx, brokers)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.Brokers(); err != nil {
+		return fmt.Errorf("kafka metadata: %w", err)
+	}
+	return nil
+}
+
+func dial(ctx context.Context, brokers []string) (*kafka.Conn, error) {
+	var last error
+	for _, b := range brokers {
+		conn, err := (&kafka.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", b)
+		if err == nil {
+			return conn, nil
+		}
+		last = err
+	}
+	return nil, fmt.Errorf("dial kafka %v: %w", brokers, last)
+}

@@ -1,0 +1,594 @@
+package membership
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/segment"
+)
+
+// Errors of the definition store. They are returned wrapped; test them with
+// errors.Is.
+var (
+	// ErrNotFound reports a segment that does not exist in the organisation.
+	ErrNotFound = errors.New("segment not found")
+	// ErrLimitExceeded reports an organisation that already has
+	// segment.MaxSegmentsPerOrg segments.
+	ErrLimitExceeded = errors.New("segment limit exceeded")
+	// ErrInvalidCursor reports a paging cursor that this store did not issue.
+	ErrInvalidCursor = errors.New("invalid cursor")
+	// ErrUnchanged is returned by the function given to Definitions.Update
+	// to leave the definition as it is.
+	ErrUnchanged = errors.New("definition unchanged")
+)
+
+// Internal keys of the definition store.
+//
+//   - segdefs:{<org>}: HASH segment id → JSON of the definition (one
+//     organisation's definitions in one hash slot, so that the per-organisation
+//     limit is checked and written by one script).
+//   - segdefs:orgs: SET of the organisations that have (or had) definitions.
+//   - segdefs:rev: counter incremented after every change that evaluation
+//     can see; instances poll it to reload.
+const (
+	definitionOrgsKey = "segdefs:orgs"
+	definitionRevKey  = "segdefs:rev"
+)
+
+// DefinitionsKey returns the internal hash holding an organisation's segment
+// definitions.
+func DefinitionsKey(org string) string { return "segdefs:{" + org + "}" }
+
+// maxUpdateAttempts bounds the compare-and-set retries of Update.
+const maxUpdateAttempts = 16
+
+// DefaultListLimit is the page size of Definitions.List when none is given.
+const DefaultListLimit = 50
+
+// Definitions stores segment definitions in Redis, shared by every instance
+// and kept across restarts. It works on standalone Redis and on Redis Cluster:
+// each script touches only one organisation's hash. It is safe for concurrent
+// use.
+//
+// The list of a static segment is not stored with its definition: it is the
+// segment's membership set (see SegmentMembersKey), so definitions returned
+// by this store have no UserIDs.
+type Definitions struct {
+	rdb    redis.UniversalClient
+	create *redis.Script
+	cas    *redis.Script
+	put    *redis.Script
+	now    func() time.Time
+}
+
+// NewDefinitions returns a definition store on rdb (standalone or cluster).
+func NewDefinitions(rdb redis.UniversalClient) *Definitions {
+	return &Definitions{
+		rdb:    rdb,
+		create: redis.NewScript(createDefinitionScript),
+		cas:    redis.NewScript(casDefinitionScript),
+		put:    redis.NewScript(putDefinitionScript),
+		now:    time.Now,
+	}
+}
+
+// createDefinitionScript adds a definition unless the id is taken (-1) or the
+// organisation is at its limit (0).
+const createDefinitionScript = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`
+
+// casDefinitionScript replaces a definition only while it still holds the
+// JSON it was read as: 1 done, 0 changed meanwhile, -1 gone.
+const casDefinitionScript = `
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return -1 end
+if cur ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`
+
+// putDefinitionScript replaces an existing definition: 1 done, 0 gone.
+const putDefinitionScript = `
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+`
+
+// NewSegmentID returns a new segment id: "seg_", 12 hex digits of the unix
+// milliseconds of now and 10 random hex digits, so that ids sort in creation
+// order.
+func NewSegmentID(now time.Time) string {
+	var r [5]byte
+	_, _ = rand.Read(r[:]) // crypto/rand.Read never fails
+	ms := now.UnixMilli()
+	if ms < 0 {
+		ms = 0
+	}
+	return fmt.Sprintf("seg_%012x%s", ms&0xffffffffffff, hex.EncodeToString(r[:]))
+}
+
+// Create stores a new definition and returns it as stored. An empty d.ID is
+// replaced by a new id, a zero Generation by 1, zero CreatedAt and UpdatedAt
+// by the current time. It fails with ErrLimitExceeded when the organisation
+// already has segment.MaxSegmentsPerOrg segments, counted and written
+// atomically.
+func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment.Definition, error) {
+	now := s.now().UTC()
+	if d.Generation == 0 {
+		d.Generation = 1
+	}
+	if d.CreatedAt.IsZero() {
+		d.CreatedAt = now
+	}
+	if d.UpdatedAt.IsZero() {
+		d.UpdatedAt = d.CreatedAt
+	}
+	fixedID := d.ID != ""
+	// The organisation is listed first, so that All never misses a stored
+	// definition; listing it is idempotent.
+	if err := s.rdb.SAdd(ctx, definitionOrgsKey, d.OrgID).Err(); err != nil {
+		return segment.Definition{}, fmt.Errorf("create segment: list organisation %s: %w", d.OrgID, err)
+	}
+	for attempt := 0; ; attempt++ {
+		if !fixedID {
+			d.ID = NewSegmentID(now)
+		}
+		raw, err := encodeDefinition(d)
+		if err != nil {
+			return segment.Definition{}, fmt.Errorf("create segment: %w", err)
+		}
+		res, err := s.create.Run(ctx, s.rdb, []string{DefinitionsKey(d.OrgID)}, d.ID, raw, segment.MaxSegmentsPerOrg).Int64()
+		if err != nil {
+			return segment.Definition{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
+		}
+		switch {
+		case res == 0:
+			return segment.Definition{}, fmt.Errorf("create segment in %s: %w (at most %d)", d.OrgID, ErrLimitExceeded, segment.MaxSegmentsPerOrg)
+		case res == -1 && (fixedID || attempt >= 3):
+			return segment.Definition{}, fmt.Errorf("create segment %s/%s: id already taken", d.OrgID, d.ID)
+		case res == -1:
+			continue
+		}
+		if err := s.bump(ctx); err != nil {
+			return segment.Definition{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
+		}
+		d.UserIDs = nil
+		return d, nil
+	}
+}
+
+// Get returns one definition, or ErrNotFound. It also returns definitions
+// whose deletion has begun (status segment.StatusDeleting).
+func (s *Definitions) Get(ctx context.Context, org, id string) (segment.Definition, error) {
+	d, _, err := s.get(ctx, org, id)
+	return d, err
+}
+
+func (s *Definitions) get(ctx context.Context, org, id string) (segment.Definition, string, error) {
+	raw, err := s.rdb.HGet(ctx, DefinitionsKey(org), id).Result()
+	if errors.Is(err, redis.Nil) {
+		return segment.Definition{}, "", fmt.Errorf("get segment %s/%s: %w", org, id, ErrNotFound)
+	}
+	if err != nil {
+		return segment.Definition{}, "", fmt.Errorf("get segment %s/%s: %w", org, id, err)
+	}
+	d, err := decodeDefinition(raw)
+	if err != nil {
+		return segment.Definition{}, "", fmt.Errorf("get segment %s/%s: %w", org, id, err)
+	}
+	return d, raw, nil
+}
+
+// GetMany returns the definitions of ids that exist in the organisation, by
+// id, in one round trip; ids that do not exist are left out.
+func (s *Definitions) GetMany(ctx context.Context, org string, ids []string) (map[string]segment.Definition, error) {
+	out := make(map[string]segment.Definition, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	vals, err := s.rdb.HMGet(ctx, DefinitionsKey(org), ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("get %d segments of %s: %w", len(ids), org, err)
+	}
+	for i, v := range vals {
+		raw, ok := v.(string)
+		if !ok {
+			continue
+		}
+		d, err := decodeDefinition(raw)
+		if err != nil {
+			return nil, fmt.Errorf("get segment %s/%s: %w", org, ids[i], err)
+		}
+		out[ids[i]] = d
+	}
+	return out, nil
+}
+
+// ListOptions select a page of Definitions.List.
+type ListOptions struct {
+	// Limit is the page size; zero or less means DefaultListLimit.
+	Limit int
+	// Type keeps only segments of this type; empty keeps every type.
+	Type segment.Type
+	// Cursor is the NextCursor of the previous page; empty starts at the
+	// beginning.
+	Cursor string
+}
+
+// List returns one organisation's definitions in creation order (the order of
+// their ids), a page at a time, with the cursor of the next page ("" after
+// the last page). Segments being deleted are left out. A cursor this store
+// did not issue fails with ErrInvalidCursor.
+func (s *Definitions) List(ctx context.Context, org string, opts ListOptions) ([]segment.Definition, string, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	after := ""
+	if opts.Cursor != "" {
+		b, err := base64.RawURLEncoding.DecodeString(opts.Cursor)
+		if err != nil || !strings.HasPrefix(string(b), "seg_") {
+			return nil, "", fmt.Errorf("list segments: %w", ErrInvalidCursor)
+		}
+		after = string(b)
+	}
+	key := DefinitionsKey(org)
+	ids, err := s.rdb.HKeys(ctx, key).Result()
+	if err != nil {
+		return nil, "", fmt.Errorf("list segments of %s: %w", org, err)
+	}
+	slices.Sort(ids)
+	start, _ := slices.BinarySearch(ids, after)
+	if start < len(ids) && ids[start] == after {
+		start++
+	}
+	ids = ids[start:]
+
+	// Read in batches until one more match than the page holds is found, so
+	// that the next cursor is given only when there is a next page.
+	out := make([]segment.Definition, 0, limit)
+	batch := max(2*(limit+1), 32)
+	for len(ids) > 0 {
+		n := min(batch, len(ids))
+		vals, err := s.rdb.HMGet(ctx, key, ids[:n]...).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("list segments of %s: %w", org, err)
+		}
+		for i, v := range vals {
+			raw, ok := v.(string)
+			if !ok {
+				continue // deleted since HKEYS
+			}
+			d, err := decodeDefinition(raw)
+			if err != nil {
+				return nil, "", fmt.Errorf("list segments of %s: %s: %w", org, ids[i], err)
+			}
+			if d.Status == segment.StatusDeleting || (opts.Type != "" && d.Type != opts.Type) {
+				continue
+			}
+			if len(out) == limit {
+				return out, base64.RawURLEncoding.EncodeToString([]byte(out[limit-1].ID)), nil
+			}
+			out = append(out, d)
+		}
+		ids = ids[n:]
+	}
+	return out, "", nil
+}
+
+// Replace overwrites an existing definition (matched by d.OrgID and d.ID)
+// with d as given, and returns ErrNotFound when it does not exist. Prefer
+// Update, which cannot lose a concurrent change.
+func (s *Definitions) Replace(ctx context.Context, d segment.Definition) error {
+	raw, err := encodeDefinition(d)
+	if err != nil {
+		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, err)
+	}
+	res, err := s.put.Run(ctx, s.rdb, []string{DefinitionsKey(d.OrgID)}, d.ID, raw).Int64()
+	if err != nil {
+		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, err)
+	}
+	if res == 0 {
+		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, ErrNotFound)
+	}
+	if err := s.bump(ctx); err != nil {
+		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, err)
+	}
+	return nil
+}
+
+// Update reads a definition, lets fn change it and writes it back only if
+// nobody changed it meanwhile, retrying otherwise; fn may thus run more than
+// once and must depend only on its argument. fn must not change the id or
+// the organisation. When fn returns ErrUnchanged nothing is written and
+// Update returns the definition as read; any other error of fn is returned
+// wrapped. Update returns the definition as written, or ErrNotFound.
+func (s *Definitions) Update(ctx context.Context, org, id string, fn func(*segment.Definition) error) (segment.Definition, error) {
+	return s.update(ctx, org, id, true, fn)
+}
+
+func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn func(*segment.Definition) error) (segment.Definition, error) {
+	for range maxUpdateAttempts {
+		cur, raw, err := s.get(ctx, org, id)
+		if err != nil {
+			return segment.Definition{}, fmt.Errorf("update segment: %w", err)
+		}
+		next := cur
+		next.Criteria = segment.Criteria{
+			Include: slices.Clone(cur.Criteria.Include),
+			Exclude: slices.Clone(cur.Criteria.Exclude),
+		}
+		if err := fn(&next); errors.Is(err, ErrUnchanged) {
+			return cur, nil
+		} else if err != nil {
+			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+		}
+		next.ID, next.OrgID = cur.ID, cur.OrgID
+		enc, err := encodeDefinition(next)
+		if err != nil {
+			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+		}
+		if enc == raw {
+			return cur, nil
+		}
+		res, err := s.cas.Run(ctx, s.rdb, []string{DefinitionsKey(org)}, id, raw, enc).Int64()
+		if err != nil {
+			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+		}
+		switch res {
+		case -1:
+			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, ErrNotFound)
+		case 0:
+			continue // changed meanwhile: read again
+		}
+		if bump {
+			if err := s.bump(ctx); err != nil {
+				return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+			}
+		}
+		next.UserIDs = nil
+		return next, nil
+	}
+	return segment.Definition{}, fmt.Errorf("update segment %s/%s: changed concurrently %d times, giving up", org, id, maxUpdateAttempts)
+}
+
+// Delete removes a definition, or returns ErrNotFound. It does not touch the
+// segment's membership.
+func (s *Definitions) Delete(ctx context.Context, org, id string) error {
+	n, err := s.rdb.HDel(ctx, DefinitionsKey(org), id).Result()
+	if err != nil {
+		return fmt.Errorf("delete segment %s/%s: %w", org, id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("delete segment %s/%s: %w", org, id, ErrNotFound)
+	}
+	if err := s.bump(ctx); err != nil {
+		return fmt.Errorf("delete segment %s/%s: %w", org, id, err)
+	}
+	return nil
+}
+
+// MarkReady sets a segment's status to ready, but only while its generation
+// is still generation: a backfill computed for older criteria leaves a
+// segment whose criteria changed meanwhile building. A segment being deleted
+// stays so.
+func (s *Definitions) MarkReady(ctx context.Context, org, id string, generation int64) error {
+	_, err := s.update(ctx, org, id, true, func(d *segment.Definition) error {
+		if d.Generation != generation || d.Status != segment.StatusBuilding {
+			return ErrUnchanged
+		}
+		d.Status = segment.StatusReady
+		return nil
+	})
+	return err
+}
+
+// MarkDeleting sets a segment's status to segment.StatusDeleting, which
+// hides it from List and All while its membership is removed, and returns
+// the definition.
+func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error) {
+	return s.update(ctx, org, id, true, func(d *segment.Definition) error {
+		if d.Status == segment.StatusDeleting {
+			return ErrUnchanged
+		}
+		d.Status = segment.StatusDeleting
+		return nil
+	})
+}
+
+// SetEstimatedSize records a segment's estimated size. It does not move the
+// revision, since evaluation does not read the estimate.
+func (s *Definitions) SetEstimatedSize(ctx context.Context, org, id string, n int64) error {
+	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
+		if d.EstimatedSize == n {
+			return ErrUnchanged
+		}
+		d.EstimatedSize = n
+		return nil
+	})
+	return err
+}
+
+// Revision returns the definitions' revision, which moves after every change
+// that evaluation can see; 0 before the first.
+func (s *Definitions) Revision(ctx context.Context) (int64, error) {
+	n, err := s.rdb.Get(ctx, definitionRevKey).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("definitions revision: %w", err)
+	}
+	return n, nil
+}
+
+// bump moves the revision.
+func (s *Definitions) bump(ctx context.Context) error {
+	if err := s.rdb.Incr(ctx, definitionRevKey).Err(); err != nil {
+		return fmt.Errorf("bump definitions revision: %w", err)
+	}
+	return nil
+}
+
+// Orgs returns the organisations that have or had definitions, sorted.
+func (s *Definitions) Orgs(ctx context.Context) ([]string, error) {
+	orgs, err := s.rdb.SMembers(ctx, definitionOrgsKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list organisations: %w", err)
+	}
+	slices.Sort(orgs)
+	return orgs, nil
+}
+
+// All returns the definitions of every organisation, sorted by organisation
+// and id, leaving out segments being deleted.
+func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
+	orgs, err := s.Orgs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("all definitions: %w", err)
+	}
+	var out []segment.Definition
+	const chunk = 256
+	for len(orgs) > 0 {
+		n := min(chunk, len(orgs))
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, n)
+		for i, org := range orgs[:n] {
+			cmds[i] = pipe.HGetAll(ctx, DefinitionsKey(org))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("all definitions: %w", err)
+		}
+		for i, org := range orgs[:n] {
+			start := len(out)
+			for id, raw := range cmds[i].Val() {
+				d, err := decodeDefinition(raw)
+				if err != nil {
+					return nil, fmt.Errorf("all definitions: %s/%s: %w", org, id, err)
+				}
+				if d.Status == segment.StatusDeleting {
+					continue
+				}
+				out = append(out, d)
+			}
+			slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
+		}
+		orgs = orgs[n:]
+	}
+	return out, nil
+}
+
+// storedDefinition is the JSON of a definition in its organisation's hash. It
+// is separate from segment.Definition so that the domain type can change
+// without changing what is stored.
+type storedDefinition struct {
+	ID            string          `json:"id"`
+	OrgID         string          `json:"orgId"`
+	Name          string          `json:"name"`
+	Description   string          `json:"description,omitempty"`
+	URL           string          `json:"url,omitempty"`
+	Type          string          `json:"type"`
+	Criteria      *storedCriteria `json:"criteria,omitempty"`
+	Status        string          `json:"status"`
+	EstimatedSize int64           `json:"estimatedSize"`
+	Generation    int64           `json:"generation"`
+	CreatedAt     time.Time       `json:"createdAt"`
+	UpdatedAt     time.Time       `json:"updatedAt"`
+}
+
+type storedCriteria struct {
+	Include []storedCriterion `json:"include"`
+	Exclude []storedCriterion `json:"exclude"`
+}
+
+// storedCriterion keeps the value raw: present (even as null) exactly when
+// the criterion has one.
+type storedCriterion struct {
+	Field    string          `json:"field"`
+	Operator string          `json:"operator"`
+	Value    json.RawMessage `json:"value,omitempty"`
+}
+
+func encodeDefinition(d segment.Definition) (string, error) {
+	w := storedDefinition{
+		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
+		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize,
+		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+	}
+	if d.Type == segment.TypeDynamic || len(d.Criteria.Include)+len(d.Criteria.Exclude) > 0 {
+		c := &storedCriteria{Include: []storedCriterion{}, Exclude: []storedCriterion{}}
+		for _, list := range []struct {
+			in  []segment.Criterion
+			out *[]storedCriterion
+		}{{d.Criteria.Include, &c.Include}, {d.Criteria.Exclude, &c.Exclude}} {
+			for _, cr := range list.in {
+				sc := storedCriterion{Field: cr.Field, Operator: cr.Operator}
+				if cr.HasValue || cr.Value != nil {
+					v, err := json.Marshal(cr.Value)
+					if err != nil {
+						return "", fmt.Errorf("encode criterion %s: %w", cr.Field, err)
+					}
+					sc.Value = v
+				}
+				*list.out = append(*list.out, sc)
+			}
+		}
+		w.Criteria = c
+	}
+	b, err := json.Marshal(w)
+	if err != nil {
+		return "", fmt.Errorf("encode segment %s: %w", d.ID, err)
+	}
+	return string(b), nil
+}
+
+func decodeDefinition(raw string) (segment.Definition, error) {
+	var w storedDefinition
+	if err := json.Unmarshal([]byte(raw), &w); err != nil {
+		return segment.Definition{}, fmt.Errorf("decode stored segment: %w", err)
+	}
+	d := segment.Definition{
+		ID: w.ID, OrgID: w.OrgID, Name: w.Name, Description: w.Description, URL: w.URL,
+		Type: segment.Type(w.Type), Status: segment.Status(w.Status), EstimatedSize: w.EstimatedSize,
+		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt,
+	}
+	if w.Criteria != nil {
+		var err error
+		if d.Criteria.Include, err = decodeCriteria(w.Criteria.Include); err != nil {
+			return segment.Definition{}, err
+		}
+		if d.Criteria.Exclude, err = decodeCriteria(w.Criteria.Exclude); err != nil {
+			return segment.Definition{}, err
+		}
+	}
+	return d, nil
+}
+
+func decodeCriteria(in []storedCriterion) ([]segment.Criterion, error) {
+	out := make([]segment.Criterion, 0, len(in))
+	for _, sc := range in {
+		c := segment.Criterion{Field: sc.Field, Operator: sc.Operator}
+		if len(sc.Value) > 0 {
+			c.HasValue = true
+			if err := json.Unmarshal(sc.Value, &c.Value); err != nil {
+				return nil, fmt.Errorf("decode stored criterion %s: %w", sc.Field, err)
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

@@ -1,0 +1,359 @@
+package membership_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// onEachRedis runs f against the standalone Redis and against the Redis
+// Cluster, each in its own subtest (skipped when its server is not set up).
+func onEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
+	t.Helper()
+	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
+		"standalone": testenv.RedisClient,
+		"cluster":    testenv.RedisClusterClient,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, connect(t))
+		})
+	}
+}
+
+func dynamicDef(org, name string) segment.Definition {
+	return segment.Definition{
+		OrgID: org, Name: name, Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{
+			Include: []segment.Criterion{
+				{Field: "tier", Operator: "in", Value: []any{"gold", "platinum"}, HasValue: true},
+				{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true},
+				{Field: "email", Operator: "exists"},
+			},
+			Exclude: []segment.Criterion{
+				{Field: "customFields.testAccount", Operator: "equals", Value: true, HasValue: true},
+				{Field: "customFields.note", Operator: "equals", Value: nil, HasValue: true},
+			},
+		},
+	}
+}
+
+func TestDefinitionsCRUD(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		defs := membership.NewDefinitions(rdb)
+
+		rev0, err := defs.Revision(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := dynamicDef(org, "VIPs")
+		in.Description = "big spenders"
+		in.URL = "https://example.com/vip"
+		created, err := defs.Create(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`^seg_[0-9a-f]{22}$`).MatchString(created.ID) {
+			t.Errorf("id %q is not seg_ + 22 hex digits", created.ID)
+		}
+		if created.Generation != 1 || created.CreatedAt.IsZero() || !created.UpdatedAt.Equal(created.CreatedAt) {
+			t.Errorf("created = %+v, want generation 1 and timestamps set", created)
+		}
+		if rev, _ := defs.Revision(ctx); rev <= rev0 {
+			t.Errorf("revision %d did not move past %d on create", rev, rev0)
+		}
+
+		got, err := defs.Get(ctx, org, created.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameDefinition(got, created) {
+			t.Errorf("Get = %+v\nwant %+v", got, created)
+		}
+		// Values keep their presence: exists has none, equals null has one.
+		if c := got.Criteria.Include[2]; c.HasValue || c.Value != nil {
+			t.Errorf("exists criterion came back with a value: %+v", c)
+		}
+		if c := got.Criteria.Exclude[1]; !c.HasValue || c.Value != nil {
+			t.Errorf("equals-null criterion lost its null value: %+v", c)
+		}
+
+		if _, err := defs.Get(ctx, org, "seg_missing"); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("Get(missing) = %v, want ErrNotFound", err)
+		}
+		if _, err := defs.Get(ctx, org+"-other", created.ID); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("Get(other org) = %v, want ErrNotFound", err)
+		}
+
+		// Update with compare-and-set.
+		upd, err := defs.Update(ctx, org, created.ID, func(d *segment.Definition) error {
+			d.Name = "Renamed"
+			d.Generation++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if upd.Name != "Renamed" || upd.Generation != 2 {
+			t.Errorf("Update = %+v", upd)
+		}
+		if _, err := defs.Update(ctx, org, "seg_missing", func(*segment.Definition) error { return nil }); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("Update(missing) = %v, want ErrNotFound", err)
+		}
+		boom := errors.New("boom")
+		if _, err := defs.Update(ctx, org, created.ID, func(*segment.Definition) error { return boom }); !errors.Is(err, boom) {
+			t.Errorf("Update with failing fn = %v, want boom", err)
+		}
+
+		// MarkReady only for the current generation.
+		if err := defs.MarkReady(ctx, org, created.ID, 1); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := defs.Get(ctx, org, created.ID); d.Status != segment.StatusBuilding {
+			t.Errorf("stale generation marked the segment %s", d.Status)
+		}
+		if err := defs.MarkReady(ctx, org, created.ID, 2); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := defs.Get(ctx, org, created.ID); d.Status != segment.StatusReady {
+			t.Errorf("status = %s, want ready", d.Status)
+		}
+
+		// The estimate does not move the revision.
+		rev1, _ := defs.Revision(ctx)
+		if err := defs.SetEstimatedSize(ctx, org, created.ID, 42); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := defs.Get(ctx, org, created.ID); d.EstimatedSize != 42 {
+			t.Errorf("estimatedSize = %d, want 42", d.EstimatedSize)
+		}
+		if rev2, _ := defs.Revision(ctx); rev2 != rev1 {
+			t.Errorf("SetEstimatedSize moved the revision from %d to %d", rev1, rev2)
+		}
+
+		// Replace.
+		rep := upd
+		rep.Name = "Replaced"
+		if err := defs.Replace(ctx, rep); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := defs.Get(ctx, org, created.ID); d.Name != "Replaced" {
+			t.Errorf("name after Replace = %q", d.Name)
+		}
+		missing := rep
+		missing.ID = "seg_missing"
+		if err := defs.Replace(ctx, missing); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("Replace(missing) = %v, want ErrNotFound", err)
+		}
+
+		// GetMany leaves out what does not exist.
+		many, err := defs.GetMany(ctx, org, []string{created.ID, "seg_missing"})
+		if err != nil || len(many) != 1 || many[created.ID].Name != "Replaced" {
+			t.Errorf("GetMany = %v, %v", many, err)
+		}
+
+		// Deleting hides it from List and All, then Delete removes it.
+		if _, err := defs.MarkDeleting(ctx, org, created.ID); err != nil {
+			t.Fatal(err)
+		}
+		if page, _, _ := defs.List(ctx, org, membership.ListOptions{}); len(page) != 0 {
+			t.Errorf("List shows a segment being deleted: %v", page)
+		}
+		all, err := defs.All(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range all {
+			if d.OrgID == org {
+				t.Errorf("All shows a segment being deleted: %+v", d)
+			}
+		}
+		if err := defs.Delete(ctx, org, created.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := defs.Get(ctx, org, created.ID); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("Get after Delete = %v, want ErrNotFound", err)
+		}
+		if err := defs.Delete(ctx, org, created.ID); !errors.Is(err, membership.ErrNotFound) {
+			t.Errorf("second Delete = %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func sameDefinition(a, b segment.Definition) bool {
+	return a.ID == b.ID && a.OrgID == b.OrgID && a.Name == b.Name && a.Description == b.Description &&
+		a.URL == b.URL && a.Type == b.Type && a.Status == b.Status && a.EstimatedSize == b.EstimatedSize &&
+		a.Generation == b.Generation && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
+		fmt.Sprint(a.Criteria) == fmt.Sprint(b.Criteria)
+}
+
+func TestDefinitionsLimitIsAtomic(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		defs := membership.NewDefinitions(rdb)
+
+		// More creations than the limit, concurrently: exactly the limit
+		// succeed.
+		var ok, limited atomic.Int64
+		var wg sync.WaitGroup
+		work := make(chan int)
+		for range 32 {
+			wg.Go(func() {
+				for i := range work {
+					_, err := defs.Create(ctx, dynamicDef(org, fmt.Sprint("s", i)))
+					switch {
+					case err == nil:
+						ok.Add(1)
+					case errors.Is(err, membership.ErrLimitExceeded):
+						limited.Add(1)
+					default:
+						t.Error(err)
+					}
+				}
+			})
+		}
+		for i := range segment.MaxSegmentsPerOrg + 20 {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+		if ok.Load() != segment.MaxSegmentsPerOrg || limited.Load() != 20 {
+			t.Errorf("created %d and refused %d, want %d and 20", ok.Load(), limited.Load(), segment.MaxSegmentsPerOrg)
+		}
+	})
+}
+
+func TestDefinitionsListPaging(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		defs := membership.NewDefinitions(rdb)
+		var ids, staticIDs []string
+		for i := range 45 {
+			d := dynamicDef(org, fmt.Sprint("s", i))
+			if i%3 == 0 {
+				d = segment.Definition{OrgID: org, Name: fmt.Sprint("s", i), Type: segment.TypeStatic, Status: segment.StatusReady}
+			}
+			c, err := defs.Create(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, c.ID)
+			if c.Type == segment.TypeStatic {
+				staticIDs = append(staticIDs, c.ID)
+			}
+		}
+		slices.Sort(ids)
+		tests := map[string]struct {
+			opts membership.ListOptions
+			want []string
+		}{
+			"all by 7":     {membership.ListOptions{Limit: 7}, ids},
+			"all by 45":    {membership.ListOptions{Limit: 45}, ids},
+			"all by 100":   {membership.ListOptions{Limit: 100}, ids},
+			"static by 4":  {membership.ListOptions{Limit: 4, Type: segment.TypeStatic}, staticIDs},
+			"default size": {membership.ListOptions{}, ids},
+		}
+		for name, tt := range tests {
+			t.Run(name, func(t *testing.T) {
+				var seen []string
+				opts := tt.opts
+				for pages := 0; ; pages++ {
+					if pages > 100 {
+						t.Fatal("paging does not end")
+					}
+					page, next, err := defs.List(ctx, org, opts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					limit := opts.Limit
+					if limit == 0 {
+						limit = membership.DefaultListLimit
+					}
+					if len(page) > limit {
+						t.Fatalf("page of %d, limit %d", len(page), limit)
+					}
+					for _, d := range page {
+						seen = append(seen, d.ID)
+					}
+					if next == "" {
+						break
+					}
+					opts.Cursor = next
+				}
+				if !slices.Equal(seen, tt.want) {
+					t.Errorf("paged ids = %v\nwant %v", seen, tt.want)
+				}
+			})
+		}
+		if _, _, err := defs.List(ctx, org, membership.ListOptions{Cursor: "!!"}); !errors.Is(err, membership.ErrInvalidCursor) {
+			t.Errorf("List with a bad cursor = %v, want ErrInvalidCursor", err)
+		}
+	})
+}
+
+func TestDefinitionsAllAndOrgs(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		orgA, orgB := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b")
+		defs := membership.NewDefinitions(rdb)
+		want := map[string]bool{}
+		for _, org := range []string{orgA, orgB, orgA} {
+			c, err := defs.Create(ctx, dynamicDef(org, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[c.ID] = true
+		}
+		all, err := defs.All(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range all {
+			if d.OrgID == orgA || d.OrgID == orgB {
+				if !want[d.ID] {
+					t.Errorf("unexpected %+v", d)
+				}
+				delete(want, d.ID)
+			}
+		}
+		if len(want) != 0 {
+			t.Errorf("All misses %v", want)
+		}
+		orgs, err := defs.Orgs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(orgs, orgA) || !slices.Contains(orgs, orgB) || !slices.IsSorted(orgs) {
+			t.Errorf("Orgs = %v, want both, sorted", orgs)
+		}
+	})
+}
+
+func TestNewSegmentIDSortsByTime(t *testing.T) {
+	t0 := time.UnixMilli(1_700_000_000_000)
+	a := membership.NewSegmentID(t0)
+	b := membership.NewSegmentID(t0.Add(time.Millisecond))
+	c := membership.NewSegmentID(t0.Add(time.Hour))
+	if !(a < b && b < c) {
+		t.Errorf("ids not in time order: %s %s %s", a, b, c)
+	}
+	if a[:16] != "seg_018bcfe56800" {
+		t.Errorf("id %s does not start with the hex milliseconds", a)
+	}
+}

@@ -1,0 +1,128 @@
+package membership_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+// fillSegment makes users u0000… members of seg.
+func fillSegment(t *testing.T, sets *membership.Sets, org, seg string, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%04d", i)
+	}
+	changes, err := sets.PlanReplace(ctx, org, seg, users, membership.StaticCause(seg, 1, users, nil), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.Apply(ctx, changes); err != nil {
+		t.Fatal(err)
+	}
+	return users
+}
+
+func TestMembersPaging(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		sets := membership.NewSets(rdb)
+		tests := map[string]struct {
+			size, limit int
+		}{
+			"empty":                  {0, 10},
+			"small set, small pages": {7, 3},      // a listpack: SSCAN answers all at once
+			"small set, one page":    {7, 7},      // exactly one page
+			"large set":              {1500, 100}, // a hash table
+			"large set, odd pages":   {1500, 37},
+			"large set, one page":    {300, 1000},
+		}
+		for name, tt := range tests {
+			t.Run(name, func(t *testing.T) {
+				seg := "seg_" + testenv.UniqueName(t, "s")
+				want := fillSegment(t, sets, org, seg, tt.size)
+				var seen []string
+				cursor := ""
+				for pages := 0; ; pages++ {
+					if pages > tt.size+2 {
+						t.Fatal("paging does not end")
+					}
+					ids, next, err := sets.Members(ctx, org, seg, tt.limit, cursor)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(ids) > tt.limit {
+						t.Fatalf("page of %d, limit %d", len(ids), tt.limit)
+					}
+					seen = append(seen, ids...)
+					if next == "" {
+						break
+					}
+					cursor = next
+				}
+				slices.Sort(seen)
+				if !slices.Equal(seen, want) {
+					t.Errorf("saw %d ids (%d distinct), want each of %d once", len(seen), len(slices.Compact(slices.Clone(seen))), len(want))
+				}
+			})
+		}
+		if _, _, err := sets.Members(ctx, org, "seg_x", 10, "bad cursor"); !errors.Is(err, membership.ErrInvalidCursor) {
+			t.Errorf("Members with a bad cursor = %v, want ErrInvalidCursor", err)
+		}
+	})
+}
+
+func TestMembershipReads(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		sets := membership.NewSets(rdb)
+		fillSegment(t, sets, org, "seg_b", 3)
+		fillSegment(t, sets, org, "seg_a", 1)
+
+		tests := map[string]struct {
+			seg, user string
+			want      bool
+		}{
+			"member":             {"seg_b", "u0002", true},
+			"not a member":       {"seg_a", "u0002", false},
+			"unknown segment":    {"seg_zz", "u0000", false},
+			"another org's user": {"seg_b", "nobody", false},
+		}
+		for name, tt := range tests {
+			t.Run(name, func(t *testing.T) {
+				got, err := sets.IsMember(ctx, org, tt.seg, tt.user)
+				if err != nil || got != tt.want {
+					t.Errorf("IsMember = %v, %v; want %v", got, err, tt.want)
+				}
+			})
+		}
+		if got, err := sets.UserSegments(ctx, org, "u0000"); err != nil || !slices.Equal(got, []string{"seg_a", "seg_b"}) {
+			t.Errorf("UserSegments = %v, %v; want [seg_a seg_b]", got, err)
+		}
+		if got, err := sets.UserSegments(ctx, org+"x", "u0000"); err != nil || len(got) != 0 {
+			t.Errorf("UserSegments of another org = %v, %v; want none", got, err)
+		}
+		sizes, err := sets.Sizes(ctx, org, []string{"seg_a", "seg_b", "seg_zz"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sizes["seg_a"] != 1 || sizes["seg_b"] != 3 || sizes["seg_zz"] != 0 || len(sizes) != 3 {
+			t.Errorf("Sizes = %v", sizes)
+		}
+		all, err := sets.AllMembers(ctx, org, "seg_b")
+		if err != nil || !slices.Equal(all, []string{"u0000", "u0001", "u0002"}) {
+			t.Errorf("AllMembers = %v, %v", all, err)
+		}
+	})
+}

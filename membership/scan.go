@@ -1,0 +1,91 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// StoredProfile is one stored profile met by a scan.
+type StoredProfile struct {
+	UserID string
+	// Version is the stored version, -1 when none.
+	Version int64
+	// Rev is the user's write revision at the time of the read.
+	Rev     int64
+	Profile []byte
+}
+
+// scanCount is the SCAN batch: big enough that a million profiles take about
+// a thousand round trips per node.
+const scanCount = 2000
+
+// ScanProfiles calls fn with every stored, non-deleted profile of org, a page
+// at a time. On Redis Cluster it scans every master; fn is never called
+// concurrently. The scan sees every profile that exists for its whole
+// duration at least once (Redis SCAN's guarantee) and may see one twice.
+func (u *Users) ScanProfiles(ctx context.Context, org string, fn func(page []StoredProfile) error) error {
+	match := "prof:{" + org + ":*"
+	var mu sync.Mutex
+	scanNode := func(ctx context.Context, node redis.Cmdable) error {
+		var cursor uint64
+		for {
+			keys, next, err := node.Scan(ctx, cursor, match, scanCount).Result()
+			if err != nil {
+				return fmt.Errorf("scan profiles of %s: %w", org, err)
+			}
+			if len(keys) > 0 {
+				page, err := u.readProfiles(ctx, keys)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				err = fn(page)
+				mu.Unlock()
+				if err != nil {
+					return err
+				}
+			}
+			if next == 0 {
+				return nil
+			}
+			cursor = next
+		}
+	}
+	if cc, ok := u.rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			return scanNode(ctx, node)
+		})
+	}
+	return scanNode(ctx, u.rdb)
+}
+
+func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfile, error) {
+	pipe := u.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HMGet(ctx, k, "r", "v", "p")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read profiles: %w", err)
+	}
+	page := make([]StoredProfile, 0, len(keys))
+	for i, k := range keys {
+		ref, ok := userFromProfileKey(k)
+		if !ok {
+			continue
+		}
+		st, err := decodeState(append(cmds[i].Val(), nil), nil)
+		if err != nil {
+			return nil, fmt.Errorf("read profile %s: %w", k, err)
+		}
+		if st.Deleted || st.Profile == nil {
+			continue
+		}
+		page = append(page, StoredProfile{UserID: ref.UserID, Version: st.Version, Rev: st.Rev, Profile: st.Profile})
+	}
+	return page, nil
+}

@@ -1,0 +1,248 @@
+package membership
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+)
+
+// Sets reads and writes the public membership sets of the contract: each
+// segment's set of user ids (SegmentMembersKey) and each user's set of
+// segment ids (UserSegmentsKey). Every write is SADD or SREM, so writing the
+// same changes again changes nothing. It works on standalone Redis and on
+// Redis Cluster: no command touches two keys. It is safe for concurrent use.
+type Sets struct {
+	rdb redis.UniversalClient
+}
+
+// NewSets returns the membership sets on rdb (standalone or cluster).
+func NewSets(rdb redis.UniversalClient) *Sets { return &Sets{rdb: rdb} }
+
+// setsChunk is how many user ids one pipelined round trip handles.
+const setsChunk = 1000
+
+// StaticCause returns the cause of a change to a static segment's list. Its
+// event id depends only on the segment, its generation and the request (the
+// ids added and removed, or the full list of a replacement, in any order), so
+// that a request retried after a failed write publishes the same events.
+func StaticCause(segmentID string, generation int64, add, remove []string) events.Cause {
+	h := sha256.New()
+	h.Write([]byte(segmentID))
+	h.Write([]byte{0})
+	h.Write([]byte(strconv.FormatInt(generation, 10)))
+	for _, list := range [][]string{add, remove} {
+		sorted := slices.Clone(list)
+		slices.Sort(sorted)
+		h.Write([]byte{1})
+		for _, id := range sorted {
+			h.Write([]byte(id))
+			h.Write([]byte{0})
+		}
+	}
+	return events.Cause{Type: events.CauseStatic, EventID: "static:" + hex.EncodeToString(h.Sum(nil)[:16])}
+}
+
+// DeleteCause returns the cause of the exits published when a segment is
+// deleted.
+func DeleteCause(segmentID string) events.Cause {
+	return events.Cause{Type: events.CauseSegment, EventID: "delete:" + segmentID}
+}
+
+// PlanReplace returns the changes that make a static segment's members
+// exactly userIDs: an entry for each id not yet a member and an exit for each
+// member not in userIDs, each ordered by user id. It writes nothing; publish
+// the changes, then write them with Apply.
+func (s *Sets) PlanReplace(ctx context.Context, org, seg string, userIDs []string, cause events.Cause, at time.Time) ([]events.Change, error) {
+	cur, err := s.rdb.SMembers(ctx, SegmentMembersKey(org, seg)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("plan static list of %s/%s: %w", org, seg, err)
+	}
+	want := make(map[string]struct{}, len(userIDs))
+	for _, id := range userIDs {
+		want[id] = struct{}{}
+	}
+	have := make(map[string]struct{}, len(cur))
+	var exits []string
+	for _, id := range cur {
+		have[id] = struct{}{}
+		if _, ok := want[id]; !ok {
+			exits = append(exits, id)
+		}
+	}
+	var entries []string
+	for id := range want {
+		if _, ok := have[id]; !ok {
+			entries = append(entries, id)
+		}
+	}
+	return changesOf(org, seg, entries, exits, cause, at), nil
+}
+
+// PlanEdit returns the changes of adding add to and removing remove from a
+// static segment: an entry for each id of add not yet a member and an exit
+// for each id of remove that is one, each ordered by user id. It also returns
+// the segment's size before the changes. An id should not be in both lists.
+// It writes nothing; publish the changes, then write them with Apply.
+func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []string, cause events.Cause, at time.Time) ([]events.Change, int64, error) {
+	key := SegmentMembersKey(org, seg)
+	size, err := s.rdb.SCard(ctx, key).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("plan static edit of %s/%s: %w", org, seg, err)
+	}
+	add, remove = uniqueSorted(add), uniqueSorted(remove)
+	var entries, exits []string
+	for _, part := range []struct {
+		ids    []string
+		member bool
+		out    *[]string
+	}{{add, false, &entries}, {remove, true, &exits}} {
+		for chunk := range slices.Chunk(part.ids, setsChunk*10) {
+			is, err := s.rdb.SMIsMember(ctx, key, toAny(chunk)...).Result()
+			if err != nil {
+				return nil, 0, fmt.Errorf("plan static edit of %s/%s: %w", org, seg, err)
+			}
+			for i, m := range is {
+				if m == part.member {
+					*part.out = append(*part.out, chunk[i])
+				}
+			}
+		}
+	}
+	return changesOf(org, seg, entries, exits, cause, at), size, nil
+}
+
+// Apply writes changes to the membership sets: for each chunk, first the
+// users' segment sets, then the segments' member sets, so that a member set
+// (from which the next plan is computed) never runs ahead of the user sets.
+// The changes of one user and segment must come in order. Applying the same
+// changes again changes nothing.
+func (s *Sets) Apply(ctx context.Context, changes []events.Change) error {
+	for chunk := range slices.Chunk(changes, setsChunk) {
+		pipe := s.rdb.Pipeline()
+		for _, c := range chunk {
+			if c.Entered {
+				pipe.SAdd(ctx, UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID)
+			} else {
+				pipe.SRem(ctx, UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID)
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("apply %d membership changes: user sets: %w", len(chunk), err)
+		}
+		pipe = s.rdb.Pipeline()
+		// Consecutive changes of one segment and direction go in one command.
+		for i := 0; i < len(chunk); {
+			j := i + 1
+			for j < len(chunk) && chunk[j].OrgID == chunk[i].OrgID && chunk[j].SegmentID == chunk[i].SegmentID && chunk[j].Entered == chunk[i].Entered {
+				j++
+			}
+			ids := make([]any, 0, j-i)
+			for _, c := range chunk[i:j] {
+				ids = append(ids, c.UserID)
+			}
+			key := SegmentMembersKey(chunk[i].OrgID, chunk[i].SegmentID)
+			if chunk[i].Entered {
+				pipe.SAdd(ctx, key, ids...)
+			} else {
+				pipe.SRem(ctx, key, ids...)
+			}
+			i = j
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("apply %d membership changes: segment sets: %w", len(chunk), err)
+		}
+	}
+	return nil
+}
+
+// DeleteSegment removes every member of a segment, of any type, a chunk at
+// a time: it reads a chunk of members, hands their exits (cause DeleteCause)
+// to publish, removes the segment from each of those users' segment sets and
+// then the users from the segment's set. At the end it deletes the segment's
+// set. When publish fails, DeleteSegment stops and returns its error with
+// nothing of that chunk written, so a later call picks up where this one
+// stopped and publishes the same events. publish may be nil. It returns how
+// many members it removed.
+func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error) {
+	key := SegmentMembersKey(org, seg)
+	cause := DeleteCause(seg)
+	removed := 0
+	// Members added while the scan runs (a racing writer) may be missed by
+	// it, so the set is scanned again until it is empty.
+	for pass := 0; pass < 3; pass++ {
+		var cursor uint64
+		for {
+			ids, next, err := s.rdb.SScan(ctx, key, cursor, "", setsChunk).Result()
+			if err != nil {
+				return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+			}
+			for chunk := range slices.Chunk(uniqueSorted(ids), setsChunk) {
+				changes := changesOf(org, seg, nil, chunk, cause, at)
+				if publish != nil {
+					if err := publish(ctx, changes); err != nil {
+						return removed, fmt.Errorf("delete membership of %s/%s: publish: %w", org, seg, err)
+					}
+				}
+				if err := s.Apply(ctx, changes); err != nil {
+					return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+				}
+				removed += len(chunk)
+			}
+			cursor = next
+			if cursor == 0 {
+				break
+			}
+		}
+		n, err := s.rdb.SCard(ctx, key).Result()
+		if err != nil {
+			return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	if err := s.rdb.Del(ctx, key).Err(); err != nil {
+		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+	}
+	return removed, nil
+}
+
+// changesOf returns the entries then the exits of users into or out of one
+// segment.
+func changesOf(org, seg string, entries, exits []string, cause events.Cause, at time.Time) []events.Change {
+	slices.Sort(entries)
+	slices.Sort(exits)
+	out := make([]events.Change, 0, len(entries)+len(exits))
+	for _, list := range []struct {
+		ids     []string
+		entered bool
+	}{{entries, true}, {exits, false}} {
+		for _, id := range list.ids {
+			out = append(out, events.Change{OrgID: org, SegmentID: seg, UserID: id, Entered: list.entered, At: at, Cause: cause})
+		}
+	}
+	return out
+}
+
+// uniqueSorted returns the distinct ids, sorted, in a new slice.
+func uniqueSorted(ids []string) []string {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func toAny(ids []string) []any {
+	out := make([]any, len(ids))
+	for i, id := range ids {
+		out[i] = id
+	}
+	return out
+}

@@ -1,0 +1,199 @@
+package membership_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+// changeStrings renders changes as "+user" and "-user", for comparisons.
+func changeStrings(changes []events.Change) []string {
+	out := make([]string, len(changes))
+	for i, c := range changes {
+		sign := "-"
+		if c.Entered {
+			sign = "+"
+		}
+		out[i] = sign + c.UserID
+	}
+	return out
+}
+
+func smembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
+	t.Helper()
+	ids, err := rdb.SMembers(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func TestStaticReplaceAndEdit(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		sets := membership.NewSets(rdb)
+		seg := "seg_static"
+		at := time.Date(2026, 11, 25, 17, 0, 0, 0, time.UTC)
+
+		steps := []struct {
+			name        string
+			replace     []string // a replacement when not nil
+			add, remove []string
+			want        []string // the changes
+			members     []string
+			size        int64 // the size before an edit
+		}{
+			{name: "first list", replace: []string{"u3", "u1", "u2"}, want: []string{"+u1", "+u2", "+u3"}, members: []string{"u1", "u2", "u3"}},
+			{name: "same list", replace: []string{"u2", "u3", "u1"}, want: []string{}, members: []string{"u1", "u2", "u3"}},
+			{name: "new list", replace: []string{"u2", "u4"}, want: []string{"+u4", "-u1", "-u3"}, members: []string{"u2", "u4"}},
+			{name: "edit", add: []string{"u5", "u2", "u5"}, remove: []string{"u4", "u9"}, want: []string{"+u5", "-u4"}, members: []string{"u2", "u5"}, size: 2},
+			{name: "empty list", replace: []string{}, want: []string{"-u2", "-u5"}, members: []string{}},
+		}
+		for _, st := range steps {
+			var changes []events.Change
+			var err error
+			if st.replace != nil {
+				changes, err = sets.PlanReplace(ctx, org, seg, st.replace, membership.StaticCause(seg, 1, st.replace, nil), at)
+			} else {
+				var size int64
+				changes, size, err = sets.PlanEdit(ctx, org, seg, st.add, st.remove, membership.StaticCause(seg, 1, st.add, st.remove), at)
+				if size != st.size {
+					t.Errorf("%s: size before = %d, want %d", st.name, size, st.size)
+				}
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			if got := changeStrings(changes); !slices.Equal(got, st.want) {
+				t.Errorf("%s: changes = %v, want %v", st.name, got, st.want)
+			}
+			for _, c := range changes {
+				if c.OrgID != org || c.SegmentID != seg || c.Cause.Type != events.CauseStatic || !c.At.Equal(at) {
+					t.Errorf("%s: change %+v", st.name, c)
+				}
+			}
+			if err := sets.Apply(ctx, changes); err != nil {
+				t.Fatal(err)
+			}
+			if got := smembers(t, rdb, membership.SegmentMembersKey(org, seg)); !slices.Equal(got, st.members) {
+				t.Errorf("%s: members = %v, want %v", st.name, got, st.members)
+			}
+			for _, u := range []string{"u1", "u2", "u3", "u4", "u5"} {
+				in := slices.Contains(st.members, u)
+				if got := slices.Contains(smembers(t, rdb, membership.UserSegmentsKey(org, u)), seg); got != in {
+					t.Errorf("%s: %s's segment set has the segment: %v, want %v", st.name, u, got, in)
+				}
+			}
+		}
+	})
+}
+
+func TestStaticCauseIsDeterministic(t *testing.T) {
+	a := membership.StaticCause("seg_1", 3, []string{"b", "a"}, []string{"c"})
+	tests := map[string]struct {
+		cause events.Cause
+		same  bool
+	}{
+		"same request, other order": {membership.StaticCause("seg_1", 3, []string{"a", "b"}, []string{"c"}), true},
+		"other generation":          {membership.StaticCause("seg_1", 4, []string{"a", "b"}, []string{"c"}), false},
+		"other segment":             {membership.StaticCause("seg_2", 3, []string{"a", "b"}, []string{"c"}), false},
+		"add and remove swapped":    {membership.StaticCause("seg_1", 3, []string{"c"}, []string{"a", "b"}), false},
+		"other ids":                 {membership.StaticCause("seg_1", 3, []string{"a", "bc"}, nil), false},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			if (tt.cause == a) != tt.same {
+				t.Errorf("cause %+v vs %+v: same = %v, want %v", tt.cause, a, tt.cause == a, tt.same)
+			}
+			if tt.cause.Type != events.CauseStatic {
+				t.Errorf("type = %s", tt.cause.Type)
+			}
+		})
+	}
+}
+
+func TestDeleteSegmentMembership(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		sets := membership.NewSets(rdb)
+		seg, other := "seg_del", "seg_keep"
+		at := time.Now().UTC()
+		var users []string
+		for i := range 2500 {
+			users = append(users, fmt.Sprintf("u%04d", i))
+		}
+		for _, s := range []string{seg, other} {
+			changes, err := sets.PlanReplace(ctx, org, s, users[:2500], membership.StaticCause(s, 1, users, nil), at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sets.Apply(ctx, changes); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		// A publisher that fails on its second call stops the deletion with
+		// nothing of that chunk written.
+		var published []events.Change
+		calls := 0
+		failing := func(_ context.Context, cs []events.Change) error {
+			calls++
+			if calls == 2 {
+				return errors.New("kafka down")
+			}
+			published = append(published, cs...)
+			return nil
+		}
+		n, err := sets.DeleteSegment(ctx, org, seg, at, failing)
+		if err == nil {
+			t.Fatal("DeleteSegment succeeded with a failing publisher")
+		}
+		size, _ := rdb.SCard(ctx, membership.SegmentMembersKey(org, seg)).Result()
+		if int(size) != 2500-n || n != len(published) {
+			t.Fatalf("removed %d, published %d, %d left: want what was published removed and nothing else", n, len(published), size)
+		}
+
+		// Again: it finishes, publishing exits for the rest.
+		record := func(_ context.Context, cs []events.Change) error {
+			published = append(published, cs...)
+			return nil
+		}
+		if _, err := sets.DeleteSegment(ctx, org, seg, at, record); err != nil {
+			t.Fatal(err)
+		}
+		exited := map[string]int{}
+		for _, c := range published {
+			if c.Entered || c.SegmentID != seg || c.Cause != membership.DeleteCause(seg) {
+				t.Fatalf("unexpected change %+v", c)
+			}
+			exited[c.UserID]++
+		}
+		if len(exited) != len(users) {
+			t.Errorf("exits published for %d users, want %d", len(exited), len(users))
+		}
+		if n, _ := rdb.Exists(ctx, membership.SegmentMembersKey(org, seg)).Result(); n != 0 {
+			t.Error("members set still exists")
+		}
+		for _, u := range []string{users[0], users[1234], users[2499]} {
+			got := smembers(t, rdb, membership.UserSegmentsKey(org, u))
+			if !slices.Equal(got, []string{other}) {
+				t.Errorf("%s's segments = %v, want only %s", u, got, other)
+			}
+		}
+		if n, _ := rdb.SCard(ctx, membership.SegmentMembersKey(org, other)).Result(); n != 2500 {
+			t.Errorf("the other segment has %d members, want 2500", n)
+		}
+	})
+}

@@ -1,0 +1,325 @@
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// ProfileKey is the internal hash holding one user's profile, version,
+// revision and outbox. It shares the {org:user} hash tag with the user's
+// public segment set, so that one script updates both atomically.
+func ProfileKey(org, user string) string { return "prof:{" + org + ":" + user + "}" }
+
+// OutboxChange is one membership change recorded in a user's outbox.
+type OutboxChange struct {
+	SegmentID string
+	Entered   bool
+}
+
+// MarshalJSON encodes the change compactly as ["seg", 1].
+func (c OutboxChange) MarshalJSON() ([]byte, error) {
+	e := 0
+	if c.Entered {
+		e = 1
+	}
+	return json.Marshal([]any{c.SegmentID, e})
+}
+
+// UnmarshalJSON decodes ["seg", 1].
+func (c *OutboxChange) UnmarshalJSON(b []byte) error {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 2 {
+		return fmt.Errorf("outbox change: want [segment, 0|1]")
+	}
+	if err := json.Unmarshal(raw[0], &c.SegmentID); err != nil {
+		return fmt.Errorf("outbox change: %w", err)
+	}
+	c.Entered = string(raw[1]) == "1"
+	return nil
+}
+
+// OutboxEntry is the diff one event made to a user's memberships. The outbox
+// holds the entries of the last batch that wrote the user, so that a batch
+// redelivered after a crash can finish projecting them.
+type OutboxEntry struct {
+	EventID   string         `json:"e"`
+	Version   int64          `json:"v,omitempty"`
+	CauseType string         `json:"k,omitempty"`
+	AtMillis  int64          `json:"t"`
+	Changes   []OutboxChange `json:"c,omitempty"`
+}
+
+// UserState is one user's stored state as the processor needs it.
+type UserState struct {
+	// Rev counts writes of the user; writes compare and set it.
+	Rev int64
+	// Version is the highest applied event version, -1 when none carried one.
+	Version int64
+	// Deleted is true after a profile.deleted event (a tombstone keeps the version).
+	Deleted bool
+	// Profile is the stored profile JSON, nil when none.
+	Profile []byte
+	// Segments is the user's public segment set.
+	Segments []string
+	Outbox   []OutboxEntry
+}
+
+// UserWrite is one compare-and-set update of a user's state.
+type UserWrite struct {
+	OrgID, UserID string
+	// ExpectRev is the revision the update was computed from.
+	ExpectRev int64
+	Version   int64
+	// Profile is the new profile JSON; nil writes a deletion tombstone and
+	// empties the user's segment set.
+	Profile []byte
+	Add     []string
+	Remove  []string
+	Outbox  []OutboxEntry
+}
+
+// Users stores user state in Redis. It is safe for concurrent use.
+type Users struct {
+	rdb   redis.UniversalClient
+	write *redis.Script
+}
+
+// NewUsers returns a user store on rdb (standalone or cluster).
+func NewUsers(rdb redis.UniversalClient) *Users {
+	return &Users{rdb: rdb, write: redis.NewScript(writeUserScript)}
+}
+
+// The script checks the revision so that a write computed from a stale read
+// (another instance, or a go-redis retry of a write that did land) changes
+// nothing and reports a conflict instead.
+const writeUserScript = `
+local rev = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+if rev ~= tonumber(ARGV[1]) then return 0 end
+local deleted = ARGV[4] == '1'
+redis.call('HSET', KEYS[1], 'r', rev + 1, 'v', ARGV[2], 'p', ARGV[3], 'o', ARGV[5])
+if deleted then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+local n = tonumber(ARGV[6])
+for i = 7, 6 + n do redis.call('SADD', KEYS[2], ARGV[i]) end
+for i = 7 + n, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
+return 1
+`
+
+// UserRef names one user of one organisation.
+type UserRef struct{ OrgID, UserID string }
+
+// Load reads the state of each user in one pipelined round trip.
+func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	pipe := u.rdb.Pipeline()
+	hm := make([]*redis.SliceCmd, len(refs))
+	sm := make([]*redis.StringSliceCmd, len(refs))
+	for i, r := range refs {
+		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o")
+		sm[i] = pipe.SMembers(ctx, UserSegmentsKey(r.OrgID, r.UserID))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("load users: %w", err)
+	}
+	out := make([]UserState, len(refs))
+	for i := range refs {
+		st, err := decodeState(hm[i].Val(), sm[i].Val())
+		if err != nil {
+			return nil, fmt.Errorf("load user %s/%s: %w", refs[i].OrgID, refs[i].UserID, err)
+		}
+		out[i] = st
+	}
+	return out, nil
+}
+
+func decodeState(h []any, segs []string) (UserState, error) {
+	st := UserState{Version: -1, Segments: segs}
+	str := func(i int) string {
+		if i < len(h) {
+			if s, ok := h[i].(string); ok {
+				return s
+			}
+		}
+		return ""
+	}
+	if r := str(0); r != "" {
+		n, err := strconv.ParseInt(r, 10, 64)
+		if err != nil {
+			return st, fmt.Errorf("revision %q: %w", r, err)
+		}
+		st.Rev = n
+	}
+	if v := str(1); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return st, fmt.Errorf("version %q: %w", v, err)
+		}
+		st.Version = n
+	}
+	if st.Rev > 0 {
+		if p := str(2); p != "" {
+			st.Profile = []byte(p)
+		} else {
+			st.Deleted = true
+		}
+	}
+	if o := str(3); o != "" {
+		if err := json.Unmarshal([]byte(o), &st.Outbox); err != nil {
+			return st, fmt.Errorf("outbox: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// Write applies each update atomically per user in one pipelined round trip
+// and reports, per update, whether it was applied (false: the revision had
+// moved and the caller must reload and recompute).
+func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
+	applied := make([]bool, len(ws))
+	if len(ws) == 0 {
+		return applied, nil
+	}
+	pending := make([]int, len(ws))
+	for i := range ws {
+		pending[i] = i
+	}
+	// First by SHA; a node that lost its script cache answers NOSCRIPT and
+	// those updates go again with the script text, which reloads it.
+	for _, useSHA := range []bool{true, false} {
+		pipe := u.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(pending))
+		for j, i := range pending {
+			keys, args := writeArgs(ws[i])
+			if useSHA {
+				cmds[j] = u.write.EvalSha(ctx, pipe, keys, args...)
+			} else {
+				cmds[j] = u.write.Eval(ctx, pipe, keys, args...)
+			}
+		}
+		_, _ = pipe.Exec(ctx)
+		var retry []int
+		for j, i := range pending {
+			n, err := cmds[j].Int64()
+			switch {
+			case err == nil:
+				applied[i] = n == 1
+			case useSHA && redis.HasErrorPrefix(err, "NOSCRIPT"):
+				retry = append(retry, i)
+			default:
+				return applied, fmt.Errorf("write user %s/%s: %w", ws[i].OrgID, ws[i].UserID, err)
+			}
+		}
+		if len(retry) == 0 {
+			break
+		}
+		pending = retry
+	}
+	return applied, nil
+}
+
+func writeArgs(w UserWrite) ([]string, []any) {
+	outbox, _ := json.Marshal(w.Outbox) // plain structs of strings and ints cannot fail
+	deleted := "0"
+	if w.Profile == nil {
+		deleted = "1"
+	}
+	args := make([]any, 0, 6+len(w.Add)+len(w.Remove))
+	args = append(args, w.ExpectRev, w.Version, string(w.Profile), deleted, string(outbox), len(w.Add))
+	for _, s := range w.Add {
+		args = append(args, s)
+	}
+	for _, s := range w.Remove {
+		args = append(args, s)
+	}
+	return []string{ProfileKey(w.OrgID, w.UserID), UserSegmentsKey(w.OrgID, w.UserID)}, args
+}
+
+// Project writes changes onto the public per-segment sets in one pipelined
+// round trip. SADD and SREM are idempotent, so projecting again after a crash
+// changes nothing; changes of one user and segment must come in order.
+func (u *Users) Project(ctx context.Context, changes []events.Change) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	pipe := u.rdb.Pipeline()
+	for _, c := range changes {
+		k := SegmentMembersKey(c.OrgID, c.SegmentID)
+		if c.Entered {
+			pipe.SAdd(ctx, k, c.UserID)
+		} else {
+			pipe.SRem(ctx, k, c.UserID)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("project %d changes: %w", len(changes), err)
+	}
+	return nil
+}
+
+// Profile returns a user's stored profile, decoded; false when the user has
+// none or was deleted.
+func (u *Users) Profile(ctx context.Context, org, user string) (segment.Profile, bool, error) {
+	p, err := u.rdb.HGet(ctx, ProfileKey(org, user), "p").Result()
+	if errors.Is(err, redis.Nil) || (err == nil && p == "") {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
+	}
+	var m segment.Profile
+	if err := json.Unmarshal([]byte(p), &m); err != nil {
+		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
+	}
+	return m, true, nil
+}
+
+// userFromProfileKey parses a profile key back into its org and user.
+func userFromProfileKey(key string) (UserRef, bool) {
+	rest, ok := strings.CutPrefix(key, "prof:{")
+	if !ok || !strings.HasSuffix(rest, "}") {
+		return UserRef{}, false
+	}
+	org, user, ok := strings.Cut(rest[:len(rest)-1], ":")
+	return UserRef{OrgID: org, UserID: user}, ok
+}
+
+// SegmentMembers returns the whole public member set of a segment.
+func (u *Users) SegmentMembers(ctx context.Context, org, seg string) ([]string, error) {
+	ms, err := u.rdb.SMembers(ctx, SegmentMembersKey(org, seg)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("members of %s/%s: %w", org, seg, err)
+	}
+	return ms, nil
+}
+
+// UserSegmentSets returns the public segment set of each user, pipelined.
+func (u *Users) UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error) {
+	pipe := u.rdb.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(users))
+	for i, user := range users {
+		cmds[i] = pipe.SMembers(ctx, UserSegmentsKey(org, user))
+	}
+	if len(users) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("user segment sets: %w", err)
+		}
+	}
+	out := make([][]string, len(users))
+	for i := range cmds {
+		out[i] = cmds[i].Val()
+	}
+	return out, nil
+}

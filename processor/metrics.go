@@ -1,0 +1,123 @@
+package processor
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/segmentd/segmentd/events"
+)
+
+// Metrics are the processor's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	events      *prometheus.CounterVec
+	dlq         prometheus.Counter
+	changes     *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	latency     prometheus.Histogram
+	lag         prometheus.Gauge
+	redisErrors prometheus.Counter
+	kafkaErrors prometheus.Counter
+}
+
+// NewMetrics registers the processor's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "segmentd_profile_events_total",
+			Help: "Profile events processed, by result (applied, duplicate, replayed, dlq).",
+		}, []string{"result"}),
+		dlq: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segmentd_dlq_records_total",
+			Help: "Records written to the dead-letter topic.",
+		}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "segmentd_membership_changes_total",
+			Help: "Membership changes published, by direction (entered, exited) and cause.",
+		}, []string{"direction", "cause"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "segmentd_batch_size",
+			Help:    "Profile events per processed batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "segmentd_event_latency_seconds",
+			Help:    "Time from a profile event's occurredAt to its Redis write.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "segmentd_consumer_lag",
+			Help: "Messages behind the end of the profile partition last fetched.",
+		}),
+		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segmentd_redis_errors_total",
+			Help: "Failed Redis operations of the processor.",
+		}),
+		kafkaErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segmentd_kafka_errors_total",
+			Help: "Failed Kafka produce or commit operations of the processor.",
+		}),
+	}
+	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.lag, m.redisErrors, m.kafkaErrors)
+	return m
+}
+
+// SetLag records the consumer lag.
+func (m *Metrics) SetLag(n int64) {
+	if m != nil {
+		m.lag.Set(float64(n))
+	}
+}
+
+func (m *Metrics) observeBatch(n int) {
+	if m != nil {
+		m.batchSize.Observe(float64(n))
+	}
+}
+
+func (m *Metrics) observeLatency(occurred, now time.Time) {
+	if m != nil && !occurred.IsZero() {
+		m.latency.Observe(now.Sub(occurred).Seconds())
+	}
+}
+
+func (m *Metrics) countResults(r userResult) {
+	if m == nil {
+		return
+	}
+	m.events.WithLabelValues("applied").Add(float64(r.applied))
+	m.events.WithLabelValues("duplicate").Add(float64(r.duplicate))
+	m.events.WithLabelValues("replayed").Add(float64(r.replayed))
+}
+
+func (m *Metrics) countChanges(cs []events.Change) {
+	if m == nil {
+		return
+	}
+	for _, c := range cs {
+		m.changes.WithLabelValues(c.Direction(), c.Cause.Type).Inc()
+	}
+}
+
+func (m *Metrics) countDLQ(n int) {
+	if m != nil && n > 0 {
+		m.dlq.Add(float64(n))
+		m.events.WithLabelValues("dlq").Add(float64(n))
+	}
+}
+
+func (m *Metrics) redisError() {
+	if m != nil {
+		m.redisErrors.Inc()
+	}
+}
+
+func (m *Metrics) kafkaError() {
+	if m != nil {
+		m.kafkaErrors.Inc()
+	}
+}
+
+// CountChanges records membership changes published outside the processor
+// (static lists, backfills, timers).
+func (m *Metrics) CountChanges(cs []events.Change) { m.countChanges(cs) }

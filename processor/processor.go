@@ -1,0 +1,476 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// Fetcher is the consumer side of the profile topic.
+type Fetcher interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// Producer writes records to Kafka; every message names its topic.
+type Producer interface {
+	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+}
+
+// UserStore is the Redis side of the processor.
+type UserStore interface {
+	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
+	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
+	Project(ctx context.Context, changes []events.Change) error
+}
+
+// Scheduler records when a time-relative criterion can next flip for a user.
+type Scheduler interface {
+	Schedule(ctx context.Context, due []membership.Due) error
+}
+
+// Rules gives the current compiled definitions.
+type Rules interface {
+	Current() *Snapshot
+}
+
+// Config wires a Processor.
+type Config struct {
+	Fetcher         Fetcher
+	Producer        Producer
+	Users           UserStore
+	Rules           Rules
+	Scheduler       Scheduler // optional
+	MembershipTopic string
+	DLQTopic        string
+	BatchSize       int
+	BatchWait       time.Duration
+	// ShutdownTimeout bounds finishing the last batch after ctx ends.
+	ShutdownTimeout time.Duration
+	Metrics         *Metrics
+	Logger          *slog.Logger
+	Now             func() time.Time
+}
+
+// Processor consumes profile events and keeps membership exact.
+type Processor struct {
+	cfg     Config
+	healthy atomic.Bool
+}
+
+// New returns a processor; call Run to start it.
+func New(cfg Config) *Processor {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 1000
+	}
+	if cfg.BatchWait <= 0 {
+		cfg.BatchWait = 20 * time.Millisecond
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Processor{cfg: cfg}
+	p.healthy.Store(true)
+	return p
+}
+
+// Healthy reports false while a batch is failing and being retried.
+func (p *Processor) Healthy() bool { return p.healthy.Load() }
+
+// Run fetches and processes batches until ctx ends; then it finishes and
+// commits the batch in hand, bounded by the shutdown timeout, and returns.
+func (p *Processor) Run(ctx context.Context) error {
+	for {
+		batch, err := p.fetch(ctx)
+		if len(batch) > 0 {
+			// The batch in hand is finished even when ctx has ended, so that
+			// shutdown commits what it has written.
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+			if ctx.Err() == nil {
+				pctx, cancel = context.WithCancel(ctx)
+			}
+			perr := p.processWithRetry(pctx, ctx, batch)
+			cancel()
+			if perr != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return perr
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("fetch: %w", err)
+		}
+	}
+}
+
+// fetch collects up to BatchSize messages, waiting at most BatchWait after
+// the first one.
+func (p *Processor) fetch(ctx context.Context) ([]kafka.Message, error) {
+	first, err := p.cfg.Fetcher.FetchMessage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	batch := []kafka.Message{first}
+	wctx, cancel := context.WithTimeout(ctx, p.cfg.BatchWait)
+	defer cancel()
+	for len(batch) < p.cfg.BatchSize {
+		m, err := p.cfg.Fetcher.FetchMessage(wctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				return batch, nil
+			}
+			return batch, err
+		}
+		batch = append(batch, m)
+	}
+	return batch, nil
+}
+
+// processWithRetry retries the whole batch until it succeeds: every step is
+// idempotent or version-guarded, so a retry after a partial write repeats
+// nothing but change events with the same ids. It stops when stop ends (the
+// batch is then redelivered to whoever owns the partition next).
+func (p *Processor) processWithRetry(ctx, stop context.Context, batch []kafka.Message) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = 5 * time.Second
+	bo.MaxElapsedTime = 0 // a batch is never skipped; ctx bounds the wait
+	attempt := 0
+	op := func() error {
+		attempt++
+		err := p.process(ctx, batch)
+		if err != nil {
+			p.healthy.Store(false)
+			p.cfg.Logger.Warn("batch failed; retrying", "attempt", attempt, "size", len(batch), "err", err)
+			if stop.Err() != nil && ctx.Err() != nil {
+				return backoff.Permanent(err)
+			}
+			return err
+		}
+		p.healthy.Store(true)
+		return nil
+	}
+	return backoff.Retry(op, backoff.WithContext(bo, ctx))
+}
+
+type item struct {
+	msg kafka.Message
+	ev  events.ProfileEvent
+}
+
+type userWork struct {
+	ref   membership.UserRef
+	items []item
+}
+
+// maxConflicts bounds recomputation when another writer moved a user's
+// revision under us (a rebalance hands a partition over mid-batch).
+const maxConflicts = 5
+
+// process runs one batch: decode, load, evaluate, write (compare-and-set per
+// user), project onto the segment sets, publish changes and dead letters,
+// commit. A crash between any two steps is repaired by redelivery: written
+// users carry the batch's diffs in their outbox and replay them.
+func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
+	m := p.cfg.Metrics
+	now := p.cfg.Now()
+	m.observeBatch(len(batch))
+	var dlq []kafka.Message
+	order := []*userWork{}
+	byUser := map[membership.UserRef]*userWork{}
+	for _, msg := range batch {
+		ev, err := events.DecodeProfileEvent(msg.Value)
+		if err != nil {
+			dlq = append(dlq, p.deadLetter(msg, err.Error()))
+			continue
+		}
+		ref := membership.UserRef{OrgID: ev.OrgID, UserID: ev.UserID}
+		w := byUser[ref]
+		if w == nil {
+			w = &userWork{ref: ref}
+			byUser[ref] = w
+			order = append(order, w)
+		}
+		w.items = append(w.items, item{msg: msg, ev: ev})
+	}
+
+	snap := p.cfg.Rules.Current()
+	var changes []events.Change
+	var due []membership.Due
+	pending := order
+	for round := 0; len(pending) > 0; round++ {
+		if round == maxConflicts {
+			return fmt.Errorf("%d users kept changing under this batch", len(pending))
+		}
+		refs := make([]membership.UserRef, len(pending))
+		for i, w := range pending {
+			refs[i] = w.ref
+		}
+		states, err := p.cfg.Users.Load(ctx, refs)
+		if err != nil {
+			m.redisError()
+			return err
+		}
+		writes := make([]membership.UserWrite, 0, len(pending))
+		results := make([]userResult, 0, len(pending))
+		writeOf := make([]int, len(pending))
+		for i, w := range pending {
+			r := p.evaluate(snap, w, states[i], now)
+			results = append(results, r)
+			writeOf[i] = -1
+			if r.write != nil {
+				writeOf[i] = len(writes)
+				writes = append(writes, *r.write)
+			}
+		}
+		applied, err := p.cfg.Users.Write(ctx, writes)
+		if err != nil {
+			m.redisError()
+			return err
+		}
+		var conflicted []*userWork
+		for i, w := range pending {
+			if writeOf[i] >= 0 && !applied[writeOf[i]] {
+				conflicted = append(conflicted, w)
+				continue
+			}
+			r := results[i]
+			changes = append(changes, r.changes...)
+			due = append(due, r.due...)
+			dlq = append(dlq, r.dlq...)
+			m.countResults(r)
+			if r.write != nil {
+				for _, it := range w.items {
+					m.observeLatency(it.ev.OccurredAt, p.cfg.Now())
+				}
+			}
+		}
+		pending = conflicted
+	}
+
+	if err := p.cfg.Users.Project(ctx, changes); err != nil {
+		m.redisError()
+		return err
+	}
+	if p.cfg.Scheduler != nil && len(due) > 0 {
+		if err := p.cfg.Scheduler.Schedule(ctx, due); err != nil {
+			m.redisError()
+			return err
+		}
+	}
+	out := make([]kafka.Message, 0, len(changes)+len(dlq))
+	for _, c := range changes {
+		v, err := events.EncodeChange(c)
+		if err != nil {
+			return fmt.Errorf("encode change: %w", err)
+		}
+		out = append(out, kafka.Message{Topic: p.cfg.MembershipTopic, Key: []byte(c.UserID), Value: v})
+	}
+	out = append(out, dlq...)
+	if len(out) > 0 {
+		if err := p.cfg.Producer.WriteMessages(ctx, out...); err != nil {
+			m.kafkaError()
+			return fmt.Errorf("publish %d records: %w", len(out), err)
+		}
+	}
+	if err := p.cfg.Fetcher.CommitMessages(ctx, batch...); err != nil {
+		m.kafkaError()
+		return fmt.Errorf("commit: %w", err)
+	}
+	m.countChanges(changes)
+	m.countDLQ(len(dlq))
+	return nil
+}
+
+func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
+	return kafka.Message{
+		Topic: p.cfg.DLQTopic,
+		Key:   msg.Key,
+		Value: msg.Value,
+		Headers: []kafka.Header{
+			{Key: "segmentd-error", Value: []byte(reason)},
+			{Key: "segmentd-source-topic", Value: []byte(msg.Topic)},
+			{Key: "segmentd-source-partition", Value: []byte(strconv.Itoa(msg.Partition))},
+			{Key: "segmentd-source-offset", Value: []byte(strconv.FormatInt(msg.Offset, 10))},
+		},
+	}
+}
+
+// userResult is what one user's events in a batch come to.
+type userResult struct {
+	write                        *membership.UserWrite
+	changes                      []events.Change
+	due                          []membership.Due
+	dlq                          []kafka.Message
+	applied, duplicate, replayed int
+}
+
+// evaluate applies one user's events of the batch, in order, to the loaded
+// state. Events already in the outbox were written by an earlier attempt whose
+// effects may not have been projected or published: they are replayed.
+func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserState, now time.Time) userResult {
+	var res userResult
+	org := snap.Org(w.ref.OrgID)
+	inOutbox := make(map[string]membership.OutboxEntry, len(st.Outbox))
+	for _, e := range st.Outbox {
+		inOutbox[e.EventID] = e
+	}
+	cur := make(map[string]bool, len(st.Segments))
+	for _, s := range st.Segments {
+		cur[s] = true
+	}
+	var profile segment.Profile
+	if len(st.Profile) > 0 {
+		if err := json.Unmarshal(st.Profile, &profile); err != nil {
+			profile = nil // a corrupt profile is replaced by the next full one
+		}
+	}
+	deleted := st.Deleted
+	version := st.Version
+	var outbox []membership.OutboxEntry
+	wrote := false
+	timed := map[string]bool{}
+	for _, it := range w.items {
+		ev := it.ev
+		if e, ok := inOutbox[ev.EventID]; ok {
+			outbox = append(outbox, e)
+			res.changes = append(res.changes, p.outboxChanges(w.ref, e)...)
+			res.replayed++
+			continue
+		}
+		if ev.HasVersion && ev.Version <= version {
+			res.duplicate++
+			continue
+		}
+		entry := membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: events.CauseProfile, AtMillis: now.UnixMilli()}
+		var next segment.Profile
+		var paths []string
+		evaluateAll := profile == nil || deleted
+		switch {
+		case ev.Type == events.ProfileDeleted:
+			for s, in := range cur {
+				if in {
+					entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: s})
+					cur[s] = false
+				}
+			}
+			next, deleted = nil, true
+		case ev.Profile != nil:
+			next = segment.Profile(ev.Profile)
+			paths = segment.ChangedPaths(profile, next)
+		default:
+			base := profile
+			if deleted {
+				base = nil
+			}
+			np, ch, err := segment.ApplyChanges(base, ev.Changes)
+			if err != nil {
+				res.dlq = append(res.dlq, p.deadLetter(it.msg, "invalid profile event: changes: "+err.Error()))
+				continue
+			}
+			next, paths = np, ch
+		}
+		if next != nil {
+			deleted = false
+			if org != nil {
+				var ids []string
+				if evaluateAll {
+					ids = org.IDs
+				} else {
+					ids = org.Index.AppendAffected(nil, paths)
+				}
+				for _, id := range ids {
+					cs := org.Segments[id]
+					if cs == nil {
+						continue
+					}
+					match := cs.Rule.Match(next, now)
+					if match != cur[id] {
+						entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: id, Entered: match})
+						cur[id] = match
+					}
+					if cs.Rule.TimeDependent() {
+						timed[id] = true
+					}
+				}
+			}
+		}
+		profile = next
+		if ev.HasVersion {
+			version = ev.Version
+		}
+		outbox = append(outbox, entry)
+		res.changes = append(res.changes, p.outboxChanges(w.ref, entry)...)
+		res.applied++
+		wrote = true
+	}
+	if org != nil && profile != nil && !deleted {
+		for id := range timed {
+			if at, ok := org.Segments[id].Rule.NextFlip(profile, now); ok {
+				res.due = append(res.due, membership.Due{OrgID: w.ref.OrgID, UserID: w.ref.UserID, SegmentID: id, At: at})
+			}
+		}
+	}
+	if !wrote {
+		return res
+	}
+	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
+	if !deleted && profile != nil {
+		b, err := json.Marshal(profile)
+		if err != nil {
+			b = []byte("{}")
+		}
+		uw.Profile = b
+	}
+	was := make(map[string]bool, len(st.Segments))
+	for _, s := range st.Segments {
+		was[s] = true
+	}
+	for s, in := range cur {
+		if in && !was[s] {
+			uw.Add = append(uw.Add, s)
+		} else if !in && was[s] {
+			uw.Remove = append(uw.Remove, s)
+		}
+	}
+	res.write = uw
+	return res
+}
+
+func (p *Processor) outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
+	out := make([]events.Change, 0, len(e.Changes))
+	cause := e.CauseType
+	if cause == "" {
+		cause = events.CauseProfile
+	}
+	for _, c := range e.Changes {
+		out = append(out, events.Change{
+			OrgID: ref.OrgID, SegmentID: c.SegmentID, UserID: ref.UserID, Entered: c.Entered,
+			At:    time.UnixMilli(e.AtMillis).UTC(),
+			Cause: events.Cause{Type: cause, EventID: e.EventID, Version: e.Version},
+		})
+	}
+	return out
+}

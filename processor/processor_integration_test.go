@@ -1,0 +1,288 @@
+package processor_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// rig is one processor wired to real Kafka and Redis with topics and an
+// organisation of the test's own.
+type rig struct {
+	brokers                       []string
+	rdb                           redis.UniversalClient
+	org                           string
+	profile, membershipT, dlq     string
+	group                         string
+	defs                          *membership.Definitions
+	users                         *membership.Users
+}
+
+func newRig(t *testing.T, rdb redis.UniversalClient) *rig {
+	t.Helper()
+	brokers := testenv.Kafka(t)
+	r := &rig{brokers: brokers, rdb: rdb, org: testenv.UniqueName(t, "org")}
+	r.profile = testenv.UniqueName(t, "profiles")
+	r.membershipT = testenv.UniqueName(t, "membership")
+	r.dlq = testenv.UniqueName(t, "dlq")
+	r.group = testenv.UniqueName(t, "group")
+	testenv.CreateTopic(t, brokers, r.profile, 3)
+	testenv.CreateTopic(t, brokers, r.membershipT, 3)
+	testenv.CreateTopic(t, brokers, r.dlq, 1)
+	r.defs = membership.NewDefinitions(rdb)
+	r.users = membership.NewUsers(rdb)
+	return r
+}
+
+func (r *rig) segment(t *testing.T, name string, c segment.Criteria) string {
+	t.Helper()
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: name, Type: segment.TypeDynamic, Criteria: c, Status: segment.StatusReady})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.ID
+}
+
+// start runs a processor until the returned stop is called.
+func (r *rig) start(t *testing.T) (stop func()) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reader := kafkaio.NewReader(r.brokers, r.group, r.profile)
+	writer := kafkaio.NewWriter(r.brokers)
+	p := processor.New(processor.Config{
+		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 10 * time.Millisecond,
+		Metrics: processor.NewMetrics(prometheus.NewRegistry()), Logger: log,
+	})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = reg.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if err := p.Run(ctx); err != nil {
+			t.Errorf("processor: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			reader.Close()
+			writer.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func (r *rig) produce(t *testing.T, values ...string) {
+	t.Helper()
+	w := kafkaio.NewWriter(r.brokers)
+	defer w.Close()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		var k struct {
+			UserID string `json:"userId"`
+		}
+		_ = json.Unmarshal([]byte(v), &k)
+		msgs[i] = kafka.Message{Topic: r.profile, Key: []byte(k.UserID), Value: []byte(v)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readTopic reads every partition of topic from the start until want
+// records arrived (then a short grace for extras) or the timeout passed.
+func readTopic(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) []kafka.Message {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var mu sync.Mutex
+	var out []kafka.Message
+	var wg sync.WaitGroup
+	got := make(chan struct{}, 1<<20)
+	for _, p := range parts {
+		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer rd.Close()
+			for {
+				m, err := rd.ReadMessage(ctx)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				out = append(out, m)
+				mu.Unlock()
+				got <- struct{}{}
+			}
+		}()
+	}
+	n := 0
+	for n < want {
+		select {
+		case <-got:
+			n++
+		case <-ctx.Done():
+			wg.Wait()
+			return out
+		}
+	}
+	// Extras would be a bug; give them a moment to show up.
+	time.Sleep(time.Second)
+	cancel()
+	wg.Wait()
+	return out
+}
+
+func members(t *testing.T, rdb redis.UniversalClient, key string) string {
+	t.Helper()
+	ms, err := rdb.SMembers(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(ms)
+	return strings.Join(ms, ",")
+}
+
+func TestProcessorEventKinds(t *testing.T) {
+	for name, client := range map[string]func(testing.TB) redis.UniversalClient{
+		"standalone": testenv.RedisClient,
+		"cluster":    testenv.RedisClusterClient,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testEventKinds(t, client(t))
+		})
+	}
+}
+
+func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
+	r := newRig(t, rdb)
+	a := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	b := r.segment(t, "gold", segment.Criteria{
+		Include: []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"gold", "platinum"}, HasValue: true}},
+		Exclude: []segment.Criterion{{Field: "customFields.testAccount", Operator: "equals", Value: true, HasValue: true}},
+	})
+	r.start(t)
+	o := r.org
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"gold","points":1200}}`,
+		`{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":500}}`,
+		`{"eventId":"e3","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":5000}}`,
+		`{"eventId":"e4","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"bronze","points":9000}}`,
+		`{"eventId":"e5","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"tier":"platinum","points":2000,"customFields":{"testAccount":true}}}`,
+		`{"eventId":"e6","type":"profile.updated","orgId":"`+o+`","userId":"u2","version":2,"changes":{"customFields.testAccount":null}}`,
+		`{"eventId":"e7","type":"profile.deleted","orgId":"`+o+`","userId":"u2","version":3}`,
+		`not json at all`,
+		`{"eventId":"e8","type":"profile.created","orgId":"`+o+`","version":1,"profile":{}}`,
+		`{"eventId":"e9","type":"profile.created","orgId":"`+o+`","userId":"u3","version":1,"profile":{"points":1000}}`,
+		`{"eventId":"e10","type":"profile.updated","orgId":"`+o+`","userId":"u3","version":2,"changes":{"points.x":1}}`,
+		`{"eventId":"e11","type":"profile.updated","orgId":"`+o+`","userId":"u3","version":3,"changes":{"tier":"silver"}}`,
+	)
+	msgs := readTopic(t, r.brokers, r.membershipT, 8, 60*time.Second)
+	var got []string
+	for _, m := range msgs {
+		d, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Key) != d.UserID || d.EventID != d.Change.EventID() {
+			t.Errorf("key %q or eventId %q wrong for %+v", m.Key, d.EventID, d)
+		}
+		seg := map[string]string{a: "A", b: "B"}[d.SegmentID]
+		got = append(got, d.UserID+" "+seg+" "+d.Direction()+" "+d.Cause.Type+":"+d.Cause.EventID)
+	}
+	sort.Strings(got)
+	want := []string{
+		"u1 A entered profile:e1", "u1 A exited profile:e2", "u1 B entered profile:e1",
+		"u2 A entered profile:e5", "u2 A exited profile:e7", "u2 B entered profile:e6", "u2 B exited profile:e7",
+		"u3 A entered profile:e9",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("change events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if g := members(t, rdb, membership.SegmentMembersKey(o, a)); g != "u3" {
+		t.Errorf("members of A = %q, want u3", g)
+	}
+	if g := members(t, rdb, membership.SegmentMembersKey(o, b)); g != "u1" {
+		t.Errorf("members of B = %q, want u1", g)
+	}
+	for user, want := range map[string]string{"u1": b, "u2": "", "u3": a} {
+		if g := members(t, rdb, membership.UserSegmentsKey(o, user)); g != want {
+			t.Errorf("segments of %s = %q, want %q", user, g, want)
+		}
+	}
+	dl := readTopic(t, r.brokers, r.dlq, 3, 30*time.Second)
+	if len(dl) != 3 {
+		t.Fatalf("dead letters: %d, want 3", len(dl))
+	}
+	var reasons []string
+	for _, m := range dl {
+		h := map[string]string{}
+		for _, x := range m.Headers {
+			h[x.Key] = string(x.Value)
+		}
+		if h["segmentd-source-topic"] != r.profile || h["segmentd-source-offset"] == "" || h["segmentd-source-partition"] == "" {
+			t.Errorf("dead letter headers: %v", h)
+		}
+		reasons = append(reasons, h["segmentd-error"])
+	}
+	sort.Strings(reasons)
+	joined := strings.Join(reasons, "|")
+	for _, frag := range []string{"not a JSON object", "userId: required", "changes"} {
+		if !strings.Contains(joined, frag) {
+			t.Errorf("dead-letter reasons %q lack %q", joined, frag)
+		}
+	}
+	// u3's later valid event still applied after its bad patch.
+	p, ok, err := r.users.Profile(context.Background(), o, "u3")
+	if err != nil || !ok || p["tier"] != "silver" {
+		t.Errorf("u3 profile = %v %v %v", p, ok, err)
+	}
+	diffs, err := processor.Verify(context.Background(), r.defs, r.users, time.Now(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range diffs {
+		if d.OrgID == o {
+			t.Errorf("verify: %s", d)
+		}
+	}
+}

@@ -1,0 +1,141 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentd/segmentd/segment"
+)
+
+// DefinitionSource is where segment definitions live.
+type DefinitionSource interface {
+	Revision(ctx context.Context) (int64, error)
+	All(ctx context.Context) ([]segment.Definition, error)
+}
+
+// CompiledSegment is a dynamic segment ready to evaluate.
+type CompiledSegment struct {
+	Def  segment.Definition
+	Rule *segment.Rule
+}
+
+// OrgRules holds one organisation's compiled dynamic segments and the index
+// from fields to the segments that read them.
+type OrgRules struct {
+	Segments map[string]*CompiledSegment
+	// IDs lists every dynamic segment, for users seen for the first time.
+	IDs   []string
+	Index *segment.Index
+}
+
+// Snapshot is an immutable view of every organisation's rules.
+type Snapshot struct {
+	Revision int64
+	Orgs     map[string]*OrgRules
+}
+
+// Org returns the rules of org, nil when it has no dynamic segment.
+func (s *Snapshot) Org(org string) *OrgRules {
+	if s == nil {
+		return nil
+	}
+	return s.Orgs[org]
+}
+
+// Registry keeps the compiled definitions current by polling the source's
+// revision, so that a change made through any instance is in force here
+// within one poll interval.
+type Registry struct {
+	src      DefinitionSource
+	interval time.Duration
+	log      *slog.Logger
+	cur      atomic.Pointer[Snapshot]
+	// onChange is told of every new snapshot, for the jobs that follow definitions.
+	onChange func(old, new *Snapshot)
+}
+
+// NewRegistry returns a registry polling src every interval.
+func NewRegistry(src DefinitionSource, interval time.Duration, log *slog.Logger) *Registry {
+	return &Registry{src: src, interval: interval, log: log}
+}
+
+// OnChange sets a function called after each reload with the old and new
+// snapshots; it must be set before Run.
+func (r *Registry) OnChange(f func(old, new *Snapshot)) { r.onChange = f }
+
+// Current returns the latest snapshot, nil before the first load.
+func (r *Registry) Current() *Snapshot { return r.cur.Load() }
+
+// Loaded reports whether definitions have been loaded once.
+func (r *Registry) Loaded() bool { return r.cur.Load() != nil }
+
+// Reload loads the definitions now if their revision moved.
+func (r *Registry) Reload(ctx context.Context) error {
+	rev, err := r.src.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("definitions revision: %w", err)
+	}
+	old := r.cur.Load()
+	if old != nil && old.Revision == rev {
+		return nil
+	}
+	defs, err := r.src.All(ctx)
+	if err != nil {
+		return fmt.Errorf("load definitions: %w", err)
+	}
+	snap := Compile(rev, defs, r.log)
+	r.cur.Store(snap)
+	if r.onChange != nil {
+		r.onChange(old, snap)
+	}
+	return nil
+}
+
+// Run polls until ctx ends.
+func (r *Registry) Run(ctx context.Context) error {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		if err := r.Reload(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("reload definitions", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Compile builds a snapshot from definitions; a definition that no longer
+// compiles (it was valid when stored) is logged and left out.
+func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
+	snap := &Snapshot{Revision: rev, Orgs: map[string]*OrgRules{}}
+	fields := map[string]map[string][]string{}
+	for _, d := range defs {
+		if d.Type != segment.TypeDynamic || d.Status == segment.StatusDeleting {
+			continue
+		}
+		rule, err := segment.Compile(d.Criteria)
+		if err != nil {
+			log.Error("stored segment does not compile", "org", d.OrgID, "segment", d.ID, "err", err)
+			continue
+		}
+		o := snap.Orgs[d.OrgID]
+		if o == nil {
+			o = &OrgRules{Segments: map[string]*CompiledSegment{}}
+			snap.Orgs[d.OrgID] = o
+			fields[d.OrgID] = map[string][]string{}
+		}
+		o.Segments[d.ID] = &CompiledSegment{Def: d, Rule: rule}
+		o.IDs = append(o.IDs, d.ID)
+		fields[d.OrgID][d.ID] = rule.Fields()
+	}
+	for org, o := range snap.Orgs {
+		o.Index = segment.NewIndex(fields[org])
+	}
+	return snap
+}

@@ -1,0 +1,122 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// Difference is one disagreement between a from-scratch evaluation and Redis.
+type Difference struct {
+	OrgID, SegmentID, UserID string
+	// Want is whether the user should be a member.
+	Want bool
+	// Where names the set that disagrees: "segment" (seg:…:members) or "user" (user:…:segments).
+	Where string
+}
+
+func (d Difference) String() string {
+	verb := "missing from"
+	if !d.Want {
+		verb = "wrongly in"
+	}
+	return fmt.Sprintf("%s/%s: user %s %s the %s set", d.OrgID, d.SegmentID, d.UserID, verb, d.Where)
+}
+
+// ProfileScanner reads every stored profile and membership set.
+type ProfileScanner interface {
+	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
+	SegmentMembers(ctx context.Context, org, seg string) ([]string, error)
+	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
+}
+
+// Verify recomputes every dynamic segment of org (every organisation when org
+// is empty) from the stored profiles at now and returns where Redis
+// disagrees, sorted. Segments
+// still building are skipped (their sets are not yet meant to be exact).
+func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, now time.Time, org string) ([]Difference, error) {
+	all, err := defs.All(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	byOrg := map[string][]segment.Definition{}
+	for _, d := range all {
+		if d.Type == segment.TypeDynamic && d.Status == segment.StatusReady && (org == "" || d.OrgID == org) {
+			byOrg[d.OrgID] = append(byOrg[d.OrgID], d)
+		}
+	}
+	var diffs []Difference
+	for org, ds := range byOrg {
+		rules := map[string]*segment.Rule{}
+		want := map[string]map[string]bool{}
+		for _, d := range ds {
+			r, err := segment.Compile(d.Criteria)
+			if err != nil {
+				return nil, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
+			}
+			rules[d.ID] = r
+			want[d.ID] = map[string]bool{}
+		}
+		var userIDs []string
+		err := users.ScanProfiles(ctx, org, func(page []membership.StoredProfile) error {
+			for _, sp := range page {
+				var p segment.Profile
+				if err := json.Unmarshal(sp.Profile, &p); err != nil {
+					return fmt.Errorf("profile of %s: %w", sp.UserID, err)
+				}
+				userIDs = append(userIDs, sp.UserID)
+				for id, r := range rules {
+					if r.Match(p, now) {
+						want[id][sp.UserID] = true
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", org, err)
+		}
+		sets, err := users.UserSegmentSets(ctx, org, userIDs)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", org, err)
+		}
+		userHas := make(map[string]map[string]bool, len(userIDs))
+		for i, u := range userIDs {
+			m := map[string]bool{}
+			for _, s := range sets[i] {
+				m[s] = true
+			}
+			userHas[u] = m
+		}
+		for id := range rules {
+			members, err := users.SegmentMembers(ctx, org, id)
+			if err != nil {
+				return nil, fmt.Errorf("verify %s: %w", org, err)
+			}
+			got := make(map[string]bool, len(members))
+			for _, m := range members {
+				got[m] = true
+				if !want[id][m] {
+					diffs = append(diffs, Difference{org, id, m, false, "segment"})
+				}
+			}
+			for u := range want[id] {
+				if !got[u] {
+					diffs = append(diffs, Difference{org, id, u, true, "segment"})
+				}
+			}
+			for _, u := range userIDs {
+				if userHas[u][id] != want[id][u] {
+					diffs = append(diffs, Difference{org, id, u, want[id][u], "user"})
+				}
+			}
+		}
+	}
+	sort.Slice(diffs, func(i, j int) bool { return diffs[i].String() < diffs[j].String() })
+	return diffs, nil
+}

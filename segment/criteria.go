@@ -1,0 +1,570 @@
+package segment
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxInclude and MaxExclude bound the number of include and exclude criteria
+// of one segment; Compile rejects criteria over either limit with the code
+// [CodeLimitExceeded].
+const MaxInclude, MaxExclude = 20, 20
+
+// Validation error codes carried by [ValidationError.Code].
+const (
+	// CodeValidationFailed reports criteria or changes that can never be valid.
+	CodeValidationFailed = "validation_failed"
+	// CodeLimitExceeded reports more criteria than MaxInclude or MaxExclude.
+	CodeLimitExceeded = "limit_exceeded"
+)
+
+// Operator names accepted in [Criterion.Operator].
+const (
+	OpEquals      = "equals"
+	OpNotEquals   = "not_equals"
+	OpIn          = "in"
+	OpNotIn       = "not_in"
+	OpContains    = "contains"
+	OpNotContains = "not_contains"
+	OpGreater     = ">"
+	OpGreaterEq   = ">="
+	OpLess        = "<"
+	OpLessEq      = "<="
+	OpExists      = "exists"
+	OpNotExists   = "not_exists"
+)
+
+// Criterion is one condition of a segment: the profile field at Field (a
+// dotted path into the profile's JSON objects) compared through Operator with
+// Value.
+//
+// Value holds a decoded JSON value (nil, bool, float64, string, []any or
+// map[string]any; Compile also accepts Go integers, float32, json.Number and
+// []string). HasValue reports whether a value was given at all, which tells an
+// absent value from an explicit JSON null; a non-nil Value counts as given
+// even when HasValue is false.
+type Criterion struct {
+	Field    string
+	Operator string
+	Value    any
+	HasValue bool
+}
+
+// Criteria are the include and exclude criteria of a dynamic segment.
+type Criteria struct {
+	Include []Criterion `json:"include"`
+	Exclude []Criterion `json:"exclude"`
+}
+
+// hasValue reports whether the criterion carries a value, JSON null included.
+func (c Criterion) hasValue() bool { return c.HasValue || c.Value != nil }
+
+// criterionJSON is the wire form of a Criterion; Value stays raw so that an
+// absent value can be told from null.
+type criterionJSON struct {
+	Field    string          `json:"field"`
+	Operator string          `json:"operator"`
+	Value    json.RawMessage `json:"value,omitempty"`
+}
+
+// MarshalJSON encodes the criterion as {"field","operator","value"}, leaving
+// out "value" when the criterion has none.
+func (c Criterion) MarshalJSON() ([]byte, error) {
+	w := criterionJSON{Field: c.Field, Operator: c.Operator}
+	if c.hasValue() {
+		raw, err := json.Marshal(c.Value)
+		if err != nil {
+			return nil, err
+		}
+		w.Value = raw
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes {"field","operator","value"}; HasValue is set when the
+// "value" key is present, even when it holds null.
+func (c *Criterion) UnmarshalJSON(data []byte) error {
+	var w criterionJSON
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	*c = Criterion{Field: w.Field, Operator: w.Operator}
+	if w.Value != nil {
+		c.HasValue = true
+		if err := json.Unmarshal(w.Value, &c.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FieldError is one validation problem, located by Field (for example
+// "criteria.include[0].operator").
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+// ValidationError reports why criteria, or a profile patch, were rejected.
+// Code is [CodeValidationFailed] or [CodeLimitExceeded]; Errors lists every
+// problem found.
+type ValidationError struct {
+	Code   string
+	Errors []FieldError
+}
+
+// Error returns the code followed by each field error.
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Code)
+	for i, fe := range e.Errors {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		b.WriteString(fe.Field)
+		b.WriteString(": ")
+		b.WriteString(fe.Message)
+	}
+	return b.String()
+}
+
+// Rule is a compiled, validated set of criteria. It is immutable and safe for
+// concurrent use.
+type Rule struct {
+	criteria Criteria
+	include  []cond
+	exclude  []cond
+	fields   []string
+	relative bool
+}
+
+// Compile validates c and compiles it into a Rule. The error, when not nil, is
+// a *ValidationError listing every problem found; over MaxInclude or
+// MaxExclude criteria it carries only the limit errors.
+func Compile(c Criteria) (*Rule, error) {
+	var limits []FieldError
+	if len(c.Include) > MaxInclude {
+		limits = append(limits, FieldError{"criteria.include", fmt.Sprintf("at most %d include criteria are allowed, got %d", MaxInclude, len(c.Include))})
+	}
+	if len(c.Exclude) > MaxExclude {
+		limits = append(limits, FieldError{"criteria.exclude", fmt.Sprintf("at most %d exclude criteria are allowed, got %d", MaxExclude, len(c.Exclude))})
+	}
+	if limits != nil {
+		return nil, &ValidationError{Code: CodeLimitExceeded, Errors: limits}
+	}
+
+	r := &Rule{
+		criteria: Criteria{Include: slices.Clone(c.Include), Exclude: slices.Clone(c.Exclude)},
+		include:  make([]cond, len(c.Include)),
+		exclude:  make([]cond, len(c.Exclude)),
+	}
+	var errs []FieldError
+	for i, cr := range c.Include {
+		errs = compileCond(&r.include[i], cr, fmt.Sprintf("criteria.include[%d]", i), errs)
+	}
+	for i, cr := range c.Exclude {
+		errs = compileCond(&r.exclude[i], cr, fmt.Sprintf("criteria.exclude[%d]", i), errs)
+	}
+	if errs != nil {
+		return nil, &ValidationError{Code: CodeValidationFailed, Errors: errs}
+	}
+
+	seen := make(map[string]bool)
+	for _, cs := range [][]cond{r.include, r.exclude} {
+		for i := range cs {
+			if !seen[cs[i].field] {
+				seen[cs[i].field] = true
+				r.fields = append(r.fields, cs[i].field)
+			}
+			r.relative = r.relative || cs[i].kind == kindRelative
+		}
+	}
+	slices.Sort(r.fields)
+	return r, nil
+}
+
+// MustCompile is like Compile but panics on invalid criteria; it is meant for
+// criteria fixed in code.
+func MustCompile(c Criteria) *Rule {
+	r, err := Compile(c)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// Criteria returns the criteria the rule was compiled from.
+func (r *Rule) Criteria() Criteria {
+	return Criteria{Include: slices.Clone(r.criteria.Include), Exclude: slices.Clone(r.criteria.Exclude)}
+}
+
+// Fields returns the distinct field paths the rule reads, sorted, such as
+// "points" or "customFields.vip.level".
+func (r *Rule) Fields() []string { return slices.Clone(r.fields) }
+
+// TimeDependent reports whether the rule has a criterion relative to the
+// current time (such as "updatedAt < now-30d"), whose outcome can change
+// without any change to the profile.
+func (r *Rule) TimeDependent() bool { return r.relative }
+
+// opKind is the positive form of an operator; cond.neg negates it.
+type opKind uint8
+
+const (
+	opEquals opKind = iota
+	opIn
+	opContains
+	opGT
+	opGTE
+	opLT
+	opLTE
+	opExists
+)
+
+// valueKind classifies a criterion's value once, at Compile.
+type valueKind uint8
+
+const (
+	kindNone valueKind = iota
+	kindString
+	kindNumber
+	kindBool
+	kindArray
+	kindObject
+	kindDate     // absolute RFC 3339 instant, for the ordering operators
+	kindRelative // now±duration, for the ordering operators
+)
+
+// cond is a compiled criterion.
+type cond struct {
+	field string
+	path  []string
+	op    opKind
+	neg   bool
+	kind  valueKind
+	fn    testFn
+	// cmpOK has bit cmp+1 set for each comparison result (-1, 0, 1) under
+	// which an ordering operator holds.
+	cmpOK uint8
+
+	str  string
+	num  float64
+	b    bool
+	val  any           // normalised value, for deep equality
+	set  *valSet       // elements of an in/not_in value
+	when instant       // kindDate
+	dur  time.Duration // kindRelative
+	off  offset        // dur, split
+}
+
+// testFn selects the test a cond runs, so that Match takes one switch per
+// criterion.
+type testFn uint8
+
+const (
+	fnExists testFn = iota
+	fnEqString
+	fnEqual
+	fnIn
+	fnContains
+	fnOrderNumber
+	fnOrderDate
+	fnOrderRelative
+)
+
+// valSet holds the elements of an in/not_in array split by type, so that a
+// scalar field is checked without interface comparisons.
+type valSet struct {
+	strs     []string
+	strIndex map[string]struct{} // for large string lists only
+	nums     []float64
+	hasTrue  bool
+	hasFalse bool
+	hasNull  bool
+	other    []any // arrays and objects
+}
+
+// strIndexMin is the list length from which a map beats a linear scan.
+const strIndexMin = 16
+
+var operators = map[string]struct {
+	op  opKind
+	neg bool
+}{
+	OpEquals: {opEquals, false}, OpNotEquals: {opEquals, true},
+	OpIn: {opIn, false}, OpNotIn: {opIn, true},
+	OpContains: {opContains, false}, OpNotContains: {opContains, true},
+	OpGreater: {opGT, false}, OpGreaterEq: {opGTE, false},
+	OpLess: {opLT, false}, OpLessEq: {opLTE, false},
+	OpExists: {opExists, false}, OpNotExists: {opExists, true},
+}
+
+// compileCond fills c from cr and appends any problems, located under at.
+func compileCond(c *cond, cr Criterion, at string, errs []FieldError) []FieldError {
+	if msg := checkPath(cr.Field); msg != "" {
+		errs = append(errs, FieldError{at + ".field", msg})
+	}
+	c.field = cr.Field
+	c.path = strings.Split(cr.Field, ".")
+
+	o, ok := operators[cr.Operator]
+	if !ok {
+		msg := "unknown operator " + strconv.Quote(cr.Operator)
+		if cr.Operator == "" {
+			msg = "operator is required"
+		}
+		return append(errs, FieldError{at + ".operator", msg})
+	}
+	c.op, c.neg = o.op, o.neg
+	if msg := c.compileValue(cr); msg != "" {
+		errs = append(errs, FieldError{at + ".value", msg})
+	}
+	return errs
+}
+
+// checkPath returns why field is not a valid dotted path, or "".
+func checkPath(field string) string {
+	if field == "" {
+		return "field is required"
+	}
+	if slices.Contains(strings.Split(field, "."), "") {
+		return "malformed field path " + strconv.Quote(field) + ": empty path segment"
+	}
+	return ""
+}
+
+// compileValue classifies cr's value for c.op and returns why it is invalid,
+// or "".
+func (c *cond) compileValue(cr Criterion) string {
+	op := strconv.Quote(cr.Operator)
+	if c.op == opExists {
+		c.fn = fnExists
+		if cr.hasValue() {
+			return "operator " + op + " takes no value"
+		}
+		return ""
+	}
+	if !cr.hasValue() {
+		return "value is required for operator " + op
+	}
+	if cr.Value == nil {
+		return "value must not be null"
+	}
+	v, err := normalize(cr.Value)
+	if err != "" {
+		return err
+	}
+	c.val = v
+
+	switch c.op {
+	case opEquals:
+		c.setScalar(v)
+		c.fn = fnEqual
+		if c.kind == kindString {
+			c.fn = fnEqString
+		}
+	case opIn:
+		arr, ok := v.([]any)
+		if !ok {
+			return "operator " + op + " requires an array value"
+		}
+		c.kind, c.fn = kindArray, fnIn
+		c.set = newValSet(arr)
+	case opContains:
+		switch v.(type) {
+		case []any, map[string]any:
+			return "operator " + op + " requires a string, number or boolean value"
+		}
+		c.setScalar(v)
+		c.fn = fnContains
+	case opGT, opGTE, opLT, opLTE:
+		c.cmpOK = map[opKind]uint8{opGT: 0b100, opGTE: 0b110, opLT: 0b001, opLTE: 0b011}[c.op]
+		switch x := v.(type) {
+		case float64:
+			c.kind, c.num, c.fn = kindNumber, x, fnOrderNumber
+		case string:
+			if d, ok := ParseRelative(x); ok {
+				c.kind, c.dur, c.off, c.fn = kindRelative, d, offsetOf(d), fnOrderRelative
+			} else if t, ok := parseTime(x); ok {
+				c.kind, c.when, c.fn = kindDate, t, fnOrderDate
+			} else {
+				return "operator " + op + " requires a number, an RFC 3339 date or a relative date such as now-30d, got " + strconv.Quote(x)
+			}
+		default:
+			return "operator " + op + " requires a number, an RFC 3339 date or a relative date such as now-30d"
+		}
+	}
+	return ""
+}
+
+func (c *cond) setScalar(v any) {
+	switch x := v.(type) {
+	case string:
+		c.kind, c.str = kindString, x
+	case float64:
+		c.kind, c.num = kindNumber, x
+	case bool:
+		c.kind, c.b = kindBool, x
+	case []any:
+		c.kind = kindArray
+	case map[string]any:
+		c.kind = kindObject
+	}
+}
+
+func newValSet(arr []any) *valSet {
+	s := &valSet{}
+	for _, e := range arr {
+		switch x := e.(type) {
+		case string:
+			s.strs = append(s.strs, x)
+		case float64:
+			s.nums = append(s.nums, x)
+		case bool:
+			if x {
+				s.hasTrue = true
+			} else {
+				s.hasFalse = true
+			}
+		case nil:
+			s.hasNull = true
+		default:
+			s.other = append(s.other, x)
+		}
+	}
+	if len(s.strs) >= strIndexMin {
+		s.strIndex = make(map[string]struct{}, len(s.strs))
+		for _, x := range s.strs {
+			s.strIndex[x] = struct{}{}
+		}
+	}
+	return s
+}
+
+// normalize converts a criterion value built in Go into the shapes
+// encoding/json produces, so evaluation only meets those. It returns a
+// message for values no JSON document can hold.
+func normalize(v any) (any, string) {
+	switch x := v.(type) {
+	case nil, bool, string:
+		return x, ""
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, "value must be a finite number"
+		}
+		return x, ""
+	case float32:
+		return normalize(float64(x))
+	case int:
+		return float64(x), ""
+	case int8:
+		return float64(x), ""
+	case int16:
+		return float64(x), ""
+	case int32:
+		return float64(x), ""
+	case int64:
+		return float64(x), ""
+	case uint:
+		return float64(x), ""
+	case uint8:
+		return float64(x), ""
+	case uint16:
+		return float64(x), ""
+	case uint32:
+		return float64(x), ""
+	case uint64:
+		return float64(x), ""
+	case json.Number:
+		f, err := strconv.ParseFloat(string(x), 64)
+		if err != nil {
+			return nil, "value " + strconv.Quote(string(x)) + " is not a valid number"
+		}
+		return normalize(f)
+	case []string:
+		out := make([]any, len(x))
+		for i, s := range x {
+			out[i] = s
+		}
+		return out, ""
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			n, msg := normalize(e)
+			if msg != "" {
+				return nil, msg
+			}
+			out[i] = n
+		}
+		return out, ""
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			n, msg := normalize(e)
+			if msg != "" {
+				return nil, msg
+			}
+			out[k] = n
+		}
+		return out, ""
+	case Profile:
+		return normalize(map[string]any(x))
+	}
+	return nil, fmt.Sprintf("unsupported value type %T", v)
+}
+
+// ParseRelative parses a date relative to the current time, "now", "now-30d"
+// or "now+2h", into the signed offset from now. Units are s, m, h, d (24
+// hours) and w (7 days); the amount is a decimal integer. ok is false for any
+// other form or an offset beyond the range of time.Duration.
+func ParseRelative(s string) (d time.Duration, ok bool) {
+	rest, found := strings.CutPrefix(s, "now")
+	if !found {
+		return 0, false
+	}
+	if rest == "" {
+		return 0, true
+	}
+	if len(rest) < 3 || (rest[0] != '+' && rest[0] != '-') {
+		return 0, false
+	}
+	var unit time.Duration
+	switch rest[len(rest)-1] {
+	case 's':
+		unit = time.Second
+	case 'm':
+		unit = time.Minute
+	case 'h':
+		unit = time.Hour
+	case 'd':
+		unit = 24 * time.Hour
+	case 'w':
+		unit = 7 * 24 * time.Hour
+	default:
+		return 0, false
+	}
+	digits := rest[1 : len(rest)-1]
+	var n int64
+	for i := 0; i < len(digits); i++ {
+		ch := digits[i]
+		if ch < '0' || ch > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(ch-'0')
+		if n > int64(math.MaxInt64/unit) {
+			return 0, false
+		}
+	}
+	d = time.Duration(n) * unit
+	if rest[0] == '-' {
+		d = -d
+	}
+	return d, true
+}

@@ -1,0 +1,266 @@
+package segment
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Type is the kind of a segment: dynamic segments are computed from criteria,
+// static segments hold a fixed list of user ids.
+type Type string
+
+// The segment types.
+const (
+	// TypeStatic is a segment holding a fixed list of user ids.
+	TypeStatic Type = "static"
+	// TypeDynamic is a segment whose members are the users matching its criteria.
+	TypeDynamic Type = "dynamic"
+)
+
+// Status is the state of a segment's membership.
+type Status string
+
+// The segment statuses.
+const (
+	// StatusBuilding means that a dynamic segment's membership is being
+	// computed, at creation or after its criteria changed.
+	StatusBuilding Status = "building"
+	// StatusReady means that the segment's membership is complete.
+	StatusReady Status = "ready"
+	// StatusDeleting marks a segment whose deletion has begun: its
+	// membership is being removed. Such a segment is never shown to API
+	// clients and is not evaluated by the processor.
+	StatusDeleting Status = "deleting"
+)
+
+// Limits of segment definitions.
+const (
+	// MaxSegmentsPerOrg is the most segments one organisation may have.
+	MaxSegmentsPerOrg = 1000
+	// MaxStaticUsers is the most user ids a static segment may hold.
+	MaxStaticUsers = 100000
+	// MaxNameLength is the most characters of a segment's name.
+	MaxNameLength = 200
+	// MaxDescriptionLength is the most characters of a segment's description.
+	MaxDescriptionLength = 2000
+	// MaxURLLength is the most bytes of a segment's url.
+	MaxURLLength = 2048
+)
+
+// maxReportedErrors bounds the field errors that Validate lists, so that a
+// list of 100,000 bad user ids does not produce an answer as large.
+const maxReportedErrors = 100
+
+// Definition is a segment as the domain knows it: its identity, descriptive
+// fields, and either criteria (dynamic) or a list of user ids (static).
+type Definition struct {
+	// ID is the segment id, "seg_" followed by a time-sortable suffix.
+	ID string
+	// OrgID is the organisation that owns the segment.
+	OrgID string
+	// Name is the segment's display name; it is required.
+	Name string
+	// Description is free text.
+	Description string
+	// URL optionally links to an external resource; it is informational only.
+	URL string
+	// Type is TypeStatic or TypeDynamic.
+	Type Type
+	// Criteria decide the membership of a dynamic segment.
+	Criteria Criteria
+	// UserIDs is the list of a static segment. Stores may leave it empty when
+	// the list lives elsewhere (for example in the membership set).
+	UserIDs []string
+	// Status is StatusBuilding, StatusReady or StatusDeleting.
+	Status Status
+	// EstimatedSize approximates the number of members; it is refreshed in
+	// the background for dynamic segments and is the list length for static
+	// ones.
+	EstimatedSize int64
+	// Generation is bumped whenever the criteria (or the static list)
+	// change, so that work computed for older criteria, such as a backfill,
+	// can tell that it is stale and must not mark the segment ready.
+	Generation int64
+	// CreatedAt is when the segment was created.
+	CreatedAt time.Time
+	// UpdatedAt is when the segment was last changed.
+	UpdatedAt time.Time
+}
+
+// Normalize trims the name and removes duplicate user ids, keeping the first
+// occurrence of each. It changes nothing else.
+func (d *Definition) Normalize() {
+	d.Name = strings.TrimSpace(d.Name)
+	d.UserIDs = DedupUserIDs(d.UserIDs)
+}
+
+// DedupUserIDs returns ids without duplicates, in the order of their first
+// occurrence. It returns ids itself when there is no duplicate.
+func DedupUserIDs(ids []string) []string {
+	seen := make(map[string]struct{}, len(ids))
+	dup := false
+	for _, id := range ids {
+		if _, ok := seen[id]; ok {
+			dup = true
+			break
+		}
+		seen[id] = struct{}{}
+	}
+	if !dup {
+		return ids
+	}
+	clear(seen)
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if _, ok := seen[id]; ok {
+			continue
+		}
+		seen[id] = struct{}{}
+		out = append(out, id)
+	}
+	return out
+}
+
+// Validate checks the definition's client-supplied fields: the name, the
+// description, the url, the type and, by type, the criteria or the user ids.
+// It returns nil or a *ValidationError listing the problems, located by
+// their field in the API's JSON (for example "criteria.include[0].operator").
+// The code is CodeLimitExceeded when every problem is an exceeded limit, and
+// CodeValidationFailed otherwise. Validate counts distinct user ids, so call
+// Normalize first to store them without duplicates. It performs no I/O.
+func (d Definition) Validate() error {
+	var v validator
+
+	name := strings.TrimSpace(d.Name)
+	switch {
+	case name == "":
+		v.fail("name", "name is required")
+	case utf8.RuneCountInString(name) > MaxNameLength:
+		v.fail("name", fmt.Sprintf("name must be at most %d characters", MaxNameLength))
+	}
+	if utf8.RuneCountInString(d.Description) > MaxDescriptionLength {
+		v.fail("description", fmt.Sprintf("description must be at most %d characters", MaxDescriptionLength))
+	}
+	if d.URL != "" {
+		if msg := checkURL(d.URL); msg != "" {
+			v.fail("url", msg)
+		}
+	}
+
+	switch d.Type {
+	case TypeDynamic:
+		if len(d.UserIDs) > 0 {
+			v.fail("userIds", "userIds are only allowed for static segments")
+		}
+		if _, err := Compile(d.Criteria); err != nil {
+			ve, ok := err.(*ValidationError)
+			if !ok {
+				v.fail("criteria", err.Error())
+				break
+			}
+			for _, fe := range ve.Errors {
+				v.add(fe, ve.Code == CodeLimitExceeded)
+			}
+		}
+	case TypeStatic:
+		if len(d.Criteria.Include) > 0 || len(d.Criteria.Exclude) > 0 {
+			v.fail("criteria", "criteria are only allowed for dynamic segments")
+		}
+		v.userIDs(d.UserIDs)
+	case "":
+		v.fail("type", `type is required: "static" or "dynamic"`)
+	default:
+		v.fail("type", fmt.Sprintf(`unknown type %q: want "static" or "dynamic"`, string(d.Type)))
+	}
+	return v.err()
+}
+
+// ValidateUserIDs checks a list of user ids of a static segment: every id
+// must be non-blank, and there must be at most MaxStaticUsers distinct ids.
+// field names the list in error messages, such as "userIds" or "add". It
+// returns nil or a *ValidationError.
+func ValidateUserIDs(field string, ids []string) error {
+	var v validator
+	v.userIDsAt(field, ids)
+	return v.err()
+}
+
+// validator collects field errors and remembers whether any of them is
+// something other than an exceeded limit.
+type validator struct {
+	errs      []FieldError
+	invalid   bool
+	dropped   int
+	droppedAt string
+}
+
+func (v *validator) add(fe FieldError, limit bool) {
+	if !limit {
+		v.invalid = true
+	}
+	if len(v.errs) >= maxReportedErrors {
+		if v.dropped == 0 {
+			v.droppedAt = fe.Field
+		}
+		v.dropped++
+		return
+	}
+	v.errs = append(v.errs, fe)
+}
+
+func (v *validator) fail(field, msg string) { v.add(FieldError{Field: field, Message: msg}, false) }
+
+func (v *validator) limit(field, msg string) { v.add(FieldError{Field: field, Message: msg}, true) }
+
+func (v *validator) userIDs(ids []string) { v.userIDsAt("userIds", ids) }
+
+// userIDsAt checks the ids of the list named field.
+func (v *validator) userIDsAt(field string, ids []string) {
+	for i, id := range ids {
+		if strings.TrimSpace(id) == "" {
+			v.fail(fmt.Sprintf("%s[%d]", field, i), "user id must not be empty")
+		}
+	}
+	if len(ids) <= MaxStaticUsers {
+		return
+	}
+	if n := len(DedupUserIDs(ids)); n > MaxStaticUsers {
+		v.limit(field, fmt.Sprintf("at most %d user ids are allowed in a static segment, got %d", MaxStaticUsers, n))
+	}
+}
+
+func (v *validator) err() error {
+	if len(v.errs) == 0 {
+		return nil
+	}
+	errs := v.errs
+	if v.dropped > 0 {
+		errs = append(errs, FieldError{Field: v.droppedAt, Message: fmt.Sprintf("and %d more errors not listed", v.dropped)})
+	}
+	code := CodeLimitExceeded
+	if v.invalid {
+		code = CodeValidationFailed
+	}
+	return &ValidationError{Code: code, Errors: errs}
+}
+
+// checkURL returns why s is not an absolute http or https url, or "".
+func checkURL(s string) string {
+	if len(s) > MaxURLLength {
+		return fmt.Sprintf("url must be at most %d bytes", MaxURLLength)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "url is not a valid URL"
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "url must be an absolute http or https URL"
+	}
+	if u.Host == "" {
+		return "url must name a host"
+	}
+	return ""
+}

@@ -1,0 +1,410 @@
+package segment
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Match reports whether a user with profile p is a member of the segment at
+// time now: every include criterion matches and no exclude criterion does.
+// It does not allocate.
+func (r *Rule) Match(p Profile, now time.Time) bool {
+	var n instant
+	if r.relative {
+		n = instantOf(now)
+	}
+	for i := range r.include {
+		c := &r.include[i]
+		if c.test(lookup(p, c.path), n) == c.neg {
+			return false
+		}
+	}
+	for i := range r.exclude {
+		c := &r.exclude[i]
+		if c.test(lookup(p, c.path), n) != c.neg {
+			return false
+		}
+	}
+	return true
+}
+
+// Explanation tells why a profile is or is not a member: the outcome of every
+// criterion, in the order of the rule's criteria.
+type Explanation struct {
+	Member  bool
+	Include []CriterionResult
+	Exclude []CriterionResult
+}
+
+// CriterionResult is the outcome of one criterion for one profile. Present
+// reports whether the field was in the profile and not null, and Value holds
+// the value found there (nil when missing).
+type CriterionResult struct {
+	Criterion Criterion
+	Matched   bool
+	Present   bool
+	Value     any
+}
+
+// Explain evaluates every criterion of the rule against p at time now, without
+// stopping at the first failure, and reports each outcome. Its Member always
+// equals Match(p, now).
+func (r *Rule) Explain(p Profile, now time.Time) Explanation {
+	n := instantOf(now)
+	e := Explanation{
+		Member:  true,
+		Include: make([]CriterionResult, len(r.include)),
+		Exclude: make([]CriterionResult, len(r.exclude)),
+	}
+	for i := range r.include {
+		e.Include[i] = r.include[i].explain(r.criteria.Include[i], p, n)
+		e.Member = e.Member && e.Include[i].Matched
+	}
+	for i := range r.exclude {
+		e.Exclude[i] = r.exclude[i].explain(r.criteria.Exclude[i], p, n)
+		e.Member = e.Member && !e.Exclude[i].Matched
+	}
+	return e
+}
+
+func (c *cond) explain(cr Criterion, p Profile, now instant) CriterionResult {
+	v := lookup(p, c.path)
+	return CriterionResult{Criterion: cr, Matched: c.test(v, now) != c.neg, Present: v != nil, Value: v}
+}
+
+// NextFlip returns the earliest instant strictly after now at which the
+// outcome of one of the rule's relative-date criteria changes for p, and
+// false when none can: the rule has no relative-date criterion, or each one's
+// field is missing or not a date, or has already flipped for good.
+//
+// The instant returned is the first one at which the criterion gives the
+// other answer, so evaluating the rule at that instant sees the change. For
+// "updatedAt <= now-30d" with updatedAt = T that is T+30d; for the strict
+// "updatedAt < now-30d" the criterion is still false at exactly T+30d, so
+// NextFlip returns T+30d plus one nanosecond. Likewise ">" flips at the
+// boundary and ">=" one nanosecond after it.
+func (r *Rule) NextFlip(p Profile, now time.Time) (time.Time, bool) {
+	if !r.relative {
+		return time.Time{}, false
+	}
+	n := instantOf(now)
+	var best instant
+	found := false
+	for _, cs := range [2][]cond{r.include, r.exclude} {
+		for i := range cs {
+			if t, ok := cs[i].nextFlip(p, n); ok && (!found || t.compare(best) < 0) {
+				best, found = t, true
+			}
+		}
+	}
+	if !found {
+		return time.Time{}, false
+	}
+	return best.time().In(now.Location()), true
+}
+
+// NextMembershipFlip is like NextFlip but returns false as soon as time alone
+// cannot change whether p is a member: when an include criterion fails, or an
+// exclude criterion matches, and that criterion has no flip ahead. A
+// scheduler that re-evaluates members when their time-relative criteria flip
+// can use it to skip users whose membership is already settled.
+func (r *Rule) NextMembershipFlip(p Profile, now time.Time) (time.Time, bool) {
+	if !r.relative {
+		return time.Time{}, false
+	}
+	n := instantOf(now)
+	var best instant
+	found := false
+	for k, cs := range [2][]cond{r.include, r.exclude} {
+		for i := range cs {
+			c := &cs[i]
+			t, ok := c.nextFlip(p, n)
+			if !ok {
+				// A settled criterion that blocks membership settles it.
+				if matched := c.test(lookup(p, c.path), n) != c.neg; matched == (k == 1) {
+					return time.Time{}, false
+				}
+				continue
+			}
+			if !found || t.compare(best) < 0 {
+				best, found = t, true
+			}
+		}
+	}
+	if !found {
+		return time.Time{}, false
+	}
+	return best.time().In(now.Location()), true
+}
+
+// nextFlip returns when a relative-date criterion next changes for p, if it
+// is one and ever does after now.
+func (c *cond) nextFlip(p Profile, now instant) (instant, bool) {
+	if c.kind != kindRelative {
+		return instant{}, false
+	}
+	s, ok := lookup(p, c.path).(string)
+	if !ok {
+		return instant{}, false
+	}
+	f, ok := parseTime(s)
+	if !ok {
+		return instant{}, false
+	}
+	// The criterion compares f with now+dur, so its boundary is the now at
+	// which the two are equal.
+	b := f.add(-c.dur)
+	if c.op == opLT || c.op == opGTE {
+		// Strict on the side the outcome moves to: it changes just after b.
+		b = b.add(time.Nanosecond)
+	}
+	if b.compare(now) <= 0 {
+		return instant{}, false
+	}
+	return b, true
+}
+
+// lookup returns the value at path in p, nil when absent or null or when the
+// path crosses a value that is not an object.
+func lookup(p Profile, path []string) any {
+	v := p[path[0]]
+	for _, k := range path[1:] {
+		switch m := v.(type) {
+		case map[string]any:
+			v = m[k]
+		case Profile:
+			v = m[k]
+		default:
+			return nil
+		}
+	}
+	return v
+}
+
+// test evaluates the positive form of the operator against field value v;
+// a missing field fails every positive operator.
+func (c *cond) test(v any, now instant) bool {
+	if v == nil {
+		return false
+	}
+	switch c.fn {
+	case fnExists:
+		return true
+	case fnEqString:
+		s, ok := v.(string)
+		return ok && s == c.str
+	case fnEqual:
+		return c.equal(v)
+	case fnIn:
+		return c.in(v)
+	case fnContains:
+		return c.contains(v)
+	case fnOrderNumber:
+		f, ok := toFloat(v)
+		if !ok {
+			return false
+		}
+		cmp := 0
+		if f < c.num {
+			cmp = -1
+		} else if f > c.num {
+			cmp = 1
+		}
+		return c.holds(cmp)
+	case fnOrderDate, fnOrderRelative:
+		s, ok := v.(string)
+		if !ok {
+			return false
+		}
+		t, ok := parseTime(s)
+		if !ok {
+			return false
+		}
+		if c.fn == fnOrderDate {
+			return c.holds(t.compare(c.when))
+		}
+		return c.holds(t.compare(now.addOffset(c.off)))
+	}
+	return false
+}
+
+// holds reports whether an ordering operator holds for a comparison result.
+func (c *cond) holds(cmp int) bool { return c.cmpOK&(1<<(cmp+1)) != 0 }
+
+func (c *cond) equal(v any) bool {
+	switch c.kind {
+	case kindString:
+		s, ok := v.(string)
+		return ok && s == c.str
+	case kindNumber:
+		f, ok := toFloat(v)
+		return ok && f == c.num
+	case kindBool:
+		b, ok := v.(bool)
+		return ok && b == c.b
+	}
+	return jsonEqual(v, c.val)
+}
+
+func (c *cond) in(v any) bool {
+	if arr, ok := v.([]any); ok {
+		for _, e := range arr {
+			if c.set.has(e) {
+				return true
+			}
+		}
+		return false
+	}
+	return c.set.has(v)
+}
+
+func (c *cond) contains(v any) bool {
+	switch x := v.(type) {
+	case string:
+		return c.kind == kindString && strings.Contains(x, c.str)
+	case []any:
+		if c.kind == kindString {
+			for _, e := range x {
+				if s, ok := e.(string); ok && s == c.str {
+					return true
+				}
+			}
+			return false
+		}
+		for _, e := range x {
+			if e != nil && c.equal(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (s *valSet) has(e any) bool {
+	switch x := e.(type) {
+	case string:
+		if s.strIndex != nil {
+			_, ok := s.strIndex[x]
+			return ok
+		}
+		for _, y := range s.strs {
+			if x == y {
+				return true
+			}
+		}
+		return false
+	case bool:
+		return (x && s.hasTrue) || (!x && s.hasFalse)
+	case nil:
+		return s.hasNull
+	}
+	if f, ok := toFloat(e); ok {
+		for _, y := range s.nums {
+			if f == y {
+				return true
+			}
+		}
+		return false
+	}
+	for _, y := range s.other {
+		if jsonEqual(e, y) {
+			return true
+		}
+	}
+	return false
+}
+
+// toFloat reads a JSON number: float64 from encoding/json, json.Number from a
+// decoder with UseNumber, or a Go integer from a profile built in code. The
+// float64 case is split out so that it inlines.
+func toFloat(v any) (float64, bool) {
+	if f, ok := v.(float64); ok {
+		return f, true
+	}
+	return toFloatSlow(v)
+}
+
+func toFloatSlow(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int:
+		return float64(x), true
+	case int64:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case float32:
+		return float64(x), true
+	case uint:
+		return float64(x), true
+	case uint64:
+		return float64(x), true
+	case uint32:
+		return float64(x), true
+	case json.Number:
+		f, err := strconv.ParseFloat(string(x), 64)
+		return f, err == nil
+	}
+	return 0, false
+}
+
+// jsonEqual reports whether a and b are the same JSON value: numbers by
+// value, arrays and objects deeply.
+func jsonEqual(a, b any) bool {
+	switch x := a.(type) {
+	case nil:
+		return b == nil
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case bool:
+		y, ok := b.(bool)
+		return ok && x == y
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !jsonEqual(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		return objectEqual(x, b)
+	case Profile:
+		return objectEqual(x, b)
+	}
+	fa, ok := toFloat(a)
+	if !ok {
+		return false
+	}
+	fb, ok := toFloat(b)
+	return ok && fa == fb
+}
+
+func objectEqual(x map[string]any, b any) bool {
+	y, ok := asObject(b)
+	if !ok || len(x) != len(y) {
+		return false
+	}
+	for k, xv := range x {
+		yv, ok := y[k]
+		if !ok || !jsonEqual(xv, yv) {
+			return false
+		}
+	}
+	return true
+}
+
+func asObject(v any) (map[string]any, bool) {
+	switch m := v.(type) {
+	case map[string]any:
+		return m, true
+	case Profile:
+		return m, true
+	}
+	return nil, false
+}

@@ -1,0 +1,99 @@
+package segment
+
+import (
+	"slices"
+	"sync"
+	"testing"
+)
+
+func TestIndexAppendAffected(t *testing.T) {
+	ix := NewIndex(map[string][]string{
+		"vip":      {"customFields.vip.level", "points"},
+		"vip-any":  {"customFields.vip"},
+		"custom":   {"customFields"},
+		"region":   {"customFields.region"},
+		"tier":     {"tier", "tier"},
+		"tier2":    {"tier", "points"},
+		"nothing":  nil,
+		"prefixes": {"custom", "customFieldsX"},
+	})
+	if ix.Len() != 8 {
+		t.Errorf("Len = %d, want 8", ix.Len())
+	}
+	tests := map[string]struct {
+		dst     []string
+		changed []string
+		want    []string
+	}{
+		"no change":           {nil, nil, nil},
+		"unread field":        {nil, []string{"email"}, nil},
+		"exact":               {nil, []string{"tier"}, []string{"tier", "tier2"}},
+		"exact shared":        {nil, []string{"points"}, []string{"tier2", "vip"}},
+		"parent changed":      {nil, []string{"customFields"}, []string{"custom", "region", "vip", "vip-any"}},
+		"middle changed":      {nil, []string{"customFields.vip"}, []string{"custom", "vip", "vip-any"}},
+		"leaf changed":        {nil, []string{"customFields.vip.level"}, []string{"custom", "vip", "vip-any"}},
+		"below leaf changed":  {nil, []string{"customFields.vip.level.x"}, []string{"custom", "vip", "vip-any"}},
+		"sibling changed":     {nil, []string{"customFields.region"}, []string{"custom", "region"}},
+		"unread nested":       {nil, []string{"customFields.other"}, []string{"custom"}},
+		"not a dotted prefix": {nil, []string{"customFieldsX"}, []string{"prefixes"}},
+		"dedup across paths":  {nil, []string{"points", "customFields.vip.level", "tier", "points"}, []string{"custom", "tier", "tier2", "vip", "vip-any"}},
+		"appends to dst":      {[]string{"z", "a"}, []string{"tier"}, []string{"z", "a", "tier", "tier2"}},
+		"keeps dst as is":     {[]string{"tier"}, []string{"tier"}, []string{"tier", "tier", "tier2"}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			dst := slices.Clone(tt.dst)
+			if got := ix.AppendAffected(dst, tt.changed); !slices.Equal(got, tt.want) {
+				t.Errorf("AppendAffected = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestIndexFromRules(t *testing.T) {
+	rules := map[string]*Rule{
+		"a": MustCompile(inc(cr("customFields.vip.level", OpEquals, "gold"))),
+		"b": MustCompile(exc(cr("points", OpLess, 10))),
+	}
+	fields := make(map[string][]string)
+	for id, r := range rules {
+		fields[id] = r.Fields()
+	}
+	ix := NewIndex(fields)
+	old := Profile{"points": 5.0, "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}}
+	_, changed, err := ApplyChanges(old, map[string]any{"customFields.vip.level": "silver"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ix.AppendAffected(nil, changed); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("affected = %q, want [a]", got)
+	}
+}
+
+func TestIndexEmptyAndConcurrent(t *testing.T) {
+	if got := NewIndex(nil).AppendAffected(nil, []string{"a"}); got != nil || NewIndex(nil).Len() != 0 {
+		t.Errorf("empty index: %q", got)
+	}
+	ix := NewIndex(map[string][]string{"s1": {"a.b"}, "s2": {"a"}})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			buf := make([]string, 0, 4)
+			for range 1000 {
+				if got := ix.AppendAffected(buf[:0], []string{"a.b.c", "a"}); !slices.Equal(got, []string{"s1", "s2"}) {
+					t.Errorf("AppendAffected = %q", got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestIndexAppendAffectedAllocations(t *testing.T) {
+	ix := NewIndex(map[string][]string{"s1": {"a.b"}, "s2": {"a"}, "s3": {"c"}})
+	buf := make([]string, 0, 16)
+	if n := testing.AllocsPerRun(100, func() { buf = ix.AppendAffected(buf[:0], []string{"a.b", "c"}) }); n != 0 {
+		t.Errorf("AppendAffected allocates %v times with room in dst", n)
+	}
+}

@@ -1,0 +1,278 @@
+package segment
+
+import (
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+)
+
+func TestChangedPaths(t *testing.T) {
+	vip := func(level string) map[string]any {
+		return map[string]any{"vip": map[string]any{"level": level, "since": "2023"}, "region": "eu"}
+	}
+	tests := map[string]struct {
+		old, new Profile
+		want     []string
+	}{
+		"both nil":            {nil, nil, nil},
+		"equal":               {Profile{"a": 1.0, "b": []any{"x"}}, Profile{"a": 1.0, "b": []any{"x"}}, nil},
+		"from nil":            {nil, Profile{"a": 1.0, "b": 2.0}, []string{"a", "b"}},
+		"to nil":              {Profile{"a": 1.0}, nil, []string{"a"}},
+		"scalar change":       {Profile{"a": 1.0, "b": "x"}, Profile{"a": 2.0, "b": "x"}, []string{"a"}},
+		"type change":         {Profile{"a": 1.0}, Profile{"a": "1"}, []string{"a"}},
+		"number kinds equal":  {Profile{"a": 1.0}, Profile{"a": 1}, nil},
+		"added":               {Profile{"a": 1.0}, Profile{"a": 1.0, "b": false}, []string{"b"}},
+		"removed":             {Profile{"a": 1.0, "b": false}, Profile{"a": 1.0}, []string{"b"}},
+		"null is absent":      {Profile{"a": 1.0, "b": nil}, Profile{"a": 1.0}, nil},
+		"null to value":       {Profile{"b": nil}, Profile{"b": 0.0}, []string{"b"}},
+		"array element":       {Profile{"a": []any{"x", "y"}}, Profile{"a": []any{"x", "z"}}, []string{"a"}},
+		"array order":         {Profile{"a": []any{"x", "y"}}, Profile{"a": []any{"y", "x"}}, []string{"a"}},
+		"nested leaf":         {Profile{"customFields": vip("gold")}, Profile{"customFields": vip("silver")}, []string{"customFields.vip.level"}},
+		"nested equal":        {Profile{"customFields": vip("gold")}, Profile{"customFields": vip("gold")}, nil},
+		"nested added":        {Profile{"customFields": map[string]any{}}, Profile{"customFields": vip("gold")}, []string{"customFields.region", "customFields.vip"}},
+		"nested object added": {Profile{}, Profile{"customFields": vip("gold")}, []string{"customFields"}},
+		"object to scalar":    {Profile{"customFields": vip("gold")}, Profile{"customFields": "none"}, []string{"customFields"}},
+		"nested null absent":  {Profile{"c": map[string]any{"x": nil}}, Profile{"c": map[string]any{}}, nil},
+		"profile-typed child": {Profile{"c": Profile{"x": 1.0}}, Profile{"c": map[string]any{"x": 2.0}}, []string{"c.x"}},
+		"several sorted":      {Profile{"z": 1.0, "a": 1.0, "m": map[string]any{"b": 1.0, "a": 1.0}}, Profile{"z": 2.0, "a": 2.0, "m": map[string]any{"b": 2.0, "a": 2.0}}, []string{"a", "m.a", "m.b", "z"}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			if got := ChangedPaths(tt.old, tt.new); !slices.Equal(got, tt.want) {
+				t.Errorf("ChangedPaths = %q, want %q", got, tt.want)
+			}
+			if got := ChangedPaths(tt.new, tt.old); !slices.Equal(got, tt.want) {
+				t.Errorf("ChangedPaths reversed = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestApplyChanges(t *testing.T) {
+	base := func() Profile {
+		return Profile{
+			"tier":   "gold",
+			"points": 10.0,
+			"badges": []any{"b1"},
+			"customFields": map[string]any{
+				"region": "eu",
+				"vip":    map[string]any{"level": "gold"},
+			},
+		}
+	}
+	tests := map[string]struct {
+		old         Profile
+		changes     map[string]any
+		want        Profile
+		wantChanged []string
+	}{
+		"no changes": {base(), nil, base(), nil},
+		"set top-level": {
+			base(), map[string]any{"tier": "silver", "points": 10.0},
+			func() Profile { p := base(); p["tier"] = "silver"; return p }(),
+			[]string{"tier"},
+		},
+		"add field": {
+			base(), map[string]any{"xp": 5.0},
+			func() Profile { p := base(); p["xp"] = 5.0; return p }(),
+			[]string{"xp"},
+		},
+		"remove with null": {
+			base(), map[string]any{"points": nil},
+			func() Profile { p := base(); delete(p, "points"); return p }(),
+			[]string{"points"},
+		},
+		"remove absent": {base(), map[string]any{"nope": nil}, base(), nil},
+		"remove nested under absent": {
+			base(), map[string]any{"nope.deeper": nil}, base(), nil,
+		},
+		"set nested": {
+			base(), map[string]any{"customFields.vip.level": "platinum"},
+			func() Profile {
+				p := base()
+				p["customFields"] = map[string]any{"region": "eu", "vip": map[string]any{"level": "platinum"}}
+				return p
+			}(),
+			[]string{"customFields.vip.level"},
+		},
+		"remove nested": {
+			base(), map[string]any{"customFields.vip.level": nil},
+			func() Profile {
+				p := base()
+				p["customFields"] = map[string]any{"region": "eu", "vip": map[string]any{}}
+				return p
+			}(),
+			[]string{"customFields.vip.level"},
+		},
+		"create nested": {
+			Profile{"tier": "gold"}, map[string]any{"customFields.vip.level": "gold"},
+			Profile{"tier": "gold", "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
+			[]string{"customFields"},
+		},
+		"create under null": {
+			Profile{"customFields": nil}, map[string]any{"customFields.vip": true},
+			Profile{"customFields": map[string]any{"vip": true}},
+			[]string{"customFields"},
+		},
+		"create from nil profile": {
+			nil, map[string]any{"a.b": 1.0, "c": "x"},
+			Profile{"a": map[string]any{"b": 1.0}, "c": "x"},
+			[]string{"a", "c"},
+		},
+		"replace object then set inside": {
+			base(), map[string]any{"customFields": map[string]any{"region": "us"}, "customFields.vip.level": "silver"},
+			func() Profile {
+				p := base()
+				p["customFields"] = map[string]any{"region": "us", "vip": map[string]any{"level": "silver"}}
+				return p
+			}(),
+			[]string{"customFields.region", "customFields.vip.level"},
+		},
+		"replace object with same": {
+			base(), map[string]any{"customFields": map[string]any{"region": "eu", "vip": map[string]any{"level": "gold"}}},
+			base(), nil,
+		},
+		"keys around a prefix": {
+			Profile{"a": map[string]any{"b": 1.0}}, map[string]any{"a.b": 2.0, "a-b": 1.0, "a.c": 3.0},
+			Profile{"a": map[string]any{"b": 2.0, "c": 3.0}, "a-b": 1.0},
+			[]string{"a-b", "a.b", "a.c"},
+		},
+		"same value": {base(), map[string]any{"customFields.vip.level": "gold"}, base(), nil},
+		"two siblings": {
+			base(), map[string]any{"customFields.region": "us", "customFields.vip.level": "silver"},
+			func() Profile {
+				p := base()
+				p["customFields"] = map[string]any{"region": "us", "vip": map[string]any{"level": "silver"}}
+				return p
+			}(),
+			[]string{"customFields.region", "customFields.vip.level"},
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			var before Profile
+			if tt.old != nil {
+				before = base()
+				if !reflect.DeepEqual(tt.old, before) {
+					before = deepCopy(tt.old).(map[string]any)
+				}
+			}
+			changesCopy := deepCopy(map[string]any(tt.changes))
+			got, changed, err := ApplyChanges(tt.old, tt.changes)
+			if err != nil {
+				t.Fatalf("ApplyChanges: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("profile = %#v\nwant %#v", got, tt.want)
+			}
+			if !slices.Equal(changed, tt.wantChanged) {
+				t.Errorf("changed = %q, want %q", changed, tt.wantChanged)
+			}
+			if want := ChangedPaths(tt.old, got); !slices.Equal(changed, want) {
+				t.Errorf("changed = %q, ChangedPaths = %q", changed, want)
+			}
+			if tt.old != nil && !reflect.DeepEqual(tt.old, before) {
+				t.Errorf("old profile modified: %#v", tt.old)
+			}
+			if tt.changes != nil && !reflect.DeepEqual(map[string]any(tt.changes), changesCopy) {
+				t.Errorf("changes modified: %#v", tt.changes)
+			}
+		})
+	}
+}
+
+func TestApplyChangesCopyOnWrite(t *testing.T) {
+	untouched := map[string]any{"a": 1.0}
+	old := Profile{
+		"customFields": map[string]any{"vip": map[string]any{"level": "gold"}, "other": untouched},
+		"list":         []any{"x"},
+	}
+	got, _, err := ApplyChanges(old, map[string]any{"customFields.vip.level": "silver"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lookupPath(old, "customFields.vip.level") != "gold" {
+		t.Error("old profile modified")
+	}
+	// Objects off the patch's paths are shared, not copied.
+	untouched["a"] = 2.0
+	if lookupPath(got, "customFields.other.a") != 2.0 {
+		t.Error("an object off the patch's paths was copied")
+	}
+	// The new profile's own objects can be modified without touching old.
+	got["customFields"].(map[string]any)["vip"].(map[string]any)["level"] = "bronze"
+	got["tier"] = "x"
+	if lookupPath(old, "customFields.vip.level") != "gold" || old["tier"] != nil {
+		t.Error("modifying the new profile modified old")
+	}
+}
+
+func TestApplyChangesErrors(t *testing.T) {
+	old := Profile{"points": 10.0, "badges": []any{"b1"}, "customFields": map[string]any{"vip": "yes"}}
+	tests := map[string]struct {
+		changes map[string]any
+		fields  []string
+	}{
+		"empty path":          {map[string]any{"": 1.0}, []string{""}},
+		"empty segment":       {map[string]any{"customFields..vip": 1.0}, []string{"customFields..vip"}},
+		"trailing dot":        {map[string]any{"customFields.": 1.0}, []string{"customFields."}},
+		"leading dot":         {map[string]any{".tier": 1.0}, []string{".tier"}},
+		"crosses number":      {map[string]any{"points.x": 1.0}, []string{"points.x"}},
+		"crosses array":       {map[string]any{"badges.0": "b2"}, []string{"badges.0"}},
+		"crosses nested":      {map[string]any{"customFields.vip.level": "gold"}, []string{"customFields.vip.level"}},
+		"remove crosses":      {map[string]any{"points.x": nil}, []string{"points.x"}},
+		"several, sorted":     {map[string]any{"z..": 1.0, "a.": 1.0, "tier": "ok"}, []string{"a.", "z.."}},
+		"crossing a new leaf": {map[string]any{"tier": "gold", "tier.level": 1.0}, []string{"tier.level"}},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			before := deepCopy(map[string]any(old))
+			p, changed, err := ApplyChanges(old, tt.changes)
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("error = %v, want a *ValidationError", err)
+			}
+			if p != nil || changed != nil {
+				t.Error("a result came with the error")
+			}
+			if ve.Code != CodeValidationFailed {
+				t.Errorf("Code = %q", ve.Code)
+			}
+			var fields []string
+			for _, fe := range ve.Errors {
+				fields = append(fields, fe.Field)
+			}
+			if !slices.Equal(fields, tt.fields) {
+				t.Errorf("fields = %q, want %q", fields, tt.fields)
+			}
+			if !reflect.DeepEqual(map[string]any(old), before) {
+				t.Error("old profile modified")
+			}
+		})
+	}
+}
+
+// deepCopy copies decoded JSON.
+func deepCopy(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		if x == nil {
+			return x
+		}
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = deepCopy(e)
+		}
+		return out
+	case Profile:
+		return deepCopy(map[string]any(x))
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = deepCopy(e)
+		}
+		return out
+	}
+	return v
+}
