@@ -29,7 +29,7 @@ type criterionEval struct {
 // "seen"}, with "value" only when the criterion has one.
 func (c criterionEval) MarshalJSON() ([]byte, error) {
 	if !c.Criterion.HasValue {
-		return json.Marshal(struct {
+		return marshal(struct {
 			Field    string `json:"field"`
 			Operator string `json:"operator"`
 			Matched  bool   `json:"matched"`
@@ -37,7 +37,7 @@ func (c criterionEval) MarshalJSON() ([]byte, error) {
 			Seen     any    `json:"seen"`
 		}{c.Criterion.Field, c.Criterion.Operator, c.Matched, c.Present, c.Seen})
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		Field    string `json:"field"`
 		Operator string `json:"operator"`
 		Value    any    `json:"value"`

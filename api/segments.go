@@ -110,9 +110,15 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			if b.Criteria == nil {
 				fe.add("criteria", "criteria are required for a dynamic segment")
 			}
+			if b.UserIDs != nil {
+				fe.add("userIds", "userIds are only allowed for static segments")
+			}
 		case segment.TypeStatic:
 			if b.UserIDs == nil {
 				fe.add("userIds", "userIds are required for a static segment (an empty list is allowed)")
+			}
+			if b.Criteria != nil {
+				fe.add("criteria", "criteria are only allowed for dynamic segments")
 			}
 		}
 	}
@@ -210,11 +216,11 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 	return nil
 }
 
-// rollbackCreate removes a static segment whose list could not be written,
-// so that the client's retry does not leave a second segment behind. The
-// entries may have been published in part, so every one is answered with an
-// exit (the same exits a deletion publishes). It runs on its own context:
-// the request's may be what failed.
+// rollbackCreate removes a static segment whose list could not be
+// published or written, so that the client's retry does not leave a second
+// segment behind. The entries may have gone out in part, so each is answered
+// with an exit (the exits a deletion publishes) as far as the publisher
+// allows. It runs on its own context: the request's may be what failed.
 func (s *Server) rollbackCreate(d segment.Definition, userIDs []string, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -222,9 +228,13 @@ func (s *Server) rollbackCreate(d segment.Definition, userIDs []string, now time
 	for i, u := range userIDs {
 		exits[i] = events.Change{OrgID: d.OrgID, SegmentID: d.ID, UserID: u, At: now, Cause: membership.DeleteCause(d.ID)}
 	}
-	err := s.publish(ctx, exits)
+	if err := s.publish(ctx, exits); err != nil {
+		s.log.Error("roll back a static segment: its entries may have been published in part, without exits",
+			"org", d.OrgID, "segment", d.ID, "err", err)
+	}
+	_, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
 	if err == nil {
-		err = s.removeSegment(ctx, d, now)
+		err = s.defs.Delete(ctx, d.OrgID, d.ID)
 	}
 	if err != nil {
 		s.log.Error("roll back a static segment whose list could not be written; delete it to clean up",

@@ -268,12 +268,12 @@ type criterionJSON struct {
 // the criterion has one, null included.
 func (c criterionJSON) MarshalJSON() ([]byte, error) {
 	if !c.HasValue {
-		return json.Marshal(struct {
+		return marshal(struct {
 			Field    string `json:"field"`
 			Operator string `json:"operator"`
 		}{c.Field, c.Operator})
 	}
-	return json.Marshal(struct {
+	return marshal(struct {
 		Field    string `json:"field"`
 		Operator string `json:"operator"`
 		Value    any    `json:"value"`

@@ -4,12 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -108,17 +109,35 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 `
 
+// segmentIDs remembers the last id made, so that ids made by this process
+// rise strictly even within one millisecond or when the clock steps back.
+var segmentIDs struct {
+	sync.Mutex
+	ms   uint64
+	rand uint64
+}
+
 // NewSegmentID returns a new segment id: "seg_", 12 hex digits of the unix
 // milliseconds of now and 10 random hex digits, so that ids sort in creation
-// order.
+// order. Ids made by one process rise strictly: within one millisecond (or
+// when the clock steps back) the last id's random part is incremented.
 func NewSegmentID(now time.Time) string {
-	var r [5]byte
-	_, _ = rand.Read(r[:]) // crypto/rand.Read never fails
-	ms := now.UnixMilli()
-	if ms < 0 {
-		ms = 0
+	const randBits = 40
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	r := binary.BigEndian.Uint64(b[:]) >> (64 - randBits)
+	ms := uint64(max(now.UnixMilli(), 0)) & (1<<48 - 1)
+
+	segmentIDs.Lock()
+	if ms <= segmentIDs.ms {
+		ms, r = segmentIDs.ms, segmentIDs.rand+1
+		if r >= 1<<randBits {
+			ms, r = ms+1, 0
+		}
 	}
-	return fmt.Sprintf("seg_%012x%s", ms&0xffffffffffff, hex.EncodeToString(r[:]))
+	segmentIDs.ms, segmentIDs.rand = ms, r
+	segmentIDs.Unlock()
+	return fmt.Sprintf("seg_%012x%010x", ms, r)
 }
 
 // Create stores a new definition and returns it as stored. An empty d.ID is
@@ -568,17 +587,17 @@ func decodeDefinition(raw string) (segment.Definition, error) {
 	}
 	if w.Criteria != nil {
 		var err error
-		if d.Criteria.Include, err = decodeCriteria(w.Criteria.Include); err != nil {
+		if d.Criteria.Include, err = decodeStoredCriteria(w.Criteria.Include); err != nil {
 			return segment.Definition{}, err
 		}
-		if d.Criteria.Exclude, err = decodeCriteria(w.Criteria.Exclude); err != nil {
+		if d.Criteria.Exclude, err = decodeStoredCriteria(w.Criteria.Exclude); err != nil {
 			return segment.Definition{}, err
 		}
 	}
 	return d, nil
 }
 
-func decodeCriteria(in []storedCriterion) ([]segment.Criterion, error) {
+func decodeStoredCriteria(in []storedCriterion) ([]segment.Criterion, error) {
 	out := make([]segment.Criterion, 0, len(in))
 	for _, sc := range in {
 		c := segment.Criterion{Field: sc.Field, Operator: sc.Operator}

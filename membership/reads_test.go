@@ -15,7 +15,7 @@ import (
 )
 
 // fillSegment makes users u0000… members of seg.
-func fillSegment(t *testing.T, sets *membership.Sets, org, seg string, n int) []string {
+func fillTestSegment(t *testing.T, sets *membership.Sets, org, seg string, n int) []string {
 	t.Helper()
 	ctx := context.Background()
 	users := make([]string, n)
@@ -33,7 +33,7 @@ func fillSegment(t *testing.T, sets *membership.Sets, org, seg string, n int) []
 }
 
 func TestMembersPaging(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -50,7 +50,7 @@ func TestMembersPaging(t *testing.T) {
 		for name, tt := range tests {
 			t.Run(name, func(t *testing.T) {
 				seg := "seg_" + testenv.UniqueName(t, "s")
-				want := fillSegment(t, sets, org, seg, tt.size)
+				want := fillTestSegment(t, sets, org, seg, tt.size)
 				var seen []string
 				cursor := ""
 				for pages := 0; ; pages++ {
@@ -83,12 +83,12 @@ func TestMembersPaging(t *testing.T) {
 }
 
 func TestMembershipReads(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
-		fillSegment(t, sets, org, "seg_b", 3)
-		fillSegment(t, sets, org, "seg_a", 1)
+		fillTestSegment(t, sets, org, "seg_b", 3)
+		fillTestSegment(t, sets, org, "seg_a", 1)
 
 		tests := map[string]struct {
 			seg, user string

@@ -83,7 +83,7 @@ func (s *Sets) PlanReplace(ctx context.Context, org, seg string, userIDs []strin
 			entries = append(entries, id)
 		}
 	}
-	return changesOf(org, seg, entries, exits, cause, at), nil
+	return staticChangesOf(org, seg, entries, exits, cause, at), nil
 }
 
 // PlanEdit returns the changes of adding add to and removing remove from a
@@ -97,7 +97,7 @@ func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []stri
 	if err != nil {
 		return nil, 0, fmt.Errorf("plan static edit of %s/%s: %w", org, seg, err)
 	}
-	add, remove = uniqueSorted(add), uniqueSorted(remove)
+	add, remove = sortedUniqueIDs(add), sortedUniqueIDs(remove)
 	var entries, exits []string
 	for _, part := range []struct {
 		ids    []string
@@ -105,7 +105,7 @@ func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []stri
 		out    *[]string
 	}{{add, false, &entries}, {remove, true, &exits}} {
 		for chunk := range slices.Chunk(part.ids, setsChunk*10) {
-			is, err := s.rdb.SMIsMember(ctx, key, toAny(chunk)...).Result()
+			is, err := s.rdb.SMIsMember(ctx, key, idsAsArgs(chunk)...).Result()
 			if err != nil {
 				return nil, 0, fmt.Errorf("plan static edit of %s/%s: %w", org, seg, err)
 			}
@@ -116,7 +116,7 @@ func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []stri
 			}
 		}
 	}
-	return changesOf(org, seg, entries, exits, cause, at), size, nil
+	return staticChangesOf(org, seg, entries, exits, cause, at), size, nil
 }
 
 // Apply writes changes to the membership sets: for each chunk, first the
@@ -184,8 +184,8 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 			if err != nil {
 				return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
 			}
-			for chunk := range slices.Chunk(uniqueSorted(ids), setsChunk) {
-				changes := changesOf(org, seg, nil, chunk, cause, at)
+			for chunk := range slices.Chunk(sortedUniqueIDs(ids), setsChunk) {
+				changes := staticChangesOf(org, seg, nil, chunk, cause, at)
 				if publish != nil {
 					if err := publish(ctx, changes); err != nil {
 						return removed, fmt.Errorf("delete membership of %s/%s: publish: %w", org, seg, err)
@@ -217,7 +217,7 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 
 // changesOf returns the entries then the exits of users into or out of one
 // segment.
-func changesOf(org, seg string, entries, exits []string, cause events.Cause, at time.Time) []events.Change {
+func staticChangesOf(org, seg string, entries, exits []string, cause events.Cause, at time.Time) []events.Change {
 	slices.Sort(entries)
 	slices.Sort(exits)
 	out := make([]events.Change, 0, len(entries)+len(exits))
@@ -232,14 +232,14 @@ func changesOf(org, seg string, entries, exits []string, cause events.Cause, at 
 	return out
 }
 
-// uniqueSorted returns the distinct ids, sorted, in a new slice.
-func uniqueSorted(ids []string) []string {
+// sortedUniqueIDs returns the distinct ids, sorted, in a new slice.
+func sortedUniqueIDs(ids []string) []string {
 	out := slices.Clone(ids)
 	slices.Sort(out)
 	return slices.Compact(out)
 }
 
-func toAny(ids []string) []any {
+func idsAsArgs(ids []string) []any {
 	out := make([]any, len(ids))
 	for i, id := range ids {
 		out[i] = id

@@ -16,7 +16,7 @@ import (
 )
 
 // changeStrings renders changes as "+user" and "-user", for comparisons.
-func changeStrings(changes []events.Change) []string {
+func testChangeStrings(changes []events.Change) []string {
 	out := make([]string, len(changes))
 	for i, c := range changes {
 		sign := "-"
@@ -28,7 +28,7 @@ func changeStrings(changes []events.Change) []string {
 	return out
 }
 
-func smembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
+func testSMembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
 	t.Helper()
 	ids, err := rdb.SMembers(context.Background(), key).Result()
 	if err != nil {
@@ -39,7 +39,7 @@ func smembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
 }
 
 func TestStaticReplaceAndEdit(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -75,7 +75,7 @@ func TestStaticReplaceAndEdit(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", st.name, err)
 			}
-			if got := changeStrings(changes); !slices.Equal(got, st.want) {
+			if got := testChangeStrings(changes); !slices.Equal(got, st.want) {
 				t.Errorf("%s: changes = %v, want %v", st.name, got, st.want)
 			}
 			for _, c := range changes {
@@ -86,12 +86,12 @@ func TestStaticReplaceAndEdit(t *testing.T) {
 			if err := sets.Apply(ctx, changes); err != nil {
 				t.Fatal(err)
 			}
-			if got := smembers(t, rdb, membership.SegmentMembersKey(org, seg)); !slices.Equal(got, st.members) {
+			if got := testSMembers(t, rdb, membership.SegmentMembersKey(org, seg)); !slices.Equal(got, st.members) {
 				t.Errorf("%s: members = %v, want %v", st.name, got, st.members)
 			}
 			for _, u := range []string{"u1", "u2", "u3", "u4", "u5"} {
 				in := slices.Contains(st.members, u)
-				if got := slices.Contains(smembers(t, rdb, membership.UserSegmentsKey(org, u)), seg); got != in {
+				if got := slices.Contains(testSMembers(t, rdb, membership.UserSegmentsKey(org, u)), seg); got != in {
 					t.Errorf("%s: %s's segment set has the segment: %v, want %v", st.name, u, got, in)
 				}
 			}
@@ -124,7 +124,7 @@ func TestStaticCauseIsDeterministic(t *testing.T) {
 }
 
 func TestDeleteSegmentMembership(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -187,7 +187,7 @@ func TestDeleteSegmentMembership(t *testing.T) {
 			t.Error("members set still exists")
 		}
 		for _, u := range []string{users[0], users[1234], users[2499]} {
-			got := smembers(t, rdb, membership.UserSegmentsKey(org, u))
+			got := testSMembers(t, rdb, membership.UserSegmentsKey(org, u))
 			if !slices.Equal(got, []string{other}) {
 				t.Errorf("%s's segments = %v, want only %s", u, got, other)
 			}

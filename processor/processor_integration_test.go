@@ -26,13 +26,13 @@ import (
 // rig is one processor wired to real Kafka and Redis with topics and an
 // organisation of the test's own.
 type rig struct {
-	brokers                       []string
-	rdb                           redis.UniversalClient
-	org                           string
-	profile, membershipT, dlq     string
-	group                         string
-	defs                          *membership.Definitions
-	users                         *membership.Users
+	brokers                   []string
+	rdb                       redis.UniversalClient
+	org                       string
+	profile, membershipT, dlq string
+	group                     string
+	defs                      *membership.Definitions
+	users                     *membership.Users
 }
 
 func newRig(t *testing.T, rdb redis.UniversalClient) *rig {

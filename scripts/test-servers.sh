@@ -24,9 +24,11 @@
 # .cache/kafka/libs). State and logs live in .cache/test-servers/, data in a temp dir.
 #
 # Environment (all optional): REDIS_PORT, REDIS_CLUSTER_PORTS (comma or space
-# separated, at least 3), KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HEAP_OPTS
-# (default "-Xmx512m -Xms256m"), KAFKA_START_TIMEOUT and REDIS_START_TIMEOUT
-# (seconds, default 120 and 60).
+# separated, at least 3; each node also listens on port+10000, its cluster bus),
+# KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HEAP_OPTS (default "-Xmx512m -Xms256m"),
+# KAFKA_JVM_OPTS (default "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"),
+# KAFKA_START_TIMEOUT and REDIS_START_TIMEOUT (seconds, default 120 and 60).
+# Two work trees on one machine need different ports to run at the same time.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +43,8 @@ REDIS_CLUSTER_PORTS="${REDIS_CLUSTER_PORTS:-17001,17002,17003}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+# C1 only and the serial GC: less CPU at startup and fewer threads on a small machine.
+KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 REDIS_START_TIMEOUT="${REDIS_START_TIMEOUT:-60}"
 STOP_TIMEOUT=30
@@ -60,9 +64,20 @@ check_ports() {
     fi
   done
   ((${#CLUSTER_PORTS[@]} >= 3)) || die "REDIS_CLUSTER_PORTS needs at least 3 ports, got '$REDIS_CLUSTER_PORTS'"
+  for p in "${CLUSTER_PORTS[@]}"; do
+    ((p + 10000 <= 65535)) || die "Redis Cluster port $p too high: its cluster bus port $((p + 10000)) is not a port"
+  done
   local dups
-  dups="$(printf '%s\n' "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" | sort | uniq -d)"
+  dups="$(all_ports | sort | uniq -d)"
   [[ -z "$dups" ]] || die "port(s) used twice: ${dups//$'\n'/ }"
+}
+
+# all_ports lists every TCP port the servers listen on, Redis Cluster bus ports
+# (port + 10000) included.
+all_ports() {
+  local p
+  printf '%s\n' "$REDIS_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  for p in "${CLUSTER_PORTS[@]}"; do printf '%s\n%s\n' "$p" "$((p + 10000))"; done
 }
 
 cluster_addrs() {
@@ -81,13 +96,24 @@ env_lines() {
 # port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
-# ours PIDFILE PATTERN: true when PIDFILE names a live process whose command line
-# matches PATTERN (so a recycled pid is never taken for one of ours).
+# ours PIDFILE: true when PIDFILE (kafka.pid or redis-PORT.pid in the state
+# dir) names a live process whose command line is that of the server, so that
+# a recycled pid is never taken for one of ours.
 ours() {
-  local pid
+  local pid cmd port
   pid="$(cat "$1" 2>/dev/null)" || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  grep -qa -- "$2" "/proc/$pid/cmdline" 2>/dev/null
+  { cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline")"; } 2>/dev/null || return 1
+  case "${1##*/}" in
+    kafka.pid) [[ "$cmd" == *kafka.Kafka* && "$cmd" == *"$KAFKA_LIBS/"* ]] ;;
+    redis-*.pid)
+      port="${1##*/redis-}"
+      port="${port%.pid}"
+      # "redis-server 127.0.0.1:PORT" once running, "--port PORT" before.
+      [[ "$cmd" == *redis-server* && ("$cmd" == *":$port "* || "$cmd" == *":$port" || "$cmd" == *"--port $port "*) ]]
+      ;;
+    *) return 1 ;;
+  esac
 }
 
 # alive PID: true while PID exists and is not a zombie.
@@ -97,17 +123,16 @@ alive() {
   [[ "${stat##*) }" != Z* ]]
 }
 
-pidfiles() {
-  local p
-  printf '%s redis-server\n' "$STATE/redis-$REDIS_PORT.pid"
-  for p in "${CLUSTER_PORTS[@]}"; do printf '%s redis-server\n' "$STATE/redis-$p.pid"; done
-  printf '%s kafka.Kafka\n' "$STATE/kafka.pid"
-}
-
+# running: true when a start completed and all the servers it started still
+# run (whatever ports they were given).
 running() {
-  local f pat
-  [[ -f "$STATE/env" ]] || return 1
-  while read -r f pat; do ours "$f" "$pat" || return 1; done < <(pidfiles)
+  local f n=0
+  [[ -f "$STATE/env" ]] && ours "$STATE/kafka.pid" || return 1
+  for f in "$STATE"/redis-*.pid; do
+    ours "$f" || return 1
+    n=$((n + 1))
+  done
+  ((n >= 4))
 }
 
 # ---------------------------------------------------------------- prerequisites
@@ -143,10 +168,11 @@ ensure_kafka_libs() {
   log "fetching Kafka jars with Maven into ${KAFKA_LIBS#"$ROOT/"} (first run only)"
   rm -rf "$KAFKA_LIBS" "$KAFKA_LIBS.tmp"
   mkdir -p "$KAFKA_LIBS.tmp"
-  if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" >&2; then
+  if ! mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS.tmp" >"$CACHE/kafka/mvn.log" 2>&1; then
+    cat "$CACHE/kafka/mvn.log" >&2
     rm -rf "$KAFKA_LIBS.tmp"
-    die "mvn could not fetch the Kafka jars (see its output above)"
+    die "mvn could not fetch the Kafka jars (output above, also in ${CACHE#"$ROOT/"}/kafka/mvn.log)"
   fi
   ls "$KAFKA_LIBS.tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn ran but no kafka_2.13 jar in $KAFKA_LIBS.tmp"
   printf '%s\n' "$sum" >"$KAFKA_LIBS.tmp/.complete"
@@ -279,8 +305,8 @@ EOF
 
   # setsid: the broker gets its own session, so a Ctrl-C meant for `run`'s
   # command does not reach it; `stop` ends it.
-  # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
-  setsid java $KAFKA_HEAP_OPTS -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "${jvm[@]}" \
+  # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS are lists of JVM flags
+  setsid java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS "${jvm[@]}" \
     kafka.Kafka "$dir/server.properties" </dev/null >"$LOGS/kafka.out" 2>&1 9>&- &
   printf '%s\n' "$!" >"$STATE/kafka.pid"
 }
@@ -348,8 +374,8 @@ do_start() {
   ensure_kafka_libs
 
   local p
-  for p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    ! port_open "$p" || die "port $HOST:$p is already in use (another test-servers.sh, or set REDIS_PORT/REDIS_CLUSTER_PORTS/KAFKA_PORT/KAFKA_CONTROLLER_PORT)"
+  for p in $(all_ports); do
+    ! port_open "$p" || die "port $HOST:$p is already in use (by another test-servers.sh? Choose other ports with REDIS_PORT, REDIS_CLUSTER_PORTS (each also takes port+10000 for the cluster bus), KAFKA_PORT, KAFKA_CONTROLLER_PORT)"
   done
 
   local t0=$SECONDS
@@ -376,11 +402,10 @@ do_start() {
 # stop_all ends every process named in the state dir (TERM, then KILL after
 # STOP_TIMEOUT seconds) and removes the temp dir. Safe to call when nothing runs.
 stop_all() {
-  local f pat pid pids=() deadline
+  local f pid pids=() deadline
   # Every pid file, also those of a start with other port settings.
   for f in "$STATE"/redis-*.pid "$STATE"/kafka.pid; do
-    case "$f" in *kafka.pid) pat=kafka.Kafka ;; *) pat=redis-server ;; esac
-    if ours "$f" "$pat"; then
+    if ours "$f"; then
       pid="$(cat "$f" 2>/dev/null)" || continue
       kill -TERM "$pid" 2>/dev/null || true
       pids+=("$pid")
@@ -418,7 +443,7 @@ do_stop() {
 }
 
 do_env() {
-  if [[ -f "$STATE/env" ]]; then cat "$STATE/env"; else check_ports && env_lines; fi
+  if running; then cat "$STATE/env"; else check_ports && env_lines; fi
 }
 
 do_status() {

@@ -23,20 +23,39 @@ const (
 	CodeLimitExceeded = "limit_exceeded"
 )
 
-// Operator names accepted in [Criterion.Operator].
+// Operator names accepted in [Criterion.Operator]. Each negative operator is
+// the exact negation of its positive counterpart, so it matches a missing
+// field.
 const (
-	OpEquals      = "equals"
-	OpNotEquals   = "not_equals"
-	OpIn          = "in"
-	OpNotIn       = "not_in"
-	OpContains    = "contains"
+	// OpEquals matches a field holding the same JSON value as the criterion:
+	// numbers by value, arrays and objects deeply.
+	OpEquals = "equals"
+	// OpNotEquals is the negation of OpEquals.
+	OpNotEquals = "not_equals"
+	// OpIn takes an array value; it matches a scalar field equal to one of its
+	// elements and an array field sharing an element with it.
+	OpIn = "in"
+	// OpNotIn is the negation of OpIn.
+	OpNotIn = "not_in"
+	// OpContains matches a string field containing the value as a substring
+	// and an array field holding the value as an element.
+	OpContains = "contains"
+	// OpNotContains is the negation of OpContains.
 	OpNotContains = "not_contains"
-	OpGreater     = ">"
-	OpGreaterEq   = ">="
-	OpLess        = "<"
-	OpLessEq      = "<="
-	OpExists      = "exists"
-	OpNotExists   = "not_exists"
+	// OpGreater compares numbers with a number, and RFC 3339 dates with an
+	// RFC 3339 date or a relative date such as "now-30d".
+	OpGreater = ">"
+	// OpGreaterEq is greater than or equal, typed as OpGreater.
+	OpGreaterEq = ">="
+	// OpLess is less than, typed as OpGreater.
+	OpLess = "<"
+	// OpLessEq is less than or equal, typed as OpGreater.
+	OpLessEq = "<="
+	// OpExists matches a field that is present and not null; it takes no
+	// value.
+	OpExists = "exists"
+	// OpNotExists is the negation of OpExists.
+	OpNotExists = "not_exists"
 )
 
 // Criterion is one condition of a segment: the profile field at Field (a
@@ -242,26 +261,29 @@ const (
 	kindRelative // now±duration, for the ordering operators
 )
 
-// cond is a compiled criterion.
+// cond is a compiled criterion. The fields Match reads come first, to share
+// cache lines.
 type cond struct {
-	field string
-	path  []string
-	op    opKind
-	neg   bool
-	kind  valueKind
-	fn    testFn
+	key  string   // first path segment
+	rest []string // remaining path segments, nil for a top-level field
+	fn   testFn
+	neg  bool
 	// cmpOK has bit cmp+1 set for each comparison result (-1, 0, 1) under
 	// which an ordering operator holds.
 	cmpOK uint8
+	kind  valueKind
+	str   string
+	num   float64
+	off   offset  // kindRelative: dur, split
+	set   *valSet // elements of an in/not_in value
 
-	str  string
-	num  float64
-	b    bool
-	val  any           // normalised value, for deep equality
-	set  *valSet       // elements of an in/not_in value
-	when instant       // kindDate
-	dur  time.Duration // kindRelative
-	off  offset        // dur, split
+	op    opKind
+	b     bool
+	field string
+	path  []string
+	val   any           // normalised value, for deep equality
+	when  instant       // kindDate
+	dur   time.Duration // kindRelative
 }
 
 // testFn selects the test a cond runs, so that Match takes one switch per
@@ -313,6 +335,10 @@ func compileCond(c *cond, cr Criterion, at string, errs []FieldError) []FieldErr
 	}
 	c.field = cr.Field
 	c.path = strings.Split(cr.Field, ".")
+	c.key = c.path[0]
+	if len(c.path) > 1 {
+		c.rest = c.path[1:]
+	}
 
 	o, ok := operators[cr.Operator]
 	if !ok {

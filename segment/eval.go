@@ -15,15 +15,64 @@ func (r *Rule) Match(p Profile, now time.Time) bool {
 	if r.relative {
 		n = instantOf(now)
 	}
-	for i := range r.include {
-		c := &r.include[i]
-		if c.test(lookup(p, c.path), n) == c.neg {
-			return false
+	return all(r.include, p, n, true) && all(r.exclude, p, n, false)
+}
+
+// all reports whether every cond in cs has the outcome want for p. The common
+// tests are spelled out here rather than left to cond.test, because the call
+// per criterion is a measurable share of Match.
+func all(cs []cond, p Profile, now instant, want bool) bool {
+	for i := range cs {
+		c := &cs[i]
+		v := p[c.key]
+		if c.rest != nil {
+			v = descend(v, c.rest)
 		}
-	}
-	for i := range r.exclude {
-		c := &r.exclude[i]
-		if c.test(lookup(p, c.path), n) != c.neg {
+		var ok bool
+		if v != nil {
+			switch c.fn {
+			case fnEqString:
+				s, isStr := v.(string)
+				ok = isStr && s == c.str
+			case fnOrderNumber:
+				if f, isNum := v.(float64); isNum {
+					ok = c.holds(compareFloat(f, c.num))
+				} else {
+					ok = c.test(v, now)
+				}
+			case fnIn:
+				if s, isStr := v.(string); isStr && c.set.strIndex == nil {
+					for _, x := range c.set.strs {
+						if x == s {
+							ok = true
+							break
+						}
+					}
+				} else {
+					ok = c.in(v)
+				}
+			case fnContains:
+				if arr, isArr := v.([]any); isArr && c.kind == kindString {
+					for _, e := range arr {
+						if s, isStr := e.(string); isStr && s == c.str {
+							ok = true
+							break
+						}
+					}
+				} else {
+					ok = c.contains(v)
+				}
+			case fnOrderRelative:
+				if s, isStr := v.(string); isStr {
+					if t, isTime := parseTime(s); isTime {
+						ok = c.holds(t.compare(now.addOffset(c.off)))
+					}
+				}
+			default:
+				ok = c.test(v, now)
+			}
+		}
+		if ok == c.neg == want {
 			return false
 		}
 	}
@@ -170,7 +219,15 @@ func (c *cond) nextFlip(p Profile, now instant) (instant, bool) {
 // path crosses a value that is not an object.
 func lookup(p Profile, path []string) any {
 	v := p[path[0]]
-	for _, k := range path[1:] {
+	if len(path) > 1 {
+		v = descend(v, path[1:])
+	}
+	return v
+}
+
+// descend follows path into the objects below v.
+func descend(v any, path []string) any {
+	for _, k := range path {
 		switch m := v.(type) {
 		case map[string]any:
 			v = m[k]
@@ -203,16 +260,7 @@ func (c *cond) test(v any, now instant) bool {
 		return c.contains(v)
 	case fnOrderNumber:
 		f, ok := toFloat(v)
-		if !ok {
-			return false
-		}
-		cmp := 0
-		if f < c.num {
-			cmp = -1
-		} else if f > c.num {
-			cmp = 1
-		}
-		return c.holds(cmp)
+		return ok && c.holds(compareFloat(f, c.num))
 	case fnOrderDate, fnOrderRelative:
 		s, ok := v.(string)
 		if !ok {
@@ -228,6 +276,16 @@ func (c *cond) test(v any, now instant) bool {
 		return c.holds(t.compare(now.addOffset(c.off)))
 	}
 	return false
+}
+
+func compareFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // holds reports whether an ordering operator holds for a comparison result.

@@ -63,6 +63,10 @@ func parseTime(s string) (instant, bool) {
 	if t, ok := parseRFC3339Fast(s); ok {
 		return t, true
 	}
+	return parseTimeSlow(s)
+}
+
+func parseTimeSlow(s string) (instant, bool) {
 	if len(s) < len("2006-01-02T1:04:05Z") || !digits(s[0:4]) || s[4] != '-' {
 		return instant{}, false
 	}
@@ -89,16 +93,22 @@ func parseRFC3339Fast(s string) (instant, bool) {
 		!swarShape(c, 0xFFFF00FFFF00FFFF, 0x0000FF0000FF0000, 0x00003A00003A0000) {
 		return instant{}, false
 	}
-	// Digit bytes are now 0x30-0x39, so their low nibbles are the digits.
-	a &= 0x0F0F0F0F0F0F0F0F
-	b &= 0x0F0F0F0F0F0F0F0F
-	c &= 0x0F0F0F0F0F0F0F0F
-	year := int64(a&0xFF)*1000 + int64(a>>8&0xFF)*100 + int64(a>>16&0xFF)*10 + int64(a>>24&0xFF)
-	month := int64(a>>40&0xFF)*10 + int64(a>>48&0xFF)
-	day := int64(b&0xFF)*10 + int64(b>>8&0xFF)
-	hour := int64(c&0xFF)*10 + int64(c>>8&0xFF)
-	minute := int64(c>>24&0xFF)*10 + int64(c>>32&0xFF)
-	sec := int64(c>>48&0xFF)*10 + int64(c>>56&0xFF)
+	// Digit bytes are now 0x30-0x39, so their low nibbles are the digits, and
+	// w*10 + w>>8 turns each byte into itself times ten plus the next byte:
+	// the two-digit numbers starting at each byte, at once.
+	const lo = 0x0F0F0F0F0F0F0F0F
+	a &= lo
+	b &= lo
+	c &= lo
+	a = a*10 + a>>8
+	b = b*10 + b>>8
+	c = c*10 + c>>8
+	year := int64(a&0xFF)*100 + int64(a>>16&0xFF)
+	month := int64(a >> 40 & 0xFF)
+	day := int64(b & 0xFF)
+	hour := int64(c & 0xFF)
+	minute := int64(c >> 24 & 0xFF)
+	sec := int64(c >> 48 & 0xFF)
 	if month < 1 || month > 12 || day < 1 || (day > 28 && day > daysIn(month, year)) ||
 		hour > 23 || minute > 59 || sec > 59 {
 		return instant{}, false
@@ -106,15 +116,24 @@ func parseRFC3339Fast(s string) (instant, bool) {
 	s = s[19:]
 
 	var nsec int64
-	if s[0] == '.' && len(s) >= 2 && isDigit(s[1]) {
-		n := 1
-		for ; n < len(s) && isDigit(s[n]); n++ {
-			// Digits past nanoseconds are dropped, as time.Parse does.
-			if n <= 9 {
-				nsec += int64(s[n]-'0') * pow10[9-n]
+	if s[0] == '.' {
+		// Milliseconds, as JavaScript writes them, take a shortcut.
+		if len(s) >= 5 && isDigit(s[1]) && isDigit(s[2]) && isDigit(s[3]) && !isDigit(s[4]) {
+			nsec = (int64(s[1]-'0')*100 + int64(s[2]-'0')*10 + int64(s[3]-'0')) * 1e6
+			s = s[4:]
+		} else if len(s) >= 2 && isDigit(s[1]) {
+			n := 1
+			for ; n < len(s) && isDigit(s[n]); n++ {
+				// Digits past nanoseconds are dropped, as time.Parse does.
+				if n <= 9 {
+					nsec = nsec*10 + int64(s[n]-'0')
+				}
 			}
+			if n <= 9 {
+				nsec *= pow10[10-n]
+			}
+			s = s[n:]
 		}
-		s = s[n:]
 	}
 
 	var offset int64
@@ -134,7 +153,52 @@ func parseRFC3339Fast(s string) (instant, bool) {
 		return instant{}, false
 	}
 
-	// daysFromCivil, inlined by hand: the compiler will not.
+	var days int64
+	if i := year - yearTableFirst; i >= 0 && i < int64(len(yearTable)) {
+		e := yearTable[i]
+		days = int64(e>>1) + int64(monthStart[month-1]) + day - 1
+		if month > 2 {
+			days += int64(e & 1)
+		}
+		days += yearTableEpoch
+	} else {
+		days = daysFromCivil(year, month, day)
+	}
+	return instant{days*86400 + hour*3600 + minute*60 + sec - offset, int32(nsec)}, true
+}
+
+// yearTable holds, for each year from yearTableFirst, the days from
+// yearTableFirst-01-01 to its 1 January, shifted left once, with the low bit
+// set in leap years. A table lookup is shorter than the civil calendar
+// arithmetic on the hot path, for the years profiles hold.
+var yearTable = func() (t [400]uint32) {
+	days := uint32(0)
+	for i := range t {
+		y := yearTableFirst + int64(i)
+		leap := y%4 == 0 && (y%100 != 0 || y%400 == 0)
+		t[i] = days << 1
+		if leap {
+			t[i] |= 1
+			days += 366
+		} else {
+			days += 365
+		}
+	}
+	return t
+}()
+
+const yearTableFirst = 1900
+
+// yearTableEpoch is the day of yearTableFirst-01-01 counted from 1970-01-01.
+const yearTableEpoch = -25567
+
+// monthStart is the day of the year each month starts on, in common years.
+var monthStart = [12]uint16{0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334}
+
+// daysFromCivil returns the number of days from 1970-01-01 to the given
+// proleptic Gregorian date of a year in [0, 9999] (Howard Hinnant's
+// algorithm, shifted by one 400-year era to stay in unsigned arithmetic).
+func daysFromCivil(year, month, day int64) int64 {
 	y, m, d := uint64(year)+400, uint64(month), uint64(day)
 	if m <= 2 {
 		y--
@@ -145,11 +209,10 @@ func parseRFC3339Fast(s string) (instant, bool) {
 	era := y / 400
 	yoe := y - era*400
 	doe := yoe*365 + yoe/4 - yoe/100 + (153*m+2)/5 + d - 1
-	days := int64(era*146097+doe) - 719468 - 146097
-	return instant{days*86400 + hour*3600 + minute*60 + sec - offset, int32(nsec)}, true
+	return int64(era*146097+doe) - 719468 - 146097
 }
 
-var pow10 = [...]int64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8}
+var pow10 = [...]int64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
 
 // le64 reads s[0:8] as a little-endian word; the compiler merges the loads.
 func le64(s string) uint64 {

@@ -151,13 +151,7 @@ func TestApplyChanges(t *testing.T) {
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			var before Profile
-			if tt.old != nil {
-				before = base()
-				if !reflect.DeepEqual(tt.old, before) {
-					before = deepCopy(tt.old).(map[string]any)
-				}
-			}
+			before := deepCopy(map[string]any(tt.old))
 			changesCopy := deepCopy(map[string]any(tt.changes))
 			got, changed, err := ApplyChanges(tt.old, tt.changes)
 			if err != nil {
@@ -172,7 +166,7 @@ func TestApplyChanges(t *testing.T) {
 			if want := ChangedPaths(tt.old, got); !slices.Equal(changed, want) {
 				t.Errorf("changed = %q, ChangedPaths = %q", changed, want)
 			}
-			if tt.old != nil && !reflect.DeepEqual(tt.old, before) {
+			if !reflect.DeepEqual(map[string]any(tt.old), before) {
 				t.Errorf("old profile modified: %#v", tt.old)
 			}
 			if tt.changes != nil && !reflect.DeepEqual(map[string]any(tt.changes), changesCopy) {

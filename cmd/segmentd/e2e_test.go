@@ -88,7 +88,7 @@ func newE2E(t *testing.T, redisAddrs []string) *e2e {
 // child is a segmentd process started from this test binary.
 type child struct {
 	cmd  *exec.Cmd
-	done chan error
+	done chan struct{} // closed when the process has exited
 }
 
 func (e *e2e) startChild(name string) *child {
@@ -120,8 +120,8 @@ func (e *e2e) startChild(name string) *child {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	c := &child{cmd: cmd, done: make(chan error, 1)}
-	go func() { c.done <- cmd.Wait(); logf.Close() }()
+	c := &child{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); logf.Close(); close(c.done) }()
 	e.t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-c.done

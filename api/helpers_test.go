@@ -1,0 +1,307 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// recordingPublisher records what it publishes; while failing is set it
+// fails instead.
+type recordingPublisher struct {
+	mu      sync.Mutex
+	changes []events.Change
+	failing bool
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, changes []events.Change) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failing {
+		return errors.New("publisher down")
+	}
+	p.changes = append(p.changes, changes...)
+	return nil
+}
+
+func (p *recordingPublisher) setFailing(v bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failing = v
+}
+
+// take returns and forgets the changes published so far.
+func (p *recordingPublisher) take() []events.Change {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.changes
+	p.changes = nil
+	return out
+}
+
+// redisProfiles reads profiles stored as JSON under testProfileKey, a tiny
+// real profile source for evaluate.
+type redisProfiles struct{ rdb redis.UniversalClient }
+
+func testProfileKey(org, user string) string { return "apitest:profile:{" + org + ":" + user + "}" }
+
+func (p redisProfiles) Profile(ctx context.Context, org, user string) (segment.Profile, bool, error) {
+	raw, err := p.rdb.Get(ctx, testProfileKey(org, user)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	var prof segment.Profile
+	if err := json.Unmarshal(raw, &prof); err != nil {
+		return nil, false, err
+	}
+	return prof, true, nil
+}
+
+// testAPI is a server over real Redis with two organisations.
+type testAPI struct {
+	t        *testing.T
+	rdb      redis.UniversalClient
+	srv      *httptest.Server
+	pub      *recordingPublisher
+	org      string
+	key      string
+	otherOrg string
+	otherKey string
+	ready    error
+	readyMu  sync.Mutex
+}
+
+type testOptions struct {
+	maxBody int64
+}
+
+func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
+	t.Helper()
+	var o testOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	a := &testAPI{
+		t: t, rdb: rdb, pub: &recordingPublisher{},
+		org: testenv.UniqueName(t, "org"), otherOrg: testenv.UniqueName(t, "other"),
+	}
+	a.key, a.otherKey = "key-"+a.org, "key-"+a.otherOrg
+	reg := prometheus.NewRegistry()
+	s := New(Config{
+		Definitions: membership.NewDefinitions(rdb),
+		Membership:  membership.NewSets(rdb),
+		Profiles:    redisProfiles{rdb},
+		Publisher:   a.pub,
+		Keys:        map[string]string{a.key: a.org, a.otherKey: a.otherOrg},
+		Ready: func(context.Context) error {
+			a.readyMu.Lock()
+			defer a.readyMu.Unlock()
+			return a.ready
+		},
+		Metrics:      promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Registerer:   reg,
+		MaxBodyBytes: o.maxBody,
+	})
+	a.srv = httptest.NewServer(s)
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+// response is an answer, decoded when it is JSON.
+type response struct {
+	status int
+	header http.Header
+	raw    []byte
+	body   map[string]any
+}
+
+// do sends a request with the API key key ("" for none); body is sent as is
+// when it is a string or []byte, and as JSON otherwise.
+func (a *testAPI) do(method, path, key string, body any) response {
+	a.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = bytes.NewReader([]byte(b))
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
+		if err != nil {
+			a.t.Fatal(err)
+		}
+		rd = bytes.NewReader(enc)
+	}
+	req, err := http.NewRequest(method, a.srv.URL+path, rd)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := a.srv.Client().Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	out := response{status: res.StatusCode, header: res.Header, raw: raw}
+	if len(raw) > 0 && res.Header.Get("Content-Type") == "application/json" {
+		if err := json.Unmarshal(raw, &out.body); err != nil {
+			a.t.Fatalf("%s %s: answer is not a JSON object: %v: %s", method, path, err, raw)
+		}
+	}
+	return out
+}
+
+// as sends a request as the test's organisation.
+func (a *testAPI) as(method, path string, body any) response {
+	a.t.Helper()
+	return a.do(method, path, a.key, body)
+}
+
+// mustStatus fails the test unless r has the status.
+func (r response) mustStatus(t *testing.T, status int) response {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d: %s", r.status, status, r.raw)
+	}
+	return r
+}
+
+// errorCode returns the error code of an error answer, and checks its shape.
+func (r response) errorCode(t *testing.T) string {
+	t.Helper()
+	e, ok := r.body["error"].(map[string]any)
+	if !ok {
+		t.Fatalf("no error object in %s", r.raw)
+	}
+	if _, ok := e["message"].(string); !ok {
+		t.Errorf("error without message: %s", r.raw)
+	}
+	if _, ok := e["details"].([]any); !ok {
+		t.Errorf("error without details list: %s", r.raw)
+	}
+	code, _ := e["code"].(string)
+	return code
+}
+
+// errorFields returns the fields named by an error answer's details.
+func (r response) errorFields(t *testing.T) []string {
+	t.Helper()
+	e, _ := r.body["error"].(map[string]any)
+	details, _ := e["details"].([]any)
+	var out []string
+	for _, d := range details {
+		m, _ := d.(map[string]any)
+		f, _ := m["field"].(string)
+		out = append(out, f)
+	}
+	return out
+}
+
+// wantError checks status, code and that every field in fields is named.
+func (r response) wantError(t *testing.T, status int, code string, fields ...string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d: %s", r.status, status, r.raw)
+	}
+	if got := r.errorCode(t); got != code {
+		t.Errorf("code %q, want %q: %s", got, code, r.raw)
+	}
+	named := r.errorFields(t)
+	for _, f := range fields {
+		if !slices.Contains(named, f) {
+			t.Errorf("field %q not named in %s", f, r.raw)
+		}
+	}
+}
+
+func str(v any) string { s, _ := v.(string); return s }
+
+func num(v any) float64 { f, _ := v.(float64); return f }
+
+func strList(v any) []string {
+	arr, _ := v.([]any)
+	out := []string{}
+	for _, e := range arr {
+		out = append(out, str(e))
+	}
+	return out
+}
+
+// dynamicBody is a valid body of a dynamic segment.
+func dynamicBody(name string) map[string]any {
+	return map[string]any{
+		"name": name, "description": "engaged", "type": "dynamic", "url": "https://example.com/vip",
+		"criteria": map[string]any{
+			"include": []any{
+				map[string]any{"field": "tier", "operator": "in", "value": []any{"gold", "platinum"}},
+				map[string]any{"field": "points", "operator": ">=", "value": 1000},
+			},
+			"exclude": []any{
+				map[string]any{"field": "customFields.testAccount", "operator": "equals", "value": true},
+			},
+		},
+	}
+}
+
+// onEachRedis runs f on the standalone Redis and on the Redis Cluster.
+func onEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
+	t.Helper()
+	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
+		"standalone": testenv.RedisClient,
+		"cluster":    testenv.RedisClusterClient,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, connect(t))
+		})
+	}
+}
+
+// changeSigns renders changes as "+user" and "-user", sorted.
+func changeSigns(changes []events.Change) []string {
+	out := make([]string, len(changes))
+	for i, c := range changes {
+		out[i] = map[bool]string{true: "+", false: "-"}[c.Entered] + c.UserID
+	}
+	slices.Sort(out)
+	return out
+}
+
+func smembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
+	t.Helper()
+	ids, err := rdb.SMembers(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ids)
+	return ids
+}

@@ -1,0 +1,226 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+func TestTenantIsolation(t *testing.T) {
+	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		a := newTestAPI(t, rdb)
+		dyn := str(a.as("POST", "/v1/segments", dynamicBody("mine")).mustStatus(t, 201).body["id"])
+		stat := str(a.as("POST", "/v1/segments", map[string]any{"name": "list", "type": "static", "userIds": []string{"u1", "u2"}}).mustStatus(t, 201).body["id"])
+		a.pub.take()
+
+		// What the other organisation gets for a segment id that exists
+		// nowhere: the answer for ours must be the same.
+		unknown := a.do("GET", "/v1/segments/seg_000000000000aaaaaaaaaa", a.otherKey, nil).mustStatus(t, 404)
+		calls := []struct {
+			method, path string
+			body         any
+		}{
+			{"GET", "/v1/segments/%s", nil},
+			{"PUT", "/v1/segments/%s", map[string]any{"name": "stolen"}},
+			{"DELETE", "/v1/segments/%s", nil},
+			{"GET", "/v1/segments/%s/members", nil},
+			{"POST", "/v1/segments/%s/members", map[string]any{"add": []string{"intruder"}}},
+			{"GET", "/v1/segments/%s/members/u1", nil},
+			{"POST", "/v1/segments/%s/evaluate", map[string]any{"userId": "u1"}},
+		}
+		for _, id := range []string{dyn, stat} {
+			for _, c := range calls {
+				path := strings.Replace(c.path, "%s", id, 1)
+				r := a.do(c.method, path, a.otherKey, c.body)
+				if r.status != 404 || string(r.raw) != string(unknown.raw) {
+					t.Errorf("%s %s as another org: %d %s, want the 404 of an unknown id %s", c.method, path, r.status, r.raw, unknown.raw)
+				}
+			}
+		}
+		if r := a.do("GET", "/v1/segments", a.otherKey, nil).mustStatus(t, 200); len(r.body["data"].([]any)) != 0 {
+			t.Errorf("another org lists %s", r.raw)
+		}
+		if r := a.do("GET", "/v1/segments?type=static", a.otherKey, nil).mustStatus(t, 200); len(r.body["data"].([]any)) != 0 {
+			t.Errorf("another org lists %s", r.raw)
+		}
+		if r := a.do("GET", "/v1/users/u1/segments", a.otherKey, nil).mustStatus(t, 200); len(r.body["data"].([]any)) != 0 {
+			t.Errorf("another org sees u1's segments: %s", r.raw)
+		}
+		// Nothing changed for the owner.
+		got := a.as("GET", "/v1/segments/"+stat, nil).mustStatus(t, 200)
+		if got.body["name"] != "list" || !slices.Equal(strList(got.body["userIds"]), []string{"u1", "u2"}) {
+			t.Errorf("the owner's segment changed: %s", got.raw)
+		}
+		a.as("GET", "/v1/segments/"+dyn, nil).mustStatus(t, 200)
+		if pub := a.pub.take(); len(pub) != 0 {
+			t.Errorf("another org's calls published %v", pub)
+		}
+		if n, _ := rdb.Exists(context.Background(), membership.SegmentMembersKey(a.otherOrg, stat)).Result(); n != 0 {
+			t.Error("another org's call wrote a members key")
+		}
+	})
+}
+
+func TestEvaluate(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	dyn := str(a.as("POST", "/v1/segments", dynamicBody("vip")).mustStatus(t, 201).body["id"])
+	stat := str(a.as("POST", "/v1/segments", map[string]any{"name": "list", "type": "static", "userIds": []string{"u1"}}).mustStatus(t, 201).body["id"])
+	ctx := context.Background()
+	if err := rdb.Set(ctx, testProfileKey(a.org, "gold"), `{"tier":"gold","points":1500,"customFields":{"testAccount":false}}`, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Del(context.Background(), testProfileKey(a.org, "gold")) })
+
+	tests := map[string]struct {
+		seg    string
+		body   any
+		status int
+		want   string // the JSON answer, or the error code
+	}{
+		"member by profile": {
+			seg: dyn, body: map[string]any{"profile": map[string]any{"tier": "platinum", "points": 1000}}, status: 200,
+			want: `{"member":true,"include":[{"field":"tier","operator":"in","value":["gold","platinum"],"matched":true,"present":true,"seen":"platinum"},{"field":"points","operator":">=","value":1000,"matched":true,"present":true,"seen":1000}],"exclude":[{"field":"customFields.testAccount","operator":"equals","value":true,"matched":false,"present":false,"seen":null}]}`,
+		},
+		"excluded by profile": {
+			seg: dyn, body: map[string]any{"profile": map[string]any{"tier": "gold", "points": 5000, "customFields": map[string]any{"testAccount": true}}}, status: 200,
+			want: `{"member":false,"include":[{"field":"tier","operator":"in","value":["gold","platinum"],"matched":true,"present":true,"seen":"gold"},{"field":"points","operator":">=","value":1000,"matched":true,"present":true,"seen":5000}],"exclude":[{"field":"customFields.testAccount","operator":"equals","value":true,"matched":true,"present":true,"seen":true}]}`,
+		},
+		"stored profile": {
+			seg: dyn, body: map[string]any{"userId": "gold"}, status: 200,
+			want: `{"member":true,"include":[{"field":"tier","operator":"in","value":["gold","platinum"],"matched":true,"present":true,"seen":"gold"},{"field":"points","operator":">=","value":1000,"matched":true,"present":true,"seen":1500}],"exclude":[{"field":"customFields.testAccount","operator":"equals","value":true,"matched":false,"present":true,"seen":false}]}`,
+		},
+		"unknown user":       {seg: dyn, body: map[string]any{"userId": "nobody"}, status: 404, want: "user_not_found"},
+		"static member":      {seg: stat, body: map[string]any{"userId": "u1"}, status: 200, want: `{"member":true,"include":[],"exclude":[]}`},
+		"static non-member":  {seg: stat, body: map[string]any{"userId": "u2"}, status: 200, want: `{"member":false,"include":[],"exclude":[]}`},
+		"static by profile":  {seg: stat, body: map[string]any{"profile": map[string]any{}}, status: 400, want: "validation_failed"},
+		"both":               {seg: dyn, body: map[string]any{"userId": "gold", "profile": map[string]any{}}, status: 400, want: "validation_failed"},
+		"neither":            {seg: dyn, body: map[string]any{}, status: 400, want: "validation_failed"},
+		"profile not object": {seg: dyn, body: map[string]any{"profile": []any{}}, status: 400, want: "validation_failed"},
+		"unknown field":      {seg: dyn, body: map[string]any{"userId": "gold", "debug": true}, status: 400, want: "validation_failed"},
+		"unknown segment":    {seg: "seg_nope", body: map[string]any{"userId": "gold"}, status: 404, want: "not_found"},
+		"invalid JSON":       {seg: dyn, body: `{`, status: 400, want: "invalid_json"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := a.as("POST", "/v1/segments/"+tt.seg+"/evaluate", tt.body)
+			if r.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", r.status, tt.status, r.raw)
+			}
+			if tt.status != 200 {
+				if code := r.errorCode(t); code != tt.want {
+					t.Errorf("code %q, want %q", code, tt.want)
+				}
+				return
+			}
+			if got := strings.TrimSpace(string(r.raw)); got != tt.want {
+				t.Errorf("answer\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOperationalEndpoints(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t))
+	if r := a.do("GET", "/healthz", "", nil).mustStatus(t, 200); r.body["status"] != "ok" {
+		t.Errorf("healthz = %s", r.raw)
+	}
+	a.do("GET", "/readyz", "", nil).mustStatus(t, 200)
+	a.readyMu.Lock()
+	a.ready = context.DeadlineExceeded
+	a.readyMu.Unlock()
+	r := a.do("GET", "/readyz", "", nil)
+	r.wantError(t, 503, "unavailable")
+	if msg := r.body["error"].(map[string]any)["message"]; !strings.Contains(str(msg), "deadline") {
+		t.Errorf("readyz gives no reason: %s", r.raw)
+	}
+	// /healthz stays 200 while not ready.
+	a.do("GET", "/healthz", "", nil).mustStatus(t, 200)
+
+	// Unknown routes and methods answer JSON errors.
+	a.as("GET", "/v1/nothing", nil).wantError(t, 404, "not_found")
+	r = a.as("PATCH", "/v1/segments/seg_x", map[string]any{})
+	r.wantError(t, 405, "method_not_allowed")
+	if allow := r.header.Get("Allow"); !strings.Contains(allow, "GET") || !strings.Contains(allow, "PUT") {
+		t.Errorf("Allow = %q", allow)
+	}
+
+	// Metrics label routes by pattern, never by id.
+	id := str(a.as("POST", "/v1/segments", dynamicBody("m")).mustStatus(t, 201).body["id"])
+	a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, 200)
+	metrics := string(a.do("GET", "/metrics", "", nil).mustStatus(t, 200).raw)
+	for _, want := range []string{
+		`segmentd_http_requests_total{code="200",method="GET",route="/v1/segments/{id}"} 1`,
+		`segmentd_http_requests_total{code="201",method="POST",route="/v1/segments"} 1`,
+		`segmentd_http_request_duration_seconds_count{route="/v1/segments/{id}"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(metrics, id) {
+		t.Error("a segment id appears in the metrics")
+	}
+}
+
+func TestOpenAPIDescribesEveryRoute(t *testing.T) {
+	var doc struct {
+		OpenAPI string                                `json:"openapi"`
+		Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatalf("openapi.json: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.0") {
+		t.Errorf("openapi = %q, want 3.0.x", doc.OpenAPI)
+	}
+	documented := map[string]bool{}
+	for path, item := range doc.Paths {
+		for method := range item {
+			switch method {
+			case "get", "put", "post", "delete", "patch", "head", "options", "trace":
+				documented[strings.ToUpper(method)+" "+path] = true
+			}
+		}
+	}
+	registered := map[string]bool{}
+	for _, rt := range New(Config{}).routes() {
+		registered[rt.method+" "+rt.path] = true
+	}
+	for r := range registered {
+		if !documented[r] {
+			t.Errorf("route %s is not in openapi.json", r)
+		}
+	}
+	for d := range documented {
+		if !registered[d] {
+			t.Errorf("openapi.json describes %s, which is not registered", d)
+		}
+	}
+	// Routes behind authentication say so; the others opt out.
+	for _, rt := range New(Config{}).routes() {
+		var op struct {
+			Security *[]any `json:"security"`
+		}
+		if err := json.Unmarshal(doc.Paths[rt.path][strings.ToLower(rt.method)], &op); err != nil {
+			t.Fatal(err)
+		}
+		if open := op.Security != nil && len(*op.Security) == 0; open == rt.auth {
+			sec := op.Security
+			t.Errorf("%s %s: auth %v but security %v", rt.method, rt.path, rt.auth, sec)
+		}
+	}
+
+	served := newTestAPI(t, testenv.RedisClient(t)).do("GET", "/v1/openapi.json", "", nil).mustStatus(t, http.StatusOK)
+	if string(served.raw) != string(openAPIDocument) {
+		t.Error("/v1/openapi.json does not serve the embedded document")
+	}
+}
