@@ -94,6 +94,8 @@ type Config struct {
 	// Profiles reads stored profiles for POST /v1/segments/{id}/evaluate
 	// with a userId; nil answers such calls with 503.
 	Profiles ProfileSource
+	// Audience answers POST /v1/audience/search; nil answers it with 503.
+	Audience AudienceSearcher
 	// Publisher publishes the membership changes of static lists and of
 	// deletions before they are written; nil publishes nothing.
 	Publisher Publisher
@@ -124,6 +126,7 @@ type Server struct {
 	sets     MembershipStore
 	profiles ProfileSource
 	pub      Publisher
+	audience AudienceSearcher
 	keys     []keyEntry
 	ready    func(ctx context.Context) error
 	metricsH http.Handler
@@ -147,6 +150,7 @@ func New(cfg Config) *Server {
 		sets:     cfg.Membership,
 		profiles: cfg.Profiles,
 		pub:      cfg.Publisher,
+		audience: cfg.Audience,
 		ready:    cfg.Ready,
 		metricsH: cfg.Metrics,
 		log:      cfg.Logger,
@@ -210,7 +214,8 @@ func (s *Server) routes() []route {
 		{http.MethodGet, "/v1/users/{userId}/segments", true, s.userSegments},
 		{http.MethodPost, "/v1/segments/{id}/evaluate", true, s.evaluate},
 
-		// Audience: POST /v1/audience/search is added here by its owner.
+		// Audience.
+		{http.MethodPost, "/v1/audience/search", true, s.audienceSearch},
 
 		// Without authentication.
 		{http.MethodGet, "/v1/openapi.json", false, s.openAPI},

@@ -28,22 +28,29 @@ const scanCount = 2000
 // concurrently. The scan sees every profile that exists for its whole
 // duration at least once (Redis SCAN's guarantee) and may see one twice.
 func (u *Users) ScanProfiles(ctx context.Context, org string, fn func(page []StoredProfile) error) error {
-	match := "prof:{" + org + ":*"
+	return u.scanKeys(ctx, "prof:{"+org+":*", func(keys []string) error {
+		page, err := u.readProfiles(ctx, keys)
+		if err != nil {
+			return err
+		}
+		return fn(page)
+	})
+}
+
+// scanKeys calls fn with every key matching match, a SCAN page at a time, on
+// every master of a cluster; calls of fn are serialised.
+func (u *Users) scanKeys(ctx context.Context, match string, fn func(keys []string) error) error {
 	var mu sync.Mutex
 	scanNode := func(ctx context.Context, node redis.Cmdable) error {
 		var cursor uint64
 		for {
 			keys, next, err := node.Scan(ctx, cursor, match, scanCount).Result()
 			if err != nil {
-				return fmt.Errorf("scan profiles of %s: %w", org, err)
+				return fmt.Errorf("scan %s: %w", match, err)
 			}
 			if len(keys) > 0 {
-				page, err := u.readProfiles(ctx, keys)
-				if err != nil {
-					return err
-				}
 				mu.Lock()
-				err = fn(page)
+				err = fn(keys)
 				mu.Unlock()
 				if err != nil {
 					return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -68,6 +69,10 @@ type Config struct {
 type Processor struct {
 	cfg     Config
 	healthy atomic.Bool
+	// mu orders taking a snapshot for a batch against AppliedRevision, so
+	// that no batch runs on definitions older than the revision reported.
+	mu       sync.Mutex
+	inflight int64
 }
 
 // New returns a processor; call Run to start it.
@@ -90,6 +95,21 @@ func New(cfg Config) *Processor {
 	p := &Processor{cfg: cfg}
 	p.healthy.Store(true)
 	return p
+}
+
+// AppliedRevision returns the oldest definitions revision that this
+// processor may still evaluate with: the batch in progress's, or the
+// registry's current one when idle.
+func (p *Processor) AppliedRevision() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inflight != 0 {
+		return p.inflight
+	}
+	if s := p.cfg.Rules.Current(); s != nil {
+		return s.Revision
+	}
+	return 0
 }
 
 // Healthy reports false while a batch is failing and being retried.
@@ -216,7 +236,20 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		w.items = append(w.items, item{msg: msg, ev: ev})
 	}
 
+	p.mu.Lock()
 	snap := p.cfg.Rules.Current()
+	if snap != nil {
+		p.inflight = snap.Revision
+	}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.inflight = 0
+		p.mu.Unlock()
+	}()
+	if snap == nil {
+		return errors.New("segment definitions not loaded yet")
+	}
 	var changes []events.Change
 	var due []membership.Due
 	pending := order

@@ -31,6 +31,17 @@ type OrgRules struct {
 	Index *segment.Index
 }
 
+// TimeDependent reports whether any segment of the organisation has a
+// time-relative criterion.
+func (o *OrgRules) TimeDependent() bool {
+	for _, cs := range o.Segments {
+		if cs.Rule.TimeDependent() {
+			return true
+		}
+	}
+	return false
+}
+
 // Snapshot is an immutable view of every organisation's rules.
 type Snapshot struct {
 	Revision int64

@@ -158,8 +158,9 @@ func (e *ValidationError) Error() string {
 // concurrent use.
 type Rule struct {
 	criteria Criteria
-	include  []cond
-	exclude  []cond
+	conds    []cond // include then exclude criteria, as Match scans them
+	include  []cond // conds[:len(Include)]
+	exclude  []cond // conds[len(Include):]
 	fields   []string
 	relative bool
 }
@@ -181,15 +182,17 @@ func Compile(c Criteria) (*Rule, error) {
 
 	r := &Rule{
 		criteria: Criteria{Include: slices.Clone(c.Include), Exclude: slices.Clone(c.Exclude)},
-		include:  make([]cond, len(c.Include)),
-		exclude:  make([]cond, len(c.Exclude)),
+		conds:    make([]cond, len(c.Include)+len(c.Exclude)),
 	}
+	r.include, r.exclude = r.conds[:len(c.Include):len(c.Include)], r.conds[len(c.Include):]
 	var errs []FieldError
 	for i, cr := range c.Include {
 		errs = compileCond(&r.include[i], cr, fmt.Sprintf("criteria.include[%d]", i), errs)
+		r.include[i].failIf = r.include[i].neg
 	}
 	for i, cr := range c.Exclude {
 		errs = compileCond(&r.exclude[i], cr, fmt.Sprintf("criteria.exclude[%d]", i), errs)
+		r.exclude[i].failIf = !r.exclude[i].neg
 	}
 	if errs != nil {
 		return nil, &ValidationError{Code: CodeValidationFailed, Errors: errs}
@@ -268,6 +271,10 @@ type cond struct {
 	rest []string // remaining path segments, nil for a top-level field
 	fn   testFn
 	neg  bool
+	// failIf is the outcome of the positive test that puts a user outside
+	// the segment: false for an include criterion, true for an exclude one,
+	// each flipped by neg.
+	failIf bool
 	// cmpOK has bit cmp+1 set for each comparison result (-1, 0, 1) under
 	// which an ordering operator holds.
 	cmpOK uint8
@@ -276,6 +283,9 @@ type cond struct {
 	num   float64
 	off   offset  // kindRelative: dur, split
 	set   *valSet // elements of an in/not_in value
+	// inStrs repeats set.strs when a linear scan is what set.has would do,
+	// saving Match a pointer hop; nil otherwise.
+	inStrs []string
 
 	op    opKind
 	b     bool
@@ -403,6 +413,9 @@ func (c *cond) compileValue(cr Criterion) string {
 		}
 		c.kind, c.fn = kindArray, fnIn
 		c.set = newValSet(arr)
+		if c.set.strIndex == nil && len(c.set.strs) > 0 {
+			c.inStrs = c.set.strs
+		}
 	case opContains:
 		switch v.(type) {
 		case []any, map[string]any:

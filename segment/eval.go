@@ -15,15 +15,13 @@ func (r *Rule) Match(p Profile, now time.Time) bool {
 	if r.relative {
 		n = instantOf(now)
 	}
-	return all(r.include, p, n, true) && all(r.exclude, p, n, false)
-}
-
-// all reports whether every cond in cs has the outcome want for p. The common
-// tests are spelled out here rather than left to cond.test, because the call
-// per criterion is a measurable share of Match.
-func all(cs []cond, p Profile, now instant, want bool) bool {
-	for i := range cs {
-		c := &cs[i]
+	// One loop scans include and exclude criteria alike, failing on the first
+	// whose positive test gives its failIf. The common tests are spelled out
+	// here rather than left to cond.test, because a call per criterion, and
+	// every variable live across the map lookups, is a measurable share of
+	// Match.
+	for i := range r.conds {
+		c := &r.conds[i]
 		v := p[c.key]
 		if c.rest != nil {
 			v = descend(v, c.rest)
@@ -33,17 +31,17 @@ func all(cs []cond, p Profile, now instant, want bool) bool {
 			switch c.fn {
 			case fnEqString:
 				s, isStr := v.(string)
-				ok = isStr && s == c.str
+				ok = isStr && eqStr(s, c.str)
 			case fnOrderNumber:
 				if f, isNum := v.(float64); isNum {
 					ok = c.holds(compareFloat(f, c.num))
 				} else {
-					ok = c.test(v, now)
+					ok = c.test(v, n)
 				}
 			case fnIn:
-				if s, isStr := v.(string); isStr && c.set.strIndex == nil {
-					for _, x := range c.set.strs {
-						if x == s {
+				if s, isStr := v.(string); isStr && c.inStrs != nil {
+					for _, x := range c.inStrs {
+						if eqStr(x, s) {
 							ok = true
 							break
 						}
@@ -54,7 +52,7 @@ func all(cs []cond, p Profile, now instant, want bool) bool {
 			case fnContains:
 				if arr, isArr := v.([]any); isArr && c.kind == kindString {
 					for _, e := range arr {
-						if s, isStr := e.(string); isStr && s == c.str {
+						if s, isStr := e.(string); isStr && eqStr(s, c.str) {
 							ok = true
 							break
 						}
@@ -64,15 +62,18 @@ func all(cs []cond, p Profile, now instant, want bool) bool {
 				}
 			case fnOrderRelative:
 				if s, isStr := v.(string); isStr {
-					if t, isTime := parseTime(s); isTime {
-						ok = c.holds(t.compare(now.addOffset(c.off)))
+					// parseTime, inlined by hand.
+					t, isTime := parseRFC3339Fast(s)
+					if !isTime {
+						t, isTime = parseTimeSlow(s)
 					}
+					ok = isTime && c.holds(t.compare(n.addOffset(c.off)))
 				}
 			default:
-				ok = c.test(v, now)
+				ok = c.test(v, n)
 			}
 		}
-		if ok == c.neg == want {
+		if ok == c.failIf {
 			return false
 		}
 	}
@@ -286,6 +287,12 @@ func compareFloat(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// eqStr is a == b, checking the last byte before calling into the runtime:
+// values of the same length ("b0", "b1") tend to differ at the end.
+func eqStr(a, b string) bool {
+	return len(a) == len(b) && (len(a) == 0 || a[len(a)-1] == b[len(a)-1] && a == b)
 }
 
 // holds reports whether an ordering operator holds for a comparison result.

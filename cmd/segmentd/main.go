@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	defs := membership.NewDefinitions(rdb)
 	users := membership.NewUsers(rdb)
 	scheds := membership.NewSchedules(rdb)
+	sets := membership.NewSets(rdb)
 	registry := processor.NewRegistry(defs, 250*time.Millisecond, log)
 
 	reader := kafkaio.NewReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
@@ -113,9 +114,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	handler := api.New(api.Config{
 		Definitions: defs,
-		Membership:  membership.NewSets(rdb),
+		Membership:  sets,
 		Profiles:    users,
 		Publisher:   publisher,
+		Audience:    processor.NewAudience(users, nil),
 		Keys:        cfg.APIKeys,
 		Ready:       ready,
 		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -155,7 +157,13 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			}
 		}()
 	}
+	jobs := processor.NewJobs(processor.JobsConfig{
+		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
+		Coordinator: membership.NewCoordinator(rdb), Publisher: publisher, Registry: registry, Processor: proc,
+		EstimateInterval: cfg.EstimateInterval, Registerer: reg, Logger: log,
+	})
 	goRun("registry", func() error { return registry.Run(jobCtx) })
+	goRun("jobs", func() error { return jobs.Run(jobCtx) })
 	goRun("http", func() error {
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -195,6 +203,14 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	_ = writer.Close()
 	log.Info("stopped")
 	return runErr
+}
+
+// instanceID names this process in the instance heartbeat.
+func instanceID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
 func devKey() (string, error) {

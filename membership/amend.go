@@ -1,0 +1,155 @@
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Amend is a compare-and-set change of one user's membership of one segment
+// made outside the profile stream (a backfill or a timer). It leaves the
+// profile alone and appends its entry to the user's outbox, so that the
+// entries of a stream batch not yet committed stay replayable.
+type Amend struct {
+	OrgID, UserID, SegmentID string
+	ExpectRev                int64
+	Entered                  bool
+	Entry                    OutboxEntry
+}
+
+const amendScript = `
+local rev = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+if rev ~= tonumber(ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'p') == '' then return 0 end
+redis.call('HSET', KEYS[1], 'r', rev + 1)
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
+local o = redis.call('HGET', KEYS[1], 'o')
+if not o or o == '' or o == 'null' or o == '[]' then
+  o = '[' .. ARGV[4] .. ']'
+else
+  o = string.sub(o, 1, -2) .. ',' .. ARGV[4] .. ']'
+end
+redis.call('HSET', KEYS[1], 'o', o)
+return 1
+`
+
+var amend = redis.NewScript(amendScript)
+
+// Amend applies each change atomically per user in one pipelined round trip
+// and reports which were applied; false means the user changed since it was
+// read (or was deleted) and the caller must read again.
+func (u *Users) Amend(ctx context.Context, as []Amend) ([]bool, error) {
+	applied := make([]bool, len(as))
+	if len(as) == 0 {
+		return applied, nil
+	}
+	// Load the script once per node first; EVALSHA in a pipeline cannot fall back.
+	run := func(useSHA bool, idx []int) ([]int, error) {
+		pipe := u.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for j, i := range idx {
+			a := as[i]
+			entry, err := json.Marshal(a.Entry)
+			if err != nil {
+				return nil, fmt.Errorf("amend: %w", err)
+			}
+			in := "0"
+			if a.Entered {
+				in = "1"
+			}
+			keys := []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)}
+			if useSHA {
+				cmds[j] = amend.EvalSha(ctx, pipe, keys, a.ExpectRev, a.SegmentID, in, string(entry))
+			} else {
+				cmds[j] = amend.Eval(ctx, pipe, keys, a.ExpectRev, a.SegmentID, in, string(entry))
+			}
+		}
+		_, _ = pipe.Exec(ctx)
+		var retry []int
+		for j, i := range idx {
+			n, err := cmds[j].Int64()
+			switch {
+			case err == nil:
+				applied[i] = n == 1
+			case useSHA && redis.HasErrorPrefix(err, "NOSCRIPT"):
+				retry = append(retry, i)
+			default:
+				return nil, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
+			}
+		}
+		return retry, nil
+	}
+	idx := make([]int, len(as))
+	for i := range as {
+		idx[i] = i
+	}
+	retry, err := run(true, idx)
+	if err != nil {
+		return applied, err
+	}
+	if len(retry) > 0 {
+		if _, err := run(false, retry); err != nil {
+			return applied, err
+		}
+	}
+	return applied, nil
+}
+
+// SegmentView is a user's state as seen for one segment.
+type SegmentView struct {
+	UserID  string
+	Rev     int64
+	Profile []byte
+	// Member reports whether the user's segment set holds the segment.
+	Member bool
+	Outbox []OutboxEntry
+}
+
+// ViewUsers reads, in one pipelined round trip, each user's profile,
+// revision, outbox and membership of seg. Deleted or unknown users come back
+// with a nil Profile.
+func (u *Users) ViewUsers(ctx context.Context, org, seg string, users []string) ([]SegmentView, error) {
+	pipe := u.rdb.Pipeline()
+	hm := make([]*redis.SliceCmd, len(users))
+	is := make([]*redis.BoolCmd, len(users))
+	for i, user := range users {
+		hm[i] = pipe.HMGet(ctx, ProfileKey(org, user), "r", "v", "p", "o")
+		is[i] = pipe.SIsMember(ctx, UserSegmentsKey(org, user), seg)
+	}
+	if len(users) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("view users of %s: %w", org, err)
+		}
+	}
+	out := make([]SegmentView, len(users))
+	for i, user := range users {
+		st, err := decodeState(hm[i].Val(), nil)
+		if err != nil {
+			return nil, fmt.Errorf("view user %s/%s: %w", org, user, err)
+		}
+		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i].Val(), Outbox: st.Outbox}
+		if !st.Deleted {
+			v.Profile = st.Profile
+		}
+		out[i] = v
+	}
+	return out, nil
+}
+
+// ScanUserIDs calls fn with every stored user id of org, a page at a time
+// (deleted users included; ViewUsers tells them apart). fn is never called
+// concurrently.
+func (u *Users) ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error {
+	return u.scanKeys(ctx, "prof:{"+org+":*", func(keys []string) error {
+		ids := make([]string, 0, len(keys))
+		for _, k := range keys {
+			if ref, ok := userFromProfileKey(k); ok {
+				ids = append(ids, ref.UserID)
+			}
+		}
+		return fn(ids)
+	})
+}

@@ -1,0 +1,95 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Coordination keys: leases that give one instance a job, and the heartbeat
+// in which each instance says which definitions revision it has in force.
+const instancesKey = "segmentd:instances"
+
+func lockKey(name string) string { return "lock:{" + name + "}" }
+
+// Coordinator hands jobs to one instance at a time and tracks instances.
+type Coordinator struct {
+	rdb redis.UniversalClient
+}
+
+// NewCoordinator returns a coordinator on rdb.
+func NewCoordinator(rdb redis.UniversalClient) *Coordinator { return &Coordinator{rdb: rdb} }
+
+// TryLock takes the named lease for owner, or extends it when owner holds it.
+func (c *Coordinator) TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	res, err := lockScript.Run(ctx, c.rdb, []string{lockKey(name)}, owner, ttl.Milliseconds()).Int64()
+	if err != nil {
+		return false, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return res == 1, nil
+}
+
+var lockScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// Unlock gives the lease up if owner still holds it.
+func (c *Coordinator) Unlock(ctx context.Context, name, owner string) error {
+	if err := unlockScript.Run(ctx, c.rdb, []string{lockKey(name)}, owner).Err(); err != nil {
+		return fmt.Errorf("unlock %s: %w", name, err)
+	}
+	return nil
+}
+
+// Beat records that instance id has definitions revision rev in force.
+func (c *Coordinator) Beat(ctx context.Context, id string, rev int64, now time.Time) error {
+	v := strconv.FormatInt(rev, 10) + ":" + strconv.FormatInt(now.UnixMilli(), 10)
+	if err := c.rdb.HSet(ctx, instancesKey, id, v).Err(); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+// Leave removes instance id from the heartbeat.
+func (c *Coordinator) Leave(ctx context.Context, id string) error {
+	return c.rdb.HDel(ctx, instancesKey, id).Err()
+}
+
+// LiveRevisions returns the revision in force at each instance that beat
+// within maxAge of now, and removes instances silent for much longer.
+func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error) {
+	all, err := c.rdb.HGetAll(ctx, instancesKey).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("instances: %w", err)
+	}
+	out := map[string]int64{}
+	for id, v := range all {
+		r, at, ok := strings.Cut(v, ":")
+		rev, err1 := strconv.ParseInt(r, 10, 64)
+		ms, err2 := strconv.ParseInt(at, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			continue
+		}
+		age := now.Sub(time.UnixMilli(ms))
+		switch {
+		case age <= maxAge:
+			out[id] = rev
+		case age > 10*maxAge:
+			c.rdb.HDel(ctx, instancesKey, id)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,482 @@
+package processor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// JobUsers is the Redis side of the background jobs.
+type JobUsers interface {
+	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
+	ViewUsers(ctx context.Context, org, seg string, users []string) ([]membership.SegmentView, error)
+	Amend(ctx context.Context, as []membership.Amend) ([]bool, error)
+	Project(ctx context.Context, changes []events.Change) error
+}
+
+// JobSchedules stores the timers of time-relative criteria.
+type JobSchedules interface {
+	Schedule(ctx context.Context, due []membership.Due) error
+	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
+	Done(ctx context.Context, c membership.Claimed, next time.Time) error
+}
+
+// JobDefinitions is what the jobs change of definitions.
+type JobDefinitions interface {
+	All(ctx context.Context) ([]segment.Definition, error)
+	MarkReady(ctx context.Context, org, id string, generation int64) error
+	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
+}
+
+// Sizer counts segment members.
+type Sizer interface {
+	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
+}
+
+// Coordinator hands a job to one instance and tracks which definitions
+// revision each instance has in force.
+type Coordinator interface {
+	TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	Unlock(ctx context.Context, name, owner string) error
+	Beat(ctx context.Context, id string, rev int64, now time.Time) error
+	Leave(ctx context.Context, id string) error
+	LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error)
+}
+
+// ChangePublisher publishes membership changes.
+type ChangePublisher interface {
+	Publish(ctx context.Context, changes []events.Change) error
+}
+
+// JobsConfig wires Jobs.
+type JobsConfig struct {
+	InstanceID       string
+	Definitions      JobDefinitions
+	Users            JobUsers
+	Schedules        JobSchedules
+	Sizes            Sizer
+	Coordinator      Coordinator
+	Publisher        ChangePublisher
+	Registry         *Registry
+	Processor        *Processor
+	EstimateInterval time.Duration
+	// TimerInterval is how often due timers are fired (default 1 s).
+	TimerInterval time.Duration
+	Registerer    prometheus.Registerer
+	Logger        *slog.Logger
+	Now           func() time.Time
+}
+
+// Jobs runs what follows definitions and time: the heartbeat, backfills of
+// new or changed dynamic segments, timers of time-relative criteria, and the
+// estimatedSize refresh. Every instance runs them; leases in Redis give each
+// backfill and refresh to one instance, and timers are claimed one by one.
+type Jobs struct {
+	cfg      JobsConfig
+	progress *prometheus.GaugeVec
+	backfill *prometheus.CounterVec
+	timers   prometheus.Counter
+	mu       sync.Mutex
+	running  map[string]bool
+}
+
+// NewJobs returns the jobs; call Run to start them.
+func NewJobs(cfg JobsConfig) *Jobs {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TimerInterval <= 0 {
+		cfg.TimerInterval = time.Second
+	}
+	if cfg.EstimateInterval <= 0 {
+		cfg.EstimateInterval = time.Hour
+	}
+	j := &Jobs{cfg: cfg, running: map[string]bool{},
+		progress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "segmentd_backfill_users_scanned",
+			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
+		}, []string{"state"}),
+		backfill: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "segmentd_backfills_total",
+			Help: "Backfills finished, by result.",
+		}, []string{"result"}),
+		timers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segmentd_timers_fired_total",
+			Help: "Timers of time-relative criteria fired.",
+		}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(j.progress, j.backfill, j.timers)
+	}
+	return j
+}
+
+// Run runs every job until ctx ends.
+func (j *Jobs) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	loop := func(every time.Duration, f func(context.Context)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				f(ctx)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	loop(250*time.Millisecond, j.beat)
+	loop(500*time.Millisecond, j.startBackfills)
+	loop(j.cfg.TimerInterval, j.fireTimers)
+	loop(min(j.cfg.EstimateInterval, time.Minute), j.refreshEstimates)
+	wg.Wait()
+	// Leave promptly, so that backfills elsewhere do not wait for us.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = j.cfg.Coordinator.Leave(lctx, j.cfg.InstanceID)
+	return nil
+}
+
+func (j *Jobs) beat(ctx context.Context) {
+	rev := int64(0)
+	if j.cfg.Processor != nil {
+		rev = j.cfg.Processor.AppliedRevision()
+	} else if s := j.cfg.Registry.Current(); s != nil {
+		rev = s.Revision
+	}
+	if rev == 0 {
+		return
+	}
+	if err := j.cfg.Coordinator.Beat(ctx, j.cfg.InstanceID, rev, j.cfg.Now()); err != nil && ctx.Err() == nil {
+		j.cfg.Logger.Warn("heartbeat", "err", err)
+	}
+}
+
+// startBackfills starts a backfill for every building segment that no
+// backfill of this instance is working on; the lease decides between instances.
+func (j *Jobs) startBackfills(ctx context.Context) {
+	snap := j.cfg.Registry.Current()
+	if snap == nil {
+		return
+	}
+	for org, o := range snap.Orgs {
+		for id, cs := range o.Segments {
+			if cs.Def.Status != segment.StatusBuilding {
+				continue
+			}
+			key := fmt.Sprintf("%s/%s/%d", org, id, cs.Def.Generation)
+			j.mu.Lock()
+			busy := j.running[key]
+			if !busy {
+				j.running[key] = true
+			}
+			j.mu.Unlock()
+			if busy {
+				continue
+			}
+			go func() {
+				defer func() { j.mu.Lock(); delete(j.running, key); j.mu.Unlock() }()
+				if err := j.Backfill(ctx, org, cs, snap.Revision); err != nil && ctx.Err() == nil {
+					j.backfill.WithLabelValues("error").Inc()
+					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "err", err)
+				}
+			}()
+		}
+	}
+}
+
+// Backfill computes the membership of one dynamic segment over every stored
+// profile of its organisation, then marks it ready. It waits until every
+// live instance evaluates with definitions at least as new as rev, so that
+// no stream batch still running on the old definitions writes after it; its
+// writes compare-and-set each user's revision, so it never overwrites a
+// newer profile's result.
+func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, rev int64) error {
+	lock := "backfill:" + org + ":" + cs.Def.ID
+	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second)
+	if err != nil || !ok {
+		return err
+	}
+	defer func() { _ = j.cfg.Coordinator.Unlock(context.WithoutCancel(ctx), lock, j.cfg.InstanceID) }()
+	if err := j.waitForRevision(ctx, rev); err != nil {
+		return err
+	}
+	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
+	now := j.cfg.Now()
+	scanned := 0
+	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
+		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second); err != nil || !ok {
+			return fmt.Errorf("backfill lease lost: %v", err)
+		}
+		if err := j.amendPage(ctx, org, cs, ids, cause, now, nil); err != nil {
+			return err
+		}
+		scanned += len(ids)
+		j.progress.WithLabelValues("scanned").Add(float64(len(ids)))
+		return nil
+	})
+	j.progress.WithLabelValues("scanned").Sub(float64(scanned))
+	if err != nil {
+		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
+	}
+	if err := j.cfg.Definitions.MarkReady(ctx, org, cs.Def.ID, cs.Def.Generation); err != nil {
+		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
+	}
+	j.backfill.WithLabelValues("ready").Inc()
+	j.cfg.Logger.Info("segment ready", "org", org, "segment", cs.Def.ID, "generation", cs.Def.Generation, "users", scanned)
+	return nil
+}
+
+func (j *Jobs) waitForRevision(ctx context.Context, rev int64) error {
+	deadline := j.cfg.Now().Add(30 * time.Second)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		live, err := j.cfg.Coordinator.LiveRevisions(ctx, j.cfg.Now(), 3*time.Second)
+		if err != nil {
+			return err
+		}
+		behind := 0
+		for _, r := range live {
+			if r < rev {
+				behind++
+			}
+		}
+		if behind == 0 {
+			return nil
+		}
+		if j.cfg.Now().After(deadline) {
+			return fmt.Errorf("%d instances still evaluate with definitions older than revision %d", behind, rev)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// amendPage brings one segment's membership of the given users in line with
+// its rule at now, with change events of the given cause. claimed, when not
+// nil, holds the timers being fired (keyed by user) to finish afterwards.
+func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, cause events.Cause, now time.Time, claimed map[string]membership.Claimed) error {
+	seg := cs.Def.ID
+	pending := ids
+	for round := 0; len(pending) > 0; round++ {
+		if round == 10 {
+			return fmt.Errorf("%d users kept changing during the backfill", len(pending))
+		}
+		views, err := j.cfg.Users.ViewUsers(ctx, org, seg, pending)
+		if err != nil {
+			return err
+		}
+		results := evaluateViews(cs.Rule, views, now)
+		var amends []membership.Amend
+		var changes []events.Change
+		var due []membership.Due
+		next := map[string]time.Time{}
+		for i, v := range views {
+			r := results[i]
+			if r.flip != nil {
+				next[v.UserID] = *r.flip
+				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, SegmentID: seg, At: *r.flip})
+			}
+			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
+				// Written by an earlier attempt that may not have published.
+				changes = append(changes, changeOf(org, v.UserID, seg, e, cause))
+				continue
+			}
+			if v.Profile == nil || r.match == v.Member {
+				continue
+			}
+			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
+				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(),
+					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
+		}
+		applied, err := j.cfg.Users.Amend(ctx, amends)
+		if err != nil {
+			return err
+		}
+		pending = nil
+		for i, a := range amends {
+			if !applied[i] {
+				pending = append(pending, a.UserID)
+				continue
+			}
+			changes = append(changes, changeOf(org, a.UserID, seg, a.Entry, cause))
+		}
+		if err := j.cfg.Users.Project(ctx, changes); err != nil {
+			return err
+		}
+		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {
+			return err
+		}
+		if claimed == nil {
+			if err := j.cfg.Schedules.Schedule(ctx, due); err != nil {
+				return err
+			}
+			continue
+		}
+		retry := map[string]bool{}
+		for _, u := range pending {
+			retry[u] = true
+		}
+		for _, v := range views {
+			c, ok := claimed[v.UserID]
+			if !ok || retry[v.UserID] {
+				continue
+			}
+			if err := j.cfg.Schedules.Done(ctx, c, next[v.UserID]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type viewResult struct {
+	match bool
+	flip  *time.Time
+}
+
+// evaluateViews decodes and evaluates the profiles on every core: decoding
+// JSON is most of a backfill's CPU.
+func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.Time) []viewResult {
+	out := make([]viewResult, len(views))
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(views)/256))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(views); i += workers {
+				if views[i].Profile == nil {
+					continue
+				}
+				var p segment.Profile
+				if err := json.Unmarshal(views[i].Profile, &p); err != nil {
+					continue
+				}
+				out[i].match = rule.Match(p, now)
+				if rule.TimeDependent() {
+					if at, ok := rule.NextFlip(p, now); ok {
+						out[i].flip = &at
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func findEntry(outbox []membership.OutboxEntry, eventID, seg string) (membership.OutboxEntry, bool) {
+	for _, e := range outbox {
+		if e.EventID == eventID && len(e.Changes) == 1 && e.Changes[0].SegmentID == seg {
+			return e, true
+		}
+	}
+	return membership.OutboxEntry{}, false
+}
+
+func changeOf(org, user, seg string, e membership.OutboxEntry, cause events.Cause) events.Change {
+	return events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: e.Changes[0].Entered,
+		At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause}
+}
+
+// fireTimers claims due timers of every organisation with time-relative
+// segments and re-evaluates exactly those users and segments.
+func (j *Jobs) fireTimers(ctx context.Context) {
+	snap := j.cfg.Registry.Current()
+	if snap == nil {
+		return
+	}
+	now := j.cfg.Now()
+	for org, o := range snap.Orgs {
+		if !o.TimeDependent() {
+			continue
+		}
+		claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, 2000)
+		if err != nil {
+			j.cfg.Logger.Warn("claim timers", "org", org, "err", err)
+			continue
+		}
+		bySeg := map[string]map[string]membership.Claimed{}
+		for _, c := range claimed {
+			if bySeg[c.SegmentID] == nil {
+				bySeg[c.SegmentID] = map[string]membership.Claimed{}
+			}
+			bySeg[c.SegmentID][c.UserID] = c
+		}
+		segs := make([]string, 0, len(bySeg))
+		for s := range bySeg {
+			segs = append(segs, s)
+		}
+		sort.Strings(segs)
+		for _, seg := range segs {
+			users := bySeg[seg]
+			cs := o.Segments[seg]
+			if cs == nil || !cs.Rule.TimeDependent() {
+				for _, c := range users {
+					_ = j.cfg.Schedules.Done(ctx, c, time.Time{})
+				}
+				continue
+			}
+			// One cause per segment and firing: the same flip re-fired after a
+			// crash carries the same eventIds.
+			for user, c := range users {
+				cause := events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", seg, c.At.UnixMilli())}
+				if err := j.amendPage(ctx, org, cs, []string{user}, cause, now, map[string]membership.Claimed{user: c}); err != nil {
+					j.cfg.Logger.Warn("fire timer", "org", org, "segment", seg, "err", err)
+				}
+				j.timers.Inc()
+			}
+		}
+	}
+}
+
+// refreshEstimates copies each segment's exact size into estimatedSize,
+// once per interval across all instances.
+func (j *Jobs) refreshEstimates(ctx context.Context) {
+	ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates", j.cfg.InstanceID+fmt.Sprint(j.cfg.Now().UnixNano()), j.cfg.EstimateInterval)
+	if err != nil || !ok {
+		return
+	}
+	defs, err := j.cfg.Definitions.All(ctx)
+	if err != nil {
+		j.cfg.Logger.Warn("refresh estimates", "err", err)
+		return
+	}
+	byOrg := map[string][]string{}
+	for _, d := range defs {
+		byOrg[d.OrgID] = append(byOrg[d.OrgID], d.ID)
+	}
+	for org, ids := range byOrg {
+		sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
+		if err != nil {
+			j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
+			continue
+		}
+		for id, n := range sizes {
+			if err := j.cfg.Definitions.SetEstimatedSize(ctx, org, id, n); err != nil {
+				j.cfg.Logger.Warn("refresh estimates", "org", org, "segment", id, "err", err)
+			}
+		}
+	}
+}
