@@ -275,6 +275,7 @@ type cond struct {
 	// the segment: false for an include criterion, true for an exclude one,
 	// each flipped by neg.
 	failIf bool
+	check  checkFunc
 	// cmpOK has bit cmp+1 set for each comparison result (-1, 0, 1) under
 	// which an ordering operator holds.
 	cmpOK uint8
@@ -362,7 +363,25 @@ func compileCond(c *cond, cr Criterion, at string, errs []FieldError) []FieldErr
 	if msg := c.compileValue(cr); msg != "" {
 		errs = append(errs, FieldError{at + ".value", msg})
 	}
+	c.check = c.pickCheck()
 	return errs
+}
+
+// pickCheck chooses the checkFunc for a compiled cond.
+func (c *cond) pickCheck() checkFunc {
+	switch {
+	case c.fn == fnEqString:
+		return checkEqString
+	case c.fn == fnIn && c.inStrs != nil:
+		return checkInStrings
+	case c.fn == fnContains && c.kind == kindString:
+		return checkContainsString
+	case c.fn == fnOrderNumber:
+		return checkOrderNumber
+	case c.fn == fnOrderRelative:
+		return checkOrderRelative
+	}
+	return checkGeneric
 }
 
 // checkPath returns why field is not a valid dotted path, or "".

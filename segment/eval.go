@@ -15,69 +15,100 @@ func (r *Rule) Match(p Profile, now time.Time) bool {
 	if r.relative {
 		n = instantOf(now)
 	}
-	// One loop scans include and exclude criteria alike, failing on the first
-	// whose positive test gives its failIf. The common tests are spelled out
-	// here rather than left to cond.test, because a call per criterion, and
-	// every variable live across the map lookups, is a measurable share of
-	// Match.
-	for i := range r.conds {
-		c := &r.conds[i]
-		v := p[c.key]
-		if c.rest != nil {
-			v = descend(v, c.rest)
+	// Criteria are taken a batch at a time: first every lookup, which are
+	// independent of one another and so overlap in the CPU, then every test,
+	// failing on the first whose positive outcome is its failIf. Include and
+	// exclude criteria are handled alike.
+	var vals [matchBatch]any
+	for cs := r.conds; len(cs) > 0; {
+		batch := cs[:min(len(cs), matchBatch)]
+		cs = cs[len(batch):]
+		for i := range batch {
+			vals[i] = batch[i].value(p)
 		}
-		var ok bool
-		if v != nil {
-			switch c.fn {
-			case fnEqString:
-				s, isStr := v.(string)
-				ok = isStr && eqStr(s, c.str)
-			case fnOrderNumber:
-				if f, isNum := v.(float64); isNum {
-					ok = c.holds(compareFloat(f, c.num))
-				} else {
-					ok = c.test(v, n)
-				}
-			case fnIn:
-				if s, isStr := v.(string); isStr && c.inStrs != nil {
-					for _, x := range c.inStrs {
-						if eqStr(x, s) {
-							ok = true
-							break
-						}
-					}
-				} else {
-					ok = c.in(v)
-				}
-			case fnContains:
-				if arr, isArr := v.([]any); isArr && c.kind == kindString {
-					for _, e := range arr {
-						if s, isStr := e.(string); isStr && eqStr(s, c.str) {
-							ok = true
-							break
-						}
-					}
-				} else {
-					ok = c.contains(v)
-				}
-			case fnOrderRelative:
-				if s, isStr := v.(string); isStr {
-					// parseTime, inlined by hand.
-					t, isTime := parseRFC3339Fast(s)
-					if !isTime {
-						t, isTime = parseTimeSlow(s)
-					}
-					ok = isTime && c.holds(t.compare(n.addOffset(c.off)))
-				}
-			default:
-				ok = c.test(v, n)
+		for i := range batch {
+			c := &batch[i]
+			if c.check(c, vals[i], n) == c.failIf {
+				return false
 			}
-		}
-		if ok == c.failIf {
-			return false
 		}
 	}
 	return true
+}
+
+// matchBatch is how many lookups Match issues before testing their values:
+// enough to cover most rules, few enough that a rule failing early does not
+// pay for many lookups it did not need.
+const matchBatch = 8
+
+// checkFunc runs a cond's positive test on its field's value v (nil when
+// missing). Compile picks one per cond: specialised, straight-line versions
+// of cond.test for the common cases cost Match markedly less than the generic
+// one, and must agree with it, as the tests and FuzzCompile check.
+type checkFunc func(c *cond, v any, now instant) bool
+
+// value returns the value of the cond's field in p, nil when missing.
+func (c *cond) value(p Profile) any {
+	v := p[c.key]
+	if c.rest != nil {
+		v = descend(v, c.rest)
+	}
+	return v
+}
+
+func checkGeneric(c *cond, v any, now instant) bool { return c.test(v, now) }
+
+func checkEqString(c *cond, v any, _ instant) bool {
+	s, ok := v.(string)
+	return ok && eqStr(s, c.str)
+}
+
+// checkInStrings serves in/not_in over a short list holding strings, all of
+// which are in inStrs; a string field can only equal one of those.
+func checkInStrings(c *cond, v any, now instant) bool {
+	if s, ok := v.(string); ok {
+		for _, x := range c.inStrs {
+			if eqStr(x, s) {
+				return true
+			}
+		}
+		return false
+	}
+	return c.test(v, now)
+}
+
+func checkContainsString(c *cond, v any, _ instant) bool {
+	switch x := v.(type) {
+	case []any:
+		for _, e := range x {
+			if s, ok := e.(string); ok && eqStr(s, c.str) {
+				return true
+			}
+		}
+	case string:
+		return strings.Contains(x, c.str)
+	}
+	return false
+}
+
+func checkOrderNumber(c *cond, v any, now instant) bool {
+	if f, ok := v.(float64); ok {
+		return c.holds(compareFloat(f, c.num))
+	}
+	return c.test(v, now)
+}
+
+func checkOrderRelative(c *cond, v any, now instant) bool {
+	s, ok := v.(string)
+	if !ok {
+		return false
+	}
+	// parseTime, inlined by hand.
+	t, ok := parseRFC3339Fast(s)
+	if !ok {
+		t, ok = parseTimeSlow(s)
+	}
+	return ok && c.holds(t.compare(now.addOffset(c.off)))
 }
 
 // Explanation tells why a profile is or is not a member: the outcome of every
@@ -120,7 +151,7 @@ func (r *Rule) Explain(p Profile, now time.Time) Explanation {
 }
 
 func (c *cond) explain(cr Criterion, p Profile, now instant) CriterionResult {
-	v := lookup(p, c.path)
+	v := c.value(p)
 	return CriterionResult{Criterion: cr, Matched: c.test(v, now) != c.neg, Present: v != nil, Value: v}
 }
 
@@ -142,11 +173,9 @@ func (r *Rule) NextFlip(p Profile, now time.Time) (time.Time, bool) {
 	n := instantOf(now)
 	var best instant
 	found := false
-	for _, cs := range [2][]cond{r.include, r.exclude} {
-		for i := range cs {
-			if t, ok := cs[i].nextFlip(p, n); ok && (!found || t.compare(best) < 0) {
-				best, found = t, true
-			}
+	for i := range r.conds {
+		if t, ok := r.conds[i].nextFlip(p, n); ok && (!found || t.compare(best) < 0) {
+			best, found = t, true
 		}
 	}
 	if !found {
@@ -167,20 +196,18 @@ func (r *Rule) NextMembershipFlip(p Profile, now time.Time) (time.Time, bool) {
 	n := instantOf(now)
 	var best instant
 	found := false
-	for k, cs := range [2][]cond{r.include, r.exclude} {
-		for i := range cs {
-			c := &cs[i]
-			t, ok := c.nextFlip(p, n)
-			if !ok {
-				// A settled criterion that blocks membership settles it.
-				if matched := c.test(lookup(p, c.path), n) != c.neg; matched == (k == 1) {
-					return time.Time{}, false
-				}
-				continue
+	for i := range r.conds {
+		c := &r.conds[i]
+		t, ok := c.nextFlip(p, n)
+		if !ok {
+			// A settled criterion that keeps p out settles membership.
+			if c.test(c.value(p), n) == c.failIf {
+				return time.Time{}, false
 			}
-			if !found || t.compare(best) < 0 {
-				best, found = t, true
-			}
+			continue
+		}
+		if !found || t.compare(best) < 0 {
+			best, found = t, true
 		}
 	}
 	if !found {
@@ -195,7 +222,7 @@ func (c *cond) nextFlip(p Profile, now instant) (instant, bool) {
 	if c.kind != kindRelative {
 		return instant{}, false
 	}
-	s, ok := lookup(p, c.path).(string)
+	s, ok := c.value(p).(string)
 	if !ok {
 		return instant{}, false
 	}
@@ -289,10 +316,22 @@ func compareFloat(a, b float64) int {
 	return 0
 }
 
-// eqStr is a == b, checking the last byte before calling into the runtime:
-// values of the same length ("b0", "b1") tend to differ at the end.
+// eqStr is a == b. Short strings, like most enumerated profile values, are
+// compared in line byte by byte, which beats a call into the runtime.
 func eqStr(a, b string) bool {
-	return len(a) == len(b) && (len(a) == 0 || a[len(a)-1] == b[len(a)-1] && a == b)
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) > 16 {
+		return a == b
+	}
+	b = b[:len(a)]
+	for i := 0; i < len(a); i++ {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // holds reports whether an ordering operator holds for a comparison result.

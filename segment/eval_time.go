@@ -115,42 +115,18 @@ func parseRFC3339Fast(s string) (instant, bool) {
 	}
 	s = s[19:]
 
-	var nsec int64
-	if s[0] == '.' {
-		// Milliseconds, as JavaScript writes them, take a shortcut.
-		if len(s) >= 5 && isDigit(s[1]) && isDigit(s[2]) && isDigit(s[3]) && !isDigit(s[4]) {
-			nsec = (int64(s[1]-'0')*100 + int64(s[2]-'0')*10 + int64(s[3]-'0')) * 1e6
-			s = s[4:]
-		} else if len(s) >= 2 && isDigit(s[1]) {
-			n := 1
-			for ; n < len(s) && isDigit(s[n]); n++ {
-				// Digits past nanoseconds are dropped, as time.Parse does.
-				if n <= 9 {
-					nsec = nsec*10 + int64(s[n]-'0')
-				}
-			}
-			if n <= 9 {
-				nsec *= pow10[10-n]
-			}
-			s = s[n:]
-		}
-	}
-
-	var offset int64
+	var nsec, offset int64
 	switch {
 	case len(s) == 1 && s[0] == 'Z':
-	case len(s) == 6 && (s[0] == '+' || s[0] == '-') && s[3] == ':':
-		oh, okh := num(s[1:3])
-		om, okm := num(s[4:6])
-		if !okh || !okm || oh > 23 || om > 59 {
+		// The canonical UTC form needs nothing more.
+	case len(s) == 5 && s[0] == '.' && s[4] == 'Z' && isDigit(s[1]) && isDigit(s[2]) && isDigit(s[3]):
+		// Milliseconds, as JavaScript writes them.
+		nsec = (int64(s[1]-'0')*100 + int64(s[2]-'0')*10 + int64(s[3]-'0')) * 1e6
+	default:
+		var ok bool
+		if nsec, offset, ok = parseTail(s); !ok {
 			return instant{}, false
 		}
-		offset = (oh*60 + om) * 60
-		if s[0] == '-' {
-			offset = -offset
-		}
-	default:
-		return instant{}, false
 	}
 
 	var days int64
@@ -165,6 +141,41 @@ func parseRFC3339Fast(s string) (instant, bool) {
 		days = daysFromCivil(year, month, day)
 	}
 	return instant{days*86400 + hour*3600 + minute*60 + sec - offset, int32(nsec)}, true
+}
+
+// parseTail parses the rest of an RFC 3339 date after the seconds: an
+// optional fraction, then Z or a ±HH:MM offset. It returns the nanoseconds
+// and the offset east of UTC in seconds.
+func parseTail(s string) (nsec, offset int64, ok bool) {
+	if len(s) >= 2 && s[0] == '.' && isDigit(s[1]) {
+		n := 1
+		for ; n < len(s) && isDigit(s[n]); n++ {
+			// Digits past nanoseconds are dropped, as time.Parse does.
+			if n <= 9 {
+				nsec = nsec*10 + int64(s[n]-'0')
+			}
+		}
+		if n <= 9 {
+			nsec *= pow10[10-n]
+		}
+		s = s[n:]
+	}
+	switch {
+	case len(s) == 1 && s[0] == 'Z':
+		return nsec, 0, true
+	case len(s) == 6 && (s[0] == '+' || s[0] == '-') && s[3] == ':':
+		oh, okh := num(s[1:3])
+		om, okm := num(s[4:6])
+		if !okh || !okm || oh > 23 || om > 59 {
+			return 0, 0, false
+		}
+		offset = (oh*60 + om) * 60
+		if s[0] == '-' {
+			offset = -offset
+		}
+		return nsec, offset, true
+	}
+	return 0, 0, false
 }
 
 // yearTable holds, for each year from yearTableFirst, the days from

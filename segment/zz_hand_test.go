@@ -93,20 +93,38 @@ func hand3(r *Rule, p Profile, now instant) bool {
 	c := &cs[0]
 	t, _ := p[c.key].(string)
 	ok := false
-	for _, x := range c.inStrs { if eqStr(x, t) { ok = true; break } }
-	if !ok { return false }
+	for _, x := range c.inStrs {
+		if eqStr(x, t) {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return false
+	}
 	c = &cs[1]
 	f, _ := p[c.key].(float64)
-	if !c.holds(compareFloat(f, c.num)) { return false }
+	if !c.holds(compareFloat(f, c.num)) {
+		return false
+	}
 	c = &cs[2]
 	arr, _ := p[c.key].([]any)
 	found := false
-	for _, e := range arr { if s, ok := e.(string); ok && eqStr(s, c.str) { found = true; break } }
-	if !found { return false }
+	for _, e := range arr {
+		if s, ok := e.(string); ok && eqStr(s, c.str) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return false
+	}
 	c = &cs[3]
 	v := descend(p[c.key], c.rest)
 	lvl, _ := v.(string)
-	if !eqStr(lvl, c.str) { return false }
+	if !eqStr(lvl, c.str) {
+		return false
+	}
 	c = &cs[4]
 	s, _ := p[c.key].(string)
 	ts, ok := parseRFC3339Fast(s)
@@ -114,7 +132,68 @@ func hand3(r *Rule, p Profile, now instant) bool {
 }
 func BenchmarkHand3(b *testing.B) {
 	r := MustCompile(benchCriteria())
-	p := benchProfile(); n := instantOf(benchNow)
-	if !hand3(r, p, n) { b.Fatal() }
-	for b.Loop() { sink = hand3(r, p, n) }
+	p := benchProfile()
+	n := instantOf(benchNow)
+	if !hand3(r, p, n) {
+		b.Fatal()
+	}
+	for b.Loop() {
+		sink = hand3(r, p, n)
+	}
+}
+func hand4(r *Rule, p Profile, now instant) bool {
+	cs := r.conds
+	var vals [5]any
+	for i := range cs {
+		vals[i] = cs[i].value(p)
+	}
+	c := &cs[0]
+	t, _ := vals[0].(string)
+	ok := false
+	for _, x := range c.inStrs {
+		if eqStr(x, t) {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return false
+	}
+	c = &cs[1]
+	f, _ := vals[1].(float64)
+	if !c.holds(compareFloat(f, c.num)) {
+		return false
+	}
+	c = &cs[2]
+	arr, _ := vals[2].([]any)
+	found := false
+	for _, e := range arr {
+		if s, ok := e.(string); ok && eqStr(s, c.str) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return false
+	}
+	c = &cs[3]
+	lvl, _ := vals[3].(string)
+	if !eqStr(lvl, c.str) {
+		return false
+	}
+	c = &cs[4]
+	s, _ := vals[4].(string)
+	ts, ok := parseRFC3339Fast(s)
+	return ok && c.holds(ts.compare(now.addOffset(c.off)))
+}
+func BenchmarkHand4(b *testing.B) {
+	r := MustCompile(benchCriteria())
+	p := benchProfile()
+	n := instantOf(benchNow)
+	if !hand4(r, p, n) {
+		b.Fatal()
+	}
+	for b.Loop() {
+		sink = hand4(r, p, n)
+	}
 }

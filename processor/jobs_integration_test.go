@@ -1,0 +1,302 @@
+package processor_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+func testLogWriter() io.Writer {
+	if testing.Verbose() {
+		return os.Stderr
+	}
+	return io.Discard
+}
+
+// startAll runs a processor and the background jobs, like one segmentd.
+func (r *rig) startAll(t *testing.T) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reader := kafkaio.NewReader(r.brokers, r.group, r.profile)
+	writer := kafkaio.NewWriter(r.brokers)
+	scheds := membership.NewSchedules(r.rdb)
+	p := processor.New(processor.Config{
+		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: scheds,
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 1000, BatchWait: 10 * time.Millisecond, Logger: log,
+	})
+	jobs := processor.NewJobs(processor.JobsConfig{
+		InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
+		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
+		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Registry: reg, Processor: p,
+		EstimateInterval: time.Second, Registerer: prometheus.NewRegistry(), Logger: log,
+	})
+	var wg sync.WaitGroup
+	for _, f := range []func(context.Context) error{reg.Run, p.Run, jobs.Run} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		reader.Close()
+		writer.Close()
+	})
+}
+
+func (r *rig) produceEvents(t *testing.T, evs []events.ProfileEvent) {
+	t.Helper()
+	w := kafkaio.NewWriter(r.brokers)
+	defer w.Close()
+	for i := 0; i < len(evs); i += 5000 {
+		var msgs []kafka.Message
+		for _, ev := range evs[i:min(i+5000, len(evs))] {
+			v, err := events.EncodeProfileEvent(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+		}
+		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitProfiles waits until every user's stored profile has the wanted points.
+func (r *rig) waitPoints(t *testing.T, want map[string]int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		seen := 0
+		err := r.users.ScanProfiles(context.Background(), r.org, func(page []membership.StoredProfile) error {
+			for _, sp := range page {
+				var p map[string]any
+				_ = json.Unmarshal(sp.Profile, &p)
+				if f, ok := p["points"].(float64); ok && int(f) == want[sp.UserID] {
+					seen++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen == len(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d profiles up to date after %s", seen, len(want), timeout)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (r *rig) waitReady(t *testing.T, id string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		d, err := r.defs.Get(context.Background(), r.org, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Status == segment.StatusReady {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s still %s after %s", id, d.Status, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (r *rig) verifyClean(t *testing.T) {
+	t.Helper()
+	diffs, err := processor.Verify(context.Background(), r.defs, r.users, time.Now(), r.org)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range diffs {
+		if i == 10 {
+			t.Errorf("… %d differences", len(diffs))
+			break
+		}
+		t.Errorf("verify: %s", d)
+	}
+}
+
+// TestBackfillWhileEventsArrive stores 50,000 profiles, creates a segment
+// while a stream of patches keeps changing points, then changes its
+// criteria the same way: each time the membership must equal a
+// from-scratch evaluation. Audience counts must equal the evaluator's.
+func TestBackfillWhileEventsArrive(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.startAll(t)
+	const users = 50000
+	points := map[string]int{}
+	var seed []events.ProfileEvent
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		points[u] = (i * 7919) % 2000
+		seed = append(seed, events.ProfileEvent{EventID: "s" + u, Type: events.ProfileCreated, OrgID: r.org, UserID: u, Version: 1, HasVersion: true,
+			Profile: map[string]any{"points": points[u], "tier": []string{"gold", "silver"}[i%2]}})
+	}
+	r.produceEvents(t, seed)
+	r.waitPoints(t, points, 3*time.Minute)
+
+	// Patches keep arriving while the segment is created and backfilled.
+	patches := func(round int) []events.ProfileEvent {
+		var out []events.ProfileEvent
+		for i := 0; i < users; i += 3 {
+			u := fmt.Sprintf("u%d", i)
+			points[u] = (points[u] + 700*round) % 2000
+			out = append(out, events.ProfileEvent{EventID: fmt.Sprintf("p%d-%s", round, u), Type: events.ProfileUpdated, OrgID: r.org, UserID: u,
+				Version: int64(1 + round), HasVersion: true, Changes: map[string]any{"points": points[u]}})
+		}
+		return out
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); r.produceEvents(t, patches(1)) }()
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	r.waitReady(t, d.ID, 3*time.Minute)
+	r.waitPoints(t, points, 3*time.Minute)
+	r.verifyClean(t)
+	want := 0
+	for _, p := range points {
+		if p >= 1000 {
+			want++
+		}
+	}
+	if n, err := r.rdb.SCard(context.Background(), membership.SegmentMembersKey(r.org, d.ID)).Result(); err != nil || int(n) != want {
+		t.Fatalf("size = %d (%v), want %d", n, err, want)
+	}
+
+	// Change the criteria of the live segment, again under a stream of patches.
+	go func() { r.produceEvents(t, patches(2)) }()
+	d, err = r.defs.Update(context.Background(), r.org, d.ID, func(d *segment.Definition) error {
+		d.Criteria = segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: "<", Value: 500.0, HasValue: true}},
+			Exclude: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}}
+		d.Generation++
+		d.Status = segment.StatusBuilding
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let the registry see "building"
+	r.waitReady(t, d.ID, 3*time.Minute)
+	r.waitPoints(t, points, 3*time.Minute)
+	r.verifyClean(t)
+
+	// The audience count equals the evaluator's, profile by profile.
+	aud := processor.NewAudience(r.users, nil)
+	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1500.0, HasValue: true}},
+		Exclude: []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"silver"}, HasValue: true}}}
+	count, page, err := aud.Search(context.Background(), r.org, crit, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expect []string
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		if points[u] >= 1500 && i%2 == 0 {
+			expect = append(expect, u)
+		}
+	}
+	sort.Strings(expect)
+	if int(count) != len(expect) || strings.Join(page, ",") != strings.Join(expect[:5], ",") {
+		t.Fatalf("audience = %d %v, want %d %v", count, page, len(expect), expect[:5])
+	}
+}
+
+// TestRelativeDateFlipsWithoutEvents: users whose updatedAt turns 30 days
+// old must enter "updatedAt < now-30d" within 5 s, with cause time, and no
+// profile event.
+func TestRelativeDateFlipsWithoutEvents(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	r.startAll(t)
+	base := time.Now().Add(-30 * 24 * time.Hour)
+	due := map[string]time.Time{}
+	var evs []events.ProfileEvent
+	for i := range 6 {
+		u := fmt.Sprintf("u%d", i)
+		// Users 0-4 flip 3-7 s from now; u5 already qualifies.
+		at := base.Add(time.Duration(3+i) * time.Second).Truncate(time.Second)
+		if i == 5 {
+			at = base.Add(-time.Hour)
+		}
+		due[u] = at.Add(30 * 24 * time.Hour)
+		evs = append(evs, events.ProfileEvent{EventID: "c" + u, Type: events.ProfileCreated, OrgID: r.org, UserID: u, Version: 1, HasVersion: true,
+			Profile: map[string]any{"updatedAt": at.UTC().Format(time.RFC3339)}})
+	}
+	// Created as the API does (building), so that the backfill covers any
+	// event processed before every instance loaded the definition.
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "inactive", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := d.ID
+	r.produceEvents(t, evs)
+	msgs := readTopic(t, r.brokers, r.membershipT, 6, 60*time.Second)
+	got := map[string]bool{}
+	for _, m := range msgs {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.SegmentID != id || !c.Entered {
+			t.Errorf("unexpected change %+v", c)
+			continue
+		}
+		got[c.UserID] = true
+		if c.UserID == "u5" {
+			if c.Cause.Type != events.CauseProfile && c.Cause.Type != events.CauseSegment {
+				t.Errorf("u5 entered with cause %s, want profile or segment", c.Cause.Type)
+			}
+			continue
+		}
+		if c.Cause.Type != events.CauseTime {
+			t.Errorf("%s entered with cause %s, want time", c.UserID, c.Cause.Type)
+		}
+		if late := c.At.Sub(due[c.UserID]); late < 0 || late > 5*time.Second {
+			t.Errorf("%s entered %s after its criterion flipped, want within 5 s", c.UserID, late)
+		}
+	}
+	if len(got) != 6 {
+		t.Fatalf("entered: %v, want all 6", got)
+	}
+	r.verifyClean(t)
+}
