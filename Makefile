@@ -15,9 +15,12 @@ run:
 	$(GO) run ./cmd/segmentd
 
 ## test: unit and integration tests with -race against real Kafka 4.x and Redis,
-## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards
+## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards.
+## Packages run one after another (-p 1): a segmentd instance runs the jobs of
+## every organisation it finds in Redis, so concurrent packages sharing the
+## servers would run each other's backfills and timers.
 test:
-	scripts/test-servers.sh run -- $(GO) test -race -count=1 -timeout 14m ./...
+	scripts/test-servers.sh run -- $(GO) test -race -count=1 -p 1 -timeout 14m ./...
 
 ## unit: tests that need no servers (integration tests skip)
 unit:

@@ -46,54 +46,25 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]bool, error) {
 	if len(as) == 0 {
 		return applied, nil
 	}
-	// Load the script once per node first; EVALSHA in a pipeline cannot fall back.
-	run := func(useSHA bool, idx []int) ([]int, error) {
-		pipe := u.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(idx))
-		for j, i := range idx {
-			a := as[i]
-			entry, err := json.Marshal(a.Entry)
-			if err != nil {
-				return nil, fmt.Errorf("amend: %w", err)
-			}
-			in := "0"
-			if a.Entered {
-				in = "1"
-			}
-			keys := []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)}
-			if useSHA {
-				cmds[j] = amend.EvalSha(ctx, pipe, keys, a.ExpectRev, a.SegmentID, in, string(entry))
-			} else {
-				cmds[j] = amend.Eval(ctx, pipe, keys, a.ExpectRev, a.SegmentID, in, string(entry))
-			}
+	calls := make([]scriptCall, len(as))
+	for i, a := range as {
+		entry, err := json.Marshal(a.Entry)
+		if err != nil {
+			return applied, fmt.Errorf("amend: %w", err)
 		}
-		_, _ = pipe.Exec(ctx)
-		var retry []int
-		for j, i := range idx {
-			n, err := cmds[j].Int64()
-			switch {
-			case err == nil:
-				applied[i] = n == 1
-			case useSHA && redis.HasErrorPrefix(err, "NOSCRIPT"):
-				retry = append(retry, i)
-			default:
-				return nil, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
-			}
+		in := "0"
+		if a.Entered {
+			in = "1"
 		}
-		return retry, nil
+		calls[i] = scriptCall{keys: []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)},
+			args: []any{a.ExpectRev, a.SegmentID, in, string(entry)}}
 	}
-	idx := make([]int, len(as))
-	for i := range as {
-		idx[i] = i
-	}
-	retry, err := run(true, idx)
-	if err != nil {
-		return applied, err
-	}
-	if len(retry) > 0 {
-		if _, err := run(false, retry); err != nil {
-			return applied, err
+	for i, cmd := range runPipelined(ctx, u.rdb, amend, calls) {
+		n, err := cmd.Int64()
+		if err != nil {
+			return applied, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
 		}
+		applied[i] = n == 1
 	}
 	return applied, nil
 }

@@ -209,7 +209,7 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 			break
 		}
 	}
-	if err := s.rdb.Del(ctx, key).Err(); err != nil {
+	if err := s.rdb.Del(ctx, key, SegmentRevisionsKey(org, seg)).Err(); err != nil {
 		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
 	}
 	return removed, nil

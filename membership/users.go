@@ -51,8 +51,10 @@ func (c *OutboxChange) UnmarshalJSON(b []byte) error {
 // holds the entries of the last batch that wrote the user, so that a batch
 // redelivered after a crash can finish projecting them.
 type OutboxEntry struct {
-	EventID   string         `json:"e"`
-	Version   int64          `json:"v,omitempty"`
+	EventID string `json:"e"`
+	Version int64  `json:"v,omitempty"`
+	// Rev is the user revision that the write of this entry created.
+	Rev       int64          `json:"r,omitempty"`
 	CauseType string         `json:"k,omitempty"`
 	AtMillis  int64          `json:"t"`
 	Changes   []OutboxChange `json:"c,omitempty"`
@@ -189,43 +191,16 @@ func decodeState(h []any, segs []string) (UserState, error) {
 // moved and the caller must reload and recompute).
 func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	applied := make([]bool, len(ws))
-	if len(ws) == 0 {
-		return applied, nil
+	calls := make([]scriptCall, len(ws))
+	for i, w := range ws {
+		calls[i].keys, calls[i].args = writeArgs(w)
 	}
-	pending := make([]int, len(ws))
-	for i := range ws {
-		pending[i] = i
-	}
-	// First by SHA; a node that lost its script cache answers NOSCRIPT and
-	// those updates go again with the script text, which reloads it.
-	for _, useSHA := range []bool{true, false} {
-		pipe := u.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(pending))
-		for j, i := range pending {
-			keys, args := writeArgs(ws[i])
-			if useSHA {
-				cmds[j] = u.write.EvalSha(ctx, pipe, keys, args...)
-			} else {
-				cmds[j] = u.write.Eval(ctx, pipe, keys, args...)
-			}
+	for i, cmd := range runPipelined(ctx, u.rdb, u.write, calls) {
+		n, err := cmd.Int64()
+		if err != nil {
+			return applied, fmt.Errorf("write user %s/%s: %w", ws[i].OrgID, ws[i].UserID, err)
 		}
-		_, _ = pipe.Exec(ctx)
-		var retry []int
-		for j, i := range pending {
-			n, err := cmds[j].Int64()
-			switch {
-			case err == nil:
-				applied[i] = n == 1
-			case useSHA && redis.HasErrorPrefix(err, "NOSCRIPT"):
-				retry = append(retry, i)
-			default:
-				return applied, fmt.Errorf("write user %s/%s: %w", ws[i].OrgID, ws[i].UserID, err)
-			}
-		}
-		if len(retry) == 0 {
-			break
-		}
-		pending = retry
+		applied[i] = n == 1
 	}
 	return applied, nil
 }
@@ -247,24 +222,50 @@ func writeArgs(w UserWrite) ([]string, []any) {
 	return []string{ProfileKey(w.OrgID, w.UserID), UserSegmentsKey(w.OrgID, w.UserID)}, args
 }
 
-// Project writes changes onto the public per-segment sets in one pipelined
-// round trip. SADD and SREM are idempotent, so projecting again after a crash
-// changes nothing; changes of one user and segment must come in order.
-func (u *Users) Project(ctx context.Context, changes []events.Change) error {
-	if len(changes) == 0 {
+// SegmentRevisionsKey is the internal hash, beside a segment's member set
+// (same hash tag), of the user revision that last set each user's
+// membership there.
+func SegmentRevisionsKey(org, seg string) string { return "segrev:{" + org + ":" + seg + "}" }
+
+// Projection is one membership change to mirror onto a segment's member
+// set, with the user revision whose write decided it.
+type Projection struct {
+	Change events.Change
+	Rev    int64
+}
+
+// The stream, backfills and timers each project what their own writes
+// decided, in no common order; the revision makes the newest decision win
+// whatever order the projections arrive in. Equal revisions come from one
+// write and apply in order.
+var projectScript = redis.NewScript(`
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) < cur then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[1], ARGV[1]) else redis.call('SREM', KEYS[1], ARGV[1]) end
+return 1
+`)
+
+// Project mirrors changes onto the public per-segment sets in one pipelined
+// round trip. It is idempotent, so projecting again after a crash changes
+// nothing, and an older decision never overwrites a newer one.
+func (u *Users) Project(ctx context.Context, ps []Projection) error {
+	if len(ps) == 0 {
 		return nil
 	}
-	pipe := u.rdb.Pipeline()
-	for _, c := range changes {
-		k := SegmentMembersKey(c.OrgID, c.SegmentID)
+	calls := make([]scriptCall, len(ps))
+	for i, p := range ps {
+		c := p.Change
+		in := "0"
 		if c.Entered {
-			pipe.SAdd(ctx, k, c.UserID)
-		} else {
-			pipe.SRem(ctx, k, c.UserID)
+			in = "1"
 		}
+		calls[i] = scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID)}, args: []any{c.UserID, p.Rev, in}}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("project %d changes: %w", len(changes), err)
+	for _, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("project %d changes: %w", len(ps), err)
+		}
 	}
 	return nil
 }

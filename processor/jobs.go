@@ -22,7 +22,7 @@ type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 	ViewUsers(ctx context.Context, org, seg string, users []string) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]bool, error)
-	Project(ctx context.Context, changes []events.Change) error
+	Project(ctx context.Context, ps []membership.Projection) error
 }
 
 // JobSchedules stores the timers of time-relative criteria.
@@ -289,6 +289,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		results := evaluateViews(cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
+		var projections []membership.Projection
 		var due []membership.Due
 		next := map[string]time.Time{}
 		for i, v := range views {
@@ -299,14 +300,16 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 			}
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
 				// Written by an earlier attempt that may not have published.
-				changes = append(changes, changeOf(org, v.UserID, seg, e, cause))
+				c := changeOf(org, v.UserID, seg, e, cause)
+				changes = append(changes, c)
+				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				continue
 			}
 			if v.Profile == nil || r.match == v.Member {
 				continue
 			}
 			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
-				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(),
+				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
 		applied, err := j.cfg.Users.Amend(ctx, amends)
@@ -319,9 +322,11 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 				pending = append(pending, a.UserID)
 				continue
 			}
-			changes = append(changes, changeOf(org, a.UserID, seg, a.Entry, cause))
+			c := changeOf(org, a.UserID, seg, a.Entry, cause)
+			changes = append(changes, c)
+			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
-		if err := j.cfg.Users.Project(ctx, changes); err != nil {
+		if err := j.cfg.Users.Project(ctx, projections); err != nil {
 			return err
 		}
 		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {

@@ -43,7 +43,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "segmentd_event_latency_seconds",
 			Help:    "Time from a profile event's occurredAt to its Redis write.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+			// Fine buckets (about 20% apart) so that p50 and p99 read off
+			// the histogram are close to the truth.
+			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_consumer_lag",

@@ -34,7 +34,7 @@ type Producer interface {
 type UserStore interface {
 	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
 	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
-	Project(ctx context.Context, changes []events.Change) error
+	Project(ctx context.Context, ps []membership.Projection) error
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
@@ -251,6 +251,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		return errors.New("segment definitions not loaded yet")
 	}
 	var changes []events.Change
+	var projections []membership.Projection
 	var due []membership.Due
 	pending := order
 	for round := 0; len(pending) > 0; round++ {
@@ -291,6 +292,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 			}
 			r := results[i]
 			changes = append(changes, r.changes...)
+			projections = append(projections, r.projections...)
 			due = append(due, r.due...)
 			dlq = append(dlq, r.dlq...)
 			m.countResults(r)
@@ -303,7 +305,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		pending = conflicted
 	}
 
-	if err := p.cfg.Users.Project(ctx, changes); err != nil {
+	if err := p.cfg.Users.Project(ctx, projections); err != nil {
 		m.redisError()
 		return err
 	}
@@ -355,9 +357,17 @@ func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
 type userResult struct {
 	write                        *membership.UserWrite
 	changes                      []events.Change
+	projections                  []membership.Projection
 	due                          []membership.Due
 	dlq                          []kafka.Message
 	applied, duplicate, replayed int
+}
+
+func (r *userResult) add(cs []events.Change, rev int64) {
+	r.changes = append(r.changes, cs...)
+	for _, c := range cs {
+		r.projections = append(r.projections, membership.Projection{Change: c, Rev: rev})
+	}
 }
 
 // evaluate applies one user's events of the batch, in order, to the loaded
@@ -389,7 +399,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		ev := it.ev
 		if e, ok := inOutbox[ev.EventID]; ok {
 			outbox = append(outbox, e)
-			res.changes = append(res.changes, p.outboxChanges(w.ref, e)...)
+			res.add(p.outboxChanges(w.ref, e), e.Rev)
 			res.replayed++
 			continue
 		}
@@ -397,7 +407,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			res.duplicate++
 			continue
 		}
-		entry := membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: events.CauseProfile, AtMillis: now.UnixMilli()}
+		entry := membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(), Rev: st.Rev + 1}
 		var next segment.Profile
 		var paths []string
 		evaluateAll := profile == nil || deleted
@@ -455,7 +465,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			version = ev.Version
 		}
 		outbox = append(outbox, entry)
-		res.changes = append(res.changes, p.outboxChanges(w.ref, entry)...)
+		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
 		wrote = true
 	}

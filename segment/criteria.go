@@ -267,26 +267,26 @@ const (
 // cond is a compiled criterion. The fields Match reads come first, to share
 // cache lines.
 type cond struct {
-	key  string   // first path segment
-	rest []string // remaining path segments, nil for a top-level field
-	fn   testFn
-	neg  bool
+	key   string    // first path segment
+	rest  []string  // remaining path segments, nil for a top-level field
+	check checkFunc // Match's test, picked by pickCheck
+	fn    testFn
+	neg   bool
 	// failIf is the outcome of the positive test that puts a user outside
 	// the segment: false for an include criterion, true for an exclude one,
 	// each flipped by neg.
 	failIf bool
-	check  checkFunc
 	// cmpOK has bit cmp+1 set for each comparison result (-1, 0, 1) under
 	// which an ordering operator holds.
 	cmpOK uint8
 	kind  valueKind
 	str   string
 	num   float64
-	off   offset  // kindRelative: dur, split
-	set   *valSet // elements of an in/not_in value
+	off   offset // kindRelative: dur, split
 	// inStrs repeats set.strs when a linear scan is what set.has would do,
 	// saving Match a pointer hop; nil otherwise.
 	inStrs []string
+	set    *valSet // elements of an in/not_in value
 
 	op    opKind
 	b     bool

@@ -62,7 +62,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	case "tail":
 		return tail(ctx, env, args[1:], stdout)
 	case "loadgen":
-		return loadgen(ctx, env, args[1:], stdout)
+		return runLoadgen(ctx, env, args[1:], stdout)
 	case "verify":
 		return verify(ctx, env, args[1:], stdout)
 	case "help", "-h", "--help":

@@ -1,0 +1,46 @@
+package membership
+
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// scriptCall is one invocation of a script in a pipeline.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// runPipelined runs every call of s in one pipeline, first by SHA; calls
+// that meet a node without the script (NOSCRIPT) go again with its text,
+// which loads it. It returns one result per call; a call's error is in its Cmd.
+func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Script, calls []scriptCall) []*redis.Cmd {
+	out := make([]*redis.Cmd, len(calls))
+	pending := make([]int, len(calls))
+	for i := range calls {
+		pending[i] = i
+	}
+	for _, useSHA := range []bool{true, false} {
+		if len(pending) == 0 {
+			break
+		}
+		pipe := rdb.Pipeline()
+		for _, i := range pending {
+			if useSHA {
+				out[i] = s.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
+			} else {
+				out[i] = s.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
+			}
+		}
+		_, _ = pipe.Exec(ctx)
+		var retry []int
+		for _, i := range pending {
+			if useSHA && redis.HasErrorPrefix(out[i].Err(), "NOSCRIPT") {
+				retry = append(retry, i)
+			}
+		}
+		pending = retry
+	}
+	return out
+}

@@ -1,0 +1,399 @@
+package processor_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/loadgen"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// thousandSegments is a catalogue of 1,000 dynamic segments over the fields
+// that loadgen's events touch: 100 read points, 100 tier and xp, 100 coins,
+// 5 updatedAt (time-relative), the rest one of 50 custom fields each.
+func thousandSegments() []segment.Criteria {
+	var out []segment.Criteria
+	num := func(f, op string, v float64) segment.Criterion {
+		return segment.Criterion{Field: f, Operator: op, Value: v, HasValue: true}
+	}
+	for i := range 1000 {
+		var c segment.Criteria
+		switch {
+		case i < 5:
+			c.Include = []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: fmt.Sprintf("now-%dd", 30+i), HasValue: true}}
+		case i%10 == 0:
+			c.Include = []segment.Criterion{num("points", ">=", float64(i%20*100))}
+		case i%10 == 1:
+			c.Include = []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"gold", "platinum"}, HasValue: true}, num("xp", ">=", float64(i*10))}
+		case i%10 == 2:
+			c.Include = []segment.Criterion{num("coins", ">=", float64(i%500))}
+		default:
+			c.Include = []segment.Criterion{num(fmt.Sprintf("customFields.f%d", i%50), ">=", float64(i%100))}
+			c.Exclude = []segment.Criterion{{Field: "customFields.testAccount", Operator: "equals", Value: true, HasValue: true}}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// benchRig is a processor with its metrics, over real servers.
+type benchRig struct {
+	*rig
+	reg *prometheus.Registry
+}
+
+func newBenchRig(b *testing.B) *benchRig {
+	r := &rig{brokers: testenv.Kafka(b), rdb: testenv.RedisClient(b), org: testenv.UniqueName(b, "bench")}
+	r.profile = testenv.UniqueName(b, "profiles")
+	r.membershipT = testenv.UniqueName(b, "membership")
+	r.dlq = testenv.UniqueName(b, "dlq")
+	r.group = testenv.UniqueName(b, "group")
+	testenv.CreateTopic(b, r.brokers, r.profile, 6)
+	testenv.CreateTopic(b, r.brokers, r.membershipT, 6)
+	testenv.CreateTopic(b, r.brokers, r.dlq, 1)
+	r.defs = membership.NewDefinitions(r.rdb)
+	r.users = membership.NewUsers(r.rdb)
+	return &benchRig{rig: r, reg: prometheus.NewRegistry()}
+}
+
+func (r *benchRig) createSegments(b *testing.B, cs []segment.Criteria) {
+	for i, c := range cs {
+		if _, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: fmt.Sprintf("s%d", i), Type: segment.TypeDynamic, Criteria: c, Status: segment.StatusReady}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func (r *benchRig) startProcessor(b *testing.B, group string) func() {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := processor.NewRegistry(r.defs, 250*time.Millisecond, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := reg.Reload(ctx); err != nil {
+		b.Fatal(err)
+	}
+	reader := kafkaio.NewReader(r.brokers, group, r.profile)
+	writer := kafkaio.NewWriter(r.brokers)
+	p := processor.New(processor.Config{
+		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: 5 * time.Millisecond,
+		Metrics: processor.NewMetrics(r.reg), Logger: log,
+	})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = reg.Run(ctx) }()
+	go func() { defer wg.Done(); _ = p.Run(ctx) }()
+	return func() { cancel(); wg.Wait(); reader.Close(); writer.Close() }
+}
+
+func (r *benchRig) produceGen(b *testing.B, g *loadgen.Generator, n int) {
+	w := kafkaio.NewWriter(r.brokers)
+	defer w.Close()
+	for sent := 0; sent < n; {
+		k := min(5000, n-sent)
+		msgs := make([]kafka.Message, 0, k)
+		now := time.Now()
+		for range k {
+			ev := g.Next(now)
+			v, _ := events.EncodeProfileEvent(ev)
+			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+		}
+		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+			b.Fatal(err)
+		}
+		sent += k
+	}
+}
+
+func committed(b *testing.B, brokers []string, group, topic string) int64 {
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	res, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0, 1, 2, 3, 4, 5}}})
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, p := range res.Topics[topic] {
+		n += max(0, p.CommittedOffset)
+	}
+	return n
+}
+
+// drain waits until group has committed want events and returns how long
+// that took from start.
+func drain(b *testing.B, brokers []string, group, topic string, want int64, start time.Time) time.Duration {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(10 * time.Minute)
+	for {
+		if committed(b, brokers, group, topic) >= want {
+			return time.Since(start)
+		}
+		select {
+		case <-t.C:
+		case <-deadline:
+			b.Fatalf("group %s did not commit %d events in 10 minutes", group, want)
+		}
+	}
+}
+
+// BenchmarkEndToEnd measures processing throughput over a backlog: 100,000
+// users created (every segment evaluated for each) and then 200,000 updates
+// (only the segments a change can affect), with 1,000 dynamic segments in
+// one organisation; beside it, a bare kafka-go group consumer reading the
+// same topic. Run with -benchtime=1x.
+func BenchmarkEndToEnd(b *testing.B) {
+	r := newBenchRig(b)
+	r.createSegments(b, thousandSegments())
+	const users, updates = 100000, 200000
+	g := loadgen.New(r.org, 1, users, 0.1, 0.1, 1)
+	// Seed: one creation per user, in user order, so the first phase is
+	// exactly the creations.
+	seed := make([]kafka.Message, 0, users)
+	now := time.Now()
+	for i := range users {
+		ev := events.ProfileEvent{EventID: fmt.Sprintf("c%d", i), Type: events.ProfileCreated, OrgID: r.org, UserID: fmt.Sprintf("u%d", i), Version: 0, HasVersion: true, OccurredAt: now,
+			Profile: map[string]any{"tier": "silver", "points": i % 2000, "xp": i % 10000, "coins": i % 500, "updatedAt": now.UTC().Format(time.RFC3339),
+				"customFields": map[string]any{"f1": i % 100, "testAccount": i%50 == 0}}}
+		v, _ := events.EncodeProfileEvent(ev)
+		seed = append(seed, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+	}
+	w := kafkaio.NewWriter(r.brokers)
+	for i := 0; i < len(seed); i += 5000 {
+		if err := w.WriteMessages(context.Background(), seed[i:min(i+5000, len(seed))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w.Close()
+	r.produceGen(b, g, updates) // loadgen's own first event per user is a creation too: versions start at 1 > 0
+	total := int64(users + updates)
+
+	b.ResetTimer()
+	// Baseline: a bare consumer that only reads and commits.
+	bare := testenv.UniqueName(b, "bare")
+	start := time.Now()
+	rd := kafkaio.NewReader(r.brokers, bare, r.profile)
+	var batch []kafka.Message
+	for n := int64(0); n < total; n++ {
+		m, err := rd.FetchMessage(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch = append(batch, m)
+		if len(batch) == 2000 || n == total-1 {
+			if err := rd.CommitMessages(context.Background(), batch...); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	bareDur := time.Since(start)
+	rd.Close()
+
+	start = time.Now()
+	stop := r.startProcessor(b, r.group)
+	created := drain(b, r.brokers, r.group, r.profile, users, start)
+	all := drain(b, r.brokers, r.group, r.profile, total, start)
+	stop()
+	b.StopTimer()
+	b.ReportMetric(float64(total)/bareDur.Seconds(), "bare-consumer-events/s")
+	b.ReportMetric(float64(users)/created.Seconds(), "creations/s")
+	b.ReportMetric(float64(updates)/(all-created).Seconds(), "updates/s")
+	b.ReportMetric(float64(total)/all.Seconds(), "events/s")
+}
+
+// BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
+// (SEGMENTD_BENCH_RATE, default 10,000/s: half the measured maximum) for 20
+// s and reports p50 and p99 of the time from occurredAt to the Redis write.
+func BenchmarkLatencyAtHalfRate(b *testing.B) {
+	r := newBenchRig(b)
+	r.createSegments(b, thousandSegments())
+	rate := 10000
+	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	g := loadgen.New(r.org, 1, 100000, 0.1, 0.1, 2)
+	stop := r.startProcessor(b, r.group)
+	defer stop()
+	// Warm up: join the group before the clock starts.
+	r.produceGen(b, g, 1000)
+	drain(b, r.brokers, r.group, r.profile, 1000, time.Now())
+	reset := snapshotHistogram(b, r.reg)
+	b.ResetTimer()
+	w := kafkaio.NewWriter(r.brokers)
+	defer w.Close()
+	const every = 10 * time.Millisecond
+	per := rate * int(every) / int(time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	sent := 1000
+	end := time.Now().Add(20 * time.Second)
+	for time.Now().Before(end) {
+		<-tick.C
+		msgs := make([]kafka.Message, 0, per)
+		now := time.Now()
+		for range per {
+			ev := g.Next(now)
+			v, _ := events.EncodeProfileEvent(ev)
+			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+		}
+		// Async so that one slow acknowledgement does not hold the rate back.
+		go func(msgs []kafka.Message) { _ = w.WriteMessages(context.Background(), msgs...) }(msgs)
+		sent += per
+	}
+	drain(b, r.brokers, r.group, r.profile, int64(sent), time.Now())
+	b.StopTimer()
+	h := snapshotHistogram(b, r.reg)
+	p50, p99 := quantile(h, reset, 0.5), quantile(h, reset, 0.99)
+	b.ReportMetric(float64(rate), "events/s-offered")
+	b.ReportMetric(p50*1000, "p50-ms")
+	b.ReportMetric(p99*1000, "p99-ms")
+}
+
+func snapshotHistogram(b *testing.B, reg *prometheus.Registry) *dto.Histogram {
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "segmentd_event_latency_seconds" {
+			return mf.GetMetric()[0].GetHistogram()
+		}
+	}
+	return &dto.Histogram{}
+}
+
+// quantile interpolates the q-quantile of the observations made between
+// two snapshots of a histogram.
+func quantile(h, base *dto.Histogram, q float64) float64 {
+	baseCount := map[float64]uint64{}
+	for _, bk := range base.GetBucket() {
+		baseCount[bk.GetUpperBound()] = bk.GetCumulativeCount()
+	}
+	total := h.GetSampleCount() - base.GetSampleCount()
+	if total == 0 {
+		return math.NaN()
+	}
+	rank := q * float64(total)
+	prevUpper, prevCount := 0.0, 0.0
+	for _, bk := range h.GetBucket() {
+		c := float64(bk.GetCumulativeCount() - baseCount[bk.GetUpperBound()])
+		if c >= rank {
+			if c == prevCount {
+				return bk.GetUpperBound()
+			}
+			return prevUpper + (bk.GetUpperBound()-prevUpper)*(rank-prevCount)/(c-prevCount)
+		}
+		prevUpper, prevCount = bk.GetUpperBound(), c
+	}
+	return prevUpper
+}
+
+// BenchmarkBackfillMillion stores 1,000,000 profiles, then backfills one new
+// segment (points >= 1000, about half of them) and searches an audience
+// over all of them; it reports Redis memory per profile and per membership
+// from INFO memory. Run with -benchtime=1x on a Redis of its own.
+func BenchmarkBackfillMillion(b *testing.B) {
+	r := newBenchRig(b)
+	ctx := context.Background()
+	n := 1000000
+	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_PROFILES")); err == nil && v > 0 {
+		n = v
+	}
+	mem0 := usedMemory(b, r.rdb)
+	g := loadgen.New(r.org, 1, n, 0, 0, 3)
+	now := time.Now()
+	const chunk = 5000
+	var ws []membership.UserWrite
+	for i := range n {
+		ev := g.Next(now)
+		for ev.Profile == nil { // every user's first event is its creation
+			ev = g.Next(now)
+		}
+		ev.UserID = fmt.Sprintf("u%d", i)
+		p, _ := encodeProfile(ev.Profile)
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: ev.UserID, Version: 1, Profile: p,
+			Outbox: []membership.OutboxEntry{{EventID: ev.EventID, Version: 1, AtMillis: now.UnixMilli()}}})
+		if len(ws) == chunk || i == n-1 {
+			if _, err := r.users.Write(ctx, ws); err != nil {
+				b.Fatal(err)
+			}
+			ws = ws[:0]
+		}
+	}
+	mem1 := usedMemory(b, r.rdb)
+
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	jobs := processor.NewJobs(processor.JobsConfig{
+		InstanceID: "bench", Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
+		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Logger: log,
+	})
+	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: crit, Status: segment.StatusBuilding})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rule, _ := segment.Compile(crit)
+	b.ResetTimer()
+	start := time.Now()
+	if err := jobs.Backfill(ctx, r.org, &processor.CompiledSegment{Def: d, Rule: rule}, 0); err != nil {
+		b.Fatal(err)
+	}
+	backfill := time.Since(start)
+	members, _ := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result()
+	mem2 := usedMemory(b, r.rdb)
+	start = time.Now()
+	count, _, err := processor.NewAudience(r.users, nil).Search(ctx, r.org, segment.Criteria{
+		Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}, {Field: "xp", Operator: ">=", Value: 5000.0, HasValue: true}}}, 100)
+	if err != nil {
+		b.Fatal(err)
+	}
+	audience := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(n)/backfill.Seconds(), "backfill-profiles/s")
+	b.ReportMetric(float64(members), "members")
+	b.ReportMetric(audience.Seconds(), "audience-s")
+	b.ReportMetric(float64(count), "audience-count")
+	b.ReportMetric(float64(mem1-mem0)/float64(n), "bytes/profile")
+	b.ReportMetric(float64(mem2-mem1)/float64(max(members, 1)), "bytes/membership")
+}
+
+func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
+	info, err := rdb.Info(context.Background(), "memory").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	b.Fatal("no used_memory in INFO memory")
+	return 0
+}
+
+func getenv(k string) string { return os.Getenv(k) }
+
+func encodeProfile(p map[string]any) ([]byte, error) { return json.Marshal(p) }

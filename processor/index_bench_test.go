@@ -1,0 +1,58 @@
+package processor_test
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// BenchmarkAffectedSegments compares, for one typical patch (points,
+// updatedAt and one custom field) in an organisation of 1,000 segments,
+// evaluating only the segments the field index names against evaluating
+// every segment.
+func BenchmarkAffectedSegments(b *testing.B) {
+	var defs []segment.Definition
+	for i, c := range thousandSegments() {
+		defs = append(defs, segment.Definition{ID: fmt.Sprintf("s%04d", i), OrgID: "acme", Type: segment.TypeDynamic, Criteria: c, Status: segment.StatusReady})
+	}
+	org := processor.Compile(1, defs, slog.New(slog.NewTextHandler(io.Discard, nil))).Org("acme")
+	now := time.Now()
+	old := segment.Profile{"tier": "gold", "points": 900.0, "xp": 4000.0, "coins": 12.0, "updatedAt": "2026-10-01T00:00:00Z",
+		"customFields": map[string]any{"f7": 10.0, "f8": 3.0, "testAccount": false}}
+	changes := map[string]any{"points": 1100.0, "updatedAt": "2026-11-25T17:00:00Z", "customFields.f7": 60.0}
+	next, paths, err := segment.ApplyChanges(old, changes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("index", func(b *testing.B) {
+		b.ReportAllocs()
+		var ids []string
+		n := 0
+		for b.Loop() {
+			ids = org.Index.AppendAffected(ids[:0], paths)
+			for _, id := range ids {
+				if org.Segments[id].Rule.Match(next, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(ids)), "segments/event")
+	})
+	b.Run("all", func(b *testing.B) {
+		b.ReportAllocs()
+		n := 0
+		for b.Loop() {
+			for _, id := range org.IDs {
+				if org.Segments[id].Rule.Match(next, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(org.IDs)), "segments/event")
+	})
+}

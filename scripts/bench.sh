@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every benchmark of BENCHMARKS.md and prints its figures. Needs the
+# servers of scripts/test-servers.sh (make bench starts them): Kafka, and a
+# standalone Redis, which the memory figures read INFO memory from.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${SEGMENTD_TEST_KAFKA_BROKERS:?run through scripts/test-servers.sh run -- $0, or make bench}"
+: "${SEGMENTD_TEST_REDIS_ADDR:?run through scripts/test-servers.sh run -- $0, or make bench}"
+redis_host="${SEGMENTD_TEST_REDIS_ADDR%:*}"
+redis_port="${SEGMENTD_TEST_REDIS_ADDR##*:}"
+
+section() { printf '\n== %s\n' "$*"; }
+
+section "criteria: one compiled 5-criterion segment against segmentd, cel-go and expr"
+(cd bench/criteria && go test -run '^$' -bench . -benchmem -count 5)
+
+section "field index against evaluating every segment (1,000 segments, one patch)"
+go test -run '^$' -bench 'BenchmarkAffectedSegments' -benchmem -count 5 ./processor/
+
+section "baseline: redis-benchmark SADD, pipelined 16 deep, 1 and 50 clients"
+redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 1000000 -P 16 -c 1 -q
+redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 1000000 -P 16 -c 50 -q
+redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 200000 -c 1 -q
+
+section "end to end: 100,000 users, 1,000 segments, bare consumer beside it"
+go test -run '^$' -bench 'BenchmarkEndToEnd$' -benchtime 1x -timeout 30m ./processor/
+
+section "latency from occurredAt to the Redis write at ${SEGMENTD_BENCH_RATE:-10000} events/s"
+go test -run '^$' -bench 'BenchmarkLatencyAtHalfRate$' -benchtime 1x -timeout 30m ./processor/
+
+section "backfill and audience over ${SEGMENTD_BENCH_PROFILES:-1000000} stored profiles; memory per profile and membership"
+go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
