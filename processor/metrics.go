@@ -41,8 +41,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
 		}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "segmentd_event_latency_seconds",
-			Help:    "Time from a profile event's occurredAt to its Redis write.",
+			Name: "segmentd_event_latency_seconds",
+			Help: "Time from a profile event's occurredAt to its Redis write.",
 			// Fine buckets (about 20% apart) so that p50 and p99 read off
 			// the histogram are close to the truth.
 			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
