@@ -44,11 +44,13 @@ func NewReader(brokers []string, group, topic string) *kafka.Reader {
 // replicas.
 func NewWriter(brokers []string) *kafka.Writer {
 	return &kafka.Writer{
-		Addr:                   kafka.TCP(brokers...),
-		Balancer:               &kafka.Hash{},
-		RequiredAcks:           kafka.RequireAll,
-		BatchSize:              10000,
-		BatchBytes:             16 << 20,
+		Addr:         kafka.TCP(brokers...),
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchSize:    10000,
+		// Under the broker's default message.max.bytes (1 MiB), which
+		// bounds one record batch.
+		BatchBytes:             1_000_000,
 		BatchTimeout:           2 * time.Millisecond,
 		MaxAttempts:            3,
 		WriteBackoffMin:        50 * time.Millisecond,

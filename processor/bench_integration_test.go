@@ -85,7 +85,7 @@ func (r *benchRig) createSegments(b *testing.B, cs []segment.Criteria) {
 }
 
 func (r *benchRig) startProcessor(b *testing.B, group string) func() {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := processor.NewRegistry(r.defs, 250*time.Millisecond, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := reg.Reload(ctx); err != nil {
