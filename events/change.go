@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -54,10 +55,18 @@ func (c Change) Direction() string {
 // EventID returns an id that depends only on what changed and why, so that a
 // change replayed after a crash carries the same id as the first time.
 func (c Change) EventID() string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%d",
-		c.OrgID, c.SegmentID, c.UserID, c.Direction(), c.Cause.Type, c.Cause.EventID, c.Cause.Version)
-	return "chg_" + hex.EncodeToString(h.Sum(nil)[:16])
+	var buf [256]byte
+	b := buf[:0]
+	for _, part := range [...]string{c.OrgID, c.SegmentID, c.UserID, c.Direction(), c.Cause.Type, c.Cause.EventID} {
+		b = append(b, part...)
+		b = append(b, 0)
+	}
+	b = strconv.AppendInt(b, c.Cause.Version, 10)
+	sum := sha256.Sum256(b)
+	var out [4 + 32]byte
+	copy(out[:], "chg_")
+	hex.Encode(out[4:], sum[:16])
+	return string(out[:])
 }
 
 // changeWire is the JSON of a membership-change event on the output topic.
@@ -78,16 +87,47 @@ type causeWire struct {
 }
 
 // EncodeChange returns the JSON value of the membership-change event for c.
+// It writes the JSON by hand: it runs once per change on the hot path.
 func EncodeChange(c Change) ([]byte, error) {
-	return json.Marshal(changeWire{
-		EventID:   c.EventID(),
-		OrgID:     c.OrgID,
-		SegmentID: c.SegmentID,
-		UserID:    c.UserID,
-		Change:    c.Direction(),
-		At:        c.At.UTC().Format("2006-01-02T15:04:05.000Z07:00"),
-		Cause:     causeWire{Type: c.Cause.Type, EventID: c.Cause.EventID, Version: c.Cause.Version},
-	})
+	b := make([]byte, 0, 256+len(c.Cause.EventID))
+	b = append(b, `{"eventId":`...)
+	b = appendString(b, c.EventID())
+	b = append(b, `,"orgId":`...)
+	b = appendString(b, c.OrgID)
+	b = append(b, `,"segmentId":`...)
+	b = appendString(b, c.SegmentID)
+	b = append(b, `,"userId":`...)
+	b = appendString(b, c.UserID)
+	b = append(b, `,"change":"`...)
+	b = append(b, c.Direction()...)
+	b = append(b, `","at":"`...)
+	b = c.At.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z07:00")
+	b = append(b, `","cause":{"type":`...)
+	b = appendString(b, c.Cause.Type)
+	if c.Cause.EventID != "" {
+		b = append(b, `,"eventId":`...)
+		b = appendString(b, c.Cause.EventID)
+	}
+	if c.Cause.Version != 0 {
+		b = append(b, `,"version":`...)
+		b = strconv.AppendInt(b, c.Cause.Version, 10)
+	}
+	b = append(b, "}}"...)
+	return b, nil
+}
+
+// appendString appends s as a JSON string; ids are plain text, so the fast
+// path copies it and only unusual bytes take the general encoder.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // DecodedChange is a membership-change event read back from the output topic.

@@ -106,3 +106,22 @@ func TestChangeRoundTripAndDeterministicID(t *testing.T) {
 		t.Fatal("entered and exited share an id")
 	}
 }
+
+func TestEncodeChangeEscapes(t *testing.T) {
+	for name, user := range map[string]string{"quote": `u"1`, "backslash": `u\1`, "unicode": "ü_42", "plain": "u_42"} {
+		t.Run(name, func(t *testing.T) {
+			c := Change{OrgID: "acme", SegmentID: "seg_1", UserID: user, At: time.Unix(0, 0), Cause: Cause{Type: CauseStatic, EventID: "static:x"}}
+			b, err := EncodeChange(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := DecodeChange(b)
+			if err != nil {
+				t.Fatalf("%s: %v", b, err)
+			}
+			if d.UserID != user || d.EventID != c.EventID() || d.Cause != c.Cause {
+				t.Fatalf("round trip of %s: %+v", b, d)
+			}
+		})
+	}
+}

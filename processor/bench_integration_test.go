@@ -29,8 +29,12 @@ import (
 )
 
 // thousandSegments is a catalogue of 1,000 dynamic segments over the fields
-// that loadgen's events touch: 100 read points, 100 tier and xp, 100 coins,
-// 5 updatedAt (time-relative), the rest one of 50 custom fields each.
+// that loadgen's events touch: 5 time-relative ones on updatedAt, then ten
+// groups of 100 (points >= 1000, xp >= 5000, coins >= 250, tier gold or
+// platinum, and six custom fields >= 50), each segment of a group for one
+// of loadgen's 100 user cohorts (customFields.cohort), as campaign
+// catalogues cut one audience by region or plan. Every update evaluates the
+// hundred-odd segments that read its fields, and a user is in a handful.
 func thousandSegments() []segment.Criteria {
 	var out []segment.Criteria
 	num := func(f, op string, v float64) segment.Criterion {
@@ -38,17 +42,20 @@ func thousandSegments() []segment.Criteria {
 	}
 	for i := range 1000 {
 		var c segment.Criteria
-		switch {
+		cohort := num("customFields.cohort", "equals", float64(i%100))
+		switch g := i / 100; {
 		case i < 5:
 			c.Include = []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: fmt.Sprintf("now-%dd", 30+i), HasValue: true}}
-		case i%10 == 0:
-			c.Include = []segment.Criterion{num("points", ">=", float64(i%20*100))}
-		case i%10 == 1:
-			c.Include = []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"gold", "platinum"}, HasValue: true}, num("xp", ">=", float64(i*10))}
-		case i%10 == 2:
-			c.Include = []segment.Criterion{num("coins", ">=", float64(i%500))}
+		case g == 0:
+			c.Include = []segment.Criterion{num("points", ">=", 1000), cohort}
+		case g == 1:
+			c.Include = []segment.Criterion{num("xp", ">=", 5000), cohort}
+		case g == 2:
+			c.Include = []segment.Criterion{num("coins", ">=", 250), cohort}
+		case g == 3:
+			c.Include = []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"gold", "platinum"}, HasValue: true}, cohort}
 		default:
-			c.Include = []segment.Criterion{num(fmt.Sprintf("customFields.f%d", i%50), ">=", float64(i%100))}
+			c.Include = []segment.Criterion{num(fmt.Sprintf("customFields.f%d", g), ">=", 50), cohort}
 			c.Exclude = []segment.Criterion{{Field: "customFields.testAccount", Operator: "equals", Value: true, HasValue: true}}
 		}
 		out = append(out, c)
@@ -163,16 +170,13 @@ func drain(b *testing.B, brokers []string, group, topic string, want int64, star
 func BenchmarkEndToEnd(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
-	const users, updates = 100000, 200000
+	users, updates := envInt("SEGMENTD_BENCH_USERS", 100000), envInt("SEGMENTD_BENCH_UPDATES", 200000)
 	g := loadgen.New(r.org, 1, users, 0.1, 0.1, 1)
-	// Seed: one creation per user, in user order, so the first phase is
-	// exactly the creations.
+	// Seed: one creation per user, so the first phase is exactly the creations.
 	seed := make([]kafka.Message, 0, users)
 	now := time.Now()
 	for i := range users {
-		ev := events.ProfileEvent{EventID: fmt.Sprintf("c%d", i), Type: events.ProfileCreated, OrgID: r.org, UserID: fmt.Sprintf("u%d", i), Version: 0, HasVersion: true, OccurredAt: now,
-			Profile: map[string]any{"tier": "silver", "points": i % 2000, "xp": i % 10000, "coins": i % 500, "updatedAt": now.UTC().Format(time.RFC3339),
-				"customFields": map[string]any{"f1": i % 100, "testAccount": i%50 == 0}}}
+		ev := g.Create(i, now)
 		v, _ := events.EncodeProfileEvent(ev)
 		seed = append(seed, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
 	}
@@ -183,7 +187,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		}
 	}
 	w.Close()
-	r.produceGen(b, g, updates) // loadgen's own first event per user is a creation too: versions start at 1 > 0
+	r.produceGen(b, g, updates)
 	total := int64(users + updates)
 
 	b.ResetTimer()
@@ -210,7 +214,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 
 	start = time.Now()
 	stop := r.startProcessor(b, r.group)
-	created := drain(b, r.brokers, r.group, r.profile, users, start)
+	created := drain(b, r.brokers, r.group, r.profile, int64(users), start)
 	all := drain(b, r.brokers, r.group, r.profile, total, start)
 	stop()
 	b.StopTimer()
@@ -218,6 +222,25 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(float64(users)/created.Seconds(), "creations/s")
 	b.ReportMetric(float64(updates)/(all-created).Seconds(), "updates/s")
 	b.ReportMetric(float64(total)/all.Seconds(), "events/s")
+	b.ReportMetric(counterSum(b, r.reg, "segmentd_membership_changes_total")/float64(total), "changes/event")
+	h := snapshotHistogram(b, r.reg, "segmentd_batch_size")
+	b.ReportMetric(h.GetSampleSum()/float64(max(1, h.GetSampleCount())), "events/batch")
+}
+
+func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
@@ -236,7 +259,7 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	// Warm up: join the group before the clock starts.
 	r.produceGen(b, g, 1000)
 	drain(b, r.brokers, r.group, r.profile, 1000, time.Now())
-	reset := snapshotHistogram(b, r.reg)
+	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	b.ResetTimer()
 	w := kafkaio.NewWriter(r.brokers)
 	defer w.Close()
@@ -261,20 +284,20 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	}
 	drain(b, r.brokers, r.group, r.profile, int64(sent), time.Now())
 	b.StopTimer()
-	h := snapshotHistogram(b, r.reg)
+	h := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	p50, p99 := quantile(h, reset, 0.5), quantile(h, reset, 0.99)
 	b.ReportMetric(float64(rate), "events/s-offered")
 	b.ReportMetric(p50*1000, "p50-ms")
 	b.ReportMetric(p99*1000, "p99-ms")
 }
 
-func snapshotHistogram(b *testing.B, reg *prometheus.Registry) *dto.Histogram {
+func snapshotHistogram(b *testing.B, reg *prometheus.Registry, name string) *dto.Histogram {
 	mfs, err := reg.Gather()
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "segmentd_event_latency_seconds" {
+		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetHistogram()
 		}
 	}
@@ -395,5 +418,12 @@ func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
 }
 
 func getenv(k string) string { return os.Getenv(k) }
+
+func envInt(k string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(k)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 func encodeProfile(p map[string]any) ([]byte, error) { return json.Marshal(p) }

@@ -129,6 +129,9 @@ func (p *Processor) Run(ctx context.Context) error {
 			}
 			perr := p.processWithRetry(pctx, ctx, batch)
 			cancel()
+			if st, ok := p.cfg.Fetcher.(interface{ Stats() kafka.ReaderStats }); ok {
+				p.cfg.Metrics.SetLag(st.Stats().Lag)
+			}
 			if perr != nil {
 				if ctx.Err() != nil {
 					return nil
