@@ -44,7 +44,7 @@ func testDynamicDef(org, name string) segment.Definition {
 			},
 			Exclude: []segment.Criterion{
 				{Field: "customFields.testAccount", Operator: "equals", Value: true, HasValue: true},
-				{Field: "customFields.note", Operator: "not_equals", Value: "", HasValue: true},
+				{Field: "customFields.note", Operator: "equals", Value: nil, HasValue: true},
 			},
 		},
 	}

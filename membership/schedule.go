@@ -4,24 +4,36 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Due is the instant at which a time-relative criterion of one segment can
-// next flip for one user.
+// Due is the earliest instant at which a time-relative criterion of any
+// segment of the organisation can next flip for one user. One timer per
+// user keeps the schedule's size and writes independent of how many
+// time-relative segments there are.
 type Due struct {
-	OrgID, UserID, SegmentID string
-	At                       time.Time
+	OrgID, UserID string
+	At            time.Time
+	// Earlier makes the timer only ever move earlier (ZADD LT): a writer that
+	// knows one segment's flip and not the others' uses it, and a timer that
+	// fires early finds nothing to change and moves to the true next flip.
+	Earlier bool
 }
 
 // ScheduleKey is the internal sorted set of an organisation's timers: members
-// "<segmentId>|<userId>", scores the due instant in unix milliseconds.
+// are user ids, scores the due instant in unix milliseconds (rounded up, so
+// that a timer never fires before its flip).
 func ScheduleKey(org string) string { return "sched:{" + org + "}" }
 
-func timerMember(seg, user string) string { return seg + "|" + user }
+func dueScore(t time.Time) float64 {
+	ms := t.UnixMilli()
+	if t.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	return float64(ms)
+}
 
 // Schedules stores timers in Redis, shared by every instance.
 type Schedules struct {
@@ -42,7 +54,12 @@ func (s *Schedules) Schedule(ctx context.Context, due []Due) error {
 	}
 	pipe := s.rdb.Pipeline()
 	for _, d := range due {
-		pipe.ZAdd(ctx, ScheduleKey(d.OrgID), redis.Z{Score: float64(d.At.UnixMilli()), Member: timerMember(d.SegmentID, d.UserID)})
+		z := redis.Z{Score: dueScore(d.At), Member: d.UserID}
+		if d.Earlier {
+			pipe.ZAddLT(ctx, ScheduleKey(d.OrgID), z)
+		} else {
+			pipe.ZAdd(ctx, ScheduleKey(d.OrgID), z)
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("schedule %d timers: %w", len(due), err)
@@ -81,12 +98,8 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 	}
 	out := make([]Claimed, 0, len(res)/2)
 	for i := 0; i+1 < len(res); i += 2 {
-		seg, user, ok := strings.Cut(res[i], "|")
-		if !ok {
-			continue
-		}
 		ms, _ := strconv.ParseFloat(res[i+1], 64)
-		out = append(out, Claimed{Due: Due{OrgID: org, UserID: user, SegmentID: seg, At: time.UnixMilli(int64(ms))}, Lease: leaseAt})
+		out = append(out, Claimed{Due: Due{OrgID: org, UserID: res[i], At: time.UnixMilli(int64(ms))}, Lease: leaseAt})
 	}
 	return out, nil
 }
@@ -106,27 +119,10 @@ var done = redis.NewScript(doneScript)
 func (s *Schedules) Done(ctx context.Context, c Claimed, next time.Time) error {
 	n := ""
 	if !next.IsZero() {
-		n = strconv.FormatInt(next.UnixMilli(), 10)
+		n = strconv.FormatFloat(dueScore(next), 'f', 0, 64)
 	}
-	if err := done.Run(ctx, s.rdb, []string{ScheduleKey(c.OrgID)}, timerMember(c.SegmentID, c.UserID), c.Lease, n).Err(); err != nil {
+	if err := done.Run(ctx, s.rdb, []string{ScheduleKey(c.OrgID)}, c.UserID, c.Lease, n).Err(); err != nil {
 		return fmt.Errorf("finish timer: %w", err)
-	}
-	return nil
-}
-
-// Remove drops every timer of a segment's users in org (used when a segment
-// stops being time-relative or is deleted). Timers left behind are harmless:
-// they re-evaluate and find nothing to change.
-func (s *Schedules) Remove(ctx context.Context, org, seg string, users []string) error {
-	if len(users) == 0 {
-		return nil
-	}
-	members := make([]any, len(users))
-	for i, u := range users {
-		members[i] = timerMember(seg, u)
-	}
-	if err := s.rdb.ZRem(ctx, ScheduleKey(org), members...).Err(); err != nil {
-		return fmt.Errorf("remove timers: %w", err)
 	}
 	return nil
 }

@@ -225,6 +225,14 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(counterSum(b, r.reg, "segmentd_membership_changes_total")/float64(total), "changes/event")
 	h := snapshotHistogram(b, r.reg, "segmentd_batch_size")
 	b.ReportMetric(h.GetSampleSum()/float64(max(1, h.GetSampleCount())), "events/batch")
+	mfs, _ := r.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "segmentd_batch_step_seconds" {
+			for _, m := range mf.GetMetric() {
+				b.Logf("step %-9s %8.1f ms/batch", m.GetLabel()[0].GetValue(), 1000*m.GetHistogram().GetSampleSum()/float64(max(1, m.GetHistogram().GetSampleCount())))
+			}
+		}
+	}
 }
 
 func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {

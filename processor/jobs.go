@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"sort"
 	"sync"
 	"time"
 
@@ -224,7 +223,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second); err != nil || !ok {
 			return fmt.Errorf("backfill lease lost: %v", err)
 		}
-		if err := j.amendPage(ctx, org, cs, ids, cause, now, nil); err != nil {
+		if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now); err != nil {
 			return err
 		}
 		scanned += len(ids)
@@ -273,14 +272,16 @@ func (j *Jobs) waitForRevision(ctx context.Context, rev int64) error {
 }
 
 // amendPage brings one segment's membership of the given users in line with
-// its rule at now, with change events of the given cause. claimed, when not
-// nil, holds the timers being fired (keyed by user) to finish afterwards.
-func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, cause events.Cause, now time.Time, claimed map[string]membership.Claimed) error {
+// its rule at now, with change events of the cause that causeOf gives each
+// user. Timers only ever move earlier here (the caller may not know every
+// time-relative segment); a timer that fires early moves itself to the
+// true next flip.
+func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, causeOf func(user string) events.Cause, now time.Time) error {
 	seg := cs.Def.ID
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
 		if round == 10 {
-			return fmt.Errorf("%d users kept changing during the backfill", len(pending))
+			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
 		views, err := j.cfg.Users.ViewUsers(ctx, org, seg, pending)
 		if err != nil {
@@ -291,13 +292,12 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		var changes []events.Change
 		var projections []membership.Projection
 		var due []membership.Due
-		next := map[string]time.Time{}
 		for i, v := range views {
 			r := results[i]
 			if r.flip != nil {
-				next[v.UserID] = *r.flip
-				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, SegmentID: seg, At: *r.flip})
+				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: *r.flip, Earlier: true})
 			}
+			cause := causeOf(v.UserID)
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
 				// Written by an earlier attempt that may not have published.
 				c := changeOf(org, v.UserID, seg, e, cause)
@@ -322,7 +322,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 				pending = append(pending, a.UserID)
 				continue
 			}
-			c := changeOf(org, a.UserID, seg, a.Entry, cause)
+			c := changeOf(org, a.UserID, seg, a.Entry, causeOf(a.UserID))
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
@@ -332,24 +332,8 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {
 			return err
 		}
-		if claimed == nil {
-			if err := j.cfg.Schedules.Schedule(ctx, due); err != nil {
-				return err
-			}
-			continue
-		}
-		retry := map[string]bool{}
-		for _, u := range pending {
-			retry[u] = true
-		}
-		for _, v := range views {
-			c, ok := claimed[v.UserID]
-			if !ok || retry[v.UserID] {
-				continue
-			}
-			if err := j.cfg.Schedules.Done(ctx, c, next[v.UserID]); err != nil {
-				return err
-			}
+		if err := j.cfg.Schedules.Schedule(ctx, due); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -405,8 +389,9 @@ func changeOf(org, user, seg string, e membership.OutboxEntry, cause events.Caus
 		At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause}
 }
 
-// fireTimers claims due timers of every organisation with time-relative
-// segments and re-evaluates exactly those users and segments.
+// fireTimers claims the due timers of every organisation with
+// time-relative segments, re-evaluates those users against exactly those
+// segments, and moves each timer to the user's next flip.
 func (j *Jobs) fireTimers(ctx context.Context) {
 	snap := j.cfg.Registry.Current()
 	if snap == nil {
@@ -422,37 +407,46 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 			j.cfg.Logger.Warn("claim timers", "org", org, "err", err)
 			continue
 		}
-		bySeg := map[string]map[string]membership.Claimed{}
+		if len(claimed) == 0 {
+			continue
+		}
+		byUser := make(map[string]membership.Claimed, len(claimed))
+		users := make([]string, 0, len(claimed))
 		for _, c := range claimed {
-			if bySeg[c.SegmentID] == nil {
-				bySeg[c.SegmentID] = map[string]membership.Claimed{}
-			}
-			bySeg[c.SegmentID][c.UserID] = c
+			byUser[c.UserID] = c
+			users = append(users, c.UserID)
 		}
-		segs := make([]string, 0, len(bySeg))
-		for s := range bySeg {
-			segs = append(segs, s)
-		}
-		sort.Strings(segs)
-		for _, seg := range segs {
-			users := bySeg[seg]
-			cs := o.Segments[seg]
-			if cs == nil || !cs.Rule.TimeDependent() {
-				for _, c := range users {
-					_ = j.cfg.Schedules.Done(ctx, c, time.Time{})
-				}
-				continue
+		failed := false
+		for _, id := range o.TimeIDs {
+			// One cause per segment and flip: a flip fired again after a crash
+			// carries the same eventIds.
+			causeOf := func(user string) events.Cause {
+				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, byUser[user].At.UnixMilli())}
 			}
-			// One cause per segment and firing: the same flip re-fired after a
-			// crash carries the same eventIds.
-			for user, c := range users {
-				cause := events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", seg, c.At.UnixMilli())}
-				if err := j.amendPage(ctx, org, cs, []string{user}, cause, now, map[string]membership.Claimed{user: c}); err != nil {
-					j.cfg.Logger.Warn("fire timer", "org", org, "segment", seg, "err", err)
-				}
-				j.timers.Inc()
+			if err := j.amendPage(ctx, org, o.Segments[id], users, causeOf, now); err != nil {
+				j.cfg.Logger.Warn("fire timers", "org", org, "segment", id, "err", err)
+				failed = true
 			}
 		}
+		if failed {
+			continue // the leases run out and the timers fire again
+		}
+		views, err := j.cfg.Users.ViewUsers(ctx, org, o.TimeIDs[0], users)
+		if err != nil {
+			j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
+			continue
+		}
+		for _, v := range views {
+			var next time.Time
+			var p segment.Profile
+			if v.Profile != nil && json.Unmarshal(v.Profile, &p) == nil {
+				next, _ = o.NextFlip(p, now)
+			}
+			if err := j.cfg.Schedules.Done(ctx, byUser[v.UserID], next); err != nil {
+				j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
+			}
+		}
+		j.timers.Add(float64(len(claimed)))
 	}
 }
 

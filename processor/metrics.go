@@ -16,6 +16,7 @@ type Metrics struct {
 	batchSize   prometheus.Histogram
 	latency     prometheus.Histogram
 	lag         prometheus.Gauge
+	steps       *prometheus.HistogramVec
 	redisErrors prometheus.Counter
 	kafkaErrors prometheus.Counter
 }
@@ -51,6 +52,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "segmentd_consumer_lag",
 			Help: "Messages behind the end of the profile partition last fetched.",
 		}),
+		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "segmentd_batch_step_seconds",
+			Help:    "Time a processed batch spent in each step (decode, load, evaluate, write, project, schedule, publish, commit).",
+			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 24),
+		}, []string{"step"}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "segmentd_redis_errors_total",
 			Help: "Failed Redis operations of the processor.",
@@ -60,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed Kafka produce or commit operations of the processor.",
 		}),
 	}
-	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.lag, m.redisErrors, m.kafkaErrors)
+	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.lag, m.steps, m.redisErrors, m.kafkaErrors)
 	return m
 }
 
@@ -68,6 +74,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) SetLag(n int64) {
 	if m != nil {
 		m.lag.Set(float64(n))
+	}
+}
+
+// stepTimer returns a function that records the time since its last call
+// under the step it names; the first call measures from stepTimer.
+func (m *Metrics) stepTimer() func(step string) {
+	last := time.Now()
+	return func(step string) {
+		if m == nil {
+			return
+		}
+		now := time.Now()
+		m.steps.WithLabelValues(step).Observe(now.Sub(last).Seconds())
+		last = now
 	}
 }
 

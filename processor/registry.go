@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -27,19 +28,26 @@ type CompiledSegment struct {
 type OrgRules struct {
 	Segments map[string]*CompiledSegment
 	// IDs lists every dynamic segment, for users seen for the first time.
-	IDs   []string
-	Index *segment.Index
+	IDs []string
+	// TimeIDs lists the segments with a time-relative criterion, sorted.
+	TimeIDs []string
+	Index   *segment.Index
 }
 
 // TimeDependent reports whether any segment of the organisation has a
 // time-relative criterion.
-func (o *OrgRules) TimeDependent() bool {
-	for _, cs := range o.Segments {
-		if cs.Rule.TimeDependent() {
-			return true
+func (o *OrgRules) TimeDependent() bool { return len(o.TimeIDs) > 0 }
+
+// NextFlip returns the earliest instant after now at which any
+// time-relative segment of the organisation can change for p.
+func (o *OrgRules) NextFlip(p segment.Profile, now time.Time) (time.Time, bool) {
+	var best time.Time
+	for _, id := range o.TimeIDs {
+		if at, ok := o.Segments[id].Rule.NextFlip(p, now); ok && (best.IsZero() || at.Before(best)) {
+			best = at
 		}
 	}
-	return false
+	return best, !best.IsZero()
 }
 
 // Snapshot is an immutable view of every organisation's rules.
@@ -143,10 +151,15 @@ func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
 		}
 		o.Segments[d.ID] = &CompiledSegment{Def: d, Rule: rule}
 		o.IDs = append(o.IDs, d.ID)
+		if rule.TimeDependent() {
+			o.TimeIDs = append(o.TimeIDs, d.ID)
+		}
 		fields[d.OrgID][d.ID] = rule.Fields()
 	}
 	for org, o := range snap.Orgs {
 		o.Index = segment.NewIndex(fields[org])
+		sort.Strings(o.IDs)
+		sort.Strings(o.TimeIDs)
 	}
 	return snap
 }
