@@ -252,30 +252,44 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 10,000/s: half the measured maximum) for 20
-// s and reports p50 and p99 of the time from occurredAt to the Redis write.
+// (SEGMENTD_BENCH_RATE, default 6,500/s: about half the measured maximum
+// of updates) for 20 s, after seeding every user, and reports p50 and p99
+// of the time from occurredAt to the Redis write.
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
-	rate := 10000
+	rate := 6500
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_RATE")); err == nil && v > 0 {
 		rate = v
 	}
-	g := loadgen.New(r.org, 1, 100000, 0.1, 0.1, 2)
+	users := envInt("SEGMENTD_BENCH_USERS", 100000)
+	g := loadgen.New(r.org, 1, users, 0.1, 0.1, 2)
 	stop := r.startProcessor(b, r.group)
 	defer stop()
-	// Warm up: join the group before the clock starts.
-	r.produceGen(b, g, 1000)
-	drain(b, r.brokers, r.group, r.profile, 1000, time.Now())
-	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
-	b.ResetTimer()
+	// Seed every user before the clock starts, so that the measured events
+	// are updates.
 	w := kafkaio.NewWriter(r.brokers)
 	defer w.Close()
+	now := time.Now()
+	for i := 0; i < users; i += 5000 {
+		msgs := make([]kafka.Message, 0, 5000)
+		for u := i; u < min(i+5000, users); u++ {
+			ev := g.Create(u, now)
+			v, _ := events.EncodeProfileEvent(ev)
+			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+		}
+		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	drain(b, r.brokers, r.group, r.profile, int64(users), time.Now())
+	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
+	b.ResetTimer()
 	const every = 10 * time.Millisecond
 	per := rate * int(every) / int(time.Second)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	sent := 1000
+	sent := users
 	end := time.Now().Add(20 * time.Second)
 	for time.Now().Before(end) {
 		<-tick.C

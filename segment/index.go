@@ -60,7 +60,7 @@ func (ix *Index) AppendAffected(dst []string, changed []string) []string {
 	start := len(dst)
 	for _, c := range changed {
 		// Readers of c itself or of fields below it.
-		dst = append(dst, ix.under[c]...)
+		dst = mergeSorted(dst, start, ix.under[c])
 		// Readers of fields above c.
 		for p := c; ; {
 			i := strings.LastIndexByte(p, '.')
@@ -68,12 +68,43 @@ func (ix *Index) AppendAffected(dst []string, changed []string) []string {
 				break
 			}
 			p = p[:i]
-			dst = append(dst, ix.exact[p]...)
+			dst = mergeSorted(dst, start, ix.exact[p])
 		}
 	}
-	added := dst[start:]
-	slices.Sort(added)
-	return dst[:start+len(slices.Compact(added))]
+	return dst
+}
+
+// mergeSorted merges the sorted, duplicate-free list l into dst[start:],
+// itself sorted and duplicate-free, in linear time: the index's lists are
+// kept sorted so that no per-event sort is needed. It allocates only when
+// dst lacks room.
+func mergeSorted(dst []string, start int, l []string) []string {
+	if len(l) == 0 {
+		return dst
+	}
+	cur := dst[start:]
+	if len(cur) == 0 {
+		return append(dst, l...)
+	}
+	n := len(dst)
+	i, j := 0, 0
+	for i < len(cur) || j < len(l) {
+		switch {
+		case j == len(l) || (i < len(cur) && cur[i] < l[j]):
+			dst = append(dst, cur[i])
+			i++
+		case i == len(cur) || l[j] < cur[i]:
+			dst = append(dst, l[j])
+			j++
+		default:
+			dst = append(dst, cur[i])
+			i++
+			j++
+		}
+	}
+	merged := len(dst) - n
+	copy(dst[start:], dst[n:])
+	return dst[:start+merged]
 }
 
 // Len returns the number of segments in the index.
