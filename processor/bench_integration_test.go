@@ -225,7 +225,12 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(counterSum(b, r.reg, "segmentd_membership_changes_total")/float64(total), "changes/event")
 	h := snapshotHistogram(b, r.reg, "segmentd_batch_size")
 	b.ReportMetric(h.GetSampleSum()/float64(max(1, h.GetSampleCount())), "events/batch")
-	mfs, _ := r.reg.Gather()
+	logSteps(b, r.reg)
+}
+
+// logSteps logs the mean time per batch of each step of the processor.
+func logSteps(b *testing.B, reg *prometheus.Registry) {
+	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() == "segmentd_batch_step_seconds" {
 			for _, m := range mf.GetMetric() {
@@ -233,6 +238,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 		}
 	}
+	h := snapshotHistogram(b, reg, "segmentd_batch_size")
+	b.Logf("%.0f events per batch", h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
 }
 
 func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
@@ -311,6 +318,7 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	b.ReportMetric(float64(rate), "events/s-offered")
 	b.ReportMetric(p50*1000, "p50-ms")
 	b.ReportMetric(p99*1000, "p99-ms")
+	logSteps(b, r.reg)
 }
 
 func snapshotHistogram(b *testing.B, reg *prometheus.Registry, name string) *dto.Histogram {

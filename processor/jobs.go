@@ -219,17 +219,51 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
 	now := j.cfg.Now()
 	scanned := 0
+	// Pages go to a few workers, so that one page's Redis scripts, another's
+	// decoding and a third's publishing overlap. Pages hold different users,
+	// so their order does not matter.
+	const workers = 4
+	pages := make(chan []string, workers)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ids := range pages {
+				if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now); err != nil {
+					errs <- err
+					for range pages { // drain, so that the scan is not blocked
+					}
+					return
+				}
+				mu.Lock()
+				scanned += len(ids)
+				mu.Unlock()
+				j.progress.WithLabelValues("scanned").Add(float64(len(ids)))
+			}
+		}()
+	}
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
 		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second); err != nil || !ok {
 			return fmt.Errorf("backfill lease lost: %v", err)
 		}
-		if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now); err != nil {
+		select {
+		case err := <-errs:
 			return err
+		case pages <- ids:
+			return nil
 		}
-		scanned += len(ids)
-		j.progress.WithLabelValues("scanned").Add(float64(len(ids)))
-		return nil
 	})
+	close(pages)
+	wg.Wait()
+	if err == nil {
+		select {
+		case err = <-errs:
+		default:
+		}
+	}
 	j.progress.WithLabelValues("scanned").Sub(float64(scanned))
 	if err != nil {
 		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)

@@ -118,7 +118,28 @@ func (p *Processor) Healthy() bool { return p.healthy.Load() }
 
 // Run fetches and processes batches until ctx ends; then it finishes and
 // commits the batch in hand, bounded by the shutdown timeout, and returns.
+//
+// Offsets are committed by a separate goroutine, in order, while the next
+// batch is processed: a batch is handed over only once its effects are in
+// Redis and its events are published, so a commit that is late or lost
+// (a crash, a rebalance) only makes Kafka redeliver events whose effects
+// are complete, which the version check and the outbox turn into nothing
+// or into the same change events again.
 func (p *Processor) Run(ctx context.Context) error {
+	commits := make(chan []kafka.Message, 1)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		p.commitLoop(ctx, commits)
+	}()
+	defer func() {
+		close(commits)
+		select {
+		case <-committed:
+		case <-time.After(p.cfg.ShutdownTimeout):
+			p.cfg.Logger.Warn("offsets not committed before the shutdown timeout; those events will be redelivered")
+		}
+	}()
 	for {
 		batch, err := p.fetch(ctx)
 		if len(batch) > 0 {
@@ -139,12 +160,37 @@ func (p *Processor) Run(ctx context.Context) error {
 				}
 				return perr
 			}
+			commits <- batch
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("fetch: %w", err)
+		}
+	}
+}
+
+// commitLoop commits each batch's offsets in the order the batches were
+// processed. A commit is retried a few times; one that still fails (the
+// partitions moved to another instance) is dropped, which only means
+// redelivery of completed work.
+func (p *Processor) commitLoop(ctx context.Context, batches <-chan []kafka.Message) {
+	for batch := range batches {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
+		bo := backoff.NewExponentialBackOff()
+		bo.InitialInterval = 50 * time.Millisecond
+		bo.MaxInterval = time.Second
+		err := backoff.Retry(func() error {
+			err := p.cfg.Fetcher.CommitMessages(cctx, batch...)
+			if err != nil {
+				p.cfg.Metrics.kafkaError()
+			}
+			return err
+		}, backoff.WithContext(backoff.WithMaxRetries(bo, 5), cctx))
+		cancel()
+		if err != nil {
+			p.cfg.Logger.Warn("commit failed; the batch will be redelivered and deduplicated", "size", len(batch), "err", err)
 		}
 	}
 }
@@ -214,9 +260,10 @@ type userWork struct {
 const maxConflicts = 5
 
 // process runs one batch: decode, load, evaluate, write (compare-and-set per
-// user), project onto the segment sets, publish changes and dead letters,
-// commit. A crash between any two steps is repaired by redelivery: written
-// users carry the batch's diffs in their outbox and replay them.
+// user), project onto the segment sets, publish changes and dead letters;
+// Run then hands it to the committer. A crash between any two steps is
+// repaired by redelivery: written users carry the batch's diffs in their
+// outbox and replay them.
 func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 	m := p.cfg.Metrics
 	now := p.cfg.Now()
@@ -342,11 +389,6 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		}
 	}
 	step("publish")
-	if err := p.cfg.Fetcher.CommitMessages(ctx, batch...); err != nil {
-		m.kafkaError()
-		return fmt.Errorf("commit: %w", err)
-	}
-	step("commit")
 	m.countChanges(changes)
 	m.countDLQ(len(dlq))
 	return nil
