@@ -18,9 +18,10 @@ section "field index against evaluating every segment (1,000 segments, one patch
 go test -run '^$' -bench 'BenchmarkAffectedSegments' -benchmem -count 5 ./processor/
 
 section "baseline: redis-benchmark SADD, pipelined 16 deep, 1 and 50 clients"
-redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 1000000 -P 16 -c 1 -q
-redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 1000000 -P 16 -c 50 -q
-redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -n 200000 -c 1 -q
+rb() { redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -q "$@" | tr '\r' '\n' | grep 'requests per second'; }
+printf 'pipelined 16 deep, 1 client:   '; rb -n 1000000 -P 16 -c 1
+printf 'pipelined 16 deep, 50 clients: '; rb -n 1000000 -P 16 -c 50
+printf 'no pipelining, 1 client:       '; rb -n 200000 -c 1
 
 section "end to end: 100,000 users, 1,000 segments, bare consumer beside it"
 go test -run '^$' -bench 'BenchmarkEndToEnd$' -benchtime 1x -timeout 30m ./processor/
