@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+func envMap(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// TestVerifyReportsDifferences stores a profile that matches a ready segment
+// without its membership: verify must print the difference and exit 1, and
+// exit 0 once the sets agree.
+func TestVerifyReportsDifferences(t *testing.T) {
+	addr := testenv.Redis(t)
+	rdb := testenv.RedisClient(t)
+	ctx := context.Background()
+	org := testenv.UniqueName(t, "org")
+	defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
+	d, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusReady,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":1500}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	env := envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr})
+	var out bytes.Buffer
+	err = run(ctx, []string{"verify", "-org", org}, env, nil, &out)
+	var code exitCode
+	if !errors.As(err, &code) || code != 1 {
+		t.Fatalf("verify = %v, want exit 1; output:\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "user u1 missing from the segment set") {
+		t.Fatalf("output does not name the difference:\n%s", out.String())
+	}
+	// Put the membership right, as the processor would.
+	c := events.Change{OrgID: org, SegmentID: d.ID, UserID: "u1", Entered: true}
+	if err := users.Project(ctx, []membership.Projection{{Change: c, Rev: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), d.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"verify", "-org", org}, env, nil, &out); err != nil {
+		t.Fatalf("verify = %v after the fix; output:\n%s", err, out.String())
+	}
+}
+
+// TestProduceThenTail produces JSON lines keyed by userId and reads them
+// back from the topic with tail.
+func TestProduceThenTail(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 2)
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	lines := `{"eventId":"e1","type":"profile.created","orgId":"acme","userId":"u1","profile":{}}
+{"eventId":"e2","type":"profile.created","orgId":"acme","userId":"u2","profile":{}}
+`
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(lines), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "produced 2 events") {
+		t.Fatalf("produce said %q", out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "2"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{`"eventId":"e1"`, `"eventId":"e2"`} {
+		if !strings.Contains(out.String(), id) {
+			t.Errorf("tail output lacks %s:\n%s", id, out.String())
+		}
+	}
+}
