@@ -31,24 +31,24 @@ func BenchmarkAffectedSegments(b *testing.B) {
 	}
 	b.Run("index", func(b *testing.B) {
 		b.ReportAllocs()
-		var ids []string
+		var ns []int32
 		n := 0
 		for b.Loop() {
-			ids = org.Index.AppendAffected(ids[:0], paths)
-			for _, id := range ids {
-				if org.Segments[id].Rule.Match(next, now) {
+			ns = org.Index.AppendAffectedIndex(ns[:0], paths)
+			for _, i := range ns {
+				if org.ByNumber[i].Rule.Match(next, now) {
 					n++
 				}
 			}
 		}
-		b.ReportMetric(float64(len(ids)), "segments/event")
+		b.ReportMetric(float64(len(ns)), "segments/event")
 	})
 	b.Run("all", func(b *testing.B) {
 		b.ReportAllocs()
 		n := 0
 		for b.Loop() {
-			for _, id := range org.IDs {
-				if org.Segments[id].Rule.Match(next, now) {
+			for _, cs := range org.ByNumber {
+				if cs.Rule.Match(next, now) {
 					n++
 				}
 			}

@@ -483,6 +483,18 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	for _, s := range st.Segments {
 		cur[s] = true
 	}
+	// in mirrors cur for the organisation's dynamic segments, by index
+	// number: the evaluation loop reads it once per affected segment.
+	var in []bool
+	var buf []int32 // reused across the user's events; never aliases org.All
+	if org != nil {
+		in = make([]bool, len(org.ByNumber))
+		for _, s := range st.Segments {
+			if n, ok := org.Index.Number(s); ok {
+				in[n] = true
+			}
+		}
+	}
 	var profile segment.Profile
 	if len(st.Profile) > 0 {
 		if err := json.Unmarshal(st.Profile, &profile); err != nil {
@@ -512,12 +524,13 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		evaluateAll := profile == nil || deleted
 		switch {
 		case ev.Type == events.ProfileDeleted:
-			for s, in := range cur {
-				if in {
+			for s, member := range cur {
+				if member {
 					entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: s})
 					cur[s] = false
 				}
 			}
+			clear(in)
 			next, deleted = nil, true
 		case ev.Profile != nil:
 			next = segment.Profile(ev.Profile)
@@ -537,21 +550,18 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if next != nil {
 			deleted = false
 			if org != nil {
-				var ids []string
-				if evaluateAll {
-					ids = org.IDs
-				} else {
-					ids = org.Index.AppendAffected(nil, paths)
+				affected := org.All
+				if !evaluateAll {
+					buf = org.Index.AppendAffectedIndex(buf[:0], paths)
+					affected = buf
 				}
-				for _, id := range ids {
-					cs := org.Segments[id]
-					if cs == nil {
-						continue
-					}
+				for _, n := range affected {
+					cs := org.ByNumber[n]
 					match := cs.Rule.Match(next, now)
-					if match != cur[id] {
-						entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: id, Entered: match})
-						cur[id] = match
+					if match != in[n] {
+						entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: cs.Def.ID, Entered: match})
+						in[n] = match
+						cur[cs.Def.ID] = match
 					}
 					if cs.Rule.TimeDependent() {
 						timed = true
@@ -588,10 +598,10 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	for _, s := range st.Segments {
 		was[s] = true
 	}
-	for s, in := range cur {
-		if in && !was[s] {
+	for s, member := range cur {
+		if member && !was[s] {
 			uw.Add = append(uw.Add, s)
-		} else if !in && was[s] {
+		} else if !member && was[s] {
 			uw.Remove = append(uw.Remove, s)
 		}
 	}

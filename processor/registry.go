@@ -27,11 +27,15 @@ type CompiledSegment struct {
 // from fields to the segments that read them.
 type OrgRules struct {
 	Segments map[string]*CompiledSegment
-	// IDs lists every dynamic segment, for users seen for the first time.
+	// IDs lists every dynamic segment, sorted.
 	IDs []string
 	// TimeIDs lists the segments with a time-relative criterion, sorted.
 	TimeIDs []string
 	Index   *segment.Index
+	// ByNumber holds the segments in the index's numbering.
+	ByNumber []*CompiledSegment
+	// All holds every index number, for users seen for the first time.
+	All []int32
 }
 
 // TimeDependent reports whether any segment of the organisation has a
@@ -160,6 +164,12 @@ func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
 		o.Index = segment.NewIndex(fields[org])
 		sort.Strings(o.IDs)
 		sort.Strings(o.TimeIDs)
+		o.ByNumber = make([]*CompiledSegment, o.Index.Len())
+		o.All = make([]int32, o.Index.Len())
+		for i := range o.ByNumber {
+			o.ByNumber[i] = o.Segments[o.Index.ID(int32(i))]
+			o.All[i] = int32(i)
+		}
 	}
 	return snap
 }

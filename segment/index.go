@@ -1,21 +1,25 @@
 package segment
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 )
 
-// Index maps profile field paths to the ids of the segments whose rules read
-// them, to find the segments a profile change can affect. It is immutable
-// after construction and safe for concurrent reads.
+// Index maps profile field paths to the segments whose rules read them, to
+// find the segments a profile change can affect. Segments are numbered 0..
+// Len()-1 in ascending id order, so that callers can keep per-segment data
+// in slices instead of maps keyed by id. It is immutable after construction
+// and safe for concurrent reads.
 type Index struct {
-	// exact maps a field path to the ids of segments reading exactly it.
-	exact map[string][]string
-	// under maps a path to the ids of segments reading it or a field nested
-	// below it: under["customFields"] includes readers of
+	ids []string
+	num map[string]int32
+	// exact maps a field path to the numbers of segments reading exactly it.
+	exact map[string][]int32
+	// under maps a path to the numbers of segments reading it or a field
+	// nested below it: under["customFields"] includes readers of
 	// "customFields.vip.level".
-	under map[string][]string
-	n     int
+	under map[string][]int32
 }
 
 // NewIndex builds an index from the field paths each segment reads, keyed by
@@ -23,40 +27,47 @@ type Index struct {
 // kept as given; they simply never relate to a valid changed path.
 func NewIndex(fieldsByID map[string][]string) *Index {
 	ix := &Index{
-		exact: make(map[string][]string),
-		under: make(map[string][]string),
-		n:     len(fieldsByID),
+		num:   make(map[string]int32, len(fieldsByID)),
+		exact: make(map[string][]int32),
+		under: make(map[string][]int32),
 	}
-	for id, fields := range fieldsByID {
-		for _, f := range fields {
-			ix.exact[f] = append(ix.exact[f], id)
+	for id := range fieldsByID {
+		ix.ids = append(ix.ids, id)
+	}
+	slices.Sort(ix.ids)
+	for i, id := range ix.ids {
+		ix.num[id] = int32(i)
+	}
+	for i, id := range ix.ids {
+		for _, f := range fieldsByID[id] {
+			ix.exact[f] = append(ix.exact[f], int32(i))
 			for p := f; ; {
-				ix.under[p] = append(ix.under[p], id)
-				i := strings.LastIndexByte(p, '.')
-				if i < 0 {
+				ix.under[p] = append(ix.under[p], int32(i))
+				j := strings.LastIndexByte(p, '.')
+				if j < 0 {
 					break
 				}
-				p = p[:i]
+				p = p[:j]
 			}
 		}
 	}
-	for _, m := range []map[string][]string{ix.exact, ix.under} {
-		for k, ids := range m {
-			slices.Sort(ids)
-			m[k] = slices.Clip(slices.Compact(ids))
+	for _, m := range []map[string][]int32{ix.exact, ix.under} {
+		for k, ns := range m {
+			slices.Sort(ns)
+			m[k] = slices.Clip(slices.Compact(ns))
 		}
 	}
 	return ix
 }
 
-// AppendAffected appends to dst the ids of the segments that read a field
-// related to any of the changed paths: the same path, or one a dotted prefix
-// of the other. A change of "customFields" affects readers of
+// AppendAffectedIndex appends to dst the numbers of the segments that read
+// a field related to any of the changed paths: the same path, or one a
+// dotted prefix of the other. A change of "customFields" affects readers of
 // "customFields.vip", and a change of "customFields.vip.level" affects
-// readers of "customFields.vip" and of "customFields". Each id is appended at
-// most once, and the appended ids are sorted; ids already in dst are left as
-// they are and not looked at.
-func (ix *Index) AppendAffected(dst []string, changed []string) []string {
+// readers of "customFields.vip" and of "customFields". Each number is
+// appended at most once, in ascending order; what dst held before is left
+// as it is and not looked at.
+func (ix *Index) AppendAffectedIndex(dst []int32, changed []string) []int32 {
 	start := len(dst)
 	for _, c := range changed {
 		// Readers of c itself or of fields below it.
@@ -74,11 +85,30 @@ func (ix *Index) AppendAffected(dst []string, changed []string) []string {
 	return dst
 }
 
+// AppendAffected is AppendAffectedIndex with segment ids: the ids of the
+// affected segments, each once, in ascending order.
+func (ix *Index) AppendAffected(dst []string, changed []string) []string {
+	var buf [128]int32 // most changes affect fewer; more only costs an allocation
+	for _, n := range ix.AppendAffectedIndex(buf[:0], changed) {
+		dst = append(dst, ix.ids[n])
+	}
+	return dst
+}
+
+// ID returns the id of segment number n.
+func (ix *Index) ID(n int32) string { return ix.ids[n] }
+
+// Number returns the number of the segment with the given id.
+func (ix *Index) Number(id string) (int32, bool) {
+	n, ok := ix.num[id]
+	return n, ok
+}
+
 // mergeSorted merges the sorted, duplicate-free list l into dst[start:],
 // itself sorted and duplicate-free, in linear time: the index's lists are
 // kept sorted so that no per-event sort is needed. It allocates only when
 // dst lacks room.
-func mergeSorted(dst []string, start int, l []string) []string {
+func mergeSorted[T cmp.Ordered](dst []T, start int, l []T) []T {
 	if len(l) == 0 {
 		return dst
 	}
@@ -108,4 +138,4 @@ func mergeSorted(dst []string, start int, l []string) []string {
 }
 
 // Len returns the number of segments in the index.
-func (ix *Index) Len() int { return ix.n }
+func (ix *Index) Len() int { return len(ix.ids) }
