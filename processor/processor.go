@@ -74,7 +74,14 @@ type Processor struct {
 	// that no batch runs on definitions older than the revision reported.
 	mu       sync.Mutex
 	inflight int64
+	// batchStart is when the batch in progress started (unix ns), 0 when idle.
+	batchStart atomic.Int64
 }
+
+// stallAfter is how long one batch may take before the processor reports
+// itself unhealthy: a batch normally takes milliseconds, so a longer one
+// means Redis or Kafka is not answering.
+const stallAfter = 10 * time.Second
 
 // New returns a processor; call Run to start it.
 func New(cfg Config) *Processor {
@@ -113,8 +120,14 @@ func (p *Processor) AppliedRevision() int64 {
 	return 0
 }
 
-// Healthy reports false while a batch is failing and being retried.
-func (p *Processor) Healthy() bool { return p.healthy.Load() }
+// Healthy reports false while a batch is failing and being retried, or has
+// been in progress for longer than stallAfter.
+func (p *Processor) Healthy() bool {
+	if start := p.batchStart.Load(); start != 0 && time.Since(time.Unix(0, start)) > stallAfter {
+		return false
+	}
+	return p.healthy.Load()
+}
 
 // Run fetches and processes batches until ctx ends; then it finishes and
 // commits the batch in hand, bounded by the shutdown timeout, and returns.
@@ -149,7 +162,9 @@ func (p *Processor) Run(ctx context.Context) error {
 			if ctx.Err() == nil {
 				pctx, cancel = context.WithCancel(ctx)
 			}
+			p.batchStart.Store(time.Now().UnixNano())
 			perr := p.processWithRetry(pctx, ctx, batch)
+			p.batchStart.Store(0)
 			cancel()
 			if st, ok := p.cfg.Fetcher.(interface{ Stats() kafka.ReaderStats }); ok {
 				p.cfg.Metrics.SetLag(st.Stats().Lag)

@@ -1,0 +1,130 @@
+package processor_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// TestRedisOutage freezes a real Redis server (SIGSTOP) in the middle of a
+// stream: the processor must report itself unhealthy, retry, and once Redis
+// is back (SIGCONT) finish the stream with membership equal to a
+// from-scratch evaluation.
+func TestRedisOutage(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	testenv.Redis(t) // the same rule as every integration test: servers are required under make test
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	srv := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = srv.Process.Signal(syscall.SIGCONT)
+		_ = srv.Process.Kill()
+		_ = srv.Wait()
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	rdb := membership.NewClient([]string{addr})
+	t.Cleanup(func() { rdb.Close() })
+	for i := 0; rdb.Ping(context.Background()).Err() != nil; i++ {
+		if i == 100 {
+			t.Fatal("own redis-server did not answer")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	r := &rig{brokers: brokers, rdb: rdb, org: testenv.UniqueName(t, "org")}
+	r.profile, r.membershipT, r.dlq, r.group = testenv.UniqueName(t, "profiles"), testenv.UniqueName(t, "membership"), testenv.UniqueName(t, "dlq"), testenv.UniqueName(t, "group")
+	testenv.CreateTopic(t, brokers, r.profile, 3)
+	testenv.CreateTopic(t, brokers, r.membershipT, 3)
+	testenv.CreateTopic(t, brokers, r.dlq, 1)
+	r.defs, r.users = membership.NewDefinitions(rdb), membership.NewUsers(rdb)
+	r.segment(t, "rich", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reader := kafkaio.NewReader(brokers, r.group, r.profile)
+	writer := kafkaio.NewWriter(brokers)
+	p := processor.New(processor.Config{
+		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(rdb),
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 5 * time.Millisecond,
+		Metrics: processor.NewMetrics(prometheus.NewRegistry()), Logger: log,
+	})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := p.Run(ctx); err != nil {
+			t.Errorf("processor: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait(); reader.Close(); writer.Close() })
+
+	points := map[string]int{}
+	batch := func(round int) []events.ProfileEvent {
+		var out []events.ProfileEvent
+		for i := range 1000 {
+			u := fmt.Sprintf("u%d", i)
+			points[u] = (i*37 + round*600) % 2000
+			out = append(out, events.ProfileEvent{EventID: fmt.Sprintf("r%d-%s", round, u), Type: events.ProfileUpdated, OrgID: r.org, UserID: u,
+				Version: int64(round + 1), HasVersion: true, Profile: map[string]any{"points": points[u]}})
+		}
+		return out
+	}
+	r.produceEvents(t, batch(0))
+	r.waitPoints(t, points, time.Minute)
+
+	if err := srv.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	r.produceEvents(t, batch(1))
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Healthy() {
+		if time.Now().After(deadline) {
+			t.Fatal("processor still healthy 30 s into a Redis outage")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := srv.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	r.waitPoints(t, points, 2*time.Minute)
+	deadline = time.Now().Add(30 * time.Second)
+	for !p.Healthy() {
+		if time.Now().After(deadline) {
+			t.Fatal("processor not healthy 30 s after Redis came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r.verifyClean(t)
+}
