@@ -272,20 +272,6 @@ func dynamicBody(name string) map[string]any {
 	}
 }
 
-// onEachRedis runs f on the standalone Redis and on the Redis Cluster.
-func onEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
-	t.Helper()
-	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
-		"standalone": testenv.RedisClient,
-		"cluster":    testenv.RedisClusterClient,
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			f(t, connect(t))
-		})
-	}
-}
-
 // changeSigns renders changes as "+user" and "-user", sorted.
 func changeSigns(changes []events.Change) []string {
 	out := make([]string, len(changes))
@@ -294,14 +280,4 @@ func changeSigns(changes []events.Change) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-func smembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
-	t.Helper()
-	ids, err := rdb.SMembers(context.Background(), key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(ids)
-	return ids
 }

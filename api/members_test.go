@@ -15,7 +15,7 @@ import (
 )
 
 func TestTenantIsolation(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		a := newTestAPI(t, rdb)
 		dyn := str(a.as("POST", "/v1/segments", dynamicBody("mine")).mustStatus(t, 201).body["id"])
 		stat := str(a.as("POST", "/v1/segments", map[string]any{"name": "list", "type": "static", "userIds": []string{"u1", "u2"}}).mustStatus(t, 201).body["id"])

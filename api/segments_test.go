@@ -19,7 +19,7 @@ import (
 )
 
 func TestDynamicSegmentCRUD(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		a := newTestAPI(t, rdb)
 		created := a.as("POST", "/v1/segments", dynamicBody("Engaged VIPs")).mustStatus(t, http.StatusCreated)
 		seg := created.body
@@ -110,7 +110,7 @@ func TestDynamicSegmentCRUD(t *testing.T) {
 }
 
 func TestStaticSegmentLifecycle(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		a := newTestAPI(t, rdb)
 		membersKey := func(id string) string { return membership.SegmentMembersKey(a.org, id) }
 		userKey := func(u string) string { return membership.UserSegmentsKey(a.org, u) }
@@ -128,10 +128,10 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		if _, ok := created.body["criteria"]; ok {
 			t.Error("a static segment shows criteria")
 		}
-		if got := smembers(t, rdb, membersKey(id)); !slices.Equal(got, []string{"u1", "u2", "u3"}) {
+		if got := testenv.SMembers(t, rdb, membersKey(id)); !slices.Equal(got, []string{"u1", "u2", "u3"}) {
 			t.Errorf("members key = %v", got)
 		}
-		if got := smembers(t, rdb, userKey("u1")); !slices.Equal(got, []string{id}) {
+		if got := testenv.SMembers(t, rdb, userKey("u1")); !slices.Equal(got, []string{id}) {
 			t.Errorf("u1's segments = %v", got)
 		}
 		pub := a.pub.take()
@@ -152,13 +152,13 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u4", "-u2"}) {
 			t.Errorf("published %v", got)
 		}
-		if got := smembers(t, rdb, membersKey(id)); !slices.Equal(got, []string{"u1", "u3", "u4"}) {
+		if got := testenv.SMembers(t, rdb, membersKey(id)); !slices.Equal(got, []string{"u1", "u3", "u4"}) {
 			t.Errorf("members key = %v", got)
 		}
-		if got := smembers(t, rdb, userKey("u2")); len(got) != 0 {
+		if got := testenv.SMembers(t, rdb, userKey("u2")); len(got) != 0 {
 			t.Errorf("u2's segments = %v, want none", got)
 		}
-		if got := smembers(t, rdb, userKey("u4")); !slices.Equal(got, []string{id}) {
+		if got := testenv.SMembers(t, rdb, userKey("u4")); !slices.Equal(got, []string{id}) {
 			t.Errorf("u4's segments = %v", got)
 		}
 		got := a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK)
@@ -217,7 +217,7 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		if n, _ := rdb.Exists(context.Background(), membersKey(id)).Result(); n != 0 {
 			t.Error("the members key survived the deletion")
 		}
-		if got := smembers(t, rdb, userKey("u3")); len(got) != 0 {
+		if got := testenv.SMembers(t, rdb, userKey("u3")); len(got) != 0 {
 			t.Errorf("u3's segments after the deletion = %v", got)
 		}
 		a.as("GET", "/v1/segments/"+id+"/members", nil).wantError(t, 404, "not_found")
@@ -253,7 +253,7 @@ func TestPublishFailures(t *testing.T) {
 	a.pub.setFailing(true)
 	a.as("POST", "/v1/segments/"+id+"/members", edit).wantError(t, 503, "unavailable")
 	a.pub.setFailing(false)
-	if got := smembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"u1"}) {
+	if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"u1"}) {
 		t.Errorf("members after a failed publish = %v", got)
 	}
 	// Simulate a publish that went out before the write failed: plan as the
@@ -291,7 +291,7 @@ func TestPublishFailures(t *testing.T) {
 }
 
 func TestListPagesThroughAThousandSegments(t *testing.T) {
-	onEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		a := newTestAPI(t, rdb)
 		created := map[string]bool{}
 		static := map[string]bool{}

@@ -88,7 +88,7 @@ type causeWire struct {
 
 // EncodeChange returns the JSON value of the membership-change event for c.
 // It writes the JSON by hand: it runs once per change on the hot path.
-func EncodeChange(c Change) ([]byte, error) {
+func EncodeChange(c Change) []byte {
 	b := make([]byte, 0, 256+len(c.Cause.EventID))
 	b = append(b, `{"eventId":`...)
 	b = appendString(b, c.EventID())
@@ -113,7 +113,7 @@ func EncodeChange(c Change) ([]byte, error) {
 		b = strconv.AppendInt(b, c.Cause.Version, 10)
 	}
 	b = append(b, "}}"...)
-	return b, nil
+	return b
 }
 
 // appendString appends s as a JSON string; ids are plain text, so the fast

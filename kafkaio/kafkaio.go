@@ -77,18 +77,20 @@ func (p *Publisher) Publish(ctx context.Context, changes []events.Change) error 
 	if len(changes) == 0 {
 		return nil
 	}
-	msgs := make([]kafka.Message, 0, len(changes))
-	for _, c := range changes {
-		v, err := events.EncodeChange(c)
-		if err != nil {
-			return fmt.Errorf("encode change: %w", err)
-		}
-		msgs = append(msgs, kafka.Message{Topic: p.topic, Key: []byte(c.UserID), Value: v})
-	}
+	msgs := AppendChangeMessages(nil, p.topic, changes)
 	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
 		return fmt.Errorf("publish %d changes: %w", len(msgs), err)
 	}
 	return nil
+}
+
+// AppendChangeMessages appends one membership-change record per change to
+// dst, keyed by user so that one user's changes stay in order.
+func AppendChangeMessages(dst []kafka.Message, topic string, changes []events.Change) []kafka.Message {
+	for _, c := range changes {
+		dst = append(dst, kafka.Message{Topic: topic, Key: []byte(c.UserID), Value: events.EncodeChange(c)})
+	}
+	return dst
 }
 
 // EnsureTopics creates each missing topic with the given partition count and

@@ -18,21 +18,6 @@ import (
 	"github.com/segmentd/segmentd/segment"
 )
 
-// onEachTestRedis runs f against the standalone Redis and against the Redis
-// Cluster, each in its own subtest (skipped when its server is not set up).
-func onEachTestRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
-	t.Helper()
-	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
-		"standalone": testenv.RedisClient,
-		"cluster":    testenv.RedisClusterClient,
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			f(t, connect(t))
-		})
-	}
-}
-
 func testDynamicDef(org, name string) segment.Definition {
 	return segment.Definition{
 		OrgID: org, Name: name, Type: segment.TypeDynamic, Status: segment.StatusBuilding,
@@ -51,7 +36,7 @@ func testDynamicDef(org, name string) segment.Definition {
 }
 
 func TestDefinitionsCRUD(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		defs := membership.NewDefinitions(rdb)
@@ -199,7 +184,7 @@ func sameTestDefinition(a, b segment.Definition) bool {
 }
 
 func TestDefinitionsLimitIsAtomic(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		defs := membership.NewDefinitions(rdb)
@@ -236,7 +221,7 @@ func TestDefinitionsLimitIsAtomic(t *testing.T) {
 }
 
 func TestDefinitionsListPaging(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		defs := membership.NewDefinitions(rdb)
@@ -308,7 +293,7 @@ func TestDefinitionsListPaging(t *testing.T) {
 }
 
 func TestDefinitionsAllAndOrgs(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		orgA, orgB := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b")
 		defs := membership.NewDefinitions(rdb)

@@ -33,7 +33,7 @@ func fillTestSegment(t *testing.T, sets *membership.Sets, org, seg string, n int
 }
 
 func TestMembersPaging(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -83,7 +83,7 @@ func TestMembersPaging(t *testing.T) {
 }
 
 func TestMembershipReads(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)

@@ -85,7 +85,7 @@ func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfil
 		if !ok {
 			continue
 		}
-		st, err := decodeState(append(cmds[i].Val(), nil), nil)
+		st, err := decodeState(cmds[i].Val(), nil)
 		if err != nil {
 			return nil, fmt.Errorf("read profile %s: %w", k, err)
 		}

@@ -28,18 +28,8 @@ func testChangeStrings(changes []events.Change) []string {
 	return out
 }
 
-func testSMembers(t *testing.T, rdb redis.UniversalClient, key string) []string {
-	t.Helper()
-	ids, err := rdb.SMembers(context.Background(), key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(ids)
-	return ids
-}
-
 func TestStaticReplaceAndEdit(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -86,12 +76,12 @@ func TestStaticReplaceAndEdit(t *testing.T) {
 			if err := sets.Apply(ctx, changes); err != nil {
 				t.Fatal(err)
 			}
-			if got := testSMembers(t, rdb, membership.SegmentMembersKey(org, seg)); !slices.Equal(got, st.members) {
+			if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, seg)); !slices.Equal(got, st.members) {
 				t.Errorf("%s: members = %v, want %v", st.name, got, st.members)
 			}
 			for _, u := range []string{"u1", "u2", "u3", "u4", "u5"} {
 				in := slices.Contains(st.members, u)
-				if got := slices.Contains(testSMembers(t, rdb, membership.UserSegmentsKey(org, u)), seg); got != in {
+				if got := slices.Contains(testenv.SMembers(t, rdb, membership.UserSegmentsKey(org, u)), seg); got != in {
 					t.Errorf("%s: %s's segment set has the segment: %v, want %v", st.name, u, got, in)
 				}
 			}
@@ -124,7 +114,7 @@ func TestStaticCauseIsDeterministic(t *testing.T) {
 }
 
 func TestDeleteSegmentMembership(t *testing.T) {
-	onEachTestRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		sets := membership.NewSets(rdb)
@@ -187,7 +177,7 @@ func TestDeleteSegmentMembership(t *testing.T) {
 			t.Error("members set still exists")
 		}
 		for _, u := range []string{users[0], users[1234], users[2499]} {
-			got := testSMembers(t, rdb, membership.UserSegmentsKey(org, u))
+			got := testenv.SMembers(t, rdb, membership.UserSegmentsKey(org, u))
 			if !slices.Equal(got, []string{other}) {
 				t.Errorf("%s's segments = %v, want only %s", u, got, other)
 			}

@@ -297,15 +297,6 @@ func userFromProfileKey(key string) (UserRef, bool) {
 	return UserRef{OrgID: org, UserID: user}, ok
 }
 
-// SegmentMembers returns the whole public member set of a segment.
-func (u *Users) SegmentMembers(ctx context.Context, org, seg string) ([]string, error) {
-	ms, err := u.rdb.SMembers(ctx, SegmentMembersKey(org, seg)).Result()
-	if err != nil {
-		return nil, fmt.Errorf("members of %s/%s: %w", org, seg, err)
-	}
-	return ms, nil
-}
-
 // UserSegmentSets returns the public segment set of each user, pipelined.
 func (u *Users) UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error) {
 	pipe := u.rdb.Pipeline()

@@ -60,15 +60,17 @@ type ChangePublisher interface {
 
 // JobsConfig wires Jobs.
 type JobsConfig struct {
-	InstanceID       string
-	Definitions      JobDefinitions
-	Users            JobUsers
-	Schedules        JobSchedules
-	Sizes            Sizer
-	Coordinator      Coordinator
-	Publisher        ChangePublisher
-	Registry         *Registry
-	Processor        *Processor
+	InstanceID  string
+	Definitions JobDefinitions
+	Users       JobUsers
+	Schedules   JobSchedules
+	Sizes       Sizer
+	Coordinator Coordinator
+	Publisher   ChangePublisher
+	Registry    *Registry
+	Processor   *Processor
+	// Metrics counts the membership changes the jobs publish; nil counts nothing.
+	Metrics          *Metrics
 	EstimateInterval time.Duration
 	// TimerInterval is how often due timers are fired (default 1 s).
 	TimerInterval time.Duration
@@ -83,7 +85,7 @@ type JobsConfig struct {
 // backfill and refresh to one instance, and timers are claimed one by one.
 type Jobs struct {
 	cfg      JobsConfig
-	progress *prometheus.GaugeVec
+	progress prometheus.Gauge
 	backfill *prometheus.CounterVec
 	timers   prometheus.Counter
 	mu       sync.Mutex
@@ -102,10 +104,10 @@ func NewJobs(cfg JobsConfig) *Jobs {
 		cfg.EstimateInterval = time.Hour
 	}
 	j := &Jobs{cfg: cfg, running: map[string]bool{},
-		progress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
-		}, []string{"state"}),
+		}),
 		backfill: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "segmentd_backfills_total",
 			Help: "Backfills finished, by result.",
@@ -241,7 +243,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 				mu.Lock()
 				scanned += len(ids)
 				mu.Unlock()
-				j.progress.WithLabelValues("scanned").Add(float64(len(ids)))
+				j.progress.Add(float64(len(ids)))
 			}
 		}()
 	}
@@ -264,7 +266,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		default:
 		}
 	}
-	j.progress.WithLabelValues("scanned").Sub(float64(scanned))
+	j.progress.Sub(float64(scanned))
 	if err != nil {
 		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
 	}
@@ -366,6 +368,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {
 			return err
 		}
+		j.cfg.Metrics.countChanges(changes)
 		if err := j.cfg.Schedules.Schedule(ctx, due); err != nil {
 			return err
 		}
@@ -487,6 +490,8 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 // refreshEstimates copies each segment's exact size into estimatedSize,
 // once per interval across all instances.
 func (j *Jobs) refreshEstimates(ctx context.Context) {
+	// The lease is never released, and a fresh owner each time means no one
+	// extends it: it simply lets one refresh through per interval.
 	ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates", j.cfg.InstanceID+fmt.Sprint(j.cfg.Now().UnixNano()), j.cfg.EstimateInterval)
 	if err != nil || !ok {
 		return

@@ -139,7 +139,3 @@ func (m *Metrics) kafkaError() {
 		m.kafkaErrors.Inc()
 	}
 }
-
-// CountChanges records membership changes published outside the processor
-// (static lists, backfills, timers).
-func (m *Metrics) CountChanges(cs []events.Change) { m.countChanges(cs) }

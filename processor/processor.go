@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
 )
@@ -355,6 +356,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		}
 		step("write")
 		var conflicted []*userWork
+		written := p.cfg.Now()
 		for i, w := range pending {
 			if writeOf[i] >= 0 && !applied[writeOf[i]] {
 				conflicted = append(conflicted, w)
@@ -368,7 +370,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 			m.countResults(r)
 			if r.write != nil {
 				for _, it := range w.items {
-					m.observeLatency(it.ev.OccurredAt, p.cfg.Now())
+					m.observeLatency(it.ev.OccurredAt, written)
 				}
 			}
 		}
@@ -388,14 +390,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		}
 	}
 	step("schedule")
-	out := make([]kafka.Message, 0, len(changes)+len(dlq))
-	for _, c := range changes {
-		v, err := events.EncodeChange(c)
-		if err != nil {
-			return fmt.Errorf("encode change: %w", err)
-		}
-		out = append(out, kafka.Message{Topic: p.cfg.MembershipTopic, Key: []byte(c.UserID), Value: v})
-	}
+	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(changes)+len(dlq)), p.cfg.MembershipTopic, changes)
 	out = append(out, dlq...)
 	if len(out) > 0 {
 		if err := p.cfg.Producer.WriteMessages(ctx, out...); err != nil {

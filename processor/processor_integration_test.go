@@ -172,25 +172,11 @@ func readTopic(t *testing.T, brokers []string, topic string, want int, timeout t
 }
 
 func members(t *testing.T, rdb redis.UniversalClient, key string) string {
-	t.Helper()
-	ms, err := rdb.SMembers(context.Background(), key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(ms)
-	return strings.Join(ms, ",")
+	return strings.Join(testenv.SMembers(t, rdb, key), ",")
 }
 
 func TestProcessorEventKinds(t *testing.T) {
-	for name, client := range map[string]func(testing.TB) redis.UniversalClient{
-		"standalone": testenv.RedisClient,
-		"cluster":    testenv.RedisClusterClient,
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			testEventKinds(t, client(t))
-		})
-	}
+	testenv.OnEachRedis(t, testEventKinds)
 }
 
 func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
@@ -276,7 +262,7 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 	if err != nil || !ok || p["tier"] != "silver" {
 		t.Errorf("u3 profile = %v %v %v", p, ok, err)
 	}
-	diffs, err := processor.Verify(context.Background(), r.defs, r.users, time.Now(), o)
+	diffs, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,18 +28,22 @@ func (d Difference) String() string {
 	return fmt.Sprintf("%s/%s: user %s %s the %s set", d.OrgID, d.SegmentID, d.UserID, verb, d.Where)
 }
 
-// ProfileScanner reads every stored profile and membership set.
+// ProfileScanner reads every stored profile and the users' segment sets.
 type ProfileScanner interface {
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
-	SegmentMembers(ctx context.Context, org, seg string) ([]string, error)
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
+}
+
+// MemberReader reads a segment's whole member set.
+type MemberReader interface {
+	AllMembers(ctx context.Context, org, seg string) ([]string, error)
 }
 
 // Verify recomputes every dynamic segment of org (every organisation when org
 // is empty) from the stored profiles at now and returns where Redis
 // disagrees, sorted. Segments
 // still building are skipped (their sets are not yet meant to be exact).
-func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, now time.Time, org string) ([]Difference, error) {
+func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, error) {
 	all, err := defs.All(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
@@ -81,20 +85,20 @@ func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, no
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", org, err)
 		}
-		sets, err := users.UserSegmentSets(ctx, org, userIDs)
+		segSets, err := users.UserSegmentSets(ctx, org, userIDs)
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", org, err)
 		}
 		userHas := make(map[string]map[string]bool, len(userIDs))
 		for i, u := range userIDs {
 			m := map[string]bool{}
-			for _, s := range sets[i] {
+			for _, s := range segSets[i] {
 				m[s] = true
 			}
 			userHas[u] = m
 		}
 		for id := range rules {
-			members, err := users.SegmentMembers(ctx, org, id)
+			members, err := sets.AllMembers(ctx, org, id)
 			if err != nil {
 				return nil, fmt.Errorf("verify %s: %w", org, err)
 			}

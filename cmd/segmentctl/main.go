@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/segmentd/segmentd/config"
@@ -94,14 +93,4 @@ func loadEnv(getenv func(string) string) (env, error) {
 		e.redisAddrs = []string{embedded.RedisAddr}
 	}
 	return e, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

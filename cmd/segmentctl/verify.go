@@ -21,7 +21,7 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	rdb := membership.NewClient(e.redisAddrs)
 	defer rdb.Close()
-	diffs, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), time.Now(), *org)
+	diffs, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
 	if err != nil {
 		return err
 	}

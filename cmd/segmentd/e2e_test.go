@@ -48,6 +48,7 @@ type e2e struct {
 	org, group                string
 	profile, membershipT, dlq string
 	defs                      *membership.Definitions
+	sets                      *membership.Sets
 	users                     *membership.Users
 	rules                     map[string]*segment.Rule
 }
@@ -62,7 +63,7 @@ func newE2E(t *testing.T, redisAddrs []string) *e2e {
 	testenv.CreateTopic(t, e.brokers, e.dlq, 1)
 	rdb := membership.NewClient(redisAddrs)
 	t.Cleanup(func() { rdb.Close() })
-	e.defs, e.users = membership.NewDefinitions(rdb), membership.NewUsers(rdb)
+	e.defs, e.users, e.sets = membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb)
 	e.rules = map[string]*segment.Rule{}
 	for i, c := range []segment.Criteria{
 		{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}},
@@ -371,7 +372,7 @@ func (e *e2e) check(evs []events.ProfileEvent) {
 	if missing > 0 || extra > 0 {
 		e.t.Errorf("change events: %d transitions missing, %d unexpected (of %d expected)", missing, extra, len(want))
 	}
-	diffs, err := processor.Verify(context.Background(), e.defs, e.users, time.Now(), e.org)
+	diffs, err := processor.Verify(context.Background(), e.defs, e.users, e.sets, time.Now(), e.org)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -160,7 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	jobs := processor.NewJobs(processor.JobsConfig{
 		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
 		Coordinator: membership.NewCoordinator(rdb), Publisher: publisher, Registry: registry, Processor: proc,
-		EstimateInterval: cfg.EstimateInterval, Registerer: reg, Logger: log,
+		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
 	})
 	goRun("registry", func() error { return registry.Run(jobCtx) })
 	goRun("jobs", func() error { return jobs.Run(jobCtx) })

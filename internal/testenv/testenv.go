@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -289,4 +290,31 @@ func sanitize(s string) string {
 			return '_'
 		}
 	}, s)
+}
+
+// OnEachRedis runs f against the standalone Redis and against the Redis
+// Cluster, each in its own parallel subtest.
+func OnEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
+	t.Helper()
+	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
+		"standalone": RedisClient,
+		"cluster":    RedisClusterClient,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, connect(t))
+		})
+	}
+}
+
+// SMembers returns the members of a Redis set, sorted; it fails the test on
+// an error.
+func SMembers(t testing.TB, rdb redis.UniversalClient, key string) []string {
+	t.Helper()
+	ids, err := rdb.SMembers(context.Background(), key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ids)
+	return ids
 }
