@@ -14,7 +14,7 @@ import (
 // BenchmarkAffectedSegments compares, for one typical patch (points,
 // updatedAt and one custom field) in an organisation of 1,000 segments,
 // evaluating only the segments the field index names against evaluating
-// every segment.
+// every segment, each with and without the per-profile field memo.
 func BenchmarkAffectedSegments(b *testing.B) {
 	var defs []segment.Definition
 	for i, c := range thousandSegments() {
@@ -42,6 +42,36 @@ func BenchmarkAffectedSegments(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(len(ns)), "segments/event")
+	})
+	b.Run("index+memo", func(b *testing.B) {
+		b.ReportAllocs()
+		var ns []int32
+		n := 0
+		lk := org.NewLookup()
+		for b.Loop() {
+			ns = org.Index.AppendAffectedIndex(ns[:0], paths)
+			lk.Reset(next)
+			for _, i := range ns {
+				if org.ByNumber[i].Rule.MatchLookup(lk, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(ns)), "segments/event")
+	})
+	b.Run("all+memo", func(b *testing.B) {
+		b.ReportAllocs()
+		n := 0
+		lk := org.NewLookup()
+		for b.Loop() {
+			lk.Reset(next)
+			for _, cs := range org.ByNumber {
+				if cs.Rule.MatchLookup(lk, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(org.IDs)), "segments/event")
 	})
 	b.Run("all", func(b *testing.B) {
 		b.ReportAllocs()

@@ -497,7 +497,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// number: the evaluation loop reads it once per affected segment.
 	var in []bool
 	var buf []int32 // reused across the user's events; never aliases org.All
+	var lk *segment.Lookup
 	if org != nil {
+		lk = org.NewLookup()
 		in = make([]bool, len(org.ByNumber))
 		for _, s := range st.Segments {
 			if n, ok := org.Index.Number(s); ok {
@@ -565,9 +567,10 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 					buf = org.Index.AppendAffectedIndex(buf[:0], paths)
 					affected = buf
 				}
+				lk.Reset(next)
 				for _, n := range affected {
 					cs := org.ByNumber[n]
-					match := cs.Rule.Match(next, now)
+					match := cs.Rule.MatchLookup(lk, now)
 					if match != in[n] {
 						entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: cs.Def.ID, Entered: match})
 						in[n] = match

@@ -36,7 +36,15 @@ type OrgRules struct {
 	ByNumber []*CompiledSegment
 	// All holds every index number, for users seen for the first time.
 	All []int32
+	// Slots numbers the fields the segments read; every Rule here is bound
+	// to it, so that a Lookup from it reads each field of a profile once
+	// however many segments are evaluated.
+	Slots *segment.FieldSlots
 }
+
+// NewLookup returns a field memo for evaluating this organisation's rules;
+// give each goroutine its own.
+func (o *OrgRules) NewLookup() *segment.Lookup { return o.Slots.NewLookup() }
 
 // TimeDependent reports whether any segment of the organisation has a
 // time-relative criterion.
@@ -149,11 +157,11 @@ func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
 		}
 		o := snap.Orgs[d.OrgID]
 		if o == nil {
-			o = &OrgRules{Segments: map[string]*CompiledSegment{}}
+			o = &OrgRules{Segments: map[string]*CompiledSegment{}, Slots: segment.NewFieldSlots()}
 			snap.Orgs[d.OrgID] = o
 			fields[d.OrgID] = map[string][]string{}
 		}
-		o.Segments[d.ID] = &CompiledSegment{Def: d, Rule: rule}
+		o.Segments[d.ID] = &CompiledSegment{Def: d, Rule: o.Slots.Bind(rule)}
 		o.IDs = append(o.IDs, d.ID)
 		if rule.TimeDependent() {
 			o.TimeIDs = append(o.TimeIDs, d.ID)

@@ -268,6 +268,7 @@ const (
 // cache lines.
 type cond struct {
 	key   string    // first path segment
+	slot  int32     // the path's number in a FieldSlots, -1 when unbound
 	rest  []string  // remaining path segments, nil for a top-level field
 	check checkFunc // Match's test, picked by pickCheck
 	fn    testFn
@@ -345,6 +346,7 @@ func compileCond(c *cond, cr Criterion, at string, errs []FieldError) []FieldErr
 		errs = append(errs, FieldError{at + ".field", msg})
 	}
 	c.field = cr.Field
+	c.slot = -1
 	c.path = strings.Split(cr.Field, ".")
 	c.key = c.path[0]
 	if len(c.path) > 1 {

@@ -9,7 +9,8 @@ import (
 
 // FuzzCompile decodes criteria and a profile from JSON, compiles the
 // criteria and, when they are accepted, evaluates them every way there is.
-// Nothing may panic, and Match must agree with Explain.
+// Nothing may panic, and Match must agree with Explain and with MatchLookup,
+// bound or not.
 func FuzzCompile(f *testing.F) {
 	profile := `{"tier":"gold","points":1500,"badges":["b1",2,true,null],"email":"a@b.c",
 		"createdAt":"2024-01-15T10:30:00Z","updatedAt":"2024-05-20T12:00:00.5+02:00",
@@ -72,6 +73,11 @@ func FuzzCompile(f *testing.F) {
 		if json.Unmarshal(profileJSON, &extra) == nil {
 			ps = append(ps[:len(ps):len(ps)], extra)
 		}
+		slots := NewFieldSlots()
+		// A path the slots already number, shared with the rule or not.
+		slots.Bind(MustCompile(Criteria{Include: []Criterion{{Field: "points", Operator: OpExists}}}))
+		bound := slots.Bind(r)
+		lk := slots.NewLookup()
 		fields := r.Fields()
 		if (len(c.Include)+len(c.Exclude) > 0) != (len(fields) > 0) {
 			t.Fatalf("Fields = %q for %d criteria", fields, len(c.Include)+len(c.Exclude))
@@ -82,6 +88,10 @@ func FuzzCompile(f *testing.F) {
 				e := r.Explain(p, now)
 				if m != e.Member {
 					t.Fatalf("Match = %v, Explain().Member = %v for %s on %v", m, e.Member, criteriaJSON, p)
+				}
+				lk.Reset(p)
+				if bm, um := bound.MatchLookup(lk, now), r.MatchLookup(lk, now); bm != m || um != m {
+					t.Fatalf("Match = %v, MatchLookup bound = %v, unbound = %v for %s on %v", m, bm, um, criteriaJSON, p)
 				}
 				if len(e.Include) != len(c.Include) || len(e.Exclude) != len(c.Exclude) {
 					t.Fatalf("Explain has %d+%d results for %d+%d criteria", len(e.Include), len(e.Exclude), len(c.Include), len(c.Exclude))

@@ -1,0 +1,102 @@
+package segment
+
+import (
+	"slices"
+	"time"
+)
+
+// FieldSlots numbers the field paths that a set of rules reads, so that the
+// rules evaluated one after another against the same profile look each field
+// up once (see [Lookup]). Hundreds of segments of an organisation read a
+// handful of distinct fields; without it, each of them hashes the same keys
+// again. Build it once, binding every rule, then use it from any number of
+// goroutines.
+type FieldSlots struct {
+	num map[string]int32
+}
+
+// NewFieldSlots returns an empty numbering.
+func NewFieldSlots() *FieldSlots { return &FieldSlots{num: map[string]int32{}} }
+
+// Bind returns a copy of r whose criteria read their fields through the
+// slots of s, numbering the paths s has not seen. r itself is unchanged.
+// Bind must not run concurrently with itself or with NewLookup.
+func (s *FieldSlots) Bind(r *Rule) *Rule {
+	b := *r
+	b.conds = slices.Clone(r.conds)
+	n := len(r.include)
+	b.include, b.exclude = b.conds[:n:n], b.conds[n:]
+	for i := range b.conds {
+		c := &b.conds[i]
+		slot, ok := s.num[c.field]
+		if !ok {
+			slot = int32(len(s.num))
+			s.num[c.field] = slot
+		}
+		c.slot = slot
+	}
+	return &b
+}
+
+// Len returns how many distinct paths s numbers.
+func (s *FieldSlots) Len() int { return len(s.num) }
+
+// NewLookup returns a Lookup sized for the paths numbered so far.
+func (s *FieldSlots) NewLookup() *Lookup {
+	return &Lookup{seen: make([]uint32, len(s.num)), vals: make([]any, len(s.num)), gen: 1}
+}
+
+// Lookup memoises the field values of one profile for the rules bound to
+// one FieldSlots. It is not safe for concurrent use; give each goroutine
+// its own.
+type Lookup struct {
+	p Profile
+	// gen marks the profile in use: a slot holds its value when seen[slot]
+	// equals gen, so that Reset need not clear vals.
+	gen  uint32
+	seen []uint32
+	vals []any
+}
+
+// Reset points l at profile p and forgets every value looked up before.
+func (l *Lookup) Reset(p Profile) {
+	l.p = p
+	l.gen++
+	if l.gen == 0 {
+		clear(l.seen)
+		l.gen = 1
+	}
+}
+
+// value returns c's field value in l's profile, from the memo when present.
+// A cond of an unbound rule, or of a path numbered after l was made, is
+// looked up directly.
+func (l *Lookup) value(c *cond) any {
+	s := int(c.slot)
+	if s < 0 || s >= len(l.vals) {
+		return c.value(l.p)
+	}
+	if l.seen[s] == l.gen {
+		return l.vals[s]
+	}
+	v := c.value(l.p)
+	l.vals[s], l.seen[s] = v, l.gen
+	return v
+}
+
+// MatchLookup is Match against the profile l was last Reset to, reading its
+// fields through l. It gives the same answer as Match for any rule, bound to
+// l's FieldSlots or not, and does not allocate.
+func (r *Rule) MatchLookup(l *Lookup, now time.Time) bool {
+	var n instant
+	if r.relative {
+		n = instantOf(now)
+	}
+	for i := range r.conds {
+		c := &r.conds[i]
+		if c.check(c, l.value(c), n) == c.failIf {
+			return false
+		}
+	}
+	return true
+}
