@@ -2,7 +2,6 @@ package membership
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -27,12 +26,10 @@ if redis.call('HGET', KEYS[1], 'p') == '' then return 0 end
 redis.call('HSET', KEYS[1], 'r', rev + 1)
 if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
 local o = redis.call('HGET', KEYS[1], 'o')
-if not o or o == '' or o == 'null' or o == '[]' then
-  o = '[' .. ARGV[4] .. ']'
-else
-  o = string.sub(o, 1, -2) .. ',' .. ARGV[4] .. ']'
-end
-redis.call('HSET', KEYS[1], 'o', o)
+-- An outbox in the former JSON form cannot take a binary entry; it is
+-- replaced, which only matters during an upgrade.
+if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
+redis.call('HSET', KEYS[1], 'o', o .. ARGV[4])
 return 1
 `
 
@@ -48,10 +45,7 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]bool, error) {
 	}
 	calls := make([]scriptCall, len(as))
 	for i, a := range as {
-		entry, err := json.Marshal(a.Entry)
-		if err != nil {
-			return applied, fmt.Errorf("amend: %w", err)
-		}
+		entry := appendEntry(nil, a.Entry)
 		in := "0"
 		if a.Entered {
 			in = "1"

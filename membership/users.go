@@ -25,16 +25,7 @@ type OutboxChange struct {
 	Entered   bool
 }
 
-// MarshalJSON encodes the change compactly as ["seg", 1].
-func (c OutboxChange) MarshalJSON() ([]byte, error) {
-	e := 0
-	if c.Entered {
-		e = 1
-	}
-	return json.Marshal([]any{c.SegmentID, e})
-}
-
-// UnmarshalJSON decodes ["seg", 1].
+// UnmarshalJSON decodes ["seg", 1], the form of an outbox stored as JSON.
 func (c *OutboxChange) UnmarshalJSON(b []byte) error {
 	var raw []json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 2 {
@@ -68,7 +59,7 @@ type UserState struct {
 	Version int64
 	// Deleted is true after a profile.deleted event (a tombstone keeps the version).
 	Deleted bool
-	// Profile is the stored profile JSON, nil when none.
+	// Profile is the stored profile (see segment.DecodeProfile), nil when none.
 	Profile []byte
 	// Segments is the user's public segment set.
 	Segments []string
@@ -81,8 +72,9 @@ type UserWrite struct {
 	// ExpectRev is the revision the update was computed from.
 	ExpectRev int64
 	Version   int64
-	// Profile is the new profile JSON; nil writes a deletion tombstone and
-	// empties the user's segment set.
+	// Profile is the new profile, encoded by segment.AppendProfile (JSON is
+	// read too); nil writes a deletion tombstone and empties the user's
+	// segment set.
 	Profile []byte
 	Add     []string
 	Remove  []string
@@ -179,9 +171,11 @@ func decodeState(h []any, segs []string) (UserState, error) {
 		}
 	}
 	if o := str(3); o != "" {
-		if err := json.Unmarshal([]byte(o), &st.Outbox); err != nil {
+		es, err := decodeOutbox(o)
+		if err != nil {
 			return st, fmt.Errorf("outbox: %w", err)
 		}
+		st.Outbox = es
 	}
 	return st, nil
 }
@@ -206,7 +200,7 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 }
 
 func writeArgs(w UserWrite) ([]string, []any) {
-	outbox, _ := json.Marshal(w.Outbox) // plain structs of strings and ints cannot fail
+	outbox := encodeOutbox(w.Outbox)
 	deleted := "0"
 	if w.Profile == nil {
 		deleted = "1"
@@ -280,8 +274,8 @@ func (u *Users) Profile(ctx context.Context, org, user string) (segment.Profile,
 	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}
-	var m segment.Profile
-	if err := json.Unmarshal([]byte(p), &m); err != nil {
+	m, err := segment.DecodeProfile([]byte(p))
+	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}
 	return m, true, nil

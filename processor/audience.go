@@ -2,7 +2,6 @@ package processor
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"runtime"
 	"sort"
@@ -69,8 +68,7 @@ func matchProfiles(rule *segment.Rule, ps []membership.StoredProfile, now time.T
 		go func() {
 			defer wg.Done()
 			for i := w; i < len(ps); i += workers {
-				var p segment.Profile
-				if json.Unmarshal(ps[i].Profile, &p) == nil {
+				if p, err := segment.DecodeProfile(ps[i].Profile); err == nil {
 					hits[i] = rule.Match(p, now)
 				}
 			}

@@ -2,7 +2,6 @@ package processor_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -382,7 +381,7 @@ func BenchmarkBackfillMillion(b *testing.B) {
 			ev = g.Next(now)
 		}
 		ev.UserID = fmt.Sprintf("u%d", i)
-		p, _ := encodeProfile(ev.Profile)
+		p := segment.AppendProfile(nil, ev.Profile) // as the processor stores it
 		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: ev.UserID, Version: 1, Profile: p,
 			Outbox: []membership.OutboxEntry{{EventID: ev.EventID, Version: 1, AtMillis: now.UnixMilli()}}})
 		if len(ws) == chunk || i == n-1 {
@@ -455,5 +454,3 @@ func envInt(k string, def int) int {
 	}
 	return def
 }
-
-func encodeProfile(p map[string]any) ([]byte, error) { return json.Marshal(p) }

@@ -2,7 +2,6 @@ package processor
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -395,8 +394,8 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 				if views[i].Profile == nil {
 					continue
 				}
-				var p segment.Profile
-				if err := json.Unmarshal(views[i].Profile, &p); err != nil {
+				p, err := segment.DecodeProfile(views[i].Profile)
+				if err != nil {
 					continue
 				}
 				out[i].match = rule.Match(p, now)
@@ -475,9 +474,10 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		}
 		for _, v := range views {
 			var next time.Time
-			var p segment.Profile
-			if v.Profile != nil && json.Unmarshal(v.Profile, &p) == nil {
-				next, _ = o.NextFlip(p, now)
+			if v.Profile != nil {
+				if p, err := segment.DecodeProfile(v.Profile); err == nil {
+					next, _ = o.NextFlip(p, now)
+				}
 			}
 			if err := j.cfg.Schedules.Done(ctx, byUser[v.UserID], next); err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "err", err)

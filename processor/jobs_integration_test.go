@@ -2,7 +2,6 @@ package processor_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -98,8 +97,7 @@ func (r *rig) waitPoints(t *testing.T, want map[string]int, timeout time.Duratio
 		seen := 0
 		err := r.users.ScanProfiles(context.Background(), r.org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
-				var p map[string]any
-				_ = json.Unmarshal(sp.Profile, &p)
+				p, _ := segment.DecodeProfile(sp.Profile)
 				if f, ok := p["points"].(float64); ok && int(f) == want[sp.UserID] {
 					seen++
 				}

@@ -2,11 +2,11 @@ package processor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -69,15 +69,40 @@ type Config struct {
 
 // Processor consumes profile events and keeps membership exact.
 type Processor struct {
-	cfg     Config
-	healthy atomic.Bool
+	cfg Config
 	// mu orders taking a snapshot for a batch against AppliedRevision, so
 	// that no batch runs on definitions older than the revision reported.
 	mu       sync.Mutex
 	inflight int64
-	// batchStart is when the batch in progress started (unix ns), 0 when idle.
-	batchStart atomic.Int64
+	// stages track the writing and the finishing stage, for Healthy.
+	stages [2]stageState
+	// carry holds, per user, the outbox entries of batches written but not
+	// yet finished; cmu guards it. A user written again before an earlier
+	// batch has finished keeps those entries in its outbox, so that a crash
+	// still finds them to replay. finished is the sequence number of the
+	// last finished batch.
+	cmu      sync.Mutex
+	carry    map[membership.UserRef][]seqEntry
+	finished atomic.Uint64
+	seq      uint64
 }
+
+type stageState struct {
+	failing atomic.Bool
+	// start is when the batch in progress started (unix ns), 0 when idle.
+	start atomic.Int64
+}
+
+// seqEntry is an outbox entry tagged with the batch that wrote it.
+type seqEntry struct {
+	seq   uint64
+	entry membership.OutboxEntry
+}
+
+const (
+	stageWrite = iota
+	stageFinish
+)
 
 // stallAfter is how long one batch may take before the processor reports
 // itself unhealthy: a batch normally takes milliseconds, so a longer one
@@ -101,9 +126,7 @@ func New(cfg Config) *Processor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	p := &Processor{cfg: cfg}
-	p.healthy.Store(true)
-	return p
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}}
 }
 
 // AppliedRevision returns the oldest definitions revision that this
@@ -122,61 +145,100 @@ func (p *Processor) AppliedRevision() int64 {
 }
 
 // Healthy reports false while a batch is failing and being retried, or has
-// been in progress for longer than stallAfter.
+// been in one stage for longer than stallAfter.
 func (p *Processor) Healthy() bool {
-	if start := p.batchStart.Load(); start != 0 && time.Since(time.Unix(0, start)) > stallAfter {
-		return false
+	for i := range p.stages {
+		st := &p.stages[i]
+		if st.failing.Load() {
+			return false
+		}
+		if start := st.start.Load(); start != 0 && time.Since(time.Unix(0, start)) > stallAfter {
+			return false
+		}
 	}
-	return p.healthy.Load()
+	return true
 }
 
 // Run fetches and processes batches until ctx ends; then it finishes and
-// commits the batch in hand, bounded by the shutdown timeout, and returns.
+// commits the batches in hand, bounded by the shutdown timeout, and returns.
 //
-// Offsets are committed by a separate goroutine, in order, while the next
-// batch is processed: a batch is handed over only once its effects are in
-// Redis and its events are published, so a commit that is late or lost
-// (a crash, a rebalance) only makes Kafka redeliver events whose effects
-// are complete, which the version check and the outbox turn into nothing
-// or into the same change events again.
+// A batch goes through two stages. The first decodes, evaluates and writes
+// each user's state (compare-and-set, with the batch's membership diffs in
+// the user's outbox); the second projects the diffs onto the segment sets,
+// schedules timers and publishes the change events and dead letters, then
+// hands the batch to the committer. The second stage of one batch runs
+// while the first stage of the next, so that Redis and Kafka round trips
+// overlap with evaluation. Every stage runs in batch order, and offsets are
+// committed in order once a batch has finished: a commit that is late or
+// lost (a crash, a rebalance) only makes Kafka redeliver events whose effects
+// are written, which the version check and the outbox turn into nothing or
+// into the same change events again.
 func (p *Processor) Run(ctx context.Context) error {
+	// Work outlives ctx by at most the shutdown timeout: fetching stops at
+	// once, what is in hand is finished and committed.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork) })
+	defer stop()
+
 	commits := make(chan []kafka.Message, 1)
 	committed := make(chan struct{})
 	go func() {
 		defer close(committed)
-		p.commitLoop(ctx, commits)
+		p.commitLoop(work, commits)
+	}()
+	toFinish := make(chan *written, 1)
+	finishErr := make(chan error, 1)
+	finisherDone := make(chan struct{})
+	go func() {
+		defer close(finisherDone)
+		defer close(commits)
+		for wb := range toFinish {
+			if err := p.retry(work, stageFinish, len(wb.msgs), func(ctx context.Context) error { return p.finish(ctx, wb) }); err != nil {
+				finishErr <- err
+				for range toFinish { // let Run stop without blocking
+				}
+				return
+			}
+			p.markFinished(wb)
+			commits <- wb.msgs
+		}
 	}()
 	defer func() {
-		close(commits)
+		close(toFinish)
+		<-finisherDone
 		select {
 		case <-committed:
-		case <-time.After(p.cfg.ShutdownTimeout):
+		case <-work.Done():
 			p.cfg.Logger.Warn("offsets not committed before the shutdown timeout; those events will be redelivered")
 		}
 	}()
 	for {
 		batch, err := p.fetch(ctx)
 		if len(batch) > 0 {
-			// The batch in hand is finished even when ctx has ended, so that
-			// shutdown commits what it has written.
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
-			if ctx.Err() == nil {
-				pctx, cancel = context.WithCancel(ctx)
-			}
-			p.batchStart.Store(time.Now().UnixNano())
-			perr := p.processWithRetry(pctx, ctx, batch)
-			p.batchStart.Store(0)
-			cancel()
+			var wb *written
+			werr := p.retry(work, stageWrite, len(batch), func(ctx context.Context) error {
+				var err error
+				wb, err = p.write(ctx, batch)
+				return err
+			})
 			if st, ok := p.cfg.Fetcher.(interface{ Stats() kafka.ReaderStats }); ok {
 				p.cfg.Metrics.SetLag(st.Stats().Lag)
 			}
-			if perr != nil {
+			if werr != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				return perr
+				return werr
 			}
-			commits <- batch
+			select {
+			case toFinish <- wb:
+			case ferr := <-finishErr:
+				if ctx.Err() != nil {
+					return nil
+				}
+				return ferr
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -193,18 +255,16 @@ func (p *Processor) Run(ctx context.Context) error {
 // redelivery of completed work.
 func (p *Processor) commitLoop(ctx context.Context, batches <-chan []kafka.Message) {
 	for batch := range batches {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.ShutdownTimeout)
 		bo := backoff.NewExponentialBackOff()
 		bo.InitialInterval = 50 * time.Millisecond
 		bo.MaxInterval = time.Second
 		err := backoff.Retry(func() error {
-			err := p.cfg.Fetcher.CommitMessages(cctx, batch...)
+			err := p.cfg.Fetcher.CommitMessages(ctx, batch...)
 			if err != nil {
 				p.cfg.Metrics.kafkaError()
 			}
 			return err
-		}, backoff.WithContext(backoff.WithMaxRetries(bo, 5), cctx))
-		cancel()
+		}, backoff.WithContext(backoff.WithMaxRetries(bo, 5), ctx))
 		if err != nil {
 			p.cfg.Logger.Warn("commit failed; the batch will be redelivered and deduplicated", "size", len(batch), "err", err)
 		}
@@ -234,32 +294,37 @@ func (p *Processor) fetch(ctx context.Context) ([]kafka.Message, error) {
 	return batch, nil
 }
 
-// processWithRetry retries the whole batch until it succeeds: every step is
+// retry runs one stage of a batch until it succeeds: every step is
 // idempotent or version-guarded, so a retry after a partial write repeats
-// nothing but change events with the same ids. It stops when stop ends (the
-// batch is then redelivered to whoever owns the partition next).
-func (p *Processor) processWithRetry(ctx, stop context.Context, batch []kafka.Message) error {
+// nothing but change events with the same ids. A batch is never skipped;
+// only the end of ctx stops the retries (the batch is then redelivered to
+// whoever owns the partition next).
+func (p *Processor) retry(ctx context.Context, stage, size int, op func(context.Context) error) error {
+	st := &p.stages[stage]
+	st.start.Store(time.Now().UnixNano())
+	defer st.start.Store(0)
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 100 * time.Millisecond
 	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0 // a batch is never skipped; ctx bounds the wait
+	bo.MaxElapsedTime = 0
 	attempt := 0
-	op := func() error {
+	return backoff.Retry(func() error {
 		attempt++
-		err := p.process(ctx, batch)
+		err := op(ctx)
 		if err != nil {
-			p.healthy.Store(false)
-			p.cfg.Logger.Warn("batch failed; retrying", "attempt", attempt, "size", len(batch), "err", err)
-			if stop.Err() != nil && ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return backoff.Permanent(err)
 			}
+			st.failing.Store(true)
+			p.cfg.Logger.Warn("batch failed; retrying", "stage", stageNames[stage], "attempt", attempt, "size", size, "err", err)
 			return err
 		}
-		p.healthy.Store(true)
+		st.failing.Store(false)
 		return nil
-	}
-	return backoff.Retry(op, backoff.WithContext(bo, ctx))
+	}, backoff.WithContext(bo, ctx))
 }
+
+var stageNames = [...]string{stageWrite: "write", stageFinish: "finish"}
 
 type item struct {
 	msg kafka.Message
@@ -269,30 +334,45 @@ type item struct {
 type userWork struct {
 	ref   membership.UserRef
 	items []item
+	// carried are the outbox entries of this user's unfinished batches.
+	carried []membership.OutboxEntry
+}
+
+// written is a batch whose users' states are written, waiting to be
+// finished.
+type written struct {
+	seq         uint64
+	msgs        []kafka.Message
+	changes     []events.Change
+	projections []membership.Projection
+	due         []membership.Due
+	dlq         []kafka.Message
+	// occurred holds the event time of every event that changed a user.
+	occurred []time.Time
 }
 
 // maxConflicts bounds recomputation when another writer moved a user's
 // revision under us (a rebalance hands a partition over mid-batch).
 const maxConflicts = 5
 
-// process runs one batch: decode, load, evaluate, write (compare-and-set per
-// user), project onto the segment sets, publish changes and dead letters;
-// Run then hands it to the committer. A crash between any two steps is
+// write runs the first stage of a batch: decode, load, evaluate and write
+// each user's state (compare-and-set per user). A crash after it is
 // repaired by redelivery: written users carry the batch's diffs in their
 // outbox and replay them.
-func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
+func (p *Processor) write(ctx context.Context, batch []kafka.Message) (*written, error) {
 	m := p.cfg.Metrics
 	now := p.cfg.Now()
 	m.observeBatch(len(batch))
 	step := m.stepTimer()
-	var dlq []kafka.Message
+	p.seq++
+	wb := &written{seq: p.seq, msgs: batch}
 	order := []*userWork{}
 	byUser := map[membership.UserRef]*userWork{}
 	decoded := decodeAll(batch)
 	for i, msg := range batch {
 		ev, err := decoded[i].ev, decoded[i].err
 		if err != nil {
-			dlq = append(dlq, p.deadLetter(msg, err.Error()))
+			wb.dlq = append(wb.dlq, p.deadLetter(msg, err.Error()))
 			continue
 		}
 		ref := membership.UserRef{OrgID: ev.OrgID, UserID: ev.UserID}
@@ -304,6 +384,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		}
 		w.items = append(w.items, item{msg: msg, ev: ev})
 	}
+	p.takeCarried(order)
 
 	p.mu.Lock()
 	snap := p.cfg.Rules.Current()
@@ -317,15 +398,12 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		p.mu.Unlock()
 	}()
 	if snap == nil {
-		return errors.New("segment definitions not loaded yet")
+		return nil, errors.New("segment definitions not loaded yet")
 	}
-	var changes []events.Change
-	var projections []membership.Projection
-	var due []membership.Due
 	pending := order
 	for round := 0; len(pending) > 0; round++ {
 		if round == maxConflicts {
-			return fmt.Errorf("%d users kept changing under this batch", len(pending))
+			return nil, fmt.Errorf("%d users kept changing under this batch", len(pending))
 		}
 		refs := make([]membership.UserRef, len(pending))
 		for i, w := range pending {
@@ -335,7 +413,7 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		states, err := p.cfg.Users.Load(ctx, refs)
 		if err != nil {
 			m.redisError()
-			return err
+			return nil, err
 		}
 		step("load")
 		results := p.evaluateAll(snap, pending, states, now)
@@ -352,46 +430,97 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		applied, err := p.cfg.Users.Write(ctx, writes)
 		if err != nil {
 			m.redisError()
-			return err
+			return nil, err
 		}
 		step("write")
 		var conflicted []*userWork
-		written := p.cfg.Now()
 		for i, w := range pending {
 			if writeOf[i] >= 0 && !applied[writeOf[i]] {
 				conflicted = append(conflicted, w)
 				continue
 			}
 			r := results[i]
-			changes = append(changes, r.changes...)
-			projections = append(projections, r.projections...)
-			due = append(due, r.due...)
-			dlq = append(dlq, r.dlq...)
+			wb.changes = append(wb.changes, r.changes...)
+			wb.projections = append(wb.projections, r.projections...)
+			wb.due = append(wb.due, r.due...)
+			wb.dlq = append(wb.dlq, r.dlq...)
 			m.countResults(r)
 			if r.write != nil {
+				p.keepCarried(wb.seq, w.ref, r.write.Outbox[len(w.carried):])
 				for _, it := range w.items {
-					m.observeLatency(it.ev.OccurredAt, written)
+					wb.occurred = append(wb.occurred, it.ev.OccurredAt)
 				}
 			}
 		}
 		pending = conflicted
 	}
-
 	step("write")
-	if err := p.cfg.Users.Project(ctx, projections); err != nil {
+	return wb, nil
+}
+
+// takeCarried gives each user the outbox entries of its batches that are
+// written but not finished.
+func (p *Processor) takeCarried(ws []*userWork) {
+	done := p.finished.Load()
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	for _, w := range ws {
+		for _, e := range p.carry[w.ref] {
+			if e.seq > done {
+				w.carried = append(w.carried, e.entry)
+			}
+		}
+	}
+}
+
+// keepCarried records the outbox entries batch seq wrote for ref.
+func (p *Processor) keepCarried(seq uint64, ref membership.UserRef, entries []membership.OutboxEntry) {
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	for _, e := range entries {
+		p.carry[ref] = append(p.carry[ref], seqEntry{seq: seq, entry: e})
+	}
+}
+
+// markFinished forgets the carried entries of a finished batch and of any
+// earlier one (including attempts of a batch that failed part way). The map
+// holds the users of the few batches in flight, so a full pass is cheap.
+func (p *Processor) markFinished(wb *written) {
+	p.finished.Store(wb.seq)
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	for ref, es := range p.carry {
+		es = slices.DeleteFunc(es, func(e seqEntry) bool { return e.seq <= wb.seq })
+		if len(es) == 0 {
+			delete(p.carry, ref)
+		} else {
+			p.carry[ref] = es
+		}
+	}
+}
+
+// finish runs the second stage of a written batch: project its changes
+// onto the segment sets, schedule timers, publish change events and dead
+// letters. Each step is idempotent, so a retry repeats nothing but change
+// events with the same ids.
+func (p *Processor) finish(ctx context.Context, wb *written) error {
+	m := p.cfg.Metrics
+	step := m.stepTimer()
+	if err := p.cfg.Users.Project(ctx, wb.projections); err != nil {
 		m.redisError()
 		return err
 	}
 	step("project")
-	if p.cfg.Scheduler != nil && len(due) > 0 {
-		if err := p.cfg.Scheduler.Schedule(ctx, due); err != nil {
+	projected := p.cfg.Now()
+	if p.cfg.Scheduler != nil && len(wb.due) > 0 {
+		if err := p.cfg.Scheduler.Schedule(ctx, wb.due); err != nil {
 			m.redisError()
 			return err
 		}
 	}
 	step("schedule")
-	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(changes)+len(dlq)), p.cfg.MembershipTopic, changes)
-	out = append(out, dlq...)
+	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(wb.changes)+len(wb.dlq)), p.cfg.MembershipTopic, wb.changes)
+	out = append(out, wb.dlq...)
 	if len(out) > 0 {
 		if err := p.cfg.Producer.WriteMessages(ctx, out...); err != nil {
 			m.kafkaError()
@@ -399,8 +528,11 @@ func (p *Processor) process(ctx context.Context, batch []kafka.Message) error {
 		}
 	}
 	step("publish")
-	m.countChanges(changes)
-	m.countDLQ(len(dlq))
+	for _, t := range wb.occurred {
+		m.observeLatency(t, projected)
+	}
+	m.countChanges(wb.changes)
+	m.countDLQ(len(wb.dlq))
 	return nil
 }
 
@@ -509,19 +641,23 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	var profile segment.Profile
 	if len(st.Profile) > 0 {
-		if err := json.Unmarshal(st.Profile, &profile); err != nil {
-			profile = nil // a corrupt profile is replaced by the next full one
+		p, err := segment.DecodeProfile(st.Profile)
+		if err == nil {
+			profile = p // a corrupt profile is replaced by the next full one
 		}
 	}
 	deleted := st.Deleted
 	version := st.Version
-	var outbox []membership.OutboxEntry
+	// Entries of this user's unfinished batches stay until those finish.
+	outbox := slices.Clone(w.carried)
 	wrote := false
 	timed := false // a time-relative segment was evaluated: the user's timer may move
 	for _, it := range w.items {
 		ev := it.ev
 		if e, ok := inOutbox[ev.EventID]; ok {
-			outbox = append(outbox, e)
+			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
+				outbox = append(outbox, e)
+			}
 			res.add(p.outboxChanges(w.ref, e), e.Rev)
 			res.replayed++
 			continue
@@ -601,11 +737,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if !deleted && profile != nil {
-		b, err := json.Marshal(profile)
-		if err != nil {
-			b = []byte("{}")
-		}
-		uw.Profile = b
+		uw.Profile = segment.AppendProfile(nil, profile)
 	}
 	was := make(map[string]bool, len(st.Segments))
 	for _, s := range st.Segments {

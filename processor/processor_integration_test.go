@@ -63,6 +63,12 @@ func (r *rig) segment(t *testing.T, name string, c segment.Criteria) string {
 // start runs a processor until the returned stop is called.
 func (r *rig) start(t *testing.T) (stop func()) {
 	t.Helper()
+	return r.startWith(t, func(c *processor.Config) {})
+}
+
+// startWith is start with the configuration changed by opt first.
+func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func()) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -71,11 +77,13 @@ func (r *rig) start(t *testing.T) (stop func()) {
 	}
 	reader := kafkaio.NewReader(r.brokers, r.group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
-	p := processor.New(processor.Config{
+	cfg := processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 10 * time.Millisecond,
 		Metrics: processor.NewMetrics(prometheus.NewRegistry()), Logger: log,
-	})
+	}
+	opt(&cfg)
+	p := processor.New(cfg)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = reg.Run(ctx) }()

@@ -2,7 +2,6 @@ package processor
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
@@ -69,8 +68,8 @@ func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, se
 		var userIDs []string
 		err := users.ScanProfiles(ctx, org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
-				var p segment.Profile
-				if err := json.Unmarshal(sp.Profile, &p); err != nil {
+				p, err := segment.DecodeProfile(sp.Profile)
+				if err != nil {
 					return fmt.Errorf("profile of %s: %w", sp.UserID, err)
 				}
 				userIDs = append(userIDs, sp.UserID)

@@ -1,0 +1,64 @@
+package membership
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestOutboxCodec(t *testing.T) {
+	cases := map[string][]OutboxEntry{
+		"empty":                nil,
+		"one entry, no change": {{EventID: "e1", Version: 3, Rev: 7, AtMillis: 1700000000000}},
+		"several": {
+			{EventID: "e1", Version: -1, Rev: 1, CauseType: "profile", AtMillis: 1, Changes: []OutboxChange{{SegmentID: "seg_a", Entered: true}, {SegmentID: "seg_b"}}},
+			{EventID: "segment:seg_c:2", Rev: 2, CauseType: "segment", AtMillis: 1764000000000, Changes: []OutboxChange{{SegmentID: "seg_c", Entered: true}}},
+			{EventID: "", Version: 1 << 62, Rev: 3, AtMillis: -5},
+		},
+	}
+	for name, es := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := decodeOutbox(string(encodeOutbox(es)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, es) {
+				t.Fatalf("round trip:\n got %+v\nwant %+v", got, es)
+			}
+			// Entries append by concatenation, as the amend script does.
+			var cat []byte
+			for _, e := range es {
+				cat = append(cat, appendEntry(nil, e)...)
+			}
+			if string(cat) != string(encodeOutbox(es)) {
+				t.Fatal("an outbox is not the concatenation of its entries")
+			}
+		})
+	}
+}
+
+func TestOutboxReadsJSON(t *testing.T) {
+	got, err := decodeOutbox(`[{"e":"e1","v":2,"r":5,"k":"profile","t":9,"c":[["seg_a",1],["seg_b",0]]}]`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []OutboxEntry{{EventID: "e1", Version: 2, Rev: 5, CauseType: "profile", AtMillis: 9, Changes: []OutboxChange{{"seg_a", true}, {"seg_b", false}}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+func TestOutboxRejectsCorruptInput(t *testing.T) {
+	good := string(encodeOutbox([]OutboxEntry{{EventID: "e1", Rev: 1, AtMillis: 5, Changes: []OutboxChange{{SegmentID: "s", Entered: true}}}}))
+	for name, s := range map[string]string{
+		"truncated":  good[:len(good)-2],
+		"bad marker": "\x01" + good[1:],
+		"huge count": "\xe1\x00\x00\x00\x00\x00\xff\xff\xff\x0f",
+		"bad json":   `[{"e":`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if es, err := decodeOutbox(s); err == nil {
+				t.Fatalf("decoded %+v, want an error", es)
+			}
+		})
+	}
+}

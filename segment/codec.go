@@ -1,0 +1,251 @@
+package segment
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// The stored form of a profile is a compact binary encoding: decoding it
+// is several times cheaper than decoding JSON, and every stream event,
+// backfill and audience search decodes a stored profile. It starts with
+// profileMagic, which JSON never does, so profiles stored as JSON are still
+// read.
+//
+//	profile = magic object
+//	value   = tagNull | tagFalse | tagTrue
+//	        | tagInt   varint            (a whole number of magnitude < 2^53)
+//	        | tagFloat 8 bytes, IEEE 754 little-endian
+//	        | tagString uvarint(len) bytes
+//	        | tagArray  uvarint(n) value*n
+//	        | tagObject uvarint(n) (uvarint(len) key-bytes value)*n
+const profileMagic = 0xB1
+
+const (
+	tagNull byte = iota
+	tagFalse
+	tagTrue
+	tagInt
+	tagFloat
+	tagString
+	tagArray
+	tagObject
+)
+
+// maxExactInt bounds the whole numbers stored as varints: every integer of
+// smaller magnitude is exact in a float64.
+const maxExactInt = 1 << 53
+
+// AppendProfile appends the stored encoding of p to dst. Values of types
+// other than those encoding/json decodes into are stored as their JSON
+// decoding would give them back.
+func AppendProfile(dst []byte, p Profile) []byte {
+	dst = append(dst, profileMagic)
+	return appendObject(dst, p)
+}
+
+func appendObject(dst []byte, m map[string]any) []byte {
+	dst = append(dst, tagObject)
+	dst = binary.AppendUvarint(dst, uint64(len(m)))
+	for k, v := range m {
+		dst = binary.AppendUvarint(dst, uint64(len(k)))
+		dst = append(dst, k...)
+		dst = appendValue(dst, v)
+	}
+	return dst
+}
+
+func appendValue(dst []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(dst, tagNull)
+	case bool:
+		if x {
+			return append(dst, tagTrue)
+		}
+		return append(dst, tagFalse)
+	case float64:
+		if x == math.Trunc(x) && x > -maxExactInt && x < maxExactInt && (x != 0 || !math.Signbit(x)) {
+			return binary.AppendVarint(append(dst, tagInt), int64(x))
+		}
+		return binary.LittleEndian.AppendUint64(append(dst, tagFloat), math.Float64bits(x))
+	case string:
+		dst = binary.AppendUvarint(append(dst, tagString), uint64(len(x)))
+		return append(dst, x...)
+	case []any:
+		dst = binary.AppendUvarint(append(dst, tagArray), uint64(len(x)))
+		for _, e := range x {
+			dst = appendValue(dst, e)
+		}
+		return dst
+	case map[string]any:
+		return appendObject(dst, x)
+	case Profile:
+		return appendObject(dst, x)
+	}
+	// Anything else (an int from Go code, a json.Number) is stored as JSON
+	// would carry it; what JSON cannot carry is stored as null.
+	var norm any
+	if b, err := json.Marshal(v); err == nil && json.Unmarshal(b, &norm) == nil {
+		return appendValue(dst, norm) // only JSON's own types: no further fallback
+	}
+	return append(dst, tagNull)
+}
+
+// DecodeProfile decodes a stored profile: the binary encoding of
+// AppendProfile, or JSON. Numbers come back as float64, arrays as []any and
+// objects as map[string]any, as from encoding/json.
+func DecodeProfile(b []byte) (Profile, error) {
+	if len(b) == 0 || b[0] != profileMagic {
+		var p Profile
+		if err := json.Unmarshal(b, &p); err != nil {
+			return nil, fmt.Errorf("decode profile: %w", err)
+		}
+		if p == nil {
+			return nil, errors.New("decode profile: not an object")
+		}
+		return p, nil
+	}
+	// One string holds every key and string value: one allocation instead
+	// of one per string.
+	d := decoder{s: string(b[1:])}
+	if d.next() != tagObject {
+		return nil, errors.New("decode profile: not an object")
+	}
+	m, err := d.object()
+	if err != nil {
+		return nil, fmt.Errorf("decode profile: %w", err)
+	}
+	if d.i != len(d.s) {
+		return nil, errors.New("decode profile: trailing bytes")
+	}
+	return m, nil
+}
+
+type decoder struct {
+	s string
+	i int
+}
+
+var errShort = errors.New("truncated")
+
+func (d *decoder) next() byte {
+	if d.i >= len(d.s) {
+		return 0xFF
+	}
+	c := d.s[d.i]
+	d.i++
+	return c
+}
+
+func (d *decoder) uvarint() (uint64, error) {
+	var x uint64
+	for shift := uint(0); shift < 64; shift += 7 {
+		if d.i >= len(d.s) {
+			return 0, errShort
+		}
+		c := d.s[d.i]
+		d.i++
+		x |= uint64(c&0x7F) << shift
+		if c < 0x80 {
+			return x, nil
+		}
+	}
+	return 0, errors.New("varint overflow")
+}
+
+// length reads a count of items that each take at least one byte, so that
+// a corrupt count cannot make the decoder allocate more than the input.
+func (d *decoder) length() (int, error) {
+	n, err := d.uvarint()
+	if err != nil {
+		return 0, err
+	}
+	if n > uint64(len(d.s)-d.i) {
+		return 0, errShort
+	}
+	return int(n), nil
+}
+
+func (d *decoder) str() (string, error) {
+	n, err := d.length()
+	if err != nil {
+		return "", err
+	}
+	s := d.s[d.i : d.i+n]
+	d.i += n
+	return s, nil
+}
+
+func (d *decoder) object() (map[string]any, error) {
+	n, err := d.length()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]any, n)
+	for range n {
+		k, err := d.str()
+		if err != nil {
+			return nil, err
+		}
+		v, err := d.value()
+		if err != nil {
+			return nil, err
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func (d *decoder) value() (any, error) {
+	switch d.next() {
+	case tagNull:
+		return nil, nil
+	case tagFalse:
+		return false, nil
+	case tagTrue:
+		return true, nil
+	case tagInt:
+		u, err := d.uvarint()
+		if err != nil {
+			return nil, err
+		}
+		// Zig-zag, as binary.AppendVarint writes it.
+		x := int64(u >> 1)
+		if u&1 != 0 {
+			x = ^x
+		}
+		return float64(x), nil
+	case tagFloat:
+		if len(d.s)-d.i < 8 {
+			return nil, errShort
+		}
+		var bits uint64
+		for j := 7; j >= 0; j-- {
+			bits = bits<<8 | uint64(d.s[d.i+j])
+		}
+		d.i += 8
+		return math.Float64frombits(bits), nil
+	case tagString:
+		return d.str()
+	case tagArray:
+		n, err := d.length()
+		if err != nil {
+			return nil, err
+		}
+		a := make([]any, n)
+		for i := range a {
+			if a[i], err = d.value(); err != nil {
+				return nil, err
+			}
+		}
+		return a, nil
+	case tagObject:
+		return d.object()
+	case 0xFF:
+		return nil, errShort
+	}
+	return nil, fmt.Errorf("unknown tag at byte %d", d.i-1)
+}

@@ -1,0 +1,145 @@
+package segment
+
+import (
+	"encoding/json"
+	"math"
+	"reflect"
+	"testing"
+)
+
+func TestProfileCodecRoundTrip(t *testing.T) {
+	cases := map[string]string{
+		"empty":   `{}`,
+		"typical": `{"userId":"u1","tier":"gold","points":1500,"xp":12000.5,"badges":["b0","b1",2,true,null],"email":"ada@example.com","updatedAt":"2024-01-15T10:30:00.123Z","customFields":{"vip":{"level":"gold","since":"2023-06-01T00:00:00Z"},"region":"eu","n":null}}`,
+		"numbers": `{"zero":0,"neg":-42,"big":9007199254740991,"bigger":9007199254740993,"tiny":1e-300,"huge":1.7976931348623157e308,"negbig":-9007199254740991,"frac":-0.5}`,
+		"unicode": `{"name":"Zoë ✓","":"empty key","nested":[[[]],{}]}`,
+	}
+	for name, js := range cases {
+		t.Run(name, func(t *testing.T) {
+			var want Profile
+			if err := json.Unmarshal([]byte(js), &want); err != nil {
+				t.Fatal(err)
+			}
+			b := AppendProfile(nil, want)
+			got, err := DecodeProfile(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("round trip:\n got %#v\nwant %#v", got, want)
+			}
+			fromJSON, err := DecodeProfile([]byte(js))
+			if err != nil || !reflect.DeepEqual(fromJSON, want) {
+				t.Fatalf("JSON profile decoded as %#v, %v", fromJSON, err)
+			}
+		})
+	}
+}
+
+func TestProfileCodecNormalisesGoValues(t *testing.T) {
+	p := Profile{"i": 7, "n": json.Number("2.5"), "s": []string{"a"}, "neg0": math.Copysign(0, -1)}
+	got, err := DecodeProfile(AppendProfile(nil, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Profile{"i": 7.0, "n": 2.5, "s": []any{"a"}, "neg0": math.Copysign(0, -1)}
+	if !math.Signbit(got["neg0"].(float64)) {
+		t.Errorf("-0 lost its sign")
+	}
+	delete(got, "neg0")
+	delete(want, "neg0")
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %#v, want %#v", got, want)
+	}
+}
+
+func TestDecodeProfileRejectsCorruptInput(t *testing.T) {
+	good := AppendProfile(nil, Profile{"a": "xyz", "b": []any{1.0, 2.5}})
+	cases := map[string][]byte{
+		"truncated":   good[:len(good)-3],
+		"trailing":    append(append([]byte{}, good...), 0),
+		"not object":  {profileMagic, tagString, 1, 'x'},
+		"unknown tag": {profileMagic, tagObject, 1, 1, 'k', 0x7E},
+		"huge count":  {profileMagic, tagObject, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F},
+		"bad json":    []byte(`{"a":`),
+		"empty":       nil,
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			if p, err := DecodeProfile(b); err == nil {
+				t.Fatalf("decoded %#v, want an error", p)
+			}
+		})
+	}
+}
+
+// FuzzDecodeProfile checks that any input decodes or fails without
+// panicking, and that whatever decodes encodes back to the same profile.
+func FuzzDecodeProfile(f *testing.F) {
+	f.Add(AppendProfile(nil, Profile{"a": "xyz", "b": []any{1.0, 2.5, nil, true}, "c": map[string]any{"d": false}}))
+	f.Add([]byte(`{"x":[1,{"y":null}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := DecodeProfile(b)
+		if err != nil {
+			return
+		}
+		again, err := DecodeProfile(AppendProfile(nil, p))
+		if err != nil {
+			t.Fatalf("re-encoded profile does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(jsonOf(t, again), jsonOf(t, p)) {
+			t.Fatalf("round trip changed %v into %v", p, again)
+		}
+	})
+}
+
+func jsonOf(t *testing.T, p Profile) string {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return "unmarshalable"
+	}
+	return string(b)
+}
+
+func BenchmarkProfileDecode(b *testing.B) {
+	js, _ := json.Marshal(benchProfile())
+	bin := AppendProfile(nil, benchProfile())
+	b.Run("json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var p Profile
+			if err := json.Unmarshal(js, &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(js)), "bytes")
+	})
+	b.Run("binary", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodeProfile(bin); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(bin)), "bytes")
+	})
+}
+
+func BenchmarkProfileEncode(b *testing.B) {
+	p := benchProfile()
+	b.Run("json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("binary", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf = AppendProfile(buf[:0], p)
+		}
+	})
+}
