@@ -47,7 +47,10 @@ func NewWriter(brokers []string) *kafka.Writer {
 		Addr:         kafka.TCP(brokers...),
 		Balancer:     &kafka.Hash{},
 		RequiredAcks: kafka.RequireAll,
-		BatchSize:    10000,
+		// kafka-go allocates room for BatchSize messages (~150 bytes each)
+		// for every partition batch it starts, however few it holds: a
+		// large value costs megabytes of allocation per small write.
+		BatchSize: 512,
 		// Under the broker's default message.max.bytes (1 MiB), which
 		// bounds one record batch.
 		BatchBytes:             1_000_000,

@@ -74,8 +74,8 @@ type Processor struct {
 	// that no batch runs on definitions older than the revision reported.
 	mu       sync.Mutex
 	inflight int64
-	// stages track the writing and the finishing stage, for Healthy.
-	stages [2]stageState
+	// stages track each stage of the pipeline, for Healthy.
+	stages [3]stageState
 	// carry holds, per user, the outbox entries of batches written but not
 	// yet finished; cmu guards it. A user written again before an earlier
 	// batch has finished keeps those entries in its outbox, so that a crash
@@ -101,7 +101,8 @@ type seqEntry struct {
 
 const (
 	stageWrite = iota
-	stageFinish
+	stageProject
+	stagePublish
 )
 
 // stallAfter is how long one batch may take before the processor reports
@@ -162,15 +163,15 @@ func (p *Processor) Healthy() bool {
 // Run fetches and processes batches until ctx ends; then it finishes and
 // commits the batches in hand, bounded by the shutdown timeout, and returns.
 //
-// A batch goes through two stages. The first decodes, evaluates and writes
-// each user's state (compare-and-set, with the batch's membership diffs in
-// the user's outbox); the second projects the diffs onto the segment sets,
-// schedules timers and publishes the change events and dead letters, then
-// hands the batch to the committer. The second stage of one batch runs
-// while the first stage of the next, so that Redis and Kafka round trips
-// overlap with evaluation. Every stage runs in batch order, and offsets are
-// committed in order once a batch has finished: a commit that is late or
-// lost (a crash, a rebalance) only makes Kafka redeliver events whose effects
+// A batch goes through three stages. The first decodes, evaluates and
+// writes each user's state (compare-and-set, with the batch's membership
+// diffs in the user's outbox); the second projects the diffs onto the
+// segment sets and schedules timers; the third publishes the change events
+// and dead letters, then hands the batch to the committer. Each stage runs
+// on its own goroutine, in batch order, so that one batch's Redis and Kafka
+// round trips overlap with the next one's evaluation. Offsets are committed
+// in order once a batch has been published: a commit that is late or lost
+// (a crash, a rebalance) only makes Kafka redeliver events whose effects
 // are written, which the version check and the outbox turn into nothing or
 // into the same change events again.
 func (p *Processor) Run(ctx context.Context) error {
@@ -187,26 +188,31 @@ func (p *Processor) Run(ctx context.Context) error {
 		defer close(committed)
 		p.commitLoop(work, commits)
 	}()
-	toFinish := make(chan *written, 1)
-	finishErr := make(chan error, 1)
-	finisherDone := make(chan struct{})
+	// The later stages run on goroutines of their own, each in batch order;
+	// a stage that fails for good reports on failed and drains its input so
+	// that the stages before it never block.
+	failed := make(chan error, 2)
+	toPublish := make(chan *written, 1)
+	published := make(chan struct{})
 	go func() {
-		defer close(finisherDone)
+		defer close(published)
 		defer close(commits)
-		for wb := range toFinish {
-			if err := p.retry(work, stageFinish, len(wb.msgs), func(ctx context.Context) error { return p.finish(ctx, wb) }); err != nil {
-				finishErr <- err
-				for range toFinish { // let Run stop without blocking
-				}
-				return
-			}
+		p.runStage(work, stagePublish, toPublish, failed, func(wb *written) {
 			p.markFinished(wb)
 			commits <- wb.msgs
-		}
+		})
+	}()
+	toProject := make(chan *written, 1)
+	projected := make(chan struct{})
+	go func() {
+		defer close(projected)
+		defer close(toPublish)
+		p.runStage(work, stageProject, toProject, failed, func(wb *written) { toPublish <- wb })
 	}()
 	defer func() {
-		close(toFinish)
-		<-finisherDone
+		close(toProject)
+		<-projected
+		<-published
 		select {
 		case <-committed:
 		case <-work.Done():
@@ -232,8 +238,8 @@ func (p *Processor) Run(ctx context.Context) error {
 				return werr
 			}
 			select {
-			case toFinish <- wb:
-			case ferr := <-finishErr:
+			case toProject <- wb:
+			case ferr := <-failed:
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -324,7 +330,26 @@ func (p *Processor) retry(ctx context.Context, stage, size int, op func(context.
 	}, backoff.WithContext(bo, ctx))
 }
 
-var stageNames = [...]string{stageWrite: "write", stageFinish: "finish"}
+var stageNames = [...]string{stageWrite: "write", stageProject: "project", stagePublish: "publish"}
+
+// runStage runs stage on every batch from in, in order, retrying each until
+// it succeeds, and passes it on with next. When a batch cannot be finished
+// (work ended), it reports on failed and drains in.
+func (p *Processor) runStage(work context.Context, stage int, in <-chan *written, failed chan<- error, next func(*written)) {
+	run := p.project
+	if stage == stagePublish {
+		run = p.publish
+	}
+	for wb := range in {
+		if err := p.retry(work, stage, len(wb.msgs), func(ctx context.Context) error { return run(ctx, wb) }); err != nil {
+			failed <- err
+			for range in {
+			}
+			return
+		}
+		next(wb)
+	}
+}
 
 type item struct {
 	msg kafka.Message
@@ -499,11 +524,10 @@ func (p *Processor) markFinished(wb *written) {
 	}
 }
 
-// finish runs the second stage of a written batch: project its changes
-// onto the segment sets, schedule timers, publish change events and dead
-// letters. Each step is idempotent, so a retry repeats nothing but change
-// events with the same ids.
-func (p *Processor) finish(ctx context.Context, wb *written) error {
+// project runs the second stage of a written batch: project its changes
+// onto the segment sets, where campaign services read them, and schedule
+// timers. Both are idempotent, so a retry changes nothing twice.
+func (p *Processor) project(ctx context.Context, wb *written) error {
 	m := p.cfg.Metrics
 	step := m.stepTimer()
 	if err := p.cfg.Users.Project(ctx, wb.projections); err != nil {
@@ -512,6 +536,9 @@ func (p *Processor) finish(ctx context.Context, wb *written) error {
 	}
 	step("project")
 	projected := p.cfg.Now()
+	for _, t := range wb.occurred {
+		m.observeLatency(t, projected)
+	}
 	if p.cfg.Scheduler != nil && len(wb.due) > 0 {
 		if err := p.cfg.Scheduler.Schedule(ctx, wb.due); err != nil {
 			m.redisError()
@@ -519,6 +546,14 @@ func (p *Processor) finish(ctx context.Context, wb *written) error {
 		}
 	}
 	step("schedule")
+	return nil
+}
+
+// publish runs the last stage of a batch: publish its change events and
+// dead letters. A retry repeats change events with the same ids.
+func (p *Processor) publish(ctx context.Context, wb *written) error {
+	m := p.cfg.Metrics
+	step := m.stepTimer()
 	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(wb.changes)+len(wb.dlq)), p.cfg.MembershipTopic, wb.changes)
 	out = append(out, wb.dlq...)
 	if len(out) > 0 {
@@ -528,9 +563,6 @@ func (p *Processor) finish(ctx context.Context, wb *written) error {
 		}
 	}
 	step("publish")
-	for _, t := range wb.occurred {
-		m.observeLatency(t, projected)
-	}
 	m.countChanges(wb.changes)
 	m.countDLQ(len(wb.dlq))
 	return nil
