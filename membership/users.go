@@ -231,30 +231,48 @@ type Projection struct {
 // The stream, backfills and timers each project what their own writes
 // decided, in no common order; the revision makes the newest decision win
 // whatever order the projections arrive in. Equal revisions come from one
-// write and apply in order.
+// write and apply in order. One call carries every projection of a batch
+// onto one segment (ARGV holds user, revision, 1|0 triples): the keys share
+// the segment's hash tag, so this holds on Redis Cluster too.
 var projectScript = redis.NewScript(`
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) < cur then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if ARGV[3] == '1' then redis.call('SADD', KEYS[1], ARGV[1]) else redis.call('SREM', KEYS[1], ARGV[1]) end
-return 1
+local n = 0
+for i = 1, #ARGV, 3 do
+  local user, rev = ARGV[i], tonumber(ARGV[i + 1])
+  local cur = tonumber(redis.call('HGET', KEYS[2], user) or '-1')
+  if rev >= cur then
+    redis.call('HSET', KEYS[2], user, rev)
+    if ARGV[i + 2] == '1' then redis.call('SADD', KEYS[1], user) else redis.call('SREM', KEYS[1], user) end
+    n = n + 1
+  end
+end
+return n
 `)
 
 // Project mirrors changes onto the public per-segment sets in one pipelined
-// round trip. It is idempotent, so projecting again after a crash changes
-// nothing, and an older decision never overwrites a newer one.
+// round trip, one script call per segment. It is idempotent, so projecting
+// again after a crash changes nothing, and an older decision never
+// overwrites a newer one.
 func (u *Users) Project(ctx context.Context, ps []Projection) error {
 	if len(ps) == 0 {
 		return nil
 	}
-	calls := make([]scriptCall, len(ps))
-	for i, p := range ps {
+	type segKey struct{ org, seg string }
+	bySeg := map[segKey]int{}
+	var calls []scriptCall
+	for _, p := range ps {
 		c := p.Change
+		k := segKey{c.OrgID, c.SegmentID}
+		i, ok := bySeg[k]
+		if !ok {
+			i = len(calls)
+			bySeg[k] = i
+			calls = append(calls, scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID)}})
+		}
 		in := "0"
 		if c.Entered {
 			in = "1"
 		}
-		calls[i] = scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID)}, args: []any{c.UserID, p.Rev, in}}
+		calls[i].args = append(calls[i].args, c.UserID, p.Rev, in)
 	}
 	for _, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
 		if err := cmd.Err(); err != nil {

@@ -290,6 +290,7 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	}
 	drain(b, r.brokers, r.group, r.profile, int64(users), time.Now())
 	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
+	resetProc := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
 	b.ResetTimer()
 	const every = 10 * time.Millisecond
 	per := rate * int(every) / int(time.Second)
@@ -317,6 +318,9 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	b.ReportMetric(float64(rate), "events/s-offered")
 	b.ReportMetric(p50*1000, "p50-ms")
 	b.ReportMetric(p99*1000, "p99-ms")
+	hp := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
+	b.ReportMetric(quantile(hp, resetProc, 0.5)*1000, "in-segmentd-p50-ms")
+	b.ReportMetric(quantile(hp, resetProc, 0.99)*1000, "in-segmentd-p99-ms")
 	logSteps(b, r.reg)
 }
 

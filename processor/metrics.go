@@ -15,6 +15,7 @@ type Metrics struct {
 	changes     *prometheus.CounterVec
 	batchSize   prometheus.Histogram
 	latency     prometheus.Histogram
+	processing  prometheus.Histogram
 	lag         prometheus.Gauge
 	steps       *prometheus.HistogramVec
 	redisErrors prometheus.Counter
@@ -43,9 +44,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "segmentd_event_latency_seconds",
-			Help: "Time from a profile event's occurredAt to its Redis write.",
+			Help: "Time from a profile event's occurredAt to the write of its memberships to the segment sets.",
 			// Fine buckets (about 20% apart) so that p50 and p99 read off
 			// the histogram are close to the truth.
+			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
+		}),
+		processing: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "segmentd_event_processing_seconds",
+			Help:    "Time from fetching a profile event from Kafka to the write of its memberships to the segment sets: the part of segmentd_event_latency_seconds spent in segmentd.",
 			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -66,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed Kafka produce or commit operations of the processor.",
 		}),
 	}
-	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.lag, m.steps, m.redisErrors, m.kafkaErrors)
+	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors)
 	return m
 }
 
@@ -97,10 +103,16 @@ func (m *Metrics) observeBatch(n int) {
 	}
 }
 
-func (m *Metrics) observeLatency(occurred, now time.Time) {
-	if m != nil && !occurred.IsZero() {
+// observeLatency records, for one event that changed a user, the time
+// since it occurred and since it was fetched.
+func (m *Metrics) observeLatency(occurred, fetched, now time.Time) {
+	if m == nil {
+		return
+	}
+	if !occurred.IsZero() {
 		m.latency.Observe(now.Sub(occurred).Seconds())
 	}
+	m.processing.Observe(now.Sub(fetched).Seconds())
 }
 
 func (m *Metrics) countResults(r userResult) {

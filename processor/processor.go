@@ -221,11 +221,12 @@ func (p *Processor) Run(ctx context.Context) error {
 	}()
 	for {
 		batch, err := p.fetch(ctx)
+		fetched := time.Now()
 		if len(batch) > 0 {
 			var wb *written
 			werr := p.retry(work, stageWrite, len(batch), func(ctx context.Context) error {
 				var err error
-				wb, err = p.write(ctx, batch)
+				wb, err = p.write(ctx, batch, fetched)
 				return err
 			})
 			if st, ok := p.cfg.Fetcher.(interface{ Stats() kafka.ReaderStats }); ok {
@@ -367,6 +368,7 @@ type userWork struct {
 // finished.
 type written struct {
 	seq         uint64
+	fetched     time.Time
 	msgs        []kafka.Message
 	changes     []events.Change
 	projections []membership.Projection
@@ -384,13 +386,13 @@ const maxConflicts = 5
 // each user's state (compare-and-set per user). A crash after it is
 // repaired by redelivery: written users carry the batch's diffs in their
 // outbox and replay them.
-func (p *Processor) write(ctx context.Context, batch []kafka.Message) (*written, error) {
+func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched time.Time) (*written, error) {
 	m := p.cfg.Metrics
 	now := p.cfg.Now()
 	m.observeBatch(len(batch))
 	step := m.stepTimer()
 	p.seq++
-	wb := &written{seq: p.seq, msgs: batch}
+	wb := &written{seq: p.seq, msgs: batch, fetched: fetched}
 	order := []*userWork{}
 	byUser := map[membership.UserRef]*userWork{}
 	decoded := decodeAll(batch)
@@ -537,7 +539,7 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 	step("project")
 	projected := p.cfg.Now()
 	for _, t := range wb.occurred {
-		m.observeLatency(t, projected)
+		m.observeLatency(t, wb.fetched, projected)
 	}
 	if p.cfg.Scheduler != nil && len(wb.due) > 0 {
 		if err := p.cfg.Scheduler.Schedule(ctx, wb.due); err != nil {

@@ -1,0 +1,51 @@
+package membership_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+// TestProjectNewestDecisionWins projects decisions onto two segments in
+// several calls and orders: for each user the decision of the highest
+// revision stands, and decisions of one revision apply in order.
+func TestProjectNewestDecisionWins(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		users := membership.NewUsers(rdb)
+		proj := func(seg, user string, rev int64, entered bool) membership.Projection {
+			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: entered}, Rev: rev}
+		}
+		calls := [][]membership.Projection{
+			{
+				proj("a", "u1", 2, true), proj("b", "u1", 2, true),
+				proj("a", "u2", 5, true), proj("a", "u2", 5, false), // one write: in order
+				proj("a", "u3", 1, true),
+			},
+			{
+				proj("a", "u1", 1, false), // older than what is there: ignored
+				proj("b", "u1", 3, false), // newer: applied
+				proj("a", "u3", 4, false), proj("a", "u3", 3, true), // newest first in one call
+				proj("b", "u4", 7, true),
+			},
+			{proj("a", "u2", 5, true), proj("a", "u2", 5, false)}, // a replay of u2's write: same end
+		}
+		for _, c := range calls {
+			if err := users.Project(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for seg, want := range map[string]string{"a": "u1", "b": "u4"} {
+			if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, seg)), ","); got != want {
+				t.Errorf("members of %s = %q, want %q", seg, got, want)
+			}
+		}
+	})
+}
