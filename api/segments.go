@@ -362,6 +362,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 		case d.Type == segment.TypeDynamic && !sameCriteria(before.Criteria, d.Criteria):
 			d.Generation++
 			d.Status = segment.StatusBuilding
+			d.BackfillScanned = 0
 		case d.Type == segment.TypeStatic && b.UserIDs != nil:
 			// Every list change moves the generation, so that the same
 			// request made again later is told apart from a retry.

@@ -42,6 +42,9 @@ func TestDynamicSegmentCRUD(t *testing.T) {
 		if _, ok := seg["userIds"]; ok {
 			t.Error("a dynamic segment shows userIds")
 		}
+		if p, _ := seg["progress"].(map[string]any); p == nil || p["usersScanned"] != 0.0 {
+			t.Errorf("progress = %v while building, want usersScanned 0", seg["progress"])
+		}
 		for _, k := range []string{"createdAt", "updatedAt"} {
 			if _, err := time.Parse(time.RFC3339, str(seg[k])); err != nil {
 				t.Errorf("%s = %v: %v", k, seg[k], err)
@@ -564,4 +567,31 @@ func (a *testAPI) routesNeedingAuth() [][2]string {
 		}
 	}
 	return out
+}
+
+// TestBuildingSegmentShowsProgress checks that a building segment shows how
+// far its backfill has come, and a ready one shows nothing.
+func TestBuildingSegmentShowsProgress(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	defs := membership.NewDefinitions(rdb)
+	id := str(a.as("POST", "/v1/segments", dynamicBody("building")).mustStatus(t, http.StatusCreated).body["id"])
+	if err := defs.SetBackfillProgress(context.Background(), a.org, id, 1, 1234); err != nil {
+		t.Fatal(err)
+	}
+	got := a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK).body
+	if p, _ := got["progress"].(map[string]any); p == nil || p["usersScanned"] != 1234.0 {
+		t.Errorf("progress = %v, want usersScanned 1234", got["progress"])
+	}
+	// Progress of another generation is not recorded.
+	if err := defs.SetBackfillProgress(context.Background(), a.org, id, 2, 99); err != nil {
+		t.Fatal(err)
+	}
+	if err := defs.MarkReady(context.Background(), a.org, id, 1); err != nil {
+		t.Fatal(err)
+	}
+	got = a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK).body
+	if _, ok := got["progress"]; ok || got["status"] != "ready" {
+		t.Errorf("ready segment shows status %v, progress %v", got["status"], got["progress"])
+	}
 }

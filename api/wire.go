@@ -246,6 +246,7 @@ type segmentJSON struct {
 	EstimatedSize int64         `json:"estimatedSize"`
 	Size          int64         `json:"size"`
 	Status        string        `json:"status"`
+	Progress      *progressJSON `json:"progress,omitempty"`
 	CreatedAt     string        `json:"createdAt"`
 	UpdatedAt     string        `json:"updatedAt"`
 }
@@ -304,6 +305,11 @@ func optString(s string) *string {
 	return &s
 }
 
+// progressJSON is how far the backfill of a building segment has come.
+type progressJSON struct {
+	UsersScanned int64 `json:"usersScanned"`
+}
+
 // segmentOut shows d with its exact size. userIDs is the list of a static
 // segment, nil to leave it out.
 func segmentOut(d segment.Definition, size int64, userIDs []string) segmentJSON {
@@ -315,6 +321,9 @@ func segmentOut(d segment.Definition, size int64, userIDs []string) segmentJSON 
 	switch d.Type {
 	case segment.TypeDynamic:
 		out.Criteria = criteriaOut(d.Criteria)
+		if d.Status == segment.StatusBuilding {
+			out.Progress = &progressJSON{UsersScanned: d.BackfillScanned}
+		}
 	case segment.TypeStatic:
 		if userIDs != nil {
 			ids := slices.Clone(userIDs)

@@ -411,6 +411,7 @@ func (s *Definitions) MarkReady(ctx context.Context, org, id string, generation 
 			return ErrUnchanged
 		}
 		d.Status = segment.StatusReady
+		d.BackfillScanned = 0
 		return nil
 	})
 	return err
@@ -427,6 +428,20 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 		d.Status = segment.StatusDeleting
 		return nil
 	})
+}
+
+// SetBackfillProgress records how many users the backfill of generation
+// has scanned, while the segment builds that generation. Like the
+// estimate, it does not move the revision.
+func (s *Definitions) SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error {
+	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
+		if d.Generation != generation || d.Status != segment.StatusBuilding || d.BackfillScanned == scanned {
+			return ErrUnchanged
+		}
+		d.BackfillScanned = scanned
+		return nil
+	})
+	return err
 }
 
 // SetEstimatedSize records a segment's estimated size. It does not move the
@@ -524,6 +539,7 @@ type storedDefinition struct {
 	Criteria      *storedCriteria `json:"criteria,omitempty"`
 	Status        string          `json:"status"`
 	EstimatedSize int64           `json:"estimatedSize"`
+	Scanned       int64           `json:"backfillScanned,omitempty"`
 	Generation    int64           `json:"generation"`
 	CreatedAt     time.Time       `json:"createdAt"`
 	UpdatedAt     time.Time       `json:"updatedAt"`
@@ -545,7 +561,7 @@ type storedCriterion struct {
 func encodeDefinition(d segment.Definition) (string, error) {
 	w := storedDefinition{
 		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
-		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize,
+		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned,
 		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
 	if d.Type == segment.TypeDynamic || len(d.Criteria.Include)+len(d.Criteria.Exclude) > 0 {
@@ -583,7 +599,7 @@ func decodeDefinition(raw string) (segment.Definition, error) {
 	d := segment.Definition{
 		ID: w.ID, OrgID: w.OrgID, Name: w.Name, Description: w.Description, URL: w.URL,
 		Type: segment.Type(w.Type), Status: segment.Status(w.Status), EstimatedSize: w.EstimatedSize,
-		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt,
+		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned,
 	}
 	if w.Criteria != nil {
 		var err error

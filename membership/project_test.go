@@ -30,8 +30,8 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 				proj("a", "u3", 1, true),
 			},
 			{
-				proj("a", "u1", 1, false), // older than what is there: ignored
-				proj("b", "u1", 3, false), // newer: applied
+				proj("a", "u1", 1, false),                           // older than what is there: ignored
+				proj("b", "u1", 3, false),                           // newer: applied
 				proj("a", "u3", 4, false), proj("a", "u3", 3, true), // newest first in one call
 				proj("b", "u4", 7, true),
 			},

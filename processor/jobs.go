@@ -35,6 +35,7 @@ type JobDefinitions interface {
 	All(ctx context.Context) ([]segment.Definition, error)
 	MarkReady(ctx context.Context, org, id string, generation int64) error
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
+	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
 }
 
 // Sizer counts segment members.
@@ -73,9 +74,12 @@ type JobsConfig struct {
 	EstimateInterval time.Duration
 	// TimerInterval is how often due timers are fired (default 1 s).
 	TimerInterval time.Duration
-	Registerer    prometheus.Registerer
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// ProgressInterval is how often a backfill records its progress in the
+	// segment's definition, where the API shows it (default 500 ms).
+	ProgressInterval time.Duration
+	Registerer       prometheus.Registerer
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 // Jobs runs what follows definitions and time: the heartbeat, backfills of
@@ -98,6 +102,9 @@ func NewJobs(cfg JobsConfig) *Jobs {
 	}
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = 500 * time.Millisecond
 	}
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
@@ -246,9 +253,19 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			}
 		}()
 	}
+	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
 		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second); err != nil || !ok {
 			return fmt.Errorf("backfill lease lost: %v", err)
+		}
+		if time.Since(lastReport) >= j.cfg.ProgressInterval {
+			lastReport = time.Now()
+			mu.Lock()
+			n := scanned
+			mu.Unlock()
+			if err := j.cfg.Definitions.SetBackfillProgress(ctx, org, cs.Def.ID, cs.Def.Generation, int64(n)); err != nil {
+				j.cfg.Logger.Warn("backfill progress", "org", org, "segment", cs.Def.ID, "err", err)
+			}
 		}
 		select {
 		case err := <-errs:

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -50,7 +51,7 @@ func (r *rig) startAll(t *testing.T) {
 		InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
 		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Registry: reg, Processor: p,
-		EstimateInterval: time.Second, Registerer: prometheus.NewRegistry(), Logger: log,
+		EstimateInterval: time.Second, ProgressInterval: time.Millisecond, Registerer: prometheus.NewRegistry(), Logger: log,
 	})
 	var wg sync.WaitGroup
 	for _, f := range []func(context.Context) error{reg.Run, p.Run, jobs.Run} {
@@ -187,8 +188,26 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Watch the progress the segment shows while it builds.
+	var seen []int64
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			cur, err := r.defs.Get(context.Background(), r.org, d.ID)
+			if err != nil || cur.Status != segment.StatusBuilding {
+				return
+			}
+			seen = append(seen, cur.BackfillScanned)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
 	<-done
 	r.waitReady(t, d.ID, 3*time.Minute)
+	<-watched
+	if len(seen) == 0 || slices.Max(seen) <= 0 || slices.Max(seen) > users || !slices.IsSorted(seen) {
+		t.Errorf("progress seen while building: %v; want rising values in (0, %d]", seen, users)
+	}
 	r.waitPoints(t, points, 3*time.Minute)
 	r.verifyClean(t)
 	want := 0
@@ -199,6 +218,20 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 	}
 	if n, err := r.rdb.SCard(context.Background(), membership.SegmentMembersKey(r.org, d.ID)).Result(); err != nil || int(n) != want {
 		t.Fatalf("size = %d (%v), want %d", n, err, want)
+	}
+	// The estimate catches up with the exact size within a few refreshes
+	// (one per second here).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		cur, err := r.defs.Get(context.Background(), r.org, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.EstimatedSize == int64(want) && cur.BackfillScanned == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("estimatedSize = %d, backfillScanned = %d 10 s after ready; want %d and 0", cur.EstimatedSize, cur.BackfillScanned, want)
+		}
 	}
 
 	// Change the criteria of the live segment, again under a stream of patches.

@@ -80,6 +80,10 @@ type Definition struct {
 	// the background for dynamic segments and is the list length for static
 	// ones.
 	EstimatedSize int64
+	// BackfillScanned is how many stored users the backfill of the current
+	// generation has evaluated so far; it means something only while the
+	// segment is building.
+	BackfillScanned int64
 	// Generation is bumped whenever the criteria (or the static list)
 	// change, so that work computed for older criteria, such as a backfill,
 	// can tell that it is stale and must not mark the segment ready.
