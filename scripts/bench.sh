@@ -17,6 +17,9 @@ section "criteria: one compiled 5-criterion segment against segmentd, cel-go and
 section "field index against evaluating every segment (1,000 segments, one patch)"
 go test -run '^$' -bench 'BenchmarkAffectedSegments' -benchmem -count 5 ./processor/
 
+section "stored profile: binary encoding against JSON, decode and encode"
+go test -run '^$' -bench 'BenchmarkProfile' -benchmem -count 5 ./segment/
+
 section "baseline: redis-benchmark SADD, pipelined 16 deep, 1 and 50 clients"
 rb() { redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -q "$@" | tr '\r' '\n' | grep 'requests per second'; }
 printf 'pipelined 16 deep, 1 client:   '; rb -n 1000000 -P 16 -c 1
@@ -26,7 +29,7 @@ printf 'no pipelining, 1 client:       '; rb -n 200000 -c 1
 section "end to end: 100,000 users, 1,000 segments, bare consumer beside it"
 go test -run '^$' -bench 'BenchmarkEndToEnd$' -benchtime 1x -timeout 30m ./processor/
 
-section "latency from occurredAt to the Redis write at ${SEGMENTD_BENCH_RATE:-8400} events/s"
+section "latency from occurredAt to the segment sets at ${SEGMENTD_BENCH_RATE:-13600} events/s"
 go test -run '^$' -bench 'BenchmarkLatencyAtHalfRate$' -benchtime 1x -timeout 30m ./processor/
 
 section "backfill and audience over ${SEGMENTD_BENCH_PROFILES:-1000000} stored profiles; memory per profile and membership"
