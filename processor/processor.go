@@ -210,6 +210,9 @@ func (p *Processor) Run(ctx context.Context) error {
 		p.runStage(work, stageProject, toProject, failed, func(wb *written) { toPublish <- wb })
 	}()
 	defer func() {
+		// Also when Run returns for an error of its own, with ctx alive.
+		t := time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork)
+		defer t.Stop()
 		close(toProject)
 		<-projected
 		<-published
