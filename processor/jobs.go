@@ -505,14 +505,8 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 }
 
 // refreshEstimates copies each segment's exact size into estimatedSize,
-// once per interval across all instances.
+// once per interval and organisation across all instances.
 func (j *Jobs) refreshEstimates(ctx context.Context) {
-	// The lease is never released, and a fresh owner each time means no one
-	// extends it: it simply lets one refresh through per interval.
-	ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates", j.cfg.InstanceID+fmt.Sprint(j.cfg.Now().UnixNano()), j.cfg.EstimateInterval)
-	if err != nil || !ok {
-		return
-	}
 	defs, err := j.cfg.Definitions.All(ctx)
 	if err != nil {
 		j.cfg.Logger.Warn("refresh estimates", "err", err)
@@ -522,7 +516,15 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 	for _, d := range defs {
 		byOrg[d.OrgID] = append(byOrg[d.OrgID], d.ID)
 	}
+	owner := j.cfg.InstanceID + fmt.Sprint(j.cfg.Now().UnixNano())
 	for org, ids := range byOrg {
+		// The lease is never released, and a fresh owner each time means no
+		// one extends it: it lets one refresh of the organisation through
+		// per interval, on whichever instance comes first.
+		ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates:"+org, owner, j.cfg.EstimateInterval)
+		if err != nil || !ok {
+			continue
+		}
 		sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
 		if err != nil {
 			j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
