@@ -19,17 +19,20 @@ type Amend struct {
 	Entry                    OutboxEntry
 }
 
+// The script is on every backfilled change, so it makes as few calls as it
+// can: one read of revision and outbox, the profile's length (a deleted
+// user has an empty one) rather than the profile, one write.
 const amendScript = `
-local rev = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+local h = redis.call('HMGET', KEYS[1], 'r', 'o')
+local rev = tonumber(h[1] or '0')
 if rev ~= tonumber(ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[1], 'p') == '' then return 0 end
-redis.call('HSET', KEYS[1], 'r', rev + 1)
-if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
-local o = redis.call('HGET', KEYS[1], 'o')
+if redis.call('HSTRLEN', KEYS[1], 'p') == 0 then return 0 end
+local o = h[2]
 -- An outbox in the former JSON form cannot take a binary entry; it is
 -- replaced, which only matters during an upgrade.
 if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
-redis.call('HSET', KEYS[1], 'o', o .. ARGV[4])
+redis.call('HSET', KEYS[1], 'r', rev + 1, 'o', o .. ARGV[4])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
 `
 

@@ -105,8 +105,8 @@ if deleted then
   return 1
 end
 local n = tonumber(ARGV[6])
-for i = 7, 6 + n do redis.call('SADD', KEYS[2], ARGV[i]) end
-for i = 7 + n, #ARGV do redis.call('SREM', KEYS[2], ARGV[i]) end
+if n > 0 then redis.call('SADD', KEYS[2], unpack(ARGV, 7, 6 + n)) end
+if #ARGV > 6 + n then redis.call('SREM', KEYS[2], unpack(ARGV, 7 + n, #ARGV)) end
 return 1
 `
 
