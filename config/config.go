@@ -59,7 +59,7 @@ var Vars = []Var{
 	{"SEGMENTD_GROUP_ID", "segmentd", "consumer group"},
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "1000", "most profile events per processing batch"},
-	{"SEGMENTD_BATCH_WAIT", "5ms", "how long a batch waits to fill"},
+	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},

@@ -19,7 +19,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.HTTPAddr != "127.0.0.1:8080" || c.ProfileTopic != "profile-events" || c.MembershipTopic != "segment-membership" ||
-		c.DLQTopic != "profile-events-dlq" || c.GroupID != "segmentd" || !c.Embedded() || c.BatchWait != 5*time.Millisecond {
+		c.DLQTopic != "profile-events-dlq" || c.GroupID != "segmentd" || !c.Embedded() || c.BatchWait != time.Millisecond {
 		t.Fatalf("defaults: %+v", c)
 	}
 }

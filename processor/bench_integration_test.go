@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,9 @@ type benchRig struct {
 }
 
 func newBenchRig(b *testing.B) *benchRig {
+	// As cmd/segmentd runs the processor.
+	old := debug.SetGCPercent(processor.GCPercent)
+	b.Cleanup(func() { debug.SetGCPercent(old) })
 	r := &rig{brokers: testenv.Kafka(b), rdb: testenv.RedisClient(b), org: testenv.UniqueName(b, "bench")}
 	r.profile = testenv.UniqueName(b, "profiles")
 	r.membershipT = testenv.UniqueName(b, "membership")
@@ -101,7 +105,7 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	writer := kafkaio.NewWriter(r.brokers)
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
-		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: 5 * time.Millisecond,
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: time.Millisecond,
 		Metrics: processor.NewMetrics(r.reg), Logger: log,
 	})
 	var wg sync.WaitGroup
