@@ -262,14 +262,14 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 13,600/s: half the measured maximum of
+// (SEGMENTD_BENCH_RATE, default 15,900/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
 // sets, and of the part of it from the Kafka fetch on.
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
-	rate := 13600
+	rate := 15900
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_RATE")); err == nil && v > 0 {
 		rate = v
 	}
