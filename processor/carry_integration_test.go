@@ -84,3 +84,56 @@ func TestUnfinishedBatchKeepsItsOutbox(t *testing.T) {
 		t.Errorf("members = %q, want u1", g)
 	}
 }
+
+// TestStreamKeepsRecentAmendEntries writes a user as a backfill does (an
+// amend with its outbox entry) and stops there, as a backfill that dies
+// before publishing; then a profile event writes the user. The amend's
+// entry must survive that write, so that the retried backfill finds it and
+// publishes the change it made.
+func TestStreamKeepsRecentAmendEntries(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	gold := r.segment(t, "gold", segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}})
+	r.start(t)
+	o := r.org
+	ctx := context.Background()
+	ref := []membership.UserRef{{OrgID: o, UserID: "u1"}}
+	waitVersion := func(v int64) membership.UserState {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			states, err := r.users.Load(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if states[0].Version == v {
+				return states[0]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("version %d not written within 30 s: stored %d", v, states[0].Version)
+			}
+		}
+	}
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"silver","points":1200}}`)
+	st := waitVersion(1)
+
+	// The backfill's write, and nothing after it.
+	entry := membership.OutboxEntry{EventID: "segment:" + gold + ":1", CauseType: events.CauseSegment, AtMillis: time.Now().UnixMilli(), Rev: st.Rev + 1,
+		Changes: []membership.OutboxChange{{SegmentID: gold, Entered: true}}}
+	applied, err := r.users.Amend(ctx, []membership.Amend{{OrgID: o, UserID: "u1", SegmentID: gold, ExpectRev: st.Rev, Entered: true, Entry: entry}})
+	if err != nil || !applied[0] {
+		t.Fatalf("amend applied %v, %v", applied, err)
+	}
+
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":1300}}`)
+	st = waitVersion(2)
+	var ids []string
+	for _, e := range st.Outbox {
+		ids = append(ids, e.EventID)
+	}
+	if !slices.Contains(ids, entry.EventID) || !slices.Contains(ids, "e2") {
+		t.Fatalf("outbox after the stream's write holds %q, want the backfill's %q and e2", ids, entry.EventID)
+	}
+	if !slices.Contains(st.Segments, gold) {
+		t.Errorf("segments %q lost the backfill's %s", st.Segments, gold)
+	}
+}

@@ -484,7 +484,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			wb.dlq = append(wb.dlq, r.dlq...)
 			m.countResults(r)
 			if r.write != nil {
-				p.keepCarried(wb.seq, w.ref, r.write.Outbox[len(w.carried):])
+				p.keepCarried(wb.seq, w.ref, r.write.Outbox[r.firstNew:])
 				for _, it := range w.items {
 					wb.occurred = append(wb.occurred, it.ev.OccurredAt)
 				}
@@ -647,6 +647,9 @@ type userResult struct {
 	due                          []membership.Due
 	dlq                          []kafka.Message
 	applied, duplicate, replayed int
+	// firstNew is where this batch's entries start in write.Outbox, after
+	// those kept from earlier writes.
+	firstNew int
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
@@ -662,9 +665,13 @@ func (r *userResult) add(cs []events.Change, rev int64) {
 func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserState, now time.Time) userResult {
 	var res userResult
 	org := snap.Org(w.ref.OrgID)
+	// Only the stream's own entries replay profile events; entries of
+	// backfills and timers stay in the outbox for a while (see keepAmends).
 	inOutbox := make(map[string]membership.OutboxEntry, len(st.Outbox))
 	for _, e := range st.Outbox {
-		inOutbox[e.EventID] = e
+		if e.CauseType == "" || e.CauseType == events.CauseProfile {
+			inOutbox[e.EventID] = e
+		}
 	}
 	cur := make(map[string]bool, len(st.Segments))
 	for _, s := range st.Segments {
@@ -693,8 +700,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	deleted := st.Deleted
 	version := st.Version
-	// Entries of this user's unfinished batches stay until those finish.
-	outbox := slices.Clone(w.carried)
+	// Entries of this user's unfinished batches stay until those finish,
+	// and recent entries of backfills and timers until they are surely
+	// published.
+	outbox := keepAmends(slices.Clone(w.carried), st.Outbox, now)
+	res.firstNew = len(outbox)
 	wrote := false
 	timed := false // a time-relative segment was evaluated: the user's timer may move
 	for _, it := range w.items {
@@ -797,6 +807,25 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	res.write = uw
 	return res
+}
+
+// amendGrace is how long an entry a backfill or a timer appended to a
+// user's outbox is kept through the user's stream writes: a backfill or
+// timer that dies between its write and its publishing is retried (its
+// lease runs out after 30 s) and finds the entry to publish from, well
+// within it.
+const amendGrace = 10 * time.Minute
+
+// keepAmends appends to outbox the entries of loaded made by backfills and
+// timers in the last amendGrace.
+func keepAmends(outbox, loaded []membership.OutboxEntry, now time.Time) []membership.OutboxEntry {
+	since := now.Add(-amendGrace).UnixMilli()
+	for _, e := range loaded {
+		if e.CauseType != "" && e.CauseType != events.CauseProfile && e.AtMillis >= since {
+			outbox = append(outbox, e)
+		}
+	}
+	return outbox
 }
 
 func (p *Processor) outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
