@@ -53,6 +53,8 @@ func TestDecodeProfileEvent(t *testing.T) {
 		"bad occurredAt":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
 		"bad path":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
 		"empty changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
+		"changes not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
+		"not a string eventId": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: ""},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -115,6 +117,23 @@ func TestEncodeChangeEscapes(t *testing.T) {
 			}
 			if d.UserID != user || d.EventID != c.EventID() || d.Cause != c.Cause {
 				t.Fatalf("round trip of %s: %+v", b, d)
+			}
+		})
+	}
+}
+
+func BenchmarkDecodeProfileEvent(b *testing.B) {
+	cases := map[string]string{
+		"patch":   `{"eventId":"evt_7f3a","type":"profile.updated","orgId":"acme","userId":"u_8f14e45f","version":12,"occurredAt":"2026-11-25T17:00:00.123Z","changes":{"points":1100,"updatedAt":"2026-11-25T17:00:00Z","customFields.f7":60}}`,
+		"profile": `{"eventId":"evt_7f3b","type":"profile.updated","orgId":"acme","userId":"u_8f14e45f","version":13,"occurredAt":"2026-11-25T17:00:00.123Z","profile":{"tier":"gold","points":1500,"xp":12000,"coins":250,"badges":["b0","b1","b2"],"email":"ada@example.com","createdAt":"2023-01-10T08:00:00Z","updatedAt":"2024-01-15T10:30:00.123Z","customFields":{"vip":{"level":"gold"},"region":"eu","cohort":7}}}`,
+	}
+	for name, v := range cases {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := DecodeProfileEvent([]byte(v)); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}

@@ -64,8 +64,11 @@ type profileWire struct {
 	UserID     string          `json:"userId"`
 	Version    json.RawMessage `json:"version"`
 	OccurredAt string          `json:"occurredAt"`
-	Profile    json.RawMessage `json:"profile"`
-	Changes    json.RawMessage `json:"changes"`
+	// Profile and Changes are decoded in the same pass as the rest: a
+	// second pass over them costs a fifth of an event's decoding. Absent
+	// and null both leave them nil.
+	Profile map[string]any `json:"profile"`
+	Changes map[string]any `json:"changes"`
 }
 
 // MaxIDLength bounds user and event ids.
@@ -77,6 +80,15 @@ const MaxIDLength = 256
 func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	var w profileWire
 	if err := json.Unmarshal(value, &w); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			switch te.Field {
+			case "profile":
+				return ProfileEvent{}, &InvalidError{"profile", "must be a JSON object"}
+			case "changes":
+				return ProfileEvent{}, &InvalidError{"changes", "must be a JSON object of dotted paths"}
+			}
+		}
 		return ProfileEvent{}, &InvalidError{Reason: "not a JSON object: " + err.Error()}
 	}
 	ev := ProfileEvent{EventID: w.EventID, Type: w.Type, OrgID: w.OrgID, UserID: w.UserID}
@@ -117,7 +129,7 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		}
 		ev.OccurredAt = t
 	}
-	hasProfile, hasChanges := present(w.Profile), present(w.Changes)
+	hasProfile, hasChanges := w.Profile != nil, w.Changes != nil
 	if ev.Type == ProfileDeleted {
 		return ev, nil
 	}
@@ -127,13 +139,9 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	case !hasProfile && !hasChanges:
 		return ProfileEvent{}, &InvalidError{"profile", "one of profile or changes is required"}
 	case hasProfile:
-		if err := json.Unmarshal(w.Profile, &ev.Profile); err != nil || ev.Profile == nil {
-			return ProfileEvent{}, &InvalidError{"profile", "must be a JSON object"}
-		}
+		ev.Profile = w.Profile
 	default:
-		if err := json.Unmarshal(w.Changes, &ev.Changes); err != nil || ev.Changes == nil {
-			return ProfileEvent{}, &InvalidError{"changes", "must be a JSON object of dotted paths"}
-		}
+		ev.Changes = w.Changes
 		if len(ev.Changes) == 0 {
 			return ProfileEvent{}, &InvalidError{"changes", "must not be empty"}
 		}
@@ -144,11 +152,6 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		}
 	}
 	return ev, nil
-}
-
-func present(raw json.RawMessage) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && !bytes.Equal(raw, []byte("null"))
 }
 
 func checkID(field, s string) error {
