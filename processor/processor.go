@@ -77,10 +77,10 @@ type Processor struct {
 	// stages track each stage of the pipeline, for Healthy.
 	stages [3]stageState
 	// carry holds, per user, the outbox entries of batches written but not
-	// yet finished; cmu guards it. A user written again before an earlier
-	// batch has finished keeps those entries in its outbox, so that a crash
-	// still finds them to replay. finished is the sequence number of the
-	// last finished batch.
+	// yet published (finished); cmu guards it. A user written again before
+	// an earlier batch has finished keeps those entries in its outbox, so
+	// that a crash still finds them to replay. finished is the sequence
+	// number of the last finished batch; seq that of the last written one.
 	cmu      sync.Mutex
 	carry    map[membership.UserRef][]seqEntry
 	finished atomic.Uint64
