@@ -58,7 +58,7 @@ var Vars = []Var{
 	{"SEGMENTD_DLQ_TOPIC", "profile-events-dlq", "undecodable or invalid input"},
 	{"SEGMENTD_GROUP_ID", "segmentd", "consumer group"},
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
-	{"SEGMENTD_BATCH_SIZE", "1000", "most profile events per processing batch"},
+	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
 	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
