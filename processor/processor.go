@@ -108,9 +108,9 @@ const (
 // GCPercent is the garbage-collection target segmentd runs with when GOGC
 // is not set. The processor allocates a lot of short-lived memory (decoded
 // events and profiles) over a small live heap, so Go's default of 100
-// collects very often; 400 halves the collector's share of the CPU and
-// shortens the latency tail, for a heap of at most five times the live one
-// (tens of megabytes).
+// collects very often; 400 collects a quarter as often and shortened the
+// latency tail in the benchmarks, for a heap of up to five times the live
+// one (tens of megabytes).
 const GCPercent = 400
 
 // stallAfter is how long one batch may take before the processor reports
