@@ -66,6 +66,19 @@ func TestUnfinishedBatchKeepsItsOutbox(t *testing.T) {
 	if !slices.Equal(ids, []string{"e1", "e2"}) {
 		t.Fatalf("outbox after the second batch holds %q, want e1 then e2", ids)
 	}
+	// New definitions come into force while the batches wait to be
+	// published: the processor must still report the revision they were
+	// evaluated with, so that no backfill publishes before them.
+	applied := r.proc.AppliedRevision()
+	r.segment(t, "later", segment.Criteria{Include: []segment.Criterion{{Field: "xp", Operator: ">=", Value: 1.0, HasValue: true}}})
+	rev, err := r.defs.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // several registry polls
+	if got := r.proc.AppliedRevision(); got != applied || got >= rev {
+		t.Fatalf("AppliedRevision = %d with batches of revision %d unpublished (definitions now at %d)", got, applied, rev)
+	}
 	stop()
 
 	r.start(t)

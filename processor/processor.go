@@ -72,8 +72,10 @@ type Processor struct {
 	cfg Config
 	// mu orders taking a snapshot for a batch against AppliedRevision, so
 	// that no batch runs on definitions older than the revision reported.
-	mu       sync.Mutex
-	inflight int64
+	// revs holds the definitions revision of every batch written and not
+	// yet published, oldest first.
+	mu   sync.Mutex
+	revs []seqRev
 	// stages track each stage of the pipeline, for Healthy.
 	stages [3]stageState
 	// carry holds, per user, the outbox entries of batches written but not
@@ -91,6 +93,12 @@ type stageState struct {
 	failing atomic.Bool
 	// start is when the batch in progress started (unix ns), 0 when idle.
 	start atomic.Int64
+}
+
+// seqRev is the definitions revision a batch was evaluated with.
+type seqRev struct {
+	seq uint64
+	rev int64
 }
 
 // seqEntry is an outbox entry tagged with the batch that wrote it.
@@ -138,14 +146,20 @@ func New(cfg Config) *Processor {
 	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}}
 }
 
-// AppliedRevision returns the oldest definitions revision that this
-// processor may still evaluate with: the batch in progress's, or the
-// registry's current one when idle.
+// AppliedRevision returns the oldest definitions revision whose effects
+// this processor may still be writing or publishing: that of the oldest
+// batch in the pipeline, or the registry's current one when idle. A
+// backfill waits for it, so that no change event decided with older
+// definitions is published after the backfill's own.
 func (p *Processor) AppliedRevision() int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.inflight != 0 {
-		return p.inflight
+	if len(p.revs) > 0 {
+		oldest := p.revs[0].rev
+		for _, r := range p.revs[1:] {
+			oldest = min(oldest, r.rev)
+		}
+		return oldest
 	}
 	if s := p.cfg.Rules.Current(); s != nil {
 		return s.Revision
@@ -187,6 +201,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	// once, what is in hand is finished and committed.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	defer func() { p.mu.Lock(); p.revs = nil; p.mu.Unlock() }()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork) })
 	defer stop()
 
@@ -427,14 +442,10 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 	p.mu.Lock()
 	snap := p.cfg.Rules.Current()
 	if snap != nil {
-		p.inflight = snap.Revision
+		// Dropped once this batch, or a later one, has been published.
+		p.revs = append(p.revs, seqRev{seq: wb.seq, rev: snap.Revision})
 	}
 	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.inflight = 0
-		p.mu.Unlock()
-	}()
 	if snap == nil {
 		return nil, errors.New("segment definitions not loaded yet")
 	}
@@ -525,6 +536,9 @@ func (p *Processor) keepCarried(seq uint64, ref membership.UserRef, entries []me
 // holds the users of the few batches in flight, so a full pass is cheap.
 func (p *Processor) markFinished(wb *written) {
 	p.finished.Store(wb.seq)
+	p.mu.Lock()
+	p.revs = slices.DeleteFunc(p.revs, func(r seqRev) bool { return r.seq <= wb.seq })
+	p.mu.Unlock()
 	p.cmu.Lock()
 	defer p.cmu.Unlock()
 	for ref, es := range p.carry {

@@ -33,6 +33,8 @@ type rig struct {
 	group                     string
 	defs                      *membership.Definitions
 	users                     *membership.Users
+	// proc is the processor the last start made.
+	proc *processor.Processor
 }
 
 func newRig(t *testing.T, rdb redis.UniversalClient) *rig {
@@ -84,6 +86,7 @@ func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func())
 	}
 	opt(&cfg)
 	p := processor.New(cfg)
+	r.proc = p
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = reg.Run(ctx) }()
