@@ -92,6 +92,7 @@ type testAPI struct {
 
 type testOptions struct {
 	maxBody int64
+	await   func(ctx context.Context, rev int64) error
 }
 
 func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
@@ -117,9 +118,10 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 			defer a.readyMu.Unlock()
 			return a.ready
 		},
-		Metrics:      promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		Registerer:   reg,
-		MaxBodyBytes: o.maxBody,
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Registerer:    reg,
+		MaxBodyBytes:  o.maxBody,
+		AwaitRevision: o.await,
 	})
 	a.srv = httptest.NewServer(s)
 	t.Cleanup(a.srv.Close)

@@ -421,6 +421,16 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 			return err
 		}
 	}
+	if s.await != nil {
+		// Every instance stops evaluating the segment before its members go.
+		rev, err := s.defs.Revision(ctx)
+		if err != nil {
+			return err
+		}
+		if err := s.await(ctx, rev); err != nil {
+			return fmt.Errorf("delete %s/%s: %w", d.OrgID, d.ID, err)
+		}
+	}
 	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
 		return err
 	}

@@ -595,3 +595,37 @@ func TestBuildingSegmentShowsProgress(t *testing.T) {
 		t.Errorf("ready segment shows status %v, progress %v", got["status"], got["progress"])
 	}
 }
+
+// TestDeleteWaitsForInstances checks that a delete waits, after hiding the
+// segment and before removing its members, for every instance to stop
+// evaluating it.
+func TestDeleteWaitsForInstances(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	defs := membership.NewDefinitions(rdb)
+	var org, id string
+	called := false
+	await := func(ctx context.Context, rev int64) error {
+		called = true
+		d, err := defs.Get(ctx, org, id)
+		if err != nil || d.Status != segment.StatusDeleting {
+			t.Errorf("while waiting: definition %+v, %v; want status deleting", d, err)
+		}
+		if latest, err := defs.Revision(ctx); err != nil || rev != latest {
+			t.Errorf("waiting for revision %d, definitions at %d (%v)", rev, latest, err)
+		}
+		if n := len(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, id))); n != 2 {
+			t.Errorf("%d members while waiting, want both still there", n)
+		}
+		return nil
+	}
+	a := newTestAPI(t, rdb, testOptions{await: await})
+	org = a.org
+	id = str(a.as("POST", "/v1/segments", map[string]any{"name": "vip", "type": "static", "userIds": []string{"u1", "u2"}}).mustStatus(t, http.StatusCreated).body["id"])
+	a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+	if !called {
+		t.Fatal("the delete did not wait for the instances")
+	}
+	if n := len(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, id))); n != 0 {
+		t.Errorf("%d members after the delete", n)
+	}
+}

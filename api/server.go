@@ -44,6 +44,8 @@ type DefinitionStore interface {
 	MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error)
 	// Delete removes a definition.
 	Delete(ctx context.Context, org, id string) error
+	// Revision returns the definitions' change counter.
+	Revision(ctx context.Context) (int64, error)
 }
 
 // MembershipStore reads and writes the public membership sets.
@@ -118,6 +120,11 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (413 past it); zero is
 	// DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// AwaitRevision returns once no instance has work in flight that was
+	// evaluated with definitions older than rev; a delete waits for it
+	// before removing the members, so that no late write of the stream
+	// puts one back. nil does not wait.
+	AwaitRevision func(ctx context.Context, rev int64) error
 }
 
 // Server is the HTTP API. It is an http.Handler, safe for concurrent use.
@@ -133,6 +140,7 @@ type Server struct {
 	log      *slog.Logger
 	now      func() time.Time
 	maxBody  int64
+	await    func(ctx context.Context, rev int64) error
 	metrics  *httpMetrics
 	mux      *http.ServeMux
 }
@@ -156,6 +164,7 @@ func New(cfg Config) *Server {
 		log:      cfg.Logger,
 		now:      cfg.Now,
 		maxBody:  cfg.MaxBodyBytes,
+		await:    cfg.AwaitRevision,
 		mux:      http.NewServeMux(),
 	}
 	for key, org := range cfg.Keys {

@@ -221,7 +221,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		return err
 	}
 	defer func() { _ = j.cfg.Coordinator.Unlock(context.WithoutCancel(ctx), lock, j.cfg.InstanceID) }()
-	if err := j.waitForRevision(ctx, rev); err != nil {
+	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
 	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
@@ -292,35 +292,6 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	j.backfill.WithLabelValues("ready").Inc()
 	j.cfg.Logger.Info("segment ready", "org", org, "segment", cs.Def.ID, "generation", cs.Def.Generation, "users", scanned)
 	return nil
-}
-
-func (j *Jobs) waitForRevision(ctx context.Context, rev int64) error {
-	deadline := j.cfg.Now().Add(30 * time.Second)
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		live, err := j.cfg.Coordinator.LiveRevisions(ctx, j.cfg.Now(), 3*time.Second)
-		if err != nil {
-			return err
-		}
-		behind := 0
-		for _, r := range live {
-			if r < rev {
-				behind++
-			}
-		}
-		if behind == 0 {
-			return nil
-		}
-		if j.cfg.Now().After(deadline) {
-			return fmt.Errorf("%d instances still evaluate with definitions older than revision %d", behind, rev)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
 }
 
 // amendPage brings one segment's membership of the given users in line with

@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Metrics: metrics, Logger: log,
 	})
 	publisher := kafkaio.NewPublisher(writer, cfg.MembershipTopic)
+	coord := membership.NewCoordinator(rdb)
 
 	ready := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -117,16 +118,17 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return nil
 	}
 	handler := api.New(api.Config{
-		Definitions: defs,
-		Membership:  sets,
-		Profiles:    users,
-		Publisher:   publisher,
-		Audience:    processor.NewAudience(users, nil),
-		Keys:        cfg.APIKeys,
-		Ready:       ready,
-		Metrics:     promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Registerer:  reg,
-		Logger:      log,
+		Definitions:   defs,
+		Membership:    sets,
+		Profiles:      users,
+		Publisher:     publisher,
+		Audience:      processor.NewAudience(users, nil),
+		Keys:          cfg.APIKeys,
+		Ready:         ready,
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Registerer:    reg,
+		Logger:        log,
+		AwaitRevision: processor.NewRevisionGate(coord, nil).Wait,
 	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -163,7 +165,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	jobs := processor.NewJobs(processor.JobsConfig{
 		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
-		Coordinator: membership.NewCoordinator(rdb), Publisher: publisher, Registry: registry, Processor: proc,
+		Coordinator: coord, Publisher: publisher, Registry: registry, Processor: proc,
 		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
 	})
 	goRun("registry", func() error { return registry.Run(jobCtx) })
