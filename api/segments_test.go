@@ -587,6 +587,10 @@ func TestBuildingSegmentShowsProgress(t *testing.T) {
 	if err := defs.SetBackfillProgress(context.Background(), a.org, id, 2, 99); err != nil {
 		t.Fatal(err)
 	}
+	got = a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK).body
+	if p, _ := got["progress"].(map[string]any); p == nil || p["usersScanned"] != 1234.0 {
+		t.Errorf("progress = %v after another generation's report, want usersScanned 1234", got["progress"])
+	}
 	if err := defs.MarkReady(context.Background(), a.org, id, 1); err != nil {
 		t.Fatal(err)
 	}

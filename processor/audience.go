@@ -3,9 +3,7 @@ package processor
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/segmentd/segmentd/membership"
@@ -60,21 +58,12 @@ func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, l
 }
 
 func matchProfiles(rule *segment.Rule, ps []membership.StoredProfile, now time.Time) []string {
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(ps)/256))
 	hits := make([]bool, len(ps))
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(ps); i += workers {
-				if p, err := segment.DecodeProfile(ps[i].Profile); err == nil {
-					hits[i] = rule.Match(p, now)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(len(ps), func(i int) {
+		if p, err := segment.DecodeProfile(ps[i].Profile); err == nil {
+			hits[i] = rule.Match(p, now)
+		}
+	})
 	var out []string
 	for i, h := range hits {
 		if h {

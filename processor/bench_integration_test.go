@@ -115,18 +115,24 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	return func() { cancel(); wg.Wait(); reader.Close(); writer.Close() }
 }
 
+// nextMessages returns the generator's next k events, stamped now, as
+// records of the profile topic keyed by user.
+func (r *benchRig) nextMessages(g *loadgen.Generator, k int, now time.Time) []kafka.Message {
+	msgs := make([]kafka.Message, 0, k)
+	for range k {
+		ev := g.Next(now)
+		v, _ := events.EncodeProfileEvent(ev)
+		msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+	}
+	return msgs
+}
+
 func (r *benchRig) produceGen(b *testing.B, g *loadgen.Generator, n int) {
 	w := kafkaio.NewWriter(r.brokers)
 	defer w.Close()
 	for sent := 0; sent < n; {
 		k := min(5000, n-sent)
-		msgs := make([]kafka.Message, 0, k)
-		now := time.Now()
-		for range k {
-			ev := g.Next(now)
-			v, _ := events.EncodeProfileEvent(ev)
-			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
-		}
+		msgs := r.nextMessages(g, k, time.Now())
 		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 			b.Fatal(err)
 		}
@@ -305,13 +311,7 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	end := time.Now().Add(20 * time.Second)
 	for time.Now().Before(end) {
 		<-tick.C
-		msgs := make([]kafka.Message, 0, per)
-		now := time.Now()
-		for range per {
-			ev := g.Next(now)
-			v, _ := events.EncodeProfileEvent(ev)
-			msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
-		}
+		msgs := r.nextMessages(g, per, time.Now())
 		// Async so that one slow acknowledgement does not hold the rate back.
 		go func(msgs []kafka.Message) { _ = w.WriteMessages(context.Background(), msgs...) }(msgs)
 		sent += per

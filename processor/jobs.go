@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync"
 	"time"
 
@@ -369,33 +368,24 @@ type viewResult struct {
 }
 
 // evaluateViews decodes and evaluates the profiles on every core: decoding
-// JSON is most of a backfill's CPU.
+// is most of a backfill's CPU in Go.
 func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.Time) []viewResult {
 	out := make([]viewResult, len(views))
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(views)/256))
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(views); i += workers {
-				if views[i].Profile == nil {
-					continue
-				}
-				p, err := segment.DecodeProfile(views[i].Profile)
-				if err != nil {
-					continue
-				}
-				out[i].match = rule.Match(p, now)
-				if rule.TimeDependent() {
-					if at, ok := rule.NextFlip(p, now); ok {
-						out[i].flip = &at
-					}
-				}
+	parallel(len(views), func(i int) {
+		if views[i].Profile == nil {
+			return
+		}
+		p, err := segment.DecodeProfile(views[i].Profile)
+		if err != nil {
+			return
+		}
+		out[i].match = rule.Match(p, now)
+		if rule.TimeDependent() {
+			if at, ok := rule.NextFlip(p, now); ok {
+				out[i].flip = &at
 			}
-		}()
-	}
-	wg.Wait()
+		}
+	})
 	return out
 }
 
