@@ -73,7 +73,11 @@ func newBenchRig(b *testing.B) *benchRig {
 	// As cmd/segmentd runs the processor.
 	old := debug.SetGCPercent(processor.GCPercent)
 	b.Cleanup(func() { debug.SetGCPercent(old) })
-	r := &rig{brokers: testenv.Kafka(b), rdb: testenv.RedisClient(b), org: testenv.UniqueName(b, "bench")}
+	rdb := testenv.RedisClient
+	if os.Getenv("SEGMENTD_BENCH_REDIS") == "cluster" {
+		rdb = testenv.RedisClusterClient
+	}
+	r := &rig{brokers: testenv.Kafka(b), rdb: rdb(b), org: testenv.UniqueName(b, "bench")}
 	r.profile = testenv.UniqueName(b, "profiles")
 	r.membershipT = testenv.UniqueName(b, "membership")
 	r.dlq = testenv.UniqueName(b, "dlq")
@@ -416,12 +420,21 @@ func BenchmarkBackfillMillion(b *testing.B) {
 		b.Fatal(err)
 	}
 	rule, _ := segment.Compile(crit)
+	if os.Getenv("SEGMENTD_BENCH_COMMANDSTATS") != "" {
+		r.rdb.ConfigResetStat(ctx)
+	}
+	cpu0 := redisCPU(b, r.rdb)
 	b.ResetTimer()
 	start := time.Now()
 	if err := jobs.Backfill(ctx, r.org, &processor.CompiledSegment{Def: d, Rule: rule}, 0); err != nil {
 		b.Fatal(err)
 	}
 	backfill := time.Since(start)
+	cpu1 := redisCPU(b, r.rdb)
+	if os.Getenv("SEGMENTD_BENCH_COMMANDSTATS") != "" {
+		stats, _ := r.rdb.Info(ctx, "commandstats").Result()
+		fmt.Fprintln(os.Stderr, stats)
+	}
 	members, _ := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result()
 	mem2 := usedMemory(b, r.rdb)
 	start = time.Now()
@@ -433,6 +446,7 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	audience := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(n)/backfill.Seconds(), "backfill-profiles/s")
+	b.ReportMetric((cpu1-cpu0)*1e6/float64(n), "redis-cpu-µs/profile")
 	b.ReportMetric(float64(members), "members")
 	b.ReportMetric(audience.Seconds(), "audience-s")
 	b.ReportMetric(float64(count), "audience-count")
@@ -440,19 +454,47 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	b.ReportMetric(float64(mem2-mem1)/float64(max(members, 1)), "bytes/membership")
 }
 
+// usedMemory is the Redis used_memory, summed over the masters of a cluster.
 func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
-	info, err := rdb.Info(context.Background(), "memory").Result()
+	return int64(redisInfoSum(b, rdb, "memory", "used_memory:"))
+}
+
+// redisCPU is the Redis servers' CPU time so far, user and system, in seconds.
+func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
+	return redisInfoSum(b, rdb, "cpu", "used_cpu_user:", "used_cpu_sys:")
+}
+
+// redisInfoSum sums the named fields of an INFO section over every master.
+func redisInfoSum(b *testing.B, rdb redis.UniversalClient, section string, fields ...string) float64 {
+	var mu sync.Mutex
+	var sum float64
+	read := func(ctx context.Context, c redis.UniversalClient) error {
+		info, err := c.Info(ctx, section).Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, line := range strings.Split(info, "\n") {
+			for _, f := range fields {
+				if v, ok := strings.CutPrefix(strings.TrimSpace(line), f); ok {
+					n, _ := strconv.ParseFloat(v, 64)
+					sum += n
+				}
+			}
+		}
+		return nil
+	}
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error { return read(ctx, c) })
+	} else {
+		err = read(context.Background(), rdb)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			return n
-		}
-	}
-	b.Fatal("no used_memory in INFO memory")
-	return 0
+	return sum
 }
 
 func getenv(k string) string { return os.Getenv(k) }
