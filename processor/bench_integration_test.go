@@ -375,7 +375,10 @@ func quantile(h, base *dto.Histogram, q float64) float64 {
 // BenchmarkBackfillMillion stores 1,000,000 profiles, then backfills one new
 // segment (points >= 1000, about half of them) and searches an audience
 // over all of them; it reports Redis memory per profile and per membership
-// from INFO memory. Run with -benchtime=1x on a Redis of its own.
+// from INFO memory, and the Redis servers' CPU time per profile from INFO
+// cpu. Run with -benchtime=1x on a Redis of its own. SEGMENTD_BENCH_REDIS=cluster
+// runs it on the Redis Cluster; SEGMENTD_BENCH_COMMANDSTATS=1 prints INFO
+// commandstats of the backfill alone (of a standalone Redis).
 func BenchmarkBackfillMillion(b *testing.B) {
 	r := newBenchRig(b)
 	ctx := context.Background()

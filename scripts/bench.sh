@@ -34,3 +34,6 @@ go test -run '^$' -bench 'BenchmarkLatencyAtHalfRate$' -benchtime 1x -timeout 30
 
 section "backfill and audience over ${SEGMENTD_BENCH_PROFILES:-1000000} stored profiles; memory per profile and membership"
 go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
+
+section "the same backfill and audience on the 3-master Redis Cluster"
+SEGMENTD_BENCH_REDIS=cluster go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
