@@ -41,10 +41,24 @@ var (
 //   - segdefs:orgs: SET of the organisations that have (or had) definitions.
 //   - segdefs:rev: counter incremented after every change that evaluation
 //     can see; instances poll it to reload.
+//   - segdefs:changes:{segdefs:rev}: ZSET organisation → the revision of its
+//     latest change, so that an instance reloads only the organisations
+//     that changed. Its hash tag is the counter's whole name, which puts
+//     both keys in one Redis Cluster slot: one script moves both.
 const (
-	definitionOrgsKey = "segdefs:orgs"
-	definitionRevKey  = "segdefs:rev"
+	definitionOrgsKey    = "segdefs:orgs"
+	definitionRevKey     = "segdefs:rev"
+	definitionChangesKey = "segdefs:changes:{segdefs:rev}"
 )
+
+// bumpScript moves the revision and records which organisation it moved
+// for, atomically: a reader that sees a revision also sees every
+// organisation changed up to it.
+var bumpScript = redis.NewScript(`
+local r = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], r, ARGV[1])
+return r
+`)
 
 // DefinitionsKey returns the internal hash holding an organisation's segment
 // definitions.
@@ -182,7 +196,7 @@ func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment
 		case res == -1:
 			continue
 		}
-		if err := s.bump(ctx); err != nil {
+		if err := s.bump(ctx, d.OrgID); err != nil {
 			return segment.Definition{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
 		}
 		d.UserIDs = nil
@@ -324,7 +338,7 @@ func (s *Definitions) Replace(ctx context.Context, d segment.Definition) error {
 	if res == 0 {
 		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, ErrNotFound)
 	}
-	if err := s.bump(ctx); err != nil {
+	if err := s.bump(ctx, d.OrgID); err != nil {
 		return fmt.Errorf("replace segment %s/%s: %w", d.OrgID, d.ID, err)
 	}
 	return nil
@@ -375,7 +389,7 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 			continue // changed meanwhile: read again
 		}
 		if bump {
-			if err := s.bump(ctx); err != nil {
+			if err := s.bump(ctx, org); err != nil {
 				return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
 			}
 		}
@@ -395,7 +409,7 @@ func (s *Definitions) Delete(ctx context.Context, org, id string) error {
 	if n == 0 {
 		return fmt.Errorf("delete segment %s/%s: %w", org, id, ErrNotFound)
 	}
-	if err := s.bump(ctx); err != nil {
+	if err := s.bump(ctx, org); err != nil {
 		return fmt.Errorf("delete segment %s/%s: %w", org, id, err)
 	}
 	return nil
@@ -470,12 +484,56 @@ func (s *Definitions) Revision(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
-// bump moves the revision.
-func (s *Definitions) bump(ctx context.Context) error {
-	if err := s.rdb.Incr(ctx, definitionRevKey).Err(); err != nil {
+// bump moves the revision for a change of org's definitions.
+func (s *Definitions) bump(ctx context.Context, org string) error {
+	if err := bumpScript.Run(ctx, s.rdb, []string{definitionRevKey, definitionChangesKey}, org).Err(); err != nil {
 		return fmt.Errorf("bump definitions revision: %w", err)
 	}
 	return nil
+}
+
+// ChangedOrgs returns the organisations whose definitions changed at a
+// revision after since, sorted. An organisation changed again since the
+// revision a caller read is listed too.
+func (s *Definitions) ChangedOrgs(ctx context.Context, since int64) ([]string, error) {
+	orgs, err := s.rdb.ZRangeByScore(ctx, definitionChangesKey, &redis.ZRangeBy{Min: fmt.Sprintf("(%d", since), Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("organisations changed since revision %d: %w", since, err)
+	}
+	slices.Sort(orgs)
+	return orgs, nil
+}
+
+// OrgDefinitions returns the definitions of one organisation, sorted by id,
+// leaving out segments being deleted.
+func (s *Definitions) OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error) {
+	raw, err := s.rdb.HGetAll(ctx, DefinitionsKey(org)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("definitions of %s: %w", org, err)
+	}
+	defs, err := decodeOrgDefinitions(nil, org, raw)
+	if err != nil {
+		return nil, fmt.Errorf("definitions of %s: %w", org, err)
+	}
+	return defs, nil
+}
+
+// decodeOrgDefinitions appends one organisation's stored definitions to out,
+// sorted by id, leaving out segments being deleted.
+func decodeOrgDefinitions(out []segment.Definition, org string, raw map[string]string) ([]segment.Definition, error) {
+	start := len(out)
+	for id, r := range raw {
+		d, err := decodeDefinition(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", org, id, err)
+		}
+		if d.Status == segment.StatusDeleting {
+			continue
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
 }
 
 // Orgs returns the organisations that have or had definitions, sorted.
@@ -508,18 +566,9 @@ func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
 			return nil, fmt.Errorf("all definitions: %w", err)
 		}
 		for i, org := range orgs[:n] {
-			start := len(out)
-			for id, raw := range cmds[i].Val() {
-				d, err := decodeDefinition(raw)
-				if err != nil {
-					return nil, fmt.Errorf("all definitions: %s/%s: %w", org, id, err)
-				}
-				if d.Status == segment.StatusDeleting {
-					continue
-				}
-				out = append(out, d)
+			if out, err = decodeOrgDefinitions(out, org, cmds[i].Val()); err != nil {
+				return nil, fmt.Errorf("all definitions: %w", err)
 			}
-			slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 		}
 		orgs = orgs[n:]
 	}

@@ -354,3 +354,62 @@ func TestNewSegmentIDSortsByTime(t *testing.T) {
 		prev = id
 	}
 }
+
+// TestDefinitionsChangedOrgs: each change records its organisation at its
+// revision, and OrgDefinitions reads one organisation alone.
+func TestDefinitionsChangedOrgs(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		orgA, orgB := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b")
+		defs := membership.NewDefinitions(rdb)
+		rev := func() int64 {
+			n, err := defs.Revision(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		changed := func(since int64) []string {
+			orgs, err := defs.ChangedOrgs(ctx, since)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var own []string
+			for _, o := range orgs {
+				if o == orgA || o == orgB {
+					own = append(own, o)
+				}
+			}
+			return own
+		}
+		r0 := rev()
+		a1, err := defs.Create(ctx, testDynamicDef(orgA, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := defs.Create(ctx, testDynamicDef(orgA, "y"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r1 := rev()
+		if _, err := defs.Create(ctx, testDynamicDef(orgB, "z")); err != nil {
+			t.Fatal(err)
+		}
+		if got := changed(r1); !slices.Equal(got, []string{orgB}) {
+			t.Errorf("changed since %d = %v, want [%s]", r1, got, orgB)
+		}
+		if got, want := changed(r0), []string{orgA, orgB}; !slices.Equal(got, want) {
+			t.Errorf("changed since %d = %v, want %v", r0, got, want)
+		}
+		if got := changed(rev()); len(got) != 0 {
+			t.Errorf("changed since the latest revision = %v, want none", got)
+		}
+		ds, err := defs.OrgDefinitions(ctx, orgA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) != 2 || ds[0].ID != min(a1.ID, a2.ID) || ds[1].ID != max(a1.ID, a2.ID) {
+			t.Errorf("OrgDefinitions(%s) = %+v, want %s and %s sorted", orgA, ds, a1.ID, a2.ID)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -11,10 +12,19 @@ import (
 	"github.com/segmentd/segmentd/segment"
 )
 
-// DefinitionSource is where segment definitions live.
-type DefinitionSource interface {
-	Revision(ctx context.Context) (int64, error)
+// DefinitionLister lists every organisation's segment definitions.
+type DefinitionLister interface {
 	All(ctx context.Context) ([]segment.Definition, error)
+}
+
+// DefinitionSource is where segment definitions live, with a revision that
+// moves on every change and the organisations each change touched.
+type DefinitionSource interface {
+	DefinitionLister
+	Revision(ctx context.Context) (int64, error)
+	// ChangedOrgs lists the organisations changed at a revision after since.
+	ChangedOrgs(ctx context.Context, since int64) ([]string, error)
+	OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error)
 }
 
 // CompiledSegment is a dynamic segment ready to evaluate.
@@ -103,7 +113,9 @@ func (r *Registry) Current() *Snapshot { return r.cur.Load() }
 // Loaded reports whether definitions have been loaded once.
 func (r *Registry) Loaded() bool { return r.cur.Load() != nil }
 
-// Reload loads the definitions now if their revision moved.
+// Reload loads the definitions now if their revision moved: all of them the
+// first time, afterwards only the organisations that changed, so that a
+// change costs the same however many organisations there are.
 func (r *Registry) Reload(ctx context.Context) error {
 	rev, err := r.src.Revision(ctx)
 	if err != nil {
@@ -113,11 +125,34 @@ func (r *Registry) Reload(ctx context.Context) error {
 	if old != nil && old.Revision == rev {
 		return nil
 	}
-	defs, err := r.src.All(ctx)
-	if err != nil {
-		return fmt.Errorf("load definitions: %w", err)
+	var snap *Snapshot
+	if old == nil {
+		defs, err := r.src.All(ctx)
+		if err != nil {
+			return fmt.Errorf("load definitions: %w", err)
+		}
+		snap = Compile(rev, defs, r.log)
+	} else {
+		// Every organisation changed up to rev is listed (the source records
+		// both at once); one changed later is listed too and loaded early,
+		// which is harmless: the next reload loads it again.
+		orgs, err := r.src.ChangedOrgs(ctx, old.Revision)
+		if err != nil {
+			return fmt.Errorf("load definitions: %w", err)
+		}
+		snap = &Snapshot{Revision: rev, Orgs: maps.Clone(old.Orgs)}
+		for _, org := range orgs {
+			defs, err := r.src.OrgDefinitions(ctx, org)
+			if err != nil {
+				return fmt.Errorf("load definitions: %w", err)
+			}
+			if o := compileOrg(defs, r.log); o != nil {
+				snap.Orgs[org] = o
+			} else {
+				delete(snap.Orgs, org)
+			}
+		}
 	}
-	snap := Compile(rev, defs, r.log)
 	r.cur.Store(snap)
 	if r.onChange != nil {
 		r.onChange(old, snap)
@@ -145,7 +180,23 @@ func (r *Registry) Run(ctx context.Context) error {
 // compiles (it was valid when stored) is logged and left out.
 func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
 	snap := &Snapshot{Revision: rev, Orgs: map[string]*OrgRules{}}
-	fields := map[string]map[string][]string{}
+	byOrg := map[string][]segment.Definition{}
+	for _, d := range defs {
+		byOrg[d.OrgID] = append(byOrg[d.OrgID], d)
+	}
+	for org, ds := range byOrg {
+		if o := compileOrg(ds, log); o != nil {
+			snap.Orgs[org] = o
+		}
+	}
+	return snap
+}
+
+// compileOrg builds one organisation's rules; nil when it has no dynamic
+// segment in force.
+func compileOrg(defs []segment.Definition, log *slog.Logger) *OrgRules {
+	var o *OrgRules
+	fields := map[string][]string{}
 	for _, d := range defs {
 		if d.Type != segment.TypeDynamic || d.Status == segment.StatusDeleting {
 			continue
@@ -155,29 +206,27 @@ func Compile(rev int64, defs []segment.Definition, log *slog.Logger) *Snapshot {
 			log.Error("stored segment does not compile", "org", d.OrgID, "segment", d.ID, "err", err)
 			continue
 		}
-		o := snap.Orgs[d.OrgID]
 		if o == nil {
 			o = &OrgRules{Segments: map[string]*CompiledSegment{}, Slots: segment.NewFieldSlots()}
-			snap.Orgs[d.OrgID] = o
-			fields[d.OrgID] = map[string][]string{}
 		}
 		o.Segments[d.ID] = &CompiledSegment{Def: d, Rule: o.Slots.Bind(rule)}
 		o.IDs = append(o.IDs, d.ID)
 		if rule.TimeDependent() {
 			o.TimeIDs = append(o.TimeIDs, d.ID)
 		}
-		fields[d.OrgID][d.ID] = rule.Fields()
+		fields[d.ID] = rule.Fields()
 	}
-	for org, o := range snap.Orgs {
-		o.Index = segment.NewIndex(fields[org])
-		sort.Strings(o.IDs)
-		sort.Strings(o.TimeIDs)
-		o.ByNumber = make([]*CompiledSegment, o.Index.Len())
-		o.All = make([]int32, o.Index.Len())
-		for i := range o.ByNumber {
-			o.ByNumber[i] = o.Segments[o.Index.ID(int32(i))]
-			o.All[i] = int32(i)
-		}
+	if o == nil {
+		return nil
 	}
-	return snap
+	o.Index = segment.NewIndex(fields)
+	sort.Strings(o.IDs)
+	sort.Strings(o.TimeIDs)
+	o.ByNumber = make([]*CompiledSegment, o.Index.Len())
+	o.All = make([]int32, o.Index.Len())
+	for i := range o.ByNumber {
+		o.ByNumber[i] = o.Segments[o.Index.ID(int32(i))]
+		o.All[i] = int32(i)
+	}
+	return o
 }

@@ -42,7 +42,7 @@ type MemberReader interface {
 // is empty) from the stored profiles at now and returns where Redis
 // disagrees, sorted. Segments
 // still building are skipped (their sets are not yet meant to be exact).
-func Verify(ctx context.Context, defs DefinitionSource, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, error) {
+func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, error) {
 	all, err := defs.All(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)

@@ -20,6 +20,9 @@ go test -run '^$' -bench 'BenchmarkAffectedSegments' -benchmem -count 5 ./proces
 section "stored profile: binary encoding against JSON, decode and encode"
 go test -run '^$' -bench 'BenchmarkProfile' -benchmem -count 5 ./segment/
 
+section "a definition change reaching an instance: reload everything against the changed organisation only"
+go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
+
 section "baseline: redis-benchmark SADD, pipelined 16 deep, 1 and 50 clients"
 rb() { redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -q "$@" | tr '\r' '\n' | grep 'requests per second'; }
 printf 'pipelined 16 deep, 1 client:   '; rb -n 1000000 -P 16 -c 1
