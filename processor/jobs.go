@@ -31,7 +31,8 @@ type JobSchedules interface {
 
 // JobDefinitions is what the jobs change of definitions.
 type JobDefinitions interface {
-	All(ctx context.Context) ([]segment.Definition, error)
+	Orgs(ctx context.Context) ([]string, error)
+	OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error)
 	MarkReady(ctx context.Context, org, id string, generation int64) error
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
@@ -466,25 +467,33 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 }
 
 // refreshEstimates copies each segment's exact size into estimatedSize,
-// once per interval and organisation across all instances.
+// once per interval and organisation across all instances. An instance
+// reads the definitions of the organisations whose refresh it wins only.
 func (j *Jobs) refreshEstimates(ctx context.Context) {
-	defs, err := j.cfg.Definitions.All(ctx)
+	orgs, err := j.cfg.Definitions.Orgs(ctx)
 	if err != nil {
 		j.cfg.Logger.Warn("refresh estimates", "err", err)
 		return
 	}
-	byOrg := map[string][]string{}
-	for _, d := range defs {
-		byOrg[d.OrgID] = append(byOrg[d.OrgID], d.ID)
-	}
 	owner := j.cfg.InstanceID + fmt.Sprint(j.cfg.Now().UnixNano())
-	for org, ids := range byOrg {
+	for _, org := range orgs {
 		// The lease is never released, and a fresh owner each time means no
 		// one extends it: it lets one refresh of the organisation through
 		// per interval, on whichever instance comes first.
 		ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates:"+org, owner, j.cfg.EstimateInterval)
 		if err != nil || !ok {
 			continue
+		}
+		defs, err := j.cfg.Definitions.OrgDefinitions(ctx, org)
+		if err != nil || len(defs) == 0 {
+			if err != nil {
+				j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
+			}
+			continue
+		}
+		ids := make([]string, len(defs))
+		for i, d := range defs {
+			ids[i] = d.ID
 		}
 		sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
 		if err != nil {
