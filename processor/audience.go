@@ -59,8 +59,9 @@ func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, l
 
 func matchProfiles(rule *segment.Rule, ps []membership.StoredProfile, now time.Time) []string {
 	hits := make([]bool, len(ps))
+	keys := rule.ProfileKeys()
 	parallel(len(ps), func(i int) {
-		if p, err := segment.DecodeProfile(ps[i].Profile); err == nil {
+		if p, err := segment.DecodeProfileKeys(ps[i].Profile, keys); err == nil {
 			hits[i] = rule.Match(p, now)
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,7 +72,7 @@ type benchRig struct {
 
 func newBenchRig(b *testing.B) *benchRig {
 	// As cmd/segmentd runs the processor.
-	old := debug.SetGCPercent(processor.GCPercent)
+	old := debug.SetGCPercent(envInt("SEGMENTD_BENCH_GOGC", processor.GCPercent))
 	b.Cleanup(func() { debug.SetGCPercent(old) })
 	rdb := testenv.RedisClient
 	if os.Getenv("SEGMENTD_BENCH_REDIS") == "cluster" {
@@ -373,7 +374,8 @@ func quantile(h, base *dto.Histogram, q float64) float64 {
 }
 
 // BenchmarkBackfillMillion stores 1,000,000 profiles, then backfills one new
-// segment (points >= 1000, about half of them) and searches an audience
+// segment (points >= 1000, about half of them; SEGMENTD_BENCH_MIN_POINTS
+// changes the threshold) and searches an audience
 // over all of them; it reports Redis memory per profile and per membership
 // from INFO memory, and the Redis servers' CPU time per profile from INFO
 // cpu. Run with -benchtime=1x on a Redis of its own. SEGMENTD_BENCH_REDIS=cluster
@@ -417,7 +419,11 @@ func BenchmarkBackfillMillion(b *testing.B) {
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
 		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Logger: log,
 	})
-	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}
+	// Stored points are 0-999 for half of the users and 1000-5999 for the
+	// other half: 1000 makes about half of them members,
+	// SEGMENTD_BENCH_MIN_POINTS=5500 about one in twenty.
+	minPoints := envInt("SEGMENTD_BENCH_MIN_POINTS", 1000)
+	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: float64(minPoints), HasValue: true}}}
 	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: crit, Status: segment.StatusBuilding})
 	if err != nil {
 		b.Fatal(err)
@@ -426,14 +432,14 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	if os.Getenv("SEGMENTD_BENCH_COMMANDSTATS") != "" {
 		r.rdb.ConfigResetStat(ctx)
 	}
-	cpu0 := redisCPU(b, r.rdb)
+	cpu0, self0 := redisCPU(b, r.rdb), processCPU()
 	b.ResetTimer()
 	start := time.Now()
 	if err := jobs.Backfill(ctx, r.org, &processor.CompiledSegment{Def: d, Rule: rule}, 0); err != nil {
 		b.Fatal(err)
 	}
 	backfill := time.Since(start)
-	cpu1 := redisCPU(b, r.rdb)
+	cpu1, self1 := redisCPU(b, r.rdb), processCPU()
 	if os.Getenv("SEGMENTD_BENCH_COMMANDSTATS") != "" {
 		stats, _ := r.rdb.Info(ctx, "commandstats").Result()
 		fmt.Fprintln(os.Stderr, stats)
@@ -450,6 +456,7 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(n)/backfill.Seconds(), "backfill-profiles/s")
 	b.ReportMetric((cpu1-cpu0)*1e6/float64(n), "redis-cpu-µs/profile")
+	b.ReportMetric((self1-self0)*1e6/float64(n), "go-cpu-µs/profile")
 	b.ReportMetric(float64(members), "members")
 	b.ReportMetric(audience.Seconds(), "audience-s")
 	b.ReportMetric(float64(count), "audience-count")
@@ -465,6 +472,13 @@ func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
 // redisCPU is the Redis servers' CPU time so far, user and system, in seconds.
 func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
 	return redisInfoSum(b, rdb, "cpu", "used_cpu_user:", "used_cpu_sys:")
+}
+
+// processCPU is this process's CPU time so far, user and system, in seconds.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // redisInfoSum sums the named fields of an INFO section over every master.

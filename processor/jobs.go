@@ -372,11 +372,12 @@ type viewResult struct {
 // is most of a backfill's CPU in Go.
 func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.Time) []viewResult {
 	out := make([]viewResult, len(views))
+	keys := rule.ProfileKeys()
 	parallel(len(views), func(i int) {
 		if views[i].Profile == nil {
 			return
 		}
-		p, err := segment.DecodeProfile(views[i].Profile)
+		p, err := segment.DecodeProfileKeys(views[i].Profile, keys)
 		if err != nil {
 			return
 		}

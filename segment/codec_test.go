@@ -5,6 +5,7 @@ import (
 	"math"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestProfileCodecRoundTrip(t *testing.T) {
@@ -81,7 +82,27 @@ func FuzzDecodeProfile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := DecodeProfile(b)
 		if err != nil {
+			if _, kerr := DecodeProfileKeys(b, []string{"a"}); kerr == nil {
+				t.Fatalf("DecodeProfileKeys accepts what DecodeProfile refuses (%v)", err)
+			}
 			return
+		}
+		// Decoding some fields fails exactly when decoding all does, and
+		// gives those fields.
+		for _, keys := range [][]string{{}, {"a"}, {"b", "x", "zz"}} {
+			part, err := DecodeProfileKeys(b, keys)
+			if err != nil {
+				t.Fatalf("DecodeProfileKeys(%v) failed where DecodeProfile did not: %v", keys, err)
+			}
+			want := Profile{}
+			for _, k := range keys {
+				if v, ok := p[k]; ok {
+					want[k] = v
+				}
+			}
+			if !reflect.DeepEqual(jsonOf(t, part), jsonOf(t, want)) {
+				t.Fatalf("DecodeProfileKeys(%v) = %v, want %v", keys, part, want)
+			}
 		}
 		again, err := DecodeProfile(AppendProfile(nil, p))
 		if err != nil {
@@ -91,6 +112,56 @@ func FuzzDecodeProfile(f *testing.F) {
 			t.Fatalf("round trip changed %v into %v", p, again)
 		}
 	})
+}
+
+// TestDecodeProfileKeysEvaluatesAlike: a rule evaluates a profile decoded
+// for its ProfileKeys as it does the whole profile.
+func TestDecodeProfileKeysEvaluatesAlike(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	profiles := []Profile{
+		benchProfile(),
+		{"tier": "gold", "points": 1500.0, "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
+		{"points": 10.0, "email": nil, "badges": []any{"b1", 2.0}},
+		{},
+	}
+	rules := map[string]Criteria{
+		"empty include": {},
+		"top-level":     {Include: []Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}},
+		"nested":        {Include: []Criterion{{Field: "customFields.vip.level", Operator: "equals", Value: "gold", HasValue: true}}},
+		"missing field": {Include: []Criterion{{Field: "email", Operator: "not_exists"}},
+			Exclude: []Criterion{{Field: "badges", Operator: "contains", Value: "b1", HasValue: true}}},
+		"relative date": {Include: []Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}},
+	}
+	for name, c := range rules {
+		t.Run(name, func(t *testing.T) {
+			r, err := Compile(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, p := range profiles {
+				for _, b := range [][]byte{AppendProfile(nil, p), mustJSON(t, p)} {
+					part, err := DecodeProfileKeys(b, r.ProfileKeys())
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(part) > len(r.ProfileKeys()) {
+						t.Errorf("profile %d: kept %d fields for keys %v", i, len(part), r.ProfileKeys())
+					}
+					if got, want := r.Match(part, now), r.Match(p, now); got != want {
+						t.Errorf("profile %d: Match on its keys = %v, on the whole profile = %v", i, got, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, p Profile) []byte {
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func jsonOf(t *testing.T, p Profile) string {
@@ -118,6 +189,17 @@ func BenchmarkProfileDecode(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := DecodeProfile(bin); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(bin)), "bytes")
+	})
+	// What a backfill or audience search of a rule on points decodes.
+	b.Run("binary-points-only", func(b *testing.B) {
+		b.ReportAllocs()
+		keys := []string{"points"}
+		for b.Loop() {
+			if _, err := DecodeProfileKeys(bin, keys); err != nil {
 				b.Fatal(err)
 			}
 		}

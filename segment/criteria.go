@@ -231,6 +231,18 @@ func (r *Rule) Criteria() Criteria {
 // "points" or "customFields.vip.level".
 func (r *Rule) Fields() []string { return slices.Clone(r.fields) }
 
+// ProfileKeys returns the top-level profile fields the rule reads, sorted:
+// "customFields" for "customFields.vip.level". See DecodeProfileKeys.
+func (r *Rule) ProfileKeys() []string {
+	keys := make([]string, 0, len(r.fields))
+	for _, f := range r.fields {
+		k, _, _ := strings.Cut(f, ".")
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
 // TimeDependent reports whether the rule has a criterion relative to the
 // current time (such as "updatedAt < now-30d"), whose outcome can change
 // without any change to the profile.
