@@ -19,32 +19,48 @@ type Amend struct {
 	Entry                    OutboxEntry
 }
 
+// AmendResult is the outcome of one Amend.
+type AmendResult int8
+
+const (
+	// AmendStale means the user changed since it was read, or was deleted:
+	// read again.
+	AmendStale AmendResult = iota
+	// AmendApplied means the membership changed and the outbox holds the entry.
+	AmendApplied
+	// AmendUnchanged means the user's segment set already said what the
+	// amend would write: nothing was written, and there is no change.
+	AmendUnchanged
+)
+
 // The script is on every backfilled change, so it makes as few calls as it
 // can: one read of revision and outbox, the profile's length (a deleted
-// user has an empty one) rather than the profile, one write.
+// user has an empty one) rather than the profile, the membership as it
+// stands (the caller may have guessed it from the member set), one write.
 const amendScript = `
 local h = redis.call('HMGET', KEYS[1], 'r', 'o')
 local rev = tonumber(h[1] or '0')
 if rev ~= tonumber(ARGV[1]) then return 0 end
 if redis.call('HSTRLEN', KEYS[1], 'p') == 0 then return 0 end
+local enter = ARGV[3] == '1'
+if (redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1) == enter then return 2 end
 local o = h[2]
 -- An outbox in the former JSON form cannot take a binary entry; it is
 -- replaced, which only matters during an upgrade.
 if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
 redis.call('HSET', KEYS[1], 'r', rev + 1, 'o', o .. ARGV[4])
-if ARGV[3] == '1' then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
+if enter then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
 `
 
 var amend = redis.NewScript(amendScript)
 
 // Amend applies each change atomically per user in one pipelined round trip
-// and reports which were applied; false means the user changed since it was
-// read (or was deleted) and the caller must read again.
-func (u *Users) Amend(ctx context.Context, as []Amend) ([]bool, error) {
-	applied := make([]bool, len(as))
+// and reports the outcome of each.
+func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
+	out := make([]AmendResult, len(as))
 	if len(as) == 0 {
-		return applied, nil
+		return out, nil
 	}
 	calls := make([]scriptCall, len(as))
 	for i, a := range as {
@@ -59,11 +75,11 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]bool, error) {
 	for i, cmd := range runPipelined(ctx, u.rdb, amend, calls) {
 		n, err := cmd.Int64()
 		if err != nil {
-			return applied, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
+			return out, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
 		}
-		applied[i] = n == 1
+		out[i] = AmendResult(n)
 	}
-	return applied, nil
+	return out, nil
 }
 
 // SegmentView is a user's state as seen for one segment.
@@ -77,15 +93,17 @@ type SegmentView struct {
 }
 
 // ViewUsers reads, in one pipelined round trip, each user's profile,
-// revision, outbox and membership of seg. Deleted or unknown users come back
-// with a nil Profile.
+// revision, outbox and, unless seg is empty, membership of seg. Deleted or
+// unknown users come back with a nil Profile.
 func (u *Users) ViewUsers(ctx context.Context, org, seg string, users []string) ([]SegmentView, error) {
 	pipe := u.rdb.Pipeline()
 	hm := make([]*redis.SliceCmd, len(users))
 	is := make([]*redis.BoolCmd, len(users))
 	for i, user := range users {
 		hm[i] = pipe.HMGet(ctx, ProfileKey(org, user), "r", "v", "p", "o")
-		is[i] = pipe.SIsMember(ctx, UserSegmentsKey(org, user), seg)
+		if seg != "" {
+			is[i] = pipe.SIsMember(ctx, UserSegmentsKey(org, user), seg)
+		}
 	}
 	if len(users) > 0 {
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -98,7 +116,7 @@ func (u *Users) ViewUsers(ctx context.Context, org, seg string, users []string) 
 		if err != nil {
 			return nil, fmt.Errorf("view user %s/%s: %w", org, user, err)
 		}
-		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i].Val(), Outbox: st.Outbox}
+		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i] != nil && is[i].Val(), Outbox: st.Outbox}
 		if !st.Deleted {
 			v.Profile = st.Profile
 		}

@@ -18,7 +18,7 @@ import (
 type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 	ViewUsers(ctx context.Context, org, seg string, users []string) ([]membership.SegmentView, error)
-	Amend(ctx context.Context, as []membership.Amend) ([]bool, error)
+	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
 	Project(ctx context.Context, ps []membership.Projection) error
 }
 
@@ -41,6 +41,7 @@ type JobDefinitions interface {
 // Sizer counts segment members.
 type Sizer interface {
 	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
+	AllMembers(ctx context.Context, org, seg string) ([]string, error)
 }
 
 // Coordinator hands a job to one instance and tracks which definitions
@@ -224,6 +225,10 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
+	known, err := j.knownMembers(ctx, org, cs.Def.ID)
+	if err != nil {
+		return err
+	}
 	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
 	now := j.cfg.Now()
 	scanned := 0
@@ -240,7 +245,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		go func() {
 			defer wg.Done()
 			for ids := range pages {
-				if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now); err != nil {
+				if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now, known); err != nil {
 					errs <- err
 					for range pages { // drain, so that the scan is not blocked
 					}
@@ -294,21 +299,62 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	return nil
 }
 
+// knownMembersLimit bounds the member sets that a backfill reads whole
+// instead of asking each user's segment set.
+const knownMembersLimit = 200000
+
+// knownMembers returns the segment's member set when it is small (always,
+// for a new segment), nil otherwise. Read after the revision gate, it is
+// each user's membership unless a write since has changed it, and such a
+// write evaluated the new definition: for a user it misstates, the profile
+// read after it gives the backfill that write's outcome, so the backfill
+// asks for a change the amend script finds already made (AmendUnchanged),
+// never skips one it needed. One read instead of a SISMEMBER per user.
+func (j *Jobs) knownMembers(ctx context.Context, org, seg string) (map[string]bool, error) {
+	sizes, err := j.cfg.Sizes.Sizes(ctx, org, []string{seg})
+	if err != nil || sizes[seg] > knownMembersLimit {
+		return nil, err
+	}
+	ids, err := j.cfg.Sizes.AllMembers(ctx, org, seg)
+	if err != nil {
+		return nil, err
+	}
+	known := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		known[id] = true
+	}
+	return known, nil
+}
+
 // amendPage brings one segment's membership of the given users in line with
 // its rule at now, with change events of the cause that causeOf gives each
-// user. Timers only ever move earlier here (the caller may not know every
-// time-relative segment); a timer that fires early moves itself to the
-// true next flip.
-func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, causeOf func(user string) events.Cause, now time.Time) error {
+// user. known, when not nil, is the segment's member set as read after the
+// revision gate (see knownMembers); users read again take their membership
+// from their own segment sets. Timers only ever move earlier here (the
+// caller may not know every time-relative segment); a timer that fires
+// early moves itself to the true next flip.
+func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, causeOf func(user string) events.Cause, now time.Time, known map[string]bool) error {
 	seg := cs.Def.ID
 	pending := ids
 	for round := 0; len(pending) > 0; round++ {
 		if round == 10 {
 			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
-		views, err := j.cfg.Users.ViewUsers(ctx, org, seg, pending)
+		if round > 0 {
+			known = nil
+		}
+		viewSeg := seg
+		if known != nil {
+			viewSeg = ""
+		}
+		views, err := j.cfg.Users.ViewUsers(ctx, org, viewSeg, pending)
 		if err != nil {
 			return err
+		}
+		if known != nil {
+			for i := range views {
+				views[i].Member = known[views[i].UserID]
+			}
 		}
 		results := evaluateViews(cs.Rule, views, now)
 		var amends []membership.Amend
@@ -335,14 +381,17 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
-		applied, err := j.cfg.Users.Amend(ctx, amends)
+		outcomes, err := j.cfg.Users.Amend(ctx, amends)
 		if err != nil {
 			return err
 		}
 		pending = nil
 		for i, a := range amends {
-			if !applied[i] {
+			switch outcomes[i] {
+			case membership.AmendStale:
 				pending = append(pending, a.UserID)
+				continue
+			case membership.AmendUnchanged:
 				continue
 			}
 			c := changeOf(org, a.UserID, seg, a.Entry, causeOf(a.UserID))
@@ -439,7 +488,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 			causeOf := func(user string) events.Cause {
 				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, byUser[user].At.UnixMilli())}
 			}
-			if err := j.amendPage(ctx, org, o.Segments[id], users, causeOf, now); err != nil {
+			if err := j.amendPage(ctx, org, o.Segments[id], users, causeOf, now, nil); err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "segment", id, "err", err)
 				failed = true
 			}

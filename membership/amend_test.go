@@ -1,0 +1,67 @@
+package membership_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// TestAmendOutcomes: an amend applies on the revision it was computed from,
+// is stale on any other or on a deleted user, and changes nothing when the
+// user's segment set already says what it would write.
+func TestAmendOutcomes(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		users := membership.NewUsers(rdb)
+		profile := segment.AppendProfile(nil, segment.Profile{"points": 1.0})
+		ws := []membership.UserWrite{
+			{OrgID: org, UserID: "out", Version: 1, Profile: profile},
+			{OrgID: org, UserID: "in", Version: 1, Profile: profile, Add: []string{"s"}},
+			{OrgID: org, UserID: "gone", Version: 1, Profile: profile},
+		}
+		if _, err := users.Write(ctx, ws); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "gone", ExpectRev: 1, Version: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		amend := func(user string, rev int64, enter bool) membership.Amend {
+			return membership.Amend{OrgID: org, UserID: user, SegmentID: "s", ExpectRev: rev, Entered: enter,
+				Entry: membership.OutboxEntry{EventID: "segment:s:1", Rev: rev + 1, Changes: []membership.OutboxChange{{SegmentID: "s", Entered: enter}}}}
+		}
+		for _, tc := range []struct {
+			name  string
+			amend membership.Amend
+			want  membership.AmendResult
+		}{
+			{"older revision", amend("out", 0, true), membership.AmendStale},
+			{"deleted user", amend("gone", 2, true), membership.AmendStale},
+			{"already in", amend("in", 1, true), membership.AmendUnchanged},
+			{"already out", amend("out", 1, false), membership.AmendUnchanged},
+			{"enters", amend("out", 1, true), membership.AmendApplied},
+			{"leaves", amend("in", 1, false), membership.AmendApplied},
+		} {
+			got, err := users.Amend(ctx, []membership.Amend{tc.amend})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got[0] != tc.want {
+				t.Errorf("%s: %v, want %v", tc.name, got[0], tc.want)
+			}
+		}
+		states, err := users.Load(ctx, []membership.UserRef{{OrgID: org, UserID: "out"}, {OrgID: org, UserID: "in"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(states[0].Segments) != 1 || len(states[1].Segments) != 0 || states[0].Rev != 2 || states[1].Rev != 2 {
+			t.Errorf("after the amends: out %v rev %d, in %v rev %d; want [s] 2, [] 2",
+				states[0].Segments, states[0].Rev, states[1].Segments, states[1].Rev)
+		}
+	})
+}
