@@ -388,6 +388,8 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_PROFILES")); err == nil && v > 0 {
 		n = v
 	}
+	// Later runs on the same servers would scan these keys too.
+	b.Cleanup(func() { dropKeys(b, r.rdb, "*{"+r.org+"*") })
 	mem0 := usedMemory(b, r.rdb)
 	g := loadgen.New(r.org, 1, n, 0, 0, 3)
 	now := time.Now()
@@ -472,6 +474,46 @@ func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
 // redisCPU is the Redis servers' CPU time so far, user and system, in seconds.
 func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
 	return redisInfoSum(b, rdb, "cpu", "used_cpu_user:", "used_cpu_sys:")
+}
+
+// dropKeys deletes every key matching match, on every master.
+func dropKeys(b *testing.B, rdb redis.UniversalClient, match string) {
+	drop := func(ctx context.Context, c redis.UniversalClient) error {
+		iter := c.Scan(ctx, 0, match, 5000).Iterator()
+		var keys []string
+		flush := func() error {
+			if len(keys) == 0 {
+				return nil
+			}
+			pipe := c.Pipeline()
+			for _, k := range keys {
+				pipe.Unlink(ctx, k)
+			}
+			keys = keys[:0]
+			_, err := pipe.Exec(ctx)
+			return err
+		}
+		for iter.Next(ctx) {
+			if keys = append(keys, iter.Val()); len(keys) == 5000 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := iter.Err(); err != nil {
+			return err
+		}
+		return flush()
+	}
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error { return drop(ctx, c) })
+	} else {
+		err = drop(context.Background(), rdb)
+	}
+	if err != nil {
+		b.Errorf("drop %s: %v", match, err)
+	}
 }
 
 // processCPU is this process's CPU time so far, user and system, in seconds.

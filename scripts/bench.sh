@@ -40,3 +40,7 @@ go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m 
 
 section "the same backfill and audience on the 3-master Redis Cluster"
 SEGMENTD_BENCH_REDIS=cluster go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
+
+section "backfill of a segment that one user in twenty enters (points >= 5500), standalone and cluster"
+SEGMENTD_BENCH_MIN_POINTS=5500 go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
+SEGMENTD_BENCH_MIN_POINTS=5500 SEGMENTD_BENCH_REDIS=cluster go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
