@@ -9,9 +9,10 @@ import (
 )
 
 // Amend is a compare-and-set change of one user's membership of one segment
-// made outside the profile stream (a backfill or a timer). It leaves the
-// profile alone and appends its entry to the user's outbox, so that the
-// entries of a stream batch not yet committed stay replayable.
+// made outside the profile stream (a backfill or a timer), computed from a
+// read of the user that found a profile. It leaves the profile alone and
+// appends its entry to the user's outbox, so that the entries of a stream
+// batch not yet committed stay replayable.
 type Amend struct {
 	OrgID, UserID, SegmentID string
 	ExpectRev                int64
@@ -23,8 +24,8 @@ type Amend struct {
 type AmendResult int8
 
 const (
-	// AmendStale means the user changed since it was read, or was deleted:
-	// read again.
+	// AmendStale means the user changed (or was deleted) since it was
+	// read: read again.
 	AmendStale AmendResult = iota
 	// AmendApplied means the membership changed and the outbox holds the entry.
 	AmendApplied
@@ -34,14 +35,15 @@ const (
 )
 
 // The script is on every backfilled change, so it makes as few calls as it
-// can: one read of revision and outbox, the profile's length (a deleted
-// user has an empty one) rather than the profile, the membership as it
-// stands (the caller may have guessed it from the member set), one write.
+// can: one read of revision and outbox, the membership as it stands (the
+// caller may have guessed it from the member set), one write. A deletion
+// moves the revision like any write, and callers amend only users they
+// read with a profile, so the revision alone also catches a user deleted
+// since the read.
 const amendScript = `
 local h = redis.call('HMGET', KEYS[1], 'r', 'o')
 local rev = tonumber(h[1] or '0')
 if rev ~= tonumber(ARGV[1]) then return 0 end
-if redis.call('HSTRLEN', KEYS[1], 'p') == 0 then return 0 end
 local enter = ARGV[3] == '1'
 if (redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1) == enter then return 2 end
 local o = h[2]

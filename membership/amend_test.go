@@ -12,7 +12,7 @@ import (
 )
 
 // TestAmendOutcomes: an amend applies on the revision it was computed from,
-// is stale on any other or on a deleted user, and changes nothing when the
+// is stale on any other (a deletion since the read included), and changes nothing when the
 // user's segment set already says what it would write.
 func TestAmendOutcomes(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
@@ -41,7 +41,7 @@ func TestAmendOutcomes(t *testing.T) {
 			want  membership.AmendResult
 		}{
 			{"older revision", amend("out", 0, true), membership.AmendStale},
-			{"deleted user", amend("gone", 2, true), membership.AmendStale},
+			{"deleted since the read", amend("gone", 1, true), membership.AmendStale},
 			{"already in", amend("in", 1, true), membership.AmendUnchanged},
 			{"already out", amend("out", 1, false), membership.AmendUnchanged},
 			{"enters", amend("out", 1, true), membership.AmendApplied},
