@@ -209,7 +209,33 @@ func Compile(c Criteria) (*Rule, error) {
 		}
 	}
 	slices.Sort(r.fields)
+	// Explain reports criteria in their order; Match and the rest test them
+	// in the order most likely to decide early.
+	r.include, r.exclude = slices.Clone(r.include), slices.Clone(r.exclude)
+	slices.SortStableFunc(r.conds, func(a, b cond) int { return a.rank() - b.rank() })
 	return r, nil
+}
+
+// rank orders a rule's conditions for Match, which stops at the first that
+// puts a user out: equality and membership tests first (cheap, and most
+// users fail them: "cohort equals 7"), then numeric comparisons, other
+// tests, and dates, which are parsed. A condition that puts a user out when
+// its test holds (an exclude, or a negated include) seldom decides, so it
+// goes after every other.
+func (c *cond) rank() int {
+	r := 2
+	switch {
+	case c.op == opEquals || c.op == opIn:
+		r = 0
+	case c.kind == kindDate || c.kind == kindRelative:
+		r = 3
+	case c.op >= opGT && c.op <= opLTE:
+		r = 1
+	}
+	if c.failIf {
+		r += 4
+	}
+	return r
 }
 
 // MustCompile is like Compile but panics on invalid criteria; it is meant for

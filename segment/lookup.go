@@ -23,9 +23,7 @@ func NewFieldSlots() *FieldSlots { return &FieldSlots{num: map[string]int32{}} }
 // Bind must not run concurrently with itself or with NewLookup.
 func (s *FieldSlots) Bind(r *Rule) *Rule {
 	b := *r
-	b.conds = slices.Clone(r.conds)
-	n := len(r.include)
-	b.include, b.exclude = b.conds[:n:n], b.conds[n:]
+	b.conds = slices.Clone(r.conds) // include and exclude, which Explain reads, stay shared
 	for i := range b.conds {
 		c := &b.conds[i]
 		slot, ok := s.num[c.field]
