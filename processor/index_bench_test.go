@@ -14,7 +14,8 @@ import (
 // BenchmarkAffectedSegments compares, for one typical patch (points,
 // updatedAt and one custom field) in an organisation of 1,000 segments,
 // evaluating only the segments the field index names against evaluating
-// every segment, each with and without the per-profile field memo.
+// every segment, each with and without the per-profile field memo and the
+// guards.
 func BenchmarkAffectedSegments(b *testing.B) {
 	var defs []segment.Definition
 	for i, c := range thousandSegments() {
@@ -58,6 +59,45 @@ func BenchmarkAffectedSegments(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(len(ns)), "segments/event")
+	})
+	// What the processor does: guards first, then the rule.
+	b.Run("index+memo+guards", func(b *testing.B) {
+		b.ReportAllocs()
+		var ns []int32
+		n := 0
+		lk := org.NewLookup()
+		keys, ok := make([]any, len(org.GuardSlots)), make([]bool, len(org.GuardSlots))
+		for b.Loop() {
+			ns = org.Index.AppendAffectedIndex(ns[:0], paths)
+			lk.Reset(next)
+			for g, slot := range org.GuardSlots {
+				keys[g], ok[g] = lk.GuardKey(slot)
+			}
+			for _, i := range ns {
+				if !org.Guarded(i, keys, ok) && org.ByNumber[i].Rule.MatchLookup(lk, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(ns)), "segments/event")
+	})
+	b.Run("all+memo+guards", func(b *testing.B) {
+		b.ReportAllocs()
+		n := 0
+		lk := org.NewLookup()
+		keys, ok := make([]any, len(org.GuardSlots)), make([]bool, len(org.GuardSlots))
+		for b.Loop() {
+			lk.Reset(next)
+			for g, slot := range org.GuardSlots {
+				keys[g], ok[g] = lk.GuardKey(slot)
+			}
+			for i, cs := range org.ByNumber {
+				if !org.Guarded(int32(i), keys, ok) && cs.Rule.MatchLookup(lk, now) {
+					n++
+				}
+			}
+		}
+		b.ReportMetric(float64(len(org.IDs)), "segments/event")
 	})
 	b.Run("all+memo", func(b *testing.B) {
 		b.ReportAllocs()

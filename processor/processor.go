@@ -696,8 +696,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	var in []bool
 	var buf []int32 // reused across the user's events; never aliases org.All
 	var lk *segment.Lookup
+	var guardKeys []any // the profile's guard keys, by org.GuardSlots index
+	var guardOK []bool
 	if org != nil {
 		lk = org.NewLookup()
+		guardKeys, guardOK = make([]any, len(org.GuardSlots)), make([]bool, len(org.GuardSlots))
 		in = make([]bool, len(org.ByNumber))
 		for _, s := range st.Segments {
 			if n, ok := org.Index.Number(s); ok {
@@ -773,9 +776,12 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 					affected = buf
 				}
 				lk.Reset(next)
+				for i, slot := range org.GuardSlots {
+					guardKeys[i], guardOK[i] = lk.GuardKey(slot)
+				}
 				for _, n := range affected {
 					cs := org.ByNumber[n]
-					match := cs.Rule.MatchLookup(lk, now)
+					match := !org.Guarded(n, guardKeys, guardOK) && cs.Rule.MatchLookup(lk, now)
 					if match != in[n] {
 						entry.Changes = append(entry.Changes, membership.OutboxChange{SegmentID: cs.Def.ID, Entered: match})
 						in[n] = match

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,20 @@ type OrgRules struct {
 	// to it, so that a Lookup from it reads each field of a profile once
 	// however many segments are evaluated.
 	Slots *segment.FieldSlots
+	// GuardSlots lists the distinct fields of the segments' guards (see
+	// segment.Guard); GuardOf gives, by index number, the segment's guard as
+	// an index into GuardSlots (-1 for none) and GuardKey its value.
+	GuardSlots []int32
+	GuardOf    []int32
+	GuardKey   []any
+}
+
+// Guarded reports whether segment number n's guard rules out the profile
+// whose guard keys (by GuardSlots index, from Lookup.GuardKey) are keys and
+// ok: then it is not a member, and evaluating its rule can be skipped.
+func (o *OrgRules) Guarded(n int32, keys []any, ok []bool) bool {
+	g := o.GuardOf[n]
+	return g >= 0 && (!ok[g] || keys[g] != o.GuardKey[n])
 }
 
 // NewLookup returns a field memo for evaluating this organisation's rules;
@@ -224,9 +239,21 @@ func compileOrg(defs []segment.Definition, log *slog.Logger) *OrgRules {
 	sort.Strings(o.TimeIDs)
 	o.ByNumber = make([]*CompiledSegment, o.Index.Len())
 	o.All = make([]int32, o.Index.Len())
+	o.GuardOf = make([]int32, o.Index.Len())
+	o.GuardKey = make([]any, o.Index.Len())
 	for i := range o.ByNumber {
-		o.ByNumber[i] = o.Segments[o.Index.ID(int32(i))]
+		cs := o.Segments[o.Index.ID(int32(i))]
+		o.ByNumber[i] = cs
 		o.All[i] = int32(i)
+		o.GuardOf[i] = -1
+		if g, ok := cs.Rule.Guard(); ok {
+			at := slices.Index(o.GuardSlots, g.Slot)
+			if at < 0 {
+				at = len(o.GuardSlots)
+				o.GuardSlots = append(o.GuardSlots, g.Slot)
+			}
+			o.GuardOf[i], o.GuardKey[i] = int32(at), g.Key
+		}
 	}
 	return o
 }

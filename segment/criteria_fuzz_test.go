@@ -10,7 +10,7 @@ import (
 // FuzzCompile decodes criteria and a profile from JSON, compiles the
 // criteria and, when they are accepted, evaluates them every way there is.
 // Nothing may panic, and Match must agree with Explain and with MatchLookup,
-// bound or not.
+// bound or not; a guard that fails must mean no match.
 func FuzzCompile(f *testing.F) {
 	profile := `{"tier":"gold","points":1500,"badges":["b1",2,true,null],"email":"a@b.c",
 		"createdAt":"2024-01-15T10:30:00Z","updatedAt":"2024-05-20T12:00:00.5+02:00",
@@ -92,6 +92,12 @@ func FuzzCompile(f *testing.F) {
 				lk.Reset(p)
 				if bm, um := bound.MatchLookup(lk, now), r.MatchLookup(lk, now); bm != m || um != m {
 					t.Fatalf("Match = %v, MatchLookup bound = %v, unbound = %v for %s on %v", m, bm, um, criteriaJSON, p)
+				}
+				if g, ok := bound.Guard(); ok {
+					key, kok := lk.GuardKey(g.Slot)
+					if !(kok && key == g.Key) && m {
+						t.Fatalf("guard %v rules out a member (key %v, %v) for %s on %v", g, key, kok, criteriaJSON, p)
+					}
 				}
 				if len(e.Include) != len(c.Include) || len(e.Exclude) != len(c.Exclude) {
 					t.Fatalf("Explain has %d+%d results for %d+%d criteria", len(e.Include), len(e.Exclude), len(c.Include), len(c.Exclude))

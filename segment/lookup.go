@@ -13,6 +13,13 @@ import (
 // goroutines.
 type FieldSlots struct {
 	num map[string]int32
+	// at holds each slot's path, split as a cond splits it.
+	at []slotPath
+}
+
+type slotPath struct {
+	key  string
+	rest []string
 }
 
 // NewFieldSlots returns an empty numbering.
@@ -30,6 +37,7 @@ func (s *FieldSlots) Bind(r *Rule) *Rule {
 		if !ok {
 			slot = int32(len(s.num))
 			s.num[c.field] = slot
+			s.at = append(s.at, slotPath{c.key, c.rest})
 		}
 		c.slot = slot
 	}
@@ -41,7 +49,7 @@ func (s *FieldSlots) Len() int { return len(s.num) }
 
 // NewLookup returns a Lookup sized for the paths numbered so far.
 func (s *FieldSlots) NewLookup() *Lookup {
-	return &Lookup{seen: make([]uint32, len(s.num)), vals: make([]any, len(s.num)), gen: 1}
+	return &Lookup{seen: make([]uint32, len(s.num)), vals: make([]any, len(s.num)), at: s.at[:len(s.num):len(s.num)], gen: 1}
 }
 
 // Lookup memoises the field values of one profile for the rules bound to
@@ -54,6 +62,7 @@ type Lookup struct {
 	gen  uint32
 	seen []uint32
 	vals []any
+	at   []slotPath
 }
 
 // Reset points l at profile p and forgets every value looked up before.
@@ -80,6 +89,65 @@ func (l *Lookup) value(c *cond) any {
 	v := c.value(l.p)
 	l.vals[s], l.seen[s] = v, l.gen
 	return v
+}
+
+// Guard is an include criterion "field equals value", with a string, number
+// or boolean value, of a rule bound to a FieldSlots: a profile whose field
+// does not hold the value is out of the segment, whatever else it holds.
+// Many segments of an organisation often share a guard's field with
+// different values ("cohort equals 7"); checking guards first spares
+// evaluating the segments a profile cannot be in.
+type Guard struct {
+	// Slot numbers the guard's field in the rule's FieldSlots.
+	Slot int32
+	// Key is the value, a string, a float64 or a bool; see GuardKey.
+	Key any
+}
+
+// Guard returns the rule's first guard in the order Match tests its
+// criteria; false when it has none or is not bound to a FieldSlots.
+func (r *Rule) Guard() (Guard, bool) {
+	for i := range r.conds {
+		c := &r.conds[i]
+		if c.op != opEquals || c.neg || c.failIf || c.slot < 0 {
+			continue
+		}
+		switch c.kind {
+		case kindString:
+			return Guard{c.slot, c.str}, true
+		case kindNumber:
+			return Guard{c.slot, c.num}, true
+		case kindBool:
+			return Guard{c.slot, c.b}, true
+		}
+	}
+	return Guard{}, false
+}
+
+// GuardKey returns the key of the profile's value at a guard's slot: equal
+// (==) to the guard's Key exactly when the criterion holds, and false when
+// the value meets no guard (missing, null, an array or an object).
+func (l *Lookup) GuardKey(slot int32) (any, bool) {
+	s := int(slot)
+	if s < 0 || s >= len(l.vals) {
+		return nil, false
+	}
+	v := l.vals[s]
+	if l.seen[s] != l.gen {
+		v = l.p[l.at[s].key]
+		if l.at[s].rest != nil {
+			v = descend(v, l.at[s].rest)
+		}
+		l.vals[s], l.seen[s] = v, l.gen
+	}
+	switch v.(type) {
+	case string, bool, float64: // as they are, not boxed again
+		return v, true
+	}
+	if f, ok := toFloat(v); ok {
+		return f, true
+	}
+	return nil, false
 }
 
 // MatchLookup is Match against the profile l was last Reset to, reading its

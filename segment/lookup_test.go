@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -76,4 +77,75 @@ func TestLookupGenerationWraps(t *testing.T) {
 			t.Fatalf("step %d (generation %d): MatchLookup = %v, want %v", i, lk.gen, got, want)
 		}
 	}
+}
+
+// TestGuard: a rule's guard is its first positive include "equals" on a
+// string, number or boolean, and a profile's guard key equals the guard's
+// key exactly when that criterion holds.
+func TestGuard(t *testing.T) {
+	eq := func(field string, v any) Criterion {
+		return Criterion{Field: field, Operator: OpEquals, Value: v, HasValue: true}
+	}
+	values := []any{"gold", "Gold", 7.0, int64(7), 7.5, -0.0, 0.0, true, false, nil, []any{"gold"}, map[string]any{"a": 1.0}}
+	for name, tc := range map[string]struct {
+		criteria Criteria
+		guarded  bool
+	}{
+		"string":            {Criteria{Include: []Criterion{{Field: "points", Operator: ">=", Value: 1.0, HasValue: true}, eq("tier", "gold")}}, true},
+		"number, nested":    {Criteria{Include: []Criterion{eq("customFields.cohort", 7.0)}}, true},
+		"zero":              {Criteria{Include: []Criterion{eq("n", 0.0)}}, true},
+		"boolean":           {Criteria{Include: []Criterion{eq("vip", true)}}, true},
+		"not_equals":        {Criteria{Include: []Criterion{{Field: "tier", Operator: "not_equals", Value: "gold", HasValue: true}}}, false},
+		"exclude":           {Criteria{Exclude: []Criterion{eq("tier", "gold")}}, false},
+		"array value":       {Criteria{Include: []Criterion{eq("badges", []any{"b1"})}}, false},
+		"in is not a guard": {Criteria{Include: []Criterion{{Field: "tier", Operator: "in", Value: []any{"gold"}, HasValue: true}}}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			slots := NewFieldSlots()
+			r := slots.Bind(MustCompile(tc.criteria))
+			g, ok := r.Guard()
+			if ok != tc.guarded {
+				t.Fatalf("Guard() ok = %v, want %v", ok, tc.guarded)
+			}
+			if _, ok := MustCompile(tc.criteria).Guard(); ok {
+				t.Error("an unbound rule has a guard")
+			}
+			if !ok {
+				return
+			}
+			var gc Criterion
+			for _, c := range tc.criteria.Include {
+				if c.Operator == OpEquals {
+					gc = c
+				}
+			}
+			only := MustCompile(Criteria{Include: []Criterion{gc}})
+			lk := slots.NewLookup()
+			for _, v := range values {
+				p := Profile{}
+				setPath(p, gc.Field, v)
+				lk.Reset(p)
+				key, kok := lk.GuardKey(g.Slot)
+				if got, want := kok && key == g.Key, only.Match(p, time.Now()); got != want {
+					t.Errorf("value %#v: guard holds %v, criterion %v", v, got, want)
+				}
+			}
+			lk.Reset(Profile{})
+			if key, kok := lk.GuardKey(g.Slot); kok && key == g.Key {
+				t.Error("a missing field meets the guard")
+			}
+		})
+	}
+}
+
+// setPath sets a dotted path in p, making the objects on the way.
+func setPath(p Profile, path string, v any) {
+	m := map[string]any(p)
+	parts := strings.Split(path, ".")
+	for _, k := range parts[:len(parts)-1] {
+		next := map[string]any{}
+		m[k] = next
+		m = next
+	}
+	m[parts[len(parts)-1]] = v
 }

@@ -72,6 +72,11 @@ func newE2E(t *testing.T, redisAddrs []string) *e2e {
 		{Include: []segment.Criterion{{Field: "customFields.f1", Operator: ">=", Value: 50.0, HasValue: true}}},
 		{Include: []segment.Criterion{{Field: "xp", Operator: "<", Value: 5000.0, HasValue: true}, {Field: "badges", Operator: "contains", Value: "b1", HasValue: true}}},
 		{Include: []segment.Criterion{{Field: "coins", Operator: "not_exists"}}},
+		// Guarded segments (an include "equals" on a string, boolean or number),
+		// whose rules the processor skips when the guard fails.
+		{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}, {Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}},
+		{Include: []segment.Criterion{{Field: "customFields.testAccount", Operator: "equals", Value: false, HasValue: true}, {Field: "customFields.f1", Operator: ">=", Value: 50.0, HasValue: true}}},
+		{Include: []segment.Criterion{{Field: "customFields.f1", Operator: "equals", Value: 42.0, HasValue: true}}},
 	} {
 		d, err := e.defs.Create(context.Background(), segment.Definition{OrgID: e.org, Name: fmt.Sprintf("s%d", i), Type: segment.TypeDynamic, Criteria: c, Status: segment.StatusReady})
 		if err != nil {
