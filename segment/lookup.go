@@ -126,7 +126,9 @@ func (r *Rule) Guard() (Guard, bool) {
 
 // GuardKey returns the key of the profile's value at a guard's slot: equal
 // (==) to the guard's Key exactly when the criterion holds, and false when
-// the value meets no guard (missing, null, an array or an object).
+// the value meets no guard (missing, null, an array or an object). The
+// slot must be numbered before l was made, as the slots of rules bound
+// before NewLookup are.
 func (l *Lookup) GuardKey(slot int32) (any, bool) {
 	s := int(slot)
 	if s < 0 || s >= len(l.vals) {
