@@ -505,13 +505,7 @@ func dropKeys(b *testing.B, rdb redis.UniversalClient, match string) {
 		}
 		return flush()
 	}
-	var err error
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error { return drop(ctx, c) })
-	} else {
-		err = drop(context.Background(), rdb)
-	}
-	if err != nil {
+	if err := eachMaster(rdb, drop); err != nil {
 		b.Errorf("drop %s: %v", match, err)
 	}
 }
@@ -544,16 +538,18 @@ func redisInfoSum(b *testing.B, rdb redis.UniversalClient, section string, field
 		}
 		return nil
 	}
-	var err error
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error { return read(ctx, c) })
-	} else {
-		err = read(context.Background(), rdb)
-	}
-	if err != nil {
+	if err := eachMaster(rdb, read); err != nil {
 		b.Fatal(err)
 	}
 	return sum
+}
+
+// eachMaster calls fn with every master of a cluster, or with rdb itself.
+func eachMaster(rdb redis.UniversalClient, fn func(ctx context.Context, c redis.UniversalClient) error) error {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error { return fn(ctx, c) })
+	}
+	return fn(context.Background(), rdb)
 }
 
 func getenv(k string) string { return os.Getenv(k) }

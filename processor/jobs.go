@@ -38,7 +38,7 @@ type JobDefinitions interface {
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
 }
 
-// Sizer counts segment members.
+// Sizer counts and lists segment members.
 type Sizer interface {
 	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
@@ -340,22 +340,11 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		if round == 10 {
 			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
-		if round > 0 {
-			known = nil
-		}
-		viewSeg := seg
-		if known != nil {
-			viewSeg = ""
-		}
-		views, err := j.cfg.Users.ViewUsers(ctx, org, viewSeg, pending)
+		views, err := j.viewUsers(ctx, org, seg, pending, known)
 		if err != nil {
 			return err
 		}
-		if known != nil {
-			for i := range views {
-				views[i].Member = known[views[i].UserID]
-			}
-		}
+		known = nil // users read again changed since: their own sets tell
 		results := evaluateViews(cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
@@ -410,6 +399,19 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		}
 	}
 	return nil
+}
+
+// viewUsers reads users as seen for seg, taking their membership from
+// known when it is not nil rather than from their segment sets.
+func (j *Jobs) viewUsers(ctx context.Context, org, seg string, users []string, known map[string]bool) ([]membership.SegmentView, error) {
+	if known == nil {
+		return j.cfg.Users.ViewUsers(ctx, org, seg, users)
+	}
+	views, err := j.cfg.Users.ViewUsers(ctx, org, "", users)
+	for i := range views {
+		views[i].Member = known[views[i].UserID]
+	}
+	return views, err
 }
 
 type viewResult struct {
