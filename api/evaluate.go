@@ -80,12 +80,14 @@ func (s *Server) evaluate(w http.ResponseWriter, r *http.Request) {
 			fe.add("userId", "userId must not be empty")
 		}
 	}
-	var profile segment.Profile
+	var profile *segment.Profile
 	rawProfile, hasProfile := obj["profile"]
 	if hasProfile {
-		if string(rawProfile) == "null" || json.Unmarshal(rawProfile, &profile) != nil {
+		var fields map[string]any
+		if string(rawProfile) == "null" || json.Unmarshal(rawProfile, &fields) != nil {
 			fe.add("profile", "profile must be a JSON object")
 		}
+		profile = segment.NewProfile(fields)
 	}
 	switch {
 	case hasUser && hasProfile:

@@ -61,7 +61,7 @@ type redisProfiles struct{ rdb redis.UniversalClient }
 
 func testProfileKey(org, user string) string { return "apitest:profile:{" + org + ":" + user + "}" }
 
-func (p redisProfiles) Profile(ctx context.Context, org, user string) (segment.Profile, bool, error) {
+func (p redisProfiles) Profile(ctx context.Context, org, user string) (*segment.Profile, bool, error) {
 	raw, err := p.rdb.Get(ctx, testProfileKey(org, user)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, false, nil
@@ -69,8 +69,8 @@ func (p redisProfiles) Profile(ctx context.Context, org, user string) (segment.P
 	if err != nil {
 		return nil, false, err
 	}
-	var prof segment.Profile
-	if err := json.Unmarshal(raw, &prof); err != nil {
+	prof, err := segment.DecodeProfile(raw)
+	if err != nil {
 		return nil, false, err
 	}
 	return prof, true, nil

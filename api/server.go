@@ -76,7 +76,7 @@ type MembershipStore interface {
 // ProfileSource reads stored user profiles, for evaluation by user id.
 type ProfileSource interface {
 	// Profile returns a user's profile; false when the user has none.
-	Profile(ctx context.Context, orgID, userID string) (segment.Profile, bool, error)
+	Profile(ctx context.Context, orgID, userID string) (*segment.Profile, bool, error)
 }
 
 // Publisher publishes membership changes to the change topic. Publishing the

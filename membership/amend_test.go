@@ -19,7 +19,7 @@ func TestAmendOutcomes(t *testing.T) {
 		ctx := context.Background()
 		org := testenv.UniqueName(t, "org")
 		users := membership.NewUsers(rdb)
-		profile := segment.AppendProfile(nil, segment.Profile{"points": 1.0})
+		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
 		ws := []membership.UserWrite{
 			{OrgID: org, UserID: "out", Version: 1, Profile: profile},
 			{OrgID: org, UserID: "in", Version: 1, Profile: profile, Add: []string{"s"}},

@@ -284,7 +284,7 @@ func (u *Users) Project(ctx context.Context, ps []Projection) error {
 
 // Profile returns a user's stored profile, decoded; false when the user has
 // none or was deleted.
-func (u *Users) Profile(ctx context.Context, org, user string) (segment.Profile, bool, error) {
+func (u *Users) Profile(ctx context.Context, org, user string) (*segment.Profile, bool, error) {
 	p, err := u.rdb.HGet(ctx, ProfileKey(org, user), "p").Result()
 	if errors.Is(err, redis.Nil) || (err == nil && p == "") {
 		return nil, false, nil

@@ -401,7 +401,7 @@ func BenchmarkBackfillMillion(b *testing.B) {
 			ev = g.Next(now)
 		}
 		ev.UserID = fmt.Sprintf("u%d", i)
-		p := segment.AppendProfile(nil, ev.Profile) // as the processor stores it
+		p := segment.AppendProfile(nil, segment.NewProfile(ev.Profile)) // as the processor stores it
 		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: ev.UserID, Version: 1, Profile: p,
 			Outbox: []membership.OutboxEntry{{EventID: ev.EventID, Version: 1, AtMillis: now.UnixMilli()}}})
 		if len(ws) == chunk || i == n-1 {

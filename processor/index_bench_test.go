@@ -23,8 +23,8 @@ func BenchmarkAffectedSegments(b *testing.B) {
 	}
 	org := processor.Compile(1, defs, slog.New(slog.NewTextHandler(io.Discard, nil))).Org("acme")
 	now := time.Now()
-	old := segment.Profile{"tier": "gold", "points": 900.0, "xp": 4000.0, "coins": 12.0, "updatedAt": "2026-10-01T00:00:00Z",
-		"customFields": map[string]any{"f7": 10.0, "f8": 3.0, "testAccount": false, "cohort": 7.0}}
+	old := segment.NewProfile(map[string]any{"tier": "gold", "points": 900.0, "xp": 4000.0, "coins": 12.0, "updatedAt": "2026-10-01T00:00:00Z",
+		"customFields": map[string]any{"f7": 10.0, "f8": 3.0, "testAccount": false, "cohort": 7.0}})
 	changes := map[string]any{"points": 1100.0, "updatedAt": "2026-11-25T17:00:00Z", "customFields.f7": 60.0}
 	next, paths, err := segment.ApplyChanges(old, changes)
 	if err != nil {

@@ -99,7 +99,7 @@ func (r *rig) waitPoints(t *testing.T, want map[string]int, timeout time.Duratio
 		err := r.users.ScanProfiles(context.Background(), r.org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
 				p, _ := segment.DecodeProfile(sp.Profile)
-				if f, ok := p["points"].(float64); ok && int(f) == want[sp.UserID] {
+				if f, ok := p.Get("points").(float64); ok && int(f) == want[sp.UserID] {
 					seen++
 				}
 			}

@@ -708,7 +708,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 		}
 	}
-	var profile segment.Profile
+	var profile *segment.Profile
 	if len(st.Profile) > 0 {
 		p, err := segment.DecodeProfile(st.Profile)
 		if err == nil {
@@ -739,7 +739,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		entry := membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(), Rev: st.Rev + 1}
-		var next segment.Profile
+		var next *segment.Profile
 		var paths []string
 		evaluateAll := profile == nil || deleted
 		switch {
@@ -753,7 +753,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			clear(in)
 			next, deleted = nil, true
 		case ev.Profile != nil:
-			next = segment.Profile(ev.Profile)
+			next = segment.NewProfile(ev.Profile)
 			paths = segment.ChangedPaths(profile, next)
 		default:
 			base := profile

@@ -270,8 +270,8 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 	}
 	// u3's later valid event still applied after its bad patch.
 	p, ok, err := r.users.Profile(context.Background(), o, "u3")
-	if err != nil || !ok || p["tier"] != "silver" {
-		t.Errorf("u3 profile = %v %v %v", p, ok, err)
+	if err != nil || !ok || p.Get("tier") != "silver" {
+		t.Errorf("u3 profile = %v %v %v", p.Map(), ok, err)
 	}
 	diffs, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), o)
 	if err != nil {

@@ -77,7 +77,7 @@ func (o *OrgRules) TimeDependent() bool { return len(o.TimeIDs) > 0 }
 
 // NextFlip returns the earliest instant after now at which any
 // time-relative segment of the organisation can change for p.
-func (o *OrgRules) NextFlip(p segment.Profile, now time.Time) (time.Time, bool) {
+func (o *OrgRules) NextFlip(p *segment.Profile, now time.Time) (time.Time, bool) {
 	var best time.Time
 	for _, id := range o.TimeIDs {
 		if at, ok := o.Segments[id].Rule.NextFlip(p, now); ok && (best.IsZero() || at.Before(best)) {

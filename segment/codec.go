@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 )
@@ -42,20 +43,36 @@ const maxExactInt = 1 << 53
 // AppendProfile appends the stored encoding of p to dst. Values of types
 // other than those encoding/json decodes into are stored as their JSON
 // decoding would give them back.
-func AppendProfile(dst []byte, p Profile) []byte {
-	dst = append(dst, profileMagic)
-	return appendObject(dst, p)
+func AppendProfile(dst []byte, p *Profile) []byte {
+	dst = append(dst, profileMagic, tagObject)
+	dst = binary.AppendUvarint(dst, uint64(p.Len()))
+	if p == nil {
+		return dst
+	}
+	for i, v := range p.known {
+		if v != nil {
+			dst = appendField(dst, knownFields[i], v)
+		}
+	}
+	for k, v := range p.other {
+		dst = appendField(dst, k, v)
+	}
+	return dst
 }
 
 func appendObject(dst []byte, m map[string]any) []byte {
 	dst = append(dst, tagObject)
 	dst = binary.AppendUvarint(dst, uint64(len(m)))
 	for k, v := range m {
-		dst = binary.AppendUvarint(dst, uint64(len(k)))
-		dst = append(dst, k...)
-		dst = appendValue(dst, v)
+		dst = appendField(dst, k, v)
 	}
 	return dst
+}
+
+func appendField(dst []byte, k string, v any) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(k)))
+	dst = append(dst, k...)
+	return appendValue(dst, v)
 }
 
 func appendValue(dst []byte, v any) []byte {
@@ -83,8 +100,6 @@ func appendValue(dst []byte, v any) []byte {
 		return dst
 	case map[string]any:
 		return appendObject(dst, x)
-	case Profile:
-		return appendObject(dst, x)
 	}
 	// Anything else (an int from Go code, a json.Number) is stored as JSON
 	// would carry it; what JSON cannot carry is stored as null.
@@ -98,31 +113,8 @@ func appendValue(dst []byte, v any) []byte {
 // DecodeProfile decodes a stored profile: the binary encoding of
 // AppendProfile, or JSON. Numbers come back as float64, arrays as []any and
 // objects as map[string]any, as from encoding/json.
-func DecodeProfile(b []byte) (Profile, error) {
-	if len(b) == 0 || b[0] != profileMagic {
-		var p Profile
-		if err := json.Unmarshal(b, &p); err != nil {
-			return nil, fmt.Errorf("decode profile: %w", err)
-		}
-		if p == nil {
-			return nil, errors.New("decode profile: not an object")
-		}
-		return p, nil
-	}
-	// One string holds every key and string value: one allocation instead
-	// of one per string.
-	d := decoder{s: string(b[1:])}
-	if d.next() != tagObject {
-		return nil, errors.New("decode profile: not an object")
-	}
-	m, err := d.object()
-	if err != nil {
-		return nil, fmt.Errorf("decode profile: %w", err)
-	}
-	if d.i != len(d.s) {
-		return nil, errors.New("decode profile: trailing bytes")
-	}
-	return m, nil
+func DecodeProfile(b []byte) (*Profile, error) {
+	return DecodeProfileKeys(b, nil)
 }
 
 // DecodeProfileKeys is DecodeProfile keeping only the top-level fields
@@ -130,45 +122,34 @@ func DecodeProfile(b []byte) (Profile, error) {
 // and checked, not built, which is most of the work when a rule reads a few
 // fields of a large profile: a profile decoded for Rule.ProfileKeys
 // evaluates as the whole profile would.
-func DecodeProfileKeys(b []byte, keys []string) (Profile, error) {
-	if keys == nil || len(b) == 0 || b[0] != profileMagic {
-		p, err := DecodeProfile(b)
-		if err != nil || keys == nil {
-			return p, err
+func DecodeProfileKeys(b []byte, keys []string) (*Profile, error) {
+	if len(b) == 0 || b[0] != profileMagic {
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("decode profile: %w", err)
 		}
-		for k := range p {
-			if !slices.Contains(keys, k) {
-				delete(p, k)
-			}
+		if m == nil {
+			return nil, errors.New("decode profile: not an object")
 		}
-		return p, nil
+		if keys != nil {
+			maps.DeleteFunc(m, func(k string, _ any) bool { return !slices.Contains(keys, k) })
+		}
+		return NewProfile(m), nil
 	}
+	// One string holds every key and string value: one allocation instead
+	// of one per string.
 	d := decoder{s: string(b[1:])}
 	if d.next() != tagObject {
 		return nil, errors.New("decode profile: not an object")
 	}
-	n, err := d.length()
+	p, err := d.profile(keys)
 	if err != nil {
 		return nil, fmt.Errorf("decode profile: %w", err)
-	}
-	m := make(map[string]any, min(n, len(keys)))
-	for range n {
-		k, err := d.str()
-		if err == nil {
-			if slices.Contains(keys, k) {
-				m[k], err = d.value()
-			} else {
-				err = d.skip()
-			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("decode profile: %w", err)
-		}
 	}
 	if d.i != len(d.s) {
 		return nil, errors.New("decode profile: trailing bytes")
 	}
-	return m, nil
+	return p, nil
 }
 
 type decoder struct {
@@ -224,6 +205,44 @@ func (d *decoder) str() (string, error) {
 	s := d.s[d.i : d.i+n]
 	d.i += n
 	return s, nil
+}
+
+// profile decodes the top-level object, keeping the fields named in keys
+// (every field when keys is nil).
+func (d *decoder) profile(keys []string) (*Profile, error) {
+	n, err := d.length()
+	if err != nil {
+		return nil, err
+	}
+	p := &Profile{}
+	for i := range n {
+		k, err := d.str()
+		if err != nil {
+			return nil, err
+		}
+		if keys != nil && !slices.Contains(keys, k) {
+			if err := d.skip(); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		v, err := d.value()
+		if err != nil {
+			return nil, err
+		}
+		if v == nil {
+			continue
+		}
+		if slot := knownSlot(k); slot >= 0 {
+			p.known[slot] = v
+			continue
+		}
+		if p.other == nil {
+			p.other = make(map[string]any, n-i)
+		}
+		p.other[k] = v
+	}
+	return p, nil
 }
 
 func (d *decoder) object() (map[string]any, error) {

@@ -17,20 +17,21 @@ func TestProfileCodecRoundTrip(t *testing.T) {
 	}
 	for name, js := range cases {
 		t.Run(name, func(t *testing.T) {
-			var want Profile
+			var want pmap
 			if err := json.Unmarshal([]byte(js), &want); err != nil {
 				t.Fatal(err)
 			}
-			b := AppendProfile(nil, want)
+			want = NewProfile(want).Map() // without top-level nulls
+			b := AppendProfile(nil, NewProfile(want))
 			got, err := DecodeProfile(b)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(got, want) {
+			if !reflect.DeepEqual(got.Map(), want) {
 				t.Fatalf("round trip:\n got %#v\nwant %#v", got, want)
 			}
 			fromJSON, err := DecodeProfile([]byte(js))
-			if err != nil || !reflect.DeepEqual(fromJSON, want) {
+			if err != nil || !reflect.DeepEqual(fromJSON.Map(), want) {
 				t.Fatalf("JSON profile decoded as %#v, %v", fromJSON, err)
 			}
 		})
@@ -38,24 +39,25 @@ func TestProfileCodecRoundTrip(t *testing.T) {
 }
 
 func TestProfileCodecNormalisesGoValues(t *testing.T) {
-	p := Profile{"i": 7, "n": json.Number("2.5"), "s": []string{"a"}, "neg0": math.Copysign(0, -1)}
-	got, err := DecodeProfile(AppendProfile(nil, p))
+	p := pmap{"i": 7, "n": json.Number("2.5"), "s": []string{"a"}, "neg0": math.Copysign(0, -1)}
+	got, err := DecodeProfile(AppendProfile(nil, NewProfile(p)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Profile{"i": 7.0, "n": 2.5, "s": []any{"a"}, "neg0": math.Copysign(0, -1)}
-	if !math.Signbit(got["neg0"].(float64)) {
+	want := pmap{"i": 7.0, "n": 2.5, "s": []any{"a"}, "neg0": math.Copysign(0, -1)}
+	if !math.Signbit(got.Get("neg0").(float64)) {
 		t.Errorf("-0 lost its sign")
 	}
-	delete(got, "neg0")
+	gm := got.Map()
+	delete(gm, "neg0")
 	delete(want, "neg0")
-	if !reflect.DeepEqual(got, want) {
+	if !reflect.DeepEqual(gm, want) {
 		t.Fatalf("got %#v, want %#v", got, want)
 	}
 }
 
 func TestDecodeProfileRejectsCorruptInput(t *testing.T) {
-	good := AppendProfile(nil, Profile{"a": "xyz", "b": []any{1.0, 2.5}})
+	good := AppendProfile(nil, NewProfile(pmap{"a": "xyz", "b": []any{1.0, 2.5}}))
 	cases := map[string][]byte{
 		"truncated":   good[:len(good)-3],
 		"trailing":    append(append([]byte{}, good...), 0),
@@ -77,7 +79,7 @@ func TestDecodeProfileRejectsCorruptInput(t *testing.T) {
 // FuzzDecodeProfile checks that any input decodes or fails without
 // panicking, and that whatever decodes encodes back to the same profile.
 func FuzzDecodeProfile(f *testing.F) {
-	f.Add(AppendProfile(nil, Profile{"a": "xyz", "b": []any{1.0, 2.5, nil, true}, "c": map[string]any{"d": false}}))
+	f.Add(AppendProfile(nil, NewProfile(pmap{"a": "xyz", "b": []any{1.0, 2.5, nil, true}, "c": map[string]any{"d": false}})))
 	f.Add([]byte(`{"x":[1,{"y":null}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := DecodeProfile(b)
@@ -94,13 +96,13 @@ func FuzzDecodeProfile(f *testing.F) {
 			if err != nil {
 				t.Fatalf("DecodeProfileKeys(%v) failed where DecodeProfile did not: %v", keys, err)
 			}
-			want := Profile{}
+			want := pmap{}
 			for _, k := range keys {
-				if v, ok := p[k]; ok {
+				if v := p.Get(k); v != nil {
 					want[k] = v
 				}
 			}
-			if !reflect.DeepEqual(jsonOf(t, part), jsonOf(t, want)) {
+			if !reflect.DeepEqual(jsonOf(t, part.Map()), jsonOf(t, want)) {
 				t.Fatalf("DecodeProfileKeys(%v) = %v, want %v", keys, part, want)
 			}
 		}
@@ -108,7 +110,7 @@ func FuzzDecodeProfile(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded profile does not decode: %v", err)
 		}
-		if !reflect.DeepEqual(jsonOf(t, again), jsonOf(t, p)) {
+		if !reflect.DeepEqual(jsonOf(t, again.Map()), jsonOf(t, p.Map())) {
 			t.Fatalf("round trip changed %v into %v", p, again)
 		}
 	})
@@ -118,7 +120,7 @@ func FuzzDecodeProfile(f *testing.F) {
 // for its ProfileKeys as it does the whole profile.
 func TestDecodeProfileKeysEvaluatesAlike(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	profiles := []Profile{
+	profiles := []pmap{
 		benchProfile(),
 		{"tier": "gold", "points": 1500.0, "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
 		{"points": 10.0, "email": nil, "badges": []any{"b1", 2.0}},
@@ -139,15 +141,15 @@ func TestDecodeProfileKeysEvaluatesAlike(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, p := range profiles {
-				for _, b := range [][]byte{AppendProfile(nil, p), mustJSON(t, p)} {
+				for _, b := range [][]byte{AppendProfile(nil, NewProfile(p)), mustJSON(t, p)} {
 					part, err := DecodeProfileKeys(b, r.ProfileKeys())
 					if err != nil {
 						t.Fatal(err)
 					}
-					if len(part) > len(r.ProfileKeys()) {
-						t.Errorf("profile %d: kept %d fields for keys %v", i, len(part), r.ProfileKeys())
+					if part.Len() > len(r.ProfileKeys()) {
+						t.Errorf("profile %d: kept %d fields for keys %v", i, part.Len(), r.ProfileKeys())
 					}
-					if got, want := r.Match(part, now), r.Match(p, now); got != want {
+					if got, want := r.Match(part, now), r.Match(NewProfile(p), now); got != want {
 						t.Errorf("profile %d: Match on its keys = %v, on the whole profile = %v", i, got, want)
 					}
 				}
@@ -156,7 +158,7 @@ func TestDecodeProfileKeysEvaluatesAlike(t *testing.T) {
 	}
 }
 
-func mustJSON(t *testing.T, p Profile) []byte {
+func mustJSON(t *testing.T, p pmap) []byte {
 	b, err := json.Marshal(p)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +166,7 @@ func mustJSON(t *testing.T, p Profile) []byte {
 	return b
 }
 
-func jsonOf(t *testing.T, p Profile) string {
+func jsonOf(t *testing.T, p pmap) string {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return "unmarshalable"
@@ -174,11 +176,11 @@ func jsonOf(t *testing.T, p Profile) string {
 
 func BenchmarkProfileDecode(b *testing.B) {
 	js, _ := json.Marshal(benchProfile())
-	bin := AppendProfile(nil, benchProfile())
+	bin := AppendProfile(nil, NewProfile(benchProfile()))
 	b.Run("json", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			var p Profile
+			var p pmap
 			if err := json.Unmarshal(js, &p); err != nil {
 				b.Fatal(err)
 			}
@@ -220,8 +222,9 @@ func BenchmarkProfileEncode(b *testing.B) {
 	b.Run("binary", func(b *testing.B) {
 		b.ReportAllocs()
 		var buf []byte
+		sp := NewProfile(p)
 		for b.Loop() {
-			buf = AppendProfile(buf[:0], p)
+			buf = AppendProfile(buf[:0], sp)
 		}
 	})
 }

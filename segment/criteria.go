@@ -306,6 +306,7 @@ const (
 // cache lines.
 type cond struct {
 	key   string    // first path segment
+	top   int8      // key's slot in a Profile, -1 for a field outside them
 	slot  int32     // the path's number in a FieldSlots, -1 when unbound
 	rest  []string  // remaining path segments, nil for a top-level field
 	check checkFunc // Match's test, picked by pickCheck
@@ -387,6 +388,7 @@ func compileCond(c *cond, cr Criterion, at string, errs []FieldError) []FieldErr
 	c.slot = -1
 	c.path = strings.Split(cr.Field, ".")
 	c.key = c.path[0]
+	c.top = int8(knownSlot(c.key))
 	if len(c.path) > 1 {
 		c.rest = c.path[1:]
 	}
@@ -612,8 +614,6 @@ func normalize(v any) (any, string) {
 			out[k] = n
 		}
 		return out, ""
-	case Profile:
-		return normalize(map[string]any(x))
 	}
 	return nil, fmt.Sprintf("unsupported value type %T", v)
 }

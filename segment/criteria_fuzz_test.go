@@ -39,9 +39,9 @@ func FuzzCompile(f *testing.F) {
 		f.Add([]byte(s), []byte(profiles[i%len(profiles)]))
 	}
 
-	var fixed []Profile
+	var fixed []pmap
 	for _, s := range profiles {
-		var p Profile
+		var p pmap
 		if err := json.Unmarshal([]byte(s), &p); err != nil {
 			f.Fatal(err)
 		}
@@ -69,7 +69,7 @@ func FuzzCompile(f *testing.F) {
 			return
 		}
 		ps := fixed
-		var extra Profile
+		var extra pmap
 		if json.Unmarshal(profileJSON, &extra) == nil {
 			ps = append(ps[:len(ps):len(ps)], extra)
 		}
@@ -84,12 +84,12 @@ func FuzzCompile(f *testing.F) {
 		}
 		for _, p := range ps {
 			for _, now := range nows {
-				m := r.Match(p, now)
-				e := r.Explain(p, now)
+				m := r.Match(NewProfile(p), now)
+				e := r.Explain(NewProfile(p), now)
 				if m != e.Member {
 					t.Fatalf("Match = %v, Explain().Member = %v for %s on %v", m, e.Member, criteriaJSON, p)
 				}
-				lk.Reset(p)
+				lk.Reset(NewProfile(p))
 				if bm, um := bound.MatchLookup(lk, now), r.MatchLookup(lk, now); bm != m || um != m {
 					t.Fatalf("Match = %v, MatchLookup bound = %v, unbound = %v for %s on %v", m, bm, um, criteriaJSON, p)
 				}
@@ -102,14 +102,14 @@ func FuzzCompile(f *testing.F) {
 				if len(e.Include) != len(c.Include) || len(e.Exclude) != len(c.Exclude) {
 					t.Fatalf("Explain has %d+%d results for %d+%d criteria", len(e.Include), len(e.Exclude), len(c.Include), len(c.Exclude))
 				}
-				flip, ok := r.NextFlip(p, now)
+				flip, ok := r.NextFlip(NewProfile(p), now)
 				if ok && !flip.After(now) {
 					t.Fatalf("NextFlip = %v, not after %v", flip, now)
 				}
 				if ok && !r.TimeDependent() {
 					t.Fatal("NextFlip found a flip in a rule that does not depend on time")
 				}
-				mflip, mok := r.NextMembershipFlip(p, now)
+				mflip, mok := r.NextMembershipFlip(NewProfile(p), now)
 				if mok && (!ok || !mflip.Equal(flip)) {
 					t.Fatalf("NextMembershipFlip = %v, %v; NextFlip = %v, %v", mflip, mok, flip, ok)
 				}

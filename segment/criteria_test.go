@@ -150,7 +150,7 @@ func TestCompileAccepts(t *testing.T) {
 		"contains bool":          {Include: []Criterion{cr("badges", OpNotContains, false)}},
 		"equals object":          {Include: []Criterion{cr("obj", OpEquals, map[string]any{"a": []any{1.0}})}},
 		"equals array":           {Include: []Criterion{cr("obj", OpNotEquals, []any{})}},
-		"equals Profile value":   {Include: []Criterion{cr("obj", OpEquals, Profile{"a": 1})}},
+		"equals object of ints":  {Include: []Criterion{cr("obj", OpEquals, pmap{"a": 1})}},
 		"value without HasValue": {Include: []Criterion{{Field: "tier", Operator: OpEquals, Value: "gold"}}},
 		"exists":                 {Include: []Criterion{crNoValue("tier", OpExists)}, Exclude: []Criterion{crNoValue("x", OpNotExists)}},
 	}
@@ -160,7 +160,7 @@ func TestCompileAccepts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Compile: %v", err)
 			}
-			r.Match(opProfile(), testNow)
+			r.Match(NewProfile(opProfile()), testNow)
 		})
 	}
 }
@@ -221,7 +221,7 @@ func TestCompileDoesNotAlias(t *testing.T) {
 	r := MustCompile(c)
 	vals[0] = "silver"
 	c.Include[0].Field = "other"
-	if !r.Match(Profile{"tier": "gold"}, testNow) {
+	if !r.Match(NewProfile(pmap{"tier": "gold"}), testNow) {
 		t.Error("changing the criteria after Compile changed the rule")
 	}
 }

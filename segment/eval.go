@@ -10,7 +10,7 @@ import (
 // Match reports whether a user with profile p is a member of the segment at
 // time now: every include criterion matches and no exclude criterion does.
 // It does not allocate.
-func (r *Rule) Match(p Profile, now time.Time) bool {
+func (r *Rule) Match(p *Profile, now time.Time) bool {
 	var n instant
 	if r.relative {
 		n = instantOf(now)
@@ -48,8 +48,8 @@ const matchBatch = 8
 type checkFunc func(c *cond, v any, now instant) bool
 
 // value returns the value of the cond's field in p, nil when missing.
-func (c *cond) value(p Profile) any {
-	v := p[c.key]
+func (c *cond) value(p *Profile) any {
+	v := p.field(c.key, int(c.top))
 	if c.rest != nil {
 		v = descend(v, c.rest)
 	}
@@ -132,7 +132,7 @@ type CriterionResult struct {
 // Explain evaluates every criterion of the rule against p at time now, without
 // stopping at the first failure, and reports each outcome. Its Member always
 // equals Match(p, now).
-func (r *Rule) Explain(p Profile, now time.Time) Explanation {
+func (r *Rule) Explain(p *Profile, now time.Time) Explanation {
 	n := instantOf(now)
 	e := Explanation{
 		Member:  true,
@@ -150,7 +150,7 @@ func (r *Rule) Explain(p Profile, now time.Time) Explanation {
 	return e
 }
 
-func (c *cond) explain(cr Criterion, p Profile, now instant) CriterionResult {
+func (c *cond) explain(cr Criterion, p *Profile, now instant) CriterionResult {
 	v := c.value(p)
 	return CriterionResult{Criterion: cr, Matched: c.test(v, now) != c.neg, Present: v != nil, Value: v}
 }
@@ -166,7 +166,7 @@ func (c *cond) explain(cr Criterion, p Profile, now instant) CriterionResult {
 // "updatedAt < now-30d" the criterion is still false at exactly T+30d, so
 // NextFlip returns T+30d plus one nanosecond. Likewise ">" flips at the
 // boundary and ">=" one nanosecond after it.
-func (r *Rule) NextFlip(p Profile, now time.Time) (time.Time, bool) {
+func (r *Rule) NextFlip(p *Profile, now time.Time) (time.Time, bool) {
 	if !r.relative {
 		return time.Time{}, false
 	}
@@ -189,7 +189,7 @@ func (r *Rule) NextFlip(p Profile, now time.Time) (time.Time, bool) {
 // exclude criterion matches, and that criterion has no flip ahead. A
 // scheduler that re-evaluates members when their time-relative criteria flip
 // can use it to skip users whose membership is already settled.
-func (r *Rule) NextMembershipFlip(p Profile, now time.Time) (time.Time, bool) {
+func (r *Rule) NextMembershipFlip(p *Profile, now time.Time) (time.Time, bool) {
 	if !r.relative {
 		return time.Time{}, false
 	}
@@ -218,7 +218,7 @@ func (r *Rule) NextMembershipFlip(p Profile, now time.Time) (time.Time, bool) {
 
 // nextFlip returns when a relative-date criterion next changes for p, if it
 // is one and ever does after now.
-func (c *cond) nextFlip(p Profile, now instant) (instant, bool) {
+func (c *cond) nextFlip(p *Profile, now instant) (instant, bool) {
 	if c.kind != kindRelative {
 		return instant{}, false
 	}
@@ -245,8 +245,8 @@ func (c *cond) nextFlip(p Profile, now instant) (instant, bool) {
 
 // lookup returns the value at path in p, nil when absent or null or when the
 // path crosses a value that is not an object.
-func lookup(p Profile, path []string) any {
-	v := p[path[0]]
+func lookup(p *Profile, path []string) any {
+	v := p.Get(path[0])
 	if len(path) > 1 {
 		v = descend(v, path[1:])
 	}
@@ -258,8 +258,6 @@ func descend(v any, path []string) any {
 	for _, k := range path {
 		switch m := v.(type) {
 		case map[string]any:
-			v = m[k]
-		case Profile:
 			v = m[k]
 		default:
 			return nil
@@ -478,8 +476,6 @@ func jsonEqual(a, b any) bool {
 		return true
 	case map[string]any:
 		return objectEqual(x, b)
-	case Profile:
-		return objectEqual(x, b)
 	}
 	fa, ok := toFloat(a)
 	if !ok {
@@ -506,8 +502,6 @@ func objectEqual(x map[string]any, b any) bool {
 func asObject(v any) (map[string]any, bool) {
 	switch m := v.(type) {
 	case map[string]any:
-		return m, true
-	case Profile:
 		return m, true
 	}
 	return nil, false

@@ -18,8 +18,8 @@ func benchCriteria() Criteria {
 
 // benchProfile is a typical profile, which is a member of benchCriteria at
 // benchNow.
-func benchProfile() Profile {
-	return Profile{
+func benchProfile() pmap {
+	return pmap{
 		"userId":    "u_8f14e45f",
 		"tier":      "gold",
 		"points":    1500.0,
@@ -42,7 +42,7 @@ var sink bool
 
 func BenchmarkMatch5(b *testing.B) {
 	r := MustCompile(benchCriteria())
-	p := benchProfile()
+	p := NewProfile(benchProfile())
 	if !r.Match(p, benchNow) {
 		b.Fatal("benchmark profile does not match")
 	}

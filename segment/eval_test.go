@@ -19,8 +19,8 @@ func crNoValue(field, op string) Criterion { return Criterion{Field: field, Oper
 var testNow = time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
 
 // opProfile has a field of every JSON type, at the top level and nested.
-func opProfile() Profile {
-	return Profile{
+func opProfile() pmap {
+	return pmap{
 		"tier":      "gold",
 		"email":     "ada@example.com",
 		"points":    1500.0,
@@ -234,15 +234,15 @@ func TestMatchOperators(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Compile(%+v): %v", c, err)
 				}
-				if got := r.Match(p, testNow); got != want {
+				if got := r.Match(NewProfile(p), testNow); got != want {
 					t.Errorf("include %s %s %v: Match = %v, want %v", c.Field, c.Operator, c.Value, got, want)
 				}
-				if got := r.Explain(p, testNow); got.Member != want || got.Include[0].Matched != want {
+				if got := r.Explain(NewProfile(p), testNow); got.Member != want || got.Include[0].Matched != want {
 					t.Errorf("include %s %s %v: Explain = %+v, want member %v", c.Field, c.Operator, c.Value, got, want)
 				}
 				// As an exclude criterion, the outcome is reversed.
 				ex := MustCompile(Criteria{Exclude: []Criterion{c}})
-				if got := ex.Match(p, testNow); got != !want {
+				if got := ex.Match(NewProfile(p), testNow); got != !want {
 					t.Errorf("exclude %s %s %v: Match = %v, want %v", c.Field, c.Operator, c.Value, got, !want)
 				}
 			}
@@ -266,7 +266,7 @@ func TestMatchNumberTypesInProfile(t *testing.T) {
 	}
 	for name, v := range tests {
 		t.Run(name, func(t *testing.T) {
-			p := Profile{"points": v, "list": []any{v}}
+			p := pmap{"points": v, "list": []any{v}}
 			for _, c := range []Criterion{
 				cr("points", OpEquals, 1500),
 				cr("points", OpIn, []any{1500.0}),
@@ -274,7 +274,7 @@ func TestMatchNumberTypesInProfile(t *testing.T) {
 				cr("list", OpContains, 1500),
 				cr("list", OpEquals, []any{1500}),
 			} {
-				if !MustCompile(Criteria{Include: []Criterion{c}}).Match(p, testNow) {
+				if !MustCompile(Criteria{Include: []Criterion{c}}).Match(NewProfile(p), testNow) {
 					t.Errorf("%s %s %v: no match on %T", c.Field, c.Operator, c.Value, v)
 				}
 			}
@@ -294,24 +294,24 @@ func TestMatchCombination(t *testing.T) {
 		},
 	})
 	tests := map[string]struct {
-		p    Profile
+		p    pmap
 		want bool
 	}{
-		"all includes, no excludes": {Profile{"tier": "gold", "points": 1000.0, "email": "a@b.c"}, true},
-		"one include fails":         {Profile{"tier": "silver", "points": 1000.0}, false},
-		"other include fails":       {Profile{"tier": "gold", "points": 999.0}, false},
-		"one exclude matches":       {Profile{"tier": "gold", "points": 1000.0, "email": "a@test.io"}, false},
-		"other exclude matches":     {Profile{"tier": "gold", "points": 1000.0, "banned": true}, false},
-		"null exclude field":        {Profile{"tier": "gold", "points": 1000.0, "banned": nil}, true},
-		"empty profile":             {Profile{}, false},
+		"all includes, no excludes": {pmap{"tier": "gold", "points": 1000.0, "email": "a@b.c"}, true},
+		"one include fails":         {pmap{"tier": "silver", "points": 1000.0}, false},
+		"other include fails":       {pmap{"tier": "gold", "points": 999.0}, false},
+		"one exclude matches":       {pmap{"tier": "gold", "points": 1000.0, "email": "a@test.io"}, false},
+		"other exclude matches":     {pmap{"tier": "gold", "points": 1000.0, "banned": true}, false},
+		"null exclude field":        {pmap{"tier": "gold", "points": 1000.0, "banned": nil}, true},
+		"empty profile":             {pmap{}, false},
 		"nil profile":               {nil, false},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := rule.Match(tt.p, testNow); got != tt.want {
+			if got := rule.Match(NewProfile(tt.p), testNow); got != tt.want {
 				t.Errorf("Match = %v, want %v", got, tt.want)
 			}
-			if got := rule.Explain(tt.p, testNow).Member; got != tt.want {
+			if got := rule.Explain(NewProfile(tt.p), testNow).Member; got != tt.want {
 				t.Errorf("Explain().Member = %v, want %v", got, tt.want)
 			}
 		})
@@ -320,13 +320,13 @@ func TestMatchCombination(t *testing.T) {
 
 func TestMatchEmptyCriteria(t *testing.T) {
 	r := MustCompile(Criteria{})
-	for name, p := range map[string]Profile{"nil": nil, "empty": {}, "some": {"a": 1.0}} {
-		if !r.Match(p, testNow) {
+	for name, p := range map[string]pmap{"nil": nil, "empty": {}, "some": {"a": 1.0}} {
+		if !r.Match(NewProfile(p), testNow) {
 			t.Errorf("%s: empty criteria must match everyone", name)
 		}
 	}
 	onlyExclude := MustCompile(Criteria{Exclude: []Criterion{cr("tier", OpEquals, "free")}})
-	if !onlyExclude.Match(Profile{"tier": "gold"}, testNow) || onlyExclude.Match(Profile{"tier": "free"}, testNow) {
+	if !onlyExclude.Match(NewProfile(pmap{"tier": "gold"}), testNow) || onlyExclude.Match(NewProfile(pmap{"tier": "free"}), testNow) {
 		t.Error("an empty include list must match everyone not excluded")
 	}
 }
@@ -343,7 +343,7 @@ func TestExplain(t *testing.T) {
 			cr("nullField", OpNotEquals, "x"),
 		},
 	}
-	got := MustCompile(c).Explain(opProfile(), testNow)
+	got := MustCompile(c).Explain(NewProfile(opProfile()), testNow)
 	want := Explanation{
 		Member: false,
 		Include: []CriterionResult{
@@ -363,12 +363,12 @@ func TestExplain(t *testing.T) {
 
 func TestMatchDoesNotAllocate(t *testing.T) {
 	r := MustCompile(benchCriteria())
-	p := benchProfile()
+	p := NewProfile(benchProfile())
 	if n := testing.AllocsPerRun(100, func() { sink = r.Match(p, benchNow) }); n != 0 {
 		t.Errorf("Match allocates %v times per run", n)
 	}
 	// A type mismatch must stay allocation-free too.
-	mismatch := Profile{"tier": 1.0, "points": "x", "badges": "b1", "customFields": 3.0, "updatedAt": "yesterday"}
+	mismatch := NewProfile(pmap{"tier": 1.0, "points": "x", "badges": "b1", "customFields": 3.0, "updatedAt": "yesterday"})
 	if n := testing.AllocsPerRun(100, func() { sink = r.Match(mismatch, benchNow) }); n != 0 {
 		t.Errorf("Match on mismatched types allocates %v times per run", n)
 	}

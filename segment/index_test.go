@@ -60,8 +60,8 @@ func TestIndexFromRules(t *testing.T) {
 		fields[id] = r.Fields()
 	}
 	ix := NewIndex(fields)
-	old := Profile{"points": 5.0, "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}}
-	_, changed, err := ApplyChanges(old, map[string]any{"customFields.vip.level": "silver"})
+	old := pmap{"points": 5.0, "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}}
+	_, changed, err := ApplyChanges(NewProfile(old), map[string]any{"customFields.vip.level": "silver"})
 	if err != nil {
 		t.Fatal(err)
 	}

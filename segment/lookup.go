@@ -19,6 +19,7 @@ type FieldSlots struct {
 
 type slotPath struct {
 	key  string
+	top  int // key's slot in a Profile
 	rest []string
 }
 
@@ -37,7 +38,7 @@ func (s *FieldSlots) Bind(r *Rule) *Rule {
 		if !ok {
 			slot = int32(len(s.num))
 			s.num[c.field] = slot
-			s.at = append(s.at, slotPath{c.key, c.rest})
+			s.at = append(s.at, slotPath{c.key, int(c.top), c.rest})
 		}
 		c.slot = slot
 	}
@@ -56,7 +57,7 @@ func (s *FieldSlots) NewLookup() *Lookup {
 // one FieldSlots. It is not safe for concurrent use; give each goroutine
 // its own.
 type Lookup struct {
-	p Profile
+	p *Profile
 	// gen marks the profile in use: a slot holds its value when seen[slot]
 	// equals gen, so that Reset need not clear vals.
 	gen  uint32
@@ -66,7 +67,7 @@ type Lookup struct {
 }
 
 // Reset points l at profile p and forgets every value looked up before.
-func (l *Lookup) Reset(p Profile) {
+func (l *Lookup) Reset(p *Profile) {
 	l.p = p
 	l.gen++
 	if l.gen == 0 {
@@ -136,7 +137,7 @@ func (l *Lookup) GuardKey(slot int32) (any, bool) {
 	}
 	v := l.vals[s]
 	if l.seen[s] != l.gen {
-		v = l.p[l.at[s].key]
+		v = l.p.field(l.at[s].key, l.at[s].top)
 		if l.at[s].rest != nil {
 			v = descend(v, l.at[s].rest)
 		}

@@ -22,7 +22,7 @@ func TestMatchLookupAgreesWithMatch(t *testing.T) {
 		"inactive": {Include: []Criterion{{Field: "updatedAt", Operator: OpLess, Value: "now-30d", HasValue: true}},
 			Exclude: []Criterion{{Field: "tier", Operator: OpEquals, Value: "test", HasValue: true}}},
 	}
-	profiles := map[string]Profile{
+	profiles := map[string]pmap{
 		"gold member": {"tier": "gold", "points": 1500.0, "updatedAt": "2024-01-01T00:00:00Z",
 			"customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
 		"silver few points": {"tier": "silver", "points": 600.0, "updatedAt": "2024-05-31T00:00:00Z"},
@@ -44,9 +44,9 @@ func TestMatchLookupAgreesWithMatch(t *testing.T) {
 	// Twice round, so that every profile follows a different one.
 	for round := range 2 {
 		for pname, p := range profiles {
-			lk.Reset(p)
+			lk.Reset(NewProfile(p))
 			for rname := range rules {
-				want := plain[rname].Match(p, now)
+				want := plain[rname].Match(NewProfile(p), now)
 				if got := bound[rname].MatchLookup(lk, now); got != want {
 					t.Errorf("round %d, %s on %s: MatchLookup = %v, Match = %v", round, rname, pname, got, want)
 				}
@@ -66,13 +66,13 @@ func TestLookupGenerationWraps(t *testing.T) {
 	r := slots.Bind(MustCompile(Criteria{Include: []Criterion{{Field: "points", Operator: OpGreaterEq, Value: 10.0, HasValue: true}}}))
 	lk := slots.NewLookup()
 	lk.gen = ^uint32(0) - 1
-	in, out := Profile{"points": 20.0}, Profile{"points": 1.0}
+	in, out := pmap{"points": 20.0}, pmap{"points": 1.0}
 	for i := range 4 {
 		p, want := in, true
 		if i%2 == 1 {
 			p, want = out, false
 		}
-		lk.Reset(p)
+		lk.Reset(NewProfile(p))
 		if got := r.MatchLookup(lk, now); got != want {
 			t.Fatalf("step %d (generation %d): MatchLookup = %v, want %v", i, lk.gen, got, want)
 		}
@@ -122,15 +122,15 @@ func TestGuard(t *testing.T) {
 			only := MustCompile(Criteria{Include: []Criterion{gc}})
 			lk := slots.NewLookup()
 			for _, v := range values {
-				p := Profile{}
+				p := pmap{}
 				setPath(p, gc.Field, v)
-				lk.Reset(p)
+				lk.Reset(NewProfile(p))
 				key, kok := lk.GuardKey(g.Slot)
-				if got, want := kok && key == g.Key, only.Match(p, time.Now()); got != want {
+				if got, want := kok && key == g.Key, only.Match(NewProfile(p), time.Now()); got != want {
 					t.Errorf("value %#v: guard holds %v, criterion %v", v, got, want)
 				}
 			}
-			lk.Reset(Profile{})
+			lk.Reset(NewProfile(pmap{}))
 			if key, kok := lk.GuardKey(g.Slot); kok && key == g.Key {
 				t.Error("a missing field meets the guard")
 			}
@@ -139,7 +139,7 @@ func TestGuard(t *testing.T) {
 }
 
 // setPath sets a dotted path in p, making the objects on the way.
-func setPath(p Profile, path string, v any) {
+func setPath(p pmap, path string, v any) {
 	m := map[string]any(p)
 	parts := strings.Split(path, ".")
 	for _, k := range parts[:len(parts)-1] {

@@ -1,23 +1,199 @@
 package segment
 
 import (
+	"encoding/json"
 	"maps"
 	"slices"
 	"strings"
 )
 
-// Profile is a user's profile as decoded JSON, with encoding/json's default
-// types: numbers are float64, arrays []any and objects map[string]any.
-type Profile map[string]any
+// Profile is a user's profile: its top-level fields, each holding a value of
+// encoding/json's default types (numbers float64, arrays []any, objects
+// map[string]any). A field that is absent and one that is JSON null are the
+// same to a criterion, so a Profile holds no nulls at its top level.
+//
+// The top-level fields the contract names (userId, tier, points, xp, coins,
+// badges, email, createdAt, updatedAt, customFields) sit in fixed slots, so
+// that a compiled rule reads them without hashing their names; any other
+// field is kept in a map. A nil *Profile is an empty profile to every
+// method and function of this package. A Profile is not safe for concurrent
+// modification; the functions of this package never modify one they are
+// given.
+type Profile struct {
+	known [numKnown]any
+	other map[string]any
+}
+
+// knownFields names the fixed slots of a Profile.
+var knownFields = [...]string{"userId", "tier", "points", "xp", "coins", "badges", "email", "createdAt", "updatedAt", "customFields"}
+
+const numKnown = len(knownFields)
+
+// knownSlot returns the slot of a contract field, or -1 for any other key.
+func knownSlot(k string) int {
+	switch k {
+	case "userId":
+		return 0
+	case "tier":
+		return 1
+	case "points":
+		return 2
+	case "xp":
+		return 3
+	case "coins":
+		return 4
+	case "badges":
+		return 5
+	case "email":
+		return 6
+	case "createdAt":
+		return 7
+	case "updatedAt":
+		return 8
+	case "customFields":
+		return 9
+	}
+	return -1
+}
+
+// NewProfile returns the profile holding the fields of m, without its null
+// ones. The profile shares m's values (not m itself).
+func NewProfile(m map[string]any) *Profile {
+	p := &Profile{}
+	for k, v := range m {
+		p.Set(k, v)
+	}
+	return p
+}
+
+// Get returns the value of top-level field k, nil when it is absent.
+func (p *Profile) Get(k string) any {
+	return p.field(k, knownSlot(k))
+}
+
+// field is Get for a key whose knownSlot is already known.
+func (p *Profile) field(k string, slot int) any {
+	if p == nil {
+		return nil
+	}
+	if slot >= 0 {
+		return p.known[slot]
+	}
+	return p.other[k]
+}
+
+// Set sets top-level field k to v; a nil v removes it.
+func (p *Profile) Set(k string, v any) {
+	if i := knownSlot(k); i >= 0 {
+		p.known[i] = v
+		return
+	}
+	if v == nil {
+		delete(p.other, k)
+		return
+	}
+	if p.other == nil {
+		p.other = make(map[string]any)
+	}
+	p.other[k] = v
+}
+
+// Len returns how many top-level fields p holds.
+func (p *Profile) Len() int {
+	if p == nil {
+		return 0
+	}
+	n := len(p.other)
+	for _, v := range p.known {
+		if v != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// All yields every top-level field of p and its value: the contract's
+// fields in a fixed order, then the others in no particular order.
+func (p *Profile) All() func(yield func(string, any) bool) {
+	return func(yield func(string, any) bool) {
+		if p == nil {
+			return
+		}
+		for i, v := range p.known {
+			if v != nil && !yield(knownFields[i], v) {
+				return
+			}
+		}
+		for k, v := range p.other {
+			if !yield(k, v) {
+				return
+			}
+		}
+	}
+}
+
+// Map returns p's fields as a new map; it shares p's values.
+func (p *Profile) Map() map[string]any {
+	m := make(map[string]any, p.Len())
+	for k, v := range p.All() {
+		m[k] = v
+	}
+	return m
+}
+
+// Clone returns a copy of p that shares p's values: setting a field of one
+// leaves the other as it was. The clone of nil is an empty profile.
+func (p *Profile) Clone() *Profile {
+	if p == nil {
+		return &Profile{}
+	}
+	c := &Profile{known: p.known}
+	if len(p.other) > 0 {
+		c.other = maps.Clone(p.other)
+	}
+	return c
+}
+
+// MarshalJSON encodes p as a JSON object.
+func (p *Profile) MarshalJSON() ([]byte, error) {
+	return json.Marshal(p.Map())
+}
+
+// UnmarshalJSON decodes a JSON object into p, replacing what p held. Null
+// fields are left out.
+func (p *Profile) UnmarshalJSON(b []byte) error {
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	if m == nil {
+		return nil // null: left as it was, as encoding/json does
+	}
+	*p = *NewProfile(m)
+	return nil
+}
 
 // ChangedPaths lists, sorted, the paths whose values differ between old and
-// new. It compares top-level keys and, where a key holds an object on both
-// sides, descends into it down to the differing keys, so a change of
-// profile["customFields"]["vip"] is reported as "customFields.vip". An absent
+// new. It compares top-level fields and, where a field holds an object on
+// both sides, descends into it down to the differing keys, so a new value of
+// the vip key of customFields is reported as "customFields.vip". An absent
 // key and a null one are the same (both are missing to a criterion). Either
 // profile may be nil.
-func ChangedPaths(old, new Profile) []string {
-	return diffObjects(nil, "", old, new)
+func ChangedPaths(old, new *Profile) []string {
+	var dst []string
+	for i, k := range knownFields {
+		dst = diffValues(dst, k, old.field(k, i), new.field(k, i))
+	}
+	var a, b map[string]any
+	if old != nil {
+		a = old.other
+	}
+	if new != nil {
+		b = new.other
+	}
+	dst = diffObjects(dst, "", a, b)
+	slices.Sort(dst)
+	return dst
 }
 
 // diffObjects appends the paths, under prefix, whose values differ between
@@ -61,7 +237,7 @@ func diffValues(dst []string, path string, a, b any) []string {
 // The error, when not nil, is a *ValidationError listing each malformed path
 // (an empty segment, as in "a..b") and each path that crosses a value that is
 // not an object (such as "points.x" when points is a number).
-func ApplyChanges(old Profile, changes map[string]any) (Profile, []string, error) {
+func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, error) {
 	paths := make([]string, 0, len(changes))
 	for p := range changes {
 		paths = append(paths, p)
@@ -80,11 +256,10 @@ func ApplyChanges(old Profile, changes map[string]any) (Profile, []string, error
 		return nil, nil, &ValidationError{Code: CodeValidationFailed, Errors: errs}
 	}
 
-	root := make(map[string]any, len(old)+len(changes))
-	maps.Copy(root, old)
+	root := old.Clone()
 	// owned holds the objects, by path, already copied by this call, which it
 	// may therefore modify in place.
-	owned := map[string]map[string]any{"": root}
+	owned := map[string]map[string]any{}
 	for _, p := range paths {
 		if msg := set(root, owned, p, changes[p]); msg != "" {
 			errs = append(errs, FieldError{p, msg})
@@ -102,26 +277,37 @@ func ApplyChanges(old Profile, changes map[string]any) (Profile, []string, error
 		top, _, _ := strings.Cut(p, ".")
 		if !seen[top] {
 			seen[top] = true
-			changed = diffValues(changed, top, old[top], root[top])
+			changed = diffValues(changed, top, old.Get(top), root.Get(top))
 		}
 	}
 	slices.Sort(changed)
-	return Profile(root), changed, nil
+	return root, changed, nil
 }
 
-// set stores v (or removes the key when v is nil) at path in root, copying
+// set stores v (or removes the field when v is nil) at path in root, copying
 // each object on the way that owned does not hold yet.
-func set(root map[string]any, owned map[string]map[string]any, path string, v any) string {
+func set(root *Profile, owned map[string]map[string]any, path string, v any) string {
 	keys := strings.Split(path, ".")
-	obj := root
+	if len(keys) == 1 {
+		root.Set(path, v)
+		forgetBelow(owned, path)
+		return ""
+	}
+	var obj map[string]any
 	for i, k := range keys[:len(keys)-1] {
 		prefix := strings.Join(keys[:i+1], ".")
 		if next, ok := owned[prefix]; ok {
 			obj = next
 			continue
 		}
+		var cur any
+		if i == 0 {
+			cur = root.Get(k)
+		} else {
+			cur = obj[k]
+		}
 		var next map[string]any
-		switch cur := obj[k].(type) {
+		switch cur := cur.(type) {
 		case nil:
 			if v == nil {
 				return "" // nothing to remove
@@ -129,12 +315,14 @@ func set(root map[string]any, owned map[string]map[string]any, path string, v an
 			next = make(map[string]any)
 		case map[string]any:
 			next = maps.Clone(cur)
-		case Profile:
-			next = maps.Clone(map[string]any(cur))
 		default:
-			return "path crosses " + strings.Join(keys[:i+1], ".") + ", which is not an object"
+			return "path crosses " + prefix + ", which is not an object"
 		}
-		obj[k] = next
+		if i == 0 {
+			root.Set(k, next)
+		} else {
+			obj[k] = next
+		}
 		owned[prefix] = next
 		obj = next
 	}
@@ -144,17 +332,21 @@ func set(root map[string]any, owned map[string]map[string]any, path string, v an
 	} else {
 		obj[last] = v
 	}
-	// The value now at path comes from the caller, so objects copied below it
-	// are stale; a sorted patch never has any, but stay safe.
+	forgetBelow(owned, path)
+	return ""
+}
+
+// forgetBelow drops the objects copied under path, which a value from the
+// caller has just replaced; a sorted patch never has any, but stay safe.
+func forgetBelow(owned map[string]map[string]any, path string) {
 	for p := range owned {
 		if strings.HasPrefix(p, path+".") {
 			delete(owned, p)
 		}
 	}
-	return ""
 }
 
 // lookupPath is lookup for a dotted path given as a string.
-func lookupPath(m map[string]any, path string) any {
-	return lookup(m, strings.Split(path, "."))
+func lookupPath(p *Profile, path string) any {
+	return lookup(p, strings.Split(path, "."))
 }

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"slices"
@@ -12,37 +13,37 @@ func TestChangedPaths(t *testing.T) {
 		return map[string]any{"vip": map[string]any{"level": level, "since": "2023"}, "region": "eu"}
 	}
 	tests := map[string]struct {
-		old, new Profile
+		old, new pmap
 		want     []string
 	}{
 		"both nil":            {nil, nil, nil},
-		"equal":               {Profile{"a": 1.0, "b": []any{"x"}}, Profile{"a": 1.0, "b": []any{"x"}}, nil},
-		"from nil":            {nil, Profile{"a": 1.0, "b": 2.0}, []string{"a", "b"}},
-		"to nil":              {Profile{"a": 1.0}, nil, []string{"a"}},
-		"scalar change":       {Profile{"a": 1.0, "b": "x"}, Profile{"a": 2.0, "b": "x"}, []string{"a"}},
-		"type change":         {Profile{"a": 1.0}, Profile{"a": "1"}, []string{"a"}},
-		"number kinds equal":  {Profile{"a": 1.0}, Profile{"a": 1}, nil},
-		"added":               {Profile{"a": 1.0}, Profile{"a": 1.0, "b": false}, []string{"b"}},
-		"removed":             {Profile{"a": 1.0, "b": false}, Profile{"a": 1.0}, []string{"b"}},
-		"null is absent":      {Profile{"a": 1.0, "b": nil}, Profile{"a": 1.0}, nil},
-		"null to value":       {Profile{"b": nil}, Profile{"b": 0.0}, []string{"b"}},
-		"array element":       {Profile{"a": []any{"x", "y"}}, Profile{"a": []any{"x", "z"}}, []string{"a"}},
-		"array order":         {Profile{"a": []any{"x", "y"}}, Profile{"a": []any{"y", "x"}}, []string{"a"}},
-		"nested leaf":         {Profile{"customFields": vip("gold")}, Profile{"customFields": vip("silver")}, []string{"customFields.vip.level"}},
-		"nested equal":        {Profile{"customFields": vip("gold")}, Profile{"customFields": vip("gold")}, nil},
-		"nested added":        {Profile{"customFields": map[string]any{}}, Profile{"customFields": vip("gold")}, []string{"customFields.region", "customFields.vip"}},
-		"nested object added": {Profile{}, Profile{"customFields": vip("gold")}, []string{"customFields"}},
-		"object to scalar":    {Profile{"customFields": vip("gold")}, Profile{"customFields": "none"}, []string{"customFields"}},
-		"nested null absent":  {Profile{"c": map[string]any{"x": nil}}, Profile{"c": map[string]any{}}, nil},
-		"profile-typed child": {Profile{"c": Profile{"x": 1.0}}, Profile{"c": map[string]any{"x": 2.0}}, []string{"c.x"}},
-		"several sorted":      {Profile{"z": 1.0, "a": 1.0, "m": map[string]any{"b": 1.0, "a": 1.0}}, Profile{"z": 2.0, "a": 2.0, "m": map[string]any{"b": 2.0, "a": 2.0}}, []string{"a", "m.a", "m.b", "z"}},
+		"equal":               {pmap{"a": 1.0, "b": []any{"x"}}, pmap{"a": 1.0, "b": []any{"x"}}, nil},
+		"from nil":            {nil, pmap{"a": 1.0, "b": 2.0}, []string{"a", "b"}},
+		"to nil":              {pmap{"a": 1.0}, nil, []string{"a"}},
+		"scalar change":       {pmap{"a": 1.0, "b": "x"}, pmap{"a": 2.0, "b": "x"}, []string{"a"}},
+		"type change":         {pmap{"a": 1.0}, pmap{"a": "1"}, []string{"a"}},
+		"number kinds equal":  {pmap{"a": 1.0}, pmap{"a": 1}, nil},
+		"added":               {pmap{"a": 1.0}, pmap{"a": 1.0, "b": false}, []string{"b"}},
+		"removed":             {pmap{"a": 1.0, "b": false}, pmap{"a": 1.0}, []string{"b"}},
+		"null is absent":      {pmap{"a": 1.0, "b": nil}, pmap{"a": 1.0}, nil},
+		"null to value":       {pmap{"b": nil}, pmap{"b": 0.0}, []string{"b"}},
+		"array element":       {pmap{"a": []any{"x", "y"}}, pmap{"a": []any{"x", "z"}}, []string{"a"}},
+		"array order":         {pmap{"a": []any{"x", "y"}}, pmap{"a": []any{"y", "x"}}, []string{"a"}},
+		"nested leaf":         {pmap{"customFields": vip("gold")}, pmap{"customFields": vip("silver")}, []string{"customFields.vip.level"}},
+		"nested equal":        {pmap{"customFields": vip("gold")}, pmap{"customFields": vip("gold")}, nil},
+		"nested added":        {pmap{"customFields": map[string]any{}}, pmap{"customFields": vip("gold")}, []string{"customFields.region", "customFields.vip"}},
+		"nested object added": {pmap{}, pmap{"customFields": vip("gold")}, []string{"customFields"}},
+		"object to scalar":    {pmap{"customFields": vip("gold")}, pmap{"customFields": "none"}, []string{"customFields"}},
+		"nested null absent":  {pmap{"c": map[string]any{"x": nil}}, pmap{"c": map[string]any{}}, nil},
+		"profile-typed child": {pmap{"c": pmap{"x": 1.0}}, pmap{"c": map[string]any{"x": 2.0}}, []string{"c.x"}},
+		"several sorted":      {pmap{"z": 1.0, "a": 1.0, "m": map[string]any{"b": 1.0, "a": 1.0}}, pmap{"z": 2.0, "a": 2.0, "m": map[string]any{"b": 2.0, "a": 2.0}}, []string{"a", "m.a", "m.b", "z"}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := ChangedPaths(tt.old, tt.new); !slices.Equal(got, tt.want) {
+			if got := ChangedPaths(NewProfile(tt.old), NewProfile(tt.new)); !slices.Equal(got, tt.want) {
 				t.Errorf("ChangedPaths = %q, want %q", got, tt.want)
 			}
-			if got := ChangedPaths(tt.new, tt.old); !slices.Equal(got, tt.want) {
+			if got := ChangedPaths(NewProfile(tt.new), NewProfile(tt.old)); !slices.Equal(got, tt.want) {
 				t.Errorf("ChangedPaths reversed = %q, want %q", got, tt.want)
 			}
 		})
@@ -50,8 +51,8 @@ func TestChangedPaths(t *testing.T) {
 }
 
 func TestApplyChanges(t *testing.T) {
-	base := func() Profile {
-		return Profile{
+	base := func() pmap {
+		return pmap{
 			"tier":   "gold",
 			"points": 10.0,
 			"badges": []any{"b1"},
@@ -62,25 +63,25 @@ func TestApplyChanges(t *testing.T) {
 		}
 	}
 	tests := map[string]struct {
-		old         Profile
+		old         pmap
 		changes     map[string]any
-		want        Profile
+		want        pmap
 		wantChanged []string
 	}{
 		"no changes": {base(), nil, base(), nil},
 		"set top-level": {
 			base(), map[string]any{"tier": "silver", "points": 10.0},
-			func() Profile { p := base(); p["tier"] = "silver"; return p }(),
+			func() pmap { p := base(); p["tier"] = "silver"; return p }(),
 			[]string{"tier"},
 		},
 		"add field": {
 			base(), map[string]any{"xp": 5.0},
-			func() Profile { p := base(); p["xp"] = 5.0; return p }(),
+			func() pmap { p := base(); p["xp"] = 5.0; return p }(),
 			[]string{"xp"},
 		},
 		"remove with null": {
 			base(), map[string]any{"points": nil},
-			func() Profile { p := base(); delete(p, "points"); return p }(),
+			func() pmap { p := base(); delete(p, "points"); return p }(),
 			[]string{"points"},
 		},
 		"remove absent": {base(), map[string]any{"nope": nil}, base(), nil},
@@ -89,7 +90,7 @@ func TestApplyChanges(t *testing.T) {
 		},
 		"set nested": {
 			base(), map[string]any{"customFields.vip.level": "platinum"},
-			func() Profile {
+			func() pmap {
 				p := base()
 				p["customFields"] = map[string]any{"region": "eu", "vip": map[string]any{"level": "platinum"}}
 				return p
@@ -98,7 +99,7 @@ func TestApplyChanges(t *testing.T) {
 		},
 		"remove nested": {
 			base(), map[string]any{"customFields.vip.level": nil},
-			func() Profile {
+			func() pmap {
 				p := base()
 				p["customFields"] = map[string]any{"region": "eu", "vip": map[string]any{}}
 				return p
@@ -106,23 +107,23 @@ func TestApplyChanges(t *testing.T) {
 			[]string{"customFields.vip.level"},
 		},
 		"create nested": {
-			Profile{"tier": "gold"}, map[string]any{"customFields.vip.level": "gold"},
-			Profile{"tier": "gold", "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
+			pmap{"tier": "gold"}, map[string]any{"customFields.vip.level": "gold"},
+			pmap{"tier": "gold", "customFields": map[string]any{"vip": map[string]any{"level": "gold"}}},
 			[]string{"customFields"},
 		},
 		"create under null": {
-			Profile{"customFields": nil}, map[string]any{"customFields.vip": true},
-			Profile{"customFields": map[string]any{"vip": true}},
+			pmap{"customFields": nil}, map[string]any{"customFields.vip": true},
+			pmap{"customFields": map[string]any{"vip": true}},
 			[]string{"customFields"},
 		},
 		"create from nil profile": {
 			nil, map[string]any{"a.b": 1.0, "c": "x"},
-			Profile{"a": map[string]any{"b": 1.0}, "c": "x"},
+			pmap{"a": map[string]any{"b": 1.0}, "c": "x"},
 			[]string{"a", "c"},
 		},
 		"replace object then set inside": {
 			base(), map[string]any{"customFields": map[string]any{"region": "us"}, "customFields.vip.level": "silver"},
-			func() Profile {
+			func() pmap {
 				p := base()
 				p["customFields"] = map[string]any{"region": "us", "vip": map[string]any{"level": "silver"}}
 				return p
@@ -134,14 +135,14 @@ func TestApplyChanges(t *testing.T) {
 			base(), nil,
 		},
 		"keys around a prefix": {
-			Profile{"a": map[string]any{"b": 1.0}}, map[string]any{"a.b": 2.0, "a-b": 1.0, "a.c": 3.0},
-			Profile{"a": map[string]any{"b": 2.0, "c": 3.0}, "a-b": 1.0},
+			pmap{"a": map[string]any{"b": 1.0}}, map[string]any{"a.b": 2.0, "a-b": 1.0, "a.c": 3.0},
+			pmap{"a": map[string]any{"b": 2.0, "c": 3.0}, "a-b": 1.0},
 			[]string{"a-b", "a.b", "a.c"},
 		},
 		"same value": {base(), map[string]any{"customFields.vip.level": "gold"}, base(), nil},
 		"two siblings": {
 			base(), map[string]any{"customFields.region": "us", "customFields.vip.level": "silver"},
-			func() Profile {
+			func() pmap {
 				p := base()
 				p["customFields"] = map[string]any{"region": "us", "vip": map[string]any{"level": "silver"}}
 				return p
@@ -153,17 +154,17 @@ func TestApplyChanges(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			before := deepCopy(map[string]any(tt.old))
 			changesCopy := deepCopy(map[string]any(tt.changes))
-			got, changed, err := ApplyChanges(tt.old, tt.changes)
+			got, changed, err := ApplyChanges(NewProfile(tt.old), tt.changes)
 			if err != nil {
 				t.Fatalf("ApplyChanges: %v", err)
 			}
-			if !reflect.DeepEqual(got, tt.want) {
+			if !reflect.DeepEqual(got.Map(), NewProfile(tt.want).Map()) {
 				t.Errorf("profile = %#v\nwant %#v", got, tt.want)
 			}
 			if !slices.Equal(changed, tt.wantChanged) {
 				t.Errorf("changed = %q, want %q", changed, tt.wantChanged)
 			}
-			if want := ChangedPaths(tt.old, got); !slices.Equal(changed, want) {
+			if want := ChangedPaths(NewProfile(tt.old), got); !slices.Equal(changed, want) {
 				t.Errorf("changed = %q, ChangedPaths = %q", changed, want)
 			}
 			if !reflect.DeepEqual(map[string]any(tt.old), before) {
@@ -178,15 +179,15 @@ func TestApplyChanges(t *testing.T) {
 
 func TestApplyChangesCopyOnWrite(t *testing.T) {
 	untouched := map[string]any{"a": 1.0}
-	old := Profile{
+	old := pmap{
 		"customFields": map[string]any{"vip": map[string]any{"level": "gold"}, "other": untouched},
 		"list":         []any{"x"},
 	}
-	got, _, err := ApplyChanges(old, map[string]any{"customFields.vip.level": "silver"})
+	got, _, err := ApplyChanges(NewProfile(old), map[string]any{"customFields.vip.level": "silver"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lookupPath(old, "customFields.vip.level") != "gold" {
+	if lookupPath(NewProfile(old), "customFields.vip.level") != "gold" {
 		t.Error("old profile modified")
 	}
 	// Objects off the patch's paths are shared, not copied.
@@ -195,15 +196,15 @@ func TestApplyChangesCopyOnWrite(t *testing.T) {
 		t.Error("an object off the patch's paths was copied")
 	}
 	// The new profile's own objects can be modified without touching old.
-	got["customFields"].(map[string]any)["vip"].(map[string]any)["level"] = "bronze"
-	got["tier"] = "x"
-	if lookupPath(old, "customFields.vip.level") != "gold" || old["tier"] != nil {
+	got.Get("customFields").(map[string]any)["vip"].(map[string]any)["level"] = "bronze"
+	got.Set("tier", "x")
+	if lookupPath(NewProfile(old), "customFields.vip.level") != "gold" || old["tier"] != nil {
 		t.Error("modifying the new profile modified old")
 	}
 }
 
 func TestApplyChangesErrors(t *testing.T) {
-	old := Profile{"points": 10.0, "badges": []any{"b1"}, "customFields": map[string]any{"vip": "yes"}}
+	old := pmap{"points": 10.0, "badges": []any{"b1"}, "customFields": map[string]any{"vip": "yes"}}
 	tests := map[string]struct {
 		changes map[string]any
 		fields  []string
@@ -222,7 +223,7 @@ func TestApplyChangesErrors(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			before := deepCopy(map[string]any(old))
-			p, changed, err := ApplyChanges(old, tt.changes)
+			p, changed, err := ApplyChanges(NewProfile(old), tt.changes)
 			var ve *ValidationError
 			if !errors.As(err, &ve) {
 				t.Fatalf("error = %v, want a *ValidationError", err)
@@ -259,8 +260,6 @@ func deepCopy(v any) any {
 			out[k] = deepCopy(e)
 		}
 		return out
-	case Profile:
-		return deepCopy(map[string]any(x))
 	case []any:
 		out := make([]any, len(x))
 		for i, e := range x {
@@ -269,4 +268,52 @@ func deepCopy(v any) any {
 		return out
 	}
 	return v
+}
+
+// pmap is a profile written as a map, as the tests spell them.
+type pmap = map[string]any
+
+func TestProfileFields(t *testing.T) {
+	p := NewProfile(pmap{"tier": "gold", "plan": "pro", "email": nil, "note": nil})
+	if p.Len() != 2 || p.Get("tier") != "gold" || p.Get("plan") != "pro" {
+		t.Fatalf("NewProfile kept %v, want tier and plan (nulls dropped)", p.Map())
+	}
+	c := p.Clone()
+	c.Set("tier", nil)
+	c.Set("plan", "free")
+	c.Set("points", 5.0)
+	if p.Get("tier") != "gold" || p.Get("plan") != "pro" || p.Get("points") != nil {
+		t.Errorf("setting a clone changed the original: %v", p.Map())
+	}
+	if got := c.Map(); !reflect.DeepEqual(got, pmap{"plan": "free", "points": 5.0}) {
+		t.Errorf("clone = %v", got)
+	}
+	var keys []string
+	for k := range NewProfile(pmap{"zz": 1.0, "customFields": pmap{}, "userId": "u"}).All() {
+		keys = append(keys, k)
+	}
+	if !slices.Equal(keys, []string{"userId", "customFields", "zz"}) {
+		t.Errorf("All yields %q, want the contract's fields in order, then the others", keys)
+	}
+	var none *Profile
+	if none.Len() != 0 || none.Get("tier") != nil || len(none.Map()) != 0 || none.Clone().Len() != 0 {
+		t.Error("a nil profile is not empty")
+	}
+}
+
+func TestProfileJSON(t *testing.T) {
+	var p Profile
+	if err := json.Unmarshal([]byte(`{"tier":"gold","x":{"y":[1,null]},"n":null}`), &p); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != `{"tier":"gold","x":{"y":[1,null]}}` {
+		t.Errorf("round trip gives %s", b)
+	}
+	if err := json.Unmarshal([]byte(`[1]`), &p); err == nil {
+		t.Error("an array decoded as a profile")
+	}
 }

@@ -1,6 +1,7 @@
 package criteria
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -31,23 +32,23 @@ const (
 		`p.customFields.vip.level == "gold" && date(p.updatedAt) < now - duration("720h")`
 )
 
-// profile is a typical profile, decoded from JSON; it is in the segment.
+// profileJSON is a typical profile; it is in the segment. Each engine
+// gets it decoded as it takes its input: segmentd as its decoder builds a
+// stored profile, cel-go and expr as a map from encoding/json.
+const profileJSON = `{
+	"userId": "u_8f14e45f", "tier": "gold", "points": 1500, "xp": 12000, "coins": 250,
+	"badges": ["b0", "b1", "b2"], "email": "ada@example.com",
+	"createdAt": "2023-01-10T08:00:00Z", "updatedAt": "2024-01-15T10:30:00.123Z",
+	"customFields": {"vip": {"level": "gold", "since": "2023-06-01T00:00:00Z"}, "region": "eu"}
+}`
+
+// profile returns profileJSON decoded by encoding/json.
 func profile() map[string]any {
-	return map[string]any{
-		"userId":    "u_8f14e45f",
-		"tier":      "gold",
-		"points":    1500.0,
-		"xp":        12000.0,
-		"coins":     250.0,
-		"badges":    []any{"b0", "b1", "b2"},
-		"email":     "ada@example.com",
-		"createdAt": "2023-01-10T08:00:00Z",
-		"updatedAt": "2024-01-15T10:30:00.123Z",
-		"customFields": map[string]any{
-			"vip":    map[string]any{"level": "gold", "since": "2023-06-01T00:00:00Z"},
-			"region": "eu",
-		},
+	var p map[string]any
+	if err := json.Unmarshal([]byte(profileJSON), &p); err != nil {
+		panic(err)
 	}
+	return p
 }
 
 var now = time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -59,6 +60,10 @@ func BenchmarkCriteria(b *testing.B) {
 
 	b.Run("segmentd", func(b *testing.B) {
 		r, err := segment.Compile(rule)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p, err := segment.DecodeProfile([]byte(profileJSON))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -153,7 +158,7 @@ func TestSameVerdicts(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			p := profile()
 			mutate(p)
-			want := r.Match(p, now)
+			want := r.Match(segment.NewProfile(p), now)
 			celOut, _, err := celPrg.Eval(map[string]any{"p": p, "now": now})
 			if err != nil || celOut.Value() != want {
 				t.Errorf("cel-go = %v (%v), segmentd = %v", celOut, err, want)

@@ -205,7 +205,7 @@ func stream(org string, n, users int, seed uint64) []events.ProfileEvent {
 // evaluates every segment on every event and returns the eventIds of all
 // membership changes, and the final members of each segment.
 func (e *e2e) expectTransitions(evs []events.ProfileEvent) (map[string]bool, map[string]map[string]bool) {
-	profiles := map[string]segment.Profile{}
+	profiles := map[string]*segment.Profile{}
 	in := map[string]map[string]bool{} // segment -> users
 	for id := range e.rules {
 		in[id] = map[string]bool{}
@@ -218,12 +218,12 @@ func (e *e2e) expectTransitions(evs []events.ProfileEvent) (map[string]bool, map
 	}
 	sort.Strings(ids2)
 	for _, ev := range evs {
-		var p segment.Profile
+		var p *segment.Profile
 		switch {
 		case ev.Type == events.ProfileDeleted:
 			p = nil
 		case ev.Profile != nil:
-			p = ev.Profile
+			p = segment.NewProfile(ev.Profile)
 		default:
 			np, _, err := segment.ApplyChanges(profiles[ev.UserID], ev.Changes)
 			if err != nil {
