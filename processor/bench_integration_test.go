@@ -2,6 +2,7 @@ package processor_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -273,10 +275,12 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 15,900/s: half the measured maximum of
+// (SEGMENTD_BENCH_RATE, default 16,800/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
-// sets, and of the part of it from the Kafka fetch on.
+// sets, and of the part of it from the Kafka fetch on. Its baseline, first:
+// the same load on a topic of its own, read by a bare kafka-go group
+// consumer, the time from occurredAt to the fetch.
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
@@ -285,13 +289,15 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 		rate = v
 	}
 	users := envInt("SEGMENTD_BENCH_USERS", 100000)
+	w := kafkaio.NewWriter(r.brokers)
+	defer w.Close()
+	bareP50, bareP99 := r.bareLatency(b, w, loadgen.New(r.org, 1, users, 0.1, 0.1, 3), rate)
+
 	g := loadgen.New(r.org, 1, users, 0.1, 0.1, 2)
 	stop := r.startProcessor(b, r.group)
 	defer stop()
 	// Seed every user before the clock starts, so that the measured events
 	// are updates.
-	w := kafkaio.NewWriter(r.brokers)
-	defer w.Close()
 	now := time.Now()
 	for i := 0; i < users; i += 5000 {
 		msgs := make([]kafka.Message, 0, 5000)
@@ -308,19 +314,7 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	resetProc := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
 	b.ResetTimer()
-	const every = 10 * time.Millisecond
-	per := rate * int(every) / int(time.Second)
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	sent := users
-	end := time.Now().Add(20 * time.Second)
-	for time.Now().Before(end) {
-		<-tick.C
-		msgs := r.nextMessages(g, per, time.Now())
-		// Async so that one slow acknowledgement does not hold the rate back.
-		go func(msgs []kafka.Message) { _ = w.WriteMessages(context.Background(), msgs...) }(msgs)
-		sent += per
-	}
+	sent := users + r.produceAtRate(w, g, r.profile, rate, 20*time.Second)
 	drain(b, r.brokers, r.group, r.profile, int64(sent), time.Now())
 	b.StopTimer()
 	h := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
@@ -331,7 +325,93 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	hp := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
 	b.ReportMetric(quantile(hp, resetProc, 0.5)*1000, "in-segmentd-p50-ms")
 	b.ReportMetric(quantile(hp, resetProc, 0.99)*1000, "in-segmentd-p99-ms")
+	b.ReportMetric(bareP50*1000, "bare-consumer-p50-ms")
+	b.ReportMetric(bareP99*1000, "bare-consumer-p99-ms")
 	logSteps(b, r.reg)
+}
+
+// produceAtRate produces g's events to topic at rate per second for d, in
+// bursts every 10 ms, each stamped when generated, and returns how many it
+// produced.
+func (r *benchRig) produceAtRate(w *kafka.Writer, g *loadgen.Generator, topic string, rate int, d time.Duration) int {
+	const every = 10 * time.Millisecond
+	per := rate * int(every) / int(time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	sent := 0
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		<-tick.C
+		msgs := r.nextMessages(g, per, time.Now())
+		for i := range msgs {
+			msgs[i].Topic = topic
+		}
+		// Async so that one slow acknowledgement does not hold the rate back.
+		go func(msgs []kafka.Message) { _ = w.WriteMessages(context.Background(), msgs...) }(msgs)
+		sent += per
+	}
+	return sent
+}
+
+// bareLatency offers rate events per second for 20 s to a topic of its own,
+// read by a bare kafka-go group consumer (segmentd's reader settings) that
+// decodes only occurredAt and commits every 2,000 records, and returns p50
+// and p99 of the time from occurredAt to the fetch, from a histogram with
+// the buckets of segmentd's latency histogram.
+func (r *benchRig) bareLatency(b *testing.B, w *kafka.Writer, g *loadgen.Generator, rate int) (p50, p99 float64) {
+	topic := testenv.UniqueName(b, "bare")
+	testenv.CreateTopic(b, r.brokers, topic, 6)
+	reg := prometheus.NewRegistry()
+	hist := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bare_latency_seconds", Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64)})
+	reg.MustRegister(hist)
+	rd := kafkaio.NewReader(r.brokers, testenv.UniqueName(b, "bare"), topic)
+	defer rd.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var fetched atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var batch []kafka.Message
+		for {
+			m, err := rd.FetchMessage(ctx)
+			if err != nil {
+				return
+			}
+			var ev struct {
+				OccurredAt time.Time `json:"occurredAt"`
+			}
+			if fetched.Add(1) > 1 && json.Unmarshal(m.Value, &ev) == nil {
+				hist.Observe(time.Since(ev.OccurredAt).Seconds())
+			}
+			if batch = append(batch, m); len(batch) == 2000 {
+				_ = rd.CommitMessages(ctx, batch...)
+				batch = batch[:0]
+			}
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	// One record first, not measured: the clock starts once the consumer
+	// has joined its group and reads.
+	first := r.nextMessages(g, 1, time.Now())[0]
+	first.Topic = topic
+	if err := w.WriteMessages(context.Background(), first); err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, func() bool { return fetched.Load() >= 1 })
+	sent := int64(1 + r.produceAtRate(w, g, topic, rate, 20*time.Second))
+	waitFor(b, func() bool { return fetched.Load() >= sent })
+	h := snapshotHistogram(b, reg, "bare_latency_seconds")
+	return quantile(h, &dto.Histogram{}, 0.5), quantile(h, &dto.Histogram{}, 0.99)
+}
+
+// waitFor polls cond until it holds, failing the benchmark after a minute.
+func waitFor(b *testing.B, cond func() bool) {
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			b.Fatal("timed out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func snapshotHistogram(b *testing.B, reg *prometheus.Registry, name string) *dto.Histogram {
