@@ -274,6 +274,11 @@ func deepCopy(v any) any {
 type pmap = map[string]any
 
 func TestProfileFields(t *testing.T) {
+	for i, k := range knownFields {
+		if knownSlot(k) != i {
+			t.Errorf("knownSlot(%q) = %d, want %d", k, knownSlot(k), i)
+		}
+	}
 	p := NewProfile(pmap{"tier": "gold", "plan": "pro", "email": nil, "note": nil})
 	if p.Len() != 2 || p.Get("tier") != "gold" || p.Get("plan") != "pro" {
 		t.Fatalf("NewProfile kept %v, want tier and plan (nulls dropped)", p.Map())
