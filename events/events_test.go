@@ -54,7 +54,7 @@ func TestDecodeProfileEvent(t *testing.T) {
 		"bad path":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
 		"empty changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
 		"changes not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
-		"not a string eventId": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: ""},
+		"not a string eventId": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -1,12 +1,12 @@
 package events
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -57,18 +57,123 @@ func IsInvalid(err error) bool {
 	return errors.As(err, &ie)
 }
 
+// profileWire holds the fields of a profile event as read from JSON.
 type profileWire struct {
-	EventID    string          `json:"eventId"`
-	Type       string          `json:"type"`
-	OrgID      string          `json:"orgId"`
-	UserID     string          `json:"userId"`
-	Version    json.RawMessage `json:"version"`
-	OccurredAt string          `json:"occurredAt"`
-	// Profile and Changes are decoded in the same pass as the rest: a
-	// second pass over them costs a fifth of an event's decoding. Absent
-	// and null both leave them nil.
-	Profile map[string]any `json:"profile"`
-	Changes map[string]any `json:"changes"`
+	EventID, Type, OrgID, UserID, OccurredAt string
+	// Version is the number's text; empty when absent or null.
+	Version string
+	// Profile and Changes are nil when absent or null.
+	Profile, Changes map[string]any
+}
+
+// decodeProfileWire reads a profile event's fields in one pass. Field names
+// are exact; other fields are read (so the document is checked whole) and
+// dropped; of a repeated field, the last wins. Malformed JSON is reported
+// before a field of the wrong type.
+func decodeProfileWire(value []byte) (profileWire, error) {
+	var w profileWire
+	r := jsonReader{b: string(value)}
+	notJSON := func(err error) error { return &InvalidError{Reason: "not a JSON object: " + err.Error()} }
+	if c := r.peek(); c != '{' {
+		v, err := r.value()
+		if err == nil {
+			err = r.end()
+		}
+		switch {
+		case err != nil:
+			return w, notJSON(err)
+		case v == nil:
+			return w, nil // null, like encoding/json: an event with no fields
+		}
+		return w, &InvalidError{Reason: "not a JSON object"}
+	}
+	var fieldErr error
+	// wrongType notes a field of the wrong type and reads past its value.
+	wrongType := func(field, reason string) error {
+		if fieldErr == nil {
+			fieldErr = &InvalidError{field, reason}
+		}
+		_, err := r.value()
+		return err
+	}
+	r.i++
+	r.depth = 1
+	if r.peek() == '}' {
+		r.i++
+	} else {
+		for {
+			k, err := r.key()
+			if err != nil {
+				return w, notJSON(err)
+			}
+			c := r.peek()
+			switch k {
+			case "eventId", "type", "orgId", "userId", "occurredAt":
+				switch c {
+				case '"':
+					*w.stringField(k), err = r.str()
+				case 'n':
+					err = r.literal("null") // leaves the field as it was
+				default:
+					err = wrongType(k, "must be a string")
+				}
+			case "version":
+				switch {
+				case c == '-' || c >= '0' && c <= '9':
+					w.Version, err = r.numberText()
+				case c == 'n':
+					w.Version, err = "", r.literal("null")
+				default:
+					err = wrongType(k, "must be a non-negative integer")
+				}
+			case "profile", "changes":
+				dst, reason := &w.Profile, "must be a JSON object"
+				if k == "changes" {
+					dst, reason = &w.Changes, "must be a JSON object of dotted paths"
+				}
+				switch c {
+				case '{':
+					*dst, err = r.object(nil)
+				case 'n':
+					*dst, err = nil, r.literal("null")
+				default:
+					err = wrongType(k, reason)
+				}
+			default:
+				_, err = r.value()
+			}
+			if err != nil {
+				return w, notJSON(err)
+			}
+			if c := r.peek(); c == ',' {
+				r.i++
+				continue
+			} else if c == '}' {
+				r.i++
+				break
+			}
+			return w, notJSON(r.syntaxError("after object key:value pair"))
+		}
+	}
+	if err := r.end(); err != nil {
+		return w, notJSON(err)
+	}
+	return w, fieldErr
+}
+
+// stringField returns the field of w named k, one of the string fields.
+func (w *profileWire) stringField(k string) *string {
+	switch k {
+	case "eventId":
+		return &w.EventID
+	case "type":
+		return &w.Type
+	case "orgId":
+		return &w.OrgID
+	case "userId":
+		return &w.UserID
+	}
+	return &w.OccurredAt
 }
 
 // MaxIDLength bounds user and event ids.
@@ -78,18 +183,9 @@ const MaxIDLength = 256
 // without eventId gets one derived from its bytes, so that a redelivered copy
 // is recognised as the same event.
 func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
-	var w profileWire
-	if err := json.Unmarshal(value, &w); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			switch te.Field {
-			case "profile":
-				return ProfileEvent{}, &InvalidError{"profile", "must be a JSON object"}
-			case "changes":
-				return ProfileEvent{}, &InvalidError{"changes", "must be a JSON object of dotted paths"}
-			}
-		}
-		return ProfileEvent{}, &InvalidError{Reason: "not a JSON object: " + err.Error()}
+	w, err := decodeProfileWire(value)
+	if err != nil {
+		return ProfileEvent{}, err
 	}
 	ev := ProfileEvent{EventID: w.EventID, Type: w.Type, OrgID: w.OrgID, UserID: w.UserID}
 	if ev.EventID == "" {
@@ -111,12 +207,8 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	default:
 		return ProfileEvent{}, &InvalidError{"type", fmt.Sprintf("%q is not profile.created, profile.updated or profile.deleted", ev.Type)}
 	}
-	if v := bytes.TrimSpace(w.Version); len(v) > 0 && !bytes.Equal(v, []byte("null")) {
-		var n json.Number
-		if err := json.Unmarshal(v, &n); err != nil {
-			return ProfileEvent{}, &InvalidError{"version", "must be a non-negative integer"}
-		}
-		i, err := n.Int64()
+	if w.Version != "" {
+		i, err := strconv.ParseInt(w.Version, 10, 64)
 		if err != nil || i < 0 {
 			return ProfileEvent{}, &InvalidError{"version", "must be a non-negative integer"}
 		}
@@ -191,8 +283,8 @@ func EncodeProfileEvent(ev ProfileEvent) ([]byte, error) {
 		UserID     string         `json:"userId"`
 		Version    *int64         `json:"version,omitempty"`
 		OccurredAt string         `json:"occurredAt,omitempty"`
-		Profile    map[string]any `json:"profile,omitempty"`
-		Changes    map[string]any `json:"changes,omitempty"`
+		Profile    map[string]any `json:"profile,omitzero"`
+		Changes    map[string]any `json:"changes,omitzero"`
 	}
 	o := out{EventID: ev.EventID, Type: ev.Type, OrgID: ev.OrgID, UserID: ev.UserID, Profile: ev.Profile, Changes: ev.Changes}
 	if ev.HasVersion {

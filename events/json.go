@@ -1,0 +1,376 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// jsonReader decodes JSON values into encoding/json's default types (objects
+// map[string]any, arrays []any, numbers float64, strings, booleans, nil for
+// null) and accepts and rejects exactly the documents encoding/json does,
+// as FuzzJSONValue checks. It exists because decoding profile events was
+// the largest cost of the stream after Redis: encoding/json validates every
+// document in a first pass and decodes through reflection in a second.
+//
+// It reads from a string: every key and plain string it returns is a slice
+// of the input, so a document costs one copy rather than one allocation per
+// string.
+type jsonReader struct {
+	b     string
+	i     int
+	depth int
+}
+
+// maxJSONDepth is encoding/json's limit on nesting.
+const maxJSONDepth = 10000
+
+var errJSONEnd = errors.New("unexpected end of JSON input")
+
+func (r *jsonReader) syntaxError(what string) error {
+	if r.i >= len(r.b) {
+		return errJSONEnd
+	}
+	return fmt.Errorf("invalid character %q %s at offset %d", r.b[r.i], what, r.i)
+}
+
+// space skips JSON whitespace.
+func (r *jsonReader) space() {
+	for r.i < len(r.b) {
+		switch r.b[r.i] {
+		case ' ', '\t', '\n', '\r':
+			r.i++
+		default:
+			return
+		}
+	}
+}
+
+// peek returns the next byte after whitespace, 0 at the end.
+func (r *jsonReader) peek() byte {
+	r.space()
+	if r.i >= len(r.b) {
+		return 0
+	}
+	return r.b[r.i]
+}
+
+// end checks that nothing but whitespace follows the value read.
+func (r *jsonReader) end() error {
+	if r.space(); r.i < len(r.b) {
+		return r.syntaxError("after top-level value")
+	}
+	return nil
+}
+
+// value reads any JSON value.
+func (r *jsonReader) value() (any, error) {
+	switch c := r.peek(); {
+	case c == '{':
+		return r.object(nil)
+	case c == '[':
+		return r.array()
+	case c == '"':
+		return r.str()
+	case c == '-' || c >= '0' && c <= '9':
+		return r.number()
+	case c == 't':
+		return true, r.literal("true")
+	case c == 'f':
+		return false, r.literal("false")
+	case c == 'n':
+		return nil, r.literal("null")
+	}
+	return nil, r.syntaxError("looking for beginning of value")
+}
+
+func (r *jsonReader) literal(word string) error {
+	for j := range len(word) {
+		if r.i >= len(r.b) || r.b[r.i] != word[j] {
+			return r.syntaxError("in literal " + word)
+		}
+		r.i++
+	}
+	return nil
+}
+
+// object reads an object into m (a new map when m is nil), at the '{'.
+func (r *jsonReader) object(m map[string]any) (map[string]any, error) {
+	if err := r.enter(); err != nil {
+		return nil, err
+	}
+	r.i++
+	if m == nil {
+		m = make(map[string]any)
+	}
+	if r.peek() == '}' {
+		r.i++
+		r.depth--
+		return m, nil
+	}
+	for {
+		k, err := r.key()
+		if err != nil {
+			return nil, err
+		}
+		if m[k], err = r.value(); err != nil {
+			return nil, err
+		}
+		switch r.peek() {
+		case ',':
+			r.i++
+		case '}':
+			r.i++
+			r.depth--
+			return m, nil
+		default:
+			return nil, r.syntaxError("after object key:value pair")
+		}
+	}
+}
+
+// key reads an object key and the colon after it.
+func (r *jsonReader) key() (string, error) {
+	if r.peek() != '"' {
+		return "", r.syntaxError("looking for beginning of object key string")
+	}
+	k, err := r.str()
+	if err != nil {
+		return "", err
+	}
+	if r.peek() != ':' {
+		return "", r.syntaxError("after object key")
+	}
+	r.i++
+	return k, nil
+}
+
+func (r *jsonReader) array() ([]any, error) {
+	if err := r.enter(); err != nil {
+		return nil, err
+	}
+	r.i++
+	a := []any{}
+	if r.peek() == ']' {
+		r.i++
+		r.depth--
+		return a, nil
+	}
+	for {
+		v, err := r.value()
+		if err != nil {
+			return nil, err
+		}
+		a = append(a, v)
+		switch r.peek() {
+		case ',':
+			r.i++
+		case ']':
+			r.i++
+			r.depth--
+			return a, nil
+		default:
+			return nil, r.syntaxError("after array element")
+		}
+	}
+}
+
+func (r *jsonReader) enter() error {
+	if r.depth++; r.depth > maxJSONDepth {
+		return errors.New("exceeded max depth")
+	}
+	return nil
+}
+
+// str reads a string, at its opening quote. Strings without escapes or
+// non-ASCII bytes, nearly all of them, are copied once.
+func (r *jsonReader) str() (string, error) {
+	r.i++
+	start := r.i
+	for r.i < len(r.b) {
+		switch c := r.b[r.i]; {
+		case c == '"':
+			s := r.b[start:r.i]
+			r.i++
+			return s, nil
+		case c == '\\' || c >= utf8.RuneSelf:
+			return r.strSlow(start)
+		case c < ' ':
+			return "", r.syntaxError("in string literal")
+		}
+		r.i++
+	}
+	return "", errJSONEnd
+}
+
+// strSlow finishes a string that has escapes or non-ASCII bytes, decoding
+// them as encoding/json does: invalid UTF-8 and unpaired surrogates become
+// U+FFFD.
+func (r *jsonReader) strSlow(start int) (string, error) {
+	out := make([]byte, 0, r.i-start+16)
+	out = append(out, r.b[start:r.i]...)
+	for r.i < len(r.b) {
+		c := r.b[r.i]
+		switch {
+		case c == '"':
+			r.i++
+			return string(out), nil
+		case c < ' ':
+			return "", r.syntaxError("in string literal")
+		case c >= utf8.RuneSelf:
+			rn, size := utf8.DecodeRuneInString(r.b[r.i:])
+			r.i += size
+			out = utf8.AppendRune(out, rn)
+			continue
+		case c != '\\':
+			out = append(out, c)
+			r.i++
+			continue
+		}
+		r.i++
+		if r.i >= len(r.b) {
+			return "", errJSONEnd
+		}
+		switch e := r.b[r.i]; e {
+		case '"', '\\', '/':
+			out = append(out, e)
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			rn, ok := r.hex4(r.i + 1)
+			if !ok {
+				if r.i+5 > len(r.b) {
+					return "", errJSONEnd
+				}
+				return "", r.syntaxError("in \\u hexadecimal character escape")
+			}
+			r.i += 4
+			if utf16.IsSurrogate(rn) {
+				// A pair only when "\uXXXX" follows and completes it.
+				if r.i+2 < len(r.b) && r.b[r.i+1] == '\\' && r.b[r.i+2] == 'u' {
+					if rn2, ok := r.hex4(r.i + 3); ok {
+						if d := utf16.DecodeRune(rn, rn2); d != unicode.ReplacementChar {
+							r.i += 6
+							out = utf8.AppendRune(out, d)
+							break
+						}
+					}
+				}
+				rn = unicode.ReplacementChar
+			}
+			out = utf8.AppendRune(out, rn)
+		default:
+			return "", r.syntaxError("in string escape code")
+		}
+		r.i++
+	}
+	return "", errJSONEnd
+}
+
+// hex4 reads the four hex digits at j.
+func (r *jsonReader) hex4(j int) (rune, bool) {
+	if j+4 > len(r.b) {
+		return 0, false
+	}
+	var n rune
+	for _, c := range []byte(r.b[j : j+4]) {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n*16 + rune(c)
+	}
+	return n, true
+}
+
+// number reads a number as a float64, as encoding/json does into an any.
+func (r *jsonReader) number() (any, error) {
+	raw, err := r.numberText()
+	if err != nil {
+		return nil, err
+	}
+	// Whole numbers of up to 15 digits are exact in a float64: no parsing
+	// of the general form, and no allocation.
+	if len(raw) <= 15 {
+		neg := raw[0] == '-'
+		digits := raw
+		if neg {
+			digits = raw[1:]
+		}
+		var n int64
+		whole := true
+		for _, c := range digits {
+			if c < '0' || c > '9' {
+				whole = false
+				break
+			}
+			n = n*10 + int64(c-'0')
+		}
+		if whole {
+			if neg {
+				return -float64(n), nil
+			}
+			return float64(n), nil
+		}
+	}
+	f, err := strconv.ParseFloat(raw, 64)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode number %s into a float64", raw)
+	}
+	return f, nil
+}
+
+// numberText reads the text of a number, checking its grammar.
+func (r *jsonReader) numberText() (string, error) {
+	start := r.i
+	digits := func() int {
+		n := 0
+		for r.i < len(r.b) && r.b[r.i] >= '0' && r.b[r.i] <= '9' {
+			r.i++
+			n++
+		}
+		return n
+	}
+	if r.b[r.i] == '-' {
+		r.i++
+	}
+	switch {
+	case r.i < len(r.b) && r.b[r.i] == '0':
+		r.i++
+	case digits() == 0:
+		return "", r.syntaxError("in numeric literal")
+	}
+	if r.i < len(r.b) && r.b[r.i] == '.' {
+		r.i++
+		if digits() == 0 {
+			return "", r.syntaxError("after decimal point in numeric literal")
+		}
+	}
+	if r.i < len(r.b) && (r.b[r.i] == 'e' || r.b[r.i] == 'E') {
+		r.i++
+		if r.i < len(r.b) && (r.b[r.i] == '+' || r.b[r.i] == '-') {
+			r.i++
+		}
+		if digits() == 0 {
+			return "", r.syntaxError("in exponent of numeric literal")
+		}
+	}
+	return r.b[start:r.i], nil
+}
