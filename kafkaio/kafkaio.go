@@ -53,8 +53,12 @@ func NewWriter(brokers []string) *kafka.Writer {
 		BatchSize: 512,
 		// Under the broker's default message.max.bytes (1 MiB), which
 		// bounds one record batch.
-		BatchBytes:             1_000_000,
-		BatchTimeout:           2 * time.Millisecond,
+		BatchBytes: 1_000_000,
+		// Callers write many messages per call (segmentd a batch's change
+		// events, segmentctl a chunk of its input), which kafka-go groups
+		// by partition as one call; waiting for more only delays them.
+		// (Zero would mean kafka-go's default of a second.)
+		BatchTimeout:           100 * time.Microsecond,
 		MaxAttempts:            3,
 		WriteBackoffMin:        50 * time.Millisecond,
 		WriteBackoffMax:        time.Second,
