@@ -16,10 +16,6 @@ import (
 type Due struct {
 	OrgID, UserID string
 	At            time.Time
-	// Earlier makes the timer only ever move earlier (ZADD LT): a writer that
-	// knows one segment's flip and not the others' uses it, and a timer that
-	// fires early finds nothing to change and moves to the true next flip.
-	Earlier bool
 }
 
 // ScheduleKey is the internal sorted set of an organisation's timers: members
@@ -46,20 +42,21 @@ func NewSchedules(rdb redis.UniversalClient) *Schedules {
 	return &Schedules{rdb: rdb, claim: redis.NewScript(claimScript)}
 }
 
-// Schedule records each due instant, replacing the user's earlier one for the
-// same segment; ZADD is idempotent, so a replayed batch changes nothing.
+// Schedule records each due instant where it is earlier than the user's
+// timer (ZADD LT): a timer only ever moves earlier here. One that fires
+// before its user's true next flip finds nothing to change and moves itself
+// there (see Done), so an early timer costs one re-evaluation, while moving
+// a timer later on every profile event (each new updatedAt pushes an
+// "inactive for 30 days" flip back) costs Redis a reordering of the sorted
+// set each time. Writers that know one segment's flip and not the others'
+// rely on it too. ZADD is idempotent, so a replayed batch changes nothing.
 func (s *Schedules) Schedule(ctx context.Context, due []Due) error {
 	if len(due) == 0 {
 		return nil
 	}
 	pipe := s.rdb.Pipeline()
 	for _, d := range due {
-		z := redis.Z{Score: dueScore(d.At), Member: d.UserID}
-		if d.Earlier {
-			pipe.ZAddLT(ctx, ScheduleKey(d.OrgID), z)
-		} else {
-			pipe.ZAdd(ctx, ScheduleKey(d.OrgID), z)
-		}
+		pipe.ZAddLT(ctx, ScheduleKey(d.OrgID), redis.Z{Score: dueScore(d.At), Member: d.UserID})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("schedule %d timers: %w", len(due), err)

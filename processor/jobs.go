@@ -330,9 +330,9 @@ func (j *Jobs) knownMembers(ctx context.Context, org, seg string) (map[string]bo
 // its rule at now, with change events of the cause that causeOf gives each
 // user. known, when not nil, is the segment's member set as read after the
 // revision gate (see knownMembers); users read again take their membership
-// from their own segment sets. Timers only ever move earlier here (the
-// caller may not know every time-relative segment); a timer that fires
-// early moves itself to the true next flip.
+// from their own segment sets. Timers only ever move earlier (see
+// Schedules.Schedule), which matters here: the caller may not know every
+// time-relative segment's flip.
 func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, causeOf func(user string) events.Cause, now time.Time, known map[string]bool) error {
 	seg := cs.Def.ID
 	pending := ids
@@ -353,7 +353,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 		for i, v := range views {
 			r := results[i]
 			if r.flip != nil {
-				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: *r.flip, Earlier: true})
+				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: *r.flip})
 			}
 			cause := causeOf(v.UserID)
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
