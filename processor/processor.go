@@ -188,8 +188,8 @@ func (p *Processor) Healthy() bool {
 // A batch goes through three stages. The first decodes, evaluates and
 // writes each user's state (compare-and-set, with the batch's membership
 // diffs in the user's outbox); the second projects the diffs onto the
-// segment sets and schedules timers; the third publishes the change events
-// and dead letters, then hands the batch to the committer. Each stage runs
+// segment sets; the third stores timers, publishes the change events and
+// dead letters, then hands the batch to the committer. Each stage runs
 // on its own goroutine, in batch order, so that one batch's Redis and Kafka
 // round trips overlap with the next one's evaluation. Offsets are committed
 // in order once a batch has been published: a commit that is late or lost
@@ -552,8 +552,8 @@ func (p *Processor) markFinished(wb *written) {
 }
 
 // project runs the second stage of a written batch: project its changes
-// onto the segment sets, where campaign services read them, and schedule
-// timers. Both are idempotent, so a retry changes nothing twice.
+// onto the segment sets, where campaign services read them. It is
+// idempotent, so a retry changes nothing twice.
 func (p *Processor) project(ctx context.Context, wb *written) error {
 	m := p.cfg.Metrics
 	step := m.stepTimer()
@@ -566,6 +566,17 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 	for _, t := range wb.occurred {
 		m.observeLatency(t, wb.fetched, projected)
 	}
+	return nil
+}
+
+// publish runs the last stage of a batch: store its timers, then publish
+// its change events and dead letters. The timers need only be stored
+// before the commit, so they wait here rather than hold the projection of
+// the next batch. A retry writes the timers again (ZADD is idempotent) and
+// repeats change events with the same ids.
+func (p *Processor) publish(ctx context.Context, wb *written) error {
+	m := p.cfg.Metrics
+	step := m.stepTimer()
 	if p.cfg.Scheduler != nil && len(wb.due) > 0 {
 		if err := p.cfg.Scheduler.Schedule(ctx, wb.due); err != nil {
 			m.redisError()
@@ -573,14 +584,6 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 		}
 	}
 	step("schedule")
-	return nil
-}
-
-// publish runs the last stage of a batch: publish its change events and
-// dead letters. A retry repeats change events with the same ids.
-func (p *Processor) publish(ctx context.Context, wb *written) error {
-	m := p.cfg.Metrics
-	step := m.stepTimer()
 	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(wb.changes)+len(wb.dlq)), p.cfg.MembershipTopic, wb.changes)
 	out = append(out, wb.dlq...)
 	if len(out) > 0 {

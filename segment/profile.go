@@ -182,7 +182,7 @@ func (p *Profile) UnmarshalJSON(b []byte) error {
 func ChangedPaths(old, new *Profile) []string {
 	var dst []string
 	for i, k := range knownFields {
-		dst = diffValues(dst, k, old.field(k, i), new.field(k, i))
+		dst = diffValues(dst, "", k, old.field(k, i), new.field(k, i))
 	}
 	var a, b map[string]any
 	if old != nil {
@@ -201,25 +201,28 @@ func ChangedPaths(old, new *Profile) []string {
 func diffObjects(dst []string, prefix string, a, b map[string]any) []string {
 	start := len(dst)
 	for k, av := range a {
-		dst = diffValues(dst, prefix+k, av, b[k])
+		dst = diffValues(dst, prefix, k, av, b[k])
 	}
 	for k, bv := range b {
 		if _, seen := a[k]; !seen {
-			dst = diffValues(dst, prefix+k, nil, bv)
+			dst = diffValues(dst, prefix, k, nil, bv)
 		}
 	}
 	slices.Sort(dst[start:])
 	return dst
 }
 
-func diffValues(dst []string, path string, a, b any) []string {
+// diffValues appends prefix+k, or the paths below it, when a and b differ.
+// The path is built only for a difference or an object on both sides: most
+// keys of an object are unchanged.
+func diffValues(dst []string, prefix, k string, a, b any) []string {
 	am, aok := asObject(a)
 	bm, bok := asObject(b)
 	if aok && bok {
-		return diffObjects(dst, path+".", am, bm)
+		return diffObjects(dst, prefix+k+".", am, bm)
 	}
 	if !jsonEqual(a, b) {
-		dst = append(dst, path)
+		dst = append(dst, prefix+k)
 	}
 	return dst
 }
@@ -258,10 +261,10 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 
 	root := old.Clone()
 	// owned holds the objects, by path, already copied by this call, which it
-	// may therefore modify in place.
-	owned := map[string]map[string]any{}
+	// may therefore modify in place; made for the first nested path.
+	var owned map[string]map[string]any
 	for _, p := range paths {
-		if msg := set(root, owned, p, changes[p]); msg != "" {
+		if msg := set(root, &owned, p, changes[p]); msg != "" {
 			errs = append(errs, FieldError{p, msg})
 		}
 	}
@@ -269,15 +272,15 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 		return nil, nil, &ValidationError{Code: CodeValidationFailed, Errors: errs}
 	}
 
-	// Only the top-level keys the patch touched can differ; diffing them
+	// Only the top-level fields the patch touched can differ; diffing them
 	// whole lists the paths exactly as ChangedPaths would.
 	var changed []string
-	seen := make(map[string]bool, len(paths))
+	tops := make([]string, 0, len(paths))
 	for _, p := range paths {
 		top, _, _ := strings.Cut(p, ".")
-		if !seen[top] {
-			seen[top] = true
-			changed = diffValues(changed, top, old.Get(top), root.Get(top))
+		if !slices.Contains(tops, top) {
+			tops = append(tops, top)
+			changed = diffValues(changed, "", top, old.Get(top), root.Get(top))
 		}
 	}
 	slices.Sort(changed)
@@ -285,54 +288,63 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 }
 
 // set stores v (or removes the field when v is nil) at path in root, copying
-// each object on the way that owned does not hold yet.
-func set(root *Profile, owned map[string]map[string]any, path string, v any) string {
-	keys := strings.Split(path, ".")
-	if len(keys) == 1 {
+// each object on the way that *owned does not hold yet.
+func set(root *Profile, owned *map[string]map[string]any, path string, v any) string {
+	dot := strings.IndexByte(path, '.')
+	if dot < 0 {
 		root.Set(path, v)
-		forgetBelow(owned, path)
+		forgetBelow(*owned, path)
 		return ""
 	}
-	var obj map[string]any
-	for i, k := range keys[:len(keys)-1] {
-		prefix := strings.Join(keys[:i+1], ".")
-		if next, ok := owned[prefix]; ok {
-			obj = next
-			continue
-		}
-		var cur any
-		if i == 0 {
-			cur = root.Get(k)
-		} else {
-			cur = obj[k]
-		}
-		var next map[string]any
-		switch cur := cur.(type) {
-		case nil:
-			if v == nil {
-				return "" // nothing to remove
-			}
-			next = make(map[string]any)
-		case map[string]any:
-			next = maps.Clone(cur)
-		default:
-			return "path crosses " + prefix + ", which is not an object"
-		}
-		if i == 0 {
-			root.Set(k, next)
-		} else {
-			obj[k] = next
-		}
-		owned[prefix] = next
-		obj = next
+	if *owned == nil {
+		*owned = make(map[string]map[string]any)
 	}
-	last := keys[len(keys)-1]
+	// Walk the objects on the way: prefix is path[:end], k its last key.
+	var obj map[string]any
+	start, end := 0, dot
+	for {
+		prefix, k := path[:end], path[start:end]
+		next, ok := (*owned)[prefix]
+		if !ok {
+			var cur any
+			if obj == nil {
+				cur = root.Get(k)
+			} else {
+				cur = obj[k]
+			}
+			switch cur := cur.(type) {
+			case nil:
+				if v == nil {
+					return "" // nothing to remove
+				}
+				next = make(map[string]any)
+			case map[string]any:
+				next = maps.Clone(cur)
+			default:
+				return "path crosses " + prefix + ", which is not an object"
+			}
+			if obj == nil {
+				root.Set(k, next)
+			} else {
+				obj[k] = next
+			}
+			(*owned)[prefix] = next
+		}
+		obj = next
+		start = end + 1
+		i := strings.IndexByte(path[start:], '.')
+		if i < 0 {
+			break
+		}
+		end = start + i
+	}
+	last := path[start:]
 	if v == nil {
 		delete(obj, last)
 	} else {
 		obj[last] = v
 	}
-	forgetBelow(owned, path)
+	forgetBelow(*owned, path)
 	return ""
 }
 
@@ -340,7 +352,7 @@ func set(root *Profile, owned map[string]map[string]any, path string, v any) str
 // caller has just replaced; a sorted patch never has any, but stay safe.
 func forgetBelow(owned map[string]map[string]any, path string) {
 	for p := range owned {
-		if strings.HasPrefix(p, path+".") {
+		if len(p) > len(path) && p[len(path)] == '.' && strings.HasPrefix(p, path) {
 			delete(owned, p)
 		}
 	}

@@ -322,3 +322,14 @@ func TestProfileJSON(t *testing.T) {
 		t.Error("an array decoded as a profile")
 	}
 }
+
+func BenchmarkApplyChanges(b *testing.B) {
+	old := NewProfile(benchProfile())
+	changes := map[string]any{"points": 1100.0, "updatedAt": "2026-11-25T17:00:00Z", "customFields.f7": 60.0}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := ApplyChanges(old, changes); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
