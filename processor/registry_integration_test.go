@@ -94,6 +94,15 @@ func BenchmarkDefinitionChange(b *testing.B) {
 	defs := membership.NewDefinitions(rdb)
 	orgs := envInt("SEGMENTD_BENCH_ORGS", 100)
 	var changed segment.Definition
+	var created []segment.Definition
+	// Later runs and instances on the same servers would load these too.
+	b.Cleanup(func() {
+		for _, d := range created {
+			if err := defs.Delete(ctx, d.OrgID, d.ID); err != nil {
+				b.Error(err)
+			}
+		}
+	})
 	for o := range orgs {
 		org := testenv.UniqueName(b, "org")
 		for i := range 100 {
@@ -106,6 +115,7 @@ func BenchmarkDefinitionChange(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			created = append(created, d)
 			if o == 0 && i == 0 {
 				changed = d
 			}
