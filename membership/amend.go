@@ -86,9 +86,10 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
 
 // SegmentView is a user's state as seen for one segment.
 type SegmentView struct {
-	UserID  string
-	Rev     int64
-	Profile []byte
+	UserID string
+	Rev    int64
+	// Profile is the stored profile, empty when none.
+	Profile string
 	// Member reports whether the user's segment set holds the segment.
 	Member bool
 	Outbox []OutboxEntry

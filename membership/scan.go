@@ -15,8 +15,9 @@ type StoredProfile struct {
 	// Version is the stored version, -1 when none.
 	Version int64
 	// Rev is the user's write revision at the time of the read.
-	Rev     int64
-	Profile []byte
+	Rev int64
+	// Profile is the stored profile (see segment.DecodeProfile).
+	Profile string
 }
 
 // scanCount is the SCAN batch: big enough that a million profiles take about
@@ -89,7 +90,7 @@ func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfil
 		if err != nil {
 			return nil, fmt.Errorf("read profile %s: %w", k, err)
 		}
-		if st.Deleted || st.Profile == nil {
+		if st.Deleted || st.Profile == "" {
 			continue
 		}
 		page = append(page, StoredProfile{UserID: ref.UserID, Version: st.Version, Rev: st.Rev, Profile: st.Profile})

@@ -59,8 +59,9 @@ type UserState struct {
 	Version int64
 	// Deleted is true after a profile.deleted event (a tombstone keeps the version).
 	Deleted bool
-	// Profile is the stored profile (see segment.DecodeProfile), nil when none.
-	Profile []byte
+	// Profile is the stored profile (see segment.DecodeProfile), empty when
+	// none. A string, as Redis returns it: decoding it takes no copy.
+	Profile string
 	// Segments is the user's public segment set.
 	Segments []string
 	Outbox   []OutboxEntry
@@ -165,7 +166,7 @@ func decodeState(h []any, segs []string) (UserState, error) {
 	}
 	if st.Rev > 0 {
 		if p := str(2); p != "" {
-			st.Profile = []byte(p)
+			st.Profile = p
 		} else {
 			st.Deleted = true
 		}
@@ -292,7 +293,7 @@ func (u *Users) Profile(ctx context.Context, org, user string) (*segment.Profile
 	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}
-	m, err := segment.DecodeProfile([]byte(p))
+	m, err := segment.DecodeProfile(p)
 	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}

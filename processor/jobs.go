@@ -363,7 +363,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				continue
 			}
-			if v.Profile == nil || r.match == v.Member {
+			if v.Profile == "" || r.match == v.Member {
 				continue
 			}
 			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
@@ -425,7 +425,7 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 	out := make([]viewResult, len(views))
 	keys := rule.ProfileKeys()
 	parallel(len(views), func(i int) {
-		if views[i].Profile == nil {
+		if views[i].Profile == "" {
 			return
 		}
 		p, err := segment.DecodeProfileKeys(views[i].Profile, keys)
@@ -505,7 +505,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		}
 		for _, v := range views {
 			var next time.Time
-			if v.Profile != nil {
+			if v.Profile != "" {
 				if p, err := segment.DecodeProfile(v.Profile); err == nil {
 					next, _ = o.NextFlip(p, now)
 				}

@@ -112,8 +112,10 @@ func appendValue(dst []byte, v any) []byte {
 
 // DecodeProfile decodes a stored profile: the binary encoding of
 // AppendProfile, or JSON. Numbers come back as float64, arrays as []any and
-// objects as map[string]any, as from encoding/json.
-func DecodeProfile(b []byte) (*Profile, error) {
+// objects as map[string]any, as from encoding/json. It takes the stored
+// bytes as a string too, as a Redis client returns them: a string is
+// decoded without a copy.
+func DecodeProfile[B ~string | ~[]byte](b B) (*Profile, error) {
 	return DecodeProfileKeys(b, nil)
 }
 
@@ -122,10 +124,13 @@ func DecodeProfile(b []byte) (*Profile, error) {
 // and checked, not built, which is most of the work when a rule reads a few
 // fields of a large profile: a profile decoded for Rule.ProfileKeys
 // evaluates as the whole profile would.
-func DecodeProfileKeys(b []byte, keys []string) (*Profile, error) {
-	if len(b) == 0 || b[0] != profileMagic {
+func DecodeProfileKeys[B ~string | ~[]byte](b B, keys []string) (*Profile, error) {
+	// Every key and string value of the profile is a slice of s: one copy
+	// of a []byte, none of a string.
+	s := string(b)
+	if len(s) == 0 || s[0] != profileMagic {
 		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil {
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
 			return nil, fmt.Errorf("decode profile: %w", err)
 		}
 		if m == nil {
@@ -136,9 +141,7 @@ func DecodeProfileKeys(b []byte, keys []string) (*Profile, error) {
 		}
 		return NewProfile(m), nil
 	}
-	// One string holds every key and string value: one allocation instead
-	// of one per string.
-	d := decoder{s: string(b[1:])}
+	d := decoder{s: s[1:]}
 	if d.next() != tagObject {
 		return nil, errors.New("decode profile: not an object")
 	}
