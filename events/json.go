@@ -70,7 +70,7 @@ func (r *jsonReader) end() error {
 func (r *jsonReader) value() (any, error) {
 	switch c := r.peek(); {
 	case c == '{':
-		return r.object(nil)
+		return r.object()
 	case c == '[':
 		return r.array()
 	case c == '"':
@@ -97,27 +97,38 @@ func (r *jsonReader) literal(word string) error {
 	return nil
 }
 
-// object reads an object into m (a new map when m is nil), at the '{'.
-func (r *jsonReader) object(m map[string]any) (map[string]any, error) {
-	if err := r.enter(); err != nil {
+// object reads an object, at its '{'.
+func (r *jsonReader) object() (map[string]any, error) {
+	m := make(map[string]any)
+	err := r.members(func(k string) (err error) {
+		m[k], err = r.value()
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	r.i++
-	if m == nil {
-		m = make(map[string]any)
+	return m, nil
+}
+
+// members reads an object, at its '{', calling member with each key with
+// the reader at the key's value, which member must read.
+func (r *jsonReader) members(member func(k string) error) error {
+	if err := r.enter(); err != nil {
+		return err
 	}
+	r.i++
 	if r.peek() == '}' {
 		r.i++
 		r.depth--
-		return m, nil
+		return nil
 	}
 	for {
 		k, err := r.key()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if m[k], err = r.value(); err != nil {
-			return nil, err
+		if err := member(k); err != nil {
+			return err
 		}
 		switch r.peek() {
 		case ',':
@@ -125,9 +136,9 @@ func (r *jsonReader) object(m map[string]any) (map[string]any, error) {
 		case '}':
 			r.i++
 			r.depth--
-			return m, nil
+			return nil
 		default:
-			return nil, r.syntaxError("after object key:value pair")
+			return r.syntaxError("after object key:value pair")
 		}
 	}
 }

@@ -96,64 +96,47 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 		_, err := r.value()
 		return err
 	}
-	r.i++
-	r.depth = 1
-	if r.peek() == '}' {
-		r.i++
-	} else {
-		for {
-			k, err := r.key()
-			if err != nil {
-				return w, notJSON(err)
-			}
-			c := r.peek()
-			switch k {
-			case "eventId", "type", "orgId", "userId", "occurredAt":
-				switch c {
-				case '"':
-					*w.stringField(k), err = r.str()
-				case 'n':
-					err = r.literal("null") // leaves the field as it was
-				default:
-					err = wrongType(k, "must be a string")
-				}
-			case "version":
-				switch {
-				case c == '-' || c >= '0' && c <= '9':
-					w.Version, err = r.numberText()
-				case c == 'n':
-					w.Version, err = "", r.literal("null")
-				default:
-					err = wrongType(k, "must be a non-negative integer")
-				}
-			case "profile", "changes":
-				dst, reason := &w.Profile, "must be a JSON object"
-				if k == "changes" {
-					dst, reason = &w.Changes, "must be a JSON object of dotted paths"
-				}
-				switch c {
-				case '{':
-					*dst, err = r.object(nil)
-				case 'n':
-					*dst, err = nil, r.literal("null")
-				default:
-					err = wrongType(k, reason)
-				}
+	err := r.members(func(k string) (err error) {
+		c := r.peek()
+		switch k {
+		case "eventId", "type", "orgId", "userId", "occurredAt":
+			switch c {
+			case '"':
+				*w.stringField(k), err = r.str()
+			case 'n':
+				err = r.literal("null") // leaves the field as it was
 			default:
-				_, err = r.value()
+				err = wrongType(k, "must be a string")
 			}
-			if err != nil {
-				return w, notJSON(err)
+		case "version":
+			switch {
+			case c == '-' || c >= '0' && c <= '9':
+				w.Version, err = r.numberText()
+			case c == 'n':
+				w.Version, err = "", r.literal("null")
+			default:
+				err = wrongType(k, "must be a non-negative integer")
 			}
-			if c := r.peek(); c == ',' {
-				r.i++
-				continue
-			} else if c == '}' {
-				r.i++
-				break
+		case "profile", "changes":
+			dst, reason := &w.Profile, "must be a JSON object"
+			if k == "changes" {
+				dst, reason = &w.Changes, "must be a JSON object of dotted paths"
 			}
-			return w, notJSON(r.syntaxError("after object key:value pair"))
+			switch c {
+			case '{':
+				*dst, err = r.object()
+			case 'n':
+				*dst, err = nil, r.literal("null")
+			default:
+				err = wrongType(k, reason)
+			}
+		default:
+			_, err = r.value()
 		}
+		return err
+	})
+	if err != nil {
+		return w, notJSON(err)
 	}
 	if err := r.end(); err != nil {
 		return w, notJSON(err)
