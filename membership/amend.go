@@ -35,23 +35,23 @@ const (
 )
 
 // The script is on every backfilled change, so it makes as few calls as it
-// can: one read of revision and outbox, the membership as it stands (the
-// caller may have guessed it from the member set), one write. A deletion
-// moves the revision like any write, and callers amend only users they
-// read with a profile, so the revision alone also catches a user deleted
-// since the read.
+// can: one read of revision and outbox, the membership change itself (whose
+// reply says whether the set already held it: the caller may have guessed
+// the membership from the member set), one write. A deletion moves the
+// revision like any write, and callers amend only users they read with a
+// profile, so the revision alone also catches a user deleted since the read.
 const amendScript = `
 local h = redis.call('HMGET', KEYS[1], 'r', 'o')
 local rev = tonumber(h[1] or '0')
 if rev ~= tonumber(ARGV[1]) then return 0 end
-local enter = ARGV[3] == '1'
-if (redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1) == enter then return 2 end
+local n
+if ARGV[3] == '1' then n = redis.call('SADD', KEYS[2], ARGV[2]) else n = redis.call('SREM', KEYS[2], ARGV[2]) end
+if n == 0 then return 2 end
 local o = h[2]
 -- An outbox in the former JSON form cannot take a binary entry; it is
 -- replaced, which only matters during an upgrade.
 if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
 redis.call('HSET', KEYS[1], 'r', rev + 1, 'o', o .. ARGV[4])
-if enter then redis.call('SADD', KEYS[2], ARGV[2]) else redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1
 `
 
@@ -95,17 +95,31 @@ type SegmentView struct {
 	Outbox []OutboxEntry
 }
 
-// ViewUsers reads, in one pipelined round trip, each user's profile,
-// revision, outbox and, unless seg is empty, membership of seg. Deleted or
-// unknown users come back with a nil Profile.
-func (u *Users) ViewUsers(ctx context.Context, org, seg string, users []string) ([]SegmentView, error) {
+// ViewFields says what ViewUsers reads besides each user's revision and
+// profile.
+type ViewFields struct {
+	// Segment, when not empty, is the segment whose membership is read.
+	Segment string
+	// Outbox reads each user's outbox. Only a caller that may find entries
+	// of its own earlier attempt needs it; it is the larger part of a read.
+	Outbox bool
+}
+
+// ViewUsers reads, in one pipelined round trip, each user's revision,
+// profile and what f asks for. Deleted or unknown users come back with an
+// empty Profile.
+func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f ViewFields) ([]SegmentView, error) {
+	fields := []string{"r", "p"}
+	if f.Outbox {
+		fields = append(fields, "o")
+	}
 	pipe := u.rdb.Pipeline()
 	hm := make([]*redis.SliceCmd, len(users))
 	is := make([]*redis.BoolCmd, len(users))
 	for i, user := range users {
-		hm[i] = pipe.HMGet(ctx, ProfileKey(org, user), "r", "v", "p", "o")
-		if seg != "" {
-			is[i] = pipe.SIsMember(ctx, UserSegmentsKey(org, user), seg)
+		hm[i] = pipe.HMGet(ctx, ProfileKey(org, user), fields...)
+		if f.Segment != "" {
+			is[i] = pipe.SIsMember(ctx, UserSegmentsKey(org, user), f.Segment)
 		}
 	}
 	if len(users) > 0 {
@@ -115,7 +129,8 @@ func (u *Users) ViewUsers(ctx context.Context, org, seg string, users []string) 
 	}
 	out := make([]SegmentView, len(users))
 	for i, user := range users {
-		st, err := decodeState(hm[i].Val(), nil)
+		h := hm[i].Val()
+		st, err := decodeFields(field(h, 0), "", field(h, 1), field(h, 2), nil)
 		if err != nil {
 			return nil, fmt.Errorf("view user %s/%s: %w", org, user, err)
 		}

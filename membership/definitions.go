@@ -444,6 +444,24 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 	})
 }
 
+// BeginBackfill records that a backfill of generation is about to write and
+// reports whether it is the first to: false when an earlier attempt may have
+// written (it then has outbox entries to find) or the generation is no longer
+// the segment's. Like the progress, it does not move the revision.
+func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (bool, error) {
+	first := false
+	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
+		first = false
+		if d.Generation != generation || d.BackfillStarted == generation {
+			return ErrUnchanged
+		}
+		first = true
+		d.BackfillStarted = generation
+		return nil
+	})
+	return first && err == nil, err
+}
+
 // SetBackfillProgress records how many users the backfill of generation
 // has scanned, while the segment builds that generation. Like the
 // estimate, it does not move the revision.
@@ -589,6 +607,7 @@ type storedDefinition struct {
 	Status        string          `json:"status"`
 	EstimatedSize int64           `json:"estimatedSize"`
 	Scanned       int64           `json:"backfillScanned,omitempty"`
+	Started       int64           `json:"backfillStarted,omitempty"`
 	Generation    int64           `json:"generation"`
 	CreatedAt     time.Time       `json:"createdAt"`
 	UpdatedAt     time.Time       `json:"updatedAt"`
@@ -610,7 +629,7 @@ type storedCriterion struct {
 func encodeDefinition(d segment.Definition) (string, error) {
 	w := storedDefinition{
 		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
-		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned,
+		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted,
 		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
 	if d.Type == segment.TypeDynamic || len(d.Criteria.Include)+len(d.Criteria.Exclude) > 0 {
@@ -648,7 +667,7 @@ func decodeDefinition(raw string) (segment.Definition, error) {
 	d := segment.Definition{
 		ID: w.ID, OrgID: w.OrgID, Name: w.Name, Description: w.Description, URL: w.URL,
 		Type: segment.Type(w.Type), Status: segment.Status(w.Status), EstimatedSize: w.EstimatedSize,
-		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned,
+		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned, BackfillStarted: w.Started,
 	}
 	if w.Criteria != nil {
 		var err error

@@ -12,10 +12,6 @@ import (
 // StoredProfile is one stored profile met by a scan.
 type StoredProfile struct {
 	UserID string
-	// Version is the stored version, -1 when none.
-	Version int64
-	// Rev is the user's write revision at the time of the read.
-	Rev int64
 	// Profile is the stored profile (see segment.DecodeProfile).
 	Profile string
 }
@@ -73,9 +69,9 @@ func (u *Users) scanKeys(ctx context.Context, match string, fn func(keys []strin
 
 func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfile, error) {
 	pipe := u.rdb.Pipeline()
-	cmds := make([]*redis.SliceCmd, len(keys))
+	cmds := make([]*redis.StringCmd, len(keys))
 	for i, k := range keys {
-		cmds[i] = pipe.HMGet(ctx, k, "r", "v", "p")
+		cmds[i] = pipe.HGet(ctx, k, "p")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read profiles: %w", err)
@@ -86,14 +82,10 @@ func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfil
 		if !ok {
 			continue
 		}
-		st, err := decodeState(cmds[i].Val(), nil)
-		if err != nil {
-			return nil, fmt.Errorf("read profile %s: %w", k, err)
+		// A deleted user's tombstone has no profile.
+		if p := cmds[i].Val(); p != "" {
+			page = append(page, StoredProfile{UserID: ref.UserID, Profile: p})
 		}
-		if st.Deleted || st.Profile == "" {
-			continue
-		}
-		page = append(page, StoredProfile{UserID: ref.UserID, Version: st.Version, Rev: st.Rev, Profile: st.Profile})
 	}
 	return page, nil
 }

@@ -141,23 +141,31 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 }
 
 func decodeState(h []any, segs []string) (UserState, error) {
-	st := UserState{Version: -1, Segments: segs}
-	str := func(i int) string {
-		if i < len(h) {
-			if s, ok := h[i].(string); ok {
-				return s
-			}
+	return decodeFields(field(h, 0), field(h, 1), field(h, 2), field(h, 3), segs)
+}
+
+// field is the i-th reply of an HMGET as a string, "" when missing.
+func field(h []any, i int) string {
+	if i < len(h) {
+		if s, ok := h[i].(string); ok {
+			return s
 		}
-		return ""
 	}
-	if r := str(0); r != "" {
+	return ""
+}
+
+// decodeFields decodes a user's stored fields: revision, version, profile
+// and outbox, each "" when missing or not read.
+func decodeFields(r, v, p, o string, segs []string) (UserState, error) {
+	st := UserState{Version: -1, Segments: segs}
+	if r != "" {
 		n, err := strconv.ParseInt(r, 10, 64)
 		if err != nil {
 			return st, fmt.Errorf("revision %q: %w", r, err)
 		}
 		st.Rev = n
 	}
-	if v := str(1); v != "" {
+	if v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
 			return st, fmt.Errorf("version %q: %w", v, err)
@@ -165,13 +173,13 @@ func decodeState(h []any, segs []string) (UserState, error) {
 		st.Version = n
 	}
 	if st.Rev > 0 {
-		if p := str(2); p != "" {
+		if p != "" {
 			st.Profile = p
 		} else {
 			st.Deleted = true
 		}
 	}
-	if o := str(3); o != "" {
+	if o != "" {
 		es, err := decodeOutbox(o)
 		if err != nil {
 			return st, fmt.Errorf("outbox: %w", err)

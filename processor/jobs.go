@@ -17,7 +17,7 @@ import (
 // JobUsers is the Redis side of the background jobs.
 type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
-	ViewUsers(ctx context.Context, org, seg string, users []string) ([]membership.SegmentView, error)
+	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
 	Project(ctx context.Context, ps []membership.Projection) error
 }
@@ -36,6 +36,7 @@ type JobDefinitions interface {
 	MarkReady(ctx context.Context, org, id string, generation int64) error
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
+	BeginBackfill(ctx context.Context, org, id string, generation int64) (bool, error)
 }
 
 // Sizer counts and lists segment members.
@@ -229,8 +230,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if err != nil {
 		return err
 	}
+	first, err := j.cfg.Definitions.BeginBackfill(ctx, org, cs.Def.ID, cs.Def.Generation)
+	if err != nil {
+		return err
+	}
 	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
-	now := j.cfg.Now()
+	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, now: j.cfg.Now(), known: known, retry: !first}
 	scanned := 0
 	// Pages go to a few workers, so that one page's Redis scripts, another's
 	// decoding and a third's publishing overlap. Pages hold different users,
@@ -245,7 +250,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		go func() {
 			defer wg.Done()
 			for ids := range pages {
-				if err := j.amendPage(ctx, org, cs, ids, func(string) events.Cause { return cause }, now, known); err != nil {
+				if err := j.amendPage(ctx, pass, ids); err != nil {
 					errs <- err
 					for range pages { // drain, so that the scan is not blocked
 					}
@@ -326,26 +331,44 @@ func (j *Jobs) knownMembers(ctx context.Context, org, seg string) (map[string]bo
 	return known, nil
 }
 
-// amendPage brings one segment's membership of the given users in line with
-// its rule at now, with change events of the cause that causeOf gives each
-// user. known, when not nil, is the segment's member set as read after the
-// revision gate (see knownMembers); users read again take their membership
-// from their own segment sets. Timers only ever move earlier (see
+// amendPass is one re-evaluation of a segment over some of its
+// organisation's users.
+type amendPass struct {
+	org string
+	cs  *CompiledSegment
+	// causeOf gives each user's change events their cause.
+	causeOf func(user string) events.Cause
+	now     time.Time
+	// known, when not nil, is the segment's member set as read after the
+	// revision gate (see knownMembers); users read again take their
+	// membership from their own segment sets.
+	known map[string]bool
+	// retry is set when an earlier attempt with the same causes may have
+	// written changes and not published them: their entries are then
+	// looked for in the users' outboxes.
+	retry bool
+}
+
+// amendPage brings the segment's membership of the given users in line
+// with its rule at p.now. Timers only ever move earlier (see
 // Schedules.Schedule), which matters here: the caller may not know every
 // time-relative segment's flip.
-func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, ids []string, causeOf func(user string) events.Cause, now time.Time, known map[string]bool) error {
-	seg := cs.Def.ID
-	pending := ids
+func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
+	org, seg := p.org, p.cs.Def.ID
+	pending, known := ids, p.known
 	for round := 0; len(pending) > 0; round++ {
 		if round == 10 {
 			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
-		views, err := j.viewUsers(ctx, org, seg, pending, known)
+		// Users read again were stale, not amended: only an earlier
+		// attempt can have left entries, and it reads them all in its
+		// first round.
+		views, err := j.viewUsers(ctx, org, seg, pending, known, p.retry && round == 0)
 		if err != nil {
 			return err
 		}
 		known = nil // users read again changed since: their own sets tell
-		results := evaluateViews(cs.Rule, views, now)
+		results := evaluateViews(p.cs.Rule, views, p.now)
 		var amends []membership.Amend
 		var changes []events.Change
 		var projections []membership.Projection
@@ -355,7 +378,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 			if r.flip != nil {
 				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: *r.flip})
 			}
-			cause := causeOf(v.UserID)
+			cause := p.causeOf(v.UserID)
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
 				// Written by an earlier attempt that may not have published.
 				c := changeOf(org, v.UserID, seg, e, cause)
@@ -367,7 +390,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 				continue
 			}
 			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
-				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
+				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: p.now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
 		outcomes, err := j.cfg.Users.Amend(ctx, amends)
@@ -383,7 +406,7 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 			case membership.AmendUnchanged:
 				continue
 			}
-			c := changeOf(org, a.UserID, seg, a.Entry, causeOf(a.UserID))
+			c := changeOf(org, a.UserID, seg, a.Entry, p.causeOf(a.UserID))
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
@@ -403,11 +426,11 @@ func (j *Jobs) amendPage(ctx context.Context, org string, cs *CompiledSegment, i
 
 // viewUsers reads users as seen for seg, taking their membership from
 // known when it is not nil rather than from their segment sets.
-func (j *Jobs) viewUsers(ctx context.Context, org, seg string, users []string, known map[string]bool) ([]membership.SegmentView, error) {
+func (j *Jobs) viewUsers(ctx context.Context, org, seg string, users []string, known map[string]bool, outbox bool) ([]membership.SegmentView, error) {
 	if known == nil {
-		return j.cfg.Users.ViewUsers(ctx, org, seg, users)
+		return j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Segment: seg, Outbox: outbox})
 	}
-	views, err := j.cfg.Users.ViewUsers(ctx, org, "", users)
+	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Outbox: outbox})
 	for i := range views {
 		views[i].Member = known[views[i].UserID]
 	}
@@ -490,7 +513,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 			causeOf := func(user string) events.Cause {
 				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, byUser[user].At.UnixMilli())}
 			}
-			if err := j.amendPage(ctx, org, o.Segments[id], users, causeOf, now, nil); err != nil {
+			if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, now: now, retry: true}, users); err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "segment", id, "err", err)
 				failed = true
 			}
@@ -498,7 +521,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		if failed {
 			continue // the leases run out and the timers fire again
 		}
-		views, err := j.cfg.Users.ViewUsers(ctx, org, o.TimeIDs[0], users)
+		views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{})
 		if err != nil {
 			j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
 			continue

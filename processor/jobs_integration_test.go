@@ -2,6 +2,7 @@ package processor_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -347,4 +348,84 @@ func TestRelativeDateFlipsWithoutEvents(t *testing.T) {
 		t.Fatalf("entered: %v, want all 6", got)
 	}
 	r.verifyClean(t)
+}
+
+// unreachablePublisher is a membership topic whose broker does not answer.
+type unreachablePublisher struct{}
+
+func (unreachablePublisher) Publish(context.Context, []events.Change) error {
+	return errors.New("kafka: broker not reachable")
+}
+
+// TestBackfillRetryPublishesWhatItWrote runs a backfill whose change events
+// cannot be published: the users it amended are members already when it
+// runs again. The second attempt must find their changes in the outboxes
+// and publish them, so that every member has its entered event.
+func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	const users = 3000
+	var ws []membership.UserWrite
+	want := map[string]bool{}
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		pts := (i * 7919) % 2000
+		if pts >= 1000 {
+			want[u] = true
+		}
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64(pts)}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: crit, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, err := segment.Compile(crit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
+		return processor.NewJobs(processor.JobsConfig{
+			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub,
+			Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)),
+		})
+	}
+	cs := &processor.CompiledSegment{Def: d, Rule: rule}
+	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, cs, 0); err == nil {
+		t.Fatal("backfill with an unreachable membership topic succeeded")
+	}
+	n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result()
+	if err != nil || n == 0 {
+		t.Fatalf("first attempt amended %d users (%v); the test needs some", n, err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	if err := jobs(kafkaio.NewPublisher(writer, r.membershipT)).Backfill(ctx, r.org, cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, m := range readTopic(t, r.brokers, r.membershipT, len(want), time.Minute) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Entered || c.SegmentID != d.ID || c.Cause.EventID != fmt.Sprintf("segment:%s:%d", d.ID, d.Generation) {
+			t.Errorf("unexpected change event %+v", c)
+		}
+		got[c.UserID] = true
+	}
+	if len(got) != len(want) {
+		t.Errorf("entered events for %d users, want %d (the first attempt amended %d)", len(got), len(want), n)
+	}
+	for u := range want {
+		if !got[u] {
+			t.Errorf("no entered event for %s", u)
+			break
+		}
+	}
 }

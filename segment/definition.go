@@ -84,6 +84,9 @@ type Definition struct {
 	// generation has evaluated so far; it means something only while the
 	// segment is building.
 	BackfillScanned int64
+	// BackfillStarted is the generation whose backfill has begun writing,
+	// so that a backfill can tell its first attempt from a retry.
+	BackfillStarted int64
 	// Generation is bumped whenever the criteria (or the static list)
 	// change, so that work computed for older criteria, such as a backfill,
 	// can tell that it is stale and must not mark the segment ready.
