@@ -2,18 +2,27 @@ package segment
 
 import (
 	"cmp"
+	"encoding/binary"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Index maps profile field paths to the segments whose rules read them, to
 // find the segments a profile change can affect. Segments are numbered 0..
 // Len()-1 in ascending id order, so that callers can keep per-segment data
-// in slices instead of maps keyed by id. It is immutable after construction
-// and safe for concurrent reads.
+// in slices instead of maps keyed by id. It is immutable after construction,
+// but for a memo of its answers, and safe for concurrent use.
 type Index struct {
 	ids []string
 	num map[string]int32
+	// memo holds the answers for the combinations of changed paths met so
+	// far, copied on write (a stream's events change few combinations, and
+	// merging the index's lists is most of a lookup); memoMu orders writers.
+	memo   atomic.Pointer[map[string][]int32]
+	memoMu sync.Mutex
 	// exact maps a field path to the numbers of segments reading exactly it.
 	exact map[string][]int32
 	// under maps a path to the numbers of segments reading it or a field
@@ -68,6 +77,64 @@ func NewIndex(fieldsByID map[string][]string) *Index {
 // appended at most once, in ascending order; what dst held before is left
 // as it is and not looked at.
 func (ix *Index) AppendAffectedIndex(dst []int32, changed []string) []int32 {
+	var kb [memoKeyMax]byte
+	key, ok := memoKey(kb[:0], changed)
+	if !ok {
+		return ix.appendAffected(dst, changed)
+	}
+	m := ix.memo.Load()
+	if m != nil {
+		if ns, ok := (*m)[string(key)]; ok {
+			return append(dst, ns...)
+		}
+	}
+	start := len(dst)
+	dst = ix.appendAffected(dst, changed)
+	if m == nil || len(*m) < memoMax {
+		ix.remember(string(key), slices.Clone(dst[start:]))
+	}
+	return dst
+}
+
+// Bounds of the memo: keys longer than memoKeyMax bytes are not
+// remembered, nor any key once memoMax are; customFields paths come from
+// events, so their combinations are unbounded.
+const (
+	memoKeyMax = 256
+	memoMax    = 1024
+)
+
+// memoKey appends to dst a key for the changed paths, in their order, each
+// length-prefixed so that no two lists share a key; false when it would be
+// longer than memoKeyMax.
+func memoKey(dst []byte, changed []string) ([]byte, bool) {
+	for _, c := range changed {
+		if len(dst)+binary.MaxVarintLen64+len(c) > memoKeyMax {
+			return dst, false
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(c)))
+		dst = append(dst, c...)
+	}
+	return dst, true
+}
+
+func (ix *Index) remember(key string, ns []int32) {
+	ix.memoMu.Lock()
+	defer ix.memoMu.Unlock()
+	var old map[string][]int32
+	if p := ix.memo.Load(); p != nil {
+		old = *p
+	}
+	if len(old) >= memoMax {
+		return
+	}
+	m := make(map[string][]int32, len(old)+1)
+	maps.Copy(m, old)
+	m[key] = ns
+	ix.memo.Store(&m)
+}
+
+func (ix *Index) appendAffected(dst []int32, changed []string) []int32 {
 	start := len(dst)
 	for _, c := range changed {
 		// Readers of c itself or of fields below it.

@@ -1,7 +1,9 @@
 package segment
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -95,5 +97,33 @@ func TestIndexAppendAffectedAllocations(t *testing.T) {
 	buf := make([]string, 0, 16)
 	if n := testing.AllocsPerRun(100, func() { buf = ix.AppendAffected(buf[:0], []string{"a.b", "c"}) }); n != 0 {
 		t.Errorf("AppendAffected allocates %v times with room in dst", n)
+	}
+}
+
+// TestIndexMemo asks for more combinations of changed paths than the memo
+// keeps, some too long for it, each twice and with a prefix in dst: every
+// answer must be the merge's.
+func TestIndexMemo(t *testing.T) {
+	fields := map[string][]string{}
+	for i := range 50 {
+		fields[fmt.Sprintf("s%02d", i)] = []string{fmt.Sprintf("customFields.f%d", i%7), []string{"points", "xp", "tier"}[i%3]}
+	}
+	ix := NewIndex(fields)
+	long := "customFields." + strings.Repeat("x", memoKeyMax)
+	var combos [][]string
+	for i := range memoMax + 200 {
+		combos = append(combos, []string{fmt.Sprintf("customFields.f%d", i%9), "points", fmt.Sprintf("customFields.g%d", i)})
+	}
+	combos = append(combos, []string{long, "xp"}, []string{"xp", "customFields"}, []string{"customFields", "xp"}, nil)
+	for round := range 2 {
+		for _, c := range combos {
+			want := ix.appendAffected([]int32{-1}, c)
+			if got := ix.AppendAffectedIndex([]int32{-1}, c); !slices.Equal(got, want) {
+				t.Fatalf("round %d, %q: AppendAffectedIndex = %v, want %v", round, c, got, want)
+			}
+		}
+	}
+	if n := len(*ix.memo.Load()); n != memoMax {
+		t.Errorf("memo holds %d combinations, want the bound %d", n, memoMax)
 	}
 }
