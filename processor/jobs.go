@@ -360,9 +360,9 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		if round == 10 {
 			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
-		// Users read again were stale, not amended: only an earlier
-		// attempt can have left entries, and it reads them all in its
-		// first round.
+		// A user read again held no entry of an earlier attempt in the
+		// first round (it would not have been amended otherwise): later
+		// rounds skip the outbox.
 		views, err := j.viewUsers(ctx, org, seg, pending, known, p.retry && round == 0)
 		if err != nil {
 			return err
