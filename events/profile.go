@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -257,25 +259,136 @@ func validOrg(s string) bool {
 	return true
 }
 
-// EncodeProfileEvent returns the JSON of a profile event, for producers and tests.
+// EncodeProfileEvent returns the JSON of a profile event, for producers and
+// tests. It writes the JSON by hand (a load generator encodes every event
+// it sends); values of types other than JSON's own, Go's numbers, []string
+// and map[string]any go through encoding/json. The error says which value
+// cannot be encoded (NaN, an infinity, a channel).
 func EncodeProfileEvent(ev ProfileEvent) ([]byte, error) {
-	type out struct {
-		EventID    string         `json:"eventId,omitempty"`
-		Type       string         `json:"type"`
-		OrgID      string         `json:"orgId"`
-		UserID     string         `json:"userId"`
-		Version    *int64         `json:"version,omitempty"`
-		OccurredAt string         `json:"occurredAt,omitempty"`
-		Profile    map[string]any `json:"profile,omitzero"`
-		Changes    map[string]any `json:"changes,omitzero"`
+	b := make([]byte, 0, 256)
+	b = append(b, '{')
+	if ev.EventID != "" {
+		b = append(b, `"eventId":`...)
+		b = appendString(b, ev.EventID)
+		b = append(b, ',')
 	}
-	o := out{EventID: ev.EventID, Type: ev.Type, OrgID: ev.OrgID, UserID: ev.UserID, Profile: ev.Profile, Changes: ev.Changes}
+	b = append(b, `"type":`...)
+	b = appendString(b, ev.Type)
+	b = append(b, `,"orgId":`...)
+	b = appendString(b, ev.OrgID)
+	b = append(b, `,"userId":`...)
+	b = appendString(b, ev.UserID)
 	if ev.HasVersion {
-		v := ev.Version
-		o.Version = &v
+		b = append(b, `,"version":`...)
+		b = strconv.AppendInt(b, ev.Version, 10)
 	}
 	if !ev.OccurredAt.IsZero() {
-		o.OccurredAt = ev.OccurredAt.UTC().Format(time.RFC3339Nano)
+		b = append(b, `,"occurredAt":"`...)
+		b = ev.OccurredAt.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
 	}
-	return json.Marshal(o)
+	var err error
+	if ev.Profile != nil {
+		b = append(b, `,"profile":`...)
+		if b, err = appendObject(b, ev.Profile); err != nil {
+			return nil, fmt.Errorf("encode profile event: profile: %w", err)
+		}
+	}
+	if ev.Changes != nil {
+		b = append(b, `,"changes":`...)
+		if b, err = appendObject(b, ev.Changes); err != nil {
+			return nil, fmt.Errorf("encode profile event: changes: %w", err)
+		}
+	}
+	return append(b, '}'), nil
+}
+
+// appendObject appends m as a JSON object, its keys sorted as
+// encoding/json sorts them.
+func appendObject(b []byte, m map[string]any) ([]byte, error) {
+	var kb [16]string
+	keys := kb[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		var err error
+		if b, err = appendValue(b, m[k]); err != nil {
+			return nil, fmt.Errorf("%s: %w", k, err)
+		}
+	}
+	return append(b, '}'), nil
+}
+
+func appendValue(b []byte, v any) ([]byte, error) {
+	switch v := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case string:
+		return appendString(b, v), nil
+	case bool:
+		return strconv.AppendBool(b, v), nil
+	case int:
+		return strconv.AppendInt(b, int64(v), 10), nil
+	case int64:
+		return strconv.AppendInt(b, v, 10), nil
+	case float64:
+		return appendFloat(b, v)
+	case map[string]any:
+		return appendObject(b, v)
+	case []any:
+		b = append(b, '[')
+		for i, e := range v {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var err error
+			if b, err = appendValue(b, e); err != nil {
+				return nil, err
+			}
+		}
+		return append(b, ']'), nil
+	case []string:
+		b = append(b, '[')
+		for i, e := range v {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, e)
+		}
+		return append(b, ']'), nil
+	}
+	j, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, j...), nil
+}
+
+// appendFloat formats f as encoding/json does: the shortest representation,
+// with an exponent only for very small or very large magnitudes.
+func appendFloat(b []byte, f float64) ([]byte, error) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("unsupported number %v", f)
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// e-07 is e-7, as encoding/json writes it.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b, nil
 }
