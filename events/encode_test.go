@@ -61,7 +61,7 @@ func TestEncodeProfileEventMatchesEncodingJSON(t *testing.T) {
 		"strings": {EventID: "<&>", Type: events.ProfileUpdated, OrgID: "a\"b", UserID: "ü\u2028\x01", Changes: map[string]any{
 			"bad utf8": "\xff\xfe", "tab\t": "x\ny", "customFields.a.b": nil}},
 		"nesting": {Type: events.ProfileCreated, OrgID: "a", UserID: "u", Profile: map[string]any{
-			"badges": []any{"b0", 1.0, true, nil, []any{}, map[string]any{"z": 1.0, "a": []string{"x", "y"}}},
+			"badges":       []any{"b0", 1.0, true, nil, []any{}, map[string]any{"z": 1.0, "a": []string{"x", "y"}}},
 			"customFields": map[string]any{"vip": map[string]any{"level": "gold"}, "when": at}}},
 	}
 	g := loadgen.New("acme", 2, 100, 0.1, 0.3, 1)
