@@ -247,13 +247,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 
 // logSteps logs the mean time per batch of each step of the processor.
 func logSteps(b *testing.B, reg *prometheus.Registry) {
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() == "segmentd_batch_step_seconds" {
-			for _, m := range mf.GetMetric() {
-				b.Logf("step %-9s %8.1f ms/batch", m.GetLabel()[0].GetValue(), 1000*m.GetHistogram().GetSampleSum()/float64(max(1, m.GetHistogram().GetSampleCount())))
-			}
-		}
+	for step, h := range stepHistograms(b, reg) {
+		b.Logf("step %-9s %8.1f ms/batch", step, 1000*h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
 	}
 	h := snapshotHistogram(b, reg, "segmentd_batch_size")
 	b.Logf("%.0f events per batch", h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
@@ -276,7 +271,7 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 16,800/s: half the measured maximum of
+// (SEGMENTD_BENCH_RATE, default 18,900/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
 // sets, and of the part of it from the Kafka fetch on. Its baseline, first:
