@@ -30,6 +30,9 @@ type Config struct {
 	BatchSize int
 	// BatchWait is how long a batch waits to fill before it is processed.
 	BatchWait time.Duration
+	// UserCacheSize is how many users' states the processor keeps in
+	// memory; 0 keeps none.
+	UserCacheSize int
 	// EstimateInterval is how often estimatedSize is refreshed.
 	EstimateInterval time.Duration
 	// ShutdownTimeout bounds the orderly shutdown.
@@ -60,6 +63,7 @@ var Vars = []Var{
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
 	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
+	{"SEGMENTD_USER_CACHE_SIZE", "100000", "users whose state the processor keeps in memory (about 1 KB each); 0: none"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},
@@ -134,6 +138,9 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	if c.BatchSize, err = positiveInt("SEGMENTD_BATCH_SIZE", get("SEGMENTD_BATCH_SIZE"), 100000); err != nil {
 		return c, err
 	}
+	if c.UserCacheSize, err = boundedInt("SEGMENTD_USER_CACHE_SIZE", get("SEGMENTD_USER_CACHE_SIZE"), 0, 100000000); err != nil {
+		return c, err
+	}
 	if c.Partitions, err = positiveInt("SEGMENTD_PARTITIONS", get("SEGMENTD_PARTITIONS"), 10000); err != nil {
 		return c, err
 	}
@@ -199,10 +206,12 @@ func apiKeys(v string) (map[string]string, error) {
 	return keys, nil
 }
 
-func positiveInt(name, v string, max int) (int, error) {
+func positiveInt(name, v string, max int) (int, error) { return boundedInt(name, v, 1, max) }
+
+func boundedInt(name, v string, lo, hi int) (int, error) {
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > max {
-		return 0, &Error{name, v, fmt.Sprintf("want an integer from 1 to %d", max)}
+	if err != nil || n < lo || n > hi {
+		return 0, &Error{name, v, fmt.Sprintf("want an integer from %d to %d", lo, hi)}
 	}
 	return n, nil
 }

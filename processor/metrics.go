@@ -20,6 +20,8 @@ type Metrics struct {
 	steps       *prometheus.HistogramVec
 	redisErrors prometheus.Counter
 	kafkaErrors prometheus.Counter
+	cache       *prometheus.CounterVec
+	cacheUsers  prometheus.Gauge
 }
 
 // NewMetrics registers the processor's metrics on reg.
@@ -71,8 +73,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "segmentd_kafka_errors_total",
 			Help: "Failed Kafka produce or commit operations of the processor.",
 		}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "segmentd_user_cache_lookups_total",
+			Help: "Users' states looked up in the processor's cache before a write, by result (hit, miss); a miss reads the user from Redis.",
+		}, []string{"result"}),
+		cacheUsers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "segmentd_user_cache_users",
+			Help: "Users whose state the processor's cache holds.",
+		}),
 	}
-	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors)
+	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers)
 	return m
 }
 
@@ -138,6 +148,15 @@ func (m *Metrics) countDLQ(n int) {
 		m.dlq.Add(float64(n))
 		m.events.WithLabelValues("dlq").Add(float64(n))
 	}
+}
+
+func (m *Metrics) countCache(hits, misses, held int) {
+	if m == nil {
+		return
+	}
+	m.cache.WithLabelValues("hit").Add(float64(hits))
+	m.cache.WithLabelValues("miss").Add(float64(misses))
+	m.cacheUsers.Set(float64(held))
 }
 
 func (m *Metrics) redisError() {

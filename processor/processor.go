@@ -60,6 +60,10 @@ type Config struct {
 	DLQTopic        string
 	BatchSize       int
 	BatchWait       time.Duration
+	// UserCacheSize is how many users' states the processor keeps in
+	// memory to spare reading them before each write: 0 means
+	// DefaultUserCacheSize, a negative number none.
+	UserCacheSize int
 	// ShutdownTimeout bounds finishing the last batch after ctx ends.
 	ShutdownTimeout time.Duration
 	Metrics         *Metrics
@@ -87,6 +91,9 @@ type Processor struct {
 	carry    map[membership.UserRef][]seqEntry
 	finished atomic.Uint64
 	seq      uint64
+	// cache holds the users' states last read or written; only the write
+	// stage uses it.
+	cache *stateCache
 }
 
 type stageState struct {
@@ -143,7 +150,10 @@ func New(cfg Config) *Processor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}}
+	if cfg.UserCacheSize == 0 {
+		cfg.UserCacheSize = DefaultUserCacheSize
+	}
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(max(0, cfg.UserCacheSize))}
 }
 
 // AppliedRevision returns the oldest definitions revision whose effects
@@ -388,6 +398,10 @@ type userWork struct {
 	items []item
 	// carried are the outbox entries of this user's unfinished batches.
 	carried []membership.OutboxEntry
+	// deletes is true when one of the items deletes the profile, which
+	// reads every membership of the user, static ones too: the user's
+	// state is then read from Redis, not from the cache.
+	deletes bool
 }
 
 // written is a batch whose users' states are written, waiting to be
@@ -436,6 +450,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			order = append(order, w)
 		}
 		w.items = append(w.items, item{msg: msg, ev: ev})
+		w.deletes = w.deletes || ev.Type == events.ProfileDeleted
 	}
 	p.takeCarried(order)
 
@@ -454,12 +469,8 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 		if round == maxConflicts {
 			return nil, fmt.Errorf("%d users kept changing under this batch", len(pending))
 		}
-		refs := make([]membership.UserRef, len(pending))
-		for i, w := range pending {
-			refs[i] = w.ref
-		}
 		step("decode")
-		states, err := p.cfg.Users.Load(ctx, refs)
+		states, err := p.states(ctx, pending, round > 0)
 		if err != nil {
 			m.redisError()
 			return nil, err
@@ -478,6 +489,10 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 		step("evaluate")
 		applied, err := p.cfg.Users.Write(ctx, writes)
 		if err != nil {
+			// Some writes may have landed: their users are read again.
+			for _, w := range pending {
+				p.cache.drop(w.ref)
+			}
 			m.redisError()
 			return nil, err
 		}
@@ -485,10 +500,16 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 		var conflicted []*userWork
 		for i, w := range pending {
 			if writeOf[i] >= 0 && !applied[writeOf[i]] {
+				p.cache.drop(w.ref)
 				conflicted = append(conflicted, w)
 				continue
 			}
 			r := results[i]
+			if r.write != nil {
+				p.cache.put(w.ref, writtenState(states[i], r.write))
+			} else {
+				p.cache.put(w.ref, states[i])
+			}
 			wb.changes = append(wb.changes, r.changes...)
 			wb.projections = append(wb.projections, r.projections...)
 			wb.due = append(wb.due, r.due...)
@@ -505,6 +526,37 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 	}
 	step("write")
 	return wb, nil
+}
+
+// states returns the stored state of each user: from the cache when it
+// holds the user (unless reload), from Redis in one round trip for the
+// others.
+func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]membership.UserState, error) {
+	states := make([]membership.UserState, len(ws))
+	var refs []membership.UserRef
+	var at []int
+	for i, w := range ws {
+		if !reload && !w.deletes {
+			if st, ok := p.cache.get(w.ref); ok {
+				states[i] = st
+				continue
+			}
+		}
+		refs = append(refs, w.ref)
+		at = append(at, i)
+	}
+	p.cfg.Metrics.countCache(len(ws)-len(refs), len(refs), p.cache.len())
+	if len(refs) == 0 {
+		return states, nil
+	}
+	loaded, err := p.cfg.Users.Load(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range at {
+		states[i] = loaded[j]
+	}
+	return states, nil
 }
 
 // takeCarried gives each user the outbox entries of its batches that are

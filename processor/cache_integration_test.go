@@ -1,0 +1,115 @@
+package processor_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// TestCachedUserChangedElsewhere has a processor cache a user's state, then
+// changes the user behind its back, as another instance holding the
+// partition for a while would (a write that moves the revision) and as the
+// API does for a static segment (a write that does not). The processor's
+// next writes must start from what Redis holds, not from what it cached.
+func TestCachedUserChangedElsewhere(t *testing.T) {
+	testenv.OnEachRedis(t, testCachedUserChangedElsewhere)
+}
+
+func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
+	r := newRig(t, rdb)
+	rich := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	reg := prometheus.NewRegistry()
+	r.startWith(t, func(c *processor.Config) { c.Metrics = processor.NewMetrics(reg) })
+	o, ctx := r.org, context.Background()
+	ref := []membership.UserRef{{OrgID: o, UserID: "u1"}}
+	waitVersion := func(v int64) membership.UserState {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			states, err := r.users.Load(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if states[0].Version == v {
+				return states[0]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("version %d not written within 30 s: stored %d", v, states[0].Version)
+			}
+		}
+	}
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"silver","points":500}}`)
+	waitVersion(1)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"xp":1}}`)
+	st := waitVersion(2)
+	if hits := cacheLookups(t, reg, "hit"); hits < 1 {
+		t.Fatalf("cache hits = %v after a user's second event, want at least 1", hits)
+	}
+
+	// Another instance applies version 3 (points 2000: the user enters).
+	other := segment.NewProfile(map[string]any{"tier": "silver", "points": 2000.0, "xp": 1.0})
+	applied, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: o, UserID: "u1", ExpectRev: st.Rev, Version: 3,
+		Profile: segment.AppendProfile(nil, other), Add: []string{rich}}})
+	if err != nil || !applied[0] {
+		t.Fatalf("the other instance's write: %v %v", applied, err)
+	}
+	r.produce(t, `{"eventId":"e4","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":4,"changes":{"xp":2}}`)
+	st = waitVersion(4)
+	p, ok, err := r.users.Profile(ctx, o, "u1")
+	if err != nil || !ok || p.Get("points") != 2000.0 || p.Get("xp") != 2.0 {
+		t.Fatalf("profile after the patch = %v %v %v, want the other instance's points 2000 and xp 2", p.Map(), ok, err)
+	}
+	if !slices.Contains(st.Segments, rich) {
+		t.Fatalf("segments after the patch = %q, want %s", st.Segments, rich)
+	}
+
+	// Then the API adds the user to a static segment.
+	static := "static1"
+	if err := membership.NewSets(rdb).Apply(ctx, []events.Change{{OrgID: o, SegmentID: static, UserID: "u1", Entered: true, At: time.Now(),
+		Cause: membership.StaticCause(static, 1, []string{"u1"}, nil)}}); err != nil {
+		t.Fatal(err)
+	}
+
+	r.produce(t, `{"eventId":"e5","type":"profile.deleted","orgId":"`+o+`","userId":"u1","version":5}`)
+	waitVersion(5)
+	// The deletion's exits are projected after the user's write.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if members(t, rdb, membership.SegmentMembersKey(o, static)) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted user is still in the static segment the processor had not seen")
+		}
+	}
+}
+
+// cacheLookups is the processor's count of cache lookups with result.
+func cacheLookups(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "segmentd_user_cache_lookups_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
