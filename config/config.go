@@ -63,7 +63,7 @@ var Vars = []Var{
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
 	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
-	{"SEGMENTD_USER_CACHE_SIZE", "100000", "users whose state the processor keeps in memory (about 1 KB each); 0: none"},
+	{"SEGMENTD_USER_CACHE_SIZE", "200000", "most users whose state the processor keeps in memory (about 700 bytes each); 0: none"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},

@@ -111,10 +111,13 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	}
 	reader := kafkaio.NewReader(r.brokers, group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
+	// SEGMENTD_BENCH_USER_CACHE sets the processor's cache of users'
+	// states: unset, its default; -1, none (the baseline without it).
+	cache, _ := strconv.Atoi(getenv("SEGMENTD_BENCH_USER_CACHE"))
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: time.Millisecond,
-		Metrics: processor.NewMetrics(r.reg), Logger: log,
+		UserCacheSize: cache, Metrics: processor.NewMetrics(r.reg), Logger: log,
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -252,6 +255,7 @@ func logSteps(b *testing.B, reg *prometheus.Registry) {
 	}
 	h := snapshotHistogram(b, reg, "segmentd_batch_size")
 	b.Logf("%.0f events per batch", h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
+	b.Logf("user cache: %.0f hits, %.0f misses", cacheLookups(b, reg, "hit"), cacheLookups(b, reg, "miss"))
 }
 
 func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {

@@ -8,7 +8,7 @@ import (
 
 // DefaultUserCacheSize is how many users' states a processor keeps in
 // memory when its configuration does not say.
-const DefaultUserCacheSize = 100000
+const DefaultUserCacheSize = 200000
 
 // stateCache remembers the state a processor last read or wrote for each of
 // its users, so that a batch need not read them from Redis again: Kafka

@@ -93,7 +93,7 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 }
 
 // cacheLookups is the processor's count of cache lookups with result.
-func cacheLookups(t *testing.T, reg *prometheus.Registry, result string) float64 {
+func cacheLookups(t testing.TB, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

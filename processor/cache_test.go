@@ -2,10 +2,16 @@ package processor
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/loadgen"
 	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
 )
 
 func TestStateCacheBound(t *testing.T) {
@@ -92,4 +98,43 @@ func TestWrittenState(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkStateCacheMemory reports the heap a cached user takes: a
+// loadgen profile as stored, eight memberships (their ids shared with the
+// definitions, as the processor keeps them) and an outbox of one entry. A cache of
+// SEGMENTD_USER_CACHE_SIZE users takes about that many times this.
+func BenchmarkStateCacheMemory(b *testing.B) {
+	const users = 100000
+	g := loadgen.New("org", 1, users, 0.1, 0.1, 1)
+	now := time.Now()
+	evs := make([]events.ProfileEvent, users)
+	stored := make([][]byte, users)
+	for i := range users {
+		evs[i] = g.Create(i, now)
+		stored[i] = segment.AppendProfile(nil, segment.NewProfile(evs[i].Profile))
+	}
+	ids := make([]string, 8)
+	for j := range ids {
+		ids[j] = fmt.Sprintf("seg_%016x", j)
+	}
+	c := newStateCache(users)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, ev := range evs {
+		segs := slices.Clone(ids)
+		c.put(membership.UserRef{OrgID: ev.OrgID, UserID: strings.Clone(ev.UserID)}, membership.UserState{
+			Rev: 2, Version: 1, Profile: string(stored[i]), Segments: segs,
+			Outbox: []membership.OutboxEntry{{EventID: strings.Clone(ev.EventID), Version: 1, Rev: 2, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(),
+				Changes: []membership.OutboxChange{{SegmentID: segs[0], Entered: true}}}},
+		})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(c.len()), "B/user")
+	b.ReportMetric(float64(len(stored[0])), "profile-B")
+	runtime.KeepAlive(evs)
+	runtime.KeepAlive(stored)
+	runtime.KeepAlive(c)
 }

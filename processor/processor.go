@@ -470,7 +470,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			return nil, fmt.Errorf("%d users kept changing under this batch", len(pending))
 		}
 		step("decode")
-		states, err := p.states(ctx, pending, round > 0)
+		states, err := p.states(ctx, snap, pending, round > 0)
 		if err != nil {
 			m.redisError()
 			return nil, err
@@ -531,7 +531,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 // states returns the stored state of each user: from the cache when it
 // holds the user (unless reload), from Redis in one round trip for the
 // others.
-func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]membership.UserState, error) {
+func (p *Processor) states(ctx context.Context, snap *Snapshot, ws []*userWork, reload bool) ([]membership.UserState, error) {
 	states := make([]membership.UserState, len(ws))
 	var refs []membership.UserRef
 	var at []int
@@ -555,6 +555,14 @@ func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]
 	}
 	for j, i := range at {
 		states[i] = loaded[j]
+		// The cache then shares the definitions' copy of each id.
+		if org := snap.Org(ws[i].ref.OrgID); org != nil {
+			for k, s := range states[i].Segments {
+				if n, ok := org.Index.Number(s); ok {
+					states[i].Segments[k] = org.ByNumber[n].Def.ID
+				}
+			}
+		}
 	}
 	return states, nil
 }
