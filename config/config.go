@@ -30,9 +30,9 @@ type Config struct {
 	BatchSize int
 	// BatchWait is how long a batch waits to fill before it is processed.
 	BatchWait time.Duration
-	// UserCacheSize is how many users' states the processor keeps in
-	// memory; 0 keeps none.
-	UserCacheSize int
+	// UserCacheMB is the memory, in MiB, the processor may take to keep
+	// users' states; 0 keeps none.
+	UserCacheMB int
 	// EstimateInterval is how often estimatedSize is refreshed.
 	EstimateInterval time.Duration
 	// ShutdownTimeout bounds the orderly shutdown.
@@ -63,7 +63,7 @@ var Vars = []Var{
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
 	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
-	{"SEGMENTD_USER_CACHE_SIZE", "200000", "most users whose state the processor keeps in memory (about 700 bytes each); 0: none"},
+	{"SEGMENTD_USER_CACHE_MB", "128", "memory (MiB) the processor may take to keep users' states, ~600-700 bytes a user; 0: none"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},
@@ -138,7 +138,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	if c.BatchSize, err = positiveInt("SEGMENTD_BATCH_SIZE", get("SEGMENTD_BATCH_SIZE"), 100000); err != nil {
 		return c, err
 	}
-	if c.UserCacheSize, err = boundedInt("SEGMENTD_USER_CACHE_SIZE", get("SEGMENTD_USER_CACHE_SIZE"), 0, 100000000); err != nil {
+	if c.UserCacheMB, err = boundedInt("SEGMENTD_USER_CACHE_MB", get("SEGMENTD_USER_CACHE_MB"), 0, 1<<20); err != nil {
 		return c, err
 	}
 	if c.Partitions, err = positiveInt("SEGMENTD_PARTITIONS", get("SEGMENTD_PARTITIONS"), 10000); err != nil {

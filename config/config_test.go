@@ -59,7 +59,7 @@ func TestLoadErrors(t *testing.T) {
 		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
 		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
 		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
-		"negative user cache":      {"SEGMENTD_USER_CACHE_SIZE", "-1", "SEGMENTD_USER_CACHE_SIZE"},
+		"negative user cache":      {"SEGMENTD_USER_CACHE_MB", "-1", "SEGMENTD_USER_CACHE_MB"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

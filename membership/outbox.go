@@ -42,16 +42,18 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // encodeOutbox returns the stored form of an outbox.
-func encodeOutbox(es []OutboxEntry) []byte {
-	var b []byte
+func encodeOutbox(es []OutboxEntry) []byte { return AppendOutbox(nil, es) }
+
+// AppendOutbox appends the stored form of an outbox to dst.
+func AppendOutbox(dst []byte, es []OutboxEntry) []byte {
 	for _, e := range es {
-		b = appendEntry(b, e)
+		dst = appendEntry(dst, e)
 	}
-	return b
+	return dst
 }
 
-// decodeOutbox reads a stored outbox, binary or JSON.
-func decodeOutbox(s string) ([]OutboxEntry, error) {
+// DecodeOutbox reads an outbox in its stored form, binary or JSON.
+func DecodeOutbox(s string) ([]OutboxEntry, error) {
 	if s == "" || s == "null" {
 		return nil, nil
 	}

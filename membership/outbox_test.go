@@ -17,7 +17,7 @@ func TestOutboxCodec(t *testing.T) {
 	}
 	for name, es := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, err := decodeOutbox(string(encodeOutbox(es)))
+			got, err := DecodeOutbox(string(encodeOutbox(es)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -37,7 +37,7 @@ func TestOutboxCodec(t *testing.T) {
 }
 
 func TestOutboxReadsJSON(t *testing.T) {
-	got, err := decodeOutbox(`[{"e":"e1","v":2,"r":5,"k":"profile","t":9,"c":[["seg_a",1],["seg_b",0]]}]`)
+	got, err := DecodeOutbox(`[{"e":"e1","v":2,"r":5,"k":"profile","t":9,"c":[["seg_a",1],["seg_b",0]]}]`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestOutboxRejectsCorruptInput(t *testing.T) {
 		"bad json":   `[{"e":`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if es, err := decodeOutbox(s); err == nil {
+			if es, err := DecodeOutbox(s); err == nil {
 				t.Fatalf("decoded %+v, want an error", es)
 			}
 		})

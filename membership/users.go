@@ -180,7 +180,7 @@ func decodeFields(r, v, p, o string, segs []string) (UserState, error) {
 		}
 	}
 	if o != "" {
-		es, err := decodeOutbox(o)
+		es, err := DecodeOutbox(o)
 		if err != nil {
 			return st, fmt.Errorf("outbox: %w", err)
 		}

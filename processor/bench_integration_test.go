@@ -112,12 +112,13 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	reader := kafkaio.NewReader(r.brokers, group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
 	// SEGMENTD_BENCH_USER_CACHE sets the processor's cache of users'
-	// states: unset, its default; -1, none (the baseline without it).
+	// states, in bytes: unset, its default; -1, none (the baseline without
+	// it).
 	cache, _ := strconv.Atoi(getenv("SEGMENTD_BENCH_USER_CACHE"))
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: time.Millisecond,
-		UserCacheSize: cache, Metrics: processor.NewMetrics(r.reg), Logger: log,
+		UserCacheBytes: cache, Metrics: processor.NewMetrics(r.reg), Logger: log,
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)

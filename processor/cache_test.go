@@ -14,58 +14,112 @@ import (
 	"github.com/segmentd/segmentd/segment"
 )
 
-func TestStateCacheBound(t *testing.T) {
-	tests := map[string]struct {
-		size, puts int
-		wantHeld   int
-	}{
-		"disabled":        {size: 0, puts: 10, wantHeld: 0},
-		"under the bound": {size: 100, puts: 40, wantHeld: 40},
-		"over the bound":  {size: 100, puts: 1000, wantHeld: 100},
-		"size one":        {size: 1, puts: 5, wantHeld: 1},
+func TestStateCacheRoundTrip(t *testing.T) {
+	tests := map[string]membership.UserState{
+		"empty":   {Version: -1},
+		"deleted": {Rev: 9, Version: 4, Deleted: true},
+		"full": {Rev: 7, Version: 3, Profile: "\x01binary profile", Segments: []string{"seg_a", "seg_b"},
+			Outbox: []membership.OutboxEntry{{EventID: "e3", Version: 3, Rev: 7, CauseType: events.CauseProfile, AtMillis: 12,
+				Changes: []membership.OutboxChange{{SegmentID: "seg_b", Entered: true}}}}},
 	}
-	for name, tt := range tests {
+	for name, st := range tests {
 		t.Run(name, func(t *testing.T) {
-			c := newStateCache(tt.size)
-			for i := range tt.puts {
-				c.put(membership.UserRef{OrgID: "o", UserID: fmt.Sprint(i)}, membership.UserState{Rev: int64(i)})
-				if c.len() > max(tt.size, 0) {
-					t.Fatalf("after %d puts the cache holds %d, more than its size %d", i+1, c.len(), tt.size)
-				}
+			c := newStateCache(1 << 20)
+			ref := membership.UserRef{OrgID: "o", UserID: "u"}
+			c.put(ref, st)
+			got, ok := c.get(ref, nil)
+			if !ok || got.Rev != st.Rev || got.Version != st.Version || got.Deleted != st.Deleted || got.Profile != st.Profile ||
+				!slices.Equal(got.Segments, st.Segments) || fmt.Sprint(got.Outbox) != fmt.Sprint(st.Outbox) {
+				t.Fatalf("got %+v, %v; want %+v", got, ok, st)
 			}
-			if c.len() > tt.wantHeld || (tt.wantHeld > 0 && c.len() < tt.wantHeld/2) {
-				t.Fatalf("holds %d, want up to %d and at least half", c.len(), tt.wantHeld)
+			if _, ok := c.get(membership.UserRef{OrgID: "o", UserID: "v"}, nil); ok {
+				t.Fatal("a user never put is found")
 			}
-			last := membership.UserRef{OrgID: "o", UserID: fmt.Sprint(tt.puts - 1)}
-			st, ok := c.get(last)
-			if ok != (tt.size > 0) || (ok && st.Rev != int64(tt.puts-1)) {
-				t.Fatalf("get(last) = %+v, %v", st, ok)
-			}
-			c.drop(last)
-			if _, ok := c.get(last); ok {
+			c.drop(ref)
+			if _, ok := c.get(ref, nil); ok {
 				t.Fatal("a dropped user is still held")
 			}
 		})
 	}
 }
 
+func TestStateCacheBound(t *testing.T) {
+	tests := map[string]struct {
+		bytes, puts int
+	}{
+		"disabled":        {bytes: 0, puts: 10},
+		"under the bound": {bytes: 1 << 20, puts: 100},
+		"over the bound":  {bytes: 64 << 10, puts: 10000},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			c := newStateCache(tt.bytes)
+			st := membership.UserState{Rev: 1, Profile: strings.Repeat("p", 200), Segments: []string{"seg_a"}}
+			ref := func(i int) membership.UserRef { return membership.UserRef{OrgID: "o", UserID: fmt.Sprint("u", i)} }
+			for i := range tt.puts {
+				c.put(ref(i), st)
+				if c.bytes() > tt.bytes {
+					t.Fatalf("after %d puts the arenas take %d bytes, more than %d", i+1, c.bytes(), tt.bytes)
+				}
+			}
+			_, ok := c.get(ref(tt.puts-1), nil)
+			if ok != (tt.bytes > 0) {
+				t.Fatalf("the last user put found: %v", ok)
+			}
+			if tt.bytes > 0 && tt.puts <= 100 && c.len() != tt.puts {
+				t.Fatalf("holds %d users, want all %d", c.len(), tt.puts)
+			}
+		})
+	}
+}
+
+// A user's next state, a few numbers apart, takes the slot of the last.
+func TestStateCacheWritesInPlace(t *testing.T) {
+	c := newStateCache(1 << 20)
+	ref := membership.UserRef{OrgID: "o", UserID: "u"}
+	for i := range 1000 {
+		c.put(ref, membership.UserState{Rev: int64(i), Version: int64(i), Profile: fmt.Sprint("points:", 1000+i)})
+	}
+	if n := len(c.young.buf); n > 64 {
+		t.Fatalf("1,000 states of one user take %d bytes of arena", n)
+	}
+	if st, ok := c.get(ref, nil); !ok || st.Rev != 999 {
+		t.Fatalf("got %+v, %v", st, ok)
+	}
+}
+
 // A user used again survives the turn of a generation; one not used since
 // the generation before does not.
 func TestStateCacheKeepsRecentlyUsed(t *testing.T) {
-	c := newStateCache(4)
-	ref := func(i int) membership.UserRef { return membership.UserRef{OrgID: "o", UserID: fmt.Sprint(i)} }
-	c.put(ref(0), membership.UserState{Rev: 1})
-	c.put(ref(1), membership.UserState{Rev: 1})
-	c.put(ref(2), membership.UserState{Rev: 1}) // young {2}, old {0, 1}
-	if _, ok := c.get(ref(0)); !ok {           // moves 0 to young
+	st := membership.UserState{Rev: 1, Profile: strings.Repeat("p", 100)}
+	ref := func(i int) membership.UserRef { return membership.UserRef{OrgID: "o", UserID: fmt.Sprint("u", i)} }
+	c := newStateCache(2 * 1000) // room for a few users per generation
+	c.put(ref(0), st)
+	for i := 1; len(c.old.at) == 0; i++ {
+		c.put(ref(i), st) // until user 0 is in the old generation
+	}
+	if _, ok := c.get(ref(0), nil); !ok { // moves it to the young one
 		t.Fatal("user 0 lost one generation after its put")
 	}
-	c.put(ref(3), membership.UserState{Rev: 1}) // young full: old {0, 2}, young {3}
-	if _, ok := c.get(ref(0)); !ok {
+	for i := 100; len(c.young.at) > 1; i++ {
+		c.put(ref(i), st) // until the next turn
+	}
+	if _, ok := c.get(ref(0), nil); !ok {
 		t.Fatal("user 0, used in the last generation, was dropped")
 	}
-	if _, ok := c.get(ref(1)); ok {
+	if _, ok := c.get(ref(1), nil); ok {
 		t.Fatal("user 1, unused for two generations, is still held")
+	}
+}
+
+// Users whose hashes meet are told apart by the ids in the entry.
+func TestStateCacheHashCollision(t *testing.T) {
+	c := newStateCache(1 << 20)
+	a, b := membership.UserRef{OrgID: "o", UserID: "a"}, membership.UserRef{OrgID: "o", UserID: "b"}
+	c.put(a, membership.UserState{Rev: 1})
+	c.young.at[c.hash(b)] = c.young.at[c.hash(a)] // b's hash leads to a's slot
+	if st, ok := c.get(b, nil); ok {
+		t.Fatalf("b found a's state %+v", st)
 	}
 }
 
@@ -101,8 +155,9 @@ func TestWrittenState(t *testing.T) {
 }
 
 // BenchmarkStateCacheMemory reports the heap a cached user takes: a
-// loadgen profile as stored, eight memberships (their ids shared with the
-// definitions, as the processor keeps them) and an outbox of one entry. A cache of
+// loadgen profile as stored, eight memberships and an outbox of one entry:
+// the arena's bytes, and the heap with the index and the arena's room to
+// grow. A cache of
 // SEGMENTD_USER_CACHE_SIZE users takes about that many times this.
 func BenchmarkStateCacheMemory(b *testing.B) {
 	const users = 100000
@@ -118,21 +173,21 @@ func BenchmarkStateCacheMemory(b *testing.B) {
 	for j := range ids {
 		ids[j] = fmt.Sprintf("seg_%016x", j)
 	}
-	c := newStateCache(users)
+	c := newStateCache(1 << 30)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i, ev := range evs {
-		segs := slices.Clone(ids)
-		c.put(membership.UserRef{OrgID: ev.OrgID, UserID: strings.Clone(ev.UserID)}, membership.UserState{
-			Rev: 2, Version: 1, Profile: string(stored[i]), Segments: segs,
-			Outbox: []membership.OutboxEntry{{EventID: strings.Clone(ev.EventID), Version: 1, Rev: 2, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(),
-				Changes: []membership.OutboxChange{{SegmentID: segs[0], Entered: true}}}},
+		c.put(membership.UserRef{OrgID: ev.OrgID, UserID: ev.UserID}, membership.UserState{
+			Rev: 2, Version: 1, Profile: string(stored[i]), Segments: ids,
+			Outbox: []membership.OutboxEntry{{EventID: ev.EventID, Version: 1, Rev: 2, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(),
+				Changes: []membership.OutboxChange{{SegmentID: ids[0], Entered: true}}}},
 		})
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(c.len()), "B/user")
+	b.ReportMetric(float64(len(c.young.buf)+len(c.old.buf))/float64(c.len()), "arena-B/user")
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(c.len()), "heap-B/user")
 	b.ReportMetric(float64(len(stored[0])), "profile-B")
 	runtime.KeepAlive(evs)
 	runtime.KeepAlive(stored)

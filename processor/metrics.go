@@ -22,6 +22,7 @@ type Metrics struct {
 	kafkaErrors prometheus.Counter
 	cache       *prometheus.CounterVec
 	cacheUsers  prometheus.Gauge
+	cacheBytes  prometheus.Gauge
 }
 
 // NewMetrics registers the processor's metrics on reg.
@@ -81,8 +82,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "segmentd_user_cache_users",
 			Help: "Users whose state the processor's cache holds.",
 		}),
+		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "segmentd_user_cache_bytes",
+			Help: "Memory of the processor's cache of users' states.",
+		}),
 	}
-	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers)
+	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers, m.cacheBytes)
 	return m
 }
 
@@ -150,13 +155,14 @@ func (m *Metrics) countDLQ(n int) {
 	}
 }
 
-func (m *Metrics) countCache(hits, misses, held int) {
+func (m *Metrics) countCache(hits, misses, held, bytes int) {
 	if m == nil {
 		return
 	}
 	m.cache.WithLabelValues("hit").Add(float64(hits))
 	m.cache.WithLabelValues("miss").Add(float64(misses))
 	m.cacheUsers.Set(float64(held))
+	m.cacheBytes.Set(float64(bytes))
 }
 
 func (m *Metrics) redisError() {

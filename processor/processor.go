@@ -60,10 +60,10 @@ type Config struct {
 	DLQTopic        string
 	BatchSize       int
 	BatchWait       time.Duration
-	// UserCacheSize is how many users' states the processor keeps in
-	// memory to spare reading them before each write: 0 means
-	// DefaultUserCacheSize, a negative number none.
-	UserCacheSize int
+	// UserCacheBytes is the memory the processor may take to keep users'
+	// states, to spare reading them before each write: 0 means
+	// DefaultUserCacheBytes, a negative number none.
+	UserCacheBytes int
 	// ShutdownTimeout bounds finishing the last batch after ctx ends.
 	ShutdownTimeout time.Duration
 	Metrics         *Metrics
@@ -150,10 +150,10 @@ func New(cfg Config) *Processor {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.UserCacheSize == 0 {
-		cfg.UserCacheSize = DefaultUserCacheSize
+	if cfg.UserCacheBytes == 0 {
+		cfg.UserCacheBytes = DefaultUserCacheBytes
 	}
-	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(max(0, cfg.UserCacheSize))}
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(cfg.UserCacheBytes)}
 }
 
 // AppliedRevision returns the oldest definitions revision whose effects
@@ -537,7 +537,7 @@ func (p *Processor) states(ctx context.Context, snap *Snapshot, ws []*userWork, 
 	var at []int
 	for i, w := range ws {
 		if !reload && !w.deletes {
-			if st, ok := p.cache.get(w.ref); ok {
+			if st, ok := p.cache.get(w.ref, snap.Org(w.ref.OrgID)); ok {
 				states[i] = st
 				continue
 			}
@@ -545,7 +545,7 @@ func (p *Processor) states(ctx context.Context, snap *Snapshot, ws []*userWork, 
 		refs = append(refs, w.ref)
 		at = append(at, i)
 	}
-	p.cfg.Metrics.countCache(len(ws)-len(refs), len(refs), p.cache.len())
+	p.cfg.Metrics.countCache(len(ws)-len(refs), len(refs), p.cache.len(), p.cache.bytes())
 	if len(refs) == 0 {
 		return states, nil
 	}
@@ -555,14 +555,6 @@ func (p *Processor) states(ctx context.Context, snap *Snapshot, ws []*userWork, 
 	}
 	for j, i := range at {
 		states[i] = loaded[j]
-		// The cache then shares the definitions' copy of each id.
-		if org := snap.Org(ws[i].ref.OrgID); org != nil {
-			for k, s := range states[i].Segments {
-				if n, ok := org.Index.Number(s); ok {
-					states[i].Segments[k] = org.ByNumber[n].Def.ID
-				}
-			}
-		}
 	}
 	return states, nil
 }

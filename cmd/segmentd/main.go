@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Fetcher: reader, Producer: writer, Users: users, Rules: registry, Scheduler: scheds,
 		MembershipTopic: cfg.MembershipTopic, DLQTopic: cfg.DLQTopic,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, ShutdownTimeout: cfg.ShutdownTimeout,
-		UserCacheSize: userCacheSize(cfg.UserCacheSize), Metrics: metrics, Logger: log,
+		UserCacheBytes: userCacheBytes(cfg.UserCacheMB), Metrics: metrics, Logger: log,
 	})
 	publisher := kafkaio.NewPublisher(writer, cfg.MembershipTopic)
 	coord := membership.NewCoordinator(rdb)
@@ -227,11 +227,11 @@ func devKey() (string, error) {
 	return "sk_dev_" + hex.EncodeToString(b), nil
 }
 
-// userCacheSize turns the configured size, where 0 means none, into the
+// userCacheBytes turns the configured size, where 0 means none, into the
 // processor's, where 0 means its default.
-func userCacheSize(n int) int {
-	if n == 0 {
+func userCacheBytes(mb int) int {
+	if mb == 0 {
 		return -1
 	}
-	return n
+	return mb << 20
 }
