@@ -276,7 +276,7 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 18,900/s: half the measured maximum of
+// (SEGMENTD_BENCH_RATE, default 20,400/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
 // sets, and of the part of it from the Kafka fetch on. Its baseline, first:
@@ -285,7 +285,7 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
-	rate := 18900 // half of the end-to-end maximum, ~37,900 updates/s
+	rate := 20400 // half of the end-to-end maximum, ~40,800 updates/s
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_RATE")); err == nil && v > 0 {
 		rate = v
 	}

@@ -23,6 +23,9 @@ go test -run '^$' -bench 'BenchmarkProfile' -benchmem -count 5 ./segment/
 section "a definition change reaching an instance: reload everything against the changed organisation only"
 go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
 
+section "the processor's cache of users' states: memory per user"
+go test -run '^$' -bench 'BenchmarkStateCacheMemory$' -benchtime 1x ./processor/
+
 section "baseline: redis-benchmark SADD, pipelined 16 deep, 1 and 50 clients"
 rb() { redis-benchmark -h "$redis_host" -p "$redis_port" -t sadd -q "$@" | tr '\r' '\n' | grep 'requests per second'; }
 printf 'pipelined 16 deep, 1 client:   '; rb -n 1000000 -P 16 -c 1
@@ -32,7 +35,7 @@ printf 'no pipelining, 1 client:       '; rb -n 200000 -c 1
 section "end to end: 100,000 users, 1,000 segments, bare consumer beside it"
 go test -run '^$' -bench 'BenchmarkEndToEnd$' -benchtime 1x -timeout 30m ./processor/
 
-section "latency from occurredAt to the segment sets at ${SEGMENTD_BENCH_RATE:-18900} events/s"
+section "latency from occurredAt to the segment sets at ${SEGMENTD_BENCH_RATE:-20400} events/s"
 go test -run '^$' -bench 'BenchmarkLatencyAtHalfRate$' -benchtime 1x -timeout 30m ./processor/
 
 section "backfill and audience over ${SEGMENTD_BENCH_PROFILES:-1000000} stored profiles; memory per profile and membership"
