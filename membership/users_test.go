@@ -1,0 +1,94 @@
+package membership_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+// TestWriteUsers writes more users than one script call takes on a single
+// Redis, some of them from a stale revision, and checks each user's outcome
+// and stored state: a reply must land on the user it belongs to.
+func TestWriteUsers(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		users := membership.NewUsers(rdb)
+		const n = 250
+		stale := func(i int) bool { return i%7 == 3 }
+		ws := make([]membership.UserWrite, n)
+		refs := make([]membership.UserRef, n)
+		for i := range ws {
+			id := fmt.Sprintf("u%03d", i)
+			ws[i] = membership.UserWrite{OrgID: org, UserID: id, Version: int64(i), Profile: []byte(`{"points":1}`),
+				Add: []string{"seg_a", fmt.Sprintf("seg_%d", i)}}
+			if stale(i) {
+				ws[i].ExpectRev = 4
+			}
+			refs[i] = membership.UserRef{OrgID: org, UserID: id}
+		}
+		applied, err := users.Write(ctx, ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states, err := users.Load(ctx, refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, st := range states {
+			if applied[i] == stale(i) {
+				t.Fatalf("user %d: applied %v, stale %v", i, applied[i], stale(i))
+			}
+			slices.Sort(st.Segments)
+			want := membership.UserState{Version: -1}
+			if !stale(i) {
+				want = membership.UserState{Rev: 1, Version: int64(i), Profile: `{"points":1}`, Segments: []string{fmt.Sprintf("seg_%d", i), "seg_a"}}
+			}
+			if st.Rev != want.Rev || st.Version != want.Version || st.Profile != want.Profile || !slices.Equal(st.Segments, want.Segments) {
+				t.Fatalf("user %d stored %+v, want %+v", i, st, want)
+			}
+		}
+
+		// Then removals for the even users, deletions for the odd ones.
+		var next []membership.UserWrite
+		var nextRefs []membership.UserRef
+		for i, w := range ws {
+			if stale(i) {
+				continue
+			}
+			w2 := membership.UserWrite{OrgID: org, UserID: w.UserID, ExpectRev: 1, Version: int64(n + i), Profile: w.Profile, Remove: []string{"seg_a"}}
+			if i%2 == 1 {
+				w2.Profile, w2.Remove = nil, nil
+			}
+			next = append(next, w2)
+			nextRefs = append(nextRefs, refs[i])
+		}
+		applied, err = users.Write(ctx, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states, err = users.Load(ctx, nextRefs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, st := range states {
+			i := int(next[j].Version) - n
+			if !applied[j] || st.Rev != 2 || st.Version != next[j].Version {
+				t.Fatalf("user %d: applied %v, stored %+v", i, applied[j], st)
+			}
+			want := []string{fmt.Sprintf("seg_%d", i)}
+			if i%2 == 1 {
+				want = nil
+			}
+			if st.Deleted != (i%2 == 1) || !slices.Equal(st.Segments, want) {
+				t.Fatalf("user %d: deleted %v, segments %q, want %q", i, st.Deleted, st.Segments, want)
+			}
+		}
+	})
+}
