@@ -37,22 +37,35 @@ const (
 // The script is on every backfilled change, so it makes as few calls as it
 // can: one read of revision and outbox, the membership change itself (whose
 // reply says whether the set already held it: the caller may have guessed
-// the membership from the member set), one write. A deletion moves the
+// the membership from the member set), one write. It amends each user of
+// KEYS (profile hash, segment set) from its four ARGV: expected revision,
+// segment, 1|0, outbox entry. A deletion moves the
 // revision like any write, and callers amend only users they read with a
 // profile, so the revision alone also catches a user deleted since the read.
 const amendScript = `
-local h = redis.call('HMGET', KEYS[1], 'r', 'o')
-local rev = tonumber(h[1] or '0')
-if rev ~= tonumber(ARGV[1]) then return 0 end
-local n
-if ARGV[3] == '1' then n = redis.call('SADD', KEYS[2], ARGV[2]) else n = redis.call('SREM', KEYS[2], ARGV[2]) end
-if n == 0 then return 2 end
-local o = h[2]
--- An outbox in the former JSON form cannot take a binary entry; it is
--- replaced, which only matters during an upgrade.
-if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
-redis.call('HSET', KEYS[1], 'r', rev + 1, 'o', o .. ARGV[4])
-return 1
+local out = {}
+for k = 1, #KEYS, 2 do
+  local a = 2 * k - 1
+  local h = redis.call('HMGET', KEYS[k], 'r', 'o')
+  local rev = tonumber(h[1] or '0')
+  local res = 0
+  if rev == tonumber(ARGV[a]) then
+    local n
+    if ARGV[a + 2] == '1' then n = redis.call('SADD', KEYS[k + 1], ARGV[a + 1]) else n = redis.call('SREM', KEYS[k + 1], ARGV[a + 1]) end
+    if n == 0 then
+      res = 2
+    else
+      local o = h[2]
+      -- An outbox in the former JSON form cannot take a binary entry; it is
+      -- replaced, which only matters during an upgrade.
+      if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
+      redis.call('HSET', KEYS[k], 'r', rev + 1, 'o', o .. ARGV[a + 3])
+      res = 1
+    end
+  end
+  out[#out + 1] = res
+end
+return out
 `
 
 var amend = redis.NewScript(amendScript)
@@ -61,9 +74,6 @@ var amend = redis.NewScript(amendScript)
 // and reports the outcome of each.
 func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
 	out := make([]AmendResult, len(as))
-	if len(as) == 0 {
-		return out, nil
-	}
 	calls := make([]scriptCall, len(as))
 	for i, a := range as {
 		entry := appendEntry(nil, a.Entry)
@@ -74,12 +84,12 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
 		calls[i] = scriptCall{keys: []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)},
 			args: []any{a.ExpectRev, a.SegmentID, in, string(entry)}}
 	}
-	for i, cmd := range runPipelined(ctx, u.rdb, amend, calls) {
-		n, err := cmd.Int64()
-		if err != nil {
-			return out, fmt.Errorf("amend %s/%s: %w", as[i].OrgID, as[i].UserID, err)
-		}
+	res, err := u.runPerUser(ctx, amend, calls)
+	for i, n := range res {
 		out[i] = AmendResult(n)
+	}
+	if err != nil {
+		return out, fmt.Errorf("amend: %w", err)
 	}
 	return out, nil
 }

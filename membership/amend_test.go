@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -62,6 +63,55 @@ func TestAmendOutcomes(t *testing.T) {
 		if len(states[0].Segments) != 1 || len(states[1].Segments) != 0 || states[0].Rev != 2 || states[1].Rev != 2 {
 			t.Errorf("after the amends: out %v rev %d, in %v rev %d; want [s] 2, [] 2",
 				states[0].Segments, states[0].Rev, states[1].Segments, states[1].Rev)
+		}
+	})
+}
+
+// TestAmendMany amends more users in one call than one script call takes
+// on a single Redis, with every outcome mixed, and checks that each outcome
+// and each segment set is the user's own.
+func TestAmendMany(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		users := membership.NewUsers(rdb)
+		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
+		const n = 250
+		ws := make([]membership.UserWrite, n)
+		as := make([]membership.Amend, n)
+		refs := make([]membership.UserRef, n)
+		want := make([]membership.AmendResult, n)
+		for i := range n {
+			id := fmt.Sprintf("u%03d", i)
+			ws[i] = membership.UserWrite{OrgID: org, UserID: id, Version: 1, Profile: profile}
+			refs[i] = membership.UserRef{OrgID: org, UserID: id}
+			as[i] = membership.Amend{OrgID: org, UserID: id, SegmentID: "s", ExpectRev: 1, Entered: true,
+				Entry: membership.OutboxEntry{EventID: "segment:s:1", Rev: 2, Changes: []membership.OutboxChange{{SegmentID: "s", Entered: true}}}}
+			switch i % 3 {
+			case 0:
+				as[i].ExpectRev, want[i] = 5, membership.AmendStale
+			case 1:
+				want[i] = membership.AmendApplied
+			case 2:
+				as[i].Entered, want[i] = false, membership.AmendUnchanged
+			}
+		}
+		if _, err := users.Write(ctx, ws); err != nil {
+			t.Fatal(err)
+		}
+		got, err := users.Amend(ctx, as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		states, err := users.Load(ctx, refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			member := len(states[i].Segments) == 1
+			if got[i] != want[i] || member != (want[i] == membership.AmendApplied) {
+				t.Fatalf("user %d: outcome %v, member %v; want %v", i, got[i], member, want[i])
+			}
 		}
 	})
 }

@@ -219,36 +219,60 @@ func decodeFields(r, v, p, o string, segs []string) (UserState, error) {
 // moved and the caller must reload and recompute).
 func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	applied := make([]bool, len(ws))
-	var calls []scriptCall
-	for chunk := range slices.Chunk(ws, u.usersPerCall) {
-		var c scriptCall
-		for _, w := range chunk {
-			c.keys, c.args = appendWriteArgs(c.keys, c.args, w)
-		}
-		calls = append(calls, c)
+	calls := make([]scriptCall, len(ws))
+	for i, w := range ws {
+		calls[i].keys, calls[i].args = writeArgs(w)
 	}
-	i := 0
-	for _, cmd := range runPipelined(ctx, u.rdb, u.write, calls) {
-		res, err := cmd.Int64Slice()
-		if err != nil {
-			return applied, fmt.Errorf("write users %s/%s…: %w", ws[i].OrgID, ws[i].UserID, err)
-		}
-		for _, n := range res {
-			if i < len(applied) {
-				applied[i] = n == 1
-			}
-			i++
-		}
+	res, err := u.runPerUser(ctx, u.write, calls)
+	for i, n := range res {
+		applied[i] = n == 1
+	}
+	if err != nil {
+		return applied, fmt.Errorf("write users: %w", err)
 	}
 	return applied, nil
 }
 
-func appendWriteArgs(keys []string, args []any, w UserWrite) ([]string, []any) {
+// runPerUser runs s, a script that takes users' two keys each and their
+// arguments one user after the other and replies with one integer per
+// user, over the users of calls (one user each), usersPerCall users a call, in one
+// pipelined round trip. It returns each user's reply; on an error, those
+// of the users before the failed call.
+func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptCall) ([]int64, error) {
+	var merged []scriptCall
+	for chunk := range slices.Chunk(calls, u.usersPerCall) {
+		if len(chunk) == 1 {
+			merged = append(merged, chunk[0])
+			continue
+		}
+		var c scriptCall
+		for _, one := range chunk {
+			c.keys = append(c.keys, one.keys...)
+			c.args = append(c.args, one.args...)
+		}
+		merged = append(merged, c)
+	}
+	out := make([]int64, 0, len(calls))
+	for i, cmd := range runPipelined(ctx, u.rdb, s, merged) {
+		res, err := cmd.Int64Slice()
+		if err == nil && len(res) != len(merged[i].keys)/2 {
+			err = fmt.Errorf("%d replies for %d users", len(res), len(merged[i].keys)/2)
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, res...)
+	}
+	return out, nil
+}
+
+func writeArgs(w UserWrite) ([]string, []any) {
 	outbox := encodeOutbox(w.Outbox)
 	deleted := "0"
 	if w.Profile == nil {
 		deleted = "1"
 	}
+	args := make([]any, 0, 7+len(w.Add)+len(w.Remove))
 	args = append(args, w.ExpectRev, w.Version, string(w.Profile), deleted, string(outbox), len(w.Add), len(w.Remove))
 	for _, s := range w.Add {
 		args = append(args, s)
@@ -256,7 +280,7 @@ func appendWriteArgs(keys []string, args []any, w UserWrite) ([]string, []any) {
 	for _, s := range w.Remove {
 		args = append(args, s)
 	}
-	return append(keys, ProfileKey(w.OrgID, w.UserID), UserSegmentsKey(w.OrgID, w.UserID)), args
+	return []string{ProfileKey(w.OrgID, w.UserID), UserSegmentsKey(w.OrgID, w.UserID)}, args
 }
 
 // SegmentRevisionsKey is the internal hash, beside a segment's member set
