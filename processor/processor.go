@@ -621,30 +621,44 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 	return nil
 }
 
-// publish runs the last stage of a batch: store its timers, then publish
-// its change events and dead letters. The timers need only be stored
-// before the commit, so they wait here rather than hold the projection of
-// the next batch. A retry writes the timers again (ZADD is idempotent) and
-// repeats change events with the same ids.
+// publish runs the last stage of a batch: store its timers and publish its
+// change events and dead letters, at once (Redis and Kafka, and neither
+// needs the other). The timers need only be stored before the commit, so
+// they wait here rather than hold the projection of the next batch. A retry
+// writes the timers again (ZADD is idempotent) and repeats change events
+// with the same ids.
 func (p *Processor) publish(ctx context.Context, wb *written) error {
 	m := p.cfg.Metrics
-	step := m.stepTimer()
+	var scheduled chan error
 	if p.cfg.Scheduler != nil && len(wb.due) > 0 {
-		if err := p.cfg.Scheduler.Schedule(ctx, wb.due); err != nil {
-			m.redisError()
-			return err
-		}
+		scheduled = make(chan error, 1)
+		go func() {
+			step := m.stepTimer()
+			err := p.cfg.Scheduler.Schedule(ctx, wb.due)
+			step("schedule")
+			scheduled <- err
+		}()
 	}
-	step("schedule")
+	step := m.stepTimer()
 	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(wb.changes)+len(wb.dlq)), p.cfg.MembershipTopic, wb.changes)
 	out = append(out, wb.dlq...)
+	var err error
 	if len(out) > 0 {
-		if err := p.cfg.Producer.WriteMessages(ctx, out...); err != nil {
+		if err = p.cfg.Producer.WriteMessages(ctx, out...); err != nil {
 			m.kafkaError()
-			return fmt.Errorf("publish %d records: %w", len(out), err)
+			err = fmt.Errorf("publish %d records: %w", len(out), err)
 		}
 	}
 	step("publish")
+	if scheduled != nil {
+		if serr := <-scheduled; serr != nil {
+			m.redisError()
+			err = errors.Join(err, fmt.Errorf("store %d timers: %w", len(wb.due), serr))
+		}
+	}
+	if err != nil {
+		return err
+	}
 	m.countChanges(wb.changes)
 	m.countDLQ(len(wb.dlq))
 	return nil
