@@ -111,13 +111,14 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	}
 	reader := kafkaio.NewReader(r.brokers, group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
-	// SEGMENTD_BENCH_USER_CACHE sets the processor's cache of users'
-	// states, in bytes: unset, its default; -1, none (the baseline without
-	// it).
+	// SEGMENTD_BENCH_BATCH_SIZE sets the most events per batch (unset:
+	// 2,000, segmentd's default). SEGMENTD_BENCH_USER_CACHE sets the
+	// processor's cache of users' states, in bytes: unset, its default; -1,
+	// none (the baseline without it).
 	cache, _ := strconv.Atoi(getenv("SEGMENTD_BENCH_USER_CACHE"))
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
-		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 2000, BatchWait: time.Millisecond,
+		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: envInt("SEGMENTD_BENCH_BATCH_SIZE", 2000), BatchWait: time.Millisecond,
 		UserCacheBytes: cache, Metrics: processor.NewMetrics(r.reg), Logger: log,
 	})
 	var wg sync.WaitGroup
@@ -279,7 +280,7 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 }
 
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
-// (SEGMENTD_BENCH_RATE, default 20,400/s: half the measured maximum of
+// (SEGMENTD_BENCH_RATE, default 23,100/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
 // sets, and of the part of it from the Kafka fetch on. Its baseline, first:
@@ -288,7 +289,7 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
-	rate := 20400 // half of the end-to-end maximum, ~40,800 updates/s
+	rate := 23100 // half of the end-to-end maximum, ~46,200 updates/s
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_RATE")); err == nil && v > 0 {
 		rate = v
 	}
