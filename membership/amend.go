@@ -39,9 +39,9 @@ const (
 // reply says whether the set already held it: the caller may have guessed
 // the membership from the member set), one write. It amends each user of
 // KEYS (profile hash, segment set) from its four ARGV: expected revision,
-// segment, 1|0, outbox entry. A deletion moves the
-// revision like any write, and callers amend only users they read with a
-// profile, so the revision alone also catches a user deleted since the read.
+// segment, 1|0, outbox entry. A deletion moves the revision like any
+// write, and callers amend only users they read with a profile, so the
+// revision alone also catches a user deleted since the read.
 const amendScript = `
 local out = {}
 for k = 1, #KEYS, 2 do

@@ -233,11 +233,11 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	return applied, nil
 }
 
-// runPerUser runs s, a script that takes users' two keys each and their
-// arguments one user after the other and replies with one integer per
-// user, over the users of calls (one user each), usersPerCall users a call, in one
-// pipelined round trip. It returns each user's reply; on an error, those
-// of the users before the failed call.
+// runPerUser runs s over the users of calls (one user each), usersPerCall
+// users a call, in one pipelined round trip. s takes two keys and the
+// arguments of each user, one user after the other, and replies with one
+// integer per user. It returns each user's reply; on an error, those of
+// the users before the failed call.
 func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptCall) ([]int64, error) {
 	var merged []scriptCall
 	for chunk := range slices.Chunk(calls, u.usersPerCall) {
