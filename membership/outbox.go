@@ -44,6 +44,45 @@ func appendString(dst []byte, s string) []byte {
 // encodeOutbox returns the stored form of an outbox.
 func encodeOutbox(es []OutboxEntry) []byte { return AppendOutbox(nil, es) }
 
+// AppendState appends a compact binary form of a user's state to dst, for
+// a caller that keeps states outside Redis: revision, version, deleted,
+// profile, segments, then the outbox in its stored form.
+func AppendState(dst []byte, st UserState) []byte {
+	dst = binary.AppendVarint(dst, st.Rev)
+	dst = binary.AppendVarint(dst, st.Version)
+	deleted := byte(0)
+	if st.Deleted {
+		deleted = 1
+	}
+	dst = append(dst, deleted)
+	dst = appendString(dst, st.Profile)
+	dst = binary.AppendUvarint(dst, uint64(len(st.Segments)))
+	for _, seg := range st.Segments {
+		dst = appendString(dst, seg)
+	}
+	return AppendOutbox(dst, st.Outbox)
+}
+
+// DecodeState reads what AppendState wrote. The state's strings are
+// substrings of s.
+func DecodeState(s string) (UserState, error) {
+	r := binReader{s: s}
+	st := UserState{Rev: r.varint(), Version: r.varint(), Deleted: r.byte() == 1, Profile: r.str()}
+	n := r.uvarint()
+	if n > uint64(len(r.s)-r.i) {
+		r.fail()
+	}
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		st.Segments = append(st.Segments, r.str())
+	}
+	if r.err != nil {
+		return st, fmt.Errorf("user state: %w", r.err)
+	}
+	es, err := DecodeOutbox(s[r.i:])
+	st.Outbox = es
+	return st, err
+}
+
 // AppendOutbox appends the stored form of an outbox to dst.
 func AppendOutbox(dst []byte, es []OutboxEntry) []byte {
 	for _, e := range es {
@@ -64,7 +103,7 @@ func DecodeOutbox(s string) ([]OutboxEntry, error) {
 		}
 		return es, nil
 	}
-	r := outboxReader{s: s}
+	r := binReader{s: s}
 	var es []OutboxEntry
 	for r.i < len(r.s) {
 		e, err := r.entry()
@@ -76,7 +115,9 @@ func DecodeOutbox(s string) ([]OutboxEntry, error) {
 	return es, nil
 }
 
-type outboxReader struct {
+// binReader reads the binary forms of this file: varints, strings
+// prefixed by their uvarint length, bytes. The first error ends reading.
+type binReader struct {
 	s   string
 	i   int
 	err error
@@ -84,7 +125,7 @@ type outboxReader struct {
 
 var errTruncated = errors.New("truncated")
 
-func (r *outboxReader) entry() (OutboxEntry, error) {
+func (r *binReader) entry() (OutboxEntry, error) {
 	if r.s[r.i] != entryMagic {
 		return OutboxEntry{}, fmt.Errorf("unexpected byte %#x", r.s[r.i])
 	}
@@ -95,26 +136,28 @@ func (r *outboxReader) entry() (OutboxEntry, error) {
 		r.fail()
 	}
 	for i := uint64(0); i < n && r.err == nil; i++ {
-		c := OutboxChange{SegmentID: r.str()}
-		if r.i >= len(r.s) {
-			r.fail()
-			break
-		}
-		c.Entered = r.s[r.i] == 1
-		r.i++
-		e.Changes = append(e.Changes, c)
+		e.Changes = append(e.Changes, OutboxChange{SegmentID: r.str(), Entered: r.byte() == 1})
 	}
 	return e, r.err
 }
 
-func (r *outboxReader) fail() {
+func (r *binReader) byte() byte {
+	if r.i >= len(r.s) {
+		r.fail()
+		return 0
+	}
+	r.i++
+	return r.s[r.i-1]
+}
+
+func (r *binReader) fail() {
 	if r.err == nil {
 		r.err = errTruncated
 	}
 	r.i = len(r.s)
 }
 
-func (r *outboxReader) uvarint() uint64 {
+func (r *binReader) uvarint() uint64 {
 	x, n := binary.Uvarint([]byte(r.s[r.i:min(len(r.s), r.i+binary.MaxVarintLen64)]))
 	if n <= 0 {
 		r.fail()
@@ -124,7 +167,7 @@ func (r *outboxReader) uvarint() uint64 {
 	return x
 }
 
-func (r *outboxReader) varint() int64 {
+func (r *binReader) varint() int64 {
 	u := r.uvarint()
 	x := int64(u >> 1)
 	if u&1 != 0 {
@@ -133,7 +176,7 @@ func (r *outboxReader) varint() int64 {
 	return x
 }
 
-func (r *outboxReader) str() string {
+func (r *binReader) str() string {
 	n := r.uvarint()
 	if n > uint64(len(r.s)-r.i) {
 		r.fail()

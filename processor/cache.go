@@ -1,8 +1,8 @@
 package processor
 
 import (
+	"bytes"
 	"encoding/binary"
-	"errors"
 	"hash/maphash"
 	"slices"
 
@@ -50,8 +50,8 @@ type arena struct {
 }
 
 // A slot is its capacity and length (4 bytes each, little-endian), then
-// the entry: org, user, revision, version, deleted, profile, segments and
-// outbox, strings prefixed by their uvarint length.
+// the entry: the user's identity, then its state as membership.AppendState
+// writes it.
 const slotHeader = 8
 
 // newStateCache returns a cache of at most bytes of arenas; 0 or less
@@ -69,19 +69,19 @@ func (c *stateCache) hash(ref membership.UserRef) uint64 {
 	return h.Sum64()
 }
 
-// get returns the user's state; the ids of org's segments in it are the
-// definitions' own strings.
-func (c *stateCache) get(ref membership.UserRef, org *OrgRules) (membership.UserState, bool) {
+// get returns the user's state.
+func (c *stateCache) get(ref membership.UserRef) (membership.UserState, bool) {
 	h := c.hash(ref)
-	if e, ok := c.young.entry(h, ref); ok {
-		st, err := decodeEntry(e, org)
+	id := c.identity(ref)
+	if e, ok := c.young.entry(h, id); ok {
+		st, err := membership.DecodeState(string(e[len(id):]))
 		return st, err == nil
 	}
-	e, ok := c.old.entry(h, ref)
+	e, ok := c.old.entry(h, id)
 	if !ok {
 		return membership.UserState{}, false
 	}
-	st, err := decodeEntry(e, org)
+	st, err := membership.DecodeState(string(e[len(id):]))
 	if err != nil {
 		return st, false
 	}
@@ -95,7 +95,7 @@ func (c *stateCache) put(ref membership.UserRef, st membership.UserState) {
 	if c.genBytes == 0 {
 		return
 	}
-	c.scratch = appendEntry(c.scratch[:0], ref, st)
+	c.scratch = membership.AppendState(c.identity(ref), st)
 	h := c.hash(ref)
 	delete(c.old.at, h)
 	c.store(h, c.scratch)
@@ -151,126 +151,29 @@ func (c *stateCache) len() int { return len(c.young.at) + len(c.old.at) }
 // bytes is the size of the arenas.
 func (c *stateCache) bytes() int { return cap(c.young.buf) + cap(c.old.buf) }
 
-// entry returns the entry of the slot for h when it holds ref.
-func (a *arena) entry(h uint64, ref membership.UserRef) ([]byte, bool) {
+// identity is the start of every entry of ref: its ids, each prefixed by
+// its length, so that users whose hashes meet are told apart. It is built in
+// the cache's scratch buffer, which put then extends into the entry.
+func (c *stateCache) identity(ref membership.UserRef) []byte {
+	b := binary.AppendUvarint(c.scratch[:0], uint64(len(ref.OrgID)))
+	b = append(b, ref.OrgID...)
+	b = binary.AppendUvarint(b, uint64(len(ref.UserID)))
+	c.scratch = append(b, ref.UserID...)
+	return c.scratch
+}
+
+// entry returns the entry of the slot for h when it starts with id.
+func (a *arena) entry(h uint64, id []byte) ([]byte, bool) {
 	off, ok := a.at[h]
 	if !ok {
 		return nil, false
 	}
 	n := int(binary.LittleEndian.Uint32(a.buf[off+4:]))
 	e := a.buf[int(off)+slotHeader : int(off)+slotHeader+n]
-	r := entryReader{b: e}
-	if string(r.bytes()) != ref.OrgID || string(r.bytes()) != ref.UserID || r.err != nil {
+	if !bytes.HasPrefix(e, id) {
 		return nil, false // another user with the same hash
 	}
 	return e, true
-}
-
-func appendEntry(dst []byte, ref membership.UserRef, st membership.UserState) []byte {
-	dst = appendBytes(dst, ref.OrgID)
-	dst = appendBytes(dst, ref.UserID)
-	dst = binary.AppendVarint(dst, st.Rev)
-	dst = binary.AppendVarint(dst, st.Version)
-	deleted := byte(0)
-	if st.Deleted {
-		deleted = 1
-	}
-	dst = append(dst, deleted)
-	dst = appendBytes(dst, st.Profile)
-	dst = binary.AppendUvarint(dst, uint64(len(st.Segments)))
-	for _, s := range st.Segments {
-		dst = appendBytes(dst, s)
-	}
-	// The outbox goes last, in its stored form, to the end of the entry.
-	return membership.AppendOutbox(dst, st.Outbox)
-}
-
-func appendBytes(dst []byte, s string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
-}
-
-var errEntry = errors.New("corrupt cache entry")
-
-func decodeEntry(e []byte, org *OrgRules) (membership.UserState, error) {
-	r := entryReader{b: e}
-	r.bytes() // org
-	r.bytes() // user
-	st := membership.UserState{Rev: r.varint(), Version: r.varint(), Deleted: r.byte() == 1}
-	st.Profile = string(r.bytes())
-	if n := r.uvarint(); n > 0 && n <= uint64(len(e)) {
-		st.Segments = make([]string, n)
-		for i := range st.Segments {
-			st.Segments[i] = segmentID(org, r.bytes())
-		}
-	}
-	if r.err != nil {
-		return st, r.err
-	}
-	if r.i < len(e) {
-		es, err := membership.DecodeOutbox(string(e[r.i:]))
-		if err != nil {
-			return st, err
-		}
-		st.Outbox = es
-	}
-	return st, nil
-}
-
-// segmentID returns id as a string, the definitions' own when org has it.
-func segmentID(org *OrgRules, id []byte) string {
-	if org != nil {
-		if n, ok := org.Index.Number(string(id)); ok {
-			return org.ByNumber[n].Def.ID
-		}
-	}
-	return string(id)
-}
-
-type entryReader struct {
-	b   []byte
-	i   int
-	err error
-}
-
-func (r *entryReader) uvarint() uint64 {
-	v, n := binary.Uvarint(r.b[r.i:])
-	if n <= 0 {
-		r.err, r.i = errEntry, len(r.b)
-		return 0
-	}
-	r.i += n
-	return v
-}
-
-func (r *entryReader) varint() int64 {
-	v, n := binary.Varint(r.b[r.i:])
-	if n <= 0 {
-		r.err, r.i = errEntry, len(r.b)
-		return 0
-	}
-	r.i += n
-	return v
-}
-
-func (r *entryReader) byte() byte {
-	if r.i >= len(r.b) {
-		r.err = errEntry
-		return 0
-	}
-	r.i++
-	return r.b[r.i-1]
-}
-
-func (r *entryReader) bytes() []byte {
-	n := r.uvarint()
-	if n > uint64(len(r.b)-r.i) {
-		r.err, r.i = errEntry, len(r.b)
-		return nil
-	}
-	s := r.b[r.i : r.i+int(n)]
-	r.i += int(n)
-	return s
 }
 
 // writtenState is the state a successful write w leaves, from the state st

@@ -31,26 +31,10 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 	reg := prometheus.NewRegistry()
 	r.startWith(t, func(c *processor.Config) { c.Metrics = processor.NewMetrics(reg) })
 	o, ctx := r.org, context.Background()
-	ref := []membership.UserRef{{OrgID: o, UserID: "u1"}}
-	waitVersion := func(v int64) membership.UserState {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			states, err := r.users.Load(ctx, ref)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if states[0].Version == v {
-				return states[0]
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("version %d not written within 30 s: stored %d", v, states[0].Version)
-			}
-		}
-	}
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"silver","points":500}}`)
-	waitVersion(1)
+	r.waitVersion(t, "u1", 1)
 	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"xp":1}}`)
-	st := waitVersion(2)
+	st := r.waitVersion(t, "u1", 2)
 	if hits := cacheLookups(t, reg, "hit"); hits < 1 {
 		t.Fatalf("cache hits = %v after a user's second event, want at least 1", hits)
 	}
@@ -63,7 +47,7 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 		t.Fatalf("the other instance's write: %v %v", applied, err)
 	}
 	r.produce(t, `{"eventId":"e4","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":4,"changes":{"xp":2}}`)
-	st = waitVersion(4)
+	st = r.waitVersion(t, "u1", 4)
 	p, ok, err := r.users.Profile(ctx, o, "u1")
 	if err != nil || !ok || p.Get("points") != 2000.0 || p.Get("xp") != 2.0 {
 		t.Fatalf("profile after the patch = %v %v %v, want the other instance's points 2000 and xp 2", p.Map(), ok, err)
@@ -80,7 +64,7 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 	}
 
 	r.produce(t, `{"eventId":"e5","type":"profile.deleted","orgId":"`+o+`","userId":"u1","version":5}`)
-	waitVersion(5)
+	r.waitVersion(t, "u1", 5)
 	// The deletion's exits are projected after the user's write.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if members(t, rdb, membership.SegmentMembersKey(o, static)) == "" {

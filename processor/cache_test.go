@@ -27,16 +27,16 @@ func TestStateCacheRoundTrip(t *testing.T) {
 			c := newStateCache(1 << 20)
 			ref := membership.UserRef{OrgID: "o", UserID: "u"}
 			c.put(ref, st)
-			got, ok := c.get(ref, nil)
+			got, ok := c.get(ref)
 			if !ok || got.Rev != st.Rev || got.Version != st.Version || got.Deleted != st.Deleted || got.Profile != st.Profile ||
 				!slices.Equal(got.Segments, st.Segments) || fmt.Sprint(got.Outbox) != fmt.Sprint(st.Outbox) {
 				t.Fatalf("got %+v, %v; want %+v", got, ok, st)
 			}
-			if _, ok := c.get(membership.UserRef{OrgID: "o", UserID: "v"}, nil); ok {
+			if _, ok := c.get(membership.UserRef{OrgID: "o", UserID: "v"}); ok {
 				t.Fatal("a user never put is found")
 			}
 			c.drop(ref)
-			if _, ok := c.get(ref, nil); ok {
+			if _, ok := c.get(ref); ok {
 				t.Fatal("a dropped user is still held")
 			}
 		})
@@ -62,7 +62,7 @@ func TestStateCacheBound(t *testing.T) {
 					t.Fatalf("after %d puts the arenas take %d bytes, more than %d", i+1, c.bytes(), tt.bytes)
 				}
 			}
-			_, ok := c.get(ref(tt.puts-1), nil)
+			_, ok := c.get(ref(tt.puts - 1))
 			if ok != (tt.bytes > 0) {
 				t.Fatalf("the last user put found: %v", ok)
 			}
@@ -83,7 +83,7 @@ func TestStateCacheWritesInPlace(t *testing.T) {
 	if n := len(c.young.buf); n > 64 {
 		t.Fatalf("1,000 states of one user take %d bytes of arena", n)
 	}
-	if st, ok := c.get(ref, nil); !ok || st.Rev != 999 {
+	if st, ok := c.get(ref); !ok || st.Rev != 999 {
 		t.Fatalf("got %+v, %v", st, ok)
 	}
 }
@@ -98,16 +98,16 @@ func TestStateCacheKeepsRecentlyUsed(t *testing.T) {
 	for i := 1; len(c.old.at) == 0; i++ {
 		c.put(ref(i), st) // until user 0 is in the old generation
 	}
-	if _, ok := c.get(ref(0), nil); !ok { // moves it to the young one
+	if _, ok := c.get(ref(0)); !ok { // moves it to the young one
 		t.Fatal("user 0 lost one generation after its put")
 	}
 	for i := 100; len(c.young.at) > 1; i++ {
 		c.put(ref(i), st) // until the next turn
 	}
-	if _, ok := c.get(ref(0), nil); !ok {
+	if _, ok := c.get(ref(0)); !ok {
 		t.Fatal("user 0, used in the last generation, was dropped")
 	}
-	if _, ok := c.get(ref(1), nil); ok {
+	if _, ok := c.get(ref(1)); ok {
 		t.Fatal("user 1, unused for two generations, is still held")
 	}
 }
@@ -118,7 +118,7 @@ func TestStateCacheHashCollision(t *testing.T) {
 	a, b := membership.UserRef{OrgID: "o", UserID: "a"}, membership.UserRef{OrgID: "o", UserID: "b"}
 	c.put(a, membership.UserState{Rev: 1})
 	c.young.at[c.hash(b)] = c.young.at[c.hash(a)] // b's hash leads to a's slot
-	if st, ok := c.get(b, nil); ok {
+	if st, ok := c.get(b); ok {
 		t.Fatalf("b found a's state %+v", st)
 	}
 }

@@ -110,24 +110,8 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 	r.start(t)
 	o := r.org
 	ctx := context.Background()
-	ref := []membership.UserRef{{OrgID: o, UserID: "u1"}}
-	waitVersion := func(v int64) membership.UserState {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			states, err := r.users.Load(ctx, ref)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if states[0].Version == v {
-				return states[0]
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("version %d not written within 30 s: stored %d", v, states[0].Version)
-			}
-		}
-	}
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"silver","points":1200}}`)
-	st := waitVersion(1)
+	st := r.waitVersion(t, "u1", 1)
 
 	// The backfill's write, and nothing after it.
 	entry := membership.OutboxEntry{EventID: "segment:" + gold + ":1", CauseType: events.CauseSegment, AtMillis: time.Now().UnixMilli(), Rev: st.Rev + 1,
@@ -138,7 +122,7 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 	}
 
 	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":1300}}`)
-	st = waitVersion(2)
+	st = r.waitVersion(t, "u1", 2)
 	var ids []string
 	for _, e := range st.Outbox {
 		ids = append(ids, e.EventID)

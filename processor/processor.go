@@ -470,7 +470,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			return nil, fmt.Errorf("%d users kept changing under this batch", len(pending))
 		}
 		step("decode")
-		states, err := p.states(ctx, snap, pending, round > 0)
+		states, err := p.states(ctx, pending, round > 0)
 		if err != nil {
 			m.redisError()
 			return nil, err
@@ -531,13 +531,13 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 // states returns the stored state of each user: from the cache when it
 // holds the user (unless reload), from Redis in one round trip for the
 // others.
-func (p *Processor) states(ctx context.Context, snap *Snapshot, ws []*userWork, reload bool) ([]membership.UserState, error) {
+func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]membership.UserState, error) {
 	states := make([]membership.UserState, len(ws))
 	var refs []membership.UserRef
 	var at []int
 	for i, w := range ws {
 		if !reload && !w.deletes {
-			if st, ok := p.cache.get(w.ref, snap.Org(w.ref.OrgID)); ok {
+			if st, ok := p.cache.get(w.ref); ok {
 				states[i] = st
 				continue
 			}

@@ -109,6 +109,25 @@ func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func())
 	return stop
 }
 
+// waitVersion waits until user's stored version is v and returns the
+// user's state.
+func (r *rig) waitVersion(t *testing.T, user string, v int64) membership.UserState {
+	t.Helper()
+	ref := []membership.UserRef{{OrgID: r.org, UserID: user}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		states, err := r.users.Load(context.Background(), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if states[0].Version == v {
+			return states[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("version %d of %s not written within 30 s: stored %d", v, user, states[0].Version)
+		}
+	}
+}
+
 func (r *rig) produce(t *testing.T, values ...string) {
 	t.Helper()
 	w := kafkaio.NewWriter(r.brokers)
