@@ -69,25 +69,29 @@ func (c *stateCache) hash(ref membership.UserRef) uint64 {
 	return h.Sum64()
 }
 
-// get returns the user's state.
+// get returns the user's state; one found in the old generation moves to
+// the young one.
 func (c *stateCache) get(ref membership.UserRef) (membership.UserState, bool) {
-	h := c.hash(ref)
-	id := c.identity(ref)
-	if e, ok := c.young.entry(h, id); ok {
-		st, err := membership.DecodeState(string(e[len(id):]))
-		return st, err == nil
-	}
-	e, ok := c.old.entry(h, id)
-	if !ok {
+	if c.genBytes == 0 {
 		return membership.UserState{}, false
+	}
+	h, id := c.hash(ref), c.identity(ref)
+	e, young := c.young.entry(h, id)
+	if !young {
+		var ok bool
+		if e, ok = c.old.entry(h, id); !ok {
+			return membership.UserState{}, false
+		}
 	}
 	st, err := membership.DecodeState(string(e[len(id):]))
 	if err != nil {
 		return st, false
 	}
-	delete(c.old.at, h)
-	c.scratch = append(c.scratch[:0], e...)
-	c.store(h, c.scratch)
+	if !young {
+		delete(c.old.at, h)
+		c.scratch = append(c.scratch[:0], e...)
+		c.store(h, c.scratch)
+	}
 	return st, true
 }
 

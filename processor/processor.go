@@ -402,6 +402,9 @@ type userWork struct {
 	// reads every membership of the user, static ones too: the user's
 	// state is then read from Redis, not from the cache.
 	deletes bool
+	// cached is true when the user's state of this round came from the
+	// cache.
+	cached bool
 }
 
 // written is a batch whose users' states are written, waiting to be
@@ -507,7 +510,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			r := results[i]
 			if r.write != nil {
 				p.cache.put(w.ref, writtenState(states[i], r.write))
-			} else {
+			} else if !w.cached {
 				p.cache.put(w.ref, states[i])
 			}
 			wb.changes = append(wb.changes, r.changes...)
@@ -538,10 +541,11 @@ func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]
 	for i, w := range ws {
 		if !reload && !w.deletes {
 			if st, ok := p.cache.get(w.ref); ok {
-				states[i] = st
+				states[i], w.cached = st, true
 				continue
 			}
 		}
+		w.cached = false
 		refs = append(refs, w.ref)
 		at = append(at, i)
 	}
