@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -64,23 +65,61 @@ func (s *Schedules) Schedule(ctx context.Context, due []Due) error {
 	return nil
 }
 
+// ClaimsKey is the internal hash, beside an organisation's timers (same
+// hash tag), of each claimed timer's record: the flip it was claimed for,
+// its lease, and the flips of earlier claims that never finished.
+func ClaimsKey(org string) string { return "schedclaim:{" + org + "}" }
+
 // Claimed is a timer taken by one instance until its lease ends.
 type Claimed struct {
 	Due
 	// Lease is the score the claim left on the timer; Done removes the timer
 	// only while it still carries this score.
 	Lease int64
+	// Earlier are the flips of claims of this timer that never finished
+	// (an instance died or failed after it may have written changes and
+	// before it published them), most recent first: their changes are
+	// looked for under their own causes. A retry of a claim whose timer no
+	// one moved keeps the flip in At instead, so that its changes keep
+	// their eventIds.
+	Earlier []time.Time
 }
 
-// Claims pushes due timers forward by the lease, so that another instance
-// takes them again only if this one dies before Done.
+// maxEarlierClaims bounds the unfinished claims a timer remembers; the
+// oldest beyond it are past the time the users' outboxes keep their entries.
+const maxEarlierClaims = 8
+
+// claimScript pushes due timers forward by the lease, so that another
+// instance takes them again only if this one dies before Done, and records
+// the claim. A timer still at the lease of its recorded claim is a retry of
+// that claim, for the same flip; one moved since (a profile event
+// scheduled an earlier flip) is claimed for its new flip, and the recorded
+// one joins the unfinished. Replies user, flip (ms) and the unfinished
+// flips (comma-separated ms) of each timer.
 const claimScript = `
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for i = 1, #due, 2 do
-  redis.call('ZADD', KEYS[1], ARGV[2], due[i])
-  table.insert(out, due[i])
-  table.insert(out, due[i + 1])
+  local user, at, earlier = due[i], due[i + 1], ''
+  local rec = redis.call('HGET', KEYS[2], user)
+  if rec then
+    local rat, rlease, rearlier = string.match(rec, '^([^:]*):([^:]*):(.*)$')
+    if tonumber(rlease) == tonumber(at) then
+      at, earlier = rat, rearlier
+    else
+      earlier = rat
+      local n = 1
+      for e in string.gmatch(rearlier, '[^,]+') do
+        if n == tonumber(ARGV[4]) then break end
+        earlier, n = earlier .. ',' .. e, n + 1
+      end
+    end
+  end
+  redis.call('ZADD', KEYS[1], ARGV[2], user)
+  redis.call('HSET', KEYS[2], user, at .. ':' .. ARGV[2] .. ':' .. earlier)
+  out[#out + 1] = user
+  out[#out + 1] = at
+  out[#out + 1] = earlier
 end
 return out
 `
@@ -89,21 +128,36 @@ return out
 // for lease.
 func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
 	leaseAt := now.Add(lease).UnixMilli()
-	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org)}, now.UnixMilli(), leaseAt, limit).StringSlice()
+	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claim timers of %s: %w", org, err)
 	}
-	out := make([]Claimed, 0, len(res)/2)
-	for i := 0; i+1 < len(res); i += 2 {
-		ms, _ := strconv.ParseFloat(res[i+1], 64)
-		out = append(out, Claimed{Due: Due{OrgID: org, UserID: res[i], At: time.UnixMilli(int64(ms))}, Lease: leaseAt})
+	out := make([]Claimed, 0, len(res)/3)
+	for i := 0; i+2 < len(res); i += 3 {
+		c := Claimed{Due: Due{OrgID: org, UserID: res[i], At: parseMillis(res[i+1])}, Lease: leaseAt}
+		for e := range strings.SplitSeq(res[i+2], ",") {
+			if e != "" {
+				c.Earlier = append(c.Earlier, parseMillis(e))
+			}
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }
 
-// doneScript removes a claimed timer, or moves it to its next instant, only
-// if no one rescheduled it since the claim.
+// parseMillis reads a score of the schedule (unix milliseconds, as Redis
+// formats a double).
+func parseMillis(s string) time.Time {
+	ms, _ := strconv.ParseFloat(s, 64)
+	return time.UnixMilli(int64(ms))
+}
+
+// doneScript ends a claim: its record goes (unless a later claim replaced
+// it), and the timer goes or moves to its next instant, only if no one
+// rescheduled it since the claim.
 const doneScript = `
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if rec and tonumber(string.match(rec, '^[^:]*:([^:]*):')) == tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], ARGV[1]) end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
@@ -118,7 +172,7 @@ func (s *Schedules) Done(ctx context.Context, c Claimed, next time.Time) error {
 	if !next.IsZero() {
 		n = strconv.FormatFloat(dueScore(next), 'f', 0, 64)
 	}
-	if err := done.Run(ctx, s.rdb, []string{ScheduleKey(c.OrgID)}, c.UserID, c.Lease, n).Err(); err != nil {
+	if err := done.Run(ctx, s.rdb, []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID)}, c.UserID, c.Lease, n).Err(); err != nil {
 		return fmt.Errorf("finish timer: %w", err)
 	}
 	return nil

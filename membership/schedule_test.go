@@ -57,3 +57,64 @@ func TestScheduleOnlyMovesEarlier(t *testing.T) {
 		}
 	})
 }
+
+// TestClaimKeepsItsFlip: a claim that never finished is taken again for the
+// same flip once its lease ends; a timer moved earlier in between is taken
+// for its new flip, with the unfinished one in Earlier; Done forgets both.
+func TestClaimKeepsItsFlip(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.UniqueName(t, "org")
+		s := membership.NewSchedules(rdb)
+		base := time.UnixMilli(1_800_000_000_000)
+		lease := 30 * time.Second
+		claim := func(now time.Time) membership.Claimed {
+			t.Helper()
+			claimed, err := s.Claim(ctx, org, now, lease, 10)
+			if err != nil || len(claimed) != 1 {
+				t.Fatalf("claim at %v: %v, %v; want one timer", now, claimed, err)
+			}
+			return claimed[0]
+		}
+		schedule := func(at time.Time) {
+			t.Helper()
+			if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: "u1", At: at}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check := func(name string, c membership.Claimed, at time.Time, earlier ...time.Time) {
+			t.Helper()
+			if !c.At.Equal(at) || len(c.Earlier) != len(earlier) {
+				t.Fatalf("%s: claimed for %v, earlier %v; want %v, earlier %v", name, c.At, c.Earlier, at, earlier)
+			}
+			for i := range earlier {
+				if !c.Earlier[i].Equal(earlier[i]) {
+					t.Fatalf("%s: earlier %v, want %v", name, c.Earlier, earlier)
+				}
+			}
+		}
+		flip := base.Add(time.Hour)
+		schedule(flip)
+		first := claim(flip)
+		check("first claim", first, flip)
+		if claimed, err := s.Claim(ctx, org, flip.Add(lease/2), lease, 10); err != nil || len(claimed) != 0 {
+			t.Fatalf("claim within the lease: %v, %v; want none", claimed, err)
+		}
+		retry := claim(flip.Add(lease + time.Second))
+		check("retry after the lease", retry, flip)
+
+		moved := flip.Add(lease + 10*time.Second)
+		schedule(moved) // earlier than the retry's lease
+		third := claim(moved)
+		check("timer moved since", third, moved, flip)
+		if err := s.Done(ctx, third, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := rdb.HLen(ctx, membership.ClaimsKey(org)).Result(); err != nil || n != 0 {
+			t.Fatalf("claim records after Done: %d, %v; want none", n, err)
+		}
+		next := moved.Add(time.Hour)
+		schedule(next)
+		check("claim after Done", claim(next), next)
+	})
+}

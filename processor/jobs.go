@@ -347,6 +347,11 @@ type amendPass struct {
 	// written changes and not published them: their entries are then
 	// looked for in the users' outboxes.
 	retry bool
+	// earlier, when not nil, gives each user's causes of unfinished
+	// earlier attempts under causes other than this pass's (a timer moved
+	// between two claims): entries found under them are published as
+	// well, and the user is evaluated as usual.
+	earlier func(user string) []events.Cause
 }
 
 // amendPage brings the segment's membership of the given users in line
@@ -385,6 +390,15 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				changes = append(changes, c)
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				continue
+			}
+			if p.earlier != nil && round == 0 {
+				for _, ec := range p.earlier(v.UserID) {
+					if e, ok := findEntry(v.Outbox, ec.EventID, seg); ok {
+						c := changeOf(org, v.UserID, seg, e, ec)
+						changes = append(changes, c)
+						projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
+					}
+				}
 			}
 			if v.Profile == "" || r.match == v.Member {
 				continue
@@ -509,11 +523,20 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		failed := false
 		for _, id := range o.TimeIDs {
 			// One cause per segment and flip: a flip fired again after a crash
-			// carries the same eventIds.
-			causeOf := func(user string) events.Cause {
-				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, byUser[user].At.UnixMilli())}
+			// or a failure carries the same eventIds (the claim keeps the
+			// flip it was first taken for).
+			causeAt := func(at time.Time) events.Cause {
+				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, at.UnixMilli())}
 			}
-			if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, now: now, retry: true}, users); err != nil {
+			causeOf := func(user string) events.Cause { return causeAt(byUser[user].At) }
+			earlier := func(user string) []events.Cause {
+				var out []events.Cause
+				for _, at := range byUser[user].Earlier {
+					out = append(out, causeAt(at))
+				}
+				return out
+			}
+			if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, now: now, retry: true}, users); err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "segment", id, "err", err)
 				failed = true
 			}

@@ -302,29 +302,11 @@ func TestRelativeDateFlipsWithoutEvents(t *testing.T) {
 	}
 	id := d.ID
 	r.produceEvents(t, evs)
-	// This test's jobs also fire the timers of other tests' organisations
-	// into this topic: read until this organisation's six have arrived.
-	var msgs []kafka.Message
-	for want := 6; ; want += 6 {
-		msgs = readTopic(t, r.brokers, r.membershipT, want, 60*time.Second)
-		own := 0
-		for _, m := range msgs {
-			if c, err := events.DecodeChange(m.Value); err == nil && c.OrgID == r.org {
-				own++
-			}
-		}
-		if own >= 6 || len(msgs) < want {
-			break
-		}
-	}
 	got := map[string]bool{}
-	for _, m := range msgs {
+	for _, m := range readOwn(t, r, 6) {
 		c, err := events.DecodeChange(m.Value)
 		if err != nil {
 			t.Fatal(err)
-		}
-		if c.OrgID != r.org {
-			continue // another test's organisation, served by this test's jobs
 		}
 		if c.SegmentID != id || !c.Entered {
 			t.Errorf("unexpected change %+v", c)
@@ -426,6 +408,102 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 		if !got[u] {
 			t.Errorf("no entered event for %s", u)
 			break
+		}
+	}
+}
+
+// TestTimerRetryPublishesWhatItWrote fires timers whose change events cannot
+// be published: the users they amended are members already when the timers
+// fire again after their lease. The retry must publish those changes with
+// the eventIds of the first attempt, also for a timer a profile event moved
+// in between.
+func TestTimerRetryPublishesWhatItWrote(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	flip := t0.Add(-time.Minute)
+	const users = 40
+	var ws []membership.UserWrite
+	var due []membership.Due
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
+		due = append(due, membership.Due{OrgID: r.org, UserID: u, At: flip})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	seg := r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
+	scheds := membership.NewSchedules(r.rdb)
+	if err := scheds.Schedule(ctx, due); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fire := func(pub processor.ChangePublisher, now time.Time) {
+		processor.NewJobs(processor.JobsConfig{
+			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
+			Registerer: prometheus.NewRegistry(), Logger: log, Now: func() time.Time { return now },
+		}).FireTimers(ctx)
+	}
+	fire(unreachablePublisher{}, t0)
+	amended, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result()
+	if err != nil || amended != users {
+		t.Fatalf("the first attempt amended %d users (%v), want %d", amended, err, users)
+	}
+	// A profile event moves half of the timers to a flip before the lease
+	// ends (its criterion is another segment's, say).
+	moved := t0.Add(20 * time.Second)
+	var earlier []membership.Due
+	for i := 0; i < users; i += 2 {
+		earlier = append(earlier, membership.Due{OrgID: r.org, UserID: fmt.Sprintf("u%d", i), At: moved})
+	}
+	if err := scheds.Schedule(ctx, earlier); err != nil {
+		t.Fatal(err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	fire(kafkaio.NewPublisher(writer, r.membershipT), t0.Add(31*time.Second))
+	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
+	got := map[string]bool{}
+	for _, m := range readOwn(t, r, users) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Entered || c.SegmentID != seg || c.Cause.Type != events.CauseTime || c.Cause.EventID != wantID {
+			t.Errorf("change %+v, want %s entered with cause %s", c, seg, wantID)
+		}
+		got[c.UserID] = true
+	}
+	if len(got) != users {
+		t.Fatalf("entered events for %d users, want %d", len(got), users)
+	}
+	if n, err := r.rdb.HLen(ctx, membership.ClaimsKey(r.org)).Result(); err != nil || n != 0 {
+		t.Errorf("claim records left: %d, %v; want none", n, err)
+	}
+}
+
+// readOwn reads the membership topic until it holds want change events of
+// the rig's organisation, and returns those: jobs fire the timers of every
+// organisation in Redis, other tests' too, into the rig's topic.
+func readOwn(t *testing.T, r *rig, want int) []kafka.Message {
+	t.Helper()
+	for n := want; ; n += want {
+		msgs := readTopic(t, r.brokers, r.membershipT, n, time.Minute)
+		var own []kafka.Message
+		for _, m := range msgs {
+			if c, err := events.DecodeChange(m.Value); err == nil && c.OrgID == r.org {
+				own = append(own, m)
+			}
+		}
+		if len(own) >= want || len(msgs) < n {
+			return own
 		}
 	}
 }
