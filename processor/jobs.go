@@ -2,9 +2,12 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,7 +98,16 @@ type Jobs struct {
 	timers   prometheus.Counter
 	mu       sync.Mutex
 	running  map[string]bool
+	// inForce holds, for each backfill and timer round in progress, the
+	// definitions revision its work is still valid at; the heartbeat
+	// reports the oldest, so that the revision gate of a change waits for
+	// work that the change makes stale to stop.
+	inForce map[*atomic.Int64]struct{}
 }
+
+// errSuperseded stops a backfill whose segment changed criteria or is being
+// deleted: the backfill of the new generation, or the deletion, takes over.
+var errSuperseded = errors.New("segment changed while it was backfilled")
 
 // NewJobs returns the jobs; call Run to start them.
 func NewJobs(cfg JobsConfig) *Jobs {
@@ -111,7 +123,7 @@ func NewJobs(cfg JobsConfig) *Jobs {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{},
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, inForce: map[*atomic.Int64]struct{}{},
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -169,6 +181,11 @@ func (j *Jobs) beat(ctx context.Context) {
 	} else if s := j.cfg.Registry.Current(); s != nil {
 		rev = s.Revision
 	}
+	j.mu.Lock()
+	for r := range j.inForce {
+		rev = min(rev, r.Load())
+	}
+	j.mu.Unlock()
 	if rev == 0 {
 		return
 	}
@@ -201,7 +218,12 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			}
 			go func() {
 				defer func() { j.mu.Lock(); delete(j.running, key); j.mu.Unlock() }()
-				if err := j.Backfill(ctx, org, cs, snap.Revision); err != nil && ctx.Err() == nil {
+				err := j.Backfill(ctx, org, cs, snap.Revision)
+				switch {
+				case errors.Is(err, errSuperseded):
+					j.backfill.WithLabelValues("superseded").Inc()
+					j.cfg.Logger.Info("backfill stopped: the segment changed", "org", org, "segment", id, "generation", cs.Def.Generation)
+				case err != nil && ctx.Err() == nil:
 					j.backfill.WithLabelValues("error").Inc()
 					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "err", err)
 				}
@@ -215,17 +237,24 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 // live instance evaluates with definitions at least as new as rev, so that
 // no stream batch still running on the old definitions writes after it; its
 // writes compare-and-set each user's revision, so it never overwrites a
-// newer profile's result.
+// newer profile's result. One backfill of a segment runs at a time, across
+// instances and generations; one whose segment changed criteria or is being
+// deleted stops at its next page (errSuperseded), and until then holds back
+// the revision gate of that change.
 func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, rev int64) error {
 	lock := "backfill:" + org + ":" + cs.Def.ID
-	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second)
+	owner := j.cfg.InstanceID + "/" + strconv.FormatInt(cs.Def.Generation, 10)
+	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second)
 	if err != nil || !ok {
 		return err
 	}
-	defer func() { _ = j.cfg.Coordinator.Unlock(context.WithoutCancel(ctx), lock, j.cfg.InstanceID) }()
+	defer func() { _ = j.cfg.Coordinator.Unlock(context.WithoutCancel(ctx), lock, owner) }()
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
+	inForce := j.holdRevision(rev)
+	defer j.releaseRevision(inForce)
+	var superseded atomic.Bool
 	known, err := j.knownMembers(ctx, org, cs.Def.ID)
 	if err != nil {
 		return err
@@ -250,6 +279,9 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		go func() {
 			defer wg.Done()
 			for ids := range pages {
+				if superseded.Load() {
+					continue // drain
+				}
 				if err := j.amendPage(ctx, pass, ids); err != nil {
 					errs <- err
 					for range pages { // drain, so that the scan is not blocked
@@ -265,8 +297,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
-		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, j.cfg.InstanceID, 30*time.Second); err != nil || !ok {
+		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second); err != nil || !ok {
 			return fmt.Errorf("backfill lease lost: %v", err)
+		}
+		if !j.stillCurrent(org, cs.Def, inForce) {
+			superseded.Store(true)
+			return errSuperseded
 		}
 		if time.Since(lastReport) >= j.cfg.ProgressInterval {
 			lastReport = time.Now()
@@ -294,7 +330,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	j.progress.Sub(float64(scanned))
 	if err != nil {
-		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
+		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, err)
 	}
 	if err := j.cfg.Definitions.MarkReady(ctx, org, cs.Def.ID, cs.Def.Generation); err != nil {
 		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
@@ -302,6 +338,43 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	j.backfill.WithLabelValues("ready").Inc()
 	j.cfg.Logger.Info("segment ready", "org", org, "segment", cs.Def.ID, "generation", cs.Def.Generation, "users", scanned)
 	return nil
+}
+
+// stillCurrent reports whether def is still the segment's definition, in
+// build, in the registry's newest snapshot, and if so moves the revision
+// held in inForce up to that snapshot's. Without a registry it reports true.
+func (j *Jobs) stillCurrent(org string, def segment.Definition, inForce *atomic.Int64) bool {
+	if j.cfg.Registry == nil {
+		return true
+	}
+	snap := j.cfg.Registry.Current()
+	cs := snap.Org(org)
+	if cs == nil || cs.Segments[def.ID] == nil {
+		return false
+	}
+	cur := cs.Segments[def.ID].Def
+	if cur.Generation != def.Generation || cur.Status != segment.StatusBuilding {
+		return false
+	}
+	inForce.Store(max(inForce.Load(), snap.Revision))
+	return true
+}
+
+// holdRevision records work valid at definitions revision rev until
+// releaseRevision.
+func (j *Jobs) holdRevision(rev int64) *atomic.Int64 {
+	r := new(atomic.Int64)
+	r.Store(rev)
+	j.mu.Lock()
+	j.inForce[r] = struct{}{}
+	j.mu.Unlock()
+	return r
+}
+
+func (j *Jobs) releaseRevision(r *atomic.Int64) {
+	j.mu.Lock()
+	delete(j.inForce, r)
+	j.mu.Unlock()
 }
 
 // knownMembersLimit bounds the member sets that a backfill reads whole
@@ -501,6 +574,9 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	if snap == nil {
 		return
 	}
+	// A round's amends are decided with snap's definitions: a deletion's
+	// revision gate waits for the round to end.
+	defer j.releaseRevision(j.holdRevision(snap.Revision))
 	now := j.cfg.Now()
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {

@@ -507,3 +507,198 @@ func readOwn(t *testing.T, r *rig, want int) []kafka.Message {
 		}
 	}
 }
+
+// heldPublisher publishes through pub once released; it reports its first
+// call on called.
+type heldPublisher struct {
+	pub     processor.ChangePublisher
+	release chan struct{}
+	once    sync.Once
+	called  chan struct{}
+}
+
+func (h *heldPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	h.once.Do(func() { close(h.called) })
+	<-h.release
+	return h.pub.Publish(ctx, cs)
+}
+
+// TestBackfillStopsWhenSuperseded changes a segment's criteria while its
+// backfill is held up, on the same instance: the backfill of the old
+// criteria must not run beside the new one nor write after it, and the
+// membership must end as the new criteria give.
+func TestBackfillStopsWhenSuperseded(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	const users = 20000
+	var ws []membership.UserWrite
+	for i := range users {
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64((i * 7919) % 2000)}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: fmt.Sprintf("u%d", i), Version: 1, Profile: p})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	atLeast := func(n float64) segment.Criteria {
+		return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
+	}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	compiled := func() (*processor.CompiledSegment, int64) {
+		t.Helper()
+		if err := reg.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		snap := reg.Current()
+		return snap.Org(r.org).Segments[d.ID], snap.Revision
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	instance := testenv.UniqueName(t, "inst")
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
+		return processor.NewJobs(processor.JobsConfig{
+			InstanceID: instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
+			Registerer: prometheus.NewRegistry(), Logger: log,
+		})
+	}
+	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
+	old, oldRev := compiled()
+	oldDone := make(chan error, 1)
+	go func() { oldDone <- jobs(held).Backfill(ctx, r.org, old, oldRev) }()
+	<-held.called
+
+	if _, err := r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
+		d.Criteria, d.Generation, d.Status = atLeast(1500), d.Generation+1, segment.StatusBuilding
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cur, curRev := compiled()
+	ready := func() bool {
+		got, err := r.defs.Get(ctx, r.org, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status == segment.StatusReady
+	}
+	// The new generation's backfill, retried as the jobs do, gets its turn
+	// only when the old one has stopped; the old one is held up for 3 s.
+	newDone := make(chan error, 1)
+	go func() {
+		j := jobs(kafkaio.NewPublisher(writer, r.membershipT))
+		for deadline := time.Now().Add(time.Minute); !ready(); time.Sleep(100 * time.Millisecond) {
+			if err := j.Backfill(ctx, r.org, cur, curRev); err != nil || time.Now().After(deadline) {
+				newDone <- fmt.Errorf("backfill of the new criteria: %v", err)
+				return
+			}
+		}
+		newDone <- nil
+	}()
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && !ready(); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(held.release)
+	if err := <-oldDone; err == nil {
+		t.Error("the backfill of the old criteria ran to its end after they changed")
+	}
+	if err := <-newDone; err != nil {
+		t.Fatal(err)
+	}
+	r.verifyClean(t)
+	n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result()
+	if err != nil || n != users/4 {
+		t.Errorf("%d members (%v), want %d", n, err, users/4)
+	}
+}
+
+// TestDeleteWhileBackfilling deletes a segment, as the API does, while its
+// backfill is held up: the deletion's revision gate must wait for the
+// backfill to stop, so that nothing of the segment is left afterwards.
+func TestDeleteWhileBackfilling(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const users = 20000
+	var ws []membership.UserWrite
+	var ids []string
+	for i := range users {
+		ids = append(ids, fmt.Sprintf("u%d", i))
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64((i * 7919) % 2000)}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: ids[i], Version: 1, Profile: p})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	coord := membership.NewCoordinator(r.rdb)
+	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
+	jobs := processor.NewJobs(processor.JobsConfig{
+		InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+		Sizes: membership.NewSets(r.rdb), Coordinator: coord, Publisher: held, Registry: reg,
+		Registerer: prometheus.NewRegistry(), Logger: log,
+	})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for _, run := range []func(context.Context) error{reg.Run, jobs.Run} {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = run(ctx) }()
+	}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-held.called
+
+	if _, err := r.defs.MarkDeleting(ctx, r.org, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := r.defs.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := make(chan error, 1)
+	go func() { gate <- processor.NewRevisionGate(coord, nil).Wait(ctx, rev) }()
+	select {
+	case err := <-gate:
+		t.Fatalf("the deletion's revision gate opened (%v) while the backfill was held up", err)
+	case <-time.After(2 * time.Second):
+	}
+	close(held.release)
+	if err := <-gate; err != nil {
+		t.Fatal(err)
+	}
+	sets := membership.NewSets(r.rdb)
+	if _, err := sets.DeleteSegment(ctx, r.org, d.ID, time.Now(), held.Publish); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.defs.Delete(ctx, r.org, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Anything the backfill still wrote would show now.
+	time.Sleep(time.Second)
+	if n, err := r.rdb.Exists(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result(); err != nil || n != 0 {
+		t.Errorf("the deleted segment's member set exists (%d, %v)", n, err)
+	}
+	segs, err := r.users.UserSegmentSets(ctx, r.org, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range segs {
+		if slices.Contains(s, d.ID) {
+			t.Fatalf("user %s still has the deleted segment", ids[i])
+		}
+	}
+}
