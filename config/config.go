@@ -41,7 +41,8 @@ type Config struct {
 	Partitions int
 }
 
-// Embedded reports whether segmentd runs its in-process Kafka and Redis.
+// Embedded reports whether segmentd runs an in-process Kafka or Redis: each
+// of them when it is not configured.
 func (c Config) Embedded() bool { return len(c.KafkaBrokers) == 0 || len(c.RedisAddrs) == 0 }
 
 // Var describes one configuration variable.
@@ -102,8 +103,10 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	var c Config
 	var err error
 	c.HTTPAddr = get("SEGMENTD_HTTP_ADDR")
-	if _, _, e := net.SplitHostPort(c.HTTPAddr); e != nil {
+	if _, port, e := net.SplitHostPort(c.HTTPAddr); e != nil {
 		return c, &Error{"SEGMENTD_HTTP_ADDR", c.HTTPAddr, "want host:port"}
+	} else if !validPort(port) {
+		return c, &Error{"SEGMENTD_HTTP_ADDR", c.HTTPAddr, "want a port from 1 to 65535"}
 	}
 	if c.KafkaBrokers, err = addrList("SEGMENTD_KAFKA_BROKERS", get("SEGMENTD_KAFKA_BROKERS")); err != nil {
 		return c, err
@@ -173,12 +176,17 @@ func addrList(name, v string) ([]string, error) {
 		if err != nil || host == "" {
 			return nil, &Error{name, v, fmt.Sprintf("%q is not host:port", a)}
 		}
-		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		if !validPort(port) {
 			return nil, &Error{name, v, fmt.Sprintf("%q has no valid port", a)}
 		}
 		out = append(out, a)
 	}
 	return out, nil
+}
+
+func validPort(port string) bool {
+	p, err := strconv.Atoi(port)
+	return err == nil && p >= 1 && p <= 65535
 }
 
 func apiKeys(v string) (map[string]string, error) {

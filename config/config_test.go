@@ -49,6 +49,9 @@ func TestLoadErrors(t *testing.T) {
 		wantVar     string
 	}{
 		"http addr without port":   {"SEGMENTD_HTTP_ADDR", "localhost", "SEGMENTD_HTTP_ADDR"},
+		"http addr bad port":       {"SEGMENTD_HTTP_ADDR", "127.0.0.1:abc", "SEGMENTD_HTTP_ADDR"},
+		"http addr port too high":  {"SEGMENTD_HTTP_ADDR", ":99999", "SEGMENTD_HTTP_ADDR"},
+		"http addr empty port":     {"SEGMENTD_HTTP_ADDR", "127.0.0.1:", "SEGMENTD_HTTP_ADDR"},
 		"broker without port":      {"SEGMENTD_KAFKA_BROKERS", "kafka", "SEGMENTD_KAFKA_BROKERS"},
 		"redis bad port":           {"SEGMENTD_REDIS_ADDRS", "127.0.0.1:99999", "SEGMENTD_REDIS_ADDRS"},
 		"topic with space":         {"SEGMENTD_PROFILE_TOPIC", "my topic", "SEGMENTD_PROFILE_TOPIC"},

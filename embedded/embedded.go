@@ -1,5 +1,5 @@
 // Package embedded runs the in-process stand-ins that segmentd's default
-// mode uses when no Kafka or Redis is configured: a kfake Kafka cluster and
+// mode uses for Kafka and Redis when they are not configured: a kfake Kafka cluster and
 // a miniredis server, both listening on loopback so that other clients can
 // look in. They hold data in memory only and are for trying segmentd out,
 // not for production.
@@ -19,40 +19,70 @@ const (
 	RedisAddr = "127.0.0.1:16399"
 )
 
-// Servers are the running embedded Kafka and Redis.
+// Options chooses which servers Start runs.
+type Options struct {
+	// Kafka and Redis start the embedded broker and Redis.
+	Kafka, Redis bool
+	// Ephemeral puts them on free ports instead of the default ones (tests).
+	Ephemeral bool
+}
+
+// Servers are the running embedded Kafka and Redis, either of them absent
+// when not asked for.
 type Servers struct {
 	kafka *kfake.Cluster
 	redis *miniredis.Miniredis
 }
 
-// Start starts both servers on their default addresses, or on free ports
-// when ephemeral is true (tests).
-func Start(ephemeral bool) (*Servers, error) {
+// Start starts the servers that opts asks for.
+func Start(opts Options) (*Servers, error) {
 	kport, raddr := 19192, RedisAddr
-	if ephemeral {
+	if opts.Ephemeral {
 		kport, raddr = 0, "127.0.0.1:0"
 	}
-	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport),
-		kfake.BrokerConfigs(map[string]string{"group.initial.rebalance.delay.ms": "0"}))
-	if err != nil {
-		return nil, fmt.Errorf("embedded kafka on port %d: %w", kport, err)
+	s := &Servers{}
+	if opts.Kafka {
+		kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(kport),
+			kfake.BrokerConfigs(map[string]string{"group.initial.rebalance.delay.ms": "0"}))
+		if err != nil {
+			return nil, fmt.Errorf("embedded kafka on port %d: %w", kport, err)
+		}
+		s.kafka = kc
 	}
-	mr := miniredis.NewMiniRedis()
-	if err := mr.StartAddr(raddr); err != nil {
-		kc.Close()
-		return nil, fmt.Errorf("embedded redis on %s: %w", raddr, err)
+	if opts.Redis {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr(raddr); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("embedded redis on %s: %w", raddr, err)
+		}
+		s.redis = mr
 	}
-	return &Servers{kafka: kc, redis: mr}, nil
+	return s, nil
 }
 
-// KafkaBrokers returns the embedded broker addresses.
-func (s *Servers) KafkaBrokers() []string { return s.kafka.ListenAddrs() }
+// KafkaBrokers returns the embedded broker addresses, none when it was not
+// started.
+func (s *Servers) KafkaBrokers() []string {
+	if s.kafka == nil {
+		return nil
+	}
+	return s.kafka.ListenAddrs()
+}
 
-// RedisAddr returns the embedded Redis address.
-func (s *Servers) RedisAddr() string { return s.redis.Addr() }
+// RedisAddr returns the embedded Redis address, "" when it was not started.
+func (s *Servers) RedisAddr() string {
+	if s.redis == nil {
+		return ""
+	}
+	return s.redis.Addr()
+}
 
-// Close stops both servers.
+// Close stops the servers.
 func (s *Servers) Close() {
-	s.redis.Close()
-	s.kafka.Close()
+	if s.redis != nil {
+		s.redis.Close()
+	}
+	if s.kafka != nil {
+		s.kafka.Close()
+	}
 }

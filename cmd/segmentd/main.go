@@ -55,13 +55,14 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	if cfg.Embedded() {
-		srv, err := embedded.Start(getenv("SEGMENTD_EMBEDDED_EPHEMERAL") == "1")
+		// Each of Kafka and Redis is embedded when it is not configured.
+		srv, err := embedded.Start(embedded.Options{Kafka: len(cfg.KafkaBrokers) == 0, Redis: len(cfg.RedisAddrs) == 0,
+			Ephemeral: getenv("SEGMENTD_EMBEDDED_EPHEMERAL") == "1"})
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
-		cfg.KafkaBrokers, cfg.RedisAddrs = srv.KafkaBrokers(), []string{srv.RedisAddr()}
-		cfg.Partitions = min(cfg.Partitions, 4)
+		fmt.Printf("segmentd embedded mode (in-memory; data is lost on exit)\n")
 		if len(cfg.APIKeys) == 0 {
 			key, err := devKey()
 			if err != nil {
@@ -69,9 +70,17 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			}
 			cfg.APIKeys = map[string]string{key: "dev"}
 			// The dev key is printed on purpose: it is how a new user reaches the API.
-			fmt.Printf("segmentd embedded mode (in-memory; data is lost on exit)\n  dev API key (org \"dev\"): %s\n", key)
+			fmt.Printf("  dev API key (org \"dev\"): %s\n", key)
 		}
-		fmt.Printf("  embedded Kafka: %s\n  embedded Redis: %s\n", cfg.KafkaBrokers[0], cfg.RedisAddrs[0])
+		if len(cfg.KafkaBrokers) == 0 {
+			cfg.KafkaBrokers = srv.KafkaBrokers()
+			cfg.Partitions = min(cfg.Partitions, 4)
+			fmt.Printf("  embedded Kafka: %s\n", cfg.KafkaBrokers[0])
+		}
+		if len(cfg.RedisAddrs) == 0 {
+			cfg.RedisAddrs = []string{srv.RedisAddr()}
+			fmt.Printf("  embedded Redis: %s\n", cfg.RedisAddrs[0])
+		}
 	}
 
 	reg := prometheus.NewRegistry()
