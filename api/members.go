@@ -133,7 +133,7 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ctx, cancel := writeContext(r)
+	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	now := s.now().UTC()
 	cause := membership.StaticCause(d.ID, d.Generation, add, remove)

@@ -71,8 +71,11 @@ const writeTimeout = 5 * time.Minute
 
 // writeContext returns the context of a call that writes: it is not
 // canceled when the client goes away, so that a write once begun is not cut
-// in the middle by a disconnect.
-func writeContext(r *http.Request) (context.Context, context.CancelFunc) {
+// in the middle by a disconnect. It moves the response's write deadline
+// past writeTimeout, so that the client still gets the answer of a long
+// write (a deletion of a large segment) rather than a closed connection.
+func writeContext(w http.ResponseWriter, r *http.Request) (context.Context, context.CancelFunc) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout + 10*time.Second))
 	return context.WithTimeout(context.WithoutCancel(r.Context()), writeTimeout)
 }
 
@@ -157,7 +160,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		d.EstimatedSize = int64(len(userIDs))
 		d.Criteria = segment.Criteria{}
 	}
-	ctx, cancel := writeContext(r)
+	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	created, err := s.defs.Create(ctx, d)
 	if err != nil {
@@ -342,7 +345,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	userIDs := next.UserIDs
 	now := s.now().UTC()
-	ctx, cancel := writeContext(r)
+	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	var newSize int64
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
@@ -400,7 +403,7 @@ func sameCriteria(a, b segment.Criteria) bool {
 // retry continues where it stopped.
 func (s *Server) deleteSegment(w http.ResponseWriter, r *http.Request) {
 	org := orgOf(r.Context())
-	ctx, cancel := writeContext(r)
+	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	d, err := s.defs.Get(ctx, org, r.PathValue("id"))
 	if err != nil {

@@ -35,8 +35,19 @@ func TestDecodeProfileEvent(t *testing.T) {
 		"eventId derived": {
 			in: `{"type":"profile.created","orgId":"acme","userId":"u1","profile":{}}`,
 			check: func(t *testing.T, ev ProfileEvent) {
-				if !strings.HasPrefix(ev.EventID, "evt_sha_") {
-					t.Fatalf("eventId %q", ev.EventID)
+				if ev.EventID != "" {
+					t.Fatalf("eventId %q before DeriveID", ev.EventID)
+				}
+				again, other := ev, ev
+				ev.DeriveID("profiles", 2, 41)
+				again.DeriveID("profiles", 2, 41)
+				other.DeriveID("profiles", 2, 42)
+				if !strings.HasPrefix(ev.EventID, "evt_rec_") || ev.EventID != again.EventID || ev.EventID == other.EventID {
+					t.Fatalf("derived ids %q, %q (same record), %q (next record)", ev.EventID, again.EventID, other.EventID)
+				}
+				given := ProfileEvent{EventID: "e1"}
+				if given.DeriveID("profiles", 2, 41); given.EventID != "e1" {
+					t.Fatalf("DeriveID replaced a given eventId with %q", given.EventID)
 				}
 			},
 		},

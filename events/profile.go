@@ -39,6 +39,25 @@ type ProfileEvent struct {
 	Changes map[string]any
 }
 
+// DeriveID gives an event without eventId one derived from where its record
+// is (topic, partition, offset): a redelivered copy of the record is
+// recognised as the same event, while the same bytes produced again later
+// (a repeated patch with no version) are another event, whose membership
+// changes get eventIds of their own.
+func (e *ProfileEvent) DeriveID(topic string, partition int, offset int64) {
+	if e.EventID != "" {
+		return
+	}
+	b := make([]byte, 0, len(topic)+24)
+	b = append(b, topic...)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, int64(partition), 10)
+	b = append(b, 0)
+	b = strconv.AppendInt(b, offset, 10)
+	sum := sha256.Sum256(b)
+	e.EventID = "evt_rec_" + hex.EncodeToString(sum[:12])
+}
+
 // InvalidError says why an input record is not a valid profile event. It is
 // permanent: the record goes to the dead-letter topic.
 type InvalidError struct {
@@ -165,19 +184,17 @@ func (w *profileWire) stringField(k string) *string {
 const MaxIDLength = 256
 
 // DecodeProfileEvent decodes and validates one input record value. An event
-// without eventId gets one derived from its bytes, so that a redelivered copy
-// is recognised as the same event.
+// without eventId is left without one: DeriveID gives it the record's.
 func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	w, err := decodeProfileWire(value)
 	if err != nil {
 		return ProfileEvent{}, err
 	}
 	ev := ProfileEvent{EventID: w.EventID, Type: w.Type, OrgID: w.OrgID, UserID: w.UserID}
-	if ev.EventID == "" {
-		sum := sha256.Sum256(value)
-		ev.EventID = "evt_sha_" + hex.EncodeToString(sum[:12])
-	} else if err := checkID("eventId", ev.EventID); err != nil {
-		return ProfileEvent{}, err
+	if ev.EventID != "" {
+		if err := checkID("eventId", ev.EventID); err != nil {
+			return ProfileEvent{}, err
+		}
 	}
 	if !validOrg(ev.OrgID) {
 		return ProfileEvent{}, &InvalidError{"orgId", "required, 1-100 characters of [a-zA-Z0-9_.-]"}

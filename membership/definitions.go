@@ -426,6 +426,7 @@ func (s *Definitions) MarkReady(ctx context.Context, org, id string, generation 
 		}
 		d.Status = segment.StatusReady
 		d.BackfillScanned = 0
+		d.BackfillStarted = 0
 		return nil
 	})
 	return err
@@ -447,19 +448,37 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 // BeginBackfill records that a backfill of generation is about to write and
 // reports whether it is the first to: false when an earlier attempt may have
 // written (it then has outbox entries to find) or the generation is no longer
-// the segment's. Like the progress, it does not move the revision.
-func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (bool, error) {
-	first := false
-	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
-		first = false
+// the segment's. A first attempt also learns the older generation whose
+// backfill began and did not end cleanly (0 when none): its changes may be
+// in outboxes, unpublished. Like the progress, it does not move the
+// revision.
+func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error) {
+	_, err = s.update(ctx, org, id, false, func(d *segment.Definition) error {
+		first, unfinished = false, 0
 		if d.Generation != generation || d.BackfillStarted == generation {
 			return ErrUnchanged
 		}
-		first = true
+		first, unfinished = true, d.BackfillStarted
 		d.BackfillStarted = generation
 		return nil
 	})
-	return first && err == nil, err
+	if err != nil {
+		return false, 0, err
+	}
+	return first, unfinished, nil
+}
+
+// EndBackfill records that the backfill of generation, stopped by a change
+// of the segment, published everything it wrote.
+func (s *Definitions) EndBackfill(ctx context.Context, org, id string, generation int64) error {
+	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
+		if d.BackfillStarted != generation {
+			return ErrUnchanged
+		}
+		d.BackfillStarted = 0
+		return nil
+	})
+	return err
 }
 
 // SetBackfillProgress records how many users the backfill of generation

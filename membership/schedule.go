@@ -166,14 +166,21 @@ return 1
 
 var done = redis.NewScript(doneScript)
 
-// Done ends a claim: the timer goes, or moves to next when next is not zero.
-func (s *Schedules) Done(ctx context.Context, c Claimed, next time.Time) error {
-	n := ""
-	if !next.IsZero() {
-		n = strconv.FormatFloat(dueScore(next), 'f', 0, 64)
+// Done ends claims, in one pipelined round trip: each timer goes, or moves
+// to its next instant where next is not zero.
+func (s *Schedules) Done(ctx context.Context, cs []Claimed, next []time.Time) error {
+	calls := make([]scriptCall, len(cs))
+	for i, c := range cs {
+		n := ""
+		if !next[i].IsZero() {
+			n = strconv.FormatFloat(dueScore(next[i]), 'f', 0, 64)
+		}
+		calls[i] = scriptCall{keys: []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID)}, args: []any{c.UserID, c.Lease, n}}
 	}
-	if err := done.Run(ctx, s.rdb, []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID)}, c.UserID, c.Lease, n).Err(); err != nil {
-		return fmt.Errorf("finish timer: %w", err)
+	for _, cmd := range runPipelined(ctx, s.rdb, done, calls) {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("finish %d timers: %w", len(cs), err)
+		}
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ func TestScheduleOnlyMovesEarlier(t *testing.T) {
 		if err != nil || len(claimed) != 1 {
 			t.Fatalf("claimed %v, %v", claimed, err)
 		}
-		if err := s.Done(ctx, claimed[0], base.Add(3*time.Hour)); err != nil {
+		if err := s.Done(ctx, claimed, []time.Time{base.Add(3 * time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		if got := at("u1"); !got.Equal(base.Add(3 * time.Hour)) {
@@ -107,7 +107,7 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		schedule(moved) // earlier than the retry's lease
 		third := claim(moved)
 		check("timer moved since", third, moved, flip)
-		if err := s.Done(ctx, third, time.Time{}); err != nil {
+		if err := s.Done(ctx, []membership.Claimed{third}, []time.Time{{}}); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := rdb.HLen(ctx, membership.ClaimsKey(org)).Result(); err != nil || n != 0 {

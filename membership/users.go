@@ -75,8 +75,8 @@ type UserWrite struct {
 	ExpectRev int64
 	Version   int64
 	// Profile is the new profile, encoded by segment.AppendProfile (JSON is
-	// read too); nil writes a deletion tombstone and empties the user's
-	// segment set.
+	// read too); nil writes a deletion tombstone (Remove then lists every
+	// segment the user leaves).
 	Profile []byte
 	Add     []string
 	Remove  []string
@@ -109,29 +109,28 @@ func NewUsers(rdb redis.UniversalClient) *Users {
 const writeUsersPerCall = 100
 
 // The script updates each user of KEYS (profile hash, segment set) from its
-// ARGV group: expected revision, version, profile, deleted, outbox, number
-// of additions, number of removals, then the additions and the removals.
-// It checks each user's revision so that a write computed from a stale read
-// (another instance, or a go-redis retry of a write that did land) changes
-// nothing and reports a conflict (0) instead of 1.
+// ARGV group: expected revision, version, profile (empty for a deleted
+// user), outbox, number of additions, number of removals, then the additions
+// and the removals. It checks each user's revision so that a write computed
+// from a stale read (another instance, or a go-redis retry of a write that
+// did land) changes nothing and reports a conflict (0) instead of 1. A
+// deletion removes the segments the writer read, not the whole set: a
+// static segment added since (the API writes those without the revision)
+// stays, as it does in the segment's own set.
 const writeUsersScript = `
 local out, a = {}, 1
 for k = 1, #KEYS, 2 do
-  local nadd, nrem = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local nadd, nrem = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local rev = tonumber(redis.call('HGET', KEYS[k], 'r') or '0')
   if rev ~= tonumber(ARGV[a]) then
     out[#out + 1] = 0
   else
-    redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 4])
-    if ARGV[a + 3] == '1' then
-      redis.call('DEL', KEYS[k + 1])
-    else
-      if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 7, a + 6 + nadd)) end
-      if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 7 + nadd, a + 6 + nadd + nrem)) end
-    end
+    redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3])
+    if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 6, a + 5 + nadd)) end
+    if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 6 + nadd, a + 5 + nadd + nrem)) end
     out[#out + 1] = 1
   end
-  a = a + 7 + nadd + nrem
+  a = a + 6 + nadd + nrem
 end
 return out
 `
@@ -268,12 +267,8 @@ func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptC
 
 func writeArgs(w UserWrite) ([]string, []any) {
 	outbox := encodeOutbox(w.Outbox)
-	deleted := "0"
-	if w.Profile == nil {
-		deleted = "1"
-	}
-	args := make([]any, 0, 7+len(w.Add)+len(w.Remove))
-	args = append(args, w.ExpectRev, w.Version, string(w.Profile), deleted, string(outbox), len(w.Add), len(w.Remove))
+	args := make([]any, 0, 6+len(w.Add)+len(w.Remove))
+	args = append(args, w.ExpectRev, w.Version, string(w.Profile), string(outbox), len(w.Add), len(w.Remove))
 	for _, s := range w.Add {
 		args = append(args, s)
 	}

@@ -64,7 +64,12 @@ func TestWriteUsers(t *testing.T) {
 			}
 			w2 := membership.UserWrite{OrgID: org, UserID: w.UserID, ExpectRev: 1, Version: int64(n + i), Profile: w.Profile, Remove: []string{"seg_a"}}
 			if i%2 == 1 {
-				w2.Profile, w2.Remove = nil, nil
+				// A deletion removes the segments the processor read, and
+				// keeps a static segment added since (SADD by the API).
+				w2.Profile, w2.Remove = nil, []string{"seg_a", fmt.Sprintf("seg_%d", i)}
+				if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, w.UserID), "seg_static").Err(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			next = append(next, w2)
 			nextRefs = append(nextRefs, refs[i])
@@ -84,7 +89,7 @@ func TestWriteUsers(t *testing.T) {
 			}
 			want := []string{fmt.Sprintf("seg_%d", i)}
 			if i%2 == 1 {
-				want = nil
+				want = []string{"seg_static"}
 			}
 			if st.Deleted != (i%2 == 1) || !slices.Equal(st.Segments, want) {
 				t.Fatalf("user %d: deleted %v, segments %q, want %q", i, st.Deleted, st.Segments, want)

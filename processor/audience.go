@@ -38,12 +38,24 @@ func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, l
 	}
 	now := a.now()
 	var count int64
+	// A scan may meet a profile twice (Redis rehashed meanwhile): the count
+	// is of distinct users.
+	seen := map[string]struct{}{}
 	// The smallest ids seen so far, kept bounded: a max-heap would do, but
 	// a sorted slice trimmed per page is simpler and cheap at these sizes.
 	var page []string
 	err = a.profiles.ScanProfiles(ctx, org, func(ps []membership.StoredProfile) error {
 		matched := matchProfiles(rule, ps, now)
-		count += int64(len(matched))
+		n := 0
+		for _, id := range matched {
+			if _, dup := seen[id]; !dup {
+				seen[id] = struct{}{}
+				matched[n] = id
+				n++
+			}
+		}
+		matched = matched[:n]
+		count += int64(n)
 		if limit > 0 {
 			page = append(page, matched...)
 			sort.Strings(page)

@@ -29,7 +29,7 @@ type JobUsers interface {
 type JobSchedules interface {
 	Schedule(ctx context.Context, due []membership.Due) error
 	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
-	Done(ctx context.Context, c membership.Claimed, next time.Time) error
+	Done(ctx context.Context, cs []membership.Claimed, next []time.Time) error
 }
 
 // JobDefinitions is what the jobs change of definitions.
@@ -39,7 +39,8 @@ type JobDefinitions interface {
 	MarkReady(ctx context.Context, org, id string, generation int64) error
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
-	BeginBackfill(ctx context.Context, org, id string, generation int64) (bool, error)
+	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error)
+	EndBackfill(ctx context.Context, org, id string, generation int64) error
 }
 
 // Sizer counts and lists segment members.
@@ -98,11 +99,11 @@ type Jobs struct {
 	timers   prometheus.Counter
 	mu       sync.Mutex
 	running  map[string]bool
-	// inForce holds, for each backfill and timer round in progress, the
+	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
 	// work that the change makes stale to stop.
-	inForce map[*atomic.Int64]struct{}
+	inForce map[*heldRevision]struct{}
 }
 
 // errSuperseded stops a backfill whose segment changed criteria or is being
@@ -123,7 +124,7 @@ func NewJobs(cfg JobsConfig) *Jobs {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{}, inForce: map[*atomic.Int64]struct{}{},
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, inForce: map[*heldRevision]struct{}{},
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -182,8 +183,11 @@ func (j *Jobs) beat(ctx context.Context) {
 		rev = s.Revision
 	}
 	j.mu.Lock()
-	for r := range j.inForce {
-		rev = min(rev, r.Load())
+	for h := range j.inForce {
+		if h.def != nil {
+			j.stillCurrent(h) // moves a backfill's revision up while its segment is unchanged
+		}
+		rev = min(rev, h.rev.Load())
 	}
 	j.mu.Unlock()
 	if rev == 0 {
@@ -252,19 +256,24 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
-	inForce := j.holdRevision(rev)
+	inForce := j.holdRevision(rev, org, &cs.Def)
 	defer j.releaseRevision(inForce)
 	var superseded atomic.Bool
 	known, err := j.knownMembers(ctx, org, cs.Def.ID)
 	if err != nil {
 		return err
 	}
-	first, err := j.cfg.Definitions.BeginBackfill(ctx, org, cs.Def.ID, cs.Def.Generation)
+	first, unfinished, err := j.cfg.Definitions.BeginBackfill(ctx, org, cs.Def.ID, cs.Def.Generation)
 	if err != nil {
 		return err
 	}
-	cause := events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", cs.Def.ID, cs.Def.Generation)}
+	cause := backfillCause(cs.Def.ID, cs.Def.Generation)
 	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, now: j.cfg.Now(), known: known, retry: !first}
+	if unfinished != 0 {
+		// The backfill of older criteria may have left changes unpublished.
+		older := []events.Cause{backfillCause(cs.Def.ID, unfinished)}
+		pass.retry, pass.earlier = true, func(string) []events.Cause { return older }
+	}
 	scanned := 0
 	// Pages go to a few workers, so that one page's Redis scripts, another's
 	// decoding and a third's publishing overlap. Pages hold different users,
@@ -300,7 +309,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second); err != nil || !ok {
 			return fmt.Errorf("backfill lease lost: %v", err)
 		}
-		if !j.stillCurrent(org, cs.Def, inForce) {
+		if !j.stillCurrent(inForce) {
 			superseded.Store(true)
 			return errSuperseded
 		}
@@ -329,6 +338,19 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		}
 	}
 	j.progress.Sub(float64(scanned))
+	if errors.Is(err, errSuperseded) {
+		select {
+		case err = <-errs: // a page failed: its changes may be unpublished
+		default:
+		}
+	}
+	if errors.Is(err, errSuperseded) {
+		// Every page handed out was finished: what this generation wrote is
+		// published.
+		if eerr := j.cfg.Definitions.EndBackfill(context.WithoutCancel(ctx), org, cs.Def.ID, cs.Def.Generation); eerr != nil {
+			j.cfg.Logger.Warn("backfill end", "org", org, "segment", cs.Def.ID, "err", eerr)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, err)
 	}
@@ -340,40 +362,57 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	return nil
 }
 
-// stillCurrent reports whether def is still the segment's definition, in
-// build, in the registry's newest snapshot, and if so moves the revision
-// held in inForce up to that snapshot's. Without a registry it reports true.
-func (j *Jobs) stillCurrent(org string, def segment.Definition, inForce *atomic.Int64) bool {
+func backfillCause(seg string, generation int64) events.Cause {
+	return events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", seg, generation)}
+}
+
+// heldRevision is a backfill (def set) or a timer round in progress, and
+// the definitions revision its work is valid at.
+type heldRevision struct {
+	rev atomic.Int64
+	org string
+	def *segment.Definition
+}
+
+// stillCurrent reports whether the backfill's definition is still the
+// segment's, in build, in the registry's newest snapshot, and if so moves
+// the revision it holds up to that snapshot's. Without a registry it
+// reports true.
+func (j *Jobs) stillCurrent(h *heldRevision) bool {
 	if j.cfg.Registry == nil {
 		return true
 	}
 	snap := j.cfg.Registry.Current()
-	cs := snap.Org(org)
-	if cs == nil || cs.Segments[def.ID] == nil {
+	o := snap.Org(h.org)
+	if o == nil || o.Segments[h.def.ID] == nil {
 		return false
 	}
-	cur := cs.Segments[def.ID].Def
-	if cur.Generation != def.Generation || cur.Status != segment.StatusBuilding {
+	cur := o.Segments[h.def.ID].Def
+	if cur.Generation != h.def.Generation || cur.Status != segment.StatusBuilding {
 		return false
 	}
-	inForce.Store(max(inForce.Load(), snap.Revision))
-	return true
+	for {
+		old := h.rev.Load()
+		if old >= snap.Revision || h.rev.CompareAndSwap(old, snap.Revision) {
+			return true
+		}
+	}
 }
 
 // holdRevision records work valid at definitions revision rev until
-// releaseRevision.
-func (j *Jobs) holdRevision(rev int64) *atomic.Int64 {
-	r := new(atomic.Int64)
-	r.Store(rev)
+// releaseRevision: a backfill of def in org, or with def nil a timer round.
+func (j *Jobs) holdRevision(rev int64, org string, def *segment.Definition) *heldRevision {
+	h := &heldRevision{org: org, def: def}
+	h.rev.Store(rev)
 	j.mu.Lock()
-	j.inForce[r] = struct{}{}
+	j.inForce[h] = struct{}{}
 	j.mu.Unlock()
-	return r
+	return h
 }
 
-func (j *Jobs) releaseRevision(r *atomic.Int64) {
+func (j *Jobs) releaseRevision(h *heldRevision) {
 	j.mu.Lock()
-	delete(j.inForce, r)
+	delete(j.inForce, h)
 	j.mu.Unlock()
 }
 
@@ -464,16 +503,21 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				continue
 			}
+			// A user with an entry of an earlier attempt is amended whatever
+			// its membership seemed (the amend script leaves it alone when it
+			// is already right): known may predate that attempt's write.
+			earlier := false
 			if p.earlier != nil && round == 0 {
 				for _, ec := range p.earlier(v.UserID) {
 					if e, ok := findEntry(v.Outbox, ec.EventID, seg); ok {
 						c := changeOf(org, v.UserID, seg, e, ec)
 						changes = append(changes, c)
 						projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
+						earlier = true
 					}
 				}
 			}
-			if v.Profile == "" || r.match == v.Member {
+			if v.Profile == "" || (r.match == v.Member && !earlier) {
 				continue
 			}
 			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
@@ -576,68 +620,86 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	}
 	// A round's amends are decided with snap's definitions: a deletion's
 	// revision gate waits for the round to end.
-	defer j.releaseRevision(j.holdRevision(snap.Revision))
+	defer j.releaseRevision(j.holdRevision(snap.Revision, "", nil))
 	now := j.cfg.Now()
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {
 			continue
 		}
-		claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, 2000)
-		if err != nil {
-			j.cfg.Logger.Warn("claim timers", "org", org, "err", err)
-			continue
-		}
-		if len(claimed) == 0 {
-			continue
-		}
-		byUser := make(map[string]membership.Claimed, len(claimed))
-		users := make([]string, 0, len(claimed))
-		for _, c := range claimed {
-			byUser[c.UserID] = c
-			users = append(users, c.UserID)
-		}
-		failed := false
-		for _, id := range o.TimeIDs {
-			// One cause per segment and flip: a flip fired again after a crash
-			// or a failure carries the same eventIds (the claim keeps the
-			// flip it was first taken for).
-			causeAt := func(at time.Time) events.Cause {
-				return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, at.UnixMilli())}
-			}
-			causeOf := func(user string) events.Cause { return causeAt(byUser[user].At) }
-			earlier := func(user string) []events.Cause {
-				var out []events.Cause
-				for _, at := range byUser[user].Earlier {
-					out = append(out, causeAt(at))
-				}
-				return out
-			}
-			if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, now: now, retry: true}, users); err != nil {
-				j.cfg.Logger.Warn("fire timers", "org", org, "segment", id, "err", err)
-				failed = true
-			}
-		}
-		if failed {
-			continue // the leases run out and the timers fire again
-		}
-		views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{})
-		if err != nil {
-			j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
-			continue
-		}
-		for _, v := range views {
-			var next time.Time
-			if v.Profile != "" {
-				if p, err := segment.DecodeProfile(v.Profile); err == nil {
-					next, _ = o.NextFlip(p, now)
-				}
-			}
-			if err := j.cfg.Schedules.Done(ctx, byUser[v.UserID], next); err != nil {
+		// Claims go in rounds until no timer is left due or the rounds took
+		// the timer interval, so that many flips at one instant (a batch of
+		// profiles imported together) still fire within seconds.
+		start := time.Now()
+		for {
+			n, err := j.fireOrgTimers(ctx, org, o, now)
+			if err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
+				break
+			}
+			if n < timerClaimLimit || time.Since(start) >= j.cfg.TimerInterval || ctx.Err() != nil {
+				break
 			}
 		}
-		j.timers.Add(float64(len(claimed)))
 	}
+}
+
+// timerClaimLimit is how many timers of an organisation one round claims.
+const timerClaimLimit = 2000
+
+// fireOrgTimers claims up to timerClaimLimit due timers of org and fires
+// them; it returns how many it claimed. Timers of a round that fails stay
+// claimed: their leases run out and they fire again.
+func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now time.Time) (int, error) {
+	claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, timerClaimLimit)
+	if err != nil || len(claimed) == 0 {
+		return 0, err
+	}
+	byUser := make(map[string]membership.Claimed, len(claimed))
+	users := make([]string, 0, len(claimed))
+	for _, c := range claimed {
+		byUser[c.UserID] = c
+		users = append(users, c.UserID)
+	}
+	for _, id := range o.TimeIDs {
+		// One cause per segment and flip: a flip fired again after a crash
+		// or a failure carries the same eventIds (the claim keeps the flip
+		// it was first taken for).
+		causeAt := func(at time.Time) events.Cause {
+			return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, at.UnixMilli())}
+		}
+		causeOf := func(user string) events.Cause { return causeAt(byUser[user].At) }
+		earlier := func(user string) []events.Cause {
+			var out []events.Cause
+			for _, at := range byUser[user].Earlier {
+				out = append(out, causeAt(at))
+			}
+			return out
+		}
+		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, now: now, retry: true}, users); err != nil {
+			return 0, fmt.Errorf("segment %s: %w", id, err)
+		}
+	}
+	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{})
+	if err != nil {
+		return 0, err
+	}
+	done := make([]membership.Claimed, 0, len(views))
+	next := make([]time.Time, 0, len(views))
+	for _, v := range views {
+		var at time.Time
+		if v.Profile != "" {
+			if p, err := segment.DecodeProfile(v.Profile); err == nil {
+				at, _ = o.NextFlip(p, now)
+			}
+		}
+		done = append(done, byUser[v.UserID])
+		next = append(next, at)
+	}
+	if err := j.cfg.Schedules.Done(ctx, done, next); err != nil {
+		return 0, err
+	}
+	j.timers.Add(float64(len(claimed)))
+	return len(claimed), nil
 }
 
 // refreshEstimates copies each segment's exact size into estimatedSize,

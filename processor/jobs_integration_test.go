@@ -423,34 +423,8 @@ func TestTimerRetryPublishesWhatItWrote(t *testing.T) {
 	t0 := time.Now().Truncate(time.Millisecond)
 	flip := t0.Add(-time.Minute)
 	const users = 40
-	var ws []membership.UserWrite
-	var due []membership.Due
-	for i := range users {
-		u := fmt.Sprintf("u%d", i)
-		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
-		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
-		due = append(due, membership.Due{OrgID: r.org, UserID: u, At: flip})
-	}
-	if _, err := r.users.Write(ctx, ws); err != nil {
-		t.Fatal(err)
-	}
-	seg := r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
+	seg, fire := r.dueTimers(t, users, flip)
 	scheds := membership.NewSchedules(r.rdb)
-	if err := scheds.Schedule(ctx, due); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
-	reg := processor.NewRegistry(r.defs, time.Second, log)
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	fire := func(pub processor.ChangePublisher, now time.Time) {
-		processor.NewJobs(processor.JobsConfig{
-			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
-			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
-			Registerer: prometheus.NewRegistry(), Logger: log, Now: func() time.Time { return now },
-		}).FireTimers(ctx)
-	}
 	fire(unreachablePublisher{}, t0)
 	amended, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result()
 	if err != nil || amended != users {
@@ -701,4 +675,150 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 			t.Fatalf("user %s still has the deleted segment", ids[i])
 		}
 	}
+}
+
+// dueTimers stores n users who became inactive for 30 days at flip, with
+// their timers due then, and an "inactive" segment (ready) that they are
+// not members of yet; fire runs one timer round of a new instance at now.
+func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire func(pub processor.ChangePublisher, now time.Time)) {
+	t.Helper()
+	ctx := context.Background()
+	var ws []membership.UserWrite
+	var due []membership.Due
+	for i := range n {
+		u := fmt.Sprintf("u%d", i)
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
+		due = append(due, membership.Due{OrgID: r.org, UserID: u, At: flip})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	seg = r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
+	scheds := membership.NewSchedules(r.rdb)
+	if err := scheds.Schedule(ctx, due); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return seg, func(pub processor.ChangePublisher, now time.Time) {
+		processor.NewJobs(processor.JobsConfig{
+			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
+			Registerer: prometheus.NewRegistry(), Logger: log, Now: func() time.Time { return now },
+		}).FireTimers(ctx)
+	}
+}
+
+// TestManyTimersAtOneInstant: more users than one claim takes flip at the
+// same instant; one round of timers must fire them all.
+func TestManyTimersAtOneInstant(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	now := time.Now()
+	const users = 5000
+	seg, fire := r.dueTimers(t, users, now.Add(-time.Second))
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	fire(kafkaio.NewPublisher(writer, r.membershipT), now)
+	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users {
+		t.Fatalf("%d members after one round of timers (%v), want %d", n, err, users)
+	}
+	if n, err := r.rdb.ZCard(ctx, membership.ScheduleKey(r.org)).Result(); err != nil || n != 0 {
+		t.Errorf("%d timers left (%v), want none: no further flip", n, err)
+	}
+}
+
+// TestNewCriteriaAfterUnfinishedBackfill runs a backfill whose change events
+// cannot be published, then changes the criteria: the new generation's
+// backfill must publish what the unfinished one wrote, so that replaying
+// the membership topic gives exactly the segment's members.
+func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	const users = 3000
+	var ws []membership.UserWrite
+	points := map[string]int{}
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		points[u] = (i * 7919) % 2000
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64(points[u])}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	atLeast := func(n float64) segment.Criteria {
+		return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
+	}
+	compile := func(d segment.Definition) *processor.CompiledSegment {
+		rule, err := segment.Compile(d.Criteria)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &processor.CompiledSegment{Def: d, Rule: rule}
+	}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
+		return processor.NewJobs(processor.JobsConfig{
+			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub,
+			Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)),
+		})
+	}
+	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compile(d), 0); err == nil {
+		t.Fatal("backfill with an unreachable membership topic succeeded")
+	}
+	amended := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, d.ID))
+	if len(amended) == 0 {
+		t.Fatal("the first backfill amended no one; the test needs some")
+	}
+	d, err = r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
+		d.Criteria, d.Generation, d.Status = atLeast(1500), d.Generation+1, segment.StatusBuilding
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	if err := jobs(kafkaio.NewPublisher(writer, r.membershipT)).Backfill(ctx, r.org, compile(d), 0); err != nil {
+		t.Fatal(err)
+	}
+	// Every member under the new criteria has an entry; each user the
+	// first backfill let in and the new criteria leave out, an entry and an
+	// exit.
+	want := map[string]bool{}
+	wantEvents := 0
+	for u, p := range points {
+		if p >= 1500 {
+			want[u] = true
+			wantEvents++
+		}
+	}
+	for _, u := range amended {
+		if points[u] < 1500 {
+			wantEvents += 2
+		}
+	}
+	replayed := map[string]bool{}
+	for _, m := range readOwn(t, r, wantEvents) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		replayed[c.UserID] = c.Entered
+	}
+	for u := range points {
+		if replayed[u] != want[u] {
+			t.Errorf("replaying the membership topic puts %s in: %v, want %v", u, replayed[u], want[u])
+		}
+	}
+	r.verifyClean(t)
 }

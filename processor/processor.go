@@ -692,7 +692,9 @@ type decodedEvent struct {
 func decodeAll(batch []kafka.Message) []decodedEvent {
 	out := make([]decodedEvent, len(batch))
 	parallel(len(batch), func(i int) {
-		out[i].ev, out[i].err = events.DecodeProfileEvent(batch[i].Value)
+		m := &batch[i]
+		out[i].ev, out[i].err = events.DecodeProfileEvent(m.Value)
+		out[i].ev.DeriveID(m.Topic, m.Partition, m.Offset)
 	})
 	return out
 }

@@ -84,8 +84,11 @@ type Definition struct {
 	// generation has evaluated so far; it means something only while the
 	// segment is building.
 	BackfillScanned int64
-	// BackfillStarted is the generation whose backfill has begun writing,
-	// so that a backfill can tell its first attempt from a retry.
+	// BackfillStarted is the generation whose backfill has begun writing
+	// and not ended cleanly (ready, or stopped by a change with everything
+	// it wrote published), 0 when none: a backfill tells its first attempt
+	// from a retry by it, and the backfill of a new generation finds the
+	// changes an unfinished older one may have left unpublished.
 	BackfillStarted int64
 	// Generation is bumped whenever the criteria (or the static list)
 	// change, so that work computed for older criteria, such as a backfill,
