@@ -461,8 +461,9 @@ type amendPass struct {
 	retry bool
 	// earlier, when not nil, gives each user's causes of unfinished
 	// earlier attempts under causes other than this pass's (a timer moved
-	// between two claims): entries found under them are published as
-	// well, and the user is evaluated as usual.
+	// between two claims, the backfill of older criteria): entries found
+	// under them are published as well, and the user is then evaluated and
+	// amended as if its membership were unknown.
 	earlier func(user string) []events.Cause
 }
 
