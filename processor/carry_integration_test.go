@@ -3,6 +3,7 @@ package processor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -132,5 +133,43 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 	}
 	if !slices.Contains(st.Segments, gold) {
 		t.Errorf("segments %q lost the backfill's %s", st.Segments, gold)
+	}
+}
+
+// TestReplayOfPartOfAWrite: another instance wrote two events of a user in
+// one write (entered a segment, then left it) and projected them; this
+// instance, whose batch holds only the first of them, replays it. The
+// segment set must end with the write's last decision, not the replayed one.
+func TestReplayOfPartOfAWrite(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "rich", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	now := time.Now().UnixMilli()
+	w := membership.UserWrite{OrgID: r.org, UserID: "u1", Version: 2,
+		Profile: segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 10.0})),
+		Outbox: []membership.OutboxEntry{
+			{EventID: "e1", Version: 1, Rev: 1, AtMillis: now, Changes: []membership.OutboxChange{{SegmentID: seg, Entered: true}}},
+			{EventID: "e2", Version: 2, Rev: 1, AtMillis: now, Changes: []membership.OutboxChange{{SegmentID: seg, Entered: false}}},
+		}}
+	if _, err := r.users.Write(ctx, []membership.UserWrite{w}); err != nil {
+		t.Fatal(err)
+	}
+	var ps []membership.Projection
+	for _, e := range w.Outbox {
+		ps = append(ps, membership.Projection{Rev: e.Rev, Change: events.Change{OrgID: r.org, SegmentID: seg, UserID: "u1", Entered: e.Changes[0].Entered}})
+	}
+	if err := r.users.Project(ctx, ps); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e1","type":"profile.created","orgId":%q,"userId":"u1","version":1,"profile":{"points":2000}}`, r.org))
+	// The replay publishes e1's change again, and projects it.
+	msgs := readOwn(t, r, 1)
+	if c, err := events.DecodeChange(msgs[0].Value); err != nil || !c.Entered || c.Cause.EventID != "e1" {
+		t.Fatalf("replayed change %+v (%v), want e1's entry", c, err)
+	}
+	// A batch's projections are written before its change events.
+	if in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Result(); err != nil || in {
+		t.Fatalf("u1 in the segment set (%v, %v): the replay of e1 left its decision over e2's", in, err)
 	}
 }

@@ -743,6 +743,11 @@ type userResult struct {
 
 func (r *userResult) add(cs []events.Change, rev int64) {
 	r.changes = append(r.changes, cs...)
+	r.project(cs, rev)
+}
+
+// project adds projections only: changes published by their own events.
+func (r *userResult) project(cs []events.Change, rev int64) {
 	for _, c := range cs {
 		r.projections = append(r.projections, membership.Projection{Change: c, Rev: rev})
 	}
@@ -807,6 +812,19 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			res.add(p.outboxChanges(w.ref, e), e.Rev)
 			res.replayed++
+			// The entries of one write share its revision, and projections of
+			// equal revisions apply in order: a replay whose batch ends before
+			// the write's later events must project their decisions after
+			// its own, or it would leave an earlier decision in the segment
+			// sets (until those events are replayed, which a conflict with
+			// another instance can prevent for good).
+			later := false
+			for _, o := range st.Outbox {
+				if later && o.Rev == e.Rev {
+					res.project(p.outboxChanges(w.ref, o), o.Rev)
+				}
+				later = later || o.EventID == e.EventID && o.Rev == e.Rev
+			}
 			continue
 		}
 		if ev.HasVersion && ev.Version <= version {
