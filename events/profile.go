@@ -11,7 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/segmentd/segmentd/segment"
 )
 
 // Profile event types.
@@ -180,8 +181,8 @@ func (w *profileWire) stringField(k string) *string {
 	return &w.OccurredAt
 }
 
-// MaxIDLength bounds user and event ids.
-const MaxIDLength = 256
+// MaxIDLength bounds user and event ids, in bytes.
+const MaxIDLength = segment.MaxUserIDLength
 
 // DecodeProfileEvent decodes and validates one input record value. An event
 // without eventId is left without one: DeriveID gives it the record's.
@@ -252,13 +253,8 @@ func checkID(field, s string) error {
 	if s == "" {
 		return &InvalidError{field, "required"}
 	}
-	if len(s) > MaxIDLength || !utf8.ValidString(s) {
-		return &InvalidError{field, fmt.Sprintf("must be valid UTF-8 of at most %d bytes", MaxIDLength)}
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == '{' || r == '}' {
-			return &InvalidError{field, "must not contain control characters or braces"}
-		}
+	if why := segment.CheckUserID(s); why != "" {
+		return &InvalidError{field, why}
 	}
 	return nil
 }

@@ -227,11 +227,33 @@ func (v *validator) limit(field, msg string) { v.add(FieldError{Field: field, Me
 
 func (v *validator) userIDs(ids []string) { v.userIDsAt("userIds", ids) }
 
+// MaxUserIDLength bounds user ids, in bytes.
+const MaxUserIDLength = 256
+
+// CheckUserID returns why s cannot be a user id, or "": a user id is
+// valid UTF-8 of 1 to MaxUserIDLength bytes with no control characters and
+// no braces (Redis hash tags are built from it). Profile events and static
+// lists take the same ids.
+func CheckUserID(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "must not be empty"
+	}
+	if len(s) > MaxUserIDLength || !utf8.ValidString(s) {
+		return fmt.Sprintf("must be valid UTF-8 of at most %d bytes", MaxUserIDLength)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '{' || r == '}' {
+			return "must not contain control characters or braces"
+		}
+	}
+	return ""
+}
+
 // userIDsAt checks the ids of the list named field.
 func (v *validator) userIDsAt(field string, ids []string) {
 	for i, id := range ids {
-		if strings.TrimSpace(id) == "" {
-			v.fail(fmt.Sprintf("%s[%d]", field, i), "user id must not be empty")
+		if why := CheckUserID(id); why != "" {
+			v.fail(fmt.Sprintf("%s[%d]", field, i), "user id "+why)
 		}
 	}
 	if len(ids) <= MaxStaticUsers {
@@ -257,7 +279,9 @@ func (v *validator) err() error {
 	return &ValidationError{Code: code, Errors: errs}
 }
 
-// checkURL returns why s is not an absolute http or https url, or "".
+// checkURL returns why s is not an absolute url a campaign can link to, or
+// "": an http or https url with a host, or a deep link of any other scheme
+// but the few that run or read something where a dashboard renders them.
 func checkURL(s string) string {
 	if len(s) > MaxURLLength {
 		return fmt.Sprintf("url must be at most %d bytes", MaxURLLength)
@@ -266,11 +290,16 @@ func checkURL(s string) string {
 	if err != nil {
 		return "url is not a valid URL"
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return "url must be an absolute http or https URL"
-	}
-	if u.Host == "" {
-		return "url must name a host"
+	switch strings.ToLower(u.Scheme) {
+	case "":
+		return "url must be absolute (an https link or an app's deep link such as myapp://quiz/1)"
+	case "javascript", "data", "vbscript", "file":
+		// Dashboards render the link: these would run or read something.
+		return fmt.Sprintf("url must not use the %s scheme", u.Scheme)
+	case "http", "https":
+		if u.Host == "" {
+			return "url must name a host"
+		}
 	}
 	return ""
 }

@@ -50,6 +50,7 @@ func TestDefinitionValidate(t *testing.T) {
 		"dynamic matching all":   {def: func() Definition { d := validDynamic(); d.Criteria = Criteria{}; return d }},
 		"valid http url":         {def: func() Definition { d := validDynamic(); d.URL = "http://example.com/x?y=1"; return d }},
 		"valid https url":        {def: func() Definition { d := validDynamic(); d.URL = "https://example.com"; return d }},
+		"valid deep link":        {def: func() Definition { d := validDynamic(); d.URL = "myapp://quiz/1"; return d }},
 		"name of 200 characters": {def: func() Definition { d := validDynamic(); d.Name = strings.Repeat("é", 200); return d }},
 		"20 include and 20 exclude": {def: func() Definition {
 			d := validDynamic()
@@ -94,8 +95,8 @@ func TestDefinitionValidate(t *testing.T) {
 			def:  func() Definition { d := validDynamic(); d.URL = "/landing"; return d },
 			code: CodeValidationFailed, fields: []string{"url"},
 		},
-		"ftp url": {
-			def:  func() Definition { d := validDynamic(); d.URL = "ftp://example.com/x"; return d },
+		"javascript url": {
+			def:  func() Definition { d := validDynamic(); d.URL = "javascript:alert(1)"; return d },
 			code: CodeValidationFailed, fields: []string{"url"},
 		},
 		"url without host": {
@@ -146,6 +147,14 @@ func TestDefinitionValidate(t *testing.T) {
 		"empty user id": {
 			def:  func() Definition { d := validStatic(); d.UserIDs = []string{"u1", "", " "}; return d },
 			code: CodeValidationFailed, fields: []string{"userIds[1]", "userIds[2]"},
+		},
+		"user id no profile event can carry": {
+			def: func() Definition {
+				d := validStatic()
+				d.UserIDs = []string{"a}b", "u1", "tab\there", strings.Repeat("x", MaxUserIDLength+1)}
+				return d
+			},
+			code: CodeValidationFailed, fields: []string{"userIds[0]", "userIds[2]", "userIds[3]"},
 		},
 	}
 	for name, tt := range tests {
