@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +23,8 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout)
 	var exit exitCode
 	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// A subcommand's -h: its flag set has printed the flags.
 	case errors.As(err, &exit):
 		os.Exit(int(exit))
 	case err != nil:
@@ -41,7 +44,7 @@ commands:
   produce   JSON lines (a file or stdin) into the profile topic, keyed by userId
   tail      print membership-change events as JSON lines
   loadgen   synthetic profile events at a given rate
-  verify    recompute every dynamic segment and diff it against Redis (exit 1 on any difference)
+  verify    recompute every ready dynamic segment and diff it against Redis (exit 1 on any difference)
 
 Kafka, Redis and topics come from the SEGMENTD_* variables of segmentd; with
 none set, segmentctl talks to a local segmentd in embedded mode (` + embedded.KafkaAddr + `, ` + embedded.RedisAddr + `).`
