@@ -171,6 +171,9 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u5"}, "remove": []string{"u5"}}).
 			wantError(t, 400, "validation_failed", "remove[0]")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{""}}).wantError(t, 400, "validation_failed", "add[0]")
+		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []any{"u6", 5}}).wantError(t, 400, "validation_failed", "add[1]")
+		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"remove": []any{nil}}).wantError(t, 400, "validation_failed", "remove[0]")
+		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": "u6"}).wantError(t, 400, "validation_failed", "add")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{}).wantError(t, 400, "validation_failed", "add")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u5"}, "extra": 1}).wantError(t, 400, "validation_failed", "extra")
 

@@ -112,17 +112,32 @@ func decodeString(fe *fieldErrors, field string, raw json.RawMessage, nullable b
 	return s, true
 }
 
-// decodeStrings decodes a JSON array of strings.
+// decodeStrings decodes a JSON array of strings; an element that is not a
+// string is reported by its index.
 func decodeStrings(fe *fieldErrors, field string, raw json.RawMessage) ([]string, bool) {
 	var ss []string
-	if string(raw) == "null" || json.Unmarshal(raw, &ss) != nil {
+	if string(raw) != "null" && json.Unmarshal(raw, &ss) == nil && !slices.Contains(ss, "") {
+		if ss == nil {
+			ss = []string{}
+		}
+		return ss, true
+	}
+	// Not an array of strings (or one with a null, which decodes as ""):
+	// find the elements to name.
+	var elems []json.RawMessage
+	if string(raw) == "null" || json.Unmarshal(raw, &elems) != nil {
 		fe.add(field, field+" must be an array of strings")
 		return nil, false
 	}
-	if ss == nil {
-		ss = []string{}
+	ss = make([]string, len(elems))
+	ok := true
+	for i, e := range elems {
+		if string(e) == "null" || json.Unmarshal(e, &ss[i]) != nil {
+			fe.add(fmt.Sprintf("%s[%d]", field, i), "user id must be a string")
+			ok = false
+		}
 	}
-	return ss, true
+	return ss, ok
 }
 
 // segmentBody is the body of POST and PUT /v1/segments: a field is nil when
