@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -346,22 +347,13 @@ func (unreachablePublisher) Publish(context.Context, []events.Change) error {
 func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	const users = 3000
-	var ws []membership.UserWrite
 	want := map[string]bool{}
-	for i := range users {
-		u := fmt.Sprintf("u%d", i)
-		pts := (i * 7919) % 2000
+	for u, pts := range r.storePoints(t, 3000) {
 		if pts >= 1000 {
 			want[u] = true
 		}
-		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64(pts)}))
-		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
 	}
-	if _, err := r.users.Write(ctx, ws); err != nil {
-		t.Fatal(err)
-	}
-	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}
+	crit := atLeast(1000)
 	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: crit, Status: segment.StatusBuilding})
 	if err != nil {
 		t.Fatal(err)
@@ -370,13 +362,7 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
-		return processor.NewJobs(processor.JobsConfig{
-			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
-			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub,
-			Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)),
-		})
-	}
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
 	cs := &processor.CompiledSegment{Def: d, Rule: rule}
 	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, cs, 0); err == nil {
 		t.Fatal("backfill with an unreachable membership topic succeeded")
@@ -505,17 +491,7 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	const users = 20000
-	var ws []membership.UserWrite
-	for i := range users {
-		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64((i * 7919) % 2000)}))
-		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: fmt.Sprintf("u%d", i), Version: 1, Profile: p})
-	}
-	if _, err := r.users.Write(ctx, ws); err != nil {
-		t.Fatal(err)
-	}
-	atLeast := func(n float64) segment.Criteria {
-		return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
-	}
+	r.storePoints(t, users)
 	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
 	if err != nil {
 		t.Fatal(err)
@@ -534,11 +510,7 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	defer writer.Close()
 	instance := testenv.UniqueName(t, "inst")
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
-		return processor.NewJobs(processor.JobsConfig{
-			InstanceID: instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
-			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
-			Registerer: prometheus.NewRegistry(), Logger: log,
-		})
+		return r.newJobs(t, jobsOf{instance: instance, pub: pub, registry: reg})
 	}
 	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
 	old, oldRev := compiled()
@@ -597,17 +569,7 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	const users = 20000
-	var ws []membership.UserWrite
-	var ids []string
-	for i := range users {
-		ids = append(ids, fmt.Sprintf("u%d", i))
-		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64((i * 7919) % 2000)}))
-		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: ids[i], Version: 1, Profile: p})
-	}
-	if _, err := r.users.Write(ctx, ws); err != nil {
-		t.Fatal(err)
-	}
+	ids := slices.Collect(maps.Keys(r.storePoints(t, 20000)))
 	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
 	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
 	if err := reg.Reload(ctx); err != nil {
@@ -617,11 +579,7 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 	defer writer.Close()
 	coord := membership.NewCoordinator(r.rdb)
 	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
-	jobs := processor.NewJobs(processor.JobsConfig{
-		InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
-		Sizes: membership.NewSets(r.rdb), Coordinator: coord, Publisher: held, Registry: reg,
-		Registerer: prometheus.NewRegistry(), Logger: log,
-	})
+	jobs := r.newJobs(t, jobsOf{pub: held, registry: reg})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -630,7 +588,7 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 		go func() { defer wg.Done(); _ = run(ctx) }()
 	}
 	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
+		Criteria: atLeast(1000)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -705,11 +663,7 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 		t.Fatal(err)
 	}
 	return seg, func(pub processor.ChangePublisher, now time.Time) {
-		processor.NewJobs(processor.JobsConfig{
-			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
-			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub, Registry: reg,
-			Registerer: prometheus.NewRegistry(), Logger: log, Now: func() time.Time { return now },
-		}).FireTimers(ctx)
+		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }}).FireTimers(ctx)
 	}
 }
 
@@ -739,21 +693,7 @@ func TestManyTimersAtOneInstant(t *testing.T) {
 func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	const users = 3000
-	var ws []membership.UserWrite
-	points := map[string]int{}
-	for i := range users {
-		u := fmt.Sprintf("u%d", i)
-		points[u] = (i * 7919) % 2000
-		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64(points[u])}))
-		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
-	}
-	if _, err := r.users.Write(ctx, ws); err != nil {
-		t.Fatal(err)
-	}
-	atLeast := func(n float64) segment.Criteria {
-		return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
-	}
+	points := r.storePoints(t, 3000)
 	compile := func(d segment.Definition) *processor.CompiledSegment {
 		rule, err := segment.Compile(d.Criteria)
 		if err != nil {
@@ -765,13 +705,7 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
-		return processor.NewJobs(processor.JobsConfig{
-			InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
-			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: pub,
-			Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)),
-		})
-	}
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
 	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compile(d), 0); err == nil {
 		t.Fatal("backfill with an unreachable membership topic succeeded")
 	}
@@ -821,4 +755,49 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 		}
 	}
 	r.verifyClean(t)
+}
+
+// storePoints writes n users straight into Redis, user i ("u<i>") with
+// points (i*7919) % 2000: every value from 0 to 1999 comes n/2000 times. It
+// returns each user's points.
+func (r *rig) storePoints(t *testing.T, n int) map[string]int {
+	t.Helper()
+	points := make(map[string]int, n)
+	ws := make([]membership.UserWrite, 0, n)
+	for i := range n {
+		u := fmt.Sprintf("u%d", i)
+		points[u] = (i * 7919) % 2000
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": float64(points[u])}))
+		ws = append(ws, membership.UserWrite{OrgID: r.org, UserID: u, Version: 1, Profile: p})
+	}
+	if _, err := r.users.Write(context.Background(), ws); err != nil {
+		t.Fatal(err)
+	}
+	return points
+}
+
+// atLeast is the criteria points >= n.
+func atLeast(n float64) segment.Criteria {
+	return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
+}
+
+// jobsOf configures newJobs: an empty instance is a unique one, a nil
+// registry or clock none.
+type jobsOf struct {
+	instance string
+	pub      processor.ChangePublisher
+	registry *processor.Registry
+	now      func() time.Time
+}
+
+// newJobs returns the background jobs of one test instance, not running.
+func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
+	if o.instance == "" {
+		o.instance = testenv.UniqueName(t, "inst")
+	}
+	return processor.NewJobs(processor.JobsConfig{
+		InstanceID: o.instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
+	})
 }
