@@ -103,6 +103,9 @@ type SegmentView struct {
 	// Member reports whether the user's segment set holds the segment.
 	Member bool
 	Outbox []OutboxEntry
+	// Unreadable, when not nil, says why the stored state could not be
+	// decoded; the other fields are then unset.
+	Unreadable error
 }
 
 // ViewFields says what ViewUsers reads besides each user's revision and
@@ -142,7 +145,8 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 		h := hm[i].Val()
 		st, err := decodeFields(field(h, 0), "", field(h, 1), field(h, 2), nil)
 		if err != nil {
-			return nil, fmt.Errorf("view user %s/%s: %w", org, user, err)
+			out[i] = SegmentView{UserID: user, Unreadable: unreadable(org, user, err)}
+			continue
 		}
 		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i] != nil && is[i].Val(), Outbox: st.Outbox}
 		if !st.Deleted {

@@ -66,6 +66,10 @@ type UserState struct {
 	// Segments is the user's public segment set.
 	Segments []string
 	Outbox   []OutboxEntry
+	// Unreadable, when not nil, says why the stored state could not be
+	// decoded (the other fields are then unset): the user's events cannot be
+	// applied until the key is repaired, and the other users go on.
+	Unreadable error
 }
 
 // UserWrite is one compare-and-set update of a user's state.
@@ -157,11 +161,17 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 	for i := range refs {
 		st, err := decodeState(hm[i].Val(), sm[i].Val())
 		if err != nil {
-			return nil, fmt.Errorf("load user %s/%s: %w", refs[i].OrgID, refs[i].UserID, err)
+			st = UserState{Unreadable: unreadable(refs[i].OrgID, refs[i].UserID, err)}
 		}
 		out[i] = st
 	}
 	return out, nil
+}
+
+// unreadable describes a user's stored state that cannot be decoded, with
+// the key to repair.
+func unreadable(org, user string, err error) error {
+	return fmt.Errorf("stored state of user %s/%s (key %s) unreadable: %w", org, user, ProfileKey(org, user), err)
 }
 
 func decodeState(h []any, segs []string) (UserState, error) {

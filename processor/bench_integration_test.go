@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -129,13 +130,13 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 }
 
 // nextMessages returns the generator's next k events, stamped now, as
-// records of the profile topic keyed by user.
-func (r *benchRig) nextMessages(g *loadgen.Generator, k int, now time.Time) []kafka.Message {
+// records of topic keyed by user.
+func nextMessages(g *loadgen.Generator, topic string, k int, now time.Time) []kafka.Message {
 	msgs := make([]kafka.Message, 0, k)
 	for range k {
 		ev := g.Next(now)
 		v, _ := events.EncodeProfileEvent(ev)
-		msgs = append(msgs, kafka.Message{Topic: r.profile, Key: []byte(ev.UserID), Value: v})
+		msgs = append(msgs, kafka.Message{Topic: topic, Key: []byte(ev.UserID), Value: v})
 	}
 	return msgs
 }
@@ -145,7 +146,7 @@ func (r *benchRig) produceGen(b *testing.B, g *loadgen.Generator, n int) {
 	defer w.Close()
 	for sent := 0; sent < n; {
 		k := min(5000, n-sent)
-		msgs := r.nextMessages(g, k, time.Now())
+		msgs := nextMessages(g, r.profile, k, time.Now())
 		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 			b.Fatal(err)
 		}
@@ -283,7 +284,8 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 // (SEGMENTD_BENCH_RATE, default 23,100/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
 // the time from occurredAt to the write of the memberships to the segment
-// sets, and of the part of it from the Kafka fetch on. Its baseline, first:
+// sets, and of the part of it from the Kafka fetch on. The events come
+// from a producer process of their own (see produce). Its baseline, first:
 // the same load on a topic of its own, read by a bare kafka-go group
 // consumer, the time from occurredAt to the fetch.
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
@@ -294,16 +296,9 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 		rate = v
 	}
 	users := envInt("SEGMENTD_BENCH_USERS", 100000)
-	w := kafkaio.NewWriter(r.brokers)
-	// The profile service's producer, which writes events as they come
-	// and lets them gather for 2 ms, with kafka-go's default batch size:
-	// kafka-go allocates room for a full batch per partition and write, and
-	// segmentd's 512 would make the producer's garbage, collected in this
-	// process, slow segmentd down.
-	w.BatchTimeout = 2 * time.Millisecond
-	w.BatchSize = 100
+	w := producerWriter(r.brokers)
 	defer w.Close()
-	bareP50, bareP99 := r.bareLatency(b, w, loadgen.New(r.org, 1, users, 0.1, 0.1, 3), rate)
+	bareP50, bareP99 := r.bareLatency(b, w, producerSpec{Org: r.org, Users: users, Seed: 3, Rate: rate})
 
 	g := loadgen.New(r.org, 1, users, 0.1, 0.1, 2)
 	stop := r.startProcessor(b, r.group)
@@ -323,11 +318,12 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 		}
 	}
 	drain(b, r.brokers, r.group, r.profile, int64(users), time.Now())
+	runtime.GC() // the seeding's garbage, not the measured load's
 	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	resetProc := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
 	resetSteps := stepHistograms(b, r.reg)
 	b.ResetTimer()
-	sent := users + r.produceAtRate(w, g, r.profile, rate, 20*time.Second)
+	sent := users + r.produce(b, w, producerSpec{Topic: r.profile, Org: r.org, Users: users, Seed: 2, Seeded: true, Rate: rate})
 	drain(b, r.brokers, r.group, r.profile, int64(sent), time.Now())
 	b.StopTimer()
 	h := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
@@ -366,25 +362,124 @@ func stepHistograms(b *testing.B, reg *prometheus.Registry) map[string]*dto.Hist
 	return out
 }
 
+// producerEnv carries a producerSpec to the latency benchmark's producer:
+// the test binary run again, as TestMain's first step reads.
+const producerEnv = "SEGMENTD_BENCH_PRODUCER"
+
+// producerSpec is what the latency benchmark's producer does: Rate loadgen
+// events a second for 20 s to Topic, from a generator of Users users of
+// Org and Seed, which first creates every user (without producing them)
+// when Seeded, as the benchmark has produced those creations itself.
+type producerSpec struct {
+	Brokers    []string
+	Topic, Org string
+	Users      int
+	Seed       uint64
+	Seeded     bool
+	Rate       int
+}
+
+// TestMain runs the latency benchmark's producer when the test binary is
+// started as one (see produce), and the tests otherwise.
+func TestMain(m *testing.M) {
+	if v := os.Getenv(producerEnv); v != "" {
+		os.Exit(runProducer(v))
+	}
+	os.Exit(m.Run())
+}
+
+// produce runs the producer in a process of its own, as the profile service
+// would be, so that neither its garbage nor its goroutines share segmentd's
+// heap and scheduler; SEGMENTD_BENCH_PRODUCER_IN_PROCESS=1 runs it in this
+// process instead (the benchmark's earlier shape). It returns how many
+// events were produced.
+func (r *benchRig) produce(b *testing.B, w *kafka.Writer, spec producerSpec) int {
+	spec.Brokers = r.brokers
+	if getenv("SEGMENTD_BENCH_PRODUCER_IN_PROCESS") == "1" {
+		return produceAtRate(w, spec.generator(), spec.Topic, spec.Rate, producerRun)
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), producerEnv+"="+string(js))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("producer process: %v", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		b.Fatalf("producer process printed %q: %v", out, err)
+	}
+	return n
+}
+
+// producerRun is how long the latency benchmark offers its load.
+const producerRun = 20 * time.Second
+
+// generator returns the spec's load generator, its users created when
+// Seeded.
+func (s producerSpec) generator() *loadgen.Generator {
+	g := loadgen.New(s.Org, 1, s.Users, 0.1, 0.1, s.Seed)
+	if s.Seeded {
+		now := time.Now()
+		for u := range s.Users {
+			g.Create(u, now)
+		}
+	}
+	return g
+}
+
+// runProducer is the producer process: it produces what the spec in js
+// asks and prints how many events it produced.
+func runProducer(js string) int {
+	var spec producerSpec
+	if err := json.Unmarshal([]byte(js), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, "producer:", err)
+		return 2
+	}
+	g := spec.generator()
+	w := producerWriter(spec.Brokers)
+	n := produceAtRate(w, g, spec.Topic, spec.Rate, producerRun)
+	if err := w.Close(); err != nil { // flushes what is still in flight
+		fmt.Fprintln(os.Stderr, "producer:", err)
+		return 1
+	}
+	fmt.Println(n)
+	return 0
+}
+
+// producerWriter is the profile service's producer, which writes events as
+// they come and lets them gather for 2 ms, with kafka-go's default batch
+// size (kafka-go allocates room for a full batch per partition and write).
+func producerWriter(brokers []string) *kafka.Writer {
+	w := kafkaio.NewWriter(brokers)
+	w.BatchTimeout = 2 * time.Millisecond
+	w.BatchSize = 100
+	return w
+}
+
 // produceAtRate produces g's events to topic at rate per second for d, in
 // bursts every 10 ms, each stamped when generated, and returns how many it
-// produced.
-func (r *benchRig) produceAtRate(w *kafka.Writer, g *loadgen.Generator, topic string, rate int, d time.Duration) int {
+// produced once all are acknowledged.
+func produceAtRate(w *kafka.Writer, g *loadgen.Generator, topic string, rate int, d time.Duration) int {
 	const every = 10 * time.Millisecond
 	per := rate * int(every) / int(time.Second)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	var wg sync.WaitGroup
 	sent := 0
 	for end := time.Now().Add(d); time.Now().Before(end); {
 		<-tick.C
-		msgs := r.nextMessages(g, per, time.Now())
-		for i := range msgs {
-			msgs[i].Topic = topic
-		}
+		msgs := nextMessages(g, topic, per, time.Now())
 		// Async so that one slow acknowledgement does not hold the rate back.
-		go func(msgs []kafka.Message) { _ = w.WriteMessages(context.Background(), msgs...) }(msgs)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.WriteMessages(context.Background(), msgs...) }()
 		sent += per
 	}
+	wg.Wait()
 	return sent
 }
 
@@ -393,8 +488,9 @@ func (r *benchRig) produceAtRate(w *kafka.Writer, g *loadgen.Generator, topic st
 // decodes only occurredAt and commits every 2,000 records, and returns p50
 // and p99 of the time from occurredAt to the fetch, from a histogram with
 // the buckets of segmentd's latency histogram.
-func (r *benchRig) bareLatency(b *testing.B, w *kafka.Writer, g *loadgen.Generator, rate int) (p50, p99 float64) {
+func (r *benchRig) bareLatency(b *testing.B, w *kafka.Writer, spec producerSpec) (p50, p99 float64) {
 	topic := testenv.UniqueName(b, "bare")
+	spec.Topic = topic
 	testenv.CreateTopic(b, r.brokers, topic, 6)
 	reg := prometheus.NewRegistry()
 	hist := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "bare_latency_seconds", Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64)})
@@ -427,13 +523,12 @@ func (r *benchRig) bareLatency(b *testing.B, w *kafka.Writer, g *loadgen.Generat
 	defer func() { cancel(); <-done }()
 	// One record first, not measured: the clock starts once the consumer
 	// has joined its group and reads.
-	first := r.nextMessages(g, 1, time.Now())[0]
-	first.Topic = topic
+	first := nextMessages(loadgen.New(r.org, 1, 1, 0, 0, 1), topic, 1, time.Now())[0]
 	if err := w.WriteMessages(context.Background(), first); err != nil {
 		b.Fatal(err)
 	}
 	waitFor(b, func() bool { return fetched.Load() >= 1 })
-	sent := int64(1 + r.produceAtRate(w, g, topic, rate, 20*time.Second))
+	sent := int64(1 + r.produce(b, w, spec))
 	waitFor(b, func() bool { return fetched.Load() >= sent })
 	h := snapshotHistogram(b, reg, "bare_latency_seconds")
 	return quantile(h, &dto.Histogram{}, 0.5), quantile(h, &dto.Histogram{}, 0.99)

@@ -557,14 +557,21 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 }
 
 // viewUsers reads users as seen for seg, taking their membership from
-// known when it is not nil rather than from their segment sets.
+// known when it is not nil rather than from their segment sets. A user
+// whose stored state cannot be read is left as it is (its view has no
+// profile), with a warning: the stream dead-letters its events likewise.
 func (j *Jobs) viewUsers(ctx context.Context, org, seg string, users []string, known map[string]bool, outbox bool) ([]membership.SegmentView, error) {
-	if known == nil {
-		return j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Segment: seg, Outbox: outbox})
+	f := membership.ViewFields{Segment: seg, Outbox: outbox}
+	if known != nil {
+		f.Segment = ""
 	}
-	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Outbox: outbox})
+	views, err := j.cfg.Users.ViewUsers(ctx, org, users, f)
 	for i := range views {
-		views[i].Member = known[views[i].UserID]
+		if views[i].Unreadable != nil {
+			j.cfg.Logger.Warn("user skipped", "segment", seg, "err", views[i].Unreadable)
+		} else if known != nil {
+			views[i].Member = known[views[i].UserID]
+		}
 	}
 	return views, err
 }

@@ -801,3 +801,49 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 	})
 }
+
+// TestBackfillSkipsUnreadableUser checks that one user whose stored state
+// cannot be decoded does not hold a backfill up: the segment becomes ready
+// with every other user right, and the unreadable state is left alone.
+func TestBackfillSkipsUnreadableUser(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	points := r.storePoints(t, 500)
+	key := membership.ProfileKey(r.org, "bad")
+	p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1999.0}))
+	if err := r.rdb.HSet(ctx, key, "r", "garbage", "p", p).Err(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, err := segment.Compile(d.Criteria)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	jobs := r.newJobs(t, jobsOf{pub: kafkaio.NewPublisher(writer, r.membershipT)})
+	if err := jobs.Backfill(ctx, r.org, &processor.CompiledSegment{Def: d, Rule: rule}, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, u := range testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, d.ID)) {
+		got[u] = true
+	}
+	for u, pts := range points {
+		if got[u] != (pts >= 1000) {
+			t.Errorf("%s (points %d) member: %v", u, pts, got[u])
+		}
+	}
+	if got["bad"] {
+		t.Error("the unreadable user was let in")
+	}
+	if rev, err := r.rdb.HGet(ctx, key, "r").Result(); err != nil || rev != "garbage" {
+		t.Errorf("stored revision = %q, %v; the unreadable state must be left alone", rev, err)
+	}
+	if st, err := r.defs.Get(ctx, r.org, d.ID); err != nil || st.Status != segment.StatusReady {
+		t.Errorf("segment status %q, %v; want ready", st.Status, err)
+	}
+}

@@ -510,7 +510,7 @@ func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched ti
 			r := results[i]
 			if r.write != nil {
 				p.cache.put(w.ref, writtenState(states[i], r.write))
-			} else if !w.cached {
+			} else if !w.cached && states[i].Unreadable == nil {
 				p.cache.put(w.ref, states[i])
 			}
 			wb.changes = append(wb.changes, r.changes...)
@@ -758,6 +758,14 @@ func (r *userResult) project(cs []events.Change, rev int64) {
 // effects may not have been projected or published: they are replayed.
 func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserState, now time.Time) userResult {
 	var res userResult
+	if st.Unreadable != nil {
+		// Applying events to a state that cannot be read could only guess
+		// the user's memberships: they wait in the DLQ for the repair.
+		for _, it := range w.items {
+			res.dlq = append(res.dlq, p.deadLetter(it.msg, st.Unreadable.Error()))
+		}
+		return res
+	}
 	org := snap.Org(w.ref.OrgID)
 	// Only the stream's own entries replay profile events; entries of
 	// backfills and timers stay in the outbox for a while (see keepAmends).

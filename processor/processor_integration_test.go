@@ -302,3 +302,43 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 		}
 	}
 }
+
+// TestUnreadableStateGoesToDLQ checks that a user whose stored state cannot
+// be decoded holds up no one: its events go to the DLQ with the reason and
+// the key to repair, the state is left as it is, and the others' events
+// apply.
+func TestUnreadableStateGoesToDLQ(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	r := newRig(t, rdb)
+	a := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	key := membership.ProfileKey(r.org, "bad")
+	if err := rdb.HSet(context.Background(), key, "r", "1", "v", "not a number").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	o := r.org
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"bad","version":2,"profile":{"points":2000}}`,
+		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"good","version":1,"profile":{"points":2000}}`,
+	)
+	r.waitVersion(t, "good", 1)
+	if g := members(t, rdb, membership.SegmentMembersKey(o, a)); g != "good" {
+		t.Errorf("members = %q, want good", g)
+	}
+	dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
+	if len(dl) != 1 || string(dl[0].Key) != "bad" {
+		t.Fatalf("dead letters: %v, want the one event of bad", dl)
+	}
+	var reason string
+	for _, h := range dl[0].Headers {
+		if h.Key == "segmentd-error" {
+			reason = string(h.Value)
+		}
+	}
+	if !strings.Contains(reason, "unreadable") || !strings.Contains(reason, key) {
+		t.Errorf("reason %q names neither the problem nor the key %s", reason, key)
+	}
+	if v, err := rdb.HGet(context.Background(), key, "v").Result(); err != nil || v != "not a number" {
+		t.Errorf("stored version = %q, %v; the unreadable state must be left alone", v, err)
+	}
+}
