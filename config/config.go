@@ -39,6 +39,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Partitions is the partition count used when segmentd creates its topics.
 	Partitions int
+	// EmbeddedEphemeral puts the embedded Kafka and Redis on free ports
+	// instead of the fixed ones segmentctl finds.
+	EmbeddedEphemeral bool
 }
 
 // Embedded reports whether segmentd runs an in-process Kafka or Redis: each
@@ -68,6 +71,7 @@ var Vars = []Var{
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},
+	{"SEGMENTD_EMBEDDED_EPHEMERAL", "false", "true: the embedded Kafka and Redis listen on free ports instead of the fixed ones"},
 }
 
 // Error is a configuration error naming the variable at fault.
@@ -146,6 +150,10 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	}
 	if c.Partitions, err = positiveInt("SEGMENTD_PARTITIONS", get("SEGMENTD_PARTITIONS"), 10000); err != nil {
 		return c, err
+	}
+	v := get("SEGMENTD_EMBEDDED_EPHEMERAL")
+	if c.EmbeddedEphemeral, err = strconv.ParseBool(v); err != nil {
+		return c, &Error{"SEGMENTD_EMBEDDED_EPHEMERAL", v, "want true or false (or 1 or 0)"}
 	}
 	for _, d := range []struct {
 		name string

@@ -63,6 +63,7 @@ func TestLoadErrors(t *testing.T) {
 		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
 		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
 		"negative user cache":      {"SEGMENTD_USER_CACHE_MB", "-1", "SEGMENTD_USER_CACHE_MB"},
+		"ephemeral not a boolean":  {"SEGMENTD_EMBEDDED_EPHEMERAL", "yes", "SEGMENTD_EMBEDDED_EPHEMERAL"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -122,6 +122,9 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 		return fmt.Errorf("dial controller: %w", err)
 	}
 	defer cc.Close()
+	if err := setDeadline(ctx, cc); err != nil {
+		return err
+	}
 	for _, t := range topics {
 		err := cc.CreateTopics(kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: rf})
 		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
@@ -149,9 +152,51 @@ func dial(ctx context.Context, brokers []string) (*kafka.Conn, error) {
 	for _, b := range brokers {
 		conn, err := (&kafka.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", b)
 		if err == nil {
-			return conn, nil
+			if err = setDeadline(ctx, conn); err == nil {
+				return conn, nil
+			}
+			conn.Close()
 		}
 		last = err
 	}
 	return nil, fmt.Errorf("dial kafka %v: %w", brokers, last)
+}
+
+// requestTimeout bounds the requests on a connection whose context has no
+// deadline.
+const requestTimeout = 10 * time.Second
+
+// setDeadline bounds every request on conn by ctx's deadline (or
+// requestTimeout): kafka-go's Conn methods take no context, and a broker
+// that accepts connections but never answers must not hang the caller.
+func setDeadline(ctx context.Context, conn *kafka.Conn) error {
+	d, ok := ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(requestTimeout)
+	}
+	if err := conn.SetDeadline(d); err != nil {
+		return fmt.Errorf("kafka connection deadline: %w", err)
+	}
+	return nil
+}
+
+// Partitions returns the partition ids of topic.
+func Partitions(ctx context.Context, brokers []string, topic string) ([]int, error) {
+	conn, err := dial(ctx, brokers)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ps, err := conn.ReadPartitions(topic)
+	if err != nil {
+		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
+	}
+	if len(ps) == 0 {
+		return nil, fmt.Errorf("topic %s has no partitions", topic)
+	}
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.ID
+	}
+	return out, nil
 }

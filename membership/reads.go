@@ -22,61 +22,70 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	scan, skip, err := decodeMembersCursor(cursor)
+	scan, after, err := decodeMembersCursor(cursor)
 	if err != nil {
 		return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 	}
 	key := SegmentMembersKey(org, seg)
 	out := make([]string, 0, limit)
 	for {
-		// SSCAN may answer more than COUNT (a small set comes whole), so
-		// the cursor also says how many of a batch were already returned.
+		// SSCAN may answer more than COUNT: a set in a compact encoding
+		// comes whole. A batch is therefore sorted and handed out in id
+		// order, the cursor keeping the last id returned from it: a batch
+		// read again is the same or, once a compact set has grown into a
+		// hash table, a part of the whole set whose ids up to that one
+		// were all returned. (A count of entries to skip would not do: the
+		// batch's order changes with the encoding.)
 		batch, next, err := s.rdb.SScan(ctx, key, scan, "", int64(limit)).Result()
 		if err != nil {
 			return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 		}
-		if skip > len(batch) {
-			skip = len(batch)
+		slices.Sort(batch)
+		if after != "" {
+			i, found := slices.BinarySearch(batch, after)
+			if found {
+				i++
+			}
+			batch = batch[i:]
 		}
-		batch = batch[skip:]
 		room := limit - len(out)
 		if len(batch) > room {
 			out = append(out, batch[:room]...)
-			return out, encodeMembersCursor(scan, skip+room), nil
+			return out, encodeMembersCursor(scan, batch[room-1]), nil
 		}
 		out = append(out, batch...)
 		if next == 0 {
 			return out, "", nil
 		}
-		scan, skip = next, 0
+		scan, after = next, ""
 		if len(out) == limit {
-			return out, encodeMembersCursor(scan, 0), nil
+			return out, encodeMembersCursor(scan, ""), nil
 		}
 	}
 }
 
-func encodeMembersCursor(scan uint64, skip int) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("m1:" + strconv.FormatUint(scan, 10) + ":" + strconv.Itoa(skip)))
+func encodeMembersCursor(scan uint64, after string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("m2:" + strconv.FormatUint(scan, 10) + ":" + after))
 }
 
-func decodeMembersCursor(c string) (uint64, int, error) {
+func decodeMembersCursor(c string) (uint64, string, error) {
 	if c == "" {
-		return 0, 0, nil
+		return 0, "", nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(c)
 	if err != nil {
-		return 0, 0, ErrInvalidCursor
+		return 0, "", ErrInvalidCursor
 	}
-	parts := strings.Split(string(b), ":")
-	if len(parts) != 3 || parts[0] != "m1" {
-		return 0, 0, ErrInvalidCursor
+	// The last id may itself hold colons: it is everything after the second.
+	parts := strings.SplitN(string(b), ":", 3)
+	if len(parts) != 3 || parts[0] != "m2" {
+		return 0, "", ErrInvalidCursor
 	}
-	scan, err1 := strconv.ParseUint(parts[1], 10, 64)
-	skip, err2 := strconv.Atoi(parts[2])
-	if err1 != nil || err2 != nil || skip < 0 {
-		return 0, 0, ErrInvalidCursor
+	scan, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return 0, "", ErrInvalidCursor
 	}
-	return scan, skip, nil
+	return scan, parts[2], nil
 }
 
 // AllMembers returns every user id of a segment, sorted. It is meant for

@@ -82,6 +82,57 @@ func TestMembersPaging(t *testing.T) {
 	})
 }
 
+// TestMembersPagingWhileTheSetGrows pages through a set of numeric ids
+// (a compact intset, which SSCAN answers whole) that grows into a hash table
+// after the first page: every id that was a member throughout must come.
+func TestMembersPagingWhileTheSetGrows(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org, seg := testenv.UniqueName(t, "org"), "seg_grows"
+		sets := membership.NewSets(rdb)
+		key := membership.SegmentMembersKey(org, seg)
+		var first []any
+		for i := range 100 {
+			first = append(first, fmt.Sprint(1000+i*7))
+		}
+		if err := rdb.SAdd(ctx, key, first...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		ids, cursor, err := sets.Members(ctx, org, seg, 50, "")
+		if err != nil || cursor == "" {
+			t.Fatalf("first page: %d ids, cursor %q, %v", len(ids), cursor, err)
+		}
+		for _, id := range ids {
+			seen[id] = true
+		}
+		var more []any
+		for i := range 100 {
+			more = append(more, fmt.Sprintf("n%03d", i))
+		}
+		if err := rdb.SAdd(ctx, key, more...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		for pages := 0; cursor != ""; pages++ {
+			if pages > 200 {
+				t.Fatal("paging does not end")
+			}
+			ids, cursor, err = sets.Members(ctx, org, seg, 50, cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range ids {
+				seen[id] = true
+			}
+		}
+		for _, id := range first {
+			if !seen[id.(string)] {
+				t.Errorf("member %s, in the set throughout, was never returned", id)
+			}
+		}
+	})
+}
+
 func TestMembershipReads(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()

@@ -99,6 +99,8 @@ type Jobs struct {
 	timers   prometheus.Counter
 	mu       sync.Mutex
 	running  map[string]bool
+	// backfills counts the running backfill goroutines, which Run waits for.
+	backfills sync.WaitGroup
 	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
@@ -109,6 +111,10 @@ type Jobs struct {
 // errSuperseded stops a backfill whose segment changed criteria or is being
 // deleted: the backfill of the new generation, or the deletion, takes over.
 var errSuperseded = errors.New("segment changed while it was backfilled")
+
+// errLeaseLost stops a backfill whose lock another instance took over (this
+// one stalled for longer than the lease): that instance's backfill goes on.
+var errLeaseLost = errors.New("backfill lease lost to another instance")
 
 // NewJobs returns the jobs; call Run to start them.
 func NewJobs(cfg JobsConfig) *Jobs {
@@ -168,10 +174,15 @@ func (j *Jobs) Run(ctx context.Context) error {
 	loop(j.cfg.TimerInterval, j.fireTimers)
 	loop(min(j.cfg.EstimateInterval, time.Minute), j.refreshEstimates)
 	wg.Wait()
+	// A backfill stops at its next call once ctx ends; its lock and revision
+	// must be released before this instance leaves.
+	j.backfills.Wait()
 	// Leave promptly, so that backfills elsewhere do not wait for us.
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	_ = j.cfg.Coordinator.Leave(lctx, j.cfg.InstanceID)
+	if err := j.cfg.Coordinator.Leave(lctx, j.cfg.InstanceID); err != nil {
+		j.cfg.Logger.Warn("leave: other instances wait for this one's heartbeat to expire", "err", err)
+	}
 	return nil
 }
 
@@ -220,7 +231,9 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			if busy {
 				continue
 			}
+			j.backfills.Add(1)
 			go func() {
+				defer j.backfills.Done()
 				defer func() { j.mu.Lock(); delete(j.running, key); j.mu.Unlock() }()
 				err := j.Backfill(ctx, org, cs, snap.Revision)
 				switch {
@@ -252,7 +265,13 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if err != nil || !ok {
 		return err
 	}
-	defer func() { _ = j.cfg.Coordinator.Unlock(context.WithoutCancel(ctx), lock, owner) }()
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if err := j.cfg.Coordinator.Unlock(uctx, lock, owner); err != nil {
+			j.cfg.Logger.Warn("backfill unlock: the lease expires by itself", "org", org, "segment", cs.Def.ID, "err", err)
+		}
+	}()
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
@@ -306,8 +325,10 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
-		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second); err != nil || !ok {
-			return fmt.Errorf("backfill lease lost: %v", err)
+		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second); err != nil {
+			return fmt.Errorf("backfill lease: %w", err)
+		} else if !ok {
+			return errLeaseLost
 		}
 		if !j.stillCurrent(inForce) {
 			superseded.Store(true)
@@ -347,7 +368,9 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if errors.Is(err, errSuperseded) {
 		// Every page handed out was finished: what this generation wrote is
 		// published.
-		if eerr := j.cfg.Definitions.EndBackfill(context.WithoutCancel(ctx), org, cs.Def.ID, cs.Def.Generation); eerr != nil {
+		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if eerr := j.cfg.Definitions.EndBackfill(ectx, org, cs.Def.ID, cs.Def.Generation); eerr != nil {
 			j.cfg.Logger.Warn("backfill end", "org", org, "segment", cs.Def.ID, "err", eerr)
 		}
 	}

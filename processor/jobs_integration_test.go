@@ -140,7 +140,7 @@ func (r *rig) waitReady(t *testing.T, id string, timeout time.Duration) {
 
 func (r *rig) verifyClean(t *testing.T) {
 	t.Helper()
-	diffs, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), r.org)
+	diffs, _, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), r.org)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -665,6 +665,15 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 	}
 	m.countChanges(wb.changes)
 	m.countDLQ(len(wb.dlq))
+	if len(wb.dlq) > 0 {
+		// One line a batch: the records themselves carry every reason.
+		h := map[string]string{}
+		for _, x := range wb.dlq[0].Headers {
+			h[x.Key] = string(x.Value)
+		}
+		p.cfg.Logger.Warn("events sent to the DLQ", "count", len(wb.dlq), "topic", p.cfg.DLQTopic, "first_reason", h["segmentd-error"],
+			"first_source", h["segmentd-source-topic"]+"/"+h["segmentd-source-partition"]+"@"+h["segmentd-source-offset"])
+	}
 	return nil
 }
 

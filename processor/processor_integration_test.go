@@ -292,7 +292,7 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 	if err != nil || !ok || p.Get("tier") != "silver" {
 		t.Errorf("u3 profile = %v %v %v", p.Map(), ok, err)
 	}
-	diffs, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), o)
+	diffs, _, err := processor.Verify(context.Background(), r.defs, r.users, membership.NewSets(r.rdb), time.Now(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

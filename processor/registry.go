@@ -134,7 +134,7 @@ func (r *Registry) Loaded() bool { return r.cur.Load() != nil }
 func (r *Registry) Reload(ctx context.Context) error {
 	rev, err := r.src.Revision(ctx)
 	if err != nil {
-		return fmt.Errorf("definitions revision: %w", err)
+		return err
 	}
 	old := r.cur.Load()
 	if old != nil && old.Revision == rev {
@@ -179,9 +179,23 @@ func (r *Registry) Reload(ctx context.Context) error {
 func (r *Registry) Run(ctx context.Context) error {
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
+	var failingSince, lastWarned time.Time
 	for {
-		if err := r.Reload(ctx); err != nil && ctx.Err() == nil {
-			r.log.Warn("reload definitions", "err", err)
+		switch err := r.Reload(ctx); {
+		case err != nil && ctx.Err() == nil:
+			// Four polls a second: an outage is reported when it starts and
+			// every 10 s while it lasts, not at each poll.
+			now := time.Now()
+			if failingSince.IsZero() {
+				failingSince = now
+			}
+			if now.Sub(lastWarned) >= 10*time.Second {
+				lastWarned = now
+				r.log.Warn("reload definitions", "err", err, "failing_for", now.Sub(failingSince).Round(time.Second))
+			}
+		case err == nil && !failingSince.IsZero():
+			r.log.Info("reload definitions works again", "after", time.Since(failingSince).Round(time.Second))
+			failingSince, lastWarned = time.Time{}, time.Time{}
 		}
 		select {
 		case <-ctx.Done():

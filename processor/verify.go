@@ -19,6 +19,7 @@ type Difference struct {
 	Where string
 }
 
+// String describes the difference in one line.
 func (d Difference) String() string {
 	verb := "missing from"
 	if !d.Want {
@@ -38,14 +39,20 @@ type MemberReader interface {
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
 }
 
+// Checked counts what Verify compared.
+type Checked struct {
+	Orgs, Segments, Profiles int
+}
+
 // Verify recomputes every dynamic segment of org (every organisation when org
 // is empty) from the stored profiles at now and returns where Redis
-// disagrees, sorted. Segments
-// still building are skipped (their sets are not yet meant to be exact).
-func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, error) {
+// disagrees, sorted, and what it compared. Segments still building are
+// skipped (their sets are not yet meant to be exact).
+func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, Checked, error) {
+	var checked Checked
 	all, err := defs.All(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("verify: %w", err)
+		return nil, checked, fmt.Errorf("verify: %w", err)
 	}
 	byOrg := map[string][]segment.Definition{}
 	for _, d := range all {
@@ -60,7 +67,7 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		for _, d := range ds {
 			r, err := segment.Compile(d.Criteria)
 			if err != nil {
-				return nil, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
+				return nil, checked, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
 			}
 			rules[d.ID] = r
 			want[d.ID] = map[string]bool{}
@@ -82,11 +89,14 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("verify %s: %w", org, err)
+			return nil, checked, fmt.Errorf("verify %s: %w", org, err)
 		}
+		checked.Orgs++
+		checked.Segments += len(rules)
+		checked.Profiles += len(userIDs)
 		segSets, err := users.UserSegmentSets(ctx, org, userIDs)
 		if err != nil {
-			return nil, fmt.Errorf("verify %s: %w", org, err)
+			return nil, checked, fmt.Errorf("verify %s: %w", org, err)
 		}
 		userHas := make(map[string]map[string]bool, len(userIDs))
 		for i, u := range userIDs {
@@ -99,7 +109,7 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		for id := range rules {
 			members, err := sets.AllMembers(ctx, org, id)
 			if err != nil {
-				return nil, fmt.Errorf("verify %s: %w", org, err)
+				return nil, checked, fmt.Errorf("verify %s: %w", org, err)
 			}
 			got := make(map[string]bool, len(members))
 			for _, m := range members {
@@ -121,5 +131,5 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		}
 	}
 	sort.Slice(diffs, func(i, j int) bool { return diffs[i].String() < diffs[j].String() })
-	return diffs, nil
+	return diffs, checked, nil
 }

@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
 )
@@ -55,6 +59,9 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	if err := run(ctx, []string{"verify", "-org", org}, env, nil, &out); err != nil {
 		t.Fatalf("verify = %v after the fix; output:\n%s", err, out.String())
 	}
+	if !strings.Contains(out.String(), "no differences (1 ready dynamic segments of 1 organisations against 1 stored profiles)") {
+		t.Errorf("verify does not say what it checked:\n%s", out.String())
+	}
 }
 
 // TestProduceThenTail produces JSON lines keyed by userId and reads them
@@ -84,5 +91,37 @@ func TestProduceThenTail(t *testing.T) {
 		if !strings.Contains(out.String(), id) {
 			t.Errorf("tail output lacks %s:\n%s", id, out.String())
 		}
+	}
+}
+
+// TestTailShowsHeaders reads a dead letter with tail -headers: the reason
+// and the source are headers, which plain tail does not print.
+func TestTailShowsHeaders(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "dlq")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := kafkaio.NewWriter(brokers)
+	defer w.Close()
+	err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte("not json"),
+		Headers: []kafka.Header{{Key: "segmentd-error", Value: []byte("not a JSON object")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	var out bytes.Buffer
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "1", "-headers"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Headers    map[string]string
+		Key, Value string
+	}
+	if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
+		t.Fatalf("tail -headers printed %q: %v", out.String(), err)
+	}
+	if rec.Headers["segmentd-error"] != "not a JSON object" || rec.Key != "u1" || rec.Value != "not json" {
+		t.Errorf("tail -headers printed %+v", rec)
 	}
 }

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -10,20 +10,25 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/kafkaio"
 )
 
-// tail prints the membership topic as JSON lines, one reader per partition,
-// from the beginning or from now.
+// tail prints the membership topic (or another) as JSON lines, one reader
+// per partition, from the beginning or from now; with -headers each record
+// as an object with its headers, key and value, which shows the reason
+// of each dead letter.
 func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	topic := fs.String("topic", e.membershipTopic, "topic to read")
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
 	idle := fs.Duration("idle", 0, "stop when no event arrived for this long (0: never)")
+	headers := fs.Bool("headers", false, `print each record as {"headers", "key", "value"} (the DLQ's reasons are headers)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	parts, err := partitions(ctx, e.brokers, *topic)
+	parts, err := kafkaio.Partitions(ctx, e.brokers, *topic)
 	if err != nil {
 		return err
 	}
@@ -33,22 +38,29 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	var wg sync.WaitGroup
 	for _, p := range parts {
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: e.brokers, Topic: *topic, Partition: p, MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 200 * time.Millisecond})
+		start := kafka.LastOffset
 		if *fromStart {
-			_ = r.SetOffset(kafka.FirstOffset)
-		} else {
-			_ = r.SetOffset(kafka.LastOffset)
+			start = kafka.FirstOffset
+		}
+		if err := r.SetOffset(start); err != nil {
+			r.Close()
+			return fmt.Errorf("tail %s partition %d: %w", *topic, p, err)
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer r.Close()
 			for {
-				m, err := r.ReadMessage(ctx)
+				m, err := r.FetchMessage(ctx) // no group: nothing to commit
 				if err != nil {
 					return
 				}
+				line := m.Value
+				if *headers {
+					line = recordJSON(m)
+				}
 				select {
-				case lines <- m.Value:
+				case lines <- line:
 				case <-ctx.Done():
 					return
 				}
@@ -78,27 +90,18 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 }
 
-func partitions(ctx context.Context, brokers []string, topic string) ([]int, error) {
-	var last error
-	for _, b := range brokers {
-		conn, err := (&kafka.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", b)
-		if err != nil {
-			last = err
-			continue
-		}
-		ps, err := conn.ReadPartitions(topic)
-		conn.Close()
-		if err != nil {
-			return nil, fmt.Errorf("partitions of %s: %w", topic, err)
-		}
-		out := make([]int, len(ps))
-		for i, p := range ps {
-			out[i] = p.ID
-		}
-		if len(out) == 0 {
-			return nil, errors.New("topic " + topic + " has no partitions")
-		}
-		return out, nil
+// recordJSON is a record as tail -headers prints it.
+func recordJSON(m kafka.Message) []byte {
+	hs := make(map[string]string, len(m.Headers))
+	for _, h := range m.Headers {
+		hs[h.Key] = string(h.Value)
 	}
-	return nil, fmt.Errorf("dial kafka %v: %w", brokers, last)
+	b, _ := json.Marshal(struct {
+		Headers   map[string]string `json:"headers"`
+		Key       string            `json:"key"`
+		Value     string            `json:"value"`
+		Partition int               `json:"partition"`
+		Offset    int64             `json:"offset"`
+	}{hs, string(m.Key), string(m.Value), m.Partition, m.Offset})
+	return b
 }

@@ -21,17 +21,21 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	rdb := membership.NewClient(e.redisAddrs)
 	defer rdb.Close()
-	diffs, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
+	diffs, checked, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
 	if err != nil {
 		return err
 	}
 	for _, d := range diffs {
 		fmt.Fprintln(stdout, d)
 	}
+	summary := fmt.Sprintf("%d ready dynamic segments of %d organisations against %d stored profiles", checked.Segments, checked.Orgs, checked.Profiles)
 	if len(diffs) > 0 {
-		fmt.Fprintf(stdout, "%d differences\n", len(diffs))
+		fmt.Fprintf(stdout, "%d differences (%s)\n", len(diffs), summary)
 		return exitCode(1)
 	}
-	fmt.Fprintln(stdout, "no differences")
+	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
+	if *org != "" && checked.Orgs == 0 {
+		fmt.Fprintf(stdout, "organisation %q has no ready dynamic segment\n", *org)
+	}
 	return nil
 }

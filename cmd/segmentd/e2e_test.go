@@ -377,7 +377,7 @@ func (e *e2e) check(evs []events.ProfileEvent) {
 	if missing > 0 || extra > 0 {
 		e.t.Errorf("change events: %d transitions missing, %d unexpected (of %d expected)", missing, extra, len(want))
 	}
-	diffs, err := processor.Verify(context.Background(), e.defs, e.users, e.sets, time.Now(), e.org)
+	diffs, _, err := processor.Verify(context.Background(), e.defs, e.users, e.sets, time.Now(), e.org)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,8 +43,12 @@ func main() {
 // stop fetching, finish and commit the batch in hand, stop the jobs and the
 // HTTP server, close the clients.
 func run(ctx context.Context, args []string, getenv func(string) string) error {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Print(usage())
+		return nil
+	}
 	if len(args) > 0 {
-		return fmt.Errorf("segmentd takes no arguments; configure it with SEGMENTD_* variables")
+		return fmt.Errorf("no arguments are taken; configure segmentd with SEGMENTD_* variables (segmentd -h lists them)")
 	}
 	cfg, err := config.Load(getenv)
 	if err != nil {
@@ -57,12 +62,19 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if cfg.Embedded() {
 		// Each of Kafka and Redis is embedded when it is not configured.
 		srv, err := embedded.Start(embedded.Options{Kafka: len(cfg.KafkaBrokers) == 0, Redis: len(cfg.RedisAddrs) == 0,
-			Ephemeral: getenv("SEGMENTD_EMBEDDED_EPHEMERAL") == "1"})
+			Ephemeral: cfg.EmbeddedEphemeral})
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
-		fmt.Printf("segmentd embedded mode (in-memory; data is lost on exit)\n")
+		var inProcess []string
+		if len(cfg.KafkaBrokers) == 0 {
+			inProcess = append(inProcess, "Kafka")
+		}
+		if len(cfg.RedisAddrs) == 0 {
+			inProcess = append(inProcess, "Redis")
+		}
+		fmt.Printf("segmentd embedded mode: in-process %s (in memory; its data is lost on exit)\n", strings.Join(inProcess, " and "))
 		if len(cfg.APIKeys) == 0 {
 			key, err := devKey()
 			if err != nil {
@@ -211,13 +223,46 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = httpSrv.Shutdown(shutCtx)
+	if err := httpSrv.Shutdown(shutCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
 	stopJobs()
-	wg.Wait()
-	_ = reader.Close()
-	_ = writer.Close()
+	// Jobs stop at their next Redis call or page; a frozen server must not
+	// hold the process past its bound.
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(jobsStopTimeout):
+		log.Warn("background jobs did not stop in time")
+	}
+	if err := reader.Close(); err != nil {
+		log.Warn("close kafka reader", "err", err)
+	}
+	if err := writer.Close(); err != nil {
+		log.Warn("close kafka writer", "err", err)
+	}
 	log.Info("stopped")
 	return runErr
+}
+
+// jobsStopTimeout bounds the wait for the background jobs and the HTTP
+// server once the processor has stopped.
+const jobsStopTimeout = 10 * time.Second
+
+// usage lists the variables segmentd reads.
+func usage() string {
+	var b strings.Builder
+	b.WriteString("segmentd: real-time user segmentation. It takes no arguments; it reads these variables:\n\n")
+	for _, v := range config.Vars {
+		def := v.Default
+		if def == "" {
+			def = "(none)"
+		}
+		fmt.Fprintf(&b, "  %-28s %s\n  %-28s default: %s\n", v.Name, v.Usage, "", def)
+	}
+	b.WriteString("\nWith neither Kafka nor Redis configured it runs both in-process (make run).\n")
+	return b.String()
 }
 
 // instanceID names this process in the instance heartbeat.
