@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -127,11 +128,12 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("members can be added and removed only on static segments; segment %s is %s", d.ID, d.Type), nil)
 		return
 	}
-	add, remove = segment.DedupUserIDs(add), segment.DedupUserIDs(remove)
+	// Checked as given, so that errors name ids by their index in the body.
 	if err := checkEdit(add, remove); err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	add, remove = segment.DedupUserIDs(add), segment.DedupUserIDs(remove)
 
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
@@ -174,7 +176,6 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		// Every list change moves the generation, so that the same request
 		// made again later is told apart from a retry.
 		d.Generation++
-		d.EstimatedSize = sizes[d.ID]
 		d.UpdatedAt = now
 		return nil
 	})
@@ -198,8 +199,8 @@ func checkEdit(add, remove []string) error {
 		if err == nil {
 			continue
 		}
-		ve, ok := err.(*segment.ValidationError)
-		if !ok {
+		var ve *segment.ValidationError
+		if !errors.As(err, &ve) {
 			return err
 		}
 		invalidFound = invalidFound || ve.Code != segment.CodeLimitExceeded

@@ -152,12 +152,12 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	d.UserIDs = segment.DedupUserIDs(d.UserIDs)
 	userIDs := d.UserIDs
 	d.Status = segment.StatusBuilding
 	d.EstimatedSize = 0
 	if d.Type == segment.TypeStatic {
 		d.Status = segment.StatusReady
-		d.EstimatedSize = int64(len(userIDs))
 		d.Criteria = segment.Criteria{}
 	}
 	ctx, cancel := writeContext(w, r)
@@ -343,17 +343,16 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	next.UserIDs = segment.DedupUserIDs(next.UserIDs)
 	userIDs := next.UserIDs
 	now := s.now().UTC()
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
-	var newSize int64
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
 		if err := s.writeStaticList(ctx, cur, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return
 		}
-		newSize = int64(len(userIDs))
 	}
 	updated, err := s.defs.Update(ctx, cur.OrgID, cur.ID, func(d *segment.Definition) error {
 		if d.Status == segment.StatusDeleting {
@@ -370,7 +369,6 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			// Every list change moves the generation, so that the same
 			// request made again later is told apart from a retry.
 			d.Generation++
-			d.EstimatedSize = newSize
 		case d.Name == before.Name && d.Description == before.Description && d.URL == before.URL:
 			return membership.ErrUnchanged
 		}

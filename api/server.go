@@ -23,8 +23,9 @@ import (
 )
 
 // DefaultMaxBodyBytes bounds request bodies when Config.MaxBodyBytes is zero:
-// 8 MiB, room for a static list of 100,000 user ids.
-const DefaultMaxBodyBytes = 8 << 20
+// 32 MiB, room for a static list of 100,000 user ids of the longest kind
+// (256 bytes, ~26 MB as JSON).
+const DefaultMaxBodyBytes = 32 << 20
 
 // DefinitionStore keeps segment definitions. *membership.Definitions
 // satisfies it.

@@ -100,11 +100,11 @@ type Definition struct {
 	UpdatedAt time.Time
 }
 
-// Normalize trims the name and removes duplicate user ids, keeping the first
-// occurrence of each. It changes nothing else.
+// Normalize trims the name. It changes nothing else: user ids keep their
+// duplicates until after Validate, whose errors name ids by their index in
+// the list as given; DedupUserIDs removes them then.
 func (d *Definition) Normalize() {
 	d.Name = strings.TrimSpace(d.Name)
-	d.UserIDs = DedupUserIDs(d.UserIDs)
 }
 
 // DedupUserIDs returns ids without duplicates, in the order of their first
