@@ -23,12 +23,17 @@ func (s *Server) authenticate(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		org, ok := s.lookupKey(r.Header.Get("Authorization"))
 		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="segmentd"`)
-			writeError(w, http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: Authorization: Bearer <key>", nil)
+			unauthorized(w)
 			return
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), orgKey{}, org)))
 	}
+}
+
+// unauthorized answers a call without a valid key.
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="segmentd"`)
+	writeError(w, http.StatusUnauthorized, codeUnauthorized, "a valid API key is required: Authorization: Bearer <key>", nil)
 }
 
 // lookupKey returns the organisation of the bearer key in an Authorization

@@ -219,7 +219,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		}
 	}
 
-	served := newTestAPI(t, testenv.RedisClient(t)).do("GET", "/v1/openapi.json", "", nil).mustStatus(t, http.StatusOK)
+	served := newTestAPI(t, testenv.RedisClient(t)).as("GET", "/v1/openapi.json", nil).mustStatus(t, http.StatusOK)
 	if string(served.raw) != string(openAPIDocument) {
 		t.Error("/v1/openapi.json does not serve the embedded document")
 	}

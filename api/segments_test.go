@@ -562,9 +562,24 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("status %d", res.StatusCode)
 		}
 	})
-	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/v1/openapi.json"} {
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		t.Run("no auth for "+path, func(t *testing.T) {
 			a.do("GET", path, "", nil).mustStatus(t, 200)
+		})
+	}
+	// A /v1 call that matches no route needs a key too: 401 without one,
+	// 404 or 405 with it.
+	for name, tt := range map[string]struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		"unknown path":       {"GET", "/v1/nothing", 404, "not_found"},
+		"method not allowed": {"PATCH", "/v1/segments/x", 405, "method_not_allowed"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			a.do(tt.method, tt.path, "", nil).wantError(t, 401, "unauthorized")
+			a.as(tt.method, tt.path, nil).wantError(t, tt.status, tt.code)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -227,8 +228,10 @@ func (s *Server) routes() []route {
 		// Audience.
 		{http.MethodPost, "/v1/audience/search", true, s.audienceSearch},
 
+		// The description, like every /v1 call, needs a key.
+		{http.MethodGet, "/v1/openapi.json", true, s.openAPI},
+
 		// Without authentication.
-		{http.MethodGet, "/v1/openapi.json", false, s.openAPI},
 		{http.MethodGet, "/healthz", false, s.healthz},
 		{http.MethodGet, "/readyz", false, s.readyz},
 		{http.MethodGet, "/metrics", false, s.serveMetrics},
@@ -242,9 +245,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mux.ServeHTTP(w, r)
 		return
 	}
+	start := time.Now()
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		// Every /v1 call needs a key, even one that matches no route: what
+		// exists under /v1 is not told to callers without one.
+		if _, ok := s.lookupKey(r.Header.Get("Authorization")); !ok {
+			unauthorized(w)
+			s.metrics.observe("unmatched", r.Method, http.StatusUnauthorized, time.Since(start))
+			return
+		}
+	}
 	// Let the mux decide between 404, 405 and a redirect to a clean path,
 	// then answer 404 and 405 in JSON.
-	start := time.Now()
 	rec := &recordingWriter{header: http.Header{}}
 	s.mux.ServeHTTP(rec, r)
 	code := rec.code
