@@ -32,6 +32,14 @@ func TestDecodeProfileEvent(t *testing.T) {
 			},
 		},
 		"delete without body": {in: `{"eventId":"e3","type":"profile.deleted","orgId":"acme","userId":"u1","version":3}`},
+		"integral version written as a float": {
+			in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.7e1,"profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if !ev.HasVersion || ev.Version != 17 {
+					t.Fatalf("version %d (%v), want 17", ev.Version, ev.HasVersion)
+				}
+			},
+		},
 		"eventId derived": {
 			in: `{"type":"profile.created","orgId":"acme","userId":"u1","profile":{}}`,
 			check: func(t *testing.T, ev ProfileEvent) {
@@ -61,6 +69,7 @@ func TestDecodeProfileEvent(t *testing.T) {
 		"profile not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
 		"negative version":     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
 		"fractional version":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
+		"huge float version":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e300,"profile":{}}`, wantField: "version"},
 		"bad occurredAt":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
 		"bad path":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
 		"empty changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},

@@ -212,6 +212,13 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	}
 	if w.Version != "" {
 		i, err := strconv.ParseInt(w.Version, 10, 64)
+		if err != nil {
+			// A JSON number may write an integer as 17.0 or 1.7e1.
+			f, ferr := strconv.ParseFloat(w.Version, 64)
+			if ferr == nil && f == math.Trunc(f) && math.Abs(f) <= 1<<53 {
+				i, err = int64(f), nil
+			}
+		}
 		if err != nil || i < 0 {
 			return ProfileEvent{}, &InvalidError{"version", "must be a non-negative integer"}
 		}
