@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -20,7 +19,7 @@ import (
 // of events moves points across 1,000 and tier across gold/bronze, which
 // flips membership of segments such as "points >= 1000".
 func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
+	fs := newFlags("loadgen", "", "Produces synthetic profile events: a full profile first for each user, then mostly patches.")
 	rate := fs.Int("rate", 1000, "events per second (0: as fast as possible)")
 	total := fs.Int("n", 10000, "events to produce (0: until interrupted)")
 	users := fs.Int("users", 1000, "users per organisation")
@@ -32,6 +31,9 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("loadgen: unexpected argument %q", fs.Arg(0))
 	}
 	if *users < 1 || *orgs < 1 || *rate < 0 || *total < 0 {
 		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate and -n not negative")

@@ -42,7 +42,7 @@ const usage = `usage: segmentctl <command> [flags]
 
 commands:
   produce   JSON lines (a file or stdin) into the profile topic, keyed by userId
-  tail      print membership-change events as JSON lines
+  tail      print membership-change events as JSON lines (-topic and -headers for the DLQ and its reasons)
   loadgen   synthetic profile events at a given rate
   verify    recompute every ready dynamic segment and diff it against Redis (exit 1 on any difference)
 
@@ -73,6 +73,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}
+}
+
+// newFlags returns a subcommand's flag set, whose -h says what the
+// subcommand does and how it is called.
+func newFlags(name, synopsis, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: segmentctl %s [flags]%s\n\n%s\n\nflags:\n", name, synopsis, about)
+		fs.PrintDefaults()
+	}
+	return fs
 }
 
 // env is what segmentctl needs of segmentd's configuration.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,8 +85,17 @@ func TestProduceThenTail(t *testing.T) {
 	if !strings.Contains(out.String(), "produced 2 events") {
 		t.Fatalf("produce said %q", out.String())
 	}
+	// The same lines again, from a file given as the argument.
+	file := filepath.Join(t.TempDir(), "events.jsonl")
+	if err := os.WriteFile(file, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out.Reset()
-	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "2"}, env, nil, &out); err != nil {
+	if err := run(ctx, []string{"produce", "-topic", topic, file}, env, strings.NewReader(""), &out); err != nil || !strings.Contains(out.String(), "produced 2 events") {
+		t.Fatalf("produce FILE = %v, said %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "4"}, env, nil, &out); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{`"eventId":"e1"`, `"eventId":"e2"`} {
@@ -123,5 +134,26 @@ func TestTailShowsHeaders(t *testing.T) {
 	}
 	if rec.Headers["segmentd-error"] != "not a JSON object" || rec.Key != "u1" || rec.Value != "not json" {
 		t.Errorf("tail -headers printed %+v", rec)
+	}
+}
+
+// TestStrayArguments checks that an argument a subcommand does not take is
+// refused rather than ignored.
+func TestStrayArguments(t *testing.T) {
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:1", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	for name, args := range map[string][]string{
+		"produce, two files":   {"produce", "a.jsonl", "b.jsonl"},
+		"produce, -f and file": {"produce", "-f", "a.jsonl", "b.jsonl"},
+		"tail":                 {"tail", "now"},
+		"loadgen":              {"loadgen", "fast"},
+		"verify":               {"verify", "acme"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := run(context.Background(), args, env, strings.NewReader(""), &out)
+			if err == nil || !strings.Contains(err.Error(), "unexpected argument") {
+				t.Errorf("segmentctl %v = %v, want an unexpected argument error", args, err)
+			}
+		})
 	}
 }

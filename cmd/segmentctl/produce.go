@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,11 +18,17 @@ import (
 // is not valid JSON is still sent (unkeyed): segmentd dead-letters it with
 // the reason, which is what a producer's bad record would meet.
 func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout io.Writer) error {
-	fs := flag.NewFlagSet("produce", flag.ContinueOnError)
-	file := fs.String("f", "-", "file of JSON lines, - for stdin")
+	fs := newFlags("produce", " [FILE]", "Sends JSON lines (FILE, or stdin) to the profile topic, keyed by userId.")
+	file := fs.String("f", "-", "file of JSON lines, - for stdin (or give the file as the argument)")
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch {
+	case fs.NArg() == 1 && *file == "-":
+		*file = fs.Arg(0)
+	case fs.NArg() > 0:
+		return fmt.Errorf("produce: unexpected argument %q (one file, as the argument or with -f)", fs.Arg(0))
 	}
 	in := stdin
 	if *file != "-" {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"sync"
@@ -19,7 +18,7 @@ import (
 // as an object with its headers, key and value, which shows the reason
 // of each dead letter.
 func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
+	fs := newFlags("tail", "", "Prints the membership-change events (or another topic's records) as JSON lines.")
 	topic := fs.String("topic", e.membershipTopic, "topic to read")
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
@@ -27,6 +26,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	headers := fs.Bool("headers", false, `print each record as {"headers", "key", "value"} (the DLQ's reasons are headers)`)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("tail: unexpected argument %q", fs.Arg(0))
 	}
 	parts, err := kafkaio.Partitions(ctx, e.brokers, *topic)
 	if err != nil {

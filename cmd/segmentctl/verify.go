@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -14,10 +13,13 @@ import (
 // verify recomputes every ready dynamic segment from the stored profiles and
 // prints each difference with Redis; any difference exits 1.
 func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference.")
 	org := fs.String("org", "", "verify only this organisation")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("verify: unexpected argument %q", fs.Arg(0))
 	}
 	rdb := membership.NewClient(e.redisAddrs)
 	defer rdb.Close()
