@@ -42,6 +42,9 @@ type MemberReader interface {
 // Checked counts what Verify compared.
 type Checked struct {
 	Orgs, Segments, Profiles int
+	// Building counts the dynamic segments left out because they are
+	// still being computed.
+	Building int
 }
 
 // Verify recomputes every dynamic segment of org (every organisation when org
@@ -56,8 +59,14 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 	}
 	byOrg := map[string][]segment.Definition{}
 	for _, d := range all {
-		if d.Type == segment.TypeDynamic && d.Status == segment.StatusReady && (org == "" || d.OrgID == org) {
+		if d.Type != segment.TypeDynamic || (org != "" && d.OrgID != org) {
+			continue
+		}
+		switch d.Status {
+		case segment.StatusReady:
 			byOrg[d.OrgID] = append(byOrg[d.OrgID], d)
+		case segment.StatusBuilding:
+			checked.Building++
 		}
 	}
 	var diffs []Difference

@@ -31,6 +31,9 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, d)
 	}
 	summary := fmt.Sprintf("%d ready dynamic segments of %d organisations against %d stored profiles", checked.Segments, checked.Orgs, checked.Profiles)
+	if checked.Building > 0 {
+		summary += fmt.Sprintf("; %d segments still building, not checked", checked.Building)
+	}
 	if len(diffs) > 0 {
 		fmt.Fprintf(stdout, "%d differences (%s)\n", len(diffs), summary)
 		return exitCode(1)
