@@ -478,9 +478,10 @@ func (c *cond) compileValue(cr Criterion) string {
 			c.inStrs = c.set.strs
 		}
 	case opContains:
-		switch v.(type) {
-		case []any, map[string]any:
-			return "operator " + op + " requires a string, number or boolean value"
+		// An object is an element of an array of objects. An array value
+		// is almost always meant as "any of": that is `in`.
+		if _, ok := v.([]any); ok {
+			return "operator " + op + " takes one element (a string, number, boolean or object); to match any of several, use in"
 		}
 		c.setScalar(v)
 		c.fn = fnContains

@@ -29,6 +29,7 @@ func opProfile() pmap {
 		"flag":      false,
 		"badges":    []any{"b1", "b2", 3.0, true},
 		"nums":      []any{1.0, 2.0},
+		"purchases": []any{map[string]any{"sku": "x1", "qty": 2.0}, map[string]any{"sku": "y"}},
 		"empty":     []any{},
 		"createdAt": "2024-01-15T10:30:00Z",
 		"updatedAt": "2024-05-20T12:00:00+02:00", // 10:00Z
@@ -147,6 +148,8 @@ func TestMatchOperators(t *testing.T) {
 		"contains/number field num":    {cr("points", OpContains, 1500.0), false},
 		"contains/bool field":          {cr("active", OpContains, true), false},
 		"contains/object field":        {cr("obj", OpContains, "a"), false},
+		"contains/array of objects":    {cr("purchases", OpContains, map[string]any{"qty": 2.0, "sku": "x1"}), true},
+		"contains/no such object":      {cr("purchases", OpContains, map[string]any{"sku": "x1"}), false},
 		"contains/nested string":       {cr("customFields.vip.level", OpContains, "ol"), true},
 		"contains/nested array":        {cr("customFields.vip.tags", OpContains, "x"), true},
 		"contains/absent":              {cr("nope", OpContains, "x"), false},
