@@ -45,7 +45,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	var fe fieldErrors
 	checkKeys(&fe, "", obj, map[string]bool{"include": true, "exclude": true, "limit": true}, nil)
 	limit := defaultAudienceLimit
-	if raw, ok := obj["limit"]; ok {
+	if raw, ok := obj["limit"]; ok && string(raw) != "null" { // null: not given
 		var n int
 		if json.Unmarshal(raw, &n) != nil || n < 0 || n > maxAudienceLimit {
 			fe.add("limit", "limit must be an integer from 0 to 1000")

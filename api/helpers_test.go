@@ -19,6 +19,7 @@ import (
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
 	"github.com/segmentd/segmentd/segment"
 )
 
@@ -55,25 +56,13 @@ func (p *recordingPublisher) take() []events.Change {
 	return out
 }
 
-// redisProfiles reads profiles stored as JSON under testProfileKey, a tiny
-// real profile source for evaluate.
-type redisProfiles struct{ rdb redis.UniversalClient }
-
-func testProfileKey(org, user string) string { return "apitest:profile:{" + org + ":" + user + "}" }
-
-func (p redisProfiles) Profile(ctx context.Context, org, user string) (*segment.Profile, bool, error) {
-	raw, err := p.rdb.Get(ctx, testProfileKey(org, user)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, false, nil
+// storeProfile stores a user's profile as the processor does.
+func (a *testAPI) storeProfile(user string, fields map[string]any) {
+	a.t.Helper()
+	p := segment.AppendProfile(nil, segment.NewProfile(fields))
+	if _, err := membership.NewUsers(a.rdb).Write(context.Background(), []membership.UserWrite{{OrgID: a.org, UserID: user, Version: 1, Profile: p}}); err != nil {
+		a.t.Fatal(err)
 	}
-	if err != nil {
-		return nil, false, err
-	}
-	prof, err := segment.DecodeProfile(raw)
-	if err != nil {
-		return nil, false, err
-	}
-	return prof, true, nil
 }
 
 // testAPI is a server over real Redis with two organisations.
@@ -107,10 +96,12 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 	}
 	a.key, a.otherKey = "key-"+a.org, "key-"+a.otherOrg
 	reg := prometheus.NewRegistry()
+	users := membership.NewUsers(rdb)
 	s := New(Config{
 		Definitions: membership.NewDefinitions(rdb),
 		Membership:  membership.NewSets(rdb),
-		Profiles:    redisProfiles{rdb},
+		Profiles:    users,
+		Audience:    processor.NewAudience(users, nil),
 		Publisher:   a.pub,
 		Keys:        map[string]string{a.key: a.org, a.otherKey: a.otherOrg},
 		Ready: func(context.Context) error {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -74,11 +75,7 @@ func TestEvaluate(t *testing.T) {
 	a := newTestAPI(t, rdb)
 	dyn := str(a.as("POST", "/v1/segments", dynamicBody("vip")).mustStatus(t, 201).body["id"])
 	stat := str(a.as("POST", "/v1/segments", map[string]any{"name": "list", "type": "static", "userIds": []string{"u1"}}).mustStatus(t, 201).body["id"])
-	ctx := context.Background()
-	if err := rdb.Set(ctx, testProfileKey(a.org, "gold"), `{"tier":"gold","points":1500,"customFields":{"testAccount":false}}`, 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Del(context.Background(), testProfileKey(a.org, "gold")) })
+	a.storeProfile("gold", map[string]any{"tier": "gold", "points": 1500.0, "customFields": map[string]any{"testAccount": false}})
 
 	tests := map[string]struct {
 		seg    string
@@ -223,4 +220,56 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	if string(served.raw) != string(openAPIDocument) {
 		t.Error("/v1/openapi.json does not serve the embedded document")
 	}
+}
+
+// TestAudienceSearch checks POST /v1/audience/search over real stored
+// profiles: the exact count, the first ids in order, the limit's rules, and
+// nothing of another organisation.
+func TestAudienceSearch(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t))
+	for i, pts := range []float64{500, 1000, 1500, 2500} {
+		a.storeProfile(fmt.Sprintf("u%d", i), map[string]any{"points": pts, "tier": []string{"gold", "silver"}[i%2]})
+	}
+	rich := []any{map[string]any{"field": "points", "operator": ">=", "value": 1000}}
+	tests := map[string]struct {
+		body any
+		want string // the JSON answer
+	}{
+		"count and ids":   {map[string]any{"include": rich}, `{"count":3,"userIds":["u1","u2","u3"]}`},
+		"with exclude":    {map[string]any{"include": rich, "exclude": []any{map[string]any{"field": "tier", "operator": "equals", "value": "gold"}}}, `{"count":2,"userIds":["u1","u3"]}`},
+		"limit 1":         {map[string]any{"include": rich, "limit": 1}, `{"count":3,"userIds":["u1"]}`},
+		"limit 0":         {map[string]any{"include": rich, "limit": 0}, `{"count":3,"userIds":[]}`},
+		"limit null":      {`{"include":[{"field":"points","operator":">=","value":1000}],"limit":null}`, `{"count":3,"userIds":["u1","u2","u3"]}`},
+		"everyone":        {map[string]any{}, `{"count":4,"userIds":["u0","u1","u2","u3"]}`},
+		"no one matching": {map[string]any{"include": []any{map[string]any{"field": "points", "operator": ">", "value": 9000}}}, `{"count":0,"userIds":[]}`},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := a.as("POST", "/v1/audience/search", tt.body).mustStatus(t, 200)
+			if strings.TrimSpace(string(got.raw)) != tt.want {
+				t.Errorf("answer %s, want %s", got.raw, tt.want)
+			}
+		})
+	}
+	errs := map[string]struct {
+		body  any
+		field string
+	}{
+		"limit too large": {map[string]any{"limit": 1001}, "limit"},
+		"limit negative":  {map[string]any{"limit": -1}, "limit"},
+		"limit fraction":  {map[string]any{"limit": 1.5}, "limit"},
+		"unknown field":   {map[string]any{"segment": "x"}, "segment"},
+		"bad operator":    {map[string]any{"include": []any{map[string]any{"field": "points", "operator": "~", "value": 1}}}, "include[0].operator"},
+	}
+	for name, tt := range errs {
+		t.Run(name, func(t *testing.T) {
+			a.as("POST", "/v1/audience/search", tt.body).wantError(t, 400, "validation_failed", tt.field)
+		})
+	}
+	t.Run("another organisation sees none of them", func(t *testing.T) {
+		got := a.do("POST", "/v1/audience/search", a.otherKey, map[string]any{}).mustStatus(t, 200)
+		if strings.TrimSpace(string(got.raw)) != `{"count":0,"userIds":[]}` {
+			t.Errorf("answer %s", got.raw)
+		}
+	})
 }
