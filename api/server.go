@@ -110,7 +110,8 @@ type Config struct {
 	// Ready reports whether the service can serve (Kafka and Redis reachable,
 	// definitions loaded); nil is always ready.
 	Ready func(ctx context.Context) error
-	// Metrics serves /metrics; nil serves the default Prometheus gatherer.
+	// Metrics serves /metrics; nil serves Registerer when it is also a
+	// Gatherer (a *prometheus.Registry), and 404 otherwise.
 	Metrics http.Handler
 	// Registerer receives the HTTP request metrics; nil registers them
 	// nowhere.
@@ -185,7 +186,12 @@ func New(cfg Config) *Server {
 		s.maxBody = DefaultMaxBodyBytes
 	}
 	if s.metricsH == nil {
-		s.metricsH = promhttp.Handler()
+		// The injected registry when it can be read; never the global one.
+		if g, ok := cfg.Registerer.(prometheus.Gatherer); ok {
+			s.metricsH = promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+		} else {
+			s.metricsH = http.NotFoundHandler()
+		}
 	}
 	s.metrics = newHTTPMetrics(cfg.Registerer, s.log)
 	for _, rt := range s.routes() {

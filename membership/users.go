@@ -29,8 +29,11 @@ type OutboxChange struct {
 // UnmarshalJSON decodes ["seg", 1], the form of an outbox stored as JSON.
 func (c *OutboxChange) UnmarshalJSON(b []byte) error {
 	var raw []json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 2 {
-		return fmt.Errorf("outbox change: want [segment, 0|1]")
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("outbox change: %w", err)
+	}
+	if len(raw) != 2 {
+		return fmt.Errorf("outbox change: want [segment, 0|1], got %d elements", len(raw))
 	}
 	if err := json.Unmarshal(raw[0], &c.SegmentID); err != nil {
 		return fmt.Errorf("outbox change: %w", err)

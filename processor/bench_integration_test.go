@@ -120,7 +120,7 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: envInt("SEGMENTD_BENCH_BATCH_SIZE", 2000), BatchWait: time.Millisecond,
-		UserCacheBytes: cache, Metrics: processor.NewMetrics(r.reg), Logger: log,
+		UserCacheBytes: cache, Metrics: mustMetrics(b, r.reg), Logger: log,
 	})
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -627,11 +627,14 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	writer := kafkaio.NewWriter(r.brokers)
 	defer writer.Close()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	jobs := processor.NewJobs(processor.JobsConfig{
+	jobs, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: "bench", Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
 		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Logger: log,
 	})
+	if err != nil {
+		b.Fatal(err)
+	}
 	// Stored points are 0-999 for half of the users and 1000-5999 for the
 	// other half: 1000 makes about half of them members,
 	// SEGMENTD_BENCH_MIN_POINTS=5500 about one in twenty.

@@ -29,7 +29,7 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 	r := newRig(t, rdb)
 	rich := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
 	reg := prometheus.NewRegistry()
-	r.startWith(t, func(c *processor.Config) { c.Metrics = processor.NewMetrics(reg) })
+	r.startWith(t, func(c *processor.Config) { c.Metrics = mustMetrics(t, reg) })
 	o, ctx := r.org, context.Background()
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"silver","points":500}}`)
 	r.waitVersion(t, "u1", 1)

@@ -116,8 +116,9 @@ var errSuperseded = errors.New("segment changed while it was backfilled")
 // one stalled for longer than the lease): that instance's backfill goes on.
 var errLeaseLost = errors.New("backfill lease lost to another instance")
 
-// NewJobs returns the jobs; call Run to start them.
-func NewJobs(cfg JobsConfig) *Jobs {
+// NewJobs returns the jobs; call Run to start them. It fails when
+// cfg.Registerer already holds the jobs' metrics.
+func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -145,9 +146,11 @@ func NewJobs(cfg JobsConfig) *Jobs {
 		}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(j.progress, j.backfill, j.timers)
+		if err := registerAll(cfg.Registerer, j.progress, j.backfill, j.timers); err != nil {
+			return nil, err
+		}
 	}
-	return j
+	return j, nil
 }
 
 // Run runs every job until ctx ends.

@@ -49,12 +49,15 @@ func (r *rig) startAll(t *testing.T) {
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: scheds,
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 1000, BatchWait: 10 * time.Millisecond, Logger: log,
 	})
-	jobs := processor.NewJobs(processor.JobsConfig{
+	jobs, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: testenv.UniqueName(t, "inst"), Definitions: r.defs, Users: r.users, Schedules: scheds,
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb),
 		Publisher: kafkaio.NewPublisher(writer, r.membershipT), Registry: reg, Processor: p,
 		EstimateInterval: time.Second, ProgressInterval: time.Millisecond, Registerer: prometheus.NewRegistry(), Logger: log,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	for _, f := range []func(context.Context) error{reg.Run, p.Run, jobs.Run} {
 		wg.Add(1)
@@ -795,11 +798,15 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	if o.instance == "" {
 		o.instance = testenv.UniqueName(t, "inst")
 	}
-	return processor.NewJobs(processor.JobsConfig{
+	j, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: o.instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
 }
 
 // TestBackfillSkipsUnreadableUser checks that one user whose stored state

@@ -1,6 +1,8 @@
 package processor
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +27,9 @@ type Metrics struct {
 	cacheBytes  prometheus.Gauge
 }
 
-// NewMetrics registers the processor's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics registers the processor's metrics on reg. It fails when reg
+// already holds metrics of the same names (two processors on one registry).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "segmentd_profile_events_total",
@@ -87,8 +90,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Memory of the processor's cache of users' states.",
 		}),
 	}
-	reg.MustRegister(m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers, m.cacheBytes)
-	return m
+	if err := registerAll(reg, m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers, m.cacheBytes); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// registerAll registers every collector on reg and reports each that failed.
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	var errs []error
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("register metrics: %w", errors.Join(errs...))
+	}
+	return nil
 }
 
 // SetLag records the consumer lag.

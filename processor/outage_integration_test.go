@@ -78,7 +78,7 @@ func TestRedisOutage(t *testing.T) {
 	p := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 5 * time.Millisecond,
-		Metrics: processor.NewMetrics(prometheus.NewRegistry()), Logger: log,
+		Metrics: mustMetrics(t, prometheus.NewRegistry()), Logger: log,
 	})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -618,7 +618,7 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 		return err
 	}
 	step("project")
-	projected := p.cfg.Now()
+	projected := time.Now() // a latency is real time, whatever clock evaluates the rules
 	for _, t := range wb.occurred {
 		m.observeLatency(t, wb.fetched, projected)
 	}

@@ -82,7 +82,7 @@ func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func())
 	cfg := processor.Config{
 		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 10 * time.Millisecond,
-		Metrics: processor.NewMetrics(prometheus.NewRegistry()), Logger: log,
+		Metrics: mustMetrics(t, prometheus.NewRegistry()), Logger: log,
 	}
 	opt(&cfg)
 	p := processor.New(cfg)
@@ -107,6 +107,16 @@ func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func())
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// mustMetrics returns the processor's metrics on reg.
+func mustMetrics(tb testing.TB, reg prometheus.Registerer) *processor.Metrics {
+	tb.Helper()
+	m, err := processor.NewMetrics(reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
 }
 
 // waitVersion waits until user's stored version is v and returns the

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -166,8 +167,8 @@ func (d Definition) Validate() error {
 			v.fail("userIds", "userIds are only allowed for static segments")
 		}
 		if _, err := Compile(d.Criteria); err != nil {
-			ve, ok := err.(*ValidationError)
-			if !ok {
+			var ve *ValidationError
+			if !errors.As(err, &ve) {
 				v.fail("criteria", err.Error())
 				break
 			}

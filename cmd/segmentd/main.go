@@ -109,17 +109,38 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	sets := membership.NewSets(rdb)
 	registry := processor.NewRegistry(defs, 250*time.Millisecond, log)
 
+	metrics, err := processor.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	reader := kafkaio.NewReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
 	writer := kafkaio.NewWriter(cfg.KafkaBrokers)
-	metrics := processor.NewMetrics(reg)
 	proc := processor.New(processor.Config{
 		Fetcher: reader, Producer: writer, Users: users, Rules: registry, Scheduler: scheds,
 		MembershipTopic: cfg.MembershipTopic, DLQTopic: cfg.DLQTopic,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, ShutdownTimeout: cfg.ShutdownTimeout,
 		UserCacheBytes: userCacheBytes(cfg.UserCacheMB), Metrics: metrics, Logger: log,
 	})
+	// Until the shutdown path owns them, an early return closes the clients.
+	closeKafka := func() {
+		if err := reader.Close(); err != nil {
+			log.Warn("close kafka reader", "err", err)
+		}
+		if err := writer.Close(); err != nil {
+			log.Warn("close kafka writer", "err", err)
+		}
+	}
 	publisher := kafkaio.NewPublisher(writer, cfg.MembershipTopic)
 	coord := membership.NewCoordinator(rdb)
+	jobs, err := processor.NewJobs(processor.JobsConfig{
+		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
+		Coordinator: coord, Publisher: publisher, Registry: registry, Processor: proc,
+		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
+	})
+	if err != nil {
+		closeKafka()
+		return err
+	}
 
 	ready := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -153,6 +174,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
+		closeKafka()
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	httpSrv := &http.Server{
@@ -184,11 +206,6 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			}
 		}()
 	}
-	jobs := processor.NewJobs(processor.JobsConfig{
-		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
-		Coordinator: coord, Publisher: publisher, Registry: registry, Processor: proc,
-		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
-	})
 	goRun("registry", func() error { return registry.Run(jobCtx) })
 	goRun("jobs", func() error { return jobs.Run(jobCtx) })
 	goRun("http", func() error {
@@ -236,12 +253,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	case <-time.After(jobsStopTimeout):
 		log.Warn("background jobs did not stop in time")
 	}
-	if err := reader.Close(); err != nil {
-		log.Warn("close kafka reader", "err", err)
-	}
-	if err := writer.Close(); err != nil {
-		log.Warn("close kafka writer", "err", err)
-	}
+	closeKafka()
 	log.Info("stopped")
 	return runErr
 }
