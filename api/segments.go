@@ -170,7 +170,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	var size int64
 	if created.Type == segment.TypeStatic {
 		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
-			s.rollbackCreate(created, userIDs, now)
+			s.rollbackCreate(ctx, created, userIDs, now)
 			s.fail(w, r, err)
 			return
 		}
@@ -223,9 +223,9 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 // published or written, so that the client's retry does not leave a second
 // segment behind. The entries may have gone out in part, so each is answered
 // with an exit (the exits a deletion publishes) as far as the publisher
-// allows. It runs on its own context: the request's may be what failed.
-func (s *Server) rollbackCreate(d segment.Definition, userIDs []string, now time.Time) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// allows. It runs past ctx's end: the request's deadline may be what failed.
+func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	exits := make([]events.Change, len(userIDs))
 	for i, u := range userIDs {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segmentd/segmentd/segment"
@@ -355,10 +356,16 @@ func (s *Definitions) Update(ctx context.Context, org, id string, fn func(*segme
 }
 
 func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn func(*segment.Definition) error) (segment.Definition, error) {
-	for range maxUpdateAttempts {
+	var out segment.Definition
+	// A compare-and-set that lost to another writer reads again after a
+	// short, jittered pause, so that writers racing on one segment spread
+	// out instead of colliding again at once.
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = time.Millisecond, 50*time.Millisecond
+	attempt := func() error {
 		cur, raw, err := s.get(ctx, org, id)
 		if err != nil {
-			return segment.Definition{}, fmt.Errorf("update segment: %w", err)
+			return backoff.Permanent(fmt.Errorf("update segment: %w", err))
 		}
 		next := cur
 		next.Criteria = segment.Criteria{
@@ -366,38 +373,51 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 			Exclude: slices.Clone(cur.Criteria.Exclude),
 		}
 		if err := fn(&next); errors.Is(err, ErrUnchanged) {
-			return cur, nil
+			out = cur
+			return nil
 		} else if err != nil {
-			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		next.ID, next.OrgID = cur.ID, cur.OrgID
 		enc, err := encodeDefinition(next)
 		if err != nil {
-			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		if enc == raw {
-			return cur, nil
+			out = cur
+			return nil
 		}
 		res, err := s.cas.Run(ctx, s.rdb, []string{DefinitionsKey(org)}, id, raw, enc).Int64()
 		if err != nil {
-			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		switch res {
 		case -1:
-			return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, ErrNotFound)
+			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, ErrNotFound))
 		case 0:
-			continue // changed meanwhile: read again
+			return errChangedMeanwhile
 		}
 		if bump {
 			if err := s.bump(ctx, org); err != nil {
-				return segment.Definition{}, fmt.Errorf("update segment %s/%s: %w", org, id, err)
+				return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 			}
 		}
 		next.UserIDs = nil
-		return next, nil
+		out = next
+		return nil
 	}
-	return segment.Definition{}, fmt.Errorf("update segment %s/%s: changed concurrently %d times, giving up", org, id, maxUpdateAttempts)
+	err := backoff.Retry(attempt, backoff.WithContext(backoff.WithMaxRetries(bo, maxUpdateAttempts-1), ctx))
+	if errors.Is(err, errChangedMeanwhile) {
+		return segment.Definition{}, fmt.Errorf("update segment %s/%s: changed concurrently %d times, giving up", org, id, maxUpdateAttempts)
+	}
+	if err != nil {
+		return segment.Definition{}, err
+	}
+	return out, nil
 }
+
+// errChangedMeanwhile is a compare-and-set that lost to another writer.
+var errChangedMeanwhile = errors.New("segment changed meanwhile")
 
 // Delete removes a definition, or returns ErrNotFound. It does not touch the
 // segment's membership.
