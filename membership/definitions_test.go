@@ -220,6 +220,41 @@ func TestDefinitionsLimitIsAtomic(t *testing.T) {
 	})
 }
 
+// TestDefinitionsConcurrentUpdates runs updates of one segment from many
+// goroutines at once: each must apply exactly once, none lost to another's
+// compare-and-set.
+func TestDefinitionsConcurrentUpdates(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		defs := membership.NewDefinitions(rdb)
+		d, err := defs.Create(ctx, testDynamicDef(testenv.UniqueName(t, "org"), "busy"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		const writers = 8
+		var wg sync.WaitGroup
+		for range writers {
+			wg.Go(func() {
+				_, err := defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
+					d.Description += "x"
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		got, err := defs.Get(ctx, d.OrgID, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Description) != writers {
+			t.Errorf("description %q: %d of %d updates applied", got.Description, len(got.Description), writers)
+		}
+	})
+}
+
 func TestDefinitionsListPaging(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
