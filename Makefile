@@ -10,9 +10,11 @@ build:
 	$(GO) build -o bin/segmentd ./cmd/segmentd
 	$(GO) build -o bin/segmentctl ./cmd/segmentctl
 
-## run: segmentd on the embedded default (in-process Kafka and Redis)
+## run: segmentd on the embedded default (in-process Kafka and Redis).
+## Built, then exec'd: Ctrl-C reaches segmentd alone, which exits 0 (go run
+## would report its own exit status 1 for the interrupt).
 run:
-	$(GO) run ./cmd/segmentd
+	$(GO) build -o bin/segmentd ./cmd/segmentd && exec bin/segmentd
 
 ## test: unit and integration tests with -race against real Kafka 4.x and Redis,
 ## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards.
