@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/segmentd/segmentd/events"
@@ -99,6 +100,7 @@ type Jobs struct {
 	timers   prometheus.Counter
 	mu       sync.Mutex
 	running  map[string]bool
+	retries  backfillRetries
 	// backfills counts the running backfill goroutines, which Run waits for.
 	backfills sync.WaitGroup
 	// inForce holds each backfill and timer round in progress, with the
@@ -131,7 +133,7 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{}, inForce: map[*heldRevision]struct{}{},
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{},
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -219,14 +221,17 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 	if snap == nil {
 		return
 	}
+	building := map[string]bool{}
+	now := time.Now()
 	for org, o := range snap.Orgs {
 		for id, cs := range o.Segments {
 			if cs.Def.Status != segment.StatusBuilding {
 				continue
 			}
 			key := fmt.Sprintf("%s/%s/%d", org, id, cs.Def.Generation)
+			building[key] = true
 			j.mu.Lock()
-			busy := j.running[key]
+			busy := j.running[key] || j.retries.waiting(key, now)
 			if !busy {
 				j.running[key] = true
 			}
@@ -237,19 +242,66 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			j.backfills.Add(1)
 			go func() {
 				defer j.backfills.Done()
-				defer func() { j.mu.Lock(); delete(j.running, key); j.mu.Unlock() }()
 				err := j.Backfill(ctx, org, cs, snap.Revision)
+				j.mu.Lock()
+				delete(j.running, key)
+				var wait time.Duration
+				if err != nil && !errors.Is(err, errSuperseded) {
+					wait = j.retries.failed(key, time.Now())
+				} else {
+					delete(j.retries, key)
+				}
+				j.mu.Unlock()
 				switch {
 				case errors.Is(err, errSuperseded):
 					j.backfill.WithLabelValues("superseded").Inc()
 					j.cfg.Logger.Info("backfill stopped: the segment changed", "org", org, "segment", id, "generation", cs.Def.Generation)
 				case err != nil && ctx.Err() == nil:
 					j.backfill.WithLabelValues("error").Inc()
-					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "err", err)
+					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "retry_in", wait.Round(time.Millisecond), "err", err)
 				}
 			}()
 		}
 	}
+	j.mu.Lock()
+	for key := range j.retries {
+		if !building[key] {
+			delete(j.retries, key) // ready, superseded or deleted meanwhile
+		}
+	}
+	j.mu.Unlock()
+}
+
+// retryState is when a failed backfill may start again.
+type retryState struct {
+	bo *backoff.ExponentialBackOff
+	at time.Time
+}
+
+// backfillRetries holds the failed backfills by key, each waiting longer
+// after every failure in a row (an outage must not restart them twice a
+// second for its whole length).
+type backfillRetries map[string]*retryState
+
+// waiting reports whether key's backfill failed and may not start yet.
+func (r backfillRetries) waiting(key string, now time.Time) bool {
+	st := r[key]
+	return st != nil && now.Before(st.at)
+}
+
+// failed records a failure of key's backfill at now and returns how long
+// it waits before the next attempt.
+func (r backfillRetries) failed(key string, now time.Time) time.Duration {
+	st := r[key]
+	if st == nil {
+		bo := backoff.NewExponentialBackOff()
+		bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 500*time.Millisecond, 10*time.Second, 0
+		st = &retryState{bo: bo}
+		r[key] = st
+	}
+	wait := st.bo.NextBackOff()
+	st.at = now.Add(wait)
+	return wait
 }
 
 // Backfill computes the membership of one dynamic segment over every stored
