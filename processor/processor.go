@@ -677,8 +677,14 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 	return nil
 }
 
+// dlqMaxValue bounds the value of a dead letter: a record near the broker's
+// size limit would not fit again with the headers added, and a dead letter
+// that cannot be written would hold its partition up for good. The source
+// headers say where the whole record is.
+const dlqMaxValue = 900_000
+
 func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
-	return kafka.Message{
+	dl := kafka.Message{
 		Topic: p.cfg.DLQTopic,
 		Key:   msg.Key,
 		Value: msg.Value,
@@ -689,6 +695,11 @@ func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
 			{Key: "segmentd-source-offset", Value: []byte(strconv.FormatInt(msg.Offset, 10))},
 		},
 	}
+	if len(dl.Value) > dlqMaxValue {
+		dl.Headers = append(dl.Headers, kafka.Header{Key: "segmentd-truncated-from", Value: []byte(strconv.Itoa(len(dl.Value)))})
+		dl.Value = dl.Value[:dlqMaxValue]
+	}
+	return dl
 }
 
 type decodedEvent struct {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -350,5 +351,29 @@ func TestUnreadableStateGoesToDLQ(t *testing.T) {
 	}
 	if v, err := rdb.HGet(context.Background(), key, "v").Result(); err != nil || v != "not a number" {
 		t.Errorf("stored version = %q, %v; the unreadable state must be left alone", v, err)
+	}
+}
+
+// TestHugeInvalidRecordIsDeadLettered produces an invalid record near the
+// broker's size limit: its dead letter, with headers, would not fit whole,
+// so it is cut and says so, and the partition goes on.
+func TestHugeInvalidRecordIsDeadLettered(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	r := newRig(t, rdb)
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	r.start(t)
+	huge := `{"userId":"big","junk":"` + strings.Repeat("x", 999_820) + `"`
+	r.produce(t, huge, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"after","version":1,"profile":{"points":2000}}`)
+	r.waitVersion(t, "after", 1)
+	dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
+	if len(dl) != 1 {
+		t.Fatalf("dead letters: %d, want 1", len(dl))
+	}
+	h := map[string]string{}
+	for _, x := range dl[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if h["segmentd-truncated-from"] != strconv.Itoa(len(huge)) || len(dl[0].Value) >= len(huge) || h["segmentd-error"] == "" {
+		t.Errorf("dead letter of %d bytes with headers %v", len(dl[0].Value), h)
 	}
 }
