@@ -2,19 +2,21 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
 
+	"github.com/segmentd/segmentd/processor"
 	"github.com/segmentd/segmentd/segment"
 )
 
 // AudienceSearcher counts the stored profiles that criteria match.
 type AudienceSearcher interface {
 	// Search returns the exact count and the first limit matching user ids
-	// in ascending order.
-	Search(ctx context.Context, org string, c segment.Criteria, limit int) (int64, []string, error)
+	// above after, in ascending order.
+	Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (processor.AudiencePage, error)
 }
 
 // Audience search page sizes.
@@ -24,13 +26,15 @@ const (
 )
 
 type audienceJSON struct {
-	Count   int64    `json:"count"`
-	UserIDs []string `json:"userIds"`
+	Count      int64    `json:"count"`
+	UserIDs    []string `json:"userIds"`
+	NextCursor *string  `json:"nextCursor"`
 }
 
 // audienceSearch serves POST /v1/audience/search: {"include": [...],
-// "exclude": [...], "limit": n} answers the exact count over the stored
-// profiles and the first n matching user ids. It previews a segment before
+// "exclude": [...], "limit": n, "cursor": c} answers the exact count over
+// the stored profiles and the first n matching user ids after the cursor,
+// with the cursor of the next page. It previews a segment before
 // it is saved: the same criteria give the same members.
 func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	if s.audience == nil {
@@ -43,7 +47,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var fe fieldErrors
-	checkKeys(&fe, "", obj, map[string]bool{"include": true, "exclude": true, "limit": true}, nil)
+	checkKeys(&fe, "", obj, map[string]bool{"include": true, "exclude": true, "limit": true, "cursor": true}, nil)
 	limit := defaultAudienceLimit
 	if raw, ok := obj["limit"]; ok && string(raw) != "null" { // null: not given
 		var n int
@@ -51,6 +55,17 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 			fe.add("limit", "limit must be an integer from 0 to 1000")
 		}
 		limit = n
+	}
+	after := ""
+	if raw, ok := obj["cursor"]; ok && string(raw) != "null" {
+		var c string
+		if json.Unmarshal(raw, &c) != nil {
+			fe.add("cursor", "cursor must be a string: the nextCursor of an earlier answer")
+		} else if b, err := base64.RawURLEncoding.DecodeString(c); err != nil || len(b) == 0 {
+			fe.add("cursor", "cursor is not one this API issued")
+		} else {
+			after = string(b)
+		}
 	}
 	crit := map[string]json.RawMessage{}
 	for _, k := range []string{"include", "exclude"} {
@@ -68,7 +83,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	count, ids, err := s.audience.Search(r.Context(), orgOf(r.Context()), c, limit)
+	res, err := s.audience.Search(r.Context(), orgOf(r.Context()), c, limit, after)
 	var ve *segment.ValidationError
 	if errors.As(err, &ve) {
 		// The body has no "criteria" wrapper: name fields as the client wrote them.
@@ -80,8 +95,13 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if ids == nil {
-		ids = []string{}
+	out := audienceJSON{Count: res.Count, UserIDs: res.UserIDs}
+	if out.UserIDs == nil {
+		out.UserIDs = []string{}
 	}
-	writeJSON(w, http.StatusOK, audienceJSON{Count: count, UserIDs: ids})
+	if res.More {
+		next := base64.RawURLEncoding.EncodeToString([]byte(res.UserIDs[len(res.UserIDs)-1]))
+		out.NextCursor = &next
+	}
+	writeJSON(w, http.StatusOK, out)
 }

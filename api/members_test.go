@@ -235,13 +235,12 @@ func TestAudienceSearch(t *testing.T) {
 		body any
 		want string // the JSON answer
 	}{
-		"count and ids":   {map[string]any{"include": rich}, `{"count":3,"userIds":["u1","u2","u3"]}`},
-		"with exclude":    {map[string]any{"include": rich, "exclude": []any{map[string]any{"field": "tier", "operator": "equals", "value": "gold"}}}, `{"count":2,"userIds":["u1","u3"]}`},
-		"limit 1":         {map[string]any{"include": rich, "limit": 1}, `{"count":3,"userIds":["u1"]}`},
-		"limit 0":         {map[string]any{"include": rich, "limit": 0}, `{"count":3,"userIds":[]}`},
-		"limit null":      {`{"include":[{"field":"points","operator":">=","value":1000}],"limit":null}`, `{"count":3,"userIds":["u1","u2","u3"]}`},
-		"everyone":        {map[string]any{}, `{"count":4,"userIds":["u0","u1","u2","u3"]}`},
-		"no one matching": {map[string]any{"include": []any{map[string]any{"field": "points", "operator": ">", "value": 9000}}}, `{"count":0,"userIds":[]}`},
+		"count and ids":   {map[string]any{"include": rich}, `{"count":3,"userIds":["u1","u2","u3"],"nextCursor":null}`},
+		"with exclude":    {map[string]any{"include": rich, "exclude": []any{map[string]any{"field": "tier", "operator": "equals", "value": "gold"}}}, `{"count":2,"userIds":["u1","u3"],"nextCursor":null}`},
+		"limit 0":         {map[string]any{"include": rich, "limit": 0}, `{"count":3,"userIds":[],"nextCursor":null}`},
+		"limit null":      {`{"include":[{"field":"points","operator":">=","value":1000}],"limit":null}`, `{"count":3,"userIds":["u1","u2","u3"],"nextCursor":null}`},
+		"everyone":        {map[string]any{}, `{"count":4,"userIds":["u0","u1","u2","u3"],"nextCursor":null}`},
+		"no one matching": {map[string]any{"include": []any{map[string]any{"field": "points", "operator": ">", "value": 9000}}}, `{"count":0,"userIds":[],"nextCursor":null}`},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -251,6 +250,27 @@ func TestAudienceSearch(t *testing.T) {
 			}
 		})
 	}
+	t.Run("pages", func(t *testing.T) {
+		var all []string
+		var cursor any
+		for pages := 0; ; pages++ {
+			if pages > 3 {
+				t.Fatal("paging does not end")
+			}
+			got := a.as("POST", "/v1/audience/search", map[string]any{"include": rich, "limit": 2, "cursor": cursor}).mustStatus(t, 200)
+			if num(got.body["count"]) != 3 {
+				t.Errorf("count on page %d: %s", pages, got.raw)
+			}
+			all = append(all, strList(got.body["userIds"])...)
+			if got.body["nextCursor"] == nil {
+				break
+			}
+			cursor = got.body["nextCursor"]
+		}
+		if !slices.Equal(all, []string{"u1", "u2", "u3"}) {
+			t.Errorf("pages gave %v", all)
+		}
+	})
 	errs := map[string]struct {
 		body  any
 		field string
@@ -259,6 +279,8 @@ func TestAudienceSearch(t *testing.T) {
 		"limit negative":  {map[string]any{"limit": -1}, "limit"},
 		"limit fraction":  {map[string]any{"limit": 1.5}, "limit"},
 		"unknown field":   {map[string]any{"segment": "x"}, "segment"},
+		"bad cursor":      {map[string]any{"cursor": "not base64!"}, "cursor"},
+		"cursor a number": {map[string]any{"cursor": 3}, "cursor"},
 		"bad operator":    {map[string]any{"include": []any{map[string]any{"field": "points", "operator": "~", "value": 1}}}, "include[0].operator"},
 	}
 	for name, tt := range errs {
@@ -268,7 +290,7 @@ func TestAudienceSearch(t *testing.T) {
 	}
 	t.Run("another organisation sees none of them", func(t *testing.T) {
 		got := a.do("POST", "/v1/audience/search", a.otherKey, map[string]any{}).mustStatus(t, 200)
-		if strings.TrimSpace(string(got.raw)) != `{"count":0,"userIds":[]}` {
+		if strings.TrimSpace(string(got.raw)) != `{"count":0,"userIds":[],"nextCursor":null}` {
 			t.Errorf("answer %s", got.raw)
 		}
 	})

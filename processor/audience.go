@@ -29,20 +29,33 @@ func NewAudience(profiles ProfileLister, now func() time.Time) *Audience {
 	return &Audience{profiles: profiles, now: now}
 }
 
+// AudiencePage is the answer of an audience search.
+type AudiencePage struct {
+	// Count is the number of distinct stored users the criteria match.
+	Count int64
+	// UserIDs are the first matching ids after the search's cursor, in
+	// ascending order.
+	UserIDs []string
+	// More reports whether matching ids follow the last of UserIDs.
+	More bool
+}
+
 // Search counts the stored profiles of org that the criteria match and
-// returns the first limit matching user ids in ascending order.
-func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, limit int) (int64, []string, error) {
+// returns the first limit matching user ids above after ("" for the
+// first page) in ascending order.
+func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (AudiencePage, error) {
 	rule, err := segment.Compile(c)
 	if err != nil {
-		return 0, nil, err
+		return AudiencePage{}, err
 	}
 	now := a.now()
 	var count int64
 	// A scan may meet a profile twice (Redis rehashed meanwhile): the count
 	// is of distinct users.
 	seen := map[string]struct{}{}
-	// The smallest ids seen so far, kept bounded: a max-heap would do, but
-	// a sorted slice trimmed per page is simpler and cheap at these sizes.
+	// The smallest ids above after seen so far, one more than the page so
+	// that More is known, kept bounded: a max-heap would do, but a sorted
+	// slice trimmed per page is simpler and cheap at these sizes.
 	var page []string
 	err = a.profiles.ScanProfiles(ctx, org, func(ps []membership.StoredProfile) error {
 		matched := matchProfiles(rule, ps, now)
@@ -57,16 +70,24 @@ func (a *Audience) Search(ctx context.Context, org string, c segment.Criteria, l
 		matched = matched[:n]
 		count += int64(n)
 		if limit > 0 {
-			page = append(page, matched...)
+			for _, id := range matched {
+				if id > after {
+					page = append(page, id)
+				}
+			}
 			sort.Strings(page)
-			page = page[:min(len(page), limit)]
+			page = page[:min(len(page), limit+1)]
 		}
 		return nil
 	})
 	if err != nil {
-		return 0, nil, fmt.Errorf("audience of %s: %w", org, err)
+		return AudiencePage{}, fmt.Errorf("audience of %s: %w", org, err)
 	}
-	return count, page, nil
+	out := AudiencePage{Count: count, UserIDs: page}
+	if len(page) > limit {
+		out.UserIDs, out.More = page[:limit], true
+	}
+	return out, nil
 }
 
 func matchProfiles(rule *segment.Rule, ps []membership.StoredProfile, now time.Time) []string {

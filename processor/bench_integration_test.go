@@ -665,11 +665,12 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	members, _ := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, d.ID)).Result()
 	mem2 := usedMemory(b, r.rdb)
 	start = time.Now()
-	count, _, err := processor.NewAudience(r.users, nil).Search(ctx, r.org, segment.Criteria{
-		Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}, {Field: "xp", Operator: ">=", Value: 5000.0, HasValue: true}}}, 100)
+	res, err := processor.NewAudience(r.users, nil).Search(ctx, r.org, segment.Criteria{
+		Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}, {Field: "xp", Operator: ">=", Value: 5000.0, HasValue: true}}}, 100, "")
 	if err != nil {
 		b.Fatal(err)
 	}
+	count := res.Count
 	audience := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(n)/backfill.Seconds(), "backfill-profiles/s")

@@ -260,10 +260,11 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 	aud := processor.NewAudience(r.users, nil)
 	crit := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1500.0, HasValue: true}},
 		Exclude: []segment.Criterion{{Field: "tier", Operator: "in", Value: []any{"silver"}, HasValue: true}}}
-	count, page, err := aud.Search(context.Background(), r.org, crit, 5)
+	res, err := aud.Search(context.Background(), r.org, crit, 5, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	count, page := res.Count, res.UserIDs
 	var expect []string
 	for i := range users {
 		u := fmt.Sprintf("u%d", i)
