@@ -92,7 +92,7 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 	}
 	a := &testAPI{
 		t: t, rdb: rdb, pub: &recordingPublisher{},
-		org: testenv.UniqueName(t, "org"), otherOrg: testenv.UniqueName(t, "other"),
+		org: testenv.Org(t, rdb, "org"), otherOrg: testenv.Org(t, rdb, "other"),
 	}
 	a.key, a.otherKey = "key-"+a.org, "key-"+a.otherOrg
 	reg := prometheus.NewRegistry()

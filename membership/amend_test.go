@@ -18,7 +18,7 @@ import (
 func TestAmendOutcomes(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		users := membership.NewUsers(rdb)
 		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
 		ws := []membership.UserWrite{
@@ -73,7 +73,7 @@ func TestAmendOutcomes(t *testing.T) {
 func TestAmendMany(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		users := membership.NewUsers(rdb)
 		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
 		const n = 250

@@ -38,7 +38,7 @@ func testDynamicDef(org, name string) segment.Definition {
 func TestDefinitionsCRUD(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		defs := membership.NewDefinitions(rdb)
 
 		rev0, err := defs.Revision(ctx)
@@ -186,7 +186,7 @@ func sameTestDefinition(a, b segment.Definition) bool {
 func TestDefinitionsLimitIsAtomic(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		defs := membership.NewDefinitions(rdb)
 
 		// More creations than the limit, concurrently: exactly the limit
@@ -227,7 +227,7 @@ func TestDefinitionsConcurrentUpdates(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		defs := membership.NewDefinitions(rdb)
-		d, err := defs.Create(ctx, testDynamicDef(testenv.UniqueName(t, "org"), "busy"))
+		d, err := defs.Create(ctx, testDynamicDef(testenv.Org(t, rdb, "org"), "busy"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +258,7 @@ func TestDefinitionsConcurrentUpdates(t *testing.T) {
 func TestDefinitionsListPaging(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		defs := membership.NewDefinitions(rdb)
 		var ids, staticIDs []string
 		for i := range 45 {
@@ -330,7 +330,7 @@ func TestDefinitionsListPaging(t *testing.T) {
 func TestDefinitionsAllAndOrgs(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		orgA, orgB := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b")
+		orgA, orgB := testenv.Org(t, rdb, "a"), testenv.Org(t, rdb, "b")
 		defs := membership.NewDefinitions(rdb)
 		want := map[string]bool{}
 		for _, org := range []string{orgA, orgB, orgA} {
@@ -395,7 +395,7 @@ func TestNewSegmentIDSortsByTime(t *testing.T) {
 func TestDefinitionsChangedOrgs(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		orgA, orgB := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b")
+		orgA, orgB := testenv.Org(t, rdb, "a"), testenv.Org(t, rdb, "b")
 		defs := membership.NewDefinitions(rdb)
 		rev := func() int64 {
 			n, err := defs.Revision(ctx)

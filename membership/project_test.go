@@ -18,7 +18,7 @@ import (
 func TestProjectNewestDecisionWins(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		users := membership.NewUsers(rdb)
 		proj := func(seg, user string, rev int64, entered bool) membership.Projection {
 			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: entered}, Rev: rev}

@@ -35,7 +35,7 @@ func fillTestSegment(t *testing.T, sets *membership.Sets, org, seg string, n int
 func TestMembersPaging(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		sets := membership.NewSets(rdb)
 		tests := map[string]struct {
 			size, limit int
@@ -88,7 +88,7 @@ func TestMembersPaging(t *testing.T) {
 func TestMembersPagingWhileTheSetGrows(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org, seg := testenv.UniqueName(t, "org"), "seg_grows"
+		org, seg := testenv.Org(t, rdb, "org"), "seg_grows"
 		sets := membership.NewSets(rdb)
 		key := membership.SegmentMembersKey(org, seg)
 		var first []any
@@ -136,7 +136,7 @@ func TestMembersPagingWhileTheSetGrows(t *testing.T) {
 func TestMembershipReads(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		sets := membership.NewSets(rdb)
 		fillTestSegment(t, sets, org, "seg_b", 3)
 		fillTestSegment(t, sets, org, "seg_a", 1)

@@ -17,7 +17,7 @@ import (
 func TestScheduleOnlyMovesEarlier(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		s := membership.NewSchedules(rdb)
 		base := time.UnixMilli(1_800_000_000_000)
 		at := func(user string) time.Time {
@@ -64,7 +64,7 @@ func TestScheduleOnlyMovesEarlier(t *testing.T) {
 func TestClaimKeepsItsFlip(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		s := membership.NewSchedules(rdb)
 		base := time.UnixMilli(1_800_000_000_000)
 		lease := 30 * time.Second

@@ -31,7 +31,7 @@ func testChangeStrings(changes []events.Change) []string {
 func TestStaticReplaceAndEdit(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		sets := membership.NewSets(rdb)
 		seg := "seg_static"
 		at := time.Date(2026, 11, 25, 17, 0, 0, 0, time.UTC)
@@ -116,7 +116,7 @@ func TestStaticCauseIsDeterministic(t *testing.T) {
 func TestDeleteSegmentMembership(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		sets := membership.NewSets(rdb)
 		seg, other := "seg_del", "seg_keep"
 		at := time.Now().UTC()

@@ -18,7 +18,7 @@ import (
 func TestWriteUsers(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		org := testenv.UniqueName(t, "org")
+		org := testenv.Org(t, rdb, "org")
 		users := membership.NewUsers(rdb)
 		const n = 250
 		stale := func(i int) bool { return i%7 == 3 }

@@ -42,6 +42,7 @@ type JobDefinitions interface {
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
 	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error)
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
+	Get(ctx context.Context, org, id string) (segment.Definition, error)
 }
 
 // Sizer counts and lists segment members.
@@ -231,7 +232,9 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			key := fmt.Sprintf("%s/%s/%d", org, id, cs.Def.Generation)
 			building[key] = true
 			j.mu.Lock()
-			busy := j.running[key] || j.retries.waiting(key, now)
+			// A few at a time: each scans the whole keyspace, and a thousand
+			// segments created at once must not start a thousand scans.
+			busy := j.running[key] || j.retries.waiting(key, now) || len(j.running) >= maxConcurrentBackfills
 			if !busy {
 				j.running[key] = true
 			}
@@ -271,6 +274,10 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 	}
 	j.mu.Unlock()
 }
+
+// maxConcurrentBackfills bounds the backfills an instance runs at once; the
+// others start as these finish.
+const maxConcurrentBackfills = 4
 
 // retryState is when a failed backfill may start again.
 type retryState struct {
@@ -327,6 +334,16 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			j.cfg.Logger.Warn("backfill unlock: the lease expires by itself", "org", org, "segment", cs.Def.ID, "err", err)
 		}
 	}()
+	// The snapshot that asked for this backfill may predate its end (here or
+	// on another instance): a generation already built, or replaced, or a
+	// segment deleted, needs no scan.
+	if cur, err := j.cfg.Definitions.Get(ctx, org, cs.Def.ID); errors.Is(err, membership.ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	} else if cur.Generation != cs.Def.Generation || cur.Status != segment.StatusBuilding {
+		return nil
+	}
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}

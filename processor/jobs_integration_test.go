@@ -284,6 +284,15 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 func TestRelativeDateFlipsWithoutEvents(t *testing.T) {
 	r := newRig(t, testenv.RedisClusterClient(t))
 	r.startAll(t)
+	// Created as the API does (building). Its backfill, over no users yet,
+	// ends before the users come: their flips are the timers' alone.
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "inactive", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := d.ID
+	r.waitReady(t, id, 30*time.Second)
 	base := time.Now().Add(-30 * 24 * time.Hour)
 	due := map[string]time.Time{}
 	var evs []events.ProfileEvent
@@ -298,14 +307,6 @@ func TestRelativeDateFlipsWithoutEvents(t *testing.T) {
 		evs = append(evs, events.ProfileEvent{EventID: "c" + u, Type: events.ProfileCreated, OrgID: r.org, UserID: u, Version: 1, HasVersion: true,
 			Profile: map[string]any{"updatedAt": at.UTC().Format(time.RFC3339)}})
 	}
-	// Created as the API does (building), so that the backfill covers any
-	// event processed before every instance loaded the definition.
-	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "inactive", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := d.ID
 	r.produceEvents(t, evs)
 	got := map[string]bool{}
 	for _, m := range readOwn(t, r, 6) {
@@ -792,6 +793,7 @@ type jobsOf struct {
 	pub      processor.ChangePublisher
 	registry *processor.Registry
 	now      func() time.Time
+	metrics  *prometheus.Registry // nil: a registry of its own
 }
 
 // newJobs returns the background jobs of one test instance, not running.
@@ -799,10 +801,13 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	if o.instance == "" {
 		o.instance = testenv.UniqueName(t, "inst")
 	}
+	if o.metrics == nil {
+		o.metrics = prometheus.NewRegistry()
+	}
 	j, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: o.instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
-		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
+		Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -853,5 +858,51 @@ func TestBackfillSkipsUnreadableUser(t *testing.T) {
 	}
 	if st, err := r.defs.Get(ctx, r.org, d.ID); err != nil || st.Status != segment.StatusReady {
 		t.Errorf("segment status %q, %v; want ready", st.Status, err)
+	}
+}
+
+// TestFinishedBackfillIsNotRunAgain asks for the backfill of a generation
+// that is already built, as a registry snapshot older than its end would:
+// it is not run (scanned, amended, marked ready) again.
+func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	r.storePoints(t, 400)
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, err := segment.Compile(d.Criteria)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := &processor.CompiledSegment{Def: d, Rule: rule}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	reg := prometheus.NewRegistry()
+	jobs := r.newJobs(t, jobsOf{pub: kafkaio.NewPublisher(writer, r.membershipT), metrics: reg})
+	ready := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "segmentd_backfills_total" {
+				for _, m := range mf.GetMetric() {
+					if m.GetLabel()[0].GetValue() == "ready" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	for range 2 {
+		if err := jobs.Backfill(ctx, r.org, cs, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := ready(); n != 1 {
+		t.Errorf("the generation was built %v times, want once", n)
 	}
 }

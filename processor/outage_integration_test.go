@@ -59,7 +59,7 @@ func TestRedisOutage(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	r := &rig{brokers: brokers, rdb: rdb, org: testenv.UniqueName(t, "org")}
+	r := &rig{brokers: brokers, rdb: rdb, org: testenv.Org(t, rdb, "org")}
 	r.profile, r.membershipT, r.dlq, r.group = testenv.UniqueName(t, "profiles"), testenv.UniqueName(t, "membership"), testenv.UniqueName(t, "dlq"), testenv.UniqueName(t, "group")
 	testenv.CreateTopic(t, brokers, r.profile, 3)
 	testenv.CreateTopic(t, brokers, r.membershipT, 3)

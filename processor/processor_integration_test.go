@@ -41,7 +41,7 @@ type rig struct {
 func newRig(t *testing.T, rdb redis.UniversalClient) *rig {
 	t.Helper()
 	brokers := testenv.Kafka(t)
-	r := &rig{brokers: brokers, rdb: rdb, org: testenv.UniqueName(t, "org")}
+	r := &rig{brokers: brokers, rdb: rdb, org: testenv.Org(t, rdb, "org")}
 	r.profile = testenv.UniqueName(t, "profiles")
 	r.membershipT = testenv.UniqueName(t, "membership")
 	r.dlq = testenv.UniqueName(t, "dlq")

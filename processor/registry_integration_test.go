@@ -21,7 +21,7 @@ import (
 func TestRegistryReloadsOnlyChangedOrgs(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		orgA, orgB, orgC := testenv.UniqueName(t, "a"), testenv.UniqueName(t, "b"), testenv.UniqueName(t, "c")
+		orgA, orgB, orgC := testenv.Org(t, rdb, "a"), testenv.Org(t, rdb, "b"), testenv.Org(t, rdb, "c")
 		defs := membership.NewDefinitions(rdb)
 		create := func(org, field string) segment.Definition {
 			d, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: field, Type: segment.TypeDynamic, Status: segment.StatusReady,

@@ -29,7 +29,7 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	addr := testenv.Redis(t)
 	rdb := testenv.RedisClient(t)
 	ctx := context.Background()
-	org := testenv.UniqueName(t, "org")
+	org := testenv.Org(t, rdb, "org")
 	defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
 	d, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusReady,
 		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})

@@ -63,6 +63,7 @@ func newE2E(t *testing.T, redisAddrs []string) *e2e {
 	testenv.CreateTopic(t, e.brokers, e.dlq, 1)
 	rdb := membership.NewClient(redisAddrs)
 	t.Cleanup(func() { rdb.Close() })
+	testenv.DropOrgWhenDone(t, rdb, e.org)
 	e.defs, e.users, e.sets = membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb)
 	e.rules = map[string]*segment.Rule{}
 	for i, c := range []segment.Criteria{

@@ -16,7 +16,10 @@
 //
 // The servers are shared by every test of a run, and by packages that run in
 // parallel: tests must name their topics, keys and consumer groups with
-// UniqueName and must not flush or delete what they did not create.
+// UniqueName and must not flush or delete what they did not create. An
+// organisation named with Org has its keys dropped when its test ends, so
+// that the segmentd instances of later tests, which work on every
+// organisation they find, do not build what it left behind.
 package testenv
 
 import (
@@ -317,4 +320,58 @@ func SMembers(t testing.TB, rdb redis.UniversalClient, key string) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// Org returns a UniqueName for an organisation whose keys are dropped when
+// the test ends (DropOrgWhenDone).
+func Org(t testing.TB, rdb redis.UniversalClient, prefix string) string {
+	t.Helper()
+	org := UniqueName(t, prefix)
+	DropOrgWhenDone(t, rdb, org)
+	return org
+}
+
+// DropOrgWhenDone deletes, when the test ends, every key whose hash tag
+// starts with the organisation org (profiles, sets, definitions: all of
+// segmentd's per-organisation keys), so that what a test leaves behind
+// does not load the tests after it: every segmentd instance works on every
+// organisation it finds, building segments left "building" and scanning
+// the whole keyspace. org must be a UniqueName.
+func DropOrgWhenDone(t testing.TB, rdb redis.UniversalClient, org string) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+		defer cancel()
+		drop := func(ctx context.Context, node redis.UniversalClient) error {
+			var cursor uint64
+			for {
+				keys, next, err := node.Scan(ctx, cursor, "*{"+org+"*", 1000).Result()
+				if err != nil {
+					return err
+				}
+				pipe := node.Pipeline()
+				for _, k := range keys {
+					pipe.Unlink(ctx, k) // one key a call: the keys' slots differ
+				}
+				if len(keys) > 0 {
+					if _, err := pipe.Exec(ctx); err != nil {
+						return err
+					}
+				}
+				if next == 0 {
+					return nil
+				}
+				cursor = next
+			}
+		}
+		var err error
+		if cc, ok := rdb.(*redis.ClusterClient); ok {
+			err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return drop(ctx, m) })
+		} else {
+			err = drop(ctx, rdb)
+		}
+		if err != nil {
+			t.Logf("testenv: dropping the keys of %s: %v", org, err)
+		}
+	})
 }
