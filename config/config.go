@@ -81,6 +81,7 @@ type Error struct {
 	Reason string
 }
 
+// Error says which variable is wrong, its value and why, in one line.
 func (e *Error) Error() string {
 	return fmt.Sprintf("config: %s=%q: %s", e.Var, e.Value, e.Reason)
 }

@@ -66,6 +66,7 @@ type InvalidError struct {
 	Reason string
 }
 
+// Error names the field and what is wrong with it.
 func (e *InvalidError) Error() string {
 	if e.Field == "" {
 		return "invalid profile event: " + e.Reason
