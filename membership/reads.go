@@ -22,21 +22,26 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	scan, after, err := decodeMembersCursor(cursor)
+	c, err := decodeMembersCursor(cursor)
 	if err != nil {
 		return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 	}
-	key := SegmentMembersKey(org, seg)
 	out := make([]string, 0, limit)
+	if len(c.left) > 0 {
+		n := min(limit, len(c.left))
+		out = append(out, c.left[:n]...)
+		if n < len(c.left) {
+			return out, encodeMembersCursor(membersCursor{scan: c.scan, left: c.left[n:]}), nil
+		}
+		if c.scan == 0 {
+			return out, "", nil
+		}
+	}
+	key := SegmentMembersKey(org, seg)
+	scan, after := c.scan, c.after
 	for {
-		// SSCAN may answer more than COUNT: a set in a compact encoding
-		// comes whole. A batch is therefore sorted and handed out in id
-		// order, the cursor keeping the last id returned from it: a batch
-		// read again is the same or, once a compact set has grown into a
-		// hash table, a part of the whole set whose ids up to that one
-		// were all returned. (A count of entries to skip would not do: the
-		// batch's order changes with the encoding.)
-		batch, next, err := s.rdb.SScan(ctx, key, scan, "", int64(limit)).Result()
+		room := limit - len(out)
+		batch, next, err := s.rdb.SScan(ctx, key, scan, "", int64(room)).Result()
 		if err != nil {
 			return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 		}
@@ -48,10 +53,20 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 			}
 			batch = batch[i:]
 		}
-		room := limit - len(out)
 		if len(batch) > room {
 			out = append(out, batch[:room]...)
-			return out, encodeMembersCursor(scan, batch[room-1]), nil
+			if scan == 0 && next == 0 {
+				// The whole set in one answer (a compact encoding): the next
+				// page reads it again and goes on after the last id given.
+				// Should the set have grown into a hash table meanwhile, every
+				// id up to that one was given already.
+				return out, encodeMembersCursor(membersCursor{after: batch[room-1]}), nil
+			}
+			// Part of a hash table: the rest of this answer rides in the
+			// cursor and the walk goes on from next. Reading the batch again
+			// would not do: with members gone, SSCAN reads on into buckets
+			// this answer did not reach.
+			return out, encodeMembersCursor(membersCursor{scan: next, left: batch[room:]}), nil
 		}
 		out = append(out, batch...)
 		if next == 0 {
@@ -59,33 +74,62 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		}
 		scan, after = next, ""
 		if len(out) == limit {
-			return out, encodeMembersCursor(scan, ""), nil
+			return out, encodeMembersCursor(membersCursor{scan: scan}), nil
 		}
 	}
 }
 
-func encodeMembersCursor(scan uint64, after string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("m2:" + strconv.FormatUint(scan, 10) + ":" + after))
+// membersCursor is where a walk of a member set resumes: the SSCAN cursor,
+// and either the last id given of a whole-set answer (after) or the ids of
+// a partial answer not given yet (left).
+type membersCursor struct {
+	scan  uint64
+	after string
+	left  []string
 }
 
-func decodeMembersCursor(c string) (uint64, string, error) {
-	if c == "" {
-		return 0, "", nil
+// User ids hold no control characters (segment.CheckUserID): a NUL
+// separates them in a cursor.
+func encodeMembersCursor(c membersCursor) string {
+	b := []byte("m3:" + strconv.FormatUint(c.scan, 10) + ":")
+	if c.after != "" {
+		b = append(b, 'a')
+		b = append(b, c.after...)
+	} else {
+		b = append(b, 'l')
+		b = append(b, strings.Join(c.left, "\x00")...)
 	}
-	b, err := base64.RawURLEncoding.DecodeString(c)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeMembersCursor(s string) (membersCursor, error) {
+	if s == "" {
+		return membersCursor{}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err != nil {
-		return 0, "", ErrInvalidCursor
+		return membersCursor{}, ErrInvalidCursor
 	}
-	// The last id may itself hold colons: it is everything after the second.
 	parts := strings.SplitN(string(b), ":", 3)
-	if len(parts) != 3 || parts[0] != "m2" {
-		return 0, "", ErrInvalidCursor
+	if len(parts) != 3 || parts[0] != "m3" || parts[2] == "" {
+		return membersCursor{}, ErrInvalidCursor
 	}
 	scan, err := strconv.ParseUint(parts[1], 10, 64)
 	if err != nil {
-		return 0, "", ErrInvalidCursor
+		return membersCursor{}, ErrInvalidCursor
 	}
-	return scan, parts[2], nil
+	c := membersCursor{scan: scan}
+	switch rest := parts[2][1:]; parts[2][0] {
+	case 'a':
+		c.after = rest
+	case 'l':
+		if rest != "" {
+			c.left = strings.Split(rest, "\x00")
+		}
+	default:
+		return membersCursor{}, ErrInvalidCursor
+	}
+	return c, nil
 }
 
 // AllMembers returns every user id of a segment, sorted. It is meant for

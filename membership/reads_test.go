@@ -133,6 +133,67 @@ func TestMembersPagingWhileTheSetGrows(t *testing.T) {
 	})
 }
 
+// TestMembersPagingWhileMembersLeave pages through a hash-table set while
+// other members leave between pages (a dynamic segment's everyday life):
+// every member that stays throughout must come.
+func TestMembersPagingWhileMembersLeave(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org, seg := testenv.Org(t, rdb, "org"), "seg_churn"
+		sets := membership.NewSets(rdb)
+		key := membership.SegmentMembersKey(org, seg)
+		var all []any
+		for i := range 3000 {
+			all = append(all, fmt.Sprintf("k%04d", i))
+		}
+		if err := rdb.SAdd(ctx, key, all...).Err(); err != nil {
+			t.Fatal(err)
+		}
+		stays := func(id string) bool { n := 0; fmt.Sscanf(id, "k%d", &n); return n%3 == 0 }
+		var leaving []any
+		for _, id := range all {
+			if !stays(id.(string)) {
+				leaving = append(leaving, id)
+			}
+		}
+		seen := map[string]bool{}
+		cursor := ""
+		for pages := 0; ; pages++ {
+			if pages > 1000 {
+				t.Fatal("paging does not end")
+			}
+			ids, next, err := sets.Members(ctx, org, seg, 37, cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range ids {
+				seen[id] = true
+			}
+			if next == "" {
+				break
+			}
+			cursor = next
+			// 40 of the others leave before the next page.
+			n := min(40, len(leaving))
+			if n > 0 {
+				if err := rdb.SRem(ctx, key, leaving[:n]...).Err(); err != nil {
+					t.Fatal(err)
+				}
+				leaving = leaving[n:]
+			}
+		}
+		missing := 0
+		for _, id := range all {
+			if stays(id.(string)) && !seen[id.(string)] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("%d members that stayed throughout were never returned", missing)
+		}
+	})
+}
+
 func TestMembershipReads(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()

@@ -275,6 +275,10 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 	j.mu.Unlock()
 }
 
+// unreadableRetry is how long a timer waits when its user's stored state
+// cannot be read.
+const unreadableRetry = time.Minute
+
 // maxConcurrentBackfills bounds the backfills an instance runs at once; the
 // others start as these finish.
 const maxConcurrentBackfills = 4
@@ -790,7 +794,12 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	next := make([]time.Time, 0, len(views))
 	for _, v := range views {
 		var at time.Time
-		if v.Profile != "" {
+		if v.Unreadable != nil {
+			// Kept for later, not dropped: once the key is repaired the
+			// user's flips must still fire.
+			j.cfg.Logger.Warn("timer put off: user unreadable", "err", v.Unreadable)
+			at = now.Add(unreadableRetry)
+		} else if v.Profile != "" {
 			if p, err := segment.DecodeProfile(v.Profile); err == nil {
 				at, _ = o.NextFlip(p, now)
 			}

@@ -906,3 +906,30 @@ func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
 		t.Errorf("the generation was built %v times, want once", n)
 	}
 }
+
+// TestTimerOfUnreadableUserIsKept fires the timers of two users, one of
+// whose stored state cannot be read: the other enters, and the unreadable
+// one's timer stays, put off, instead of being dropped as a deleted user's.
+func TestTimerOfUnreadableUserIsKept(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Second).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 2, flip)
+	if err := r.rdb.HSet(ctx, membership.ProfileKey(r.org, "u1"), "r", "garbage").Err(); err != nil {
+		t.Fatal(err)
+	}
+	writer := kafkaio.NewWriter(r.brokers)
+	defer writer.Close()
+	now := time.Now()
+	fire(kafkaio.NewPublisher(writer, r.membershipT), now)
+	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"u0"}) {
+		t.Errorf("members %v, want u0 alone", got)
+	}
+	at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()
+	if err != nil {
+		t.Fatalf("u1's timer: %v (dropped?)", err)
+	}
+	if when := time.UnixMilli(int64(at)); !when.After(now) {
+		t.Errorf("u1's timer at %s, want put off past %s", when, now)
+	}
+}

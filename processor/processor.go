@@ -683,6 +683,10 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 // headers say where the whole record is.
 const dlqMaxValue = 900_000
 
+// dlqMaxKey bounds a dead letter's key likewise (a key is a user id, at most
+// 256 bytes when valid).
+const dlqMaxKey = 10_000
+
 func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
 	dl := kafka.Message{
 		Topic: p.cfg.DLQTopic,
@@ -694,6 +698,10 @@ func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
 			{Key: "segmentd-source-partition", Value: []byte(strconv.Itoa(msg.Partition))},
 			{Key: "segmentd-source-offset", Value: []byte(strconv.FormatInt(msg.Offset, 10))},
 		},
+	}
+	if len(dl.Key) > dlqMaxKey {
+		dl.Headers = append(dl.Headers, kafka.Header{Key: "segmentd-key-truncated-from", Value: []byte(strconv.Itoa(len(dl.Key)))})
+		dl.Key = dl.Key[:dlqMaxKey]
 	}
 	if len(dl.Value) > dlqMaxValue {
 		dl.Headers = append(dl.Headers, kafka.Header{Key: "segmentd-truncated-from", Value: []byte(strconv.Itoa(len(dl.Value)))})
