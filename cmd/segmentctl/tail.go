@@ -36,18 +36,26 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	lines := make(chan []byte, 1024)
-	var wg sync.WaitGroup
+	start := kafka.LastOffset
+	if *fromStart {
+		start = kafka.FirstOffset
+	}
+	// Every reader is placed before any starts, so that a failure leaves
+	// no goroutine behind.
+	readers := make([]*kafka.Reader, 0, len(parts))
 	for _, p := range parts {
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: e.brokers, Topic: *topic, Partition: p, MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 200 * time.Millisecond})
-		start := kafka.LastOffset
-		if *fromStart {
-			start = kafka.FirstOffset
-		}
+		readers = append(readers, r)
 		if err := r.SetOffset(start); err != nil {
-			r.Close()
+			for _, r := range readers {
+				r.Close()
+			}
 			return fmt.Errorf("tail %s partition %d: %w", *topic, p, err)
 		}
+	}
+	lines := make(chan []byte, 1024)
+	var wg sync.WaitGroup
+	for _, r := range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
