@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
@@ -131,8 +132,33 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 			return fmt.Errorf("create topic %s: %w", t, err)
 		}
 	}
+	// A topic just created has no partition leaders for a moment, and a
+	// write then fails with Unknown Topic Or Partition: the first static
+	// list or change event must not meet that.
+	wctx, cancel := context.WithTimeout(ctx, leadersTimeout)
+	defer cancel()
+	for _, t := range topics {
+		ready := func() error {
+			ps, err := readPartitions(wctx, brokers, t)
+			if err != nil {
+				return err
+			}
+			for _, p := range ps {
+				if p.Leader.Host == "" {
+					return fmt.Errorf("partition %d of %s has no leader yet", p.ID, t)
+				}
+			}
+			return nil
+		}
+		if err := backoff.Retry(ready, backoff.WithContext(backoff.NewConstantBackOff(100*time.Millisecond), wctx)); err != nil {
+			return fmt.Errorf("topic %s not ready within %s: %w", t, leadersTimeout, err)
+		}
+	}
 	return nil
 }
+
+// leadersTimeout bounds the wait for new topics' partitions to get leaders.
+const leadersTimeout = 30 * time.Second
 
 // Ping checks that one of the brokers answers a metadata request.
 func Ping(ctx context.Context, brokers []string) error {
@@ -182,6 +208,20 @@ func setDeadline(ctx context.Context, conn *kafka.Conn) error {
 
 // Partitions returns the partition ids of topic.
 func Partitions(ctx context.Context, brokers []string, topic string) ([]int, error) {
+	ps, err := readPartitions(ctx, brokers, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.ID
+	}
+	return out, nil
+}
+
+// readPartitions reads topic's partitions, on a connection of its own so
+// that no metadata cache is involved.
+func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafka.Partition, error) {
 	conn, err := dial(ctx, brokers)
 	if err != nil {
 		return nil, err
@@ -194,9 +234,5 @@ func Partitions(ctx context.Context, brokers []string, topic string) ([]int, err
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("topic %s has no partitions", topic)
 	}
-	out := make([]int, len(ps))
-	for i, p := range ps {
-		out[i] = p.ID
-	}
-	return out, nil
+	return ps, nil
 }
