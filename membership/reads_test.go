@@ -82,116 +82,99 @@ func TestMembersPaging(t *testing.T) {
 	})
 }
 
-// TestMembersPagingWhileTheSetGrows pages through a set of numeric ids
-// (a compact intset, which SSCAN answers whole) that grows into a hash table
-// after the first page: every id that was a member throughout must come.
-func TestMembersPagingWhileTheSetGrows(t *testing.T) {
-	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		ctx := context.Background()
-		org, seg := testenv.Org(t, rdb, "org"), "seg_grows"
-		sets := membership.NewSets(rdb)
-		key := membership.SegmentMembersKey(org, seg)
-		var first []any
-		for i := range 100 {
-			first = append(first, fmt.Sprint(1000+i*7))
+// TestMembersPagingWhileTheSetChanges pages through a segment's set while it
+// changes between pages: every member present for the whole walk must come.
+func TestMembersPagingWhileTheSetChanges(t *testing.T) {
+	ids := func(n int, format string, from, step int) []any {
+		out := make([]any, n)
+		for i := range out {
+			out[i] = fmt.Sprintf(format, from+i*step)
 		}
-		if err := rdb.SAdd(ctx, key, first...).Err(); err != nil {
-			t.Fatal(err)
-		}
-		seen := map[string]bool{}
-		ids, cursor, err := sets.Members(ctx, org, seg, 50, "")
-		if err != nil || cursor == "" {
-			t.Fatalf("first page: %d ids, cursor %q, %v", len(ids), cursor, err)
-		}
-		for _, id := range ids {
-			seen[id] = true
-		}
-		var more []any
-		for i := range 100 {
-			more = append(more, fmt.Sprintf("n%03d", i))
-		}
-		if err := rdb.SAdd(ctx, key, more...).Err(); err != nil {
-			t.Fatal(err)
-		}
-		for pages := 0; cursor != ""; pages++ {
-			if pages > 200 {
-				t.Fatal("paging does not end")
-			}
-			ids, cursor, err = sets.Members(ctx, org, seg, 50, cursor)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range ids {
-				seen[id] = true
-			}
-		}
-		for _, id := range first {
-			if !seen[id.(string)] {
-				t.Errorf("member %s, in the set throughout, was never returned", id)
-			}
-		}
-	})
-}
-
-// TestMembersPagingWhileMembersLeave pages through a hash-table set while
-// other members leave between pages (a dynamic segment's everyday life):
-// every member that stays throughout must come.
-func TestMembersPagingWhileMembersLeave(t *testing.T) {
-	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		ctx := context.Background()
-		org, seg := testenv.Org(t, rdb, "org"), "seg_churn"
-		sets := membership.NewSets(rdb)
-		key := membership.SegmentMembersKey(org, seg)
-		var all []any
-		for i := range 3000 {
-			all = append(all, fmt.Sprintf("k%04d", i))
-		}
-		if err := rdb.SAdd(ctx, key, all...).Err(); err != nil {
-			t.Fatal(err)
-		}
-		stays := func(id string) bool { n := 0; fmt.Sscanf(id, "k%d", &n); return n%3 == 0 }
-		var leaving []any
-		for _, id := range all {
-			if !stays(id.(string)) {
-				leaving = append(leaving, id)
-			}
-		}
-		seen := map[string]bool{}
-		cursor := ""
-		for pages := 0; ; pages++ {
-			if pages > 1000 {
-				t.Fatal("paging does not end")
-			}
-			ids, next, err := sets.Members(ctx, org, seg, 37, cursor)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, id := range ids {
-				seen[id] = true
-			}
-			if next == "" {
-				break
-			}
-			cursor = next
-			// 40 of the others leave before the next page.
-			n := min(40, len(leaving))
-			if n > 0 {
-				if err := rdb.SRem(ctx, key, leaving[:n]...).Err(); err != nil {
-					t.Fatal(err)
+		return out
+	}
+	tests := map[string]struct {
+		initial []any
+		limit   int
+		// between changes the set after page number page (from 0).
+		between func(t *testing.T, add, rem func(ids []any), page int)
+		stays   func(i int) bool // by index in initial
+	}{
+		// A compact intset, which SSCAN answers whole, grows into a hash
+		// table after the first page.
+		"grows into a hash table": {
+			initial: ids(100, "%d", 1000, 7), limit: 50,
+			between: func(t *testing.T, add, _ func([]any), page int) {
+				if page == 0 {
+					add(ids(100, "n%03d", 0, 1))
 				}
-				leaving = leaving[n:]
-			}
-		}
-		missing := 0
-		for _, id := range all {
-			if stays(id.(string)) && !seen[id.(string)] {
-				missing++
-			}
-		}
-		if missing > 0 {
-			t.Errorf("%d members that stayed throughout were never returned", missing)
-		}
-	})
+			},
+			stays: func(int) bool { return true },
+		},
+		// A hash table that others leave between pages (a dynamic
+		// segment's everyday life); one member in three stays.
+		"members leave": {
+			initial: ids(3000, "k%04d", 0, 1), limit: 37,
+			between: func(t *testing.T, _, rem func([]any), page int) {
+				var leaving []any
+				for i := page * 60; i < min(page*60+60, 3000); i++ {
+					if i%3 != 0 {
+						leaving = append(leaving, fmt.Sprintf("k%04d", i))
+					}
+				}
+				rem(leaving)
+			},
+			stays: func(i int) bool { return i%3 == 0 },
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+				ctx := context.Background()
+				org, seg := testenv.Org(t, rdb, "org"), "seg_changes"
+				sets := membership.NewSets(rdb)
+				key := membership.SegmentMembersKey(org, seg)
+				change := func(f func(context.Context, string, ...any) *redis.IntCmd) func([]any) {
+					return func(ids []any) {
+						if len(ids) > 0 {
+							if err := f(ctx, key, ids...).Err(); err != nil {
+								t.Fatal(err)
+							}
+						}
+					}
+				}
+				add, rem := change(rdb.SAdd), change(rdb.SRem)
+				add(tt.initial)
+				seen := map[string]bool{}
+				cursor := ""
+				for page := 0; ; page++ {
+					if page > 1000 {
+						t.Fatal("paging does not end")
+					}
+					got, next, err := sets.Members(ctx, org, seg, tt.limit, cursor)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, id := range got {
+						seen[id] = true
+					}
+					if next == "" {
+						break
+					}
+					cursor = next
+					tt.between(t, add, rem, page)
+				}
+				missing := 0
+				for i, id := range tt.initial {
+					if tt.stays(i) && !seen[id.(string)] {
+						missing++
+					}
+				}
+				if missing > 0 {
+					t.Errorf("%d members present throughout were never returned", missing)
+				}
+			})
+		})
+	}
 }
 
 func TestMembershipReads(t *testing.T) {

@@ -358,17 +358,9 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 			want[u] = true
 		}
 	}
-	crit := atLeast(1000)
-	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: crit, Status: segment.StatusBuilding})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rule, err := segment.Compile(crit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := r.buildingSegment(t, atLeast(1000))
+	d := cs.Def
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
-	cs := &processor.CompiledSegment{Def: d, Rule: rule}
 	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, cs, 0); err == nil {
 		t.Fatal("backfill with an unreachable membership topic succeeded")
 	}
@@ -376,9 +368,7 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	if err != nil || n == 0 {
 		t.Fatalf("first attempt amended %d users (%v); the test needs some", n, err)
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
-	if err := jobs(kafkaio.NewPublisher(writer, r.membershipT)).Backfill(ctx, r.org, cs, 0); err != nil {
+	if err := jobs(r.publisher(t)).Backfill(ctx, r.org, cs, 0); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]bool{}
@@ -431,9 +421,7 @@ func TestTimerRetryPublishesWhatItWrote(t *testing.T) {
 	if err := scheds.Schedule(ctx, earlier); err != nil {
 		t.Fatal(err)
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
-	fire(kafkaio.NewPublisher(writer, r.membershipT), t0.Add(31*time.Second))
+	fire(r.publisher(t), t0.Add(31*time.Second))
 	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
 	got := map[string]bool{}
 	for _, m := range readOwn(t, r, users) {
@@ -511,13 +499,11 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 		snap := reg.Current()
 		return snap.Org(r.org).Segments[d.ID], snap.Revision
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
 	instance := testenv.UniqueName(t, "inst")
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
 		return r.newJobs(t, jobsOf{instance: instance, pub: pub, registry: reg})
 	}
-	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
+	held := &heldPublisher{pub: r.publisher(t), release: make(chan struct{}), called: make(chan struct{})}
 	old, oldRev := compiled()
 	oldDone := make(chan error, 1)
 	go func() { oldDone <- jobs(held).Backfill(ctx, r.org, old, oldRev) }()
@@ -541,7 +527,7 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	// only when the old one has stopped; the old one is held up for 3 s.
 	newDone := make(chan error, 1)
 	go func() {
-		j := jobs(kafkaio.NewPublisher(writer, r.membershipT))
+		j := jobs(r.publisher(t))
 		for deadline := time.Now().Add(time.Minute); !ready(); time.Sleep(100 * time.Millisecond) {
 			if err := j.Backfill(ctx, r.org, cur, curRev); err != nil || time.Now().After(deadline) {
 				newDone <- fmt.Errorf("backfill of the new criteria: %v", err)
@@ -580,10 +566,8 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
 	coord := membership.NewCoordinator(r.rdb)
-	held := &heldPublisher{pub: kafkaio.NewPublisher(writer, r.membershipT), release: make(chan struct{}), called: make(chan struct{})}
+	held := &heldPublisher{pub: r.publisher(t), release: make(chan struct{}), called: make(chan struct{})}
 	jobs := r.newJobs(t, jobsOf{pub: held, registry: reg})
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -680,9 +664,7 @@ func TestManyTimersAtOneInstant(t *testing.T) {
 	now := time.Now()
 	const users = 5000
 	seg, fire := r.dueTimers(t, users, now.Add(-time.Second))
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
-	fire(kafkaio.NewPublisher(writer, r.membershipT), now)
+	fire(r.publisher(t), now)
 	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users {
 		t.Fatalf("%d members after one round of timers (%v), want %d", n, err, users)
 	}
@@ -699,35 +681,24 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	points := r.storePoints(t, 3000)
-	compile := func(d segment.Definition) *processor.CompiledSegment {
-		rule, err := segment.Compile(d.Criteria)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &processor.CompiledSegment{Def: d, Rule: rule}
-	}
-	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := r.buildingSegment(t, atLeast(1000))
+	d := cs.Def
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
-	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compile(d), 0); err == nil {
+	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, cs, 0); err == nil {
 		t.Fatal("backfill with an unreachable membership topic succeeded")
 	}
 	amended := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, d.ID))
 	if len(amended) == 0 {
 		t.Fatal("the first backfill amended no one; the test needs some")
 	}
-	d, err = r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
+	d, err := r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
 		d.Criteria, d.Generation, d.Status = atLeast(1500), d.Generation+1, segment.StatusBuilding
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
-	if err := jobs(kafkaio.NewPublisher(writer, r.membershipT)).Backfill(ctx, r.org, compile(d), 0); err != nil {
+	if err := jobs(r.publisher(t)).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
 		t.Fatal(err)
 	}
 	// Every member under the new criteria has an entry; each user the
@@ -786,6 +757,35 @@ func atLeast(n float64) segment.Criteria {
 	return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
 }
 
+// buildingSegment creates the segment "rich" with the criteria c, building
+// as the API creates it, and returns it compiled, ready for a backfill.
+func (r *rig) buildingSegment(t *testing.T, c segment.Criteria) *processor.CompiledSegment {
+	t.Helper()
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: c, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return compiled(t, d)
+}
+
+// compiled returns the definition d with its rule.
+func compiled(t *testing.T, d segment.Definition) *processor.CompiledSegment {
+	t.Helper()
+	rule, err := segment.Compile(d.Criteria)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &processor.CompiledSegment{Def: d, Rule: rule}
+}
+
+// publisher returns a publisher to the rig's membership topic, closed when
+// the test ends.
+func (r *rig) publisher(t *testing.T) processor.ChangePublisher {
+	w := kafkaio.NewWriter(r.brokers)
+	t.Cleanup(func() { w.Close() })
+	return kafkaio.NewPublisher(w, r.membershipT)
+}
+
 // jobsOf configures newJobs: an empty instance is a unique one, a nil
 // registry or clock none.
 type jobsOf struct {
@@ -827,18 +827,9 @@ func TestBackfillSkipsUnreadableUser(t *testing.T) {
 	if err := r.rdb.HSet(ctx, key, "r", "garbage", "p", p).Err(); err != nil {
 		t.Fatal(err)
 	}
-	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rule, err := segment.Compile(d.Criteria)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
-	jobs := r.newJobs(t, jobsOf{pub: kafkaio.NewPublisher(writer, r.membershipT)})
-	if err := jobs.Backfill(ctx, r.org, &processor.CompiledSegment{Def: d, Rule: rule}, 0); err != nil {
+	cs := r.buildingSegment(t, atLeast(1000))
+	d := cs.Def
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, cs, 0); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]bool{}
@@ -868,19 +859,9 @@ func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	r.storePoints(t, 400)
-	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rule, err := segment.Compile(d.Criteria)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := &processor.CompiledSegment{Def: d, Rule: rule}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
+	cs := r.buildingSegment(t, atLeast(1000))
 	reg := prometheus.NewRegistry()
-	jobs := r.newJobs(t, jobsOf{pub: kafkaio.NewPublisher(writer, r.membershipT), metrics: reg})
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), metrics: reg})
 	ready := func() float64 {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -918,10 +899,8 @@ func TestTimerOfUnreadableUserIsKept(t *testing.T) {
 	if err := r.rdb.HSet(ctx, membership.ProfileKey(r.org, "u1"), "r", "garbage").Err(); err != nil {
 		t.Fatal(err)
 	}
-	writer := kafkaio.NewWriter(r.brokers)
-	defer writer.Close()
 	now := time.Now()
-	fire(kafkaio.NewPublisher(writer, r.membershipT), now)
+	fire(r.publisher(t), now)
 	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"u0"}) {
 		t.Errorf("members %v, want u0 alone", got)
 	}
