@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/processor"
 )
 
 // NewReader returns a consumer-group reader of topic. Offsets are committed
@@ -38,6 +39,83 @@ func NewReader(brokers []string, group, topic string) *kafka.Reader {
 		ReadBackoffMax:    500 * time.Millisecond,
 		MaxAttempts:       3,
 	})
+}
+
+// GroupReader is the processor's Fetcher: a consumer-group reader of the
+// profile topic.
+type GroupReader struct {
+	r *kafka.Reader
+}
+
+// NewGroupReader returns a GroupReader of topic in group, with NewReader's
+// settings.
+func NewGroupReader(brokers []string, group, topic string) *GroupReader {
+	return &GroupReader{r: NewReader(brokers, group, topic)}
+}
+
+// Fetch returns the next record of the partitions assigned to this member.
+func (g *GroupReader) Fetch(ctx context.Context) (processor.Record, error) {
+	m, err := g.r.FetchMessage(ctx)
+	if err != nil {
+		return processor.Record{}, err
+	}
+	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value}, nil
+}
+
+// Commit commits, for each partition, the offset after the last of rs.
+func (g *GroupReader) Commit(ctx context.Context, rs []processor.Record) error {
+	// kafka-go commits each partition's highest offset: one message a
+	// partition says as much as all of them.
+	type tp struct {
+		topic string
+		part  int
+	}
+	last := map[tp]int{}
+	var msgs []kafka.Message
+	for _, r := range rs {
+		k := tp{r.Topic, r.Partition}
+		if i, ok := last[k]; !ok {
+			last[k] = len(msgs)
+			msgs = append(msgs, kafka.Message{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset})
+		} else if r.Offset > msgs[i].Offset {
+			msgs[i].Offset = r.Offset
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return g.r.CommitMessages(ctx, msgs...)
+}
+
+// Lag returns how many records the reader is behind the end of its
+// partitions, as last seen.
+func (g *GroupReader) Lag() int64 { return g.r.Stats().Lag }
+
+// Close leaves the group and closes the reader.
+func (g *GroupReader) Close() error { return g.r.Close() }
+
+// Producer is the processor's Producer: it writes records through a
+// kafka-go writer (see NewWriter).
+type Producer struct {
+	w *kafka.Writer
+}
+
+// NewProducer returns a Producer writing through w.
+func NewProducer(w *kafka.Writer) *Producer { return &Producer{w: w} }
+
+// Produce writes rs and returns once all are acknowledged.
+func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
+	msgs := make([]kafka.Message, len(rs))
+	for i, r := range rs {
+		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		if len(r.Headers) > 0 {
+			msgs[i].Headers = make([]kafka.Header, len(r.Headers))
+			for j, h := range r.Headers {
+				msgs[i].Headers[j] = kafka.Header{Key: h.Key, Value: h.Value}
+			}
+		}
+	}
+	return p.w.WriteMessages(ctx, msgs...)
 }
 
 // NewWriter returns a synchronous writer for messages that name their

@@ -110,7 +110,7 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	if err := reg.Reload(ctx); err != nil {
 		b.Fatal(err)
 	}
-	reader := kafkaio.NewReader(r.brokers, group, r.profile)
+	reader := kafkaio.NewGroupReader(r.brokers, group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
 	// SEGMENTD_BENCH_BATCH_SIZE sets the most events per batch (unset:
 	// 2,000, segmentd's default). SEGMENTD_BENCH_USER_CACHE sets the
@@ -118,7 +118,7 @@ func (r *benchRig) startProcessor(b *testing.B, group string) func() {
 	// none (the baseline without it).
 	cache, _ := strconv.Atoi(getenv("SEGMENTD_BENCH_USER_CACHE"))
 	p := processor.New(processor.Config{
-		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
+		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: envInt("SEGMENTD_BENCH_BATCH_SIZE", 2000), BatchWait: time.Millisecond,
 		UserCacheBytes: cache, Metrics: mustMetrics(b, r.reg), Logger: log,
 	})

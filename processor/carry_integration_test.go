@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
@@ -20,7 +18,7 @@ import (
 // unreachableKafka is a producer for a broker that does not answer.
 type unreachableKafka struct{}
 
-func (unreachableKafka) WriteMessages(context.Context, ...kafka.Message) error {
+func (unreachableKafka) Produce(context.Context, []processor.Record) error {
 	return errors.New("kafka: broker not reachable")
 }
 

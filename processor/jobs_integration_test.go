@@ -42,11 +42,11 @@ func (r *rig) startAll(t *testing.T) {
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reader := kafkaio.NewReader(r.brokers, r.group, r.profile)
+	reader := kafkaio.NewGroupReader(r.brokers, r.group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
 	scheds := membership.NewSchedules(r.rdb)
 	p := processor.New(processor.Config{
-		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: scheds,
+		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: r.users, Rules: reg, Scheduler: scheds,
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 1000, BatchWait: 10 * time.Millisecond, Logger: log,
 	})
 	jobs, err := processor.NewJobs(processor.JobsConfig{

@@ -73,10 +73,10 @@ func TestRedisOutage(t *testing.T) {
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reader := kafkaio.NewReader(brokers, r.group, r.profile)
+	reader := kafkaio.NewGroupReader(brokers, r.group, r.profile)
 	writer := kafkaio.NewWriter(brokers)
 	p := processor.New(processor.Config{
-		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(rdb),
+		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 5 * time.Millisecond,
 		Metrics: mustMetrics(t, prometheus.NewRegistry()), Logger: log,
 	})

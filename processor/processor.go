@@ -13,23 +13,44 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
-	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
 )
 
-// Fetcher is the consumer side of the profile topic.
-type Fetcher interface {
-	FetchMessage(ctx context.Context) (kafka.Message, error)
-	CommitMessages(ctx context.Context, msgs ...kafka.Message) error
+// Record is one Kafka record as the processor sees it: one read from the
+// profile topic (Topic, Partition and Offset say where), or one to write,
+// which names its topic and may carry headers.
+type Record struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   []Header
 }
 
-// Producer writes records to Kafka; every message names its topic.
+// Header is one header of a Record.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Fetcher is the consumer side of the profile topic, as a member of a
+// consumer group.
+type Fetcher interface {
+	// Fetch returns the next record of the partitions assigned to this
+	// member, waiting for one until ctx ends.
+	Fetch(ctx context.Context) (Record, error)
+	// Commit records that every record up to and including the given ones
+	// (per partition) is processed.
+	Commit(ctx context.Context, rs []Record) error
+}
+
+// Producer writes records to Kafka and returns once all are acknowledged.
 type Producer interface {
-	WriteMessages(ctx context.Context, msgs ...kafka.Message) error
+	Produce(ctx context.Context, rs []Record) error
 }
 
 // UserStore is the Redis side of the processor.
@@ -215,7 +236,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork) })
 	defer stop()
 
-	commits := make(chan []kafka.Message, 1)
+	commits := make(chan []Record, 1)
 	committed := make(chan struct{})
 	go func() {
 		defer close(committed)
@@ -265,8 +286,8 @@ func (p *Processor) Run(ctx context.Context) error {
 				wb, err = p.write(ctx, batch, fetched)
 				return err
 			})
-			if st, ok := p.cfg.Fetcher.(interface{ Stats() kafka.ReaderStats }); ok {
-				p.cfg.Metrics.SetLag(st.Stats().Lag)
+			if l, ok := p.cfg.Fetcher.(interface{ Lag() int64 }); ok {
+				p.cfg.Metrics.SetLag(l.Lag())
 			}
 			if werr != nil {
 				if ctx.Err() != nil {
@@ -296,13 +317,13 @@ func (p *Processor) Run(ctx context.Context) error {
 // processed. A commit is retried a few times; one that still fails (the
 // partitions moved to another instance) is dropped, which only means
 // redelivery of completed work.
-func (p *Processor) commitLoop(ctx context.Context, batches <-chan []kafka.Message) {
+func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 	for batch := range batches {
 		bo := backoff.NewExponentialBackOff()
 		bo.InitialInterval = 50 * time.Millisecond
 		bo.MaxInterval = time.Second
 		err := backoff.Retry(func() error {
-			err := p.cfg.Fetcher.CommitMessages(ctx, batch...)
+			err := p.cfg.Fetcher.Commit(ctx, batch)
 			if err != nil {
 				p.cfg.Metrics.kafkaError()
 			}
@@ -316,16 +337,16 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []kafka.Messa
 
 // fetch collects up to BatchSize messages, waiting at most BatchWait after
 // the first one.
-func (p *Processor) fetch(ctx context.Context) ([]kafka.Message, error) {
-	first, err := p.cfg.Fetcher.FetchMessage(ctx)
+func (p *Processor) fetch(ctx context.Context) ([]Record, error) {
+	first, err := p.cfg.Fetcher.Fetch(ctx)
 	if err != nil {
 		return nil, err
 	}
-	batch := []kafka.Message{first}
+	batch := []Record{first}
 	wctx, cancel := context.WithTimeout(ctx, p.cfg.BatchWait)
 	defer cancel()
 	for len(batch) < p.cfg.BatchSize {
-		m, err := p.cfg.Fetcher.FetchMessage(wctx)
+		m, err := p.cfg.Fetcher.Fetch(wctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 				return batch, nil
@@ -389,7 +410,7 @@ func (p *Processor) runStage(work context.Context, stage int, in <-chan *written
 }
 
 type item struct {
-	msg kafka.Message
+	msg Record
 	ev  events.ProfileEvent
 }
 
@@ -412,11 +433,11 @@ type userWork struct {
 type written struct {
 	seq         uint64
 	fetched     time.Time
-	msgs        []kafka.Message
+	msgs        []Record
 	changes     []events.Change
 	projections []membership.Projection
 	due         []membership.Due
-	dlq         []kafka.Message
+	dlq         []Record
 	// occurred holds the event time of every event that changed a user.
 	occurred []time.Time
 }
@@ -429,7 +450,7 @@ const maxConflicts = 5
 // each user's state (compare-and-set per user). A crash after it is
 // repaired by redelivery: written users carry the batch's diffs in their
 // outbox and replay them.
-func (p *Processor) write(ctx context.Context, batch []kafka.Message, fetched time.Time) (*written, error) {
+func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time) (*written, error) {
 	m := p.cfg.Metrics
 	now := p.cfg.Now()
 	m.observeBatch(len(batch))
@@ -644,11 +665,15 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 		}()
 	}
 	step := m.stepTimer()
-	out := kafkaio.AppendChangeMessages(make([]kafka.Message, 0, len(wb.changes)+len(wb.dlq)), p.cfg.MembershipTopic, wb.changes)
+	out := make([]Record, 0, len(wb.changes)+len(wb.dlq))
+	for _, c := range wb.changes {
+		// Keyed by user, so that one user's changes stay in order.
+		out = append(out, Record{Topic: p.cfg.MembershipTopic, Key: []byte(c.UserID), Value: events.EncodeChange(c)})
+	}
 	out = append(out, wb.dlq...)
 	var err error
 	if len(out) > 0 {
-		if err = p.cfg.Producer.WriteMessages(ctx, out...); err != nil {
+		if err = p.cfg.Producer.Produce(ctx, out); err != nil {
 			m.kafkaError()
 			err = fmt.Errorf("publish %d records: %w", len(out), err)
 		}
@@ -687,12 +712,12 @@ const dlqMaxValue = 900_000
 // 256 bytes when valid).
 const dlqMaxKey = 10_000
 
-func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
-	dl := kafka.Message{
+func (p *Processor) deadLetter(msg Record, reason string) Record {
+	dl := Record{
 		Topic: p.cfg.DLQTopic,
 		Key:   msg.Key,
 		Value: msg.Value,
-		Headers: []kafka.Header{
+		Headers: []Header{
 			{Key: "segmentd-error", Value: []byte(reason)},
 			{Key: "segmentd-source-topic", Value: []byte(msg.Topic)},
 			{Key: "segmentd-source-partition", Value: []byte(strconv.Itoa(msg.Partition))},
@@ -700,11 +725,11 @@ func (p *Processor) deadLetter(msg kafka.Message, reason string) kafka.Message {
 		},
 	}
 	if len(dl.Key) > dlqMaxKey {
-		dl.Headers = append(dl.Headers, kafka.Header{Key: "segmentd-key-truncated-from", Value: []byte(strconv.Itoa(len(dl.Key)))})
+		dl.Headers = append(dl.Headers, Header{Key: "segmentd-key-truncated-from", Value: []byte(strconv.Itoa(len(dl.Key)))})
 		dl.Key = dl.Key[:dlqMaxKey]
 	}
 	if len(dl.Value) > dlqMaxValue {
-		dl.Headers = append(dl.Headers, kafka.Header{Key: "segmentd-truncated-from", Value: []byte(strconv.Itoa(len(dl.Value)))})
+		dl.Headers = append(dl.Headers, Header{Key: "segmentd-truncated-from", Value: []byte(strconv.Itoa(len(dl.Value)))})
 		dl.Value = dl.Value[:dlqMaxValue]
 	}
 	return dl
@@ -717,7 +742,7 @@ type decodedEvent struct {
 
 // decodeAll decodes a batch on every core: JSON decoding is the second
 // largest share of a batch's CPU.
-func decodeAll(batch []kafka.Message) []decodedEvent {
+func decodeAll(batch []Record) []decodedEvent {
 	out := make([]decodedEvent, len(batch))
 	parallel(len(batch), func(i int) {
 		m := &batch[i]
@@ -762,7 +787,7 @@ type userResult struct {
 	changes                      []events.Change
 	projections                  []membership.Projection
 	due                          []membership.Due
-	dlq                          []kafka.Message
+	dlq                          []Record
 	applied, duplicate, replayed int
 	// firstNew is where this batch's entries start in write.Outbox, after
 	// those kept from earlier writes.

@@ -78,10 +78,10 @@ func (r *rig) startWith(t *testing.T, opt func(*processor.Config)) (stop func())
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reader := kafkaio.NewReader(r.brokers, r.group, r.profile)
+	reader := kafkaio.NewGroupReader(r.brokers, r.group, r.profile)
 	writer := kafkaio.NewWriter(r.brokers)
 	cfg := processor.Config{
-		Fetcher: reader, Producer: writer, Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
+		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: r.users, Rules: reg, Scheduler: membership.NewSchedules(r.rdb),
 		MembershipTopic: r.membershipT, DLQTopic: r.dlq, BatchSize: 200, BatchWait: 10 * time.Millisecond,
 		Metrics: mustMetrics(t, prometheus.NewRegistry()), Logger: log,
 	}

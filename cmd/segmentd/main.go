@@ -113,10 +113,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
-	reader := kafkaio.NewReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
+	reader := kafkaio.NewGroupReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
 	writer := kafkaio.NewWriter(cfg.KafkaBrokers)
 	proc := processor.New(processor.Config{
-		Fetcher: reader, Producer: writer, Users: users, Rules: registry, Scheduler: scheds,
+		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: users, Rules: registry, Scheduler: scheds,
 		MembershipTopic: cfg.MembershipTopic, DLQTopic: cfg.DLQTopic,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, ShutdownTimeout: cfg.ShutdownTimeout,
 		UserCacheBytes: userCacheBytes(cfg.UserCacheMB), Metrics: metrics, Logger: log,

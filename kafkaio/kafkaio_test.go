@@ -1,0 +1,102 @@
+package kafkaio_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/processor"
+)
+
+// TestProduceFetchCommit writes records with headers through the Producer,
+// reads them back through a GroupReader, commits them out of order, and
+// checks that each partition's committed offset is the one after its
+// highest record, which is what a restarted member resumes from.
+func TestProduceFetchCommit(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic, group := testenv.UniqueName(t, "in"), testenv.UniqueName(t, "group")
+	const partitions = 2
+	testenv.CreateTopic(t, brokers, topic, partitions)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	w := kafkaio.NewWriter(brokers)
+	defer w.Close()
+	var sent []processor.Record
+	for _, k := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		sent = append(sent, processor.Record{Topic: topic, Key: []byte(k), Value: []byte("v-" + k),
+			Headers: []processor.Header{{Key: "h1", Value: []byte(k)}, {Key: "h2", Value: nil}}})
+	}
+	if err := kafkaio.NewProducer(w).Produce(ctx, sent); err != nil {
+		t.Fatal(err)
+	}
+
+	rd := kafkaio.NewGroupReader(brokers, group, topic)
+	var got []processor.Record
+	for len(got) < len(sent) {
+		rec, err := rd.Fetch(ctx)
+		if err != nil {
+			t.Fatalf("fetch after %d records: %v", len(got), err)
+		}
+		got = append(got, rec)
+	}
+	high := map[int]int64{}
+	for _, r := range got {
+		if r.Topic != topic || string(r.Value) != "v-"+string(r.Key) {
+			t.Errorf("record %s/%d@%d: key %q value %q", r.Topic, r.Partition, r.Offset, r.Key, r.Value)
+		}
+		high[r.Partition] = max(high[r.Partition], r.Offset)
+	}
+	// The processor commits batches in order; a commit that names a lower
+	// offset after a higher one of the same partition must not win.
+	slices.Reverse(got)
+	if err := rd.Commit(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := rd.Commit(ctx, nil); err != nil {
+		t.Fatalf("empty commit: %v", err)
+	}
+	if err := rd.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	res, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0, 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res.Topics[topic] {
+		want := int64(0)
+		if h, ok := high[p.Partition]; ok {
+			want = h + 1
+		}
+		if p.CommittedOffset != want {
+			t.Errorf("partition %d: committed %d, want %d", p.Partition, p.CommittedOffset, want)
+		}
+	}
+
+	// The headers went out as given: read the records without a group.
+	var headers int
+	for p := range partitions {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
+		for range high[p] + 1 {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				t.Fatalf("partition %d: %v", p, err)
+			}
+			if len(m.Headers) != 2 || m.Headers[0].Key != "h1" || string(m.Headers[0].Value) != string(m.Key) || m.Headers[1].Key != "h2" {
+				t.Errorf("record %q: headers %v", m.Key, m.Headers)
+			}
+			headers++
+		}
+		r.Close()
+	}
+	if headers != len(sent) {
+		t.Errorf("read %d records without a group, want %d", headers, len(sent))
+	}
+}
