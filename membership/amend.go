@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -158,16 +159,13 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 }
 
 // ScanUserIDs calls fn with every stored user id of org, a page at a time
-// (deleted users included; ViewUsers tells them apart). fn is never called
-// concurrently.
+// (deleted users included; ViewUsers tells them apart), from the
+// organisation's index. fn is never called concurrently.
 func (u *Users) ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error {
-	return u.scanKeys(ctx, "prof:{"+org+":*", func(keys []string) error {
-		ids := make([]string, 0, len(keys))
-		for _, k := range keys {
-			if ref, ok := userFromProfileKey(k); ok {
-				ids = append(ids, ref.UserID)
-			}
-		}
+	var mu sync.Mutex
+	return u.scanUsers(ctx, org, func(ids []string) error {
+		mu.Lock()
+		defer mu.Unlock()
 		return fn(ids)
 	})
 }

@@ -20,16 +20,20 @@ type StoredProfile struct {
 // a thousand round trips per node.
 const scanCount = 2000
 
-// ScanProfiles calls fn with every stored, non-deleted profile of org, a page
-// at a time. On Redis Cluster it scans every master; fn is never called
+// ScanProfiles calls fn with every stored, non-deleted profile of org, a
+// page at a time, from the organisation's index. fn is never called
 // concurrently. The scan sees every profile that exists for its whole
 // duration at least once (Redis SCAN's guarantee) and may see one twice.
 func (u *Users) ScanProfiles(ctx context.Context, org string, fn func(page []StoredProfile) error) error {
-	return u.scanKeys(ctx, "prof:{"+org+":*", func(keys []string) error {
-		page, err := u.readProfiles(ctx, keys)
+	var mu sync.Mutex
+	return u.scanUsers(ctx, org, func(ids []string) error {
+		// Pages are read concurrently; fn is called one page at a time.
+		page, err := u.readProfiles(ctx, org, ids)
 		if err != nil {
 			return err
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		return fn(page)
 	})
 }
@@ -67,24 +71,20 @@ func (u *Users) scanKeys(ctx context.Context, match string, fn func(keys []strin
 	return scanNode(ctx, u.rdb)
 }
 
-func (u *Users) readProfiles(ctx context.Context, keys []string) ([]StoredProfile, error) {
+func (u *Users) readProfiles(ctx context.Context, org string, ids []string) ([]StoredProfile, error) {
 	pipe := u.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(keys))
-	for i, k := range keys {
-		cmds[i] = pipe.HGet(ctx, k, "p")
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGet(ctx, ProfileKey(org, id), "p")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("read profiles: %w", err)
 	}
-	page := make([]StoredProfile, 0, len(keys))
-	for i, k := range keys {
-		ref, ok := userFromProfileKey(k)
-		if !ok {
-			continue
-		}
+	page := make([]StoredProfile, 0, len(ids))
+	for i, id := range ids {
 		// A deleted user's tombstone has no profile.
 		if p := cmds[i].Val(); p != "" {
-			page = append(page, StoredProfile{UserID: ref.UserID, Profile: p})
+			page = append(page, StoredProfile{UserID: id, Profile: p})
 		}
 	}
 	return page, nil

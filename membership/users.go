@@ -85,6 +85,11 @@ type UserWrite struct {
 	// read too); nil writes a deletion tombstone (Remove then lists every
 	// segment the user leaves).
 	Profile []byte
+	// Created says that the state the update was computed from held no
+	// profile: Write then adds the user to its organisation's index before
+	// writing the profile. A write at revision 0 (a user never stored)
+	// creates whatever Created says; a user deleted before needs it.
+	Created bool
 	Add     []string
 	Remove  []string
 	Outbox  []OutboxEntry
@@ -227,13 +232,23 @@ func decodeFields(r, v, p, o string, segs []string) (UserState, error) {
 }
 
 // Write applies each update atomically per user in one pipelined round trip
-// and reports, per update, whether it was applied (false: the revision had
+// (two when it creates users, see UserWrite.Created) and reports, per update, whether it was applied (false: the revision had
 // moved and the caller must reload and recompute).
 func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	applied := make([]bool, len(ws))
 	calls := make([]scriptCall, len(ws))
+	var created []UserRef
 	for i, w := range ws {
 		calls[i].keys, calls[i].args = writeArgs(w)
+		if w.Profile != nil && (w.Created || w.ExpectRev == 0) {
+			created = append(created, UserRef{OrgID: w.OrgID, UserID: w.UserID})
+		}
+	}
+	// A round trip of its own, before the profiles: on Redis Cluster the
+	// index and the users are on different masters, and a user whose
+	// profile is written must be in the index whatever fails after.
+	if err := u.addToIndex(ctx, created); err != nil {
+		return applied, fmt.Errorf("write users: %w", err)
 	}
 	res, err := u.runPerUser(ctx, u.write, calls)
 	for i, n := range res {

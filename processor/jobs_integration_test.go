@@ -912,3 +912,38 @@ func TestTimerOfUnreadableUserIsKept(t *testing.T) {
 		t.Errorf("u1's timer at %s, want put off past %s", when, now)
 	}
 }
+
+// TestBackfillFindsUserCreatedAfterItsDeletion: a deletion that arrives
+// before the user's first profile leaves a tombstone and no profile; the
+// profile written after it must put the user in the organisation's index,
+// or the backfill of a segment created later would never see the user.
+func TestBackfillFindsUserCreatedAfterItsDeletion(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.startAll(t)
+	rich := segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}
+	create := func(name string) string {
+		d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: name, Type: segment.TypeDynamic,
+			Status: segment.StatusBuilding, Criteria: rich})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.waitReady(t, d.ID, time.Minute)
+		return d.ID
+	}
+	// A first backfill indexes the organisation (it has no user yet).
+	create("first")
+	r.produceEvents(t, []events.ProfileEvent{
+		{EventID: "d", Type: events.ProfileDeleted, OrgID: r.org, UserID: "late", Version: 1, HasVersion: true},
+	})
+	r.waitVersion(t, "late", 1)
+	r.produceEvents(t, []events.ProfileEvent{
+		{EventID: "c", Type: events.ProfileCreated, OrgID: r.org, UserID: "late", Version: 2, HasVersion: true, Profile: map[string]any{"points": 2000}},
+		{EventID: "n", Type: events.ProfileCreated, OrgID: r.org, UserID: "new", Version: 1, HasVersion: true, Profile: map[string]any{"points": 2000}},
+	})
+	r.waitVersion(t, "late", 2)
+	r.waitVersion(t, "new", 1)
+	seg := create("second")
+	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"late", "new"}) {
+		t.Fatalf("members after the backfill: %v, want [late new]", got)
+	}
+}
