@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -159,13 +158,9 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 }
 
 // ScanUserIDs calls fn with every stored user id of org, a page at a time
-// (deleted users included; ViewUsers tells them apart), from the
-// organisation's index. fn is never called concurrently.
+// (deleted users included, but for one deleted before it was ever stored;
+// ViewUsers tells them apart), from the organisation's index. fn is never
+// called concurrently, nor again once it has returned an error.
 func (u *Users) ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error {
-	var mu sync.Mutex
-	return u.scanUsers(ctx, org, func(ids []string) error {
-		mu.Lock()
-		defer mu.Unlock()
-		return fn(ids)
-	})
+	return scanIndex(ctx, u, org, func(_ context.Context, ids []string) ([]string, error) { return ids, nil }, fn)
 }

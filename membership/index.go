@@ -16,9 +16,12 @@ import (
 // scanning every key of every organisation. A user enters the index before
 // its first profile is written (so a user with a profile is always in it)
 // and stays in it after a deletion, as its tombstone stays: readers skip
-// users without a profile. The index is split into indexShards sets, so
-// that on Redis Cluster one organisation's index spreads over the masters
-// and no one set takes all of its writes.
+// users without a profile. (A user deleted before it was ever stored has
+// a tombstone and no index entry: it has nothing to evaluate.) The index
+// is split into indexShards sets, so that on Redis Cluster one
+// organisation's index spreads over the masters and no one set takes all
+// of its writes. Reindex repairs what the stream cannot guarantee (see
+// there).
 const indexShards = 16
 
 // userIndexKey returns the internal SET of the ids of org's users whose id
@@ -39,10 +42,11 @@ func indexShard(user string) int {
 }
 
 // addToIndex adds users to their organisations' indexes in one pipelined
-// round trip. SADD is idempotent, so a retry changes nothing twice.
-func (u *Users) addToIndex(ctx context.Context, refs []UserRef) error {
+// round trip and returns how many were not in them yet. SADD is
+// idempotent, so a retry changes nothing twice.
+func (u *Users) addToIndex(ctx context.Context, refs []UserRef) (int64, error) {
 	if len(refs) == 0 {
-		return nil
+		return 0, nil
 	}
 	type shard struct {
 		org string
@@ -58,56 +62,84 @@ func (u *Users) addToIndex(ctx context.Context, refs []UserRef) error {
 		byShard[s] = append(byShard[s], r.UserID)
 	}
 	pipe := u.rdb.Pipeline()
-	for _, s := range order {
-		pipe.SAdd(ctx, userIndexKey(s.org, s.n), byShard[s]...)
+	cmds := make([]*redis.IntCmd, len(order))
+	for i, s := range order {
+		cmds[i] = pipe.SAdd(ctx, userIndexKey(s.org, s.n), byShard[s]...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("index %d users: %w", len(refs), err)
+		return 0, fmt.Errorf("index %d users: %w", len(refs), err)
 	}
-	return nil
+	var added int64
+	for _, c := range cmds {
+		added += c.Val()
+	}
+	return added, nil
 }
 
 // indexReaders is how many of an organisation's index sets are read at
 // once, so that one page's round trips overlap another's processing.
 const indexReaders = 4
 
-// scanUsers calls fn with every user id of org's index, a page at a time
-// (a user may come twice, as with SCAN), from up to indexReaders
-// goroutines at once. An organisation not yet indexed is indexed first, by
-// scanning the keyspace for its profiles (fn is then called from one
-// goroutine at a time): a read that fails half-way leaves the users it
-// added, and the next one scans again.
-func (u *Users) scanUsers(ctx context.Context, org string, fn func(ids []string) error) error {
+// errScanStopped ends the readers of a scan whose consumer has failed.
+var errScanStopped = errors.New("scan stopped")
+
+// scanIndex reads every user id of org's index, a page at a time (a user
+// may come twice, as with SCAN): read runs on up to indexReaders
+// goroutines at once, deliver on one at a time, and not again once it has
+// failed. An organisation not yet indexed is indexed first, by scanning
+// the keyspace for its profiles (one page at a time): a scan that fails
+// half-way leaves the users it added, and the next one scans again.
+func scanIndex[T any](ctx context.Context, u *Users, org string, read func(context.Context, []string) (T, error), deliver func(T) error) error {
 	n, err := u.rdb.Exists(ctx, indexedKey(org)).Result()
 	if err != nil {
 		return fmt.Errorf("user index of %s: %w", org, err)
 	}
 	if n == 0 {
-		return u.buildIndex(ctx, org, fn)
+		return u.buildIndex(ctx, org, func(ids []string) error {
+			v, err := read(ctx, ids)
+			if err != nil {
+				return err
+			}
+			return deliver(v)
+		})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	shards := make(chan int)
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
+		wg      sync.WaitGroup
+		mu      sync.Mutex // serialises deliver; guards first
+		first   error
+		stopped bool
 	)
-	fail := func(err error) {
+	page := func(ids []string) error {
+		v, err := read(ctx, ids)
 		mu.Lock()
-		if first == nil {
-			first = err
+		defer mu.Unlock()
+		switch {
+		case stopped:
+			return errScanStopped
+		case err == nil:
+			err = deliver(v)
 		}
-		mu.Unlock()
-		cancel()
+		if err != nil {
+			stopped, first = true, err
+			cancel()
+		}
+		return err
 	}
+	shards := make(chan int)
 	for range indexReaders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for shard := range shards {
-				if err := u.scanShard(ctx, userIndexKey(org, shard), fn); err != nil {
-					fail(err)
+				if err := u.scanShard(ctx, userIndexKey(org, shard), page); err != nil {
+					mu.Lock()
+					if first == nil {
+						stopped, first = true, err
+					}
+					mu.Unlock()
+					cancel()
 				}
 			}
 		}()
@@ -152,25 +184,67 @@ func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string)
 // once the scan is complete. Users stored meanwhile are indexed by their
 // writers (see UserWrite.Created).
 func (u *Users) buildIndex(ctx context.Context, org string, fn func(ids []string) error) error {
-	err := u.scanKeys(ctx, "prof:{"+org+":*", func(keys []string) error {
+	_, err := u.indexKeyspace(ctx, []string{org}, fn)
+	return err
+}
+
+// Reindex scans the whole keyspace for the stored users of orgs, adds to
+// each organisation's index those it lacks, marks the organisations
+// indexed, and returns how many users it added. The stream keeps an index
+// whole, but some events can leave a stored user out of it, and every
+// later backfill, audience search and verify would then miss that user: a
+// failover of Redis that loses an acknowledged index write (the index and
+// the profile are on different masters of a cluster), a resharding during
+// an organisation's first scan, an instance of a build older than the
+// index storing a new user. segmentctl verify calls it first.
+func (u *Users) Reindex(ctx context.Context, orgs []string) (int64, error) {
+	return u.indexKeyspace(ctx, orgs, nil)
+}
+
+// indexKeyspace scans the keyspace for the stored users of orgs, adds them
+// to their organisations' indexes a page at a time, calls fn (when not
+// nil) with each page's user ids, and marks the organisations indexed once
+// the scan is complete. fn is only for a single organisation.
+func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []string) error) (int64, error) {
+	if len(orgs) == 0 {
+		return 0, nil
+	}
+	match, want := "prof:{*", make(map[string]bool, len(orgs))
+	for _, o := range orgs {
+		want[o] = true
+	}
+	if len(orgs) == 1 {
+		match = "prof:{" + orgs[0] + ":*"
+	}
+	var added int64
+	err := u.scanKeys(ctx, match, func(keys []string) error {
 		ids := make([]string, 0, len(keys))
 		refs := make([]UserRef, 0, len(keys))
 		for _, k := range keys {
-			if ref, ok := userFromProfileKey(k); ok && ref.OrgID == org {
+			if ref, ok := userFromProfileKey(k); ok && want[ref.OrgID] {
 				ids = append(ids, ref.UserID)
 				refs = append(refs, ref)
 			}
 		}
-		if err := u.addToIndex(ctx, refs); err != nil {
+		n, err := u.addToIndex(ctx, refs)
+		if err != nil {
 			return err
+		}
+		added += n
+		if fn == nil {
+			return nil
 		}
 		return fn(ids)
 	})
 	if err != nil {
-		return err
+		return added, err
 	}
-	if err := u.rdb.Set(ctx, indexedKey(org), "1", 0).Err(); err != nil {
-		return fmt.Errorf("mark %s indexed: %w", org, err)
+	pipe := u.rdb.Pipeline()
+	for _, o := range orgs {
+		pipe.Set(ctx, indexedKey(o), "1", 0)
 	}
-	return nil
+	if _, err := pipe.Exec(ctx); err != nil {
+		return added, fmt.Errorf("mark %d organisations indexed: %w", len(orgs), err)
+	}
+	return added, nil
 }

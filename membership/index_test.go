@@ -79,7 +79,6 @@ func TestUserIndex(t *testing.T) {
 		// user (its tombstone stays), a write of a user deleted before adds
 		// it when it says so, as the processor does.
 		write(membership.UserWrite{OrgID: org, UserID: "u01", ExpectRev: 1, Version: 2})
-		rdb.Del(ctx, membership.ProfileKey(org, "outside"))
 		legacy(org, "back")
 		if err := rdb.HDel(ctx, membership.ProfileKey(org, "back"), "p").Err(); err != nil {
 			t.Fatal(err)
@@ -91,10 +90,22 @@ func TestUserIndex(t *testing.T) {
 			t.Fatalf("after a deletion and a re-creation: %v, want %v", got, want)
 		}
 
-		// An error of fn ends the scan and comes back as it is.
+		// Reindex finds the user stored around the index, and only it.
+		if added, err := users.Reindex(ctx, []string{org, other}); err != nil || added != 1 {
+			t.Fatalf("reindex added %d users (%v), want 1", added, err)
+		}
+		want = append(want, "outside")
+		slices.Sort(want)
+		if got := scanIDs(t, users, org); !slices.Equal(got, want) {
+			t.Fatalf("after the reindex: %v, want %v", got, want)
+		}
+
+		// An error of fn ends the scan and comes back as it is, and fn is
+		// not called again by the other readers (the index holds 16 pages).
 		stop := errors.New("enough")
-		if err := users.ScanUserIDs(ctx, org, func([]string) error { return stop }); !errors.Is(err, stop) {
-			t.Fatalf("scan whose fn fails: %v, want %v", err, stop)
+		calls := 0
+		if err := users.ScanUserIDs(ctx, org, func([]string) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+			t.Fatalf("scan whose fn fails: %v after %d calls, want %v after 1", err, calls, stop)
 		}
 
 		// Profiles come from the same index, without the deleted user.
@@ -109,6 +120,9 @@ func TestUserIndex(t *testing.T) {
 		}
 		slices.Sort(profiles)
 		wantProfiles := slices.DeleteFunc(slices.Clone(want), func(id string) bool { return id == "u01" })
+		if len(wantProfiles) != len(want)-1 {
+			t.Fatalf("test setup: u01 not among %v", want)
+		}
 		if !slices.Equal(slices.Compact(profiles), wantProfiles) {
 			t.Fatalf("profiles of %v, want %v", profiles, wantProfiles)
 		}

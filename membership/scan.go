@@ -21,27 +21,24 @@ type StoredProfile struct {
 const scanCount = 2000
 
 // ScanProfiles calls fn with every stored, non-deleted profile of org, a
-// page at a time, from the organisation's index. fn is never called
-// concurrently. The scan sees every profile that exists for its whole
+// page at a time, from the organisation's index: pages are read
+// concurrently, and fn is never called concurrently, nor again once it has
+// returned an error. The scan sees every profile that exists for its whole
 // duration at least once (Redis SCAN's guarantee) and may see one twice.
 func (u *Users) ScanProfiles(ctx context.Context, org string, fn func(page []StoredProfile) error) error {
-	var mu sync.Mutex
-	return u.scanUsers(ctx, org, func(ids []string) error {
-		// Pages are read concurrently; fn is called one page at a time.
-		page, err := u.readProfiles(ctx, org, ids)
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		return fn(page)
-	})
+	return scanIndex(ctx, u, org, func(ctx context.Context, ids []string) ([]StoredProfile, error) {
+		return u.readProfiles(ctx, org, ids)
+	}, fn)
 }
 
 // scanKeys calls fn with every key matching match, a SCAN page at a time, on
-// every master of a cluster; calls of fn are serialised.
+// every master of a cluster; calls of fn are serialised, and none follows
+// one that failed.
 func (u *Users) scanKeys(ctx context.Context, match string, fn func(keys []string) error) error {
-	var mu sync.Mutex
+	var (
+		mu     sync.Mutex
+		failed error
+	)
 	scanNode := func(ctx context.Context, node redis.Cmdable) error {
 		var cursor uint64
 		for {
@@ -51,7 +48,10 @@ func (u *Users) scanKeys(ctx context.Context, match string, fn func(keys []strin
 			}
 			if len(keys) > 0 {
 				mu.Lock()
-				err = fn(keys)
+				if failed == nil {
+					failed = fn(keys)
+				}
+				err = failed
 				mu.Unlock()
 				if err != nil {
 					return err

@@ -247,7 +247,7 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	// A round trip of its own, before the profiles: on Redis Cluster the
 	// index and the users are on different masters, and a user whose
 	// profile is written must be in the index whatever fails after.
-	if err := u.addToIndex(ctx, created); err != nil {
+	if _, err := u.addToIndex(ctx, created); err != nil {
 		return applied, fmt.Errorf("write users: %w", err)
 	}
 	res, err := u.runPerUser(ctx, u.write, calls)

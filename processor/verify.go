@@ -30,6 +30,9 @@ func (d Difference) String() string {
 
 // ProfileScanner reads every stored profile and the users' segment sets.
 type ProfileScanner interface {
+	// Reindex adds to the organisations' indexes of users every stored
+	// user they lack, and returns how many it added.
+	Reindex(ctx context.Context, orgs []string) (int64, error)
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
 }
@@ -45,12 +48,18 @@ type Checked struct {
 	// Building counts the dynamic segments left out because they are
 	// still being computed.
 	Building int
+	// Reindexed counts the stored users that were missing from their
+	// organisation's index (which backfills and audience searches read)
+	// and were added to it before the check, which covers them.
+	Reindexed int64
 }
 
 // Verify recomputes every dynamic segment of org (every organisation when org
 // is empty) from the stored profiles at now and returns where Redis
 // disagrees, sorted, and what it compared. Segments still building are
-// skipped (their sets are not yet meant to be exact).
+// skipped (their sets are not yet meant to be exact). It first finds the
+// organisations' stored users by scanning the keyspace, not their indexes,
+// and repairs the indexes (Checked.Reindexed).
 func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, Checked, error) {
 	var checked Checked
 	all, err := defs.All(ctx)
@@ -68,6 +77,13 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		case segment.StatusBuilding:
 			checked.Building++
 		}
+	}
+	orgs := make([]string, 0, len(byOrg))
+	for o := range byOrg {
+		orgs = append(orgs, o)
+	}
+	if checked.Reindexed, err = users.Reindex(ctx, orgs); err != nil {
+		return nil, checked, fmt.Errorf("verify: %w", err)
 	}
 	var diffs []Difference
 	for org, ds := range byOrg {

@@ -70,6 +70,23 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	if !strings.Contains(out.String(), "no differences (1 ready dynamic segments of 1 organisations against 1 stored profiles; 1 segments still building, not checked)") {
 		t.Errorf("verify does not say what it checked:\n%s", out.String())
 	}
+
+	// A stored user missing from the organisation's index of users (as a
+	// failover can leave one): verify finds it in the keyspace, adds it,
+	// checks it, says so and exits 1; the next run is clean.
+	if err := rdb.HSet(ctx, membership.ProfileKey(org, "u2"), "r", 1, "v", 1, "p", `{"points":5}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	err = run(ctx, []string{"verify", "-org", org}, env, nil, &out)
+	if !errors.As(err, &code) || code != 1 || !strings.Contains(out.String(), "1 stored users were missing from their organisation's index") ||
+		!strings.Contains(out.String(), "against 2 stored profiles") {
+		t.Fatalf("verify with a user outside the index = %v, want exit 1 and the user counted; output:\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"verify", "-org", org}, env, nil, &out); err != nil {
+		t.Fatalf("verify = %v after the index was repaired; output:\n%s", err, out.String())
+	}
 }
 
 // TestProduceThenTail produces JSON lines keyed by userId and reads them

@@ -13,7 +13,7 @@ import (
 // verify recomputes every ready dynamic segment from the stored profiles and
 // prints each difference with Redis; any difference exits 1.
 func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference.")
+	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference. It also adds to each organisation's\nindex of users any stored user missing from it, and then exits 1 too.")
 	org := fs.String("org", "", "verify only this organisation")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -34,8 +34,15 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	if checked.Building > 0 {
 		summary += fmt.Sprintf("; %d segments still building, not checked", checked.Building)
 	}
+	if checked.Reindexed > 0 {
+		fmt.Fprintf(stdout, "%d stored users were missing from their organisation's index of users, which backfills and audience searches read; added (and checked above)\n", checked.Reindexed)
+	}
 	if len(diffs) > 0 {
 		fmt.Fprintf(stdout, "%d differences (%s)\n", len(diffs), summary)
+		return exitCode(1)
+	}
+	if checked.Reindexed > 0 {
+		fmt.Fprintf(stdout, "no membership differences (%s)\n", summary)
 		return exitCode(1)
 	}
 	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
