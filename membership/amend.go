@@ -158,9 +158,9 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 }
 
 // ScanUserIDs calls fn with every stored user id of org, a page at a time
-// (deleted users included, but for one deleted before it was ever stored;
-// ViewUsers tells them apart), from the organisation's index. fn is never
-// called concurrently, nor again once it has returned an error.
+// (deleted users included; ViewUsers tells them apart), from the
+// organisation's index. fn is never called concurrently, nor again once it
+// has returned an error.
 func (u *Users) ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error {
 	return scanIndex(ctx, u, org, func(_ context.Context, ids []string) ([]string, error) { return ids, nil }, fn)
 }

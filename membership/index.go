@@ -13,12 +13,11 @@ import (
 
 // Each organisation keeps an index of its users, so that a backfill, an
 // audience search or verify reads one organisation's users rather than
-// scanning every key of every organisation. A user enters the index before
-// its first profile is written (so a user with a profile is always in it)
-// and stays in it after a deletion, as its tombstone stays: readers skip
-// users without a profile. (A user deleted before it was ever stored has
-// a tombstone and no index entry: it has nothing to evaluate.) The index
-// is split into indexShards sets, so that on Redis Cluster one
+// scanning every key of every organisation. A user enters the index just
+// before its first write (a profile, or the tombstone of a deletion that
+// came first), so that every stored user is in it, and stays in it after a
+// deletion, as its tombstone stays: readers skip users without a profile.
+// The index is split into indexShards sets, so that on Redis Cluster one
 // organisation's index spreads over the masters and no one set takes all
 // of its writes. Reindex repairs what the stream cannot guarantee (see
 // there).
@@ -182,7 +181,7 @@ func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string)
 // buildIndex scans the keyspace for org's stored users, adds each page to
 // the index before passing it to fn, and marks the organisation indexed
 // once the scan is complete. Users stored meanwhile are indexed by their
-// writers (see UserWrite.Created).
+// first write (see Users.Write).
 func (u *Users) buildIndex(ctx context.Context, org string, fn func(ids []string) error) error {
 	_, err := u.indexKeyspace(ctx, []string{org}, fn)
 	return err

@@ -85,11 +85,6 @@ type UserWrite struct {
 	// read too); nil writes a deletion tombstone (Remove then lists every
 	// segment the user leaves).
 	Profile []byte
-	// Created says that the state the update was computed from held no
-	// profile: Write then adds the user to its organisation's index before
-	// writing the profile. A write at revision 0 (a user never stored)
-	// creates whatever Created says; a user deleted before needs it.
-	Created bool
 	Add     []string
 	Remove  []string
 	Outbox  []OutboxEntry
@@ -232,21 +227,23 @@ func decodeFields(r, v, p, o string, segs []string) (UserState, error) {
 }
 
 // Write applies each update atomically per user in one pipelined round trip
-// (two when it creates users, see UserWrite.Created) and reports, per update, whether it was applied (false: the revision had
-// moved and the caller must reload and recompute).
+// (two when it stores users for the first time: they are added to their
+// organisations' indexes first) and reports, per update, whether it was
+// applied (false: the revision had moved and the caller must reload and
+// recompute).
 func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	applied := make([]bool, len(ws))
 	calls := make([]scriptCall, len(ws))
 	var created []UserRef
 	for i, w := range ws {
 		calls[i].keys, calls[i].args = writeArgs(w)
-		if w.Profile != nil && (w.Created || w.ExpectRev == 0) {
+		if w.ExpectRev == 0 { // the user's first write: a profile, or a deletion that came first
 			created = append(created, UserRef{OrgID: w.OrgID, UserID: w.UserID})
 		}
 	}
-	// A round trip of its own, before the profiles: on Redis Cluster the
-	// index and the users are on different masters, and a user whose
-	// profile is written must be in the index whatever fails after.
+	// A round trip of its own, before the users: on Redis Cluster the
+	// index and the users are on different masters, and a stored user
+	// must be in the index whatever fails after.
 	if _, err := u.addToIndex(ctx, created); err != nil {
 		return applied, fmt.Errorf("write users: %w", err)
 	}

@@ -914,9 +914,10 @@ func TestTimerOfUnreadableUserIsKept(t *testing.T) {
 }
 
 // TestBackfillFindsUserCreatedAfterItsDeletion: a deletion that arrives
-// before the user's first profile leaves a tombstone and no profile; the
-// profile written after it must put the user in the organisation's index,
-// or the backfill of a segment created later would never see the user.
+// before the user's first profile is the user's first write, and leaves a
+// tombstone and no profile; the user must be in the organisation's index
+// from then on, or the backfill of a segment created after its profile
+// arrived would never see it.
 func TestBackfillFindsUserCreatedAfterItsDeletion(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	r.startAll(t)

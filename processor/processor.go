@@ -967,7 +967,6 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if !deleted && profile != nil {
 		uw.Profile = segment.AppendProfile(nil, profile)
-		uw.Created = st.Profile == ""
 	}
 	was := make(map[string]bool, len(st.Segments))
 	for _, s := range st.Segments {
