@@ -105,23 +105,22 @@ func scanIndex[T any](ctx context.Context, u *Users, org string, read func(conte
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex // serialises deliver; guards first
-		first   error
-		stopped bool
+		wg    sync.WaitGroup
+		mu    sync.Mutex // serialises deliver; guards first
+		first error      // the first failure, which stops the scan
 	)
 	page := func(ids []string) error {
 		v, err := read(ctx, ids)
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
-		case stopped:
+		case first != nil:
 			return errScanStopped
 		case err == nil:
 			err = deliver(v)
 		}
 		if err != nil {
-			stopped, first = true, err
+			first = err
 			cancel()
 		}
 		return err
@@ -135,7 +134,7 @@ func scanIndex[T any](ctx context.Context, u *Users, org string, read func(conte
 				if err := u.scanShard(ctx, userIndexKey(org, shard), page); err != nil {
 					mu.Lock()
 					if first == nil {
-						stopped, first = true, err
+						first = err
 					}
 					mu.Unlock()
 					cancel()
