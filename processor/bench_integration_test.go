@@ -82,7 +82,10 @@ func newBenchRig(b *testing.B) *benchRig {
 	if os.Getenv("SEGMENTD_BENCH_REDIS") == "cluster" {
 		rdb = testenv.RedisClusterClient
 	}
-	r := &rig{brokers: testenv.Kafka(b), rdb: rdb(b), org: testenv.UniqueName(b, "bench")}
+	// Each benchmark's organisation is dropped when it ends: the instances
+	// and benchmarks after it would otherwise work on it too.
+	c := rdb(b)
+	r := &rig{brokers: testenv.Kafka(b), rdb: c, org: testenv.Org(b, c, "bench")}
 	r.profile = testenv.UniqueName(b, "profiles")
 	r.membershipT = testenv.UniqueName(b, "membership")
 	r.dlq = testenv.UniqueName(b, "dlq")
@@ -599,8 +602,6 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	if v, err := strconv.Atoi(getenv("SEGMENTD_BENCH_PROFILES")); err == nil && v > 0 {
 		n = v
 	}
-	// Later runs on the same servers would scan these keys too.
-	b.Cleanup(func() { dropKeys(b, r.rdb, "*{"+r.org+"*") })
 	mem0 := usedMemory(b, r.rdb)
 	r.seedProfiles(b, r.org, n)
 	mem1 := usedMemory(b, r.rdb)
@@ -710,8 +711,7 @@ func BenchmarkSmallOrganisation(b *testing.B) {
 	r := newBenchRig(b)
 	ctx := context.Background()
 	big, small := envInt("SEGMENTD_BENCH_PROFILES", 1000000), envInt("SEGMENTD_BENCH_SMALL", 10000)
-	org := testenv.UniqueName(b, "small")
-	b.Cleanup(func() { dropKeys(b, r.rdb, "*{"+r.org+"*"); dropKeys(b, r.rdb, "*{"+org+"*") })
+	org := testenv.Org(b, r.rdb, "small")
 	r.seedProfiles(b, r.org, big)
 	r.seedProfiles(b, org, small)
 	crit := segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}}
@@ -768,40 +768,6 @@ func usedMemory(b *testing.B, rdb redis.UniversalClient) int64 {
 // redisCPU is the Redis servers' CPU time so far, user and system, in seconds.
 func redisCPU(b *testing.B, rdb redis.UniversalClient) float64 {
 	return redisInfoSum(b, rdb, "cpu", "used_cpu_user:", "used_cpu_sys:")
-}
-
-// dropKeys deletes every key matching match, on every master.
-func dropKeys(b *testing.B, rdb redis.UniversalClient, match string) {
-	drop := func(ctx context.Context, c redis.UniversalClient) error {
-		iter := c.Scan(ctx, 0, match, 5000).Iterator()
-		var keys []string
-		flush := func() error {
-			if len(keys) == 0 {
-				return nil
-			}
-			pipe := c.Pipeline()
-			for _, k := range keys {
-				pipe.Unlink(ctx, k)
-			}
-			keys = keys[:0]
-			_, err := pipe.Exec(ctx)
-			return err
-		}
-		for iter.Next(ctx) {
-			if keys = append(keys, iter.Val()); len(keys) == 5000 {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-		}
-		if err := iter.Err(); err != nil {
-			return err
-		}
-		return flush()
-	}
-	if err := eachMaster(rdb, drop); err != nil {
-		b.Errorf("drop %s: %v", match, err)
-	}
 }
 
 // processCPU is this process's CPU time so far, user and system, in seconds.
