@@ -94,13 +94,14 @@ func scanIndex[T any](ctx context.Context, u *Users, org string, read func(conte
 		return fmt.Errorf("user index of %s: %w", org, err)
 	}
 	if n == 0 {
-		return u.buildIndex(ctx, org, func(ids []string) error {
+		_, err := u.indexKeyspace(ctx, []string{org}, func(ids []string) error {
 			v, err := read(ctx, ids)
 			if err != nil {
 				return err
 			}
 			return deliver(v)
 		})
+		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -177,15 +178,6 @@ func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string)
 	}
 }
 
-// buildIndex scans the keyspace for org's stored users, adds each page to
-// the index before passing it to fn, and marks the organisation indexed
-// once the scan is complete. Users stored meanwhile are indexed by their
-// first write (see Users.Write).
-func (u *Users) buildIndex(ctx context.Context, org string, fn func(ids []string) error) error {
-	_, err := u.indexKeyspace(ctx, []string{org}, fn)
-	return err
-}
-
 // Reindex scans the whole keyspace for the stored users of orgs, adds to
 // each organisation's index those it lacks, marks the organisations
 // indexed, and returns how many users it added. The stream keeps an index
@@ -202,7 +194,8 @@ func (u *Users) Reindex(ctx context.Context, orgs []string) (int64, error) {
 // indexKeyspace scans the keyspace for the stored users of orgs, adds them
 // to their organisations' indexes a page at a time, calls fn (when not
 // nil) with each page's user ids, and marks the organisations indexed once
-// the scan is complete. fn is only for a single organisation.
+// the scan is complete; users stored meanwhile are indexed by their first
+// write (see Users.Write). fn is only for a single organisation.
 func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []string) error) (int64, error) {
 	if len(orgs) == 0 {
 		return 0, nil

@@ -232,8 +232,9 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			key := fmt.Sprintf("%s/%s/%d", org, id, cs.Def.Generation)
 			building[key] = true
 			j.mu.Lock()
-			// A few at a time: each scans the whole keyspace, and a thousand
-			// segments created at once must not start a thousand scans.
+			// A few at a time: each reads every user of its organisation,
+			// and a thousand segments created at once must not start a
+			// thousand such reads.
 			busy := j.running[key] || j.retries.waiting(key, now) || len(j.running) >= maxConcurrentBackfills
 			if !busy {
 				j.running[key] = true

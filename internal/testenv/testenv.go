@@ -335,8 +335,8 @@ func Org(t testing.TB, rdb redis.UniversalClient, prefix string) string {
 // starts with the organisation org (profiles, sets, definitions: all of
 // segmentd's per-organisation keys), so that what a test leaves behind
 // does not load the tests after it: every segmentd instance works on every
-// organisation it finds, building segments left "building" and scanning
-// the whole keyspace. org must be a UniqueName.
+// organisation it finds, building segments left "building" and reading
+// their users. org must be a UniqueName.
 func DropOrgWhenDone(t testing.TB, rdb redis.UniversalClient, org string) {
 	t.Helper()
 	t.Cleanup(func() {
