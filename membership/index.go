@@ -34,6 +34,12 @@ func userIndexKey(org string, shard int) string {
 // the index are added by the first read that scans the keyspace for them.
 func indexedKey(org string) string { return "orgusers:{" + org + "}:indexed" }
 
+// AllIndexedKey is the internal key whose presence says that every
+// organisation's index holds every user stored before it was set (see
+// Users.IndexAll): from then on the stream keeps each index whole, so that
+// no organisation's first read scans the keyspace for its users.
+const AllIndexedKey = "orgusers:all-indexed"
+
 func indexShard(user string) int {
 	h := fnv.New32a()
 	h.Write([]byte(user))
@@ -89,11 +95,11 @@ var errScanStopped = errors.New("scan stopped")
 // the keyspace for its profiles (one page at a time): a scan that fails
 // half-way leaves the users it added, and the next one scans again.
 func scanIndex[T any](ctx context.Context, u *Users, org string, read func(context.Context, []string) (T, error), deliver func(T) error) error {
-	n, err := u.rdb.Exists(ctx, indexedKey(org)).Result()
+	indexed, err := u.indexed(ctx, org)
 	if err != nil {
-		return fmt.Errorf("user index of %s: %w", org, err)
+		return err
 	}
-	if n == 0 {
+	if !indexed {
 		_, err := u.indexKeyspace(ctx, []string{org}, func(ids []string) error {
 			v, err := read(ctx, ids)
 			if err != nil {
@@ -159,6 +165,26 @@ feed:
 	return ctx.Err()
 }
 
+// indexed reports whether org's index holds every stored user of org:
+// because every organisation's does (IndexAll has run), or because a scan
+// of the keyspace indexed org's.
+func (u *Users) indexed(ctx context.Context, org string) (bool, error) {
+	if u.allIndexed.Load() {
+		return true, nil
+	}
+	pipe := u.rdb.Pipeline()
+	all := pipe.Exists(ctx, AllIndexedKey)
+	one := pipe.Exists(ctx, indexedKey(org))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false, fmt.Errorf("user index of %s: %w", org, err)
+	}
+	if all.Val() == 1 {
+		u.allIndexed.Store(true)
+		return true, nil
+	}
+	return one.Val() == 1, nil
+}
+
 func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string) error) error {
 	var cursor uint64
 	for {
@@ -191,13 +217,45 @@ func (u *Users) Reindex(ctx context.Context, orgs []string) (int64, error) {
 	return u.indexKeyspace(ctx, orgs, nil)
 }
 
-// indexKeyspace scans the keyspace for the stored users of orgs, adds them
-// to their organisations' indexes a page at a time, calls fn (when not
-// nil) with each page's user ids, and marks the organisations indexed once
-// the scan is complete; users stored meanwhile are indexed by their first
-// write (see Users.Write). fn is only for a single organisation.
+// IndexAll adds every stored user of every organisation to its
+// organisation's index, in one scan of the keyspace, and then records that
+// all are (AllIndexedKey), so that no organisation's first backfill,
+// audience search or verify scans the keyspace for its users. It returns
+// how many users it added: on a deployment that never ran a build older
+// than the index, none. Once recorded it returns at once. Instances may
+// run it together (index writes are idempotent); users an older build
+// stores afterwards, during a rolling upgrade, are what Reindex repairs.
+func (u *Users) IndexAll(ctx context.Context) (int64, error) {
+	if u.allIndexed.Load() {
+		return 0, nil
+	}
+	n, err := u.rdb.Exists(ctx, AllIndexedKey).Result()
+	if err != nil {
+		return 0, fmt.Errorf("user indexes: %w", err)
+	}
+	if n == 1 {
+		u.allIndexed.Store(true)
+		return 0, nil
+	}
+	added, err := u.indexKeyspace(ctx, nil, nil)
+	if err != nil {
+		return added, err
+	}
+	if err := u.rdb.Set(ctx, AllIndexedKey, "1", 0).Err(); err != nil {
+		return added, fmt.Errorf("mark every organisation indexed: %w", err)
+	}
+	u.allIndexed.Store(true)
+	return added, nil
+}
+
+// indexKeyspace scans the keyspace for the stored users of orgs (of every
+// organisation when orgs is nil), adds them to their organisations'
+// indexes a page at a time, calls fn (when not nil) with each page's user
+// ids, and marks the organisations of orgs indexed once the scan is
+// complete; users stored meanwhile are indexed by their first write (see
+// Users.Write). fn is only for a single organisation.
 func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []string) error) (int64, error) {
-	if len(orgs) == 0 {
+	if orgs != nil && len(orgs) == 0 {
 		return 0, nil
 	}
 	match, want := "prof:{*", make(map[string]bool, len(orgs))
@@ -212,7 +270,7 @@ func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []
 		ids := make([]string, 0, len(keys))
 		refs := make([]UserRef, 0, len(keys))
 		for _, k := range keys {
-			if ref, ok := userFromProfileKey(k); ok && want[ref.OrgID] {
+			if ref, ok := userFromProfileKey(k); ok && (orgs == nil || want[ref.OrgID]) {
 				ids = append(ids, ref.UserID)
 				refs = append(refs, ref)
 			}
@@ -227,7 +285,7 @@ func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []
 		}
 		return fn(ids)
 	})
-	if err != nil {
+	if err != nil || orgs == nil {
 		return added, err
 	}
 	pipe := u.rdb.Pipeline()

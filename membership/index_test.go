@@ -28,6 +28,25 @@ func scanIDs(t *testing.T, users *membership.Users, org string) []string {
 	return slices.Compact(ids)
 }
 
+// forgetAllIndexed removes the record that every organisation's index is
+// whole (which any segmentd that ran on this Redis left), as on a Redis that
+// a build older than the indexes wrote.
+func forgetAllIndexed(t *testing.T, rdb redis.UniversalClient) {
+	t.Helper()
+	if err := rdb.Del(context.Background(), membership.AllIndexedKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storeLegacy stores a profile hash and nothing else, as a build older
+// than the organisations' user indexes stored a user.
+func storeLegacy(t *testing.T, rdb redis.UniversalClient, org, user string) {
+	t.Helper()
+	if err := rdb.HSet(context.Background(), membership.ProfileKey(org, user), "r", 1, "v", 1, "p", `{"points":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestUserIndex checks that an organisation's scans see its own users
 // only, through its index: users stored before the index existed are
 // found once by a scan of the keyspace, which then marks the organisation
@@ -37,6 +56,7 @@ func TestUserIndex(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org, other := testenv.Org(t, rdb, "org"), testenv.Org(t, rdb, "other")
+		forgetAllIndexed(t, rdb)
 		users := membership.NewUsers(rdb)
 		p := []byte(`{"points":1}`)
 		write := func(w membership.UserWrite) {
@@ -45,13 +65,7 @@ func TestUserIndex(t *testing.T) {
 				t.Fatalf("write %s: applied %v, %v", w.UserID, applied, err)
 			}
 		}
-		// As a build without the index stored them: the profile hash only.
-		legacy := func(org, user string) {
-			t.Helper()
-			if err := rdb.HSet(ctx, membership.ProfileKey(org, user), "r", 1, "v", 1, "p", string(p)).Err(); err != nil {
-				t.Fatal(err)
-			}
-		}
+		legacy := func(org, user string) { t.Helper(); storeLegacy(t, rdb, org, user) }
 		var want []string
 		for i := range 40 {
 			id := fmt.Sprintf("u%02d", i)
@@ -122,6 +136,43 @@ func TestUserIndex(t *testing.T) {
 		}
 		if !slices.Equal(slices.Compact(profiles), wantProfiles) {
 			t.Fatalf("profiles of %v, want %v", profiles, wantProfiles)
+		}
+	})
+}
+
+// TestIndexAll checks the completion of every organisation's index: users
+// that a build older than the indexes stored, in two organisations, are in
+// their indexes after it; from then on an organisation's first read uses
+// its index and does not scan the keyspace (a profile stored outside the
+// index proves it), on this instance and on any other; and it runs once.
+func TestIndexAll(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		a, b, c := testenv.Org(t, rdb, "a"), testenv.Org(t, rdb, "b"), testenv.Org(t, rdb, "c")
+		forgetAllIndexed(t, rdb)
+		for _, id := range []string{"u1", "u2", "u3"} {
+			storeLegacy(t, rdb, a, id)
+		}
+		storeLegacy(t, rdb, b, "v1")
+		users := membership.NewUsers(rdb)
+		// Other organisations' legacy users on this Redis count too.
+		if added, err := users.IndexAll(ctx); err != nil || added < 4 {
+			t.Fatalf("IndexAll added %d users (%v), want at least 4", added, err)
+		}
+		if got := scanIDs(t, users, a); !slices.Equal(got, []string{"u1", "u2", "u3"}) {
+			t.Fatalf("users of a: %v", got)
+		}
+		if got := scanIDs(t, users, b); !slices.Equal(got, []string{"v1"}) {
+			t.Fatalf("users of b: %v", got)
+		}
+		storeLegacy(t, rdb, c, "outside")
+		for name, u := range map[string]*membership.Users{"this instance": users, "another instance": membership.NewUsers(rdb)} {
+			if got := scanIDs(t, u, c); len(got) != 0 {
+				t.Fatalf("%s: the first read of c found %v: it scanned the keyspace", name, got)
+			}
+		}
+		if added, err := membership.NewUsers(rdb).IndexAll(ctx); err != nil || added != 0 {
+			t.Fatalf("IndexAll again added %d users (%v), want none", added, err)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
@@ -99,6 +100,10 @@ type Users struct {
 	// own; more on a single Redis, which spares the cost of a script call
 	// per user.
 	usersPerCall int
+	// allIndexed caches that AllIndexedKey is set, which is for good:
+	// nothing but a flush of Redis removes it, and a flush leaves no user
+	// to miss.
+	allIndexed atomic.Bool
 }
 
 // NewUsers returns a user store on rdb (standalone or cluster).

@@ -24,6 +24,7 @@ type JobUsers interface {
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
 	Project(ctx context.Context, ps []membership.Projection) error
+	IndexAll(ctx context.Context) (int64, error)
 }
 
 // JobSchedules stores the timers of time-relative criteria.
@@ -175,6 +176,11 @@ func (j *Jobs) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		j.indexUsers(ctx)
+	}()
 	loop(250*time.Millisecond, j.beat)
 	loop(500*time.Millisecond, j.startBackfills)
 	loop(j.cfg.TimerInterval, j.fireTimers)
@@ -190,6 +196,52 @@ func (j *Jobs) Run(ctx context.Context) error {
 		j.cfg.Logger.Warn("leave: other instances wait for this one's heartbeat to expire", "err", err)
 	}
 	return nil
+}
+
+// indexLease bounds how long another instance waits for a completion of the
+// user indexes whose instance died; a longer scan only means two instances
+// do the same idempotent work.
+const indexLease = 10 * time.Minute
+
+// errIndexBusy retries the completion of the user indexes later: another
+// instance holds it, and may die before it finishes.
+var errIndexBusy = errors.New("another instance is completing the user indexes")
+
+// indexUsers completes every organisation's index of its users, once per
+// deployment (membership.Users.IndexAll: nothing to do unless a build older
+// than the indexes stored users), one instance at a time, retrying until it
+// is done or ctx ends. Until then each organisation's first read indexes
+// its own users, as before.
+func (j *Jobs) indexUsers(ctx context.Context) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = time.Second
+	bo.MaxInterval = 30 * time.Second
+	bo.MaxElapsedTime = 0
+	_ = backoff.Retry(func() error {
+		ok, err := j.cfg.Coordinator.TryLock(ctx, "user-index", j.cfg.InstanceID, indexLease)
+		switch {
+		case ctx.Err() != nil:
+			return backoff.Permanent(ctx.Err())
+		case err != nil:
+			j.cfg.Logger.Warn("complete the user indexes", "err", err)
+			return err
+		case !ok:
+			return errIndexBusy
+		}
+		defer func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = j.cfg.Coordinator.Unlock(uctx, "user-index", j.cfg.InstanceID)
+		}()
+		n, err := j.cfg.Users.IndexAll(ctx)
+		if n > 0 {
+			j.cfg.Logger.Info("added stored users to their organisations' indexes", "users", n)
+		}
+		if err != nil && ctx.Err() == nil {
+			j.cfg.Logger.Warn("complete the user indexes", "err", err)
+		}
+		return err
+	}, backoff.WithContext(bo, ctx))
 }
 
 func (j *Jobs) beat(ctx context.Context) {

@@ -827,6 +827,10 @@ func TestBackfillSkipsUnreadableUser(t *testing.T) {
 	if err := r.rdb.HSet(ctx, key, "r", "garbage", "p", p).Err(); err != nil {
 		t.Fatal(err)
 	}
+	// In the organisation's index, as the user's first write put it there.
+	if n, err := r.users.Reindex(ctx, []string{r.org}); err != nil || n != 1 {
+		t.Fatalf("reindex added %d users, %v; want the unreadable one", n, err)
+	}
 	cs := r.buildingSegment(t, atLeast(1000))
 	d := cs.Def
 	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, cs, 0); err != nil {
@@ -931,7 +935,9 @@ func TestBackfillFindsUserCreatedAfterItsDeletion(t *testing.T) {
 		r.waitReady(t, d.ID, time.Minute)
 		return d.ID
 	}
-	// A first backfill indexes the organisation (it has no user yet).
+	// From the first backfill on, the organisation's index is read (it is
+	// marked whole by the jobs' completion of every index, or by this
+	// first read's scan of the keyspace).
 	create("first")
 	r.produceEvents(t, []events.ProfileEvent{
 		{EventID: "d", Type: events.ProfileDeleted, OrgID: r.org, UserID: "late", Version: 1, HasVersion: true},
@@ -946,5 +952,59 @@ func TestBackfillFindsUserCreatedAfterItsDeletion(t *testing.T) {
 	seg := create("second")
 	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"late", "new"}) {
 		t.Fatalf("members after the backfill: %v, want [late new]", got)
+	}
+}
+
+// TestJobsCompleteUserIndexes checks that the background jobs complete the
+// organisations' user indexes once: a user that a build older than the
+// indexes stored is in its organisation's index afterwards, and every
+// organisation is then marked as indexed, so none scans the keyspace on its
+// first read.
+func TestJobsCompleteUserIndexes(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	if err := r.rdb.Del(ctx, membership.AllIndexedKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A profile hash and nothing else, as the older build stored it.
+	if err := r.rdb.HSet(ctx, membership.ProfileKey(r.org, "old"), "r", 1, "v", 1, "p", `{"points":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	jctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg}).Run(jctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("jobs: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := r.rdb.Exists(ctx, membership.AllIndexedKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the user indexes were not marked complete within 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var ids []string
+	if err := membership.NewUsers(r.rdb).ScanUserIDs(ctx, r.org, func(page []string) error {
+		ids = append(ids, page...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids, []string{"old"}) {
+		t.Fatalf("the organisation's index holds %v, want [old]", ids)
 	}
 }
