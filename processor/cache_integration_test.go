@@ -97,3 +97,77 @@ func cacheLookups(t testing.TB, reg *prometheus.Registry, result string) float64
 	}
 	return 0
 }
+
+// TestEventLatencyObservedOnce checks that the processing time of every
+// applied event is observed once, when its outcome is in Redis: at the
+// write for an event that changes no membership (while the projection of
+// the batches is held up), after the projection for one that does, and not
+// at all for a duplicate.
+func TestEventLatencyObservedOnce(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	reg := prometheus.NewRegistry()
+	held := &heldProjections{Users: r.users, release: make(chan struct{})}
+	r.startWith(t, func(c *processor.Config) { c.Metrics, c.Users = mustMetrics(t, reg), held })
+	o := r.org
+	const name = "segmentd_event_processing_seconds"
+	waitCount := func(want uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if n := histogramCount(t, reg, name); n >= want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d events observed within 30 s, want %d", histogramCount(t, reg, name), want)
+			}
+		}
+	}
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":2000}}`,
+		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"points":10}}`,
+		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"points":10}}`,
+	)
+	waitCount(1)
+	if n := histogramCount(t, reg, name); n != 1 {
+		t.Fatalf("%d events observed before any projection, want 1 (the one that changed no membership)", n)
+	}
+	close(held.release)
+	waitCount(2)
+	// A last event, after which every earlier one has been counted.
+	r.produce(t, `{"eventId":"e3","type":"profile.created","orgId":"`+o+`","userId":"u3","version":1,"profile":{"points":10}}`)
+	waitCount(3)
+	r.waitVersion(t, "u3", 1)
+	if n := histogramCount(t, reg, name); n != 3 {
+		t.Fatalf("%d events observed, want 3 (two that changed no membership, one that did, none for the duplicate)", n)
+	}
+}
+
+// heldProjections is a user store whose projections wait for release.
+type heldProjections struct {
+	*membership.Users
+	release chan struct{}
+}
+
+func (h *heldProjections) Project(ctx context.Context, ps []membership.Projection) error {
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return h.Users.Project(ctx, ps)
+}
+
+// histogramCount is the number of observations of the named histogram.
+func histogramCount(t testing.TB, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}

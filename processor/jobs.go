@@ -92,9 +92,11 @@ type JobsConfig struct {
 }
 
 // Jobs runs what follows definitions and time: the heartbeat, backfills of
-// new or changed dynamic segments, timers of time-relative criteria, and the
-// estimatedSize refresh. Every instance runs them; leases in Redis give each
-// backfill and refresh to one instance, and timers are claimed one by one.
+// new or changed dynamic segments, timers of time-relative criteria, the
+// estimatedSize refresh, and once the completion of the organisations'
+// user indexes. Every instance runs them; leases in Redis give each
+// backfill, refresh and completion to one instance, and timers are claimed
+// one by one.
 type Jobs struct {
 	cfg      JobsConfig
 	progress prometheus.Gauge

@@ -50,14 +50,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "segmentd_event_latency_seconds",
-			Help: "Time from a profile event's occurredAt to the write of its memberships to the segment sets.",
+			Help: "Time from a profile event's occurredAt until its outcome is in Redis: the user's state and, when its memberships changed, the segment sets.",
 			// Fine buckets (about 20% apart) so that p50 and p99 read off
 			// the histogram are close to the truth.
 			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
 		}),
 		processing: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "segmentd_event_processing_seconds",
-			Help:    "Time from fetching a profile event from Kafka to the write of its memberships to the segment sets: the part of segmentd_event_latency_seconds spent in segmentd.",
+			Help:    "Time from fetching a profile event from Kafka until its outcome is in Redis: the part of segmentd_event_latency_seconds spent in segmentd.",
 			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -138,7 +138,8 @@ func (m *Metrics) observeBatch(n int) {
 }
 
 // observeLatency records, for one event that changed a user, the time
-// since it occurred and since it was fetched.
+// since it occurred and since it was fetched, at the instant its outcome
+// is in Redis.
 func (m *Metrics) observeLatency(occurred, fetched, now time.Time) {
 	if m == nil {
 		return

@@ -438,7 +438,8 @@ type written struct {
 	projections []membership.Projection
 	due         []membership.Due
 	dlq         []Record
-	// occurred holds the event time of every event that changed a user.
+	// occurred holds the event time of every applied event whose outcome
+	// the projection completes.
 	occurred []time.Time
 }
 
@@ -521,6 +522,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			return nil, err
 		}
 		step("write")
+		written := time.Now()
 		var conflicted []*userWork
 		for i, w := range pending {
 			if writeOf[i] >= 0 && !applied[writeOf[i]] {
@@ -541,8 +543,15 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			m.countResults(r)
 			if r.write != nil {
 				p.keepCarried(wb.seq, w.ref, r.write.Outbox[r.firstNew:])
-				for _, it := range w.items {
-					wb.occurred = append(wb.occurred, it.ev.OccurredAt)
+				// The outcome of events that change no membership, of a user
+				// with none waiting to be projected from an earlier batch, is
+				// readable now; the others' once the segment sets have it.
+				if len(r.projections) == 0 && len(w.carried) == 0 {
+					for _, at := range r.occurred {
+						m.observeLatency(at, fetched, written)
+					}
+				} else {
+					wb.occurred = append(wb.occurred, r.occurred...)
 				}
 			}
 		}
@@ -789,6 +798,8 @@ type userResult struct {
 	due                          []membership.Due
 	dlq                          []Record
 	applied, duplicate, replayed int
+	// occurred holds the occurredAt of each applied event.
+	occurred []time.Time
 	// firstNew is where this batch's entries start in write.Outbox, after
 	// those kept from earlier writes.
 	firstNew int
@@ -954,6 +965,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		outbox = append(outbox, entry)
 		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
+		res.occurred = append(res.occurred, ev.OccurredAt)
 		wrote = true
 	}
 	if org != nil && profile != nil && !deleted && timed {
