@@ -522,7 +522,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			return nil, err
 		}
 		step("write")
-		written := time.Now()
+		wroteAt := time.Now()
 		var conflicted []*userWork
 		for i, w := range pending {
 			if writeOf[i] >= 0 && !applied[writeOf[i]] {
@@ -548,7 +548,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 				// readable now; the others' once the segment sets have it.
 				if len(r.projections) == 0 && len(w.carried) == 0 {
 					for _, at := range r.occurred {
-						m.observeLatency(at, fetched, written)
+						m.observeLatency(at, fetched, wroteAt)
 					}
 				} else {
 					wb.occurred = append(wb.occurred, r.occurred...)
