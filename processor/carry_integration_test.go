@@ -134,6 +134,48 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 	}
 }
 
+// TestStreamKeepsUnfinishedBackfillEntries: a user's outbox holds the
+// entries of two backfills older than the grace the stream gives such
+// entries, one of a segment still being built at that generation (its
+// backfill died before publishing and has not been retried yet, say because
+// no instance ran for a while) and one of a segment built since. The
+// stream's next write of the user keeps the first, which the retried
+// backfill publishes from, and drops the second.
+func TestStreamKeepsUnfinishedBackfillEntries(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	points := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	gold := r.segment(t, "gold", segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}})
+	vip, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "vip", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "xp", Operator: ">=", Value: 5.0, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(-time.Hour).UnixMilli()
+	building := fmt.Sprintf("segment:%s:%d", vip.ID, vip.Generation)
+	built := "segment:" + gold + ":1"
+	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u1", Version: 1,
+		Profile: segment.AppendProfile(nil, segment.NewProfile(map[string]any{"tier": "gold", "points": 1200.0, "xp": 9.0})),
+		Add:     []string{points, gold, vip.ID},
+		Outbox: []membership.OutboxEntry{
+			{EventID: "e1", Version: 1, Rev: 1, AtMillis: long, Changes: []membership.OutboxChange{{SegmentID: points, Entered: true}}},
+			{EventID: built, CauseType: events.CauseSegment, AtMillis: long, Rev: 1, Changes: []membership.OutboxChange{{SegmentID: gold, Entered: true}}},
+			{EventID: building, CauseType: events.CauseSegment, AtMillis: long, Rev: 1, Changes: []membership.OutboxChange{{SegmentID: vip.ID, Entered: true}}},
+		}}}); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u1","version":2,"changes":{"points":1300}}`)
+	st := r.waitVersion(t, "u1", 2)
+	var ids []string
+	for _, e := range st.Outbox {
+		ids = append(ids, e.EventID)
+	}
+	if !slices.Equal(ids, []string{building, "e2"}) {
+		t.Fatalf("outbox after the stream's write holds %q, want [%s e2]: the entry of the backfill still building kept, the built one's dropped", ids, building)
+	}
+}
+
 // TestReplayOfPartOfAWrite: another instance wrote two events of a user in
 // one write (entered a segment, then left it) and projected them; this
 // instance, whose batch holds only the first of them, replays it. The

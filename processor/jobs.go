@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -518,6 +519,19 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 
 func backfillCause(seg string, generation int64) events.Cause {
 	return events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", seg, generation)}
+}
+
+// building reports whether the backfill whose cause has eventID (see
+// backfillCause) is of a segment of o still being built at that generation.
+func (o *OrgRules) building(eventID string) bool {
+	rest, ok := strings.CutPrefix(eventID, "segment:")
+	i := strings.LastIndexByte(rest, ':')
+	if o == nil || !ok || i < 0 {
+		return false
+	}
+	gen, err := strconv.ParseInt(rest[i+1:], 10, 64)
+	cs := o.Segments[rest[:i]]
+	return err == nil && cs != nil && cs.Def.Status == segment.StatusBuilding && cs.Def.Generation == gen
 }
 
 // heldRevision is a backfill (def set) or a timer round in progress, and

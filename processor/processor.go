@@ -872,7 +872,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// Entries of this user's unfinished batches stay until those finish,
 	// and recent entries of backfills and timers until they are surely
 	// published.
-	outbox := keepAmends(slices.Clone(w.carried), st.Outbox, now)
+	outbox := keepAmends(slices.Clone(w.carried), st.Outbox, org, now)
 	res.firstNew = len(outbox)
 	wrote := false
 	timed := false // a time-relative segment was evaluated: the user's timer may move
@@ -995,19 +995,24 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	return res
 }
 
-// amendGrace is how long an entry a backfill or a timer appended to a
-// user's outbox is kept through the user's stream writes: a backfill or
-// timer that dies between its write and its publishing is retried (its
-// lease runs out after 30 s) and finds the entry to publish from, well
-// within it.
+// amendGrace is how long an entry a timer appended to a user's outbox is
+// kept through the user's stream writes: a timer that dies between its
+// write and its publishing is claimed again (its lease runs out after 30 s)
+// and finds the entry to publish from, well within it. A backfill's entries
+// are kept for as long as its generation is being built (see keepAmends).
 const amendGrace = 10 * time.Minute
 
 // keepAmends appends to outbox the entries of loaded made by backfills and
-// timers in the last amendGrace.
-func keepAmends(outbox, loaded []membership.OutboxEntry, now time.Time) []membership.OutboxEntry {
+// timers that may not be published yet: a backfill's while its segment is
+// still being built at that generation in org (its retry publishes from
+// them, however late it comes), and any of the last amendGrace.
+func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time.Time) []membership.OutboxEntry {
 	since := now.Add(-amendGrace).UnixMilli()
 	for _, e := range loaded {
-		if e.CauseType != "" && e.CauseType != events.CauseProfile && e.AtMillis >= since {
+		if e.CauseType == "" || e.CauseType == events.CauseProfile {
+			continue
+		}
+		if e.AtMillis >= since || e.CauseType == events.CauseSegment && org.building(e.EventID) {
 			outbox = append(outbox, e)
 		}
 	}
