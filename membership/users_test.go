@@ -97,3 +97,14 @@ func TestWriteUsers(t *testing.T) {
 		}
 	})
 }
+
+// TestHashValueLimit reads the server's hash-max-listpack-value (on a
+// cluster, from one of its masters).
+func TestHashValueLimit(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		n, ok := membership.HashValueLimit(context.Background(), rdb)
+		if !ok || n <= 0 {
+			t.Fatalf("hash-max-listpack-value = %d, %v; want the server's setting", n, ok)
+		}
+	})
+}
