@@ -191,10 +191,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err := registry.Reload(ctx); err != nil {
 		log.Warn("first definitions load failed; retrying in the background", "err", err)
 	}
-	if n, ok := membership.HashValueLimit(ctx, rdb); ok && n < membership.RecommendedHashValueLimit {
+	cctx, cancelCheck := context.WithTimeout(ctx, 2*time.Second)
+	if n, ok := membership.HashValueLimit(cctx, rdb); ok && n < membership.RecommendedHashValueLimit {
 		log.Info("Redis hash-max-listpack-value is below the recommended value: each stored profile takes ~40% more memory (README, Redis layout)",
 			"value", n, "recommended", membership.RecommendedHashValueLimit)
 	}
+	cancelCheck()
 
 	// Jobs stop when jobCtx ends; the processor stops fetching when ctx ends.
 	jobCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
