@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -286,11 +287,12 @@ func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
 // BenchmarkLatencyAtHalfRate produces loadgen events at the given rate
 // (SEGMENTD_BENCH_RATE, default 23,100/s: half the measured maximum of
 // updates) for 20 s, after seeding every user, and reports p50 and p99 of
-// the time from occurredAt to the write of the memberships to the segment
-// sets, and of the part of it from the Kafka fetch on. The events come
-// from a producer process of their own (see produce). Its baseline, first:
-// the same load on a topic of its own, read by a bare kafka-go group
-// consumer, the time from occurredAt to the fetch.
+// the time from occurredAt until each event's outcome is in Redis, and of
+// the part of it from the Kafka fetch on. The events come from a producer
+// process of their own (see produce). Its baseline, first: the same load
+// on a topic of its own, read by a bare kafka-go group consumer, the time
+// from occurredAt to the fetch. SEGMENTD_BENCH_CPUPROFILE names a file for
+// a CPU profile of the measured load alone.
 func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	r := newBenchRig(b)
 	r.createSegments(b, thousandSegments())
@@ -325,10 +327,21 @@ func BenchmarkLatencyAtHalfRate(b *testing.B) {
 	reset := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	resetProc := snapshotHistogram(b, r.reg, "segmentd_event_processing_seconds")
 	resetSteps := stepHistograms(b, r.reg)
+	if path := getenv("SEGMENTD_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.ResetTimer()
 	sent := users + r.produce(b, w, producerSpec{Topic: r.profile, Org: r.org, Users: users, Seed: 2, Seeded: true, Rate: rate})
 	drain(b, r.brokers, r.group, r.profile, int64(sent), time.Now())
 	b.StopTimer()
+	pprof.StopCPUProfile()
 	h := snapshotHistogram(b, r.reg, "segmentd_event_latency_seconds")
 	p50, p99 := quantile(h, reset, 0.5), quantile(h, reset, 0.99)
 	b.ReportMetric(float64(rate), "events/s-offered")
