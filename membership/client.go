@@ -35,14 +35,20 @@ func NewClient(addrs []string) redis.UniversalClient {
 // 64, and cheaper to read.
 const RecommendedHashValueLimit = 1024
 
-// HashValueLimit returns the server's hash-max-listpack-value, or false
-// when the server does not say (CONFIG may be disabled, as on some managed
-// services, or unknown, as in the embedded Redis).
+// HashValueLimit returns the server's hash-max-listpack-value (named
+// hash-max-ziplist-value before Redis 7), or false when the server does not
+// say (CONFIG may be disabled, as on some managed services, or unknown, as
+// in the embedded Redis).
 func HashValueLimit(ctx context.Context, rdb redis.UniversalClient) (int, bool) {
-	m, err := rdb.ConfigGet(ctx, "hash-max-listpack-value").Result()
-	if err != nil {
-		return 0, false
+	for _, name := range []string{"hash-max-listpack-value", "hash-max-ziplist-value"} {
+		m, err := rdb.ConfigGet(ctx, name).Result()
+		if err != nil {
+			return 0, false
+		}
+		if v, ok := m[name]; ok {
+			n, err := strconv.Atoi(v)
+			return n, err == nil
+		}
 	}
-	n, err := strconv.Atoi(m["hash-max-listpack-value"])
-	return n, err == nil
+	return 0, false
 }

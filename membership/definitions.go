@@ -447,6 +447,7 @@ func (s *Definitions) MarkReady(ctx context.Context, org, id string, generation 
 		d.Status = segment.StatusReady
 		d.BackfillScanned = 0
 		d.BackfillStarted = 0
+		d.BackfillEarlier = 0
 		return nil
 	})
 	return err
@@ -468,18 +469,22 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 // BeginBackfill records that a backfill of generation is about to write and
 // reports whether it is the first to: false when an earlier attempt may have
 // written (it then has outbox entries to find) or the generation is no longer
-// the segment's. A first attempt also learns the older generation whose
-// backfill began and did not end cleanly (0 when none): its changes may be
-// in outboxes, unpublished. Like the progress, it does not move the
-// revision.
+// the segment's. Every attempt also learns the older generation whose
+// backfill began and did not end cleanly before this generation's first
+// attempt (0 when none): its changes may be in outboxes, unpublished. Like
+// the progress, it does not move the revision.
 func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error) {
 	_, err = s.update(ctx, org, id, false, func(d *segment.Definition) error {
 		first, unfinished = false, 0
-		if d.Generation != generation || d.BackfillStarted == generation {
+		switch {
+		case d.Generation != generation:
+			return ErrUnchanged
+		case d.BackfillStarted == generation:
+			unfinished = d.BackfillEarlier
 			return ErrUnchanged
 		}
 		first, unfinished = true, d.BackfillStarted
-		d.BackfillStarted = generation
+		d.BackfillStarted, d.BackfillEarlier = generation, d.BackfillStarted
 		return nil
 	})
 	if err != nil {
@@ -489,13 +494,14 @@ func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generat
 }
 
 // EndBackfill records that the backfill of generation, stopped by a change
-// of the segment, published everything it wrote.
+// of the segment, published everything it wrote (and what the older
+// generation it looked for had left).
 func (s *Definitions) EndBackfill(ctx context.Context, org, id string, generation int64) error {
 	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
 		if d.BackfillStarted != generation {
 			return ErrUnchanged
 		}
-		d.BackfillStarted = 0
+		d.BackfillStarted, d.BackfillEarlier = 0, 0
 		return nil
 	})
 	return err
@@ -647,6 +653,7 @@ type storedDefinition struct {
 	EstimatedSize int64           `json:"estimatedSize"`
 	Scanned       int64           `json:"backfillScanned,omitempty"`
 	Started       int64           `json:"backfillStarted,omitempty"`
+	Earlier       int64           `json:"backfillEarlier,omitempty"`
 	Generation    int64           `json:"generation"`
 	CreatedAt     time.Time       `json:"createdAt"`
 	UpdatedAt     time.Time       `json:"updatedAt"`
@@ -668,7 +675,7 @@ type storedCriterion struct {
 func encodeDefinition(d segment.Definition) (string, error) {
 	w := storedDefinition{
 		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
-		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted,
+		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted, Earlier: d.BackfillEarlier,
 		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
 	}
 	if d.Type == segment.TypeDynamic || len(d.Criteria.Include)+len(d.Criteria.Exclude) > 0 {
@@ -706,7 +713,7 @@ func decodeDefinition(raw string) (segment.Definition, error) {
 	d := segment.Definition{
 		ID: w.ID, OrgID: w.OrgID, Name: w.Name, Description: w.Description, URL: w.URL,
 		Type: segment.Type(w.Type), Status: segment.Status(w.Status), EstimatedSize: w.EstimatedSize,
-		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned, BackfillStarted: w.Started,
+		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned, BackfillStarted: w.Started, BackfillEarlier: w.Earlier,
 	}
 	if w.Criteria != nil {
 		var err error

@@ -214,6 +214,9 @@ func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string)
 // an organisation's first scan, an instance of a build older than the
 // index storing a new user. segmentctl verify calls it first.
 func (u *Users) Reindex(ctx context.Context, orgs []string) (int64, error) {
+	if len(orgs) == 0 {
+		return 0, nil
+	}
 	return u.indexKeyspace(ctx, orgs, nil)
 }
 
@@ -255,9 +258,6 @@ func (u *Users) IndexAll(ctx context.Context) (int64, error) {
 // complete; users stored meanwhile are indexed by their first write (see
 // Users.Write). fn is only for a single organisation.
 func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []string) error) (int64, error) {
-	if orgs != nil && len(orgs) == 0 {
-		return 0, nil
-	}
 	match, want := "prof:{*", make(map[string]bool, len(orgs))
 	for _, o := range orgs {
 		want[o] = true

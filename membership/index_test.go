@@ -30,7 +30,9 @@ func scanIDs(t *testing.T, users *membership.Users, org string) []string {
 
 // forgetAllIndexed removes the record that every organisation's index is
 // whole (which any segmentd that ran on this Redis left), as on a Redis that
-// a build older than the indexes wrote.
+// a build older than the indexes wrote. Like every test that shares the
+// servers, it relies on packages running one at a time (make test's -p 1):
+// a segmentd of another package would record it again meanwhile.
 func forgetAllIndexed(t *testing.T, rdb redis.UniversalClient) {
 	t.Helper()
 	if err := rdb.Del(context.Background(), membership.AllIndexedKey).Err(); err != nil {

@@ -102,7 +102,8 @@ type Users struct {
 	usersPerCall int
 	// allIndexed caches that AllIndexedKey is set, which is for good:
 	// nothing but a flush of Redis removes it, and a flush leaves no user
-	// to miss.
+	// to miss. (A restore from a backup older than the key would need the
+	// instances restarted, and verify, as any restore does.)
 	allIndexed atomic.Bool
 }
 

@@ -522,7 +522,9 @@ func backfillCause(seg string, generation int64) events.Cause {
 }
 
 // building reports whether the backfill whose cause has eventID (see
-// backfillCause) is of a segment of o still being built at that generation.
+// backfillCause) is of a segment of o still being built, at that generation
+// or a later one (whose backfill publishes what an unfinished older one
+// left).
 func (o *OrgRules) building(eventID string) bool {
 	rest, ok := strings.CutPrefix(eventID, "segment:")
 	i := strings.LastIndexByte(rest, ':')
@@ -531,7 +533,7 @@ func (o *OrgRules) building(eventID string) bool {
 	}
 	gen, err := strconv.ParseInt(rest[i+1:], 10, 64)
 	cs := o.Segments[rest[:i]]
-	return err == nil && cs != nil && cs.Def.Status == segment.StatusBuilding && cs.Def.Generation == gen
+	return err == nil && cs != nil && cs.Def.Status == segment.StatusBuilding && gen <= cs.Def.Generation
 }
 
 // heldRevision is a backfill (def set) or a timer round in progress, and
@@ -664,17 +666,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			if r.flip != nil {
 				due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: *r.flip})
 			}
-			cause := p.causeOf(v.UserID)
-			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
-				// Written by an earlier attempt that may not have published.
-				c := changeOf(org, v.UserID, seg, e, cause)
-				changes = append(changes, c)
-				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
-				continue
-			}
-			// A user with an entry of an earlier attempt is amended whatever
-			// its membership seemed (the amend script leaves it alone when it
-			// is already right): known may predate that attempt's write.
+			// Entries of unfinished attempts under other causes were written
+			// before any of this pass's causes, so they are published first.
+			// A user with one is amended whatever its membership seemed (the
+			// amend script leaves it alone when it is already right): known
+			// may predate that attempt's write.
 			earlier := false
 			if p.earlier != nil && round == 0 {
 				for _, ec := range p.earlier(v.UserID) {
@@ -685,6 +681,14 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 						earlier = true
 					}
 				}
+			}
+			cause := p.causeOf(v.UserID)
+			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
+				// Written by an earlier attempt that may not have published.
+				c := changeOf(org, v.UserID, seg, e, cause)
+				changes = append(changes, c)
+				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
+				continue
 			}
 			if v.Profile == "" || (r.match == v.Member && !earlier) {
 				continue

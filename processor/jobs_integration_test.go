@@ -675,8 +675,9 @@ func TestManyTimersAtOneInstant(t *testing.T) {
 
 // TestNewCriteriaAfterUnfinishedBackfill runs a backfill whose change events
 // cannot be published, then changes the criteria: the new generation's
-// backfill must publish what the unfinished one wrote, so that replaying
-// the membership topic gives exactly the segment's members.
+// backfill, whose first attempt cannot publish either, must on its retry
+// publish what both wrote, so that replaying the membership topic gives
+// exactly the segment's members.
 func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
@@ -698,6 +699,9 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
+		t.Fatal("the new generation's backfill with an unreachable membership topic succeeded")
+	}
 	if err := jobs(r.publisher(t)).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -717,8 +721,12 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 			wantEvents += 2
 		}
 	}
+	msgs := readOwn(t, r, wantEvents)
+	if len(msgs) < wantEvents {
+		t.Fatalf("%d change events published, want %d", len(msgs), wantEvents)
+	}
 	replayed := map[string]bool{}
-	for _, m := range readOwn(t, r, wantEvents) {
+	for _, m := range msgs {
 		c, err := events.DecodeChange(m.Value)
 		if err != nil {
 			t.Fatal(err)

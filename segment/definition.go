@@ -91,6 +91,11 @@ type Definition struct {
 	// from a retry by it, and the backfill of a new generation finds the
 	// changes an unfinished older one may have left unpublished.
 	BackfillStarted int64
+	// BackfillEarlier is the older generation whose backfill had begun and
+	// not ended cleanly when the current generation's began (0 when none):
+	// every attempt of the current generation's backfill looks for the
+	// changes that one may have left unpublished.
+	BackfillEarlier int64
 	// Generation is bumped whenever the criteria (or the static list)
 	// change, so that work computed for older criteria, such as a backfill,
 	// can tell that it is stale and must not mark the segment ready.
