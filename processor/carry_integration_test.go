@@ -138,9 +138,11 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 // entries of two backfills older than the grace the stream gives such
 // entries, one of a segment still being built at that generation (its
 // backfill died before publishing and has not been retried yet, say because
-// no instance ran for a while) and one of a segment built since. The
-// stream's next write of the user keeps the first, which the retried
-// backfill publishes from, and drops the second.
+// no instance ran for a while) and one of a segment built since, and those
+// of two timers, one an hour old (claimed again after an outage of an hour)
+// and one older than a day. The stream's next write of the user keeps the
+// first backfill's and the first timer's entries, which their retries
+// publish from, and drops the others.
 func TestStreamKeepsUnfinishedBackfillEntries(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
@@ -154,6 +156,7 @@ func TestStreamKeepsUnfinishedBackfillEntries(t *testing.T) {
 	long := time.Now().Add(-time.Hour).UnixMilli()
 	building := fmt.Sprintf("segment:%s:%d", vip.ID, vip.Generation)
 	built := "segment:" + gold + ":1"
+	timer, oldTimer := fmt.Sprintf("time:%s:%d", points, long), fmt.Sprintf("time:%s:%d", points, long-1)
 	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u1", Version: 1,
 		Profile: segment.AppendProfile(nil, segment.NewProfile(map[string]any{"tier": "gold", "points": 1200.0, "xp": 9.0})),
 		Add:     []string{points, gold, vip.ID},
@@ -161,6 +164,8 @@ func TestStreamKeepsUnfinishedBackfillEntries(t *testing.T) {
 			{EventID: "e1", Version: 1, Rev: 1, AtMillis: long, Changes: []membership.OutboxChange{{SegmentID: points, Entered: true}}},
 			{EventID: built, CauseType: events.CauseSegment, AtMillis: long, Rev: 1, Changes: []membership.OutboxChange{{SegmentID: gold, Entered: true}}},
 			{EventID: building, CauseType: events.CauseSegment, AtMillis: long, Rev: 1, Changes: []membership.OutboxChange{{SegmentID: vip.ID, Entered: true}}},
+			{EventID: oldTimer, CauseType: events.CauseTime, AtMillis: time.Now().Add(-25 * time.Hour).UnixMilli(), Rev: 1},
+			{EventID: timer, CauseType: events.CauseTime, AtMillis: long, Rev: 1},
 		}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -171,8 +176,8 @@ func TestStreamKeepsUnfinishedBackfillEntries(t *testing.T) {
 	for _, e := range st.Outbox {
 		ids = append(ids, e.EventID)
 	}
-	if !slices.Equal(ids, []string{building, "e2"}) {
-		t.Fatalf("outbox after the stream's write holds %q, want [%s e2]: the entry of the backfill still building kept, the built one's dropped", ids, building)
+	if want := []string{building, timer, "e2"}; !slices.Equal(ids, want) {
+		t.Fatalf("outbox after the stream's write holds %q, want %q: the entries of the backfill still building and of the hour-old timer kept, the others dropped", ids, want)
 	}
 }
 

@@ -995,24 +995,37 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	return res
 }
 
-// amendGrace is how long an entry a timer appended to a user's outbox is
-// kept through the user's stream writes: a timer that dies between its
-// write and its publishing is claimed again (its lease runs out after 30 s)
-// and finds the entry to publish from, well within it. A backfill's entries
-// are kept for as long as its generation is being built (see keepAmends).
+// amendGrace is how long an entry a backfill appended to a user's outbox is
+// kept through the user's stream writes once its segment is no longer seen
+// building (see keepAmends): a ready segment's backfill has published
+// everything, and the grace covers instances whose definitions lag.
 const amendGrace = 10 * time.Minute
+
+// timerGrace is how long an entry a timer appended to a user's outbox is
+// kept through the user's stream writes. A timer that dies between its
+// write and its publishing is claimed again after its 30 s lease by any
+// instance running; after an outage of every instance, as soon as one
+// starts, when the stream may already be writing the user: the day covers
+// such an outage.
+const timerGrace = 24 * time.Hour
 
 // keepAmends appends to outbox the entries of loaded made by backfills and
 // timers that may not be published yet: a backfill's while its segment is
-// still being built at that generation in org (its retry publishes from
-// them, however late it comes), and any of the last amendGrace.
+// still being built, at that generation or a later one, in org (its retry,
+// or the new generation's backfill, publishes from them, however late it
+// comes) and for amendGrace, a timer's for timerGrace.
 func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time.Time) []membership.OutboxEntry {
-	since := now.Add(-amendGrace).UnixMilli()
+	recent, day := now.Add(-amendGrace).UnixMilli(), now.Add(-timerGrace).UnixMilli()
 	for _, e := range loaded {
-		if e.CauseType == "" || e.CauseType == events.CauseProfile {
-			continue
+		var keep bool
+		switch e.CauseType {
+		case "", events.CauseProfile:
+		case events.CauseTime:
+			keep = e.AtMillis >= day
+		default:
+			keep = e.AtMillis >= recent || e.CauseType == events.CauseSegment && org.building(e.EventID)
 		}
-		if e.AtMillis >= since || e.CauseType == events.CauseSegment && org.building(e.EventID) {
+		if keep {
 			outbox = append(outbox, e)
 		}
 	}
