@@ -14,6 +14,7 @@ build:
 ## Built, then exec'd: Ctrl-C reaches segmentd alone, which exits 0 (go run
 ## would report its own exit status 1 for the interrupt).
 run:
+	@echo "building segmentd (a first build compiles its dependencies: ~40 s on 2 cores; later ones take a second)"
 	$(GO) build -o bin/segmentd ./cmd/segmentd && exec bin/segmentd
 
 ## test: unit and integration tests with -race against real Kafka 4.x and Redis,
