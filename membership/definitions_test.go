@@ -448,3 +448,59 @@ func TestDefinitionsChangedOrgs(t *testing.T) {
 		}
 	})
 }
+
+// TestBackfillMarks walks a segment's backfill records through the life of
+// its generations: the first attempt of a generation is told it is first,
+// a retry is not; a generation whose backfill began after an older one had
+// begun and not ended tells every one of its attempts about that older
+// generation, until it is ready or ends cleanly.
+func TestBackfillMarks(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		defs := membership.NewDefinitions(rdb)
+		org := testenv.Org(t, rdb, "org")
+		d, err := defs.Create(ctx, testDynamicDef(org, "vip"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g1 := d.Generation
+		begin := func(gen int64, wantFirst bool, wantUnfinished int64) {
+			t.Helper()
+			first, unfinished, err := defs.BeginBackfill(ctx, org, d.ID, gen)
+			if err != nil || first != wantFirst || unfinished != wantUnfinished {
+				t.Fatalf("BeginBackfill(%d) = %v, %d, %v; want %v, %d", gen, first, unfinished, err, wantFirst, wantUnfinished)
+			}
+		}
+		begin(g1, true, 0)
+		begin(g1, false, 0) // a retry of the first generation: no older one
+		// The criteria change before generation 1's backfill ended.
+		d, err = defs.Update(ctx, org, d.ID, func(d *segment.Definition) error {
+			d.Generation, d.Status = d.Generation+1, segment.StatusBuilding
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g2 := d.Generation
+		begin(g1, false, 0) // a stale generation's backfill learns nothing
+		begin(g2, true, g1)
+		begin(g2, false, g1) // every retry still looks for generation 1's changes
+		if err := defs.MarkReady(ctx, org, d.ID, g2); err != nil {
+			t.Fatal(err)
+		}
+		got, err := defs.Get(ctx, org, d.ID)
+		if err != nil || got.BackfillStarted != 0 || got.BackfillEarlier != 0 || got.Status != segment.StatusReady {
+			t.Fatalf("after ready: started %d, earlier %d, status %s (%v); want 0, 0, ready", got.BackfillStarted, got.BackfillEarlier, got.Status, err)
+		}
+		// A later generation after a clean end has no older one to look for.
+		d, err = defs.Update(ctx, org, d.ID, func(d *segment.Definition) error {
+			d.Generation, d.Status = d.Generation+1, segment.StatusBuilding
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		begin(d.Generation, true, 0)
+		begin(d.Generation, false, 0)
+	})
+}
