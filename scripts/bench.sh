@@ -35,7 +35,7 @@ printf 'no pipelining, 1 client:       '; rb -n 200000 -c 1
 section "end to end: 100,000 users, 1,000 segments, bare consumer beside it"
 go test -run '^$' -bench 'BenchmarkEndToEnd$' -benchtime 1x -timeout 30m ./processor/
 
-section "latency from occurredAt to the segment sets at ${SEGMENTD_BENCH_RATE:-23100} events/s"
+section "latency from occurredAt to the event's outcome in Redis at ${SEGMENTD_BENCH_RATE:-23100} events/s"
 go test -run '^$' -bench 'BenchmarkLatencyAtHalfRate$' -benchtime 1x -timeout 30m ./processor/
 
 section "backfill and audience over ${SEGMENTD_BENCH_PROFILES:-1000000} stored profiles; memory per profile and membership"
