@@ -561,10 +561,12 @@ func waitFor(b *testing.B, cond func() bool) {
 	}
 }
 
-func snapshotHistogram(b *testing.B, reg *prometheus.Registry, name string) *dto.Histogram {
+// snapshotHistogram returns the named histogram's observations so far.
+func snapshotHistogram(tb testing.TB, reg *prometheus.Registry, name string) *dto.Histogram {
+	tb.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {

@@ -114,11 +114,11 @@ func TestEventLatencyObservedOnce(t *testing.T) {
 	waitCount := func(want uint64) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if n := histogramCount(t, reg, name); n >= want {
+			if n := snapshotHistogram(t, reg, name).GetSampleCount(); n >= want {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d events observed within 30 s, want %d", histogramCount(t, reg, name), want)
+				t.Fatalf("%d events observed within 30 s, want %d", snapshotHistogram(t, reg, name).GetSampleCount(), want)
 			}
 		}
 	}
@@ -128,7 +128,7 @@ func TestEventLatencyObservedOnce(t *testing.T) {
 		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"points":10}}`,
 	)
 	waitCount(1)
-	if n := histogramCount(t, reg, name); n != 1 {
+	if n := snapshotHistogram(t, reg, name).GetSampleCount(); n != 1 {
 		t.Fatalf("%d events observed before any projection, want 1 (the one that changed no membership)", n)
 	}
 	close(held.release)
@@ -141,7 +141,7 @@ func TestEventLatencyObservedOnce(t *testing.T) {
 	// write and again after the projection) would follow within
 	// milliseconds; a second leaves room for a slow machine.
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if n := histogramCount(t, reg, name); n != 3 {
+		if n := snapshotHistogram(t, reg, name).GetSampleCount(); n != 3 {
 			t.Fatalf("%d events observed, want 3 (two that changed no membership, one that did, none for the duplicate)", n)
 		}
 	}
@@ -160,19 +160,4 @@ func (h *heldProjections) Project(ctx context.Context, ps []membership.Projectio
 		return ctx.Err()
 	}
 	return h.Users.Project(ctx, ps)
-}
-
-// histogramCount is the number of observations of the named histogram.
-func histogramCount(t testing.TB, reg *prometheus.Registry, name string) uint64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
-		}
-	}
-	return 0
 }
