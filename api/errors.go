@@ -14,18 +14,21 @@ import (
 
 // Error codes of the JSON error body.
 const (
-	codeValidationFailed   = segment.CodeValidationFailed
-	codeLimitExceeded      = segment.CodeLimitExceeded
-	codeInvalidJSON        = "invalid_json"
-	codeNotFound           = "not_found"
-	codeUserNotFound       = "user_not_found"
-	codeUnauthorized       = "unauthorized"
-	codeBodyTooLarge       = "body_too_large"
-	codeMethodNotAllowed   = "method_not_allowed"
-	codeSegmentNotStatic   = "segment_not_static"
-	codeInternal           = "internal"
-	codeUnavailable        = "unavailable"
-	segmentNotFoundMessage = "segment not found"
+	codeValidationFailed = segment.CodeValidationFailed
+	codeLimitExceeded    = segment.CodeLimitExceeded
+	codeInvalidJSON      = "invalid_json"
+	codeNotFound         = "not_found"
+	codeUserNotFound     = "user_not_found"
+	codeUnauthorized     = "unauthorized"
+	codeBodyTooLarge     = "body_too_large"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeSegmentNotStatic = "segment_not_static"
+	// codeIdempotencyKeyReused answers a create whose Idempotency-Key
+	// created a segment from another request, or one deleted since.
+	codeIdempotencyKeyReused = "idempotency_key_reused"
+	codeInternal             = "internal"
+	codeUnavailable          = "unavailable"
+	segmentNotFoundMessage   = "segment not found"
 )
 
 // errorBody is the JSON of every error:

@@ -131,6 +131,12 @@ type response struct {
 // when it is a string or []byte, and as JSON otherwise.
 func (a *testAPI) do(method, path, key string, body any) response {
 	a.t.Helper()
+	return a.doWith(method, path, key, nil, body)
+}
+
+// doWith is do with extra request headers.
+func (a *testAPI) doWith(method, path, key string, header http.Header, body any) response {
+	a.t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -148,6 +154,9 @@ func (a *testAPI) do(method, path, key string, body any) response {
 	req, err := http.NewRequest(method, a.srv.URL+path, rd)
 	if err != nil {
 		a.t.Fatal(err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)

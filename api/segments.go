@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,23 +164,140 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
-	created, err := s.defs.Create(ctx, d)
+	var ic *membership.IdempotentCreate
+	if key, ok := r.Header[idempotencyHeader]; ok {
+		if err := checkIdempotencyKey(key); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		fp, err := createFingerprint(d)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		ic = &membership.IdempotentCreate{Key: key[0], Fingerprint: fp, Pending: d.Type == segment.TypeStatic}
+	}
+	created, replayed, err := s.insert(ctx, d, ic)
 	if err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if replayed {
+		s.replayCreate(w, r, created)
 		return
 	}
 	var size int64
 	if created.Type == segment.TypeStatic {
 		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
-			s.rollbackCreate(ctx, created, userIDs, now)
+			s.rollbackCreate(ctx, created, ic, userIDs, now)
 			s.fail(w, r, err)
 			return
+		}
+		if ic != nil {
+			if err := s.defs.FinishCreate(ctx, org, *ic, created.ID); err != nil {
+				// A retry with the key then writes the list again (the same
+				// events), which is all a pending record asks for.
+				s.log.Warn("record a create as finished", "org", org, "segment", created.ID, "err", err)
+			}
 		}
 		size = int64(len(userIDs))
 		userIDs = sortedCopy(userIDs)
 	}
 	w.Header().Set("Location", "/v1/segments/"+created.ID)
 	writeJSON(w, http.StatusCreated, segmentOut(created, size, userIDs))
+}
+
+// idempotencyHeader is the request header that makes a create safe to retry.
+const idempotencyHeader = "Idempotency-Key"
+
+// checkIdempotencyKey accepts one header value of 1-255 visible ASCII
+// characters.
+func checkIdempotencyKey(values []string) error {
+	bad := func(msg string) error {
+		return invalid("the request is invalid", errorDetail{Field: idempotencyHeader, Message: msg})
+	}
+	if len(values) != 1 {
+		return bad("give the Idempotency-Key header once")
+	}
+	k := values[0]
+	if k == "" || len(k) > 255 {
+		return bad("Idempotency-Key must be 1-255 characters")
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return bad("Idempotency-Key must be visible ASCII characters (no spaces)")
+		}
+	}
+	return nil
+}
+
+// createFingerprint identifies what a create asks for, whatever the JSON's
+// spacing or member order: the fields the client gave, as validated (the
+// criteria of a dynamic segment, the sorted list of a static one).
+func createFingerprint(d segment.Definition) (string, error) {
+	var criteria *segment.Criteria
+	var userIDs []string
+	if d.Type == segment.TypeStatic {
+		userIDs = sortedCopy(d.UserIDs)
+	} else {
+		criteria = &d.Criteria
+	}
+	raw, err := json.Marshal(struct {
+		Name, Description, URL, Type string
+		Criteria                     *segment.Criteria
+		UserIDs                      []string
+	}{d.Name, d.Description, d.URL, string(d.Type), criteria, userIDs})
+	if err != nil {
+		return "", fmt.Errorf("fingerprint of a create: %w", err)
+	}
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:16]), nil
+}
+
+// insert creates d, idempotently when ic is not nil, and reports whether an
+// earlier request with the key had created it.
+func (s *Server) insert(ctx context.Context, d segment.Definition, ic *membership.IdempotentCreate) (segment.Definition, bool, error) {
+	if ic == nil {
+		created, err := s.defs.Create(ctx, d)
+		return created, false, err
+	}
+	out, err := s.defs.CreateIdempotent(ctx, d, *ic)
+	switch {
+	case errors.Is(err, membership.ErrIdempotencyKeyReused):
+		return segment.Definition{}, false, &apiError{status: http.StatusUnprocessableEntity, code: codeIdempotencyKeyReused,
+			message: "this Idempotency-Key was used with a different request",
+			details: []errorDetail{{Field: idempotencyHeader, Message: "use a new key for a new segment"}}}
+	case errors.Is(err, membership.ErrNotFound):
+		return segment.Definition{}, false, &apiError{status: http.StatusConflict, code: codeIdempotencyKeyReused,
+			message: "the segment this Idempotency-Key created has been deleted since",
+			details: []errorDetail{{Field: idempotencyHeader, Message: "use a new key to create the segment again"}}}
+	case err != nil:
+		return segment.Definition{}, false, err
+	}
+	if out.Replayed && out.Pending {
+		// The earlier request stopped before the static list was written
+		// (or before it said so); the list is this request's, since the
+		// fingerprints match. Writing it again publishes the same events.
+		if err := s.writeStaticList(ctx, out.Definition, d.UserIDs, s.now().UTC()); err != nil {
+			return segment.Definition{}, false, err
+		}
+		if err := s.defs.FinishCreate(ctx, d.OrgID, *ic, out.Definition.ID); err != nil {
+			return segment.Definition{}, false, err
+		}
+	}
+	return out.Definition, out.Replayed, nil
+}
+
+// replayCreate answers a retried create with the segment as it is now.
+func (s *Server) replayCreate(w http.ResponseWriter, r *http.Request, d segment.Definition) {
+	out, err := s.present(r.Context(), d)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Idempotent-Replayed", "true")
+	w.Header().Set("Location", "/v1/segments/"+d.ID)
+	writeJSON(w, http.StatusCreated, out)
 }
 
 // writeStaticList makes a static segment's members exactly userIDs:
@@ -221,10 +340,11 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 
 // rollbackCreate removes a static segment whose list could not be
 // published or written, so that the client's retry does not leave a second
-// segment behind. The entries may have gone out in part, so each is answered
-// with an exit (the exits a deletion publishes) as far as the publisher
-// allows. It runs past ctx's end: the request's deadline may be what failed.
-func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) {
+// segment behind (with an Idempotency-Key, ic, the retry creates it again).
+// The entries may have gone out in part, so each is answered with an exit
+// (the exits a deletion publishes) as far as the publisher allows. It runs
+// past ctx's end: the request's deadline may be what failed.
+func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, ic *membership.IdempotentCreate, userIDs []string, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	exits := make([]events.Change, len(userIDs))
@@ -236,6 +356,9 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, userI
 			"org", d.OrgID, "segment", d.ID, "err", err)
 	}
 	_, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
+	if err == nil && ic != nil {
+		err = s.defs.ForgetCreate(ctx, d.OrgID, *ic)
+	}
 	if err == nil {
 		err = s.defs.Delete(ctx, d.OrgID, d.ID)
 	}

@@ -34,6 +34,13 @@ type DefinitionStore interface {
 	// Create stores a new definition, assigning its id; it fails with
 	// membership.ErrLimitExceeded at the per-organisation limit.
 	Create(ctx context.Context, d segment.Definition) (segment.Definition, error)
+	// CreateIdempotent is Create for a request with an Idempotency-Key: a
+	// retry gets the segment the key created instead of a second one.
+	CreateIdempotent(ctx context.Context, d segment.Definition, ic membership.IdempotentCreate) (membership.CreateOutcome, error)
+	// FinishCreate records that an idempotent create is complete.
+	FinishCreate(ctx context.Context, org string, ic membership.IdempotentCreate, id string) error
+	// ForgetCreate removes the record of an idempotent create rolled back.
+	ForgetCreate(ctx context.Context, org string, ic membership.IdempotentCreate) error
 	// Get returns one definition or membership.ErrNotFound.
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 	// GetMany returns the definitions of ids that exist, by id.

@@ -3,8 +3,10 @@ package membership
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,11 +101,19 @@ func NewDefinitions(rdb redis.UniversalClient) *Definitions {
 }
 
 // createDefinitionScript adds a definition unless the id is taken (-1) or the
-// organisation is at its limit (0).
+// organisation is at its limit (0). With a second key (an idempotency
+// record, ARGV 4 and 5 its value and lifetime in seconds) it first returns
+// the record when one exists, and writes it with the definition otherwise.
+// Both keys carry the organisation's hash tag.
 const createDefinitionScript = `
+if #KEYS > 1 then
+  local prior = redis.call('GET', KEYS[2])
+  if prior then return prior end
+end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
 return 1
 `
 
@@ -161,6 +171,115 @@ func NewSegmentID(now time.Time) string {
 // already has segment.MaxSegmentsPerOrg segments, counted and written
 // atomically.
 func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment.Definition, error) {
+	out, err := s.insert(ctx, d, nil)
+	return out.Definition, err
+}
+
+// IdempotencyTTL is how long a create's idempotency key is remembered.
+const IdempotencyTTL = 24 * time.Hour
+
+// ErrIdempotencyKeyReused reports an idempotency key that created a segment
+// from a different request.
+var ErrIdempotencyKeyReused = errors.New("idempotency key already used with a different request")
+
+// IdempotentCreate names a create by its client's idempotency key.
+type IdempotentCreate struct {
+	// Key is the client's key, any string; it is stored hashed.
+	Key string
+	// Fingerprint identifies the request's content: a retry with the
+	// same key must bring the same fingerprint.
+	Fingerprint string
+	// Pending records the create as unfinished until FinishCreate (a
+	// static segment whose list is still to be written), so that a retry
+	// learns it has that part to do.
+	Pending bool
+}
+
+// CreateOutcome is the outcome of CreateIdempotent.
+type CreateOutcome struct {
+	// Definition is the segment as created, or as it is now for a replay.
+	Definition segment.Definition
+	// Replayed reports that an earlier request with the key created the
+	// segment: nothing was created now.
+	Replayed bool
+	// Pending reports, for a replay, that the earlier request did not call
+	// FinishCreate.
+	Pending bool
+}
+
+// CreateIdempotent is Create for a request that carries an idempotency key.
+// The first request with the key creates the segment and records the key for
+// IdempotencyTTL, in the same script; a later one with the same fingerprint
+// creates nothing and gets the segment that the key created, as it is now
+// (ErrNotFound when it has been deleted since); one with another fingerprint
+// gets ErrIdempotencyKeyReused.
+func (s *Definitions) CreateIdempotent(ctx context.Context, d segment.Definition, ic IdempotentCreate) (CreateOutcome, error) {
+	return s.insert(ctx, d, &ic)
+}
+
+// FinishCreate records that the create of ic, which made segment id, is
+// complete: a replay no longer reports it pending.
+func (s *Definitions) FinishCreate(ctx context.Context, org string, ic IdempotentCreate, id string) error {
+	ic.Pending = false
+	err := s.rdb.SetArgs(ctx, idempotencyKey(org, ic.Key), idempotencyRecord(ic, id), redis.SetArgs{KeepTTL: true, Mode: "XX"}).Err()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("finish create %s/%s: %w", org, id, err)
+	}
+	return nil
+}
+
+// ForgetCreate removes the record of a create that was rolled back, so that
+// a retry with the same key creates the segment again.
+func (s *Definitions) ForgetCreate(ctx context.Context, org string, ic IdempotentCreate) error {
+	if err := s.rdb.Del(ctx, idempotencyKey(org, ic.Key)).Err(); err != nil {
+		return fmt.Errorf("forget create in %s: %w", org, err)
+	}
+	return nil
+}
+
+// idempotencyKey is the internal key of a create's idempotency record, in
+// the organisation's hash slot (beside its definitions, so that one script
+// writes both). The client's key is hashed: any length, any bytes.
+func idempotencyKey(org, key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "segidem:{" + org + "}:" + hex.EncodeToString(sum[:16])
+}
+
+// idempotencyRecord is "<p|d> <fingerprint> <segment id>": pending or done.
+func idempotencyRecord(ic IdempotentCreate, id string) string {
+	state := "d"
+	if ic.Pending {
+		state = "p"
+	}
+	return state + " " + ic.Fingerprint + " " + id
+}
+
+// replay answers a create whose key has the record rec.
+func (s *Definitions) replay(ctx context.Context, org string, ic IdempotentCreate, rec string) (CreateOutcome, error) {
+	state, rest, ok1 := strings.Cut(rec, " ")
+	fp, id, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 {
+		return CreateOutcome{}, fmt.Errorf("create in %s: unreadable idempotency record %q", org, rec)
+	}
+	if fp != ic.Fingerprint {
+		return CreateOutcome{}, fmt.Errorf("create in %s: %w (it created segment %s)", org, ErrIdempotencyKeyReused, id)
+	}
+	// A crash may have come between the earlier create and its bump: bump
+	// again, so that every instance sees the segment.
+	if err := s.bump(ctx, org); err != nil {
+		return CreateOutcome{}, fmt.Errorf("create %s/%s: %w", org, id, err)
+	}
+	d, err := s.Get(ctx, org, id)
+	if err == nil && d.Status == segment.StatusDeleting {
+		err = fmt.Errorf("get segment %s/%s: %w", org, id, ErrNotFound)
+	}
+	if err != nil {
+		return CreateOutcome{}, fmt.Errorf("replay of the create of segment %s: %w", id, err)
+	}
+	return CreateOutcome{Definition: d, Replayed: true, Pending: state == "p"}, nil
+}
+
+func (s *Definitions) insert(ctx context.Context, d segment.Definition, ic *IdempotentCreate) (CreateOutcome, error) {
 	now := s.now().UTC()
 	if d.Generation == 0 {
 		d.Generation = 1
@@ -175,7 +294,11 @@ func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment
 	// The organisation is listed first, so that All never misses a stored
 	// definition; listing it is idempotent.
 	if err := s.rdb.SAdd(ctx, definitionOrgsKey, d.OrgID).Err(); err != nil {
-		return segment.Definition{}, fmt.Errorf("create segment: list organisation %s: %w", d.OrgID, err)
+		return CreateOutcome{}, fmt.Errorf("create segment: list organisation %s: %w", d.OrgID, err)
+	}
+	keys := []string{DefinitionsKey(d.OrgID)}
+	if ic != nil {
+		keys = append(keys, idempotencyKey(d.OrgID, ic.Key))
 	}
 	for attempt := 0; ; attempt++ {
 		if !fixedID {
@@ -183,25 +306,34 @@ func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment
 		}
 		raw, err := encodeDefinition(d)
 		if err != nil {
-			return segment.Definition{}, fmt.Errorf("create segment: %w", err)
+			return CreateOutcome{}, fmt.Errorf("create segment: %w", err)
 		}
-		res, err := s.create.Run(ctx, s.rdb, []string{DefinitionsKey(d.OrgID)}, d.ID, raw, segment.MaxSegmentsPerOrg).Int64()
+		args := []any{d.ID, raw, segment.MaxSegmentsPerOrg}
+		if ic != nil {
+			args = append(args, idempotencyRecord(*ic, d.ID), int64(IdempotencyTTL/time.Second))
+		}
+		res, err := s.create.Run(ctx, s.rdb, keys, args...).Result()
 		if err != nil {
-			return segment.Definition{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
+			return CreateOutcome{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
 		}
-		switch {
-		case res == 0:
-			return segment.Definition{}, fmt.Errorf("create segment in %s: %w (at most %d)", d.OrgID, ErrLimitExceeded, segment.MaxSegmentsPerOrg)
-		case res == -1 && (fixedID || attempt >= 3):
-			return segment.Definition{}, fmt.Errorf("create segment %s/%s: id already taken", d.OrgID, d.ID)
-		case res == -1:
+		if rec, ok := res.(string); ok {
+			return s.replay(ctx, d.OrgID, *ic, rec)
+		}
+		switch n, _ := res.(int64); {
+		case n == 0:
+			return CreateOutcome{}, fmt.Errorf("create segment in %s: %w (at most %d)", d.OrgID, ErrLimitExceeded, segment.MaxSegmentsPerOrg)
+		case n == -1 && (fixedID || attempt >= 3):
+			return CreateOutcome{}, fmt.Errorf("create segment %s/%s: id already taken", d.OrgID, d.ID)
+		case n == -1:
 			continue
+		case n != 1:
+			return CreateOutcome{}, fmt.Errorf("create segment %s/%s: unexpected reply %v", d.OrgID, d.ID, res)
 		}
 		if err := s.bump(ctx, d.OrgID); err != nil {
-			return segment.Definition{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
+			return CreateOutcome{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
 		}
 		d.UserIDs = nil
-		return d, nil
+		return CreateOutcome{Definition: d}, nil
 	}
 }
 

@@ -504,3 +504,80 @@ func TestBackfillMarks(t *testing.T) {
 		begin(d.Generation, false, 0)
 	})
 }
+
+func TestIdempotentCreateRecord(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		defs := membership.NewDefinitions(rdb)
+		ic := membership.IdempotentCreate{Key: "k1", Fingerprint: "f1", Pending: true}
+		recordTTL := func() time.Duration {
+			t.Helper()
+			var keys []string
+			collect := func(ctx context.Context, node *redis.Client) error {
+				ks, err := node.Keys(ctx, "segidem:{"+org+"}:*").Result()
+				keys = append(keys, ks...)
+				return err
+			}
+			var err error
+			if cc, ok := rdb.(*redis.ClusterClient); ok {
+				var mu sync.Mutex
+				err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+					mu.Lock()
+					defer mu.Unlock()
+					return collect(ctx, node)
+				})
+			} else {
+				err = collect(ctx, rdb.(*redis.Client))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) == 0 {
+				return 0
+			}
+			if len(keys) != 1 {
+				t.Fatalf("records %v, want one", keys)
+			}
+			return rdb.TTL(ctx, keys[0]).Val()
+		}
+
+		first, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic)
+		if err != nil || first.Replayed {
+			t.Fatalf("first create: %+v, %v", first, err)
+		}
+		if ttl := recordTTL(); ttl <= membership.IdempotencyTTL-time.Minute || ttl > membership.IdempotencyTTL {
+			t.Errorf("record lives %v, want %v", ttl, membership.IdempotencyTTL)
+		}
+		again, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic)
+		if err != nil || !again.Replayed || !again.Pending || again.Definition.ID != first.Definition.ID {
+			t.Fatalf("retry: %+v, %v; want a pending replay of %s", again, err, first.Definition.ID)
+		}
+		if err := defs.FinishCreate(ctx, org, ic, first.Definition.ID); err != nil {
+			t.Fatal(err)
+		}
+		if ttl := recordTTL(); ttl <= membership.IdempotencyTTL-time.Minute {
+			t.Errorf("finishing a create reset its lifetime to %v", ttl)
+		}
+		if again, err = defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic); err != nil || again.Pending {
+			t.Errorf("retry of a finished create: %+v, %v", again, err)
+		}
+		ic.Fingerprint = "f2"
+		if _, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "b"), ic); !errors.Is(err, membership.ErrIdempotencyKeyReused) {
+			t.Errorf("another request with the key: %v, want ErrIdempotencyKeyReused", err)
+		}
+		if err := defs.ForgetCreate(ctx, org, ic); err != nil {
+			t.Fatal(err)
+		}
+		if recordTTL() != 0 {
+			t.Error("a forgotten create keeps its record")
+		}
+		fresh, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "b"), ic)
+		if err != nil || fresh.Replayed || fresh.Definition.ID == first.Definition.ID {
+			t.Errorf("create after forgetting: %+v, %v", fresh, err)
+		}
+		if all, err := defs.OrgDefinitions(ctx, org); err != nil || len(all) != 2 {
+			t.Errorf("%d definitions (%v), want 2", len(all), err)
+		}
+	})
+}

@@ -1,0 +1,130 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+func TestCreateWithIdempotencyKey(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		a := newTestAPI(t, rdb)
+		withKey := func(k string) http.Header { return http.Header{"Idempotency-Key": {k}} }
+		count := func(key string) int {
+			t.Helper()
+			list := a.do("GET", "/v1/segments", key, nil).mustStatus(t, http.StatusOK)
+			return len(list.body["data"].([]any))
+		}
+
+		first := a.doWith("POST", "/v1/segments", a.key, withKey("create-vip-1"), dynamicBody("VIP")).mustStatus(t, http.StatusCreated)
+		if first.header.Get("Idempotent-Replayed") != "" {
+			t.Error("a first create says it was replayed")
+		}
+		id := str(first.body["id"])
+
+		// The same request, spelled differently, gets the same segment.
+		respelled := `{"type":"dynamic",  "url":"https://example.com/vip", "description":"engaged", "name":"VIP",
+			"criteria":{"include":[{"field":"tier","operator":"in","value":["gold","platinum"]},{"field":"points","operator":">=","value":1e3}],
+			"exclude":[{"value":true,"field":"customFields.testAccount","operator":"equals"}]}}`
+		again := a.doWith("POST", "/v1/segments", a.key, withKey("create-vip-1"), respelled).mustStatus(t, http.StatusCreated)
+		if str(again.body["id"]) != id || again.header.Get("Idempotent-Replayed") != "true" || again.header.Get("Location") != "/v1/segments/"+id {
+			t.Errorf("retry answered %v %s, want segment %s replayed", again.header, again.raw, id)
+		}
+		if n := count(a.key); n != 1 {
+			t.Errorf("%d segments after a retried create, want 1", n)
+		}
+
+		// Another request with the key is refused; another key creates.
+		other := dynamicBody("VIP")
+		other["name"] = "VIP 2"
+		a.doWith("POST", "/v1/segments", a.key, withKey("create-vip-1"), other).wantError(t, http.StatusUnprocessableEntity, "idempotency_key_reused", "Idempotency-Key")
+		second := a.doWith("POST", "/v1/segments", a.key, withKey("create-vip-2"), other).mustStatus(t, http.StatusCreated)
+		if str(second.body["id"]) == id {
+			t.Error("a new key replayed the first segment")
+		}
+		// Keys are the organisation's own.
+		theirs := a.doWith("POST", "/v1/segments", a.otherKey, withKey("create-vip-1"), dynamicBody("VIP")).mustStatus(t, http.StatusCreated)
+		if str(theirs.body["id"]) == id || count(a.otherKey) != 1 {
+			t.Errorf("another organisation's create with the same key answered %s", theirs.raw)
+		}
+
+		// A retry after the segment was deleted does not bring it back.
+		a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+		a.doWith("POST", "/v1/segments", a.key, withKey("create-vip-1"), dynamicBody("VIP")).wantError(t, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key")
+
+		for name, h := range map[string]http.Header{
+			"empty":    withKey(""),
+			"space":    withKey("a b"),
+			"too long": withKey(strings.Repeat("k", 256)),
+			"twice":    {"Idempotency-Key": {"a", "b"}},
+		} {
+			t.Run(name, func(t *testing.T) {
+				a.doWith("POST", "/v1/segments", a.key, h, dynamicBody("bad key")).wantError(t, http.StatusBadRequest, "validation_failed", "Idempotency-Key")
+			})
+		}
+		if n := count(a.key); n != 1 {
+			t.Errorf("%d segments, want 1 (the second key's)", n)
+		}
+	})
+}
+
+// A static create that failed is rolled back with its key, and a create
+// that stopped before its list was written is finished by the retry.
+func TestIdempotentStaticCreate(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	key := http.Header{"Idempotency-Key": {"static-1"}}
+	body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u2", "u1"}}
+
+	a.pub.setFailing(true)
+	a.doWith("POST", "/v1/segments", a.key, key, body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+	a.pub.setFailing(false)
+	a.pub.take()
+	created := a.doWith("POST", "/v1/segments", a.key, key, body).mustStatus(t, http.StatusCreated)
+	if created.header.Get("Idempotent-Replayed") != "" || !slices.Equal(strList(created.body["userIds"]), []string{"u1", "u2"}) {
+		t.Errorf("retry after a rollback answered %v %s, want a new create", created.header, created.raw)
+	}
+	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u1", "+u2"}) {
+		t.Errorf("create published %v", got)
+	}
+
+	// A request that died after storing the definition: what the server
+	// does before it writes the list.
+	d := segment.Definition{OrgID: a.org, Name: "Gamma", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
+	d.Normalize()
+	fp, err := createFingerprint(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped, err := membership.NewDefinitions(rdb).CreateIdempotent(context.Background(), d,
+		membership.IdempotentCreate{Key: "static-2", Fingerprint: fp, Pending: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := stopped.Definition.ID
+	retry := a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-2"}},
+		map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}).mustStatus(t, http.StatusCreated)
+	if str(retry.body["id"]) != id || retry.header.Get("Idempotent-Replayed") != "true" || num(retry.body["size"]) != 1 {
+		t.Errorf("retry answered %s, want segment %s with its list", retry.raw, id)
+	}
+	if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"u3"}) {
+		t.Errorf("members = %v", got)
+	}
+	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u3"}) {
+		t.Errorf("retry published %v", got)
+	}
+	// Finished: a further retry writes and publishes nothing.
+	a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-2"}},
+		map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}).mustStatus(t, http.StatusCreated)
+	if got := a.pub.take(); len(got) != 0 {
+		t.Errorf("a retry of a finished create published %v", changeSigns(got))
+	}
+}
