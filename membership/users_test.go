@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -102,9 +103,31 @@ func TestWriteUsers(t *testing.T) {
 // cluster, from one of its masters).
 func TestHashValueLimit(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
-		n, ok := membership.HashValueLimit(context.Background(), rdb)
-		if !ok || n <= 0 {
-			t.Fatalf("hash-max-listpack-value = %d, %v; want the server's setting", n, ok)
+		ctx := context.Background()
+		// Every master, so that whichever one the client asks answers.
+		each := func(fn func(c *redis.Client) error) {
+			t.Helper()
+			var err error
+			if cc, ok := rdb.(*redis.ClusterClient); ok {
+				err = cc.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error { return fn(c) })
+			} else {
+				err = fn(rdb.(*redis.Client))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		const name = "hash-max-listpack-value"
+		was, ok := membership.HashValueLimit(ctx, rdb)
+		if !ok || was <= 0 {
+			t.Fatalf("%s = %d, %v; want the server's setting", name, was, ok)
+		}
+		t.Cleanup(func() {
+			each(func(c *redis.Client) error { return c.ConfigSet(ctx, name, strconv.Itoa(was)).Err() })
+		})
+		each(func(c *redis.Client) error { return c.ConfigSet(ctx, name, "777").Err() })
+		if n, ok := membership.HashValueLimit(ctx, rdb); !ok || n != 777 {
+			t.Errorf("%s = %d, %v after setting it to 777", name, n, ok)
 		}
 	})
 }
