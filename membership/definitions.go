@@ -579,7 +579,7 @@ func (s *Definitions) MarkReady(ctx context.Context, org, id string, generation 
 		d.Status = segment.StatusReady
 		d.BackfillScanned = 0
 		d.BackfillStarted = 0
-		d.BackfillEarlier = 0
+		d.BackfillEarlier = nil
 		return nil
 	})
 	return err
@@ -601,13 +601,14 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 // BeginBackfill records that a backfill of generation is about to write and
 // reports whether it is the first to: false when an earlier attempt may have
 // written (it then has outbox entries to find) or the generation is no longer
-// the segment's. Every attempt also learns the older generation whose
-// backfill began and did not end cleanly before this generation's first
-// attempt (0 when none): its changes may be in outboxes, unpublished. Like
-// the progress, it does not move the revision.
-func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error) {
+// the segment's. Every attempt also learns the older generations, oldest
+// first, whose backfills began and did not end cleanly before this
+// generation's first attempt (see segment.Definition.BackfillEarlier):
+// their changes may be in outboxes, unpublished. Like the progress, it does
+// not move the revision.
+func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished []int64, err error) {
 	_, err = s.update(ctx, org, id, false, func(d *segment.Definition) error {
-		first, unfinished = false, 0
+		first, unfinished = false, nil
 		switch {
 		case d.Generation != generation:
 			return ErrUnchanged
@@ -615,12 +616,20 @@ func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generat
 			unfinished = d.BackfillEarlier
 			return ErrUnchanged
 		}
-		first, unfinished = true, d.BackfillStarted
-		d.BackfillStarted, d.BackfillEarlier = generation, d.BackfillStarted
+		// The generation that began last did not end cleanly, nor did the
+		// ones it was looking for: this one looks for them all.
+		if d.BackfillStarted != 0 {
+			d.BackfillEarlier = append(d.BackfillEarlier, d.BackfillStarted)
+		}
+		if n := len(d.BackfillEarlier); n > segment.MaxUnfinishedBackfills {
+			d.BackfillEarlier = d.BackfillEarlier[n-segment.MaxUnfinishedBackfills:]
+		}
+		first, unfinished = true, d.BackfillEarlier
+		d.BackfillStarted = generation
 		return nil
 	})
 	if err != nil {
-		return false, 0, err
+		return false, nil, err
 	}
 	return first, unfinished, nil
 }
@@ -633,7 +642,7 @@ func (s *Definitions) EndBackfill(ctx context.Context, org, id string, generatio
 		if d.BackfillStarted != generation {
 			return ErrUnchanged
 		}
-		d.BackfillStarted, d.BackfillEarlier = 0, 0
+		d.BackfillStarted, d.BackfillEarlier = 0, nil
 		return nil
 	})
 	return err
@@ -770,6 +779,24 @@ func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
 	return out, nil
 }
 
+// generations is a list of generations, stored as a JSON array; a single
+// number (how builds before the list stored one generation) reads as a
+// list of it.
+type generations []int64
+
+// UnmarshalJSON reads an array of generations or a single one.
+func (g *generations) UnmarshalJSON(b []byte) error {
+	var one int64
+	if err := json.Unmarshal(b, &one); err == nil {
+		*g = nil
+		if one != 0 {
+			*g = generations{one}
+		}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]int64)(g))
+}
+
 // storedDefinition is the JSON of a definition in its organisation's hash. It
 // is separate from segment.Definition so that the domain type can change
 // without changing what is stored.
@@ -785,7 +812,7 @@ type storedDefinition struct {
 	EstimatedSize int64           `json:"estimatedSize"`
 	Scanned       int64           `json:"backfillScanned,omitempty"`
 	Started       int64           `json:"backfillStarted,omitempty"`
-	Earlier       int64           `json:"backfillEarlier,omitempty"`
+	Earlier       generations     `json:"backfillEarlier,omitempty"`
 	Generation    int64           `json:"generation"`
 	CreatedAt     time.Time       `json:"createdAt"`
 	UpdatedAt     time.Time       `json:"updatedAt"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -451,9 +452,9 @@ func TestDefinitionsChangedOrgs(t *testing.T) {
 
 // TestBackfillMarks walks a segment's backfill records through the life of
 // its generations: the first attempt of a generation is told it is first,
-// a retry is not; a generation whose backfill began after an older one had
-// begun and not ended tells every one of its attempts about that older
-// generation, until it is ready or ends cleanly.
+// a retry is not; a generation whose backfill began after older ones had
+// begun and not ended tells every one of its attempts about all of them,
+// until it is ready or ends cleanly.
 func TestBackfillMarks(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
@@ -463,45 +464,77 @@ func TestBackfillMarks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		g1 := d.Generation
-		begin := func(gen int64, wantFirst bool, wantUnfinished int64) {
+		begin := func(gen int64, wantFirst bool, wantUnfinished ...int64) {
 			t.Helper()
 			first, unfinished, err := defs.BeginBackfill(ctx, org, d.ID, gen)
-			if err != nil || first != wantFirst || unfinished != wantUnfinished {
-				t.Fatalf("BeginBackfill(%d) = %v, %d, %v; want %v, %d", gen, first, unfinished, err, wantFirst, wantUnfinished)
+			if err != nil || first != wantFirst || !slices.Equal(unfinished, wantUnfinished) {
+				t.Fatalf("BeginBackfill(%d) = %v, %v, %v; want %v, %v", gen, first, unfinished, err, wantFirst, wantUnfinished)
 			}
 		}
-		begin(g1, true, 0)
-		begin(g1, false, 0) // a retry of the first generation: no older one
-		// The criteria change before generation 1's backfill ended.
-		d, err = defs.Update(ctx, org, d.ID, func(d *segment.Definition) error {
-			d.Generation, d.Status = d.Generation+1, segment.StatusBuilding
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+		newCriteria := func() int64 {
+			t.Helper()
+			d, err = defs.Update(ctx, org, d.ID, func(d *segment.Definition) error {
+				d.Generation, d.Status = d.Generation+1, segment.StatusBuilding
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d.Generation
 		}
-		g2 := d.Generation
-		begin(g1, false, 0) // a stale generation's backfill learns nothing
+		g1 := d.Generation
+		begin(g1, true)
+		begin(g1, false) // a retry of the first generation: no older one
+		// The criteria change before generation 1's backfill ended, and
+		// again before generation 2's did.
+		g2 := newCriteria()
+		begin(g1, false) // a stale generation's backfill learns nothing
 		begin(g2, true, g1)
 		begin(g2, false, g1) // every retry still looks for generation 1's changes
-		if err := defs.MarkReady(ctx, org, d.ID, g2); err != nil {
+		g3 := newCriteria()
+		begin(g3, true, g1, g2)
+		begin(g3, false, g1, g2)
+		if err := defs.MarkReady(ctx, org, d.ID, g3); err != nil {
 			t.Fatal(err)
 		}
 		got, err := defs.Get(ctx, org, d.ID)
-		if err != nil || got.BackfillStarted != 0 || got.BackfillEarlier != 0 || got.Status != segment.StatusReady {
-			t.Fatalf("after ready: started %d, earlier %d, status %s (%v); want 0, 0, ready", got.BackfillStarted, got.BackfillEarlier, got.Status, err)
+		if err != nil || got.BackfillStarted != 0 || got.BackfillEarlier != nil || got.Status != segment.StatusReady {
+			t.Fatalf("after ready: started %d, earlier %v, status %s (%v); want 0, none, ready", got.BackfillStarted, got.BackfillEarlier, got.Status, err)
 		}
 		// A later generation after a clean end has no older one to look for.
-		d, err = defs.Update(ctx, org, d.ID, func(d *segment.Definition) error {
-			d.Generation, d.Status = d.Generation+1, segment.StatusBuilding
-			return nil
-		})
+		g4 := newCriteria()
+		begin(g4, true)
+		begin(g4, false)
+
+		// At most MaxUnfinishedBackfills older generations, the newest.
+		var want []int64
+		for range segment.MaxUnfinishedBackfills + 2 {
+			want = append(want, d.Generation)
+			g := newCriteria()
+			if len(want) > segment.MaxUnfinishedBackfills {
+				want = want[1:]
+			}
+			begin(g, true, want...)
+		}
+
+		// A record of one older generation, as builds before the list
+		// stored it, reads as a list of it.
+		raw, err := rdb.HGet(ctx, membership.DefinitionsKey(org), d.ID).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		begin(d.Generation, true, 0)
-		begin(d.Generation, false, 0)
+		i := strings.Index(raw, `"backfillEarlier":[`)
+		j := strings.Index(raw[i:], "]")
+		if i < 0 || j < 0 {
+			t.Fatalf("no backfillEarlier list in %s", raw)
+		}
+		legacy := raw[:i] + `"backfillEarlier":7` + raw[i+j+1:]
+		if err := rdb.HSet(ctx, membership.DefinitionsKey(org), d.ID, legacy).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := defs.Get(ctx, org, d.ID); err != nil || !slices.Equal(got.BackfillEarlier, []int64{7}) {
+			t.Errorf("legacy record read as %v, %v; want [7]", got.BackfillEarlier, err)
+		}
 	})
 }
 

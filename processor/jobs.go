@@ -42,7 +42,7 @@ type JobDefinitions interface {
 	MarkReady(ctx context.Context, org, id string, generation int64) error
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
-	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished int64, err error)
+	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished []int64, err error)
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 }
@@ -420,9 +420,13 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	cause := backfillCause(cs.Def.ID, cs.Def.Generation)
 	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, now: j.cfg.Now(), known: known, retry: !first}
-	if unfinished != 0 {
-		// The backfill of older criteria may have left changes unpublished.
-		older := []events.Cause{backfillCause(cs.Def.ID, unfinished)}
+	if len(unfinished) > 0 {
+		// Backfills of older criteria may have left changes unpublished;
+		// the oldest's go first, as they were written first.
+		older := make([]events.Cause, len(unfinished))
+		for i, g := range unfinished {
+			older[i] = backfillCause(cs.Def.ID, g)
+		}
 		pass.retry, pass.earlier = true, func(string) []events.Cause { return older }
 	}
 	scanned := 0

@@ -725,6 +725,14 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	if len(msgs) < wantEvents {
 		t.Fatalf("%d change events published, want %d", len(msgs), wantEvents)
 	}
+	checkReplay(t, msgs, points, want)
+	r.verifyClean(t)
+}
+
+// checkReplay fails the test unless replaying msgs, the change events of
+// the users of points, leaves exactly the users of want in the segment.
+func checkReplay(t *testing.T, msgs []kafka.Message, points map[string]int, want map[string]bool) {
+	t.Helper()
 	replayed := map[string]bool{}
 	for _, m := range msgs {
 		c, err := events.DecodeChange(m.Value)
@@ -738,7 +746,72 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 			t.Errorf("replaying the membership topic puts %s in: %v, want %v", u, replayed[u], want[u])
 		}
 	}
+}
+
+// TestCriteriaChangedTwiceWhileBackfillsFail changes the criteria twice
+// while no backfill can publish: the last generation's backfill must
+// publish what all three wrote.
+func TestCriteriaChangedTwiceWhileBackfillsFail(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	points := r.storePoints(t, 3000)
+	cs := r.buildingSegment(t, atLeast(1000))
+	d := cs.Def
+	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
+	for _, min := range []float64{1500, 1200} {
+		if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
+			t.Fatalf("backfill of generation %d with an unreachable membership topic succeeded", d.Generation)
+		}
+		var err error
+		d, err = r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
+			d.Criteria, d.Generation, d.Status = atLeast(min), d.Generation+1, segment.StatusBuilding
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
+		t.Fatal("the last generation's backfill with an unreachable membership topic succeeded")
+	}
+	if err := jobs(r.publisher(t)).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for u, p := range points {
+		want[u] = p >= 1200
+	}
+	checkReplay(t, readOwn(t, r, topicLength(t, r.brokers, r.membershipT)), points, want)
 	r.verifyClean(t)
+}
+
+// topicLength returns how many records topic holds (its partitions' end
+// offsets: nothing is deleted from the tests' topics).
+func topicLength(t *testing.T, brokers []string, topic string) int {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range parts {
+		leader, err := kafka.DialLeader(context.Background(), "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := leader.ReadLastOffset()
+		leader.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += int(last)
+	}
+	return n
 }
 
 // storePoints writes n users straight into Redis, user i ("u<i>") with

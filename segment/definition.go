@@ -55,6 +55,12 @@ const (
 // list of 100,000 bad user ids does not produce an answer as large.
 const maxReportedErrors = 100
 
+// MaxUnfinishedBackfills bounds the older generations whose unpublished
+// changes a backfill looks for (Definition.BackfillEarlier): criteria that
+// change more often than that while no backfill can publish leave the
+// oldest generations' changes unlooked for.
+const MaxUnfinishedBackfills = 16
+
 // Definition is a segment as the domain knows it: its identity, descriptive
 // fields, and either criteria (dynamic) or a list of user ids (static).
 type Definition struct {
@@ -91,11 +97,12 @@ type Definition struct {
 	// from a retry by it, and the backfill of a new generation finds the
 	// changes an unfinished older one may have left unpublished.
 	BackfillStarted int64
-	// BackfillEarlier is the older generation whose backfill had begun and
-	// not ended cleanly when the current generation's began (0 when none):
+	// BackfillEarlier are the older generations, oldest first, whose
+	// backfills had begun and not ended cleanly when the current
+	// generation's began (at most MaxUnfinishedBackfills, the newest):
 	// every attempt of the current generation's backfill looks for the
-	// changes that one may have left unpublished.
-	BackfillEarlier int64
+	// changes those may have left unpublished.
+	BackfillEarlier []int64
 	// Generation is bumped whenever the criteria (or the static list)
 	// change, so that work computed for older criteria, such as a backfill,
 	// can tell that it is stale and must not mark the segment ready.
