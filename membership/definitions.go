@@ -635,14 +635,15 @@ func (s *Definitions) BeginBackfill(ctx context.Context, org, id string, generat
 }
 
 // EndBackfill records that the backfill of generation, stopped by a change
-// of the segment, published everything it wrote (and what the older
-// generation it looked for had left).
+// of the segment, published everything it wrote. The older generations it
+// was looking for stay recorded: it stopped partway, so some of their
+// entries may be unpublished still, and the next generation looks for them.
 func (s *Definitions) EndBackfill(ctx context.Context, org, id string, generation int64) error {
 	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
 		if d.BackfillStarted != generation {
 			return ErrUnchanged
 		}
-		d.BackfillStarted, d.BackfillEarlier = 0, nil
+		d.BackfillStarted = 0
 		return nil
 	})
 	return err
@@ -779,24 +780,6 @@ func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
 	return out, nil
 }
 
-// generations is a list of generations, stored as a JSON array; a single
-// number (how builds before the list stored one generation) reads as a
-// list of it.
-type generations []int64
-
-// UnmarshalJSON reads an array of generations or a single one.
-func (g *generations) UnmarshalJSON(b []byte) error {
-	var one int64
-	if err := json.Unmarshal(b, &one); err == nil {
-		*g = nil
-		if one != 0 {
-			*g = generations{one}
-		}
-		return nil
-	}
-	return json.Unmarshal(b, (*[]int64)(g))
-}
-
 // storedDefinition is the JSON of a definition in its organisation's hash. It
 // is separate from segment.Definition so that the domain type can change
 // without changing what is stored.
@@ -812,10 +795,13 @@ type storedDefinition struct {
 	EstimatedSize int64           `json:"estimatedSize"`
 	Scanned       int64           `json:"backfillScanned,omitempty"`
 	Started       int64           `json:"backfillStarted,omitempty"`
-	Earlier       generations     `json:"backfillEarlier,omitempty"`
-	Generation    int64           `json:"generation"`
-	CreatedAt     time.Time       `json:"createdAt"`
-	UpdatedAt     time.Time       `json:"updatedAt"`
+	// Earlier is the newest of EarlierAll, for builds that stored one
+	// older generation as a number (a rolling upgrade runs both).
+	Earlier    int64     `json:"backfillEarlier,omitempty"`
+	EarlierAll []int64   `json:"backfillEarlierAll,omitempty"`
+	Generation int64     `json:"generation"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 type storedCriteria struct {
@@ -834,8 +820,11 @@ type storedCriterion struct {
 func encodeDefinition(d segment.Definition) (string, error) {
 	w := storedDefinition{
 		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
-		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted, Earlier: d.BackfillEarlier,
+		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted,
 		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),
+	}
+	if n := len(d.BackfillEarlier); n > 0 {
+		w.Earlier, w.EarlierAll = d.BackfillEarlier[n-1], d.BackfillEarlier
 	}
 	if d.Type == segment.TypeDynamic || len(d.Criteria.Include)+len(d.Criteria.Exclude) > 0 {
 		c := &storedCriteria{Include: []storedCriterion{}, Exclude: []storedCriterion{}}
@@ -872,7 +861,13 @@ func decodeDefinition(raw string) (segment.Definition, error) {
 	d := segment.Definition{
 		ID: w.ID, OrgID: w.OrgID, Name: w.Name, Description: w.Description, URL: w.URL,
 		Type: segment.Type(w.Type), Status: segment.Status(w.Status), EstimatedSize: w.EstimatedSize,
-		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned, BackfillStarted: w.Started, BackfillEarlier: w.Earlier,
+		Generation: w.Generation, CreatedAt: w.CreatedAt, UpdatedAt: w.UpdatedAt, BackfillScanned: w.Scanned, BackfillStarted: w.Started,
+	}
+	switch {
+	case len(w.EarlierAll) > 0:
+		d.BackfillEarlier = w.EarlierAll
+	case w.Earlier != 0: // stored by a build that kept one
+		d.BackfillEarlier = []int64{w.Earlier}
 	}
 	if w.Criteria != nil {
 		var err error

@@ -494,7 +494,14 @@ func TestBackfillMarks(t *testing.T) {
 		g3 := newCriteria()
 		begin(g3, true, g1, g2)
 		begin(g3, false, g1, g2)
-		if err := defs.MarkReady(ctx, org, d.ID, g3); err != nil {
+		// Generation 3's backfill is stopped partway by new criteria, with
+		// what it wrote published: the next one still looks for 1 and 2.
+		if err := defs.EndBackfill(ctx, org, d.ID, g3); err != nil {
+			t.Fatal(err)
+		}
+		g4 := newCriteria()
+		begin(g4, true, g1, g2)
+		if err := defs.MarkReady(ctx, org, d.ID, g4); err != nil {
 			t.Fatal(err)
 		}
 		got, err := defs.Get(ctx, org, d.ID)
@@ -502,9 +509,9 @@ func TestBackfillMarks(t *testing.T) {
 			t.Fatalf("after ready: started %d, earlier %v, status %s (%v); want 0, none, ready", got.BackfillStarted, got.BackfillEarlier, got.Status, err)
 		}
 		// A later generation after a clean end has no older one to look for.
-		g4 := newCriteria()
-		begin(g4, true)
-		begin(g4, false)
+		g5 := newCriteria()
+		begin(g5, true)
+		begin(g5, false)
 
 		// At most MaxUnfinishedBackfills older generations, the newest.
 		var want []int64
@@ -517,18 +524,23 @@ func TestBackfillMarks(t *testing.T) {
 			begin(g, true, want...)
 		}
 
-		// A record of one older generation, as builds before the list
-		// stored it, reads as a list of it.
+		// The newest older generation is also stored as the number that
+		// builds before the list read, and a record of such a build (the
+		// number alone) reads as a list of it.
 		raw, err := rdb.HGet(ctx, membership.DefinitionsKey(org), d.ID).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := strings.Index(raw, `"backfillEarlier":[`)
-		j := strings.Index(raw[i:], "]")
-		if i < 0 || j < 0 {
-			t.Fatalf("no backfillEarlier list in %s", raw)
+		if single := fmt.Sprintf(`"backfillEarlier":%d,`, want[len(want)-1]); !strings.Contains(raw, single) {
+			t.Errorf("stored %s, want %s in it", raw, single)
 		}
-		legacy := raw[:i] + `"backfillEarlier":7` + raw[i+j+1:]
+		i := strings.Index(raw, `"backfillEarlierAll":[`)
+		if i < 0 {
+			t.Fatalf("no backfillEarlierAll list in %s", raw)
+		}
+		j := strings.Index(raw[i:], "],")
+		legacy := raw[:i] + raw[i+j+2:]
+		legacy = strings.Replace(legacy, fmt.Sprintf(`"backfillEarlier":%d,`, want[len(want)-1]), `"backfillEarlier":7,`, 1)
 		if err := rdb.HSet(ctx, membership.DefinitionsKey(org), d.ID, legacy).Err(); err != nil {
 			t.Fatal(err)
 		}
