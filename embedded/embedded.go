@@ -7,6 +7,7 @@ package embedded
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -32,6 +33,30 @@ type Options struct {
 type Servers struct {
 	kafka *kfake.Cluster
 	redis *miniredis.Miniredis
+	// stopClock and clockDone stop the embedded Redis's clock.
+	stopClock, clockDone chan struct{}
+}
+
+// clockTick is how often the embedded Redis's keys age.
+const clockTick = 100 * time.Millisecond
+
+// runClock ages the embedded Redis's keys with the wall clock: miniredis
+// expires keys only when told that time has passed, and segmentd's job
+// leases and idempotency records rely on expiry.
+func (s *Servers) runClock() {
+	defer close(s.clockDone)
+	t := time.NewTicker(clockTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-s.stopClock:
+			return
+		case now := <-t.C:
+			s.redis.FastForward(now.Sub(last))
+			last = now
+		}
+	}
 }
 
 // Start starts the servers that opts asks for.
@@ -56,6 +81,8 @@ func Start(opts Options) (*Servers, error) {
 			return nil, fmt.Errorf("embedded redis on %s: %w", raddr, err)
 		}
 		s.redis = mr
+		s.stopClock, s.clockDone = make(chan struct{}), make(chan struct{})
+		go s.runClock()
 	}
 	return s, nil
 }
@@ -79,6 +106,11 @@ func (s *Servers) RedisAddr() string {
 
 // Close stops the servers.
 func (s *Servers) Close() {
+	if s.stopClock != nil {
+		close(s.stopClock)
+		<-s.clockDone
+		s.stopClock = nil
+	}
 	if s.redis != nil {
 		s.redis.Close()
 	}
