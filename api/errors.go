@@ -26,9 +26,12 @@ const (
 	// codeIdempotencyKeyReused answers a create whose Idempotency-Key
 	// created a segment from another request, or one deleted since.
 	codeIdempotencyKeyReused = "idempotency_key_reused"
-	codeInternal             = "internal"
-	codeUnavailable          = "unavailable"
-	segmentNotFoundMessage   = "segment not found"
+	// codeIdempotencyKeyInUse answers a create whose Idempotency-Key is
+	// held by a request still creating the segment.
+	codeIdempotencyKeyInUse = "idempotency_key_in_use"
+	codeInternal            = "internal"
+	codeUnavailable         = "unavailable"
+	segmentNotFoundMessage  = "segment not found"
 )
 
 // errorBody is the JSON of every error:

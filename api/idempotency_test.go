@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -76,55 +77,69 @@ func TestCreateWithIdempotencyKey(t *testing.T) {
 	})
 }
 
-// A static create that failed is rolled back with its key, and a create
-// that stopped before its list was written is finished by the retry.
+// A static create that failed is rolled back with its key; one whose
+// request is still running is not touched; one that stopped before its list
+// was written is finished by the retry, and only then.
 func TestIdempotentStaticCreate(t *testing.T) {
-	rdb := testenv.RedisClient(t)
-	a := newTestAPI(t, rdb)
-	key := http.Header{"Idempotency-Key": {"static-1"}}
-	body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u2", "u1"}}
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		a := newTestAPI(t, rdb)
+		ctx := context.Background()
+		withKey := func(k string) http.Header { return http.Header{"Idempotency-Key": {k}} }
+		body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u2", "u1"}}
 
-	a.pub.setFailing(true)
-	a.doWith("POST", "/v1/segments", a.key, key, body).wantError(t, http.StatusServiceUnavailable, "unavailable")
-	a.pub.setFailing(false)
-	a.pub.take()
-	created := a.doWith("POST", "/v1/segments", a.key, key, body).mustStatus(t, http.StatusCreated)
-	if created.header.Get("Idempotent-Replayed") != "" || !slices.Equal(strList(created.body["userIds"]), []string{"u1", "u2"}) {
-		t.Errorf("retry after a rollback answered %v %s, want a new create", created.header, created.raw)
-	}
-	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u1", "+u2"}) {
-		t.Errorf("create published %v", got)
-	}
+		a.pub.setFailing(true)
+		a.doWith("POST", "/v1/segments", a.key, withKey("static-1"), body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+		a.pub.setFailing(false)
+		a.pub.take()
+		created := a.doWith("POST", "/v1/segments", a.key, withKey("static-1"), body).mustStatus(t, http.StatusCreated)
+		if created.header.Get("Idempotent-Replayed") != "" || !slices.Equal(strList(created.body["userIds"]), []string{"u1", "u2"}) {
+			t.Errorf("retry after a rollback answered %v %s, want a new create", created.header, created.raw)
+		}
+		if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u1", "+u2"}) {
+			t.Errorf("create published %v", got)
+		}
 
-	// A request that died after storing the definition: what the server
-	// does before it writes the list.
-	d := segment.Definition{OrgID: a.org, Name: "Gamma", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
-	d.Normalize()
-	fp, err := createFingerprint(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped, err := membership.NewDefinitions(rdb).CreateIdempotent(context.Background(), d,
-		membership.IdempotentCreate{Key: "static-2", Fingerprint: fp, Pending: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := stopped.Definition.ID
-	retry := a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-2"}},
-		map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}).mustStatus(t, http.StatusCreated)
-	if str(retry.body["id"]) != id || retry.header.Get("Idempotent-Replayed") != "true" || num(retry.body["size"]) != 1 {
-		t.Errorf("retry answered %s, want segment %s with its list", retry.raw, id)
-	}
-	if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"u3"}) {
-		t.Errorf("members = %v", got)
-	}
-	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u3"}) {
-		t.Errorf("retry published %v", got)
-	}
-	// Finished: a further retry writes and publishes nothing.
-	a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-2"}},
-		map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}).mustStatus(t, http.StatusCreated)
-	if got := a.pub.take(); len(got) != 0 {
-		t.Errorf("a retry of a finished create published %v", changeSigns(got))
-	}
+		// Requests that stored the definition and have not written the
+		// list: one still running (its lease is live), one gone.
+		gamma := map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}
+		pending := func(key string, lease time.Duration) string {
+			t.Helper()
+			d := segment.Definition{OrgID: a.org, Name: "Gamma", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
+			fp, err := createFingerprint(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
+				membership.IdempotentCreate{Key: key, Fingerprint: fp, Pending: true, Lease: lease})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out.Definition.ID
+		}
+		pending("static-2", time.Hour)
+		a.doWith("POST", "/v1/segments", a.key, withKey("static-2"), gamma).wantError(t, http.StatusConflict, "idempotency_key_in_use", "Idempotency-Key")
+
+		id := pending("static-3", time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		retry := a.doWith("POST", "/v1/segments", a.key, withKey("static-3"), gamma).mustStatus(t, http.StatusCreated)
+		if str(retry.body["id"]) != id || retry.header.Get("Idempotent-Replayed") != "true" || num(retry.body["size"]) != 1 {
+			t.Errorf("retry answered %s, want segment %s with its list", retry.raw, id)
+		}
+		if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"u3"}) {
+			t.Errorf("members = %v", got)
+		}
+		if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u3"}) {
+			t.Errorf("retry published %v", got)
+		}
+		// Finished: a further retry leaves the list, edited since, alone.
+		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u9"}}).mustStatus(t, http.StatusOK)
+		a.pub.take()
+		again := a.doWith("POST", "/v1/segments", a.key, withKey("static-3"), gamma).mustStatus(t, http.StatusCreated)
+		if got := strList(again.body["userIds"]); !slices.Equal(got, []string{"u3", "u9"}) {
+			t.Errorf("a retry of a finished create answered the list %v, want [u3 u9]", got)
+		}
+		if got := a.pub.take(); len(got) != 0 {
+			t.Errorf("a retry of a finished create published %v", changeSigns(got))
+		}
+	})
 }

@@ -71,6 +71,9 @@ func sortedCopy(ids []string) []string {
 // writeTimeout bounds the work of a call that writes membership.
 const writeTimeout = 5 * time.Minute
 
+// rollbackTimeout bounds the rollback of a static create that failed.
+const rollbackTimeout = 30 * time.Second
+
 // writeContext returns the context of a call that writes: it is not
 // canceled when the client goes away, so that a write once begun is not cut
 // in the middle by a disconnect. It moves the response's write deadline
@@ -175,12 +178,36 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
-		ic = &membership.IdempotentCreate{Key: key[0], Fingerprint: fp, Pending: d.Type == segment.TypeStatic}
+		ic = &membership.IdempotentCreate{Key: key[0], Fingerprint: fp, Pending: d.Type == segment.TypeStatic, Lease: pendingCreateLease}
 	}
-	created, replayed, err := s.insert(ctx, d, ic)
+	created, replayed, claim, err := s.insert(ctx, d, ic)
 	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	// A new static segment's list, or the list of one whose create this
+	// request took over from a request that stopped before writing it: the
+	// list is this request's, since the fingerprints match, and writing it
+	// again publishes the same events.
+	if claim != nil || (!replayed && created.Type == segment.TypeStatic) {
+		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
+			// A segment created by an earlier request may have been
+			// answered 201 (when only the record of its end failed): it
+			// stays, and a retry after this request's lease finishes it.
+			if !replayed {
+				s.rollbackCreate(ctx, created, claim, userIDs, now)
+			}
+			s.fail(w, r, err)
+			return
+		}
+		if claim != nil {
+			if err := s.defs.FinishCreate(ctx, claim); err != nil {
+				// A retry after the lease takes the create over and
+				// writes the list again (the same events), unless the
+				// list has changed since.
+				s.log.Warn("record a create as finished", "org", org, "segment", created.ID, "err", err)
+			}
+		}
 	}
 	if replayed {
 		s.replayCreate(w, r, created)
@@ -188,24 +215,17 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	var size int64
 	if created.Type == segment.TypeStatic {
-		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
-			s.rollbackCreate(ctx, created, ic, userIDs, now)
-			s.fail(w, r, err)
-			return
-		}
-		if ic != nil {
-			if err := s.defs.FinishCreate(ctx, org, *ic, created.ID); err != nil {
-				// A retry with the key then writes the list again (the same
-				// events), which is all a pending record asks for.
-				s.log.Warn("record a create as finished", "org", org, "segment", created.ID, "err", err)
-			}
-		}
 		size = int64(len(userIDs))
 		userIDs = sortedCopy(userIDs)
 	}
 	w.Header().Set("Location", "/v1/segments/"+created.ID)
 	writeJSON(w, http.StatusCreated, segmentOut(created, size, userIDs))
 }
+
+// pendingCreateLease is how long a static create made with an
+// Idempotency-Key has to write its list before a retry may take it over:
+// longer than the request can run, its rollback included.
+const pendingCreateLease = writeTimeout + rollbackTimeout + 10*time.Second
 
 // idempotencyHeader is the request header that makes a create safe to retry.
 const idempotencyHeader = "Idempotency-Key"
@@ -254,38 +274,30 @@ func createFingerprint(d segment.Definition) (string, error) {
 	return hex.EncodeToString(sum[:16]), nil
 }
 
-// insert creates d, idempotently when ic is not nil, and reports whether an
-// earlier request with the key had created it.
-func (s *Server) insert(ctx context.Context, d segment.Definition, ic *membership.IdempotentCreate) (segment.Definition, bool, error) {
+// insert creates d, idempotently when ic is not nil. It reports whether an
+// earlier request with the key had created the segment, and the claim this
+// request holds on a pending create.
+func (s *Server) insert(ctx context.Context, d segment.Definition, ic *membership.IdempotentCreate) (segment.Definition, bool, *membership.Claim, error) {
 	if ic == nil {
 		created, err := s.defs.Create(ctx, d)
-		return created, false, err
+		return created, false, nil, err
 	}
 	out, err := s.defs.CreateIdempotent(ctx, d, *ic)
+	keyError := func(status int, message, detail string) error {
+		return &apiError{status: status, code: codeIdempotencyKeyReused, message: message,
+			details: []errorDetail{{Field: idempotencyHeader, Message: detail}}}
+	}
 	switch {
 	case errors.Is(err, membership.ErrIdempotencyKeyReused):
-		return segment.Definition{}, false, &apiError{status: http.StatusUnprocessableEntity, code: codeIdempotencyKeyReused,
-			message: "this Idempotency-Key was used with a different request",
-			details: []errorDetail{{Field: idempotencyHeader, Message: "use a new key for a new segment"}}}
+		err = keyError(http.StatusUnprocessableEntity, "this Idempotency-Key was used with a different request", "use a new key for a new segment")
+	case errors.Is(err, membership.ErrCreateInProgress):
+		err = &apiError{status: http.StatusConflict, code: codeIdempotencyKeyInUse,
+			message: "a request with this Idempotency-Key is still creating the segment; retry later",
+			details: []errorDetail{{Field: idempotencyHeader, Message: "in use by a request in progress"}}}
 	case errors.Is(err, membership.ErrNotFound):
-		return segment.Definition{}, false, &apiError{status: http.StatusConflict, code: codeIdempotencyKeyReused,
-			message: "the segment this Idempotency-Key created has been deleted since",
-			details: []errorDetail{{Field: idempotencyHeader, Message: "use a new key to create the segment again"}}}
-	case err != nil:
-		return segment.Definition{}, false, err
+		err = keyError(http.StatusConflict, "the segment this Idempotency-Key created has been deleted since", "use a new key to create the segment again")
 	}
-	if out.Replayed && out.Pending {
-		// The earlier request stopped before the static list was written
-		// (or before it said so); the list is this request's, since the
-		// fingerprints match. Writing it again publishes the same events.
-		if err := s.writeStaticList(ctx, out.Definition, d.UserIDs, s.now().UTC()); err != nil {
-			return segment.Definition{}, false, err
-		}
-		if err := s.defs.FinishCreate(ctx, d.OrgID, *ic, out.Definition.ID); err != nil {
-			return segment.Definition{}, false, err
-		}
-	}
-	return out.Definition, out.Replayed, nil
+	return out.Definition, out.Replayed, out.Claim, err
 }
 
 // replayCreate answers a retried create with the segment as it is now.
@@ -340,12 +352,13 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 
 // rollbackCreate removes a static segment whose list could not be
 // published or written, so that the client's retry does not leave a second
-// segment behind (with an Idempotency-Key, ic, the retry creates it again).
+// segment behind (with an Idempotency-Key, the claim on the create is
+// forgotten, so that the retry creates it again).
 // The entries may have gone out in part, so each is answered with an exit
 // (the exits a deletion publishes) as far as the publisher allows. It runs
 // past ctx's end: the request's deadline may be what failed.
-func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, ic *membership.IdempotentCreate, userIDs []string, now time.Time) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim *membership.Claim, userIDs []string, now time.Time) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	exits := make([]events.Change, len(userIDs))
 	for i, u := range userIDs {
@@ -356,8 +369,8 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, ic *m
 			"org", d.OrgID, "segment", d.ID, "err", err)
 	}
 	_, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
-	if err == nil && ic != nil {
-		err = s.defs.ForgetCreate(ctx, d.OrgID, *ic)
+	if err == nil && claim != nil {
+		err = s.defs.ForgetCreate(ctx, claim)
 	}
 	if err == nil {
 		err = s.defs.Delete(ctx, d.OrgID, d.ID)

@@ -37,10 +37,11 @@ type DefinitionStore interface {
 	// CreateIdempotent is Create for a request with an Idempotency-Key: a
 	// retry gets the segment the key created instead of a second one.
 	CreateIdempotent(ctx context.Context, d segment.Definition, ic membership.IdempotentCreate) (membership.CreateOutcome, error)
-	// FinishCreate records that an idempotent create is complete.
-	FinishCreate(ctx context.Context, org string, ic membership.IdempotentCreate, id string) error
-	// ForgetCreate removes the record of an idempotent create rolled back.
-	ForgetCreate(ctx context.Context, org string, ic membership.IdempotentCreate) error
+	// FinishCreate records that a pending idempotent create is complete.
+	FinishCreate(ctx context.Context, c *membership.Claim) error
+	// ForgetCreate removes the record of a pending idempotent create
+	// rolled back.
+	ForgetCreate(ctx context.Context, c *membership.Claim) error
 	// Get returns one definition or membership.ErrNotFound.
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 	// GetMany returns the definitions of ids that exist, by id.

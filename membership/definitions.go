@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -178,9 +179,18 @@ func (s *Definitions) Create(ctx context.Context, d segment.Definition) (segment
 // IdempotencyTTL is how long a create's idempotency key is remembered.
 const IdempotencyTTL = 24 * time.Hour
 
-// ErrIdempotencyKeyReused reports an idempotency key that created a segment
-// from a different request.
-var ErrIdempotencyKeyReused = errors.New("idempotency key already used with a different request")
+// Errors of idempotent creates.
+var (
+	// ErrIdempotencyKeyReused reports an idempotency key that created a
+	// segment from a different request.
+	ErrIdempotencyKeyReused = errors.New("idempotency key already used with a different request")
+	// ErrCreateInProgress reports an idempotency key whose create is still
+	// pending under another request's lease.
+	ErrCreateInProgress = errors.New("a create with this idempotency key is in progress")
+	// errClaimLost reports a claim whose record changed: its lease ran
+	// out and another request took the create over, or it was forgotten.
+	errClaimLost = errors.New("the create's claim was taken over")
+)
 
 // IdempotentCreate names a create by its client's idempotency key.
 type IdempotentCreate struct {
@@ -189,10 +199,20 @@ type IdempotentCreate struct {
 	// Fingerprint identifies the request's content: a retry with the
 	// same key must bring the same fingerprint.
 	Fingerprint string
-	// Pending records the create as unfinished until FinishCreate (a
-	// static segment whose list is still to be written), so that a retry
-	// learns it has that part to do.
+	// Pending says the create has a part left once the definition is
+	// stored (a static segment's list): the request gets a Claim, and the
+	// record stays pending until FinishCreate.
 	Pending bool
+	// Lease is how long a request has to finish a pending create: a retry
+	// before it runs out gets ErrCreateInProgress, one after it takes the
+	// create over. It must outlast the request, rollback included.
+	Lease time.Duration
+}
+
+// Claim is a pending create that its holder must finish (FinishCreate) or,
+// having rolled it back, forget (ForgetCreate).
+type Claim struct {
+	org, key, record string
 }
 
 // CreateOutcome is the outcome of CreateIdempotent.
@@ -202,38 +222,60 @@ type CreateOutcome struct {
 	// Replayed reports that an earlier request with the key created the
 	// segment: nothing was created now.
 	Replayed bool
-	// Pending reports, for a replay, that the earlier request did not call
-	// FinishCreate.
-	Pending bool
+	// Claim, when not nil, is a pending create this request holds: a new
+	// one, or one taken over from a request whose lease ran out while the
+	// segment's list had not changed since.
+	Claim *Claim
 }
 
 // CreateIdempotent is Create for a request that carries an idempotency key.
 // The first request with the key creates the segment and records the key for
-// IdempotencyTTL, in the same script; a later one with the same fingerprint
+// IdempotencyTTL, in the same script. A later one with the same fingerprint
 // creates nothing and gets the segment that the key created, as it is now
-// (ErrNotFound when it has been deleted since); one with another fingerprint
-// gets ErrIdempotencyKeyReused.
+// (ErrNotFound when it has been deleted since, ErrCreateInProgress while it
+// is pending under a live lease); one with another fingerprint gets
+// ErrIdempotencyKeyReused.
 func (s *Definitions) CreateIdempotent(ctx context.Context, d segment.Definition, ic IdempotentCreate) (CreateOutcome, error) {
 	return s.insert(ctx, d, &ic)
 }
 
-// FinishCreate records that the create of ic, which made segment id, is
-// complete: a replay no longer reports it pending.
-func (s *Definitions) FinishCreate(ctx context.Context, org string, ic IdempotentCreate, id string) error {
-	ic.Pending = false
-	err := s.rdb.SetArgs(ctx, idempotencyKey(org, ic.Key), idempotencyRecord(ic, id), redis.SetArgs{KeepTTL: true, Mode: "XX"}).Err()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("finish create %s/%s: %w", org, id, err)
+// FinishCreate records that the pending create of c is complete. It fails
+// when the claim was lost (its lease ran out and a retry took over).
+func (s *Definitions) FinishCreate(ctx context.Context, c *Claim) error {
+	r, err := parseRecord(c.record)
+	if err != nil {
+		return err
 	}
-	return nil
+	r.state, r.until = "d", 0
+	return s.swapRecord(ctx, c, r.String())
 }
 
-// ForgetCreate removes the record of a create that was rolled back, so that
-// a retry with the same key creates the segment again.
-func (s *Definitions) ForgetCreate(ctx context.Context, org string, ic IdempotentCreate) error {
-	if err := s.rdb.Del(ctx, idempotencyKey(org, ic.Key)).Err(); err != nil {
-		return fmt.Errorf("forget create in %s: %w", org, err)
+// ForgetCreate removes the record of the pending create of c, which its
+// holder rolled back, so that a retry with the key creates the segment
+// again. A record that another request has taken over stays.
+func (s *Definitions) ForgetCreate(ctx context.Context, c *Claim) error {
+	return s.swapRecord(ctx, c, "")
+}
+
+// swapRecordScript replaces KEYS[1] by ARGV[2] (deletes it when empty),
+// keeping its lifetime, while it holds ARGV[1]: 1 done, 0 not.
+var swapRecordScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+return 1
+`)
+
+// swapRecord replaces the record of c by next ("" deletes it) while it is
+// still c's, and makes next c's record.
+func (s *Definitions) swapRecord(ctx context.Context, c *Claim, next string) error {
+	n, err := swapRecordScript.Run(ctx, s.rdb, []string{idempotencyKey(c.org, c.key)}, c.record, next).Int64()
+	if err != nil {
+		return fmt.Errorf("idempotency record in %s: %w", c.org, err)
 	}
+	if n == 0 {
+		return fmt.Errorf("idempotency record in %s: %w", c.org, errClaimLost)
+	}
+	c.record = next
 	return nil
 }
 
@@ -245,38 +287,83 @@ func idempotencyKey(org, key string) string {
 	return "segidem:{" + org + "}:" + hex.EncodeToString(sum[:16])
 }
 
-// idempotencyRecord is "<p|d> <fingerprint> <segment id>": pending or done.
-func idempotencyRecord(ic IdempotentCreate, id string) string {
-	state := "d"
-	if ic.Pending {
-		state = "p"
+// idemRecord is an idempotency record: state "p" (pending) or "d" (done),
+// the request's fingerprint, the segment it created, the segment's
+// generation then, and the pending lease's end (unix ms).
+type idemRecord struct {
+	state, fingerprint, id string
+	generation, until      int64
+}
+
+// String is the stored form: the fields separated by spaces.
+func (r idemRecord) String() string {
+	return fmt.Sprintf("%s %s %s %d %d", r.state, r.fingerprint, r.id, r.generation, r.until)
+}
+
+func parseRecord(rec string) (idemRecord, error) {
+	f := strings.Fields(rec)
+	if len(f) != 5 || (f[0] != "p" && f[0] != "d") {
+		return idemRecord{}, fmt.Errorf("unreadable idempotency record %q", rec)
 	}
-	return state + " " + ic.Fingerprint + " " + id
+	r := idemRecord{state: f[0], fingerprint: f[1], id: f[2]}
+	var err1, err2 error
+	r.generation, err1 = strconv.ParseInt(f[3], 10, 64)
+	r.until, err2 = strconv.ParseInt(f[4], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return idemRecord{}, fmt.Errorf("unreadable idempotency record %q: %w", rec, err)
+	}
+	return r, nil
 }
 
 // replay answers a create whose key has the record rec.
 func (s *Definitions) replay(ctx context.Context, org string, ic IdempotentCreate, rec string) (CreateOutcome, error) {
-	state, rest, ok1 := strings.Cut(rec, " ")
-	fp, id, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 {
-		return CreateOutcome{}, fmt.Errorf("create in %s: unreadable idempotency record %q", org, rec)
+	r, err := parseRecord(rec)
+	if err != nil {
+		return CreateOutcome{}, fmt.Errorf("create in %s: %w", org, err)
 	}
-	if fp != ic.Fingerprint {
-		return CreateOutcome{}, fmt.Errorf("create in %s: %w (it created segment %s)", org, ErrIdempotencyKeyReused, id)
+	if r.fingerprint != ic.Fingerprint {
+		return CreateOutcome{}, fmt.Errorf("create in %s: %w (it created segment %s)", org, ErrIdempotencyKeyReused, r.id)
 	}
 	// A crash may have come between the earlier create and its bump: bump
 	// again, so that every instance sees the segment.
 	if err := s.bump(ctx, org); err != nil {
-		return CreateOutcome{}, fmt.Errorf("create %s/%s: %w", org, id, err)
+		return CreateOutcome{}, fmt.Errorf("create %s/%s: %w", org, r.id, err)
 	}
-	d, err := s.Get(ctx, org, id)
+	d, err := s.Get(ctx, org, r.id)
 	if err == nil && d.Status == segment.StatusDeleting {
-		err = fmt.Errorf("get segment %s/%s: %w", org, id, ErrNotFound)
+		err = fmt.Errorf("get segment %s/%s: %w", org, r.id, ErrNotFound)
 	}
 	if err != nil {
-		return CreateOutcome{}, fmt.Errorf("replay of the create of segment %s: %w", id, err)
+		return CreateOutcome{}, fmt.Errorf("replay of the create of segment %s: %w", r.id, err)
 	}
-	return CreateOutcome{Definition: d, Replayed: true, Pending: state == "p"}, nil
+	out := CreateOutcome{Definition: d, Replayed: true}
+	if r.state == "d" {
+		return out, nil
+	}
+	now := s.now()
+	if now.UnixMilli() < r.until {
+		return CreateOutcome{}, fmt.Errorf("create of segment %s/%s: %w", org, r.id, ErrCreateInProgress)
+	}
+	// The request that held the create is gone. A list changed since
+	// (every change moves the generation) was written after the create's,
+	// so there is nothing left to do; otherwise this request takes over.
+	c := &Claim{org: org, key: ic.Key, record: rec}
+	next := r
+	if d.Generation != r.generation {
+		next.state, next.until = "d", 0
+	} else {
+		next.until = now.Add(ic.Lease).UnixMilli()
+	}
+	if err := s.swapRecord(ctx, c, next.String()); errors.Is(err, errClaimLost) {
+		// Another retry took it over (or finished it) just now.
+		return CreateOutcome{}, fmt.Errorf("create of segment %s/%s: %w", org, r.id, ErrCreateInProgress)
+	} else if err != nil {
+		return CreateOutcome{}, err
+	}
+	if next.state == "p" {
+		out.Claim = c
+	}
+	return out, nil
 }
 
 func (s *Definitions) insert(ctx context.Context, d segment.Definition, ic *IdempotentCreate) (CreateOutcome, error) {
@@ -309,8 +396,13 @@ func (s *Definitions) insert(ctx context.Context, d segment.Definition, ic *Idem
 			return CreateOutcome{}, fmt.Errorf("create segment: %w", err)
 		}
 		args := []any{d.ID, raw, segment.MaxSegmentsPerOrg}
+		var rec idemRecord
 		if ic != nil {
-			args = append(args, idempotencyRecord(*ic, d.ID), int64(IdempotencyTTL/time.Second))
+			rec = idemRecord{state: "d", fingerprint: ic.Fingerprint, id: d.ID, generation: d.Generation}
+			if ic.Pending {
+				rec.state, rec.until = "p", now.Add(ic.Lease).UnixMilli()
+			}
+			args = append(args, rec.String(), int64(IdempotencyTTL/time.Second))
 		}
 		res, err := s.create.Run(ctx, s.rdb, keys, args...).Result()
 		if err != nil {
@@ -333,7 +425,11 @@ func (s *Definitions) insert(ctx context.Context, d segment.Definition, ic *Idem
 			return CreateOutcome{}, fmt.Errorf("create segment %s/%s: %w", d.OrgID, d.ID, err)
 		}
 		d.UserIDs = nil
-		return CreateOutcome{Definition: d}, nil
+		out := CreateOutcome{Definition: d}
+		if rec.state == "p" {
+			out.Claim = &Claim{org: d.OrgID, key: ic.Key, record: rec.String()}
+		}
+		return out, nil
 	}
 }
 

@@ -555,7 +555,7 @@ func TestIdempotentCreateRecord(t *testing.T) {
 		ctx := context.Background()
 		org := testenv.Org(t, rdb, "org")
 		defs := membership.NewDefinitions(rdb)
-		ic := membership.IdempotentCreate{Key: "k1", Fingerprint: "f1", Pending: true}
+		ic := membership.IdempotentCreate{Key: "k1", Fingerprint: "f1", Pending: true, Lease: time.Hour}
 		recordTTL := func() time.Duration {
 			t.Helper()
 			var keys []string
@@ -587,42 +587,77 @@ func TestIdempotentCreateRecord(t *testing.T) {
 			return rdb.TTL(ctx, keys[0]).Val()
 		}
 
+		// A pending create under a live lease: a retry is told to wait.
 		first, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic)
-		if err != nil || first.Replayed {
-			t.Fatalf("first create: %+v, %v", first, err)
+		if err != nil || first.Replayed || first.Claim == nil {
+			t.Fatalf("first create: %+v, %v; want a claim", first, err)
 		}
 		if ttl := recordTTL(); ttl <= membership.IdempotencyTTL-time.Minute || ttl > membership.IdempotencyTTL {
 			t.Errorf("record lives %v, want %v", ttl, membership.IdempotencyTTL)
 		}
-		again, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic)
-		if err != nil || !again.Replayed || !again.Pending || again.Definition.ID != first.Definition.ID {
-			t.Fatalf("retry: %+v, %v; want a pending replay of %s", again, err, first.Definition.ID)
+		if _, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic); !errors.Is(err, membership.ErrCreateInProgress) {
+			t.Fatalf("retry under a live lease: %v, want ErrCreateInProgress", err)
 		}
-		if err := defs.FinishCreate(ctx, org, ic, first.Definition.ID); err != nil {
+		if err := defs.FinishCreate(ctx, first.Claim); err != nil {
 			t.Fatal(err)
 		}
 		if ttl := recordTTL(); ttl <= membership.IdempotencyTTL-time.Minute {
 			t.Errorf("finishing a create reset its lifetime to %v", ttl)
 		}
-		if again, err = defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic); err != nil || again.Pending {
-			t.Errorf("retry of a finished create: %+v, %v", again, err)
+		again, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "a"), ic)
+		if err != nil || !again.Replayed || again.Claim != nil || again.Definition.ID != first.Definition.ID {
+			t.Errorf("retry of a finished create: %+v, %v; want a replay of %s", again, err, first.Definition.ID)
 		}
 		ic.Fingerprint = "f2"
 		if _, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "b"), ic); !errors.Is(err, membership.ErrIdempotencyKeyReused) {
 			t.Errorf("another request with the key: %v, want ErrIdempotencyKeyReused", err)
 		}
-		if err := defs.ForgetCreate(ctx, org, ic); err != nil {
+
+		// A request whose lease ran out: one retry takes over, the next
+		// waits, and the first can no longer finish or forget it.
+		gone := membership.IdempotentCreate{Key: "k2", Fingerprint: "f1", Pending: true, Lease: time.Millisecond}
+		stopped, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "c"), gone)
+		if err != nil || stopped.Claim == nil {
+			t.Fatalf("create: %+v, %v", stopped, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		retry := gone
+		retry.Lease = time.Hour
+		taken, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "c"), retry)
+		if err != nil || !taken.Replayed || taken.Claim == nil || taken.Definition.ID != stopped.Definition.ID {
+			t.Fatalf("retry after the lease: %+v, %v; want the create taken over", taken, err)
+		}
+		if _, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "c"), retry); !errors.Is(err, membership.ErrCreateInProgress) {
+			t.Errorf("retry under the new lease: %v, want ErrCreateInProgress", err)
+		}
+		if defs.FinishCreate(ctx, stopped.Claim) == nil || defs.ForgetCreate(ctx, stopped.Claim) == nil {
+			t.Error("a request whose create was taken over finished or forgot it")
+		}
+		if err := defs.ForgetCreate(ctx, taken.Claim); err != nil {
 			t.Fatal(err)
 		}
-		if recordTTL() != 0 {
-			t.Error("a forgotten create keeps its record")
+		if fresh, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "d"), retry); err != nil || fresh.Replayed {
+			t.Errorf("create after forgetting: %+v, %v; want a new segment", fresh, err)
 		}
-		fresh, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "b"), ic)
-		if err != nil || fresh.Replayed || fresh.Definition.ID == first.Definition.ID {
-			t.Errorf("create after forgetting: %+v, %v", fresh, err)
+
+		// A segment whose list changed after a lease ran out: nothing is
+		// left to do, and the record says so.
+		late := membership.IdempotentCreate{Key: "k3", Fingerprint: "f1", Pending: true, Lease: time.Millisecond}
+		edited, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "e"), late)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if all, err := defs.OrgDefinitions(ctx, org); err != nil || len(all) != 2 {
-			t.Errorf("%d definitions (%v), want 2", len(all), err)
+		if _, err := defs.Update(ctx, org, edited.Definition.ID, func(d *segment.Definition) error { d.Generation++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		for range 2 {
+			if got, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "e"), late); err != nil || !got.Replayed || got.Claim != nil {
+				t.Errorf("retry of a create whose list changed: %+v, %v; want a replay with nothing to do", got, err)
+			}
+		}
+		if all, err := defs.OrgDefinitions(ctx, org); err != nil || len(all) != 4 {
+			t.Errorf("%d definitions (%v), want 4", len(all), err)
 		}
 	})
 }
