@@ -205,6 +205,8 @@ func apiKeys(v string) (map[string]string, error) {
 	}
 	for i, pair := range strings.Split(v, ",") {
 		org, key, ok := strings.Cut(strings.TrimSpace(pair), ":")
+		// Clients' keys are compared trimmed, so the configured ones are too.
+		org, key = strings.TrimSpace(org), strings.TrimSpace(key)
 		// The value holds secrets: name the pair by position, never echo it.
 		if !ok || org == "" || key == "" {
 			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d is not orgId:key", i+1)}

@@ -28,12 +28,13 @@ func TestLoadExternal(t *testing.T) {
 	c, err := Load(envOf(map[string]string{
 		"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092, 127.0.0.2:9092",
 		"SEGMENTD_REDIS_ADDRS":   "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-		"SEGMENTD_API_KEYS":      "acme:sk_acme_0123456789abcdef,globex:sk_globex_0123456789ab",
+		"SEGMENTD_API_KEYS":      "acme:sk_acme_0123456789abcdef, globex : sk_globex_0123456789ab",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Embedded() || len(c.KafkaBrokers) != 2 || len(c.RedisAddrs) != 3 || c.APIKeys["sk_acme_0123456789abcdef"] != "acme" {
+	if c.Embedded() || len(c.KafkaBrokers) != 2 || len(c.RedisAddrs) != 3 || c.APIKeys["sk_acme_0123456789abcdef"] != "acme" ||
+		c.APIKeys["sk_globex_0123456789ab"] != "globex" {
 		t.Fatalf("got %+v", c)
 	}
 }

@@ -39,22 +39,28 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate and -n not negative")
 	}
 	g := loadgen.New(*orgPrefix, *orgs, *users, *flip, *full, *seed)
+	start := time.Now()
+	// Versions rise across runs too: a user gets at most one event a
+	// microsecond, so a later run's first versions are above an earlier
+	// run's last (segmentd drops an event at or below the stored version).
+	g.StartVersionsAt(start.UnixMicro())
 	w := kafkaio.NewWriter(e.brokers)
 	defer w.Close()
-	const batch = 500
+	batch := 500
 	var tick <-chan time.Time
 	if *rate > 0 {
-		// One batch per tick keeps the average rate without a sleep loop.
-		per := time.Duration(float64(time.Second) * batch / float64(*rate))
+		// One batch per tick, about a hundred ticks a second, keeps the
+		// average rate without a sleep loop; the first batch goes at once.
+		batch = min(max(*rate/100, 1), 500)
+		per := time.Duration(float64(time.Second) * float64(batch) / float64(*rate))
 		t := time.NewTicker(max(per, time.Millisecond))
 		defer t.Stop()
 		tick = t.C
 	}
-	start := time.Now()
 	sent := 0
 	msgs := make([]kafka.Message, 0, batch)
 	for *total == 0 || sent < *total {
-		if tick != nil {
+		if tick != nil && sent > 0 {
 			select {
 			case <-ctx.Done():
 				return nil

@@ -117,9 +117,21 @@ func TestProduceThenTail(t *testing.T) {
 	if err := run(ctx, []string{"produce", "-topic", topic, file}, env, strings.NewReader(""), &out); err != nil || !strings.Contains(out.String(), "produced 2 events") {
 		t.Fatalf("produce FILE = %v, said %q", err, out.String())
 	}
+	// A line too large for a record is named and left out, the others go;
+	// a line that is not JSON goes, counted.
+	huge := `{"eventId":"e3","type":"profile.created","orgId":"acme","userId":"u3","profile":{"note":"` + strings.Repeat("x", 1<<20) + `"}}`
 	out.Reset()
-	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "4"}, env, nil, &out); err != nil {
+	err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader("not json\n"+huge+"\n"+lines), &out)
+	if err == nil || !strings.Contains(err.Error(), "line 2 (") || !strings.Contains(out.String(), "produced 3 events") ||
+		!strings.Contains(out.String(), "1 of them not JSON") {
+		t.Fatalf("produce with a huge line = %v, said %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "7"}, env, nil, &out); err != nil {
 		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), `"eventId":"e3"`) || !strings.Contains(out.String(), "not json") {
+		t.Errorf("tail output:\n%.300s", out.String())
 	}
 	for _, id := range []string{`"eventId":"e1"`, `"eventId":"e2"`} {
 		if !strings.Contains(out.String(), id) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -14,9 +15,15 @@ import (
 	"github.com/segmentd/segmentd/kafkaio"
 )
 
+// maxRecordBytes is the largest line produce sends: the writer's batch
+// limit, less room for the record's key and framing.
+const maxRecordBytes = 1_000_000 - 4096
+
 // produce sends JSON lines to the profile topic keyed by userId. A line that
 // is not valid JSON is still sent (unkeyed): segmentd dead-letters it with
-// the reason, which is what a producer's bad record would meet.
+// the reason, which is what a producer's bad record would meet. A line too
+// large for a Kafka record is not sent: it is named, the rest go on, and
+// the command fails at the end.
 func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := newFlags("produce", " [FILE]", "Sends JSON lines (FILE, or stdin) to the profile topic, keyed by userId.")
 	file := fs.String("f", "-", "file of JSON lines, - for stdin (or give the file as the argument)")
@@ -44,27 +51,35 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	var batch []kafka.Message
-	n := 0
+	n, notJSON, lineNo := 0, 0, 0
+	var tooLarge []string
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		if err := w.WriteMessages(ctx, batch...); err != nil {
-			return fmt.Errorf("produce: %w", err)
+			return fmt.Errorf("produce: after %d events sent, lines up to %d not sent: %w", n, lineNo, err)
 		}
 		n += len(batch)
 		batch = batch[:0]
 		return nil
 	}
 	for sc.Scan() {
+		lineNo++
 		line := sc.Bytes()
 		if len(line) == 0 {
+			continue
+		}
+		if len(line) > maxRecordBytes {
+			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
 			continue
 		}
 		var k struct {
 			UserID string `json:"userId"`
 		}
-		_ = json.Unmarshal(line, &k) // an undecodable line goes unkeyed
+		if json.Unmarshal(line, &k) != nil {
+			notJSON++ // sent unkeyed: segmentd dead-letters it
+		}
 		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(k.UserID), Value: append([]byte(nil), line...), Time: time.Now()})
 		if len(batch) == 1000 {
 			if err := flush(); err != nil {
@@ -79,5 +94,12 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		return err
 	}
 	fmt.Fprintf(stdout, "produced %d events to %s\n", n, *topic)
+	if notJSON > 0 {
+		fmt.Fprintf(stdout, "%d of them not JSON objects with a userId (unkeyed; segmentd dead-letters what it cannot decode)\n", notJSON)
+	}
+	if len(tooLarge) > 0 {
+		return fmt.Errorf("produce: %d lines not sent, larger than a record may be (%d bytes): %s",
+			len(tooLarge), maxRecordBytes, strings.Join(tooLarge, ", "))
+	}
 	return nil
 }

@@ -54,6 +54,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		}
 	}
 	lines := make(chan []byte, 1024)
+	// A reader that fails ends the command with its error, rather than
+	// leaving its partition silently unread.
+	failed := make(chan error, len(readers))
 	var wg sync.WaitGroup
 	for _, r := range readers {
 		wg.Add(1)
@@ -63,6 +66,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			for {
 				m, err := r.FetchMessage(ctx) // no group: nothing to commit
 				if err != nil {
+					if ctx.Err() == nil {
+						failed <- fmt.Errorf("tail %s partition %d: %w", *topic, r.Config().Partition, err)
+					}
 					return
 				}
 				line := m.Value
@@ -88,6 +94,8 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-failed:
+			return err
 		case <-timer:
 			return nil
 		case l := <-lines:

@@ -31,7 +31,14 @@ type Generator struct {
 	rnd        *rand.Rand
 	state      map[string]*genUser
 	seq        int
+	// versionBase is added to every version: users' first events have
+	// version versionBase+1.
+	versionBase int64
 }
+
+// StartVersionsAt makes users' first events version base+1, so that a run
+// started after another over the same users is not taken for late events.
+func (g *Generator) StartVersionsAt(base int64) { g.versionBase = base }
 
 // New returns a generator over users users in each of orgs organisations
 // named from prefix; flip is the share of updates that move a user across
@@ -56,10 +63,10 @@ func (g *Generator) Create(i int, now time.Time) events.ProfileEvent {
 	g.seq++
 	org, user := g.orgs[0], fmt.Sprintf("u%d", i)
 	st := g.newUser()
-	st.version = 1
+	st.version = g.versionBase + 1
 	g.state[org+"/"+user] = st
 	return events.ProfileEvent{EventID: fmt.Sprintf("evt_%d_%d", now.UnixNano(), g.seq), Type: events.ProfileCreated, OrgID: org, UserID: user,
-		Version: 1, HasVersion: true, OccurredAt: now, Profile: g.profile(st, now)}
+		Version: st.version, HasVersion: true, OccurredAt: now, Profile: g.profile(st, now)}
 }
 
 // Next returns the next event, stamped with now. Updates that do not flip
@@ -75,8 +82,8 @@ func (g *Generator) Next(now time.Time) events.ProfileEvent {
 	if st == nil {
 		st = g.newUser()
 		g.state[key] = st
-		st.version = 1
-		ev.Version, ev.Type = 1, events.ProfileCreated
+		st.version = g.versionBase + 1
+		ev.Version, ev.Type = st.version, events.ProfileCreated
 		ev.Profile = g.profile(st, now)
 		return ev
 	}
