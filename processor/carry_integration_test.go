@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
@@ -81,6 +83,14 @@ func TestUnfinishedBatchKeepsItsOutbox(t *testing.T) {
 	stop()
 
 	r.start(t)
+	r.wantOnlyEntry(t, seg, "u1", "e1")
+}
+
+// wantOnlyEntry checks that the membership topic holds one change event,
+// user entering seg by the profile event eventID, and that the user is the
+// segment's only member.
+func (r *rig) wantOnlyEntry(t *testing.T, seg, user, eventID string) {
+	t.Helper()
 	msgs := readTopic(t, r.brokers, r.membershipT, 1, 60*time.Second)
 	if len(msgs) != 1 {
 		t.Fatalf("%d change events, want 1", len(msgs))
@@ -89,12 +99,47 @@ func TestUnfinishedBatchKeepsItsOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.UserID != "u1" || d.SegmentID != seg || !d.Entered || d.Cause.EventID != "e1" {
-		t.Errorf("change event %+v, want u1 entering by e1", d)
+	if d.UserID != user || d.SegmentID != seg || !d.Entered || d.Cause.EventID != eventID {
+		t.Errorf("change event %+v, want %s entering by %s", d, user, eventID)
 	}
-	if g := members(t, r.rdb, membership.SegmentMembersKey(o, seg)); g != "u1" {
-		t.Errorf("members = %q, want u1", g)
+	if g := members(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); g != user {
+		t.Errorf("members = %q, want %s", g, user)
 	}
+}
+
+// TestReplayedBatchKeepsItsOutbox redelivers a batch that was written and
+// never published (its processor stopped) to a processor that cannot
+// publish either: it replays the batch from the outbox, writing nothing,
+// then writes the user's next event. That write must keep the replayed
+// entry, so that the processor taking over still publishes the change.
+func TestReplayedBatchKeepsItsOutbox(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	seg := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	unpublished := func(c *processor.Config) {
+		c.Producer = unreachableKafka{}
+		c.BatchSize = 1
+		c.ShutdownTimeout = time.Second
+	}
+	o := r.org
+	stop := r.startWith(t, unpublished)
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"gold","points":1200}}`)
+	r.waitVersion(t, "u1", 1)
+	stop()
+
+	stop = r.startWith(t, unpublished)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"tier":"silver"}}`)
+	st := r.waitVersion(t, "u1", 2)
+	var ids []string
+	for _, e := range st.Outbox {
+		ids = append(ids, e.EventID)
+	}
+	if !slices.Equal(ids, []string{"e1", "e2"}) {
+		t.Errorf("outbox after the write that followed the replay holds %q, want e1 then e2", ids)
+	}
+	stop()
+
+	r.start(t)
+	r.wantOnlyEntry(t, seg, "u1", "e1")
 }
 
 // TestStreamKeepsRecentAmendEntries writes a user as a backfill does (an
@@ -216,5 +261,52 @@ func TestReplayOfPartOfAWrite(t *testing.T) {
 	// A batch's projections are written before its change events.
 	if in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Result(); err != nil || in {
 		t.Fatalf("u1 in the segment set (%v, %v): the replay of e1 left its decision over e2's", in, err)
+	}
+}
+
+// unreachableTimers fails every store of timers, as a Redis gone would.
+type unreachableTimers struct{}
+
+func (unreachableTimers) Schedule(context.Context, []membership.Due) error {
+	return errors.New("redis: connection refused")
+}
+
+// TestReplayStoresTheTimer writes a user whose timer cannot be stored and
+// stops the processor: the processor taking over replays the batch from
+// the outbox and must store the timer, or the user would never enter the
+// time-relative segment without another event.
+func TestReplayStoresTheTimer(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
+	stop := r.startWith(t, func(c *processor.Config) {
+		c.Producer, c.Scheduler = unreachableKafka{}, unreachableTimers{}
+		c.BatchSize = 1
+		c.ShutdownTimeout = time.Second
+	})
+	updated := time.Now().UTC().Truncate(time.Second)
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"updatedAt":"`+updated.Format(time.RFC3339)+`"}}`)
+	r.waitVersion(t, "u1", 1)
+	stop()
+	ctx := context.Background()
+	if err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("timer stored by a processor that could not store it: %v", err)
+	}
+
+	r.start(t)
+	flip := float64(updated.Add(30 * 24 * time.Hour).UnixMilli())
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()
+		if err == nil {
+			if at < flip || at > flip+1000 {
+				t.Errorf("timer at %v, want the flip %v", at, flip)
+			}
+			return
+		}
+		if !errors.Is(err, redis.Nil) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replay stored no timer within 30 s")
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v4"
 
@@ -541,6 +542,12 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
 			m.countResults(r)
+			if r.write == nil && len(r.replayedEntries) > 0 {
+				// Replays write nothing, but their entries stay in the
+				// outbox until this batch is published, as written ones do:
+				// a later batch's write of the user must keep them.
+				p.keepCarried(wb.seq, w.ref, r.replayedEntries)
+			}
 			if r.write != nil {
 				p.keepCarried(wb.seq, w.ref, r.write.Outbox[r.firstNew:])
 				// The outcome of events that change no membership, of a user
@@ -721,7 +728,19 @@ const dlqMaxValue = 900_000
 // 256 bytes when valid).
 const dlqMaxKey = 10_000
 
+// dlqMaxReason bounds the reason header: a reason may quote the record
+// (a bad type, a path of changes), and the three bounds together must stay
+// under the writer's limit of a record.
+const dlqMaxReason = 2_000
+
 func (p *Processor) deadLetter(msg Record, reason string) Record {
+	if len(reason) > dlqMaxReason {
+		cut := dlqMaxReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "… (reason truncated)"
+	}
 	dl := Record{
 		Topic: p.cfg.DLQTopic,
 		Key:   msg.Key,
@@ -803,6 +822,9 @@ type userResult struct {
 	// firstNew is where this batch's entries start in write.Outbox, after
 	// those kept from earlier writes.
 	firstNew int
+	// replayedEntries are the stored entries this batch replays (and does
+	// not hold as carried already).
+	replayedEntries []membership.OutboxEntry
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
@@ -881,9 +903,13 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if e, ok := inOutbox[ev.EventID]; ok {
 			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
 				outbox = append(outbox, e)
+				res.replayedEntries = append(res.replayedEntries, e)
 			}
 			res.add(p.outboxChanges(w.ref, e), e.Rev)
 			res.replayed++
+			// The first attempt may have stopped before storing the user's
+			// timer: this one stores it again.
+			timed = true
 			// The entries of one write share its revision, and projections of
 			// equal revisions apply in order: a replay whose batch ends before
 			// the write's later events must project their decisions after

@@ -354,26 +354,30 @@ func TestUnreadableStateGoesToDLQ(t *testing.T) {
 	}
 }
 
-// TestHugeInvalidRecordIsDeadLettered produces an invalid record near the
-// broker's size limit: its dead letter, with headers, would not fit whole,
-// so it is cut and says so, and the partition goes on.
+// TestHugeInvalidRecordIsDeadLettered produces invalid records near the
+// broker's size limit: their dead letters, with headers, would not fit
+// whole, so they are cut and say so, and the partition goes on. The second
+// one's reason quotes its (huge) type.
 func TestHugeInvalidRecordIsDeadLettered(t *testing.T) {
 	rdb := testenv.RedisClient(t)
 	r := newRig(t, rdb)
 	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
 	r.start(t)
 	huge := `{"userId":"big","junk":"` + strings.Repeat("x", 999_820) + `"`
-	r.produce(t, huge, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"after","version":1,"profile":{"points":2000}}`)
+	hugeType := `{"eventId":"e0","type":"` + strings.Repeat("x", 990_000) + `","orgId":"` + r.org + `","userId":"big","version":1,"profile":{}}`
+	r.produce(t, huge, hugeType, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"after","version":1,"profile":{"points":2000}}`)
 	r.waitVersion(t, "after", 1)
-	dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
-	if len(dl) != 1 {
-		t.Fatalf("dead letters: %d, want 1", len(dl))
+	dl := readTopic(t, r.brokers, r.dlq, 2, 30*time.Second)
+	if len(dl) != 2 {
+		t.Fatalf("dead letters: %d, want 2", len(dl))
 	}
-	h := map[string]string{}
-	for _, x := range dl[0].Headers {
-		h[x.Key] = string(x.Value)
-	}
-	if h["segmentd-truncated-from"] != strconv.Itoa(len(huge)) || len(dl[0].Value) >= len(huge) || h["segmentd-error"] == "" {
-		t.Errorf("dead letter of %d bytes with headers %v", len(dl[0].Value), h)
+	for i, in := range []string{huge, hugeType} {
+		h := map[string]string{}
+		for _, x := range dl[i].Headers {
+			h[x.Key] = string(x.Value)
+		}
+		if h["segmentd-truncated-from"] != strconv.Itoa(len(in)) || len(dl[i].Value) >= len(in) || h["segmentd-error"] == "" || len(h["segmentd-error"]) > 3000 {
+			t.Errorf("dead letter %d: %d bytes, reason of %d bytes, headers %.300v", i, len(dl[i].Value), len(h["segmentd-error"]), h)
+		}
 	}
 }
