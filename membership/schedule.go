@@ -32,6 +32,12 @@ func dueScore(t time.Time) float64 {
 	return float64(ms)
 }
 
+// PendingKey is the internal hash, beside an organisation's timers (same
+// hash tag), of the earliest instant scheduled for each user while its timer
+// was claimed: the claim's lease is then the timer's score, and a later
+// instant could not lower it, so Done takes it from here.
+func PendingKey(org string) string { return "schedpend:{" + org + "}" }
+
 // Schedules stores timers in Redis, shared by every instance.
 type Schedules struct {
 	rdb   redis.UniversalClient
@@ -42,6 +48,23 @@ type Schedules struct {
 func NewSchedules(rdb redis.UniversalClient) *Schedules {
 	return &Schedules{rdb: rdb, claim: redis.NewScript(claimScript)}
 }
+
+// scheduleScript moves each timer of ARGV (user, score pairs) earlier
+// (ZADD LT), and records the instant as pending for a user whose timer is
+// claimed: its score is then the claim's lease, which an instant after the
+// lease does not lower, and the claim's Done would otherwise replace it by
+// a next flip computed before this write.
+var scheduleScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  local user, at = ARGV[i], ARGV[i + 1]
+  redis.call('ZADD', KEYS[1], 'LT', at, user)
+  if redis.call('HEXISTS', KEYS[2], user) == 1 then
+    local p = redis.call('HGET', KEYS[3], user)
+    if not p or tonumber(at) < tonumber(p) then redis.call('HSET', KEYS[3], user, at) end
+  end
+end
+return 0
+`)
 
 // Schedule records each due instant where it is earlier than the user's
 // timer (ZADD LT): a timer only ever moves earlier here. One that fires
@@ -55,12 +78,21 @@ func (s *Schedules) Schedule(ctx context.Context, due []Due) error {
 	if len(due) == 0 {
 		return nil
 	}
-	pipe := s.rdb.Pipeline()
+	byOrg := map[string]int{}
+	var calls []scriptCall
 	for _, d := range due {
-		pipe.ZAddLT(ctx, ScheduleKey(d.OrgID), redis.Z{Score: dueScore(d.At), Member: d.UserID})
+		i, ok := byOrg[d.OrgID]
+		if !ok {
+			i = len(calls)
+			byOrg[d.OrgID] = i
+			calls = append(calls, scriptCall{keys: []string{ScheduleKey(d.OrgID), ClaimsKey(d.OrgID), PendingKey(d.OrgID)}})
+		}
+		calls[i].args = append(calls[i].args, d.UserID, strconv.FormatFloat(dueScore(d.At), 'f', 0, 64))
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("schedule %d timers: %w", len(due), err)
+	for _, cmd := range runPipelined(ctx, s.rdb, scheduleScript, calls) {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("schedule %d timers: %w", len(due), err)
+		}
 	}
 	return nil
 }
@@ -117,6 +149,9 @@ for i = 1, #due, 2 do
   end
   redis.call('ZADD', KEYS[1], ARGV[2], user)
   redis.call('HSET', KEYS[2], user, at .. ':' .. ARGV[2] .. ':' .. earlier)
+  -- A pending instant now due is this claim's to evaluate.
+  local p = redis.call('HGET', KEYS[3], user)
+  if p and tonumber(p) <= tonumber(ARGV[1]) then redis.call('HDEL', KEYS[3], user) end
   out[#out + 1] = user
   out[#out + 1] = at
   out[#out + 1] = earlier
@@ -128,7 +163,7 @@ return out
 // for lease.
 func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
 	leaseAt := now.Add(lease).UnixMilli()
-	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims).StringSlice()
+	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claim timers of %s: %w", org, err)
 	}
@@ -154,13 +189,27 @@ func parseMillis(s string) time.Time {
 
 // doneScript ends a claim: its record goes (unless a later claim replaced
 // it), and the timer goes or moves to its next instant, only if no one
-// rescheduled it since the claim.
+// rescheduled it earlier since the claim. An instant scheduled meanwhile
+// for later than the lease (pending) is kept: the timer moves to the
+// earlier of it and the next instant.
 const doneScript = `
 local rec = redis.call('HGET', KEYS[2], ARGV[1])
-if rec and tonumber(string.match(rec, '^[^:]*:([^:]*):')) == tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local ours = rec and tonumber(string.match(rec, '^[^:]*:([^:]*):')) == tonumber(ARGV[2])
+if ours then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local pend = false
+if ours or not rec then
+  -- A later claim's record leaves the pending instant to that claim.
+  pend = redis.call('HGET', KEYS[3], ARGV[1])
+  if pend then redis.call('HDEL', KEYS[3], ARGV[1]) end
+end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then
+  if pend then redis.call('ZADD', KEYS[1], 'LT', pend, ARGV[1]) end
+  return 0
+end
+local n = ARGV[3]
+if pend and (n == '' or tonumber(pend) < tonumber(n)) then n = pend end
+if n == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], n, ARGV[1]) end
 return 1
 `
 
@@ -175,7 +224,7 @@ func (s *Schedules) Done(ctx context.Context, cs []Claimed, next []time.Time) er
 		if !next[i].IsZero() {
 			n = strconv.FormatFloat(dueScore(next[i]), 'f', 0, 64)
 		}
-		calls[i] = scriptCall{keys: []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID)}, args: []any{c.UserID, c.Lease, n}}
+		calls[i] = scriptCall{keys: []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID), PendingKey(c.OrgID)}, args: []any{c.UserID, c.Lease, n}}
 	}
 	for _, cmd := range runPipelined(ctx, s.rdb, done, calls) {
 		if err := cmd.Err(); err != nil {

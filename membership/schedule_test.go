@@ -118,3 +118,52 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		check("claim after Done", claim(next), next)
 	})
 }
+
+// TestScheduleDuringClaim: an instant scheduled while the timer is claimed,
+// later than the claim's lease (which is then the timer's score), survives
+// the claim's Done, which would otherwise put its own next flip, computed
+// before, or remove the timer.
+func TestScheduleDuringClaim(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		s := membership.NewSchedules(rdb)
+		base := time.UnixMilli(1_800_000_000_000)
+		tests := map[string]struct {
+			next, during, want time.Time // zero next: the claim found no further flip
+		}{
+			"no next flip":         {time.Time{}, base.Add(time.Hour), base.Add(time.Hour)},
+			"next flip later":      {base.Add(2 * time.Hour), base.Add(time.Hour), base.Add(time.Hour)},
+			"next flip earlier":    {base.Add(time.Hour), base.Add(2 * time.Hour), base.Add(time.Hour)},
+			"during, within lease": {time.Time{}, base.Add(10 * time.Second), base.Add(10 * time.Second)},
+		}
+		for name, tc := range tests {
+			t.Run(name, func(t *testing.T) {
+				user := "u-" + name
+				if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: user, At: base}}); err != nil {
+					t.Fatal(err)
+				}
+				claimed, err := s.Claim(ctx, org, base, 30*time.Second, 10)
+				if err != nil || len(claimed) != 1 {
+					t.Fatalf("claimed %v, %v", claimed, err)
+				}
+				if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: user, At: tc.during}}); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Done(ctx, claimed, []time.Time{tc.next}); err != nil {
+					t.Fatal(err)
+				}
+				ms, err := rdb.ZScore(ctx, membership.ScheduleKey(org), user).Result()
+				if err != nil || !time.UnixMilli(int64(ms)).Equal(tc.want) {
+					t.Errorf("timer at %v (%v), want %v", time.UnixMilli(int64(ms)), err, tc.want)
+				}
+				if n, err := rdb.HLen(ctx, membership.PendingKey(org)).Result(); err != nil || n != 0 {
+					t.Errorf("%d pending instants left (%v), want none", n, err)
+				}
+				if err := rdb.ZRem(ctx, membership.ScheduleKey(org), user).Err(); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	})
+}
