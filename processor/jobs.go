@@ -798,14 +798,16 @@ func changeOf(org, user, seg string, e membership.OutboxEntry, cause events.Caus
 // time-relative segments, re-evaluates those users against exactly those
 // segments, and moves each timer to the user's next flip.
 func (j *Jobs) fireTimers(ctx context.Context) {
-	snap := j.cfg.Registry.Current()
-	if snap == nil {
+	first := j.cfg.Registry.Current()
+	if first == nil {
 		return
 	}
 	// A round's amends are decided with snap's definitions: a deletion's
-	// revision gate waits for the round to end.
-	defer j.releaseRevision(j.holdRevision(snap.Revision, "", nil))
-	now := j.cfg.Now()
+	// revision gate waits for the round to end. The revision is held
+	// before the snapshot used is read, so that the one held is never
+	// newer than the definitions the round applies.
+	defer j.releaseRevision(j.holdRevision(first.Revision, "", nil))
+	snap := j.cfg.Registry.Current()
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {
 			continue
@@ -815,7 +817,8 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		// profiles imported together) still fire within seconds.
 		start := time.Now()
 		for {
-			n, err := j.fireOrgTimers(ctx, org, o, now)
+			// Each round's clock is its own: its claims' leases run from it.
+			n, err := j.fireOrgTimers(ctx, org, o, j.cfg.Now())
 			if err != nil {
 				j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
 				break
