@@ -29,9 +29,12 @@ const (
 	// codeIdempotencyKeyInUse answers a create whose Idempotency-Key is
 	// held by a request still creating the segment.
 	codeIdempotencyKeyInUse = "idempotency_key_in_use"
-	codeInternal            = "internal"
-	codeUnavailable         = "unavailable"
-	segmentNotFoundMessage  = "segment not found"
+	// codeSegmentBusy answers a change of a static list (or a deletion)
+	// while another is in progress past the wait.
+	codeSegmentBusy        = "segment_busy"
+	codeInternal           = "internal"
+	codeUnavailable        = "unavailable"
+	segmentNotFoundMessage = "segment not found"
 )
 
 // errorBody is the JSON of every error:

@@ -113,6 +113,7 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 		Registerer:    reg,
 		MaxBodyBytes:  o.maxBody,
 		AwaitRevision: o.await,
+		Locks:         membership.NewCoordinator(rdb),
 	})
 	a.srv = httptest.NewServer(s)
 	t.Cleanup(a.srv.Close)

@@ -137,6 +137,14 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
+	// Planned and written under the list's lock: the size limit holds
+	// against concurrent adds, and no deletion runs beside the write.
+	d, unlock, err := s.lockedStatic(ctx, d.OrgID, d.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer unlock()
 	now := s.now().UTC()
 	cause := membership.StaticCause(d.ID, d.Generation, add, remove)
 	changes, size, err := s.sets.PlanEdit(ctx, d.OrgID, d.ID, add, remove, cause, now)

@@ -190,7 +190,14 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	// list is this request's, since the fingerprints match, and writing it
 	// again publishes the same events.
 	if claim != nil || (!replayed && created.Type == segment.TypeStatic) {
-		if err := s.writeStaticList(ctx, created, userIDs, now); err != nil {
+		// Only a deletion can hold the new segment's list: it then goes.
+		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		defer unlock()
+		if err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			// A segment created by an earlier request may have been
 			// answered 201 (when only the record of its end failed): it
 			// stays, and a retry after this request's lease finishes it.
@@ -485,7 +492,13 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
-		if err := s.writeStaticList(ctx, cur, userIDs, now); err != nil {
+		listed, unlock, err := s.lockedStatic(ctx, cur.OrgID, cur.ID)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		defer unlock()
+		if err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -568,6 +581,13 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 			return fmt.Errorf("delete %s/%s: %w", d.OrgID, d.ID, err)
 		}
 	}
+	// A change of the list in progress ends first; none starts after the
+	// mark, and the members go once.
+	unlock, err := s.lockList(ctx, d.OrgID, d.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
 		return err
 	}

@@ -96,6 +96,16 @@ type Publisher interface {
 	Publish(ctx context.Context, changes []events.Change) error
 }
 
+// Locker takes named leases shared by every instance.
+// *membership.Coordinator satisfies it.
+type Locker interface {
+	// TryLock takes the lease, or extends it when owner holds it; false
+	// when another owner holds it.
+	TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	// Unlock gives the lease up if owner holds it.
+	Unlock(ctx context.Context, name, owner string) error
+}
+
 // Config configures a Server. Definitions and Membership are required; the
 // rest has defaults.
 type Config struct {
@@ -131,6 +141,9 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (413 past it); zero is
 	// DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// Locks serialise the changes of a static segment's list and its
+	// deletion across instances; nil does not (one instance, in tests).
+	Locks Locker
 	// AwaitRevision returns once no instance has work in flight that was
 	// evaluated with definitions older than rev; a delete waits for it
 	// before removing the members, so that no late write of the stream
@@ -152,6 +165,7 @@ type Server struct {
 	now      func() time.Time
 	maxBody  int64
 	await    func(ctx context.Context, rev int64) error
+	locks    Locker
 	metrics  *httpMetrics
 	mux      *http.ServeMux
 }
@@ -176,6 +190,7 @@ func New(cfg Config) *Server {
 		now:      cfg.Now,
 		maxBody:  cfg.MaxBodyBytes,
 		await:    cfg.AwaitRevision,
+		locks:    cfg.Locks,
 		mux:      http.NewServeMux(),
 	}
 	for key, org := range cfg.Keys {

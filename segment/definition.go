@@ -83,9 +83,8 @@ type Definition struct {
 	UserIDs []string
 	// Status is StatusBuilding, StatusReady or StatusDeleting.
 	Status Status
-	// EstimatedSize approximates the number of members; it is refreshed in
-	// the background for dynamic segments and is the list length for static
-	// ones.
+	// EstimatedSize approximates the number of members: 0 at creation,
+	// static and dynamic alike, then refreshed in the background.
 	EstimatedSize int64
 	// BackfillScanned is how many stored users the backfill of the current
 	// generation has evaluated so far; it means something only while the

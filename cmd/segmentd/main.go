@@ -171,6 +171,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Registerer:    reg,
 		Logger:        log,
 		AwaitRevision: processor.NewRevisionGate(coord, nil).Wait,
+		Locks:         coord,
 	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {

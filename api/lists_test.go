@@ -1,0 +1,96 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+)
+
+// ids returns n user ids with the prefix.
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return out
+}
+
+// TestConcurrentAddsKeepTheLimit adds 60,000 members to an empty static
+// segment from two requests at once: one passes, the other would take the
+// segment past 100,000 and is refused.
+func TestConcurrentAddsKeepTheLimit(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	id := str(a.as("POST", "/v1/segments", map[string]any{"name": "big", "type": "static", "userIds": []string{}}).mustStatus(t, http.StatusCreated).body["id"])
+	answers := make(chan response, 2)
+	for _, prefix := range []string{"a", "b"} {
+		body := map[string]any{"add": ids(prefix, 60000)}
+		go func() { answers <- a.as("POST", "/v1/segments/"+id+"/members", body) }()
+	}
+	var statuses []int
+	for range 2 {
+		r := <-answers
+		statuses = append(statuses, r.status)
+		if r.status == http.StatusBadRequest {
+			r.wantError(t, http.StatusBadRequest, "limit_exceeded", "add")
+		}
+	}
+	slices.Sort(statuses)
+	if !slices.Equal(statuses, []int{http.StatusOK, http.StatusBadRequest}) {
+		t.Errorf("statuses %v, want one 200 and one 400", statuses)
+	}
+	if n := rdb.SCard(context.Background(), membership.SegmentMembersKey(a.org, id)).Val(); n != 60000 {
+		t.Errorf("%d members, want 60000", n)
+	}
+}
+
+// TestDeleteWaitsForListWrite deletes a static segment while a new list of
+// 100,000 ids is being written: the deletion waits for the write, so that
+// no user's segment set keeps the deleted segment.
+func TestDeleteWaitsForListWrite(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	id := str(a.as("POST", "/v1/segments", map[string]any{"name": "big", "type": "static", "userIds": []string{"x"}}).mustStatus(t, http.StatusCreated).body["id"])
+	users := ids("w", 100000)
+	put := make(chan response, 1)
+	go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": users}) }()
+	// The deletion starts once the write has begun writing members.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the list write wrote no member within 30 s")
+		}
+	}
+	a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+	if r := <-put; r.status != http.StatusOK && r.status != http.StatusNotFound {
+		t.Fatalf("PUT answered %d: %s", r.status, r.raw)
+	}
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.BoolCmd, len(users))
+	for i, u := range users {
+		cmds[i] = pipe.SIsMember(ctx, membership.UserSegmentsKey(a.org, u), id)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stale := 0
+	for _, c := range cmds {
+		if c.Val() {
+			stale++
+		}
+	}
+	if stale > 0 || rdb.Exists(ctx, membership.SegmentMembersKey(a.org, id)).Val() != 0 {
+		t.Errorf("after the deletion, %d users' sets still hold the segment (members key exists: %d)", stale, rdb.Exists(ctx, membership.SegmentMembersKey(a.org, id)).Val())
+	}
+}
