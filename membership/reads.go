@@ -2,7 +2,9 @@ package membership
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -22,22 +24,33 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	c, err := decodeMembersCursor(cursor)
+	tag := cursorTag(org, seg)
+	c, err := decodeMembersCursor(cursor, tag)
 	if err != nil {
 		return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 	}
+	key := SegmentMembersKey(org, seg)
 	out := make([]string, 0, limit)
 	if len(c.left) > 0 {
 		n := min(limit, len(c.left))
-		out = append(out, c.left[:n]...)
+		// The ids come from the cursor, which the client holds: only those
+		// still members are given.
+		is, err := s.rdb.SMIsMember(ctx, key, anySlice(c.left[:n])...).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
+		}
+		for i, in := range is {
+			if in {
+				out = append(out, c.left[i])
+			}
+		}
 		if n < len(c.left) {
-			return out, encodeMembersCursor(membersCursor{scan: c.scan, left: c.left[n:]}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: c.scan, left: c.left[n:]}), nil
 		}
 		if c.scan == 0 {
 			return out, "", nil
 		}
 	}
-	key := SegmentMembersKey(org, seg)
 	scan, after := c.scan, c.after
 	for {
 		room := limit - len(out)
@@ -60,13 +73,13 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 				// page reads it again and goes on after the last id given.
 				// Should the set have grown into a hash table meanwhile, every
 				// id up to that one was given already.
-				return out, encodeMembersCursor(membersCursor{after: batch[room-1]}), nil
+				return out, encodeMembersCursor(tag, membersCursor{after: batch[room-1]}), nil
 			}
 			// Part of a hash table: the rest of this answer rides in the
 			// cursor and the walk goes on from next. Reading the batch again
 			// would not do: with members gone, SSCAN reads on into buckets
 			// this answer did not reach.
-			return out, encodeMembersCursor(membersCursor{scan: next, left: batch[room:]}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: next, left: batch[room:]}), nil
 		}
 		out = append(out, batch...)
 		if next == 0 {
@@ -74,7 +87,7 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		}
 		scan, after = next, ""
 		if len(out) == limit {
-			return out, encodeMembersCursor(membersCursor{scan: scan}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: scan}), nil
 		}
 	}
 }
@@ -88,10 +101,25 @@ type membersCursor struct {
 	left  []string
 }
 
+// cursorTag ties a cursor to the segment it walks, so that one passed to
+// another segment's walk is refused rather than resumed there.
+func cursorTag(org, seg string) string {
+	sum := sha256.Sum256([]byte(org + "\x00" + seg))
+	return hex.EncodeToString(sum[:6])
+}
+
+func anySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
 // User ids hold no control characters (segment.CheckUserID): a NUL
 // separates them in a cursor.
-func encodeMembersCursor(c membersCursor) string {
-	b := []byte("m3:" + strconv.FormatUint(c.scan, 10) + ":")
+func encodeMembersCursor(tag string, c membersCursor) string {
+	b := []byte("m4:" + tag + ":" + strconv.FormatUint(c.scan, 10) + ":")
 	if c.after != "" {
 		b = append(b, 'a')
 		b = append(b, c.after...)
@@ -102,7 +130,9 @@ func encodeMembersCursor(c membersCursor) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-func decodeMembersCursor(s string) (membersCursor, error) {
+// decodeMembersCursor reads a cursor of the walk tagged tag. A cursor of
+// the form before tags (m3) is still read.
+func decodeMembersCursor(s, tag string) (membersCursor, error) {
 	if s == "" {
 		return membersCursor{}, nil
 	}
@@ -110,7 +140,15 @@ func decodeMembersCursor(s string) (membersCursor, error) {
 	if err != nil {
 		return membersCursor{}, ErrInvalidCursor
 	}
-	parts := strings.SplitN(string(b), ":", 3)
+	str := string(b)
+	if rest, ok := strings.CutPrefix(str, "m4:"); ok {
+		got, rest, ok := strings.Cut(rest, ":")
+		if !ok || got != tag {
+			return membersCursor{}, ErrInvalidCursor
+		}
+		str = "m3:" + rest
+	}
+	parts := strings.SplitN(str, ":", 3)
 	if len(parts) != 3 || parts[0] != "m3" || parts[2] == "" {
 		return membersCursor{}, ErrInvalidCursor
 	}

@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -78,6 +79,21 @@ func TestMembersPaging(t *testing.T) {
 		}
 		if _, _, err := sets.Members(ctx, org, "seg_x", 10, "bad cursor"); !errors.Is(err, membership.ErrInvalidCursor) {
 			t.Errorf("Members with a bad cursor = %v, want ErrInvalidCursor", err)
+		}
+
+		// A cursor walks its own segment only, and gives only members.
+		fillTestSegment(t, sets, org, "seg_a", 1500)
+		fillTestSegment(t, sets, org, "seg_b", 10)
+		_, next, err := sets.Members(ctx, org, "seg_a", 37, "")
+		if err != nil || next == "" {
+			t.Fatalf("first page: %q, %v", next, err)
+		}
+		if _, _, err := sets.Members(ctx, org, "seg_b", 37, next); !errors.Is(err, membership.ErrInvalidCursor) {
+			t.Errorf("another segment's cursor = %v, want ErrInvalidCursor", err)
+		}
+		forged := base64.RawURLEncoding.EncodeToString([]byte("m3:0:lu0001\x00secret\x00u0002"))
+		if ids, _, err := sets.Members(ctx, org, "seg_b", 10, forged); err != nil || !slices.Equal(ids, []string{"u0001", "u0002"}) {
+			t.Errorf("a cursor naming ids gave %v, %v; want only the members among them", ids, err)
 		}
 	})
 }
