@@ -1175,3 +1175,46 @@ func TestJobsCompleteUserIndexes(t *testing.T) {
 		t.Fatalf("the organisation's index holds %v, want [old]", ids)
 	}
 }
+
+// landingAfterRead is a member reader whose first whole-set read is
+// followed by the write that was in flight: the member it lacked lands.
+type landingAfterRead struct {
+	*membership.Sets
+	land func()
+	once sync.Once
+}
+
+func (l *landingAfterRead) AllMembers(ctx context.Context, org, seg string) ([]string, error) {
+	ids, err := l.Sets.AllMembers(ctx, org, seg)
+	l.once.Do(l.land)
+	return ids, err
+}
+
+// TestVerifyLooksAgain: a membership written just after verify's pass read
+// the sets is no difference; one that stays wrong still is.
+func TestVerifyLooksAgain(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "rich", atLeast(1000))
+	points := r.storePoints(t, 2) // u0: 0 points, u1: 1919
+	if points["u0"] != 0 || points["u1"] < 1000 {
+		t.Fatalf("points %v", points)
+	}
+	// u1 belongs in the segment; its write lands after the pass. u0 is
+	// wrongly in the user set and stays so.
+	if err := r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, "u0"), seg).Err(); err != nil {
+		t.Fatal(err)
+	}
+	sets := &landingAfterRead{Sets: membership.NewSets(r.rdb), land: func() {
+		r.rdb.SAdd(ctx, membership.SegmentMembersKey(r.org, seg), "u1")
+		r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, "u1"), seg)
+	}}
+	diffs, _, err := processor.Verify(ctx, r.defs, r.users, sets, time.Now(), r.org)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []processor.Difference{{OrgID: r.org, SegmentID: seg, UserID: "u0", Want: false, Where: "user"}}
+	if !slices.Equal(diffs, want) {
+		t.Errorf("differences %v, want %v", diffs, want)
+	}
+}

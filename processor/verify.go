@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -35,12 +36,20 @@ type ProfileScanner interface {
 	Reindex(ctx context.Context, orgs []string) (int64, error)
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
+	// ViewUsers reads users' revisions and profiles again, for the second
+	// look at the differences.
+	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 }
 
-// MemberReader reads a segment's whole member set.
+// MemberReader reads a segment's members.
 type MemberReader interface {
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
+	IsMember(ctx context.Context, org, seg, user string) (bool, error)
 }
+
+// verifySettle is how long Verify lets the writes in flight during its
+// pass end before it looks at its differences again.
+const verifySettle = 2 * time.Second
 
 // Checked counts what Verify compared.
 type Checked struct {
@@ -60,11 +69,104 @@ type Checked struct {
 // skipped (their sets are not yet meant to be exact). It first finds the
 // organisations' stored users by scanning the keyspace, not their indexes,
 // and repairs the indexes (Checked.Reindexed).
+//
+// The pass reads profiles, then sets, while the stream, backfills and
+// timers go on writing: what it finds, it looks at again, user by user,
+// once the writes in flight have ended (verifySettle) and at the clock
+// moved on as much, and it reports only what is still wrong.
 func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, Checked, error) {
-	var checked Checked
+	began := time.Now()
+	diffs, checked, rules, err := verifyPass(ctx, defs, users, sets, now, org)
+	if err != nil || len(diffs) == 0 {
+		return diffs, checked, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, checked, ctx.Err()
+	case <-time.After(verifySettle):
+	}
+	diffs, err = recheck(ctx, defs, users, sets, now.Add(time.Since(began)), rules, diffs)
+	return diffs, checked, err
+}
+
+// verifiedRule is a segment as the pass checked it.
+type verifiedRule struct {
+	generation int64
+	rule       *segment.Rule
+}
+
+// recheck keeps the differences that a fresh read of the user, its sets
+// and the segment's definition still shows, at now.
+func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, rules map[string]verifiedRule, diffs []Difference) ([]Difference, error) {
 	all, err := defs.All(ctx)
 	if err != nil {
-		return nil, checked, fmt.Errorf("verify: %w", err)
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	current := map[string]segment.Definition{}
+	for _, d := range all {
+		current[d.OrgID+"/"+d.ID] = d
+	}
+	byOrg := map[string][]string{}
+	for _, d := range diffs {
+		if us := byOrg[d.OrgID]; !slices.Contains(us, d.UserID) {
+			byOrg[d.OrgID] = append(us, d.UserID)
+		}
+	}
+	type key struct{ org, user string }
+	profile := map[key]string{}
+	segSets := map[key][]string{}
+	for org, us := range byOrg {
+		views, err := users.ViewUsers(ctx, org, us, membership.ViewFields{})
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", org, err)
+		}
+		ss, err := users.UserSegmentSets(ctx, org, us)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", org, err)
+		}
+		for i, v := range views {
+			profile[key{org, v.UserID}] = v.Profile
+			segSets[key{org, us[i]}] = ss[i]
+		}
+	}
+	var out []Difference
+	for _, d := range diffs {
+		vr := rules[d.OrgID+"/"+d.SegmentID]
+		cur, ok := current[d.OrgID+"/"+d.SegmentID]
+		if !ok || cur.Status != segment.StatusReady || cur.Generation != vr.generation {
+			continue // deleted, or rebuilding new criteria, since the pass
+		}
+		want := false
+		if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
+			p, err := segment.DecodeProfile(raw)
+			if err != nil {
+				return nil, fmt.Errorf("profile of %s/%s: %w", d.OrgID, d.UserID, err)
+			}
+			want = vr.rule.Match(p, now)
+		}
+		var got bool
+		if d.Where == "segment" {
+			if got, err = sets.IsMember(ctx, d.OrgID, d.SegmentID, d.UserID); err != nil {
+				return nil, fmt.Errorf("verify %s: %w", d.OrgID, err)
+			}
+		} else {
+			got = slices.Contains(segSets[key{d.OrgID, d.UserID}], d.SegmentID)
+		}
+		if got != want && want == d.Want {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// verifyPass is Verify's pass over every profile and set; it also returns
+// the rules it checked, by org/segment.
+func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner, sets MemberReader, now time.Time, org string) ([]Difference, Checked, map[string]verifiedRule, error) {
+	var checked Checked
+	checkedRules := map[string]verifiedRule{}
+	all, err := defs.All(ctx)
+	if err != nil {
+		return nil, checked, nil, fmt.Errorf("verify: %w", err)
 	}
 	byOrg := map[string][]segment.Definition{}
 	for _, d := range all {
@@ -83,7 +185,7 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		orgs = append(orgs, o)
 	}
 	if checked.Reindexed, err = users.Reindex(ctx, orgs); err != nil {
-		return nil, checked, fmt.Errorf("verify: %w", err)
+		return nil, checked, nil, fmt.Errorf("verify: %w", err)
 	}
 	var diffs []Difference
 	for org, ds := range byOrg {
@@ -92,14 +194,20 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		for _, d := range ds {
 			r, err := segment.Compile(d.Criteria)
 			if err != nil {
-				return nil, checked, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
+				return nil, checked, nil, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
 			}
 			rules[d.ID] = r
+			checkedRules[org+"/"+d.ID] = verifiedRule{generation: d.Generation, rule: r}
 			want[d.ID] = map[string]bool{}
 		}
 		var userIDs []string
+		scanned := map[string]bool{}
 		err := users.ScanProfiles(ctx, org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
+				if scanned[sp.UserID] {
+					continue // a scan may give a user twice
+				}
+				scanned[sp.UserID] = true
 				p, err := segment.DecodeProfile(sp.Profile)
 				if err != nil {
 					return fmt.Errorf("profile of %s: %w", sp.UserID, err)
@@ -114,14 +222,14 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 			return nil
 		})
 		if err != nil {
-			return nil, checked, fmt.Errorf("verify %s: %w", org, err)
+			return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 		}
 		checked.Orgs++
 		checked.Segments += len(rules)
 		checked.Profiles += len(userIDs)
 		segSets, err := users.UserSegmentSets(ctx, org, userIDs)
 		if err != nil {
-			return nil, checked, fmt.Errorf("verify %s: %w", org, err)
+			return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 		}
 		userHas := make(map[string]map[string]bool, len(userIDs))
 		for i, u := range userIDs {
@@ -134,7 +242,7 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		for id := range rules {
 			members, err := sets.AllMembers(ctx, org, id)
 			if err != nil {
-				return nil, checked, fmt.Errorf("verify %s: %w", org, err)
+				return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 			}
 			got := make(map[string]bool, len(members))
 			for _, m := range members {
@@ -156,5 +264,5 @@ func Verify(ctx context.Context, defs DefinitionLister, users ProfileScanner, se
 		}
 	}
 	sort.Slice(diffs, func(i, j int) bool { return diffs[i].String() < diffs[j].String() })
-	return diffs, checked, nil
+	return diffs, checked, checkedRules, nil
 }
