@@ -566,10 +566,10 @@ func (s *Server) deleteSegment(w http.ResponseWriter, r *http.Request) {
 
 // removeSegment deletes a segment and its membership.
 func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now time.Time) error {
-	if d.Status != segment.StatusDeleting {
-		if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
-			return err
-		}
+	// Also on a retry, when the mark is made: its bump may be what failed,
+	// and marking again moves the revision that the gate below waits for.
+	if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
+		return err
 	}
 	if s.await != nil {
 		// Every instance stops evaluating the segment before its members go.

@@ -600,9 +600,20 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 			Include: slices.Clone(cur.Criteria.Include),
 			Exclude: slices.Clone(cur.Criteria.Exclude),
 		}
-		if err := fn(&next); errors.Is(err, ErrUnchanged) {
+		// A change found already made may be one whose bump failed (the
+		// caller retries after an error): bumping again makes sure every
+		// instance loads it. A bump is idempotent in effect.
+		unchanged := func() error {
 			out = cur
+			if bump {
+				if err := s.bump(ctx, org); err != nil {
+					return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
+				}
+			}
 			return nil
+		}
+		if err := fn(&next); errors.Is(err, ErrUnchanged) {
+			return unchanged()
 		} else if err != nil {
 			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
@@ -612,8 +623,7 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		if enc == raw {
-			out = cur
-			return nil
+			return unchanged()
 		}
 		res, err := s.cas.Run(ctx, s.rdb, []string{DefinitionsKey(org)}, id, raw, enc).Int64()
 		if err != nil {

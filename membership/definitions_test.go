@@ -661,3 +661,37 @@ func TestIdempotentCreateRecord(t *testing.T) {
 		}
 	})
 }
+
+// TestUnchangedUpdateBumps: an update that finds its change already made
+// (a retry after its bump failed) moves the revision again, so that every
+// instance loads the change.
+func TestUnchangedUpdateBumps(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	ctx := context.Background()
+	defs := membership.NewDefinitions(rdb)
+	d, err := defs.Create(ctx, testDynamicDef(testenv.Org(t, rdb, "org"), "vip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	before, err := defs.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	after, err := defs.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= before {
+		t.Errorf("revision %d after marking again, want above %d", after, before)
+	}
+	changed, err := defs.ChangedOrgs(ctx, before)
+	if err != nil || !slices.Contains(changed, d.OrgID) {
+		t.Errorf("organisations changed since %d: %v, %v; want %s", before, changed, err, d.OrgID)
+	}
+}

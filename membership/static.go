@@ -208,6 +208,11 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 		if n == 0 {
 			break
 		}
+		if pass == 2 {
+			// Writers still adding: leave the rest for the caller's retry
+			// rather than drop members without their exits.
+			return removed, fmt.Errorf("delete membership of %s/%s: %d members still being added", org, seg, n)
+		}
 	}
 	if err := s.rdb.Del(ctx, key, SegmentRevisionsKey(org, seg)).Err(); err != nil {
 		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)

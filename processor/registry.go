@@ -141,7 +141,10 @@ func (r *Registry) Reload(ctx context.Context) error {
 		return nil
 	}
 	var snap *Snapshot
-	if old == nil {
+	// A revision below the one loaded means the counter started again (a
+	// flushed or restored Redis): the changes since cannot be told, so
+	// everything is loaded again.
+	if old == nil || rev < old.Revision {
 		defs, err := r.src.All(ctx)
 		if err != nil {
 			return fmt.Errorf("load definitions: %w", err)

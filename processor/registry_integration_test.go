@@ -151,3 +151,46 @@ func BenchmarkDefinitionChange(b *testing.B) {
 		}
 	})
 }
+
+// TestRegistryReloadsAllAfterCounterReset: a revision counter that starts
+// again below the loaded one (a flushed Redis) makes the registry load
+// everything, since the organisations changed since cannot be told. It
+// runs in a database of its own: the counter is global.
+func TestRegistryReloadsAllAfterCounterReset(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Redis(t), DB: 9})
+	t.Cleanup(func() { rdb.FlushDB(context.Background()); rdb.Close() })
+	ctx := context.Background()
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	defs := membership.NewDefinitions(rdb)
+	create := func(name string) {
+		t.Helper()
+		if _, err := defs.Create(ctx, segment.Definition{OrgID: "acme", Name: name, Type: segment.TypeDynamic, Status: segment.StatusReady,
+			Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1.0, HasValue: true}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		create(name)
+	}
+	reg := processor.NewRegistry(defs, time.Hour, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(reg.Current().Org("acme").Segments); n != 3 {
+		t.Fatalf("%d segments loaded, want 3", n)
+	}
+	// Redis is flushed and one segment created: the counter is at 1, below
+	// the 3 loaded.
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	create("d")
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if o := reg.Current().Org("acme"); o == nil || len(o.Segments) != 1 {
+		t.Errorf("after the reset, %v loaded, want the one segment stored", o)
+	}
+}
