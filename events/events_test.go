@@ -40,6 +40,17 @@ func TestDecodeProfileEvent(t *testing.T) {
 				}
 			},
 		},
+		"large version in exponent form": {
+			in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e16,"profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if !ev.HasVersion || ev.Version != 10_000_000_000_000_000 {
+					t.Fatalf("version %d (%v), want 1e16", ev.Version, ev.HasVersion)
+				}
+			},
+		},
+		"unknown field out of float range": {
+			in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":{"n":[1e400,"x"]}}`,
+		},
 		"eventId derived": {
 			in: `{"type":"profile.created","orgId":"acme","userId":"u1","profile":{}}`,
 			check: func(t *testing.T, ev ProfileEvent) {
@@ -59,22 +70,26 @@ func TestDecodeProfileEvent(t *testing.T) {
 				}
 			},
 		},
-		"not json":             {in: `{"type":`, wantField: ""},
-		"missing org":          {in: `{"type":"profile.created","userId":"u1","profile":{}}`, wantField: "orgId"},
-		"org with brace":       {in: `{"type":"profile.created","orgId":"a}b","userId":"u1","profile":{}}`, wantField: "orgId"},
-		"missing user":         {in: `{"type":"profile.created","orgId":"acme","profile":{}}`, wantField: "userId"},
-		"unknown type":         {in: `{"type":"profile.merged","orgId":"acme","userId":"u1","profile":{}}`, wantField: "type"},
-		"both profile/changes": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"changes":{"a":1}}`, wantField: "profile"},
-		"neither":              {in: `{"type":"profile.updated","orgId":"acme","userId":"u1"}`, wantField: "profile"},
-		"profile not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
-		"negative version":     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
-		"fractional version":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
-		"huge float version":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e300,"profile":{}}`, wantField: "version"},
-		"bad occurredAt":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
-		"bad path":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
-		"empty changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
-		"changes not object":   {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
-		"not a string eventId": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
+		"not json":                     {in: `{"type":`, wantField: ""},
+		"missing org":                  {in: `{"type":"profile.created","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"org with brace":               {in: `{"type":"profile.created","orgId":"a}b","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"missing user":                 {in: `{"type":"profile.created","orgId":"acme","profile":{}}`, wantField: "userId"},
+		"unknown type":                 {in: `{"type":"profile.merged","orgId":"acme","userId":"u1","profile":{}}`, wantField: "type"},
+		"both profile/changes":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"changes":{"a":1}}`, wantField: "profile"},
+		"neither":                      {in: `{"type":"profile.updated","orgId":"acme","userId":"u1"}`, wantField: "profile"},
+		"profile not object":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
+		"negative version":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
+		"fractional version":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
+		"huge float version":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e300,"profile":{}}`, wantField: "version"},
+		"bad occurredAt":               {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
+		"bad path":                     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
+		"empty changes":                {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
+		"changes not object":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
+		"not a string eventId":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
+		"invalid UTF-8 userId":         {in: "{\"type\":\"profile.updated\",\"orgId\":\"acme\",\"userId\":\"u\xff\",\"profile\":{}}", wantField: "userId"},
+		"lone surrogate eventId":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"e\ud800","profile":{}}`, wantField: "eventId"},
+		"version beyond int64":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e19,"profile":{}}`, wantField: "version"},
+		"not JSON in an unknown field": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":[1,]}`, wantField: ""},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -23,6 +23,9 @@ type jsonReader struct {
 	b     string
 	i     int
 	depth int
+	// lossy is set when a string read had invalid UTF-8 or an unpaired
+	// surrogate, which reading turned into U+FFFD.
+	lossy bool
 }
 
 // maxJSONDepth is encoding/json's limit on nesting.
@@ -160,33 +163,70 @@ func (r *jsonReader) key() (string, error) {
 }
 
 func (r *jsonReader) array() ([]any, error) {
-	if err := r.enter(); err != nil {
+	a := []any{}
+	err := r.elements(func() error {
+		v, err := r.value()
+		a = append(a, v)
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
+	return a, nil
+}
+
+// elements reads an array, at its '[', calling element with the reader at
+// each element, which element must read.
+func (r *jsonReader) elements(element func() error) error {
+	if err := r.enter(); err != nil {
+		return err
+	}
 	r.i++
-	a := []any{}
 	if r.peek() == ']' {
 		r.i++
 		r.depth--
-		return a, nil
+		return nil
 	}
 	for {
-		v, err := r.value()
-		if err != nil {
-			return nil, err
+		if err := element(); err != nil {
+			return err
 		}
-		a = append(a, v)
 		switch r.peek() {
 		case ',':
 			r.i++
 		case ']':
 			r.i++
 			r.depth--
-			return a, nil
+			return nil
 		default:
-			return nil, r.syntaxError("after array element")
+			return r.syntaxError("after array element")
 		}
 	}
+}
+
+// skip reads past any value, checking its grammar without building it: a
+// field the event does not use is ignored whatever it holds (a number out
+// of a float64's range, say), as encoding/json ignores it.
+func (r *jsonReader) skip() error {
+	switch c := r.peek(); {
+	case c == '{':
+		return r.members(func(string) error { return r.skip() })
+	case c == '[':
+		return r.elements(r.skip)
+	case c == '"':
+		_, err := r.str()
+		return err
+	case c == '-' || c >= '0' && c <= '9':
+		_, err := r.numberText()
+		return err
+	case c == 't':
+		return r.literal("true")
+	case c == 'f':
+		return r.literal("false")
+	case c == 'n':
+		return r.literal("null")
+	}
+	return r.syntaxError("looking for beginning of value")
 }
 
 func (r *jsonReader) enter() error {
@@ -233,6 +273,9 @@ func (r *jsonReader) strSlow(start int) (string, error) {
 			return "", r.syntaxError("in string literal")
 		case c >= utf8.RuneSelf:
 			rn, size := utf8.DecodeRuneInString(r.b[r.i:])
+			if rn == utf8.RuneError && size == 1 {
+				r.lossy = true
+			}
 			r.i += size
 			out = utf8.AppendRune(out, rn)
 			continue
@@ -279,6 +322,7 @@ func (r *jsonReader) strSlow(start int) (string, error) {
 					}
 				}
 				rn = unicode.ReplacementChar
+				r.lossy = true
 			}
 			out = utf8.AppendRune(out, rn)
 		default:

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,8 +117,7 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 		if fieldErr == nil {
 			fieldErr = &InvalidError{field, reason}
 		}
-		_, err := r.value()
-		return err
+		return r.skip()
 	}
 	err := r.members(func(k string) (err error) {
 		c := r.peek()
@@ -125,7 +125,13 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 		case "eventId", "type", "orgId", "userId", "occurredAt":
 			switch c {
 			case '"':
+				r.lossy = false
 				*w.stringField(k), err = r.str()
+				// Two different ids must not read as one: an id whose bytes
+				// are not valid UTF-8 is refused, not repaired.
+				if err == nil && r.lossy && fieldErr == nil && k != "type" && k != "occurredAt" {
+					fieldErr = &InvalidError{k, "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)"}
+				}
 			case 'n':
 				err = r.literal("null") // leaves the field as it was
 			default:
@@ -154,7 +160,7 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 				err = wrongType(k, reason)
 			}
 		default:
-			_, err = r.value()
+			err = r.skip()
 		}
 		return err
 	})
@@ -214,10 +220,12 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	if w.Version != "" {
 		i, err := strconv.ParseInt(w.Version, 10, 64)
 		if err != nil {
-			// A JSON number may write an integer as 17.0 or 1.7e1.
-			f, ferr := strconv.ParseFloat(w.Version, 64)
-			if ferr == nil && f == math.Trunc(f) && math.Abs(f) <= 1<<53 {
-				i, err = int64(f), nil
+			// A JSON number may write an integer as 17.0 or 1.7e1; read
+			// exactly, so that 1e16 is 10000000000000000 too.
+			if f, _, ferr := big.ParseFloat(w.Version, 10, 256, big.ToNearestEven); ferr == nil && f.IsInt() {
+				if n, acc := f.Int64(); acc == big.Exact {
+					i, err = n, nil
+				}
 			}
 		}
 		if err != nil || i < 0 {

@@ -485,18 +485,31 @@ func jsonEqual(a, b any) bool {
 	return ok && fa == fb
 }
 
+// objectEqual compares two objects as the contract reads them: a member
+// that is null is a member that is missing (so {"vip": null} equals {}), as
+// patches and the field index treat it.
 func objectEqual(x map[string]any, b any) bool {
 	y, ok := asObject(b)
-	if !ok || len(x) != len(y) {
+	if !ok {
 		return false
 	}
+	n := 0
 	for k, xv := range x {
+		if xv == nil {
+			continue
+		}
+		n++
 		yv, ok := y[k]
 		if !ok || !jsonEqual(xv, yv) {
 			return false
 		}
 	}
-	return true
+	for _, yv := range y {
+		if yv != nil {
+			n--
+		}
+	}
+	return n == 0
 }
 
 func asObject(v any) (map[string]any, bool) {

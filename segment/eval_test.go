@@ -89,6 +89,8 @@ func TestMatchOperators(t *testing.T) {
 		"equals/object":                {cr("obj", OpEquals, map[string]any{"a": 1, "b": []any{"x"}}), true},
 		"equals/object subset":         {cr("obj", OpEquals, map[string]any{"a": 1}), false},
 		"equals/object other value":    {cr("obj", OpEquals, map[string]any{"a": 2, "b": []any{"x"}}), false},
+		"equals/object null member":    {cr("obj", OpEquals, map[string]any{"a": 1, "b": []any{"x"}, "c": nil}), true},
+		"equals/object null for value": {cr("obj", OpEquals, map[string]any{"a": nil, "b": []any{"x"}}), false},
 		"equals/date as string":        {cr("createdAt", OpEquals, "2024-01-15T10:30:00Z"), true},
 		"equals/same instant differs":  {cr("updatedAt", OpEquals, "2024-05-20T10:00:00Z"), false},
 		"equals/nested":                {cr("customFields.vip.level", OpEquals, "gold"), true},

@@ -321,6 +321,9 @@ func set(root *Profile, owned *map[string]map[string]any, path string, v any) st
 			case map[string]any:
 				next = maps.Clone(cur)
 			default:
+				if v == nil {
+					return "" // nothing below a value that is no object to remove
+				}
 				return "path crosses " + prefix + ", which is not an object"
 			}
 			if obj == nil {

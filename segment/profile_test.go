@@ -88,6 +88,12 @@ func TestApplyChanges(t *testing.T) {
 		"remove nested under absent": {
 			base(), map[string]any{"nope.deeper": nil}, base(), nil,
 		},
+		// No object holds such a field: it is absent, and stays so.
+		"remove nested under a number": {
+			base(), map[string]any{"points.x": nil, "xp": 1.0},
+			func() pmap { p := base(); p["xp"] = 1.0; return p }(),
+			[]string{"xp"},
+		},
 		"set nested": {
 			base(), map[string]any{"customFields.vip.level": "platinum"},
 			func() pmap {
@@ -216,7 +222,6 @@ func TestApplyChangesErrors(t *testing.T) {
 		"crosses number":      {map[string]any{"points.x": 1.0}, []string{"points.x"}},
 		"crosses array":       {map[string]any{"badges.0": "b2"}, []string{"badges.0"}},
 		"crosses nested":      {map[string]any{"customFields.vip.level": "gold"}, []string{"customFields.vip.level"}},
-		"remove crosses":      {map[string]any{"points.x": nil}, []string{"points.x"}},
 		"several, sorted":     {map[string]any{"z..": 1.0, "a.": 1.0, "tier": "ok"}, []string{"a.", "z.."}},
 		"crossing a new leaf": {map[string]any{"tier": "gold", "tier.level": 1.0}, []string{"tier.level"}},
 	}
