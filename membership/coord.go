@@ -63,6 +63,12 @@ func (c *Coordinator) Beat(ctx context.Context, id string, rev int64, now time.T
 	return nil
 }
 
+// pruneBeat removes an instance's beat while it is still the one read.
+var pruneBeat = redis.NewScript(`
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+`)
+
 // Leave removes instance id from the heartbeat.
 func (c *Coordinator) Leave(ctx context.Context, id string) error {
 	return c.rdb.HDel(ctx, instancesKey, id).Err()
@@ -88,7 +94,8 @@ func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge t
 		case age <= maxAge:
 			out[id] = rev
 		case age > 10*maxAge:
-			c.rdb.HDel(ctx, instancesKey, id)
+			// Only the beat read: one the instance wrote since stays.
+			pruneBeat.Run(ctx, c.rdb, []string{instancesKey}, id, v)
 		}
 	}
 	return out, nil

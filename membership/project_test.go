@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -38,7 +39,7 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 			{proj("a", "u2", 5, true), proj("a", "u2", 5, false)}, // a replay of u2's write: same end
 		}
 		for _, c := range calls {
-			if err := users.Project(ctx, c); err != nil {
+			if _, err := users.Project(ctx, c); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -46,6 +47,44 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 			if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, seg)), ","); got != want {
 				t.Errorf("members of %s = %q, want %q", seg, got, want)
 			}
+		}
+	})
+}
+
+// TestProjectOntoDeletedSegment: a write made before a segment's deletion
+// and projected after it (its instance died in between) puts no member
+// back, takes the segment out of the user's set, and reports the segment,
+// so that its change is not published after the deletion's exits.
+func TestProjectOntoDeletedSegment(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		users, sets := membership.NewUsers(rdb), membership.NewSets(rdb)
+		// The stale write: u1's set holds "gone" and "kept".
+		if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), "gone", "kept").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sets.DeleteSegment(ctx, org, "gone", time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+		proj := func(seg string) membership.Projection {
+			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: "u1", Entered: true}, Rev: 1}
+		}
+		deleted, err := users.Project(ctx, []membership.Projection{proj("gone"), proj("kept")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(deleted) != 1 || !membership.Deleted(deleted, proj("gone").Change) || membership.Deleted(deleted, proj("kept").Change) {
+			t.Errorf("deleted = %v, want gone only", deleted)
+		}
+		if n := rdb.Exists(ctx, membership.SegmentMembersKey(org, "gone")).Val(); n != 0 {
+			t.Error("the deleted segment's member set came back")
+		}
+		if got := strings.Join(testenv.SMembers(t, rdb, membership.UserSegmentsKey(org, "u1")), ","); got != "kept" {
+			t.Errorf("u1's segments = %q, want kept", got)
+		}
+		if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, "kept")), ","); got != "u1" {
+			t.Errorf("members of kept = %q, want u1", got)
 		}
 	})
 }

@@ -175,6 +175,10 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 	key := SegmentMembersKey(org, seg)
 	cause := DeleteCause(seg)
 	removed := 0
+	// From now on no projection puts members back (see SegmentDeletedKey).
+	if err := s.rdb.Set(ctx, SegmentDeletedKey(org, seg), "1", deletedMarkerTTL).Err(); err != nil {
+		return 0, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+	}
 	// Members added while the scan runs (a racing writer) may be missed by
 	// it, so the set is scanned again until it is empty.
 	for pass := 0; pass < 3; pass++ {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -321,13 +322,26 @@ type Projection struct {
 	Rev    int64
 }
 
+// SegmentDeletedKey is the internal marker, beside a deleted segment's
+// member set (same hash tag), that refuses projections onto it: a batch
+// written before the deletion and replayed after it (its instance died
+// between its write and its projection, and the deletion's gate stops
+// waiting for an instance silent for 3 s) would otherwise put members back.
+func SegmentDeletedKey(org, seg string) string { return "segdel:{" + org + ":" + seg + "}" }
+
+// deletedMarkerTTL is how long a deleted segment refuses projections:
+// replays come within minutes of a crash.
+const deletedMarkerTTL = 7 * 24 * time.Hour
+
 // The stream, backfills and timers each project what their own writes
 // decided, in no common order; the revision makes the newest decision win
 // whatever order the projections arrive in. Equal revisions come from one
 // write and apply in order. One call carries every projection of a batch
 // onto one segment (ARGV holds user, revision, 1|0 triples): the keys share
-// the segment's hash tag, so this holds on Redis Cluster too.
+// the segment's hash tag, so this holds on Redis Cluster too. A deleted
+// segment (KEYS[3]) takes none: -1.
 var projectScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local n = 0
 for i = 1, #ARGV, 3 do
   local user, rev = ARGV[i], tonumber(ARGV[i + 1])
@@ -344,22 +358,26 @@ return n
 // Project mirrors changes onto the public per-segment sets in one pipelined
 // round trip, one script call per segment. It is idempotent, so projecting
 // again after a crash changes nothing, and an older decision never
-// overwrites a newer one.
-func (u *Users) Project(ctx context.Context, ps []Projection) error {
+// overwrites a newer one. It returns the segments found deleted: their
+// changes were not projected, and their users' segment sets lose them (the
+// write being projected had put them there); callers publish none of their
+// changes.
+func (u *Users) Project(ctx context.Context, ps []Projection) (map[SegmentRef]bool, error) {
 	if len(ps) == 0 {
-		return nil
+		return nil, nil
 	}
-	type segKey struct{ org, seg string }
-	bySeg := map[segKey]int{}
+	bySeg := map[SegmentRef]int{}
 	var calls []scriptCall
+	var segs []SegmentRef
 	for _, p := range ps {
 		c := p.Change
-		k := segKey{c.OrgID, c.SegmentID}
+		k := SegmentRef{c.OrgID, c.SegmentID}
 		i, ok := bySeg[k]
 		if !ok {
 			i = len(calls)
 			bySeg[k] = i
-			calls = append(calls, scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID)}})
+			segs = append(segs, k)
+			calls = append(calls, scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID), SegmentDeletedKey(c.OrgID, c.SegmentID)}})
 		}
 		in := "0"
 		if c.Entered {
@@ -367,12 +385,42 @@ func (u *Users) Project(ctx context.Context, ps []Projection) error {
 		}
 		calls[i].args = append(calls[i].args, c.UserID, p.Rev, in)
 	}
-	for _, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
-		if err := cmd.Err(); err != nil {
-			return fmt.Errorf("project %d changes: %w", len(ps), err)
+	var deleted map[SegmentRef]bool
+	for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
+		n, err := cmd.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
+		}
+		if n == -1 {
+			if deleted == nil {
+				deleted = map[SegmentRef]bool{}
+			}
+			deleted[segs[i]] = true
 		}
 	}
-	return nil
+	if len(deleted) == 0 {
+		return nil, nil
+	}
+	pipe := u.rdb.Pipeline()
+	for _, p := range ps {
+		c := p.Change
+		if deleted[SegmentRef{c.OrgID, c.SegmentID}] {
+			pipe.SRem(ctx, UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("project %d changes: forget deleted segments: %w", len(ps), err)
+	}
+	return deleted, nil
+}
+
+// SegmentRef names one segment of one organisation.
+type SegmentRef struct{ OrgID, SegmentID string }
+
+// Deleted reports whether c is a change of a segment in deleted (as
+// Project returns them).
+func Deleted(deleted map[SegmentRef]bool, c events.Change) bool {
+	return deleted[SegmentRef{c.OrgID, c.SegmentID}]
 }
 
 // Profile returns a user's stored profile, decoded; false when the user has

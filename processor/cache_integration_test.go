@@ -153,11 +153,11 @@ type heldProjections struct {
 	release chan struct{}
 }
 
-func (h *heldProjections) Project(ctx context.Context, ps []membership.Projection) error {
+func (h *heldProjections) Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error) {
 	select {
 	case <-h.release:
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	return h.Users.Project(ctx, ps)
 }

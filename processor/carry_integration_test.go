@@ -248,7 +248,7 @@ func TestReplayOfPartOfAWrite(t *testing.T) {
 	for _, e := range w.Outbox {
 		ps = append(ps, membership.Projection{Rev: e.Rev, Change: events.Change{OrgID: r.org, SegmentID: seg, UserID: "u1", Entered: e.Changes[0].Entered}})
 	}
-	if err := r.users.Project(ctx, ps); err != nil {
+	if _, err := r.users.Project(ctx, ps); err != nil {
 		t.Fatal(err)
 	}
 	r.start(t)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
-	Project(ctx context.Context, ps []membership.Projection) error
+	Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error)
 	IndexAll(ctx context.Context) (int64, error)
 }
 
@@ -718,9 +719,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
-		if err := j.cfg.Users.Project(ctx, projections); err != nil {
+		deleted, err := j.cfg.Users.Project(ctx, projections)
+		if err != nil {
 			return err
 		}
+		changes = slices.DeleteFunc(changes, func(c events.Change) bool { return membership.Deleted(deleted, c) })
 		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {
 			return err
 		}

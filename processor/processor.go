@@ -58,7 +58,7 @@ type Producer interface {
 type UserStore interface {
 	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
 	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
-	Project(ctx context.Context, ps []membership.Projection) error
+	Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error)
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
@@ -650,9 +650,15 @@ func (p *Processor) markFinished(wb *written) {
 func (p *Processor) project(ctx context.Context, wb *written) error {
 	m := p.cfg.Metrics
 	step := m.stepTimer()
-	if err := p.cfg.Users.Project(ctx, wb.projections); err != nil {
+	deleted, err := p.cfg.Users.Project(ctx, wb.projections)
+	if err != nil {
 		m.redisError()
 		return err
+	}
+	if len(deleted) > 0 {
+		// Written before a deletion and projected after it: the deletion
+		// published the exits; these changes are not published.
+		wb.changes = slices.DeleteFunc(wb.changes, func(c events.Change) bool { return membership.Deleted(deleted, c) })
 	}
 	step("project")
 	projected := time.Now() // a latency is real time, whatever clock evaluates the rules

@@ -57,7 +57,7 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	}
 	// Put the membership right, as the processor would.
 	c := events.Change{OrgID: org, SegmentID: d.ID, UserID: "u1", Entered: true}
-	if err := users.Project(ctx, []membership.Projection{{Change: c, Rev: 2}}); err != nil {
+	if _, err := users.Project(ctx, []membership.Projection{{Change: c, Rev: 2}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), d.ID).Err(); err != nil {
