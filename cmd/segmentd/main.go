@@ -86,7 +86,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 		if len(cfg.KafkaBrokers) == 0 {
 			cfg.KafkaBrokers = srv.KafkaBrokers()
-			cfg.Partitions = min(cfg.Partitions, 4)
+			if getenv("SEGMENTD_PARTITIONS") == "" {
+				cfg.Partitions = 4 // enough to share among a few local instances
+			}
 			fmt.Printf("  embedded Kafka: %s\n", cfg.KafkaBrokers[0])
 		}
 		if len(cfg.RedisAddrs) == 0 {
