@@ -732,7 +732,9 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 		t.Fatal(err)
 	}
 	return seg, func(pub processor.ChangePublisher, now time.Time) {
-		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }}).FireTimers(ctx)
+		// Rounds go on until no timer is left due, however slow the machine
+		// (the default stops them after a second, for the next tick).
+		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
 	}
 }
 
@@ -961,6 +963,8 @@ type jobsOf struct {
 	registry *processor.Registry
 	now      func() time.Time
 	metrics  *prometheus.Registry // nil: a registry of its own
+	// timerInterval bounds a call of FireTimers's rounds (0: the default).
+	timerInterval time.Duration
 }
 
 // newJobs returns the background jobs of one test instance, not running.
@@ -975,6 +979,7 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 		InstanceID: o.instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
+		TimerInterval: o.timerInterval,
 	})
 	if err != nil {
 		t.Fatal(err)
