@@ -193,6 +193,10 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		// Only a deletion can hold the new segment's list: it then goes.
 		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
 		if err != nil {
+			if !replayed {
+				// Nothing of the list went out: no exits to answer it.
+				s.rollbackCreate(ctx, created, claim, nil, now)
+			}
 			s.fail(w, r, err)
 			return
 		}
@@ -376,11 +380,16 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim
 			"org", d.OrgID, "segment", d.ID, "err", err)
 	}
 	_, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
-	if err == nil && claim != nil {
-		err = s.defs.ForgetCreate(ctx, claim)
-	}
 	if err == nil {
 		err = s.defs.Delete(ctx, d.OrgID, d.ID)
+		if errors.Is(err, membership.ErrNotFound) {
+			err = nil // a deletion came first
+		}
+	}
+	// The key last: should it stay, a retry with it is told the segment
+	// was deleted, rather than find a leftover and create a second one.
+	if err == nil && claim != nil {
+		err = s.defs.ForgetCreate(ctx, claim)
 	}
 	if err != nil {
 		s.log.Error("roll back a static segment whose list could not be written; delete it to clean up",

@@ -88,6 +88,7 @@ func TestDecodeProfileEvent(t *testing.T) {
 		"not a string eventId":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
 		"invalid UTF-8 userId":         {in: "{\"type\":\"profile.updated\",\"orgId\":\"acme\",\"userId\":\"u\xff\",\"profile\":{}}", wantField: "userId"},
 		"lone surrogate eventId":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"e\ud800","profile":{}}`, wantField: "eventId"},
+		"version of a million digits":  {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.` + strings.Repeat("0", 1_000_000) + `,"profile":{}}`, wantField: "version"},
 		"version beyond int64":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e19,"profile":{}}`, wantField: "version"},
 		"not JSON in an unknown field": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":[1,]}`, wantField: ""},
 	}

@@ -188,6 +188,10 @@ func (w *profileWire) stringField(k string) *string {
 	return &w.OccurredAt
 }
 
+// maxVersionText bounds a version written other than as plain digits
+// (17.0, 1.7e1).
+const maxVersionText = 40
+
 // MaxIDLength bounds user and event ids, in bytes.
 const MaxIDLength = segment.MaxUserIDLength
 
@@ -221,10 +225,14 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		i, err := strconv.ParseInt(w.Version, 10, 64)
 		if err != nil {
 			// A JSON number may write an integer as 17.0 or 1.7e1; read
-			// exactly, so that 1e16 is 10000000000000000 too.
-			if f, _, ferr := big.ParseFloat(w.Version, 10, 256, big.ToNearestEven); ferr == nil && f.IsInt() {
-				if n, acc := f.Int64(); acc == big.Exact {
-					i, err = n, nil
+			// exactly, so that 1e16 is 10000000000000000 too. A text of
+			// more than 40 characters is refused unread: the exact parse
+			// costs the square of its length.
+			if len(w.Version) <= maxVersionText {
+				if f, _, ferr := big.ParseFloat(w.Version, 10, 256, big.ToNearestEven); ferr == nil && f.IsInt() {
+					if n, acc := f.Int64(); acc == big.Exact {
+						i, err = n, nil
+					}
 				}
 			}
 		}

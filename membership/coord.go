@@ -34,6 +34,23 @@ func (c *Coordinator) TryLock(ctx context.Context, name, owner string, ttl time.
 	return res == 1, nil
 }
 
+// Extend extends the named lease while owner holds it; false when it has
+// lapsed or another owner holds it, even if the lease is free now: a holder
+// that lost its lease for a while must not carry on as if it had not.
+func (c *Coordinator) Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	res, err := extendScript.Run(ctx, c.rdb, []string{lockKey(name)}, owner, ttl.Milliseconds()).Int64()
+	if err != nil {
+		return false, fmt.Errorf("extend lock %s: %w", name, err)
+	}
+	return res == 1, nil
+}
+
+var extendScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
 var lockScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end

@@ -58,6 +58,7 @@ type Sizer interface {
 // revision each instance has in force.
 type Coordinator interface {
 	TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
 	Unlock(ctx context.Context, name, owner string) error
 	Beat(ctx context.Context, id string, rev int64, now time.Time) error
 	Leave(ctx context.Context, id string) error
@@ -109,6 +110,8 @@ type Jobs struct {
 	retries  backfillRetries
 	// backfills counts the running backfill goroutines, which Run waits for.
 	backfills sync.WaitGroup
+	// attempts numbers this instance's backfill attempts.
+	attempts atomic.Uint64
 	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
@@ -383,7 +386,9 @@ func (r backfillRetries) failed(key string, now time.Time) time.Duration {
 // the revision gate of that change.
 func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, rev int64) error {
 	lock := "backfill:" + org + ":" + cs.Def.ID
-	owner := j.cfg.InstanceID + "/" + strconv.FormatInt(cs.Def.Generation, 10)
+	// An owner of its own per attempt: an attempt whose lease lapsed sees
+	// that another one has held it since, even on this instance.
+	owner := j.cfg.InstanceID + "/" + strconv.FormatInt(cs.Def.Generation, 10) + "/" + strconv.FormatUint(j.attempts.Add(1), 10)
 	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second)
 	if err != nil || !ok {
 		return err
@@ -411,9 +416,16 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	inForce := j.holdRevision(rev, org, &cs.Def)
 	defer j.releaseRevision(inForce)
 	var superseded atomic.Bool
-	known, err := j.knownMembers(ctx, org, cs.Def.ID)
-	if err != nil {
-		return err
+	// A new segment's member set is each user's membership (see
+	// knownMembers). After a criteria change it may not be: an instance that
+	// died between writing a user under the old criteria and projecting the
+	// write, and that the gate stopped waiting for, left the user's set
+	// ahead of the member set; each user's own set is read then.
+	var known map[string]bool
+	if cs.Def.Generation == 1 {
+		if known, err = j.knownMembers(ctx, org, cs.Def.ID); err != nil {
+			return err
+		}
 	}
 	first, unfinished, err := j.cfg.Definitions.BeginBackfill(ctx, org, cs.Def.ID, cs.Def.Generation)
 	if err != nil {
@@ -462,7 +474,9 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
-		if ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second); err != nil {
+		// Extended, never taken again: another attempt may have held the
+		// lease meanwhile and written what only a retry reads (outboxes).
+		if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, 30*time.Second); err != nil {
 			return fmt.Errorf("backfill lease: %w", err)
 		} else if !ok {
 			return errLeaseLost
@@ -513,6 +527,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	if err != nil {
 		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, err)
+	}
+	// The lease still held, no other attempt wrote meanwhile.
+	if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, 30*time.Second); err != nil {
+		return fmt.Errorf("backfill lease: %w", err)
+	} else if !ok {
+		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, errLeaseLost)
 	}
 	if err := j.cfg.Definitions.MarkReady(ctx, org, cs.Def.ID, cs.Def.Generation); err != nil {
 		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)

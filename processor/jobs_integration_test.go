@@ -536,7 +536,10 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 		}
 		newDone <- nil
 	}()
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && !ready(); {
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		if ready() {
+			t.Fatal("the new criteria were built while the old ones' backfill still ran")
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	close(held.release)
