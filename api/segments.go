@@ -193,10 +193,9 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		// Only a deletion can hold the new segment's list: it then goes.
 		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
 		if err != nil {
-			if !replayed {
-				// Nothing of the list went out: no exits to answer it.
-				s.rollbackCreate(ctx, created, claim, nil, now)
-			}
+			// No rollback: the lock is held by a deletion (which removes
+			// the segment) or by a change of its list (which is using it),
+			// or Redis failed (a retry with the key finishes the create).
 			s.fail(w, r, err)
 			return
 		}

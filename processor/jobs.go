@@ -127,6 +127,43 @@ var errSuperseded = errors.New("segment changed while it was backfilled")
 // one stalled for longer than the lease): that instance's backfill goes on.
 var errLeaseLost = errors.New("backfill lease lost to another instance")
 
+// backfillLease is how long a backfill's lease lasts unrenewed.
+const backfillLease = 30 * time.Second
+
+// keepLease renews owner's backfill lease three times per lease in the
+// background, only ever extending it: a lease found lapsed or taken (the
+// renewals failed for a lease's time, another attempt may have held it and
+// written what only a retry reads, the outboxes) is lost. It returns a
+// context that ends with cause errLeaseLost when it is, and the function
+// that stops the renewals.
+func (j *Jobs) keepLease(ctx context.Context, lock, owner string) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(backfillLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, backfillLease); err == nil && !ok {
+				cancel(errLeaseLost)
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-stopped
+		cancel(nil)
+	}
+}
+
 // NewJobs returns the jobs; call Run to start them. It fails when
 // cfg.Registerer already holds the jobs' metrics.
 func NewJobs(cfg JobsConfig) (*Jobs, error) {
@@ -389,7 +426,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	// An owner of its own per attempt: an attempt whose lease lapsed sees
 	// that another one has held it since, even on this instance.
 	owner := j.cfg.InstanceID + "/" + strconv.FormatInt(cs.Def.Generation, 10) + "/" + strconv.FormatUint(j.attempts.Add(1), 10)
-	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 30*time.Second)
+	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, backfillLease)
 	if err != nil || !ok {
 		return err
 	}
@@ -400,6 +437,9 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			j.cfg.Logger.Warn("backfill unlock: the lease expires by itself", "org", org, "segment", cs.Def.ID, "err", err)
 		}
 	}()
+	// From here the work stops when the lease turns out lost.
+	ctx, stopLease := j.keepLease(ctx, lock, owner)
+	defer stopLease()
 	// The snapshot that asked for this backfill may predate its end (here or
 	// on another instance): a generation already built, or replaced, or a
 	// segment deleted, needs no scan.
@@ -474,12 +514,8 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
-		// Extended, never taken again: another attempt may have held the
-		// lease meanwhile and written what only a retry reads (outboxes).
-		if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, 30*time.Second); err != nil {
-			return fmt.Errorf("backfill lease: %w", err)
-		} else if !ok {
-			return errLeaseLost
+		if err := context.Cause(ctx); errors.Is(err, errLeaseLost) {
+			return err
 		}
 		if !j.stillCurrent(inForce) {
 			superseded.Store(true)
@@ -525,11 +561,14 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			j.cfg.Logger.Warn("backfill end", "org", org, "segment", cs.Def.ID, "err", eerr)
 		}
 	}
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errLeaseLost) {
+		err = cause // the work stopped because the lease was lost
+	}
 	if err != nil {
 		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, err)
 	}
 	// The lease still held, no other attempt wrote meanwhile.
-	if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, 30*time.Second); err != nil {
+	if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, backfillLease); err != nil {
 		return fmt.Errorf("backfill lease: %w", err)
 	} else if !ok {
 		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, errLeaseLost)
