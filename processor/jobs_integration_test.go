@@ -472,7 +472,11 @@ type heldPublisher struct {
 
 func (h *heldPublisher) Publish(ctx context.Context, cs []events.Change) error {
 	h.once.Do(func() { close(h.called) })
-	<-h.release
+	select {
+	case <-h.release:
+	case <-ctx.Done(): // a test that failed while holding it ends
+		return ctx.Err()
+	}
 	return h.pub.Publish(ctx, cs)
 }
 
