@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -81,6 +82,17 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := fe.err(); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	// A search holds the ids it has counted (to count each user once): a
+	// few at a time bound the memory that searches of large organisations
+	// take together.
+	select {
+	case s.searches <- struct{}{}:
+		defer func() { <-s.searches }()
+	default:
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable,
+			fmt.Sprintf("%d audience searches are in progress on this instance; retry", cap(s.searches)), nil)
 		return
 	}
 	res, err := s.audience.Search(r.Context(), orgOf(r.Context()), c, limit, after)

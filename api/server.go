@@ -8,6 +8,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"log/slog"
@@ -27,6 +28,11 @@ import (
 // 32 MiB, room for a static list of 100,000 user ids of the longest kind
 // (256 bytes, ~26 MB as JSON).
 const DefaultMaxBodyBytes = 32 << 20
+
+// DefaultMaxAudienceSearches is how many audience searches an instance runs
+// at once when Config does not say: each holds the ids it has counted, up
+// to ~70 bytes a matching user.
+const DefaultMaxAudienceSearches = 4
 
 // DefinitionStore keeps segment definitions. *membership.Definitions
 // satisfies it.
@@ -141,6 +147,9 @@ type Config struct {
 	// MaxBodyBytes bounds request bodies (413 past it); zero is
 	// DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// MaxAudienceSearches bounds the audience searches one instance runs
+	// at once (503 past it); zero is DefaultMaxAudienceSearches.
+	MaxAudienceSearches int
 	// Locks serialise the changes of a static segment's list and its
 	// deletion across instances; nil does not (one instance, in tests).
 	Locks Locker
@@ -166,6 +175,7 @@ type Server struct {
 	maxBody  int64
 	await    func(ctx context.Context, rev int64) error
 	locks    Locker
+	searches chan struct{}
 	metrics  *httpMetrics
 	mux      *http.ServeMux
 }
@@ -191,6 +201,7 @@ func New(cfg Config) *Server {
 		maxBody:  cfg.MaxBodyBytes,
 		await:    cfg.AwaitRevision,
 		locks:    cfg.Locks,
+		searches: make(chan struct{}, cmp.Or(max(cfg.MaxAudienceSearches, 0), DefaultMaxAudienceSearches)),
 		mux:      http.NewServeMux(),
 	}
 	for key, org := range cfg.Keys {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,6 +309,53 @@ func TestReplayStoresTheTimer(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the replay stored no timer within 30 s")
+		}
+	}
+}
+
+// failingFetches is a fetcher whose first n fetches fail, as kafka-go's do
+// while the broker is unreachable, before it reads from the real group.
+type failingFetches struct {
+	processor.Fetcher
+	mu sync.Mutex
+	n  int
+}
+
+func (f *failingFetches) Fetch(ctx context.Context) (processor.Record, error) {
+	f.mu.Lock()
+	fail := f.n > 0
+	f.n--
+	f.mu.Unlock()
+	if fail {
+		return processor.Record{}, errors.New("dial tcp 127.0.0.1:9: connect: connection refused")
+	}
+	return f.Fetcher.Fetch(ctx)
+}
+
+// TestFetchFailuresAreRetried: fetching that fails (Kafka unreachable) is
+// retried until it works again, reporting the processor unhealthy meanwhile,
+// instead of stopping it.
+func TestFetchFailuresAreRetried(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	var sawUnhealthy atomic.Bool
+	r.startWith(t, func(c *processor.Config) { c.Fetcher = &failingFetches{Fetcher: c.Fetcher, n: 4} })
+	go func() {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if !r.proc.Healthy() {
+				sawUnhealthy.Store(true)
+				return
+			}
+		}
+	}()
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":1200}}`)
+	r.waitVersion(t, "u1", 1)
+	if !sawUnhealthy.Load() {
+		t.Error("the processor never reported itself unhealthy while its fetches failed")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the processor is still unhealthy 10 s after fetching works again")
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -116,6 +117,9 @@ type Processor struct {
 	// cache holds the users' states last read or written; only the write
 	// stage uses it.
 	cache *stateCache
+	// fetchFailing is set while fetching fails (Kafka unreachable, the
+	// group not joined) and is retried.
+	fetchFailing atomic.Bool
 }
 
 type stageState struct {
@@ -202,6 +206,9 @@ func (p *Processor) AppliedRevision() int64 {
 // Healthy reports false while a batch is failing and being retried, or has
 // been in one stage for longer than stallAfter.
 func (p *Processor) Healthy() bool {
+	if p.fetchFailing.Load() {
+		return false
+	}
 	for i := range p.stages {
 		st := &p.stages[i]
 		if st.failing.Load() {
@@ -277,6 +284,10 @@ func (p *Processor) Run(ctx context.Context) error {
 			p.cfg.Logger.Warn("offsets not committed before the shutdown timeout; those events will be redelivered")
 		}
 	}()
+	// Fetching that fails is retried, with a growing pause, until Kafka
+	// answers again: kafka-go reconnects and rejoins the group by itself.
+	fetchBackoff := backoff.NewExponentialBackOff()
+	fetchBackoff.InitialInterval, fetchBackoff.MaxInterval, fetchBackoff.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
 	for {
 		batch, err := p.fetch(ctx)
 		fetched := time.Now()
@@ -305,14 +316,34 @@ func (p *Processor) Run(ctx context.Context) error {
 				return ferr
 			}
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		switch {
+		case err == nil:
+			if p.fetchFailing.CompareAndSwap(true, false) {
+				p.cfg.Logger.Info("fetching again")
 			}
-			return fmt.Errorf("fetch: %w", err)
+			fetchBackoff.Reset()
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe):
+			return fmt.Errorf("fetch: %w", err) // the reader was closed
+		default:
+			p.fetchFailing.Store(true)
+			p.cfg.Metrics.kafkaError()
+			pause := fetchBackoff.NextBackOff()
+			p.cfg.Logger.Warn("fetch failed; retrying", "retry_in", pause, "err", err)
+			t := time.NewTimer(pause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
 		}
 	}
 }
+
+// commitTimeout bounds one attempt to commit a batch's offsets.
+const commitTimeout = 10 * time.Second
 
 // commitLoop commits each batch's offsets in the order the batches were
 // processed. A commit is retried a few times; one that still fails (the
@@ -324,7 +355,11 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 		bo.InitialInterval = 50 * time.Millisecond
 		bo.MaxInterval = time.Second
 		err := backoff.Retry(func() error {
-			err := p.cfg.Fetcher.Commit(ctx, batch)
+			// Bounded: a commit waits for a group generation, which a
+			// group that cannot rejoin never gives.
+			cctx, cancel := context.WithTimeout(ctx, commitTimeout)
+			defer cancel()
+			err := p.cfg.Fetcher.Commit(cctx, batch)
 			if err != nil {
 				p.cfg.Metrics.kafkaError()
 			}

@@ -124,10 +124,16 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		UserCacheBytes: userCacheBytes(cfg.UserCacheMB), Metrics: metrics, Logger: log,
 	})
 	// Until the shutdown path owns them, an early return closes the clients.
+	var closeReader sync.Once
+	leaveGroup := func() {
+		closeReader.Do(func() {
+			if err := reader.Close(); err != nil {
+				log.Warn("close kafka reader", "err", err)
+			}
+		})
+	}
 	closeKafka := func() {
-		if err := reader.Close(); err != nil {
-			log.Warn("close kafka reader", "err", err)
-		}
+		leaveGroup()
 		if err := writer.Close(); err != nil {
 			log.Warn("close kafka writer", "err", err)
 		}
@@ -241,12 +247,14 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	log.Info("shutting down")
 	stopProc()
-	deadline := time.After(cfg.ShutdownTimeout)
+	deadline := time.After(cfg.ShutdownTimeout + 2*time.Second) // Run keeps to the timeout itself
 	select {
 	case <-procDone:
 	case <-deadline:
 		log.Warn("processor did not stop in time")
 	}
+	// Leaving the group now hands the partitions over while the rest stops.
+	leaveGroup()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := httpSrv.Shutdown(shutCtx); err != nil {
