@@ -82,6 +82,9 @@ type testAPI struct {
 type testOptions struct {
 	maxBody int64
 	await   func(ctx context.Context, rev int64) error
+	// audience wraps the audience searcher; maxSearches bounds searches.
+	audience    func(AudienceSearcher) AudienceSearcher
+	maxSearches int
 }
 
 func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
@@ -97,11 +100,15 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 	a.key, a.otherKey = "key-"+a.org, "key-"+a.otherOrg
 	reg := prometheus.NewRegistry()
 	users := membership.NewUsers(rdb)
+	var audience AudienceSearcher = processor.NewAudience(users, nil)
+	if o.audience != nil {
+		audience = o.audience(audience)
+	}
 	s := New(Config{
 		Definitions: membership.NewDefinitions(rdb),
 		Membership:  membership.NewSets(rdb),
 		Profiles:    users,
-		Audience:    processor.NewAudience(users, nil),
+		Audience:    audience,
 		Publisher:   a.pub,
 		Keys:        map[string]string{a.key: a.org, a.otherKey: a.otherOrg},
 		Ready: func(context.Context) error {
@@ -114,6 +121,8 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 		MaxBodyBytes:  o.maxBody,
 		AwaitRevision: o.await,
 		Locks:         membership.NewCoordinator(rdb),
+
+		MaxAudienceSearches: o.maxSearches,
 	})
 	a.srv = httptest.NewServer(s)
 	t.Cleanup(a.srv.Close)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
 )
 
 func TestTenantIsolation(t *testing.T) {
@@ -294,4 +296,33 @@ func TestAudienceSearch(t *testing.T) {
 			t.Errorf("answer %s", got.raw)
 		}
 	})
+}
+
+// heldSearch holds every search until release is closed.
+type heldSearch struct {
+	AudienceSearcher
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *heldSearch) Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (processor.AudiencePage, error) {
+	h.started <- struct{}{}
+	<-h.release
+	return h.AudienceSearcher.Search(ctx, org, c, limit, after)
+}
+
+// TestAudienceSearchesAreBounded: past the instance's bound, a search is
+// refused with a 503 rather than queued, and the running one finishes.
+func TestAudienceSearchesAreBounded(t *testing.T) {
+	held := &heldSearch{started: make(chan struct{}, 2), release: make(chan struct{})}
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxSearches: 1,
+		audience: func(s AudienceSearcher) AudienceSearcher { held.AudienceSearcher = s; return held }})
+	body := map[string]any{"include": []any{map[string]any{"field": "points", "operator": ">=", "value": 1}}}
+	first := make(chan response, 1)
+	go func() { first <- a.as("POST", "/v1/audience/search", body) }()
+	<-held.started
+	a.as("POST", "/v1/audience/search", body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+	close(held.release)
+	(<-first).mustStatus(t, http.StatusOK)
+	a.as("POST", "/v1/audience/search", body).mustStatus(t, http.StatusOK)
 }
