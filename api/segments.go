@@ -193,9 +193,18 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		// Only a deletion can hold the new segment's list: it then goes.
 		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
 		if err != nil {
-			// No rollback: the lock is held by a deletion (which removes
-			// the segment) or by a change of its list (which is using it),
-			// or Redis failed (a retry with the key finishes the create).
+			// With a key, a retry finishes the create. Without one, the
+			// segment is deleted as a DELETE does (waiting for whoever
+			// holds its list), so that the client's retry leaves no empty
+			// second segment behind; one being deleted already goes anyway.
+			if ic == nil && !errors.Is(err, errNotFound) {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				if derr := s.removeSegment(dctx, created, now); derr != nil {
+					s.log.Error("remove a static segment whose list could not be locked; delete it to clean up",
+						"org", org, "segment", created.ID, "err", derr)
+				}
+				cancel()
+			}
 			s.fail(w, r, err)
 			return
 		}

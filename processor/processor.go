@@ -117,9 +117,10 @@ type Processor struct {
 	// cache holds the users' states last read or written; only the write
 	// stage uses it.
 	cache *stateCache
-	// fetchFailing is set while fetching fails (Kafka unreachable, the
-	// group not joined) and is retried.
-	fetchFailing atomic.Bool
+	// fetchFailed is when fetching last failed (unix ns; 0: it works):
+	// Kafka unreachable, the group not joined. A quiet topic gives no fetch
+	// to clear it, so it counts for fetchFailureWindow only.
+	fetchFailed atomic.Int64
 }
 
 type stageState struct {
@@ -206,7 +207,7 @@ func (p *Processor) AppliedRevision() int64 {
 // Healthy reports false while a batch is failing and being retried, or has
 // been in one stage for longer than stallAfter.
 func (p *Processor) Healthy() bool {
-	if p.fetchFailing.Load() {
+	if t := p.fetchFailed.Load(); t != 0 && time.Since(time.Unix(0, t)) < fetchFailureWindow {
 		return false
 	}
 	for i := range p.stages {
@@ -318,7 +319,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		}
 		switch {
 		case err == nil:
-			if p.fetchFailing.CompareAndSwap(true, false) {
+			if p.fetchFailed.Swap(0) != 0 {
 				p.cfg.Logger.Info("fetching again")
 			}
 			fetchBackoff.Reset()
@@ -327,7 +328,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe):
 			return fmt.Errorf("fetch: %w", err) // the reader was closed
 		default:
-			p.fetchFailing.Store(true)
+			p.fetchFailed.Store(time.Now().UnixNano())
 			p.cfg.Metrics.kafkaError()
 			pause := fetchBackoff.NextBackOff()
 			p.cfg.Logger.Warn("fetch failed; retrying", "retry_in", pause, "err", err)
@@ -341,6 +342,11 @@ func (p *Processor) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// fetchFailureWindow is how long a failed fetch keeps the processor
+// unhealthy: longer than the pause between retries (at most 5 s), so that
+// an outage reads as one.
+const fetchFailureWindow = 10 * time.Second
 
 // commitTimeout bounds one attempt to commit a batch's offsets.
 const commitTimeout = 10 * time.Second

@@ -88,7 +88,11 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read input: %w", err)
+		// What was read before goes out; the rest is not read.
+		if ferr := flush(); ferr != nil {
+			return ferr
+		}
+		return fmt.Errorf("read input after line %d (%d events sent): %w", lineNo, n, err)
 	}
 	if err := flush(); err != nil {
 		return err
