@@ -379,6 +379,14 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim *membership.Claim, userIDs []string, now time.Time) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
+	// Marked first, as a deletion is: should the rollback stop part way,
+	// the segment is hidden (a DELETE of its id finishes it) rather than
+	// left ready with its membership half removed, and a retry with the key
+	// is told it was deleted instead of taking it over.
+	if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
+		s.log.Error("roll back a static segment: not marked deleting; delete it to clean up", "org", d.OrgID, "segment", d.ID, "err", err)
+		return
+	}
 	exits := make([]events.Change, len(userIDs))
 	for i, u := range userIDs {
 		exits[i] = events.Change{OrgID: d.OrgID, SegmentID: d.ID, UserID: u, At: now, Cause: membership.DeleteCause(d.ID)}
