@@ -2,6 +2,8 @@ package membership
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -115,6 +117,8 @@ type Claimed struct {
 	// one moved keeps the flip in At instead, so that its changes keep
 	// their eventIds.
 	Earlier []time.Time
+	// token identifies the claim's record.
+	token string
 }
 
 // maxEarlierClaims bounds the unfinished claims a timer remembers; the
@@ -135,7 +139,8 @@ for i = 1, #due, 2 do
   local user, at, earlier = due[i], due[i + 1], ''
   local rec = redis.call('HGET', KEYS[2], user)
   if rec then
-    local rat, rlease, rearlier = string.match(rec, '^([^:]*):([^:]*):(.*)$')
+    local rat, rlease, rrest = string.match(rec, '^([^:]*):([^:]*):(.*)$')
+    local rearlier = string.match(rrest, '^([^|]*)')
     if tonumber(rlease) == tonumber(at) then
       at, earlier = rat, rearlier
     else
@@ -148,7 +153,7 @@ for i = 1, #due, 2 do
     end
   end
   redis.call('ZADD', KEYS[1], ARGV[2], user)
-  redis.call('HSET', KEYS[2], user, at .. ':' .. ARGV[2] .. ':' .. earlier)
+  redis.call('HSET', KEYS[2], user, at .. ':' .. ARGV[2] .. ':' .. earlier .. '|' .. ARGV[5])
   -- A pending instant now due is this claim's to evaluate.
   local p = redis.call('HGET', KEYS[3], user)
   if p and tonumber(p) <= tonumber(ARGV[1]) then redis.call('HDEL', KEYS[3], user) end
@@ -163,13 +168,18 @@ return out
 // for lease.
 func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
 	leaseAt := now.Add(lease).UnixMilli()
-	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims).StringSlice()
+	// Two claims may get the same lease (two instances in one
+	// millisecond): the token tells their records apart.
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims, token).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claim timers of %s: %w", org, err)
 	}
 	out := make([]Claimed, 0, len(res)/3)
 	for i := 0; i+2 < len(res); i += 3 {
-		c := Claimed{Due: Due{OrgID: org, UserID: res[i], At: parseMillis(res[i+1])}, Lease: leaseAt}
+		c := Claimed{Due: Due{OrgID: org, UserID: res[i], At: parseMillis(res[i+1])}, Lease: leaseAt, token: token}
 		for e := range strings.SplitSeq(res[i+2], ",") {
 			if e != "" {
 				c.Earlier = append(c.Earlier, parseMillis(e))
@@ -194,7 +204,13 @@ func parseMillis(s string) time.Time {
 // earlier of it and the next instant.
 const doneScript = `
 local rec = redis.call('HGET', KEYS[2], ARGV[1])
-local ours = rec and tonumber(string.match(rec, '^[^:]*:([^:]*):')) == tonumber(ARGV[2])
+local ours = false
+if rec then
+  local rlease, rrest = string.match(rec, '^[^:]*:([^:]*):(.*)$')
+  local tok = string.match(rrest, '|(.*)$')
+  -- A record without a token is of a build before them: its lease tells.
+  if tok then ours = tok == ARGV[4] else ours = tonumber(rlease) == tonumber(ARGV[2]) end
+end
 if ours then redis.call('HDEL', KEYS[2], ARGV[1]) end
 local pend = false
 if ours or not rec then
@@ -203,7 +219,8 @@ if ours or not rec then
   if pend then redis.call('HDEL', KEYS[3], ARGV[1]) end
 end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then
+-- Another claim's record: the timer is that claim's to move.
+if not score or tonumber(score) ~= tonumber(ARGV[2]) or (rec and not ours) then
   if pend then redis.call('ZADD', KEYS[1], 'LT', pend, ARGV[1]) end
   return 0
 end
@@ -224,7 +241,7 @@ func (s *Schedules) Done(ctx context.Context, cs []Claimed, next []time.Time) er
 		if !next[i].IsZero() {
 			n = strconv.FormatFloat(dueScore(next[i]), 'f', 0, 64)
 		}
-		calls[i] = scriptCall{keys: []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID), PendingKey(c.OrgID)}, args: []any{c.UserID, c.Lease, n}}
+		calls[i] = scriptCall{keys: []string{ScheduleKey(c.OrgID), ClaimsKey(c.OrgID), PendingKey(c.OrgID)}, args: []any{c.UserID, c.Lease, n, c.token}}
 	}
 	for _, cmd := range runPipelined(ctx, s.rdb, done, calls) {
 		if err := cmd.Err(); err != nil {

@@ -167,3 +167,48 @@ func TestScheduleDuringClaim(t *testing.T) {
 		}
 	})
 }
+
+// TestClaimsWithOneLease: two claims of one timer can get the same lease
+// (two instances in one millisecond, the timer moved due in between); the
+// first one's Done must not move the timer the second one holds.
+func TestClaimsWithOneLease(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		s := membership.NewSchedules(rdb)
+		base := time.UnixMilli(1_800_000_000_000)
+		schedule := func(at time.Time) {
+			t.Helper()
+			if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: "u1", At: at}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		claim := func() []membership.Claimed {
+			t.Helper()
+			c, err := s.Claim(ctx, org, base, 30*time.Second, 10)
+			if err != nil || len(c) != 1 {
+				t.Fatalf("claimed %v, %v; want one", c, err)
+			}
+			return c
+		}
+		schedule(base)
+		first := claim()
+		schedule(base.Add(-time.Millisecond)) // a write made the flip due again
+		second := claim()
+		if first[0].Lease != second[0].Lease {
+			t.Fatalf("leases %d and %d; the test needs them equal", first[0].Lease, second[0].Lease)
+		}
+		// The first claim read the profile before the write: its next flip
+		// is stale. The second one's is right.
+		if err := s.Done(ctx, first, []time.Time{base.Add(500 * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Done(ctx, second, []time.Time{base.Add(100 * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		ms, err := rdb.ZScore(ctx, membership.ScheduleKey(org), "u1").Result()
+		if err != nil || !time.UnixMilli(int64(ms)).Equal(base.Add(100*time.Second)) {
+			t.Errorf("timer at %v (%v), want the second claim's next flip %v", time.UnixMilli(int64(ms)), err, base.Add(100*time.Second))
+		}
+	})
+}
