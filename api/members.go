@@ -146,7 +146,12 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 	}
 	defer unlock()
 	now := s.now().UTC()
-	cause := membership.StaticCause(d.ID, d.Generation, add, remove)
+	version, err := s.sets.ListVersion(ctx, d.OrgID, d.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	cause := membership.StaticCause(d.ID, version, add, remove)
 	changes, size, err := s.sets.PlanEdit(ctx, d.OrgID, d.ID, add, remove, cause, now)
 	if err != nil {
 		s.fail(w, r, err)
@@ -168,7 +173,7 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		}})
 		return
 	}
-	if err := s.publishThenApply(ctx, changes); err != nil {
+	if err := s.publishThenApply(ctx, d, changes); err != nil {
 		s.fail(w, r, err)
 		return
 	}

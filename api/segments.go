@@ -336,24 +336,29 @@ func (s *Server) replayCreate(w http.ResponseWriter, r *http.Request, d segment.
 // reported; retrying the same request publishes the same events again
 // (deterministic ids) and finishes the write.
 func (s *Server) writeStaticList(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) error {
-	cause := membership.StaticCause(d.ID, d.Generation, userIDs, nil)
+	v, err := s.sets.ListVersion(ctx, d.OrgID, d.ID)
+	if err != nil {
+		return err
+	}
+	cause := membership.StaticCause(d.ID, v, userIDs, nil)
 	changes, err := s.sets.PlanReplace(ctx, d.OrgID, d.ID, userIDs, cause, now)
 	if err != nil {
 		return err
 	}
-	return s.publishThenApply(ctx, changes)
+	return s.publishThenApply(ctx, d, changes)
 }
 
-// publishThenApply publishes changes, then writes them to the membership
-// sets, so that no change is written without being published.
-func (s *Server) publishThenApply(ctx context.Context, changes []events.Change) error {
+// publishThenApply publishes changes of static segment d's list, then
+// writes them to the membership sets, so that no change is written without
+// being published; the list's version moves with the write.
+func (s *Server) publishThenApply(ctx context.Context, d segment.Definition, changes []events.Change) error {
 	if len(changes) == 0 {
 		return nil
 	}
 	if err := s.publish(ctx, changes); err != nil {
 		return err
 	}
-	if err := s.sets.Apply(ctx, changes); err != nil {
+	if err := s.sets.ApplyList(ctx, d.OrgID, d.ID, changes); err != nil {
 		return fmt.Errorf("write membership: %w", err)
 	}
 	return nil

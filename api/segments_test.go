@@ -269,12 +269,12 @@ func TestPublishFailures(t *testing.T) {
 	}
 	// Simulate a publish that went out before the write failed: plan as the
 	// server does, then retry and compare the event ids.
-	d, err := membership.NewDefinitions(rdb).Get(ctx, a.org, id)
+	version, err := membership.NewSets(rdb).ListVersion(ctx, a.org, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	failed, _, err = membership.NewSets(rdb).PlanEdit(ctx, a.org, id, []string{"u2"}, []string{"u1"},
-		membership.StaticCause(id, d.Generation, []string{"u2"}, []string{"u1"}), time.Now())
+		membership.StaticCause(id, version, []string{"u2"}, []string{"u1"}), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -29,15 +30,35 @@ func NewSets(rdb redis.UniversalClient) *Sets { return &Sets{rdb: rdb} }
 // setsChunk is how many user ids one pipelined round trip handles.
 const setsChunk = 1000
 
+// ListVersionKey is the internal counter, beside a static segment's member
+// set (same hash tag), of the list changes written to it: ApplyList moves
+// it in the same transaction as the change's last write to the set.
+func ListVersionKey(org, seg string) string { return "seglistv:{" + org + ":" + seg + "}" }
+
+// ListVersion returns the version of a static segment's list: the number of
+// list changes fully written (0 before the first).
+func (s *Sets) ListVersion(ctx context.Context, org, seg string) (int64, error) {
+	v, err := s.rdb.Get(ctx, ListVersionKey(org, seg)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list version of %s/%s: %w", org, seg, err)
+	}
+	return v, nil
+}
+
 // StaticCause returns the cause of a change to a static segment's list. Its
-// event id depends only on the segment, its generation and the request (the
-// ids added and removed, or the full list of a replacement, in any order), so
-// that a request retried after a failed write publishes the same events.
-func StaticCause(segmentID string, generation int64, add, remove []string) events.Cause {
+// event id depends only on the segment, the list's version (ListVersion)
+// and the request (the ids added and removed, or the full list of a
+// replacement, in any order), so that a request retried after a failed
+// write publishes the same events, and the same request made after it was
+// written (the version moved with it) other ones.
+func StaticCause(segmentID string, version int64, add, remove []string) events.Cause {
 	h := sha256.New()
 	h.Write([]byte(segmentID))
 	h.Write([]byte{0})
-	h.Write([]byte(strconv.FormatInt(generation, 10)))
+	h.Write([]byte(strconv.FormatInt(version, 10)))
 	for _, list := range [][]string{add, remove} {
 		sorted := slices.Clone(list)
 		slices.Sort(sorted)
@@ -125,7 +146,23 @@ func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []stri
 // The changes of one user and segment must come in order. Applying the same
 // changes again changes nothing.
 func (s *Sets) Apply(ctx context.Context, changes []events.Change) error {
-	for chunk := range slices.Chunk(changes, setsChunk) {
+	return s.apply(ctx, changes, "")
+}
+
+// ApplyList is Apply for a change of one static segment's list: the last
+// write to the segment's set and the move of its ListVersion go in one
+// transaction (same hash tag), so that the version moves exactly when the
+// change is written whole.
+func (s *Sets) ApplyList(ctx context.Context, org, seg string, changes []events.Change) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	return s.apply(ctx, changes, ListVersionKey(org, seg))
+}
+
+func (s *Sets) apply(ctx context.Context, changes []events.Change, version string) error {
+	chunks := slices.Collect(slices.Chunk(changes, setsChunk))
+	for n, chunk := range chunks {
 		pipe := s.rdb.Pipeline()
 		for _, c := range chunk {
 			if c.Entered {
@@ -138,6 +175,10 @@ func (s *Sets) Apply(ctx context.Context, changes []events.Change) error {
 			return fmt.Errorf("apply %d membership changes: user sets: %w", len(chunk), err)
 		}
 		pipe = s.rdb.Pipeline()
+		last := version != "" && n == len(chunks)-1
+		if last {
+			pipe = s.rdb.TxPipeline()
+		}
 		// Consecutive changes of one segment and direction go in one command.
 		for i := 0; i < len(chunk); {
 			j := i + 1
@@ -155,6 +196,9 @@ func (s *Sets) Apply(ctx context.Context, changes []events.Change) error {
 				pipe.SRem(ctx, key, ids...)
 			}
 			i = j
+		}
+		if last {
+			pipe.Incr(ctx, version)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("apply %d membership changes: segment sets: %w", len(chunk), err)
@@ -218,7 +262,7 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 			return removed, fmt.Errorf("delete membership of %s/%s: %d members still being added", org, seg, n)
 		}
 	}
-	if err := s.rdb.Del(ctx, key, SegmentRevisionsKey(org, seg)).Err(); err != nil {
+	if err := s.rdb.Del(ctx, key, SegmentRevisionsKey(org, seg), ListVersionKey(org, seg)).Err(); err != nil {
 		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
 	}
 	return removed, nil

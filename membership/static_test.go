@@ -187,3 +187,54 @@ func TestDeleteSegmentMembership(t *testing.T) {
 		}
 	})
 }
+
+// TestListVersion: a list change written whole moves the list's version
+// once, in the transaction of its last write, so that the same request
+// made again later gets other event ids; an empty change moves nothing.
+func TestListVersion(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		sets := membership.NewSets(rdb)
+		version := func() int64 {
+			t.Helper()
+			v, err := sets.ListVersion(ctx, org, "s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		edit := func(add, remove []string) []events.Change {
+			t.Helper()
+			v := version()
+			changes, _, err := sets.PlanEdit(ctx, org, "s", add, remove, membership.StaticCause("s", v, add, remove), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sets.ApplyList(ctx, org, "s", changes); err != nil {
+				t.Fatal(err)
+			}
+			return changes
+		}
+		users := make([]string, 2500) // three chunks
+		for i := range users {
+			users[i] = fmt.Sprintf("u%04d", i)
+		}
+		first := edit(users, nil)
+		if v := version(); v != 1 {
+			t.Fatalf("version %d after one change, want 1", v)
+		}
+		edit(nil, []string{"u0001"})
+		again := edit([]string{"u0001"}, nil) // the create's entry of u0001, made again
+		if v := version(); v != 3 {
+			t.Fatalf("version %d after three changes, want 3", v)
+		}
+		if len(again) != 1 || again[0].EventID() == first[1].EventID() {
+			t.Errorf("re-entry event %v shares its id with the first entry's", again)
+		}
+		edit([]string{"u0001"}, nil) // nothing to change
+		if v := version(); v != 3 {
+			t.Errorf("version %d after an empty change, want 3", v)
+		}
+	})
+}
