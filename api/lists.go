@@ -46,6 +46,11 @@ func (s *Server) lockList(ctx context.Context, org, seg string) (unlock func(), 
 		ok, err := s.locks.TryLock(ctx, name, owner, listLockTTL)
 		switch {
 		case err != nil:
+			// The lock may have been taken all the same (a lost reply):
+			// give it back rather than hold it until its TTL.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = s.locks.Unlock(uctx, name, owner)
+			cancel()
 			return backoff.Permanent(err)
 		case !ok:
 			return errListBusy

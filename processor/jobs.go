@@ -970,15 +970,25 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 		// The lease is never released, and a fresh owner each time means no
 		// one extends it: it lets one refresh of the organisation through
 		// per interval, on whichever instance comes first.
-		ok, err := j.cfg.Coordinator.TryLock(ctx, "estimates:"+org, owner, j.cfg.EstimateInterval)
+		lease := "estimates:" + org
+		ok, err := j.cfg.Coordinator.TryLock(ctx, lease, owner, j.cfg.EstimateInterval)
 		if err != nil || !ok {
 			continue
 		}
+		// A refresh that fails gives its lease back, so that the next tick
+		// (of any instance) tries again rather than a whole interval later.
+		failed := func(err error) {
+			j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = j.cfg.Coordinator.Unlock(uctx, lease, owner)
+		}
 		defs, err := j.cfg.Definitions.OrgDefinitions(ctx, org)
-		if err != nil || len(defs) == 0 {
-			if err != nil {
-				j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
-			}
+		if err != nil {
+			failed(err)
+			continue
+		}
+		if len(defs) == 0 {
 			continue
 		}
 		ids := make([]string, len(defs))
@@ -987,7 +997,7 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 		}
 		sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
 		if err != nil {
-			j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
+			failed(err)
 			continue
 		}
 		for id, n := range sizes {
