@@ -344,12 +344,17 @@ func (s *Definitions) replay(ctx context.Context, org string, ic IdempotentCreat
 	if now.UnixMilli() < r.until {
 		return CreateOutcome{}, fmt.Errorf("create of segment %s/%s: %w", org, r.id, ErrCreateInProgress)
 	}
-	// The request that held the create is gone. A list changed since
-	// (every change moves the generation) was written after the create's,
-	// so there is nothing left to do; otherwise this request takes over.
+	// The request that held the create is gone. A list written since (the
+	// create's own, whole, or a later change: either moves the list's
+	// version, in the transaction of its last write) leaves nothing to do;
+	// otherwise this request takes over.
+	written, err := s.rdb.Exists(ctx, ListVersionKey(org, r.id)).Result()
+	if err != nil {
+		return CreateOutcome{}, fmt.Errorf("replay of the create of segment %s: %w", r.id, err)
+	}
 	c := &Claim{org: org, key: ic.Key, record: rec}
 	next := r
-	if d.Generation != r.generation {
+	if written != 0 || d.Generation != r.generation {
 		next.state, next.until = "d", 0
 	} else {
 		next.until = now.Add(ic.Lease).UnixMilli()

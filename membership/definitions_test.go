@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
@@ -656,8 +657,23 @@ func TestIdempotentCreateRecord(t *testing.T) {
 				t.Errorf("retry of a create whose list changed: %+v, %v; want a replay with nothing to do", got, err)
 			}
 		}
-		if all, err := defs.OrgDefinitions(ctx, org); err != nil || len(all) != 4 {
-			t.Errorf("%d definitions (%v), want 4", len(all), err)
+		// A list written since with the generation unchanged (the edit's
+		// bump failed): its version moved, and there is nothing to do.
+		bumpless := membership.IdempotentCreate{Key: "k4", Fingerprint: "f1", Pending: true, Lease: time.Millisecond}
+		w, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "g"), bumpless)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := membership.NewSets(rdb).ApplyList(ctx, org, w.Definition.ID,
+			[]events.Change{{OrgID: org, SegmentID: w.Definition.ID, UserID: "u7", Entered: true}}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		if got, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "g"), bumpless); err != nil || !got.Replayed || got.Claim != nil {
+			t.Errorf("retry of a create whose list was written since: %+v, %v; want a replay with nothing to do", got, err)
+		}
+		if all, err := defs.OrgDefinitions(ctx, org); err != nil || len(all) != 5 {
+			t.Errorf("%d definitions (%v), want 5", len(all), err)
 		}
 	})
 }

@@ -80,7 +80,7 @@ func DeleteCause(segmentID string) events.Cause {
 // PlanReplace returns the changes that make a static segment's members
 // exactly userIDs: an entry for each id not yet a member and an exit for each
 // member not in userIDs, each ordered by user id. It writes nothing; publish
-// the changes, then write them with Apply.
+// the changes, then write them with ApplyList.
 func (s *Sets) PlanReplace(ctx context.Context, org, seg string, userIDs []string, cause events.Cause, at time.Time) ([]events.Change, error) {
 	cur, err := s.rdb.SMembers(ctx, SegmentMembersKey(org, seg)).Result()
 	if err != nil {
@@ -111,7 +111,7 @@ func (s *Sets) PlanReplace(ctx context.Context, org, seg string, userIDs []strin
 // static segment: an entry for each id of add not yet a member and an exit
 // for each id of remove that is one, each ordered by user id. It also returns
 // the segment's size before the changes. An id should not be in both lists.
-// It writes nothing; publish the changes, then write them with Apply.
+// It writes nothing; publish the changes, then write them with ApplyList.
 func (s *Sets) PlanEdit(ctx context.Context, org, seg string, add, remove []string, cause events.Cause, at time.Time) ([]events.Change, int64, error) {
 	key := SegmentMembersKey(org, seg)
 	size, err := s.rdb.SCard(ctx, key).Result()

@@ -967,9 +967,10 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 	}
 	owner := j.cfg.InstanceID + fmt.Sprint(j.cfg.Now().UnixNano())
 	for _, org := range orgs {
-		// The lease is never released, and a fresh owner each time means no
-		// one extends it: it lets one refresh of the organisation through
-		// per interval, on whichever instance comes first.
+		// The lease is released only when the refresh fails, and a fresh
+		// owner each time means no one extends it: it lets one refresh of
+		// the organisation through per interval, on whichever instance
+		// comes first.
 		lease := "estimates:" + org
 		ok, err := j.cfg.Coordinator.TryLock(ctx, lease, owner, j.cfg.EstimateInterval)
 		if err != nil || !ok {
