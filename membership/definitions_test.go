@@ -560,22 +560,11 @@ func TestIdempotentCreateRecord(t *testing.T) {
 		recordTTL := func() time.Duration {
 			t.Helper()
 			var keys []string
-			collect := func(ctx context.Context, node *redis.Client) error {
+			err := testenv.EachNode(ctx, rdb, func(ctx context.Context, node redis.UniversalClient) error {
 				ks, err := node.Keys(ctx, "segidem:{"+org+"}:*").Result()
 				keys = append(keys, ks...)
 				return err
-			}
-			var err error
-			if cc, ok := rdb.(*redis.ClusterClient); ok {
-				var mu sync.Mutex
-				err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
-					mu.Lock()
-					defer mu.Unlock()
-					return collect(ctx, node)
-				})
-			} else {
-				err = collect(ctx, rdb.(*redis.Client))
-			}
+			})
 			if err != nil {
 				t.Fatal(err)
 			}

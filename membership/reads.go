@@ -35,7 +35,7 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		n := min(limit, len(c.left))
 		// The ids come from the cursor, which the client holds: only those
 		// still members are given.
-		is, err := s.rdb.SMIsMember(ctx, key, anySlice(c.left[:n])...).Result()
+		is, err := s.rdb.SMIsMember(ctx, key, idsAsArgs(c.left[:n])...).Result()
 		if err != nil {
 			return nil, "", fmt.Errorf("members of %s/%s: %w", org, seg, err)
 		}
@@ -106,14 +106,6 @@ type membersCursor struct {
 func cursorTag(org, seg string) string {
 	sum := sha256.Sum256([]byte(org + "\x00" + seg))
 	return hex.EncodeToString(sum[:6])
-}
-
-func anySlice(ss []string) []any {
-	out := make([]any, len(ss))
-	for i, s := range ss {
-		out[i] = s
-	}
-	return out
 }
 
 // User ids hold no control characters (segment.CheckUserID): a NUL

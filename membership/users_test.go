@@ -105,15 +105,9 @@ func TestHashValueLimit(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		// Every master, so that whichever one the client asks answers.
-		each := func(fn func(c *redis.Client) error) {
+		each := func(fn func(c redis.UniversalClient) error) {
 			t.Helper()
-			var err error
-			if cc, ok := rdb.(*redis.ClusterClient); ok {
-				err = cc.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error { return fn(c) })
-			} else {
-				err = fn(rdb.(*redis.Client))
-			}
-			if err != nil {
+			if err := testenv.EachNode(ctx, rdb, func(_ context.Context, c redis.UniversalClient) error { return fn(c) }); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -123,9 +117,9 @@ func TestHashValueLimit(t *testing.T) {
 			t.Fatalf("%s = %d, %v; want the server's setting", name, was, ok)
 		}
 		t.Cleanup(func() {
-			each(func(c *redis.Client) error { return c.ConfigSet(ctx, name, strconv.Itoa(was)).Err() })
+			each(func(c redis.UniversalClient) error { return c.ConfigSet(ctx, name, strconv.Itoa(was)).Err() })
 		})
-		each(func(c *redis.Client) error { return c.ConfigSet(ctx, name, "777").Err() })
+		each(func(c redis.UniversalClient) error { return c.ConfigSet(ctx, name, "777").Err() })
 		if n, ok := membership.HashValueLimit(ctx, rdb); !ok || n != 777 {
 			t.Errorf("%s = %d, %v after setting it to 777", name, n, ok)
 		}

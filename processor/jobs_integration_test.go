@@ -513,12 +513,7 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	go func() { oldDone <- jobs(held).Backfill(ctx, r.org, old, oldRev) }()
 	<-held.called
 
-	if _, err := r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
-		d.Criteria, d.Generation, d.Status = atLeast(1500), d.Generation+1, segment.StatusBuilding
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	r.newCriteria(t, d.ID, atLeast(1500))
 	cur, curRev := compiled()
 	ready := func() bool {
 		got, err := r.defs.Get(ctx, r.org, d.ID)
@@ -603,27 +598,18 @@ func TestSupersededBackfillKeepsOlderGenerations(t *testing.T) {
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
 		return r.newJobs(t, jobsOf{pub: pub, registry: reg})
 	}
-	newCriteria := func(min float64) {
-		t.Helper()
-		if _, err := r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
-			d.Criteria, d.Generation, d.Status = atLeast(min), d.Generation+1, segment.StatusBuilding
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Generation 1 publishes its first pages, then no more.
 	g1, rev := compiled()
 	if err := jobs(&failingAfter{pub: r.publisher(t), n: 8}).Backfill(ctx, r.org, g1, rev); err == nil {
 		t.Fatal("generation 1's backfill succeeded with a failing membership topic")
 	}
-	newCriteria(1500)
+	r.newCriteria(t, d.ID, atLeast(1500))
 	g2, rev := compiled()
 	held := &heldPublisher{pub: r.publisher(t), release: make(chan struct{}), called: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() { done <- jobs(held).Backfill(ctx, r.org, g2, rev) }()
 	<-held.called
-	newCriteria(1200)
+	r.newCriteria(t, d.ID, atLeast(1200))
 	g3, rev := compiled()
 	close(held.release)
 	if err := <-done; err == nil {
@@ -781,13 +767,7 @@ func TestNewCriteriaAfterUnfinishedBackfill(t *testing.T) {
 	if len(amended) == 0 {
 		t.Fatal("the first backfill amended no one; the test needs some")
 	}
-	d, err := r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
-		d.Criteria, d.Generation, d.Status = atLeast(1500), d.Generation+1, segment.StatusBuilding
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d = r.newCriteria(t, d.ID, atLeast(1500))
 	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
 		t.Fatal("the new generation's backfill with an unreachable membership topic succeeded")
 	}
@@ -857,14 +837,7 @@ func TestCriteriaChangedTwiceWhileBackfillsFail(t *testing.T) {
 		if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
 			t.Fatalf("backfill of generation %d with an unreachable membership topic succeeded", d.Generation)
 		}
-		var err error
-		d, err = r.defs.Update(ctx, r.org, d.ID, func(d *segment.Definition) error {
-			d.Criteria, d.Generation, d.Status = atLeast(min), d.Generation+1, segment.StatusBuilding
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		d = r.newCriteria(t, d.ID, atLeast(min))
 	}
 	if err := jobs(unreachablePublisher{}).Backfill(ctx, r.org, compiled(t, d), 0); err == nil {
 		t.Fatal("the last generation's backfill with an unreachable membership topic succeeded")
@@ -884,17 +857,8 @@ func TestCriteriaChangedTwiceWhileBackfillsFail(t *testing.T) {
 // offsets: nothing is deleted from the tests' topics).
 func topicLength(t *testing.T, brokers []string, topic string) int {
 	t.Helper()
-	conn, err := kafka.Dial("tcp", brokers[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for _, p := range parts {
+	for _, p := range topicPartitions(t, brokers, topic) {
 		leader, err := kafka.DialLeader(context.Background(), "tcp", brokers[0], topic, p.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -926,6 +890,20 @@ func (r *rig) storePoints(t *testing.T, n int) map[string]int {
 		t.Fatal(err)
 	}
 	return points
+}
+
+// newCriteria gives segment id the criteria c, as a PUT does (a new
+// generation, building), and returns it.
+func (r *rig) newCriteria(t *testing.T, id string, c segment.Criteria) segment.Definition {
+	t.Helper()
+	d, err := r.defs.Update(context.Background(), r.org, id, func(d *segment.Definition) error {
+		d.Criteria, d.Generation, d.Status = c, d.Generation+1, segment.StatusBuilding
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // atLeast is the criteria points >= n.

@@ -158,19 +158,26 @@ func (r *rig) produce(t *testing.T, values ...string) {
 	}
 }
 
-// readTopic reads every partition of topic from the start until want
-// records arrived (then a short grace for extras) or the timeout passed.
-func readTopic(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) []kafka.Message {
+// topicPartitions returns the partitions of topic.
+func topicPartitions(t *testing.T, brokers []string, topic string) []kafka.Partition {
 	t.Helper()
 	conn, err := kafka.Dial("tcp", brokers[0])
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer conn.Close()
 	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return parts
+}
+
+// readTopic reads every partition of topic from the start until want
+// records arrived (then a short grace for extras) or the timeout passed.
+func readTopic(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) []kafka.Message {
+	t.Helper()
+	parts := topicPartitions(t, brokers, topic)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var mu sync.Mutex

@@ -55,8 +55,6 @@ func New(prefix string, orgs, users int, flip, full float64, seed uint64) *Gener
 	return g
 }
 
-var tiers = []string{"bronze", "silver", "gold", "platinum"}
-
 // Create returns the creation of user number i of the first organisation,
 // so that a run can seed every user before its updates.
 func (g *Generator) Create(i int, now time.Time) events.ProfileEvent {

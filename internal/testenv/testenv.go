@@ -33,6 +33,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -310,6 +311,21 @@ func OnEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) 
 	}
 }
 
+// EachNode runs fn on every master of a Redis Cluster, or on the server of a
+// standalone client, one at a time (so fn may gather into shared state).
+func EachNode(ctx context.Context, rdb redis.UniversalClient, fn func(ctx context.Context, node redis.UniversalClient) error) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return fn(ctx, rdb)
+	}
+	var mu sync.Mutex
+	return cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return fn(ctx, m)
+	})
+}
+
 // SMembers returns the members of a Redis set, sorted; it fails the test on
 // an error.
 func SMembers(t testing.TB, rdb redis.UniversalClient, key string) []string {
@@ -364,13 +380,7 @@ func DropOrgWhenDone(t testing.TB, rdb redis.UniversalClient, org string) {
 				cursor = next
 			}
 		}
-		var err error
-		if cc, ok := rdb.(*redis.ClusterClient); ok {
-			err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return drop(ctx, m) })
-		} else {
-			err = drop(ctx, rdb)
-		}
-		if err != nil {
+		if err := EachNode(ctx, rdb, drop); err != nil {
 			t.Logf("testenv: dropping the keys of %s: %v", org, err)
 		}
 	})
