@@ -472,7 +472,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		return err
 	}
 	cause := backfillCause(cs.Def.ID, cs.Def.Generation)
-	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, now: j.cfg.Now(), known: known, retry: !first}
+	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, known: known, retry: !first}
 	if len(unfinished) > 0 {
 		// Backfills of older criteria may have left changes unpublished;
 		// the oldest's go first, as they were written first.
@@ -684,7 +684,6 @@ type amendPass struct {
 	cs  *CompiledSegment
 	// causeOf gives each user's change events their cause.
 	causeOf func(user string) events.Cause
-	now     time.Time
 	// known, when not nil, is the segment's member set as read after the
 	// revision gate (see knownMembers); users read again take their
 	// membership from their own segment sets.
@@ -702,7 +701,7 @@ type amendPass struct {
 }
 
 // amendPage brings the segment's membership of the given users in line
-// with its rule at p.now. Timers only ever move earlier (see
+// with its rule. Timers only ever move earlier (see
 // Schedules.Schedule), which matters here: the caller may not know every
 // time-relative segment's flip.
 func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
@@ -720,7 +719,13 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			return err
 		}
 		known = nil // users read again changed since: their own sets tell
-		results := evaluateViews(p.cs.Rule, views, p.now)
+		// The rule is applied at an instant after the read, never before:
+		// a timer may have written a user's flip, at its instant, before
+		// the read, and an earlier instant would undo it under a revision
+		// that the compare-and-set finds current. What is written after
+		// the read is caught by the compare-and-set.
+		now := j.cfg.Now()
+		results := evaluateViews(p.cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
 		var projections []membership.Projection
@@ -758,7 +763,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				continue
 			}
 			amends = append(amends, membership.Amend{OrgID: org, UserID: v.UserID, SegmentID: seg, ExpectRev: v.Rev, Entered: r.match,
-				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: p.now.UnixMilli(), Rev: v.Rev + 1,
+				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
 		outcomes, err := j.cfg.Users.Amend(ctx, amends)
@@ -924,7 +929,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, now: now, retry: true}, users); err != nil {
+		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true}, users); err != nil {
 			return 0, fmt.Errorf("segment %s: %w", id, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -726,6 +727,127 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 	}
 }
 
+// readHook runs before its first ViewUsers call reads, once.
+type readHook struct {
+	*membership.Users
+	once   sync.Once
+	before func()
+}
+
+func (h *readHook) ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error) {
+	h.once.Do(h.before)
+	return h.Users.ViewUsers(ctx, org, users, f)
+}
+
+// TestBackfillAfterTimerFired: a user's flip comes while the backfill of
+// new criteria runs, and a timer enters the user before the backfill reads
+// it. The backfill must not take the user out again by applying the rule
+// at the instant it began, and the segment must end with the user in.
+func TestBackfillAfterTimerFired(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	flip := t0.Add(2 * time.Second)
+	var clock atomic.Int64
+	clock.Store(t0.UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	seg, _ := r.dueTimers(t, 1, flip)
+	r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cs := reg.Current().Org(r.org).Segments[seg]
+	if cs == nil || cs.Def.Generation != 2 {
+		t.Fatalf("segment %s not in the definitions as generation 2: %+v", seg, cs)
+	}
+	pub := r.publisher(t)
+	timers := r.newJobs(t, jobsOf{pub: pub, registry: reg, now: now, timerInterval: time.Minute})
+	member := func() bool {
+		in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	hook := &readHook{Users: r.users, before: func() {
+		clock.Store(flip.Add(time.Second).UnixNano())
+		timers.FireTimers(ctx)
+		if !member() {
+			t.Error("the timer did not enter the user")
+		}
+	}}
+	backfill := r.newJobs(t, jobsOf{pub: pub, registry: reg, now: now, users: hook})
+	if err := backfill.Backfill(ctx, r.org, cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !member() {
+		t.Error("the backfill took out a user whom the rule holds in since the flip")
+	}
+	clock.Store(flip.Add(10 * time.Second).UnixNano())
+	timers.FireTimers(ctx)
+	if !member() {
+		t.Fatal("the user is out of the segment after the timers fired again")
+	}
+	if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u0"), seg).Result(); err != nil || !in {
+		t.Errorf("user's own set holds the segment: %v (%v), want true", in, err)
+	}
+}
+
+// loadHook runs before its first Load call reads, once.
+type loadHook struct {
+	*membership.Users
+	once   sync.Once
+	before func()
+}
+
+func (h *loadHook) Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error) {
+	h.once.Do(h.before)
+	return h.Users.Load(ctx, refs)
+}
+
+// TestEventAfterTimerFired: a user's flip comes while a batch of the
+// stream is under way, and a timer enters the user before the batch reads
+// it. The batch, whose event leaves the date as it was, must leave the
+// user in: the rule applies at an instant after the read.
+func TestEventAfterTimerFired(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	flip := t0.Add(2 * time.Second)
+	var clock atomic.Int64
+	clock.Store(t0.UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0, "updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u0", Version: 1, Profile: p}}); err != nil {
+		t.Fatal(err)
+	}
+	seg := r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{
+		{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true},
+		{Field: "points", Operator: ">=", Value: 0.0, HasValue: true},
+	}})
+	if err := membership.NewSchedules(r.rdb).Schedule(ctx, []membership.Due{{OrgID: r.org, UserID: "u0", At: flip}}); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
+	hook := &loadHook{Users: r.users, before: func() {
+		clock.Store(flip.Add(time.Second).UnixNano())
+		timers.FireTimers(ctx)
+	}}
+	r.startWith(t, func(c *processor.Config) { c.Users, c.Now = hook, now })
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u0","version":2,"changes":{"points":2}}`)
+	st := r.waitVersion(t, "u0", 2)
+	if !slices.Contains(st.Segments, seg) {
+		t.Errorf("user's segments after the event: %v, want %s (entered by the timer, and the rule still holds)", st.Segments, seg)
+	}
+}
+
 // TestManyTimersAtOneInstant: more users than one claim takes flip at the
 // same instant; one round of timers must fire them all.
 func TestManyTimersAtOneInstant(t *testing.T) {
@@ -951,6 +1073,7 @@ type jobsOf struct {
 	registry *processor.Registry
 	now      func() time.Time
 	metrics  *prometheus.Registry // nil: a registry of its own
+	users    processor.JobUsers   // nil: the rig's
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
 }
@@ -963,8 +1086,11 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	if o.metrics == nil {
 		o.metrics = prometheus.NewRegistry()
 	}
+	if o.users == nil {
+		o.users = r.users
+	}
 	j, err := processor.NewJobs(processor.JobsConfig{
-		InstanceID: o.instance, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+		InstanceID: o.instance, Definitions: r.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 		TimerInterval: o.timerInterval,

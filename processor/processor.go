@@ -495,7 +495,6 @@ const maxConflicts = 5
 // outbox and replay them.
 func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time) (*written, error) {
 	m := p.cfg.Metrics
-	now := p.cfg.Now()
 	m.observeBatch(len(batch))
 	step := m.stepTimer()
 	p.seq++
@@ -543,7 +542,9 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			return nil, err
 		}
 		step("load")
-		results := p.evaluateAll(snap, pending, states, now)
+		// Rules apply at an instant after the read: a timer may have
+		// written a user's flip before it (see Jobs.amendPage).
+		results := p.evaluateAll(snap, pending, states, p.cfg.Now())
 		writes := make([]membership.UserWrite, 0, len(pending))
 		writeOf := make([]int, len(pending))
 		for i, r := range results {
