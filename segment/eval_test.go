@@ -34,6 +34,7 @@ func opProfile() pmap {
 		"createdAt": "2024-01-15T10:30:00Z",
 		"updatedAt": "2024-05-20T12:00:00+02:00", // 10:00Z
 		"fraction":  "2024-01-15T10:30:00.5Z",
+		"birthday":  "1990-05-01",
 		"nullField": nil,
 		"obj":       map[string]any{"a": 1.0, "b": []any{"x"}},
 		"customFields": map[string]any{
@@ -198,6 +199,12 @@ func TestMatchOperators(t *testing.T) {
 		"lt/date vs bad date in prof": {cr("email", OpLess, "2030-01-01T00:00:00Z"), false},
 		"gt/date absent":              {cr("nope", OpGreater, "2024-01-01T00:00:00Z"), false},
 		"gt/date null":                {cr("nullField", OpGreater, "2024-01-01T00:00:00Z"), false},
+		"gt/full-date value":          {cr("createdAt", OpGreater, "2024-01-15"), true},
+		"lt/full-date value":          {cr("createdAt", OpLess, "2024-01-15"), false},
+		"gte/full-date in profile":    {cr("birthday", OpGreaterEq, "1990-05-01T00:00:00Z"), true},
+		"gt/full-date in profile":     {cr("birthday", OpGreater, "1990-05-01T00:00:00Z"), false},
+		"lt/full-date both":           {cr("birthday", OpLess, "1990-05-02"), true},
+		"lt/full-date relative":       {cr("birthday", OpLess, "now-30d"), true},
 
 		// ordering, relative dates (now = 2024-06-01T12:00:00Z)
 		"lt/relative":               {cr("updatedAt", OpLess, "now-7d"), true},
@@ -407,7 +414,9 @@ func TestParseTime(t *testing.T) {
 		"minute 60":          {"2024-01-15T10:60:00Z", false},
 		"second 60":          {"2024-01-15T10:30:60Z", false},
 		"no zone":            {"2024-01-15T10:30:00", false},
-		"date only":          {"2024-01-15", false},
+		"date only":          {"2024-01-15", true}, // an RFC 3339 full-date: midnight UTC
+		"date only, bad day": {"2024-02-30", false},
+		"date only, short":   {"2024-1-15", false},
 		"space separator":    {"2024-01-15 10:30:00Z", false},
 		"lower z":            {"2024-01-15T10:30:00z", false},
 		"bad offset":         {"2024-01-15T10:30:00+0530", false},
@@ -422,7 +431,11 @@ func TestParseTime(t *testing.T) {
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			got, ok := parseTime(tt.in)
-			want, err := time.Parse(time.RFC3339, tt.in)
+			layout := time.RFC3339
+			if len(tt.in) == len(time.DateOnly) {
+				layout = time.DateOnly
+			}
+			want, err := time.Parse(layout, tt.in)
 			if ok != (err == nil) {
 				t.Fatalf("parseTime(%q) ok = %v, time.Parse error = %v", tt.in, ok, err)
 			}

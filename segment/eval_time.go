@@ -54,11 +54,13 @@ func (a instant) compare(b instant) int {
 	return 0
 }
 
-// parseTime parses an RFC 3339 date as time.Parse(time.RFC3339, s) does.
-// The common strict form is parsed by hand without allocating; other forms
-// that time.Parse still accepts (a one-digit hour, a comma before the
-// fraction) take the slow path, but strings that cannot be dates never do,
-// so a type mismatch stays cheap.
+// parseTime parses an RFC 3339 date-time as time.Parse(time.RFC3339, s)
+// does, and an RFC 3339 full-date (2006-01-02) as the midnight UTC that
+// begins it, as birthdays and sign-up days are often stored. The common
+// strict form is parsed by hand without allocating; other forms that
+// time.Parse still accepts (a one-digit hour, a comma before the fraction)
+// take the slow path, but strings that cannot be dates never do, so a type
+// mismatch stays cheap.
 func parseTime(s string) (instant, bool) {
 	if t, ok := parseRFC3339Fast(s); ok {
 		return t, true
@@ -67,6 +69,13 @@ func parseTime(s string) (instant, bool) {
 }
 
 func parseTimeSlow(s string) (instant, bool) {
+	if len(s) == len(time.DateOnly) && digits(s[0:4]) && s[4] == '-' {
+		t, err := time.Parse(time.DateOnly, s)
+		if err != nil {
+			return instant{}, false
+		}
+		return instantOf(t), true
+	}
 	if len(s) < len("2006-01-02T1:04:05Z") || !digits(s[0:4]) || s[4] != '-' {
 		return instant{}, false
 	}
