@@ -711,10 +711,10 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		if round == 10 {
 			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
 		}
-		// A user read again held no entry of an earlier attempt in the
-		// first round (it would not have been amended otherwise): later
-		// rounds skip the outbox.
-		views, err := j.viewUsers(ctx, org, seg, pending, known, p.retry && round == 0)
+		// A user read again may hold this pass's own entry: a script whose
+		// reply was lost and that the Redis client sent again finds the
+		// revision it wrote itself, and answers stale.
+		views, err := j.viewUsers(ctx, org, seg, pending, known, p.retry || round > 0)
 		if err != nil {
 			return err
 		}

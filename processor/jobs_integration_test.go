@@ -394,6 +394,60 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	}
 }
 
+// resentAmends applies its first Amend call twice and answers with the
+// second's outcomes, as when a reply is lost and the Redis client sends the
+// scripts again.
+type resentAmends struct {
+	*membership.Users
+	once sync.Once
+}
+
+func (r *resentAmends) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error) {
+	resend := false
+	r.once.Do(func() { resend = true })
+	out, err := r.Users.Amend(ctx, as)
+	if err != nil || !resend {
+		return out, err
+	}
+	return r.Users.Amend(ctx, as)
+}
+
+// TestBackfillAmendResent: a backfill's compare-and-set scripts are applied,
+// their replies lost, and the scripts sent again, which find the users
+// changed since (by themselves). The users read again must have their
+// changes projected and published all the same.
+func TestBackfillAmendResent(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	want := map[string]bool{}
+	for u, pts := range r.storePoints(t, 500) {
+		if pts >= 1000 {
+			want[u] = true
+		}
+	}
+	cs := r.buildingSegment(t, atLeast(1000))
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), users: &resentAmends{Users: r.users}})
+	if err := jobs.Backfill(ctx, r.org, cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	members := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, cs.Def.ID))
+	if len(members) != len(want) {
+		t.Errorf("%d members, want %d", len(members), len(want))
+	}
+	got := map[string]bool{}
+	for _, m := range readTopic(t, r.brokers, r.membershipT, len(want), time.Minute) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[c.UserID] = c.Entered
+	}
+	if len(got) != len(want) {
+		t.Errorf("entered events for %d users, want %d", len(got), len(want))
+	}
+	r.verifyClean(t)
+}
+
 // TestTimerRetryPublishesWhatItWrote fires timers whose change events cannot
 // be published: the users they amended are members already when the timers
 // fire again after their lease. The retry must publish those changes with
