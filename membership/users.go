@@ -71,6 +71,10 @@ type UserState struct {
 	// Segments is the user's public segment set.
 	Segments []string
 	Outbox   []OutboxEntry
+	// Applied is the position of the last event applied to the user, as
+	// the processor wrote it (opaque here), empty when none is stored. It
+	// tells a redelivered event that carries no version from a new one.
+	Applied string
 	// Unreadable, when not nil, says why the stored state could not be
 	// decoded (the other fields are then unset): the user's events cannot be
 	// applied until the key is repaired, and the other users go on.
@@ -90,6 +94,9 @@ type UserWrite struct {
 	Add     []string
 	Remove  []string
 	Outbox  []OutboxEntry
+	// Applied, when not empty, replaces the stored position of the last
+	// event applied (see UserState.Applied).
+	Applied string
 }
 
 // Users stores user state in Redis. It is safe for concurrent use.
@@ -124,8 +131,8 @@ const writeUsersPerCall = 100
 
 // The script updates each user of KEYS (profile hash, segment set) from its
 // ARGV group: expected revision, version, profile (empty for a deleted
-// user), outbox, number of additions, number of removals, then the additions
-// and the removals. It checks each user's revision so that a write computed
+// user), outbox, applied position (empty: kept as stored), number of
+// additions, number of removals, then the additions and the removals. It checks each user's revision so that a write computed
 // from a stale read (another instance, or a go-redis retry of a write that
 // did land) changes nothing and reports a conflict (0) instead of 1. A
 // deletion removes the segments the writer read, not the whole set: a
@@ -134,17 +141,21 @@ const writeUsersPerCall = 100
 const writeUsersScript = `
 local out, a = {}, 1
 for k = 1, #KEYS, 2 do
-  local nadd, nrem = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local nadd, nrem = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   local rev = tonumber(redis.call('HGET', KEYS[k], 'r') or '0')
   if rev ~= tonumber(ARGV[a]) then
     out[#out + 1] = 0
   else
-    redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3])
-    if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 6, a + 5 + nadd)) end
-    if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 6 + nadd, a + 5 + nadd + nrem)) end
+    if ARGV[a + 4] ~= '' then
+      redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3], 'k', ARGV[a + 4])
+    else
+      redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3])
+    end
+    if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 7, a + 6 + nadd)) end
+    if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 7 + nadd, a + 6 + nadd + nrem)) end
     out[#out + 1] = 1
   end
-  a = a + 6 + nadd + nrem
+  a = a + 7 + nadd + nrem
 end
 return out
 `
@@ -161,7 +172,7 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 	hm := make([]*redis.SliceCmd, len(refs))
 	sm := make([]*redis.StringSliceCmd, len(refs))
 	for i, r := range refs {
-		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o")
+		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o", "k")
 		sm[i] = pipe.SMembers(ctx, UserSegmentsKey(r.OrgID, r.UserID))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -185,7 +196,9 @@ func unreadable(org, user string, err error) error {
 }
 
 func decodeState(h []any, segs []string) (UserState, error) {
-	return decodeFields(field(h, 0), field(h, 1), field(h, 2), field(h, 3), segs)
+	st, err := decodeFields(field(h, 0), field(h, 1), field(h, 2), field(h, 3), segs)
+	st.Applied = field(h, 4)
+	return st, err
 }
 
 // field is the i-th reply of an HMGET as a string, "" when missing.
@@ -299,8 +312,8 @@ func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptC
 
 func writeArgs(w UserWrite) ([]string, []any) {
 	outbox := encodeOutbox(w.Outbox)
-	args := make([]any, 0, 6+len(w.Add)+len(w.Remove))
-	args = append(args, w.ExpectRev, w.Version, string(w.Profile), string(outbox), len(w.Add), len(w.Remove))
+	args := make([]any, 0, 7+len(w.Add)+len(w.Remove))
+	args = append(args, w.ExpectRev, w.Version, string(w.Profile), string(outbox), w.Applied, len(w.Add), len(w.Remove))
 	for _, s := range w.Add {
 		args = append(args, s)
 	}

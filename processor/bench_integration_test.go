@@ -158,7 +158,7 @@ func (r *benchRig) produceGen(b *testing.B, g *loadgen.Generator, n int) {
 	}
 }
 
-func committed(b *testing.B, brokers []string, group, topic string) int64 {
+func committed(b testing.TB, brokers []string, group, topic string) int64 {
 	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
 	res, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0, 1, 2, 3, 4, 5}}})
 	if err != nil {

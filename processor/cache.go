@@ -183,7 +183,10 @@ func (a *arena) entry(h uint64, id []byte) ([]byte, bool) {
 // writtenState is the state a successful write w leaves, from the state st
 // it was computed from.
 func writtenState(st membership.UserState, w *membership.UserWrite) membership.UserState {
-	next := membership.UserState{Rev: w.ExpectRev + 1, Version: w.Version, Outbox: w.Outbox}
+	next := membership.UserState{Rev: w.ExpectRev + 1, Version: w.Version, Outbox: w.Outbox, Applied: st.Applied}
+	if w.Applied != "" {
+		next.Applied = w.Applied
+	}
 	if w.Profile == nil {
 		// A deletion empties the user's segment set and keeps a tombstone.
 		next.Deleted = true

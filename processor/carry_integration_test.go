@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -358,4 +359,139 @@ func TestFetchFailuresAreRetried(t *testing.T) {
 			t.Fatal("the processor is still unhealthy 10 s after fetching works again")
 		}
 	}
+}
+
+// waitState polls user's stored state until ok accepts it.
+func (r *rig) waitState(t *testing.T, user string, ok func(membership.UserState) bool) membership.UserState {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		states, err := r.users.Load(context.Background(), []membership.UserRef{{OrgID: r.org, UserID: user}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(states[0]) {
+			return states[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state of %s not as wanted within 30 s: %+v", user, states[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitCommitted waits until group has committed n records of the rig's
+// profile topic.
+func (r *rig) waitCommitted(t *testing.T, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); committed(t, r.brokers, r.group, r.profile) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("group %s did not commit %d records within 60 s", r.group, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// profilePoints returns the points of a stored profile, -1 when none.
+func profilePoints(st membership.UserState) float64 {
+	p, err := segment.DecodeProfile(st.Profile)
+	if err != nil || st.Profile == "" {
+		return -1
+	}
+	f, ok := p.Get("points").(float64)
+	if !ok {
+		return -1
+	}
+	return f
+}
+
+// TestUnversionedRedelivery redelivers two events without a version whose
+// batches were published and committed, as a lost commit or a rebalance
+// does (here: a new group reading from the start). The user's next batch
+// has replaced the first event's outbox entry, and the first event, applied
+// again over the second, would undo it: it must be taken for a duplicate,
+// and the state and the sets stay as the second event left them.
+func TestUnversionedRedelivery(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	gold := r.segment(t, "gold", segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}})
+	silver := r.segment(t, "silver", segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "silver", HasValue: true}}})
+	o := r.org
+	stop := r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"u1","profile":{"tier":"gold","points":1}}`)
+	r.waitCommitted(t, 1)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","profile":{"tier":"silver","points":2}}`)
+	r.waitCommitted(t, 2)
+	stop()
+	st := r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 })
+	if len(st.Outbox) != 1 || st.Outbox[0].EventID != "e2" {
+		t.Fatalf("outbox %+v, want e2's entry alone (the test needs e1's gone)", st.Outbox)
+	}
+
+	r.group = testenv.UniqueName(t, "again")
+	r.start(t)
+	r.waitCommitted(t, 2)
+	st = r.waitState(t, "u1", func(membership.UserState) bool { return true })
+	if got := profilePoints(st); got != 2 || !slices.Equal(st.Segments, []string{silver}) {
+		t.Errorf("after the redelivery: points %v, segments %v; want 2 and [%s]", got, st.Segments, silver)
+	}
+	if g := members(t, r.rdb, membership.SegmentMembersKey(o, gold)); g != "" {
+		t.Errorf("gold members %q, want none", g)
+	}
+	if g := members(t, r.rdb, membership.SegmentMembersKey(o, silver)); g != "u1" {
+		t.Errorf("silver members %q, want u1", g)
+	}
+}
+
+// TestRedeliveredDeadLetter: an invalid patch is dead-lettered in a batch
+// that is never published, and a later batch applies the user's next event.
+// Redelivered, the invalid patch must be dead-lettered again, not taken for
+// an event applied before the later one.
+func TestRedeliveredDeadLetter(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	o := r.org
+	stop := r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","profile":{"tier":"gold","points":1}}`)
+	r.waitCommitted(t, 1)
+	stop()
+	stop = r.startWith(t, func(c *processor.Config) {
+		c.Producer = unreachableKafka{}
+		c.BatchSize = 1
+		c.ShutdownTimeout = time.Second
+	})
+	r.produce(t,
+		`{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","changes":{"tier.level":1}}`,
+		`{"eventId":"e3","type":"profile.updated","orgId":"`+o+`","userId":"u1","changes":{"points":3}}`,
+	)
+	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 3 })
+	stop()
+
+	r.start(t)
+	msgs := readTopic(t, r.brokers, r.dlq, 1, 60*time.Second)
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Value), `"e2"`) {
+		t.Fatalf("dead letters %d, want e2's", len(msgs))
+	}
+}
+
+// TestSameEventTwiceInABatch: a producer's retry puts one event without a
+// version on the topic twice, and both copies come in one batch that is
+// written and never published. Redelivered, the change the event made
+// must be published: the second copy is a duplicate, not an event that
+// changed nothing.
+func TestSameEventTwiceInABatch(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	seg := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	o := r.org
+	stop := r.startWith(t, func(c *processor.Config) {
+		c.Producer = unreachableKafka{}
+		c.ShutdownTimeout = time.Second
+	})
+	e1 := `{"eventId":"e1","type":"profile.created","orgId":"` + o + `","userId":"u1","profile":{"tier":"gold","points":1200}}`
+	r.produce(t, e1, e1)
+	st := r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 1200 })
+	stop()
+	if len(st.Outbox) != 1 {
+		t.Errorf("outbox %+v, want one entry", st.Outbox)
+	}
+	r.start(t)
+	r.wantOnlyEntry(t, seg, "u1", "e1")
 }

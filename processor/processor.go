@@ -112,6 +112,10 @@ type Processor struct {
 	// number of the last finished batch; seq that of the last written one.
 	cmu      sync.Mutex
 	carry    map[membership.UserRef][]seqEntry
+	// floors holds, per user, the positions of events that batches not
+	// yet finished dead-lettered in the user's evaluation (see
+	// belowFloors); cmu guards it.
+	floors map[membership.UserRef][]seqFloor
 	finished atomic.Uint64
 	seq      uint64
 	// cache holds the users' states last read or written; only the write
@@ -180,7 +184,7 @@ func New(cfg Config) *Processor {
 	if cfg.UserCacheBytes == 0 {
 		cfg.UserCacheBytes = DefaultUserCacheBytes
 	}
-	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(cfg.UserCacheBytes)}
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, floors: map[membership.UserRef][]seqFloor{}, cache: newStateCache(cfg.UserCacheBytes)}
 }
 
 // AppliedRevision returns the oldest definitions revision whose effects
@@ -461,6 +465,9 @@ type userWork struct {
 	items []item
 	// carried are the outbox entries of this user's unfinished batches.
 	carried []membership.OutboxEntry
+	// floors are the positions of events its unfinished batches
+	// dead-lettered.
+	floors []position
 	// deletes is true when one of the items deletes the profile, which
 	// reads every membership of the user, static ones too: the user's
 	// state is then read from Redis, not from the cache.
@@ -583,6 +590,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			wb.projections = append(wb.projections, r.projections...)
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
+			p.keepFloors(wb.seq, w.ref, r.floors)
 			m.countResults(r)
 			if r.write == nil && len(r.replayedEntries) > 0 {
 				// Replays write nothing, but their entries stay in the
@@ -654,6 +662,24 @@ func (p *Processor) takeCarried(ws []*userWork) {
 				w.carried = append(w.carried, e.entry)
 			}
 		}
+		for _, f := range p.floors[w.ref] {
+			if f.seq > done {
+				w.floors = append(w.floors, f.pos)
+			}
+		}
+	}
+}
+
+// keepFloors records the positions of ref's events that batch seq
+// dead-lettered in ref's evaluation.
+func (p *Processor) keepFloors(seq uint64, ref membership.UserRef, pos []position) {
+	if len(pos) == 0 {
+		return
+	}
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	for _, f := range pos {
+		p.floors[ref] = append(p.floors[ref], seqFloor{seq: seq, pos: f})
 	}
 }
 
@@ -682,6 +708,14 @@ func (p *Processor) markFinished(wb *written) {
 			delete(p.carry, ref)
 		} else {
 			p.carry[ref] = es
+		}
+	}
+	for ref, fs := range p.floors {
+		fs = slices.DeleteFunc(fs, func(f seqFloor) bool { return f.seq <= wb.seq })
+		if len(fs) == 0 {
+			delete(p.floors, ref)
+		} else {
+			p.floors[ref] = fs
 		}
 	}
 }
@@ -873,6 +907,8 @@ type userResult struct {
 	// replayedEntries are the stored entries this batch replays (and does
 	// not hold as carried already).
 	replayedEntries []membership.OutboxEntry
+	// floors are the positions of the events dead-lettered here.
+	floors []position
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
@@ -897,6 +933,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		// the user's memberships: they wait in the DLQ for the repair.
 		for _, it := range w.items {
 			res.dlq = append(res.dlq, p.deadLetter(it.msg, st.Unreadable.Error()))
+			res.floors = append(res.floors, positionOf(it.msg))
 		}
 		return res
 	}
@@ -939,6 +976,8 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	deleted := st.Deleted
 	version := st.Version
+	stored, hasStored := parsePosition(st.Applied)
+	var mark position // where the user's stored position moves to, when set
 	// Entries of this user's unfinished batches stay until those finish,
 	// and recent entries of backfills and timers until they are surely
 	// published.
@@ -946,8 +985,14 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	res.firstNew = len(outbox)
 	wrote := false
 	timed := false // a time-relative segment was evaluated: the user's timer may move
+	var seen []string // event ids applied or replayed here
 	for _, it := range w.items {
 		ev := it.ev
+		if slices.Contains(seen, ev.EventID) {
+			res.duplicate++ // the same event twice in the batch: a producer's retry
+			continue
+		}
+		seen = append(seen, ev.EventID)
 		if e, ok := inOutbox[ev.EventID]; ok {
 			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
 				outbox = append(outbox, e)
@@ -977,6 +1022,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			res.duplicate++
 			continue
 		}
+		pos := positionOf(it.msg)
+		if hasStored && stored.covers(pos) {
+			res.duplicate++ // applied, and its outbox entry gone since
+			continue
+		}
 		entry := membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: events.CauseProfile, AtMillis: now.UnixMilli(), Rev: st.Rev + 1}
 		var next *segment.Profile
 		var paths []string
@@ -1002,6 +1052,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			np, ch, err := segment.ApplyChanges(base, ev.Changes)
 			if err != nil {
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, "invalid profile event: changes: "+err.Error()))
+				res.floors = append(res.floors, pos)
 				continue
 			}
 			next, paths = np, ch
@@ -1039,6 +1090,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		outbox = append(outbox, entry)
 		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
+		if belowFloors(pos, w.floors) && belowFloors(pos, res.floors) {
+			mark = pos
+		}
 		res.occurred = append(res.occurred, ev.OccurredAt)
 		wrote = true
 	}
@@ -1051,6 +1105,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		return res
 	}
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
+	if mark.src != "" {
+		uw.Applied = mark.String()
+	}
 	if !deleted && profile != nil {
 		uw.Profile = segment.AppendProfile(nil, profile)
 	}
