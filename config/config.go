@@ -119,6 +119,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	if c.RedisAddrs, err = addrList("SEGMENTD_REDIS_ADDRS", get("SEGMENTD_REDIS_ADDRS")); err != nil {
 		return c, err
 	}
+	topicOf := map[string]string{} // topic name to the variable that gave it
 	for _, t := range []struct {
 		name string
 		dst  *string
@@ -131,10 +132,11 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 		if !validTopic(v) {
 			return c, &Error{t.name, v, "a topic name is 1-249 characters of [a-zA-Z0-9._-]"}
 		}
+		if other, ok := topicOf[v]; ok {
+			return c, &Error{t.name, v, "the same topic as " + other + ": profile, membership and DLQ topics must differ"}
+		}
+		topicOf[v] = t.name
 		*t.dst = v
-	}
-	if c.ProfileTopic == c.MembershipTopic || c.ProfileTopic == c.DLQTopic || c.MembershipTopic == c.DLQTopic {
-		return c, &Error{"SEGMENTD_MEMBERSHIP_TOPIC", c.MembershipTopic, "profile, membership and DLQ topics must differ"}
 	}
 	c.GroupID = get("SEGMENTD_GROUP_ID")
 	if c.APIKeys, err = apiKeys(get("SEGMENTD_API_KEYS")); err != nil {

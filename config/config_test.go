@@ -57,6 +57,8 @@ func TestLoadErrors(t *testing.T) {
 		"redis bad port":           {"SEGMENTD_REDIS_ADDRS", "127.0.0.1:99999", "SEGMENTD_REDIS_ADDRS"},
 		"topic with space":         {"SEGMENTD_PROFILE_TOPIC", "my topic", "SEGMENTD_PROFILE_TOPIC"},
 		"same topics":              {"SEGMENTD_MEMBERSHIP_TOPIC", "profile-events", "SEGMENTD_MEMBERSHIP_TOPIC"},
+		"DLQ as the profile topic": {"SEGMENTD_DLQ_TOPIC", "profile-events", "SEGMENTD_DLQ_TOPIC"},
+		"DLQ as the membership":    {"SEGMENTD_DLQ_TOPIC", "segment-membership", "SEGMENTD_DLQ_TOPIC"},
 		"key pair without colon":   {"SEGMENTD_API_KEYS", "acme", "SEGMENTD_API_KEYS"},
 		"short key":                {"SEGMENTD_API_KEYS", "acme:short", "SEGMENTD_API_KEYS"},
 		"org with brace":           {"SEGMENTD_API_KEYS", "ac}me:sk_acme_0123456789abcdef", "SEGMENTD_API_KEYS"},

@@ -119,12 +119,14 @@ func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
 }
 
 // NewWriter returns a synchronous writer for messages that name their
-// topic, keyed by user with the hash balancer, acknowledged by all in-sync
-// replicas.
+// topic, keyed by user, acknowledged by all in-sync replicas. Keys go to
+// partitions by murmur2, as the Java client's default partitioner and
+// franz-go's put them: one user's events written by segmentctl and by a
+// profile service on another client land on the same partition, in order.
 func NewWriter(brokers []string) *kafka.Writer {
 	return &kafka.Writer{
 		Addr:         kafka.TCP(brokers...),
-		Balancer:     &kafka.Hash{},
+		Balancer:     &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll,
 		// kafka-go allocates room for BatchSize messages (~150 bytes each)
 		// for every partition batch it starts, however few it holds: a
@@ -206,6 +208,13 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 	}
 	for _, t := range topics {
 		err := cc.CreateTopics(kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: rf})
+		if errors.Is(err, kafka.TopicAuthorizationFailed) || errors.Is(err, kafka.ClusterAuthorizationFailed) {
+			// A cluster whose administrators create the topics may refuse
+			// the creation of one that exists: it is then used as it is.
+			if _, perr := readPartitions(ctx, brokers, t); perr == nil {
+				err = nil
+			}
+		}
 		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", t, err)
 		}

@@ -2,11 +2,13 @@ package kafkaio_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/kafkaio"
@@ -98,5 +100,27 @@ func TestProduceFetchCommit(t *testing.T) {
 	}
 	if headers != len(sent) {
 		t.Errorf("read %d records without a group, want %d", headers, len(sent))
+	}
+}
+
+// TestKeysPartitionAsJavaClients: the writer puts a key on the partition
+// where the Java client's default partitioner (murmur2), which franz-go
+// reproduces, puts it, so that one user's events written by segmentctl and
+// by a profile service on another client stay in one partition.
+func TestKeysPartitionAsJavaClients(t *testing.T) {
+	w := kafkaio.NewWriter([]string{"127.0.0.1:1"})
+	defer w.Close()
+	const n = 12
+	parts := make([]int, n)
+	for i := range parts {
+		parts[i] = i
+	}
+	java := kgo.StickyKeyPartitioner(nil).ForTopic("profiles")
+	for i := range 200 {
+		key := fmt.Sprintf("u_%d", i)
+		want := java.Partition(&kgo.Record{Key: []byte(key)}, n)
+		if got := w.Balancer.Balance(kafka.Message{Key: []byte(key)}, parts...); got != want {
+			t.Fatalf("key %s on partition %d, want %d as the Java client puts it", key, got, want)
+		}
 	}
 }

@@ -54,6 +54,13 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	// Taken first, so that an address in use stops start-up at once, in
+	// the words of the configuration, before any server is started.
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return &config.Error{Var: "SEGMENTD_HTTP_ADDR", Value: cfg.HTTPAddr, Reason: err.Error()}
+	}
+	defer ln.Close() // served and closed by the HTTP server, unless start-up fails before
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(processor.GCPercent)
 	}
@@ -181,11 +188,6 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		AwaitRevision: processor.NewRevisionGate(coord, nil).Wait,
 		Locks:         coord,
 	})
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		closeKafka()
-		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
-	}
 	httpSrv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net"
 	"strings"
 	"testing"
 
@@ -23,5 +25,22 @@ func TestArguments(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"serve"}, noEnv); err == nil || !strings.Contains(err.Error(), "-h") {
 		t.Errorf("segmentd serve: %v, want an error that points to -h", err)
+	}
+}
+
+// TestAddressInUse: an HTTP address another process holds stops start-up
+// with a configuration error naming SEGMENTD_HTTP_ADDR, before any server
+// starts.
+func TestAddressInUse(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	env := map[string]string{"SEGMENTD_HTTP_ADDR": held.Addr().String()}
+	err = run(context.Background(), nil, func(k string) string { return env[k] })
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_HTTP_ADDR" {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_HTTP_ADDR", err)
 	}
 }
