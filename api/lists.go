@@ -41,7 +41,7 @@ func (s *Server) lockList(ctx context.Context, org, seg string) (unlock func(), 
 	}
 	var b [12]byte
 	_, _ = rand.Read(b[:])
-	owner, name := hex.EncodeToString(b[:]), "list:"+org+":"+seg
+	owner, name := hex.EncodeToString(b[:]), membership.ListLock(org, seg)
 	take := func() error {
 		ok, err := s.locks.TryLock(ctx, name, owner, listLockTTL)
 		switch {

@@ -17,6 +17,10 @@ const instancesKey = "segmentd:instances"
 
 func lockKey(name string) string { return "lock:{" + name + "}" }
 
+// ListLock names the lease that one change of a static segment's list, or
+// the removal of a segment's members, holds at a time.
+func ListLock(org, seg string) string { return "list:" + org + ":" + seg }
+
 // Coordinator hands jobs to one instance at a time and tracks instances.
 type Coordinator struct {
 	rdb redis.UniversalClient

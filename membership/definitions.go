@@ -704,7 +704,10 @@ func (s *Definitions) MarkDeleting(ctx context.Context, org, id string) (segment
 		if d.Status == segment.StatusDeleting {
 			return ErrUnchanged
 		}
-		d.Status = segment.StatusDeleting
+		// Hidden from the API from now on, UpdatedAt says since when it is
+		// being deleted (see processor.Jobs, which finishes deletions that
+		// their request left undone).
+		d.Status, d.UpdatedAt = segment.StatusDeleting, time.Now().UTC()
 		return nil
 	})
 }
@@ -887,6 +890,34 @@ func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
 			}
 		}
 		orgs = orgs[n:]
+	}
+	return out, nil
+}
+
+// Deleting returns the definitions of every organisation that are being
+// deleted, sorted by organisation and id.
+func (s *Definitions) Deleting(ctx context.Context) ([]segment.Definition, error) {
+	orgs, err := s.Orgs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("segments being deleted: %w", err)
+	}
+	var out []segment.Definition
+	for _, org := range orgs {
+		raw, err := s.rdb.HGetAll(ctx, DefinitionsKey(org)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("segments being deleted: %w", err)
+		}
+		start := len(out)
+		for id, r := range raw {
+			d, err := decodeDefinition(r)
+			if err != nil {
+				return nil, fmt.Errorf("segments being deleted: %s/%s: %w", org, id, err)
+			}
+			if d.Status == segment.StatusDeleting {
+				out = append(out, d)
+			}
+		}
+		slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 	}
 	return out, nil
 }

@@ -5,3 +5,7 @@ import "context"
 // FireTimers fires the due timers of every organisation once, as Run does
 // every TimerInterval.
 func (j *Jobs) FireTimers(ctx context.Context) { j.fireTimers(ctx) }
+
+// FinishDeletions finishes the deletions left undone once, as Run does
+// every minute.
+func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }

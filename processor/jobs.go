@@ -46,6 +46,15 @@ type JobDefinitions interface {
 	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished []int64, err error)
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
+	Deleting(ctx context.Context) ([]segment.Definition, error)
+	Delete(ctx context.Context, org, id string) error
+	Revision(ctx context.Context) (int64, error)
+}
+
+// SegmentRemover removes a deleted segment's members, publishing their
+// exits (membership.Sets.DeleteSegment).
+type SegmentRemover interface {
+	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)
 }
 
 // Sizer counts and lists segment members.
@@ -79,8 +88,11 @@ type JobsConfig struct {
 	Sizes       Sizer
 	Coordinator Coordinator
 	Publisher   ChangePublisher
-	Registry    *Registry
-	Processor   *Processor
+	// Remover, when not nil, finishes the deletions that their request left
+	// undone (see DeletionGrace).
+	Remover   SegmentRemover
+	Registry  *Registry
+	Processor *Processor
 	// Metrics counts the membership changes the jobs publish; nil counts nothing.
 	Metrics          *Metrics
 	EstimateInterval time.Duration
@@ -89,9 +101,13 @@ type JobsConfig struct {
 	// ProgressInterval is how often a backfill records its progress in the
 	// segment's definition, where the API shows it (default 500 ms).
 	ProgressInterval time.Duration
-	Registerer       prometheus.Registerer
-	Logger           *slog.Logger
-	Now              func() time.Time
+	// DeletionGrace is how long a segment may be being deleted before the
+	// jobs finish its deletion (default 10 minutes: longer than a DELETE
+	// request, whose retry by the client may be under way, can run).
+	DeletionGrace time.Duration
+	Registerer    prometheus.Registerer
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Jobs runs what follows definitions and time: the heartbeat, backfills of
@@ -173,6 +189,9 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.TimerInterval <= 0 {
 		cfg.TimerInterval = time.Second
 	}
+	if cfg.DeletionGrace <= 0 {
+		cfg.DeletionGrace = 10 * time.Minute
+	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = 500 * time.Millisecond
 	}
@@ -229,6 +248,9 @@ func (j *Jobs) Run(ctx context.Context) error {
 	loop(500*time.Millisecond, j.startBackfills)
 	loop(j.cfg.TimerInterval, j.fireTimers)
 	loop(min(j.cfg.EstimateInterval, time.Minute), j.refreshEstimates)
+	if j.cfg.Remover != nil {
+		loop(time.Minute, j.finishDeletions)
+	}
 	wg.Wait()
 	// A backfill stops at its next call once ctx ends; its lock and revision
 	// must be released before this instance leaves.
@@ -959,6 +981,84 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	}
 	j.timers.Add(float64(len(claimed)))
 	return len(claimed), nil
+}
+
+// deletionsLock hands the search for unfinished deletions to one instance
+// a minute.
+const deletionsLock = "deletions"
+
+// finishDeletions completes the deletions that their DELETE request left
+// undone (the instance stopped, Redis or Kafka failed, the revision gate
+// timed out) and that no retry finished within DeletionGrace: the segment
+// is hidden from the API and from evaluation, but its members stay in the
+// public sets until the removal runs. It runs the request's sequence:
+// every instance stops evaluating the segment, the members go with their
+// exits published, then the definition.
+func (j *Jobs) finishDeletions(ctx context.Context) {
+	owner := j.cfg.InstanceID + fmt.Sprint(j.cfg.Now().UnixNano())
+	// Not released: one search a minute, on whichever instance comes first.
+	ok, err := j.cfg.Coordinator.TryLock(ctx, deletionsLock, owner, 50*time.Second)
+	if err != nil || !ok {
+		if err != nil {
+			j.cfg.Logger.Warn("finish deletions", "err", err)
+		}
+		return
+	}
+	defs, err := j.cfg.Definitions.Deleting(ctx)
+	if err != nil {
+		j.cfg.Logger.Warn("finish deletions", "err", err)
+		return
+	}
+	for _, d := range defs {
+		if j.cfg.Now().Sub(d.UpdatedAt) < j.cfg.DeletionGrace {
+			continue
+		}
+		if err := j.finishDeletion(ctx, d, owner); err != nil {
+			j.cfg.Logger.Warn("finish a deletion; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
+			continue
+		}
+		j.cfg.Logger.Info("finished a deletion left undone", "org", d.OrgID, "segment", d.ID)
+	}
+}
+
+func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
+	// Every instance stops evaluating the segment before its members go.
+	rev, err := j.cfg.Definitions.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
+		return err
+	}
+	// The list's lock, as a DELETE holds it: a request's removal in
+	// progress, or a change of the list, ends first.
+	lock := membership.ListLock(d.OrgID, d.ID)
+	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 10*time.Minute)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("its list is locked by a request")
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = j.cfg.Coordinator.Unlock(uctx, lock, owner)
+	}()
+	changes := func(ctx context.Context, cs []events.Change) error {
+		if err := j.cfg.Publisher.Publish(ctx, cs); err != nil {
+			return err
+		}
+		j.cfg.Metrics.countChanges(cs)
+		return nil
+	}
+	if _, err := j.cfg.Remover.DeleteSegment(ctx, d.OrgID, d.ID, j.cfg.Now(), changes); err != nil {
+		return err
+	}
+	if err := j.cfg.Definitions.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 // refreshEstimates copies each segment's exact size into estimatedSize,

@@ -1128,6 +1128,7 @@ type jobsOf struct {
 	now      func() time.Time
 	metrics  *prometheus.Registry // nil: a registry of its own
 	users    processor.JobUsers   // nil: the rig's
+	remover  processor.SegmentRemover
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
 }
@@ -1146,7 +1147,7 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	j, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: o.instance, Definitions: r.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
-		Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
+		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 		TimerInterval: o.timerInterval,
 	})
 	if err != nil {
@@ -1389,5 +1390,66 @@ func TestVerifyLooksAgain(t *testing.T) {
 	want := []processor.Difference{{OrgID: r.org, SegmentID: seg, UserID: "u0", Want: false, Where: "user"}}
 	if !slices.Equal(diffs, want) {
 		t.Errorf("differences %v, want %v", diffs, want)
+	}
+}
+
+// TestUnfinishedDeletionIsFinished: a DELETE marked a segment deleting and
+// stopped before removing its members (its instance died). Once the grace
+// is over, the jobs must remove them, publish their exits and drop the
+// definition; before it, leave the segment alone for the request's retry.
+func TestUnfinishedDeletionIsFinished(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	points := r.storePoints(t, 300)
+	cs := r.buildingSegment(t, atLeast(1000))
+	seg := cs.Def.ID
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for u, p := range points {
+		if p >= 1000 {
+			want = append(want, u)
+		}
+	}
+	if _, err := r.defs.MarkDeleting(ctx, r.org, seg); err != nil {
+		t.Fatal(err)
+	}
+	sets := membership.NewSets(r.rdb)
+	pub := r.publisher(t)
+	r.newJobs(t, jobsOf{pub: pub, remover: sets}).FinishDeletions(ctx)
+	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != int64(len(want)) {
+		t.Fatalf("%d members within the grace (%v), want all %d left for the request", n, err, len(want))
+	}
+	later := func() time.Time { return time.Now().Add(11 * time.Minute) }
+	// The search runs once a minute, on one instance: a minute on, the
+	// lease the first call took is gone.
+	if err := r.rdb.Del(ctx, "lock:{deletions}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.newJobs(t, jobsOf{pub: pub, remover: sets, now: later}).FinishDeletions(ctx)
+	if n, err := r.rdb.Exists(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != 0 {
+		t.Errorf("member set still there (%v)", err)
+	}
+	if _, err := r.defs.Get(ctx, r.org, seg); !errors.Is(err, membership.ErrNotFound) {
+		t.Errorf("definition after the deletion was finished: %v, want not found", err)
+	}
+	for _, u := range want {
+		if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, u), seg).Result(); err != nil || in {
+			t.Fatalf("user %s's set still holds the segment (%v)", u, err)
+		}
+	}
+	exited := 0
+	for _, m := range readOwn(t, r, 2*len(want)) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Entered && c.SegmentID == seg {
+			exited++
+		}
+	}
+	if exited != len(want) {
+		t.Errorf("%d exit events, want %d", exited, len(want))
 	}
 }

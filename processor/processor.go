@@ -110,12 +110,12 @@ type Processor struct {
 	// an earlier batch has finished keeps those entries in its outbox, so
 	// that a crash still finds them to replay. finished is the sequence
 	// number of the last finished batch; seq that of the last written one.
-	cmu      sync.Mutex
-	carry    map[membership.UserRef][]seqEntry
+	cmu   sync.Mutex
+	carry map[membership.UserRef][]seqEntry
 	// floors holds, per user, the positions of events that batches not
 	// yet finished dead-lettered in the user's evaluation (see
 	// belowFloors); cmu guards it.
-	floors map[membership.UserRef][]seqFloor
+	floors   map[membership.UserRef][]seqFloor
 	finished atomic.Uint64
 	seq      uint64
 	// cache holds the users' states last read or written; only the write
@@ -984,7 +984,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	outbox := keepAmends(slices.Clone(w.carried), st.Outbox, org, now)
 	res.firstNew = len(outbox)
 	wrote := false
-	timed := false // a time-relative segment was evaluated: the user's timer may move
+	timed := false    // a time-relative segment was evaluated: the user's timer may move
 	var seen []string // event ids applied or replayed here
 	for _, it := range w.items {
 		ev := it.ev

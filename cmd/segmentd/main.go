@@ -149,7 +149,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	coord := membership.NewCoordinator(rdb)
 	jobs, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
-		Coordinator: coord, Publisher: publisher, Registry: registry, Processor: proc,
+		Coordinator: coord, Publisher: publisher, Remover: sets, Registry: registry, Processor: proc,
 		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
 	})
 	if err != nil {
