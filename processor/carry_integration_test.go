@@ -495,3 +495,53 @@ func TestSameEventTwiceInABatch(t *testing.T) {
 	r.start(t)
 	r.wantOnlyEntry(t, seg, "u1", "e1")
 }
+
+// TestReplayedDeletionKeepsStaticReAdd: a user's deletion takes it out of a
+// static segment and is never committed; a list then puts the user back
+// (the API writes both sets and leaves the user's revision alone). The
+// deletion, redelivered and replayed, must not take the user out of the
+// segment's set again while the user's own set keeps it.
+func TestReplayedDeletionKeepsStaticReAdd(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "list", Type: segment.TypeStatic, Status: segment.StatusReady})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := membership.NewSets(r.rdb)
+	add := func(id string) {
+		c := events.Change{OrgID: r.org, SegmentID: d.ID, UserID: "u1", Entered: true, At: time.Now(), Cause: events.Cause{Type: events.CauseStatic, EventID: id}}
+		if err := sets.Apply(ctx, []events.Change{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := r.org
+	stop := r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"gold"}}`)
+	r.waitCommitted(t, 1)
+	stop()
+	add("list-1")
+	stop = r.startWith(t, func(c *processor.Config) {
+		c.Producer = unreachableKafka{}
+		c.ShutdownTimeout = time.Second
+	})
+	r.produce(t, `{"eventId":"e2","type":"profile.deleted","orgId":"`+o+`","userId":"u1","version":2}`)
+	r.waitState(t, "u1", func(st membership.UserState) bool { return st.Deleted })
+	// The deletion's exit is projected before its publication fails.
+	for deadline := time.Now().Add(30 * time.Second); members(t, r.rdb, membership.SegmentMembersKey(o, d.ID)) != ""; {
+		if time.Now().After(deadline) {
+			t.Fatal("the deletion's exit was not projected within 30 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	add("list-2")
+	r.start(t)
+	r.waitCommitted(t, 2)
+	if g := members(t, r.rdb, membership.SegmentMembersKey(o, d.ID)); g != "u1" {
+		t.Errorf("members after the replay %q, want u1, whom the list put back", g)
+	}
+	if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(o, "u1"), d.ID).Result(); err != nil || !in {
+		t.Errorf("user's own set holds the segment: %v (%v), want true", in, err)
+	}
+}

@@ -923,6 +923,22 @@ func (r *userResult) project(cs []events.Change, rev int64) {
 	}
 }
 
+// standing returns the replayed changes, decided by the user's write of
+// revision rev, that the user's segment set (st, as loaded) still agrees
+// with, or all of them once the user has been written since: a static
+// list's write moves neither the revision nor the outbox, so a deletion's
+// exit from a static segment that a list has put the user back in since
+// must not take the user out of that segment's set again. (A deletion's
+// state is always read from Redis, never from the cache.)
+func standing(cs []events.Change, rev int64, st membership.UserState) []events.Change {
+	if rev != st.Rev {
+		return cs
+	}
+	return slices.DeleteFunc(slices.Clone(cs), func(c events.Change) bool {
+		return slices.Contains(st.Segments, c.SegmentID) != c.Entered
+	})
+}
+
 // evaluate applies one user's events of the batch, in order, to the loaded
 // state. Events already in the outbox were written by an earlier attempt whose
 // effects may not have been projected or published: they are replayed.
@@ -998,7 +1014,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				outbox = append(outbox, e)
 				res.replayedEntries = append(res.replayedEntries, e)
 			}
-			res.add(p.outboxChanges(w.ref, e), e.Rev)
+			replayed := p.outboxChanges(w.ref, e)
+			res.changes = append(res.changes, replayed...)
+			res.project(standing(replayed, e.Rev, st), e.Rev)
 			res.replayed++
 			// The first attempt may have stopped before storing the user's
 			// timer: this one stores it again.
@@ -1012,7 +1030,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			later := false
 			for _, o := range st.Outbox {
 				if later && o.Rev == e.Rev {
-					res.project(p.outboxChanges(w.ref, o), o.Rev)
+					res.project(standing(p.outboxChanges(w.ref, o), o.Rev, st), o.Rev)
 				}
 				later = later || o.EventID == e.EventID && o.Rev == e.Rev
 			}
