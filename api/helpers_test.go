@@ -85,6 +85,8 @@ type testOptions struct {
 	// audience wraps the audience searcher; maxSearches bounds searches.
 	audience    func(AudienceSearcher) AudienceSearcher
 	maxSearches int
+	// membership wraps the membership store.
+	membership func(MembershipStore) MembershipStore
 }
 
 func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
@@ -104,9 +106,13 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 	if o.audience != nil {
 		audience = o.audience(audience)
 	}
+	var sets MembershipStore = membership.NewSets(rdb)
+	if o.membership != nil {
+		sets = o.membership(sets)
+	}
 	s := New(Config{
 		Definitions: membership.NewDefinitions(rdb),
-		Membership:  membership.NewSets(rdb),
+		Membership:  sets,
 		Profiles:    users,
 		Audience:    audience,
 		Publisher:   a.pub,

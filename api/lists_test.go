@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
 )
@@ -92,5 +94,37 @@ func TestDeleteWaitsForListWrite(t *testing.T) {
 	}
 	if stale > 0 || rdb.Exists(ctx, membership.SegmentMembersKey(a.org, id)).Val() != 0 {
 		t.Errorf("after the deletion, %d users' sets still hold the segment (members key exists: %d)", stale, rdb.Exists(ctx, membership.SegmentMembersKey(a.org, id)).Val())
+	}
+}
+
+// halfWrittenLists writes a list's changes to the users' sets and then
+// fails, as a Redis failure between the users' sets and the segment's set
+// leaves them.
+type halfWrittenLists struct {
+	MembershipStore
+	rdb redis.UniversalClient
+}
+
+func (h halfWrittenLists) ApplyList(ctx context.Context, org, seg string, changes []events.Change) error {
+	for _, c := range changes {
+		if err := h.rdb.SAdd(ctx, membership.UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID).Err(); err != nil {
+			return err
+		}
+	}
+	return errors.New("segment sets: connection reset")
+}
+
+// TestRolledBackCreateLeavesNoUserSet: a static create whose list reached
+// the users' sets and not the segment's is rolled back; no user's set may
+// keep the segment.
+func TestRolledBackCreateLeavesNoUserSet(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb, testOptions{membership: func(m MembershipStore) MembershipStore { return halfWrittenLists{m, rdb} }})
+	body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u1", "u2"}}
+	a.do("POST", "/v1/segments", a.key, body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+	for _, u := range []string{"u1", "u2"} {
+		if segs := testenv.SMembers(t, rdb, membership.UserSegmentsKey(a.org, u)); len(segs) != 0 {
+			t.Errorf("user %s's set after the rollback: %v, want empty", u, segs)
+		}
 	}
 }

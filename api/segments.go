@@ -400,7 +400,13 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim
 		s.log.Error("roll back a static segment: its entries may have been published in part, without exits",
 			"org", d.OrgID, "segment", d.ID, "err", err)
 	}
-	_, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
+	// Every listed user's set, not only the members': a write that failed
+	// between the users' sets and the segment's set left users that the
+	// segment's set does not name.
+	err := s.sets.Apply(ctx, exits)
+	if err == nil {
+		_, err = s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
+	}
 	if err == nil {
 		err = s.defs.Delete(ctx, d.OrgID, d.ID)
 		if errors.Is(err, membership.ErrNotFound) {
