@@ -248,6 +248,18 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		log.Error("stopping after failure", "err", runErr)
 	}
 	log.Info("shutting down")
+	// The API takes no new call from now on, and the calls in progress
+	// (a static list being written and published) get the processor's
+	// time to finish, beside it: Kafka closes after both.
+	httpDone := make(chan struct{})
+	go func() {
+		defer close(httpDone)
+		shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := httpSrv.Shutdown(shutCtx); err != nil {
+			log.Warn("http shutdown: calls still in progress are cut off", "err", err)
+		}
+	}()
 	stopProc()
 	deadline := time.After(cfg.ShutdownTimeout + 2*time.Second) // Run keeps to the timeout itself
 	select {
@@ -257,11 +269,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	// Leaving the group now hands the partitions over while the rest stops.
 	leaveGroup()
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := httpSrv.Shutdown(shutCtx); err != nil {
-		log.Warn("http shutdown", "err", err)
-	}
+	<-httpDone
 	stopJobs()
 	// Jobs stop at their next Redis call or page; a frozen server must not
 	// hold the process past its bound.
