@@ -59,7 +59,7 @@ func (g *GroupReader) Fetch(ctx context.Context) (processor.Record, error) {
 	if err != nil {
 		return processor.Record{}, err
 	}
-	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value}, nil
+	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time, Key: m.Key, Value: m.Value}, nil
 }
 
 // Commit commits, for each partition, the offset after the last of rs.

@@ -1,21 +1,29 @@
 package processor
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func at(topic string, partition int, offset int64, ts time.Time) position {
+	return positionOf(Record{Topic: topic, Partition: partition, Offset: offset, Time: ts})
+}
 
 func TestPosition(t *testing.T) {
-	at := func(topic string, partition int, offset int64) position {
-		return positionOf(Record{Topic: topic, Partition: partition, Offset: offset})
-	}
-	stored := at("profiles", 2, 100)
+	stored := at("profiles", 2, 100, t0)
 	tests := map[string]struct {
 		q      position
 		covers bool
 	}{
-		"earlier offset":    {at("profiles", 2, 99), true},
-		"same offset":       {at("profiles", 2, 100), true},
-		"later offset":      {at("profiles", 2, 101), false},
-		"another partition": {at("profiles", 1, 5), false},
-		"another topic":     {at("profiles-v2", 2, 5), false},
+		"earlier offset":    {at("profiles", 2, 99, t0.Add(-time.Second)), true},
+		"same offset":       {at("profiles", 2, 100, t0), true},
+		"later offset":      {at("profiles", 2, 101, t0), false},
+		"another partition": {at("profiles", 1, 5, t0), false},
+		"another topic":     {at("profiles-v2", 2, 5, t0), false},
+		// The topic deleted and created again: offsets start over.
+		"newer record at an old offset": {at("profiles", 2, 5, t0.Add(time.Minute)), false},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -28,26 +36,35 @@ func TestPosition(t *testing.T) {
 	if !ok || back != stored {
 		t.Errorf("parsePosition(%q) = %+v, %v; want %+v", stored.String(), back, ok, stored)
 	}
-	for _, s := range []string{"", "x", "x:1:y"} {
+	for _, s := range []string{"", "x", "x:1:y", "1:2:abc", "1:2:abc:!"} {
 		if _, ok := parsePosition(s); ok {
 			t.Errorf("parsePosition(%q) accepted", s)
 		}
 	}
 }
 
-func TestBelowFloors(t *testing.T) {
-	at := func(partition int, offset int64) position {
-		return positionOf(Record{Topic: "profiles", Partition: partition, Offset: offset})
+// An event whose producer's clock was behind is still covered once a later
+// one was applied: the stored time is the latest of all.
+func TestPositionAdvanceKeepsLatestTime(t *testing.T) {
+	p := at("profiles", 0, 10, t0).advance(at("profiles", 0, 11, t0.Add(-time.Hour)))
+	if !p.covers(at("profiles", 0, 10, t0)) {
+		t.Errorf("%+v does not cover the event at offset 10 it was advanced from", p)
 	}
-	floors := []position{at(0, 10)}
+	if q := (position{}).advance(at("profiles", 0, 3, t0)); q != at("profiles", 0, 3, t0) {
+		t.Errorf("advance from nothing = %+v", q)
+	}
+}
+
+func TestBelowFloors(t *testing.T) {
+	floors := []position{at("profiles", 0, 10, t0)}
 	tests := map[string]struct {
 		p    position
 		want bool
 	}{
-		"before the floor":    {at(0, 9), true},
-		"at the floor":        {at(0, 10), false},
-		"after the floor":     {at(0, 11), false},
-		"another partition's": {at(1, 50), true},
+		"before the floor":    {at("profiles", 0, 9, t0), true},
+		"at the floor":        {at("profiles", 0, 10, t0), false},
+		"after the floor":     {at("profiles", 0, 11, t0), false},
+		"another partition's": {at("profiles", 1, 50, t0), true},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

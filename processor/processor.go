@@ -28,9 +28,11 @@ type Record struct {
 	Topic     string
 	Partition int
 	Offset    int64
-	Key       []byte
-	Value     []byte
-	Headers   []Header
+	// Time is the record's timestamp, for one read; zero for one to write.
+	Time    time.Time
+	Key     []byte
+	Value   []byte
+	Headers []Header
 }
 
 // Header is one header of a Record.
@@ -993,7 +995,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	deleted := st.Deleted
 	version := st.Version
 	stored, hasStored := parsePosition(st.Applied)
-	var mark position // where the user's stored position moves to, when set
+	mark, moved := stored, false // where the user's stored position moves to
 	// Entries of this user's unfinished batches stay until those finish,
 	// and recent entries of backfills and timers until they are surely
 	// published.
@@ -1109,7 +1111,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
 		if belowFloors(pos, w.floors) && belowFloors(pos, res.floors) {
-			mark = pos
+			mark, moved = mark.advance(pos), true
+		} else if mark.src == pos.src && pos.at > mark.at {
+			// The offset stops short of a dead letter; the time still
+			// covers every event applied.
+			mark.at, moved = pos.at, true
 		}
 		res.occurred = append(res.occurred, ev.OccurredAt)
 		wrote = true
@@ -1123,7 +1129,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		return res
 	}
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
-	if mark.src != "" {
+	if moved {
 		uw.Applied = mark.String()
 	}
 	if !deleted && profile != nil {
