@@ -64,13 +64,13 @@ var Vars = []Var{
 	{"SEGMENTD_MEMBERSHIP_TOPIC", "segment-membership", "output topic"},
 	{"SEGMENTD_DLQ_TOPIC", "profile-events-dlq", "undecodable or invalid input"},
 	{"SEGMENTD_GROUP_ID", "segmentd", "consumer group"},
-	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs; embedded mode: one dev key, printed at start"},
+	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs (keys of 16+ characters); required unless embedded, where one dev key is printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
 	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
 	{"SEGMENTD_USER_CACHE_MB", "128", "memory (MiB) the processor may take to keep users' states, ~600-700 bytes a user; 0: none"},
 	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
 	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
-	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing"},
+	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing (4 in embedded mode, unless set)"},
 	{"SEGMENTD_EMBEDDED_EPHEMERAL", "false", "true: the embedded Kafka and Redis listen on free ports instead of the fixed ones"},
 }
 

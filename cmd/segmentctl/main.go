@@ -108,3 +108,11 @@ func loadEnv(getenv func(string) string) (env, error) {
 	}
 	return e, nil
 }
+
+// plural writes n and the noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

@@ -67,8 +67,14 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	if err := run(ctx, []string{"verify", "-org", org}, env, nil, &out); err != nil {
 		t.Fatalf("verify = %v after the fix; output:\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "no differences (1 ready dynamic segments of 1 organisations against 1 stored profiles; 1 segments still building, not checked)") {
+	if !strings.Contains(out.String(), "no differences (1 ready dynamic segment of 1 organisation against 1 stored profile; 1 segment still building, not checked)") {
 		t.Errorf("verify does not say what it checked:\n%s", out.String())
+	}
+	// A mistyped organisation is not a pass.
+	out.Reset()
+	var typo exitCode
+	if err := run(ctx, []string{"verify", "-org", org + "-typo"}, env, nil, &out); !errors.As(err, &typo) || typo != 1 || !strings.Contains(out.String(), "has no segments") {
+		t.Errorf("verify of an unknown organisation = %v, said %q; want exit 1 naming it", err, out.String())
 	}
 
 	// A stored user missing from the organisation's index of users (as a
@@ -118,12 +124,12 @@ func TestProduceThenTail(t *testing.T) {
 		t.Fatalf("produce FILE = %v, said %q", err, out.String())
 	}
 	// A line too large for a record is named and left out, the others go;
-	// a line that is not JSON goes, counted.
+	// a line that is not JSON, or has no userId, goes, counted.
 	huge := `{"eventId":"e3","type":"profile.created","orgId":"acme","userId":"u3","profile":{"note":"` + strings.Repeat("x", 1<<20) + `"}}`
 	out.Reset()
-	err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader("not json\n"+huge+"\n"+lines), &out)
-	if err == nil || !strings.Contains(err.Error(), "line 2 (") || !strings.Contains(out.String(), "produced 3 events") ||
-		!strings.Contains(out.String(), "1 of them not JSON") {
+	err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader("not json\n"+huge+"\n"+lines+"\n[1,2]"), &out)
+	if err == nil || !strings.Contains(err.Error(), "line 2 (") || !strings.Contains(out.String(), "produced 4 events") ||
+		!strings.Contains(out.String(), "2 of them not JSON objects with a userId") {
 		t.Fatalf("produce with a huge line = %v, said %q", err, out.String())
 	}
 	out.Reset()

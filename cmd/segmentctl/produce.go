@@ -51,7 +51,7 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	var batch []kafka.Message
-	n, notJSON, lineNo := 0, 0, 0
+	n, unkeyed, lineNo := 0, 0, 0
 	var tooLarge []string
 	flush := func() error {
 		if len(batch) == 0 {
@@ -77,8 +77,8 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		var k struct {
 			UserID string `json:"userId"`
 		}
-		if json.Unmarshal(line, &k) != nil {
-			notJSON++ // sent unkeyed: segmentd dead-letters it
+		if json.Unmarshal(line, &k) != nil || k.UserID == "" {
+			unkeyed++ // segmentd dead-letters it
 		}
 		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(k.UserID), Value: append([]byte(nil), line...), Time: time.Now()})
 		if len(batch) == 1000 {
@@ -97,9 +97,9 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	if err := flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "produced %d events to %s\n", n, *topic)
-	if notJSON > 0 {
-		fmt.Fprintf(stdout, "%d of them not JSON objects with a userId (unkeyed; segmentd dead-letters what it cannot decode)\n", notJSON)
+	fmt.Fprintf(stdout, "produced %s to %s\n", plural(n, "event"), *topic)
+	if unkeyed > 0 {
+		fmt.Fprintf(stdout, "%d of them not JSON objects with a userId (sent unkeyed; segmentd dead-letters them)\n", unkeyed)
 	}
 	if len(tooLarge) > 0 {
 		return fmt.Errorf("produce: %d lines not sent, larger than a record may be (%d bytes): %s",

@@ -23,7 +23,7 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
 	idle := fs.Duration("idle", 0, "stop when no event arrived for this long (0: never)")
-	headers := fs.Bool("headers", false, `print each record as {"headers", "key", "value"} (the DLQ's reasons are headers)`)
+	headers := fs.Bool("headers", false, `print each record as {"partition", "offset", "headers", "key", "value"} (the DLQ's reasons are headers)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

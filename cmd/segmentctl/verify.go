@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/segmentd/segmentd/membership"
@@ -23,22 +24,24 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	rdb := membership.NewClient(e.redisAddrs)
 	defer rdb.Close()
-	diffs, checked, err := processor.Verify(ctx, membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
+	defs := membership.NewDefinitions(rdb)
+	diffs, checked, err := processor.Verify(ctx, defs, membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
 	if err != nil {
 		return err
 	}
 	for _, d := range diffs {
 		fmt.Fprintln(stdout, d)
 	}
-	summary := fmt.Sprintf("%d ready dynamic segments of %d organisations against %d stored profiles", checked.Segments, checked.Orgs, checked.Profiles)
+	summary := fmt.Sprintf("%s of %s against %s", plural(checked.Segments, "ready dynamic segment"),
+		plural(checked.Orgs, "organisation"), plural(checked.Profiles, "stored profile"))
 	if checked.Building > 0 {
-		summary += fmt.Sprintf("; %d segments still building, not checked", checked.Building)
+		summary += fmt.Sprintf("; %s still building, not checked", plural(checked.Building, "segment"))
 	}
 	if checked.Reindexed > 0 {
 		fmt.Fprintf(stdout, "%d stored users were missing from their organisation's index of users, which backfills and audience searches read; added (and checked above)\n", checked.Reindexed)
 	}
 	if len(diffs) > 0 {
-		fmt.Fprintf(stdout, "%d differences (%s)\n", len(diffs), summary)
+		fmt.Fprintf(stdout, "%s (%s)\n", plural(len(diffs), "difference"), summary)
 		return exitCode(1)
 	}
 	if checked.Reindexed > 0 {
@@ -47,6 +50,15 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
 	if *org != "" && checked.Orgs == 0 {
+		orgs, err := defs.Orgs(ctx)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(orgs, *org) {
+			// Most often a mistyped id: not a pass.
+			fmt.Fprintf(stdout, "organisation %q has no segments: nothing was checked (is the id right?)\n", *org)
+			return exitCode(1)
+		}
 		fmt.Fprintf(stdout, "organisation %q has no ready dynamic segment\n", *org)
 	}
 	return nil
