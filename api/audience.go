@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,7 +59,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	after := ""
+	var cursor []byte
 	if raw, ok := obj["cursor"]; ok && string(raw) != "null" {
 		var c string
 		if json.Unmarshal(raw, &c) != nil {
@@ -65,7 +67,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		} else if b, err := base64.RawURLEncoding.DecodeString(c); err != nil || len(b) == 0 {
 			fe.add("cursor", "cursor is not one this API issued")
 		} else {
-			after = string(b)
+			cursor = b
 		}
 	}
 	crit := map[string]json.RawMessage{}
@@ -79,6 +81,14 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	c, _ := decodeCriteria(&inner, "criteria", raw)
 	for _, d := range inner {
 		fe.add(strings.TrimPrefix(d.Field, "criteria."), d.Message)
+	}
+	tag := audienceTag(c)
+	after := ""
+	if cursor != nil {
+		var ok bool
+		if after, ok = strings.CutPrefix(string(cursor), "a1:"+tag+":"); !ok || after == "" {
+			fe.add("cursor", "cursor is not one this API issued for these criteria")
+		}
 	}
 	if err := fe.err(); err != nil {
 		s.fail(w, r, err)
@@ -112,8 +122,17 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		out.UserIDs = []string{}
 	}
 	if res.More {
-		next := base64.RawURLEncoding.EncodeToString([]byte(res.UserIDs[len(res.UserIDs)-1]))
+		next := base64.RawURLEncoding.EncodeToString([]byte("a1:" + tag + ":" + res.UserIDs[len(res.UserIDs)-1]))
 		out.NextCursor = &next
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// audienceTag ties a search's cursor to its criteria, so that a cursor
+// passed to a search of other criteria is refused rather than resumed
+// there (it would skip ids that search never gave).
+func audienceTag(c segment.Criteria) string {
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
 }

@@ -273,6 +273,10 @@ func TestAudienceSearch(t *testing.T) {
 			t.Errorf("pages gave %v", all)
 		}
 	})
+	t.Run("a cursor of other criteria", func(t *testing.T) {
+		got := a.as("POST", "/v1/audience/search", map[string]any{"include": rich, "limit": 1}).mustStatus(t, 200)
+		a.as("POST", "/v1/audience/search", map[string]any{"limit": 1, "cursor": got.body["nextCursor"]}).wantError(t, 400, "validation_failed", "cursor")
+	})
 	errs := map[string]struct {
 		body  any
 		field string
