@@ -46,7 +46,7 @@ func encodeOutbox(es []OutboxEntry) []byte { return AppendOutbox(nil, es) }
 
 // AppendState appends a compact binary form of a user's state to dst, for
 // a caller that keeps states outside Redis: revision, version, deleted,
-// profile, segments, then the outbox in its stored form.
+// profile, applied position, segments, then the outbox in its stored form.
 func AppendState(dst []byte, st UserState) []byte {
 	dst = binary.AppendVarint(dst, st.Rev)
 	dst = binary.AppendVarint(dst, st.Version)
@@ -56,6 +56,7 @@ func AppendState(dst []byte, st UserState) []byte {
 	}
 	dst = append(dst, deleted)
 	dst = appendString(dst, st.Profile)
+	dst = appendString(dst, st.Applied)
 	dst = binary.AppendUvarint(dst, uint64(len(st.Segments)))
 	for _, seg := range st.Segments {
 		dst = appendString(dst, seg)
@@ -67,7 +68,7 @@ func AppendState(dst []byte, st UserState) []byte {
 // substrings of s.
 func DecodeState(s string) (UserState, error) {
 	r := binReader{s: s}
-	st := UserState{Rev: r.varint(), Version: r.varint(), Deleted: r.byte() == 1, Profile: r.str()}
+	st := UserState{Rev: r.varint(), Version: r.varint(), Deleted: r.byte() == 1, Profile: r.str(), Applied: r.str()}
 	n := r.uvarint()
 	if n > uint64(len(r.s)-r.i) {
 		r.fail()

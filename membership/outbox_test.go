@@ -62,3 +62,24 @@ func TestOutboxRejectsCorruptInput(t *testing.T) {
 		})
 	}
 }
+
+// TestStateCodec: what AppendState writes, DecodeState reads back whole.
+func TestStateCodec(t *testing.T) {
+	cases := map[string]UserState{
+		"empty": {},
+		"full": {Rev: 9, Version: 17, Profile: "\x01binary", Applied: "1234:3:1qa2b3c:lx2k9",
+			Segments: []string{"seg_a", "seg_b"}, Outbox: []OutboxEntry{{EventID: "e1", Rev: 9, AtMillis: 5, Changes: []OutboxChange{{SegmentID: "seg_a", Entered: true}}}}},
+		"tombstone": {Rev: 3, Version: -1, Deleted: true, Applied: "7:0:abc:1"},
+	}
+	for name, st := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := DecodeState(string(AppendState(nil, st)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, st) {
+				t.Errorf("decoded %+v, want %+v", got, st)
+			}
+		})
+	}
+}
