@@ -103,11 +103,13 @@ type Producer struct {
 // NewProducer returns a Producer writing through w.
 func NewProducer(w *kafka.Writer) *Producer { return &Producer{w: w} }
 
-// Produce writes rs and returns once all are acknowledged.
+// Produce writes rs and returns once all are acknowledged. Records carry
+// the time they are written (kafka-go sends none otherwise).
 func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
 	msgs := make([]kafka.Message, len(rs))
+	now := time.Now()
 	for i, r := range rs {
-		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value}
+		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Time: now}
 		if len(r.Headers) > 0 {
 			msgs[i].Headers = make([]kafka.Header, len(r.Headers))
 			for j, h := range r.Headers {

@@ -56,9 +56,14 @@ func parsePosition(s string) (position, bool) {
 
 // covers reports whether the event read at q was applied before the event
 // read at p, or is that event. The time tells a topic deleted and created
-// again, whose offsets start over, from the one whose events were applied:
-// its records are newer than every record applied from the old one.
-func (p position) covers(q position) bool { return p.src == q.src && q.off <= p.off && q.at <= p.at }
+// again (or a broker that starts over, as the embedded one does), whose
+// offsets start over, from the one whose events were applied: its records
+// are newer than every record applied from the old one. Without record
+// timestamps (a producer that sets none) nothing is covered: an event is
+// rather applied twice than skipped.
+func (p position) covers(q position) bool {
+	return p.src == q.src && q.off <= p.off && q.at > 0 && q.at <= p.at
+}
 
 // advance returns the position after applying the event read at q, from p.
 func (p position) advance(q position) position {

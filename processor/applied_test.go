@@ -24,6 +24,8 @@ func TestPosition(t *testing.T) {
 		"another topic":     {at("profiles-v2", 2, 5, t0), false},
 		// The topic deleted and created again: offsets start over.
 		"newer record at an old offset": {at("profiles", 2, 5, t0.Add(time.Minute)), false},
+		// A producer that sets no timestamp: kafka-go sends 0.
+		"record without a timestamp": {at("profiles", 2, 5, time.Unix(0, 0)), false},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -544,4 +545,31 @@ func TestReplayedDeletionKeepsStaticReAdd(t *testing.T) {
 	if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(o, "u1"), d.ID).Result(); err != nil || !in {
 		t.Errorf("user's own set holds the segment: %v (%v), want true", in, err)
 	}
+}
+
+// TestVersionedEventIgnoresPosition: an event with a version is judged by
+// its version alone, whatever the position stored for the user says (here a
+// position past every offset, as a broker that started over leaves).
+func TestVersionedEventIgnoresPosition(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	o := r.org
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	stop := r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1}}`)
+	r.waitCommitted(t, 1)
+	stop()
+	st := r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 1 })
+	parts := strings.Split(st.Applied, ":")
+	if len(parts) != 4 {
+		t.Fatalf("stored position %q, want offset:partition:topic:time", st.Applied)
+	}
+	parts[0] = "999999999"
+	parts[3] = strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 36)
+	if err := r.rdb.HSet(ctx, membership.ProfileKey(o, "u1"), "k", strings.Join(parts, ":")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t) // a processor with no cache of the user, which reads the position set above
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":2}}`)
+	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 })
 }

@@ -149,7 +149,7 @@ func (r *rig) produce(t *testing.T, values ...string) {
 			UserID string `json:"userId"`
 		}
 		_ = json.Unmarshal([]byte(v), &k)
-		msgs[i] = kafka.Message{Topic: r.profile, Key: []byte(k.UserID), Value: []byte(v)}
+		msgs[i] = kafka.Message{Topic: r.profile, Key: []byte(k.UserID), Value: []byte(v), Time: time.Now()}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

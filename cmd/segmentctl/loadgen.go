@@ -81,7 +81,7 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 			if err != nil {
 				return err
 			}
-			msgs = append(msgs, kafka.Message{Topic: *topic, Key: []byte(ev.UserID), Value: v})
+			msgs = append(msgs, kafka.Message{Topic: *topic, Key: []byte(ev.UserID), Value: v, Time: now})
 		}
 		if err := w.WriteMessages(ctx, msgs...); err != nil {
 			if ctx.Err() != nil {
