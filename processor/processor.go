@@ -629,7 +629,10 @@ func (p *Processor) states(ctx context.Context, ws []*userWork, reload bool) ([]
 	var at []int
 	for i, w := range ws {
 		if !reload && !w.deletes {
-			if st, ok := p.cache.get(w.ref); ok {
+			// A deleted user's is read again too: a replay may project its
+			// deletion's exits, which standing checks against the user's
+			// set as Redis holds it (a static list may have put it back).
+			if st, ok := p.cache.get(w.ref); ok && !st.Deleted {
 				states[i], w.cached = st, true
 				continue
 			}
@@ -930,8 +933,8 @@ func (r *userResult) project(cs []events.Change, rev int64) {
 // with, or all of them once the user has been written since: a static
 // list's write moves neither the revision nor the outbox, so a deletion's
 // exit from a static segment that a list has put the user back in since
-// must not take the user out of that segment's set again. (A deletion's
-// state is always read from Redis, never from the cache.)
+// must not take the user out of that segment's set again. (A deleted
+// user's state is always read from Redis, never from the cache.)
 func standing(cs []events.Change, rev int64, st membership.UserState) []events.Change {
 	if rev != st.Rev {
 		return cs
@@ -1043,7 +1046,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		pos := positionOf(it.msg)
-		if hasStored && stored.covers(pos) {
+		if !ev.HasVersion && hasStored && stored.covers(pos) {
 			res.duplicate++ // applied, and its outbox entry gone since
 			continue
 		}
