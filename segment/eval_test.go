@@ -384,6 +384,29 @@ func TestMatchDoesNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { sink = r.Match(mismatch, benchNow) }); n != 0 {
 		t.Errorf("Match on mismatched types allocates %v times per run", n)
 	}
+	// Full dates, and strings of their length that are none, too.
+	for _, d := range []string{"2024-01-15", "2024-55512", "2024-02-30"} {
+		p := NewProfile(pmap{"tier": "gold", "points": 5000.0, "badges": []any{"b1"}, "updatedAt": d})
+		if n := testing.AllocsPerRun(100, func() { sink = r.Match(p, benchNow) }); n != 0 {
+			t.Errorf("Match with updatedAt %q allocates %v times per run", d, n)
+		}
+	}
+}
+
+func FuzzParseFullDate(f *testing.F) {
+	for _, s := range []string{"2024-01-15", "2024-02-29", "1900-02-29", "0000-01-01", "2024-13-01", "2024-1-150"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := parseFullDate(s)
+		want, err := time.Parse(time.DateOnly, s)
+		if ok != (err == nil) {
+			t.Fatalf("parseFullDate(%q) ok = %v, time.Parse error = %v", s, ok, err)
+		}
+		if ok && got != instantOf(want) {
+			t.Fatalf("parseFullDate(%q) = %v, want %v", s, got, instantOf(want))
+		}
+	})
 }
 
 func TestParseTime(t *testing.T) {

@@ -69,12 +69,8 @@ func parseTime(s string) (instant, bool) {
 }
 
 func parseTimeSlow(s string) (instant, bool) {
-	if len(s) == len(time.DateOnly) && digits(s[0:4]) && s[4] == '-' {
-		t, err := time.Parse(time.DateOnly, s)
-		if err != nil {
-			return instant{}, false
-		}
-		return instantOf(t), true
+	if len(s) == len(time.DateOnly) {
+		return parseFullDate(s)
 	}
 	if len(s) < len("2006-01-02T1:04:05Z") || !digits(s[0:4]) || s[4] != '-' {
 		return instant{}, false
@@ -150,6 +146,21 @@ func parseRFC3339Fast(s string) (instant, bool) {
 		days = daysFromCivil(year, month, day)
 	}
 	return instant{days*86400 + hour*3600 + minute*60 + sec - offset, int32(nsec)}, true
+}
+
+// parseFullDate parses an RFC 3339 full-date (YYYY-MM-DD) as the midnight
+// UTC that begins it, without allocating.
+func parseFullDate(s string) (instant, bool) {
+	if len(s) != 10 || !digits(s[0:4]) || s[4] != '-' || !digits(s[5:7]) || s[7] != '-' || !digits(s[8:10]) {
+		return instant{}, false
+	}
+	year := int64(s[0]-'0')*1000 + int64(s[1]-'0')*100 + int64(s[2]-'0')*10 + int64(s[3]-'0')
+	month := int64(s[5]-'0')*10 + int64(s[6]-'0')
+	day := int64(s[8]-'0')*10 + int64(s[9]-'0')
+	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) {
+		return instant{}, false
+	}
+	return instant{daysFromCivil(year, month, day) * 86400, 0}, true
 }
 
 // parseTail parses the rest of an RFC 3339 date after the seconds: an
