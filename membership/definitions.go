@@ -895,29 +895,36 @@ func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
 }
 
 // Deleting returns the definitions of every organisation that are being
-// deleted, sorted by organisation and id.
+// deleted, sorted by organisation and id. It reads every definition, in
+// pipelined round trips of many organisations.
 func (s *Definitions) Deleting(ctx context.Context) ([]segment.Definition, error) {
 	orgs, err := s.Orgs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("segments being deleted: %w", err)
 	}
 	var out []segment.Definition
-	for _, org := range orgs {
-		raw, err := s.rdb.HGetAll(ctx, DefinitionsKey(org)).Result()
-		if err != nil {
+	for chunk := range slices.Chunk(orgs, 256) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(chunk))
+		for i, org := range chunk {
+			cmds[i] = pipe.HGetAll(ctx, DefinitionsKey(org))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("segments being deleted: %w", err)
 		}
-		start := len(out)
-		for id, r := range raw {
-			d, err := decodeDefinition(r)
-			if err != nil {
-				return nil, fmt.Errorf("segments being deleted: %s/%s: %w", org, id, err)
+		for i, org := range chunk {
+			start := len(out)
+			for id, r := range cmds[i].Val() {
+				d, err := decodeDefinition(r)
+				if err != nil {
+					return nil, fmt.Errorf("segments being deleted: %s/%s: %w", org, id, err)
+				}
+				if d.Status == segment.StatusDeleting {
+					out = append(out, d)
+				}
 			}
-			if d.Status == segment.StatusDeleting {
-				out = append(out, d)
-			}
+			slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 		}
-		slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 	}
 	return out, nil
 }

@@ -47,6 +47,7 @@ type JobDefinitions interface {
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 	Deleting(ctx context.Context) ([]segment.Definition, error)
+	MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error)
 	Delete(ctx context.Context, org, id string) error
 	Revision(ctx context.Context) (int64, error)
 }
@@ -1023,6 +1024,11 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 
 func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
 	// Every instance stops evaluating the segment before its members go.
+	// Marked again, as a DELETE's retry does: the request's move of the
+	// revision may be what failed, and marking moves it.
+	if _, err := j.cfg.Definitions.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
+		return err
+	}
 	rev, err := j.cfg.Definitions.Revision(ctx)
 	if err != nil {
 		return err
@@ -1033,18 +1039,20 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 	// The list's lock, as a DELETE holds it: a request's removal in
 	// progress, or a change of the list, ends first.
 	lock := membership.ListLock(d.OrgID, d.ID)
+	unlock := func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = j.cfg.Coordinator.Unlock(uctx, lock, owner)
+	}
 	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 10*time.Minute)
 	if err != nil {
+		unlock() // it may have been taken all the same (a lost reply)
 		return err
 	}
 	if !ok {
 		return errors.New("its list is locked by a request")
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = j.cfg.Coordinator.Unlock(uctx, lock, owner)
-	}()
+	defer unlock()
 	changes := func(ctx context.Context, cs []events.Change) error {
 		if err := j.cfg.Publisher.Publish(ctx, cs); err != nil {
 			return err
