@@ -4,6 +4,10 @@ import (
 	"hash/fnv"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
 )
 
 // position is where the processor read an event: src names the topic and
@@ -73,22 +77,38 @@ func (p position) advance(q position) position {
 	return q
 }
 
-// seqFloor is the position of an event that a batch dead-lettered in its
-// user's evaluation.
-type seqFloor struct {
-	seq uint64
-	pos position
+// deadLetterPrefix starts the cause of an outbox entry that records a
+// profile event dead-lettered in its user's evaluation; the reason
+// follows. An entry with a cause of its own, not a new field, keeps the
+// outbox readable by builds that know nothing of it.
+const deadLetterPrefix = "dead-letter:"
+
+// maxStoredReason bounds the reason an entry keeps: the dead letter has it
+// whole, a redelivery's copy the start of it.
+const maxStoredReason = 300
+
+// deadLetterEntry records that ev was dead-lettered for reason by the write
+// of revision rev: it changes no membership.
+func deadLetterEntry(ev events.ProfileEvent, reason string, now time.Time, rev int64) membership.OutboxEntry {
+	if len(reason) > maxStoredReason {
+		reason = strings.ToValidUTF8(reason[:maxStoredReason], "") + " …"
+	}
+	return membership.OutboxEntry{EventID: ev.EventID, Version: ev.Version, CauseType: deadLetterPrefix + reason,
+		AtMillis: now.UnixMilli(), Rev: rev}
 }
 
-// belowFloors reports whether a user's stored position may move to p:
-// not past an event of the user dead-lettered by a batch not yet published
-// (floors), whose redelivery must dead-letter it again rather than take it
-// for applied.
-func belowFloors(p position, floors []position) bool {
-	for _, f := range floors {
-		if f.src == p.src && p.off >= f.off {
-			return false
-		}
+// deadLetterReason returns the reason e records, when it records a dead
+// letter.
+func deadLetterReason(e membership.OutboxEntry) (string, bool) {
+	return strings.CutPrefix(e.CauseType, deadLetterPrefix)
+}
+
+// streamEntry reports whether e was written by the stream for a profile
+// event (applied or dead-lettered), rather than by a backfill or a timer.
+func streamEntry(e membership.OutboxEntry) bool {
+	if e.CauseType == "" || e.CauseType == events.CauseProfile {
+		return true
 	}
-	return true
+	_, ok := deadLetterReason(e)
+	return ok
 }

@@ -1,8 +1,12 @@
 package processor
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
 )
 
 var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -57,22 +61,31 @@ func TestPositionAdvanceKeepsLatestTime(t *testing.T) {
 	}
 }
 
-func TestBelowFloors(t *testing.T) {
-	floors := []position{at("profiles", 0, 10, t0)}
+func TestDeadLetterEntry(t *testing.T) {
+	ev := events.ProfileEvent{EventID: "e7", Version: 3, HasVersion: true}
+	long := "a" + strings.Repeat("é", maxStoredReason) // two bytes a rune: the cut falls inside one
 	tests := map[string]struct {
-		p    position
-		want bool
+		reason, want string
 	}{
-		"before the floor":    {at("profiles", 0, 9, t0), true},
-		"at the floor":        {at("profiles", 0, 10, t0), false},
-		"after the floor":     {at("profiles", 0, 11, t0), false},
-		"another partition's": {at("profiles", 1, 50, t0), true},
+		"short": {"invalid profile event: changes: points.x: points is not an object", "invalid profile event: changes: points.x: points is not an object"},
+		"long":  {long, "a" + strings.Repeat("é", maxStoredReason/2-1) + " …"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := belowFloors(tt.p, floors); got != tt.want {
-				t.Errorf("belowFloors = %v, want %v", got, tt.want)
+			stored, err := membership.DecodeOutbox(string(membership.AppendOutbox(nil, []membership.OutboxEntry{deadLetterEntry(ev, tt.reason, t0, 9)})))
+			if err != nil || len(stored) != 1 {
+				t.Fatalf("outbox read back: %v, %v", stored, err)
+			}
+			e := stored[0]
+			got, ok := deadLetterReason(e)
+			if !ok || got != tt.want || !streamEntry(e) || e.EventID != "e7" || e.Rev != 9 || len(e.Changes) != 0 {
+				t.Errorf("entry %+v: reason %q (%v), stream entry %v; want reason %q", e, got, ok, streamEntry(e), tt.want)
 			}
 		})
+	}
+	for cause, want := range map[string]bool{"": true, events.CauseProfile: true, events.CauseSegment: false, events.CauseTime: false} {
+		if got := streamEntry(membership.OutboxEntry{CauseType: cause}); got != want {
+			t.Errorf("streamEntry(cause %q) = %v, want %v", cause, got, want)
+		}
 	}
 }

@@ -573,3 +573,49 @@ func TestVersionedEventIgnoresPosition(t *testing.T) {
 	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":2}}`)
 	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 })
 }
+
+// TestDeadLetterDecisionSurvivesRedelivery: a patch dead-lettered against
+// the state it met, then a full profile applied after it, in batches never
+// published. Redelivered, the patch must be dead-lettered again (it would
+// apply to the newer profile, or, with a version, pass for a late event)
+// and the state stay the full profile's.
+func TestDeadLetterDecisionSurvivesRedelivery(t *testing.T) {
+	for name, version := range map[string]string{"without versions": "", "with versions": `"version":%d,`} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			o := r.org
+			v := func(n int) string {
+				if version == "" {
+					return ""
+				}
+				return fmt.Sprintf(version, n)
+			}
+			stop := r.start(t)
+			r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1",`+v(1)+`"profile":{"points":5}}`)
+			r.waitCommitted(t, 1)
+			stop()
+			stop = r.startWith(t, func(c *processor.Config) {
+				c.Producer = unreachableKafka{}
+				c.BatchSize = 1
+				c.ShutdownTimeout = time.Second
+			})
+			r.produce(t,
+				`{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1",`+v(2)+`"changes":{"points.x":1}}`,
+				`{"eventId":"e3","type":"profile.updated","orgId":"`+o+`","userId":"u1",`+v(3)+`"profile":{"tier":"gold"}}`,
+			)
+			r.waitState(t, "u1", func(st membership.UserState) bool { return strings.Contains(st.Profile, "gold") })
+			stop()
+
+			r.start(t)
+			r.waitCommitted(t, 3)
+			msgs := readTopic(t, r.brokers, r.dlq, 1, 60*time.Second)
+			if len(msgs) != 1 || !strings.Contains(string(msgs[0].Value), `"e2"`) {
+				t.Fatalf("%d dead letters, want e2's", len(msgs))
+			}
+			st := r.waitState(t, "u1", func(membership.UserState) bool { return true })
+			if p, err := segment.DecodeProfile(st.Profile); err != nil || p.Get("points") != nil || p.Get("tier") != "gold" {
+				t.Errorf("profile after the redelivery %q (%v), want e3's alone", st.Profile, err)
+			}
+		})
+	}
+}

@@ -112,12 +112,8 @@ type Processor struct {
 	// an earlier batch has finished keeps those entries in its outbox, so
 	// that a crash still finds them to replay. finished is the sequence
 	// number of the last finished batch; seq that of the last written one.
-	cmu   sync.Mutex
-	carry map[membership.UserRef][]seqEntry
-	// floors holds, per user, the positions of events that batches not
-	// yet finished dead-lettered in the user's evaluation (see
-	// belowFloors); cmu guards it.
-	floors   map[membership.UserRef][]seqFloor
+	cmu      sync.Mutex
+	carry    map[membership.UserRef][]seqEntry
 	finished atomic.Uint64
 	seq      uint64
 	// cache holds the users' states last read or written; only the write
@@ -186,7 +182,7 @@ func New(cfg Config) *Processor {
 	if cfg.UserCacheBytes == 0 {
 		cfg.UserCacheBytes = DefaultUserCacheBytes
 	}
-	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, floors: map[membership.UserRef][]seqFloor{}, cache: newStateCache(cfg.UserCacheBytes)}
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(cfg.UserCacheBytes)}
 }
 
 // AppliedRevision returns the oldest definitions revision whose effects
@@ -467,9 +463,6 @@ type userWork struct {
 	items []item
 	// carried are the outbox entries of this user's unfinished batches.
 	carried []membership.OutboxEntry
-	// floors are the positions of events its unfinished batches
-	// dead-lettered.
-	floors []position
 	// deletes is true when one of the items deletes the profile, which
 	// reads every membership of the user, static ones too: the user's
 	// state is then read from Redis, not from the cache.
@@ -592,7 +585,6 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			wb.projections = append(wb.projections, r.projections...)
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
-			p.keepFloors(wb.seq, w.ref, r.floors)
 			m.countResults(r)
 			if r.write == nil && len(r.replayedEntries) > 0 {
 				// Replays write nothing, but their entries stay in the
@@ -667,24 +659,6 @@ func (p *Processor) takeCarried(ws []*userWork) {
 				w.carried = append(w.carried, e.entry)
 			}
 		}
-		for _, f := range p.floors[w.ref] {
-			if f.seq > done {
-				w.floors = append(w.floors, f.pos)
-			}
-		}
-	}
-}
-
-// keepFloors records the positions of ref's events that batch seq
-// dead-lettered in ref's evaluation.
-func (p *Processor) keepFloors(seq uint64, ref membership.UserRef, pos []position) {
-	if len(pos) == 0 {
-		return
-	}
-	p.cmu.Lock()
-	defer p.cmu.Unlock()
-	for _, f := range pos {
-		p.floors[ref] = append(p.floors[ref], seqFloor{seq: seq, pos: f})
 	}
 }
 
@@ -713,14 +687,6 @@ func (p *Processor) markFinished(wb *written) {
 			delete(p.carry, ref)
 		} else {
 			p.carry[ref] = es
-		}
-	}
-	for ref, fs := range p.floors {
-		fs = slices.DeleteFunc(fs, func(f seqFloor) bool { return f.seq <= wb.seq })
-		if len(fs) == 0 {
-			delete(p.floors, ref)
-		} else {
-			p.floors[ref] = fs
 		}
 	}
 }
@@ -912,8 +878,6 @@ type userResult struct {
 	// replayedEntries are the stored entries this batch replays (and does
 	// not hold as carried already).
 	replayedEntries []membership.OutboxEntry
-	// floors are the positions of the events dead-lettered here.
-	floors []position
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
@@ -954,7 +918,6 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		// the user's memberships: they wait in the DLQ for the repair.
 		for _, it := range w.items {
 			res.dlq = append(res.dlq, p.deadLetter(it.msg, st.Unreadable.Error()))
-			res.floors = append(res.floors, positionOf(it.msg))
 		}
 		return res
 	}
@@ -963,7 +926,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// backfills and timers stay in the outbox for a while (see keepAmends).
 	inOutbox := make(map[string]membership.OutboxEntry, len(st.Outbox))
 	for _, e := range st.Outbox {
-		if e.CauseType == "" || e.CauseType == events.CauseProfile {
+		if streamEntry(e) {
 			inOutbox[e.EventID] = e
 		}
 	}
@@ -1019,6 +982,13 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				outbox = append(outbox, e)
 				res.replayedEntries = append(res.replayedEntries, e)
 			}
+			if reason, ok := deadLetterReason(e); ok {
+				// Dead-lettered by the first attempt, whatever the state
+				// would say now.
+				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
+				res.replayed++
+				continue
+			}
 			replayed := p.outboxChanges(w.ref, e)
 			res.changes = append(res.changes, replayed...)
 			res.project(standing(replayed, e.Rev, st), e.Rev)
@@ -1046,6 +1016,10 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		pos := positionOf(it.msg)
+		// A record time ahead of this clock (a producer's clock ahead) is
+		// kept as now: stored, it would cover the records of a topic that
+		// starts over until the producers' clocks passed it.
+		pos.at = min(pos.at, now.UnixMilli())
 		if !ev.HasVersion && hasStored && stored.covers(pos) {
 			res.duplicate++ // applied, and its outbox entry gone since
 			continue
@@ -1074,8 +1048,15 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			np, ch, err := segment.ApplyChanges(base, ev.Changes)
 			if err != nil {
-				res.dlq = append(res.dlq, p.deadLetter(it.msg, "invalid profile event: changes: "+err.Error()))
-				res.floors = append(res.floors, pos)
+				// Whether a patch applies depends on the state it meets: the
+				// decision is written with the user, so that a redelivery
+				// dead-letters the event again (see deadLetterEntry) rather
+				// than judge it against another state, or take it for applied.
+				reason := "invalid profile event: changes: " + err.Error()
+				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
+				outbox = append(outbox, deadLetterEntry(ev, reason, now, st.Rev+1))
+				mark, moved = mark.advance(pos), true
+				wrote = true
 				continue
 			}
 			next, paths = np, ch
@@ -1113,13 +1094,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		outbox = append(outbox, entry)
 		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
-		if belowFloors(pos, w.floors) && belowFloors(pos, res.floors) {
-			mark, moved = mark.advance(pos), true
-		} else if mark.src == pos.src && pos.at > mark.at {
-			// The offset stops short of a dead letter; the time still
-			// covers every event applied.
-			mark.at, moved = pos.at, true
-		}
+		mark, moved = mark.advance(pos), true
 		res.occurred = append(res.occurred, ev.OccurredAt)
 		wrote = true
 	}
@@ -1176,9 +1151,9 @@ func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time
 	recent, day := now.Add(-amendGrace).UnixMilli(), now.Add(-timerGrace).UnixMilli()
 	for _, e := range loaded {
 		var keep bool
-		switch e.CauseType {
-		case "", events.CauseProfile:
-		case events.CauseTime:
+		switch {
+		case streamEntry(e):
+		case e.CauseType == events.CauseTime:
 			keep = e.AtMillis >= day
 		default:
 			keep = e.AtMillis >= recent || e.CauseType == events.CauseSegment && org.building(e.EventID)
