@@ -1,7 +1,6 @@
 package processor
 
 import (
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -10,52 +9,85 @@ import (
 	"github.com/segmentd/segmentd/membership"
 )
 
-// position is where the processor read an event: src names the topic and
-// partition, off the offset, and at is the latest record timestamp (unix
-// ms) among the events applied up to there. A user's stored state keeps
-// the position of the last event applied to it (membership.UserState.Applied),
-// so that an event redelivered after its outbox entry is gone (a commit
-// lost in a crash or a rebalance, after the user's next batch replaced the
-// outbox) is known for a duplicate although it carries no version: applied
-// again, an old full profile would undo the newer ones.
+// position is where the processor read an event: the partition and a
+// hash of the topic name it was read from, the offset, and at, the latest
+// record timestamp (unix ms) among the events applied up to there. A
+// user's stored state keeps the position of the last event applied to it
+// (membership.UserState.Applied), so that an event redelivered after its
+// outbox entry is gone (a commit lost in a crash or a rebalance, after the
+// user's next batch replaced the outbox) is known for a duplicate although
+// it carries no version: applied again, an old full profile would undo the
+// newer ones. It is built for every event, so it allocates nothing.
 type position struct {
-	src string
-	off int64
-	at  int64
+	partition int
+	topic     uint32
+	off       int64
+	at        int64
 }
 
-// positionOf returns where r was read. The topic is kept as a short hash:
+// positionOf returns where r was read. The topic is kept as a hash:
 // offsets of another topic (a new profile topic configured) must not pass
 // for this one's.
 func positionOf(r Record) position {
-	h := fnv.New32a()
-	h.Write([]byte(r.Topic))
-	return position{
-		src: strconv.Itoa(r.Partition) + ":" + strconv.FormatUint(uint64(h.Sum32()), 36),
-		off: r.Offset, at: r.Time.UnixMilli(),
+	return position{partition: r.Partition, topic: topicHash(r.Topic), off: r.Offset, at: r.Time.UnixMilli()}
+}
+
+// topicHash is 32-bit FNV-1a, written out so that it allocates nothing.
+func topicHash(topic string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= 16777619
 	}
+	return h
+}
+
+// sameSource reports whether p and q were read from the same partition of
+// the same topic.
+func (p position) sameSource(q position) bool {
+	return p.partition == q.partition && p.topic == q.topic
 }
 
 // String encodes p as stored: offset, partition, topic hash and time.
 func (p position) String() string {
-	return strconv.FormatInt(p.off, 10) + ":" + p.src + ":" + strconv.FormatInt(p.at, 36)
+	b := make([]byte, 0, 48)
+	b = strconv.AppendInt(b, p.off, 10)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, int64(p.partition), 10)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, uint64(p.topic), 36)
+	b = append(b, ':')
+	b = strconv.AppendInt(b, p.at, 36)
+	return string(b)
 }
 
 // parsePosition decodes a stored position; false when s holds none.
 func parsePosition(s string) (position, bool) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 4 {
+	off, rest, ok1 := strings.Cut(s, ":")
+	part, rest, ok2 := strings.Cut(rest, ":")
+	topic, at, ok3 := strings.Cut(rest, ":")
+	if !ok1 || !ok2 || !ok3 {
 		return position{}, false
 	}
-	off, err := strconv.ParseInt(parts[0], 10, 64)
+	var p position
+	var err error
+	if p.off, err = strconv.ParseInt(off, 10, 64); err != nil {
+		return position{}, false
+	}
+	n, err := strconv.ParseInt(part, 10, 32)
 	if err != nil {
 		return position{}, false
 	}
-	at, err := strconv.ParseInt(parts[3], 36, 64)
+	p.partition = int(n)
+	t, err := strconv.ParseUint(topic, 36, 32)
 	if err != nil {
 		return position{}, false
 	}
-	return position{src: parts[1] + ":" + parts[2], off: off, at: at}, true
+	p.topic = uint32(t)
+	if p.at, err = strconv.ParseInt(at, 36, 64); err != nil {
+		return position{}, false
+	}
+	return p, true
 }
 
 // covers reports whether the event read at q was applied before the event
@@ -66,12 +98,12 @@ func parsePosition(s string) (position, bool) {
 // timestamps (a producer that sets none) nothing is covered: an event is
 // rather applied twice than skipped.
 func (p position) covers(q position) bool {
-	return p.src == q.src && q.off <= p.off && q.at > 0 && q.at <= p.at
+	return p.sameSource(q) && q.off <= p.off && q.at > 0 && q.at <= p.at
 }
 
 // advance returns the position after applying the event read at q, from p.
 func (p position) advance(q position) position {
-	if p.src == q.src && p.at > q.at {
+	if p.sameSource(q) && p.at > q.at {
 		q.at = p.at
 	}
 	return q

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +88,49 @@ func TestDeadLetterEntry(t *testing.T) {
 		if got := streamEntry(membership.OutboxEntry{CauseType: cause}); got != want {
 			t.Errorf("streamEntry(cause %q) = %v, want %v", cause, got, want)
 		}
+	}
+}
+
+func TestRepeated(t *testing.T) {
+	itemsOf := func(ids ...string) []item {
+		out := make([]item, len(ids))
+		for i, id := range ids {
+			out[i].ev.EventID = id
+		}
+		return out
+	}
+	many := make([]string, manyItems+2)
+	for i := range many {
+		many[i] = fmt.Sprintf("e%d", i)
+	}
+	many[len(many)-1] = "e3"
+	tests := map[string]struct {
+		ids  []string
+		want []bool
+	}{
+		"one":         {[]string{"a"}, []bool{false}},
+		"distinct":    {[]string{"a", "b", "c"}, []bool{false, false, false}},
+		"a retry":     {[]string{"a", "b", "a"}, []bool{false, false, true}},
+		"three times": {[]string{"a", "a", "a"}, []bool{false, true, true}},
+	}
+	want := make([]bool, len(many))
+	want[len(many)-1] = true
+	tests["more than manyItems"] = struct {
+		ids  []string
+		want []bool
+	}{many, want}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			items := itemsOf(tt.ids...)
+			var seen map[string]bool
+			if len(items) > manyItems {
+				seen = map[string]bool{}
+			}
+			for i := range items {
+				if got := repeated(items, i, seen); got != tt.want[i] {
+					t.Errorf("repeated(%d) = %v, want %v", i, got, tt.want[i])
+				}
+			}
+		})
 	}
 }

@@ -892,6 +892,31 @@ func (r *userResult) project(cs []events.Change, rev int64) {
 	}
 }
 
+// manyItems is how many events of one user in a batch repeated looks
+// through one by one; past it, it keeps a set.
+const manyItems = 32
+
+// repeated reports whether the i-th item's eventId came earlier among the
+// user's items. A user rarely has more than a few events in a batch, whose
+// ids it compares without allocating; seen, for a user with more than
+// manyItems, holds the ids of the items before i.
+func repeated(items []item, i int, seen map[string]bool) bool {
+	id := items[i].ev.EventID
+	if seen != nil {
+		if seen[id] {
+			return true
+		}
+		seen[id] = true
+		return false
+	}
+	for _, it := range items[:i] {
+		if it.ev.EventID == id {
+			return true
+		}
+	}
+	return false
+}
+
 // standing returns the replayed changes, decided by the user's write of
 // revision rev, that the user's segment set (st, as loaded) still agrees
 // with, or all of them once the user has been written since: a static
@@ -968,15 +993,17 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	outbox := keepAmends(slices.Clone(w.carried), st.Outbox, org, now)
 	res.firstNew = len(outbox)
 	wrote := false
-	timed := false    // a time-relative segment was evaluated: the user's timer may move
-	var seen []string // event ids applied or replayed here
-	for _, it := range w.items {
+	timed := false // a time-relative segment was evaluated: the user's timer may move
+	var seen map[string]bool
+	if len(w.items) > manyItems {
+		seen = make(map[string]bool, len(w.items))
+	}
+	for i, it := range w.items {
 		ev := it.ev
-		if slices.Contains(seen, ev.EventID) {
+		if repeated(w.items, i, seen) {
 			res.duplicate++ // the same event twice in the batch: a producer's retry
 			continue
 		}
-		seen = append(seen, ev.EventID)
 		if e, ok := inOutbox[ev.EventID]; ok {
 			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
 				outbox = append(outbox, e)
@@ -1056,6 +1083,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
 				outbox = append(outbox, deadLetterEntry(ev, reason, now, st.Rev+1))
 				mark, moved = mark.advance(pos), true
+				if ev.HasVersion {
+					version = ev.Version // taken, as an applied event's is
+				}
 				wrote = true
 				continue
 			}
