@@ -619,3 +619,28 @@ func TestDeadLetterDecisionSurvivesRedelivery(t *testing.T) {
 		})
 	}
 }
+
+// TestInvalidFirstPatchStoresNothing: a user whose first event is a patch
+// that applies to no profile is dead-lettered and not stored (no tombstone,
+// not in the organisation's index).
+func TestInvalidFirstPatchStoresNothing(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	o := r.org
+	r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"u9","changes":{"a":1,"a.b":2}}`)
+	if msgs := readTopic(t, r.brokers, r.dlq, 1, 60*time.Second); len(msgs) != 1 {
+		t.Fatalf("%d dead letters, want the patch's", len(msgs))
+	}
+	r.waitCommitted(t, 1)
+	if n, err := r.rdb.Exists(ctx, membership.ProfileKey(o, "u9")).Result(); err != nil || n != 0 {
+		t.Errorf("user stored after its only event was dead-lettered (%v)", err)
+	}
+	var indexed []string
+	if err := r.users.ScanUserIDs(ctx, o, func(ids []string) error { indexed = append(indexed, ids...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(indexed) != 0 {
+		t.Errorf("organisation's index holds %v, want none", indexed)
+	}
+}

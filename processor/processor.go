@@ -586,11 +586,12 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
 			m.countResults(r)
-			if r.write == nil && len(r.replayedEntries) > 0 {
-				// Replays write nothing, but their entries stay in the
-				// outbox until this batch is published, as written ones do:
-				// a later batch's write of the user must keep them.
-				p.keepCarried(wb.seq, w.ref, r.replayedEntries)
+			if r.write == nil && len(r.heldEntries) > 0 {
+				// Replays, and dead letters of a user without a profile,
+				// write nothing, but their entries stay in the outbox until
+				// this batch is published, as written ones do: a later
+				// batch's write of the user must keep them.
+				p.keepCarried(wb.seq, w.ref, r.heldEntries)
 			}
 			if r.write != nil {
 				p.keepCarried(wb.seq, w.ref, r.write.Outbox[r.firstNew:])
@@ -875,9 +876,11 @@ type userResult struct {
 	// firstNew is where this batch's entries start in write.Outbox, after
 	// those kept from earlier writes.
 	firstNew int
-	// replayedEntries are the stored entries this batch replays (and does
-	// not hold as carried already).
-	replayedEntries []membership.OutboxEntry
+	// heldEntries are the entries that, when no write of the user's
+	// holds them, are carried until this batch finishes: the stored entries
+	// it replays (not carried already), and its dead letters of a user
+	// without a profile.
+	heldEntries []membership.OutboxEntry
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
@@ -1007,13 +1010,12 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if e, ok := inOutbox[ev.EventID]; ok {
 			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
 				outbox = append(outbox, e)
-				res.replayedEntries = append(res.replayedEntries, e)
+				res.heldEntries = append(res.heldEntries, e)
 			}
 			if reason, ok := deadLetterReason(e); ok {
 				// Dead-lettered by the first attempt, whatever the state
 				// would say now.
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
-				res.replayed++
 				continue
 			}
 			replayed := p.outboxChanges(w.ref, e)
@@ -1043,10 +1045,12 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		pos := positionOf(it.msg)
-		// A record time ahead of this clock (a producer's clock ahead) is
-		// kept as now: stored, it would cover the records of a topic that
-		// starts over until the producers' clocks passed it.
-		pos.at = min(pos.at, now.UnixMilli())
+		// A record time far ahead of this clock (a producer's clock hours
+		// ahead) is kept an hour ahead: stored, it would cover the records
+		// of a topic that starts over until the producers' clocks passed
+		// it. Within the hour it is kept as it is, so that a redelivery,
+		// later, computes the same time.
+		pos.at = min(pos.at, now.Add(time.Hour).UnixMilli())
 		if !ev.HasVersion && hasStored && stored.covers(pos) {
 			res.duplicate++ // applied, and its outbox entry gone since
 			continue
@@ -1075,13 +1079,23 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			np, ch, err := segment.ApplyChanges(base, ev.Changes)
 			if err != nil {
-				// Whether a patch applies depends on the state it meets: the
-				// decision is written with the user, so that a redelivery
-				// dead-letters the event again (see deadLetterEntry) rather
-				// than judge it against another state, or take it for applied.
 				reason := "invalid profile event: changes: " + err.Error()
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
-				outbox = append(outbox, deadLetterEntry(ev, reason, now, st.Rev+1))
+				// Whether a patch applies to a profile depends on the
+				// profile: the decision is written with the user, so that a
+				// redelivery dead-letters the event again (see
+				// deadLetterEntry) rather than judge it against another
+				// state, or take it for applied.
+				dl := deadLetterEntry(ev, reason, now, st.Rev+1)
+				outbox = append(outbox, dl)
+				if base == nil {
+					// A user without a profile is not stored for it (the
+					// patch fails on any profile): the entry goes with the
+					// user's next write, if one comes before this batch
+					// finishes, as a replay's does.
+					res.heldEntries = append(res.heldEntries, dl)
+					continue
+				}
 				mark, moved = mark.advance(pos), true
 				if ev.HasVersion {
 					version = ev.Version // taken, as an applied event's is
