@@ -644,3 +644,20 @@ func TestInvalidFirstPatchStoresNothing(t *testing.T) {
 		t.Errorf("organisation's index holds %v, want none", indexed)
 	}
 }
+
+// TestPatchInvalidOnAnyProfileTakesNoVersion: a patch that can apply to no
+// profile is dead-lettered the same whatever the state, and takes no
+// version: a valid event of that version that follows it is applied.
+// (Dead-lettered against one state and redelivered against another, it
+// would otherwise take the version in one case only.)
+func TestPatchInvalidOnAnyProfileTakesNoVersion(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	o := r.org
+	r.start(t)
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1}}`,
+		`{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":5,"changes":{"a":1,"a.b":2}}`,
+		`{"eventId":"e3","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":5,"changes":{"points":2}}`,
+	)
+	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 && st.Version == 5 })
+}

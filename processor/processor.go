@@ -1045,12 +1045,12 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		pos := positionOf(it.msg)
-		// A record time far ahead of this clock (a producer's clock hours
-		// ahead) is kept an hour ahead: stored, it would cover the records
+		// A record time ahead of this clock (a producer's clock ahead) is
+		// kept at most a minute ahead: stored, it would cover the records
 		// of a topic that starts over until the producers' clocks passed
-		// it. Within the hour it is kept as it is, so that a redelivery,
+		// it. Within the minute it is kept as it is, so that a redelivery,
 		// later, computes the same time.
-		pos.at = min(pos.at, now.Add(time.Hour).UnixMilli())
+		pos.at = min(pos.at, now.Add(time.Minute).UnixMilli())
 		if !ev.HasVersion && hasStored && stored.covers(pos) {
 			res.duplicate++ // applied, and its outbox entry gone since
 			continue
@@ -1087,12 +1087,17 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				// deadLetterEntry) rather than judge it against another
 				// state, or take it for applied.
 				dl := deadLetterEntry(ev, reason, now, st.Rev+1)
-				outbox = append(outbox, dl)
-				if base == nil {
-					// A user without a profile is not stored for it (the
-					// patch fails on any profile): the entry goes with the
-					// user's next write, if one comes before this batch
-					// finishes, as a replay's does.
+				if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == dl.EventID }) {
+					outbox = append(outbox, dl) // (a retried write of this batch carries it already)
+				}
+				if _, _, err := segment.ApplyChanges(nil, ev.Changes); base == nil || err != nil {
+					// A patch that fails on any profile is dead-lettered
+					// whatever the state, and so takes no version and does
+					// not move the position (a redelivery meeting another
+					// state must decide the same). A user without a profile
+					// is not stored for it: the entry goes with the user's
+					// next write, if one comes before this batch finishes,
+					// as a replay's does.
 					res.heldEntries = append(res.heldEntries, dl)
 					continue
 				}
