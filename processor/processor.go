@@ -1087,8 +1087,10 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				// deadLetterEntry) rather than judge it against another
 				// state, or take it for applied.
 				dl := deadLetterEntry(ev, reason, now, st.Rev+1)
-				if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == dl.EventID }) {
-					outbox = append(outbox, dl) // (a retried write of this batch carries it already)
+				// A retried write of this batch carries it already.
+				carried := slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == dl.EventID })
+				if !carried {
+					outbox = append(outbox, dl)
 				}
 				if _, _, err := segment.ApplyChanges(nil, ev.Changes); base == nil || err != nil {
 					// A patch that fails on any profile is dead-lettered
@@ -1098,7 +1100,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 					// is not stored for it: the entry goes with the user's
 					// next write, if one comes before this batch finishes,
 					// as a replay's does.
-					res.heldEntries = append(res.heldEntries, dl)
+					if !carried {
+						res.heldEntries = append(res.heldEntries, dl)
+					}
 					continue
 				}
 				mark, moved = mark.advance(pos), true
