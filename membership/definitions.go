@@ -830,26 +830,29 @@ func (s *Definitions) OrgDefinitions(ctx context.Context, org string) ([]segment
 	if err != nil {
 		return nil, fmt.Errorf("definitions of %s: %w", org, err)
 	}
-	defs, err := decodeOrgDefinitions(nil, org, raw)
+	defs, err := decodeOrgDefinitions(nil, org, raw, inForce)
 	if err != nil {
 		return nil, fmt.Errorf("definitions of %s: %w", org, err)
 	}
 	return defs, nil
 }
 
-// decodeOrgDefinitions appends one organisation's stored definitions to out,
-// sorted by id, leaving out segments being deleted.
-func decodeOrgDefinitions(out []segment.Definition, org string, raw map[string]string) ([]segment.Definition, error) {
+// inForce keeps the definitions not being deleted; beingDeleted the others.
+func inForce(d segment.Definition) bool      { return d.Status != segment.StatusDeleting }
+func beingDeleted(d segment.Definition) bool { return d.Status == segment.StatusDeleting }
+
+// decodeOrgDefinitions appends to out the stored definitions of one
+// organisation that keep accepts, sorted by id.
+func decodeOrgDefinitions(out []segment.Definition, org string, raw map[string]string, keep func(segment.Definition) bool) ([]segment.Definition, error) {
 	start := len(out)
 	for id, r := range raw {
 		d, err := decodeDefinition(r)
 		if err != nil {
 			return nil, fmt.Errorf("%s/%s: %w", org, id, err)
 		}
-		if d.Status == segment.StatusDeleting {
-			continue
+		if keep(d) {
+			out = append(out, d)
 		}
-		out = append(out, d)
 	}
 	slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
@@ -868,39 +871,29 @@ func (s *Definitions) Orgs(ctx context.Context) ([]string, error) {
 // All returns the definitions of every organisation, sorted by organisation
 // and id, leaving out segments being deleted.
 func (s *Definitions) All(ctx context.Context) ([]segment.Definition, error) {
-	orgs, err := s.Orgs(ctx)
+	defs, err := s.every(ctx, inForce)
 	if err != nil {
 		return nil, fmt.Errorf("all definitions: %w", err)
 	}
-	var out []segment.Definition
-	const chunk = 256
-	for len(orgs) > 0 {
-		n := min(chunk, len(orgs))
-		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, n)
-		for i, org := range orgs[:n] {
-			cmds[i] = pipe.HGetAll(ctx, DefinitionsKey(org))
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, fmt.Errorf("all definitions: %w", err)
-		}
-		for i, org := range orgs[:n] {
-			if out, err = decodeOrgDefinitions(out, org, cmds[i].Val()); err != nil {
-				return nil, fmt.Errorf("all definitions: %w", err)
-			}
-		}
-		orgs = orgs[n:]
-	}
-	return out, nil
+	return defs, nil
 }
 
 // Deleting returns the definitions of every organisation that are being
-// deleted, sorted by organisation and id. It reads every definition, in
-// pipelined round trips of many organisations.
+// deleted, sorted by organisation and id.
 func (s *Definitions) Deleting(ctx context.Context) ([]segment.Definition, error) {
-	orgs, err := s.Orgs(ctx)
+	defs, err := s.every(ctx, beingDeleted)
 	if err != nil {
 		return nil, fmt.Errorf("segments being deleted: %w", err)
+	}
+	return defs, nil
+}
+
+// every reads the definitions of every organisation, in pipelined round
+// trips of many organisations, and returns those keep accepts.
+func (s *Definitions) every(ctx context.Context, keep func(segment.Definition) bool) ([]segment.Definition, error) {
+	orgs, err := s.Orgs(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var out []segment.Definition
 	for chunk := range slices.Chunk(orgs, 256) {
@@ -910,20 +903,12 @@ func (s *Definitions) Deleting(ctx context.Context) ([]segment.Definition, error
 			cmds[i] = pipe.HGetAll(ctx, DefinitionsKey(org))
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			return nil, fmt.Errorf("segments being deleted: %w", err)
+			return nil, err
 		}
 		for i, org := range chunk {
-			start := len(out)
-			for id, r := range cmds[i].Val() {
-				d, err := decodeDefinition(r)
-				if err != nil {
-					return nil, fmt.Errorf("segments being deleted: %s/%s: %w", org, id, err)
-				}
-				if d.Status == segment.StatusDeleting {
-					out = append(out, d)
-				}
+			if out, err = decodeOrgDefinitions(out, org, cmds[i].Val(), keep); err != nil {
+				return nil, err
 			}
-			slices.SortFunc(out[start:], func(a, b segment.Definition) int { return strings.Compare(a.ID, b.ID) })
 		}
 	}
 	return out, nil

@@ -166,6 +166,14 @@ func TestDefinitionsCRUD(t *testing.T) {
 				t.Errorf("All shows a segment being deleted: %+v", d)
 			}
 		}
+		// ... and Deleting lists it, for the job that finishes deletions.
+		deleting, err := defs.Deleting(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(deleting, func(d segment.Definition) bool { return d.OrgID == org && d.ID == created.ID }) {
+			t.Errorf("Deleting lacks the segment being deleted: %+v", deleting)
+		}
 		if err := defs.Delete(ctx, org, created.ID); err != nil {
 			t.Fatal(err)
 		}

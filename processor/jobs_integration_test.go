@@ -216,12 +216,7 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 	}
 	r.waitPoints(t, points, 3*time.Minute)
 	r.verifyClean(t)
-	want := 0
-	for _, p := range points {
-		if p >= 1000 {
-			want++
-		}
-	}
+	want := len(membersAtLeast(points, 1000))
 	if n, err := r.rdb.SCard(context.Background(), membership.SegmentMembersKey(r.org, d.ID)).Result(); err != nil || int(n) != want {
 		t.Fatalf("size = %d (%v), want %d", n, err, want)
 	}
@@ -353,12 +348,7 @@ func (unreachablePublisher) Publish(context.Context, []events.Change) error {
 func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	want := map[string]bool{}
-	for u, pts := range r.storePoints(t, 3000) {
-		if pts >= 1000 {
-			want[u] = true
-		}
-	}
+	want := membersAtLeast(r.storePoints(t, 3000), 1000)
 	cs := r.buildingSegment(t, atLeast(1000))
 	d := cs.Def
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs { return r.newJobs(t, jobsOf{pub: pub}) }
@@ -419,12 +409,7 @@ func (r *resentAmends) Amend(ctx context.Context, as []membership.Amend) ([]memb
 func TestBackfillAmendResent(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	want := map[string]bool{}
-	for u, pts := range r.storePoints(t, 500) {
-		if pts >= 1000 {
-			want[u] = true
-		}
-	}
+	want := membersAtLeast(r.storePoints(t, 500), 1000)
 	cs := r.buildingSegment(t, atLeast(1000))
 	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), users: &resentAmends{Users: r.users}})
 	if err := jobs.Backfill(ctx, r.org, cs, 0); err != nil {
@@ -1085,6 +1070,17 @@ func (r *rig) newCriteria(t *testing.T, id string, c segment.Criteria) segment.D
 	return d
 }
 
+// membersAtLeast returns the users of points that atLeast(n) holds.
+func membersAtLeast(points map[string]int, n int) map[string]bool {
+	out := map[string]bool{}
+	for u, p := range points {
+		if p >= n {
+			out[u] = true
+		}
+	}
+	return out
+}
+
 // atLeast is the criteria points >= n.
 func atLeast(n float64) segment.Criteria {
 	return segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: n, HasValue: true}}}
@@ -1406,12 +1402,7 @@ func TestUnfinishedDeletionIsFinished(t *testing.T) {
 	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, cs, 0); err != nil {
 		t.Fatal(err)
 	}
-	var want []string
-	for u, p := range points {
-		if p >= 1000 {
-			want = append(want, u)
-		}
-	}
+	want := membersAtLeast(points, 1000)
 	if _, err := r.defs.MarkDeleting(ctx, r.org, seg); err != nil {
 		t.Fatal(err)
 	}
@@ -1434,7 +1425,7 @@ func TestUnfinishedDeletionIsFinished(t *testing.T) {
 	if _, err := r.defs.Get(ctx, r.org, seg); !errors.Is(err, membership.ErrNotFound) {
 		t.Errorf("definition after the deletion was finished: %v, want not found", err)
 	}
-	for _, u := range want {
+	for u := range want {
 		if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, u), seg).Result(); err != nil || in {
 			t.Fatalf("user %s's set still holds the segment (%v)", u, err)
 		}

@@ -124,18 +124,24 @@ func mustMetrics(tb testing.TB, reg prometheus.Registerer) *processor.Metrics {
 // user's state.
 func (r *rig) waitVersion(t *testing.T, user string, v int64) membership.UserState {
 	t.Helper()
-	ref := []membership.UserRef{{OrgID: r.org, UserID: user}}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		states, err := r.users.Load(context.Background(), ref)
+	return r.waitState(t, user, func(st membership.UserState) bool { return st.Version == v })
+}
+
+// waitState polls user's stored state until ok accepts it.
+func (r *rig) waitState(t *testing.T, user string, ok func(membership.UserState) bool) membership.UserState {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		states, err := r.users.Load(context.Background(), []membership.UserRef{{OrgID: r.org, UserID: user}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if states[0].Version == v {
+		if ok(states[0]) {
 			return states[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("version %d of %s not written within 30 s: stored %d", v, user, states[0].Version)
+			t.Fatalf("state of %s not as wanted within 30 s: %+v", user, states[0])
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
