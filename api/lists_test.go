@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,6 +126,61 @@ func TestRolledBackCreateLeavesNoUserSet(t *testing.T) {
 	for _, u := range []string{"u1", "u2"} {
 		if segs := testenv.SMembers(t, rdb, membership.UserSegmentsKey(a.org, u)); len(segs) != 0 {
 			t.Errorf("user %s's set after the rollback: %v, want empty", u, segs)
+		}
+	}
+}
+
+// stoppedRollback is halfWrittenLists whose removals fail once, as a Redis
+// failure in the middle of the rollback does.
+type stoppedRollback struct {
+	halfWrittenLists
+	failed atomic.Bool
+}
+
+func (s *stoppedRollback) Apply(context.Context, []events.Change) error {
+	return errors.New("user sets: connection reset")
+}
+
+func (s *stoppedRollback) DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error) {
+	if !s.failed.Swap(true) {
+		return 0, errors.New("segment sets: connection reset")
+	}
+	return s.MembershipStore.DeleteSegment(ctx, org, seg, at, publish)
+}
+
+// TestStoppedRollbackIsFinished: a static create whose list reached the
+// users' sets and not the segment's is rolled back, and the rollback stops
+// part way. The segment stays hidden; a DELETE of it then must take it out
+// of every listed user's set and answer each published entry with an exit.
+func TestStoppedRollbackIsFinished(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb, testOptions{membership: func(m MembershipStore) MembershipStore {
+		return &stoppedRollback{halfWrittenLists: halfWrittenLists{m, rdb}}
+	}})
+	body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u1", "u2"}}
+	a.do("POST", "/v1/segments", a.key, body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+	entered := map[string]bool{}
+	var id string
+	for _, c := range a.pub.take() {
+		entered[c.UserID] = c.Entered
+		id = c.SegmentID
+	}
+	if !entered["u1"] || !entered["u2"] {
+		t.Fatalf("entries published before the failed write: %v, want u1 and u2", entered)
+	}
+	a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNotFound)
+	a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+	for _, c := range a.pub.take() {
+		if c.SegmentID == id && !c.Entered {
+			delete(entered, c.UserID)
+		}
+	}
+	if len(entered) != 0 {
+		t.Errorf("users whose entry no exit answered: %v", entered)
+	}
+	for _, u := range []string{"u1", "u2"} {
+		if segs := testenv.SMembers(t, rdb, membership.UserSegmentsKey(a.org, u)); len(segs) != 0 {
+			t.Errorf("user %s's set after the deletion: %v, want empty", u, segs)
 		}
 	}
 }

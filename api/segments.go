@@ -209,12 +209,12 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
-		if err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
+		if published, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			// A segment created by an earlier request may have been
 			// answered 201 (when only the record of its end failed): it
 			// stays, and a retry after this request's lease finishes it.
 			if !replayed {
-				s.rollbackCreate(ctx, created, claim, userIDs, now)
+				s.rollbackCreate(ctx, created, claim, userIDs, now, published)
 			}
 			s.fail(w, r, err)
 			return
@@ -334,18 +334,19 @@ func (s *Server) replayCreate(w http.ResponseWriter, r *http.Request, d segment.
 // writeStaticList makes a static segment's members exactly userIDs:
 // it plans the changes, publishes them, then writes them. A failed write is
 // reported; retrying the same request publishes the same events again
-// (deterministic ids) and finishes the write.
-func (s *Server) writeStaticList(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) error {
+// (deterministic ids) and finishes the write. It reports whether it began
+// publishing: a failure before that published and wrote nothing.
+func (s *Server) writeStaticList(ctx context.Context, d segment.Definition, userIDs []string, now time.Time) (bool, error) {
 	v, err := s.sets.ListVersion(ctx, d.OrgID, d.ID)
 	if err != nil {
-		return err
+		return false, err
 	}
 	cause := membership.StaticCause(d.ID, v, userIDs, nil)
 	changes, err := s.sets.PlanReplace(ctx, d.OrgID, d.ID, userIDs, cause, now)
 	if err != nil {
-		return err
+		return false, err
 	}
-	return s.publishThenApply(ctx, d, changes)
+	return len(changes) > 0, s.publishThenApply(ctx, d, changes)
 }
 
 // publishThenApply publishes changes of static segment d's list, then
@@ -378,34 +379,31 @@ func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 // published or written, so that the client's retry does not leave a second
 // segment behind (with an Idempotency-Key, the claim on the create is
 // forgotten, so that the retry creates it again).
-// The entries may have gone out in part, so each is answered with an exit
-// (the exits a deletion publishes) as far as the publisher allows. It runs
-// past ctx's end: the request's deadline may be what failed.
-func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim *membership.Claim, userIDs []string, now time.Time) {
+// When the list's entries were being published, they may have gone out in
+// part, so each listed user is answered with an exit, the one a deletion
+// publishes. It runs past ctx's end: the request's deadline may be what
+// failed.
+func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim *membership.Claim, userIDs []string, now time.Time, published bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	// Marked first, as a deletion is: should the rollback stop part way,
-	// the segment is hidden (a DELETE of its id finishes it) rather than
-	// left ready with its membership half removed, and a retry with the key
-	// is told it was deleted instead of taking it over.
+	// the segment is hidden rather than left ready with its membership half
+	// removed, and a DELETE of its id, or the jobs after DeletionGrace,
+	// finish the removal, exits included.
 	if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
 		s.log.Error("roll back a static segment: not marked deleting; delete it to clean up", "org", d.OrgID, "segment", d.ID, "err", err)
 		return
 	}
-	exits := make([]events.Change, len(userIDs))
-	for i, u := range userIDs {
-		exits[i] = events.Change{OrgID: d.OrgID, SegmentID: d.ID, UserID: u, At: now, Cause: membership.DeleteCause(d.ID)}
+	var err error
+	if published {
+		// Every listed user into the segment's own set first, which the
+		// removal works from: a write that stopped between the users' sets
+		// and the segment's left users that the segment's set does not
+		// name.
+		err = s.sets.Enlist(ctx, d.OrgID, d.ID, userIDs)
 	}
-	if err := s.publish(ctx, exits); err != nil {
-		s.log.Error("roll back a static segment: its entries may have been published in part, without exits",
-			"org", d.OrgID, "segment", d.ID, "err", err)
-	}
-	// Every listed user's set, not only the members': a write that failed
-	// between the users' sets and the segment's set left users that the
-	// segment's set does not name.
-	err := s.sets.Apply(ctx, exits)
 	if err == nil {
-		_, err = s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, nil)
+		_, err = s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish)
 	}
 	if err == nil {
 		err = s.defs.Delete(ctx, d.OrgID, d.ID)
@@ -413,14 +411,18 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim
 			err = nil // a deletion came first
 		}
 	}
-	// The key last: should it stay, a retry with it is told the segment
-	// was deleted, rather than find a leftover and create a second one.
-	if err == nil && claim != nil {
-		err = s.defs.ForgetCreate(ctx, claim)
-	}
 	if err != nil {
-		s.log.Error("roll back a static segment whose list could not be written; delete it to clean up",
+		s.log.Warn("roll back a static segment: its removal is left to a DELETE or the deletion job",
 			"org", d.OrgID, "segment", d.ID, "err", err)
+	}
+	// Hidden, the segment is the deletion's: the key is released whatever
+	// the removal did, so that the client's retry creates the segment again
+	// (under a new id) rather than be told it was deleted.
+	if claim != nil {
+		if err := s.defs.ForgetCreate(ctx, claim); err != nil {
+			s.log.Error("roll back a static segment: its Idempotency-Key is kept; a retry with it is told the segment was deleted",
+				"org", d.OrgID, "segment", d.ID, "err", err)
+		}
 	}
 }
 
@@ -534,7 +536,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
-		if err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
+		if _, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return
 		}

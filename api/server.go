@@ -82,14 +82,15 @@ type MembershipStore interface {
 	// PlanEdit computes the changes of adding and removing user ids, and
 	// returns the size before them.
 	PlanEdit(ctx context.Context, org, seg string, add, remove []string, cause events.Cause, at time.Time) ([]events.Change, int64, error)
-	// Apply writes changes to the membership sets.
-	Apply(ctx context.Context, changes []events.Change) error
 	// ApplyList writes a change of one static segment's list and moves the
 	// list's version with its last write.
 	ApplyList(ctx context.Context, org, seg string, changes []events.Change) error
 	// ListVersion returns a static segment's list version, which static
 	// change events' ids derive from.
 	ListVersion(ctx context.Context, org, seg string) (int64, error)
+	// Enlist adds users to a segment's member set alone, for DeleteSegment
+	// to remove them from.
+	Enlist(ctx context.Context, org, seg string, userIDs []string) error
 	// DeleteSegment removes a segment's membership, publishing the exits
 	// chunk by chunk before writing them.
 	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)

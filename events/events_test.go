@@ -57,15 +57,18 @@ func TestDecodeProfileEvent(t *testing.T) {
 				if ev.EventID != "" {
 					t.Fatalf("eventId %q before DeriveID", ev.EventID)
 				}
-				again, other := ev, ev
-				ev.DeriveID("profiles", 2, 41)
-				again.DeriveID("profiles", 2, 41)
-				other.DeriveID("profiles", 2, 42)
-				if !strings.HasPrefix(ev.EventID, "evt_rec_") || ev.EventID != again.EventID || ev.EventID == other.EventID {
-					t.Fatalf("derived ids %q, %q (same record), %q (next record)", ev.EventID, again.EventID, other.EventID)
+				at := time.UnixMilli(1_700_000_000_000)
+				again, other, recreated := ev, ev, ev
+				ev.DeriveID("profiles", 2, 41, at)
+				again.DeriveID("profiles", 2, 41, at)
+				other.DeriveID("profiles", 2, 42, at)
+				// The topic deleted and created again: its offsets start over.
+				recreated.DeriveID("profiles", 2, 41, at.Add(time.Hour))
+				if !strings.HasPrefix(ev.EventID, "evt_rec_") || ev.EventID != again.EventID || ev.EventID == other.EventID || ev.EventID == recreated.EventID {
+					t.Fatalf("derived ids %q, %q (same record), %q (next record), %q (same place, later record)", ev.EventID, again.EventID, other.EventID, recreated.EventID)
 				}
 				given := ProfileEvent{EventID: "e1"}
-				if given.DeriveID("profiles", 2, 41); given.EventID != "e1" {
+				if given.DeriveID("profiles", 2, 41, at); given.EventID != "e1" {
 					t.Fatalf("DeriveID replaced a given eventId with %q", given.EventID)
 				}
 			},

@@ -42,20 +42,26 @@ type ProfileEvent struct {
 }
 
 // DeriveID gives an event without eventId one derived from where its record
-// is (topic, partition, offset): a redelivered copy of the record is
-// recognised as the same event, while the same bytes produced again later
-// (a repeated patch with no version) are another event, whose membership
-// changes get eventIds of their own.
-func (e *ProfileEvent) DeriveID(topic string, partition int, offset int64) {
+// is (topic, partition, offset) and the record's timestamp (zero when it
+// has none): a redelivered copy of the record is recognised as the same
+// event, while the same bytes produced again later (a repeated patch with
+// no version) are another event, whose membership changes get eventIds of
+// their own. The timestamp tells apart the records of a topic deleted and
+// created again, whose offsets start over.
+func (e *ProfileEvent) DeriveID(topic string, partition int, offset int64, at time.Time) {
 	if e.EventID != "" {
 		return
 	}
-	b := make([]byte, 0, len(topic)+24)
+	b := make([]byte, 0, len(topic)+40)
 	b = append(b, topic...)
 	b = append(b, 0)
 	b = strconv.AppendInt(b, int64(partition), 10)
 	b = append(b, 0)
 	b = strconv.AppendInt(b, offset, 10)
+	if !at.IsZero() {
+		b = append(b, 0)
+		b = strconv.AppendInt(b, at.UnixMilli(), 10)
+	}
 	sum := sha256.Sum256(b)
 	e.EventID = "evt_rec_" + hex.EncodeToString(sum[:12])
 }

@@ -53,13 +53,25 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 
 // TestProjectOntoDeletedSegment: a write made before a segment's deletion
 // and projected after it (its instance died in between) puts no member
-// back, takes the segment out of the user's set, and reports the segment,
-// so that its change is not published after the deletion's exits.
+// back and takes the segment out of the user's set; its change is refused
+// (the deletion published the exit), unless the same decision had reached
+// the member set before the deletion: that one the deletion did not see,
+// and its repeated projection must still let it be published.
 func TestProjectOntoDeletedSegment(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.Org(t, rdb, "org")
 		users, sets := membership.NewUsers(rdb), membership.NewSets(rdb)
+		proj := func(seg, user string, rev int64, entered bool) membership.Projection {
+			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: entered}, Rev: rev}
+		}
+		// u2 entered at revision 1 and left at revision 3, projected; its
+		// exit's batch then failed before publishing.
+		for _, p := range []membership.Projection{proj("gone", "u2", 1, true), proj("gone", "u2", 3, false)} {
+			if _, err := users.Project(ctx, []membership.Projection{p}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		// The stale write: u1's set holds "gone" and "kept".
 		if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), "gone", "kept").Err(); err != nil {
 			t.Fatal(err)
@@ -67,15 +79,24 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 		if _, err := sets.DeleteSegment(ctx, org, "gone", time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
-		proj := func(seg string) membership.Projection {
-			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: "u1", Entered: true}, Rev: 1}
-		}
-		deleted, err := users.Project(ctx, []membership.Projection{proj("gone"), proj("kept")})
+		again := []membership.Projection{proj("gone", "u1", 1, true), proj("kept", "u1", 1, true), proj("gone", "u2", 3, false), proj("gone", "u2", 4, true)}
+		deleted, err := users.Project(ctx, again)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(deleted) != 1 || !membership.Deleted(deleted, proj("gone").Change) || membership.Deleted(deleted, proj("kept").Change) {
-			t.Errorf("deleted = %v, want gone only", deleted)
+		for _, tc := range []struct {
+			name string
+			p    membership.Projection
+			want bool
+		}{
+			{"a decision that never reached the deleted segment", again[0], true},
+			{"a segment not deleted", again[1], false},
+			{"a decision projected before the deletion", again[2], false},
+			{"a later decision than any projected", again[3], true},
+		} {
+			if got := deleted.Refuses(tc.p.Change, tc.p.Rev); got != tc.want {
+				t.Errorf("%s: Refuses = %v, want %v", tc.name, got, tc.want)
+			}
 		}
 		if n := rdb.Exists(ctx, membership.SegmentMembersKey(org, "gone")).Val(); n != 0 {
 			t.Error("the deleted segment's member set came back")
@@ -85,6 +106,9 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 		}
 		if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, "kept")), ","); got != "u1" {
 			t.Errorf("members of kept = %q, want u1", got)
+		}
+		if ttl := rdb.TTL(ctx, membership.SegmentRevisionsKey(org, "gone")).Val(); ttl <= 0 || ttl > time.Hour {
+			t.Errorf("the deleted segment's revisions expire in %v, want within an hour", ttl)
 		}
 	})
 }

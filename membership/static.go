@@ -207,6 +207,19 @@ func (s *Sets) apply(ctx context.Context, changes []events.Change, version strin
 	return nil
 }
 
+// Enlist adds users to a segment's member set alone. DeleteSegment works
+// from that set: enlisted first, every one of them gets its exit published
+// and loses the segment from its own set, also users whose own set a list
+// write that stopped part way had reached and the segment's set had not.
+func (s *Sets) Enlist(ctx context.Context, org, seg string, userIDs []string) error {
+	for chunk := range slices.Chunk(userIDs, setsChunk) {
+		if err := s.rdb.SAdd(ctx, SegmentMembersKey(org, seg), idsAsArgs(chunk)...).Err(); err != nil {
+			return fmt.Errorf("enlist %d users in %s/%s: %w", len(chunk), org, seg, err)
+		}
+	}
+	return nil
+}
+
 // DeleteSegment removes every member of a segment, of any type, a chunk at
 // a time: it reads a chunk of members, hands their exits (cause DeleteCause)
 // to publish, removes the segment from each of those users' segment sets and
@@ -262,7 +275,12 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 			return removed, fmt.Errorf("delete membership of %s/%s: %d members still being added", org, seg, n)
 		}
 	}
-	if err := s.rdb.Del(ctx, key, SegmentRevisionsKey(org, seg), ListVersionKey(org, seg)).Err(); err != nil {
+	if err := s.rdb.Del(ctx, key, ListVersionKey(org, seg)).Err(); err != nil {
+		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+	}
+	// Kept a while: a replay of a decision that had reached the member set
+	// before the deletion finds it there and publishes its change.
+	if err := s.rdb.Expire(ctx, SegmentRevisionsKey(org, seg), deletedRevisionsTTL).Err(); err != nil {
 		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
 	}
 	return removed, nil

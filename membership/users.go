@@ -346,15 +346,34 @@ func SegmentDeletedKey(org, seg string) string { return "segdel:{" + org + ":" +
 // replays come within minutes of a crash.
 const deletedMarkerTTL = 7 * 24 * time.Hour
 
+// deletedRevisionsTTL is how long a deleted segment keeps its users'
+// revisions (SegmentRevisionsKey), which tell a replay whether its
+// decision had reached the member set before the deletion (see
+// Deletions). Shorter than the marker's: they take memory in proportion
+// to the segment's users, and a replay comes within minutes.
+const deletedRevisionsTTL = time.Hour
+
 // The stream, backfills and timers each project what their own writes
 // decided, in no common order; the revision makes the newest decision win
 // whatever order the projections arrive in. Equal revisions come from one
 // write and apply in order. One call carries every projection of a batch
 // onto one segment (ARGV holds user, revision, 1|0 triples): the keys share
 // the segment's hash tag, so this holds on Redis Cluster too. A deleted
-// segment (KEYS[3]) takes none: -1.
+// segment (KEYS[3]) takes none: it answers -1 followed by the revision
+// each of the users had there before the deletion (user, revision pairs,
+// only users with one; see Deletions).
 var projectScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local out = {-1}
+  for i = 1, #ARGV, 3 do
+    local cur = redis.call('HGET', KEYS[2], ARGV[i])
+    if cur then
+      out[#out + 1] = ARGV[i]
+      out[#out + 1] = cur
+    end
+  end
+  return out
+end
 local n = 0
 for i = 1, #ARGV, 3 do
   local user, rev = ARGV[i], tonumber(ARGV[i + 1])
@@ -368,14 +387,35 @@ end
 return n
 `)
 
+// Deletions are the segments that Project found deleted, each with the
+// revision that its users' memberships had reached there before the
+// deletion (see SegmentRevisionsKey).
+type Deletions map[SegmentRef]map[string]int64
+
+// Refuses reports whether change c, decided by the write of revision rev,
+// must not be published: its segment is deleted, and the decision had not
+// reached the segment's member set before that. The deletion then
+// published the user's exit if the user was a member, and the user was
+// never seen to enter otherwise. A decision that had reached it (the
+// projection is being repeated: its batch failed or its instance died
+// before publishing) was not seen by the deletion, and is published.
+func (d Deletions) Refuses(c events.Change, rev int64) bool {
+	users, ok := d[SegmentRef{c.OrgID, c.SegmentID}]
+	if !ok {
+		return false
+	}
+	cur, ok := users[c.UserID]
+	return !ok || rev > cur
+}
+
 // Project mirrors changes onto the public per-segment sets in one pipelined
 // round trip, one script call per segment. It is idempotent, so projecting
 // again after a crash changes nothing, and an older decision never
 // overwrites a newer one. It returns the segments found deleted: their
 // changes were not projected, and their users' segment sets lose them (the
-// write being projected had put them there); callers publish none of their
-// changes.
-func (u *Users) Project(ctx context.Context, ps []Projection) (map[SegmentRef]bool, error) {
+// write being projected had put them there); callers publish only the
+// changes that Deletions.Refuses lets through.
+func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error) {
 	if len(ps) == 0 {
 		return nil, nil
 	}
@@ -398,18 +438,24 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (map[SegmentRef]bo
 		}
 		calls[i].args = append(calls[i].args, c.UserID, p.Rev, in)
 	}
-	var deleted map[SegmentRef]bool
+	var deleted Deletions
 	for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
-		n, err := cmd.Int64()
+		reply, err := cmd.Result()
 		if err != nil {
 			return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
 		}
-		if n == -1 {
-			if deleted == nil {
-				deleted = map[SegmentRef]bool{}
-			}
-			deleted[segs[i]] = true
+		pairs, ok := reply.([]any)
+		if !ok {
+			continue // the number of projections applied
 		}
+		revs, err := deletedRevisions(pairs)
+		if err != nil {
+			return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
+		}
+		if deleted == nil {
+			deleted = Deletions{}
+		}
+		deleted[segs[i]] = revs
 	}
 	if len(deleted) == 0 {
 		return nil, nil
@@ -417,7 +463,7 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (map[SegmentRef]bo
 	pipe := u.rdb.Pipeline()
 	for _, p := range ps {
 		c := p.Change
-		if deleted[SegmentRef{c.OrgID, c.SegmentID}] {
+		if _, ok := deleted[SegmentRef{c.OrgID, c.SegmentID}]; ok {
 			pipe.SRem(ctx, UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID)
 		}
 	}
@@ -430,10 +476,23 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (map[SegmentRef]bo
 // SegmentRef names one segment of one organisation.
 type SegmentRef struct{ OrgID, SegmentID string }
 
-// Deleted reports whether c is a change of a segment in deleted (as
-// Project returns them).
-func Deleted(deleted map[SegmentRef]bool, c events.Change) bool {
-	return deleted[SegmentRef{c.OrgID, c.SegmentID}]
+// deletedRevisions reads projectScript's answer for a deleted segment: -1,
+// then user and revision pairs.
+func deletedRevisions(reply []any) (map[string]int64, error) {
+	if len(reply)%2 != 1 {
+		return nil, fmt.Errorf("a deleted segment's revisions: %d values", len(reply))
+	}
+	revs := make(map[string]int64, len(reply)/2)
+	for i := 1; i < len(reply); i += 2 {
+		user, ok1 := reply[i].(string)
+		raw, ok2 := reply[i+1].(string)
+		rev, err := strconv.ParseInt(raw, 10, 64)
+		if !ok1 || !ok2 || err != nil {
+			return nil, fmt.Errorf("a deleted segment's revisions: %v %v", reply[i], reply[i+1])
+		}
+		revs[user] = rev
+	}
+	return revs, nil
 }
 
 // Profile returns a user's stored profile, decoded; false when the user has

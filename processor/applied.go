@@ -102,10 +102,17 @@ func (p position) covers(q position) bool {
 }
 
 // advance returns the position after applying the event read at q, from p.
+// An event at an earlier offset and no later time (a record without a
+// timestamp, applied again as covers never skips one) leaves p as it is:
+// the position moved back would no longer cover the events after it.
 func (p position) advance(q position) position {
-	if p.sameSource(q) && p.at > q.at {
-		q.at = p.at
+	if !p.sameSource(q) {
+		return q
 	}
+	if q.off < p.off && q.at <= p.at {
+		return p
+	}
+	q.at = max(q.at, p.at)
 	return q
 }
 

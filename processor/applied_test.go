@@ -60,6 +60,17 @@ func TestPositionAdvanceKeepsLatestTime(t *testing.T) {
 	if q := (position{}).advance(at("profiles", 0, 3, t0)); q != at("profiles", 0, 3, t0) {
 		t.Errorf("advance from nothing = %+v", q)
 	}
+	// A record without a timestamp is never covered, so a redelivery
+	// applies it again: the position must not move back to it.
+	p = at("profiles", 0, 13, t0).advance(at("profiles", 0, 10, time.Unix(0, 0)))
+	if !p.covers(at("profiles", 0, 12, t0)) {
+		t.Errorf("%+v no longer covers the timestamped event at offset 12", p)
+	}
+	// The topic created again: its offsets start over with newer records.
+	p = at("profiles", 0, 13, t0).advance(at("profiles", 0, 2, t0.Add(time.Minute)))
+	if p != at("profiles", 0, 2, t0.Add(time.Minute)) {
+		t.Errorf("after a newer record at an earlier offset: %+v", p)
+	}
 }
 
 func TestDeadLetterEntry(t *testing.T) {

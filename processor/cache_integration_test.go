@@ -153,7 +153,7 @@ type heldProjections struct {
 	release chan struct{}
 }
 
-func (h *heldProjections) Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error) {
+func (h *heldProjections) Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error) {
 	select {
 	case <-h.release:
 	case <-ctx.Done():

@@ -593,3 +593,34 @@ func TestPatchInvalidOnAnyProfileTakesNoVersion(t *testing.T) {
 	)
 	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 && st.Version == 5 })
 }
+
+// TestPatchToCorruptProfileIsDeadLettered: a patch to a stored profile that
+// cannot be read is dead-lettered, not made the user's whole profile (every
+// other field would be lost, and the user re-evaluated on the patch alone);
+// a full profile then replaces the corrupt one.
+func TestPatchToCorruptProfileIsDeadLettered(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	o := r.org
+	key := membership.ProfileKey(o, "u1")
+	if err := r.rdb.HSet(ctx, key, "r", "1", "v", "1", "p", "\xff\xfecorrupt").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.produce(t, `{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":5}}`)
+	dl := readTopic(t, r.brokers, r.dlq, 1, 60*time.Second)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want the patch's", len(dl))
+	}
+	for _, h := range dl[0].Headers {
+		if h.Key == "segmentd-error" && !strings.Contains(string(h.Value), "stored profile cannot be read") {
+			t.Errorf("reason %q does not say the stored profile cannot be read", h.Value)
+		}
+	}
+	r.waitCommitted(t, 1)
+	if p, err := r.rdb.HGet(ctx, key, "p").Result(); err != nil || p != "\xff\xfecorrupt" {
+		t.Errorf("stored profile %q (%v): the patch must leave it alone", p, err)
+	}
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":3,"profile":{"points":7}}`)
+	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 7 && st.Version == 3 })
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +24,7 @@ type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
-	Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error)
+	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
 	IndexAll(ctx context.Context) (int64, error)
 }
 
@@ -806,20 +805,54 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
-		deleted, err := j.cfg.Users.Project(ctx, projections)
-		if err != nil {
-			return err
-		}
-		changes = slices.DeleteFunc(changes, func(c events.Change) bool { return membership.Deleted(deleted, c) })
-		if err := j.cfg.Publisher.Publish(ctx, changes); err != nil {
-			return err
-		}
-		j.cfg.Metrics.countChanges(changes)
-		if err := j.cfg.Schedules.Schedule(ctx, due); err != nil {
+		// The amends are written: what they decided is projected and
+		// published here, however long it takes. Given up, it would wait
+		// for a retry that a deletion may never let come (a deleted
+		// segment's timers and backfills stop): the deletion, whose gate
+		// waits while this round holds its revision, would then remove
+		// the members without the exits decided here.
+		if err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
+			deleted, err := j.cfg.Users.Project(ctx, projections)
+			if err != nil {
+				return err
+			}
+			out := changes
+			if len(deleted) > 0 {
+				out = make([]events.Change, 0, len(changes))
+				for i, c := range changes {
+					if !deleted.Refuses(c, projections[i].Rev) {
+						out = append(out, c)
+					}
+				}
+			}
+			if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
+				return err
+			}
+			j.cfg.Metrics.countChanges(out)
+			return j.cfg.Schedules.Schedule(ctx, due)
+		}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// settle retries op, the projection and publication of amends already
+// written, until it succeeds or ctx ends (the instance stops, or a
+// backfill's lease is lost: another attempt then publishes the same
+// changes from the outboxes).
+func (j *Jobs) settle(ctx context.Context, seg string, n int, op func(context.Context) error) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	attempt := 0
+	return backoff.Retry(func() error {
+		attempt++
+		err := op(ctx)
+		if err != nil && ctx.Err() == nil {
+			j.cfg.Logger.Warn("changes written, not yet published; retrying", "segment", seg, "changes", n, "attempt", attempt, "err", err)
+		}
+		return err
+	}, backoff.WithContext(bo, ctx))
 }
 
 // viewUsers reads users as seen for seg, taking their membership from

@@ -61,7 +61,7 @@ type Producer interface {
 type UserStore interface {
 	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
 	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
-	Project(ctx context.Context, ps []membership.Projection) (map[membership.SegmentRef]bool, error)
+	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
@@ -475,10 +475,12 @@ type userWork struct {
 // written is a batch whose users' states are written, waiting to be
 // finished.
 type written struct {
-	seq         uint64
-	fetched     time.Time
-	msgs        []Record
-	changes     []events.Change
+	seq     uint64
+	fetched time.Time
+	msgs    []Record
+	changes []events.Change
+	// revs holds the user revision whose write decided each change.
+	revs        []int64
 	projections []membership.Projection
 	due         []membership.Due
 	dlq         []Record
@@ -582,6 +584,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 				p.cache.put(w.ref, states[i])
 			}
 			wb.changes = append(wb.changes, r.changes...)
+			wb.revs = append(wb.revs, r.revs...)
 			wb.projections = append(wb.projections, r.projections...)
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
@@ -705,8 +708,15 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 	}
 	if len(deleted) > 0 {
 		// Written before a deletion and projected after it: the deletion
-		// published the exits; these changes are not published.
-		wb.changes = slices.DeleteFunc(wb.changes, func(c events.Change) bool { return membership.Deleted(deleted, c) })
+		// published the exits of what had not reached the member sets.
+		kept := 0
+		for i, c := range wb.changes {
+			if !deleted.Refuses(c, wb.revs[i]) {
+				wb.changes[kept], wb.revs[kept] = c, wb.revs[i]
+				kept++
+			}
+		}
+		wb.changes, wb.revs = wb.changes[:kept], wb.revs[:kept]
 	}
 	step("project")
 	projected := time.Now() // a latency is real time, whatever clock evaluates the rules
@@ -829,7 +839,7 @@ func decodeAll(batch []Record) []decodedEvent {
 	parallel(len(batch), func(i int) {
 		m := &batch[i]
 		out[i].ev, out[i].err = events.DecodeProfileEvent(m.Value)
-		out[i].ev.DeriveID(m.Topic, m.Partition, m.Offset)
+		out[i].ev.DeriveID(m.Topic, m.Partition, m.Offset, m.Time)
 	})
 	return out
 }
@@ -865,8 +875,10 @@ func (p *Processor) evaluateAll(snap *Snapshot, ws []*userWork, states []members
 
 // userResult is what one user's events in a batch come to.
 type userResult struct {
-	write                        *membership.UserWrite
-	changes                      []events.Change
+	write   *membership.UserWrite
+	changes []events.Change
+	// revs holds the user revision whose write decided each change.
+	revs                         []int64
 	projections                  []membership.Projection
 	due                          []membership.Due
 	dlq                          []Record
@@ -884,8 +896,16 @@ type userResult struct {
 }
 
 func (r *userResult) add(cs []events.Change, rev int64) {
-	r.changes = append(r.changes, cs...)
+	r.record(cs, rev)
 	r.project(cs, rev)
+}
+
+// record adds changes to publish, decided by the write of revision rev.
+func (r *userResult) record(cs []events.Change, rev int64) {
+	r.changes = append(r.changes, cs...)
+	for range cs {
+		r.revs = append(r.revs, rev)
+	}
 }
 
 // project adds projections only: changes published by their own events.
@@ -980,10 +1000,16 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		}
 	}
 	var profile *segment.Profile
+	// corrupt is why the stored profile cannot be read, until a full
+	// profile or a deletion replaces it: a patch to it is dead-lettered
+	// rather than made the whole profile.
+	var corrupt error
 	if len(st.Profile) > 0 {
 		p, err := segment.DecodeProfile(st.Profile)
-		if err == nil {
-			profile = p // a corrupt profile is replaced by the next full one
+		if err != nil {
+			corrupt = err
+		} else {
+			profile = p
 		}
 	}
 	deleted := st.Deleted
@@ -1019,7 +1045,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				continue
 			}
 			replayed := p.outboxChanges(w.ref, e)
-			res.changes = append(res.changes, replayed...)
+			res.record(replayed, e.Rev)
 			res.project(standing(replayed, e.Rev, st), e.Rev)
 			res.replayed++
 			// The first attempt may have stopped before storing the user's
@@ -1078,6 +1104,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				base = nil
 			}
 			np, ch, err := segment.ApplyChanges(base, ev.Changes)
+			if err == nil && corrupt != nil && !deleted {
+				base, err = nil, fmt.Errorf("the stored profile cannot be read (%v); a full profile replaces it", corrupt)
+			}
 			if err != nil {
 				reason := "invalid profile event: changes: " + err.Error()
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
@@ -1140,7 +1169,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				}
 			}
 		}
-		profile = next
+		profile, corrupt = next, nil
 		if ev.HasVersion {
 			version = ev.Version
 		}
