@@ -419,7 +419,11 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim
 	// the removal did, so that the client's retry creates the segment again
 	// (under a new id) rather than be told it was deleted.
 	if claim != nil {
-		if err := s.defs.ForgetCreate(ctx, claim); err != nil {
+		// A context of its own: the removal may have used up the
+		// rollback's, waiting on Kafka.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := s.defs.ForgetCreate(fctx, claim); err != nil {
 			s.log.Error("roll back a static segment: its Idempotency-Key is kept; a retry with it is told the segment was deleted",
 				"org", d.OrgID, "segment", d.ID, "err", err)
 		}

@@ -54,9 +54,11 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 // TestProjectOntoDeletedSegment: a write made before a segment's deletion
 // and projected after it (its instance died in between) puts no member
 // back and takes the segment out of the user's set; its change is refused
-// (the deletion published the exit), unless the same decision had reached
+// (the deletion published the exit), unless it is an exit that had reached
 // the member set before the deletion: that one the deletion did not see,
-// and its repeated projection must still let it be published.
+// and its repeated projection must still let it be published. An entry is
+// refused even when it had reached the set: the deletion answered it with
+// an exit. A probe writes nothing.
 func TestProjectOntoDeletedSegment(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
@@ -66,8 +68,9 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: entered}, Rev: rev}
 		}
 		// u2 entered at revision 1 and left at revision 3, projected; its
-		// exit's batch then failed before publishing.
-		for _, p := range []membership.Projection{proj("gone", "u2", 1, true), proj("gone", "u2", 3, false)} {
+		// exit's batch then failed before publishing. u3 entered at
+		// revision 2, projected, and its batch failed likewise.
+		for _, p := range []membership.Projection{proj("gone", "u2", 1, true), proj("gone", "u2", 3, false), proj("gone", "u3", 2, true)} {
 			if _, err := users.Project(ctx, []membership.Projection{p}); err != nil {
 				t.Fatal(err)
 			}
@@ -79,7 +82,9 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 		if _, err := sets.DeleteSegment(ctx, org, "gone", time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
-		again := []membership.Projection{proj("gone", "u1", 1, true), proj("kept", "u1", 1, true), proj("gone", "u2", 3, false), proj("gone", "u2", 4, true)}
+		probe := proj("kept", "u4", 1, true)
+		probe.Probe = true
+		again := []membership.Projection{proj("gone", "u1", 1, true), proj("kept", "u1", 1, true), proj("gone", "u2", 3, false), proj("gone", "u2", 4, true), proj("gone", "u3", 2, true), probe}
 		deleted, err := users.Project(ctx, again)
 		if err != nil {
 			t.Fatal(err)
@@ -93,6 +98,8 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 			{"a segment not deleted", again[1], false},
 			{"a decision projected before the deletion", again[2], false},
 			{"a later decision than any projected", again[3], true},
+			{"an entry projected before the deletion", again[4], true},
+			{"a probe of a segment not deleted", again[5], false},
 		} {
 			if got := deleted.Refuses(tc.p.Change, tc.p.Rev); got != tc.want {
 				t.Errorf("%s: Refuses = %v, want %v", tc.name, got, tc.want)

@@ -333,6 +333,9 @@ func SegmentRevisionsKey(org, seg string) string { return "segrev:{" + org + ":"
 type Projection struct {
 	Change events.Change
 	Rev    int64
+	// Probe asks only whether the segment is deleted, and writes nothing:
+	// for a change published without being projected (see Deletions).
+	Probe bool
 }
 
 // SegmentDeletedKey is the internal marker, beside a deleted segment's
@@ -357,7 +360,8 @@ const deletedRevisionsTTL = time.Hour
 // decided, in no common order; the revision makes the newest decision win
 // whatever order the projections arrive in. Equal revisions come from one
 // write and apply in order. One call carries every projection of a batch
-// onto one segment (ARGV holds user, revision, 1|0 triples): the keys share
+// onto one segment (ARGV holds user, revision, 1|0|p triples, p a probe
+// that writes nothing): the keys share
 // the segment's hash tag, so this holds on Redis Cluster too. A deleted
 // segment (KEYS[3]) takes none: it answers -1 followed by the revision
 // each of the users had there before the deletion (user, revision pairs,
@@ -376,12 +380,14 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local n = 0
 for i = 1, #ARGV, 3 do
-  local user, rev = ARGV[i], tonumber(ARGV[i + 1])
-  local cur = tonumber(redis.call('HGET', KEYS[2], user) or '-1')
-  if rev >= cur then
-    redis.call('HSET', KEYS[2], user, rev)
-    if ARGV[i + 2] == '1' then redis.call('SADD', KEYS[1], user) else redis.call('SREM', KEYS[1], user) end
-    n = n + 1
+  local user, rev, op = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if op ~= 'p' then
+    local cur = tonumber(redis.call('HGET', KEYS[2], user) or '-1')
+    if rev >= cur then
+      redis.call('HSET', KEYS[2], user, rev)
+      if op == '1' then redis.call('SADD', KEYS[1], user) else redis.call('SREM', KEYS[1], user) end
+      n = n + 1
+    end
   end
 end
 return n
@@ -393,19 +399,21 @@ return n
 type Deletions map[SegmentRef]map[string]int64
 
 // Refuses reports whether change c, decided by the write of revision rev,
-// must not be published: its segment is deleted, and the decision had not
-// reached the segment's member set before that. The deletion then
-// published the user's exit if the user was a member, and the user was
-// never seen to enter otherwise. A decision that had reached it (the
-// projection is being repeated: its batch failed or its instance died
-// before publishing) was not seen by the deletion, and is published.
+// must not be published because its segment is deleted. An entry never is
+// published: the deletion published the user's exit if the entry had
+// reached the member set, and the user was never seen to enter otherwise.
+// An exit is published when it had reached the member set before the
+// deletion (the projection is being repeated: its batch failed, or its
+// instance died before publishing), since the deletion, which found the
+// user gone from the set, published none; otherwise the deletion
+// published the user's exit itself.
 func (d Deletions) Refuses(c events.Change, rev int64) bool {
 	users, ok := d[SegmentRef{c.OrgID, c.SegmentID}]
 	if !ok {
 		return false
 	}
 	cur, ok := users[c.UserID]
-	return !ok || rev > cur
+	return c.Entered || !ok || rev > cur
 }
 
 // Project mirrors changes onto the public per-segment sets in one pipelined
@@ -433,7 +441,10 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error)
 			calls = append(calls, scriptCall{keys: []string{SegmentMembersKey(c.OrgID, c.SegmentID), SegmentRevisionsKey(c.OrgID, c.SegmentID), SegmentDeletedKey(c.OrgID, c.SegmentID)}})
 		}
 		in := "0"
-		if c.Entered {
+		switch {
+		case p.Probe:
+			in = "p"
+		case c.Entered:
 			in = "1"
 		}
 		calls[i].args = append(calls[i].args, c.UserID, p.Rev, in)

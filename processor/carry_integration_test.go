@@ -624,3 +624,38 @@ func TestPatchToCorruptProfileIsDeadLettered(t *testing.T) {
 	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":3,"profile":{"points":7}}`)
 	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 7 && st.Version == 3 })
 }
+
+// TestReplayAfterDeletionPublishesNoEntry: a user's entry is projected and
+// its batch stops before publishing; the segment is then deleted, which
+// publishes the user's exit and takes the segment out of the user's set.
+// The redelivered batch, which finds the user's set without the segment,
+// does not project the entry again, and must not publish it either:
+// consumers would see the user enter a deleted segment after its exit.
+func TestReplayAfterDeletionPublishesNoEntry(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "points", atLeast(1000))
+	o := r.org
+	stop := r.startWith(t, unpublished(0))
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`)
+	for deadline := time.Now().Add(30 * time.Second); members(t, r.rdb, membership.SegmentMembersKey(o, seg)) != "u1"; {
+		if time.Now().After(deadline) {
+			t.Fatal("the entry was not projected within 30 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	if _, err := membership.NewSets(r.rdb).DeleteSegment(ctx, o, seg, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.defs.Delete(ctx, o, seg); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.waitCommitted(t, 1)
+	for _, m := range readTopic(t, r.brokers, r.membershipT, 1, 5*time.Second) {
+		if c, err := events.DecodeChange(m.Value); err != nil || c.SegmentID == seg {
+			t.Errorf("published after the deletion: %+v (%v)", c, err)
+		}
+	}
+}

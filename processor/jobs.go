@@ -806,29 +806,33 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
 		// The amends are written: what they decided is projected and
-		// published here, however long it takes. Given up, it would wait
-		// for a retry that a deletion may never let come (a deleted
-		// segment's timers and backfills stop): the deletion, whose gate
-		// waits while this round holds its revision, would then remove
-		// the members without the exits decided here.
+		// published here, through failures that pass (see settle). Left to
+		// a later attempt, it would wait for one that a deletion may never
+		// let come (a deleted segment's timers and backfills stop): the
+		// deletion, whose gate waits while this round holds its revision,
+		// would remove the members without the exits decided here.
+		published := false
 		if err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
-			deleted, err := j.cfg.Users.Project(ctx, projections)
-			if err != nil {
-				return err
-			}
-			out := changes
-			if len(deleted) > 0 {
-				out = make([]events.Change, 0, len(changes))
-				for i, c := range changes {
-					if !deleted.Refuses(c, projections[i].Rev) {
-						out = append(out, c)
+			if !published {
+				deleted, err := j.cfg.Users.Project(ctx, projections)
+				if err != nil {
+					return err
+				}
+				out := changes
+				if len(deleted) > 0 {
+					out = make([]events.Change, 0, len(changes))
+					for i, c := range changes {
+						if !deleted.Refuses(c, projections[i].Rev) {
+							out = append(out, c)
+						}
 					}
 				}
+				if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
+					return err
+				}
+				published = true
+				j.cfg.Metrics.countChanges(out)
 			}
-			if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
-				return err
-			}
-			j.cfg.Metrics.countChanges(out)
 			return j.cfg.Schedules.Schedule(ctx, due)
 		}); err != nil {
 			return err
@@ -837,13 +841,21 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 	return nil
 }
 
+// settleLimit bounds settle: as long as a timer's claim, and as the gate
+// of a definitions change waits. A job that holds its revision longer holds
+// back every organisation's deletions and backfills on this instance (and
+// its other organisations' timers), for a failure that may be of one
+// Redis node or Kafka partition only.
+const settleLimit = 30 * time.Second
+
 // settle retries op, the projection and publication of amends already
-// written, until it succeeds or ctx ends (the instance stops, or a
-// backfill's lease is lost: another attempt then publishes the same
-// changes from the outboxes).
+// written, until it succeeds, ctx ends (the instance stops, or a
+// backfill's lease is lost) or settleLimit passes. Another attempt then
+// publishes the same changes from the outboxes, unless the segment was
+// deleted meanwhile (README, known limits).
 func (j *Jobs) settle(ctx context.Context, seg string, n int, op func(context.Context) error) error {
 	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, settleLimit
 	attempt := 0
 	return backoff.Retry(func() error {
 		attempt++

@@ -940,20 +940,23 @@ func repeated(items []item, i int, seen map[string]bool) bool {
 	return false
 }
 
-// standing returns the replayed changes, decided by the user's write of
-// revision rev, that the user's segment set (st, as loaded) still agrees
-// with, or all of them once the user has been written since: a static
-// list's write moves neither the revision nor the outbox, so a deletion's
-// exit from a static segment that a list has put the user back in since
-// must not take the user out of that segment's set again. (A deleted
-// user's state is always read from Redis, never from the cache.)
-func standing(cs []events.Change, rev int64, st membership.UserState) []events.Change {
-	if rev != st.Rev {
-		return cs
+// standing returns the projections of replayed changes, decided by the
+// user's write of revision rev: those that the user's segment set (st, as
+// loaded) still agrees with, or all of them once the user has been written
+// since, and probes for the others. A static list's write moves neither the
+// revision nor the outbox, so a deletion's exit from a static segment that
+// a list has put the user back in since must not take the user out of that
+// segment's set again. The probes let Project tell whether the segments of
+// the changes not projected were deleted, as the changes are published all
+// the same. (A deleted user's state is always read from Redis, never from
+// the cache.)
+func standing(cs []events.Change, rev int64, st membership.UserState) []membership.Projection {
+	out := make([]membership.Projection, len(cs))
+	for i, c := range cs {
+		out[i] = membership.Projection{Change: c, Rev: rev,
+			Probe: rev == st.Rev && slices.Contains(st.Segments, c.SegmentID) != c.Entered}
 	}
-	return slices.DeleteFunc(slices.Clone(cs), func(c events.Change) bool {
-		return slices.Contains(st.Segments, c.SegmentID) != c.Entered
-	})
+	return out
 }
 
 // evaluate applies one user's events of the batch, in order, to the loaded
@@ -1046,7 +1049,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			replayed := p.outboxChanges(w.ref, e)
 			res.record(replayed, e.Rev)
-			res.project(standing(replayed, e.Rev, st), e.Rev)
+			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
 			res.replayed++
 			// The first attempt may have stopped before storing the user's
 			// timer: this one stores it again.
@@ -1060,7 +1063,12 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			later := false
 			for _, o := range st.Outbox {
 				if later && o.Rev == e.Rev {
-					res.project(standing(p.outboxChanges(w.ref, o), o.Rev, st), o.Rev)
+					// Not published here: probes are not needed.
+					for _, pr := range standing(p.outboxChanges(w.ref, o), o.Rev, st) {
+						if !pr.Probe {
+							res.projections = append(res.projections, pr)
+						}
+					}
 				}
 				later = later || o.EventID == e.EventID && o.Rev == e.Rev
 			}
