@@ -269,8 +269,15 @@ func (unreachableTimers) Schedule(context.Context, []membership.Due) error {
 // TestReplayStoresTheTimer writes a user whose timer cannot be stored and
 // stops the processor: the processor taking over replays the batch from
 // the outbox and must store the timer, or the user would never enter the
-// time-relative segment without another event.
+// time-relative segment without another event. Also when the replay comes
+// after the flip: the timer is then past, and fires at once.
 func TestReplayStoresTheTimer(t *testing.T) {
+	for name, late := range map[string]time.Duration{"before the flip": 0, "after the flip": 31 * 24 * time.Hour} {
+		t.Run(name, func(t *testing.T) { replayStoresTheTimer(t, late) })
+	}
+}
+
+func replayStoresTheTimer(t *testing.T, late time.Duration) {
 	r := newRig(t, testenv.RedisClient(t))
 	r.segment(t, "inactive", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}})
 	stop := r.startWith(t, func(c *processor.Config) {
@@ -287,7 +294,7 @@ func TestReplayStoresTheTimer(t *testing.T) {
 		t.Fatalf("timer stored by a processor that could not store it: %v", err)
 	}
 
-	r.start(t)
+	r.startWith(t, func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(late) } })
 	flip := float64(updated.Add(30 * 24 * time.Hour).UnixMilli())
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()

@@ -775,10 +775,17 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			}
 			cause := p.causeOf(v.UserID)
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
-				// Written by an earlier attempt that may not have published.
+				// Written by an earlier attempt that may not have published,
+				// nor stored the user's timer: the flip is looked for from
+				// that attempt's instant, as one that passed since would
+				// otherwise be neither applied here nor scheduled. Past, it
+				// fires at the next round.
 				c := changeOf(org, v.UserID, seg, e, cause)
 				changes = append(changes, c)
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
+				if at, ok := flipSince(p.cs.Rule, v.Profile, time.UnixMilli(e.AtMillis)); ok {
+					due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: at})
+				}
 				continue
 			}
 			if v.Profile == "" || (r.match == v.Member && !earlier) {
@@ -913,6 +920,19 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 		}
 	})
 	return out
+}
+
+// flipSince returns the first instant after since at which the rule's
+// verdict on the stored profile changes.
+func flipSince(rule *segment.Rule, profile string, since time.Time) (time.Time, bool) {
+	if profile == "" || !rule.TimeDependent() {
+		return time.Time{}, false
+	}
+	p, err := segment.DecodeProfileKeys(profile, rule.ProfileKeys())
+	if err != nil {
+		return time.Time{}, false
+	}
+	return rule.NextFlip(p, since)
 }
 
 func findEntry(outbox []membership.OutboxEntry, eventID, seg string) (membership.OutboxEntry, bool) {

@@ -805,6 +805,39 @@ func TestDeleteWhileBackfilling(t *testing.T) {
 	}
 }
 
+// TestBackfillRetrySchedulesPassedFlip: a backfill lets a user into an
+// "active in the last 30 days" segment and cannot publish; its retry comes
+// after the user's flip out, finds the entry and publishes it. The retry
+// must still schedule that flip (past, it fires at the next round), or the
+// user, who sends no event, would stay a member for good.
+func TestBackfillRetrySchedulesPassedFlip(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	flip := t0.Add(10 * time.Second)
+	p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u1", Version: 1, Profile: p}}); err != nil {
+		t.Fatal(err)
+	}
+	cs := r.buildingSegment(t, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-30d", HasValue: true}}})
+	at := func(tm time.Time) func() time.Time { return func() time.Time { return tm } }
+	if err := r.newJobs(t, jobsOf{pub: unreachablePublisher{}, now: at(t0)}).Backfill(briefly(t), r.org, cs, 0); err == nil {
+		t.Fatal("backfill with an unreachable membership topic succeeded")
+	}
+	later := t0.Add(time.Minute)
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t), now: at(later)}).Backfill(ctx, r.org, cs, 0); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: at(later), timerInterval: time.Minute}).FireTimers(ctx)
+	if in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, cs.Def.ID), "u1").Result(); err != nil || in {
+		t.Errorf("u1 is a member (%v) a minute after its flip out", err)
+	}
+}
+
 // dueTimers stores n users who became inactive for 30 days at flip, with
 // their timers due then, and an "inactive" segment (ready) that they are
 // not members of yet; fire runs one timer round of a new instance at now.

@@ -1026,6 +1026,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	res.firstNew = len(outbox)
 	wrote := false
 	timed := false // a time-relative segment was evaluated: the user's timer may move
+	// flipFrom is the instant the user's next flip is looked for from: the
+	// earliest evaluation of the events applied, a replay's being its first
+	// attempt's, so that a flip that passed between that attempt and this
+	// one is scheduled (past, it fires at once) rather than skipped.
+	flipFrom := now
 	var seen map[string]bool
 	if len(w.items) > manyItems {
 		seen = make(map[string]bool, len(w.items))
@@ -1054,6 +1059,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			// The first attempt may have stopped before storing the user's
 			// timer: this one stores it again.
 			timed = true
+			if at := time.UnixMilli(e.AtMillis); at.Before(flipFrom) {
+				flipFrom = at
+			}
 			// The entries of one write share its revision, and projections of
 			// equal revisions apply in order: a replay whose batch ends before
 			// the write's later events must project their decisions after
@@ -1189,7 +1197,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		wrote = true
 	}
 	if org != nil && profile != nil && !deleted && timed {
-		if at, ok := org.NextFlip(profile, now); ok {
+		if at, ok := org.NextFlip(profile, flipFrom); ok {
 			res.due = append(res.due, membership.Due{OrgID: w.ref.OrgID, UserID: w.ref.UserID, At: at})
 		}
 	}
