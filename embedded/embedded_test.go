@@ -2,10 +2,14 @@ package embedded
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
 )
 
 // TestRedisKeysExpire checks that keys with a lifetime expire in the
@@ -39,5 +43,45 @@ func TestRedisKeysExpire(t *testing.T) {
 	}
 	if n, err := rdb.Exists(ctx, "kept").Result(); err != nil || n != 1 {
 		t.Errorf("a key without a lifetime is gone (%d, %v)", n, err)
+	}
+}
+
+// TestDeleteLargeSegment deletes a segment of 10,000 members on the
+// embedded Redis, whose SSCAN cursor passes over members when the scan
+// removes as it goes: the deletion must still remove every member, with
+// an exit published for each, in one call.
+func TestDeleteLargeSegment(t *testing.T) {
+	s, err := Start(Options{Redis: true, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	sets := membership.NewSets(rdb)
+	var entries []events.Change
+	for i := range 10000 {
+		entries = append(entries, events.Change{OrgID: "dev", SegmentID: "big", UserID: fmt.Sprintf("u%05d", i), Entered: true})
+	}
+	if err := sets.Apply(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	exits := map[string]bool{}
+	publish := func(_ context.Context, cs []events.Change) error {
+		for _, c := range cs {
+			exits[c.UserID] = true
+		}
+		return nil
+	}
+	n, err := sets.DeleteSegment(ctx, "dev", "big", time.Now(), publish)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(entries) || len(exits) != len(entries) {
+		t.Errorf("removed %d members, published %d exits; want %d of each", n, len(exits), len(entries))
+	}
+	if left := rdb.SCard(ctx, membership.SegmentMembersKey("dev", "big")).Val(); left != 0 {
+		t.Errorf("%d members left", left)
 	}
 }

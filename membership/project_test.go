@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +117,58 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 		}
 		if ttl := rdb.TTL(ctx, membership.SegmentRevisionsKey(org, "gone")).Val(); ttl <= 0 || ttl > time.Hour {
 			t.Errorf("the deleted segment's revisions expire in %v, want within an hour", ttl)
+		}
+	})
+}
+
+// TestProjectManyChanges projects more changes than one round trip takes:
+// the chunks keep one segment's projections in order, and the deleted
+// segment's revisions gathered from every chunk decide what is published.
+func TestProjectManyChanges(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		users, sets := membership.NewUsers(rdb), membership.NewSets(rdb)
+		const n = 12500
+		proj := func(seg string, i int, entered bool) membership.Projection {
+			return membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: fmt.Sprintf("u%05d", i), Entered: entered}, Rev: 1}
+		}
+		var left []membership.Projection
+		for i := range n {
+			left = append(left, proj("gone", i, false))
+		}
+		if _, err := users.Project(ctx, left); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sets.DeleteSegment(ctx, org, "gone", time.Now(), nil); err != nil {
+			t.Fatal(err)
+		}
+		var ps []membership.Projection
+		for i := range n {
+			ps = append(ps, proj("big", i, true))
+		}
+		ps = append(ps, left...) // the exits repeated after the deletion
+		for i := range n / 2 {
+			ps = append(ps, proj("big", i, false)) // the same write: after its entries
+		}
+		deleted, err := users.Project(ctx, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused := 0
+		for _, p := range left {
+			if deleted.Refuses(p.Change, p.Rev) {
+				refused++
+			}
+		}
+		if refused != 0 {
+			t.Errorf("%d of the %d exits projected before the deletion refused", refused, n)
+		}
+		if got := rdb.SCard(ctx, membership.SegmentMembersKey(org, "big")).Val(); got != n/2 {
+			t.Errorf("big has %d members, want %d", got, n/2)
+		}
+		if in := rdb.SIsMember(ctx, membership.SegmentMembersKey(org, "big"), "u00000").Val(); in {
+			t.Error("u00000 is in big: its exit was applied before its entry")
 		}
 	})
 }

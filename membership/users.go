@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -424,6 +425,35 @@ func (d Deletions) Refuses(c events.Change, rev int64) bool {
 // write being projected had put them there); callers publish only the
 // changes that Deletions.Refuses lets through.
 func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error) {
+	var deleted Deletions
+	// A batch of many new users in an organisation of many segments can
+	// decide hundreds of thousands of changes: one round trip for all of
+	// them would outlast the client's read timeout, and its retry too.
+	// Chunks go one after another, so one segment's projections keep
+	// their order.
+	for chunk := range slices.Chunk(ps, projectChunk) {
+		d, err := u.project(ctx, chunk)
+		if err != nil {
+			return nil, err
+		}
+		for seg, revs := range d {
+			if deleted == nil {
+				deleted = Deletions{}
+			}
+			if deleted[seg] == nil {
+				deleted[seg] = revs
+				continue
+			}
+			maps.Copy(deleted[seg], revs)
+		}
+	}
+	return deleted, nil
+}
+
+// projectChunk bounds the projections of one round trip: ~10 ms of Redis.
+const projectChunk = 10000
+
+func (u *Users) project(ctx context.Context, ps []Projection) (Deletions, error) {
 	if len(ps) == 0 {
 		return nil, nil
 	}
