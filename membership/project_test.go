@@ -122,8 +122,8 @@ func TestProjectOntoDeletedSegment(t *testing.T) {
 }
 
 // TestProjectManyChanges projects more changes than one round trip takes:
-// the chunks keep one segment's projections in order, and the deleted
-// segment's revisions gathered from every chunk decide what is published.
+// each segment's projections go whole, in order, and the deleted segment's
+// revisions of all its users decide what is published.
 func TestProjectManyChanges(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()

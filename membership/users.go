@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -425,35 +424,6 @@ func (d Deletions) Refuses(c events.Change, rev int64) bool {
 // write being projected had put them there); callers publish only the
 // changes that Deletions.Refuses lets through.
 func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error) {
-	var deleted Deletions
-	// A batch of many new users in an organisation of many segments can
-	// decide hundreds of thousands of changes: one round trip for all of
-	// them would outlast the client's read timeout, and its retry too.
-	// Chunks go one after another, so one segment's projections keep
-	// their order.
-	for chunk := range slices.Chunk(ps, projectChunk) {
-		d, err := u.project(ctx, chunk)
-		if err != nil {
-			return nil, err
-		}
-		for seg, revs := range d {
-			if deleted == nil {
-				deleted = Deletions{}
-			}
-			if deleted[seg] == nil {
-				deleted[seg] = revs
-				continue
-			}
-			maps.Copy(deleted[seg], revs)
-		}
-	}
-	return deleted, nil
-}
-
-// projectChunk bounds the projections of one round trip: ~10 ms of Redis.
-const projectChunk = 10000
-
-func (u *Users) project(ctx context.Context, ps []Projection) (Deletions, error) {
 	if len(ps) == 0 {
 		return nil, nil
 	}
@@ -480,23 +450,37 @@ func (u *Users) project(ctx context.Context, ps []Projection) (Deletions, error)
 		calls[i].args = append(calls[i].args, c.UserID, p.Rev, in)
 	}
 	var deleted Deletions
-	for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls) {
-		reply, err := cmd.Result()
-		if err != nil {
-			return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
+	// A batch of many new users in an organisation of many segments can
+	// decide hundreds of thousands of changes: one round trip for all of
+	// them would outlast the client's read timeout, and its retry too. The
+	// segments' calls go in round trips of about projectChunk projections,
+	// one after another, each segment's whole in one call, so that a
+	// deletion finds all of a call's projections applied or none.
+	for first := 0; first < len(calls); {
+		last, n := first, 0
+		for last < len(calls) && (last == first || n+len(calls[last].args)/3 <= projectChunk) {
+			n += len(calls[last].args) / 3
+			last++
 		}
-		pairs, ok := reply.([]any)
-		if !ok {
-			continue // the number of projections applied
+		for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls[first:last]) {
+			reply, err := cmd.Result()
+			if err != nil {
+				return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
+			}
+			pairs, ok := reply.([]any)
+			if !ok {
+				continue // the number of projections applied
+			}
+			revs, err := deletedRevisions(pairs)
+			if err != nil {
+				return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
+			}
+			if deleted == nil {
+				deleted = Deletions{}
+			}
+			deleted[segs[first+i]] = revs
 		}
-		revs, err := deletedRevisions(pairs)
-		if err != nil {
-			return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
-		}
-		if deleted == nil {
-			deleted = Deletions{}
-		}
-		deleted[segs[i]] = revs
+		first = last
 	}
 	if len(deleted) == 0 {
 		return nil, nil
@@ -513,6 +497,10 @@ func (u *Users) project(ctx context.Context, ps []Projection) (Deletions, error)
 	}
 	return deleted, nil
 }
+
+// projectChunk bounds the projections of one round trip (~10 ms of Redis),
+// unless one segment's alone are more.
+const projectChunk = 10000
 
 // SegmentRef names one segment of one organisation.
 type SegmentRef struct{ OrgID, SegmentID string }

@@ -720,6 +720,12 @@ type amendPass struct {
 	// under them are published as well, and the user is then evaluated and
 	// amended as if its membership were unknown.
 	earlier func(user string) []events.Cause
+	// flipFound, when not nil, takes the flips that the entries found
+	// give (see amendPage) instead of their being scheduled: a timer round
+	// hands them to Done, as a timer scheduled during its claim, below its
+	// lease, would let another instance claim the user again before the
+	// round ends.
+	flipFound func(user string, at time.Time)
 }
 
 // amendPage brings the segment's membership of the given users in line
@@ -784,7 +790,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				changes = append(changes, c)
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				if at, ok := flipSince(p.cs.Rule, v.Profile, time.UnixMilli(e.AtMillis)); ok {
-					due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: at})
+					if p.flipFound != nil {
+						p.flipFound(v.UserID, at)
+					} else {
+						due = append(due, membership.Due{OrgID: org, UserID: v.UserID, At: at})
+					}
 				}
 				continue
 			}
@@ -1002,6 +1012,14 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		byUser[c.UserID] = c
 		users = append(users, c.UserID)
 	}
+	// The earliest flip each user's entries found give, which Done keeps
+	// if it comes before the user's next one from now.
+	found := map[string]time.Time{}
+	flipFound := func(user string, at time.Time) {
+		if cur, ok := found[user]; !ok || at.Before(cur) {
+			found[user] = at
+		}
+	}
 	for _, id := range o.TimeIDs {
 		// One cause per segment and flip: a flip fired again after a crash
 		// or a failure carries the same eventIds (the claim keeps the flip
@@ -1017,7 +1035,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true}, users); err != nil {
+		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, users); err != nil {
 			return 0, fmt.Errorf("segment %s: %w", id, err)
 		}
 	}
@@ -1037,6 +1055,9 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		} else if v.Profile != "" {
 			if p, err := segment.DecodeProfile(v.Profile); err == nil {
 				at, _ = o.NextFlip(p, now)
+			}
+			if f, ok := found[v.UserID]; ok && (at.IsZero() || f.Before(at)) {
+				at = f // past, it fires at the next round
 			}
 		}
 		done = append(done, byUser[v.UserID])

@@ -838,6 +838,46 @@ func TestBackfillRetrySchedulesPassedFlip(t *testing.T) {
 	}
 }
 
+// TestTimerRetrySchedulesPassedFlip: a timer lets a user into an
+// "inactive for 30 to 60 days" segment and cannot publish; its retry comes
+// after the user's flip out at 60 days, finds the entry and publishes it.
+// The retry must still keep that flip (past, it fires at the next round),
+// or the user, who sends no event, would stay a member for good.
+func TestTimerRetrySchedulesPassedFlip(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	updated := t0.Add(-30 * 24 * time.Hour)
+	p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": updated.UTC().Format(time.RFC3339Nano)}))
+	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u1", Version: 1, Profile: p}}); err != nil {
+		t.Fatal(err)
+	}
+	seg := r.segment(t, "lapsing", segment.Criteria{Include: []segment.Criterion{
+		{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true},
+		{Field: "updatedAt", Operator: ">=", Value: "now-60d", HasValue: true},
+	}})
+	if err := membership.NewSchedules(r.rdb).Schedule(ctx, []membership.Due{{OrgID: r.org, UserID: "u1", At: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fire := func(pub processor.ChangePublisher, now time.Time) {
+		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(briefly(t))
+	}
+	fire(unreachablePublisher{}, t0.Add(time.Second))
+	if in := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Val(); !in {
+		t.Fatal("the first attempt did not let u1 in; the test needs it")
+	}
+	later := updated.Add(60*24*time.Hour + time.Minute)
+	fire(r.publisher(t), later) // the retry, after the lease and after the flip out
+	fire(r.publisher(t), later) // the round the flip it kept is due in
+	if in := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Val(); in {
+		t.Error("u1 is a member a minute after its flip out at 60 days")
+	}
+}
+
 // dueTimers stores n users who became inactive for 30 days at flip, with
 // their timers due then, and an "inactive" segment (ready) that they are
 // not members of yet; fire runs one timer round of a new instance at now.
