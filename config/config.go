@@ -66,10 +66,10 @@ var Vars = []Var{
 	{"SEGMENTD_GROUP_ID", "segmentd", "consumer group"},
 	{"SEGMENTD_API_KEYS", "", "comma-separated orgId:key pairs (keys of 16+ characters); required unless embedded, where one dev key is printed at start"},
 	{"SEGMENTD_BATCH_SIZE", "2000", "most profile events per processing batch"},
-	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill"},
+	{"SEGMENTD_BATCH_WAIT", "1ms", "how long a batch waits to fill (1µs-1s)"},
 	{"SEGMENTD_USER_CACHE_MB", "128", "memory (MiB) the processor may take to keep users' states, ~600-700 bytes a user; 0: none"},
-	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed"},
-	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown"},
+	{"SEGMENTD_ESTIMATE_INTERVAL", "1h", "how often estimatedSize is refreshed (1s-7 days)"},
+	{"SEGMENTD_SHUTDOWN_TIMEOUT", "15s", "bound on the orderly shutdown (1s-1h)"},
 	{"SEGMENTD_PARTITIONS", "12", "partitions of the topics segmentd creates when they are missing (4 in embedded mode, unless set)"},
 	{"SEGMENTD_EMBEDDED_EPHEMERAL", "false", "true: the embedded Kafka and Redis listen on free ports instead of the fixed ones"},
 }
@@ -158,18 +158,21 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	if c.EmbeddedEphemeral, err = strconv.ParseBool(v); err != nil {
 		return c, &Error{"SEGMENTD_EMBEDDED_EPHEMERAL", v, "want true or false (or 1 or 0)"}
 	}
+	// Bounds that catch a unit mistyped (1h for 1ms): a batch that waits
+	// seconds to fill holds every event that long.
 	for _, d := range []struct {
-		name string
-		dst  *time.Duration
+		name     string
+		dst      *time.Duration
+		min, max time.Duration
 	}{
-		{"SEGMENTD_BATCH_WAIT", &c.BatchWait},
-		{"SEGMENTD_ESTIMATE_INTERVAL", &c.EstimateInterval},
-		{"SEGMENTD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout},
+		{"SEGMENTD_BATCH_WAIT", &c.BatchWait, time.Microsecond, time.Second},
+		{"SEGMENTD_ESTIMATE_INTERVAL", &c.EstimateInterval, time.Second, 7 * 24 * time.Hour},
+		{"SEGMENTD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, time.Second, time.Hour},
 	} {
 		v := get(d.name)
 		x, e := time.ParseDuration(v)
-		if e != nil || x <= 0 {
-			return c, &Error{d.name, v, "want a positive duration such as 250ms or 1h"}
+		if e != nil || x < d.min || x > d.max {
+			return c, &Error{d.name, v, fmt.Sprintf("want a duration from %v to %v, such as 250ms or 1h", d.min, d.max)}
 		}
 		*d.dst = x
 	}

@@ -65,6 +65,9 @@ func TestLoadErrors(t *testing.T) {
 		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
 		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
 		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
+		"batch wait of an hour":    {"SEGMENTD_BATCH_WAIT", "1h", "SEGMENTD_BATCH_WAIT"},
+		"shutdown timeout of 1ns":  {"SEGMENTD_SHUTDOWN_TIMEOUT", "1ns", "SEGMENTD_SHUTDOWN_TIMEOUT"},
+		"estimates every 10ms":     {"SEGMENTD_ESTIMATE_INTERVAL", "10ms", "SEGMENTD_ESTIMATE_INTERVAL"},
 		"negative user cache":      {"SEGMENTD_USER_CACHE_MB", "-1", "SEGMENTD_USER_CACHE_MB"},
 		"ephemeral not a boolean":  {"SEGMENTD_EMBEDDED_EPHEMERAL", "yes", "SEGMENTD_EMBEDDED_EPHEMERAL"},
 	}

@@ -214,7 +214,7 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 			return ProfileEvent{}, err
 		}
 	}
-	if !validOrg(ev.OrgID) {
+	if !ValidOrgID(ev.OrgID) {
 		return ProfileEvent{}, &InvalidError{"orgId", "required, 1-100 characters of [a-zA-Z0-9_.-]"}
 	}
 	if err := checkID("userId", ev.UserID); err != nil {
@@ -289,7 +289,9 @@ func checkID(field, s string) error {
 	return nil
 }
 
-func validOrg(s string) bool {
+// ValidOrgID reports whether s can be an event's orgId: 1-100 characters of
+// [a-zA-Z0-9_.-].
+func ValidOrgID(s string) bool {
 	if len(s) == 0 || len(s) > 100 {
 		return false
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -37,6 +38,14 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	}
 	if *users < 1 || *orgs < 1 || *rate < 0 || *total < 0 {
 		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate and -n not negative")
+	}
+	if !(*flip >= 0 && *flip <= 1) || !(*full >= 0 && *full <= 1) {
+		return fmt.Errorf("loadgen: -flip and -full are shares, from 0 to 1")
+	}
+	// The longest id, and one of each form: an id segmentd would refuse
+	// sends every event to the DLQ.
+	if last := *orgPrefix + strconv.Itoa(*orgs-1); !events.ValidOrgID(*orgPrefix) || (*orgs > 1 && !events.ValidOrgID(last)) {
+		return fmt.Errorf("loadgen: -org-prefix %q gives organisation ids that are not 1-100 characters of [a-zA-Z0-9_.-]", *orgPrefix)
 	}
 	g := loadgen.New(*orgPrefix, *orgs, *users, *flip, *full, *seed)
 	start := time.Now()

@@ -198,3 +198,51 @@ func TestStrayArguments(t *testing.T) {
 		})
 	}
 }
+
+// TestBadFlagValues: values that would make a command do something else
+// than asked (loadgen events every one dead-lettered, a tail that never
+// stops) are refused before anything is sent or read.
+func TestBadFlagValues(t *testing.T) {
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:1", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"loadgen, empty prefix":            {[]string{"loadgen", "-org-prefix", ""}, "-org-prefix"},
+		"loadgen, prefix with a brace":     {[]string{"loadgen", "-org-prefix", "a{b}"}, "-org-prefix"},
+		"loadgen, ids over 100 characters": {[]string{"loadgen", "-orgs", "2", "-org-prefix", strings.Repeat("a", 100)}, "-org-prefix"},
+		"loadgen, flip over 1":             {[]string{"loadgen", "-flip", "2"}, "-flip"},
+		"loadgen, full not a number":       {[]string{"loadgen", "-full", "NaN"}, "-full"},
+		"tail, negative n":                 {[]string{"tail", "-n", "-1"}, "-n"},
+		"tail, negative idle":              {[]string{"tail", "-idle", "-1s"}, "-idle"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := run(context.Background(), tc.args, env, strings.NewReader(""), &out)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("segmentctl %v = %v, want an error naming %s", tc.args, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestUserIDOf: a record's key is the line's userId, matched exactly as
+// segmentd reads it.
+func TestUserIDOf(t *testing.T) {
+	for name, tc := range map[string]struct{ line, want string }{
+		"userId":               {`{"userId":"u1","type":"profile.created"}`, "u1"},
+		"other case beside it": {`{"UserID":"zzz","userId":"u2"}`, "u2"},
+		"other case alone":     {`{"USERID":"u3"}`, ""},
+		"repeated: the last":   {`{"userId":"a","userId":"b"}`, "b"},
+		"not a string":         {`{"userId":5}`, ""},
+		"not an object":        {`[1,2]`, ""},
+		"not json":             {`not json`, ""},
+		"escaped in the name":  {`{"user\u0049d":"u4"}`, "u4"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := userIDOf([]byte(tc.line)); got != tc.want {
+				t.Errorf("userIDOf(%s) = %q, want %q", tc.line, got, tc.want)
+			}
+		})
+	}
+}

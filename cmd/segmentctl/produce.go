@@ -74,13 +74,11 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
 			continue
 		}
-		var k struct {
-			UserID string `json:"userId"`
-		}
-		if json.Unmarshal(line, &k) != nil || k.UserID == "" {
+		key := userIDOf(line)
+		if key == "" {
 			unkeyed++ // segmentd dead-letters it
 		}
-		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(k.UserID), Value: append([]byte(nil), line...), Time: time.Now()})
+		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: append([]byte(nil), line...), Time: time.Now()})
 		if len(batch) == 1000 {
 			if err := flush(); err != nil {
 				return err
@@ -106,4 +104,20 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			len(tooLarge), maxRecordBytes, strings.Join(tooLarge, ", "))
 	}
 	return nil
+}
+
+// userIDOf returns the line's userId, the key of its record: "" when the
+// line is not a JSON object with one. Field names match exactly, as
+// segmentd reads them (encoding/json would also take "UserID"), and a
+// repeated field counts the last time.
+func userIDOf(line []byte) string {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(line, &fields) != nil {
+		return ""
+	}
+	var id string
+	if json.Unmarshal(fields["userId"], &id) != nil {
+		return ""
+	}
+	return id
 }

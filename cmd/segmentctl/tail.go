@@ -27,6 +27,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *max < 0 || *idle < 0 {
+		return fmt.Errorf("tail: -n and -idle must not be negative")
+	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("tail: unexpected argument %q", fs.Arg(0))
 	}

@@ -109,6 +109,14 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 	rdb := membership.NewClient(cfg.RedisAddrs)
 	defer rdb.Close()
+	// Reached once before anything else, so that an address that is wrong
+	// (or a server not up) is told by its variable.
+	if err := reach(ctx, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
+		return &config.Error{Var: "SEGMENTD_REDIS_ADDRS", Value: strings.Join(cfg.RedisAddrs, ","), Reason: "Redis not reachable there: " + err.Error()}
+	}
+	if err := reach(ctx, func(ctx context.Context) error { return kafkaio.Ping(ctx, cfg.KafkaBrokers) }); err != nil {
+		return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka not reachable there: " + err.Error()}
+	}
 	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); err != nil {
 		return err
 	}
@@ -327,4 +335,11 @@ func userCacheBytes(mb int) int {
 		return -1
 	}
 	return mb << 20
+}
+
+// reach runs one check of a server at start-up, bounded.
+func reach(ctx context.Context, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return check(ctx)
 }
