@@ -109,11 +109,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 	rdb := membership.NewClient(cfg.RedisAddrs)
 	defer rdb.Close()
-	// Reached once before anything else, so that an address that is wrong
-	// (or a server not up) is told by its variable.
-	if err := reach(ctx, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
-		return &config.Error{Var: "SEGMENTD_REDIS_ADDRS", Value: strings.Join(cfg.RedisAddrs, ","), Reason: "Redis not reachable there: " + err.Error()}
-	}
+	// Kafka must answer at start (the topics are ensured): an address that
+	// is wrong, or a broker not up, is told by its variable. Redis may come
+	// later (README, configuration).
 	if err := reach(ctx, func(ctx context.Context) error { return kafkaio.Ping(ctx, cfg.KafkaBrokers) }); err != nil {
 		return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka not reachable there: " + err.Error()}
 	}

@@ -44,3 +44,24 @@ func TestAddressInUse(t *testing.T) {
 		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_HTTP_ADDR", err)
 	}
 }
+
+// TestKafkaUnreachable: brokers that do not answer (a wrong address, or
+// none up) stop start-up with a configuration error naming
+// SEGMENTD_KAFKA_BROKERS.
+func TestKafkaUnreachable(t *testing.T) {
+	free := func() string { // an address nothing listens on now
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	env := map[string]string{"SEGMENTD_HTTP_ADDR": free(), "SEGMENTD_KAFKA_BROKERS": free(),
+		"SEGMENTD_REDIS_ADDRS": "127.0.0.1:1", "SEGMENTD_API_KEYS": "acme:0123456789abcdef"}
+	err := run(context.Background(), nil, func(k string) string { return env[k] })
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_KAFKA_BROKERS" {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_KAFKA_BROKERS", err)
+	}
+}
