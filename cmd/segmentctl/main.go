@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"os/signal"
 	"syscall"
 
@@ -54,9 +55,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		fmt.Fprintln(stdout, usage)
 		return exitCode(2)
 	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
 	env, err := loadEnv(getenv)
 	if err != nil {
-		return err
+		if !slices.ContainsFunc(args[1:], func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+			return err
+		}
+		// Help does not depend on the environment: it shows the defaults.
+		env, err = loadEnv(func(string) string { return "" })
+		if err != nil {
+			return err
+		}
 	}
 	switch args[0] {
 	case "produce":
@@ -67,9 +80,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runLoadgen(ctx, env, args[1:], stdout)
 	case "verify":
 		return verify(ctx, env, args[1:], stdout)
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, usage)
-		return nil
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}

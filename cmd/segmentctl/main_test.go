@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -244,5 +245,21 @@ func TestUserIDOf(t *testing.T) {
 				t.Errorf("userIDOf(%s) = %q, want %q", tc.line, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestHelpIgnoresEnvironment: help, of segmentctl or of a command, answers
+// whatever the variables hold; only a command that runs needs them right.
+func TestHelpIgnoresEnvironment(t *testing.T) {
+	env := envMap(map[string]string{"SEGMENTD_BATCH_SIZE": "0"})
+	for _, args := range [][]string{{"help"}, {"tail", "-h"}, {"produce", "-help"}} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, env, strings.NewReader(""), &out); err != nil && !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("segmentctl %v = %v, want its help", args, err)
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"tail", "-n", "1"}, env, nil, &out); err == nil || !strings.Contains(err.Error(), "SEGMENTD_BATCH_SIZE") {
+		t.Errorf("tail with a bad variable = %v, want an error naming it", err)
 	}
 }
