@@ -10,8 +10,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/segmentd/segmentd/config"
