@@ -161,3 +161,39 @@ func (h *heldProjections) Project(ctx context.Context, ps []membership.Projectio
 	}
 	return h.Users.Project(ctx, ps)
 }
+
+// TestRedeliveryNotJudgedByStaleCache: the processor caches a user whose
+// outbox holds e1; another instance writes the user since (e1's batch is
+// finished there, so its entry goes, and the user leaves the segment). A
+// copy of e1 delivered again must be judged by what Redis holds (a late
+// version: nothing), not replayed from the cached outbox, which would
+// publish e1's entry once more, after the exit, and put the user back in
+// the segment's set.
+func TestRedeliveryNotJudgedByStaleCache(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	rich := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	r.start(t)
+	o, ctx := r.org, context.Background()
+	e1 := `{"eventId":"e1","type":"profile.created","orgId":"` + o + `","userId":"u1","version":1,"profile":{"points":2000}}`
+	r.produce(t, e1)
+	st := r.waitVersion(t, "u1", 1)
+	r.waitCommitted(t, 1)
+	// Another instance applies version 2 (points 500: the user leaves).
+	other := segment.NewProfile(map[string]any{"points": 500.0})
+	applied, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: o, UserID: "u1", ExpectRev: st.Rev, Version: 2,
+		Profile: segment.AppendProfile(nil, other), Remove: []string{rich}}})
+	if err != nil || !applied[0] {
+		t.Fatalf("the other instance's write: %v %v", applied, err)
+	}
+	if _, err := r.users.Project(ctx, []membership.Projection{{Change: events.Change{OrgID: o, SegmentID: rich, UserID: "u1"}, Rev: st.Rev + 1}}); err != nil {
+		t.Fatal(err)
+	}
+	r.produce(t, e1) // delivered again
+	r.waitCommitted(t, 2)
+	if n := len(readTopic(t, r.brokers, r.membershipT, 2, 5*time.Second)); n != 1 {
+		t.Errorf("%d change events published, want e1's entry once", n)
+	}
+	if g := members(t, r.rdb, membership.SegmentMembersKey(o, rich)); g != "" {
+		t.Errorf("members of the segment %q, want none: the user left it", g)
+	}
+}

@@ -360,6 +360,45 @@ func TestFetchFailuresAreRetried(t *testing.T) {
 	}
 }
 
+// failingCommits is a fetcher whose commits fail while fail is set, as
+// they do while the group's coordinator is unavailable.
+type failingCommits struct {
+	processor.Fetcher
+	fail atomic.Bool
+}
+
+func (f *failingCommits) Commit(ctx context.Context, rs []processor.Record) error {
+	if f.fail.Load() {
+		return errors.New("kafka: coordinator not available")
+	}
+	return f.Fetcher.Commit(ctx, rs)
+}
+
+// TestCommitFailuresMakeUnhealthy: while offsets cannot be committed the
+// processor reports itself unhealthy (/readyz 503), as for any stage that
+// fails, and healthy again once a commit succeeds.
+func TestCommitFailuresMakeUnhealthy(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	fc := &failingCommits{}
+	fc.fail.Store(true)
+	r.startWith(t, func(c *processor.Config) { fc.Fetcher = c.Fetcher; c.Fetcher = fc })
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":1200}}`)
+	r.waitVersion(t, "u1", 1)
+	for deadline := time.Now().Add(10 * time.Second); r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the processor reports itself healthy 10 s into failing commits")
+		}
+	}
+	fc.fail.Store(false)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u1","version":2,"changes":{"points":1}}`)
+	r.waitCommitted(t, 2)
+	for deadline := time.Now().Add(10 * time.Second); !r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the processor is still unhealthy 10 s after commits work again")
+		}
+	}
+}
+
 // waitCommitted waits until group has committed n records of the rig's
 // profile topic.
 func (r *rig) waitCommitted(t *testing.T, n int64) {

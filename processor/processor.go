@@ -106,7 +106,7 @@ type Processor struct {
 	mu   sync.Mutex
 	revs []seqRev
 	// stages track each stage of the pipeline, for Healthy.
-	stages [3]stageState
+	stages [4]stageState
 	// carry holds, per user, the outbox entries of batches written but not
 	// yet published (finished); cmu guards it. A user written again before
 	// an earlier batch has finished keeps those entries in its outbox, so
@@ -147,6 +147,10 @@ const (
 	stageWrite = iota
 	stageProject
 	stagePublish
+	// stageCommit is the commit of a finished batch's offsets: one that
+	// fails, or waits long on a group that cannot rejoin, holds the
+	// pipeline behind it.
+	stageCommit
 )
 
 // GCPercent is the garbage-collection target segmentd runs with when GOGC
@@ -358,7 +362,11 @@ const commitTimeout = 10 * time.Second
 // partitions moved to another instance) is dropped, which only means
 // redelivery of completed work.
 func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
+	// Tracked as a stage for Healthy: failing from a failed commit until
+	// the next one succeeds.
+	st := &p.stages[stageCommit]
 	for batch := range batches {
+		st.start.Store(time.Now().UnixNano())
 		bo := backoff.NewExponentialBackOff()
 		bo.InitialInterval = 50 * time.Millisecond
 		bo.MaxInterval = time.Second
@@ -371,8 +379,10 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 			if err != nil {
 				p.cfg.Metrics.kafkaError()
 			}
+			st.failing.Store(err != nil)
 			return err
 		}, backoff.WithContext(backoff.WithMaxRetries(bo, 5), ctx))
+		st.start.Store(0)
 		if err != nil {
 			p.cfg.Logger.Warn("commit failed; the batch will be redelivered and deduplicated", "size", len(batch), "err", err)
 		}
@@ -432,7 +442,7 @@ func (p *Processor) retry(ctx context.Context, stage, size int, op func(context.
 	}, backoff.WithContext(bo, ctx))
 }
 
-var stageNames = [...]string{stageWrite: "write", stageProject: "project", stagePublish: "publish"}
+var stageNames = [...]string{stageWrite: "write", stageProject: "project", stagePublish: "publish", stageCommit: "commit"}
 
 // runStage runs stage on every batch from in, in order, retrying each until
 // it succeeds, and passes it on with next. When a batch cannot be finished
@@ -572,12 +582,18 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 		wroteAt := time.Now()
 		var conflicted []*userWork
 		for i, w := range pending {
-			if writeOf[i] >= 0 && !applied[writeOf[i]] {
+			r := results[i]
+			// A cached state that a redelivery was judged by, with no write
+			// whose compare-and-set would have checked it, may be stale
+			// (the user's partition was away, and another instance wrote
+			// the user since): replayed from it, an old change event would
+			// be published after newer ones. Such users are read again.
+			stale := w.cached && r.write == nil && (r.replayed > 0 || len(r.dlq) > 0)
+			if stale || writeOf[i] >= 0 && !applied[writeOf[i]] {
 				p.cache.drop(w.ref)
 				conflicted = append(conflicted, w)
 				continue
 			}
-			r := results[i]
 			if r.write != nil {
 				p.cache.put(w.ref, writtenState(states[i], r.write))
 			} else if !w.cached && states[i].Unreadable == nil {
