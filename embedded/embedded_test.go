@@ -12,16 +12,24 @@ import (
 	"github.com/segmentd/segmentd/membership"
 )
 
-// TestRedisKeysExpire checks that keys with a lifetime expire in the
-// embedded Redis as in a real one: job leases rely on it.
-func TestRedisKeysExpire(t *testing.T) {
+// startRedis starts the embedded Redis alone and returns a client of it;
+// both end with the test.
+func startRedis(t *testing.T) *redis.Client {
+	t.Helper()
 	s, err := Start(Options{Redis: true, Ephemeral: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(s.Close)
 	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr()})
-	defer rdb.Close()
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// TestRedisKeysExpire checks that keys with a lifetime expire in the
+// embedded Redis as in a real one: job leases rely on it.
+func TestRedisKeysExpire(t *testing.T) {
+	rdb := startRedis(t)
 	ctx := context.Background()
 	if err := rdb.Set(ctx, "lease", "owner", 300*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
@@ -51,13 +59,7 @@ func TestRedisKeysExpire(t *testing.T) {
 // removes as it goes: the deletion must still remove every member, with
 // an exit published for each, in one call.
 func TestDeleteLargeSegment(t *testing.T) {
-	s, err := Start(Options{Redis: true, Ephemeral: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr()})
-	defer rdb.Close()
+	rdb := startRedis(t)
 	ctx := context.Background()
 	sets := membership.NewSets(rdb)
 	var entries []events.Change

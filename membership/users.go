@@ -416,6 +416,18 @@ func (d Deletions) Refuses(c events.Change, rev int64) bool {
 	return c.Entered || !ok || rev > cur
 }
 
+// Published returns the changes of cs that Refuses lets through, in a new
+// slice; rev(i) is the revision whose write decided cs[i].
+func (d Deletions) Published(cs []events.Change, rev func(i int) int64) []events.Change {
+	out := make([]events.Change, 0, len(cs))
+	for i, c := range cs {
+		if !d.Refuses(c, rev(i)) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Project mirrors changes onto the public per-segment sets in one pipelined
 // round trip, one script call per segment. It is idempotent, so projecting
 // again after a crash changes nothing, and an older decision never

@@ -837,12 +837,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				}
 				out := changes
 				if len(deleted) > 0 {
-					out = make([]events.Change, 0, len(changes))
-					for i, c := range changes {
-						if !deleted.Refuses(c, projections[i].Rev) {
-							out = append(out, c)
-						}
-					}
+					out = deleted.Published(changes, func(i int) int64 { return projections[i].Rev })
 				}
 				if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
 					return err

@@ -392,25 +392,6 @@ func TestBackfillRetryPublishesWhatItWrote(t *testing.T) {
 	}
 }
 
-// failingFirst fails its first n calls and publishes every later one
-// through pub.
-type failingFirst struct {
-	pub processor.ChangePublisher
-	mu  sync.Mutex
-	n   int
-}
-
-func (f *failingFirst) Publish(ctx context.Context, cs []events.Change) error {
-	f.mu.Lock()
-	fail := f.n > 0
-	f.n--
-	f.mu.Unlock()
-	if fail {
-		return errors.New("kafka: leader not available")
-	}
-	return f.pub.Publish(ctx, cs)
-}
-
 // TestJobsPublishThroughFailures: a backfill and a timer round whose
 // publisher fails a few times publish what they wrote before they end, in
 // place. Leaving it to a later attempt is not enough: a deletion of the
@@ -421,7 +402,7 @@ func TestJobsPublishThroughFailures(t *testing.T) {
 		r := newRig(t, testenv.RedisClient(t))
 		want := membersAtLeast(r.storePoints(t, 3000), 1000)
 		cs := r.buildingSegment(t, atLeast(1000))
-		pub := &failingFirst{pub: r.publisher(t), n: 3}
+		pub := failingFirst(r.publisher(t), 3)
 		if err := r.newJobs(t, jobsOf{pub: pub}).Backfill(context.Background(), r.org, cs, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +423,7 @@ func TestJobsPublishThroughFailures(t *testing.T) {
 		t0 := time.Now().Truncate(time.Millisecond)
 		const users = 40
 		_, fire := r.dueTimers(t, users, t0.Add(-time.Minute))
-		fire(&failingFirst{pub: r.publisher(t), n: 2}, t0)
+		fire(failingFirst(r.publisher(t), 2), t0)
 		got := map[string]bool{}
 		for _, m := range readOwn(t, r, users) {
 			c, err := events.DecodeChange(m.Value)
@@ -668,20 +649,31 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	}
 }
 
-// failingAfter publishes its first n calls through pub and fails every
-// later one.
-type failingAfter struct {
-	pub processor.ChangePublisher
-	mu  sync.Mutex
-	n   int
+// switchingPublisher publishes its first n calls through pub and fails
+// every later one, or, with failFirst, the other way round.
+type switchingPublisher struct {
+	pub       processor.ChangePublisher
+	failFirst bool
+	mu        sync.Mutex
+	n         int
 }
 
-func (f *failingAfter) Publish(ctx context.Context, cs []events.Change) error {
+// failingFirst fails its first n calls and publishes every later one.
+func failingFirst(pub processor.ChangePublisher, n int) *switchingPublisher {
+	return &switchingPublisher{pub: pub, failFirst: true, n: n}
+}
+
+// failingAfter publishes its first n calls and fails every later one.
+func failingAfter(pub processor.ChangePublisher, n int) *switchingPublisher {
+	return &switchingPublisher{pub: pub, n: n}
+}
+
+func (f *switchingPublisher) Publish(ctx context.Context, cs []events.Change) error {
 	f.mu.Lock()
-	ok := f.n > 0
+	fail := (f.n > 0) == f.failFirst
 	f.n--
 	f.mu.Unlock()
-	if !ok {
+	if fail {
 		return errors.New("kafka: broker not reachable")
 	}
 	return f.pub.Publish(ctx, cs)
@@ -713,7 +705,7 @@ func TestSupersededBackfillKeepsOlderGenerations(t *testing.T) {
 	}
 	// Generation 1 publishes its first pages, then no more.
 	g1, rev := compiled()
-	if err := jobs(&failingAfter{pub: r.publisher(t), n: 8}).Backfill(briefly(t), r.org, g1, rev); err == nil {
+	if err := jobs(failingAfter(r.publisher(t), 8)).Backfill(briefly(t), r.org, g1, rev); err == nil {
 		t.Fatal("generation 1's backfill succeeded with a failing membership topic")
 	}
 	r.newCriteria(t, d.ID, atLeast(1500))

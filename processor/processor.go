@@ -489,7 +489,8 @@ type written struct {
 	fetched time.Time
 	msgs    []Record
 	changes []events.Change
-	// revs holds the user revision whose write decided each change.
+	// revs holds the user revision whose write decided each change, until
+	// the projection has filtered the changes (see project).
 	revs        []int64
 	projections []membership.Projection
 	due         []membership.Due
@@ -725,14 +726,9 @@ func (p *Processor) project(ctx context.Context, wb *written) error {
 	if len(deleted) > 0 {
 		// Written before a deletion and projected after it: the deletion
 		// published the exits of what had not reached the member sets.
-		kept := 0
-		for i, c := range wb.changes {
-			if !deleted.Refuses(c, wb.revs[i]) {
-				wb.changes[kept], wb.revs[kept] = c, wb.revs[i]
-				kept++
-			}
-		}
-		wb.changes, wb.revs = wb.changes[:kept], wb.revs[:kept]
+		// Filtered once: a failed Project is retried before this point.
+		wb.changes = deleted.Published(wb.changes, func(i int) int64 { return wb.revs[i] })
+		wb.revs = nil
 	}
 	step("project")
 	projected := time.Now() // a latency is real time, whatever clock evaluates the rules
