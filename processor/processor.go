@@ -1125,6 +1125,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			next, deleted = nil, true
 		case ev.Profile != nil:
 			next = segment.NewProfile(ev.Profile)
+			next.Set("userId", w.ref.UserID)
 			paths = segment.ChangedPaths(profile, next)
 		default:
 			base := profile
@@ -1169,7 +1170,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				wrote = true
 				continue
 			}
-			next, paths = np, ch
+			next, paths = np, keyedBy(profile, np, w.ref.UserID, ch)
 		}
 		if next != nil {
 			deleted = false
@@ -1273,6 +1274,20 @@ func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time
 		}
 	}
 	return outbox
+}
+
+// keyedBy makes next's userId the id the user's events are keyed by, as
+// a full profile's is (README, Criteria): a criterion on userId reads the
+// user's own id, whatever a patch said. It returns the changed paths with
+// userId among them exactly when prev's differed.
+func keyedBy(prev, next *segment.Profile, user string, paths []string) []string {
+	next.Set("userId", user)
+	paths = slices.DeleteFunc(paths, func(p string) bool { return p == "userId" })
+	if prev.Get("userId") != user {
+		i, _ := slices.BinarySearch(paths, "userId")
+		paths = slices.Insert(paths, i, "userId")
+	}
+	return paths
 }
 
 func (p *Processor) outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {

@@ -327,6 +327,46 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 	}
 }
 
+// TestCriteriaOnUserID checks that a criterion on userId reads the id the
+// events are keyed by, whatever a profile or a patch says it is.
+func TestCriteriaOnUserID(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	r := newRig(t, rdb)
+	seg := r.segment(t, "ids", segment.Criteria{Include: []segment.Criterion{{Field: "userId", Operator: "in", Value: []any{"u1", "u3"}, HasValue: true}}})
+	r.start(t)
+	o := r.org
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"tier":"gold"}}`,
+		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"userId":"u1"}}`,
+		`{"eventId":"e3","type":"profile.created","orgId":"`+o+`","userId":"u3","version":1,"profile":{"points":1}}`,
+		`{"eventId":"e4","type":"profile.updated","orgId":"`+o+`","userId":"u3","version":2,"changes":{"userId":"u9"}}`,
+		`{"eventId":"e5","type":"profile.created","orgId":"`+o+`","userId":"u4","version":1,"profile":{"points":1}}`,
+		`{"eventId":"e6","type":"profile.updated","orgId":"`+o+`","userId":"u4","version":2,"changes":{"userId":"u1"}}`,
+	)
+	r.waitVersion(t, "u3", 2)
+	r.waitVersion(t, "u4", 2)
+	var got []string
+	for _, m := range readTopic(t, r.brokers, r.membershipT, 2, 30*time.Second) {
+		d, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, d.UserID+" "+d.Direction()+" "+d.Cause.EventID)
+	}
+	sort.Strings(got)
+	if g, want := strings.Join(got, ","), "u1 entered e1,u3 entered e3"; g != want {
+		t.Errorf("change events %q, want %q", g, want)
+	}
+	if g := members(t, rdb, membership.SegmentMembersKey(o, seg)); g != "u1,u3" {
+		t.Errorf("members = %q, want u1,u3", g)
+	}
+	for _, user := range []string{"u2", "u3"} {
+		if p, ok, err := r.users.Profile(context.Background(), o, user); err != nil || !ok || p.Get("userId") != user {
+			t.Errorf("stored profile of %s: userId %v (%v %v), want its own id", user, p.Get("userId"), ok, err)
+		}
+	}
+}
+
 // TestUnreadableStateGoesToDLQ checks that a user whose stored state cannot
 // be decoded holds up no one: its events go to the DLQ with the reason and
 // the key to repair, the state is left as it is, and the others' events

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -441,7 +442,10 @@ func TestParseTime(t *testing.T) {
 		"date only, bad day": {"2024-02-30", false},
 		"date only, short":   {"2024-1-15", false},
 		"space separator":    {"2024-01-15 10:30:00Z", false},
-		"lower z":            {"2024-01-15T10:30:00z", false},
+		"lower z":            {"2024-01-15T10:30:00z", true}, // RFC 3339 allows t and z
+		"lower t":            {"2024-01-15t10:30:00+01:00", true},
+		"lower t and z":      {"2024-01-15t10:30:00.5z", true},
+		"lower other letter": {"2024-01-15T10:30:00x", false},
 		"bad offset":         {"2024-01-15T10:30:00+0530", false},
 		"offset hour 24":     {"2024-01-15T10:30:00+24:00", true}, // time.Parse takes it
 		"trailing garbage":   {"2024-01-15T10:30:00Zx", false},
@@ -458,7 +462,7 @@ func TestParseTime(t *testing.T) {
 			if len(tt.in) == len(time.DateOnly) {
 				layout = time.DateOnly
 			}
-			want, err := time.Parse(layout, tt.in)
+			want, err := time.Parse(layout, strings.ToUpper(tt.in))
 			if ok != (err == nil) {
 				t.Fatalf("parseTime(%q) ok = %v, time.Parse error = %v", tt.in, ok, err)
 			}

@@ -1,6 +1,9 @@
 package segment
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // instant is a point in time as Unix seconds and nanoseconds. It replaces
 // time.Time on the hot path because building a time.Time from a parsed date
@@ -55,7 +58,7 @@ func (a instant) compare(b instant) int {
 }
 
 // parseTime parses an RFC 3339 date-time as time.Parse(time.RFC3339, s)
-// does, and an RFC 3339 full-date (2006-01-02) as the midnight UTC that
+// does (and with a lower-case t or z, which RFC 3339 allows), and an RFC 3339 full-date (2006-01-02) as the midnight UTC that
 // begins it, as birthdays and sign-up days are often stored. The common
 // strict form is parsed by hand without allocating; other forms that
 // time.Parse still accepts (a one-digit hour, a comma before the fraction)
@@ -74,6 +77,11 @@ func parseTimeSlow(s string) (instant, bool) {
 	}
 	if len(s) < len("2006-01-02T1:04:05Z") || !digits(s[0:4]) || s[4] != '-' {
 		return instant{}, false
+	}
+	// RFC 3339 (section 5.6) lets the T and the Z be lower case; time.Parse
+	// does not.
+	if s[10] == 't' || s[len(s)-1] == 'z' {
+		s = strings.ToUpper(s)
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
