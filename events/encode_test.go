@@ -56,7 +56,7 @@ func TestEncodeProfileEventMatchesEncodingJSON(t *testing.T) {
 		"version zero":       {Type: events.ProfileDeleted, OrgID: "acme", UserID: "u1", Version: 0, HasVersion: true},
 		"empty maps":         {EventID: "e", Type: events.ProfileCreated, OrgID: "a", UserID: "u", Profile: map[string]any{}, Changes: map[string]any{}},
 		"numbers": {Type: events.ProfileUpdated, OrgID: "a", UserID: "u", OccurredAt: at, Changes: map[string]any{
-			"a": 0.1, "b": 1e21, "c": 1e-7, "d": -0.0, "e": 123456789.0, "f": 1e20, "g": 5e-324, "h": math.MaxFloat64,
+			"a": 0.1, "b": 1e21, "c": 1e-7, "d": math.Copysign(0, -1), "e": 123456789.0, "f": 1e20, "g": 5e-324, "h": math.MaxFloat64,
 			"i": int64(math.MaxInt64), "j": -3, "k": float32(1.5), "l": uint8(7), "m": json.Number("12.50")}},
 		"strings": {EventID: "<&>", Type: events.ProfileUpdated, OrgID: "a\"b", UserID: "ü\u2028\x01", Changes: map[string]any{
 			"bad utf8": "\xff\xfe", "tab\t": "x\ny", "customFields.a.b": nil}},

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -86,7 +87,7 @@ func TestGuard(t *testing.T) {
 	eq := func(field string, v any) Criterion {
 		return Criterion{Field: field, Operator: OpEquals, Value: v, HasValue: true}
 	}
-	values := []any{"gold", "Gold", 7.0, int64(7), 7.5, -0.0, 0.0, true, false, nil, []any{"gold"}, map[string]any{"a": 1.0}}
+	values := []any{"gold", "Gold", 7.0, int64(7), 7.5, math.Copysign(0, -1), 0.0, true, false, nil, []any{"gold"}, map[string]any{"a": 1.0}}
 	for name, tc := range map[string]struct {
 		criteria Criteria
 		guarded  bool
