@@ -576,6 +576,10 @@ func TestAuthentication(t *testing.T) {
 	}{
 		"unknown path":       {"GET", "/v1/nothing", 404, "not_found"},
 		"method not allowed": {"PATCH", "/v1/segments/x", 405, "method_not_allowed"},
+		// Paths the mux would redirect to a clean form.
+		"dot-dot element": {"GET", "/v1/segments/x/../seg_abc", 404, "not_found"},
+		"double slash":    {"GET", "/v1//segments", 404, "not_found"},
+		"empty user id":   {"GET", "/v1/users//segments", 404, "not_found"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			a.do(tt.method, tt.path, "", nil).wantError(t, 401, "unauthorized")

@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"log/slog"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -288,7 +289,9 @@ func (s *Server) routes() []route {
 // ServeHTTP serves the API. Calls that match no route are answered with a
 // JSON 404, or 405 when the path exists for other methods.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := s.mux.Handler(r); pattern != "" {
+	// A path not in its clean form matches a route only through the mux's
+	// redirect, which would answer before the key is checked, and in HTML.
+	if _, pattern := s.mux.Handler(r); pattern != "" && clean(r.URL.Path) {
 		s.mux.ServeHTTP(w, r)
 		return
 	}
@@ -302,11 +305,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	// Let the mux decide between 404, 405 and a redirect to a clean path,
-	// then answer 404 and 405 in JSON.
+	// Let the mux decide between 404 and 405, then answer in JSON. A path
+	// that is not clean is no route: an API call is not redirected.
 	rec := &recordingWriter{header: http.Header{}}
 	s.mux.ServeHTTP(rec, r)
 	code := rec.code
+	if code >= 300 && code < 400 {
+		code = http.StatusNotFound
+	}
 	switch code {
 	case http.StatusNotFound:
 		writeError(w, http.StatusNotFound, codeNotFound, "no such route", nil)
@@ -323,6 +329,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(rec.body)
 	}
 	s.metrics.observe("unmatched", r.Method, code, time.Since(start))
+}
+
+// clean reports whether p is in the form the mux matches without a
+// redirect: no empty, "." or ".." element.
+func clean(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // recordingWriter keeps what the mux answers to an unmatched call.
