@@ -798,6 +798,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				}
 				continue
 			}
+			if r.unreadable != nil {
+				// As the stream dead-letters its events (see viewUsers).
+				j.cfg.Logger.Warn("user skipped: its stored profile cannot be decoded", "org", org, "segment", seg, "err", r.unreadable)
+				continue
+			}
 			if v.Profile == "" || (r.match == v.Member && !earlier) {
 				continue
 			}
@@ -902,6 +907,9 @@ func (j *Jobs) viewUsers(ctx context.Context, org, seg string, users []string, k
 type viewResult struct {
 	match bool
 	flip  *time.Time
+	// unreadable, when not nil, says why the stored profile could not be
+	// decoded: the user is then left as it is.
+	unreadable error
 }
 
 // evaluateViews decodes and evaluates the profiles on every core: decoding
@@ -915,6 +923,7 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 		}
 		p, err := segment.DecodeProfileKeys(views[i].Profile, keys)
 		if err != nil {
+			out[i].unreadable = err
 			return
 		}
 		out[i].match = rule.Match(p, now)
@@ -1050,6 +1059,9 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		} else if v.Profile != "" {
 			if p, err := segment.DecodeProfile(v.Profile); err == nil {
 				at, _ = o.NextFlip(p, now)
+			} else {
+				j.cfg.Logger.Warn("timer put off: stored profile cannot be decoded", "org", org, "err", err)
+				at = now.Add(unreadableRetry)
 			}
 			if f, ok := found[v.UserID]; ok && (at.IsZero() || f.Before(at)) {
 				at = f // past, it fires at the next round

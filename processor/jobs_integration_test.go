@@ -1369,28 +1369,53 @@ func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
 	}
 }
 
-// TestTimerOfUnreadableUserIsKept fires the timers of two users, one of
-// whose stored state cannot be read: the other enters, and the unreadable
-// one's timer stays, put off, instead of being dropped as a deleted user's.
+// TestTimerOfUnreadableUserIsKept fires the timers of two members, one of
+// whose stored state (its revision, or its profile alone) cannot be read:
+// the other leaves, and the unreadable one stays as it is, its timer put
+// off instead of being dropped as a deleted user's. A backfill of new
+// criteria then leaves it as it is too.
 func TestTimerOfUnreadableUserIsKept(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	flip := time.Now().Add(-time.Second).Truncate(time.Millisecond)
-	seg, fire := r.dueTimers(t, 2, flip)
-	if err := r.rdb.HSet(ctx, membership.ProfileKey(r.org, "u1"), "r", "garbage").Err(); err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	fire(r.publisher(t), now)
-	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"u0"}) {
-		t.Errorf("members %v, want u0 alone", got)
-	}
-	at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()
-	if err != nil {
-		t.Fatalf("u1's timer: %v (dropped?)", err)
-	}
-	if when := time.UnixMilli(int64(at)); !when.After(now) {
-		t.Errorf("u1's timer at %s, want put off past %s", when, now)
+	for name, field := range map[string]string{"revision": "r", "profile": "p"} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+			seg, fire := r.dueTimers(t, 2, flip)
+			fire(r.publisher(t), time.Now())
+			if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); len(got) != 2 {
+				t.Fatalf("members %v, want both", got)
+			}
+			if err := r.rdb.HSet(ctx, membership.ProfileKey(r.org, "u1"), field, "garbage").Err(); err != nil {
+				t.Fatal(err)
+			}
+			// Timers due again (as a profile event may have moved them):
+			// both stay in.
+			now := time.Now()
+			if err := membership.NewSchedules(r.rdb).Schedule(ctx, []membership.Due{{OrgID: r.org, UserID: "u0", At: now}, {OrgID: r.org, UserID: "u1", At: now}}); err != nil {
+				t.Fatal(err)
+			}
+			now = now.Add(time.Second)
+			fire(r.publisher(t), now)
+			if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); len(got) != 2 {
+				t.Errorf("members after the timers %v, want both", got)
+			}
+			at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()
+			if err != nil {
+				t.Fatalf("u1's timer: %v (dropped?)", err)
+			}
+			if when := time.UnixMilli(int64(at)); !when.After(now) {
+				t.Errorf("u1's timer at %s, want put off past %s", when, now)
+			}
+			// The new criteria hold for neither user (a month-old update): u0
+			// leaves.
+			d := r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-30d", HasValue: true}}})
+			if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+				t.Fatal(err)
+			}
+			if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); !slices.Equal(got, []string{"u1"}) {
+				t.Errorf("members after the backfill %v, want u1 alone", got)
+			}
+		})
 	}
 }
 
