@@ -190,6 +190,35 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 	return out, nil
 }
 
+// Unfinished returns, for each user of org with a claimed timer whose
+// claim has not ended (its round failed, or runs now), the flips its
+// changes may have been written under: the claim's own, then the earlier
+// unfinished ones.
+func (s *Schedules) Unfinished(ctx context.Context, org string) (map[string][]time.Time, error) {
+	recs, err := s.rdb.HGetAll(ctx, ClaimsKey(org)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("unfinished timers of %s: %w", org, err)
+	}
+	out := make(map[string][]time.Time, len(recs))
+	for user, rec := range recs {
+		// at:lease:earlier|token, as claimScript writes it.
+		at, rest, ok := strings.Cut(rec, ":")
+		if !ok {
+			continue
+		}
+		_, rest, _ = strings.Cut(rest, ":")
+		earlier, _, _ := strings.Cut(rest, "|")
+		flips := []time.Time{parseMillis(at)}
+		for e := range strings.SplitSeq(earlier, ",") {
+			if e != "" {
+				flips = append(flips, parseMillis(e))
+			}
+		}
+		out[user] = flips
+	}
+	return out, nil
+}
+
 // parseMillis reads a score of the schedule (unix milliseconds, as Redis
 // formats a double).
 func parseMillis(s string) time.Time {

@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -107,11 +108,18 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		schedule(moved) // earlier than the retry's lease
 		third := claim(moved)
 		check("timer moved since", third, moved, flip)
+		unfinished, err := s.Unfinished(ctx, org)
+		if err != nil || len(unfinished) != 1 || !slices.EqualFunc(unfinished["u1"], []time.Time{moved, flip}, time.Time.Equal) {
+			t.Fatalf("unfinished: %v, %v; want u1 at %v then %v", unfinished, err, moved, flip)
+		}
 		if err := s.Done(ctx, []membership.Claimed{third}, []time.Time{{}}); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := rdb.HLen(ctx, membership.ClaimsKey(org)).Result(); err != nil || n != 0 {
 			t.Fatalf("claim records after Done: %d, %v; want none", n, err)
+		}
+		if unfinished, err := s.Unfinished(ctx, org); err != nil || len(unfinished) != 0 {
+			t.Fatalf("unfinished after Done: %v, %v; want none", unfinished, err)
 		}
 		next := moved.Add(time.Hour)
 		schedule(next)

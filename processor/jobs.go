@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ type JobSchedules interface {
 	Schedule(ctx context.Context, due []membership.Due) error
 	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
 	Done(ctx context.Context, cs []membership.Claimed, next []time.Time) error
+	Unfinished(ctx context.Context, org string) (map[string][]time.Time, error)
 }
 
 // JobDefinitions is what the jobs change of definitions.
@@ -495,14 +497,32 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	cause := backfillCause(cs.Def.ID, cs.Def.Generation)
 	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, known: known, retry: !first}
-	if len(unfinished) > 0 {
-		// Backfills of older criteria may have left changes unpublished;
-		// the oldest's go first, as they were written first.
-		older := make([]events.Cause, len(unfinished))
-		for i, g := range unfinished {
-			older[i] = backfillCause(cs.Def.ID, g)
+	// Backfills of older criteria may have left changes unpublished; the
+	// oldest's go first, as they were written first.
+	older := make([]events.Cause, len(unfinished))
+	for i, g := range unfinished {
+		older[i] = backfillCause(cs.Def.ID, g)
+	}
+	// So may timer rounds of older criteria that failed: once the criteria
+	// hold no relative date, no round retries them.
+	var timed map[string][]time.Time
+	if cs.Def.Generation > 1 {
+		if timed, err = j.cfg.Schedules.Unfinished(ctx, org); err != nil {
+			return err
 		}
-		pass.retry, pass.earlier = true, func(string) []events.Cause { return older }
+	}
+	if len(older) > 0 || len(timed) > 0 {
+		pass.retry, pass.earlier = true, func(user string) []events.Cause {
+			flips := timed[user]
+			if len(flips) == 0 {
+				return older
+			}
+			out := slices.Clone(older)
+			for _, at := range slices.Backward(flips) { // the oldest first
+				out = append(out, timeCause(cs.Def.ID, at))
+			}
+			return out
+		}
 	}
 	scanned := 0
 	// Pages go to a few workers, so that one page's Redis scripts, another's
@@ -605,6 +625,14 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 
 func backfillCause(seg string, generation int64) events.Cause {
 	return events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", seg, generation)}
+}
+
+// timeCause is the cause of a timer's changes of seg for the flip at:
+// one per segment and flip, so that a flip fired again after a crash or a
+// failure carries the same eventIds (the claim keeps the flip it was first
+// taken for).
+func timeCause(seg string, at time.Time) events.Cause {
+	return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", seg, at.UnixMilli())}
 }
 
 // building reports whether the backfill whose cause has eventID (see
@@ -1025,17 +1053,11 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		}
 	}
 	for _, id := range o.TimeIDs {
-		// One cause per segment and flip: a flip fired again after a crash
-		// or a failure carries the same eventIds (the claim keeps the flip
-		// it was first taken for).
-		causeAt := func(at time.Time) events.Cause {
-			return events.Cause{Type: events.CauseTime, EventID: fmt.Sprintf("time:%s:%d", id, at.UnixMilli())}
-		}
-		causeOf := func(user string) events.Cause { return causeAt(byUser[user].At) }
+		causeOf := func(user string) events.Cause { return timeCause(id, byUser[user].At) }
 		earlier := func(user string) []events.Cause {
 			var out []events.Cause
 			for _, at := range byUser[user].Earlier {
-				out = append(out, causeAt(at))
+				out = append(out, timeCause(id, at))
 			}
 			return out
 		}

@@ -536,6 +536,42 @@ func TestTimerRetryPublishesWhatItWrote(t *testing.T) {
 	}
 }
 
+// TestBackfillPublishesFailedTimerRounds fires timers whose change events
+// cannot be published, then changes the segment's criteria to ones without
+// a relative date, which no timer round retries: the backfill of the new
+// criteria must publish what the timers wrote, with their eventIds.
+func TestBackfillPublishesFailedTimerRounds(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	flip := t0.Add(-time.Minute)
+	const users = 3
+	seg, fire := r.dueTimers(t, users, flip)
+	fire(unreachablePublisher{}, t0)
+	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users {
+		t.Fatalf("the timers amended %d users (%v), want %d", n, err, users)
+	}
+	d := r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "exists"}}})
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
+	got := map[string]bool{}
+	for _, m := range readOwn(t, r, users) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Entered || c.SegmentID != seg || c.Cause.EventID != wantID {
+			t.Errorf("change %+v, want %s entered with cause %s", c, seg, wantID)
+		}
+		got[c.UserID] = true
+	}
+	if len(got) != users {
+		t.Errorf("entered events for %d users, want %d", len(got), users)
+	}
+}
+
 // readOwn reads the membership topic until it holds want change events of
 // the rig's organisation, and returns those: jobs fire the timers of every
 // organisation in Redis, other tests' too, into the rig's topic.
