@@ -765,7 +765,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 	pending, known := ids, p.known
 	for round := 0; len(pending) > 0; round++ {
 		if round == 10 {
-			return fmt.Errorf("%d users kept changing while segment %s was re-evaluated", len(pending), seg)
+			return &stillChanging{seg: seg, users: pending}
 		}
 		// A user read again may hold this pass's own entry: a script whose
 		// reply was lost and that the Redis client sent again finds the
@@ -884,6 +884,18 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		}
 	}
 	return nil
+}
+
+// stillChanging reports the users whose compare-and-set lost to their
+// other writes in every round of an amendPage; the changes of every other
+// user of the page are written and published.
+type stillChanging struct {
+	seg   string
+	users []string
+}
+
+func (e *stillChanging) Error() string {
+	return fmt.Sprintf("%d users kept changing while segment %s was re-evaluated", len(e.users), e.seg)
 }
 
 // settleLimit bounds settle: as long as a timer's claim, and as the gate
@@ -1047,6 +1059,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	// The earliest flip each user's entries found give, which Done keeps
 	// if it comes before the user's next one from now.
 	found := map[string]time.Time{}
+	stuck := map[string]bool{}
 	flipFound := func(user string, at time.Time) {
 		if cur, ok := found[user]; !ok || at.Before(cur) {
 			found[user] = at
@@ -1061,9 +1074,21 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		if err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, users); err != nil {
+		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, users)
+		var sc *stillChanging
+		if errors.As(err, &sc) {
+			// Their claims stay, to be retried after the lease, as a
+			// failed round's; the round goes on for the others.
+			j.cfg.Logger.Warn("timers put off: users kept changing", "org", org, "segment", id, "users", len(sc.users))
+			for _, u := range sc.users {
+				stuck[u] = true
+			}
+		} else if err != nil {
 			return 0, fmt.Errorf("segment %s: %w", id, err)
 		}
+	}
+	if len(stuck) > 0 {
+		users = slices.DeleteFunc(users, func(u string) bool { return stuck[u] })
 	}
 	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
@@ -570,6 +571,45 @@ func TestBackfillPublishesFailedTimerRounds(t *testing.T) {
 	if len(got) != users {
 		t.Errorf("entered events for %d users, want %d", len(got), users)
 	}
+}
+
+// TestTimerRoundGoesOnPastAChangingUser fires the timers of users one of
+// whom is written again before every compare-and-set (its revision moves,
+// so its amend never lands): the others' claims must finish, and only that
+// user's stay, to be retried after the lease.
+func TestTimerRoundGoesOnPastAChangingUser(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Truncate(time.Millisecond)
+	const users = 20
+	seg, _ := r.dueTimers(t, users, t0.Add(-time.Minute))
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	busy := changingUser{Users: r.users, rdb: r.rdb, key: membership.ProfileKey(r.org, "u0")}
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: busy, now: func() time.Time { return t0 }, timerInterval: time.Minute}).FireTimers(briefly(t))
+	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users-1 {
+		t.Errorf("members: %d, %v; want %d", n, err, users-1)
+	}
+	claims, err := r.rdb.HKeys(ctx, membership.ClaimsKey(r.org)).Result()
+	if err != nil || !slices.Equal(claims, []string{"u0"}) {
+		t.Errorf("claims left: %v, %v; want u0's alone", claims, err)
+	}
+}
+
+// changingUser writes a user (moves its revision) before every Amend.
+type changingUser struct {
+	*membership.Users
+	rdb redis.UniversalClient
+	key string
+}
+
+func (c changingUser) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error) {
+	if err := c.rdb.HIncrBy(ctx, c.key, "r", 1).Err(); err != nil {
+		return nil, err
+	}
+	return c.Users.Amend(ctx, as)
 }
 
 // readOwn reads the membership topic until it holds want change events of
