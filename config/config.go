@@ -164,15 +164,17 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 		name     string
 		dst      *time.Duration
 		min, max time.Duration
+		// want says the range as people write it, with examples in it.
+		want string
 	}{
-		{"SEGMENTD_BATCH_WAIT", &c.BatchWait, time.Microsecond, time.Second},
-		{"SEGMENTD_ESTIMATE_INTERVAL", &c.EstimateInterval, time.Second, 7 * 24 * time.Hour},
-		{"SEGMENTD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, time.Second, time.Hour},
+		{"SEGMENTD_BATCH_WAIT", &c.BatchWait, time.Microsecond, time.Second, "from 1µs (1us) to 1s, such as 1ms or 5ms"},
+		{"SEGMENTD_ESTIMATE_INTERVAL", &c.EstimateInterval, time.Second, 7 * 24 * time.Hour, "from 1s to 7 days (168h), such as 30s or 10m"},
+		{"SEGMENTD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout, time.Second, time.Hour, "from 1s to 1h, such as 30s or 2m"},
 	} {
 		v := get(d.name)
 		x, e := time.ParseDuration(v)
 		if e != nil || x < d.min || x > d.max {
-			return c, &Error{d.name, v, fmt.Sprintf("want a duration from %v to %v, such as 250ms or 1h", d.min, d.max)}
+			return c, &Error{d.name, v, "want a duration " + d.want}
 		}
 		*d.dst = x
 	}

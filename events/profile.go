@@ -214,8 +214,11 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 			return ProfileEvent{}, err
 		}
 	}
-	if !ValidOrgID(ev.OrgID) {
-		return ProfileEvent{}, &InvalidError{"orgId", "required, 1-100 characters of [a-zA-Z0-9_.-]"}
+	switch {
+	case ev.OrgID == "":
+		return ProfileEvent{}, &InvalidError{"orgId", "required"}
+	case !ValidOrgID(ev.OrgID):
+		return ProfileEvent{}, &InvalidError{"orgId", "must be 1-100 characters of [a-zA-Z0-9_.-]"}
 	}
 	if err := checkID("userId", ev.UserID); err != nil {
 		return ProfileEvent{}, err

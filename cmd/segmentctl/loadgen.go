@@ -30,11 +30,12 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	full := fs.Float64("full", 0.1, "share of later events sent as full profiles")
 	seed := fs.Uint64("seed", 1, "random seed")
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
-	if err := fs.Parse(args); err != nil {
+	args, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("loadgen: unexpected argument %q", fs.Arg(0))
+	if len(args) > 0 {
+		return fmt.Errorf("loadgen: unexpected argument %q", args[0])
 	}
 	if *users < 1 || *orgs < 1 || *rate < 0 || *total < 0 {
 		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate and -n not negative")

@@ -26,6 +26,9 @@ func main() {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		// A subcommand's -h: its flag set has printed the flags.
+	case errors.As(err, new(flagError)):
+		// Printed, with the usage, by the flag set.
+		os.Exit(2)
 	case errors.As(err, &exit):
 		os.Exit(int(exit))
 	case err != nil:
@@ -94,6 +97,37 @@ func newFlags(name, synopsis, about string) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// flagError is a subcommand's flag that could not be parsed; its flag set
+// has printed it, with the usage.
+type flagError struct{ err error }
+
+func (e flagError) Error() string { return e.err.Error() }
+func (e flagError) Unwrap() error { return e.err }
+
+// parseArgs parses a subcommand's arguments, taking its flags before and
+// after the others (`produce events.jsonl -topic t`, as people type them;
+// after "--" everything is an argument), and returns the other arguments.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	if i := slices.Index(args, "--"); i >= 0 {
+		args, rest = args[:i], args[i+1:]
+	}
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, flagError{err}
+		}
+		if fs.NArg() == 0 {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
 
 // env is what segmentctl needs of segmentd's configuration.

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -261,5 +263,37 @@ func TestHelpIgnoresEnvironment(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"tail", "-n", "1"}, env, nil, &out); err == nil || !strings.Contains(err.Error(), "SEGMENTD_BATCH_SIZE") {
 		t.Errorf("tail with a bad variable = %v, want an error naming it", err)
+	}
+}
+
+// TestParseArgs checks that flags are taken before and after the other
+// arguments, and that "--" ends them.
+func TestParseArgs(t *testing.T) {
+	for name, tt := range map[string]struct {
+		args  []string
+		topic string
+		rest  []string
+	}{
+		"flags first":    {[]string{"-topic", "t", "a.jsonl"}, "t", []string{"a.jsonl"}},
+		"flags after":    {[]string{"a.jsonl", "-topic", "t"}, "t", []string{"a.jsonl"}},
+		"flags between":  {[]string{"a", "-topic=t", "b"}, "t", []string{"a", "b"}},
+		"no flags":       {[]string{"a"}, "d", []string{"a"}},
+		"double dash":    {[]string{"-topic", "t", "--", "-topic", "u"}, "t", []string{"-topic", "u"}},
+		"nothing at all": {nil, "d", nil},
+	} {
+		t.Run(name, func(t *testing.T) {
+			fs := newFlags("x", "", "")
+			fs.SetOutput(io.Discard)
+			topic := fs.String("topic", "d", "")
+			rest, err := parseArgs(fs, tt.args)
+			if err != nil || *topic != tt.topic || !slices.Equal(rest, tt.rest) {
+				t.Errorf("parseArgs(%q) = %q, %v, topic %q; want %q, topic %q", tt.args, rest, err, *topic, tt.rest, tt.topic)
+			}
+		})
+	}
+	fs := newFlags("x", "", "")
+	fs.SetOutput(io.Discard)
+	if _, err := parseArgs(fs, []string{"a", "-nosuch"}); !errors.As(err, new(flagError)) {
+		t.Errorf("an unknown flag: %v, want a flagError", err)
 	}
 }

@@ -28,14 +28,15 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	fs := newFlags("produce", " [FILE]", "Sends JSON lines (FILE, or stdin) to the profile topic, keyed by userId.")
 	file := fs.String("f", "-", "file of JSON lines, - for stdin (or give the file as the argument)")
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
-	if err := fs.Parse(args); err != nil {
+	args, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	switch {
-	case fs.NArg() == 1 && *file == "-":
-		*file = fs.Arg(0)
-	case fs.NArg() > 0:
-		return fmt.Errorf("produce: unexpected argument %q (one file, as the argument or with -f)", fs.Arg(0))
+	case len(args) == 1 && *file == "-":
+		*file = args[0]
+	case len(args) > 0:
+		return fmt.Errorf("produce: unexpected argument %q (one file, as the argument or with -f)", args[0])
 	}
 	in := stdin
 	if *file != "-" {

@@ -24,14 +24,15 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
 	idle := fs.Duration("idle", 0, "stop when no event arrived for this long (0: never)")
 	headers := fs.Bool("headers", false, `print each record as {"partition", "offset", "headers", "key", "value"} (the DLQ's reasons are headers)`)
-	if err := fs.Parse(args); err != nil {
+	args, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
 	if *max < 0 || *idle < 0 {
 		return fmt.Errorf("tail: -n and -idle must not be negative")
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("tail: unexpected argument %q", fs.Arg(0))
+	if len(args) > 0 {
+		return fmt.Errorf("tail: unexpected argument %q", args[0])
 	}
 	parts, err := kafkaio.Partitions(ctx, e.brokers, *topic)
 	if err != nil {

@@ -16,11 +16,12 @@ import (
 func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference. It also adds to each organisation's\nindex of users any stored user missing from it, and then exits 1 too.")
 	org := fs.String("org", "", "verify only this organisation")
-	if err := fs.Parse(args); err != nil {
+	args, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("verify: unexpected argument %q", fs.Arg(0))
+	if len(args) > 0 {
+		return fmt.Errorf("verify: unexpected argument %q", args[0])
 	}
 	rdb := membership.NewClient(e.redisAddrs)
 	defer rdb.Close()
