@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/segmentd/segmentd/config"
@@ -33,9 +34,17 @@ func main() {
 		os.Exit(int(exit))
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "segmentctl:", err)
+		// Not every client wraps the dial error; its text is what is sure.
+		if errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "connection refused") {
+			fmt.Fprintln(os.Stderr, refusedHint)
+		}
 		os.Exit(2)
 	}
 }
+
+const refusedHint = `segmentctl: nothing answers there: with no SEGMENTD_KAFKA_BROKERS and SEGMENTD_REDIS_ADDRS set,
+segmentctl talks to the embedded Kafka (` + embedded.KafkaAddr + `) and Redis (` + embedded.RedisAddr + `) of a running ` + "`make run`" + `;
+set both to reach other servers.`
 
 // exitCode ends the program with a code and no message (verify's exit 1).
 type exitCode int
