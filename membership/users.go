@@ -546,7 +546,7 @@ func (u *Users) Profile(ctx context.Context, org, user string) (*segment.Profile
 	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}
-	m, err := segment.DecodeProfile(p)
+	m, err := segment.DecodeUserProfile(p, nil, user)
 	if err != nil {
 		return nil, false, fmt.Errorf("read profile %s/%s: %w", org, user, err)
 	}

@@ -94,7 +94,7 @@ func matchProfiles(rule *segment.Rule, ps []membership.StoredProfile, now time.T
 	hits := make([]bool, len(ps))
 	keys := rule.ProfileKeys()
 	parallel(len(ps), func(i int) {
-		if p, err := segment.DecodeProfileKeys(ps[i].Profile, keys); err == nil {
+		if p, err := segment.DecodeUserProfile(ps[i].Profile, keys, ps[i].UserID); err == nil {
 			hits[i] = rule.Match(p, now)
 		}
 	})

@@ -44,6 +44,20 @@ func TestAudienceCountsEachUserOnce(t *testing.T) {
 	}
 }
 
+// TestAudienceReadsUsersOwnIDs: a criterion on userId reads each user's
+// own id, also from profiles stored without one.
+func TestAudienceReadsUsersOwnIDs(t *testing.T) {
+	lister := pagedProfiles{{prof("u1", 10), prof("u2", 20), prof("u3", 1)}}
+	crit := segment.Criteria{Include: []segment.Criterion{{Field: "userId", Operator: "in", Value: []any{"u1", "u3", "u9"}, HasValue: true}}}
+	res, err := processor.NewAudience(lister, nil).Search(context.Background(), "acme", crit, 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"u1", "u3"}; res.Count != 2 || !slices.Equal(res.UserIDs, want) {
+		t.Fatalf("got %+v; want count 2, page %v", res, want)
+	}
+}
+
 // TestAudiencePages walks the matching ids a page at a time.
 func TestAudiencePages(t *testing.T) {
 	lister := pagedProfiles{

@@ -817,7 +817,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				c := changeOf(org, v.UserID, seg, e, cause)
 				changes = append(changes, c)
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
-				if at, ok := flipSince(p.cs.Rule, v.Profile, time.UnixMilli(e.AtMillis)); ok {
+				if at, ok := flipSince(p.cs.Rule, v, time.UnixMilli(e.AtMillis)); ok {
 					if p.flipFound != nil {
 						p.flipFound(v.UserID, at)
 					} else {
@@ -961,7 +961,7 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 		if views[i].Profile == "" {
 			return
 		}
-		p, err := segment.DecodeProfileKeys(views[i].Profile, keys)
+		p, err := segment.DecodeUserProfile(views[i].Profile, keys, views[i].UserID)
 		if err != nil {
 			out[i].unreadable = err
 			return
@@ -978,11 +978,11 @@ func evaluateViews(rule *segment.Rule, views []membership.SegmentView, now time.
 
 // flipSince returns the first instant after since at which the rule's
 // verdict on the stored profile changes.
-func flipSince(rule *segment.Rule, profile string, since time.Time) (time.Time, bool) {
-	if profile == "" || !rule.TimeDependent() {
+func flipSince(rule *segment.Rule, v membership.SegmentView, since time.Time) (time.Time, bool) {
+	if v.Profile == "" || !rule.TimeDependent() {
 		return time.Time{}, false
 	}
-	p, err := segment.DecodeProfileKeys(profile, rule.ProfileKeys())
+	p, err := segment.DecodeUserProfile(v.Profile, rule.ProfileKeys(), v.UserID)
 	if err != nil {
 		return time.Time{}, false
 	}
@@ -1104,7 +1104,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			j.cfg.Logger.Warn("timer put off: user unreadable", "err", v.Unreadable)
 			at = now.Add(unreadableRetry)
 		} else if v.Profile != "" {
-			if p, err := segment.DecodeProfile(v.Profile); err == nil {
+			if p, err := segment.DecodeUserProfile(v.Profile, nil, v.UserID); err == nil {
 				at, _ = o.NextFlip(p, now)
 			} else {
 				j.cfg.Logger.Warn("timer put off: stored profile cannot be decoded", "org", org, "err", err)

@@ -1445,6 +1445,30 @@ func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
 	}
 }
 
+// TestBackfillReadsUsersOwnIDs backfills a segment on userId over
+// profiles stored without one (as builds before it stored them): the
+// listed users enter, and verify agrees.
+func TestBackfillReadsUsersOwnIDs(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	r.storePoints(t, 5)
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "listed", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "userId", Operator: "in", Value: []any{"u1", "u3"}, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, d.ID)); !slices.Equal(got, []string{"u1", "u3"}) {
+		t.Errorf("members %v, want u1 u3", got)
+	}
+	diffs, _, err := processor.Verify(ctx, r.defs, r.users, membership.NewSets(r.rdb), time.Now(), r.org)
+	if err != nil || len(diffs) != 0 {
+		t.Errorf("verify: %v, %v; want no difference", diffs, err)
+	}
+}
+
 // TestTimerOfUnreadableUserIsKept fires the timers of two members, one of
 // whose stored state (its revision, or its profile alone) cannot be read:
 // the other leaves, and the unreadable one stays as it is, its timer put

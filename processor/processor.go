@@ -1020,7 +1020,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// rather than made the whole profile.
 	var corrupt error
 	if len(st.Profile) > 0 {
-		p, err := segment.DecodeProfile(st.Profile)
+		p, err := segment.DecodeUserProfile(st.Profile, nil, w.ref.UserID)
 		if err != nil {
 			corrupt = err
 		} else {

@@ -360,9 +360,15 @@ func TestCriteriaOnUserID(t *testing.T) {
 	if g := members(t, rdb, membership.SegmentMembersKey(o, seg)); g != "u1,u3" {
 		t.Errorf("members = %q, want u1,u3", g)
 	}
+	// Stored with it, too: what the profile's byte form says, not only
+	// what readers make of it.
 	for _, user := range []string{"u2", "u3"} {
-		if p, ok, err := r.users.Profile(context.Background(), o, user); err != nil || !ok || p.Get("userId") != user {
-			t.Errorf("stored profile of %s: userId %v (%v %v), want its own id", user, p.Get("userId"), ok, err)
+		raw, err := rdb.HGet(context.Background(), membership.ProfileKey(o, user), "p").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, err := segment.DecodeProfile(raw); err != nil || p.Get("userId") != user {
+			t.Errorf("stored profile of %s: userId %v (%v), want its own id", user, p.Get("userId"), err)
 		}
 	}
 }

@@ -138,7 +138,7 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		}
 		want := false
 		if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
-			p, err := segment.DecodeProfile(raw)
+			p, err := segment.DecodeUserProfile(raw, nil, d.UserID)
 			if err != nil {
 				return nil, fmt.Errorf("profile of %s/%s: %w", d.OrgID, d.UserID, err)
 			}
@@ -208,7 +208,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 					continue // a scan may give a user twice
 				}
 				scanned[sp.UserID] = true
-				p, err := segment.DecodeProfile(sp.Profile)
+				p, err := segment.DecodeUserProfile(sp.Profile, nil, sp.UserID)
 				if err != nil {
 					return fmt.Errorf("profile of %s: %w", sp.UserID, err)
 				}

@@ -119,6 +119,19 @@ func DecodeProfile[B ~string | ~[]byte](b B) (*Profile, error) {
 	return DecodeProfileKeys(b, nil)
 }
 
+// DecodeUserProfile is DecodeProfileKeys for the stored profile of the
+// user userID, whose userId field is always the user's own id: the one its
+// events are keyed by, whatever a profile or a patch said, and also in a
+// profile stored before segmentd kept it there.
+func DecodeUserProfile[B ~string | ~[]byte](b B, keys []string, userID string) (*Profile, error) {
+	p, err := DecodeProfileKeys(b, keys)
+	if err != nil {
+		return nil, err
+	}
+	p.Set("userId", userID)
+	return p, nil
+}
+
 // DecodeProfileKeys is DecodeProfile keeping only the top-level fields
 // named in keys (every field when keys is nil). The others are stepped over
 // and checked, not built, which is most of the work when a rule reads a few
