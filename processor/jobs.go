@@ -861,29 +861,36 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// let come (a deleted segment's timers and backfills stop): the
 		// deletion, whose gate waits while this round holds its revision,
 		// would remove the members without the exits decided here.
-		published := false
-		if err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
-			if !published {
-				deleted, err := j.cfg.Users.Project(ctx, projections)
-				if err != nil {
-					return err
-				}
-				out := changes
-				if len(deleted) > 0 {
-					out = deleted.Published(changes, func(i int) int64 { return projections[i].Rev })
-				}
-				if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
-					return err
-				}
-				published = true
-				j.cfg.Metrics.countChanges(out)
-			}
-			return j.cfg.Schedules.Schedule(ctx, due)
-		}); err != nil {
+		if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// settleChanges projects and publishes changes already written, leaving
+// out those a deletion answered (see Deletions.Published), then stores
+// due, through failures that pass (see settle).
+func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) error {
+	published := false
+	return j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
+		if !published {
+			deleted, err := j.cfg.Users.Project(ctx, projections)
+			if err != nil {
+				return err
+			}
+			out := changes
+			if len(deleted) > 0 {
+				out = deleted.Published(changes, func(i int) int64 { return projections[i].Rev })
+			}
+			if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
+				return err
+			}
+			published = true
+			j.cfg.Metrics.countChanges(out)
+		}
+		return j.cfg.Schedules.Schedule(ctx, due)
+	})
 }
 
 // stillChanging reports the users whose compare-and-set lost to their
@@ -1090,9 +1097,14 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if len(stuck) > 0 {
 		users = slices.DeleteFunc(users, func(u string) bool { return stuck[u] })
 	}
-	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{})
+	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Outbox: true})
 	if err != nil {
 		return 0, err
+	}
+	if changes, projections := orphanTimerChanges(org, o, byUser, views); len(changes) > 0 {
+		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
+			return 0, err
+		}
 	}
 	done := make([]membership.Claimed, 0, len(views))
 	next := make([]time.Time, 0, len(views))
@@ -1122,6 +1134,36 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	}
 	j.timers.Add(float64(len(claimed)))
 	return len(claimed), nil
+}
+
+// orphanTimerChanges finds the changes that earlier claims of the users'
+// timers wrote for segments no longer time-relative (their criteria
+// changed since), which no pass of a round looks for: their entries are
+// published again with their eventIds, so that one whose round failed
+// before publishing it is not lost. (A criteria change's backfill looks
+// for them too, for an organisation left with no relative date, whose
+// timers no round claims.)
+func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView) ([]events.Change, []membership.Projection) {
+	var changes []events.Change
+	var projections []membership.Projection
+	for _, v := range views {
+		c := byUser[v.UserID]
+		for _, e := range v.Outbox {
+			if e.CauseType != events.CauseTime || len(e.Changes) != 1 || slices.Contains(o.TimeIDs, e.Changes[0].SegmentID) {
+				continue
+			}
+			seg := e.Changes[0].SegmentID
+			for _, at := range append([]time.Time{c.At}, c.Earlier...) {
+				if cause := timeCause(seg, at); cause.EventID == e.EventID {
+					ch := changeOf(org, v.UserID, seg, e, cause)
+					changes = append(changes, ch)
+					projections = append(projections, membership.Projection{Change: ch, Rev: e.Rev})
+					break
+				}
+			}
+		}
+	}
+	return changes, projections
 }
 
 // deletionsLock hands the search for unfinished deletions to one instance
