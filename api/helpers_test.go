@@ -87,6 +87,8 @@ type testOptions struct {
 	maxSearches int
 	// membership wraps the membership store.
 	membership func(MembershipStore) MembershipStore
+	// locks wraps the list locks.
+	locks func(Locker) Locker
 }
 
 func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
@@ -110,6 +112,10 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 	if o.membership != nil {
 		sets = o.membership(sets)
 	}
+	var locks Locker = membership.NewCoordinator(rdb)
+	if o.locks != nil {
+		locks = o.locks(locks)
+	}
 	s := New(Config{
 		Definitions: membership.NewDefinitions(rdb),
 		Membership:  sets,
@@ -126,7 +132,7 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 		Registerer:    reg,
 		MaxBodyBytes:  o.maxBody,
 		AwaitRevision: o.await,
-		Locks:         membership.NewCoordinator(rdb),
+		Locks:         locks,
 
 		MaxAudienceSearches: o.maxSearches,
 	})

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -142,4 +143,60 @@ func TestIdempotentStaticCreate(t *testing.T) {
 			t.Errorf("a retry of a finished create published %v", changeSigns(got))
 		}
 	})
+}
+
+// TestStaticCreateTakeoverKeepsALaterEdit: a retry takes over a create
+// whose request stopped before writing its list, and waits for the list's
+// lock while an edit of the members, made meanwhile, holds it: the edit is
+// newer than the create's list and must stay.
+func TestStaticCreateTakeoverKeepsALaterEdit(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	var a *testAPI
+	var idv atomic.Pointer[string] // read by the server's goroutines
+	var hooked atomic.Bool
+	a = newTestAPI(t, rdb, testOptions{locks: func(l Locker) Locker {
+		return hookedLocker{Locker: l, before: func(name string) {
+			// The takeover's first try for the list: another request's
+			// edit comes first.
+			if id := idv.Load(); id != nil && name == membership.ListLock(a.org, *id) && hooked.CompareAndSwap(false, true) {
+				a.as("POST", "/v1/segments/"+*id+"/members", map[string]any{"add": []string{"z"}}).mustStatus(t, http.StatusOK)
+			}
+		}}
+	}})
+	ctx := context.Background()
+	d := segment.Definition{OrgID: a.org, Name: "Delta", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
+	fp, err := createFingerprint(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
+		membership.IdempotentCreate{Key: "static-edit", Fingerprint: fp, Pending: true, Lease: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond) // the stopped request's lease ends
+	id := out.Definition.ID
+	idv.Store(&id)
+	body := map[string]any{"name": "Delta", "type": "static", "userIds": []string{"u3"}}
+	a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-edit"}}, body).mustStatus(t, http.StatusCreated)
+	if !hooked.Load() {
+		t.Fatal("the edit did not run before the takeover's write")
+	}
+	if got := testenv.SMembers(t, rdb, membership.SegmentMembersKey(a.org, id)); !slices.Equal(got, []string{"z"}) {
+		t.Errorf("members = %v, want the edit's [z]", got)
+	}
+	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+z"}) {
+		t.Errorf("published %v, want the edit's +z alone", got)
+	}
+}
+
+// hookedLocker calls before ahead of each TryLock.
+type hookedLocker struct {
+	Locker
+	before func(name string)
+}
+
+func (h hookedLocker) TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	h.before(name)
+	return h.Locker.TryLock(ctx, name, owner, ttl)
 }

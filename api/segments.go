@@ -209,6 +209,17 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
+		if claim != nil && listed.Generation != created.Generation {
+			// The list changed since this request took the create over
+			// (an edit of its members, made while this request waited for
+			// the lock): that change is newer than the create's list, and
+			// stays. The create is finished, as a replay.
+			if err := s.defs.FinishCreate(ctx, claim); err != nil {
+				s.log.Warn("record a create as finished", "org", org, "segment", created.ID, "err", err)
+			}
+			s.replayCreate(w, r, listed)
+			return
+		}
 		if published, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			// A segment created by an earlier request may have been
 			// answered 201 (when only the record of its end failed): it
