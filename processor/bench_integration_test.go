@@ -702,7 +702,9 @@ func (r *benchRig) seedProfiles(b *testing.B, org string, n int) {
 			ev = g.Next(now)
 		}
 		ev.UserID = fmt.Sprintf("u%d", i)
-		p := segment.AppendProfile(nil, segment.NewProfile(ev.Profile)) // as the processor stores it
+		prof := segment.NewProfile(ev.Profile)
+		prof.Set("userId", ev.UserID)
+		p := segment.AppendProfile(nil, prof) // as the processor stores it
 		ws = append(ws, membership.UserWrite{OrgID: org, UserID: ev.UserID, Version: 1, Profile: p,
 			Outbox: []membership.OutboxEntry{{EventID: ev.EventID, Version: 1, AtMillis: now.UnixMilli()}}})
 		if len(ws) == chunk || i == n-1 {
