@@ -586,6 +586,16 @@ func TestAuthentication(t *testing.T) {
 			a.as(tt.method, tt.path, nil).wantError(t, tt.status, tt.code)
 		})
 	}
+	// An id with an encoded slash is an id like any other: the route
+	// answers, not the fallback for unmatched paths.
+	t.Run("encoded slash in an id", func(t *testing.T) {
+		a.do("GET", "/v1/segments/%2Fx/members", "", nil).wantError(t, 401, "unauthorized")
+		res := a.as("GET", "/v1/segments/%2Fx/members", nil)
+		res.wantError(t, 404, "not_found")
+		if msg := res.body["error"].(map[string]any)["message"]; msg != segmentNotFoundMessage {
+			t.Errorf("message %q, want the route's %q", msg, segmentNotFoundMessage)
+		}
+	})
 }
 
 // routesNeedingAuth returns the method and a concrete path of every route

@@ -291,7 +291,9 @@ func (s *Server) routes() []route {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A path not in its clean form matches a route only through the mux's
 	// redirect, which would answer before the key is checked, and in HTML.
-	if _, pattern := s.mux.Handler(r); pattern != "" && clean(r.URL.Path) {
+	// The mux cleans the escaped path: an id holding an encoded slash
+	// ("%2F") is no empty element.
+	if _, pattern := s.mux.Handler(r); pattern != "" && clean(r.URL.EscapedPath()) {
 		s.mux.ServeHTTP(w, r)
 		return
 	}
