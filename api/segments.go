@@ -209,15 +209,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
-		if claim != nil && listed.Generation != created.Generation {
-			// The list changed since this request took the create over
-			// (an edit of its members, made while this request waited for
-			// the lock): that change is newer than the create's list, and
-			// stays. The create is finished, as a replay.
-			if err := s.defs.FinishCreate(ctx, claim); err != nil {
-				s.log.Warn("record a create as finished", "org", org, "segment", created.ID, "err", err)
-			}
-			s.replayCreate(w, r, listed)
+		if replayed && claim != nil && s.listChanged(ctx, w, r, claim, listed, created) {
 			return
 		}
 		if published, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
@@ -340,6 +332,28 @@ func (s *Server) replayCreate(w http.ResponseWriter, r *http.Request, d segment.
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.Header().Set("Location", "/v1/segments/"+d.ID)
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// listChanged reports whether the list of a static segment whose create
+// this request took over changed since it did (an edit of its members made
+// while this request waited for the list's lock, even one whose definition
+// update then failed): that change is newer than the create's list, and
+// stays. It then finishes the create and answers as a replay, or answers
+// the error of reading the list's version.
+func (s *Server) listChanged(ctx context.Context, w http.ResponseWriter, r *http.Request, claim *membership.Claim, listed, created segment.Definition) bool {
+	v, err := s.sets.ListVersion(ctx, listed.OrgID, listed.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return true
+	}
+	if v == 0 && listed.Generation == created.Generation {
+		return false
+	}
+	if err := s.defs.FinishCreate(ctx, claim); err != nil {
+		s.log.Warn("record a create as finished", "org", listed.OrgID, "segment", listed.ID, "err", err)
+	}
+	s.replayCreate(w, r, listed)
+	return true
 }
 
 // writeStaticList makes a static segment's members exactly userIDs:

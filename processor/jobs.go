@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -511,8 +512,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			return err
 		}
 	}
+	if len(timed) > 0 {
+		// Only pages holding such users read the users' outboxes.
+		pass.outboxOf = func(user string) bool { return len(timed[user]) > 0 }
+	}
 	if len(older) > 0 || len(timed) > 0 {
-		pass.retry, pass.earlier = true, func(user string) []events.Cause {
+		pass.retry, pass.earlier = len(older) > 0 || pass.retry, func(user string) []events.Cause {
 			flips := timed[user]
 			if len(flips) == 0 {
 				return older
@@ -742,6 +747,9 @@ type amendPass struct {
 	// written changes and not published them: their entries are then
 	// looked for in the users' outboxes.
 	retry bool
+	// outboxOf, when not nil, names users whose outboxes are read even
+	// without retry: those that earlier gives causes to look for.
+	outboxOf func(user string) bool
 	// earlier, when not nil, gives each user's causes of unfinished
 	// earlier attempts under causes other than this pass's (a timer moved
 	// between two claims, the backfill of older criteria): entries found
@@ -770,7 +778,8 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// A user read again may hold this pass's own entry: a script whose
 		// reply was lost and that the Redis client sent again finds the
 		// revision it wrote itself, and answers stale.
-		views, err := j.viewUsers(ctx, org, seg, pending, known, p.retry || round > 0)
+		outbox := p.retry || round > 0 || (p.outboxOf != nil && slices.ContainsFunc(pending, p.outboxOf))
+		views, err := j.viewUsers(ctx, org, seg, pending, known, outbox)
 		if err != nil {
 			return err
 		}
@@ -798,14 +807,20 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			// may predate that attempt's write.
 			earlier := false
 			if p.earlier != nil && round == 0 {
+				// In the order they were written (their revisions), whatever
+				// the order of the causes they were found under.
+				var found []membership.Projection
 				for _, ec := range p.earlier(v.UserID) {
 					if e, ok := findEntry(v.Outbox, ec.EventID, seg); ok {
-						c := changeOf(org, v.UserID, seg, e, ec)
-						changes = append(changes, c)
-						projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
-						earlier = true
+						found = append(found, membership.Projection{Change: changeOf(org, v.UserID, seg, e, ec), Rev: e.Rev})
 					}
 				}
+				slices.SortStableFunc(found, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
+				for _, f := range found {
+					changes = append(changes, f.Change)
+					projections = append(projections, f)
+				}
+				earlier = len(found) > 0
 			}
 			cause := p.causeOf(v.UserID)
 			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
@@ -1149,10 +1164,15 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 	for _, v := range views {
 		c := byUser[v.UserID]
 		for _, e := range v.Outbox {
-			if e.CauseType != events.CauseTime || len(e.Changes) != 1 || slices.Contains(o.TimeIDs, e.Changes[0].SegmentID) {
+			if e.CauseType != events.CauseTime || len(e.Changes) != 1 {
 				continue
 			}
+			// A deleted segment's are not: its deletion answered its members
+			// (README, known limits), and its keys may be gone by now.
 			seg := e.Changes[0].SegmentID
+			if _, inForce := o.Segments[seg]; !inForce || slices.Contains(o.TimeIDs, seg) {
+				continue
+			}
 			for _, at := range append([]time.Time{c.At}, c.Earlier...) {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)

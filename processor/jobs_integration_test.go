@@ -574,47 +574,69 @@ func TestBackfillPublishesFailedTimerRounds(t *testing.T) {
 }
 
 // TestTimerRetryPublishesForSegmentsNoLongerTimed fires timers of two
-// relative-date segments whose change events cannot be published, then
-// changes one segment's criteria to ones without a relative date: the
-// timers' retry, which no longer evaluates that segment, must still
-// publish what the first attempt wrote for it, with its eventIds.
+// relative-date segments whose change events for one cannot be published,
+// then changes that segment's criteria to ones without a relative date: the
+// timers' retry, which no longer evaluates that segment, must still publish
+// what the first attempt wrote for it, with its eventIds. Deleted instead,
+// the segment gets nothing back: its deletion answered its members.
 func TestTimerRetryPublishesForSegmentsNoLongerTimed(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	t0 := time.Now().Truncate(time.Millisecond)
-	flip := t0.Add(-time.Minute)
-	r.segment(t, "inactive 20 days", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-20d", HasValue: true}}})
-	const users = 3
-	seg, fire := r.dueTimers(t, users, flip)
-	fire(refusingSegment{seg: seg, pub: r.publisher(t)}, t0)
-	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users {
-		t.Fatalf("the timers amended %d users (%v), want %d", n, err, users)
-	}
-	r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "exists"}}})
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return t0.Add(31 * time.Second) }, timerInterval: time.Minute}).FireTimers(briefly(t))
-	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
-	got := map[string]bool{}
-	for _, m := range readOwn(t, r, 2*users) {
-		c, err := events.DecodeChange(m.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c.SegmentID == seg {
-			if !c.Entered || c.Cause.EventID != wantID {
-				t.Errorf("change %+v, want entered with cause %s", c, wantID)
+	for name, deleted := range map[string]bool{"criteria changed": false, "deleted": true} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			t0 := time.Now().Truncate(time.Millisecond)
+			flip := t0.Add(-time.Minute)
+			r.segment(t, "inactive 20 days", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-20d", HasValue: true}}})
+			const users = 3
+			seg, fire := r.dueTimers(t, users, flip)
+			fire(refusingSegment{seg: seg, pub: r.publisher(t)}, t0)
+			if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users {
+				t.Fatalf("the timers amended %d users (%v), want %d", n, err, users)
 			}
-			got[c.UserID] = true
-		}
-	}
-	if len(got) != users {
-		t.Errorf("entered events of the changed segment for %d users, want %d", len(got), users)
-	}
-	if n, err := r.rdb.HLen(ctx, membership.ClaimsKey(r.org)).Result(); err != nil || n != 0 {
-		t.Errorf("claim records left: %d, %v; want none", n, err)
+			if deleted {
+				if err := r.defs.Delete(ctx, r.org, seg); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.rdb.Del(ctx, membership.SegmentMembersKey(r.org, seg)).Err(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "exists"}}})
+			}
+			reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+			if err := reg.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return t0.Add(31 * time.Second) }, timerInterval: time.Minute}).FireTimers(briefly(t))
+			wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
+			got := map[string]bool{}
+			want := 2 * users
+			if deleted {
+				want = users
+			}
+			for _, m := range readOwn(t, r, want) {
+				c, err := events.DecodeChange(m.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.SegmentID != seg {
+					continue
+				}
+				if deleted || !c.Entered || c.Cause.EventID != wantID {
+					t.Errorf("change %+v, want entered with cause %s (and none if deleted)", c, wantID)
+				}
+				got[c.UserID] = true
+			}
+			if !deleted && len(got) != users {
+				t.Errorf("entered events of the changed segment for %d users, want %d", len(got), users)
+			}
+			if n, err := r.rdb.Exists(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || (deleted && n != 0) {
+				t.Errorf("the deleted segment's set: %d, %v; want it gone", n, err)
+			}
+			if n, err := r.rdb.HLen(ctx, membership.ClaimsKey(r.org)).Result(); err != nil || n != 0 {
+				t.Errorf("claim records left: %d, %v; want none", n, err)
+			}
+		})
 	}
 }
 
