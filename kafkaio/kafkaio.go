@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -45,6 +46,9 @@ func NewReader(brokers []string, group, topic string) *kafka.Reader {
 // profile topic.
 type GroupReader struct {
 	r *kafka.Reader
+	// closed tells a fetch that fails because the reader was closed
+	// (kafka-go's io.EOF) from one whose connection was (the same io.EOF).
+	closed atomic.Bool
 }
 
 // NewGroupReader returns a GroupReader of topic in group, with NewReader's
@@ -57,6 +61,9 @@ func NewGroupReader(brokers []string, group, topic string) *GroupReader {
 func (g *GroupReader) Fetch(ctx context.Context) (processor.Record, error) {
 	m, err := g.r.FetchMessage(ctx)
 	if err != nil {
+		if g.closed.Load() {
+			err = fmt.Errorf("%w: %w", processor.ErrFetcherClosed, err)
+		}
 		return processor.Record{}, err
 	}
 	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time, Key: m.Key, Value: m.Value}, nil
@@ -92,7 +99,10 @@ func (g *GroupReader) Commit(ctx context.Context, rs []processor.Record) error {
 func (g *GroupReader) Lag() int64 { return g.r.Stats().Lag }
 
 // Close leaves the group and closes the reader.
-func (g *GroupReader) Close() error { return g.r.Close() }
+func (g *GroupReader) Close() error {
+	g.closed.Store(true)
+	return g.r.Close()
+}
 
 // Producer is the processor's Producer: it writes records through a
 // kafka-go writer (see NewWriter).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -327,6 +328,11 @@ func (f *failingFetches) Fetch(ctx context.Context) (processor.Record, error) {
 	f.n--
 	f.mu.Unlock()
 	if fail {
+		if f.n%2 == 0 {
+			// A coordinator's connection closed by the broker or a proxy:
+			// kafka-go gives it as a bare io.EOF.
+			return processor.Record{}, io.EOF
+		}
 		return processor.Record{}, errors.New("dial tcp 127.0.0.1:9: connect: connection refused")
 	}
 	return f.Fetcher.Fetch(ctx)

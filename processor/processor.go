@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -43,6 +42,11 @@ type Header struct {
 
 // Fetcher is the consumer side of the profile topic, as a member of a
 // consumer group.
+// ErrFetcherClosed is what a Fetcher's Fetch returns, wrapped, once the
+// fetcher is closed: the processor then stops. Any other error, io.EOF of
+// a connection that a broker or a proxy closed included, is retried.
+var ErrFetcherClosed = errors.New("fetcher closed")
+
 type Fetcher interface {
 	// Fetch returns the next record of the partitions assigned to this
 	// member, waiting for one until ctx ends.
@@ -331,8 +335,8 @@ func (p *Processor) Run(ctx context.Context) error {
 			fetchBackoff.Reset()
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe):
-			return fmt.Errorf("fetch: %w", err) // the reader was closed
+		case errors.Is(err, ErrFetcherClosed):
+			return fmt.Errorf("fetch: %w", err)
 		default:
 			p.fetchFailed.Store(time.Now().UnixNano())
 			p.cfg.Metrics.kafkaError()
