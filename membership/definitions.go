@@ -106,12 +106,20 @@ func NewDefinitions(rdb redis.UniversalClient) *Definitions {
 // record, ARGV 4 and 5 its value and lifetime in seconds) it first returns
 // the record when one exists, and writes it with the definition otherwise.
 // Both keys carry the organisation's hash tag.
+//
+// The Redis client sends the script again when its reply is lost: that
+// resend finds the record or the definition it wrote itself (the same
+// bytes: a new id, and the record naming it) and answers 1 as the first
+// run did, rather than take its own create for another's.
 const createDefinitionScript = `
 if #KEYS > 1 then
   local prior = redis.call('GET', KEYS[2])
+  if prior == ARGV[4] then return 1 end
   if prior then return prior end
 end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur == ARGV[2] then return 1 end
+if cur then return -1 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end

@@ -708,3 +708,57 @@ func TestUnchangedUpdateBumps(t *testing.T) {
 		t.Errorf("organisations changed since %d: %v, %v; want %s", before, changed, err, d.OrgID)
 	}
 }
+
+// TestCreateSentTwice: the Redis client sends a script again when its
+// reply is lost (a timeout, a dropped connection); a create sent twice
+// must create one segment and answer as the first run did, with or
+// without an idempotency key.
+func TestCreateSentTwice(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		rdb.AddHook(scriptsSentTwice{})
+		defs := membership.NewDefinitions(rdb)
+		d, err := defs.Create(ctx, testDynamicDef(org, "a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyed, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "b"),
+			membership.IdempotentCreate{Key: "k1", Fingerprint: "f1", Pending: true, Lease: time.Hour})
+		if err != nil || keyed.Replayed || keyed.Claim == nil {
+			t.Fatalf("keyed create: %+v, %v; want a fresh create with its claim", keyed, err)
+		}
+		all, err := defs.OrgDefinitions(ctx, org)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, x := range all {
+			ids = append(ids, x.ID)
+		}
+		if want := []string{d.ID, keyed.Definition.ID}; !slices.Equal(ids, want) && !slices.Equal(ids, []string{want[1], want[0]}) {
+			t.Errorf("segments %v, want %v", ids, want)
+		}
+	})
+}
+
+// scriptsSentTwice runs every script twice and answers the second run's
+// reply, as the client's resend after a lost reply does.
+type scriptsSentTwice struct{}
+
+func (scriptsSentTwice) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (scriptsSentTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if n := cmd.Name(); n == "evalsha" || n == "eval" {
+			if err := next(ctx, cmd); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (scriptsSentTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
