@@ -259,15 +259,37 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 // leadersTimeout bounds the wait for new topics' partitions to get leaders.
 const leadersTimeout = 30 * time.Second
 
-// Ping checks that one of the brokers answers a metadata request.
+// Ping checks that one of the brokers answers a metadata request. The
+// brokers are tried in turn, each with its share of ctx's time: a host that
+// drops packets, or a broker that accepts connections and never answers,
+// must not use it all while the next one would answer.
 func Ping(ctx context.Context, brokers []string) error {
-	conn, err := dial(ctx, brokers)
+	var last error
+	for i, b := range brokers {
+		bctx, cancel := ctx, context.CancelFunc(func() {})
+		if d, ok := ctx.Deadline(); ok {
+			bctx, cancel = context.WithTimeout(ctx, time.Until(d)/time.Duration(len(brokers)-i))
+		}
+		last = pingOne(bctx, b)
+		cancel()
+		if last == nil || ctx.Err() != nil {
+			break
+		}
+	}
+	if last != nil {
+		return fmt.Errorf("kafka %v: %w", brokers, last)
+	}
+	return nil
+}
+
+func pingOne(ctx context.Context, broker string) error {
+	conn, err := dial(ctx, []string{broker})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	if _, err := conn.Brokers(); err != nil {
-		return fmt.Errorf("kafka metadata: %w", err)
+		return fmt.Errorf("metadata from %s: %w", broker, err)
 	}
 	return nil
 }

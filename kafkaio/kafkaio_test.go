@@ -3,6 +3,7 @@ package kafkaio_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -122,5 +123,41 @@ func TestKeysPartitionAsJavaClients(t *testing.T) {
 		if got := w.Balancer.Balance(kafka.Message{Key: []byte(key)}, parts...); got != want {
 			t.Fatalf("key %s on partition %d, want %d as the Java client puts it", key, got, want)
 		}
+	}
+}
+
+// TestPingTriesEveryBroker: a first broker that accepts connections and
+// never answers must not make the check fail while the next one answers.
+func TestPingTriesEveryBroker(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	frozen, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { frozen.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := frozen.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // read nothing, answer nothing
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := kafkaio.Ping(ctx, append([]string{frozen.Addr().String()}, brokers...)); err != nil {
+		t.Errorf("ping with a frozen first broker: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := kafkaio.Ping(ctx, []string{frozen.Addr().String()}); err == nil {
+		t.Error("ping of a frozen broker alone succeeded")
 	}
 }
