@@ -2,7 +2,6 @@ package membership
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
@@ -136,14 +135,23 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 		}
 	}
 	if len(users) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("view users of %s: %w", org, err)
-		}
+		_, _ = pipe.Exec(ctx) // each command holds its own error, looked at below
 	}
 	out := make([]SegmentView, len(users))
 	for i, user := range users {
+		cmds := []redis.Cmder{hm[i]}
+		if is[i] != nil {
+			cmds = append(cmds, is[i])
+		}
+		bad, err := readErr(cmds...)
+		if err != nil {
+			return nil, fmt.Errorf("view users of %s: %w", org, err)
+		}
 		h := hm[i].Val()
 		st, err := decodeFields(field(h, 0), "", field(h, 1), field(h, 2), nil)
+		if bad != nil {
+			err = bad
+		}
 		if err != nil {
 			out[i] = SegmentView{UserID: user, Unreadable: unreadable(org, user, err)}
 			continue

@@ -175,18 +175,41 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o", "k")
 		sm[i] = pipe.SMembers(ctx, UserSegmentsKey(r.OrgID, r.UserID))
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("load users: %w", err)
-	}
+	_, _ = pipe.Exec(ctx) // each command holds its own error, looked at below
 	out := make([]UserState, len(refs))
 	for i := range refs {
+		bad, err := readErr(hm[i], sm[i])
+		if err != nil {
+			return nil, fmt.Errorf("load users: %w", err)
+		}
 		st, err := decodeState(hm[i].Val(), sm[i].Val())
+		if bad != nil {
+			err = bad
+		}
 		if err != nil {
 			st = UserState{Unreadable: unreadable(refs[i].OrgID, refs[i].UserID, err)}
 		}
 		out[i] = st
 	}
 	return out, nil
+}
+
+// readErr sorts the errors of the commands that read one user: bad is a
+// key of that user holding another type than segmentd writes there (a key
+// written by hand), which makes the user unreadable rather than fail every
+// user read with it; failed is any other error but a missing key.
+func readErr(cmds ...redis.Cmder) (bad, failed error) {
+	for _, c := range cmds {
+		err := c.Err()
+		switch {
+		case err == nil || errors.Is(err, redis.Nil):
+		case strings.HasPrefix(err.Error(), "WRONGTYPE"):
+			bad = fmt.Errorf("key %v: %w", c.Args()[1], err)
+		default:
+			return nil, err
+		}
+	}
+	return bad, nil
 }
 
 // unreadable describes a user's stored state that cannot be decoded, with

@@ -378,38 +378,58 @@ func TestCriteriaOnUserID(t *testing.T) {
 // the key to repair, the state is left as it is, and the others' events
 // apply.
 func TestUnreadableStateGoesToDLQ(t *testing.T) {
-	rdb := testenv.RedisClient(t)
-	r := newRig(t, rdb)
-	a := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
-	key := membership.ProfileKey(r.org, "bad")
-	if err := rdb.HSet(context.Background(), key, "r", "1", "v", "not a number").Err(); err != nil {
-		t.Fatal(err)
-	}
-	r.start(t)
-	o := r.org
-	r.produce(t,
-		`{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"bad","version":2,"profile":{"points":2000}}`,
-		`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"good","version":1,"profile":{"points":2000}}`,
-	)
-	r.waitVersion(t, "good", 1)
-	if g := members(t, rdb, membership.SegmentMembersKey(o, a)); g != "good" {
-		t.Errorf("members = %q, want good", g)
-	}
-	dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
-	if len(dl) != 1 || string(dl[0].Key) != "bad" {
-		t.Fatalf("dead letters: %v, want the one event of bad", dl)
-	}
-	var reason string
-	for _, h := range dl[0].Headers {
-		if h.Key == "segmentd-error" {
-			reason = string(h.Value)
-		}
-	}
-	if !strings.Contains(reason, "unreadable") || !strings.Contains(reason, key) {
-		t.Errorf("reason %q names neither the problem nor the key %s", reason, key)
-	}
-	if v, err := rdb.HGet(context.Background(), key, "v").Result(); err != nil || v != "not a number" {
-		t.Errorf("stored version = %q, %v; the unreadable state must be left alone", v, err)
+	for name, damage := range map[string]func(ctx context.Context, rdb redis.UniversalClient, org string) (key string, err error){
+		"bad version": func(ctx context.Context, rdb redis.UniversalClient, org string) (string, error) {
+			key := membership.ProfileKey(org, "bad")
+			return key, rdb.HSet(ctx, key, "r", "1", "v", "not a number").Err()
+		},
+		"profile key of another type": func(ctx context.Context, rdb redis.UniversalClient, org string) (string, error) {
+			key := membership.ProfileKey(org, "bad")
+			return key, rdb.Set(ctx, key, "written by hand", 0).Err()
+		},
+		"segment set of another type": func(ctx context.Context, rdb redis.UniversalClient, org string) (string, error) {
+			key := membership.UserSegmentsKey(org, "bad")
+			return key, rdb.Set(ctx, key, "written by hand", 0).Err()
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rdb := testenv.RedisClient(t)
+			r := newRig(t, rdb)
+			ctx := context.Background()
+			a := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+			key, err := damage(ctx, rdb, r.org)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dump := func() string { return rdb.Dump(ctx, key).Val() }
+			before := dump()
+			r.start(t)
+			o := r.org
+			r.produce(t,
+				`{"eventId":"e1","type":"profile.updated","orgId":"`+o+`","userId":"bad","version":2,"profile":{"points":2000}}`,
+				`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"good","version":1,"profile":{"points":2000}}`,
+			)
+			r.waitVersion(t, "good", 1)
+			if g := members(t, rdb, membership.SegmentMembersKey(o, a)); g != "good" {
+				t.Errorf("members = %q, want good", g)
+			}
+			dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
+			if len(dl) != 1 || string(dl[0].Key) != "bad" {
+				t.Fatalf("dead letters: %v, want the one event of bad", dl)
+			}
+			var reason string
+			for _, h := range dl[0].Headers {
+				if h.Key == "segmentd-error" {
+					reason = string(h.Value)
+				}
+			}
+			if !strings.Contains(reason, "unreadable") || !strings.Contains(reason, membership.ProfileKey(o, "bad")) {
+				t.Errorf("reason %q names neither the problem nor the user's key", reason)
+			}
+			if dump() != before {
+				t.Errorf("the unreadable state %s was changed; it must be left alone", key)
+			}
+		})
 	}
 }
 
