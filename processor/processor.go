@@ -369,12 +369,13 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 	// Tracked as a stage for Healthy: failing from a failed commit until
 	// the next one succeeds.
 	st := &p.stages[stageCommit]
-	for batch := range batches {
+	commit := func(batch []Record, tries uint64) error {
 		st.start.Store(time.Now().UnixNano())
+		defer st.start.Store(0)
 		bo := backoff.NewExponentialBackOff()
 		bo.InitialInterval = 50 * time.Millisecond
 		bo.MaxInterval = time.Second
-		err := backoff.Retry(func() error {
+		return backoff.Retry(func() error {
 			// Bounded: a commit waits for a group generation, which a
 			// group that cannot rejoin never gives.
 			cctx, cancel := context.WithTimeout(ctx, commitTimeout)
@@ -385,13 +386,39 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 			}
 			st.failing.Store(err != nil)
 			return err
-		}, backoff.WithContext(backoff.WithMaxRetries(bo, 5), ctx))
-		st.start.Store(0)
-		if err != nil {
-			p.cfg.Logger.Warn("commit failed; the batch will be redelivered and deduplicated", "size", len(batch), "err", err)
+		}, backoff.WithContext(backoff.WithMaxRetries(bo, tries), ctx))
+	}
+	// A batch whose commit was given up: committed with the next batch,
+	// or on its own while none comes (a quiet partition would otherwise
+	// leave the processor unhealthy until traffic resumed).
+	var dropped []Record
+	idle := time.NewTicker(commitIdleRetry)
+	defer idle.Stop()
+	for {
+		var batch []Record
+		select {
+		case b, ok := <-batches:
+			if !ok {
+				return
+			}
+			batch = append(dropped, b...)
+		case <-idle.C:
+			if dropped == nil {
+				continue
+			}
+			batch = dropped
+		}
+		dropped = nil
+		if err := commit(batch, 5); err != nil {
+			dropped = batch
+			p.cfg.Logger.Warn("commit failed; retried with the next batch, or alone while none comes (a redelivery meanwhile is deduplicated)", "size", len(batch), "err", err)
 		}
 	}
 }
+
+// commitIdleRetry is how often a commit given up is tried again while no
+// later batch comes.
+const commitIdleRetry = 5 * time.Second
 
 // fetch collects up to BatchSize messages, waiting at most BatchWait after
 // the first one.
