@@ -135,7 +135,10 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 		}
 	}
 	if len(users) > 0 {
-		_, _ = pipe.Exec(ctx) // each command holds its own error, looked at below
+		if _, err := pipe.Exec(ctx); unsent(err) != nil {
+			return nil, fmt.Errorf("view users of %s: %w", org, err)
+		}
+		// Each command holds its own reply's error, looked at below.
 	}
 	out := make([]SegmentView, len(users))
 	for i, user := range users {

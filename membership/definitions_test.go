@@ -762,3 +762,45 @@ func (scriptsSentTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (scriptsSentTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+// TestUnreachableRedisFails: with no Redis to reach, every read and write
+// of users and timers fails, rather than pass for done or for an empty
+// state (a standalone client leaves the commands of a pipeline it could not
+// send without an error of their own).
+func TestUnreachableRedisFails(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	users, scheds := membership.NewUsers(rdb), membership.NewSchedules(rdb)
+	due := membership.Due{OrgID: "o", UserID: "u", At: time.Now()}
+	for name, call := range map[string]func() error{
+		"load": func() error {
+			_, err := users.Load(ctx, []membership.UserRef{{OrgID: "o", UserID: "u"}})
+			return err
+		},
+		"view": func() error {
+			_, err := users.ViewUsers(ctx, "o", []string{"u"}, membership.ViewFields{Segment: "s", Outbox: true})
+			return err
+		},
+		"write": func() error {
+			_, err := users.Write(ctx, []membership.UserWrite{{OrgID: "o", UserID: "u", Version: 1}})
+			return err
+		},
+		"amend": func() error {
+			_, err := users.Amend(ctx, []membership.Amend{{OrgID: "o", UserID: "u", SegmentID: "s", Entered: true}})
+			return err
+		},
+		"project": func() error {
+			_, err := users.Project(ctx, []membership.Projection{{Change: events.Change{OrgID: "o", SegmentID: "s", UserID: "u", Entered: true}, Rev: 1}})
+			return err
+		},
+		"schedule": func() error { return scheds.Schedule(ctx, []membership.Due{due}) },
+		"done":     func() error { return scheds.Done(ctx, []membership.Claimed{{Due: due}}, []time.Time{{}}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := call(); err == nil {
+				t.Error("succeeded with no Redis to reach")
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -14,7 +15,8 @@ type scriptCall struct {
 
 // runPipelined runs every call of s in one pipeline, first by SHA; calls
 // that meet a node without the script (NOSCRIPT) go again with its text,
-// which loads it. It returns one result per call; a call's error is in its Cmd.
+// which loads it. It returns one result per call; a call's error is in its
+// Cmd, and every call whose outcome is unknown (see unsent) holds one.
 func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Script, calls []scriptCall) []*redis.Cmd {
 	out := make([]*redis.Cmd, len(calls))
 	pending := make([]int, len(calls))
@@ -33,7 +35,14 @@ func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Scrip
 				out[i] = s.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
 			}
 		}
-		_, _ = pipe.Exec(ctx)
+		if _, err := pipe.Exec(ctx); unsent(err) != nil {
+			for _, i := range pending {
+				if out[i].Err() == nil {
+					out[i].SetErr(err)
+				}
+			}
+			return out
+		}
 		var retry []int
 		for _, i := range pending {
 			if useSHA && redis.HasErrorPrefix(out[i].Err(), "NOSCRIPT") {
@@ -43,4 +52,17 @@ func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Scrip
 		pending = retry
 	}
 	return out
+}
+
+// unsent returns the error of a pipeline's Exec unless it is Redis's reply
+// to one of its commands: no connection to be had, a ctx that ended, a
+// connection lost. The commands' outcomes are then unknown, and a
+// standalone client leaves those it never sent without an error of their
+// own, as if they had run.
+func unsent(err error) error {
+	var reply redis.Error
+	if err == nil || errors.As(err, &reply) {
+		return nil
+	}
+	return err
 }

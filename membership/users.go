@@ -175,7 +175,10 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o", "k")
 		sm[i] = pipe.SMembers(ctx, UserSegmentsKey(r.OrgID, r.UserID))
 	}
-	_, _ = pipe.Exec(ctx) // each command holds its own error, looked at below
+	if _, err := pipe.Exec(ctx); unsent(err) != nil {
+		return nil, fmt.Errorf("load users: %w", err)
+	}
+	// Each command holds its own reply's error, looked at below.
 	out := make([]UserState, len(refs))
 	for i := range refs {
 		bad, err := readErr(hm[i], sm[i])

@@ -363,11 +363,15 @@ const commitTimeout = 10 * time.Second
 
 // commitLoop commits each batch's offsets in the order the batches were
 // processed. A commit is retried a few times; one that still fails (the
-// partitions moved to another instance) is dropped, which only means
-// redelivery of completed work.
+// partitions moved to another instance, the coordinator is away) is kept,
+// as each partition's highest offset, and tried again on its own after
+// each later batch's commit and every commitIdleRetry while none comes (a
+// quiet partition would otherwise leave the processor unhealthy until
+// traffic resumed), for at most commitKeep: then it is dropped, which only
+// means redelivery of completed work.
 func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 	// Tracked as a stage for Healthy: failing from a failed commit until
-	// the next one succeeds.
+	// one succeeds or the kept offsets are dropped.
 	st := &p.stages[stageCommit]
 	commit := func(batch []Record, tries uint64) error {
 		st.start.Store(time.Now().UnixNano())
@@ -388,37 +392,89 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 			return err
 		}, backoff.WithContext(backoff.WithMaxRetries(bo, tries), ctx))
 	}
-	// A batch whose commit was given up: committed with the next batch,
-	// or on its own while none comes (a quiet partition would otherwise
-	// leave the processor unhealthy until traffic resumed).
-	var dropped []Record
+	var kept keptOffsets
 	idle := time.NewTicker(commitIdleRetry)
 	defer idle.Stop()
 	for {
-		var batch []Record
 		select {
-		case b, ok := <-batches:
+		case batch, ok := <-batches:
 			if !ok {
 				return
 			}
-			batch = append(dropped, b...)
-		case <-idle.C:
-			if dropped == nil {
+			if err := commit(batch, 5); err != nil {
+				kept.add(batch, time.Now())
+				p.cfg.Logger.Warn("commit failed; retried later (a redelivery meanwhile is deduplicated)", "size", len(batch), "err", err)
 				continue
 			}
-			batch = dropped
+			kept.passed(batch)
+		case <-idle.C:
 		}
-		dropped = nil
-		if err := commit(batch, 5); err != nil {
-			dropped = batch
-			p.cfg.Logger.Warn("commit failed; retried with the next batch, or alone while none comes (a redelivery meanwhile is deduplicated)", "size", len(batch), "err", err)
+		if len(kept.offsets) == 0 {
+			continue
+		}
+		if time.Since(kept.since) > commitKeep {
+			p.cfg.Logger.Warn("commit given up; those records will be redelivered and deduplicated", "partitions", len(kept.offsets))
+			kept = keptOffsets{}
+			st.failing.Store(false)
+			continue
+		}
+		if err := commit(kept.records(), 0); err == nil {
+			kept = keptOffsets{}
 		}
 	}
 }
 
-// commitIdleRetry is how often a commit given up is tried again while no
-// later batch comes.
-const commitIdleRetry = 5 * time.Second
+// commitIdleRetry is how often kept offsets are committed again while no
+// later batch comes; commitKeep is how long they are kept.
+const (
+	commitIdleRetry = 5 * time.Second
+	commitKeep      = 2 * time.Minute
+)
+
+// keptOffsets are the offsets of batches whose commit failed: each
+// partition's highest record, since when the oldest failed commit is kept.
+type keptOffsets struct {
+	offsets map[partitionOf]Record
+	since   time.Time
+}
+
+type partitionOf struct {
+	topic     string
+	partition int
+}
+
+func (k *keptOffsets) add(batch []Record, now time.Time) {
+	if k.offsets == nil {
+		k.offsets, k.since = map[partitionOf]Record{}, now
+	}
+	for _, r := range batch {
+		key := partitionOf{r.Topic, r.Partition}
+		if cur, ok := k.offsets[key]; !ok || r.Offset > cur.Offset {
+			k.offsets[key] = Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+		}
+	}
+}
+
+// passed forgets the partitions that a committed batch moved as far.
+func (k *keptOffsets) passed(batch []Record) {
+	for _, r := range batch {
+		key := partitionOf{r.Topic, r.Partition}
+		if cur, ok := k.offsets[key]; ok && r.Offset >= cur.Offset {
+			delete(k.offsets, key)
+		}
+	}
+	if len(k.offsets) == 0 {
+		*k = keptOffsets{}
+	}
+}
+
+func (k *keptOffsets) records() []Record {
+	out := make([]Record, 0, len(k.offsets))
+	for _, r := range k.offsets {
+		out = append(out, r)
+	}
+	return out
+}
 
 // fetch collects up to BatchSize messages, waiting at most BatchWait after
 // the first one.
