@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/segmentd/segmentd/processor"
 	"github.com/segmentd/segmentd/segment"
@@ -33,6 +34,11 @@ type audienceJSON struct {
 	UserIDs    []string `json:"userIds"`
 	NextCursor *string  `json:"nextCursor"`
 }
+
+// DefaultAudienceTimeout bounds one audience search unless
+// Config.AudienceTimeout says otherwise: below cmd/segmentd's 60 s write
+// timeout.
+const DefaultAudienceTimeout = 50 * time.Second
 
 // audienceSearch serves POST /v1/audience/search: {"include": [...],
 // "exclude": [...], "limit": n, "cursor": c} answers the exact count over
@@ -105,7 +111,17 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("%d audience searches are in progress on this instance; retry", cap(s.searches)), nil)
 		return
 	}
-	res, err := s.audience.Search(r.Context(), orgOf(r.Context()), c, limit, after)
+	// Bounded below the server's write timeout, so that a search of a very
+	// large organisation ends in a 503, not in a connection closed with no
+	// answer.
+	ctx, cancel := context.WithTimeout(r.Context(), s.searchFor)
+	defer cancel()
+	res, err := s.audience.Search(ctx, orgOf(r.Context()), c, limit, after)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable,
+			fmt.Sprintf("the search took longer than %s; the organisation's profiles are too many for one search", s.searchFor), nil)
+		return
+	}
 	var ve *segment.ValidationError
 	if errors.As(err, &ve) {
 		// The body has no "criteria" wrapper: name fields as the client wrote them.

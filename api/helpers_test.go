@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -85,6 +86,8 @@ type testOptions struct {
 	// audience wraps the audience searcher; maxSearches bounds searches.
 	audience    func(AudienceSearcher) AudienceSearcher
 	maxSearches int
+	// searchFor bounds one audience search (zero: the default).
+	searchFor time.Duration
 	// membership wraps the membership store.
 	membership func(MembershipStore) MembershipStore
 	// locks wraps the list locks.
@@ -135,6 +138,7 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 		Locks:         locks,
 
 		MaxAudienceSearches: o.maxSearches,
+		AudienceTimeout:     o.searchFor,
 	})
 	a.srv = httptest.NewServer(s)
 	t.Cleanup(a.srv.Close)

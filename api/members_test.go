@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -167,6 +168,14 @@ func TestOperationalEndpoints(t *testing.T) {
 	}
 	if strings.Contains(metrics, id) {
 		t.Error("a segment id appears in the metrics")
+	}
+	// A method the API does not know is one series, whatever its name.
+	for _, m := range []string{"FOO1", "FOO2"} {
+		a.do(m, "/v1/segments", "", nil)
+	}
+	metrics = string(a.do("GET", "/metrics", "", nil).mustStatus(t, 200).raw)
+	if strings.Contains(metrics, "FOO1") || !strings.Contains(metrics, `method="OTHER"`) {
+		t.Error("an unknown method is a label value of its own")
 	}
 }
 
@@ -329,4 +338,26 @@ func TestAudienceSearchesAreBounded(t *testing.T) {
 	close(held.release)
 	(<-first).mustStatus(t, http.StatusOK)
 	a.as("POST", "/v1/audience/search", body).mustStatus(t, http.StatusOK)
+}
+
+// slowSearch takes until its ctx ends.
+type slowSearch struct{ AudienceSearcher }
+
+func (slowSearch) Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (processor.AudiencePage, error) {
+	<-ctx.Done()
+	return processor.AudiencePage{}, fmt.Errorf("scan: %w", ctx.Err())
+}
+
+// TestAudienceSearchIsBounded: a search longer than its bound answers a
+// 503 that says so, before the server's write timeout would close the
+// connection unanswered.
+func TestAudienceSearchIsBounded(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{searchFor: 100 * time.Millisecond,
+		audience: func(s AudienceSearcher) AudienceSearcher { return slowSearch{s} }})
+	body := map[string]any{"include": []any{map[string]any{"field": "points", "operator": ">=", "value": 1}}}
+	r := a.as("POST", "/v1/audience/search", body)
+	r.wantError(t, http.StatusServiceUnavailable, "unavailable")
+	if msg := str(r.body["error"].(map[string]any)["message"]); !strings.Contains(msg, "took longer than 100ms") {
+		t.Errorf("message %q does not say the search took too long", msg)
+	}
 }

@@ -158,6 +158,10 @@ type Config struct {
 	// MaxAudienceSearches bounds the audience searches one instance runs
 	// at once (503 past it); zero is DefaultMaxAudienceSearches.
 	MaxAudienceSearches int
+	// AudienceTimeout bounds one audience search (503 past it); zero is
+	// DefaultAudienceTimeout. Keep it below the HTTP server's write
+	// timeout, or a long search ends in a connection closed unanswered.
+	AudienceTimeout time.Duration
 	// Locks serialise the changes of a static segment's list and its
 	// deletion across instances; nil does not (one instance, in tests).
 	Locks Locker
@@ -184,8 +188,10 @@ type Server struct {
 	await    func(ctx context.Context, rev int64) error
 	locks    Locker
 	searches chan struct{}
-	metrics  *httpMetrics
-	mux      *http.ServeMux
+	// searchFor bounds one audience search.
+	searchFor time.Duration
+	metrics   *httpMetrics
+	mux       *http.ServeMux
 }
 
 // keyEntry is one API key, kept as its SHA-256 hash.
@@ -197,20 +203,21 @@ type keyEntry struct {
 // New returns a Server for cfg.
 func New(cfg Config) *Server {
 	s := &Server{
-		defs:     cfg.Definitions,
-		sets:     cfg.Membership,
-		profiles: cfg.Profiles,
-		pub:      cfg.Publisher,
-		audience: cfg.Audience,
-		ready:    cfg.Ready,
-		metricsH: cfg.Metrics,
-		log:      cfg.Logger,
-		now:      cfg.Now,
-		maxBody:  cfg.MaxBodyBytes,
-		await:    cfg.AwaitRevision,
-		locks:    cfg.Locks,
-		searches: make(chan struct{}, cmp.Or(max(cfg.MaxAudienceSearches, 0), DefaultMaxAudienceSearches)),
-		mux:      http.NewServeMux(),
+		defs:      cfg.Definitions,
+		sets:      cfg.Membership,
+		profiles:  cfg.Profiles,
+		pub:       cfg.Publisher,
+		audience:  cfg.Audience,
+		ready:     cfg.Ready,
+		metricsH:  cfg.Metrics,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		maxBody:   cfg.MaxBodyBytes,
+		await:     cfg.AwaitRevision,
+		locks:     cfg.Locks,
+		searches:  make(chan struct{}, cmp.Or(max(cfg.MaxAudienceSearches, 0), DefaultMaxAudienceSearches)),
+		searchFor: cmp.Or(max(cfg.AudienceTimeout, 0), DefaultAudienceTimeout),
+		mux:       http.NewServeMux(),
 	}
 	for key, org := range cfg.Keys {
 		if key == "" || org == "" {

@@ -2,7 +2,6 @@ package membership
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -77,13 +76,21 @@ func (u *Users) readProfiles(ctx context.Context, org string, ids []string) ([]S
 	for i, id := range ids {
 		cmds[i] = pipe.HGet(ctx, ProfileKey(org, id), "p")
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	if _, err := pipe.Exec(ctx); unsent(err) != nil {
 		return nil, fmt.Errorf("read profiles: %w", err)
 	}
+	// Each command's own error: a pipeline answers the first one in the
+	// order sent, which may be a tombstone's "no field" before a node's
+	// failure.
 	page := make([]StoredProfile, 0, len(ids))
 	for i, id := range ids {
-		// A deleted user's tombstone has no profile.
-		if p := cmds[i].Val(); p != "" {
+		bad, err := readErr(cmds[i])
+		if err != nil {
+			return nil, fmt.Errorf("read profiles: %w", err)
+		}
+		// A deleted user's tombstone has no profile; a key of another type
+		// is skipped, as the stream and the backfills skip that user.
+		if p := cmds[i].Val(); p != "" && bad == nil {
 			page = append(page, StoredProfile{UserID: id, Profile: p})
 		}
 	}

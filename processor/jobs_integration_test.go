@@ -1549,6 +1549,25 @@ func TestBackfillReadsUsersOwnIDs(t *testing.T) {
 	}
 }
 
+// TestAudienceSkipsKeyOfAnotherType: a profile key of another type
+// (written by hand) leaves that user out of an audience search, as the
+// stream and the backfills leave it; the others are counted.
+func TestAudienceSkipsKeyOfAnotherType(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	r.storePoints(t, 20)
+	if err := r.rdb.Set(ctx, membership.ProfileKey(r.org, "u3"), "written by hand", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := processor.NewAudience(r.users, nil).Search(ctx, r.org, segment.Criteria{}, 100, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Count != 19 || slices.Contains(res.UserIDs, "u3") {
+		t.Errorf("count %d, ids %v; want the 19 others", res.Count, res.UserIDs)
+	}
+}
+
 // TestTimerOfUnreadableUserIsKept fires the timers of two members, one of
 // whose stored state (its revision, or its profile alone) cannot be read:
 // the other leaves, and the unreadable one stays as it is, its timer put

@@ -166,11 +166,15 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	ready := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
+		// /readyz answers anyone: the reasons name no address, the log
+		// has the errors.
 		if err := rdb.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("redis: %w", err)
+			log.Debug("readiness: redis", "err", err)
+			return errors.New("redis does not answer")
 		}
 		if err := kafkaio.Ping(ctx, cfg.KafkaBrokers); err != nil {
-			return fmt.Errorf("kafka: %w", err)
+			log.Debug("readiness: kafka", "err", err)
+			return errors.New("kafka does not answer")
 		}
 		if !registry.Loaded() {
 			return errors.New("definitions not loaded")
