@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -1134,6 +1135,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	if len(w.items) > manyItems {
 		seen = make(map[string]bool, len(w.items))
 	}
+	// replayedLast holds, by revision, the last replayed entry of each
+	// earlier write whose events this batch replays.
+	var replayedLast map[int64]string
 	for i, it := range w.items {
 		ev := it.ev
 		if repeated(w.items, i, seen) {
@@ -1166,19 +1170,14 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			// the write's later events must project their decisions after
 			// its own, or it would leave an earlier decision in the segment
 			// sets (until those events are replayed, which a conflict with
-			// another instance can prevent for good).
-			later := false
-			for _, o := range st.Outbox {
-				if later && o.Rev == e.Rev {
-					// Not published here: probes are not needed.
-					for _, pr := range standing(p.outboxChanges(w.ref, o), o.Rev, st) {
-						if !pr.Probe {
-							res.projections = append(res.projections, pr)
-						}
-					}
-				}
-				later = later || o.EventID == e.EventID && o.Rev == e.Rev
+			// another instance can prevent for good). They are projected
+			// once, after the items (see replayedLast): after each replayed
+			// event, the projections would grow with the square of a
+			// write's events.
+			if replayedLast == nil {
+				replayedLast = map[int64]string{}
 			}
+			replayedLast[e.Rev] = e.EventID
 			continue
 		}
 		if ev.HasVersion && ev.Version <= version {
@@ -1295,6 +1294,21 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		mark, moved = mark.advance(pos), true
 		res.occurred = append(res.occurred, ev.OccurredAt)
 		wrote = true
+	}
+	for _, rev := range slices.Sorted(maps.Keys(replayedLast)) {
+		last := replayedLast[rev]
+		later := false
+		for _, o := range st.Outbox {
+			if later && o.Rev == rev {
+				// Not published here: probes are not needed.
+				for _, pr := range standing(p.outboxChanges(w.ref, o), o.Rev, st) {
+					if !pr.Probe {
+						res.projections = append(res.projections, pr)
+					}
+				}
+			}
+			later = later || o.EventID == last && o.Rev == rev
+		}
 	}
 	if org != nil && profile != nil && !deleted && timed {
 		if at, ok := org.NextFlip(profile, flipFrom); ok {
