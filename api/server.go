@@ -159,8 +159,8 @@ type Config struct {
 	// at once (503 past it); zero is DefaultMaxAudienceSearches.
 	MaxAudienceSearches int
 	// AudienceTimeout bounds one audience search (503 past it); zero is
-	// DefaultAudienceTimeout. Keep it below the HTTP server's write
-	// timeout, or a long search ends in a connection closed unanswered.
+	// DefaultAudienceTimeout. The search moves its response's write
+	// deadline past it.
 	AudienceTimeout time.Duration
 	// Locks serialise the changes of a static segment's list and its
 	// deletion across instances; nil does not (one instance, in tests).

@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -163,17 +164,18 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 
+	var notReady rateLimitedWarning
 	ready := func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		// /readyz answers anyone: the reasons name no address, the log
-		// has the errors.
+		// has the errors (at most one line each 10 s: probes come often).
 		if err := rdb.Ping(ctx).Err(); err != nil {
-			log.Debug("readiness: redis", "err", err)
+			notReady.warn(log, "redis", err)
 			return errors.New("redis does not answer")
 		}
 		if err := kafkaio.Ping(ctx, cfg.KafkaBrokers); err != nil {
-			log.Debug("readiness: kafka", "err", err)
+			notReady.warn(log, "kafka", err)
 			return errors.New("kafka does not answer")
 		}
 		if !registry.Loaded() {
@@ -344,4 +346,14 @@ func reach(ctx context.Context, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	return check(ctx)
+}
+
+// rateLimitedWarning logs at most one warning each 10 s.
+type rateLimitedWarning struct{ last atomic.Int64 }
+
+func (r *rateLimitedWarning) warn(log *slog.Logger, what string, err error) {
+	now := time.Now().UnixNano()
+	if last := r.last.Load(); now-last >= int64(10*time.Second) && r.last.CompareAndSwap(last, now) {
+		log.Warn("not ready", "dependency", what, "err", err)
+	}
 }
