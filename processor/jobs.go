@@ -498,8 +498,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	cause := backfillCause(cs.Def.ID, cs.Def.Generation)
 	pass := amendPass{org: org, cs: cs, causeOf: func(string) events.Cause { return cause }, known: known, retry: !first}
-	// Backfills of older criteria may have left changes unpublished; the
-	// oldest's go first, as they were written first.
+	// Backfills of older criteria may have left changes unpublished.
 	older := make([]events.Cause, len(unfinished))
 	for i, g := range unfinished {
 		older[i] = backfillCause(cs.Def.ID, g)
@@ -517,13 +516,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		pass.outboxOf = func(user string) bool { return len(timed[user]) > 0 }
 	}
 	if len(older) > 0 || len(timed) > 0 {
-		pass.retry, pass.earlier = len(older) > 0 || pass.retry, func(user string) []events.Cause {
-			flips := timed[user]
-			if len(flips) == 0 {
-				return older
-			}
-			out := slices.Clone(older)
-			for _, at := range slices.Backward(flips) { // the oldest first
+		pass.retry = pass.retry || len(older) > 0
+		// In any order: amendPage publishes what it finds in the order it
+		// was written.
+		pass.earlier = func(user string) []events.Cause {
+			out := slices.Clip(older) // appended to as a copy: pages share older
+			for _, at := range timed[user] {
 				out = append(out, timeCause(cs.Def.ID, at))
 			}
 			return out
@@ -1162,7 +1160,11 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 	var changes []events.Change
 	var projections []membership.Projection
 	for _, v := range views {
+		if len(v.Outbox) == 0 {
+			continue
+		}
 		c := byUser[v.UserID]
+		flips := append([]time.Time{c.At}, c.Earlier...)
 		for _, e := range v.Outbox {
 			if e.CauseType != events.CauseTime || len(e.Changes) != 1 {
 				continue
@@ -1173,7 +1175,7 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			if _, inForce := o.Segments[seg]; !inForce || slices.Contains(o.TimeIDs, seg) {
 				continue
 			}
-			for _, at := range append([]time.Time{c.At}, c.Earlier...) {
+			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
 					changes = append(changes, ch)

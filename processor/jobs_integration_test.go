@@ -517,19 +517,7 @@ func TestTimerRetryPublishesWhatItWrote(t *testing.T) {
 		t.Fatal(err)
 	}
 	fire(r.publisher(t), t0.Add(31*time.Second))
-	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
-	got := map[string]bool{}
-	for _, m := range readOwn(t, r, users) {
-		c, err := events.DecodeChange(m.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !c.Entered || c.SegmentID != seg || c.Cause.Type != events.CauseTime || c.Cause.EventID != wantID {
-			t.Errorf("change %+v, want %s entered with cause %s", c, seg, wantID)
-		}
-		got[c.UserID] = true
-	}
-	if len(got) != users {
+	if got := r.timedEntries(t, users, seg, flip); len(got) != users {
 		t.Fatalf("entered events for %d users, want %d", len(got), users)
 	}
 	if n, err := r.rdb.HLen(ctx, membership.ClaimsKey(r.org)).Result(); err != nil || n != 0 {
@@ -556,21 +544,32 @@ func TestBackfillPublishesFailedTimerRounds(t *testing.T) {
 	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
 		t.Fatal(err)
 	}
-	wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
+	if got := r.timedEntries(t, users, seg, flip); len(got) != users {
+		t.Errorf("entered events for %d users, want %d", len(got), users)
+	}
+}
+
+// timedEntries reads want of the rig's change events and returns the users
+// whose change of seg they hold; each must be an entry caused by the timer
+// of the flip at.
+func (r *rig) timedEntries(t *testing.T, want int, seg string, at time.Time) map[string]bool {
+	t.Helper()
+	wantID := fmt.Sprintf("time:%s:%d", seg, at.UnixMilli())
 	got := map[string]bool{}
-	for _, m := range readOwn(t, r, users) {
+	for _, m := range readOwn(t, r, want) {
 		c, err := events.DecodeChange(m.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !c.Entered || c.SegmentID != seg || c.Cause.EventID != wantID {
-			t.Errorf("change %+v, want %s entered with cause %s", c, seg, wantID)
+		if c.SegmentID != seg {
+			continue
+		}
+		if !c.Entered || c.Cause.Type != events.CauseTime || c.Cause.EventID != wantID {
+			t.Errorf("change %+v, want an entry with cause %s", c, wantID)
 		}
 		got[c.UserID] = true
 	}
-	if len(got) != users {
-		t.Errorf("entered events for %d users, want %d", len(got), users)
-	}
+	return got
 }
 
 // TestTimerRetryPublishesForSegmentsNoLongerTimed fires timers of two
@@ -608,27 +607,12 @@ func TestTimerRetryPublishesForSegmentsNoLongerTimed(t *testing.T) {
 				t.Fatal(err)
 			}
 			r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return t0.Add(31 * time.Second) }, timerInterval: time.Minute}).FireTimers(briefly(t))
-			wantID := fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())
-			got := map[string]bool{}
-			want := 2 * users
+			want, wantUsers := 2*users, users
 			if deleted {
-				want = users
+				want, wantUsers = users, 0
 			}
-			for _, m := range readOwn(t, r, want) {
-				c, err := events.DecodeChange(m.Value)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if c.SegmentID != seg {
-					continue
-				}
-				if deleted || !c.Entered || c.Cause.EventID != wantID {
-					t.Errorf("change %+v, want entered with cause %s (and none if deleted)", c, wantID)
-				}
-				got[c.UserID] = true
-			}
-			if !deleted && len(got) != users {
-				t.Errorf("entered events of the changed segment for %d users, want %d", len(got), users)
+			if got := r.timedEntries(t, want, seg, flip); len(got) != wantUsers {
+				t.Errorf("entered events of the segment for %d users, want %d", len(got), wantUsers)
 			}
 			if n, err := r.rdb.Exists(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || (deleted && n != 0) {
 				t.Errorf("the deleted segment's set: %d, %v; want it gone", n, err)

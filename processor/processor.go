@@ -1256,7 +1256,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				wrote = true
 				continue
 			}
-			next, paths = np, keyedBy(profile, np, w.ref.UserID, ch)
+			next, paths = np, keyedBy(np, w.ref.UserID, ch)
 		}
 		if next != nil {
 			deleted = false
@@ -1377,18 +1377,13 @@ func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time
 	return outbox
 }
 
-// keyedBy makes next's userId the id the user's events are keyed by, as
-// a full profile's is (README, Criteria): a criterion on userId reads the
-// user's own id, whatever a patch said. It returns the changed paths with
-// userId among them exactly when prev's differed.
-func keyedBy(prev, next *segment.Profile, user string, paths []string) []string {
+// keyedBy makes a patched profile's userId the user's own (README,
+// Criteria), whatever the patch said. The profile it was patched from held
+// the user's id already (see segment.DecodeUserProfile), so userId is no
+// changed path.
+func keyedBy(next *segment.Profile, user string, paths []string) []string {
 	next.Set("userId", user)
-	paths = slices.DeleteFunc(paths, func(p string) bool { return p == "userId" })
-	if prev.Get("userId") != user {
-		i, _ := slices.BinarySearch(paths, "userId")
-		paths = slices.Insert(paths, i, "userId")
-	}
-	return paths
+	return slices.DeleteFunc(paths, func(p string) bool { return p == "userId" })
 }
 
 func (p *Processor) outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
