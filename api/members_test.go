@@ -340,12 +340,17 @@ func TestAudienceSearchesAreBounded(t *testing.T) {
 	a.as("POST", "/v1/audience/search", body).mustStatus(t, http.StatusOK)
 }
 
-// slowSearch takes until its ctx ends.
+// slowSearch takes until its ctx ends, or answers an empty page after 10 s
+// so that a search left unbounded fails its test instead of hanging it.
 type slowSearch struct{ AudienceSearcher }
 
 func (slowSearch) Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (processor.AudiencePage, error) {
-	<-ctx.Done()
-	return processor.AudiencePage{}, fmt.Errorf("scan: %w", ctx.Err())
+	select {
+	case <-ctx.Done():
+		return processor.AudiencePage{}, fmt.Errorf("scan: %w", ctx.Err())
+	case <-time.After(10 * time.Second):
+		return processor.AudiencePage{}, nil
+	}
 }
 
 // TestAudienceSearchIsBounded: a search longer than its bound answers a
