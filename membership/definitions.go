@@ -127,10 +127,14 @@ return 1
 `
 
 // casDefinitionScript replaces a definition only while it still holds the
-// JSON it was read as: 1 done, 0 changed meanwhile, -1 gone.
+// JSON it was read as: 1 done, 0 changed meanwhile, -1 gone. A resend after
+// a lost reply finds the JSON it wrote itself (its write identifier is
+// the update's own) and answers 1 as the first run did, instead of sending
+// the caller to apply its change again.
 const casDefinitionScript = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return -1 end
+if cur == ARGV[3] then return 1 end
 if cur ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
@@ -266,9 +270,14 @@ func (s *Definitions) ForgetCreate(ctx context.Context, c *Claim) error {
 }
 
 // swapRecordScript replaces KEYS[1] by ARGV[2] (deletes it when empty),
-// keeping its lifetime, while it holds ARGV[1]: 1 done, 0 not.
+// keeping its lifetime, while it holds ARGV[1]: 1 done, 0 not. A resend
+// after a lost reply finds its own outcome and answers 1 again.
 var swapRecordScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  if cur == ARGV[2] or (ARGV[2] == '' and not cur) then return 1 end
+  return 0
+end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
 return 1
 `)
@@ -631,12 +640,17 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		next.ID, next.OrgID = cur.ID, cur.OrgID
-		enc, err := encodeDefinition(next)
+		enc, err := encodeStored(next, storedWriteID(raw))
 		if err != nil {
 			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		if enc == raw {
 			return unchanged()
+		}
+		// A write of its own, so that a resend of the compare-and-set
+		// can tell its own write from another writer's of the same content.
+		if enc, err = encodeStored(next, newWriteID()); err != nil {
+			return backoff.Permanent(fmt.Errorf("update segment %s/%s: %w", org, id, err))
 		}
 		res, err := s.cas.Run(ctx, s.rdb, []string{DefinitionsKey(org)}, id, raw, enc).Int64()
 		if err != nil {
@@ -944,6 +958,26 @@ type storedDefinition struct {
 	Generation int64     `json:"generation"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Write identifies the update that wrote the definition (none for a
+	// create): casDefinitionScript tells a resend of its own write by it.
+	Write string `json:"write,omitempty"`
+}
+
+// storedWriteID returns the Write of a stored definition, "" when it has
+// none or cannot be read (the update then writes it whole, as changed).
+func storedWriteID(raw string) string {
+	var w struct {
+		Write string `json:"write"`
+	}
+	_ = json.Unmarshal([]byte(raw), &w)
+	return w.Write
+}
+
+// newWriteID returns a random identifier for one update's write.
+func newWriteID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
 }
 
 type storedCriteria struct {
@@ -959,8 +993,13 @@ type storedCriterion struct {
 	Value    json.RawMessage `json:"value,omitempty"`
 }
 
-func encodeDefinition(d segment.Definition) (string, error) {
-	w := storedDefinition{
+// encodeDefinition returns the stored form of d, written by no update.
+func encodeDefinition(d segment.Definition) (string, error) { return encodeStored(d, "") }
+
+// encodeStored is encodeDefinition with the identifier of the update that
+// writes it.
+func encodeStored(d segment.Definition, write string) (string, error) {
+	w := storedDefinition{Write: write,
 		ID: d.ID, OrgID: d.OrgID, Name: d.Name, Description: d.Description, URL: d.URL,
 		Type: string(d.Type), Status: string(d.Status), EstimatedSize: d.EstimatedSize, Scanned: d.BackfillScanned, Started: d.BackfillStarted,
 		Generation: d.Generation, CreatedAt: d.CreatedAt.UTC(), UpdatedAt: d.UpdatedAt.UTC(),

@@ -728,6 +728,20 @@ func TestCreateSentTwice(t *testing.T) {
 		if err != nil || keyed.Replayed || keyed.Claim == nil {
 			t.Fatalf("keyed create: %+v, %v; want a fresh create with its claim", keyed, err)
 		}
+		if err := defs.FinishCreate(ctx, keyed.Claim); err != nil {
+			t.Errorf("finish the keyed create: %v", err)
+		}
+		forgot, err := defs.CreateIdempotent(ctx, testDynamicDef(org, "c"),
+			membership.IdempotentCreate{Key: "k2", Fingerprint: "f2", Pending: true, Lease: time.Hour})
+		if err != nil || forgot.Claim == nil {
+			t.Fatalf("keyed create: %+v, %v; want a fresh create with its claim", forgot, err)
+		}
+		if err := defs.Delete(ctx, org, forgot.Definition.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := defs.ForgetCreate(ctx, forgot.Claim); err != nil {
+			t.Errorf("forget the rolled-back create: %v", err)
+		}
 		all, err := defs.OrgDefinitions(ctx, org)
 		if err != nil {
 			t.Fatal(err)
@@ -738,6 +752,39 @@ func TestCreateSentTwice(t *testing.T) {
 		}
 		if want := []string{d.ID, keyed.Definition.ID}; !slices.Equal(ids, want) && !slices.Equal(ids, []string{want[1], want[0]}) {
 			t.Errorf("segments %v, want %v", ids, want)
+		}
+	})
+}
+
+// TestUpdateSentTwice: an update whose compare-and-set is sent twice (its
+// first reply lost) is applied once: the resend finds its own write, not
+// another writer's, and the update is not made again on top of it.
+func TestUpdateSentTwice(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		defs := membership.NewDefinitions(rdb)
+		d, err := defs.Create(ctx, testDynamicDef(org, "a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb.AddHook(scriptsSentTwice{})
+		calls := 0
+		out, err := defs.Update(ctx, org, d.ID, func(x *segment.Definition) error {
+			calls++
+			x.Generation++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := defs.Get(ctx, org, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if calls != 1 || out.Generation != d.Generation+1 || got.Generation != d.Generation+1 {
+			t.Errorf("update applied %d times: generation %d answered, %d stored; want %d once",
+				calls, out.Generation, got.Generation, d.Generation+1)
 		}
 	})
 }
