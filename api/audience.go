@@ -99,6 +99,12 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	// Checked before a search slot is taken: criteria that cannot be valid
+	// are a 400 however busy the instance is, never a 503 to retry.
+	if _, err := segment.Compile(c); err != nil {
+		s.fail(w, r, unwrapCriteria(err))
+		return
+	}
 	// A search holds the ids it has counted (to count each user once): a
 	// few at a time bound the memory that searches of large organisations
 	// take together.
@@ -123,15 +129,8 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("the search took longer than %s; the organisation's profiles are too many for one search", s.searchFor), nil)
 		return
 	}
-	var ve *segment.ValidationError
-	if errors.As(err, &ve) {
-		// The body has no "criteria" wrapper: name fields as the client wrote them.
-		for i := range ve.Errors {
-			ve.Errors[i].Field = strings.TrimPrefix(ve.Errors[i].Field, "criteria.")
-		}
-	}
 	if err != nil {
-		s.fail(w, r, err)
+		s.fail(w, r, unwrapCriteria(err))
 		return
 	}
 	out := audienceJSON{Count: res.Count, UserIDs: res.UserIDs}
@@ -143,6 +142,18 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		out.NextCursor = &next
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// unwrapCriteria names the fields of a criteria ValidationError in err as
+// a search's body has them, with no "criteria" wrapper.
+func unwrapCriteria(err error) error {
+	var ve *segment.ValidationError
+	if errors.As(err, &ve) {
+		for i := range ve.Errors {
+			ve.Errors[i].Field = strings.TrimPrefix(ve.Errors[i].Field, "criteria.")
+		}
+	}
+	return err
 }
 
 // audienceTag ties a search's cursor to its criteria, so that a cursor

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -143,6 +144,37 @@ func TestIdempotentStaticCreate(t *testing.T) {
 			t.Errorf("a retry of a finished create published %v", changeSigns(got))
 		}
 	})
+}
+
+// failingOnceLocker fails the first lock of a segment's list.
+type failingOnceLocker struct {
+	Locker
+	failed *atomic.Bool
+}
+
+func (f failingOnceLocker) TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	if strings.Contains(name, "seg_") && f.failed.CompareAndSwap(false, true) {
+		return false, errors.New("connection reset")
+	}
+	return f.Locker.TryLock(ctx, name, owner, ttl)
+}
+
+// TestIdempotentStaticCreateLockFailure: a static create with a key whose
+// list cannot be locked answers 503, and the client's retry creates the
+// segment at once (not refused until the lease runs out), leaving no empty
+// segment of the first request behind.
+func TestIdempotentStaticCreateLockFailure(t *testing.T) {
+	var failed atomic.Bool
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{locks: func(l Locker) Locker { return failingOnceLocker{Locker: l, failed: &failed} }})
+	key := http.Header{"Idempotency-Key": {"lock-1"}}
+	body := map[string]any{"name": "s", "type": "static", "userIds": []string{"u1"}}
+	a.doWith("POST", "/v1/segments", a.key, key, body).wantError(t, http.StatusServiceUnavailable, "unavailable")
+	retry := a.doWith("POST", "/v1/segments", a.key, key, body).mustStatus(t, http.StatusCreated)
+	list := a.as("GET", "/v1/segments?type=static", nil).mustStatus(t, http.StatusOK)
+	data, _ := list.body["data"].([]any)
+	if len(data) != 1 || str(data[0].(map[string]any)["id"]) != str(retry.body["id"]) || num(data[0].(map[string]any)["size"]) != 1 {
+		t.Errorf("segments after the retry: %s, want only %s with its list", list.raw, retry.body["id"])
+	}
 }
 
 // TestStaticCreateTakeoverKeepsALaterEdit: a retry takes over a create

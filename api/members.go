@@ -182,16 +182,19 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	_, err = s.defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
-		if d.Status == segment.StatusDeleting {
-			return membership.ErrNotFound
-		}
-		// Every list change moves the generation, so that the same request
-		// made again later is told apart from a retry.
-		d.Generation++
-		d.UpdatedAt = now
-		return nil
-	})
+	// Every list change moves the generation, so that the same request
+	// made again later is told apart from a retry; an edit that changes
+	// nothing (ids already in, or not there to remove) leaves it.
+	if len(changes) > 0 {
+		_, err = s.defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
+			if d.Status == segment.StatusDeleting {
+				return membership.ErrNotFound
+			}
+			d.Generation++
+			d.UpdatedAt = now
+			return nil
+		})
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return

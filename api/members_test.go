@@ -231,6 +231,10 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	if string(served.raw) != string(openAPIDocument) {
 		t.Error("/v1/openapi.json does not serve the embedded document")
 	}
+	// Served to a key's holder: no shared cache may keep it for others.
+	if cc := served.header.Get("Cache-Control"); !strings.HasPrefix(cc, "private") {
+		t.Errorf("Cache-Control %q, want private", cc)
+	}
 }
 
 // TestAudienceSearch checks POST /v1/audience/search over real stored
@@ -351,6 +355,38 @@ func (slowSearch) Search(ctx context.Context, org string, c segment.Criteria, li
 	case <-time.After(10 * time.Second):
 		return processor.AudiencePage{}, nil
 	}
+}
+
+// blockingSearch holds a search of no criteria until release closes.
+type blockingSearch struct {
+	AudienceSearcher
+	started chan struct{}
+	release chan struct{}
+}
+
+func (b blockingSearch) Search(ctx context.Context, org string, c segment.Criteria, limit int, after string) (processor.AudiencePage, error) {
+	if len(c.Include)+len(c.Exclude) == 0 {
+		b.started <- struct{}{}
+		<-b.release
+	}
+	return b.AudienceSearcher.Search(ctx, org, c, limit, after)
+}
+
+// TestAudienceSearchInvalidWhileBusy: criteria that cannot be valid are a
+// 400 even while every search slot is taken, not a 503 to retry.
+func TestAudienceSearchInvalidWhileBusy(t *testing.T) {
+	bs := blockingSearch{started: make(chan struct{}, 1), release: make(chan struct{})}
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxSearches: 1,
+		audience: func(s AudienceSearcher) AudienceSearcher { bs.AudienceSearcher = s; return bs }})
+	busy := make(chan response, 1)
+	go func() { busy <- a.as("POST", "/v1/audience/search", map[string]any{}) }()
+	<-bs.started
+	r := a.as("POST", "/v1/audience/search", `{"include":[{"field":"tier","operator":"bogus","value":1}]}`)
+	close(bs.release)
+	if b := <-busy; b.status != http.StatusOK {
+		t.Errorf("the search holding the slot answered %d: %s", b.status, b.raw)
+	}
+	r.wantError(t, http.StatusBadRequest, "validation_failed", "include[0].operator")
 }
 
 // TestAudienceSearchIsBounded: a search longer than its bound answers a

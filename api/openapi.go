@@ -16,7 +16,7 @@ func OpenAPI() []byte { return append([]byte(nil), openAPIDocument...) }
 
 func (s *Server) openAPI(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Header().Set("Cache-Control", "private, max-age=300")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(openAPIDocument)
 }

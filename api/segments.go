@@ -193,17 +193,25 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		// Only a deletion can hold the new segment's list: it then goes.
 		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
 		if err != nil {
-			// With a key, a retry finishes the create. Without one, the
-			// segment is deleted as a DELETE does (waiting for whoever
-			// holds its list), so that the client's retry leaves no empty
-			// second segment behind; one being deleted already goes anyway.
-			if ic == nil && !errors.Is(err, errNotFound) {
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-				if derr := s.removeSegment(dctx, created, now); derr != nil {
-					s.log.Error("remove a static segment whose list could not be locked; delete it to clean up",
-						"org", org, "segment", created.ID, "err", derr)
+			// A segment this request created is deleted as a DELETE does
+			// (waiting for whoever holds its list), so that the client's
+			// retry leaves no empty second segment behind; one being
+			// deleted already goes anyway. Its key, if any, is released,
+			// so that the retry creates it again at once rather than be
+			// refused until the lease runs out. A create taken over stays
+			// pending: a retry after the lease finishes it.
+			if !replayed {
+				if !errors.Is(err, errNotFound) {
+					dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+					if derr := s.removeSegment(dctx, created, now); derr != nil {
+						s.log.Error("remove a static segment whose list could not be locked; delete it to clean up",
+							"org", org, "segment", created.ID, "err", derr)
+					}
+					cancel()
 				}
-				cancel()
+				if claim != nil {
+					s.forgetCreate(ctx, created, claim)
+				}
 			}
 			s.fail(w, r, err)
 			return
@@ -444,14 +452,19 @@ func (s *Server) rollbackCreate(ctx context.Context, d segment.Definition, claim
 	// the removal did, so that the client's retry creates the segment again
 	// (under a new id) rather than be told it was deleted.
 	if claim != nil {
-		// A context of its own: the removal may have used up the
-		// rollback's, waiting on Kafka.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := s.defs.ForgetCreate(fctx, claim); err != nil {
-			s.log.Error("roll back a static segment: its Idempotency-Key is kept; a retry with it is told the segment was deleted",
-				"org", d.OrgID, "segment", d.ID, "err", err)
-		}
+		s.forgetCreate(ctx, d, claim)
+	}
+}
+
+// forgetCreate releases the Idempotency-Key of a create rolled back, in a
+// context of its own: the removal before it may have used up its caller's,
+// waiting on Kafka.
+func (s *Server) forgetCreate(ctx context.Context, d segment.Definition, claim *membership.Claim) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.defs.ForgetCreate(fctx, claim); err != nil {
+		s.log.Error("roll back a static segment: its Idempotency-Key is kept; a retry with it is told the segment was deleted",
+			"org", d.OrgID, "segment", d.ID, "err", err)
 	}
 }
 
@@ -558,6 +571,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	now := s.now().UTC()
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
+	listMoved := false
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
 		listed, unlock, err := s.lockedStatic(ctx, cur.OrgID, cur.ID)
 		if err != nil {
@@ -565,7 +579,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
-		if _, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
+		if listMoved, err = s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -581,9 +595,10 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			d.Generation++
 			d.Status = segment.StatusBuilding
 			d.BackfillScanned = 0
-		case d.Type == segment.TypeStatic && b.UserIDs != nil:
+		case d.Type == segment.TypeStatic && listMoved:
 			// Every list change moves the generation, so that the same
-			// request made again later is told apart from a retry.
+			// request made again later is told apart from a retry. A list
+			// given as it already was changes nothing.
 			d.Generation++
 		case d.Name == before.Name && d.Description == before.Description && d.URL == before.URL:
 			return membership.ErrUnchanged

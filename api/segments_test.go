@@ -178,6 +178,10 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"x", "x", "bad}"}, "remove": []string{"y", "y", "x"}}).
 			wantError(t, 400, "validation_failed", "add[2]", "remove[2]")
 		a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": []string{"a", "a", "b{"}}).wantError(t, 400, "validation_failed", "userIds[2]")
+		// Ids that encoding/json would repair into others are refused.
+		a.as("POST", "/v1/segments/"+id+"/members", "{\"add\":[\"ok\",\"u\xff1\"]}").wantError(t, 400, "validation_failed", "add[1]")
+		a.as("POST", "/v1/segments/"+id+"/members", `{"remove":["v\ud800"]}`).wantError(t, 400, "validation_failed", "remove[0]")
+		a.as("PUT", "/v1/segments/"+id, `{"userIds":["u1"],"name":"x\udc00y"}`).wantError(t, 400, "validation_failed", "name")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": "u6"}).wantError(t, 400, "validation_failed", "add")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{}).wantError(t, 400, "validation_failed", "add")
 		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u5"}, "extra": 1}).wantError(t, 400, "validation_failed", "extra")

@@ -6,10 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/segmentd/segmentd/segment"
 )
@@ -49,7 +54,65 @@ func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "the request body has data after the JSON object"}
 	}
+	// encoding/json turns invalid UTF-8 and unpaired surrogates into
+	// U+FFFD: refused, not repaired into another string (another user's id).
+	var fe fieldErrors
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		raw := obj[k]
+		if !lossyJSON(raw) {
+			continue
+		}
+		var elems []json.RawMessage
+		if json.Unmarshal(raw, &elems) == nil {
+			if i := slices.IndexFunc(elems, lossyJSON); i >= 0 {
+				f := fmt.Sprintf("%s[%d]", k, i)
+				fe.add(f, f+" "+notUTF8)
+				continue
+			}
+		}
+		fe.add(k, k+" "+notUTF8)
+	}
+	if err := fe.err(); err != nil {
+		return nil, err
+	}
 	return obj, nil
+}
+
+const notUTF8 = "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)"
+
+// lossyJSON reports whether the JSON text raw holds invalid UTF-8 or the
+// \u escape of an unpaired UTF-16 surrogate. raw is valid JSON, so a
+// backslash is always an escape inside a string.
+func lossyJSON(raw json.RawMessage) bool {
+	if !utf8.Valid(raw) {
+		return true
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		if raw[i+1] != 'u' {
+			i++ // the escaped character
+			continue
+		}
+		r := hex4(raw[i+2 : i+6])
+		switch {
+		case utf16.IsSurrogate(r) && r < 0xdc00 && i+12 <= len(raw) && raw[i+6] == '\\' && raw[i+7] == 'u' &&
+			utf16.DecodeRune(r, hex4(raw[i+8:i+12])) != unicode.ReplacementChar:
+			i += 11 // a pair
+		case utf16.IsSurrogate(r):
+			return true
+		default:
+			i += 5
+		}
+	}
+	return false
+}
+
+// hex4 reads the 4 hex digits of a \u escape.
+func hex4(b []byte) rune {
+	n, _ := strconv.ParseUint(string(b), 16, 32)
+	return rune(n)
 }
 
 // jsonProblem describes a decoding error without Go type names.
