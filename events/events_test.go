@@ -73,27 +73,48 @@ func TestDecodeProfileEvent(t *testing.T) {
 				}
 			},
 		},
-		"not json":                     {in: `{"type":`, wantField: ""},
-		"missing org":                  {in: `{"type":"profile.created","userId":"u1","profile":{}}`, wantField: "orgId"},
-		"org with brace":               {in: `{"type":"profile.created","orgId":"a}b","userId":"u1","profile":{}}`, wantField: "orgId"},
-		"missing user":                 {in: `{"type":"profile.created","orgId":"acme","profile":{}}`, wantField: "userId"},
-		"unknown type":                 {in: `{"type":"profile.merged","orgId":"acme","userId":"u1","profile":{}}`, wantField: "type"},
-		"both profile/changes":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"changes":{"a":1}}`, wantField: "profile"},
-		"neither":                      {in: `{"type":"profile.updated","orgId":"acme","userId":"u1"}`, wantField: "profile"},
-		"profile not object":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
-		"negative version":             {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
-		"fractional version":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
-		"huge float version":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e300,"profile":{}}`, wantField: "version"},
-		"bad occurredAt":               {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
-		"bad path":                     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
-		"empty changes":                {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
-		"changes not object":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
-		"not a string eventId":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
-		"invalid UTF-8 userId":         {in: "{\"type\":\"profile.updated\",\"orgId\":\"acme\",\"userId\":\"u\xff\",\"profile\":{}}", wantField: "userId"},
-		"lone surrogate eventId":       {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"e\ud800","profile":{}}`, wantField: "eventId"},
-		"version of a million digits":  {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.` + strings.Repeat("0", 1_000_000) + `,"profile":{}}`, wantField: "version"},
-		"version beyond int64":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e19,"profile":{}}`, wantField: "version"},
-		"not JSON in an unknown field": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":[1,]}`, wantField: ""},
+		"not json":                    {in: `{"type":`, wantField: ""},
+		"missing org":                 {in: `{"type":"profile.created","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"org with brace":              {in: `{"type":"profile.created","orgId":"a}b","userId":"u1","profile":{}}`, wantField: "orgId"},
+		"missing user":                {in: `{"type":"profile.created","orgId":"acme","profile":{}}`, wantField: "userId"},
+		"unknown type":                {in: `{"type":"profile.merged","orgId":"acme","userId":"u1","profile":{}}`, wantField: "type"},
+		"both profile/changes":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"changes":{"a":1}}`, wantField: "profile"},
+		"neither":                     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1"}`, wantField: "profile"},
+		"profile not object":          {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":[1]}`, wantField: "profile"},
+		"negative version":            {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":-1,"profile":{}}`, wantField: "version"},
+		"fractional version":          {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.5,"profile":{}}`, wantField: "version"},
+		"huge float version":          {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e300,"profile":{}}`, wantField: "version"},
+		"bad occurredAt":              {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"yesterday","profile":{}}`, wantField: "occurredAt"},
+		"bad path":                    {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"a..b":1}}`, wantField: "changes"},
+		"empty changes":               {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{}}`, wantField: "changes"},
+		"changes not object":          {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":"points=1"}`, wantField: "changes"},
+		"not a string eventId":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"a":1},"eventId":7}`, wantField: "eventId"},
+		"invalid UTF-8 userId":        {in: "{\"type\":\"profile.updated\",\"orgId\":\"acme\",\"userId\":\"u\xff\",\"profile\":{}}", wantField: "userId"},
+		"lone surrogate eventId":      {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"e\ud800","profile":{}}`, wantField: "eventId"},
+		"version of a million digits": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1.` + strings.Repeat("0", 1_000_000) + `,"profile":{}}`, wantField: "version"},
+		"version beyond int64":        {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","version":1e19,"profile":{}}`, wantField: "version"},
+		"eventId with braces and spaces": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"{3F2504E0-4F89 11D3}","profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.EventID != "{3F2504E0-4F89 11D3}" {
+					t.Fatalf("eventId %q", ev.EventID)
+				}
+			}},
+		"control character in eventId": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","eventId":"e\u0000x","profile":{}}`, wantField: "eventId"},
+		"C1 control in userId":         {in: `{"type":"profile.updated","orgId":"acme","userId":"u\u0085","profile":{}}`, wantField: "userId"},
+		"lower-case t and z in occurredAt": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"2026-11-25t17:00:00.5z","profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if want := time.Date(2026, 11, 25, 17, 0, 0, 5e8, time.UTC); !ev.OccurredAt.Equal(want) {
+					t.Fatalf("occurredAt %v, want %v", ev.OccurredAt, want)
+				}
+			}},
+		"repeated fields, the last valid": {in: `{"type":"profile.updated","orgId":"acme","userId":"u\udc00","userId":"u1","version":"3","version":3,"profile":[1],"profile":{"a":1}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.UserID != "u1" || ev.Version != 3 || ev.Profile["a"] != 1.0 {
+					t.Fatalf("event %+v", ev)
+				}
+			}},
+		"repeated field, the last invalid": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","userId":5,"profile":{}}`, wantField: "userId"},
+		"not JSON in an unknown field":     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":[1,]}`, wantField: ""},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

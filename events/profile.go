@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/segmentd/segmentd/segment"
 )
@@ -117,16 +118,32 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 		}
 		return w, &InvalidError{Reason: "not a JSON object"}
 	}
-	var fieldErr error
+	// Each known field's problem in its last occurrence, in the order the
+	// fields first came: of a repeated field, the last counts, its
+	// validity too.
+	var problems []*InvalidError
+	note := func(field, reason string) {
+		for _, p := range problems {
+			if p.Field == field {
+				p.Reason = reason
+				return
+			}
+		}
+		if reason != "" {
+			problems = append(problems, &InvalidError{field, reason})
+		}
+	}
 	// wrongType notes a field of the wrong type and reads past its value.
 	wrongType := func(field, reason string) error {
-		if fieldErr == nil {
-			fieldErr = &InvalidError{field, reason}
-		}
+		note(field, reason)
 		return r.skip()
 	}
 	err := r.members(func(k string) (err error) {
 		c := r.peek()
+		switch k {
+		case "eventId", "type", "orgId", "userId", "occurredAt", "version", "profile", "changes":
+			note(k, "") // a later occurrence clears an earlier one's problem
+		}
 		switch k {
 		case "eventId", "type", "orgId", "userId", "occurredAt":
 			switch c {
@@ -135,8 +152,8 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 				*w.stringField(k), err = r.str()
 				// Two different ids must not read as one: an id whose bytes
 				// are not valid UTF-8 is refused, not repaired.
-				if err == nil && r.lossy && fieldErr == nil && k != "type" && k != "occurredAt" {
-					fieldErr = &InvalidError{k, "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)"}
+				if err == nil && r.lossy && k != "type" && k != "occurredAt" {
+					note(k, "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)")
 				}
 			case 'n':
 				err = r.literal("null") // leaves the field as it was
@@ -176,7 +193,12 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 	if err := r.end(); err != nil {
 		return w, notJSON(err)
 	}
-	return w, fieldErr
+	for _, p := range problems {
+		if p.Reason != "" {
+			return w, p
+		}
+	}
+	return w, nil
 }
 
 // stringField returns the field of w named k, one of the string fields.
@@ -210,7 +232,7 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 	}
 	ev := ProfileEvent{EventID: w.EventID, Type: w.Type, OrgID: w.OrgID, UserID: w.UserID}
 	if ev.EventID != "" {
-		if err := checkID("eventId", ev.EventID); err != nil {
+		if err := checkEventID(ev.EventID); err != nil {
 			return ProfileEvent{}, err
 		}
 	}
@@ -251,7 +273,7 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		ev.Version, ev.HasVersion = i, true
 	}
 	if w.OccurredAt != "" {
-		t, err := time.Parse(time.RFC3339Nano, w.OccurredAt)
+		t, err := parseOccurredAt(w.OccurredAt)
 		if err != nil {
 			return ProfileEvent{}, &InvalidError{"occurredAt", "must be an RFC 3339 time"}
 		}
@@ -280,6 +302,29 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		}
 	}
 	return ev, nil
+}
+
+// checkEventID returns why s cannot be an eventId: at most MaxIDLength
+// bytes without control characters (its bytes are joined with NUL between
+// fields to make change events' ids). Valid UTF-8 is checked as it is
+// read. Braces and spaces are fine: no Redis key is built from it.
+func checkEventID(s string) error {
+	if len(s) > MaxIDLength {
+		return &InvalidError{"eventId", fmt.Sprintf("must be at most %d bytes", MaxIDLength)}
+	}
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		return &InvalidError{"eventId", "must not contain control characters"}
+	}
+	return nil
+}
+
+// parseOccurredAt parses an RFC 3339 time, whose T and Z RFC 3339
+// (section 5.6) lets be lower case, as time.Parse does not.
+func parseOccurredAt(s string) (time.Time, error) {
+	if len(s) > 10 && (s[10] == 't' || s[len(s)-1] == 'z') {
+		s = strings.ToUpper(s)
+	}
+	return time.Parse(time.RFC3339Nano, s)
 }
 
 func checkID(field, s string) error {
