@@ -11,11 +11,12 @@ build:
 	$(GO) build -o bin/segmentctl ./cmd/segmentctl
 
 ## run: segmentd on the embedded default (in-process Kafka and Redis).
-## Built, then exec'd: Ctrl-C reaches segmentd alone, which exits 0 (go run
-## would report its own exit status 1 for the interrupt).
+## Built with segmentctl (one build: they share their dependencies), then
+## exec'd: Ctrl-C reaches segmentd alone, which exits 0 (go run would report
+## its own exit status 1 for the interrupt).
 run:
-	@echo "building segmentd (a first build compiles its dependencies: ~40 s on 2 cores; later ones take a second)"
-	$(GO) build -o bin/segmentd ./cmd/segmentd && exec bin/segmentd
+	@echo "building segmentd and segmentctl (a first build compiles their dependencies: ~40 s on 2 cores; later ones take a second)"
+	$(GO) build -o bin/ ./cmd/segmentd ./cmd/segmentctl && exec bin/segmentd
 
 ## test: unit and integration tests with -race against real Kafka 4.x and Redis,
 ## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards.

@@ -20,7 +20,7 @@ import (
 // of events moves points across 1,000 and tier across gold/bronze, which
 // flips membership of segments such as "points >= 1000".
 func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := newFlags("loadgen", "", "Produces synthetic profile events: a full profile first for each user, then mostly patches.")
+	fs := newFlags("loadgen", "", "Produces synthetic profile events: a full profile first for each user, then mostly patches.", stdout)
 	rate := fs.Int("rate", 1000, "events per second (0: as fast as possible)")
 	total := fs.Int("n", 10000, "events to produce (0: until interrupted)")
 	users := fs.Int("users", 1000, "users per organisation")
@@ -69,15 +69,20 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	}
 	sent := 0
 	msgs := make([]kafka.Message, 0, batch)
+	// An interrupt ends the run; what it sent is still reported.
+	interrupted := ""
+gen:
 	for *total == 0 || sent < *total {
 		if tick != nil && sent > 0 {
 			select {
 			case <-ctx.Done():
-				return nil
+				interrupted = ", interrupted"
+				break gen
 			case <-tick:
 			}
 		} else if ctx.Err() != nil {
-			return nil
+			interrupted = ", interrupted"
+			break gen
 		}
 		n := batch
 		if *total > 0 {
@@ -95,13 +100,14 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 		}
 		if err := w.WriteMessages(ctx, msgs...); err != nil {
 			if ctx.Err() != nil {
-				return nil
+				interrupted = fmt.Sprintf(", interrupted (a batch of %d in flight, maybe sent)", n)
+				break gen
 			}
 			return fmt.Errorf("loadgen: %w", err)
 		}
 		sent += n
 	}
 	el := time.Since(start)
-	fmt.Fprintf(stdout, "produced %d events in %s (%.0f events/s)\n", sent, el.Round(time.Millisecond), float64(sent)/el.Seconds())
+	fmt.Fprintf(stdout, "produced %d events in %s (%.0f events/s)%s\n", sent, el.Round(time.Millisecond), float64(sent)/el.Seconds(), interrupted)
 	return nil
 }

@@ -36,15 +36,30 @@ func main() {
 		fmt.Fprintln(os.Stderr, "segmentctl:", err)
 		// Not every client wraps the dial error; its text is what is sure.
 		if errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "connection refused") {
-			fmt.Fprintln(os.Stderr, refusedHint)
+			fmt.Fprintln(os.Stderr, refusedHint(os.Getenv))
 		}
 		os.Exit(2)
 	}
 }
 
-const refusedHint = `segmentctl: nothing answers there: with no SEGMENTD_KAFKA_BROKERS and SEGMENTD_REDIS_ADDRS set,
+// refusedHint explains a refused connection by where segmentctl looked.
+func refusedHint(getenv func(string) string) string {
+	kafkaAt, redisAt := getenv("SEGMENTD_KAFKA_BROKERS"), getenv("SEGMENTD_REDIS_ADDRS")
+	if kafkaAt == "" && redisAt == "" {
+		return `segmentctl: nothing answers there: with no SEGMENTD_KAFKA_BROKERS and SEGMENTD_REDIS_ADDRS set,
 segmentctl talks to the embedded Kafka (` + embedded.KafkaAddr + `) and Redis (` + embedded.RedisAddr + `) of a running ` + "`make run`" + `;
-set both to reach other servers.`
+set both to reach other servers (a segmentd started with SEGMENTD_EMBEDDED_EPHEMERAL=true prints its own).`
+	}
+	where := func(v, name, fallback string) string {
+		if v == "" {
+			return fallback + " (" + name + " is not set: the embedded segmentd's)"
+		}
+		return v + " (" + name + ")"
+	}
+	return "segmentctl: nothing answers there: segmentctl looked for Kafka at " +
+		where(kafkaAt, "SEGMENTD_KAFKA_BROKERS", embedded.KafkaAddr) + " and Redis at " +
+		where(redisAt, "SEGMENTD_REDIS_ADDRS", embedded.RedisAddr) + "."
+}
 
 // exitCode ends the program with a code and no message (verify's exit 1).
 type exitCode int
@@ -69,12 +84,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	switch args[0] {
 	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, usage)
-		return nil
+		if len(args) == 1 || args[0] != "help" {
+			fmt.Fprintln(stdout, usage)
+			return nil
+		}
+		args = []string{args[1], "-h"} // help <command>: its flags
 	}
 	env, err := loadEnv(getenv)
 	if err != nil {
-		if !slices.ContainsFunc(args[1:], func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+		if !slices.ContainsFunc(args[1:], isHelpFlag) {
 			return err
 		}
 		// Help does not depend on the environment: it shows the defaults.
@@ -97,15 +115,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 }
 
-// newFlags returns a subcommand's flag set, whose -h says what the
-// subcommand does and how it is called.
-func newFlags(name, synopsis, about string) *flag.FlagSet {
+// cmdFlags is a subcommand's flag set, with where its help goes when asked
+// for (a flag's error goes to stderr, with the usage).
+type cmdFlags struct {
+	*flag.FlagSet
+	help io.Writer
+}
+
+// newFlags returns a subcommand's flag set, whose -h says on help what
+// the subcommand does and how it is called.
+func newFlags(name, synopsis, about string, help io.Writer) cmdFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: segmentctl %s [flags]%s\n\n%s\n\nflags:\n", name, synopsis, about)
 		fs.PrintDefaults()
 	}
-	return fs
+	return cmdFlags{fs, help}
 }
 
 // flagError is a subcommand's flag that could not be parsed; its flag set
@@ -118,10 +143,13 @@ func (e flagError) Unwrap() error { return e.err }
 // parseArgs parses a subcommand's arguments, taking its flags before and
 // after the others (`produce events.jsonl -topic t`, as people type them;
 // after "--" everything is an argument), and returns the other arguments.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+func parseArgs(fs cmdFlags, args []string) ([]string, error) {
 	var rest []string
 	if i := slices.Index(args, "--"); i >= 0 {
 		args, rest = args[:i], args[i+1:]
+	}
+	if slices.ContainsFunc(args, isHelpFlag) {
+		fs.SetOutput(fs.help) // asked for: the help is the command's output
 	}
 	var pos []string
 	for {
@@ -138,6 +166,9 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		args = fs.Args()[1:]
 	}
 }
+
+// isHelpFlag reports whether a is one of the flags that ask for help.
+func isHelpFlag(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "--h" }
 
 // env is what segmentctl needs of segmentd's configuration.
 type env struct {

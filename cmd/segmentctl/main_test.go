@@ -76,7 +76,8 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	// A mistyped organisation is not a pass.
 	out.Reset()
 	var typo exitCode
-	if err := run(ctx, []string{"verify", "-org", org + "-typo"}, env, nil, &out); !errors.As(err, &typo) || typo != 1 || !strings.Contains(out.String(), "has no segments") {
+	if err := run(ctx, []string{"verify", "-org", org + "-typo"}, env, nil, &out); !errors.As(err, &typo) || typo != 1 || !strings.Contains(out.String(), "has no segments") ||
+		strings.Contains(out.String(), "no differences") {
 		t.Errorf("verify of an unknown organisation = %v, said %q; want exit 1 naming it", err, out.String())
 	}
 
@@ -130,7 +131,7 @@ func TestProduceThenTail(t *testing.T) {
 	// a line that is not JSON, or has no userId, goes, counted.
 	huge := `{"eventId":"e3","type":"profile.created","orgId":"acme","userId":"u3","profile":{"note":"` + strings.Repeat("x", 1<<20) + `"}}`
 	out.Reset()
-	err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader("not json\n"+huge+"\n"+lines+"\n[1,2]"), &out)
+	err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader("not json\n"+huge+"\n \t\n"+lines+"\n[1,2]"), &out)
 	if err == nil || !strings.Contains(err.Error(), "line 2 (") || !strings.Contains(out.String(), "produced 4 events") ||
 		!strings.Contains(out.String(), "2 of them not JSON objects with a userId") {
 		t.Fatalf("produce with a huge line = %v, said %q", err, out.String())
@@ -146,6 +147,44 @@ func TestProduceThenTail(t *testing.T) {
 		if !strings.Contains(out.String(), id) {
 			t.Errorf("tail output lacks %s:\n%s", id, out.String())
 		}
+	}
+}
+
+// TestProduceSendsWhenInputPauses: lines typed by hand or piped from a
+// live source go out when the input pauses, not when it ends; an interrupt
+// ends produce with what it sent.
+func TestProduceSendsWhenInputPauses(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	pctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	produced := make(chan error, 1)
+	go func() { produced <- run(pctx, []string{"produce", "-topic", topic}, env, pr, io.Discard) }()
+	if _, err := io.WriteString(pw, `{"eventId":"e1","type":"profile.created","orgId":"acme","userId":"u1","profile":{}}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The input stays open: tail sees the line only if produce sent it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "1"}, env, nil, &out); err != nil {
+		t.Fatalf("tail while the input is open: %v (produce has not sent the line)", err)
+	}
+	if !strings.Contains(out.String(), `"eventId":"e1"`) {
+		t.Errorf("tail output: %s", out.String())
+	}
+	interrupt()
+	select {
+	case err := <-produced:
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "interrupted after 1 event sent") {
+			t.Errorf("interrupted produce = %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("produce did not end when interrupted")
 	}
 }
 
@@ -254,15 +293,48 @@ func TestUserIDOf(t *testing.T) {
 // whatever the variables hold; only a command that runs needs them right.
 func TestHelpIgnoresEnvironment(t *testing.T) {
 	env := envMap(map[string]string{"SEGMENTD_BATCH_SIZE": "0"})
-	for _, args := range [][]string{{"help"}, {"tail", "-h"}, {"produce", "-help"}} {
+	for args, want := range map[*[]string]string{
+		{"help"}:             "usage: segmentctl <command>",
+		{"tail", "-h"}:       "usage: segmentctl tail",
+		{"produce", "-help"}: "usage: segmentctl produce",
+		{"help", "verify"}:   "usage: segmentctl verify",
+	} {
 		var out bytes.Buffer
-		if err := run(context.Background(), args, env, strings.NewReader(""), &out); err != nil && !errors.Is(err, flag.ErrHelp) {
-			t.Errorf("segmentctl %v = %v, want its help", args, err)
+		if err := run(context.Background(), *args, env, strings.NewReader(""), &out); err != nil && !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("segmentctl %v = %v, want its help", *args, err)
+		}
+		// Asked for, help is the output (segmentctl tail -h | less).
+		if !strings.HasPrefix(out.String(), want) {
+			t.Errorf("segmentctl %v printed %q, want %q first", *args, out.String(), want)
 		}
 	}
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"tail", "-n", "1"}, env, nil, &out); err == nil || !strings.Contains(err.Error(), "SEGMENTD_BATCH_SIZE") {
 		t.Errorf("tail with a bad variable = %v, want an error naming it", err)
+	}
+}
+
+// TestRefusedHint: the hint after a refused connection names where
+// segmentctl looked, the variables set or the embedded segmentd's ports.
+func TestRefusedHint(t *testing.T) {
+	for name, tt := range map[string]struct {
+		env  map[string]string
+		want []string
+	}{
+		"none set": {nil, []string{"with no SEGMENTD_KAFKA_BROKERS and SEGMENTD_REDIS_ADDRS set", "SEGMENTD_EMBEDDED_EPHEMERAL"}},
+		"both set": {map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:8"},
+			[]string{"Kafka at 127.0.0.1:9 (SEGMENTD_KAFKA_BROKERS)", "Redis at 127.0.0.1:8 (SEGMENTD_REDIS_ADDRS)"}},
+		"Kafka set": {map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9"},
+			[]string{"Kafka at 127.0.0.1:9", "SEGMENTD_REDIS_ADDRS is not set"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := refusedHint(envMap(tt.env))
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("hint %q lacks %q", got, w)
+				}
+			}
+		})
 	}
 }
 
@@ -282,7 +354,7 @@ func TestParseArgs(t *testing.T) {
 		"nothing at all": {nil, "d", nil},
 	} {
 		t.Run(name, func(t *testing.T) {
-			fs := newFlags("x", "", "")
+			fs := newFlags("x", "", "", io.Discard)
 			fs.SetOutput(io.Discard)
 			topic := fs.String("topic", "d", "")
 			rest, err := parseArgs(fs, tt.args)
@@ -291,7 +363,7 @@ func TestParseArgs(t *testing.T) {
 			}
 		})
 	}
-	fs := newFlags("x", "", "")
+	fs := newFlags("x", "", "", io.Discard)
 	fs.SetOutput(io.Discard)
 	if _, err := parseArgs(fs, []string{"a", "-nosuch"}); !errors.As(err, new(flagError)) {
 		t.Errorf("an unknown flag: %v, want a flagError", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,7 +26,7 @@ const maxRecordBytes = 1_000_000 - 4096
 // large for a Kafka record is not sent: it is named, the rest go on, and
 // the command fails at the end.
 func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout io.Writer) error {
-	fs := newFlags("produce", " [FILE]", "Sends JSON lines (FILE, or stdin) to the profile topic, keyed by userId.")
+	fs := newFlags("produce", " [FILE]", "Sends JSON lines (FILE, or stdin) to the profile topic, keyed by userId.", stdout)
 	file := fs.String("f", "-", "file of JSON lines, - for stdin (or give the file as the argument)")
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
 	args, err := parseArgs(fs, args)
@@ -49,12 +50,10 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	}
 	w := kafkaio.NewWriter(e.brokers)
 	defer w.Close()
-	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	var batch []kafka.Message
 	n, unkeyed, lineNo := 0, 0, 0
 	var tooLarge []string
-	flush := func() error {
+	flush := func(ctx context.Context) error {
 		if len(batch) == 0 {
 			return nil
 		}
@@ -65,36 +64,65 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		batch = batch[:0]
 		return nil
 	}
-	for sc.Scan() {
-		lineNo++
-		line := sc.Bytes()
-		if len(line) == 0 {
-			continue
-		}
-		if len(line) > maxRecordBytes {
-			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
-			continue
-		}
-		key := userIDOf(line)
-		if key == "" {
-			unkeyed++ // segmentd dead-letters it
-		}
-		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: append([]byte(nil), line...), Time: time.Now()})
-		if len(batch) == 1000 {
-			if err := flush(); err != nil {
+	lines, readErr, stop := readLines(in)
+	defer stop()
+	// Lines typed by hand, or piped from a live source, go out when the
+	// input pauses, not only when 1,000 have come or the input ends.
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+read:
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				if err := <-readErr; err != nil {
+					// What was read before goes out; the rest is not read.
+					if ferr := flush(ctx); ferr != nil {
+						return ferr
+					}
+					return fmt.Errorf("read input after line %d (%d events sent): %w", lineNo, n, err)
+				}
+				if err := flush(ctx); err != nil {
+					return err
+				}
+				break read
+			}
+			lineNo++
+			if len(bytes.TrimSpace(line)) == 0 {
+				continue
+			}
+			if len(line) > maxRecordBytes {
+				tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
+				continue
+			}
+			key := userIDOf(line)
+			if key == "" {
+				unkeyed++ // segmentd dead-letters it
+			}
+			batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: line, Time: time.Now()})
+			switch len(batch) {
+			case 1000:
+				if err := flush(ctx); err != nil {
+					return err
+				}
+			case 1:
+				idle.Reset(produceIdle)
+			}
+		case <-idle.C:
+			if err := flush(ctx); err != nil {
 				return err
 			}
+		case <-ctx.Done():
+			// Interrupted: what was read goes out, in a time of its own.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			err := flush(fctx)
+			cancel()
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("produce: interrupted after %s sent: %w", plural(n, "event"), ctx.Err())
 		}
-	}
-	if err := sc.Err(); err != nil {
-		// What was read before goes out; the rest is not read.
-		if ferr := flush(); ferr != nil {
-			return ferr
-		}
-		return fmt.Errorf("read input after line %d (%d events sent): %w", lineNo, n, err)
-	}
-	if err := flush(); err != nil {
-		return err
 	}
 	fmt.Fprintf(stdout, "produced %s to %s\n", plural(n, "event"), *topic)
 	if unkeyed > 0 {
@@ -105,6 +133,33 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			len(tooLarge), maxRecordBytes, strings.Join(tooLarge, ", "))
 	}
 	return nil
+}
+
+// produceIdle is how long produce waits for more input before it sends
+// the lines it holds.
+const produceIdle = 50 * time.Millisecond
+
+// readLines reads in's lines, each a copy, on a goroutine of its own: the
+// channel closes at the end of the input, and readErr then holds the read
+// error or nil. stop ends the goroutine once its current read returns (a
+// read from a terminal cannot be interrupted).
+func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop func()) {
+	out, errc, done := make(chan []byte, 64), make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(out)
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			select {
+			case out <- bytes.Clone(sc.Bytes()):
+			case <-done:
+				errc <- nil
+				return
+			}
+		}
+		errc <- sc.Err()
+	}()
+	return out, errc, func() { close(done) }
 }
 
 // userIDOf returns the line's userId, the key of its record: "" when the

@@ -18,7 +18,7 @@ import (
 // as an object with its headers, key and value, which shows the reason
 // of each dead letter.
 func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := newFlags("tail", "", "Prints the membership-change events (or another topic's records) as JSON lines.")
+	fs := newFlags("tail", "", "Prints the membership-change events (or another topic's records) as JSON lines.", stdout)
 	topic := fs.String("topic", e.membershipTopic, "topic to read")
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")

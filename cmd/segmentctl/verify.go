@@ -14,7 +14,7 @@ import (
 // verify recomputes every ready dynamic segment from the stored profiles and
 // prints each difference with Redis; any difference exits 1.
 func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
-	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference. It also adds to each organisation's\nindex of users any stored user missing from it, and then exits 1 too.")
+	fs := newFlags("verify", "", "Recomputes every ready dynamic segment from the stored profiles and prints each difference\nwith the member sets in Redis; exits 1 on any difference. It also adds to each organisation's\nindex of users any stored user missing from it, and then exits 1 too.", stdout)
 	org := fs.String("org", "", "verify only this organisation")
 	args, err := parseArgs(fs, args)
 	if err != nil {
@@ -49,18 +49,19 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "no membership differences (%s)\n", summary)
 		return exitCode(1)
 	}
-	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
 	if *org != "" && checked.Orgs == 0 {
 		orgs, err := defs.Orgs(ctx)
 		if err != nil {
 			return err
 		}
 		if !slices.Contains(orgs, *org) {
-			// Most often a mistyped id: not a pass.
+			// Most often a mistyped id: not a pass, and not said to be one.
 			fmt.Fprintf(stdout, "organisation %q has no segments: nothing was checked (is the id right?)\n", *org)
 			return exitCode(1)
 		}
-		fmt.Fprintf(stdout, "organisation %q has no ready dynamic segment\n", *org)
+		fmt.Fprintf(stdout, "no differences (%s)\norganisation %q has no ready dynamic segment\n", summary, *org)
+		return nil
 	}
+	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,12 +66,18 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(processor.GCPercent)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// A warning repeated with the same error (every job retrying through an
+	// outage) is logged once each 10 s, with how many were held back.
+	log := slog.New(newRepeatLimiter(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second))
 
 	if cfg.Embedded() {
 		// Each of Kafka and Redis is embedded when it is not configured.
 		srv, err := embedded.Start(embedded.Options{Kafka: len(cfg.KafkaBrokers) == 0, Redis: len(cfg.RedisAddrs) == 0,
 			Ephemeral: cfg.EmbeddedEphemeral})
+		if errors.Is(err, syscall.EADDRINUSE) && !cfg.EmbeddedEphemeral {
+			return &config.Error{Var: "SEGMENTD_EMBEDDED_EPHEMERAL", Value: getenv("SEGMENTD_EMBEDDED_EPHEMERAL"),
+				Reason: err.Error() + " (another segmentd running? set it to true for free ports, which this segmentd prints for segmentctl)"}
+		}
 		if err != nil {
 			return err
 		}
@@ -102,6 +109,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		if len(cfg.RedisAddrs) == 0 {
 			cfg.RedisAddrs = []string{srv.RedisAddr()}
 			fmt.Printf("  embedded Redis: %s\n", cfg.RedisAddrs[0])
+		}
+		if cfg.EmbeddedEphemeral {
+			// Not the ports segmentctl looks at by default: say how to reach them.
+			fmt.Printf("  for segmentctl: export SEGMENTD_KAFKA_BROKERS=%s SEGMENTD_REDIS_ADDRS=%s\n",
+				strings.Join(cfg.KafkaBrokers, ","), strings.Join(cfg.RedisAddrs, ","))
 		}
 	}
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/segmentd/segmentd/config"
+	"github.com/segmentd/segmentd/embedded"
 )
 
 // TestArguments checks that -h lists every variable segmentd reads and that
@@ -42,6 +43,28 @@ func TestAddressInUse(t *testing.T) {
 	var ce *config.Error
 	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_HTTP_ADDR" {
 		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_HTTP_ADDR", err)
+	}
+}
+
+// TestEmbeddedPortsInUse: an embedded server's fixed port held by another
+// process (a second make run) stops start-up with a configuration error
+// that points to SEGMENTD_EMBEDDED_EPHEMERAL.
+func TestEmbeddedPortsInUse(t *testing.T) {
+	// Held by this test, or already by something else: held either way.
+	if held, err := net.Listen("tcp", embedded.RedisAddr); err == nil {
+		defer held.Close()
+	}
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	env := map[string]string{"SEGMENTD_HTTP_ADDR": addr}
+	err = run(context.Background(), nil, func(k string) string { return env[k] })
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_EMBEDDED_EPHEMERAL" || !strings.Contains(ce.Reason, "another segmentd") {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_EMBEDDED_EPHEMERAL", err)
 	}
 }
 

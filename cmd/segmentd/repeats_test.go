@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRepeatLimiter: a warning repeated with the same error passes once a
+// window, the next saying how many were held back; other warnings, other
+// errors and other levels pass.
+func TestRepeatLimiter(t *testing.T) {
+	var buf bytes.Buffer
+	h := newRepeatLimiter(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second)
+	log := slog.New(h).With("component", "jobs")
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	emit := func(at time.Duration, level slog.Level, msg string, err error) {
+		r := slog.NewRecord(t0.Add(at), level, msg, 0)
+		r.AddAttrs(slog.Any("err", err))
+		if err := log.Handler().Handle(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	down, other := errors.New("connection refused"), errors.New("WRONGTYPE")
+	emit(0, slog.LevelWarn, "fire timers", down)
+	emit(2*time.Second, slog.LevelWarn, "fire timers", down)   // held
+	emit(4*time.Second, slog.LevelWarn, "fire timers", down)   // held
+	emit(5*time.Second, slog.LevelWarn, "fire timers", other)  // another error
+	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)     // another warning
+	emit(7*time.Second, slog.LevelInfo, "fire timers", down)   // not a warning
+	emit(11*time.Second, slog.LevelWarn, "fire timers", down)  // a window later
+	emit(12*time.Second, slog.LevelError, "fire timers", down) // held: errors too
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []string{
+		`level=WARN msg="fire timers" component=jobs err="connection refused"`,
+		`level=WARN msg="fire timers" component=jobs err=WRONGTYPE`,
+		`level=WARN msg=heartbeat component=jobs err="connection refused"`,
+		`level=INFO msg="fire timers" component=jobs err="connection refused"`,
+		`level=WARN msg="fire timers" component=jobs err="connection refused" repeated=2`,
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("logged %d lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, w := range want {
+		if !strings.HasSuffix(lines[i], w) {
+			t.Errorf("line %d = %q, want it to end %q", i, lines[i], w)
+		}
+	}
+}
