@@ -148,17 +148,40 @@ func TestDockerCompose(t *testing.T) {
 			t.Errorf("segmentd environment sets %s, which config does not read", k)
 		}
 	}
+	// As docker compose expands them with nothing set in the shell:
+	// ${NAME:-default} is its default.
 	env := map[string]string{}
 	for k, v := range sd.Environment {
-		env[k] = os.Expand(v, func(string) string { return "" })
+		env[k] = os.Expand(v, func(ref string) string {
+			_, def, _ := strings.Cut(ref, ":-")
+			return def
+		})
 	}
-	env["SEGMENTD_API_KEYS"] = "acme:sk_acme_change_me_0000"
 	c, err := Load(envOf(env))
 	if err != nil {
 		t.Fatalf("compose environment does not load: %v", err)
 	}
 	if c.KafkaBrokers[0] != "kafka:9092" || c.RedisAddrs[0] != "redis:6379" {
 		t.Errorf("segmentd is not wired to the compose services: %v %v", c.KafkaBrokers, c.RedisAddrs)
+	}
+	// The broker must advertise the address segmentd dials, or every
+	// client is sent to an address it cannot reach.
+	if adv := doc.Services["kafka"].Environment["KAFKA_ADVERTISED_LISTENERS"]; !strings.Contains(adv, "://"+c.KafkaBrokers[0]) {
+		t.Errorf("kafka advertises %q, not %s", adv, c.KafkaBrokers[0])
+	}
+	// The image builds with the Go that go.mod asks for.
+	gomod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockerfile, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if v, ok := strings.CutPrefix(line, "go "); ok && !strings.Contains(string(dockerfile), "FROM golang:"+strings.TrimSpace(v)+" ") {
+			t.Errorf("Dockerfile does not build FROM golang:%s, the go of go.mod", strings.TrimSpace(v))
+		}
 	}
 	for _, dep := range []string{"kafka", "redis"} {
 		if _, ok := sd.DependsOn[dep]; !ok {
