@@ -118,9 +118,9 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 		}
 		return w, &InvalidError{Reason: "not a JSON object"}
 	}
-	// Each known field's problem in its last occurrence, in the order the
-	// fields first came: of a repeated field, the last counts, its
-	// validity too.
+	// Each known field's problem in its last occurrence (reported in the
+	// order the problems were first met): of a repeated field, the last
+	// counts, its validity too.
 	var problems []*InvalidError
 	note := func(field, reason string) {
 		for _, p := range problems {
@@ -156,7 +156,9 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 					note(k, "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)")
 				}
 			case 'n':
-				err = r.literal("null") // leaves the field as it was
+				// Absent, as if not given: not the value, maybe repaired,
+				// of an earlier occurrence.
+				*w.stringField(k), err = "", r.literal("null")
 			default:
 				err = wrongType(k, "must be a string")
 			}

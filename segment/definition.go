@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 )
 
@@ -244,8 +243,8 @@ func (v *validator) userIDs(ids []string) { v.userIDsAt("userIds", ids) }
 const MaxUserIDLength = 256
 
 // CheckUserID returns why s cannot be a user id, or "": a user id is
-// valid UTF-8 of 1 to MaxUserIDLength bytes with no control characters (C0,
-// DEL or C1) and no braces (Redis hash tags are built from it). Profile events and static
+// valid UTF-8 of 1 to MaxUserIDLength bytes with no ASCII control characters
+// (U+0000-U+001F, U+007F) and no braces (Redis hash tags are built from it). Profile events and static
 // lists take the same ids.
 func CheckUserID(s string) string {
 	if strings.TrimSpace(s) == "" {
@@ -255,7 +254,7 @@ func CheckUserID(s string) string {
 		return fmt.Sprintf("must be valid UTF-8 of at most %d bytes", MaxUserIDLength)
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) || r == '{' || r == '}' {
+		if r < 0x20 || r == 0x7f || r == '{' || r == '}' {
 			return "must not contain control characters or braces"
 		}
 	}
