@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// repeatLimiter is a slog.Handler that passes a warning (or worse) at most
-// once each window for each message and error text, and tells in the next
-// it passes how many it held back: an outage makes every job retry, and
-// each retry's warning would say the same thing again every second or two.
-// Other levels pass as they come.
+// repeatLimiter is a slog.Handler that passes a warning at most once each
+// window for each message and attributes (the error's text among them), and
+// tells in the next it passes how many it held back: an outage makes every
+// job retry, and each retry's warning would say the same thing again every
+// second or two. Other levels, errors among them, pass as they come; a
+// warning about another segment or organisation is another warning.
 type repeatLimiter struct {
 	slog.Handler
 	window time.Duration
@@ -36,14 +37,12 @@ func newRepeatLimiter(h slog.Handler, window time.Duration) repeatLimiter {
 }
 
 func (h repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level < slog.LevelWarn {
+	if r.Level != slog.LevelWarn {
 		return h.Handler.Handle(ctx, r)
 	}
 	key := r.Message
 	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "err" {
-			key += "\x00" + a.Value.String()
-		}
+		key += "\x00" + a.String()
 		return true
 	})
 	s := h.state

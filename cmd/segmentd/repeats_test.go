@@ -10,36 +10,40 @@ import (
 	"time"
 )
 
-// TestRepeatLimiter: a warning repeated with the same error passes once a
-// window, the next saying how many were held back; other warnings, other
-// errors and other levels pass.
+// TestRepeatLimiter: a warning repeated with the same error and attributes
+// passes once a window, the next saying how many were held back; other
+// warnings, errors, attributes and levels pass.
 func TestRepeatLimiter(t *testing.T) {
 	var buf bytes.Buffer
 	h := newRepeatLimiter(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second)
 	log := slog.New(h).With("component", "jobs")
 	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
-	emit := func(at time.Duration, level slog.Level, msg string, err error) {
+	emit := func(at time.Duration, level slog.Level, msg string, err error, more ...any) {
 		r := slog.NewRecord(t0.Add(at), level, msg, 0)
 		r.AddAttrs(slog.Any("err", err))
+		r.Add(more...)
 		if err := log.Handler().Handle(context.Background(), r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	down, other := errors.New("connection refused"), errors.New("WRONGTYPE")
 	emit(0, slog.LevelWarn, "fire timers", down)
-	emit(2*time.Second, slog.LevelWarn, "fire timers", down)   // held
-	emit(4*time.Second, slog.LevelWarn, "fire timers", down)   // held
-	emit(5*time.Second, slog.LevelWarn, "fire timers", other)  // another error
-	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)     // another warning
-	emit(7*time.Second, slog.LevelInfo, "fire timers", down)   // not a warning
-	emit(11*time.Second, slog.LevelWarn, "fire timers", down)  // a window later
-	emit(12*time.Second, slog.LevelError, "fire timers", down) // held: errors too
+	emit(2*time.Second, slog.LevelWarn, "fire timers", down)             // held
+	emit(4*time.Second, slog.LevelWarn, "fire timers", down)             // held
+	emit(5*time.Second, slog.LevelWarn, "fire timers", other)            // another error
+	emit(5*time.Second, slog.LevelWarn, "fire timers", down, "org", "b") // another organisation
+	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)               // another warning
+	emit(7*time.Second, slog.LevelInfo, "fire timers", down)             // not a warning
+	emit(8*time.Second, slog.LevelError, "fire timers", down)            // an error: never held
+	emit(11*time.Second, slog.LevelWarn, "fire timers", down)            // a window later
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	want := []string{
 		`level=WARN msg="fire timers" component=jobs err="connection refused"`,
 		`level=WARN msg="fire timers" component=jobs err=WRONGTYPE`,
+		`level=WARN msg="fire timers" component=jobs err="connection refused" org=b`,
 		`level=WARN msg=heartbeat component=jobs err="connection refused"`,
 		`level=INFO msg="fire timers" component=jobs err="connection refused"`,
+		`level=ERROR msg="fire timers" component=jobs err="connection refused"`,
 		`level=WARN msg="fire timers" component=jobs err="connection refused" repeated=2`,
 	}
 	if len(lines) != len(want) {
