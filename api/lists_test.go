@@ -184,25 +184,3 @@ func TestStoppedRollbackIsFinished(t *testing.T) {
 		}
 	}
 }
-
-// TestListEditThatChangesNothing: adding ids already in, removing ids not
-// there, or giving the list as it is publishes nothing and leaves the
-// segment's generation and updatedAt as they were.
-func TestListEditThatChangesNothing(t *testing.T) {
-	a := newTestAPI(t, testenv.RedisClient(t))
-	created := a.as("POST", "/v1/segments", map[string]any{"name": "s", "type": "static", "userIds": []string{"u1", "u2"}}).mustStatus(t, http.StatusCreated)
-	id := str(created.body["id"])
-	a.pub.take()
-	a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u1"}, "remove": []string{"u9"}}).mustStatus(t, http.StatusOK)
-	a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{}}).mustStatus(t, http.StatusOK)
-	a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": []string{"u2", "u1"}}).mustStatus(t, http.StatusOK)
-	if got := a.pub.take(); len(got) != 0 {
-		t.Errorf("published %v", changeSigns(got))
-	}
-	after := a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK)
-	for _, f := range []string{"updatedAt", "generation"} {
-		if after.body[f] != created.body[f] {
-			t.Errorf("%s %v after edits that change nothing, want %v", f, after.body[f], created.body[f])
-		}
-	}
-}

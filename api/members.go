@@ -182,19 +182,17 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	// Every list change moves the generation, so that the same request
-	// made again later is told apart from a retry; an edit that changes
-	// nothing (ids already in, or not there to remove) leaves it.
-	if len(changes) > 0 {
-		_, err = s.defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
-			if d.Status == segment.StatusDeleting {
-				return membership.ErrNotFound
-			}
-			d.Generation++
-			d.UpdatedAt = now
-			return nil
-		})
-	}
+	// Every edit moves the generation and updatedAt, also one that finds
+	// nothing left to change: it may be the retry of an edit whose list was
+	// written and whose definition was not.
+	_, err = s.defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
+		if d.Status == segment.StatusDeleting {
+			return membership.ErrNotFound
+		}
+		d.Generation++
+		d.UpdatedAt = now
+		return nil
+	})
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -196,20 +196,27 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			// A segment this request created is deleted as a DELETE does
 			// (waiting for whoever holds its list), so that the client's
 			// retry leaves no empty second segment behind; one being
-			// deleted already goes anyway. Its key, if any, is released,
-			// so that the retry creates it again at once rather than be
-			// refused until the lease runs out. A create taken over stays
-			// pending: a retry after the lease finishes it.
+			// deleted already goes anyway. Once it is hidden, its key, if
+			// any, is released, so that the retry creates it again at once
+			// rather than be refused until the lease runs out; should it
+			// not be hidden, the key stays, and a retry after the lease
+			// finishes this create. A create taken over stays pending.
 			if !replayed {
-				if !errors.Is(err, errNotFound) {
-					dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-					if derr := s.removeSegment(dctx, created, now); derr != nil {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				hidden := errors.Is(err, errNotFound)
+				if !hidden {
+					_, derr := s.defs.MarkDeleting(dctx, org, created.ID)
+					hidden = derr == nil || errors.Is(derr, membership.ErrNotFound)
+					if derr == nil {
+						derr = s.removeSegment(dctx, created, now)
+					}
+					if derr != nil && !errors.Is(derr, membership.ErrNotFound) {
 						s.log.Error("remove a static segment whose list could not be locked; delete it to clean up",
 							"org", org, "segment", created.ID, "err", derr)
 					}
-					cancel()
 				}
-				if claim != nil {
+				cancel()
+				if claim != nil && hidden {
 					s.forgetCreate(ctx, created, claim)
 				}
 			}
@@ -571,7 +578,6 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	now := s.now().UTC()
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
-	listMoved := false
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
 		listed, unlock, err := s.lockedStatic(ctx, cur.OrgID, cur.ID)
 		if err != nil {
@@ -579,7 +585,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
-		if listMoved, err = s.writeStaticList(ctx, listed, userIDs, now); err != nil {
+		if _, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -595,10 +601,10 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			d.Generation++
 			d.Status = segment.StatusBuilding
 			d.BackfillScanned = 0
-		case d.Type == segment.TypeStatic && listMoved:
-			// Every list change moves the generation, so that the same
-			// request made again later is told apart from a retry. A list
-			// given as it already was changes nothing.
+		case d.Type == segment.TypeStatic && b.UserIDs != nil:
+			// Every list given moves the generation and updatedAt, also one
+			// that finds nothing left to change: it may be the retry of a
+			// PUT whose list was written and whose definition was not.
 			d.Generation++
 		case d.Name == before.Name && d.Description == before.Description && d.URL == before.URL:
 			return membership.ErrUnchanged

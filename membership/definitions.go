@@ -130,7 +130,9 @@ return 1
 // JSON it was read as: 1 done, 0 changed meanwhile, -1 gone. A resend after
 // a lost reply finds the JSON it wrote itself (its write identifier is
 // the update's own) and answers 1 as the first run did, instead of sending
-// the caller to apply its change again.
+// the caller to apply its change again; only when another writer wrote in
+// between does the resend answer 0, and the change is then made again on
+// top of that write.
 const casDefinitionScript = `
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return -1 end
@@ -252,7 +254,9 @@ func (s *Definitions) CreateIdempotent(ctx context.Context, d segment.Definition
 }
 
 // FinishCreate records that the pending create of c is complete. It fails
-// when the claim was lost (its lease ran out and a retry took over).
+// when the claim was lost (its lease ran out and a retry took over), unless
+// that retry has finished the create already: the record then says what
+// this call would write.
 func (s *Definitions) FinishCreate(ctx context.Context, c *Claim) error {
 	r, err := parseRecord(c.record)
 	if err != nil {

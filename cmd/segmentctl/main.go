@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -22,6 +23,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first interrupt asks the command to finish (produce sends what it
+	// read); a second one ends segmentctl at once.
+	go func() { <-ctx.Done(); stop() }()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout)
 	var exit exitCode
 	switch {
@@ -84,9 +88,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	switch args[0] {
 	case "help", "-h", "--help":
-		if len(args) == 1 || args[0] != "help" {
+		if args[0] != "help" || len(args) == 1 || args[1] == "help" || isHelpFlag(args[1]) {
 			fmt.Fprintln(stdout, usage)
 			return nil
+		}
+		if len(args) > 2 {
+			return fmt.Errorf("help takes one command; %q is one too many", args[2])
 		}
 		args = []string{args[1], "-h"} // help <command>: its flags
 	}
@@ -116,10 +123,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 }
 
 // cmdFlags is a subcommand's flag set, with where its help goes when asked
-// for (a flag's error goes to stderr, with the usage).
+// for; a flag's error goes to stderr, with the usage.
 type cmdFlags struct {
 	*flag.FlagSet
-	help io.Writer
+	help, errs io.Writer
 }
 
 // newFlags returns a subcommand's flag set, whose -h says on help what
@@ -130,7 +137,7 @@ func newFlags(name, synopsis, about string, help io.Writer) cmdFlags {
 		fmt.Fprintf(fs.Output(), "usage: segmentctl %s [flags]%s\n\n%s\n\nflags:\n", name, synopsis, about)
 		fs.PrintDefaults()
 	}
-	return cmdFlags{fs, help}
+	return cmdFlags{fs, help, os.Stderr}
 }
 
 // flagError is a subcommand's flag that could not be parsed; its flag set
@@ -148,15 +155,18 @@ func parseArgs(fs cmdFlags, args []string) ([]string, error) {
 	if i := slices.Index(args, "--"); i >= 0 {
 		args, rest = args[:i], args[i+1:]
 	}
-	if slices.ContainsFunc(args, isHelpFlag) {
-		fs.SetOutput(fs.help) // asked for: the help is the command's output
-	}
+	// What the flag set prints goes to the help's writer when help was
+	// asked for (the command's output), to stderr for a flag's error.
+	var printed bytes.Buffer
+	fs.SetOutput(&printed)
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				_, _ = printed.WriteTo(fs.help)
 				return nil, err
 			}
+			_, _ = printed.WriteTo(fs.errs)
 			return nil, flagError{err}
 		}
 		if fs.NArg() == 0 {

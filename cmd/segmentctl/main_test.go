@@ -298,6 +298,8 @@ func TestHelpIgnoresEnvironment(t *testing.T) {
 		{"tail", "-h"}:       "usage: segmentctl tail",
 		{"produce", "-help"}: "usage: segmentctl produce",
 		{"help", "verify"}:   "usage: segmentctl verify",
+		{"help", "help"}:     "usage: segmentctl <command>",
+		{"help", "-h"}:       "usage: segmentctl <command>",
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), *args, env, strings.NewReader(""), &out); err != nil && !errors.Is(err, flag.ErrHelp) {
@@ -307,6 +309,9 @@ func TestHelpIgnoresEnvironment(t *testing.T) {
 		if !strings.HasPrefix(out.String(), want) {
 			t.Errorf("segmentctl %v printed %q, want %q first", *args, out.String(), want)
 		}
+	}
+	if err := run(context.Background(), []string{"help", "tail", "produce"}, env, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "one too many") {
+		t.Errorf("help of two commands = %v, want an error", err)
 	}
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"tail", "-n", "1"}, env, nil, &out); err == nil || !strings.Contains(err.Error(), "SEGMENTD_BATCH_SIZE") {

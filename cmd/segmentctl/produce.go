@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -53,24 +54,51 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	var batch []kafka.Message
 	n, unkeyed, lineNo := 0, 0, 0
 	var tooLarge []string
-	flush := func(ctx context.Context) error {
+	// A write once begun is finished, also after an interrupt (a second
+	// one ends segmentctl at once): the writer's own attempts bound it.
+	wctx := context.WithoutCancel(ctx)
+	// Lines typed by hand, or piped from a live source, go out within
+	// produceIdle of being read, not only when 1,000 have come or the
+	// input ends.
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	flush := func() error {
+		idle.Stop()
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := w.WriteMessages(ctx, batch...); err != nil {
+		if err := w.WriteMessages(wctx, batch...); err != nil {
 			return fmt.Errorf("produce: after %d events sent, lines up to %d not sent: %w", n, lineNo, err)
 		}
 		n += len(batch)
 		batch = batch[:0]
 		return nil
 	}
+	take := func(line []byte) error {
+		lineNo++
+		switch {
+		case len(bytes.TrimSpace(line)) == 0:
+			return nil
+		case len(line) > maxRecordBytes:
+			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
+			return nil
+		}
+		key := userIDOf(line)
+		if key == "" {
+			unkeyed++ // segmentd dead-letters it
+		}
+		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: line, Time: time.Now()})
+		switch len(batch) {
+		case 1000:
+			return flush()
+		case 1:
+			idle.Reset(produceIdle)
+		}
+		return nil
+	}
 	lines, readErr, stop := readLines(in)
 	defer stop()
-	// Lines typed by hand, or piped from a live source, go out when the
-	// input pauses, not only when 1,000 have come or the input ends.
-	idle := time.NewTimer(time.Hour)
-	idle.Stop()
-	defer idle.Stop()
 read:
 	for {
 		select {
@@ -78,47 +106,39 @@ read:
 			if !ok {
 				if err := <-readErr; err != nil {
 					// What was read before goes out; the rest is not read.
-					if ferr := flush(ctx); ferr != nil {
+					if ferr := flush(); ferr != nil {
 						return ferr
 					}
 					return fmt.Errorf("read input after line %d (%d events sent): %w", lineNo, n, err)
 				}
-				if err := flush(ctx); err != nil {
+				if err := flush(); err != nil {
 					return err
 				}
 				break read
 			}
-			lineNo++
-			if len(bytes.TrimSpace(line)) == 0 {
-				continue
-			}
-			if len(line) > maxRecordBytes {
-				tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
-				continue
-			}
-			key := userIDOf(line)
-			if key == "" {
-				unkeyed++ // segmentd dead-letters it
-			}
-			batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: line, Time: time.Now()})
-			switch len(batch) {
-			case 1000:
-				if err := flush(ctx); err != nil {
-					return err
-				}
-			case 1:
-				idle.Reset(produceIdle)
+			if err := take(line); err != nil {
+				return err
 			}
 		case <-idle.C:
-			if err := flush(ctx); err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
 		case <-ctx.Done():
-			// Interrupted: what was read goes out, in a time of its own.
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			err := flush(fctx)
-			cancel()
-			if err != nil {
+			// Interrupted: the lines read so far go out, and no more are read.
+			stop()
+			for more := true; more; {
+				select {
+				case line, ok := <-lines:
+					if more = ok; ok {
+						if err := take(line); err != nil {
+							return err
+						}
+					}
+				default:
+					more = false
+				}
+			}
+			if err := flush(); err != nil {
 				return err
 			}
 			return fmt.Errorf("produce: interrupted after %s sent: %w", plural(n, "event"), ctx.Err())
@@ -135,14 +155,14 @@ read:
 	return nil
 }
 
-// produceIdle is how long produce waits for more input before it sends
-// the lines it holds.
+// produceIdle is how long produce holds a line it has read for more to send
+// with it.
 const produceIdle = 50 * time.Millisecond
 
 // readLines reads in's lines, each a copy, on a goroutine of its own: the
 // channel closes at the end of the input, and readErr then holds the read
-// error or nil. stop ends the goroutine once its current read returns (a
-// read from a terminal cannot be interrupted).
+// error or nil. stop, which may be called again, ends the goroutine once
+// its current read returns (a read from a terminal cannot be interrupted).
 func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop func()) {
 	out, errc, done := make(chan []byte, 64), make(chan error, 1), make(chan struct{})
 	go func() {
@@ -159,7 +179,8 @@ func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop fu
 		}
 		errc <- sc.Err()
 	}()
-	return out, errc, func() { close(done) }
+	var once sync.Once
+	return out, errc, func() { once.Do(func() { close(done) }) }
 }
 
 // userIDOf returns the line's userId, the key of its record: "" when the

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/segmentd/segmentd/config"
 	"github.com/segmentd/segmentd/embedded"
@@ -61,7 +62,10 @@ func TestEmbeddedPortsInUse(t *testing.T) {
 	addr := free.Addr().String()
 	free.Close()
 	env := map[string]string{"SEGMENTD_HTTP_ADDR": addr}
-	err = run(context.Background(), nil, func(k string) string { return env[k] })
+	// Bounded: were the port free after all, segmentd would start and serve.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = run(ctx, nil, func(k string) string { return env[k] })
 	var ce *config.Error
 	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_EMBEDDED_EPHEMERAL" || !strings.Contains(ce.Reason, "another segmentd") {
 		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_EMBEDDED_EPHEMERAL", err)
