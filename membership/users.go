@@ -146,13 +146,15 @@ for k = 1, #KEYS, 2 do
   if rev ~= tonumber(ARGV[a]) then
     out[#out + 1] = 0
   else
+    -- The set first: one that is not a set (written by hand) fails the
+    -- script before this user's hash moves, not after.
+    if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 7, a + 6 + nadd)) end
+    if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 7 + nadd, a + 6 + nadd + nrem)) end
     if ARGV[a + 4] ~= '' then
       redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3], 'k', ARGV[a + 4])
     else
       redis.call('HSET', KEYS[k], 'r', rev + 1, 'v', ARGV[a + 1], 'p', ARGV[a + 2], 'o', ARGV[a + 3])
     end
-    if nadd > 0 then redis.call('SADD', KEYS[k + 1], unpack(ARGV, a + 7, a + 6 + nadd)) end
-    if nrem > 0 then redis.call('SREM', KEYS[k + 1], unpack(ARGV, a + 7 + nadd, a + 6 + nadd + nrem)) end
     out[#out + 1] = 1
   end
   a = a + 7 + nadd + nrem

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -430,6 +431,47 @@ func TestUnreadableStateGoesToDLQ(t *testing.T) {
 				t.Errorf("the unreadable state %s was changed; it must be left alone", key)
 			}
 		})
+	}
+}
+
+// TestUserSetDamagedAfterCaching: a user's segment set damaged after the
+// processor cached the user is found by the write itself, which must then
+// leave the user's state as it was (the event goes to the DLQ), so that the
+// README's repair, deleting the key and replaying the dead letter, applies
+// the event whole.
+func TestUserSetDamagedAfterCaching(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	r := newRig(t, rdb)
+	ctx := context.Background()
+	a := r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	r.start(t)
+	o := r.org
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"bad","version":1,"profile":{"points":10}}`)
+	r.waitVersion(t, "bad", 1)
+	setKey, profKey := membership.UserSegmentsKey(o, "bad"), membership.ProfileKey(o, "bad")
+	if err := rdb.Set(ctx, setKey, "written by hand", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := rdb.Dump(ctx, profKey).Val()
+	e2 := `{"eventId":"e2","type":"profile.updated","orgId":"` + o + `","userId":"bad","version":2,"changes":{"points":2000}}`
+	r.produce(t, e2)
+	if dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second); len(dl) != 1 {
+		t.Fatalf("dead letters: %d, want e2's", len(dl))
+	}
+	if rdb.Dump(ctx, profKey).Val() != before {
+		t.Errorf("the user's hash changed although its event was dead-lettered")
+	}
+	if err := rdb.Del(ctx, setKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.produce(t, e2)
+	r.waitVersion(t, "bad", 2)
+	r.waitState(t, "bad", func(st membership.UserState) bool { return slices.Contains(st.Segments, a) })
+	for deadline := time.Now().Add(30 * time.Second); members(t, rdb, membership.SegmentMembersKey(o, a)) != "bad"; {
+		if time.Now().After(deadline) {
+			t.Fatalf("members = %q after the repair and the replay, want bad", members(t, rdb, membership.SegmentMembersKey(o, a)))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
