@@ -319,6 +319,7 @@ func (p *Processor) Run(ctx context.Context) error {
 				}
 				return werr
 			}
+			p.cfg.Metrics.observeBatch(len(batch)) // once, however many tries it took
 			select {
 			case toProject <- wb:
 			case ferr := <-failed:
@@ -402,7 +403,10 @@ func (p *Processor) commitLoop(ctx context.Context, batches <-chan []Record) {
 			if !ok {
 				return
 			}
-			if err := commit(batch, 5); err != nil {
+			began := time.Now()
+			err := commit(batch, 5)
+			p.cfg.Metrics.observeStep("commit", time.Since(began))
+			if err != nil {
 				kept.add(batch, time.Now())
 				p.cfg.Logger.Warn("commit failed; retried later (a redelivery meanwhile is deduplicated)", "size", len(batch), "err", err)
 				continue
@@ -598,7 +602,6 @@ const maxConflicts = 5
 // outbox and replay them.
 func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time) (*written, error) {
 	m := p.cfg.Metrics
-	m.observeBatch(len(batch))
 	step := m.stepTimer()
 	p.seq++
 	wb := &written{seq: p.seq, msgs: batch, fetched: fetched}
@@ -638,7 +641,11 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 		if round == maxConflicts {
 			return nil, fmt.Errorf("%d users kept changing under this batch", len(pending))
 		}
-		step("decode")
+		// Each step once a round (a round more for users another writer
+		// moved meanwhile): decoding happens before the first.
+		if round == 0 {
+			step("decode")
+		}
 		states, err := p.states(ctx, pending, round > 0)
 		if err != nil {
 			m.redisError()
@@ -667,7 +674,6 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			m.redisError()
 			return nil, err
 		}
-		step("write")
 		wroteAt := time.Now()
 		var conflicted []*userWork
 		for i, w := range pending {
@@ -716,8 +722,8 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			}
 		}
 		pending = conflicted
+		step("write") // the write and what it settles
 	}
-	step("write")
 	return wb, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -472,6 +473,44 @@ func TestUserSetDamagedAfterCaching(t *testing.T) {
 			t.Fatalf("members = %q after the repair and the replay, want bad", members(t, rdb, membership.SegmentMembersKey(o, a)))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestBatchStepsObservedOnce: a batch's steps are each observed once, and
+// its size once, commit included.
+func TestBatchStepsObservedOnce(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	reg := prometheus.NewRegistry()
+	r.startWith(t, func(c *processor.Config) { c.Metrics = mustMetrics(t, reg) })
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":2000}}`)
+	counts := func() map[string]uint64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]uint64{}
+		for _, mf := range mfs {
+			switch mf.GetName() {
+			case "segmentd_batch_step_seconds":
+				for _, m := range mf.GetMetric() {
+					out[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
+				}
+			case "segmentd_batch_size":
+				out["batches"] = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		return out
+	}
+	var got map[string]uint64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if got = counts(); got["commit"] > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	want := map[string]uint64{"batches": 1, "decode": 1, "load": 1, "evaluate": 1, "write": 1, "project": 1, "publish": 1, "commit": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("observations %v, want %v", got, want)
 	}
 }
 
