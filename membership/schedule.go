@@ -251,6 +251,9 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 -- Another claim's record: the timer is that claim's to move.
 if not score or tonumber(score) ~= tonumber(ARGV[2]) or (rec and not ours) then
   if pend then redis.call('ZADD', KEYS[1], 'LT', pend, ARGV[1]) end
+  -- This claim's timer, moved earlier meanwhile: its next flip may be
+  -- earlier still.
+  if ours and score and ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1]) end
   return 0
 end
 local n = ARGV[3]

@@ -144,6 +144,10 @@ func TestScheduleDuringClaim(t *testing.T) {
 			"next flip later":      {base.Add(2 * time.Hour), base.Add(time.Hour), base.Add(time.Hour)},
 			"next flip earlier":    {base.Add(time.Hour), base.Add(2 * time.Hour), base.Add(time.Hour)},
 			"during, within lease": {time.Time{}, base.Add(10 * time.Second), base.Add(10 * time.Second)},
+			// The claim's next flip, earlier still (already passed: a retry
+			// found it), must fire at the next round, not at the later one.
+			"during, within lease, next flip earlier": {base.Add(5 * time.Second), base.Add(10 * time.Second), base.Add(5 * time.Second)},
+			"during, within lease, next flip later":   {base.Add(20 * time.Second), base.Add(10 * time.Second), base.Add(10 * time.Second)},
 		}
 		for name, tc := range tests {
 			t.Run(name, func(t *testing.T) {

@@ -597,12 +597,18 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		default:
 		}
 	}
-	if errors.Is(err, errSuperseded) {
+	if errors.Is(err, errSuperseded) && first && !errors.Is(context.Cause(ctx), errLeaseLost) {
 		// Every page handed out was finished: what this generation wrote is
-		// published.
+		// published, if this attempt was its only one. A retry's pages are
+		// its own, and entries an earlier attempt left unpublished may be on
+		// pages it never reached: the generation stays recorded, so that
+		// the next one looks for them.
 		ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if eerr := j.cfg.Definitions.EndBackfill(ectx, org, cs.Def.ID, cs.Def.Generation); eerr != nil {
+		// Held throughout: no other attempt wrote beside this one.
+		if ok, eerr := j.cfg.Coordinator.Extend(ectx, lock, owner, backfillLease); !ok || eerr != nil {
+			j.cfg.Logger.Warn("backfill end: lease not held, the generation stays recorded", "org", org, "segment", cs.Def.ID, "err", eerr)
+		} else if eerr := j.cfg.Definitions.EndBackfill(ectx, org, cs.Def.ID, cs.Def.Generation); eerr != nil {
 			j.cfg.Logger.Warn("backfill end", "org", org, "segment", cs.Def.ID, "err", eerr)
 		}
 	}
@@ -1318,10 +1324,15 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 			failed(err)
 			continue
 		}
+		var errs []error
 		for id, n := range sizes {
-			if err := j.cfg.Definitions.SetEstimatedSize(ctx, org, id, n); err != nil {
-				j.cfg.Logger.Warn("refresh estimates", "org", org, "segment", id, "err", err)
+			// One deleted meanwhile needs no estimate.
+			if err := j.cfg.Definitions.SetEstimatedSize(ctx, org, id, n); err != nil && !errors.Is(err, membership.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("segment %s: %w", id, err))
 			}
+		}
+		if len(errs) > 0 {
+			failed(errors.Join(errs...))
 		}
 	}
 }

@@ -866,6 +866,85 @@ func TestSupersededBackfillKeepsOlderGenerations(t *testing.T) {
 	r.wantReplayAtLeast(t, points, 1200)
 }
 
+// failingProjections are users whose projections fail: a backfill writes
+// its changes and stops before they reach the member set, as a crash would.
+type failingProjections struct{ *membership.Users }
+
+func (failingProjections) Project(context.Context, []membership.Projection) (membership.Deletions, error) {
+	return nil, errors.New("projection refused")
+}
+
+// beginHook runs hook once, after the first BeginBackfill of an attempt
+// that is not its generation's first.
+type beginHook struct {
+	processor.JobDefinitions
+	hook func()
+}
+
+func (h *beginHook) BeginBackfill(ctx context.Context, org, id string, generation int64) (bool, []int64, error) {
+	first, unfinished, err := h.JobDefinitions.BeginBackfill(ctx, org, id, generation)
+	if !first && h.hook != nil {
+		h.hook()
+		h.hook = nil
+	}
+	return first, unfinished, err
+}
+
+// TestSupersededRetryKeepsItsGeneration: a generation's first attempt
+// writes changes it cannot publish (or project); its retry is superseded
+// by a criteria change before it reaches them. The retry must leave its
+// generation recorded, so that the next generation's backfill looks for
+// those changes: their events are published and the member set is right.
+func TestSupersededRetryKeepsItsGeneration(t *testing.T) {
+	for name, first := range map[string]jobsOf{
+		"unpublished": {pub: unreachablePublisher{}},
+		"unprojected": {users: failingProjections{}}, // the rig's users, set below
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			points := r.storePoints(t, 3000)
+			d := r.buildingSegment(t, atLeast(1000)).Def
+			reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+			compiled := func() (*processor.CompiledSegment, int64) {
+				t.Helper()
+				if err := reg.Reload(ctx); err != nil {
+					t.Fatal(err)
+				}
+				snap := reg.Current()
+				return snap.Org(r.org).Segments[d.ID], snap.Revision
+			}
+			g1, rev := compiled()
+			first.registry = reg
+			if first.pub == nil {
+				first.pub = r.publisher(t)
+			}
+			if first.users != nil {
+				first.users = failingProjections{r.users}
+			}
+			if err := r.newJobs(t, first).Backfill(briefly(t), r.org, g1, rev); err == nil {
+				t.Fatal("the first attempt succeeded")
+			}
+			retry := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg,
+				defs: &beginHook{JobDefinitions: r.defs, hook: func() {
+					r.newCriteria(t, d.ID, atLeast(900))
+					if err := reg.Reload(ctx); err != nil {
+						t.Error(err)
+					}
+				}}})
+			if err := retry.Backfill(ctx, r.org, g1, rev); err == nil {
+				t.Fatal("the superseded retry ran to its end")
+			}
+			g2, rev := compiled()
+			if err := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg}).Backfill(ctx, r.org, g2, rev); err != nil {
+				t.Fatal(err)
+			}
+			r.wantReplayAtLeast(t, points, 900)
+			r.verifyClean(t)
+		})
+	}
+}
+
 // TestDeleteWhileBackfilling deletes a segment, as the API does, while its
 // backfill is held up: the deletion's revision gate must wait for the
 // backfill to stop, so that nothing of the segment is left afterwards.
@@ -1402,8 +1481,9 @@ type jobsOf struct {
 	pub      processor.ChangePublisher
 	registry *processor.Registry
 	now      func() time.Time
-	metrics  *prometheus.Registry // nil: a registry of its own
-	users    processor.JobUsers   // nil: the rig's
+	metrics  *prometheus.Registry     // nil: a registry of its own
+	users    processor.JobUsers       // nil: the rig's
+	defs     processor.JobDefinitions // nil: the rig's
 	remover  processor.SegmentRemover
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
@@ -1420,8 +1500,11 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	if o.users == nil {
 		o.users = r.users
 	}
+	if o.defs == nil {
+		o.defs = r.defs
+	}
 	j, err := processor.NewJobs(processor.JobsConfig{
-		InstanceID: o.instance, Definitions: r.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
+		InstanceID: o.instance, Definitions: o.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 		TimerInterval: o.timerInterval,
