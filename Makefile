@@ -12,8 +12,8 @@ build:
 
 ## run: segmentd on the embedded default (in-process Kafka and Redis).
 ## Built with segmentctl (one build: they share their dependencies), then
-## exec'd: Ctrl-C reaches segmentd alone, which exits 0 (go run would report
-## its own exit status 1 for the interrupt).
+## exec'd, so that Ctrl-C reaches segmentd itself, which shuts down in order
+## (make, which gets the interrupt too, reports it as such).
 run:
 	@echo "building segmentd and segmentctl (a first build compiles their dependencies: ~40 s on 2 cores; later ones take a second)"
 	$(GO) build -o bin/ ./cmd/segmentd ./cmd/segmentctl && exec bin/segmentd

@@ -219,7 +219,8 @@ func apiKeys(v string) (map[string]string, error) {
 			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d is not orgId:key", i+1)}
 		}
 		if !ValidID(org) {
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: orgId %q must be 1-100 characters of [a-zA-Z0-9_.-]", i+1, org)}
+			// Not quoted: a pair written the wrong way round has its key there.
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: its orgId (before the first colon) must be 1-100 characters of [a-zA-Z0-9_.-]", i+1)}
 		}
 		if len(key) < 16 {
 			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}

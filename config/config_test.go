@@ -62,6 +62,7 @@ func TestLoadErrors(t *testing.T) {
 		"key pair without colon":   {"SEGMENTD_API_KEYS", "acme", "SEGMENTD_API_KEYS"},
 		"short key":                {"SEGMENTD_API_KEYS", "acme:short", "SEGMENTD_API_KEYS"},
 		"org with brace":           {"SEGMENTD_API_KEYS", "ac}me:sk_acme_0123456789abcdef", "SEGMENTD_API_KEYS"},
+		"key and org swapped":      {"SEGMENTD_API_KEYS", "sk+acme/0123456789abcdef==:acme", "SEGMENTD_API_KEYS"},
 		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
 		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
 		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},

@@ -385,8 +385,11 @@ do_start() {
   mkdir -p "$LOGS"
   TMP="$(mktemp -d "${TMPDIR:-/tmp}/segmentd-test-servers.XXXXXX")"
   printf '%s\n' "$TMP" >"$STATE/tmpdir"
-  # Any failure from here on removes what was started.
+  # Any failure from here on removes what was started, an interrupt too.
   trap 'rc=$?; if ((rc != 0)); then log "start failed, cleaning up"; stop_all; fi' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
 
   start_kafka # the slowest: the broker boots while the rest starts
   KAFKAWAIT=1
@@ -397,7 +400,7 @@ do_start() {
   wait_kafka
 
   env_lines >"$STATE/env"
-  trap - EXIT
+  trap - EXIT INT TERM HUP
   log "started Kafka $(kafka_version) on $HOST:$KAFKA_PORT, Redis on $HOST:$REDIS_PORT, Redis Cluster on $(cluster_addrs) in $((SECONDS - t0))s"
 }
 

@@ -17,6 +17,8 @@ type repeatLimiter struct {
 	slog.Handler
 	window time.Duration
 	state  *repeatState // shared by the handlers WithAttrs and WithGroup make
+	// with is what WithAttrs and WithGroup added, part of every key.
+	with string
 }
 
 type repeatState struct {
@@ -40,7 +42,7 @@ func (h repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level != slog.LevelWarn {
 		return h.Handler.Handle(ctx, r)
 	}
-	key := r.Message
+	key := h.with + "\x00" + r.Message
 	r.Attrs(func(a slog.Attr) bool {
 		key += "\x00" + a.String()
 		return true
@@ -72,10 +74,14 @@ func (h repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
 
 func (h repeatLimiter) WithAttrs(as []slog.Attr) slog.Handler {
 	h.Handler = h.Handler.WithAttrs(as)
+	for _, a := range as {
+		h.with += "\x00" + a.String()
+	}
 	return h
 }
 
 func (h repeatLimiter) WithGroup(name string) slog.Handler {
 	h.Handler = h.Handler.WithGroup(name)
+	h.with += "\x00group:" + name
 	return h
 }

@@ -35,7 +35,15 @@ func TestRepeatLimiter(t *testing.T) {
 	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)               // another warning
 	emit(7*time.Second, slog.LevelInfo, "fire timers", down)             // not a warning
 	emit(8*time.Second, slog.LevelError, "fire timers", down)            // an error: never held
-	emit(11*time.Second, slog.LevelWarn, "fire timers", down)            // a window later
+	// Attributes added with With tell warnings apart too.
+	if err := log.With("segment", "s2").Handler().Handle(context.Background(), func() slog.Record {
+		r := slog.NewRecord(t0.Add(9*time.Second), slog.LevelWarn, "fire timers", 0)
+		r.AddAttrs(slog.Any("err", down))
+		return r
+	}()); err != nil {
+		t.Fatal(err)
+	}
+	emit(11*time.Second, slog.LevelWarn, "fire timers", down) // a window later
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	want := []string{
 		`level=WARN msg="fire timers" component=jobs err="connection refused"`,
@@ -44,6 +52,7 @@ func TestRepeatLimiter(t *testing.T) {
 		`level=WARN msg=heartbeat component=jobs err="connection refused"`,
 		`level=INFO msg="fire timers" component=jobs err="connection refused"`,
 		`level=ERROR msg="fire timers" component=jobs err="connection refused"`,
+		`level=WARN msg="fire timers" component=jobs segment=s2 err="connection refused"`,
 		`level=WARN msg="fire timers" component=jobs err="connection refused" repeated=2`,
 	}
 	if len(lines) != len(want) {
