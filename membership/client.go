@@ -2,7 +2,9 @@ package membership
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,4 +53,35 @@ func HashValueLimit(ctx context.Context, rdb redis.UniversalClient) (int, bool) 
 		}
 	}
 	return 0, false
+}
+
+// Ping reports whether Redis can serve segmentd: a standalone server
+// answers PING; every master of a cluster answers and reports the cluster's
+// state ok (a master answers PING also while the cluster, a node down,
+// refuses every command on keys).
+func Ping(ctx context.Context, rdb redis.UniversalClient) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return rdb.Ping(ctx).Err()
+	}
+	return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err != nil {
+			return err
+		}
+		if state := clusterState(info); state != "ok" {
+			return fmt.Errorf("redis cluster state %q at %s", state, c.Options().Addr)
+		}
+		return nil
+	})
+}
+
+// clusterState returns the cluster_state field of CLUSTER INFO's reply.
+func clusterState(info string) string {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "cluster_state:"); ok {
+			return v
+		}
+	}
+	return ""
 }

@@ -125,3 +125,30 @@ func TestHashValueLimit(t *testing.T) {
 		}
 	})
 }
+
+// TestPing: Redis that can serve answers Ping, standalone or cluster; one
+// that cannot (nothing listening, or a server outside any cluster taken
+// for one) does not.
+func TestPing(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		if err := membership.Ping(context.Background(), rdb); err != nil {
+			t.Errorf("ping: %v", err)
+		}
+	})
+	for name, rdb := range map[string]redis.UniversalClient{
+		"nothing listening": redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}),
+		// A node that answers PING, as the masters of a failed cluster do,
+		// and whose cluster is not ok (here: it has none).
+		"no cluster state ok": redis.NewClusterClient(&redis.ClusterOptions{MaxRetries: -1,
+			ClusterSlots: func(context.Context) ([]redis.ClusterSlot, error) {
+				return []redis.ClusterSlot{{Start: 0, End: 16383, Nodes: []redis.ClusterNode{{Addr: testenv.Redis(t)}}}}, nil
+			}}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer rdb.Close()
+			if err := membership.Ping(context.Background(), rdb); err == nil {
+				t.Error("ping answered nil")
+			}
+		})
+	}
+}

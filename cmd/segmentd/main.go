@@ -182,7 +182,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		defer cancel()
 		// /readyz answers anyone: the reasons name no address, the log
 		// has the errors (at most one line each 10 s: probes come often).
-		if err := rdb.Ping(ctx).Err(); err != nil {
+		if err := membership.Ping(ctx, rdb); err != nil {
 			notReady.warn(log, "redis", err)
 			return errors.New("redis does not answer")
 		}
@@ -282,6 +282,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		defer cancel()
 		if err := httpSrv.Shutdown(shutCtx); err != nil {
 			log.Warn("http shutdown: calls still in progress are cut off", "err", err)
+			_ = httpSrv.Close() // their connections close
 		}
 	}()
 	stopProc()
@@ -291,8 +292,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	case <-deadline:
 		log.Warn("processor did not stop in time")
 	}
-	// Leaving the group now hands the partitions over while the rest stops.
-	leaveGroup()
+	// Leaving the group now hands the partitions over while the rest stops
+	// (waited for, with the writer's close, below: a frozen broker must not
+	// hold the process).
+	go leaveGroup()
 	<-httpDone
 	stopJobs()
 	// Jobs stop at their next Redis call or page; a frozen server must not
@@ -304,14 +307,27 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	case <-time.After(jobsStopTimeout):
 		log.Warn("background jobs did not stop in time")
 	}
-	closeKafka()
+	// kafka-go's own bounds, with Kafka failing, run to tens of seconds:
+	// nothing is left to send (every write waited for its acknowledgement),
+	// so the process need not wait for them.
+	closed := make(chan struct{})
+	go func() { defer close(closed); closeKafka() }()
+	select {
+	case <-closed:
+	case <-time.After(kafkaCloseTimeout):
+		log.Warn("kafka clients did not close in time")
+	}
 	log.Info("stopped")
 	return runErr
 }
 
 // jobsStopTimeout bounds the wait for the background jobs and the HTTP
-// server once the processor has stopped.
-const jobsStopTimeout = 10 * time.Second
+// server once the processor has stopped; kafkaCloseTimeout the wait for the
+// Kafka clients to close after them.
+const (
+	jobsStopTimeout   = 10 * time.Second
+	kafkaCloseTimeout = 5 * time.Second
+)
 
 // usage lists the variables segmentd reads.
 func usage() string {
