@@ -163,6 +163,17 @@ func NewWriter(brokers []string) *kafka.Writer {
 	}
 }
 
+// CloseWriter closes a writer of NewWriter and its transport's connections,
+// which kafka-go's Close leaves open (it closes only a transport of its
+// own making).
+func CloseWriter(w *kafka.Writer) error {
+	err := w.Close()
+	if t, ok := w.Transport.(*kafka.Transport); ok {
+		t.CloseIdleConnections()
+	}
+	return err
+}
+
 // Publisher publishes membership changes to the membership topic.
 type Publisher struct {
 	w     *kafka.Writer
@@ -340,17 +351,39 @@ func Partitions(ctx context.Context, brokers []string, topic string) ([]int, err
 	return out, nil
 }
 
-// readPartitions reads topic's partitions, on a connection of its own so
-// that no metadata cache is involved.
+// readPartitions reads topic's partitions, on a transport of its own so
+// that no metadata cache is involved, and without asking the broker to
+// create the topic (a Conn's metadata request does: a broker that allows
+// it would create a missing topic with its own defaults, which EnsureTopics
+// then finds and keeps).
 func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafka.Partition, error) {
-	conn, err := dial(ctx, brokers)
-	if err != nil {
-		return nil, err
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
 	}
-	defer conn.Close()
-	ps, err := conn.ReadPartitions(topic)
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second}
+	defer tr.CloseIdleConnections()
+	var resp *kafka.MetadataResponse
+	var err error
+	for _, b := range brokers {
+		c := &kafka.Client{Addr: kafka.TCP(b), Transport: tr}
+		if resp, err = c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}}); err == nil || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
+	}
+	var ps []kafka.Partition
+	for _, t := range resp.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("partitions of %s: %w", topic, t.Error)
+		}
+		ps = t.Partitions
 	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("topic %s has no partitions", topic)

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/segmentd/segmentd/internal/testenv"
@@ -159,5 +161,57 @@ func TestPingTriesEveryBroker(t *testing.T) {
 	defer cancel()
 	if err := kafkaio.Ping(ctx, []string{frozen.Addr().String()}); err == nil {
 		t.Error("ping of a frozen broker alone succeeded")
+	}
+}
+
+// TestPartitionsCreatesNoTopic: reading the partitions of a topic that does
+// not exist (segmentctl tail before segmentd's first start, a mistyped
+// topic) must not create it on a broker that allows auto-creation, as
+// Kafka's default does: EnsureTopics would then keep the broker's defaults.
+// The repo's test broker refuses auto-creation, so an in-process one that
+// allows it stands in.
+func TestPartitionsCreatesNoTopic(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if ps, err := kafkaio.Partitions(ctx, brokers, "segment-membership"); err == nil {
+		t.Errorf("partitions of a missing topic: %v, want an error", ps)
+	}
+	if err := kafkaio.EnsureTopics(ctx, brokers, 12, "segment-membership"); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := kafkaio.Partitions(ctx, brokers, "segment-membership"); len(ps) != 12 {
+		t.Errorf("segment-membership has %d partitions after EnsureTopics(12) (%v)", len(ps), err)
+	}
+}
+
+// TestCloseWriterLeavesNothing: a writer closed with CloseWriter leaves no
+// goroutine of its transport behind (segmentctl and tests make many).
+func TestCloseWriterLeavesNothing(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	before := runtime.NumGoroutine()
+	for range 5 {
+		w := kafkaio.NewWriter(brokers)
+		if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Value: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		if err := kafkaio.CloseWriter(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Connections end as their goroutines notice the close.
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > before+1; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after 5 writers closed, %d before", runtime.NumGoroutine(), before)
+		}
 	}
 }

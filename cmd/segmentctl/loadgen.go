@@ -55,7 +55,7 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	// run's last (segmentd drops an event at or below the stored version).
 	g.StartVersionsAt(start.UnixMicro())
 	w := kafkaio.NewWriter(e.brokers)
-	defer w.Close()
+	defer kafkaio.CloseWriter(w)
 	batch := 500
 	var tick <-chan time.Time
 	if *rate > 0 {

@@ -50,7 +50,7 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		in = f
 	}
 	w := kafkaio.NewWriter(e.brokers)
-	defer w.Close()
+	defer kafkaio.CloseWriter(w)
 	var batch []kafka.Message
 	n, unkeyed, lineNo := 0, 0, 0
 	var tooLarge []string

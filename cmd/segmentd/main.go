@@ -160,7 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	closeKafka := func() {
 		leaveGroup()
-		if err := writer.Close(); err != nil {
+		if err := kafkaio.CloseWriter(writer); err != nil {
 			log.Warn("close kafka writer", "err", err)
 		}
 	}
