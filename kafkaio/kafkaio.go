@@ -221,12 +221,13 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 	if err != nil {
 		return fmt.Errorf("find controller: %w", err)
 	}
-	cc, err := (&kafka.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port)))
+	ctrlConn, err := (&kafka.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port)))
 	if err != nil {
 		return fmt.Errorf("dial controller: %w", err)
 	}
+	cc := closeOnDone(ctx, ctrlConn)
 	defer cc.Close()
-	if err := setDeadline(ctx, cc); err != nil {
+	if err := setDeadline(ctx, ctrlConn); err != nil {
 		return err
 	}
 	for _, t := range topics {
@@ -305,19 +306,39 @@ func pingOne(ctx context.Context, broker string) error {
 	return nil
 }
 
-func dial(ctx context.Context, brokers []string) (*kafka.Conn, error) {
+func dial(ctx context.Context, brokers []string) (*closingConn, error) {
 	var last error
 	for _, b := range brokers {
 		conn, err := (&kafka.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", b)
 		if err == nil {
 			if err = setDeadline(ctx, conn); err == nil {
-				return conn, nil
+				return closeOnDone(ctx, conn), nil
 			}
 			conn.Close()
 		}
 		last = err
 	}
 	return nil, fmt.Errorf("dial kafka %v: %w", brokers, last)
+}
+
+// closingConn is a connection that closes when its context ends: kafka-go's
+// Conn methods take no context, and a caller stopped (a signal during
+// start-up) must not wait for a broker that does not answer.
+type closingConn struct {
+	*kafka.Conn
+	stop func() bool
+}
+
+func closeOnDone(ctx context.Context, conn *kafka.Conn) *closingConn {
+	return &closingConn{Conn: conn, stop: context.AfterFunc(ctx, func() { conn.Close() })}
+}
+
+// Close closes the connection, once.
+func (c *closingConn) Close() error {
+	if !c.stop() {
+		return nil // closed when the context ended
+	}
+	return c.Conn.Close()
 }
 
 // requestTimeout bounds the requests on a connection whose context has no

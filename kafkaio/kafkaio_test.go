@@ -128,10 +128,9 @@ func TestKeysPartitionAsJavaClients(t *testing.T) {
 	}
 }
 
-// TestPingTriesEveryBroker: a first broker that accepts connections and
-// never answers must not make the check fail while the next one answers.
-func TestPingTriesEveryBroker(t *testing.T) {
-	brokers := testenv.Kafka(t)
+// frozenBroker returns a listener that accepts connections and never
+// answers on them, as a stopped broker's host does.
+func frozenBroker(t *testing.T) net.Listener {
 	frozen, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -152,6 +151,34 @@ func TestPingTriesEveryBroker(t *testing.T) {
 			held = append(held, c) // read nothing, answer nothing
 		}
 	}()
+	return frozen
+}
+
+// TestPingStopsWithItsContext: a check waiting on a broker that does not
+// answer ends when its context is cancelled (a stop signal during
+// segmentd's start-up), not at its deadline.
+func TestPingStopsWithItsContext(t *testing.T) {
+	frozen := frozenBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- kafkaio.Ping(ctx, []string{frozen.Addr().String()}) }()
+	time.AfterFunc(200*time.Millisecond, cancel)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("ping of a frozen broker succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ping did not end with its cancelled context")
+	}
+}
+
+// TestPingTriesEveryBroker: a first broker that accepts connections and
+// never answers must not make the check fail while the next one answers.
+func TestPingTriesEveryBroker(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	frozen := frozenBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := kafkaio.Ping(ctx, append([]string{frozen.Addr().String()}, brokers...)); err != nil {

@@ -17,17 +17,20 @@ import (
 //
 // Timeouts are short: segmentd's commands answer in milliseconds, and a
 // server that stops answering should turn into an error (and an unready
-// instance) within seconds rather than hold a batch.
+// instance) within seconds rather than hold a batch. A context's deadline,
+// when sooner, bounds a command too (a readiness probe's 2 s).
 func NewClient(addrs []string) redis.UniversalClient {
 	if len(addrs) == 1 {
 		return redis.NewClient(&redis.Options{
 			Addr: addrs[0], MaxRetries: 2, DialTimeout: 3 * time.Second,
 			ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
+			ContextTimeoutEnabled: true,
 		})
 	}
 	return redis.NewClusterClient(&redis.ClusterOptions{
 		Addrs: addrs, MaxRetries: 2, DialTimeout: 3 * time.Second,
 		ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
+		ContextTimeoutEnabled: true,
 	})
 }
 

@@ -125,10 +125,15 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	// Kafka must answer at start (the topics are ensured): an address that
 	// is wrong, or a broker not up, is told by its variable. Redis may come
 	// later (README, configuration).
-	if err := reach(ctx, func(ctx context.Context) error { return kafkaio.Ping(ctx, cfg.KafkaBrokers) }); err != nil {
+	// A stop signal meanwhile ends start-up quietly: nothing has started.
+	if err := reach(ctx, func(ctx context.Context) error { return kafkaio.Ping(ctx, cfg.KafkaBrokers) }); ctx.Err() != nil {
+		return nil
+	} else if err != nil {
 		return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka not reachable there: " + err.Error()}
 	}
-	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); err != nil {
+	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); ctx.Err() != nil {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	defs := membership.NewDefinitions(rdb)
@@ -223,9 +228,13 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	fmt.Printf("segmentd API on http://%s\n", ln.Addr())
 	log.Info("segmentd started", "http", ln.Addr().String(), "kafka", cfg.KafkaBrokers, "redis", cfg.RedisAddrs, "group", cfg.GroupID)
 
-	if err := registry.Reload(ctx); err != nil {
+	// Bounded: a Redis not answering yet must not hold /healthz back; the
+	// registry loads in the background until it does.
+	rctx, cancelReload := context.WithTimeout(ctx, 5*time.Second)
+	if err := registry.Reload(rctx); err != nil {
 		log.Warn("first definitions load failed; retrying in the background", "err", err)
 	}
+	cancelReload()
 	cctx, cancelCheck := context.WithTimeout(ctx, 2*time.Second)
 	if n, ok := membership.HashValueLimit(cctx, rdb); ok && n < membership.RecommendedHashValueLimit {
 		log.Info("Redis hash-max-listpack-value is below the recommended value: each stored profile takes ~40% more memory (README, Redis layout)",
