@@ -383,7 +383,11 @@ func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafk
 		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 	}
-	tr := &kafka.Transport{DialTimeout: 5 * time.Second}
+	if len(brokers) == 0 {
+		return nil, fmt.Errorf("partitions of %s: no brokers", topic)
+	}
+	// Its metadata cache holds this topic only, not the whole cluster's.
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
 	defer tr.CloseIdleConnections()
 	var resp *kafka.MetadataResponse
 	var err error

@@ -209,6 +209,9 @@ func TestPartitionsCreatesNoTopic(t *testing.T) {
 	if ps, err := kafkaio.Partitions(ctx, brokers, "segment-membership"); err == nil {
 		t.Errorf("partitions of a missing topic: %v, want an error", ps)
 	}
+	if ps, err := kafkaio.Partitions(ctx, nil, "segment-membership"); err == nil {
+		t.Errorf("partitions with no brokers: %v, want an error", ps)
+	}
 	if err := kafkaio.EnsureTopics(ctx, brokers, 12, "segment-membership"); err != nil {
 		t.Fatal(err)
 	}

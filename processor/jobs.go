@@ -1302,6 +1302,9 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 		// A refresh that fails gives its lease back, so that the next tick
 		// (of any instance) tries again rather than a whole interval later.
 		failed := func(err error) {
+			if ctx.Err() != nil {
+				return // stopping: the lease runs out by itself
+			}
 			j.cfg.Logger.Warn("refresh estimates", "org", org, "err", err)
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			defer cancel()

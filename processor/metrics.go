@@ -66,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "segmentd_batch_step_seconds",
-			Help:    "Time a processed batch spent in each step (decode, load, evaluate, write, project, schedule, publish, commit); load, evaluate and write again for each round of users that another writer moved meanwhile.",
+			Help:    "Time a processed batch spent in each step (decode, load, evaluate, write, project, schedule, publish, commit): each once a try of a batch, load, evaluate and write again for each round of users that another writer moved meanwhile.",
 			Buckets: prometheus.ExponentialBucketsRange(0.0001, 10, 24),
 		}, []string{"step"}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{

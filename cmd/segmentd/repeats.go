@@ -8,7 +8,8 @@ import (
 )
 
 // repeatLimiter is a slog.Handler that passes a warning at most once each
-// window for each message and attributes (the error's text among them), and
+// window for each message and attributes (the error's text among them;
+// numbers, such as an attempt's count or a backoff's pause, left out), and
 // tells in the next it passes how many it held back: an outage makes every
 // job retry, and each retry's warning would say the same thing again every
 // second or two. Other levels, errors among them, pass as they come; a
@@ -44,7 +45,12 @@ func (h repeatLimiter) Handle(ctx context.Context, r slog.Record) error {
 	}
 	key := h.with + "\x00" + r.Message
 	r.Attrs(func(a slog.Attr) bool {
-		key += "\x00" + a.String()
+		switch a.Value.Kind() {
+		case slog.KindInt64, slog.KindUint64, slog.KindFloat64, slog.KindDuration, slog.KindTime:
+			// A retry's attempt or pause changes each time: not another warning.
+		default:
+			key += "\x00" + a.String()
+		}
 		return true
 	})
 	s := h.state

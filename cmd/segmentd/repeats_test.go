@@ -28,13 +28,13 @@ func TestRepeatLimiter(t *testing.T) {
 	}
 	down, other := errors.New("connection refused"), errors.New("WRONGTYPE")
 	emit(0, slog.LevelWarn, "fire timers", down)
-	emit(2*time.Second, slog.LevelWarn, "fire timers", down)             // held
-	emit(4*time.Second, slog.LevelWarn, "fire timers", down)             // held
-	emit(5*time.Second, slog.LevelWarn, "fire timers", other)            // another error
-	emit(5*time.Second, slog.LevelWarn, "fire timers", down, "org", "b") // another organisation
-	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)               // another warning
-	emit(7*time.Second, slog.LevelInfo, "fire timers", down)             // not a warning
-	emit(8*time.Second, slog.LevelError, "fire timers", down)            // an error: never held
+	emit(2*time.Second, slog.LevelWarn, "fire timers", down)                                        // held
+	emit(4*time.Second, slog.LevelWarn, "fire timers", down, "attempt", 3, "retry_in", time.Second) // held: numbers differ only
+	emit(5*time.Second, slog.LevelWarn, "fire timers", other)                                       // another error
+	emit(5*time.Second, slog.LevelWarn, "fire timers", down, "org", "b")                            // another organisation
+	emit(6*time.Second, slog.LevelWarn, "heartbeat", down)                                          // another warning
+	emit(7*time.Second, slog.LevelInfo, "fire timers", down)                                        // not a warning
+	emit(8*time.Second, slog.LevelError, "fire timers", down)                                       // an error: never held
 	// Attributes added with With tell warnings apart too.
 	if err := log.With("segment", "s2").Handler().Handle(context.Background(), func() slog.Record {
 		r := slog.NewRecord(t0.Add(9*time.Second), slog.LevelWarn, "fire timers", 0)
