@@ -372,6 +372,45 @@ func Partitions(ctx context.Context, brokers []string, topic string) ([]int, err
 	return out, nil
 }
 
+// Span is the offsets a partition holds: from First up to End, the offset
+// its next record will take.
+type Span struct{ First, End int64 }
+
+// Spans returns the span of each of topic's partitions now.
+func Spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {
+	if len(brokers) == 0 {
+		return nil, fmt.Errorf("offsets of %s: no brokers", topic)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
+	defer tr.CloseIdleConnections()
+	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
+	for _, p := range partitions {
+		req.Topics[topic] = append(req.Topics[topic], kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	resp, err := (&kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}).ListOffsets(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
+	}
+	out := make(map[int]Span, len(partitions))
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("offsets of %s partition %d: %w", topic, po.Partition, po.Error)
+		}
+		out[po.Partition] = Span{First: po.FirstOffset, End: po.LastOffset}
+	}
+	for _, p := range partitions {
+		if _, ok := out[p]; !ok {
+			return nil, fmt.Errorf("offsets of %s partition %d: not in the answer", topic, p)
+		}
+	}
+	return out, nil
+}
+
 // readPartitions reads topic's partitions, on a transport of its own so
 // that no metadata cache is involved, and without asking the broker to
 // create the topic (a Conn's metadata request does: a broker that allows

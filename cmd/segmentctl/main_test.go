@@ -148,6 +148,12 @@ func TestProduceThenTail(t *testing.T) {
 			t.Errorf("tail output lacks %s:\n%s", id, out.String())
 		}
 	}
+	// A line past the reader's limit ends the command, naming it.
+	tooLong := `{"userId":"u4","x":"` + strings.Repeat("x", 17<<20) + `"}`
+	err = run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(lines[:strings.Index(lines, "\n")+1]+tooLong+"\n"), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "line 2 is longer than 16 MiB") || !strings.Contains(err.Error(), "(1 event sent)") {
+		t.Errorf("produce with a line of 17 MiB = %v", err)
+	}
 }
 
 // TestProduceSendsWhenInputPauses: lines typed by hand or piped from a
@@ -185,6 +191,58 @@ func TestProduceSendsWhenInputPauses(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("produce did not end when interrupted")
+	}
+}
+
+// TestTailToEnd: tail -to-end reads what the topic holds when it starts and
+// stops there, also on an empty partition, and records written after it
+// started do not keep it going (the DLQ piped back into produce: a dead
+// letter still invalid comes back).
+func TestTailToEnd(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 3)
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lines := `{"eventId":"e1","type":"profile.created","orgId":"acme","userId":"u1","profile":{}}
+{"eventId":"e2","type":"profile.created","orgId":"acme","userId":"u1","profile":{}}
+`
+	if err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(lines), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "\n"); got != 2 {
+		t.Errorf("tail -to-end printed %d lines, want 2:\n%s", got, out.String())
+	}
+	// Its own output fed back: it ends all the same, having read the two.
+	pr, pw := io.Pipe()
+	produced := make(chan error, 1)
+	go func() { produced <- run(ctx, []string{"produce", "-topic", topic}, env, pr, io.Discard) }()
+	err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, pw)
+	pw.Close()
+	if err != nil || <-produced != nil {
+		t.Fatalf("tail -to-end | produce: %v", err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil || strings.Count(out.String(), "\n") != 4 {
+		t.Errorf("after one round: %v, %d records, want 4", err, strings.Count(out.String(), "\n"))
+	}
+	// A record whose value is not UTF-8 shows in base64 with -headers.
+	w := kafkaio.NewWriter(brokers)
+	defer kafkaio.CloseWriter(w)
+	if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Partition: 0, Key: []byte("u\xff"), Value: []byte("v\xff")}); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end", "-headers"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"keyBase64":"df8="`) || !strings.Contains(out.String(), `"valueBase64":"dv8="`) {
+		t.Errorf("tail -headers of a record not in UTF-8:\n%s", out.String())
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -109,7 +110,10 @@ read:
 					if ferr := flush(); ferr != nil {
 						return ferr
 					}
-					return fmt.Errorf("read input after line %d (%d events sent): %w", lineNo, n, err)
+					if errors.Is(err, bufio.ErrTooLong) {
+						return fmt.Errorf("produce: line %d is longer than %d MiB: stopped there (%s sent)", lineNo+1, maxLineBytes>>20, plural(n, "event"))
+					}
+					return fmt.Errorf("read input after line %d (%s sent): %w", lineNo, plural(n, "event"), err)
 				}
 				if err := flush(); err != nil {
 					return err
@@ -149,11 +153,14 @@ read:
 		fmt.Fprintf(stdout, "%d of them not JSON objects with a userId (sent unkeyed; segmentd dead-letters them)\n", unkeyed)
 	}
 	if len(tooLarge) > 0 {
-		return fmt.Errorf("produce: %d lines not sent, larger than a record may be (%d bytes): %s",
-			len(tooLarge), maxRecordBytes, strings.Join(tooLarge, ", "))
+		return fmt.Errorf("produce: %s not sent, larger than a record may be (%d bytes): %s",
+			plural(len(tooLarge), "line"), maxRecordBytes, strings.Join(tooLarge, ", "))
 	}
 	return nil
 }
+
+// maxLineBytes is the longest line produce reads: a longer one ends it.
+const maxLineBytes = 16 << 20
 
 // produceIdle is how long produce holds a line it has read for more to send
 // with it.
@@ -168,7 +175,7 @@ func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop fu
 	go func() {
 		defer close(out)
 		sc := bufio.NewScanner(in)
-		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		sc.Buffer(make([]byte, 1<<20), maxLineBytes)
 		for sc.Scan() {
 			select {
 			case out <- bytes.Clone(sc.Bytes()):

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/segmentio/kafka-go"
 
@@ -23,7 +24,8 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
 	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
 	idle := fs.Duration("idle", 0, "stop when no event arrived for this long (0: never)")
-	headers := fs.Bool("headers", false, `print each record as {"partition", "offset", "headers", "key", "value"} (the DLQ's reasons are headers)`)
+	toEnd := fs.Bool("to-end", false, "stop at the end of what the topic holds when tail starts (records written after are not read: piped back into produce, still-invalid dead letters cannot come round again)")
+	headers := fs.Bool("headers", false, `print each record as {"headers", "key", "value", "partition", "offset"} (the DLQ's reasons are headers; a key or value that is not UTF-8 is "keyBase64" or "valueBase64")`)
 	args, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -37,6 +39,12 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	parts, err := kafkaio.Partitions(ctx, e.brokers, *topic)
 	if err != nil {
 		return err
+	}
+	var spans map[int]kafkaio.Span
+	if *toEnd {
+		if spans, err = kafkaio.Spans(ctx, e.brokers, *topic, parts); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -61,12 +69,19 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	// A reader that fails ends the command with its error, rather than
 	// leaving its partition silently unread.
 	failed := make(chan error, len(readers))
+	// With -to-end, each reader says when it has read its partition's end.
+	ended := make(chan struct{}, len(readers))
 	var wg sync.WaitGroup
 	for _, r := range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer r.Close()
+			span, bounded := spans[r.Config().Partition]
+			if bounded && (!*fromStart || span.First >= span.End) {
+				ended <- struct{}{} // nothing to read before the end
+				return
+			}
 			for {
 				m, err := r.FetchMessage(ctx) // no group: nothing to commit
 				if err != nil {
@@ -84,13 +99,22 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 				case <-ctx.Done():
 					return
 				}
+				if bounded && m.Offset+1 >= span.End {
+					ended <- struct{}{}
+					return
+				}
 			}
 		}()
 	}
 	defer wg.Wait()
 	defer cancel()
-	n := 0
+	n, done := 0, 0
 	var timer <-chan time.Time
+	print := func(l []byte) bool {
+		fmt.Fprintf(stdout, "%s\n", l)
+		n++
+		return *max > 0 && n >= *max
+	}
 	for {
 		if *idle > 0 {
 			timer = time.After(*idle)
@@ -102,28 +126,56 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			return err
 		case <-timer:
 			return nil
+		case <-ended:
+			if done++; done < len(readers) {
+				continue
+			}
+			// Every reader has sent its last line.
+			for {
+				select {
+				case l := <-lines:
+					if print(l) {
+						return nil
+					}
+				default:
+					return nil
+				}
+			}
 		case l := <-lines:
-			fmt.Fprintf(stdout, "%s\n", l)
-			n++
-			if *max > 0 && n >= *max {
+			if print(l) {
 				return nil
 			}
 		}
 	}
 }
 
-// recordJSON is a record as tail -headers prints it.
+// recordJSON is a record as tail -headers prints it. A key or value that
+// is not UTF-8 is printed in base64 (keyBase64, valueBase64): as JSON text
+// its invalid bytes would turn into U+FFFD, another key (another user).
 func recordJSON(m kafka.Message) []byte {
 	hs := make(map[string]string, len(m.Headers))
 	for _, h := range m.Headers {
 		hs[h.Key] = string(h.Value)
 	}
-	b, _ := json.Marshal(struct {
-		Headers   map[string]string `json:"headers"`
-		Key       string            `json:"key"`
-		Value     string            `json:"value"`
-		Partition int               `json:"partition"`
-		Offset    int64             `json:"offset"`
-	}{hs, string(m.Key), string(m.Value), m.Partition, m.Offset})
+	rec := struct {
+		Headers     map[string]string `json:"headers"`
+		Key         *string           `json:"key,omitempty"`
+		KeyBase64   []byte            `json:"keyBase64,omitempty"`
+		Value       *string           `json:"value,omitempty"`
+		ValueBase64 []byte            `json:"valueBase64,omitempty"`
+		Partition   int               `json:"partition"`
+		Offset      int64             `json:"offset"`
+	}{Headers: hs, Partition: m.Partition, Offset: m.Offset}
+	if k := string(m.Key); utf8.ValidString(k) {
+		rec.Key = &k
+	} else {
+		rec.KeyBase64 = m.Key
+	}
+	if v := string(m.Value); utf8.ValidString(v) {
+		rec.Value = &v
+	} else {
+		rec.ValueBase64 = m.Value
+	}
+	b, _ := json.Marshal(rec)
 	return b
 }
