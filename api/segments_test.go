@@ -459,6 +459,7 @@ func TestValidationNamesTheField(t *testing.T) {
 		"> with a non-date":     {body: crit(map[string]any{"field": "createdAt", "operator": ">", "value": "yesterday"}), code: "validation_failed", fields: []string{"criteria.include[0].value"}},
 		"empty field":           {body: crit(map[string]any{"field": "", "operator": "exists"}), code: "validation_failed", fields: []string{"criteria.include[0].field"}},
 		"exists with a value":   {body: crit(map[string]any{"field": "email", "operator": "exists", "value": nil}), code: "validation_failed", fields: []string{"criteria.include[0].value"}},
+		"number out of range":   {body: `{"name":"x","type":"dynamic","criteria":{"include":[{"field":"points","operator":">=","value":1e400}]}}`, code: "validation_failed", fields: []string{"criteria.include[0].value"}},
 		"unknown criterion key": {body: crit(map[string]any{"field": "email", "operator": "exists", "op": 1}), code: "validation_failed", fields: []string{"criteria.include[0].op"}},
 		"unknown criteria key":  {body: with("criteria", map[string]any{"include": []any{}, "any": []any{}}), code: "validation_failed", fields: []string{"criteria.any"}},
 		"criteria not object":   {body: with("criteria", []any{}), code: "validation_failed", fields: []string{"criteria"}},

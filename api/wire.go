@@ -305,8 +305,9 @@ func decodeCriterion(fe *fieldErrors, at string, raw json.RawMessage) (segment.C
 	}
 	if raw, ok := obj["value"]; ok {
 		c.HasValue = true
+		// The body parsed: what fails here is a number past float64's range.
 		if err := json.Unmarshal(raw, &c.Value); err != nil {
-			fe.add(at+".value", "value is not valid JSON")
+			fe.add(at+".value", "value holds a number out of range (beyond ±1.8e308)")
 		}
 	}
 	return c, len(*fe) == n
