@@ -307,7 +307,7 @@ func decodeCriterion(fe *fieldErrors, at string, raw json.RawMessage) (segment.C
 		c.HasValue = true
 		// The body parsed: what fails here is a number past float64's range.
 		if err := json.Unmarshal(raw, &c.Value); err != nil {
-			fe.add(at+".value", "value holds a number out of range (beyond ±1.8e308)")
+			fe.add(at+".value", "value holds a number out of range (beyond about ±1.8e308)")
 		}
 	}
 	return c, len(*fe) == n

@@ -401,12 +401,10 @@ func Spans(ctx context.Context, brokers []string, topic string, partitions []int
 		if po.Error != nil {
 			return nil, fmt.Errorf("offsets of %s partition %d: %w", topic, po.Partition, po.Error)
 		}
-		out[po.Partition] = Span{First: po.FirstOffset, End: po.LastOffset}
-	}
-	for _, p := range partitions {
-		if _, ok := out[p]; !ok {
-			return nil, fmt.Errorf("offsets of %s partition %d: not in the answer", topic, p)
+		if po.FirstOffset < 0 || po.LastOffset < po.FirstOffset {
+			return nil, fmt.Errorf("offsets of %s partition %d: %d to %d is no span", topic, po.Partition, po.FirstOffset, po.LastOffset)
 		}
+		out[po.Partition] = Span{First: po.FirstOffset, End: po.LastOffset}
 	}
 	return out, nil
 }

@@ -149,8 +149,9 @@ func TestProduceThenTail(t *testing.T) {
 		}
 	}
 	// A line past the reader's limit ends the command, naming it.
-	tooLong := `{"userId":"u4","x":"` + strings.Repeat("x", 17<<20) + `"}`
-	err = run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(lines[:strings.Index(lines, "\n")+1]+tooLong+"\n"), io.Discard)
+	tooLong := io.MultiReader(strings.NewReader(lines[:strings.Index(lines, "\n")+1]+`{"userId":"u4","x":"`),
+		io.LimitReader(xs{}, 17<<20), strings.NewReader("\"}\n"))
+	err = run(ctx, []string{"produce", "-topic", topic}, env, tooLong, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "line 2 is longer than 16 MiB") || !strings.Contains(err.Error(), "(1 event sent)") {
 		t.Errorf("produce with a line of 17 MiB = %v", err)
 	}
@@ -194,6 +195,16 @@ func TestProduceSendsWhenInputPauses(t *testing.T) {
 	}
 }
 
+// xs reads as an endless run of x.
+type xs struct{}
+
+func (xs) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}
+
 // TestTailToEnd: tail -to-end reads what the topic holds when it starts and
 // stops there, also on an empty partition, and records written after it
 // started do not keep it going (the DLQ piped back into produce: a dead
@@ -210,6 +221,9 @@ func TestTailToEnd(t *testing.T) {
 `
 	if err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(lines), io.Discard); err != nil {
 		t.Fatal(err)
+	}
+	if err := run(ctx, []string{"tail", "-topic", topic, "-to-end"}, env, nil, io.Discard); err == nil || !strings.Contains(err.Error(), "needs -from-beginning") {
+		t.Errorf("tail -to-end from now = %v, want an error", err)
 	}
 	var out bytes.Buffer
 	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil {

@@ -70,7 +70,7 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			return nil
 		}
 		if err := w.WriteMessages(wctx, batch...); err != nil {
-			return fmt.Errorf("produce: after %d events sent, lines up to %d not sent: %w", n, lineNo, err)
+			return fmt.Errorf("produce: after %s sent, lines up to %d not sent: %w", plural(n, "event"), lineNo, err)
 		}
 		n += len(batch)
 		batch = batch[:0]
@@ -111,7 +111,11 @@ read:
 						return ferr
 					}
 					if errors.Is(err, bufio.ErrTooLong) {
-						return fmt.Errorf("produce: line %d is longer than %d MiB: stopped there (%s sent)", lineNo+1, maxLineBytes>>20, plural(n, "event"))
+						err = fmt.Errorf("produce: line %d is longer than %d MiB: stopped there (%s sent)", lineNo+1, maxLineBytes>>20, plural(n, "event"))
+						if len(tooLarge) > 0 {
+							err = fmt.Errorf("%w; before it, not sent, larger than a record may be: %s", err, strings.Join(tooLarge, ", "))
+						}
+						return err
 					}
 					return fmt.Errorf("read input after line %d (%s sent): %w", lineNo, plural(n, "event"), err)
 				}
@@ -175,7 +179,7 @@ func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop fu
 	go func() {
 		defer close(out)
 		sc := bufio.NewScanner(in)
-		sc.Buffer(make([]byte, 1<<20), maxLineBytes)
+		sc.Buffer(make([]byte, 1<<20), maxLineBytes+1) // the line and its newline
 		for sc.Scan() {
 			select {
 			case out <- bytes.Clone(sc.Bytes()):

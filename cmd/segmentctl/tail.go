@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -22,9 +23,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	fs := newFlags("tail", "", "Prints the membership-change events (or another topic's records) as JSON lines.", stdout)
 	topic := fs.String("topic", e.membershipTopic, "topic to read")
 	fromStart := fs.Bool("from-beginning", false, "start at the oldest event instead of now")
-	max := fs.Int("n", 0, "stop after n events (0: run until interrupted)")
+	max := fs.Int("n", 0, "stop after n events (0: no limit)")
 	idle := fs.Duration("idle", 0, "stop when no event arrived for this long (0: never)")
-	toEnd := fs.Bool("to-end", false, "stop at the end of what the topic holds when tail starts (records written after are not read: piped back into produce, still-invalid dead letters cannot come round again)")
+	toEnd := fs.Bool("to-end", false, "with -from-beginning: stop at the end of what the topic holds when tail starts (records written after are not read: piped back into produce, still-invalid dead letters cannot come round again)")
 	headers := fs.Bool("headers", false, `print each record as {"headers", "key", "value", "partition", "offset"} (the DLQ's reasons are headers; a key or value that is not UTF-8 is "keyBase64" or "valueBase64")`)
 	args, err := parseArgs(fs, args)
 	if err != nil {
@@ -35,6 +36,9 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	if len(args) > 0 {
 		return fmt.Errorf("tail: unexpected argument %q", args[0])
+	}
+	if *toEnd && !*fromStart {
+		return fmt.Errorf("tail: -to-end needs -from-beginning (from now, there is nothing before the end)")
 	}
 	parts, err := kafkaio.Partitions(ctx, e.brokers, *topic)
 	if err != nil {
@@ -77,17 +81,32 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		go func() {
 			defer wg.Done()
 			defer r.Close()
-			span, bounded := spans[r.Config().Partition]
-			if bounded && (!*fromStart || span.First >= span.End) {
+			p := r.Config().Partition
+			span, bounded := spans[p]
+			if bounded && span.First >= span.End {
 				ended <- struct{}{} // nothing to read before the end
 				return
 			}
 			for {
-				m, err := r.FetchMessage(ctx) // no group: nothing to commit
+				m, err := fetch(ctx, r, bounded)
+				if bounded && errors.Is(err, errFetchIdle) {
+					// Records before the end deleted since (retention) leave
+					// the reader waiting past them: look again.
+					now, serr := kafkaio.Spans(ctx, e.brokers, *topic, []int{p})
+					if serr == nil && now[p].First >= span.End {
+						ended <- struct{}{}
+						return
+					}
+					continue
+				}
 				if err != nil {
 					if ctx.Err() == nil {
-						failed <- fmt.Errorf("tail %s partition %d: %w", *topic, r.Config().Partition, err)
+						failed <- fmt.Errorf("tail %s partition %d: %w", *topic, p, err)
 					}
+					return
+				}
+				if bounded && m.Offset >= span.End {
+					ended <- struct{}{} // written after tail started
 					return
 				}
 				line := m.Value
@@ -147,6 +166,28 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			}
 		}
 	}
+}
+
+// errFetchIdle is a bounded fetch that met no record for fetchIdle.
+var errFetchIdle = errors.New("no record")
+
+// fetchIdle is how long a bounded fetch waits before tail -to-end looks
+// again at where its partition starts.
+const fetchIdle = 2 * time.Second
+
+// fetch returns r's next record; bounded, it gives up with errFetchIdle
+// after fetchIdle without one.
+func fetch(ctx context.Context, r *kafka.Reader, bounded bool) (kafka.Message, error) {
+	if !bounded {
+		return r.FetchMessage(ctx) // no group: nothing to commit
+	}
+	fctx, cancel := context.WithTimeout(ctx, fetchIdle)
+	defer cancel()
+	m, err := r.FetchMessage(fctx)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return m, errFetchIdle
+	}
+	return m, err
 }
 
 // recordJSON is a record as tail -headers prints it. A key or value that
