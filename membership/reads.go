@@ -45,7 +45,7 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 			}
 		}
 		if n < len(c.left) {
-			return out, encodeMembersCursor(tag, membersCursor{scan: c.scan, left: c.left[n:]}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: c.scan, after: c.after, left: c.left[n:]}), nil
 		}
 		if c.scan == 0 {
 			return out, "", nil
@@ -60,6 +60,9 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		}
 		slices.Sort(batch)
 		if after != "" {
+			// Every id up to after was given by whole-set answers: should
+			// the set have grown into a hash table since, the whole walk of
+			// it skips them, not only its first answer.
 			i, found := slices.BinarySearch(batch, after)
 			if found {
 				i++
@@ -71,30 +74,28 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 			if scan == 0 && next == 0 {
 				// The whole set in one answer (a compact encoding): the next
 				// page reads it again and goes on after the last id given.
-				// Should the set have grown into a hash table meanwhile, every
-				// id up to that one was given already.
 				return out, encodeMembersCursor(tag, membersCursor{after: batch[room-1]}), nil
 			}
 			// Part of a hash table: the rest of this answer rides in the
 			// cursor and the walk goes on from next. Reading the batch again
 			// would not do: with members gone, SSCAN reads on into buckets
 			// this answer did not reach.
-			return out, encodeMembersCursor(tag, membersCursor{scan: next, left: batch[room:]}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: next, after: after, left: batch[room:]}), nil
 		}
 		out = append(out, batch...)
 		if next == 0 {
 			return out, "", nil
 		}
-		scan, after = next, ""
+		scan = next
 		if len(out) == limit {
-			return out, encodeMembersCursor(tag, membersCursor{scan: scan}), nil
+			return out, encodeMembersCursor(tag, membersCursor{scan: scan, after: after}), nil
 		}
 	}
 }
 
 // membersCursor is where a walk of a member set resumes: the SSCAN cursor,
-// and either the last id given of a whole-set answer (after) or the ids of
-// a partial answer not given yet (left).
+// the last id given of whole-set answers (after: the rest of the walk gives
+// only ids above it), and the ids of a partial answer not given yet (left).
 type membersCursor struct {
 	scan  uint64
 	after string
@@ -112,10 +113,18 @@ func cursorTag(org, seg string) string {
 // separates them in a cursor.
 func encodeMembersCursor(tag string, c membersCursor) string {
 	b := []byte("m4:" + tag + ":" + strconv.FormatUint(c.scan, 10) + ":")
-	if c.after != "" {
+	switch {
+	case c.after != "" && (c.scan != 0 || len(c.left) > 0):
+		b = append(b, 'b')
+		b = append(b, c.after...)
+		for _, id := range c.left {
+			b = append(b, 0)
+			b = append(b, id...)
+		}
+	case c.after != "":
 		b = append(b, 'a')
 		b = append(b, c.after...)
-	} else {
+	default:
 		b = append(b, 'l')
 		b = append(b, strings.Join(c.left, "\x00")...)
 	}
@@ -152,6 +161,12 @@ func decodeMembersCursor(s, tag string) (membersCursor, error) {
 	switch rest := parts[2][1:]; parts[2][0] {
 	case 'a':
 		c.after = rest
+	case 'b':
+		parts := strings.Split(rest, "\x00")
+		c.after, c.left = parts[0], parts[1:]
+		if len(c.left) == 0 {
+			c.left = nil
+		}
 	case 'l':
 		if rest != "" {
 			c.left = strings.Split(rest, "\x00")

@@ -114,6 +114,10 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 		// between changes the set after page number page (from 0).
 		between func(t *testing.T, add, rem func(ids []any), page int)
 		stays   func(i int) bool // by index in initial
+		// once: members present throughout come exactly once (SSCAN may
+		// repeat members of a hash table that shrinks, not of one that
+		// grows from a compact set).
+		once bool
 	}{
 		// A compact intset, which SSCAN answers whole, grows into a hash
 		// table after the first page.
@@ -125,6 +129,18 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 				}
 			},
 			stays: func(int) bool { return true },
+			once:  true,
+		},
+		// The same with more pages of the hash table after it.
+		"grows into a hash table, many pages after": {
+			initial: ids(300, "%d", 1000, 1), limit: 100,
+			between: func(t *testing.T, add, _ func([]any), page int) {
+				if page == 0 {
+					add([]any{"new-member"})
+				}
+			},
+			stays: func(int) bool { return true },
+			once:  true,
 		},
 		// A hash table that others leave between pages (a dynamic
 		// segment's everyday life); one member in three stays.
@@ -160,7 +176,7 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 				}
 				add, rem := change(rdb.SAdd), change(rdb.SRem)
 				add(tt.initial)
-				seen := map[string]bool{}
+				seen := map[string]int{}
 				cursor := ""
 				for page := 0; ; page++ {
 					if page > 1000 {
@@ -171,7 +187,7 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 						t.Fatal(err)
 					}
 					for _, id := range got {
-						seen[id] = true
+						seen[id]++
 					}
 					if next == "" {
 						break
@@ -179,14 +195,21 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 					cursor = next
 					tt.between(t, add, rem, page)
 				}
-				missing := 0
+				missing, repeated := 0, 0
 				for i, id := range tt.initial {
-					if tt.stays(i) && !seen[id.(string)] {
+					switch n := seen[id.(string)]; {
+					case !tt.stays(i):
+					case n == 0:
 						missing++
+					case n > 1:
+						repeated++
 					}
 				}
 				if missing > 0 {
 					t.Errorf("%d members present throughout were never returned", missing)
+				}
+				if tt.once && repeated > 0 {
+					t.Errorf("%d members present throughout were returned more than once", repeated)
 				}
 			})
 		})
