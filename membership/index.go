@@ -212,9 +212,10 @@ func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string)
 // failover of Redis that loses an acknowledged index write (the index and
 // the profile are on different masters of a cluster), a resharding during
 // an organisation's first scan, an instance of a build older than the
-// index storing a new user. segmentctl verify calls it first.
+// index storing a new user. segmentctl verify calls it first. Nil orgs is
+// every organisation with a stored user.
 func (u *Users) Reindex(ctx context.Context, orgs []string) (int64, error) {
-	if len(orgs) == 0 {
+	if orgs != nil && len(orgs) == 0 {
 		return 0, nil
 	}
 	return u.indexKeyspace(ctx, orgs, nil)

@@ -197,6 +197,20 @@ func (s *Sets) IsMember(ctx context.Context, org, seg, user string) (bool, error
 	return ok, nil
 }
 
+// AreMembers reports whether each of users is in a segment (SMISMEMBER, a
+// round trip per 10,000 users).
+func (s *Sets) AreMembers(ctx context.Context, org, seg string, users []string) ([]bool, error) {
+	out := make([]bool, 0, len(users))
+	for chunk := range slices.Chunk(users, 10_000) {
+		is, err := s.rdb.SMIsMember(ctx, SegmentMembersKey(org, seg), idsAsArgs(chunk)...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("are %d users in %s/%s: %w", len(chunk), org, seg, err)
+		}
+		out = append(out, is...)
+	}
+	return out, nil
+}
+
 // UserSegments returns the ids of the segments a user is in, sorted.
 func (s *Sets) UserSegments(ctx context.Context, org, user string) ([]string, error) {
 	ids, err := s.rdb.SMembers(ctx, UserSegmentsKey(org, user)).Result()

@@ -16,12 +16,17 @@ type Difference struct {
 	OrgID, SegmentID, UserID string
 	// Want is whether the user should be a member.
 	Want bool
-	// Where names the set that disagrees: "segment" (seg:…:members) or "user" (user:…:segments).
+	// Where names the set that disagrees: "segment" (seg:…:members) or
+	// "user" (user:…:segments); "unreadable" is a user whose stored
+	// profile cannot be decoded (no SegmentID, no Want), not checked.
 	Where string
 }
 
 // String describes the difference in one line.
 func (d Difference) String() string {
+	if d.Where == "unreadable" {
+		return fmt.Sprintf("%s: user %s has a stored profile that cannot be decoded (%s): not checked", d.OrgID, d.UserID, membership.ProfileKey(d.OrgID, d.UserID))
+	}
 	verb := "missing from"
 	if !d.Want {
 		verb = "wrongly in"
@@ -31,8 +36,9 @@ func (d Difference) String() string {
 
 // ProfileScanner reads every stored profile and the users' segment sets.
 type ProfileScanner interface {
-	// Reindex adds to the organisations' indexes of users every stored
-	// user they lack, and returns how many it added.
+	// Reindex adds to the organisations' indexes of users (nil: every
+	// organisation's) every stored user they lack, and returns how many it
+	// added.
 	Reindex(ctx context.Context, orgs []string) (int64, error)
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
@@ -44,7 +50,7 @@ type ProfileScanner interface {
 // MemberReader reads a segment's members.
 type MemberReader interface {
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
-	IsMember(ctx context.Context, org, seg, user string) (bool, error)
+	AreMembers(ctx context.Context, org, seg string, users []string) ([]bool, error)
 }
 
 // verifySettle is how long Verify lets the writes in flight during its
@@ -107,9 +113,11 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		current[d.OrgID+"/"+d.ID] = d
 	}
 	byOrg := map[string][]string{}
+	listed := map[string]bool{}
 	for _, d := range diffs {
-		if us := byOrg[d.OrgID]; !slices.Contains(us, d.UserID) {
-			byOrg[d.OrgID] = append(us, d.UserID)
+		if k := d.OrgID + "\x00" + d.UserID; !listed[k] {
+			listed[k] = true
+			byOrg[d.OrgID] = append(byOrg[d.OrgID], d.UserID)
 		}
 	}
 	type key struct{ org, user string }
@@ -129,8 +137,31 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 			segSets[key{org, us[i]}] = ss[i]
 		}
 	}
+	// The segment sets' answers, one round trip per segment.
+	type segKey struct{ org, seg string }
+	asked := map[segKey][]string{}
+	for _, d := range diffs {
+		if d.Where == "segment" {
+			k := segKey{d.OrgID, d.SegmentID}
+			asked[k] = append(asked[k], d.UserID)
+		}
+	}
+	inSegment := map[Difference]bool{}
+	for k, us := range asked {
+		is, err := sets.AreMembers(ctx, k.org, k.seg, us)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", k.org, err)
+		}
+		for i, u := range us {
+			inSegment[Difference{OrgID: k.org, SegmentID: k.seg, UserID: u, Where: "segment"}] = is[i]
+		}
+	}
 	var out []Difference
 	for _, d := range diffs {
+		if d.Where == "unreadable" {
+			out = append(out, d) // for whoever repairs it to look at
+			continue
+		}
 		vr := rules[d.OrgID+"/"+d.SegmentID]
 		cur, ok := current[d.OrgID+"/"+d.SegmentID]
 		if !ok || cur.Status != segment.StatusReady || cur.Generation != vr.generation {
@@ -140,15 +171,13 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
 			p, err := segment.DecodeUserProfile(raw, nil, d.UserID)
 			if err != nil {
-				return nil, fmt.Errorf("profile of %s/%s: %w", d.OrgID, d.UserID, err)
+				continue // unreadable since the pass: that difference is its own
 			}
 			want = vr.rule.Match(p, now)
 		}
 		var got bool
 		if d.Where == "segment" {
-			if got, err = sets.IsMember(ctx, d.OrgID, d.SegmentID, d.UserID); err != nil {
-				return nil, fmt.Errorf("verify %s: %w", d.OrgID, err)
-			}
+			got = inSegment[Difference{OrgID: d.OrgID, SegmentID: d.SegmentID, UserID: d.UserID, Where: "segment"}]
 		} else {
 			got = slices.Contains(segSets[key{d.OrgID, d.UserID}], d.SegmentID)
 		}
@@ -180,9 +209,11 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			checked.Building++
 		}
 	}
-	orgs := make([]string, 0, len(byOrg))
-	for o := range byOrg {
-		orgs = append(orgs, o)
+	// Every organisation's index, not only those with a segment to check:
+	// backfills and audience searches read them all.
+	var orgs []string
+	if org != "" {
+		orgs = []string{org}
 	}
 	if checked.Reindexed, err = users.Reindex(ctx, orgs); err != nil {
 		return nil, checked, nil, fmt.Errorf("verify: %w", err)
@@ -210,7 +241,10 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 				scanned[sp.UserID] = true
 				p, err := segment.DecodeUserProfile(sp.Profile, nil, sp.UserID)
 				if err != nil {
-					return fmt.Errorf("profile of %s: %w", sp.UserID, err)
+					// Reported, and the rest checked: the stream and the jobs
+					// leave such a user alone too.
+					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: "unreadable"})
+					continue
 				}
 				userIDs = append(userIDs, sp.UserID)
 				for id, r := range rules {

@@ -99,6 +99,78 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	}
 }
 
+// TestVerifyGoesOnPastAnUnreadableProfile: one stored profile that cannot
+// be decoded is reported, and the other users are still checked.
+func TestVerifyGoesOnPastAnUnreadableProfile(t *testing.T) {
+	addr := testenv.Redis(t)
+	rdb := testenv.RedisClient(t)
+	ctx := context.Background()
+	org := testenv.Org(t, rdb, "org")
+	defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
+	if _, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusReady,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}}); err != nil {
+		t.Fatal(err)
+	}
+	// u1 matches and is in no set: a real difference; u2 cannot be read.
+	if _, err := users.Write(ctx, []membership.UserWrite{
+		{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":1500}`)},
+		{OrgID: org, UserID: "u2", Version: 1, Profile: []byte(`{"points":`)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	var code exitCode
+	err := run(ctx, []string{"verify", "-org", org}, envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr}), nil, &out)
+	if !errors.As(err, &code) || code != 1 {
+		t.Fatalf("verify = %v, want exit 1; output:\n%s", err, out.String())
+	}
+	for _, want := range []string{"user u1 missing from the segment set", "user u2 has a stored profile that cannot be decoded"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("verify output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestVerifyRepairsEveryIndex: a stored user missing from the index of an
+// organisation with no ready dynamic segment (its only one still building,
+// whose backfill reads the index) is added to it, with or without -org.
+func TestVerifyRepairsEveryIndex(t *testing.T) {
+	for name, args := range map[string][]string{"one organisation": {"verify", "-org"}, "all": {"verify"}} {
+		t.Run(name, func(t *testing.T) {
+			addr := testenv.Redis(t)
+			rdb := testenv.RedisClient(t)
+			ctx := context.Background()
+			org := testenv.Org(t, rdb, "org")
+			defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
+			if _, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "new", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+				Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1.0, HasValue: true}}}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":5}`)}}); err != nil {
+				t.Fatal(err)
+			}
+			// As a failover can leave it: stored, its index write lost.
+			if err := rdb.HSet(ctx, membership.ProfileKey(org, "u2"), "r", 1, "v", 1, "p", `{"points":5}`).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if args[len(args)-1] == "-org" {
+				args = append(slices.Clone(args), org)
+			}
+			var code exitCode
+			if err := run(ctx, args, envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr}), nil, io.Discard); !errors.As(err, &code) || code != 1 {
+				t.Errorf("%v = %v, want exit 1 (a user added to the index)", args, err)
+			}
+			var ids []string
+			if err := users.ScanUserIDs(ctx, org, func(p []string) error { ids = append(ids, p...); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if slices.Sort(ids); !slices.Equal(ids, []string{"u1", "u2"}) {
+				t.Errorf("index of %s after verify: %v, want [u1 u2]", org, ids)
+			}
+		})
+	}
+}
+
 // TestProduceThenTail produces JSON lines keyed by userId and reads them
 // back from the topic with tail.
 func TestProduceThenTail(t *testing.T) {
