@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -267,6 +269,7 @@ func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []
 		match = "prof:{" + orgs[0] + ":*"
 	}
 	var added int64
+	met := map[string]bool{} // with orgs nil: the organisations found
 	err := u.scanKeys(ctx, match, func(keys []string) error {
 		ids := make([]string, 0, len(keys))
 		refs := make([]UserRef, 0, len(keys))
@@ -274,6 +277,9 @@ func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []
 			if ref, ok := userFromProfileKey(k); ok && (orgs == nil || want[ref.OrgID]) {
 				ids = append(ids, ref.UserID)
 				refs = append(refs, ref)
+				if orgs == nil {
+					met[ref.OrgID] = true
+				}
 			}
 		}
 		n, err := u.addToIndex(ctx, refs)
@@ -286,8 +292,15 @@ func (u *Users) indexKeyspace(ctx context.Context, orgs []string, fn func(ids []
 		}
 		return fn(ids)
 	})
-	if err != nil || orgs == nil {
+	if err != nil {
 		return added, err
+	}
+	if orgs == nil {
+		// Marked too, so that their next reads use the index.
+		orgs = slices.Collect(maps.Keys(met))
+		if len(orgs) == 0 {
+			return added, nil
+		}
 	}
 	pipe := u.rdb.Pipeline()
 	for _, o := range orgs {

@@ -114,7 +114,8 @@ func cursorTag(org, seg string) string {
 func encodeMembersCursor(tag string, c membersCursor) string {
 	b := []byte("m4:" + tag + ":" + strconv.FormatUint(c.scan, 10) + ":")
 	switch {
-	case c.after != "" && (c.scan != 0 || len(c.left) > 0):
+	// 'a' where it will do (builds before 'b' read it, with any scan).
+	case c.after != "" && len(c.left) > 0:
 		b = append(b, 'b')
 		b = append(b, c.after...)
 		for _, id := range c.left {

@@ -65,8 +65,11 @@ type Checked struct {
 	Building int
 	// Reindexed counts the stored users that were missing from their
 	// organisation's index (which backfills and audience searches read)
-	// and were added to it before the check, which covers them.
+	// and were added to it before the check.
 	Reindexed int64
+	// Unreadable counts the stored profiles that could not be decoded
+	// (each also a Difference), not among Profiles.
+	Unreadable int
 }
 
 // Verify recomputes every dynamic segment of org (every organisation when org
@@ -157,9 +160,16 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		}
 	}
 	var out []Difference
+	unreadable := map[key]bool{}
 	for _, d := range diffs {
 		if d.Where == "unreadable" {
-			out = append(out, d) // for whoever repairs it to look at
+			// Still so? A full profile written since replaces it.
+			if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
+				if _, err := segment.DecodeUserProfile(raw, nil, d.UserID); err != nil && !unreadable[key{d.OrgID, d.UserID}] {
+					unreadable[key{d.OrgID, d.UserID}] = true
+					out = append(out, d)
+				}
+			}
 			continue
 		}
 		vr := rules[d.OrgID+"/"+d.SegmentID]
@@ -170,8 +180,12 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		want := false
 		if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
 			p, err := segment.DecodeUserProfile(raw, nil, d.UserID)
-			if err != nil {
-				continue // unreadable since the pass: that difference is its own
+			if err != nil { // unreadable since the pass
+				if k := (key{d.OrgID, d.UserID}); !unreadable[k] {
+					unreadable[k] = true
+					out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
+				}
+				continue
 			}
 			want = vr.rule.Match(p, now)
 		}
@@ -185,7 +199,29 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 			out = append(out, d)
 		}
 	}
+	sortDifferences(out)
 	return out, nil
+}
+
+// sortDifferences orders differences by organisation, its unreadable
+// profiles first, then by segment, user and set.
+func sortDifferences(diffs []Difference) {
+	sort.Slice(diffs, func(i, j int) bool {
+		a, b := diffs[i], diffs[j]
+		if a.OrgID != b.OrgID {
+			return a.OrgID < b.OrgID
+		}
+		if ua, ub := a.Where == "unreadable", b.Where == "unreadable"; ua != ub {
+			return ua
+		}
+		if a.SegmentID != b.SegmentID {
+			return a.SegmentID < b.SegmentID
+		}
+		if a.UserID != b.UserID {
+			return a.UserID < b.UserID
+		}
+		return a.Where < b.Where
+	})
 }
 
 // verifyPass is Verify's pass over every profile and set; it also returns
@@ -210,10 +246,14 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 		}
 	}
 	// Every organisation's index, not only those with a segment to check:
-	// backfills and audience searches read them all.
+	// backfills and audience searches read them all. An -org that names
+	// no organisation with segments (a mistyped id) is not scanned for.
 	var orgs []string
 	if org != "" {
-		orgs = []string{org}
+		orgs = []string{}
+		if slices.ContainsFunc(all, func(d segment.Definition) bool { return d.OrgID == org }) {
+			orgs = []string{org}
+		}
 	}
 	if checked.Reindexed, err = users.Reindex(ctx, orgs); err != nil {
 		return nil, checked, nil, fmt.Errorf("verify: %w", err)
@@ -244,6 +284,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 					// Reported, and the rest checked: the stream and the jobs
 					// leave such a user alone too.
 					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: "unreadable"})
+					checked.Unreadable++
 					continue
 				}
 				userIDs = append(userIDs, sp.UserID)
@@ -297,6 +338,6 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			}
 		}
 	}
-	sort.Slice(diffs, func(i, j int) bool { return diffs[i].String() < diffs[j].String() })
+	sortDifferences(diffs)
 	return diffs, checked, checkedRules, nil
 }

@@ -39,10 +39,20 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		summary += fmt.Sprintf("; %s still building, not checked", plural(checked.Building, "segment"))
 	}
 	if checked.Reindexed > 0 {
-		fmt.Fprintf(stdout, "%d stored users were missing from their organisation's index of users, which backfills and audience searches read; added (and checked above)\n", checked.Reindexed)
+		fmt.Fprintf(stdout, "%s missing from their organisation's index of users, which backfills and audience searches read: added\n", plural(int(checked.Reindexed), "stored user"))
 	}
 	if len(diffs) > 0 {
-		fmt.Fprintf(stdout, "%s (%s)\n", plural(len(diffs), "difference"), summary)
+		unreadable := 0
+		for _, d := range diffs {
+			if d.Where == "unreadable" {
+				unreadable++
+			}
+		}
+		counts := plural(len(diffs)-unreadable, "difference")
+		if unreadable > 0 {
+			counts += fmt.Sprintf(", %s not checked", plural(unreadable, "unreadable profile"))
+		}
+		fmt.Fprintf(stdout, "%s (%s)\n", counts, summary)
 		return exitCode(1)
 	}
 	if checked.Reindexed > 0 {
