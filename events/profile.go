@@ -140,10 +140,7 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 	}
 	err := r.members(func(k string) (err error) {
 		c := r.peek()
-		switch k {
-		case "eventId", "type", "orgId", "userId", "occurredAt", "version", "profile", "changes":
-			note(k, "") // a later occurrence clears an earlier one's problem
-		}
+		note(k, "") // a later occurrence clears an earlier one's problem
 		switch k {
 		case "eventId", "type", "orgId", "userId", "occurredAt":
 			switch c {

@@ -378,21 +378,15 @@ type Span struct{ First, End int64 }
 
 // Spans returns the span of each of topic's partitions now.
 func Spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {
-	if len(brokers) == 0 {
-		return nil, fmt.Errorf("offsets of %s: no brokers", topic)
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-	}
-	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
-	defer tr.CloseIdleConnections()
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
 	for _, p := range partitions {
 		req.Topics[topic] = append(req.Topics[topic], kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
 	}
-	resp, err := (&kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}).ListOffsets(ctx, req)
+	var resp *kafka.ListOffsetsResponse
+	err := withTopicTransport(ctx, brokers, topic, func(ctx context.Context, tr *kafka.Transport) (err error) {
+		resp, err = (&kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}).ListOffsets(ctx, req)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("offsets of %s: %w", topic, err)
 	}
@@ -409,31 +403,40 @@ func Spans(ctx context.Context, brokers []string, topic string, partitions []int
 	return out, nil
 }
 
+// withTopicTransport runs f on a transport of its own, closed after: no
+// metadata cache shared with other clients, and its cache holds topic only,
+// not the whole cluster's. ctx is bounded by requestTimeout unless it has a
+// deadline.
+func withTopicTransport(ctx context.Context, brokers []string, topic string, f func(context.Context, *kafka.Transport) error) error {
+	if len(brokers) == 0 {
+		return errors.New("no brokers")
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
+	defer tr.CloseIdleConnections()
+	return f(ctx, tr)
+}
+
 // readPartitions reads topic's partitions, on a transport of its own so
 // that no metadata cache is involved, and without asking the broker to
 // create the topic (a Conn's metadata request does: a broker that allows
 // it would create a missing topic with its own defaults, which EnsureTopics
 // then finds and keeps).
 func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafka.Partition, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		defer cancel()
-	}
-	if len(brokers) == 0 {
-		return nil, fmt.Errorf("partitions of %s: no brokers", topic)
-	}
-	// Its metadata cache holds this topic only, not the whole cluster's.
-	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
-	defer tr.CloseIdleConnections()
 	var resp *kafka.MetadataResponse
-	var err error
-	for _, b := range brokers {
-		c := &kafka.Client{Addr: kafka.TCP(b), Transport: tr}
-		if resp, err = c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}}); err == nil || ctx.Err() != nil {
-			break
+	err := withTopicTransport(ctx, brokers, topic, func(ctx context.Context, tr *kafka.Transport) (err error) {
+		for _, b := range brokers {
+			c := &kafka.Client{Addr: kafka.TCP(b), Transport: tr}
+			if resp, err = c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}}); err == nil || ctx.Err() != nil {
+				break
+			}
 		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
 	}

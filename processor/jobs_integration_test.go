@@ -729,14 +729,7 @@ func TestBackfillStopsWhenSuperseded(t *testing.T) {
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
 	reg := processor.NewRegistry(r.defs, time.Second, log)
-	compiled := func() (*processor.CompiledSegment, int64) {
-		t.Helper()
-		if err := reg.Reload(ctx); err != nil {
-			t.Fatal(err)
-		}
-		snap := reg.Current()
-		return snap.Org(r.org).Segments[d.ID], snap.Revision
-	}
+	compiled := func() (*processor.CompiledSegment, int64) { return r.compiled(t, reg, d.ID) }
 	instance := testenv.UniqueName(t, "inst")
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
 		return r.newJobs(t, jobsOf{instance: instance, pub: pub, registry: reg})
@@ -832,14 +825,7 @@ func TestSupersededBackfillKeepsOlderGenerations(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	compiled := func() (*processor.CompiledSegment, int64) {
-		t.Helper()
-		if err := reg.Reload(ctx); err != nil {
-			t.Fatal(err)
-		}
-		snap := reg.Current()
-		return snap.Org(r.org).Segments[d.ID], snap.Revision
-	}
+	compiled := func() (*processor.CompiledSegment, int64) { return r.compiled(t, reg, d.ID) }
 	jobs := func(pub processor.ChangePublisher) *processor.Jobs {
 		return r.newJobs(t, jobsOf{pub: pub, registry: reg})
 	}
@@ -896,9 +882,11 @@ func (h *beginHook) BeginBackfill(ctx context.Context, org, id string, generatio
 // generation recorded, so that the next generation's backfill looks for
 // those changes: their events are published and the member set is right.
 func TestSupersededRetryKeepsItsGeneration(t *testing.T) {
-	for name, first := range map[string]jobsOf{
-		"unpublished": {pub: unreachablePublisher{}},
-		"unprojected": {users: failingProjections{}}, // the rig's users, set below
+	for name, firstOf := range map[string]func(t *testing.T, r *rig) jobsOf{
+		"unpublished": func(*testing.T, *rig) jobsOf { return jobsOf{pub: unreachablePublisher{}} },
+		"unprojected": func(t *testing.T, r *rig) jobsOf {
+			return jobsOf{pub: r.publisher(t), users: failingProjections{r.users}}
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, testenv.RedisClient(t))
@@ -906,22 +894,10 @@ func TestSupersededRetryKeepsItsGeneration(t *testing.T) {
 			points := r.storePoints(t, 3000)
 			d := r.buildingSegment(t, atLeast(1000)).Def
 			reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-			compiled := func() (*processor.CompiledSegment, int64) {
-				t.Helper()
-				if err := reg.Reload(ctx); err != nil {
-					t.Fatal(err)
-				}
-				snap := reg.Current()
-				return snap.Org(r.org).Segments[d.ID], snap.Revision
-			}
+			compiled := func() (*processor.CompiledSegment, int64) { return r.compiled(t, reg, d.ID) }
 			g1, rev := compiled()
+			first := firstOf(t, r)
 			first.registry = reg
-			if first.pub == nil {
-				first.pub = r.publisher(t)
-			}
-			if first.users != nil {
-				first.users = failingProjections{r.users}
-			}
 			if err := r.newJobs(t, first).Backfill(briefly(t), r.org, g1, rev); err == nil {
 				t.Fatal("the first attempt succeeded")
 			}
@@ -1487,6 +1463,17 @@ type jobsOf struct {
 	remover  processor.SegmentRemover
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
+}
+
+// compiled reloads reg and returns segment id of the rig's organisation as
+// compiled now, with the definitions' revision.
+func (r *rig) compiled(t *testing.T, reg *processor.Registry, id string) (*processor.CompiledSegment, int64) {
+	t.Helper()
+	if err := reg.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	snap := reg.Current()
+	return snap.Org(r.org).Segments[id], snap.Revision
 }
 
 // newJobs returns the background jobs of one test instance, not running.

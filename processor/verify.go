@@ -59,6 +59,8 @@ const verifySettle = 2 * time.Second
 
 // Checked counts what Verify compared.
 type Checked struct {
+	// Profiles counts the readable stored profiles compared; one that
+	// cannot be decoded is a Difference of its own.
 	Orgs, Segments, Profiles int
 	// Building counts the dynamic segments left out because they are
 	// still being computed.
@@ -67,9 +69,6 @@ type Checked struct {
 	// organisation's index (which backfills and audience searches read)
 	// and were added to it before the check.
 	Reindexed int64
-	// Unreadable counts the stored profiles that could not be decoded
-	// (each also a Difference), not among Profiles.
-	Unreadable int
 }
 
 // Verify recomputes every dynamic segment of org (every organisation when org
@@ -124,7 +123,8 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		}
 	}
 	type key struct{ org, user string }
-	profile := map[key]string{}
+	profiles := map[key]*segment.Profile{} // nil: no stored profile (deleted)
+	unreadable := map[key]bool{}
 	segSets := map[key][]string{}
 	for org, us := range byOrg {
 		views, err := users.ViewUsers(ctx, org, us, membership.ViewFields{})
@@ -136,12 +136,21 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 			return nil, fmt.Errorf("verify %s: %w", org, err)
 		}
 		for i, v := range views {
-			profile[key{org, v.UserID}] = v.Profile
-			segSets[key{org, us[i]}] = ss[i]
+			k := key{org, v.UserID}
+			segSets[k] = ss[i]
+			if v.Profile == "" {
+				continue
+			}
+			if p, err := segment.DecodeUserProfile(v.Profile, nil, v.UserID); err != nil {
+				unreadable[k] = true
+			} else {
+				profiles[k] = p
+			}
 		}
 	}
 	// The segment sets' answers, one round trip per segment.
 	type segKey struct{ org, seg string }
+	type segUser struct{ org, seg, user string }
 	asked := map[segKey][]string{}
 	for _, d := range diffs {
 		if d.Where == "segment" {
@@ -149,51 +158,39 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 			asked[k] = append(asked[k], d.UserID)
 		}
 	}
-	inSegment := map[Difference]bool{}
+	inSegment := map[segUser]bool{}
 	for k, us := range asked {
 		is, err := sets.AreMembers(ctx, k.org, k.seg, us)
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", k.org, err)
 		}
 		for i, u := range us {
-			inSegment[Difference{OrgID: k.org, SegmentID: k.seg, UserID: u, Where: "segment"}] = is[i]
+			inSegment[segUser{k.org, k.seg, u}] = is[i]
 		}
 	}
 	var out []Difference
-	unreadable := map[key]bool{}
 	for _, d := range diffs {
-		if d.Where == "unreadable" {
-			// Still so? A full profile written since replaces it.
-			if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
-				if _, err := segment.DecodeUserProfile(raw, nil, d.UserID); err != nil && !unreadable[key{d.OrgID, d.UserID}] {
-					unreadable[key{d.OrgID, d.UserID}] = true
-					out = append(out, d)
-				}
-			}
+		k := key{d.OrgID, d.UserID}
+		if unreadable[k] {
+			// Unreadable now (still, or since the pass): reported once.
+			out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
+			delete(unreadable, k)
 			continue
+		}
+		if d.Where == "unreadable" {
+			continue // a profile written since replaced it
 		}
 		vr := rules[d.OrgID+"/"+d.SegmentID]
 		cur, ok := current[d.OrgID+"/"+d.SegmentID]
 		if !ok || cur.Status != segment.StatusReady || cur.Generation != vr.generation {
 			continue // deleted, or rebuilding new criteria, since the pass
 		}
-		want := false
-		if raw := profile[key{d.OrgID, d.UserID}]; raw != "" {
-			p, err := segment.DecodeUserProfile(raw, nil, d.UserID)
-			if err != nil { // unreadable since the pass
-				if k := (key{d.OrgID, d.UserID}); !unreadable[k] {
-					unreadable[k] = true
-					out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
-				}
-				continue
-			}
-			want = vr.rule.Match(p, now)
-		}
+		want := profiles[k] != nil && vr.rule.Match(profiles[k], now)
 		var got bool
 		if d.Where == "segment" {
-			got = inSegment[Difference{OrgID: d.OrgID, SegmentID: d.SegmentID, UserID: d.UserID, Where: "segment"}]
+			got = inSegment[segUser{d.OrgID, d.SegmentID, d.UserID}]
 		} else {
-			got = slices.Contains(segSets[key{d.OrgID, d.UserID}], d.SegmentID)
+			got = slices.Contains(segSets[k], d.SegmentID)
 		}
 		if got != want && want == d.Want {
 			out = append(out, d)
@@ -284,7 +281,6 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 					// Reported, and the rest checked: the stream and the jobs
 					// leave such a user alone too.
 					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: "unreadable"})
-					checked.Unreadable++
 					continue
 				}
 				userIDs = append(userIDs, sp.UserID)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
@@ -25,32 +26,56 @@ import (
 
 func envMap(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 
+// verifyOrg is an organisation of its own on the test Redis, for verify.
+type verifyOrg struct {
+	rdb   redis.UniversalClient
+	org   string
+	defs  *membership.Definitions
+	users *membership.Users
+	env   func(string) string
+}
+
+func newVerifyOrg(t *testing.T) verifyOrg {
+	rdb := testenv.RedisClient(t)
+	return verifyOrg{rdb: rdb, org: testenv.Org(t, rdb, "org"), defs: membership.NewDefinitions(rdb), users: membership.NewUsers(rdb),
+		env: envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": testenv.Redis(t)})}
+}
+
+// segment creates a dynamic segment of points >= min, in status.
+func (v verifyOrg) segment(t *testing.T, status segment.Status, min float64) segment.Definition {
+	t.Helper()
+	d, err := v.defs.Create(context.Background(), segment.Definition{OrgID: v.org, Name: "points", Type: segment.TypeDynamic, Status: status,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: min, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// unindexed stores user's profile as a failover can leave it: its write to
+// the organisation's index of users lost.
+func (v verifyOrg) unindexed(t *testing.T, user, profile string) {
+	t.Helper()
+	if err := v.rdb.HSet(context.Background(), membership.ProfileKey(v.org, user), "r", 1, "v", 1, "p", profile).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestVerifyReportsDifferences stores a profile that matches a ready segment
 // without its membership: verify must print the difference and exit 1, and
 // exit 0 once the sets agree.
 func TestVerifyReportsDifferences(t *testing.T) {
-	addr := testenv.Redis(t)
-	rdb := testenv.RedisClient(t)
-	ctx := context.Background()
-	org := testenv.Org(t, rdb, "org")
-	defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
-	d, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusReady,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := newVerifyOrg(t)
+	ctx, rdb, org, users, env := context.Background(), v.rdb, v.org, v.users, v.env
+	d := v.segment(t, segment.StatusReady, 1000)
 	// A segment still building is not checked (its set is not exact yet),
 	// and verify says so.
-	if _, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "new", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1.0, HasValue: true}}}}); err != nil {
-		t.Fatal(err)
-	}
+	v.segment(t, segment.StatusBuilding, 1)
 	if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":1500}`)}}); err != nil {
 		t.Fatal(err)
 	}
-	env := envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr})
 	var out bytes.Buffer
-	err = run(ctx, []string{"verify", "-org", org}, env, nil, &out)
+	err := run(ctx, []string{"verify", "-org", org}, env, nil, &out)
 	var code exitCode
 	if !errors.As(err, &code) || code != 1 {
 		t.Fatalf("verify = %v, want exit 1; output:\n%s", err, out.String())
@@ -84,9 +109,7 @@ func TestVerifyReportsDifferences(t *testing.T) {
 	// A stored user missing from the organisation's index of users (as a
 	// failover can leave one): verify finds it in the keyspace, adds it,
 	// checks it, says so and exits 1; the next run is clean.
-	if err := rdb.HSet(ctx, membership.ProfileKey(org, "u2"), "r", 1, "v", 1, "p", `{"points":5}`).Err(); err != nil {
-		t.Fatal(err)
-	}
+	v.unindexed(t, "u2", `{"points":5}`)
 	out.Reset()
 	err = run(ctx, []string{"verify", "-org", org}, env, nil, &out)
 	if !errors.As(err, &code) || code != 1 || !strings.Contains(out.String(), "1 stored user missing from their organisation's index") ||
@@ -102,17 +125,11 @@ func TestVerifyReportsDifferences(t *testing.T) {
 // TestVerifyGoesOnPastAnUnreadableProfile: one stored profile that cannot
 // be decoded is reported, and the other users are still checked.
 func TestVerifyGoesOnPastAnUnreadableProfile(t *testing.T) {
-	addr := testenv.Redis(t)
-	rdb := testenv.RedisClient(t)
-	ctx := context.Background()
-	org := testenv.Org(t, rdb, "org")
-	defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
-	if _, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusReady,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}}); err != nil {
-		t.Fatal(err)
-	}
+	v := newVerifyOrg(t)
+	ctx, org := context.Background(), v.org
+	v.segment(t, segment.StatusReady, 1000)
 	// u1 matches and is in no set: a real difference; u2 cannot be read.
-	if _, err := users.Write(ctx, []membership.UserWrite{
+	if _, err := v.users.Write(ctx, []membership.UserWrite{
 		{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":1500}`)},
 		{OrgID: org, UserID: "u2", Version: 1, Profile: []byte(`{"points":`)},
 	}); err != nil {
@@ -120,7 +137,7 @@ func TestVerifyGoesOnPastAnUnreadableProfile(t *testing.T) {
 	}
 	var out bytes.Buffer
 	var code exitCode
-	err := run(ctx, []string{"verify", "-org", org}, envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr}), nil, &out)
+	err := run(ctx, []string{"verify", "-org", org}, v.env, nil, &out)
 	if !errors.As(err, &code) || code != 1 {
 		t.Fatalf("verify = %v, want exit 1; output:\n%s", err, out.String())
 	}
@@ -138,27 +155,18 @@ func TestVerifyGoesOnPastAnUnreadableProfile(t *testing.T) {
 func TestVerifyRepairsEveryIndex(t *testing.T) {
 	for name, args := range map[string][]string{"one organisation": {"verify", "-org"}, "all": {"verify"}} {
 		t.Run(name, func(t *testing.T) {
-			addr := testenv.Redis(t)
-			rdb := testenv.RedisClient(t)
-			ctx := context.Background()
-			org := testenv.Org(t, rdb, "org")
-			defs, users := membership.NewDefinitions(rdb), membership.NewUsers(rdb)
-			if _, err := defs.Create(ctx, segment.Definition{OrgID: org, Name: "new", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
-				Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1.0, HasValue: true}}}}); err != nil {
-				t.Fatal(err)
-			}
+			v := newVerifyOrg(t)
+			ctx, org, users := context.Background(), v.org, v.users
+			v.segment(t, segment.StatusBuilding, 1)
 			if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":5}`)}}); err != nil {
 				t.Fatal(err)
 			}
-			// As a failover can leave it: stored, its index write lost.
-			if err := rdb.HSet(ctx, membership.ProfileKey(org, "u2"), "r", 1, "v", 1, "p", `{"points":5}`).Err(); err != nil {
-				t.Fatal(err)
-			}
+			v.unindexed(t, "u2", `{"points":5}`)
 			if args[len(args)-1] == "-org" {
 				args = append(slices.Clone(args), org)
 			}
 			var code exitCode
-			if err := run(ctx, args, envMap(map[string]string{"SEGMENTD_REDIS_ADDRS": addr}), nil, io.Discard); !errors.As(err, &code) || code != 1 {
+			if err := run(ctx, args, v.env, nil, io.Discard); !errors.As(err, &code) || code != 1 {
 				t.Errorf("%v = %v, want exit 1 (a user added to the index)", args, err)
 			}
 			var ids []string

@@ -129,7 +129,7 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	defer cancel()
 	n, done := 0, 0
 	var timer <-chan time.Time
-	print := func(l []byte) bool {
+	emit := func(l []byte) bool {
 		fmt.Fprintf(stdout, "%s\n", l)
 		n++
 		return *max > 0 && n >= *max
@@ -153,7 +153,7 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			for {
 				select {
 				case l := <-lines:
-					if print(l) {
+					if emit(l) {
 						return nil
 					}
 				default:
@@ -161,7 +161,7 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 				}
 			}
 		case l := <-lines:
-			if print(l) {
+			if emit(l) {
 				return nil
 			}
 		}
