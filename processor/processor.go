@@ -41,13 +41,13 @@ type Header struct {
 	Value []byte
 }
 
-// Fetcher is the consumer side of the profile topic, as a member of a
-// consumer group.
 // ErrFetcherClosed is what a Fetcher's Fetch returns, wrapped, once the
 // fetcher is closed: the processor then stops. Any other error, io.EOF of
 // a connection that a broker or a proxy closed included, is retried.
 var ErrFetcherClosed = errors.New("fetcher closed")
 
+// Fetcher is the consumer side of the profile topic, as a member of a
+// consumer group.
 type Fetcher interface {
 	// Fetch returns the next record of the partitions assigned to this
 	// member, waiting for one until ctx ends.
