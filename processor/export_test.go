@@ -9,3 +9,7 @@ func (j *Jobs) FireTimers(ctx context.Context) { j.fireTimers(ctx) }
 // FinishDeletions finishes the deletions left undone once, as Run does
 // every minute.
 func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }
+
+// RefreshEstimates refreshes the estimated sizes once, as Run does every
+// min(EstimateInterval, 1 minute).
+func (j *Jobs) RefreshEstimates(ctx context.Context) { j.refreshEstimates(ctx) }

@@ -250,7 +250,7 @@ func (j *Jobs) Run(ctx context.Context) error {
 	loop(250*time.Millisecond, j.beat)
 	loop(500*time.Millisecond, j.startBackfills)
 	loop(j.cfg.TimerInterval, j.fireTimers)
-	loop(min(j.cfg.EstimateInterval, time.Minute), j.refreshEstimates)
+	loop(estimateTick(j.cfg.EstimateInterval), j.refreshEstimates)
 	if j.cfg.Remover != nil {
 		loop(time.Minute, j.finishDeletions)
 	}
@@ -1279,6 +1279,19 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 	return nil
 }
 
+// estimateTick is how often the estimate refresh looks for organisations
+// whose lease has run out.
+func estimateTick(interval time.Duration) time.Duration { return min(interval, time.Minute) }
+
+// estimateLease is how long one refresh of an organisation holds off the
+// next: the interval less a tenth of a tick, so that the tick one interval
+// on finds it gone (a lease of exactly the interval outlives that tick by
+// the time the refresh took to reach the organisation, and the refresh
+// came every other interval).
+func estimateLease(interval time.Duration) time.Duration {
+	return interval - estimateTick(interval)/10
+}
+
 // refreshEstimates copies each segment's exact size into estimatedSize,
 // once per interval and organisation across all instances. An instance
 // reads the definitions of the organisations whose refresh it wins only.
@@ -1294,8 +1307,11 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 		// owner each time means no one extends it: it lets one refresh of
 		// the organisation through per interval, on whichever instance
 		// comes first.
-		lease := "estimates:" + org
-		ok, err := j.cfg.Coordinator.TryLock(ctx, lease, owner, j.cfg.EstimateInterval)
+		// The interval is in the lease's name: a lease left by instances
+		// of a longer interval (before SEGMENTD_ESTIMATE_INTERVAL was
+		// lowered) must not hold this one's refreshes back for its length.
+		lease := "estimates:" + strconv.FormatInt(j.cfg.EstimateInterval.Milliseconds(), 10) + ":" + org
+		ok, err := j.cfg.Coordinator.TryLock(ctx, lease, owner, estimateLease(j.cfg.EstimateInterval))
 		if err != nil || !ok {
 			continue
 		}

@@ -1463,6 +1463,8 @@ type jobsOf struct {
 	remover  processor.SegmentRemover
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
+	// estimateInterval is SEGMENTD_ESTIMATE_INTERVAL (0: the default).
+	estimateInterval time.Duration
 }
 
 // compiled reloads reg and returns segment id of the rig's organisation as
@@ -1494,7 +1496,7 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 		InstanceID: o.instance, Definitions: o.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
-		TimerInterval: o.timerInterval,
+		TimerInterval: o.timerInterval, EstimateInterval: o.estimateInterval,
 	})
 	if err != nil {
 		t.Fatal(err)

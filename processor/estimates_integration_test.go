@@ -1,0 +1,116 @@
+package processor_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// flakyEstimates fails the next failures estimate writes of its
+// organisation and counts the ones that reach Redis.
+type flakyEstimates struct {
+	*membership.Definitions
+	org      string
+	failures atomic.Int64
+	written  atomic.Int64
+}
+
+func (f *flakyEstimates) SetEstimatedSize(ctx context.Context, org, id string, n int64) error {
+	if org == f.org {
+		if f.failures.Add(-1) >= 0 {
+			return errors.New("injected failure")
+		}
+		f.written.Add(1)
+	}
+	return f.Definitions.SetEstimatedSize(ctx, org, id, n)
+}
+
+// estimateRig is an organisation with one static segment, for the refresh
+// of estimatedSize.
+func estimateRig(t *testing.T) (*rig, segment.Definition) {
+	t.Helper()
+	r := newRig(t, testenv.RedisClient(t))
+	d, err := r.defs.Create(context.Background(), segment.Definition{OrgID: r.org, Name: "s", Type: segment.TypeStatic, Status: segment.StatusReady})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, d
+}
+
+func (r *rig) addMembers(t *testing.T, seg string, users ...any) {
+	t.Helper()
+	if err := r.rdb.SAdd(context.Background(), membership.SegmentMembersKey(r.org, seg), users...).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) estimatedSize(t *testing.T, seg string) int64 {
+	t.Helper()
+	d, err := r.defs.Get(context.Background(), r.org, seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.EstimatedSize
+}
+
+// TestEstimateIntervalShortened: an operator lowers
+// SEGMENTD_ESTIMATE_INTERVAL (from a day to a second) and restarts; the new
+// instances refresh estimatedSize at the new interval instead of waiting
+// out the lease that the old setting left.
+func TestEstimateIntervalShortened(t *testing.T) {
+	r, d := estimateRig(t)
+	ctx := context.Background()
+	r.newJobs(t, jobsOf{estimateInterval: 24 * time.Hour}).RefreshEstimates(ctx)
+	r.addMembers(t, d.ID, "u1", "u2", "u3")
+	r.newJobs(t, jobsOf{estimateInterval: time.Second}).RefreshEstimates(ctx)
+	if got := r.estimatedSize(t, d.ID); got != 3 {
+		t.Fatalf("estimatedSize = %d after a restart with a 1 s interval; want 3", got)
+	}
+}
+
+// TestEstimateRefreshedOneIntervalOn checks that a refresh one interval
+// after the last finds that refresh's lease gone. A lease of exactly the
+// interval outlived the next tick by the time the refresh took to reach
+// the organisation, and the refresh came every other interval.
+func TestEstimateRefreshedOneIntervalOn(t *testing.T) {
+	r, d := estimateRig(t)
+	ctx := context.Background()
+	const interval = time.Second
+	j := r.newJobs(t, jobsOf{estimateInterval: interval})
+	j.RefreshEstimates(ctx)
+	// The tick one interval on (less a twentieth: the refresh above may
+	// have reached the organisation a little after the tick).
+	next := time.Now().Add(interval - interval/20)
+	r.addMembers(t, d.ID, "u1", "u2")
+	time.Sleep(time.Until(next))
+	j.RefreshEstimates(ctx)
+	if got := r.estimatedSize(t, d.ID); got != 2 {
+		t.Fatalf("estimatedSize = %d one interval after the last refresh; want 2", got)
+	}
+}
+
+// TestEstimateFailureRetriedNextTick checks that a refresh whose write
+// fails gives its lease back: the next tick refreshes, not one a whole
+// interval later.
+func TestEstimateFailureRetriedNextTick(t *testing.T) {
+	r, d := estimateRig(t)
+	ctx := context.Background()
+	defs := &flakyEstimates{Definitions: r.defs, org: r.org}
+	defs.failures.Store(1)
+	j := r.newJobs(t, jobsOf{defs: defs, estimateInterval: time.Hour})
+	r.addMembers(t, d.ID, "u1")
+	j.RefreshEstimates(ctx)
+	if got := r.estimatedSize(t, d.ID); got != 0 || defs.written.Load() != 0 {
+		t.Fatalf("estimatedSize = %d after a failed refresh; want 0", got)
+	}
+	j.RefreshEstimates(ctx)
+	if got := r.estimatedSize(t, d.ID); got != 1 {
+		t.Fatalf("estimatedSize = %d on the tick after a failed refresh; want 1", got)
+	}
+}
