@@ -184,3 +184,33 @@ func TestStoppedRollbackIsFinished(t *testing.T) {
 		}
 	}
 }
+
+// TestListLeaseIsShort: a list change in progress holds a lease of
+// membership.ListLockTTL, renewed while it works, so that the list of an
+// instance killed mid-change is free again within it (a lease as long as
+// a request may run kept a DELETE's retries answering 409 for minutes).
+func TestListLeaseIsShort(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	id := str(a.as("POST", "/v1/segments", map[string]any{"name": "big", "type": "static", "userIds": []string{"x"}}).mustStatus(t, http.StatusCreated).body["id"])
+	put := make(chan response, 1)
+	go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": ids("w", 100000)}) }()
+	lock := "lock:{" + membership.ListLock(a.org, id) + "}"
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the list write wrote no member within 30 s")
+		}
+	}
+	ttl := rdb.PTTL(ctx, lock).Val()
+	(<-put).mustStatus(t, http.StatusOK)
+	if ttl <= 0 || ttl > membership.ListLockTTL {
+		t.Errorf("the list's lease has %v to run while the list is written; want (0, %v]", ttl, membership.ListLockTTL)
+	}
+	if n := rdb.Exists(ctx, lock).Val(); n != 0 {
+		t.Errorf("the list's lease is still held after the change answered")
+	}
+}

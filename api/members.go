@@ -139,7 +139,7 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	// Planned and written under the list's lock: the size limit holds
 	// against concurrent adds, and no deletion runs beside the write.
-	d, unlock, err := s.lockedStatic(ctx, d.OrgID, d.ID)
+	ctx, d, unlock, err := s.lockedStatic(ctx, d.OrgID, d.ID)
 	if err != nil {
 		s.fail(w, r, err)
 		return

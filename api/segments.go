@@ -191,7 +191,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	// again publishes the same events.
 	if claim != nil || (!replayed && created.Type == segment.TypeStatic) {
 		// Only a deletion can hold the new segment's list: it then goes.
-		listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
+		ctx, listed, unlock, err := s.lockedStatic(ctx, org, created.ID)
 		if err != nil {
 			// A segment this request created is deleted as a DELETE does
 			// (waiting for whoever holds its list), so that the client's
@@ -579,7 +579,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := writeContext(w, r)
 	defer cancel()
 	if cur.Type == segment.TypeStatic && b.UserIDs != nil {
-		listed, unlock, err := s.lockedStatic(ctx, cur.OrgID, cur.ID)
+		ctx, listed, unlock, err := s.lockedStatic(ctx, cur.OrgID, cur.ID)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -671,7 +671,7 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 	}
 	// A change of the list in progress ends first; none starts after the
 	// mark, and the members go once.
-	unlock, err := s.lockList(ctx, d.OrgID, d.ID)
+	ctx, unlock, err := s.lockList(ctx, d.OrgID, d.ID)
 	if err != nil {
 		return err
 	}

@@ -116,6 +116,9 @@ type Locker interface {
 	// TryLock takes the lease, or extends it when owner holds it; false
 	// when another owner holds it.
 	TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	// Extend extends the lease while owner holds it; false when it has
+	// lapsed or another owner holds it.
+	Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
 	// Unlock gives the lease up if owner holds it.
 	Unlock(ctx context.Context, name, owner string) error
 }

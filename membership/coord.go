@@ -21,6 +21,11 @@ func lockKey(name string) string { return "lock:{" + name + "}" }
 // the removal of a segment's members, holds at a time.
 func ListLock(org, seg string) string { return "list:" + org + ":" + seg }
 
+// ListLockTTL is how long a list's lease lasts unrenewed. Its holder renews
+// it while it works (KeepLease), so a change may run for minutes and a
+// holder that dies frees the list within this time.
+const ListLockTTL = 30 * time.Second
+
 // Coordinator hands jobs to one instance at a time and tracks instances.
 type Coordinator struct {
 	rdb redis.UniversalClient
@@ -47,6 +52,50 @@ func (c *Coordinator) Extend(ctx context.Context, name, owner string, ttl time.D
 		return false, fmt.Errorf("extend lock %s: %w", name, err)
 	}
 	return res == 1, nil
+}
+
+// ErrLeaseLost is the cause with which a kept lease's context ends once a
+// renewal finds the lease lapsed or held by another owner.
+var ErrLeaseLost = errors.New("lease lost")
+
+// LeaseExtender extends a lease that its owner holds; a Coordinator is one.
+type LeaseExtender interface {
+	Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+}
+
+// KeepLease renews owner's lease name, just taken with ttl, three times per
+// ttl in the background, only ever extending it, so that a lease can be
+// short and yet held by work that runs long. It returns a context that ends
+// with cause ErrLeaseLost when a renewal finds the lease lapsed or taken
+// (the renewals failed for a whole ttl: another holder may have worked
+// since), and the function that stops the renewals; that function does not
+// give the lease up.
+func KeepLease(ctx context.Context, l LeaseExtender, name, owner string, ttl time.Duration) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if ok, err := l.Extend(ctx, name, owner, ttl); err == nil && !ok {
+				cancel(ErrLeaseLost)
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		<-stopped
+		cancel(nil)
+	}
 }
 
 var extendScript = redis.NewScript(`

@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -37,6 +38,59 @@ func TestLeases(t *testing.T) {
 			if err != nil || got != st.want {
 				t.Fatalf("%s: %v, %v; want %v", st.name, got, err, st.want)
 			}
+		}
+	})
+}
+
+// TestKeepLease: a kept lease is renewed past its ttl while kept, is not
+// given up when the keeping stops, and a lease found taken by another
+// owner ends the keeper's context with ErrLeaseLost.
+func TestKeepLease(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		c := membership.NewCoordinator(rdb)
+		name := testenv.UniqueName(t, "kept")
+		const ttl = 900 * time.Millisecond
+		if ok, err := c.TryLock(ctx, name, "a", ttl); !ok || err != nil {
+			t.Fatalf("take: %v, %v", ok, err)
+		}
+		held, stop := membership.KeepLease(ctx, c, name, "a", ttl)
+		// Renewed: the lease is still a's two ttls on.
+		time.Sleep(2 * ttl)
+		if ok, err := c.TryLock(ctx, name, "b", time.Minute); ok || err != nil {
+			t.Fatalf("b took a kept lease after two ttls: %v, %v", ok, err)
+		}
+		if held.Err() != nil {
+			t.Fatalf("the kept lease's context ended: %v", context.Cause(held))
+		}
+		stop()
+		if ok, err := c.TryLock(ctx, name, "b", time.Minute); ok || err != nil {
+			t.Fatalf("b took the lease as soon as the keeping stopped: %v, %v", ok, err)
+		}
+		if err := c.Unlock(ctx, name, "a"); err != nil {
+			t.Fatal(err)
+		}
+
+		// Lost: b holds it when a's next renewal comes.
+		if ok, err := c.TryLock(ctx, name, "a", ttl); !ok || err != nil {
+			t.Fatalf("take again: %v, %v", ok, err)
+		}
+		held, stop = membership.KeepLease(ctx, c, name, "a", ttl)
+		defer stop()
+		if err := c.Unlock(ctx, name, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := c.TryLock(ctx, name, "b", time.Minute); !ok || err != nil {
+			t.Fatalf("b takes it: %v, %v", ok, err)
+		}
+		t.Cleanup(func() { _ = c.Unlock(context.Background(), name, "b") })
+		select {
+		case <-held.Done():
+			if cause := context.Cause(held); !errors.Is(cause, membership.ErrLeaseLost) {
+				t.Fatalf("context ended with %v; want ErrLeaseLost", cause)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the keeper's context still runs 10 s after another owner took the lease")
 		}
 	})
 }

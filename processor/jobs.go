@@ -142,46 +142,8 @@ type Jobs struct {
 // deleted: the backfill of the new generation, or the deletion, takes over.
 var errSuperseded = errors.New("segment changed while it was backfilled")
 
-// errLeaseLost stops a backfill whose lock another instance took over (this
-// one stalled for longer than the lease): that instance's backfill goes on.
-var errLeaseLost = errors.New("backfill lease lost to another instance")
-
 // backfillLease is how long a backfill's lease lasts unrenewed.
 const backfillLease = 30 * time.Second
-
-// keepLease renews owner's backfill lease three times per lease in the
-// background, only ever extending it: a lease found lapsed or taken (the
-// renewals failed for a lease's time, another attempt may have held it and
-// written what only a retry reads, the outboxes) is lost. It returns a
-// context that ends with cause errLeaseLost when it is, and the function
-// that stops the renewals.
-func (j *Jobs) keepLease(ctx context.Context, lock, owner string) (context.Context, func()) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(backfillLease / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, backfillLease); err == nil && !ok {
-				cancel(errLeaseLost)
-				return
-			}
-		}
-	}()
-	return ctx, func() {
-		close(done)
-		<-stopped
-		cancel(nil)
-	}
-}
 
 // NewJobs returns the jobs; call Run to start them. It fails when
 // cfg.Registerer already holds the jobs' metrics.
@@ -463,7 +425,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		}
 	}()
 	// From here the work stops when the lease turns out lost.
-	ctx, stopLease := j.keepLease(ctx, lock, owner)
+	ctx, stopLease := membership.KeepLease(ctx, j.cfg.Coordinator, lock, owner, backfillLease)
 	defer stopLease()
 	// The snapshot that asked for this backfill may predate its end (here or
 	// on another instance): a generation already built, or replaced, or a
@@ -559,7 +521,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	}
 	lastReport := time.Now()
 	err = j.cfg.Users.ScanUserIDs(ctx, org, func(ids []string) error {
-		if err := context.Cause(ctx); errors.Is(err, errLeaseLost) {
+		if err := context.Cause(ctx); errors.Is(err, membership.ErrLeaseLost) {
 			return err
 		}
 		if !j.stillCurrent(inForce) {
@@ -597,7 +559,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		default:
 		}
 	}
-	if errors.Is(err, errSuperseded) && first && !errors.Is(context.Cause(ctx), errLeaseLost) {
+	if errors.Is(err, errSuperseded) && first && !errors.Is(context.Cause(ctx), membership.ErrLeaseLost) {
 		// Every page handed out was finished: what this generation wrote is
 		// published, if this attempt was its only one. A retry's pages are
 		// its own, and entries an earlier attempt left unpublished may be on
@@ -612,7 +574,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 			j.cfg.Logger.Warn("backfill end", "org", org, "segment", cs.Def.ID, "err", eerr)
 		}
 	}
-	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errLeaseLost) {
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, membership.ErrLeaseLost) {
 		err = cause // the work stopped because the lease was lost
 	}
 	if err != nil {
@@ -622,7 +584,7 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	if ok, err := j.cfg.Coordinator.Extend(ctx, lock, owner, backfillLease); err != nil {
 		return fmt.Errorf("backfill lease: %w", err)
 	} else if !ok {
-		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, errLeaseLost)
+		return fmt.Errorf("backfill %s/%s generation %d: %w", org, cs.Def.ID, cs.Def.Generation, membership.ErrLeaseLost)
 	}
 	if err := j.cfg.Definitions.MarkReady(ctx, org, cs.Def.ID, cs.Def.Generation); err != nil {
 		return fmt.Errorf("backfill %s/%s: %w", org, cs.Def.ID, err)
@@ -1254,7 +1216,7 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 		defer cancel()
 		_ = j.cfg.Coordinator.Unlock(uctx, lock, owner)
 	}
-	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, 10*time.Minute)
+	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, membership.ListLockTTL)
 	if err != nil {
 		unlock() // it may have been taken all the same (a lost reply)
 		return err
@@ -1263,6 +1225,8 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 		return errors.New("its list is locked by a request")
 	}
 	defer unlock()
+	ctx, stopLease := membership.KeepLease(ctx, j.cfg.Coordinator, lock, owner, membership.ListLockTTL)
+	defer stopLease()
 	changes := func(ctx context.Context, cs []events.Change) error {
 		if err := j.cfg.Publisher.Publish(ctx, cs); err != nil {
 			return err
