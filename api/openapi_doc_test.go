@@ -1,0 +1,95 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/segmentd/segmentd/segment"
+)
+
+// TestOpenAPIHasNoDuplicateKeys: a JSON object with a key twice keeps only
+// the last one in most readers (encoding/json included), so the first is
+// silently lost from the document clients read.
+func TestOpenAPIHasNoDuplicateKeys(t *testing.T) {
+	dec := json.NewDecoder(bytes.NewReader(openAPIDocument))
+	var walk func(path string) error
+	walk = func(path string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				k := kt.(string)
+				if seen[k] {
+					t.Errorf("openapi.json: key %q twice in %s", k, path)
+				}
+				seen[k] = true
+				if err := walk(path + "/" + k); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(path + "/[]"); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
+		return nil
+	}
+	if err := walk(""); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenAPIUserIDSchema: the user id item schemas refuse what the API
+// refuses (segment.CheckUserID) for ids a schema can judge.
+func TestOpenAPIUserIDSchema(t *testing.T) {
+	var doc struct {
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]struct {
+					Items struct {
+						MaxLength *int   `json:"maxLength"`
+						Pattern   string `json:"pattern"`
+					} `json:"items"`
+				} `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range [][2]string{{"SegmentCreate", "userIds"}, {"SegmentUpdate", "userIds"}, {"MembersEdit", "add"}, {"MembersEdit", "remove"}} {
+		items := doc.Components.Schemas[at[0]].Properties[at[1]].Items
+		if items.MaxLength == nil || *items.MaxLength != segment.MaxUserIDLength {
+			t.Errorf("%s.%s items: maxLength %v, want %d", at[0], at[1], items.MaxLength, segment.MaxUserIDLength)
+		}
+		re, err := regexp.Compile(items.Pattern)
+		if items.Pattern == "" || err != nil {
+			t.Errorf("%s.%s items: pattern %q (%v)", at[0], at[1], items.Pattern, err)
+			continue
+		}
+		for _, id := range []string{"u_1", "a b", "ü-42", "a{b", "a}b", "a\x01b", "a\x7fb", "   ", strings.Repeat("x", 3)} {
+			if got, want := re.MatchString(id), segment.CheckUserID(id) == ""; got != want {
+				t.Errorf("%s.%s items: pattern matches %q = %v, the API accepts it = %v", at[0], at[1], id, got, want)
+			}
+		}
+	}
+}
