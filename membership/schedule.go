@@ -121,9 +121,10 @@ type Claimed struct {
 	token string
 }
 
-// maxEarlierClaims bounds the unfinished claims a timer remembers; the
-// oldest beyond it are past the time the users' outboxes keep their entries.
-const maxEarlierClaims = 8
+// MaxEarlierClaims bounds the unfinished claims a timer remembers; the
+// oldest beyond it are past the time the users' outboxes keep their
+// entries, and a retry looks for entries under these flips only.
+const MaxEarlierClaims = 8
 
 // claimScript pushes due timers forward by the lease, so that another
 // instance takes them again only if this one dies before Done, and records
@@ -173,7 +174,7 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
-	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, maxEarlierClaims, token).StringSlice()
+	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, MaxEarlierClaims, token).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claim timers of %s: %w", org, err)
 	}

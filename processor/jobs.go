@@ -27,6 +27,7 @@ type JobUsers interface {
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
+	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
 	IndexAll(ctx context.Context) (int64, error)
 }
 
@@ -1053,7 +1054,18 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			found[user] = at
 		}
 	}
+	// One read of every claimed user decides which segments' passes each
+	// one needs: a pass reads and evaluates its users again, so a round over
+	// every time-relative segment for every user would cost a read per
+	// segment and user, most of them finding nothing to change.
+	pending, err := j.timerPasses(ctx, org, o, byUser, users)
+	if err != nil {
+		return 0, err
+	}
 	for _, id := range o.TimeIDs {
+		if len(pending[id]) == 0 {
+			continue
+		}
 		causeOf := func(user string) events.Cause { return timeCause(id, byUser[user].At) }
 		earlier := func(user string) []events.Cause {
 			var out []events.Cause
@@ -1062,7 +1074,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, users)
+		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a
@@ -1115,6 +1127,57 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	}
 	j.timers.Add(float64(len(claimed)))
 	return len(claimed), nil
+}
+
+// timerPasses returns, for each time-relative segment of o, the claimed
+// users its pass must look at: those whose membership the rule, applied at
+// an instant after one read of them, contradicts, those whose outbox holds
+// an entry under one of the claim's flips for the segment (an unfinished
+// attempt's, to publish), and those the read could not judge. A user left
+// out whose verdict changes after the read is not lost: Done moves its
+// timer to the user's next flip from the claim's instant, which that
+// change is, and the next round fires it.
+func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser map[string]membership.Claimed, users []string) (map[string][]string, error) {
+	views, err := j.cfg.Users.ViewUsers(ctx, org, users, membership.ViewFields{Outbox: true})
+	if err != nil {
+		return nil, err
+	}
+	sets, err := j.cfg.Users.UserSegmentSets(ctx, org, users)
+	if err != nil {
+		return nil, err
+	}
+	now := j.cfg.Now()
+	out := make(map[string][]string, len(o.TimeIDs))
+	for i, v := range views {
+		var p *segment.Profile
+		if v.Unreadable == nil && v.Profile != "" {
+			if p, err = segment.DecodeUserProfile(v.Profile, nil, v.UserID); err != nil {
+				p = nil
+			}
+		}
+		c := byUser[v.UserID]
+		for _, id := range o.TimeIDs {
+			need := v.Unreadable != nil || (v.Profile != "" && p == nil)
+			if !need && p != nil {
+				need = o.Segments[id].Rule.Match(p, now) != slices.Contains(sets[i], id)
+			}
+			if !need {
+				for _, e := range v.Outbox {
+					if e.CauseType != events.CauseTime || len(e.Changes) != 1 || e.Changes[0].SegmentID != id {
+						continue
+					}
+					if e.EventID == timeCause(id, c.At).EventID || slices.ContainsFunc(c.Earlier, func(at time.Time) bool { return e.EventID == timeCause(id, at).EventID }) {
+						need = true
+						break
+					}
+				}
+			}
+			if need {
+				out[id] = append(out[id], v.UserID)
+			}
+		}
+	}
+	return out, nil
 }
 
 // orphanTimerChanges finds the changes that earlier claims of the users'

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1367,12 +1368,23 @@ const timerGrace = 24 * time.Hour
 // comes) and for amendGrace, a timer's for timerGrace.
 func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time.Time) []membership.OutboxEntry {
 	recent, day := now.Add(-amendGrace).UnixMilli(), now.Add(-timerGrace).UnixMilli()
+	// A timer's retry looks for entries under the flips of its claim and of
+	// the unfinished claims before it, at most keptTimerFlips of them, all
+	// written after any finished claim published its own: entries under
+	// older flips than the newest keptTimerFlips are never looked for, and
+	// kept for a day they would pile up with each flip of an active user.
+	flips := make(map[string]bool, keptTimerFlips)
+	for i := len(loaded) - 1; i >= 0 && len(flips) < keptTimerFlips; i-- {
+		if e := loaded[i]; e.CauseType == events.CauseTime {
+			flips[timerFlip(e.EventID)] = true
+		}
+	}
 	for _, e := range loaded {
 		var keep bool
 		switch {
 		case streamEntry(e):
 		case e.CauseType == events.CauseTime:
-			keep = e.AtMillis >= day
+			keep = e.AtMillis >= day && flips[timerFlip(e.EventID)]
 		default:
 			keep = e.AtMillis >= recent || e.CauseType == events.CauseSegment && org.building(e.EventID)
 		}
@@ -1381,6 +1393,17 @@ func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time
 		}
 	}
 	return outbox
+}
+
+// keptTimerFlips is how many of a user's latest timer flips keep their
+// outbox entries: a claim's own and the earlier unfinished ones it
+// remembers.
+const keptTimerFlips = 1 + membership.MaxEarlierClaims
+
+// timerFlip returns the flip of a timer's entry, from its cause
+// (time:<segmentId>:<unix ms of the flip>).
+func timerFlip(eventID string) string {
+	return eventID[strings.LastIndexByte(eventID, ':')+1:]
 }
 
 // keyedBy makes a patched profile's userId the user's own (README,
