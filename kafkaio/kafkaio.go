@@ -1,6 +1,7 @@
 // Package kafkaio adapts segmentio/kafka-go to segmentd: the group reader of
 // the profile topic, the writer of change events and dead letters, topic
-// creation, and a reachability check.
+// creation, a reachability check, and the partition and offset reads of
+// segmentctl.
 package kafkaio
 
 import (
@@ -205,7 +206,8 @@ func AppendChangeMessages(dst []kafka.Message, topic string, changes []events.Ch
 }
 
 // EnsureTopics creates each missing topic with the given partition count and
-// replication (capped to the number of brokers).
+// a replication factor of 3, capped to the number of brokers, then waits
+// (up to leadersTimeout) until every partition of each topic has a leader.
 func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
 	conn, err := dial(ctx, brokers)
 	if err != nil {

@@ -17,9 +17,12 @@ import (
 
 // Sets reads and writes the public membership sets of the contract: each
 // segment's set of user ids (SegmentMembersKey) and each user's set of
-// segment ids (UserSegmentsKey). Every write is SADD or SREM, so writing the
-// same changes again changes nothing. It works on standalone Redis and on
-// Redis Cluster: no command touches two keys. It is safe for concurrent use.
+// segment ids (UserSegmentsKey). Membership is written with SADD and SREM
+// only, so applying the same changes again leaves the sets as they were
+// (ApplyList also moves the list's version each time). It works on
+// standalone Redis and on Redis Cluster: a command or transaction that
+// touches several keys keeps to one segment's hash tag. It is safe for
+// concurrent use.
 type Sets struct {
 	rdb redis.UniversalClient
 }
@@ -291,8 +294,8 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 	return removed, nil
 }
 
-// changesOf returns the entries then the exits of users into or out of one
-// segment.
+// staticChangesOf returns the entries then the exits of users into or out
+// of one segment, each sorted by user id.
 func staticChangesOf(org, seg string, entries, exits []string, cause events.Cause, at time.Time) []events.Change {
 	slices.Sort(entries)
 	slices.Sort(exits)

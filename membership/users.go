@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,14 +45,20 @@ func (c *OutboxChange) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// OutboxEntry is the diff one event made to a user's memberships. The outbox
-// holds the entries of the last batch that wrote the user, so that a batch
-// redelivered after a crash can finish projecting them.
+// OutboxEntry is the diff one profile event, backfill or timer made to a
+// user's memberships, or the record of a profile event dead-lettered in
+// the user's evaluation (no changes). A user's outbox keeps the entries
+// that may not be projected and published yet: those of the batches that
+// wrote the user and have not finished, and recent ones of backfills and
+// timers, so that whoever comes next after a crash can finish them.
 type OutboxEntry struct {
 	EventID string `json:"e"`
 	Version int64  `json:"v,omitempty"`
 	// Rev is the user revision that the write of this entry created.
-	Rev       int64          `json:"r,omitempty"`
+	Rev int64 `json:"r,omitempty"`
+	// CauseType is the changes' cause type (events.CauseProfile, or "" as
+	// older builds wrote it, for a profile event), or "dead-letter:" and the
+	// reason for a dead-lettered event.
 	CauseType string         `json:"k,omitempty"`
 	AtMillis  int64          `json:"t"`
 	Changes   []OutboxChange `json:"c,omitempty"`
@@ -113,14 +120,23 @@ type Users struct {
 	// to miss. (A restore from a backup older than the key would need the
 	// instances restarted, and verify, as any restore does.)
 	allIndexed atomic.Bool
+	log        *slog.Logger
 }
 
-// NewUsers returns a user store on rdb (standalone or cluster).
+// NewUsers returns a user store on rdb (standalone or cluster), logging
+// with slog's default logger until WithLogger sets another.
 func NewUsers(rdb redis.UniversalClient) *Users {
-	u := &Users{rdb: rdb, write: redis.NewScript(writeUsersScript), usersPerCall: 1}
+	u := &Users{rdb: rdb, write: redis.NewScript(writeUsersScript), usersPerCall: 1, log: slog.Default()}
 	if _, cluster := rdb.(*redis.ClusterClient); !cluster {
 		u.usersPerCall = writeUsersPerCall
 	}
+	return u
+}
+
+// WithLogger makes u log with l (what it logs: keys it cannot write and
+// leaves for an operator to repair) and returns u.
+func (u *Users) WithLogger(l *slog.Logger) *Users {
+	u.log = l
 	return u
 }
 
@@ -208,7 +224,7 @@ func readErr(cmds ...redis.Cmder) (bad, failed error) {
 		err := c.Err()
 		switch {
 		case err == nil || errors.Is(err, redis.Nil):
-		case strings.HasPrefix(err.Error(), "WRONGTYPE"):
+		case redis.HasErrorPrefix(err, "WRONGTYPE"):
 			bad = fmt.Errorf("key %v: %w", c.Args()[1], err)
 		default:
 			return nil, err
@@ -504,6 +520,14 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error)
 		}
 		for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls[first:last]) {
 			reply, err := cmd.Result()
+			if redis.HasErrorPrefix(err, "WRONGTYPE") {
+				// A member set (or its revisions) written by hand as
+				// another type: it cannot take the projection, now or on
+				// any retry, and must not hold up every other segment's
+				// (the users' own sets are right; verify reports it).
+				u.log.Warn("segment set unreadable: projection skipped; repair the key", "key", calls[first+i].keys[0], "err", err)
+				continue
+			}
 			if err != nil {
 				return nil, fmt.Errorf("project %d changes: %w", len(ps), err)
 			}

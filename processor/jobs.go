@@ -116,10 +116,11 @@ type JobsConfig struct {
 
 // Jobs runs what follows definitions and time: the heartbeat, backfills of
 // new or changed dynamic segments, timers of time-relative criteria, the
-// estimatedSize refresh, and once the completion of the organisations'
+// estimatedSize refresh, the finishing of deletions that their request left
+// undone (with a Remover), and once the completion of the organisations'
 // user indexes. Every instance runs them; leases in Redis give each
-// backfill, refresh and completion to one instance, and timers are claimed
-// one by one.
+// backfill, refresh, deletion search and completion to one instance, and
+// timers are claimed one by one.
 type Jobs struct {
 	cfg      JobsConfig
 	progress prometheus.Gauge

@@ -321,6 +321,10 @@ func (p *Processor) Run(ctx context.Context) error {
 				return werr
 			}
 			p.cfg.Metrics.observeBatch(len(batch)) // once, however many tries it took
+			p.cfg.Metrics.countResults(wb.counts)
+			for _, s := range wb.settled {
+				p.cfg.Metrics.observeLatency(s.occurred, wb.fetched, s.at)
+			}
 			select {
 			case toProject <- wb:
 			case ferr := <-failed:
@@ -591,7 +595,14 @@ type written struct {
 	// occurred holds the event time of every applied event whose outcome
 	// the projection completes.
 	occurred []time.Time
+	// counts and settled are the batch's results and the latencies of the
+	// events its write settled, recorded once the write stage succeeds.
+	counts  userResult
+	settled []settledAt
 }
+
+// settledAt is an event whose outcome was in Redis at its write.
+type settledAt struct{ occurred, at time.Time }
 
 // maxConflicts bounds recomputation when another writer moved a user's
 // revision under us (a rebalance hands a partition over mid-batch).
@@ -700,7 +711,12 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			wb.projections = append(wb.projections, r.projections...)
 			wb.due = append(wb.due, r.due...)
 			wb.dlq = append(wb.dlq, r.dlq...)
-			m.countResults(r)
+			// Counted once the whole batch is written: an attempt that
+			// fails in a later round is made again, and its users then
+			// count again (as replays).
+			wb.counts.applied += r.applied
+			wb.counts.duplicate += r.duplicate
+			wb.counts.replayed += r.replayed
 			if r.write == nil && len(r.heldEntries) > 0 {
 				// Replays, and dead letters of a user without a profile,
 				// write nothing, but their entries stay in the outbox until
@@ -715,7 +731,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 				// readable now; the others' once the segment sets have it.
 				if len(r.projections) == 0 && len(w.carried) == 0 {
 					for _, at := range r.occurred {
-						m.observeLatency(at, fetched, wroteAt)
+						wb.settled = append(wb.settled, settledAt{occurred: at, at: wroteAt})
 					}
 				} else {
 					wb.occurred = append(wb.occurred, r.occurred...)
@@ -1227,7 +1243,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			np, ch, err := segment.ApplyChanges(base, ev.Changes)
 			if err == nil && corrupt != nil && !deleted {
-				base, err = nil, fmt.Errorf("the stored profile cannot be read (%v); a full profile replaces it", corrupt)
+				base, err = nil, fmt.Errorf("the stored profile cannot be read (%w); a full profile replaces it", corrupt)
 			}
 			if err != nil {
 				reason := "invalid profile event: changes: " + err.Error()
@@ -1365,7 +1381,8 @@ const timerGrace = 24 * time.Hour
 // timers that may not be published yet: a backfill's while its segment is
 // still being built, at that generation or a later one, in org (its retry,
 // or the new generation's backfill, publishes from them, however late it
-// comes) and for amendGrace, a timer's for timerGrace.
+// comes) and for amendGrace, a timer's for timerGrace and only under the
+// user's latest keptTimerFlips flips.
 func keepAmends(outbox, loaded []membership.OutboxEntry, org *OrgRules, now time.Time) []membership.OutboxEntry {
 	recent, day := now.Add(-amendGrace).UnixMilli(), now.Add(-timerGrace).UnixMilli()
 	// A timer's retry looks for entries under the flips of its claim and of

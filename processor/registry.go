@@ -109,7 +109,8 @@ type Registry struct {
 	interval time.Duration
 	log      *slog.Logger
 	cur      atomic.Pointer[Snapshot]
-	// onChange is told of every new snapshot, for the jobs that follow definitions.
+	// onChange, when set by OnChange, is told of every new snapshot. Nothing
+	// sets it at present: the jobs read Current on each round instead.
 	onChange func(old, new *Snapshot)
 }
 

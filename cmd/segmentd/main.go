@@ -41,9 +41,11 @@ func main() {
 	}
 }
 
-// run wires segmentd and blocks until ctx ends, then shuts down in order:
-// stop fetching, finish and commit the batch in hand, stop the jobs and the
-// HTTP server, close the clients.
+// run wires segmentd and blocks until ctx ends (or a component fails), then
+// shuts down in order, each step bounded: the HTTP server stops taking
+// calls while the processor stops fetching and finishes and commits the
+// batches in hand; then the consumer leaves the group, the calls in
+// progress end, the jobs stop, and the clients close.
 func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
 		fmt.Print(usage())
@@ -137,7 +139,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	defs := membership.NewDefinitions(rdb)
-	users := membership.NewUsers(rdb)
+	users := membership.NewUsers(rdb).WithLogger(log)
 	scheds := membership.NewSchedules(rdb)
 	sets := membership.NewSets(rdb)
 	registry := processor.NewRegistry(defs, 250*time.Millisecond, log)
