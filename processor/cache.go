@@ -43,9 +43,12 @@ type stateCache struct {
 	scratch    []byte
 }
 
-// arena is one generation: slots appended to buf, found by user hash.
+// arena is one generation: slots appended to buf, found by user hash. The
+// offsets are ints, not uint32s: a generation may be larger than 4 GiB
+// (SEGMENTD_USER_CACHE_MB goes up to 1 TiB), and a map slot of a uint64
+// key takes 16 bytes either way.
 type arena struct {
-	at  map[uint64]uint32
+	at  map[uint64]int
 	buf []byte
 }
 
@@ -111,7 +114,7 @@ func (c *stateCache) store(h uint64, e []byte) {
 	if off, ok := c.young.at[h]; ok {
 		if capacity := int(binary.LittleEndian.Uint32(c.young.buf[off:])); len(e) <= capacity {
 			binary.LittleEndian.PutUint32(c.young.buf[off+4:], uint32(len(e)))
-			copy(c.young.buf[int(off)+slotHeader:], e)
+			copy(c.young.buf[off+slotHeader:], e)
 			return
 		}
 	}
@@ -127,7 +130,7 @@ func (c *stateCache) store(h uint64, e []byte) {
 		delete(c.old.at, h) // its slot there is older than e
 	}
 	if c.young.at == nil {
-		c.young.at = map[uint64]uint32{}
+		c.young.at = map[uint64]int{}
 	}
 	if len(c.young.buf)+need > cap(c.young.buf) {
 		// Grow by doubling up to the generation's size, not past it.
@@ -140,7 +143,7 @@ func (c *stateCache) store(h uint64, e []byte) {
 	binary.LittleEndian.PutUint32(c.young.buf[off:], uint32(capacity))
 	binary.LittleEndian.PutUint32(c.young.buf[off+4:], uint32(len(e)))
 	copy(c.young.buf[off+slotHeader:], e)
-	c.young.at[h] = uint32(off)
+	c.young.at[h] = off
 }
 
 func (c *stateCache) drop(ref membership.UserRef) {
@@ -173,7 +176,7 @@ func (a *arena) entry(h uint64, id []byte) ([]byte, bool) {
 		return nil, false
 	}
 	n := int(binary.LittleEndian.Uint32(a.buf[off+4:]))
-	e := a.buf[int(off)+slotHeader : int(off)+slotHeader+n]
+	e := a.buf[off+slotHeader : off+slotHeader+n]
 	if !bytes.HasPrefix(e, id) {
 		return nil, false // another user with the same hash
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,4 +193,36 @@ func BenchmarkStateCacheMemory(b *testing.B) {
 	runtime.KeepAlive(evs)
 	runtime.KeepAlive(stored)
 	runtime.KeepAlive(c)
+}
+
+// SEGMENTD_USER_CACHE_MB takes up to 1 TiB, so a generation may hold more
+// than 4 GiB of slots: a user stored past the first 4 GiB must be found
+// again, and must not be confused with, or written over, the slot of a
+// user stored 4 GiB earlier.
+func TestStateCacheGenerationOver4GiB(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("a 64-bit address space is needed")
+	}
+	c := newStateCache(10 << 30) // generations of 5 GiB
+	z := membership.UserRef{OrgID: "o", UserID: "z"}
+	c.put(z, membership.UserState{Rev: 3, Profile: strings.Repeat("z", 100)})
+	// The arena as 4 GiB of other users' slots leave it, without writing
+	// them: the pages of a fresh allocation are never touched, so this takes
+	// next to no memory.
+	const fourGiB = 1 << 32
+	buf := make([]byte, fourGiB, fourGiB+1<<20)
+	copy(buf, c.young.buf)
+	c.young.buf = buf
+	a := membership.UserRef{OrgID: "o", UserID: "a"}
+	c.put(a, membership.UserState{Rev: 7, Profile: "a"})
+	if st, ok := c.get(a); !ok || st.Rev != 7 || st.Profile != "a" {
+		t.Fatalf("a user stored past 4 GiB of the arena: got %+v, %v", st, ok)
+	}
+	c.put(a, membership.UserState{Rev: 8, Profile: "a"}) // written over its own slot, not another's
+	if st, ok := c.get(z); !ok || st.Rev != 3 {
+		t.Fatalf("the user stored 4 GiB earlier: got %+v, %v", st, ok)
+	}
+	if st, ok := c.get(a); !ok || st.Rev != 8 {
+		t.Fatalf("a user stored past 4 GiB of the arena, written again: got %+v, %v", st, ok)
+	}
 }
