@@ -46,7 +46,8 @@ func NewReader(brokers []string, group, topic string) *kafka.Reader {
 // GroupReader is the processor's Fetcher: a consumer-group reader of the
 // profile topic.
 type GroupReader struct {
-	r *kafka.Reader
+	r       *kafka.Reader
+	brokers []string
 	// closed tells a fetch that fails because the reader was closed
 	// (kafka-go's io.EOF) from one whose connection was (the same io.EOF).
 	closed atomic.Bool
@@ -55,7 +56,7 @@ type GroupReader struct {
 // NewGroupReader returns a GroupReader of topic in group, with NewReader's
 // settings.
 func NewGroupReader(brokers []string, group, topic string) *GroupReader {
-	return &GroupReader{r: NewReader(brokers, group, topic)}
+	return &GroupReader{r: NewReader(brokers, group, topic), brokers: brokers}
 }
 
 // Fetch returns the next record of the partitions assigned to this member.
@@ -67,7 +68,8 @@ func (g *GroupReader) Fetch(ctx context.Context) (processor.Record, error) {
 		}
 		return processor.Record{}, err
 	}
-	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time, Key: m.Key, Value: m.Value}, nil
+	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time, Key: m.Key, Value: m.Value,
+		HighWaterMark: m.HighWaterMark}, nil
 }
 
 // Commit commits, for each partition, the offset after the last of rs.
@@ -95,9 +97,19 @@ func (g *GroupReader) Commit(ctx context.Context, rs []processor.Record) error {
 	return g.r.CommitMessages(ctx, msgs...)
 }
 
-// Lag returns how many records the reader is behind the end of its
-// partitions, as last seen.
-func (g *GroupReader) Lag() int64 { return g.r.Stats().Lag }
+// EndOffsets returns the end of each of topic's partitions given (the
+// offset of the next record written there), for the processor's lag.
+func (g *GroupReader) EndOffsets(ctx context.Context, topic string, partitions []int) (map[int]int64, error) {
+	spans, err := Spans(ctx, g.brokers, topic, partitions)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int]int64, len(spans))
+	for p, s := range spans {
+		out[p] = s.End
+	}
+	return out, nil
+}
 
 // Close leaves the group and closes the reader.
 func (g *GroupReader) Close() error {

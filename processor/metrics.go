@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_consumer_lag",
-			Help: "Messages behind the end of the profile partition last fetched.",
+			Help: "Profile events not yet processed in the partitions this instance reads: fetched and not finished, or not fetched yet.",
 		}),
 		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "segmentd_batch_step_seconds",

@@ -30,10 +30,13 @@ type Record struct {
 	Partition int
 	Offset    int64
 	// Time is the record's timestamp, for one read; zero for one to write.
-	Time    time.Time
-	Key     []byte
-	Value   []byte
-	Headers []Header
+	Time time.Time
+	// HighWaterMark is, for one read, the end of its partition (the offset
+	// of the next record written there) as the fetch saw it; 0 when unknown.
+	HighWaterMark int64
+	Key           []byte
+	Value         []byte
+	Headers       []Header
 }
 
 // Header is one header of a Record.
@@ -56,6 +59,13 @@ type Fetcher interface {
 	// Commit records that every record up to and including the given ones
 	// (per partition) is processed.
 	Commit(ctx context.Context, rs []Record) error
+}
+
+// EndOffsets is what a Fetcher may also offer: the end of each of a topic's
+// partitions now, so that the consumer lag keeps moving while no record
+// is fetched (an outage holds the batch in hand).
+type EndOffsets interface {
+	EndOffsets(ctx context.Context, topic string, partitions []int) (map[int]int64, error)
 }
 
 // Producer writes records to Kafka and returns once all are acknowledged.
@@ -129,6 +139,9 @@ type Processor struct {
 	// Kafka unreachable, the group not joined. A quiet topic gives no fetch
 	// to clear it, so it counts for fetchFailureWindow only.
 	fetchFailed atomic.Int64
+	// lag tracks, per partition read, its end and the next record not yet
+	// finished, for segmentd_consumer_lag.
+	lag lagTracker
 }
 
 type stageState struct {
@@ -192,7 +205,8 @@ func New(cfg Config) *Processor {
 	if cfg.UserCacheBytes == 0 {
 		cfg.UserCacheBytes = DefaultUserCacheBytes
 	}
-	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(cfg.UserCacheBytes)}
+	return &Processor{cfg: cfg, carry: map[membership.UserRef][]seqEntry{}, cache: newStateCache(cfg.UserCacheBytes),
+		lag: lagTracker{parts: map[partitionOf]*lagPart{}}}
 }
 
 // AppliedRevision returns the oldest definitions revision whose effects
@@ -274,6 +288,8 @@ func (p *Processor) Run(ctx context.Context) error {
 		defer close(commits)
 		p.runStage(work, stagePublish, toPublish, failed, func(wb *written) {
 			p.markFinished(wb)
+			p.lag.finished(wb.msgs)
+			p.cfg.Metrics.SetLag(p.lag.total())
 			commits <- wb.msgs
 		})
 	}()
@@ -297,6 +313,12 @@ func (p *Processor) Run(ctx context.Context) error {
 			p.cfg.Logger.Warn("offsets not committed before the shutdown timeout; those events will be redelivered")
 		}
 	}()
+	// The lag is measured on its own too, since an outage holds the batch
+	// in hand and no batch finishes to measure it.
+	lagDone := make(chan struct{})
+	lagCtx, stopLag := context.WithCancel(ctx)
+	go func() { defer close(lagDone); p.lagLoop(lagCtx) }()
+	defer func() { stopLag(); <-lagDone }()
 	// Fetching that fails is retried, with a growing pause, until Kafka
 	// answers again: kafka-go reconnects and rejoins the group by itself.
 	fetchBackoff := backoff.NewExponentialBackOff()
@@ -304,6 +326,7 @@ func (p *Processor) Run(ctx context.Context) error {
 	for {
 		batch, err := p.fetch(ctx)
 		fetched := time.Now()
+		p.lag.fetched(batch, fetched)
 		if len(batch) > 0 {
 			var wb *written
 			werr := p.retry(work, stageWrite, len(batch), func(ctx context.Context) error {
@@ -311,9 +334,7 @@ func (p *Processor) Run(ctx context.Context) error {
 				wb, err = p.write(ctx, batch, fetched)
 				return err
 			})
-			if l, ok := p.cfg.Fetcher.(interface{ Lag() int64 }); ok {
-				p.cfg.Metrics.SetLag(l.Lag())
-			}
+			p.cfg.Metrics.SetLag(p.lag.total())
 			if werr != nil {
 				if ctx.Err() != nil {
 					return nil

@@ -1,0 +1,155 @@
+package processor
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// lagTracker keeps, for each partition this processor reads, the end of
+// the partition (as last fetched or asked for) and the offset of the next
+// record not yet finished: the lag is the sum of the differences. Records
+// fetched and held by a failing batch count as behind, as do those Kafka
+// received since; kafka-go's own lag counts neither (it measures from the
+// records its queue took, and is read only once a batch succeeds).
+type lagTracker struct {
+	mu    sync.Mutex
+	parts map[partitionOf]*lagPart
+	// lastFetch is when the processor last fetched a record.
+	lastFetch time.Time
+}
+
+type lagPart struct {
+	end, next int64
+	// seen is when a record of the partition was last fetched.
+	seen time.Time
+}
+
+// lagForget is how long a partition is tracked after its last fetch while
+// the processor fetches others, or is not held up: one that moved to
+// another instance drops out. An outage, which holds the processor up,
+// keeps every partition (and its backlog) counted.
+const lagForget = time.Minute
+
+// fetched records a fetched batch. A batch's records come in runs of one
+// partition, so the partition is looked up once a run.
+func (l *lagTracker) fetched(rs []Record, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var lp *lagPart
+	for i, r := range rs {
+		if i == 0 || r.Partition != rs[i-1].Partition || r.Topic != rs[i-1].Topic {
+			k := partitionOf{r.Topic, r.Partition}
+			if lp = l.parts[k]; lp == nil {
+				lp = &lagPart{next: r.Offset}
+				l.parts[k] = lp
+			}
+			lp.seen = now
+		}
+		lp.end = max(lp.end, r.HighWaterMark, r.Offset+1)
+	}
+	if len(rs) > 0 {
+		l.lastFetch = now
+	}
+}
+
+// finished records that a batch's records are processed.
+func (l *lagTracker) finished(rs []Record) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var lp *lagPart
+	for i, r := range rs {
+		if i == 0 || r.Partition != rs[i-1].Partition || r.Topic != rs[i-1].Topic {
+			lp = l.parts[partitionOf{r.Topic, r.Partition}]
+		}
+		if lp != nil {
+			lp.next = max(lp.next, r.Offset+1)
+		}
+	}
+}
+
+// ends records the partitions' ends as asked for.
+func (l *lagTracker) ends(topic string, ends map[int]int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for part, end := range ends {
+		if lp := l.parts[partitionOf{topic, part}]; lp != nil {
+			lp.end = max(lp.end, end)
+		}
+	}
+}
+
+// partitions returns the partitions tracked, by topic, and forgets those
+// caught up and not fetched for lagForget, and those not fetched for
+// lagForget while others were, or while the processor was not held up.
+func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string][]int{}
+	for k, lp := range l.parts {
+		idle := now.Sub(lp.seen) > lagForget
+		moved := l.lastFetch.Sub(lp.seen) > lagForget || !held
+		if idle && (lp.next >= lp.end || moved) {
+			delete(l.parts, k)
+			continue
+		}
+		out[k.topic] = append(out[k.topic], k.partition)
+	}
+	return out
+}
+
+// total is the lag: the records behind in every partition tracked.
+func (l *lagTracker) total() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n int64
+	for _, lp := range l.parts {
+		n += max(0, lp.end-lp.next)
+	}
+	return n
+}
+
+// lagInterval is how often the lag is measured while batches are not
+// finishing to measure it.
+const lagInterval = 5 * time.Second
+
+// lagLoop refreshes the partitions' ends and the lag every lagInterval
+// until ctx ends.
+func (p *Processor) lagLoop(ctx context.Context) {
+	t := time.NewTicker(lagInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if eo, ok := p.cfg.Fetcher.(EndOffsets); ok {
+			for topic, parts := range p.lag.partitions(time.Now(), p.held()) {
+				qctx, cancel := context.WithTimeout(ctx, lagInterval)
+				ends, err := eo.EndOffsets(qctx, topic, parts)
+				cancel()
+				if err == nil {
+					p.lag.ends(topic, ends)
+				}
+			}
+		} else {
+			p.lag.partitions(time.Now(), p.held())
+		}
+		p.cfg.Metrics.SetLag(p.lag.total())
+	}
+}
+
+// held reports whether the processor is held up: a batch is in one of the
+// stages, or fetching fails. Its partitions' backlogs then stay counted.
+func (p *Processor) held() bool {
+	if p.fetchFailed.Load() != 0 {
+		return true
+	}
+	for i := range p.stages {
+		if p.stages[i].start.Load() != 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,52 @@
+package processor
+
+import (
+	"testing"
+	"time"
+)
+
+// TestLagTracker: the lag is what is behind in every partition tracked; a
+// partition stays tracked while an outage holds the processor up, and
+// drops out once it has moved to another instance.
+func TestLagTracker(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	rec := func(part int, off, hwm int64) Record {
+		return Record{Topic: "p", Partition: part, Offset: off, HighWaterMark: hwm}
+	}
+	tests := []struct {
+		name string
+		// run acts on a tracker that fetched offsets 10-11 of partition 0
+		// (end 20) and finished none, at t0.
+		run      func(l *lagTracker)
+		wantLag  int64
+		wantKept bool
+	}{
+		{"fetched, not finished", func(l *lagTracker) { l.partitions(t0.Add(time.Second), true) }, 10, true},
+		{"finished", func(l *lagTracker) { l.finished([]Record{rec(0, 10, 0), rec(0, 11, 0)}) }, 8, true},
+		{"ends moved on", func(l *lagTracker) { l.ends("p", map[int]int64{0: 50}) }, 40, true},
+		{"held up for long", func(l *lagTracker) { l.partitions(t0.Add(time.Hour), true) }, 10, true},
+		{"idle and not held up", func(l *lagTracker) { l.partitions(t0.Add(2*lagForget), false) }, 0, false},
+		{"others fetched long after", func(l *lagTracker) {
+			l.fetched([]Record{rec(1, 0, 1)}, t0.Add(2*lagForget))
+			l.finished([]Record{rec(1, 0, 0)})
+			l.partitions(t0.Add(2*lagForget), true)
+		}, 0, false},
+		{"caught up and idle", func(l *lagTracker) {
+			l.finished([]Record{rec(0, 19, 0)})
+			l.partitions(t0.Add(2*lagForget), true)
+		}, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &lagTracker{parts: map[partitionOf]*lagPart{}}
+			l.fetched([]Record{rec(0, 10, 20), rec(0, 11, 20)}, t0)
+			tt.run(l)
+			if got := l.total(); got != tt.wantLag {
+				t.Errorf("lag %d, want %d", got, tt.wantLag)
+			}
+			if _, kept := l.parts[partitionOf{"p", 0}]; kept != tt.wantKept {
+				t.Errorf("partition 0 tracked: %v, want %v", kept, tt.wantKept)
+			}
+		})
+	}
+}
