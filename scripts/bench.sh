@@ -48,5 +48,8 @@ section "backfill of a segment that one user in twenty enters (points >= 5500), 
 SEGMENTD_BENCH_MIN_POINTS=5500 go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
 SEGMENTD_BENCH_MIN_POINTS=5500 SEGMENTD_BENCH_REDIS=cluster go test -run '^$' -bench 'BenchmarkBackfillMillion$' -benchtime 1x -timeout 60m ./processor/
 
+section "relative-date flips: 10,000 users into one segment at one instant, among 100 relative-date segments and alone"
+go test -run '^$' -bench 'BenchmarkTimerFlips$' -benchtime 1x -timeout 30m ./processor/
+
 section "small organisations (10,000 profiles) beside a large one: first audience search by keyspace scan, then after the indexes are completed, backfill"
 go test -run '^$' -bench 'BenchmarkSmallOrganisation$' -benchtime 1x -timeout 30m ./processor/

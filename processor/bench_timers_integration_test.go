@@ -1,0 +1,93 @@
+package processor_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/kafkaio"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// BenchmarkTimerFlips times the flip of SEGMENTD_BENCH_FLIP_USERS users
+// (10,000 by default: a batch imported together) into an "inactive for 30
+// days" segment at one instant, from the instant until every one is a
+// member, in an organisation of SEGMENTD_BENCH_TIME_SEGMENTS relative-date
+// segments (100; the others change nothing for these users), and, as the
+// baseline in the same run, in one with that segment alone. The contract
+// gives 5 s.
+func BenchmarkTimerFlips(b *testing.B) {
+	users, segments := envInt("SEGMENTD_BENCH_FLIP_USERS", 10000), envInt("SEGMENTD_BENCH_TIME_SEGMENTS", 100)
+	r := newBenchRig(b)
+	flipAll := func(org string, others int) time.Duration {
+		ctx := context.Background()
+		flip := time.Now().Add(-time.Millisecond)
+		var ws []membership.UserWrite
+		var due []membership.Due
+		for i := range users {
+			u := fmt.Sprintf("u%d", i)
+			p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"tier": "gold", "updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+			ws = append(ws, membership.UserWrite{OrgID: org, UserID: u, Version: 1, Profile: p})
+			due = append(due, membership.Due{OrgID: org, UserID: u, At: flip})
+		}
+		if _, err := r.users.Write(ctx, ws); err != nil {
+			b.Fatal(err)
+		}
+		for i := range others {
+			if _, err := r.defs.Create(ctx, segment.Definition{OrgID: org, Name: fmt.Sprint("tier", i), Type: segment.TypeDynamic, Status: segment.StatusReady,
+				Criteria: segment.Criteria{Include: []segment.Criterion{
+					{Field: "tier", Operator: "equals", Value: fmt.Sprint("t", i), HasValue: true},
+					{Field: "updatedAt", Operator: "<", Value: fmt.Sprintf("now-%dd", 31+i), HasValue: true}}}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		d, err := r.defs.Create(ctx, segment.Definition{OrgID: org, Name: "inactive", Type: segment.TypeDynamic, Status: segment.StatusReady,
+			Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := membership.NewSchedules(r.rdb).Schedule(ctx, due); err != nil {
+			b.Fatal(err)
+		}
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		reg := processor.NewRegistry(r.defs, time.Second, log)
+		if err := reg.Reload(ctx); err != nil {
+			b.Fatal(err)
+		}
+		writer := kafkaio.NewWriter(r.brokers)
+		defer writer.Close()
+		jobs, err := processor.NewJobs(processor.JobsConfig{
+			InstanceID: "bench-" + org, Definitions: r.defs, Users: r.users, Schedules: membership.NewSchedules(r.rdb),
+			Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Registry: reg,
+			Publisher: kafkaio.NewPublisher(writer, r.membershipT), Logger: log,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		// As the jobs run: a call of the timers each second, which claims
+		// rounds until none is due or the second has passed.
+		for {
+			jobs.FireTimers(ctx)
+			if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(org, d.ID)).Val(); n == int64(users) {
+				return time.Since(flip)
+			}
+			if time.Since(flip) > time.Minute {
+				b.Fatalf("not every user entered within a minute of the flip")
+			}
+		}
+	}
+	b.ResetTimer()
+	alone := flipAll(r.org, 0)
+	many := flipAll(testenv.Org(b, r.rdb, "many"), segments-1)
+	b.StopTimer()
+	b.ReportMetric(alone.Seconds(), "one-segment-s")
+	b.ReportMetric(many.Seconds(), "all-entered-s")
+}
