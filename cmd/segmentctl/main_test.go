@@ -527,3 +527,28 @@ func TestParseArgs(t *testing.T) {
 		t.Errorf("an unknown flag: %v, want a flagError", err)
 	}
 }
+
+// TestReadLinesHoldsNoOversizedLine: a line larger than a record may be
+// comes through as its size alone, so that lines waiting to be sent hold
+// at most a record's bytes each.
+func TestReadLinesHoldsNoOversizedLine(t *testing.T) {
+	big := strings.Repeat("x", maxRecordBytes+1)
+	lines, readErr, stop := readLines(strings.NewReader("a\n" + big + "\n\nb\n"))
+	defer stop()
+	var got []inputLine
+	for l := range lines {
+		got = append(got, l)
+	}
+	if err := <-readErr; err != nil {
+		t.Fatal(err)
+	}
+	want := []inputLine{{text: []byte("a"), size: 1}, {size: maxRecordBytes + 1}, {text: []byte{}, size: 0}, {text: []byte("b"), size: 1}}
+	if len(got) != len(want) {
+		t.Fatalf("%d lines, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if string(got[i].text) != string(want[i].text) || got[i].size != want[i].size || (want[i].text == nil) != (got[i].text == nil) {
+			t.Errorf("line %d: %q (%d bytes), want %q (%d bytes)", i+1, got[i].text, got[i].size, want[i].text, want[i].size)
+		}
+	}
+}

@@ -53,6 +53,7 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	w := kafkaio.NewWriter(e.brokers)
 	defer kafkaio.CloseWriter(w)
 	var batch []kafka.Message
+	batchBytes := 0
 	n, unkeyed, lineNo := 0, 0, 0
 	var tooLarge []string
 	// A write once begun is finished, also after an interrupt (a second
@@ -73,16 +74,17 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			return fmt.Errorf("produce: after %s sent, lines up to %d not sent: %w", plural(n, "event"), lineNo, err)
 		}
 		n += len(batch)
-		batch = batch[:0]
+		batch, batchBytes = batch[:0], 0
 		return nil
 	}
-	take := func(line []byte) error {
+	take := func(in inputLine) error {
 		lineNo++
+		line := in.text
 		switch {
-		case len(bytes.TrimSpace(line)) == 0:
+		case in.size > maxRecordBytes:
+			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, in.size))
 			return nil
-		case len(line) > maxRecordBytes:
-			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes)", lineNo, len(line)))
+		case len(bytes.TrimSpace(line)) == 0:
 			return nil
 		}
 		key := userIDOf(line)
@@ -90,10 +92,11 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			unkeyed++ // segmentd dead-letters it
 		}
 		batch = append(batch, kafka.Message{Topic: *topic, Key: []byte(key), Value: line, Time: time.Now()})
-		switch len(batch) {
-		case 1000:
+		batchBytes += len(line)
+		switch {
+		case len(batch) == 1000 || batchBytes >= produceBatchBytes:
 			return flush()
-		case 1:
+		case len(batch) == 1:
 			idle.Reset(produceIdle)
 		}
 		return nil
@@ -170,19 +173,36 @@ const maxLineBytes = 16 << 20
 // with it.
 const produceIdle = 50 * time.Millisecond
 
+// produceBatchBytes bounds the lines held for one write, with the 1,000
+// lines of a batch: lines near the record limit would otherwise hold a
+// gigabyte.
+const produceBatchBytes = 16 << 20
+
+// inputLine is one line of input: its text, or only its size when it is
+// larger than a record may be (such a line is reported, not sent, and not
+// held).
+type inputLine struct {
+	text []byte
+	size int
+}
+
 // readLines reads in's lines, each a copy, on a goroutine of its own: the
 // channel closes at the end of the input, and readErr then holds the read
 // error or nil. stop, which may be called again, ends the goroutine once
 // its current read returns (a read from a terminal cannot be interrupted).
-func readLines(in io.Reader) (lines <-chan []byte, readErr <-chan error, stop func()) {
-	out, errc, done := make(chan []byte, 64), make(chan error, 1), make(chan struct{})
+func readLines(in io.Reader) (lines <-chan inputLine, readErr <-chan error, stop func()) {
+	out, errc, done := make(chan inputLine, 64), make(chan error, 1), make(chan struct{})
 	go func() {
 		defer close(out)
 		sc := bufio.NewScanner(in)
 		sc.Buffer(make([]byte, 1<<20), maxLineBytes+1) // the line and its newline
 		for sc.Scan() {
+			l := inputLine{size: len(sc.Bytes())}
+			if l.size <= maxRecordBytes {
+				l.text = bytes.Clone(sc.Bytes())
+			}
 			select {
-			case out <- bytes.Clone(sc.Bytes()):
+			case out <- l:
 			case <-done:
 				errc <- nil
 				return
