@@ -67,12 +67,16 @@ type LeaseExtender interface {
 // ttl in the background, only ever extending it, so that a lease can be
 // short and yet held by work that runs long. It returns a context that ends
 // with cause ErrLeaseLost when a renewal finds the lease lapsed or taken
-// (the renewals failed for a whole ttl: another holder may have worked
-// since), and the function that stops the renewals; that function does not
-// give the lease up.
+// (another holder may have worked since), or when renewals have failed for
+// half a ttl (the lease may lapse before the next one: the work stops
+// before another holder can begin), and the function that stops the
+// renewals; that function does not give the lease up.
 func KeepLease(ctx context.Context, l LeaseExtender, name, owner string, ttl time.Duration) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	done, stopped := make(chan struct{}), make(chan struct{})
+	// renewed is when the last renewal that succeeded began (the lease was
+	// just taken): the lease lasts ttl from a moment after it.
+	renewed := time.Now()
 	go func() {
 		defer close(stopped)
 		t := time.NewTicker(ttl / 3)
@@ -85,8 +89,18 @@ func KeepLease(ctx context.Context, l LeaseExtender, name, owner string, ttl tim
 				return
 			case <-t.C:
 			}
-			if ok, err := l.Extend(ctx, name, owner, ttl); err == nil && !ok {
+			began := time.Now()
+			ok, err := l.Extend(ctx, name, owner, ttl)
+			switch {
+			case err == nil && !ok:
 				cancel(ErrLeaseLost)
+				return
+			case err == nil:
+				renewed = began
+			case time.Since(renewed) >= ttl/2:
+				// Renewals keep failing: the lease may lapse before the
+				// next one, and another holder work beside this one.
+				cancel(fmt.Errorf("%w: not renewed for %v: %w", ErrLeaseLost, time.Since(renewed).Round(time.Millisecond), err))
 				return
 			}
 		}

@@ -96,3 +96,33 @@ func TestKeepLease(t *testing.T) {
 		}
 	})
 }
+
+// unreachable is a lease store whose node cannot be reached: every
+// renewal fails with an error.
+type unreachable struct{}
+
+func (unreachable) Extend(context.Context, string, string, time.Duration) (bool, error) {
+	return false, errors.New("dial tcp: i/o timeout")
+}
+
+// TestKeptLeaseEndsBeforeItCanLapse: renewals that keep failing let the
+// lease lapse after ttl, when another holder may take it (a DELETE waiting
+// for the list, whose members it then removes). The holder's context must
+// end before then, not go on writing the list beside the new holder until
+// a renewal that reaches Redis finds the lease taken.
+func TestKeptLeaseEndsBeforeItCanLapse(t *testing.T) {
+	// Long enough that the ticker, held up on a loaded machine, still
+	// ends the context before the lease could lapse.
+	const ttl = 3 * time.Second
+	taken := time.Now()
+	held, stop := membership.KeepLease(context.Background(), unreachable{}, "list:o:s", "a", ttl)
+	defer stop()
+	select {
+	case <-held.Done():
+		if lapse := taken.Add(ttl); time.Now().After(lapse) {
+			t.Errorf("the context ended %v after the lease could lapse", time.Since(lapse))
+		}
+	case <-time.After(3 * ttl):
+		t.Fatalf("the holder's context still runs %v after its lease was taken, %v after it may have lapsed, every renewal having failed", 3*ttl, 2*ttl)
+	}
+}

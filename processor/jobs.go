@@ -1143,12 +1143,20 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 	if err != nil {
 		return nil, err
 	}
+	out := make(map[string][]string, len(o.TimeIDs))
 	sets, err := j.cfg.Users.UserSegmentSets(ctx, org, users)
 	if err != nil {
-		return nil, err
+		// One user's segment set of another type (written by hand) fails
+		// the whole read: every pass then looks at every user, and reads
+		// each user's membership itself, which leaves that user alone as
+		// unreadable rather than hold up the organisation's timers.
+		j.cfg.Logger.Warn("timer round: segment sets unread; every pass looks at every user", "org", org, "err", err)
+		for _, id := range o.TimeIDs {
+			out[id] = users
+		}
+		return out, nil
 	}
 	now := j.cfg.Now()
-	out := make(map[string][]string, len(o.TimeIDs))
 	for i, v := range views {
 		var p *segment.Profile
 		if v.Unreadable == nil && v.Profile != "" {

@@ -143,7 +143,9 @@ func (p *Processor) lagLoop(ctx context.Context) {
 // held reports whether the processor is held up: a batch is in one of the
 // stages, or fetching fails. Its partitions' backlogs then stay counted.
 func (p *Processor) held() bool {
-	if p.fetchFailed.Load() != 0 {
+	// As Healthy reads it: a quiet topic gives no fetch to clear a failure,
+	// so one counts for fetchFailureWindow only (an outage renews it).
+	if t := p.fetchFailed.Load(); t != 0 && time.Since(time.Unix(0, t)) < fetchFailureWindow {
 		return true
 	}
 	for i := range p.stages {

@@ -50,3 +50,23 @@ func TestLagTracker(t *testing.T) {
 		})
 	}
 }
+
+// TestLagForgetsMovedPartitionAfterOldFetchFailure: one fetch failed long
+// ago (a broker blip), the processor's own partitions went quiet since (its
+// Fetch waits for a record: nothing clears fetchFailed), and partition 0
+// moved to another instance, which keeps writing to it. The processor is
+// not held up, so partition 0 must drop out and the lag return to 0; it
+// used to count the other instance's partition, growing, for good.
+func TestLagForgetsMovedPartitionAfterOldFetchFailure(t *testing.T) {
+	p := New(Config{})
+	t0 := time.Now().Add(-3 * lagForget)
+	p.lag.fetched([]Record{{Topic: "p", Partition: 0, Offset: 10, HighWaterMark: 12}, {Topic: "p", Partition: 0, Offset: 11, HighWaterMark: 12}}, t0)
+	p.lag.finished([]Record{{Topic: "p", Partition: 0, Offset: 10}, {Topic: "p", Partition: 0, Offset: 11}})
+	p.fetchFailed.Store(t0.Add(time.Second).UnixNano())
+	// The partition's end, asked of Kafka since: the other instance's.
+	p.lag.ends("p", map[int]int64{0: 5000})
+	p.lag.partitions(time.Now(), p.held())
+	if got := p.lag.total(); got != 0 {
+		t.Errorf("lag %d, want 0: a partition moved away %v ago is still counted because of a fetch that failed once", got, 3*lagForget)
+	}
+}

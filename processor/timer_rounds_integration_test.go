@@ -72,3 +72,21 @@ func TestTimerRoundReadsUsersOncePerNeed(t *testing.T) {
 		t.Errorf("the round read %d users' views for %d users and %d relative-date segments; want at most %d", n, users, segments, 3*users)
 	}
 }
+
+// TestTimerRoundSkipsUserWithDamagedSegmentSet: one claimed user whose own
+// segment set was written by hand as another type must not hold up the
+// round's other users (as before timerPasses, when the pass's read marked
+// that user unreadable and went on): u0's flip enters it.
+func TestTimerRoundSkipsUserWithDamagedSegmentSet(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 2, flip)
+	if err := r.rdb.Set(ctx, membership.UserSegmentsKey(r.org, "u1"), "written by hand", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fire(r.publisher(t), time.Now())
+	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); len(got) != 1 || got[0] != "u0" {
+		t.Fatalf("members %v after the round, want u0: one user's damaged segment set held up the organisation's timers", got)
+	}
+}
