@@ -9,7 +9,9 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -187,10 +189,54 @@ func (u *Users) indexed(ctx context.Context, org string) (bool, error) {
 	return one.Val() == 1, nil
 }
 
+// scanShard walks one index set with SSCAN. On Redis Cluster the walk is
+// pinned to the master holding the set: an SSCAN cursor is a position in one
+// server's hash table, whose layout (the server's own hash seed) another
+// server does not share, so a cursor that the cluster client followed to the
+// set's new master after a resharding (MOVED, ASK) would pass over members
+// without an error. A walk that meets a redirection starts again from cursor
+// 0 on the set's new master, once the slot has moved: users already given
+// come again, as scanIndex allows.
 func (u *Users) scanShard(ctx context.Context, key string, fn func(ids []string) error) error {
+	cc, ok := u.rdb.(*redis.ClusterClient)
+	if !ok {
+		return sscanKey(ctx, u.rdb, key, fn)
+	}
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(20*time.Millisecond), backoff.WithMaxInterval(time.Second))
+	return backoff.Retry(func() error {
+		node, err := cc.MasterForKey(ctx, key)
+		if err != nil {
+			return backoff.Permanent(fmt.Errorf("scan %s: %w", key, err))
+		}
+		err = sscanKey(ctx, node, key, fn)
+		if redirected(err) {
+			// The set moved, or is moving: walk it again on its new
+			// master once the slot has settled there.
+			cc.ReloadState(ctx)
+			return err
+		}
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		return nil
+	}, backoff.WithContext(backoff.WithMaxRetries(bo, maxScanRestarts), ctx))
+}
+
+// maxScanRestarts bounds the walks of one index set that a resharding
+// restarts (~30 s of waiting for a slot's migration to end); the caller's
+// retry takes over after that.
+const maxScanRestarts = 35
+
+// redirected reports a cluster node's answer that the key is served
+// elsewhere.
+func redirected(err error) bool {
+	return redis.HasErrorPrefix(err, "MOVED ") || redis.HasErrorPrefix(err, "ASK ")
+}
+
+func sscanKey(ctx context.Context, rdb redis.Cmdable, key string, fn func(ids []string) error) error {
 	var cursor uint64
 	for {
-		ids, next, err := u.rdb.SScan(ctx, key, cursor, "", scanCount).Result()
+		ids, next, err := rdb.SScan(ctx, key, cursor, "", scanCount).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("scan %s: %w", key, err)
 		}
