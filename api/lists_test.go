@@ -15,6 +15,7 @@ import (
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/segment"
 )
 
 // ids returns n user ids with the prefix.
@@ -213,4 +214,97 @@ func TestListLeaseIsShort(t *testing.T) {
 	if n := rdb.Exists(ctx, lock).Val(); n != 0 {
 		t.Errorf("the list's lease is still held after the change answered")
 	}
+}
+
+// stalledLists writes half of a list's changes and then waits for release,
+// as an instance killed in the middle of a static list's write leaves the
+// list: nothing rolls back.
+type stalledLists struct {
+	MembershipStore
+	rdb     redis.UniversalClient
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (s stalledLists) ApplyList(ctx context.Context, org, seg string, changes []events.Change) error {
+	for _, c := range changes[:len(changes)/2] {
+		s.rdb.SAdd(ctx, membership.UserSegmentsKey(c.OrgID, c.UserID), c.SegmentID)
+		s.rdb.SAdd(ctx, membership.SegmentMembersKey(c.OrgID, c.SegmentID), c.UserID)
+	}
+	close(s.reached)
+	<-s.release
+	return context.Canceled
+}
+
+// TestStoppedStaticCreateIsBuilding: a static create whose instance dies
+// part way through writing the list (here: stalls) leaves a segment with
+// part of its list. It must not read as ready: it is building until a
+// retry finishes it or the jobs roll it back (processor's
+// TestUnfinishedStaticCreateIsRolledBack); a finished create is ready.
+func TestStoppedStaticCreateIsBuilding(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	stalled := stalledLists{rdb: rdb, reached: make(chan struct{}), release: make(chan struct{})}
+	var stall atomic.Bool
+	a := newTestAPI(t, rdb, testOptions{membership: func(m MembershipStore) MembershipStore {
+		stalled.MembershipStore = m
+		return stallingWhen{MembershipStore: m, stalled: stalled, when: &stall}
+	}})
+	ready := a.as("POST", "/v1/segments", map[string]any{"name": "done", "type": "static", "userIds": []string{"a", "b"}}).mustStatus(t, http.StatusCreated)
+	if got := str(ready.body["status"]); got != "ready" {
+		t.Errorf("a finished static create answers status %q, want ready", got)
+	}
+	if got := str(a.as("GET", "/v1/segments/"+str(ready.body["id"]), nil).body["status"]); got != "ready" {
+		t.Errorf("a finished static create reads as %q, want ready", got)
+	}
+
+	stall.Store(true)
+	answered := make(chan response, 1)
+	go func() {
+		answered <- a.as("POST", "/v1/segments", map[string]any{"name": "cut", "type": "static", "userIds": []string{"u1", "u2", "u3", "u4"}})
+	}()
+	select {
+	case <-stalled.reached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the list write was not reached")
+	}
+	var id string
+	for _, c := range a.pub.take() {
+		id = c.SegmentID
+	}
+	if got := str(a.as("GET", "/v1/segments/"+id, nil).body["status"]); got != "building" {
+		t.Errorf("a static segment whose list is half written reads as %q, want building", got)
+	}
+	close(stalled.release)
+	<-answered
+}
+
+// stallingWhen sends list writes to stalled while when is set.
+type stallingWhen struct {
+	MembershipStore
+	stalled stalledLists
+	when    *atomic.Bool
+}
+
+func (s stallingWhen) ApplyList(ctx context.Context, org, seg string, changes []events.Change) error {
+	if s.when.Load() {
+		return s.stalled.ApplyList(ctx, org, seg, changes)
+	}
+	return s.MembershipStore.ApplyList(ctx, org, seg, changes)
+}
+
+// TestUnfinishedStaticCreateRefusesListChanges: the list of a static
+// segment whose create stopped part way is not changed by a PUT or a
+// members edit (its create's retry finishes it, or the jobs roll it
+// back), and the segment can be deleted.
+func TestUnfinishedStaticCreateRefusesListChanges(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	d, err := membership.NewDefinitions(rdb).Create(context.Background(), segment.Definition{OrgID: a.org, Name: "cut", Type: segment.TypeStatic, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.as("PUT", "/v1/segments/"+d.ID, map[string]any{"userIds": []string{"u1"}}).wantError(t, http.StatusConflict, "segment_busy")
+	a.as("POST", "/v1/segments/"+d.ID+"/members", map[string]any{"add": []string{"u1"}}).wantError(t, http.StatusConflict, "segment_busy")
+	a.as("PUT", "/v1/segments/"+d.ID, map[string]any{"name": "renamed"}).mustStatus(t, http.StatusOK)
+	a.as("DELETE", "/v1/segments/"+d.ID, nil).mustStatus(t, http.StatusNoContent)
 }

@@ -145,6 +145,10 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer unlock()
+	if d.Status == segment.StatusBuilding {
+		s.fail(w, r, errCreateUnfinished)
+		return
+	}
 	now := s.now().UTC()
 	version, err := s.sets.ListVersion(ctx, d.OrgID, d.ID)
 	if err != nil {

@@ -159,10 +159,12 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	d.UserIDs = segment.DedupUserIDs(d.UserIDs)
 	userIDs := d.UserIDs
+	// A static segment, too, is building until its list is written in
+	// full: one whose create stops part way (its instance dies) says so,
+	// and the jobs roll it back if no retry finishes it.
 	d.Status = segment.StatusBuilding
 	d.EstimatedSize = 0
 	if d.Type == segment.TypeStatic {
-		d.Status = segment.StatusReady
 		d.Criteria = segment.Criteria{}
 	}
 	ctx, cancel := writeContext(w, r)
@@ -237,6 +239,17 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
+		ready, err := s.markListed(ctx, created)
+		if err != nil {
+			// As a failed write of the list: the segment goes, or stays
+			// building for a retry after the lease to finish.
+			if !replayed {
+				s.rollbackCreate(ctx, created, claim, userIDs, now, true)
+			}
+			s.fail(w, r, err)
+			return
+		}
+		created = ready
 		if claim != nil {
 			if err := s.defs.FinishCreate(ctx, claim); err != nil {
 				// A retry after the lease takes the create over and
@@ -258,6 +271,25 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", "/v1/segments/"+created.ID)
 	writeJSON(w, http.StatusCreated, segmentOut(created, size, userIDs))
 }
+
+// markListed makes a static segment whose list is written in full ready.
+func (s *Server) markListed(ctx context.Context, d segment.Definition) (segment.Definition, error) {
+	return s.defs.Update(ctx, d.OrgID, d.ID, func(d *segment.Definition) error {
+		switch d.Status {
+		case segment.StatusDeleting:
+			return membership.ErrNotFound
+		case segment.StatusReady:
+			return membership.ErrUnchanged
+		}
+		d.Status = segment.StatusReady
+		return nil
+	})
+}
+
+// errCreateUnfinished refuses a change of a static list whose create has
+// not finished.
+var errCreateUnfinished = &apiError{status: http.StatusConflict, code: codeSegmentBusy,
+	message: "this segment's create has not finished: its retry finishes it, and one not retried is removed within 20 minutes"}
 
 // pendingCreateLease is how long a static create made with an
 // Idempotency-Key has to write its list before a retry may take it over:
@@ -585,6 +617,10 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer unlock()
+		if listed.Status == segment.StatusBuilding {
+			s.fail(w, r, errCreateUnfinished)
+			return
+		}
 		if _, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
 			s.fail(w, r, err)
 			return

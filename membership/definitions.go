@@ -914,6 +914,40 @@ func (s *Definitions) Deleting(ctx context.Context) ([]segment.Definition, error
 	return defs, nil
 }
 
+// ErrCreateFinished is what AbandonCreate returns for a segment whose create
+// has finished (or that is being deleted) since it was listed.
+var ErrCreateFinished = errors.New("the segment's create has finished")
+
+// UnfinishedCreates returns the static segments of every organisation whose
+// create has not finished writing their list (status building: a request
+// that stopped part way, or one still writing), sorted by organisation and
+// id.
+func (s *Definitions) UnfinishedCreates(ctx context.Context) ([]segment.Definition, error) {
+	defs, err := s.every(ctx, unfinishedCreate)
+	if err != nil {
+		return nil, fmt.Errorf("unfinished static creates: %w", err)
+	}
+	return defs, nil
+}
+
+func unfinishedCreate(d segment.Definition) bool {
+	return d.Type == segment.TypeStatic && d.Status == segment.StatusBuilding
+}
+
+// AbandonCreate marks a static segment whose create never finished as being
+// deleted, as MarkDeleting does, unless the create has finished since
+// (ErrCreateFinished): a retry of a create made with an Idempotency-Key may
+// have taken it over and written the list.
+func (s *Definitions) AbandonCreate(ctx context.Context, org, id string) (segment.Definition, error) {
+	return s.update(ctx, org, id, true, func(d *segment.Definition) error {
+		if !unfinishedCreate(*d) {
+			return ErrCreateFinished
+		}
+		d.Status, d.UpdatedAt = segment.StatusDeleting, time.Now().UTC()
+		return nil
+	})
+}
+
 // every reads the definitions of every organisation, in pipelined round
 // trips of many organisations, and returns those keep accepts.
 func (s *Definitions) every(ctx context.Context, keep func(segment.Definition) bool) ([]segment.Definition, error) {

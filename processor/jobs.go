@@ -51,6 +51,8 @@ type JobDefinitions interface {
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 	Deleting(ctx context.Context) ([]segment.Definition, error)
 	MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error)
+	UnfinishedCreates(ctx context.Context) ([]segment.Definition, error)
+	AbandonCreate(ctx context.Context, org, id string) (segment.Definition, error)
 	Delete(ctx context.Context, org, id string) error
 	Revision(ctx context.Context) (int64, error)
 }
@@ -1264,7 +1266,39 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 		}
 		j.cfg.Logger.Info("finished a deletion left undone", "org", d.OrgID, "segment", d.ID)
 	}
+	// A static create that stopped part way (its instance died) left a
+	// segment with part of its list, each listed user's entry published.
+	// Past the time in which a retry of a keyed create takes it over, it is
+	// rolled back as a deletion: its members leave, with their exits.
+	creates, err := j.cfg.Definitions.UnfinishedCreates(ctx)
+	if err != nil {
+		j.cfg.Logger.Warn("finish deletions", "err", err)
+		return
+	}
+	for _, d := range creates {
+		if j.cfg.Now().Sub(d.CreatedAt) < unfinishedCreateGrace {
+			continue
+		}
+		abandoned, err := j.cfg.Definitions.AbandonCreate(ctx, d.OrgID, d.ID)
+		if errors.Is(err, membership.ErrCreateFinished) || errors.Is(err, membership.ErrNotFound) {
+			continue
+		}
+		if err == nil {
+			err = j.finishDeletion(ctx, abandoned, owner)
+		}
+		if err != nil {
+			j.cfg.Logger.Warn("roll back a static create left unfinished; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
+			continue
+		}
+		j.cfg.Logger.Info("rolled back a static create left unfinished", "org", d.OrgID, "segment", d.ID)
+	}
 }
+
+// unfinishedCreateGrace is how long after its creation a static segment
+// whose list was never written in full is left for a retry of its create
+// (one made with an Idempotency-Key takes it over once the API's ~6-minute
+// lease of the create has run out) before the jobs roll it back.
+const unfinishedCreateGrace = 20 * time.Minute
 
 func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
 	// Every instance stops evaluating the segment before its members go.

@@ -1864,3 +1864,62 @@ func TestUnfinishedDeletionIsFinished(t *testing.T) {
 		t.Errorf("%d exit events, want %d", exited, len(want))
 	}
 }
+
+// TestUnfinishedStaticCreateIsRolledBack: a static create stopped part way
+// through its list (its instance died) left a building segment with part
+// of the list, every listed user's entry published. Within the grace (a
+// keyed create's retry may still take it over) the jobs leave it; past
+// it, they remove it as a deletion, with an exit for each member. A
+// finished static create is left alone.
+func TestUnfinishedStaticCreateIsRolledBack(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	cut, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "cut", Type: segment.TypeStatic, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "done", Type: segment.TypeStatic, Status: segment.StatusReady})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, seg := range []string{cut.ID, done.ID} {
+		for _, u := range []string{"u1", "u2"} {
+			r.rdb.SAdd(ctx, membership.SegmentMembersKey(r.org, seg), u)
+			r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, u), seg)
+		}
+	}
+	sets := membership.NewSets(r.rdb)
+	pub := r.publisher(t)
+	r.newJobs(t, jobsOf{pub: pub, remover: sets, now: func() time.Time { return time.Now().Add(15 * time.Minute) }}).FinishDeletions(ctx)
+	if got, err := r.defs.Get(ctx, r.org, cut.ID); err != nil || got.Status != segment.StatusBuilding {
+		t.Fatalf("within the grace: %v, %v; want the segment left building", got.Status, err)
+	}
+	if err := r.rdb.Del(ctx, "lock:{deletions}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.newJobs(t, jobsOf{pub: pub, remover: sets, now: func() time.Time { return time.Now().Add(21 * time.Minute) }}).FinishDeletions(ctx)
+	if _, err := r.defs.Get(ctx, r.org, cut.ID); !errors.Is(err, membership.ErrNotFound) {
+		t.Errorf("an unfinished create past the grace: %v, want it gone", err)
+	}
+	if got, err := r.defs.Get(ctx, r.org, done.ID); err != nil || got.Status != segment.StatusReady {
+		t.Errorf("a finished static create: %v, %v; want it ready", got.Status, err)
+	}
+	for _, u := range []string{"u1", "u2"} {
+		if got := testenv.SMembers(t, r.rdb, membership.UserSegmentsKey(r.org, u)); !slices.Equal(got, []string{done.ID}) {
+			t.Errorf("user %s's segments %v, want only %s", u, got, done.ID)
+		}
+	}
+	exited := 0
+	for _, m := range readOwn(t, r, 2) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Entered && c.SegmentID == cut.ID {
+			exited++
+		}
+	}
+	if exited != 2 {
+		t.Errorf("%d exit events of the rolled back segment, want 2", exited)
+	}
+}
