@@ -308,3 +308,41 @@ func TestUnfinishedStaticCreateRefusesListChanges(t *testing.T) {
 	a.as("PUT", "/v1/segments/"+d.ID, map[string]any{"name": "renamed"}).mustStatus(t, http.StatusOK)
 	a.as("DELETE", "/v1/segments/"+d.ID, nil).mustStatus(t, http.StatusNoContent)
 }
+
+// TestDeleteForgetsKilledBackfillsUsers: a DELETE of a dynamic segment
+// whose backfill's instance was killed takes the segment out of the sets
+// of the users that backfill amended and never projected, whom the member
+// set does not name.
+func TestDeleteForgetsKilledBackfillsUsers(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	defs := membership.NewDefinitions(rdb)
+	users := membership.NewUsers(rdb)
+	var ws []membership.UserWrite
+	for _, u := range []string{"u1", "u2"} {
+		ws = append(ws, membership.UserWrite{OrgID: a.org, UserID: u, Version: 1, Profile: segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 2000.0}))})
+	}
+	if _, err := users.Write(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	d, err := defs.Create(ctx, segment.Definition{OrgID: a.org, Name: "rich", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := defs.BeginBackfill(ctx, a.org, d.ID, d.Generation); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"u1", "u2"} {
+		if err := rdb.SAdd(ctx, membership.UserSegmentsKey(a.org, u), d.ID).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.as("DELETE", "/v1/segments/"+d.ID, nil).mustStatus(t, http.StatusNoContent)
+	for _, u := range []string{"u1", "u2"} {
+		if in := rdb.SIsMember(ctx, membership.UserSegmentsKey(a.org, u), d.ID).Val(); in {
+			t.Errorf("user %s's set still holds the deleted segment", u)
+		}
+	}
+}

@@ -715,6 +715,14 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
 		return err
 	}
+	// Read after the gate, which waited for any backfill to stop.
+	if cur, err := s.defs.Get(ctx, d.OrgID, d.ID); err == nil && cur.BackfillUnfinished() {
+		if _, err := s.sets.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
+			return err
+		}
+	} else if err != nil && !errors.Is(err, membership.ErrNotFound) {
+		return err
+	}
 	if err := s.defs.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
 		return err
 	}

@@ -92,6 +92,9 @@ type MembershipStore interface {
 	// Enlist adds users to a segment's member set alone, for DeleteSegment
 	// to remove them from.
 	Enlist(ctx context.Context, org, seg string, userIDs []string) error
+	// ForgetSegment takes a segment out of every stored user's segment
+	// set, member or not.
+	ForgetSegment(ctx context.Context, org, seg string) (int64, error)
 	// DeleteSegment removes a segment's membership, publishing the exits
 	// chunk by chunk before writing them.
 	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)

@@ -210,6 +210,34 @@ func (s *Sets) apply(ctx context.Context, changes []events.Change, version strin
 	return nil
 }
 
+// ForgetSegment takes seg out of the segment set of every stored user of
+// org, member or not, and returns how many sets held it: a backfill that
+// stopped part way (its instance killed) left users that hold the segment
+// in their own set and that no member set names, for DeleteSegment to
+// find. A user's set that cannot take the command (of another type) is
+// left as it is.
+func (s *Sets) ForgetSegment(ctx context.Context, org, seg string) (int64, error) {
+	var n int64
+	err := NewUsers(s.rdb).ScanUserIDs(ctx, org, func(ids []string) error {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.IntCmd, len(ids))
+		for i, id := range ids {
+			cmds[i] = pipe.SRem(ctx, UserSegmentsKey(org, id), seg)
+		}
+		if _, err := pipe.Exec(ctx); unsent(err) != nil {
+			return err
+		}
+		for _, c := range cmds {
+			n += c.Val()
+		}
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("forget segment %s/%s: %w", org, seg, err)
+	}
+	return n, nil
+}
+
 // Enlist adds users to a segment's member set alone. DeleteSegment works
 // from that set: enlisted first, every one of them gets its exit published
 // and loses the segment from its own set, also users whose own set a list

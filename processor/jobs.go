@@ -61,6 +61,7 @@ type JobDefinitions interface {
 // exits (membership.Sets.DeleteSegment).
 type SegmentRemover interface {
 	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)
+	ForgetSegment(ctx context.Context, org, seg string) (int64, error)
 }
 
 // Sizer counts and lists segment members.
@@ -1341,6 +1342,13 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 		return nil
 	}
 	if _, err := j.cfg.Remover.DeleteSegment(ctx, d.OrgID, d.ID, j.cfg.Now(), changes); err != nil {
+		return err
+	}
+	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && cur.BackfillUnfinished() {
+		if _, err := j.cfg.Remover.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
+			return err
+		}
+	} else if err != nil && !errors.Is(err, membership.ErrNotFound) {
 		return err
 	}
 	if err := j.cfg.Definitions.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {

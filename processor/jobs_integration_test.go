@@ -1890,6 +1890,10 @@ func TestUnfinishedStaticCreateIsRolledBack(t *testing.T) {
 	}
 	sets := membership.NewSets(r.rdb)
 	pub := r.publisher(t)
+	// The search's lease, which an earlier test may hold.
+	if err := r.rdb.Del(ctx, "lock:{deletions}").Err(); err != nil {
+		t.Fatal(err)
+	}
 	r.newJobs(t, jobsOf{pub: pub, remover: sets, now: func() time.Time { return time.Now().Add(15 * time.Minute) }}).FinishDeletions(ctx)
 	if got, err := r.defs.Get(ctx, r.org, cut.ID); err != nil || got.Status != segment.StatusBuilding {
 		t.Fatalf("within the grace: %v, %v; want the segment left building", got.Status, err)
@@ -1921,5 +1925,44 @@ func TestUnfinishedStaticCreateIsRolledBack(t *testing.T) {
 	}
 	if exited != 2 {
 		t.Errorf("%d exit events of the rolled back segment, want 2", exited)
+	}
+}
+
+// TestDeletionForgetsKilledBackfillsUsers: a backfill whose instance was
+// killed had amended users (the segment in their own sets) and not yet
+// projected them onto the member set. The segment's deletion, finished by
+// the jobs, must take it out of those users' sets too, not only out of the
+// sets of the users its member set names.
+func TestDeletionForgetsKilledBackfillsUsers(t *testing.T) {
+	r := newRig(t, testenv.RedisClusterClient(t))
+	ctx := context.Background()
+	r.storePoints(t, 50)
+	cs := r.buildingSegment(t, atLeast(1000))
+	seg := cs.Def.ID
+	if _, _, err := r.defs.BeginBackfill(ctx, r.org, seg, cs.Def.Generation); err != nil {
+		t.Fatal(err)
+	}
+	amended := []string{"u1", "u2", "u3"}
+	for _, u := range amended {
+		if err := r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, u), seg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.defs.MarkDeleting(ctx, r.org, seg); err != nil {
+		t.Fatal(err)
+	}
+	later := func() time.Time { return time.Now().Add(11 * time.Minute) }
+	// The search's lease, which an earlier test may hold.
+	if err := r.rdb.Del(ctx, "lock:{deletions}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r.newJobs(t, jobsOf{pub: r.publisher(t), remover: membership.NewSets(r.rdb), now: later}).FinishDeletions(ctx)
+	if _, err := r.defs.Get(ctx, r.org, seg); !errors.Is(err, membership.ErrNotFound) {
+		t.Fatalf("definition after the deletion was finished: %v, want not found", err)
+	}
+	for _, u := range amended {
+		if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, u), seg).Result(); err != nil || in {
+			t.Errorf("user %s's set still holds the deleted segment (%v)", u, err)
+		}
 	}
 }

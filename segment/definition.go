@@ -112,6 +112,14 @@ type Definition struct {
 	UpdatedAt time.Time
 }
 
+// BackfillUnfinished reports whether a backfill of the segment has begun
+// writing and not ended cleanly (its instance may have been killed): users
+// it changed may then hold the segment in their own set without its member
+// set naming them.
+func (d Definition) BackfillUnfinished() bool {
+	return d.Type == TypeDynamic && (d.BackfillStarted != 0 || len(d.BackfillEarlier) > 0)
+}
+
 // Normalize trims the name. It changes nothing else: user ids keep their
 // duplicates until after Validate, whose errors name ids by their index in
 // the list as given; DedupUserIDs removes them then.
