@@ -232,3 +232,46 @@ func (h hookedLocker) TryLock(ctx context.Context, name, owner string, ttl time.
 	h.before(name)
 	return h.Locker.TryLock(ctx, name, owner, ttl)
 }
+
+// TestStaticCreateRetryAfterListWrittenIsReady: a keyed static create whose
+// request wrote its whole list and stopped before marking the segment ready
+// (its instance killed, or Redis failing on that update and on the
+// rollback's) is answered by the retry after the lease as the finished
+// create it is: the segment must read ready, not stay building for the jobs
+// to roll back 20 minutes after a 201.
+func TestStaticCreateRetryAfterListWrittenIsReady(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	d := segment.Definition{OrgID: a.org, Name: "Eps", Type: segment.TypeStatic, Status: segment.StatusBuilding, UserIDs: []string{"u1", "u2"}}
+	fp, err := createFingerprint(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
+		membership.IdempotentCreate{Key: "static-written", Fingerprint: fp, Pending: true, Lease: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := out.Definition.ID
+	// The stopped request's list, written whole (the version moved).
+	sets := membership.NewSets(rdb)
+	changes, err := sets.PlanReplace(ctx, a.org, id, d.UserIDs, membership.StaticCause(id, 0, d.UserIDs, nil), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.ApplyList(ctx, a.org, id, changes); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond) // the stopped request's lease ends
+	body := map[string]any{"name": "Eps", "type": "static", "userIds": []string{"u1", "u2"}}
+	retry := a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-written"}}, body).mustStatus(t, http.StatusCreated)
+	if got := str(retry.body["status"]); got != "ready" {
+		t.Errorf("the retry of a create whose list is written answered status %q, want ready", got)
+	}
+	if got := str(a.as("GET", "/v1/segments/"+id, nil).body["status"]); got != "ready" {
+		t.Errorf("after the retry the segment reads as %q, want ready (a building one is rolled back by the jobs)", got)
+	}
+	// Its list can be changed again.
+	a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u3"}}).mustStatus(t, http.StatusOK)
+}

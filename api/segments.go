@@ -259,6 +259,18 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	if replayed && claim == nil && created.Type == segment.TypeStatic && created.Status == segment.StatusBuilding {
+		// An earlier request wrote the list whole (the replay found its
+		// version moved, and no list change is allowed while building) and
+		// stopped before marking the segment ready: the create is finished,
+		// and the segment is ready, not left for the jobs to roll back.
+		ready, err := s.markListed(ctx, created)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		created = ready
+	}
 	if replayed {
 		s.replayCreate(w, r, created)
 		return
@@ -395,6 +407,15 @@ func (s *Server) listChanged(ctx context.Context, w http.ResponseWriter, r *http
 	}
 	if v == 0 && listed.Generation == created.Generation {
 		return false
+	}
+	if listed.Status == segment.StatusBuilding {
+		// Written whole by another request that stopped before marking it.
+		ready, err := s.markListed(ctx, listed)
+		if err != nil {
+			s.fail(w, r, err)
+			return true
+		}
+		listed = ready
 	}
 	if err := s.defs.FinishCreate(ctx, claim); err != nil {
 		s.log.Warn("record a create as finished", "org", listed.OrgID, "segment", listed.ID, "err", err)

@@ -90,7 +90,12 @@ func KeepLease(ctx context.Context, l LeaseExtender, name, owner string, ttl tim
 			case <-t.C:
 			}
 			began := time.Now()
-			ok, err := l.Extend(ctx, name, owner, ttl)
+			// A renewal that takes long to fail (dials and reads until
+			// their timeouts, with retries) must not keep the work going
+			// past half the ttl since the last renewal: it is cut then.
+			ectx, ecancel := context.WithDeadline(ctx, renewed.Add(ttl/2))
+			ok, err := l.Extend(ectx, name, owner, ttl)
+			ecancel()
 			switch {
 			case err == nil && !ok:
 				cancel(ErrLeaseLost)

@@ -3,6 +3,7 @@ package membership_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,5 +125,50 @@ func TestKeptLeaseEndsBeforeItCanLapse(t *testing.T) {
 		}
 	case <-time.After(3 * ttl):
 		t.Fatalf("the holder's context still runs %v after its lease was taken, %v after it may have lapsed, every renewal having failed", 3*ttl, 2*ttl)
+	}
+}
+
+// slowFailing renews the lease once, fails fast once, then takes block to
+// fail, as a renewal does whose connection dials or reads until its
+// timeouts and retries (3 s each, two retries: ~10 s of a 30 s lease).
+type slowFailing struct {
+	calls *atomic.Int32
+	block time.Duration
+}
+
+func (s slowFailing) Extend(ctx context.Context, _, _ string, _ time.Duration) (bool, error) {
+	switch s.calls.Add(1) {
+	case 1:
+		return true, nil
+	case 2:
+		return false, errors.New("connection refused")
+	}
+	select {
+	case <-time.After(s.block):
+	case <-ctx.Done():
+	}
+	return false, errors.New("i/o timeout")
+}
+
+// TestKeptLeaseEndsBeforeItCanLapseWhenARenewalHangs: a renewal that takes
+// long to fail must not keep the holder working past the lease's lapse.
+func TestKeptLeaseEndsBeforeItCanLapseWhenARenewalHangs(t *testing.T) {
+	const ttl = 3 * time.Second
+	var calls atomic.Int32
+	held, stop := membership.KeepLease(context.Background(), slowFailing{calls: &calls, block: ttl / 2}, "list:o:s", "a", ttl)
+	defer stop()
+	var lapse time.Time
+	for calls.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	// The first renewal succeeded about ttl/3 after the lease was taken.
+	lapse = time.Now().Add(-ttl / 3).Add(ttl)
+	select {
+	case <-held.Done():
+		if time.Now().After(lapse) {
+			t.Errorf("the context ended %v after the lease could lapse", time.Since(lapse).Round(time.Millisecond))
+		}
+	case <-time.After(3 * ttl):
+		t.Fatal("the holder's context did not end")
 	}
 }

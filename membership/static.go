@@ -228,6 +228,11 @@ func (s *Sets) ForgetSegment(ctx context.Context, org, seg string) (int64, error
 			return err
 		}
 		for _, c := range cmds {
+			// Only a set of another type is left; any other failure of
+			// one command (a node going away) fails the walk.
+			if err := c.Err(); err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+				return err
+			}
 			n += c.Val()
 		}
 		return nil
