@@ -17,8 +17,11 @@ section "criteria: one compiled 5-criterion segment against segmentd, cel-go and
 section "field index against evaluating every segment (1,000 segments, one patch)"
 go test -run '^$' -bench 'BenchmarkAffectedSegments' -benchmem -count 5 ./processor/
 
-section "stored profile: binary encoding against JSON, decode and encode"
-go test -run '^$' -bench 'BenchmarkProfile' -benchmem -count 5 ./segment/
+section "stored profile: binary encoding against JSON, decode and encode; the 5-criterion rule on a decoded profile"
+go test -run '^$' -bench 'BenchmarkProfile|BenchmarkMatch5' -benchmem -count 5 ./segment/
+
+section "profile events: decoding a patch and a whole profile, and the load generator's encoding"
+go test -run '^$' -bench 'BenchmarkDecodeProfileEvent|BenchmarkEncodeProfileEvent' -benchmem -count 3 ./events/
 
 section "a definition change reaching an instance: reload everything against the changed organisation only"
 go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
