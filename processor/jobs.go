@@ -1261,7 +1261,7 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 		if j.cfg.Now().Sub(d.UpdatedAt) < j.cfg.DeletionGrace {
 			continue
 		}
-		if err := j.finishDeletion(ctx, d, owner); err != nil {
+		if err := j.finishDeletion(ctx, d, owner, false); err != nil {
 			j.cfg.Logger.Warn("finish a deletion; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
 			continue
 		}
@@ -1285,7 +1285,9 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 			continue
 		}
 		if err == nil {
-			err = j.finishDeletion(ctx, abandoned, owner)
+			// A chunk of the list may have reached users' own sets and
+			// not the member set that the removal works from.
+			err = j.finishDeletion(ctx, abandoned, owner, true)
 		}
 		if err != nil {
 			j.cfg.Logger.Warn("roll back a static create left unfinished; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
@@ -1301,7 +1303,10 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 // lease of the create has run out) before the jobs roll it back.
 const unfinishedCreateGrace = 20 * time.Minute
 
-func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
+// finishDeletion removes a segment marked deleting, as a DELETE does; forget
+// also takes it out of every stored user's set of the organisation, as the
+// deletion of a segment whose backfill did not end cleanly does.
+func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string, forget bool) error {
 	// Every instance stops evaluating the segment before its members go.
 	// Marked again, as a DELETE's retry does: the request's move of the
 	// revision may be what failed, and marking moves it.
@@ -1344,7 +1349,7 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 	if _, err := j.cfg.Remover.DeleteSegment(ctx, d.OrgID, d.ID, j.cfg.Now(), changes); err != nil {
 		return err
 	}
-	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && cur.BackfillUnfinished() {
+	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && (forget || cur.BackfillUnfinished()) {
 		if _, err := j.cfg.Remover.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
 			return err
 		}

@@ -1966,3 +1966,37 @@ func TestDeletionForgetsKilledBackfillsUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestStaticCreateRollbackForgetsUsersTheMemberSetMissed: a static create
+// writes each chunk to the users' own sets, then to the segment's member
+// set. Killed in between (a chunk of users holds the segment in their own
+// set and not in the member set), the rollback must not leave the deleted
+// id in the sets of those of them who have a stored profile.
+func TestStaticCreateRollbackForgetsUsersTheMemberSetMissed(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	r.storePoints(t, 5)
+	cut, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "cut", Type: segment.TypeStatic, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"u1", "u2"} {
+		r.rdb.SAdd(ctx, membership.SegmentMembersKey(r.org, cut.ID), u)
+		r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, u), cut.ID)
+	}
+	// The killed create's last chunk reached u3's own set only.
+	r.rdb.SAdd(ctx, membership.UserSegmentsKey(r.org, "u3"), cut.ID)
+	if err := r.rdb.Del(ctx, "lock:{deletions}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	later := func() time.Time { return time.Now().Add(21 * time.Minute) }
+	r.newJobs(t, jobsOf{pub: r.publisher(t), remover: membership.NewSets(r.rdb), now: later}).FinishDeletions(ctx)
+	if _, err := r.defs.Get(ctx, r.org, cut.ID); !errors.Is(err, membership.ErrNotFound) {
+		t.Fatalf("rolled back create: %v, want it gone", err)
+	}
+	for _, u := range []string{"u1", "u2", "u3"} {
+		if in, err := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, u), cut.ID).Result(); err != nil || in {
+			t.Errorf("user %s's set still holds the rolled-back segment %s (%v)", u, cut.ID, err)
+		}
+	}
+}
