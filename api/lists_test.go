@@ -346,3 +346,28 @@ func TestDeleteForgetsKilledBackfillsUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteOfUnfinishedStaticCreateForgetsItsUsers: a static create killed
+// between a chunk's write to the users' own sets and to the member set
+// left users holding the segment that the member set does not name; its
+// DELETE takes it out of their sets too (those with a stored profile).
+func TestDeleteOfUnfinishedStaticCreateForgetsItsUsers(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	if _, err := membership.NewUsers(rdb).Write(ctx, []membership.UserWrite{{OrgID: a.org, UserID: "u1", Version: 1,
+		Profile: segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))}}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := membership.NewDefinitions(rdb).Create(ctx, segment.Definition{OrgID: a.org, Name: "cut", Type: segment.TypeStatic, Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.SAdd(ctx, membership.UserSegmentsKey(a.org, "u1"), d.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a.as("DELETE", "/v1/segments/"+d.ID, nil).mustStatus(t, http.StatusNoContent)
+	if rdb.SIsMember(ctx, membership.UserSegmentsKey(a.org, "u1"), d.ID).Val() {
+		t.Error("u1's set still holds the deleted segment")
+	}
+}

@@ -736,8 +736,10 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
 		return err
 	}
-	// Read after the gate, which waited for any backfill to stop.
-	if cur, err := s.defs.Get(ctx, d.OrgID, d.ID); err == nil && cur.BackfillUnfinished() {
+	// Read after the gate, which waited for any backfill to stop. A static
+	// segment whose create did not finish may have a chunk of its list in
+	// users' own sets and not in the member set.
+	if cur, err := s.defs.Get(ctx, d.OrgID, d.ID); err == nil && (d.CreateUnfinished() || cur.BackfillUnfinished()) {
 		if _, err := s.sets.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
 			return err
 		}

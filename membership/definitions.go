@@ -923,15 +923,11 @@ var ErrCreateFinished = errors.New("the segment's create has finished")
 // that stopped part way, or one still writing), sorted by organisation and
 // id.
 func (s *Definitions) UnfinishedCreates(ctx context.Context) ([]segment.Definition, error) {
-	defs, err := s.every(ctx, unfinishedCreate)
+	defs, err := s.every(ctx, segment.Definition.CreateUnfinished)
 	if err != nil {
 		return nil, fmt.Errorf("unfinished static creates: %w", err)
 	}
 	return defs, nil
-}
-
-func unfinishedCreate(d segment.Definition) bool {
-	return d.Type == segment.TypeStatic && d.Status == segment.StatusBuilding
 }
 
 // AbandonCreate marks a static segment whose create never finished as being
@@ -940,7 +936,7 @@ func unfinishedCreate(d segment.Definition) bool {
 // have taken it over and written the list.
 func (s *Definitions) AbandonCreate(ctx context.Context, org, id string) (segment.Definition, error) {
 	return s.update(ctx, org, id, true, func(d *segment.Definition) error {
-		if !unfinishedCreate(*d) {
+		if !d.CreateUnfinished() {
 			return ErrCreateFinished
 		}
 		d.Status, d.UpdatedAt = segment.StatusDeleting, time.Now().UTC()

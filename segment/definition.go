@@ -112,6 +112,14 @@ type Definition struct {
 	UpdatedAt time.Time
 }
 
+// CreateUnfinished reports whether the segment is a static one whose create
+// has not finished writing its list: its instance may have been killed
+// part way, with users holding the segment in their own set that the
+// member set does not name.
+func (d Definition) CreateUnfinished() bool {
+	return d.Type == TypeStatic && d.Status == StatusBuilding
+}
+
 // BackfillUnfinished reports whether a backfill of the segment has begun
 // writing and not ended cleanly (its instance may have been killed): users
 // it changed may then hold the segment in their own set without its member
