@@ -85,7 +85,6 @@ func TestCreateWithIdempotencyKey(t *testing.T) {
 func TestIdempotentStaticCreate(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		a := newTestAPI(t, rdb)
-		ctx := context.Background()
 		withKey := func(k string) http.Header { return http.Header{"Idempotency-Key": {k}} }
 		body := map[string]any{"name": "Beta", "type": "static", "userIds": []string{"u2", "u1"}}
 
@@ -106,17 +105,7 @@ func TestIdempotentStaticCreate(t *testing.T) {
 		gamma := map[string]any{"name": "Gamma", "type": "static", "userIds": []string{"u3"}}
 		pending := func(key string, lease time.Duration) string {
 			t.Helper()
-			d := segment.Definition{OrgID: a.org, Name: "Gamma", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
-			fp, err := createFingerprint(d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
-				membership.IdempotentCreate{Key: key, Fingerprint: fp, Pending: true, Lease: lease})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return out.Definition.ID
+			return pendingStaticCreate(t, rdb, a.org, "Gamma", segment.StatusBuilding, []string{"u3"}, key, lease)
 		}
 		pending("static-2", time.Hour)
 		a.doWith("POST", "/v1/segments", a.key, withKey("static-2"), gamma).wantError(t, http.StatusConflict, "idempotency_key_in_use", "Idempotency-Key")
@@ -195,19 +184,10 @@ func TestStaticCreateTakeoverKeepsALaterEdit(t *testing.T) {
 			}
 		}}
 	}})
-	ctx := context.Background()
-	d := segment.Definition{OrgID: a.org, Name: "Delta", Type: segment.TypeStatic, Status: segment.StatusReady, UserIDs: []string{"u3"}}
-	fp, err := createFingerprint(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
-		membership.IdempotentCreate{Key: "static-edit", Fingerprint: fp, Pending: true, Lease: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Stored ready, as builds before static segments built stored it: the
+	// list could then be edited before the create's retry.
+	id := pendingStaticCreate(t, rdb, a.org, "Delta", segment.StatusReady, []string{"u3"}, "static-edit", time.Millisecond)
 	time.Sleep(5 * time.Millisecond) // the stopped request's lease ends
-	id := out.Definition.ID
 	idv.Store(&id)
 	body := map[string]any{"name": "Delta", "type": "static", "userIds": []string{"u3"}}
 	a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-edit"}}, body).mustStatus(t, http.StatusCreated)
@@ -243,20 +223,11 @@ func TestStaticCreateRetryAfterListWrittenIsReady(t *testing.T) {
 	rdb := testenv.RedisClient(t)
 	a := newTestAPI(t, rdb)
 	ctx := context.Background()
-	d := segment.Definition{OrgID: a.org, Name: "Eps", Type: segment.TypeStatic, Status: segment.StatusBuilding, UserIDs: []string{"u1", "u2"}}
-	fp, err := createFingerprint(d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := membership.NewDefinitions(rdb).CreateIdempotent(ctx, d,
-		membership.IdempotentCreate{Key: "static-written", Fingerprint: fp, Pending: true, Lease: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := out.Definition.ID
+	users := []string{"u1", "u2"}
+	id := pendingStaticCreate(t, rdb, a.org, "Eps", segment.StatusBuilding, users, "static-written", time.Millisecond)
 	// The stopped request's list, written whole (the version moved).
 	sets := membership.NewSets(rdb)
-	changes, err := sets.PlanReplace(ctx, a.org, id, d.UserIDs, membership.StaticCause(id, 0, d.UserIDs, nil), time.Now())
+	changes, err := sets.PlanReplace(ctx, a.org, id, users, membership.StaticCause(id, 0, users, nil), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +235,7 @@ func TestStaticCreateRetryAfterListWrittenIsReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond) // the stopped request's lease ends
-	body := map[string]any{"name": "Eps", "type": "static", "userIds": []string{"u1", "u2"}}
+	body := map[string]any{"name": "Eps", "type": "static", "userIds": users}
 	retry := a.doWith("POST", "/v1/segments", a.key, http.Header{"Idempotency-Key": {"static-written"}}, body).mustStatus(t, http.StatusCreated)
 	if got := str(retry.body["status"]); got != "ready" {
 		t.Errorf("the retry of a create whose list is written answered status %q, want ready", got)
@@ -274,4 +245,23 @@ func TestStaticCreateRetryAfterListWrittenIsReady(t *testing.T) {
 	}
 	// Its list can be changed again.
 	a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u3"}}).mustStatus(t, http.StatusOK)
+}
+
+// pendingStaticCreate stores a keyed static create as a request that stored
+// the definition with status (building, as the API stores it now) and
+// stopped before writing the list leaves it, its lease lasting lease, and
+// returns the segment's id.
+func pendingStaticCreate(t *testing.T, rdb redis.UniversalClient, org, name string, status segment.Status, userIDs []string, key string, lease time.Duration) string {
+	t.Helper()
+	d := segment.Definition{OrgID: org, Name: name, Type: segment.TypeStatic, Status: status, UserIDs: userIDs}
+	fp, err := createFingerprint(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := membership.NewDefinitions(rdb).CreateIdempotent(context.Background(), d,
+		membership.IdempotentCreate{Key: key, Fingerprint: fp, Pending: true, Lease: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Definition.ID
 }

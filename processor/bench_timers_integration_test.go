@@ -2,7 +2,6 @@ package processor_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
@@ -13,7 +12,6 @@ import (
 	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/processor"
-	"github.com/segmentd/segmentd/segment"
 )
 
 // BenchmarkTimerFlips times the flip of SEGMENTD_BENCH_FLIP_USERS users
@@ -29,33 +27,7 @@ func BenchmarkTimerFlips(b *testing.B) {
 	flipAll := func(org string, others int) time.Duration {
 		ctx := context.Background()
 		flip := time.Now().Add(-time.Millisecond)
-		var ws []membership.UserWrite
-		var due []membership.Due
-		for i := range users {
-			u := fmt.Sprintf("u%d", i)
-			p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"tier": "gold", "updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
-			ws = append(ws, membership.UserWrite{OrgID: org, UserID: u, Version: 1, Profile: p})
-			due = append(due, membership.Due{OrgID: org, UserID: u, At: flip})
-		}
-		if _, err := r.users.Write(ctx, ws); err != nil {
-			b.Fatal(err)
-		}
-		for i := range others {
-			if _, err := r.defs.Create(ctx, segment.Definition{OrgID: org, Name: fmt.Sprint("tier", i), Type: segment.TypeDynamic, Status: segment.StatusReady,
-				Criteria: segment.Criteria{Include: []segment.Criterion{
-					{Field: "tier", Operator: "equals", Value: fmt.Sprint("t", i), HasValue: true},
-					{Field: "updatedAt", Operator: "<", Value: fmt.Sprintf("now-%dd", 31+i), HasValue: true}}}}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		d, err := r.defs.Create(ctx, segment.Definition{OrgID: org, Name: "inactive", Type: segment.TypeDynamic, Status: segment.StatusReady,
-			Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true}}}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := membership.NewSchedules(r.rdb).Schedule(ctx, due); err != nil {
-			b.Fatal(err)
-		}
+		seg := seedFlips(b, r.rig, org, users, others, flip)
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		reg := processor.NewRegistry(r.defs, time.Second, log)
 		if err := reg.Reload(ctx); err != nil {
@@ -76,7 +48,7 @@ func BenchmarkTimerFlips(b *testing.B) {
 		// rounds until none is due or the second has passed.
 		for {
 			jobs.FireTimers(ctx)
-			if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(org, d.ID)).Val(); n == int64(users) {
+			if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(org, seg)).Val(); n == int64(users) {
 				return time.Since(flip)
 			}
 			if time.Since(flip) > time.Minute {

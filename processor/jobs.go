@@ -1168,8 +1168,9 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 			}
 		}
 		c := byUser[v.UserID]
+		unjudged := v.Unreadable != nil || (v.Profile != "" && p == nil)
 		for _, id := range o.TimeIDs {
-			need := v.Unreadable != nil || (v.Profile != "" && p == nil)
+			need := unjudged
 			if !need && p != nil {
 				need = o.Segments[id].Rule.Match(p, now) != slices.Contains(sets[i], id)
 			}
@@ -1261,7 +1262,7 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 		if j.cfg.Now().Sub(d.UpdatedAt) < j.cfg.DeletionGrace {
 			continue
 		}
-		if err := j.finishDeletion(ctx, d, owner, false); err != nil {
+		if err := j.finishDeletion(ctx, d, owner); err != nil {
 			j.cfg.Logger.Warn("finish a deletion; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
 			continue
 		}
@@ -1280,14 +1281,14 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 		if j.cfg.Now().Sub(d.CreatedAt) < unfinishedCreateGrace {
 			continue
 		}
-		abandoned, err := j.cfg.Definitions.AbandonCreate(ctx, d.OrgID, d.ID)
+		_, err := j.cfg.Definitions.AbandonCreate(ctx, d.OrgID, d.ID)
 		if errors.Is(err, membership.ErrCreateFinished) || errors.Is(err, membership.ErrNotFound) {
 			continue
 		}
 		if err == nil {
-			// A chunk of the list may have reached users' own sets and
-			// not the member set that the removal works from.
-			err = j.finishDeletion(ctx, abandoned, owner, true)
+			// As listed, unfinished: the removal also looks past the
+			// member set.
+			err = j.finishDeletion(ctx, d, owner)
 		}
 		if err != nil {
 			j.cfg.Logger.Warn("roll back a static create left unfinished; retried in a minute", "org", d.OrgID, "segment", d.ID, "err", err)
@@ -1303,10 +1304,9 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 // lease of the create has run out) before the jobs roll it back.
 const unfinishedCreateGrace = 20 * time.Minute
 
-// finishDeletion removes a segment marked deleting, as a DELETE does; forget
-// also takes it out of every stored user's set of the organisation, as the
-// deletion of a segment whose backfill did not end cleanly does.
-func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string, forget bool) error {
+// finishDeletion removes a segment marked deleting, as a DELETE does: d is
+// the definition as read before the mark.
+func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
 	// Every instance stops evaluating the segment before its members go.
 	// Marked again, as a DELETE's retry does: the request's move of the
 	// revision may be what failed, and marking moves it.
@@ -1349,7 +1349,11 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 	if _, err := j.cfg.Remover.DeleteSegment(ctx, d.OrgID, d.ID, j.cfg.Now(), changes); err != nil {
 		return err
 	}
-	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && (forget || cur.BackfillUnfinished()) {
+	// As a DELETE does (api's removeSegment): a static create that did not
+	// finish, or a backfill that did not end cleanly, may have left users
+	// holding the segment in their own set that the member set does not
+	// name.
+	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && (d.CreateUnfinished() || cur.BackfillUnfinished()) {
 		if _, err := j.cfg.Remover.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
 			return err
 		}

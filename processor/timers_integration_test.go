@@ -1,0 +1,161 @@
+package processor_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
+)
+
+// readCounter counts the users that the jobs' reads of users' views read.
+type readCounter struct {
+	processor.JobUsers
+	read atomic.Int64
+}
+
+func (c *readCounter) ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error) {
+	c.read.Add(int64(len(users)))
+	return c.JobUsers.ViewUsers(ctx, org, users, f)
+}
+
+// TestTimerRoundReadsUsersOncePerNeed: an organisation with 30
+// relative-date segments and 1,000 users (an import) who all flip into one
+// of them at one instant. The round enters every user, and reads each a
+// few times, not once per relative-date segment: 100 such segments and
+// 10,000 users took a round past the 5 s within which a flip must land.
+func TestTimerRoundReadsUsersOncePerNeed(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	const users, segments = 1000, 30
+	seg := seedFlips(t, r, r.org, users, segments-1, time.Now().Add(-time.Second))
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	counter := &readCounter{JobUsers: r.users}
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: counter}).FireTimers(ctx)
+	if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Val(); n != users {
+		t.Fatalf("%d of %d users entered after a round of timers", n, users)
+	}
+	// One read to find what each user needs, the pass of the segment they
+	// enter, the read that schedules their next flips.
+	if n := counter.read.Load(); n > 3*users {
+		t.Errorf("the round read %d users' views for %d users and %d relative-date segments; want at most %d", n, users, segments, 3*users)
+	}
+}
+
+// TestTimerRoundSkipsUserWithDamagedSegmentSet: one claimed user whose own
+// segment set was written by hand as another type must not hold up the
+// round's other users (as before timerPasses, when the pass's read marked
+// that user unreadable and went on): u0's flip enters it.
+func TestTimerRoundSkipsUserWithDamagedSegmentSet(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 2, flip)
+	if err := r.rdb.Set(ctx, membership.UserSegmentsKey(r.org, "u1"), "written by hand", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fire(r.publisher(t), time.Now())
+	if got := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, seg)); len(got) != 1 || got[0] != "u0" {
+		t.Fatalf("members %v after the round, want u0: one user's damaged segment set held up the organisation's timers", got)
+	}
+}
+
+// seedFlips stores users profiles of org whose "updatedAt < now-30d" flips
+// at flip, with their timers due then, and the segment of that rule among
+// others relative-date segments (each for a tier these users are not in:
+// they change nothing for them), and returns the segment's id.
+func seedFlips(tb testing.TB, r *rig, org string, users, others int, flip time.Time) string {
+	tb.Helper()
+	ctx := context.Background()
+	ws := make([]membership.UserWrite, 0, users)
+	due := make([]membership.Due, 0, users)
+	for i := range users {
+		u := fmt.Sprintf("u%d", i)
+		p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"tier": "gold", "updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+		ws = append(ws, membership.UserWrite{OrgID: org, UserID: u, Version: 1, Profile: p})
+		due = append(due, membership.Due{OrgID: org, UserID: u, At: flip})
+	}
+	if _, err := r.users.Write(ctx, ws); err != nil {
+		tb.Fatal(err)
+	}
+	create := func(name string, c ...segment.Criterion) string {
+		d, err := r.defs.Create(ctx, segment.Definition{OrgID: org, Name: name, Type: segment.TypeDynamic, Status: segment.StatusReady,
+			Criteria: segment.Criteria{Include: c}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return d.ID
+	}
+	for i := range others {
+		create(fmt.Sprint("tier", i),
+			segment.Criterion{Field: "tier", Operator: "equals", Value: fmt.Sprint("t", i), HasValue: true},
+			segment.Criterion{Field: "updatedAt", Operator: "<", Value: fmt.Sprintf("now-%dd", 31+i), HasValue: true})
+	}
+	seg := create("inactive", segment.Criterion{Field: "updatedAt", Operator: "<", Value: "now-30d", HasValue: true})
+	if err := membership.NewSchedules(r.rdb).Schedule(ctx, due); err != nil {
+		tb.Fatal(err)
+	}
+	return seg
+}
+
+// TestTimerEntriesDoNotPileUp: a user active every two minutes, in an
+// "active in the last minute" segment, enters it with each profile event and
+// leaves it by timer a minute later. Each exit is a timer's outbox entry;
+// once its round has finished and the user's next profile events came, it
+// is published and needed by no retry. The user's stored state must not
+// grow with every flip of the day (each profile write reads and writes it
+// whole).
+func TestTimerEntriesDoNotPileUp(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "active", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-1m", HasValue: true}}})
+	var clock atomic.Int64
+	clock.Store(time.Now().Truncate(time.Millisecond).UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	r.startWith(t, func(c *processor.Config) { c.Now = now })
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
+	const cycles = 30
+	for v := 1; v <= cycles; v++ {
+		r.produce(t, fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
+			v, r.org, v, now().UTC().Format(time.RFC3339Nano)))
+		st := r.waitVersion(t, "u1", int64(v))
+		if len(st.Segments) != 1 {
+			t.Fatalf("cycle %d: segments %v, want %s", v, st.Segments, seg)
+		}
+		clock.Add(int64(90 * time.Second))
+		timers.FireTimers(ctx)
+		if in := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val(); in {
+			t.Fatalf("cycle %d: still active 90 s after the last event", v)
+		}
+		clock.Add(int64(30 * time.Second))
+	}
+	states, err := r.users.Load(ctx, []membership.UserRef{{OrgID: r.org, UserID: "u1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	timed := 0
+	for _, e := range states[0].Outbox {
+		if e.CauseType == events.CauseTime {
+			timed++
+		}
+	}
+	size := r.rdb.MemoryUsage(ctx, membership.ProfileKey(r.org, "u1")).Val()
+	t.Logf("after %d flips: %d timer entries in the outbox, %d outbox entries, profile key %d bytes", cycles, timed, len(states[0].Outbox), size)
+	if timed > 10 {
+		t.Errorf("%d timer entries kept after %d finished flips and as many profile events, want at most 10", timed, cycles)
+	}
+}
