@@ -101,7 +101,11 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	}
 	// Checked before a search slot is taken: criteria that cannot be valid
 	// are a 400 however busy the instance is, never a 503 to retry.
-	if _, err := segment.Compile(c); err != nil {
+	err = segment.CheckSize(c)
+	if err == nil {
+		_, err = segment.Compile(c)
+	}
+	if err != nil {
 		s.fail(w, r, unwrapCriteria(err))
 		return
 	}

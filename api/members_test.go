@@ -307,6 +307,14 @@ func TestAudienceSearch(t *testing.T) {
 			a.as("POST", "/v1/audience/search", tt.body).wantError(t, 400, "validation_failed", tt.field)
 		})
 	}
+	t.Run("criteria over 256 KiB", func(t *testing.T) {
+		values := make([]string, 30_000)
+		for i := range values {
+			values[i] = fmt.Sprint("user-", i)
+		}
+		a.as("POST", "/v1/audience/search", map[string]any{"include": []any{
+			map[string]any{"field": "customFields.x", "operator": "in", "value": values}}}).wantError(t, 400, "limit_exceeded", "include")
+	})
 	t.Run("another organisation sees none of them", func(t *testing.T) {
 		got := a.do("POST", "/v1/audience/search", a.otherKey, map[string]any{}).mustStatus(t, 200)
 		if strings.TrimSpace(string(got.raw)) != `{"count":0,"userIds":[],"nextCursor":null}` {

@@ -405,6 +405,13 @@ func TestLimits(t *testing.T) {
 			body:  map[string]any{"name": "x", "type": "static", "userIds": ids(segment.MaxStaticUsers + 1)},
 			field: "userIds",
 		},
+		// Every instance holds every definition: one criterion's value
+		// may not take the whole body.
+		"criteria over 256 KiB": {
+			body: map[string]any{"name": "x", "type": "dynamic", "criteria": map[string]any{"exclude": []any{
+				map[string]any{"field": "customFields.x", "operator": "not_in", "value": ids(30_000)}}}},
+			field: "criteria.exclude",
+		},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -165,6 +165,38 @@ type Rule struct {
 	relative bool
 }
 
+// MaxCriteriaBytes bounds a segment's criteria, include and exclude
+// together, written as JSON: every instance holds every dynamic definition,
+// compiled, and a page of the segments list gives 100 of them. It is far
+// above what 40 criteria of any real rule take (an "in" list of about
+// 10,000 short values fits).
+const MaxCriteriaBytes = 256 << 10
+
+// CheckSize reports criteria larger than MaxCriteriaBytes as a
+// *ValidationError with the code [CodeLimitExceeded], naming the larger of
+// criteria.include and criteria.exclude. Compile does not apply it, so that
+// definitions stored before the limit still load.
+func CheckSize(c Criteria) error {
+	inc, err := json.Marshal(c.Include)
+	if err != nil {
+		return fmt.Errorf("criteria: %w", err)
+	}
+	exc, err := json.Marshal(c.Exclude)
+	if err != nil {
+		return fmt.Errorf("criteria: %w", err)
+	}
+	n := len(inc) + len(exc)
+	if n <= MaxCriteriaBytes {
+		return nil
+	}
+	field := "criteria.include"
+	if len(exc) > len(inc) {
+		field = "criteria.exclude"
+	}
+	return &ValidationError{Code: CodeLimitExceeded, Errors: []FieldError{{field,
+		fmt.Sprintf("include and exclude criteria together must be at most %d bytes as JSON, got %d", MaxCriteriaBytes, n)}}}
+}
+
 // Compile validates c and compiles it into a Rule. The error, when not nil, is
 // a *ValidationError listing every problem found; over MaxInclude or
 // MaxExclude criteria it carries only the limit errors.

@@ -3,6 +3,7 @@ package segment
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -326,5 +327,46 @@ func TestCriterionJSON(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(`{"field":1}`), new(Criterion)); err == nil {
 		t.Error("a numeric field name decoded without error")
+	}
+}
+
+func TestCheckSize(t *testing.T) {
+	values := func(n int) []any {
+		out := make([]any, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("value-%07d", i)
+		}
+		return out
+	}
+	long := Criterion{Field: "customFields.x", Operator: OpIn, Value: values(20_000), HasValue: true}
+	tests := map[string]struct {
+		c     Criteria
+		field string // of the limit error; "" for none
+	}{
+		"a usual rule":         {Criteria{Include: []Criterion{{Field: "points", Operator: OpGreaterEq, Value: 1000.0, HasValue: true}}}, ""},
+		"10,000 values":        {Criteria{Include: []Criterion{{Field: "customFields.x", Operator: OpIn, Value: values(10_000), HasValue: true}}}, ""},
+		"a long include":       {Criteria{Include: []Criterion{long}}, "criteria.include"},
+		"a long exclude":       {Criteria{Exclude: []Criterion{long}}, "criteria.exclude"},
+		"a 300 KiB field path": {Criteria{Include: []Criterion{{Field: "customFields." + strings.Repeat("z", 300<<10), Operator: OpExists}}}, "criteria.include"},
+		"a 300 KiB string":     {Criteria{Include: []Criterion{{Field: "email", Operator: OpEquals, Value: strings.Repeat("y", 300<<10), HasValue: true}}}, "criteria.include"},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := CheckSize(tt.c)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("CheckSize = %v, want nil", err)
+				}
+				return
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Code != CodeLimitExceeded || ve.Errors[0].Field != tt.field {
+				t.Fatalf("CheckSize = %v, want limit_exceeded on %s", err, tt.field)
+			}
+			d := Definition{OrgID: "o", Name: "n", Type: TypeDynamic, Criteria: tt.c}
+			if !errors.As(d.Validate(), &ve) || ve.Code != CodeLimitExceeded {
+				t.Errorf("Validate = %v, want limit_exceeded", d.Validate())
+			}
+		})
 	}
 }
