@@ -19,7 +19,9 @@ import (
 // The cursor is opaque; one this store did not issue fails with
 // ErrInvalidCursor. As with SSCAN, a user who is a member for the whole walk
 // is returned, and one who enters or leaves during it may be returned or not;
-// a set that changes during the walk may also repeat a user.
+// a set that changes during the walk may also repeat a user. A page makes
+// at most maxScanRounds SSCAN calls: it may hold fewer than limit ids, even
+// none, with a cursor to go on from.
 func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor string) ([]string, string, error) {
 	if limit <= 0 {
 		limit = DefaultListLimit
@@ -52,7 +54,13 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		}
 	}
 	scan, after := c.scan, c.after
-	for {
+	for rounds := 0; ; rounds++ {
+		if rounds == maxScanRounds && scan != 0 {
+			// A cursor whose after is above the ids met (forged, or a set
+			// that changed) would walk the whole set in one call: the page
+			// ends short and the client goes on from where the walk is.
+			return out, encodeMembersCursor(tag, membersCursor{scan: scan, after: after}), nil
+		}
 		room := limit - len(out)
 		batch, next, err := s.rdb.SScan(ctx, key, scan, "", int64(room)).Result()
 		if err != nil {
@@ -92,6 +100,9 @@ func (s *Sets) Members(ctx context.Context, org, seg string, limit int, cursor s
 		}
 	}
 }
+
+// maxScanRounds bounds the SSCAN round trips of one page.
+const maxScanRounds = 64
 
 // membersCursor is where a walk of a member set resumes: the SSCAN cursor,
 // the last id given of whole-set answers (after: the rest of the walk gives

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,6 +258,55 @@ func TestMembershipReads(t *testing.T) {
 		all, err := sets.AllMembers(ctx, org, "seg_b")
 		if err != nil || !slices.Equal(all, []string{"u0000", "u0001", "u0002"}) {
 			t.Errorf("AllMembers = %v, %v", all, err)
+		}
+	})
+}
+
+// sscanCounter counts the SSCAN commands a client sends.
+type sscanCounter struct{ n atomic.Int64 }
+
+func (h *sscanCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *sscanCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "sscan" {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *sscanCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestMembersPageIsBounded: a cursor whose "after" sorts above every id (a
+// client forges one easily: the legacy form carries no tag) filters out
+// every id the walk meets. One page must not walk the whole set to find
+// that out; it ends short, and the cursors it gives end the walk.
+func TestMembersPageIsBounded(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		sets := membership.NewSets(rdb)
+		fillTestSegment(t, sets, org, "seg_big", 5000)
+		h := &sscanCounter{}
+		rdb.AddHook(h)
+		cursor := base64.RawURLEncoding.EncodeToString([]byte("m3:0:a\xff"))
+		for pages := 0; cursor != ""; pages++ {
+			if pages > 200 {
+				t.Fatal("the walk does not end")
+			}
+			before := h.n.Load()
+			ids, next, err := sets.Members(ctx, org, "seg_big", 1, cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ids) > 0 {
+				t.Errorf("page %d gave %v: every id sorts below the cursor's", pages, ids)
+			}
+			if n := h.n.Load() - before; n > 100 {
+				t.Fatalf("page %d sent %d SSCAN commands", pages, n)
+			}
+			cursor = next
 		}
 	})
 }
