@@ -225,6 +225,9 @@ func apiKeys(v string) (map[string]string, error) {
 		if len(key) < 16 {
 			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}
 		}
+		if strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key holds a control character (a line break? pairs are separated by commas)", i+1)}
+		}
 		if _, dup := keys[key]; dup {
 			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key used twice", i+1)}
 		}

@@ -64,13 +64,16 @@ func TestLoadErrors(t *testing.T) {
 		"org with brace":           {"SEGMENTD_API_KEYS", "ac}me:sk_acme_0123456789abcdef", "SEGMENTD_API_KEYS"},
 		"key and org swapped":      {"SEGMENTD_API_KEYS", "sk+acme/0123456789abcdef==:acme", "SEGMENTD_API_KEYS"},
 		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
-		"batch size zero":          {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
-		"batch wait not duration":  {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
-		"batch wait of an hour":    {"SEGMENTD_BATCH_WAIT", "1h", "SEGMENTD_BATCH_WAIT"},
-		"shutdown timeout of 1ns":  {"SEGMENTD_SHUTDOWN_TIMEOUT", "1ns", "SEGMENTD_SHUTDOWN_TIMEOUT"},
-		"estimates every 10ms":     {"SEGMENTD_ESTIMATE_INTERVAL", "10ms", "SEGMENTD_ESTIMATE_INTERVAL"},
-		"negative user cache":      {"SEGMENTD_USER_CACHE_MB", "-1", "SEGMENTD_USER_CACHE_MB"},
-		"ephemeral not a boolean":  {"SEGMENTD_EMBEDDED_EPHEMERAL", "yes", "SEGMENTD_EMBEDDED_EPHEMERAL"},
+		// One pair per line (a YAML block scalar) reads as one pair whose
+		// key holds a newline: no Authorization header can carry it.
+		"pairs on lines":          {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef\nglobex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
+		"batch size zero":         {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
+		"batch wait not duration": {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
+		"batch wait of an hour":   {"SEGMENTD_BATCH_WAIT", "1h", "SEGMENTD_BATCH_WAIT"},
+		"shutdown timeout of 1ns": {"SEGMENTD_SHUTDOWN_TIMEOUT", "1ns", "SEGMENTD_SHUTDOWN_TIMEOUT"},
+		"estimates every 10ms":    {"SEGMENTD_ESTIMATE_INTERVAL", "10ms", "SEGMENTD_ESTIMATE_INTERVAL"},
+		"negative user cache":     {"SEGMENTD_USER_CACHE_MB", "-1", "SEGMENTD_USER_CACHE_MB"},
+		"ephemeral not a boolean": {"SEGMENTD_EMBEDDED_EPHEMERAL", "yes", "SEGMENTD_EMBEDDED_EPHEMERAL"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
