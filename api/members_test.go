@@ -3,10 +3,13 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,5 +425,70 @@ func TestAudienceSearchIsBounded(t *testing.T) {
 	r.wantError(t, http.StatusServiceUnavailable, "unavailable")
 	if msg := str(r.body["error"].(map[string]any)["message"]); !strings.Contains(msg, "took longer than 100ms") {
 		t.Errorf("message %q does not say the search took too long", msg)
+	}
+}
+
+// TestReadyzSharesChecks: /readyz answers anyone, and each check reaches
+// Redis and dials Kafka; probes within ReadyFor of a check share it, and
+// a probe that goes away does not leave the others its cancellation.
+func TestReadyzSharesChecks(t *testing.T) {
+	var mu sync.Mutex
+	var checks int
+	state := error(nil)
+	now := time.Unix(1_700_000_000, 0)
+	s := New(Config{
+		// Never reached by /readyz.
+		Definitions: membership.NewDefinitions(nil),
+		Membership:  membership.NewSets(nil),
+		Ready: func(ctx context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			checks++
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return state
+		},
+		ReadyFor: time.Second,
+		Now: func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			return now
+		},
+	})
+	probe := func(ctx context.Context) int {
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, httptest.NewRequestWithContext(ctx, "GET", "/readyz", nil))
+		return w.Code
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if code := probe(gone); code != 200 {
+		t.Fatalf("first probe (its client gone) = %d, want 200", code)
+	}
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			if code := probe(context.Background()); code != 200 {
+				t.Errorf("probe = %d, want 200", code)
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	if checks != 1 {
+		t.Errorf("51 probes within a second made %d checks, want 1", checks)
+	}
+	state = errors.New("redis does not answer")
+	now = now.Add(999 * time.Millisecond)
+	mu.Unlock()
+	if code := probe(context.Background()); code != 200 {
+		t.Errorf("probe within ReadyFor of the check = %d, want its answer, 200", code)
+	}
+	mu.Lock()
+	now = now.Add(time.Millisecond)
+	mu.Unlock()
+	if code := probe(context.Background()); code != 503 {
+		t.Errorf("probe ReadyFor after the check = %d, want a new check's 503", code)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,6 +149,11 @@ type Config struct {
 	// Ready reports whether the service can serve (Kafka and Redis reachable,
 	// definitions loaded); nil is always ready.
 	Ready func(ctx context.Context) error
+	// ReadyFor is how long an answer of Ready is reused: /readyz answers
+	// anyone, and each check reaches Redis and dials Kafka, so probes that
+	// come faster share one check (those that come during it wait for it).
+	// Zero checks on every probe.
+	ReadyFor time.Duration
 	// Metrics serves /metrics; nil serves Registerer when it is also a
 	// Gatherer (a *prometheus.Registry), and 404 otherwise.
 	Metrics http.Handler
@@ -187,6 +193,12 @@ type Server struct {
 	audience AudienceSearcher
 	keys     []keyEntry
 	ready    func(ctx context.Context) error
+	readyFor time.Duration
+	// readyMu guards the last check of ready (readyAt, readyErr) and
+	// holds back probes while one runs.
+	readyMu  sync.Mutex
+	readyAt  time.Time
+	readyErr error
 	metricsH http.Handler
 	log      *slog.Logger
 	now      func() time.Time
@@ -215,6 +227,7 @@ func New(cfg Config) *Server {
 		pub:       cfg.Publisher,
 		audience:  cfg.Audience,
 		ready:     cfg.Ready,
+		readyFor:  max(cfg.ReadyFor, 0),
 		metricsH:  cfg.Metrics,
 		log:       cfg.Logger,
 		now:       cfg.Now,
@@ -401,15 +414,35 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		if err := s.ready(ctx); err != nil {
-			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "not ready: "+err.Error(), nil)
-			return
-		}
+	if err := s.checkReady(r.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "not ready: "+err.Error(), nil)
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// checkReady runs ready, or gives the answer of a check made less than
+// readyFor ago.
+func (s *Server) checkReady(ctx context.Context) error {
+	if s.ready == nil {
+		return nil
+	}
+	if s.readyFor == 0 {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return s.ready(ctx)
+	}
+	s.readyMu.Lock()
+	defer s.readyMu.Unlock()
+	if !s.readyAt.IsZero() && s.now().Sub(s.readyAt) < s.readyFor {
+		return s.readyErr
+	}
+	// Shared by the probes waiting: one that went away must not leave
+	// them a cancellation to read as not ready.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	s.readyErr, s.readyAt = s.ready(ctx), s.now()
+	return s.readyErr
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {

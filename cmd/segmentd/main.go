@@ -213,6 +213,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Audience:      processor.NewAudience(users, nil),
 		Keys:          cfg.APIKeys,
 		Ready:         ready,
+		ReadyFor:      time.Second,
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 		Registerer:    reg,
 		Logger:        log,
