@@ -436,7 +436,7 @@ func TestParseTime(t *testing.T) {
 		"april 31":           {"2024-04-31T00:00:00Z", false},
 		"hour 24":            {"2024-01-15T24:00:00Z", false},
 		"minute 60":          {"2024-01-15T10:60:00Z", false},
-		"second 60":          {"2024-01-15T10:30:60Z", false},
+		"second 61":          {"2024-01-15T10:30:61Z", false},
 		"no zone":            {"2024-01-15T10:30:00", false},
 		"date only":          {"2024-01-15", true}, // an RFC 3339 full-date: midnight UTC
 		"date only, bad day": {"2024-02-30", false},
@@ -447,7 +447,7 @@ func TestParseTime(t *testing.T) {
 		"lower t and z":      {"2024-01-15t10:30:00.5z", true},
 		"lower other letter": {"2024-01-15T10:30:00x", false},
 		"bad offset":         {"2024-01-15T10:30:00+0530", false},
-		"offset hour 24":     {"2024-01-15T10:30:00+24:00", true}, // time.Parse takes it
+		"offset hour 23":     {"2024-01-15T10:30:00-23:59", true},
 		"trailing garbage":   {"2024-01-15T10:30:00Zx", false},
 		"letters in digits":  {"2024-0a-15T10:30:00Z", false},
 		"symbol below zero":  {"2024-/1-15T10:30:00Z", false},
@@ -476,6 +476,41 @@ func TestParseTime(t *testing.T) {
 	}
 }
 
+// TestParseTimeWhereRFC3339Parts: where time.Parse parts from RFC 3339
+// (section 5.6), dates follow RFC 3339, as the contract names it.
+func TestParseTimeWhereRFC3339Parts(t *testing.T) {
+	tests := map[string]struct {
+		in string
+		as string // the instant's form that time.Parse takes; "" for none
+	}{
+		// time-second 00-60: a leap second is the next minute's first.
+		"leap second":         {"2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"},
+		"leap second, offset": {"2016-12-31T23:59:60.5-01:00", "2017-01-01T01:00:00.5Z"},
+		"leap second, lower":  {"2016-12-31t23:59:60z", "2017-01-01T00:00:00Z"},
+		// time-hour 00-23, in an offset too.
+		"offset hour 24":  {"2024-01-15T10:30:00+24:00", ""},
+		"offset hour -24": {"2024-01-15T10:30:00-24:00", ""},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, ok := parseTime(tt.in)
+			if ok != (tt.as != "") {
+				t.Fatalf("parseTime(%q) ok = %v, want %v", tt.in, ok, tt.as != "")
+			}
+			if !ok {
+				return
+			}
+			want, err := time.Parse(time.RFC3339, tt.as)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != instantOf(want) {
+				t.Errorf("parseTime(%q) = %v, want %v", tt.in, got, instantOf(want))
+			}
+		})
+	}
+}
+
 func FuzzParseTime(f *testing.F) {
 	for _, s := range []string{"2024-01-15T10:30:00Z", "2024-01-15T10:30:00.5+05:30", "0001-12-31T23:59:59-23:59", "2024-02-29T00:00:00Z"} {
 		f.Add(s)
@@ -485,10 +520,18 @@ func FuzzParseTime(f *testing.F) {
 		if !ok {
 			return
 		}
-		// The fast path may reject what time.Parse takes, never the reverse.
-		want, err := time.Parse(time.RFC3339, s)
+		// The fast path may reject what time.Parse takes, never the
+		// reverse, but for a leap second: the next minute's first second.
+		ref, leap := s, s[17:19] == "60"
+		if leap {
+			ref = s[:17] + "59" + s[19:]
+		}
+		want, err := time.Parse(time.RFC3339, ref)
 		if err != nil {
 			t.Fatalf("parseRFC3339Fast(%q) accepted what time.Parse rejects: %v", s, err)
+		}
+		if leap {
+			want = want.Add(time.Second)
 		}
 		if got != instantOf(want) {
 			t.Fatalf("parseRFC3339Fast(%q) = %v, want %v", s, got, instantOf(want))

@@ -58,7 +58,9 @@ func (a instant) compare(b instant) int {
 }
 
 // parseTime parses an RFC 3339 date-time as time.Parse(time.RFC3339, s)
-// does (and with a lower-case t or z, which RFC 3339 allows), and an RFC 3339 full-date (2006-01-02) as the midnight UTC that
+// does, and as RFC 3339 has it where the two part: with a lower-case t or z,
+// with a leap second (the next minute's first second), and never with an
+// offset of 24 hours; and an RFC 3339 full-date (2006-01-02) as the midnight UTC that
 // begins it, as birthdays and sign-up days are often stored. The common
 // strict form is parsed by hand without allocating; other forms that
 // time.Parse still accepts (a one-digit hour, a comma before the fraction)
@@ -82,16 +84,24 @@ func parseTimeSlow(s string) (instant, bool) {
 	// does not.
 	if s[10] == 't' || s[len(s)-1] == 'z' {
 		s = strings.ToUpper(s)
+		if t, ok := parseRFC3339Fast(s); ok {
+			return t, true
+		}
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
+		return instant{}, false
+	}
+	// time.Parse takes an offset of 24 hours, which RFC 3339 (time-hour
+	// 00-23) does not.
+	if _, off := t.Zone(); off >= 24*3600 || off <= -24*3600 {
 		return instant{}, false
 	}
 	return instantOf(t), true
 }
 
 // parseRFC3339Fast accepts YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM) with the
-// field ranges time.Parse enforces. It runs once per date criterion on the
+// field ranges RFC 3339 allows (time.Parse's, and a leap second). It runs once per date criterion on the
 // Match hot path, so the fixed part is read and checked eight bytes at a
 // time.
 func parseRFC3339Fast(s string) (instant, bool) {
@@ -123,7 +133,9 @@ func parseRFC3339Fast(s string) (instant, bool) {
 	minute := int64(c >> 24 & 0xFF)
 	sec := int64(c >> 48 & 0xFF)
 	if month < 1 || month > 12 || day < 1 || (day > 28 && day > daysIn(month, year)) ||
-		hour > 23 || minute > 59 || sec > 59 {
+		hour > 23 || minute > 59 || sec > 60 {
+		// RFC 3339 allows a leap second (:60), which time.Parse refuses; it
+		// is taken for the first second of the next minute.
 		return instant{}, false
 	}
 	s = s[19:]
