@@ -1,6 +1,9 @@
 package processor
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // FireTimers fires the due timers of every organisation once, as Run does
 // every TimerInterval.
@@ -13,3 +16,9 @@ func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }
 // RefreshEstimates refreshes the estimated sizes once, as Run does every
 // min(EstimateInterval, 1 minute).
 func (j *Jobs) RefreshEstimates(ctx context.Context) { j.refreshEstimates(ctx) }
+
+// ObserveLatency records one event's latency, as a batch does once the
+// event's outcome is in Redis.
+func (m *Metrics) ObserveLatency(occurred, fetched, now time.Time) {
+	m.observeLatency(occurred, fetched, now)
+}

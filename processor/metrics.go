@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -152,7 +153,9 @@ func (m *Metrics) observeLatency(occurred, fetched, now time.Time) {
 		return
 	}
 	if !occurred.IsZero() {
-		m.latency.Observe(now.Sub(occurred).Seconds())
+		// A producer's clock ahead of this one's gives a negative time,
+		// which would take the histogram's sum down (read as a reset).
+		m.latency.Observe(max(0, now.Sub(occurred).Seconds()))
 	}
 	m.processing.Observe(now.Sub(fetched).Seconds())
 }
@@ -202,4 +205,28 @@ func (m *Metrics) kafkaError() {
 	if m != nil {
 		m.kafkaErrors.Inc()
 	}
+}
+
+// CountedPublisher publishes changes and counts those published in
+// segmentd_membership_changes_total, as the processor and the jobs count
+// their own: for the changes published elsewhere (the API's static lists
+// and deletions).
+type CountedPublisher struct {
+	pub ChangePublisher
+	m   *Metrics
+}
+
+// NewCountedPublisher returns a CountedPublisher that publishes through
+// pub and counts in m.
+func NewCountedPublisher(pub ChangePublisher, m *Metrics) *CountedPublisher {
+	return &CountedPublisher{pub: pub, m: m}
+}
+
+// Publish publishes cs and, once they are published, counts them.
+func (p *CountedPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	if err := p.pub.Publish(ctx, cs); err != nil {
+		return err
+	}
+	p.m.countChanges(cs)
+	return nil
 }

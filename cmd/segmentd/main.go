@@ -209,7 +209,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Definitions:   defs,
 		Membership:    sets,
 		Profiles:      users,
-		Publisher:     publisher,
+		Publisher:     processor.NewCountedPublisher(publisher, metrics),
 		Audience:      processor.NewAudience(users, nil),
 		Keys:          cfg.APIKeys,
 		Ready:         ready,

@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/segmentd/segmentd/config"
 	"github.com/segmentd/segmentd/embedded"
+	"github.com/segmentd/segmentd/internal/testenv"
 )
 
 // TestArguments checks that -h lists every variable segmentd reads and that
@@ -90,5 +94,73 @@ func TestKafkaUnreachable(t *testing.T) {
 	var ce *config.Error
 	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_KAFKA_BROKERS" {
 		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_KAFKA_BROKERS", err)
+	}
+}
+
+// TestAPIChangesCounted: the changes the API publishes (a static list's,
+// a deletion's exits) are counted in segmentd_membership_changes_total as
+// the processor's and the jobs' are.
+func TestAPIChangesCounted(t *testing.T) {
+	org := testenv.UniqueName(t, "org")
+	env := map[string]string{
+		"SEGMENTD_HTTP_ADDR":        freeAddr(t),
+		"SEGMENTD_API_KEYS":         org + ":sk_test_0123456789abcdef",
+		"SEGMENTD_REDIS_ADDRS":      testenv.Redis(t),
+		"SEGMENTD_KAFKA_BROKERS":    strings.Join(testenv.Kafka(t), ","),
+		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "profiles"),
+		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
+		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
+		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
+	}
+	runEmbedded(t, env)
+	call := func(method, path, body string) (int, string) {
+		req, _ := http.NewRequest(method, "http://"+env["SEGMENTD_HTTP_ADDR"]+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer sk_test_0123456789abcdef")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for code, _ := call(http.MethodGet, "/readyz", ""); code != http.StatusOK; code, _ = call(http.MethodGet, "/readyz", "") {
+		if time.Now().After(deadline) {
+			t.Fatal("segmentd not ready within 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	code, body := call(http.MethodPost, "/v1/segments", `{"name":"vip","type":"static","userIds":["u1","u2","u3"]}`)
+	if code != http.StatusCreated {
+		t.Fatalf("create = %d %s", code, body)
+	}
+	var seg struct{ ID string }
+	if err := json.Unmarshal([]byte(body), &seg); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := call(http.MethodPost, "/v1/segments/"+seg.ID+"/members", `{"add":["u4"],"remove":["u1"]}`); code != http.StatusOK {
+		t.Fatalf("members = %d %s", code, body)
+	}
+	if code, body := call(http.MethodDelete, "/v1/segments/"+seg.ID, ""); code != http.StatusNoContent {
+		t.Fatalf("delete = %d %s", code, body)
+	}
+	_, metrics := call(http.MethodGet, "/metrics", "")
+	for series, want := range map[string]string{
+		`{cause="static",direction="entered"}`:  "4",
+		`{cause="static",direction="exited"}`:   "1",
+		`{cause="segment",direction="exited"}`:  "3",
+		`{cause="segment",direction="entered"}`: "",
+	} {
+		line := "segmentd_membership_changes_total" + series + " "
+		got := ""
+		for l := range strings.Lines(metrics) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), line); ok {
+				got = v
+			}
+		}
+		if got != want {
+			t.Errorf("%s = %q, want %q", line, got, want)
+		}
 	}
 }
