@@ -18,7 +18,12 @@ type Config struct {
 	KafkaBrokers []string
 	// RedisAddrs lists Redis nodes: one is standalone, several are a Redis Cluster;
 	// empty means the embedded in-process Redis.
-	RedisAddrs      []string
+	RedisAddrs []string
+	// RedisUsername is the Redis ACL user RedisPassword authenticates;
+	// empty: the default user.
+	RedisUsername string
+	// RedisPassword authenticates to Redis (AUTH); empty: no AUTH.
+	RedisPassword   string
 	ProfileTopic    string
 	MembershipTopic string
 	DLQTopic        string
@@ -60,6 +65,8 @@ var Vars = []Var{
 	{"SEGMENTD_HTTP_ADDR", "127.0.0.1:8080", "API listen address"},
 	{"SEGMENTD_KAFKA_BROKERS", "", "comma-separated brokers; empty: embedded in-process broker"},
 	{"SEGMENTD_REDIS_ADDRS", "", "comma-separated; one = standalone, several = Redis Cluster; empty: embedded in-process Redis"},
+	{"SEGMENTD_REDIS_USERNAME", "", "Redis ACL user; empty: the default user"},
+	{"SEGMENTD_REDIS_PASSWORD", "", "Redis password (AUTH); empty: none"},
 	{"SEGMENTD_PROFILE_TOPIC", "profile-events", "input topic"},
 	{"SEGMENTD_MEMBERSHIP_TOPIC", "segment-membership", "output topic"},
 	{"SEGMENTD_DLQ_TOPIC", "profile-events-dlq", "undecodable or invalid input"},
@@ -118,6 +125,12 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	}
 	if c.RedisAddrs, err = addrList("SEGMENTD_REDIS_ADDRS", get("SEGMENTD_REDIS_ADDRS")); err != nil {
 		return c, err
+	}
+	c.RedisUsername = get("SEGMENTD_REDIS_USERNAME")
+	// Not trimmed: a password may begin or end with a space.
+	c.RedisPassword = getenv("SEGMENTD_REDIS_PASSWORD")
+	if c.RedisUsername != "" && c.RedisPassword == "" {
+		return c, &Error{"SEGMENTD_REDIS_USERNAME", c.RedisUsername, "needs SEGMENTD_REDIS_PASSWORD"}
 	}
 	topicOf := map[string]string{} // topic name to the variable that gave it
 	for _, t := range []struct {
@@ -188,6 +201,10 @@ func addrList(name, v string) ([]string, error) {
 	var out []string
 	for _, a := range strings.Split(v, ",") {
 		a = strings.TrimSpace(a)
+		if strings.Contains(a, "@") {
+			// A URL with credentials: they are not echoed.
+			return nil, &Error{name, "<redacted>", "an address is host:port, without a scheme or credentials (Redis's go in SEGMENTD_REDIS_USERNAME and SEGMENTD_REDIS_PASSWORD)"}
+		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {
 			return nil, &Error{name, v, fmt.Sprintf("%q is not host:port", a)}

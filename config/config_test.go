@@ -26,15 +26,17 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadExternal(t *testing.T) {
 	c, err := Load(envOf(map[string]string{
-		"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092, 127.0.0.2:9092",
-		"SEGMENTD_REDIS_ADDRS":   "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-		"SEGMENTD_API_KEYS":      "acme:sk_acme_0123456789abcdef, globex : sk_globex_0123456789ab",
+		"SEGMENTD_KAFKA_BROKERS":  "127.0.0.1:9092, 127.0.0.2:9092",
+		"SEGMENTD_REDIS_ADDRS":    "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+		"SEGMENTD_API_KEYS":       "acme:sk_acme_0123456789abcdef, globex : sk_globex_0123456789ab",
+		"SEGMENTD_REDIS_USERNAME": "segmentd",
+		"SEGMENTD_REDIS_PASSWORD": " pass word ",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Embedded() || len(c.KafkaBrokers) != 2 || len(c.RedisAddrs) != 3 || c.APIKeys["sk_acme_0123456789abcdef"] != "acme" ||
-		c.APIKeys["sk_globex_0123456789ab"] != "globex" {
+		c.APIKeys["sk_globex_0123456789ab"] != "globex" || c.RedisUsername != "segmentd" || c.RedisPassword != " pass word " {
 		t.Fatalf("got %+v", c)
 	}
 }
@@ -66,7 +68,10 @@ func TestLoadErrors(t *testing.T) {
 		"keys missing in external": {"SEGMENTD_API_KEYS", "", "SEGMENTD_API_KEYS"},
 		// One pair per line (a YAML block scalar) reads as one pair whose
 		// key holds a newline: no Authorization header can carry it.
-		"pairs on lines":          {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef\nglobex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
+		"pairs on lines": {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef\nglobex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
+		// Credentials in a URL are refused, and not echoed.
+		"redis URL with password": {"SEGMENTD_REDIS_ADDRS", "redis://:0123456789abcdef@127.0.0.1:6379", "SEGMENTD_REDIS_ADDRS"},
+		"redis user, no password": {"SEGMENTD_REDIS_USERNAME", "segmentd", "SEGMENTD_REDIS_USERNAME"},
 		"batch size zero":         {"SEGMENTD_BATCH_SIZE", "0", "SEGMENTD_BATCH_SIZE"},
 		"batch wait not duration": {"SEGMENTD_BATCH_WAIT", "soon", "SEGMENTD_BATCH_WAIT"},
 		"batch wait of an hour":   {"SEGMENTD_BATCH_WAIT", "1h", "SEGMENTD_BATCH_WAIT"},
@@ -88,7 +93,7 @@ func TestLoadErrors(t *testing.T) {
 				t.Fatalf("err = %v, want a config error naming %s", err, tt.wantVar)
 			}
 			if strings.Contains(err.Error(), "0123456789abcdef") {
-				t.Fatalf("error leaks an API key: %v", err)
+				t.Fatalf("error leaks a key or password: %v", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("error is not one line: %q", err)

@@ -19,19 +19,29 @@ import (
 // server that stops answering should turn into an error (and an unready
 // instance) within seconds rather than hold a batch. A context's deadline,
 // when sooner, bounds a command too (a readiness probe's 2 s).
-func NewClient(addrs []string) redis.UniversalClient {
+func NewClient(addrs []string, auth Auth) redis.UniversalClient {
 	if len(addrs) == 1 {
 		return redis.NewClient(&redis.Options{
-			Addr: addrs[0], MaxRetries: 2, DialTimeout: 3 * time.Second,
+			Addr: addrs[0], Username: auth.Username, Password: auth.Password,
+			MaxRetries: 2, DialTimeout: 3 * time.Second,
 			ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
 			ContextTimeoutEnabled: true,
 		})
 	}
 	return redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs: addrs, MaxRetries: 2, DialTimeout: 3 * time.Second,
+		Addrs: addrs, Username: auth.Username, Password: auth.Password,
+		MaxRetries: 2, DialTimeout: 3 * time.Second,
 		ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second, PoolSize: 32,
 		ContextTimeoutEnabled: true,
 	})
+}
+
+// Auth is how a client authenticates to Redis; the zero Auth sends no AUTH.
+type Auth struct {
+	// Username is the ACL user; empty is the default user.
+	Username string
+	// Password is sent with AUTH when not empty.
+	Password string
 }
 
 // RecommendedHashValueLimit is the Redis setting hash-max-listpack-value at

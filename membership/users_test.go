@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -156,6 +157,46 @@ func TestPing(t *testing.T) {
 			defer rdb.Close()
 			if err := membership.Ping(context.Background(), rdb); err == nil {
 				t.Error("ping answered nil")
+			}
+		})
+	}
+}
+
+// TestClientAuth: NewClient authenticates as the ACL user it is given, on
+// a standalone Redis and on every node of a cluster; a wrong password is
+// refused. The user is made on the test servers for the test alone.
+func TestClientAuth(t *testing.T) {
+	ctx := context.Background()
+	for name, addrs := range map[string]func(t *testing.T) []string{
+		"standalone": func(t *testing.T) []string { return []string{testenv.Redis(t)} },
+		"cluster":    func(t *testing.T) []string { return testenv.RedisCluster(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			nodes := addrs(t)
+			user := testenv.UniqueName(t, "user")
+			for _, addr := range nodes {
+				admin := redis.NewClient(&redis.Options{Addr: addr})
+				if err := admin.Do(ctx, "ACL", "SETUSER", user, "on", ">s3cret pass", "~*", "&*", "+@all").Err(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					admin.Do(context.Background(), "ACL", "DELUSER", user)
+					admin.Close()
+				})
+			}
+			for _, tt := range []struct {
+				password string
+				ok       bool
+			}{{"s3cret pass", true}, {"wrong", false}} {
+				rdb := membership.NewClient(nodes, membership.Auth{Username: user, Password: tt.password})
+				err := membership.Ping(ctx, rdb)
+				if err == nil {
+					err = rdb.Set(ctx, testenv.UniqueName(t, "k"), "v", time.Minute).Err()
+				}
+				rdb.Close()
+				if (err == nil) != tt.ok {
+					t.Errorf("password %q: err = %v, want ok %v", tt.password, err, tt.ok)
+				}
 			}
 		})
 	}

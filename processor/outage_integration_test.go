@@ -50,7 +50,7 @@ func TestRedisOutage(t *testing.T) {
 		_ = srv.Wait()
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	rdb := membership.NewClient([]string{addr})
+	rdb := membership.NewClient([]string{addr}, membership.Auth{})
 	t.Cleanup(func() { rdb.Close() })
 	for i := 0; rdb.Ping(context.Background()).Err() != nil; i++ {
 		if i == 100 {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/segmentd/segmentd/config"
 	"github.com/segmentd/segmentd/embedded"
+	"github.com/segmentd/segmentd/membership"
 )
 
 func main() {
@@ -184,6 +185,7 @@ func isHelpFlag(a string) bool { return a == "-h" || a == "-help" || a == "--hel
 type env struct {
 	brokers                            []string
 	redisAddrs                         []string
+	redisAuth                          membership.Auth
 	profileTopic, membershipTopic, dlq string
 }
 
@@ -193,6 +195,7 @@ func loadEnv(getenv func(string) string) (env, error) {
 		return env{}, err
 	}
 	e := env{brokers: cfg.KafkaBrokers, redisAddrs: cfg.RedisAddrs, profileTopic: cfg.ProfileTopic,
+		redisAuth:       membership.Auth{Username: cfg.RedisUsername, Password: cfg.RedisPassword},
 		membershipTopic: cfg.MembershipTopic, dlq: cfg.DLQTopic}
 	if len(e.brokers) == 0 {
 		e.brokers = []string{embedded.KafkaAddr}

@@ -23,7 +23,7 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	if len(args) > 0 {
 		return fmt.Errorf("verify: unexpected argument %q", args[0])
 	}
-	rdb := membership.NewClient(e.redisAddrs)
+	rdb := membership.NewClient(e.redisAddrs, e.redisAuth)
 	defer rdb.Close()
 	defs := membership.NewDefinitions(rdb)
 	diffs, checked, err := processor.Verify(ctx, defs, membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)

@@ -61,7 +61,7 @@ func newE2E(t *testing.T, redisAddrs []string) *e2e {
 	testenv.CreateTopic(t, e.brokers, e.profile, 6)
 	testenv.CreateTopic(t, e.brokers, e.membershipT, 6)
 	testenv.CreateTopic(t, e.brokers, e.dlq, 1)
-	rdb := membership.NewClient(redisAddrs)
+	rdb := membership.NewClient(redisAddrs, membership.Auth{})
 	t.Cleanup(func() { rdb.Close() })
 	testenv.DropOrgWhenDone(t, rdb, e.org)
 	e.defs, e.users, e.sets = membership.NewDefinitions(rdb), membership.NewUsers(rdb), membership.NewSets(rdb)

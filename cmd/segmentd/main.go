@@ -122,7 +122,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	rdb := membership.NewClient(cfg.RedisAddrs)
+	rdb := membership.NewClient(cfg.RedisAddrs, membership.Auth{Username: cfg.RedisUsername, Password: cfg.RedisPassword})
 	defer rdb.Close()
 	// Kafka must answer at start (the topics are ensured): an address that
 	// is wrong, or a broker not up, is told by its variable. Redis may come
