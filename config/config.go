@@ -148,7 +148,13 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 		if other, ok := topicOf[v]; ok {
 			return c, &Error{t.name, v, "the same topic as " + other + ": profile, membership and DLQ topics must differ"}
 		}
+		// Kafka refuses to create a topic whose name differs from another's
+		// only by '.' against '_' (they collide in its metrics' names).
+		if other, ok := topicOf[topicMetricName(v)]; ok {
+			return c, &Error{t.name, v, "collides with the topic of " + other + ": Kafka takes '.' and '_' for the same character in topic names"}
+		}
 		topicOf[v] = t.name
+		topicOf[topicMetricName(v)] = t.name
 		*t.dst = v
 	}
 	c.GroupID = get("SEGMENTD_GROUP_ID")
@@ -193,6 +199,10 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	}
 	return c, nil
 }
+
+// topicMetricName is a topic's name as Kafka's metrics write it; it is
+// not a valid topic name (the NUL), so it cannot meet one in topicOf.
+func topicMetricName(topic string) string { return "\x00" + strings.ReplaceAll(topic, ".", "_") }
 
 func addrList(name, v string) ([]string, error) {
 	if v == "" {

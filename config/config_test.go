@@ -198,3 +198,24 @@ func TestDockerCompose(t *testing.T) {
 		}
 	}
 }
+
+// TestTopicsThatCollide: Kafka refuses a topic whose name differs from
+// another's only by '.' against '_'; start-up says so, naming the variable.
+func TestTopicsThatCollide(t *testing.T) {
+	for name, tt := range map[string]struct {
+		profile, membership string
+		collide             bool
+	}{
+		"dot and underscore": {"events.x", "events_x", true},
+		"underscore and dot": {"events_x", "events.x", true},
+		"dot and hyphen":     {"events.x", "events-x", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(envOf(map[string]string{"SEGMENTD_PROFILE_TOPIC": tt.profile, "SEGMENTD_MEMBERSHIP_TOPIC": tt.membership}))
+			var ce *Error
+			if got := errors.As(err, &ce) && ce.Var == "SEGMENTD_MEMBERSHIP_TOPIC"; got != tt.collide || (!tt.collide && err != nil) {
+				t.Errorf("err = %v, want a collision %v", err, tt.collide)
+			}
+		})
+	}
+}

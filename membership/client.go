@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -77,7 +78,7 @@ func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 	if !ok {
 		return rdb.Ping(ctx).Err()
 	}
-	return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 		info, err := c.ClusterInfo(ctx).Result()
 		if err != nil {
 			return err
@@ -87,7 +88,16 @@ func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 		}
 		return nil
 	})
+	// The cluster's first command (CLUSTER SLOTS) meets it, or a master's.
+	if redis.HasErrorPrefix(err, "This instance has cluster support disabled") {
+		return fmt.Errorf("%w: several addresses name a Redis Cluster, and a server has no cluster support (give a standalone Redis one address): %w", ErrNotCluster, err)
+	}
+	return err
 }
+
+// ErrNotCluster reports a server that was taken for a node of a Redis
+// Cluster (several addresses were given) and has no cluster support.
+var ErrNotCluster = errors.New("not a redis cluster")
 
 // clusterState returns the cluster_state field of CLUSTER INFO's reply.
 func clusterState(info string) string {

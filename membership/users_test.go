@@ -2,6 +2,7 @@ package membership_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -160,6 +161,16 @@ func TestPing(t *testing.T) {
 			}
 		})
 	}
+	// Two addresses of standalone servers, taken for a cluster's: a
+	// mistake of configuration, which Ping names.
+	t.Run("standalone servers as a cluster", func(t *testing.T) {
+		addr := testenv.Redis(t)
+		rdb := membership.NewClient([]string{addr, addr}, membership.Auth{})
+		defer rdb.Close()
+		if err := membership.Ping(context.Background(), rdb); !errors.Is(err, membership.ErrNotCluster) {
+			t.Errorf("ping = %v, want ErrNotCluster", err)
+		}
+	})
 }
 
 // TestClientAuth: NewClient authenticates as the ACL user it is given, on

@@ -191,6 +191,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		// has the errors (at most one line each 10 s: probes come often).
 		if err := membership.Ping(ctx, rdb); err != nil {
 			notReady.warn(log, "redis", err)
+			if errors.Is(err, membership.ErrNotCluster) {
+				return errors.New("SEGMENTD_REDIS_ADDRS names a Redis Cluster (several addresses), and a server there has no cluster support: give a standalone Redis one address")
+			}
 			return errors.New("redis does not answer")
 		}
 		if err := kafkaio.Ping(ctx, cfg.KafkaBrokers); err != nil {
