@@ -130,6 +130,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, membership.ErrLimitExceeded):
 		writeError(w, http.StatusBadRequest, codeLimitExceeded,
 			fmt.Sprintf("an organisation can have at most %d segments", segment.MaxSegmentsPerOrg), nil)
+	case errors.Is(err, membership.ErrContended):
+		writeError(w, http.StatusConflict, codeSegmentBusy,
+			"the segment was changed by other requests throughout this one, which changed nothing; retry", nil)
 	case errors.Is(err, membership.ErrInvalidCursor):
 		writeError(w, http.StatusBadRequest, codeValidationFailed, "the request is invalid",
 			[]errorDetail{{Field: "cursor", Message: "cursor is not one this API issued"}})

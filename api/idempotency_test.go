@@ -265,3 +265,62 @@ func pendingStaticCreate(t *testing.T, rdb redis.UniversalClient, org, name stri
 	}
 	return out.Definition.ID
 }
+
+// gatedLocks holds the first list lock taken until release is closed.
+type gatedLocks struct {
+	Locker
+	once             chan struct{}
+	started, release chan struct{}
+}
+
+func (g gatedLocks) TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
+	select {
+	case <-g.once:
+		close(g.started)
+		<-g.release
+	default:
+	}
+	return g.Locker.TryLock(ctx, name, owner, ttl)
+}
+
+// TestStaticCreateMeetsADelete: the segment a create made is deleted by
+// another request before the create writes its list. The create answers a
+// 409, not a 404; with an Idempotency-Key, its retry is refused as after
+// any deletion of the key's segment, rather than make a second segment.
+func TestStaticCreateMeetsADelete(t *testing.T) {
+	for name, tt := range map[string]struct {
+		key  string
+		code string
+	}{
+		"keyed":   {"k-1", "idempotency_key_reused"},
+		"unkeyed": {"", "segment_busy"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := gatedLocks{once: make(chan struct{}, 1), started: make(chan struct{}), release: make(chan struct{})}
+			g.once <- struct{}{}
+			a := newTestAPI(t, testenv.RedisClient(t), testOptions{locks: func(l Locker) Locker { g.Locker = l; return g }})
+			body := map[string]any{"name": "s", "type": "static", "userIds": []string{"u1", "u2"}}
+			hdr := http.Header{}
+			if tt.key != "" {
+				hdr.Set("Idempotency-Key", tt.key)
+			}
+			created := make(chan response, 1)
+			go func() { created <- a.doWith("POST", "/v1/segments", a.key, hdr, body) }()
+			<-g.started
+			data, _ := a.as("GET", "/v1/segments?type=static", nil).mustStatus(t, http.StatusOK).body["data"].([]any)
+			if len(data) != 1 {
+				t.Fatalf("%d segments listed, want the one being created", len(data))
+			}
+			id := str(data[0].(map[string]any)["id"])
+			a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+			close(g.release)
+			(<-created).wantError(t, http.StatusConflict, tt.code)
+			if tt.key != "" {
+				a.doWith("POST", "/v1/segments", a.key, hdr, body).wantError(t, http.StatusConflict, "idempotency_key_reused")
+			}
+			if n := len(a.pub.take()); n != 0 {
+				t.Errorf("%d changes published for a segment whose list was never written", n)
+			}
+		})
+	}
+}

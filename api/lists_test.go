@@ -371,3 +371,56 @@ func TestDeleteOfUnfinishedStaticCreateForgetsItsUsers(t *testing.T) {
 		t.Error("u1's set still holds the deleted segment")
 	}
 }
+
+// TestTimesAreOfTheWrite: a request that waited (for the list's lock, for
+// the revision gate) stamps what it writes with the time it writes it, not
+// with its start: updatedAt never goes back past a write answered before,
+// and a deletion's exits come after the changes published while it
+// waited (consumers may order a segment's events by their "at").
+func TestTimesAreOfTheWrite(t *testing.T) {
+	ctx := context.Background()
+	t.Run("updatedAt of a list change that waited for the lock", func(t *testing.T) {
+		rdb := testenv.RedisClient(t)
+		a := newTestAPI(t, rdb)
+		id := str(a.as("POST", "/v1/segments", map[string]any{"name": "s", "type": "static", "userIds": []string{"u1"}}).mustStatus(t, http.StatusCreated).body["id"])
+		// Another change of the list holds its lock, as a members edit on
+		// another instance does.
+		coord := membership.NewCoordinator(rdb)
+		if ok, err := coord.TryLock(ctx, membership.ListLock(a.org, id), "someone-else", 30*time.Second); err != nil || !ok {
+			t.Fatalf("lock: %v %v", ok, err)
+		}
+		put := make(chan response, 1)
+		go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": []string{"u2"}}) }()
+		time.Sleep(300 * time.Millisecond)
+		named := a.as("PUT", "/v1/segments/"+id, map[string]any{"name": "renamed"}).mustStatus(t, http.StatusOK)
+		time.Sleep(50 * time.Millisecond)
+		if err := coord.Unlock(ctx, membership.ListLock(a.org, id), "someone-else"); err != nil {
+			t.Fatal(err)
+		}
+		listed := (<-put).mustStatus(t, http.StatusOK)
+		got := a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK)
+		if str(got.body["updatedAt"]) < str(named.body["updatedAt"]) || str(listed.body["updatedAt"]) < str(named.body["updatedAt"]) {
+			t.Errorf("updatedAt went back: the rename answered %s, the list change after it %s, then GET %s",
+				named.body["updatedAt"], listed.body["updatedAt"], got.body["updatedAt"])
+		}
+	})
+	t.Run("a deletion's exits after its gate", func(t *testing.T) {
+		var passed atomic.Int64
+		a := newTestAPI(t, testenv.RedisClient(t), testOptions{await: func(context.Context, int64) error {
+			time.Sleep(300 * time.Millisecond) // an instance finishing a backfill's publication
+			passed.Store(time.Now().UnixNano())
+			return nil
+		}})
+		id := str(a.as("POST", "/v1/segments", map[string]any{"name": "s", "type": "static", "userIds": []string{"u1"}}).mustStatus(t, http.StatusCreated).body["id"])
+		a.pub.take()
+		a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
+		exits := a.pub.take()
+		if len(exits) != 1 {
+			t.Fatalf("%d changes published, want the one exit", len(exits))
+		}
+		// Milliseconds: the time events carry.
+		if gate := time.Unix(0, passed.Load()).Truncate(time.Millisecond); exits[0].At.Before(gate) {
+			t.Errorf("the exit's at %s is before the deletion passed its gate, %s", exits[0].At, gate.UTC())
+		}
+	})
+}

@@ -194,7 +194,7 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 			return membership.ErrNotFound
 		}
 		d.Generation++
-		d.UpdatedAt = now
+		d.UpdatedAt = laterOf(s.now().UTC(), d.UpdatedAt)
 		return nil
 	})
 	if err != nil {

@@ -218,9 +218,22 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 					}
 				}
 				cancel()
-				if claim != nil && hidden {
+				// A segment another request deleted meanwhile keeps its
+				// key, as after any deletion of the key's segment: a retry
+				// is a 409, not a second segment.
+				if claim != nil && hidden && !errors.Is(err, errNotFound) {
 					s.forgetCreate(ctx, created, claim)
 				}
+			}
+			if errors.Is(err, errNotFound) {
+				// Not a 404: the request created the segment, and another
+				// deleted it before its list was written.
+				code := codeSegmentBusy
+				if ic != nil {
+					code = codeIdempotencyKeyReused
+				}
+				err = &apiError{status: http.StatusConflict, code: code,
+					message: "the segment this request created was deleted by another request before its list was written"}
 			}
 			s.fail(w, r, err)
 			return
@@ -642,7 +655,8 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, errCreateUnfinished)
 			return
 		}
-		if _, err := s.writeStaticList(ctx, listed, userIDs, now); err != nil {
+		// The list's changes take effect now, once the lock is ours.
+		if _, err := s.writeStaticList(ctx, listed, userIDs, laterOf(s.now().UTC(), now)); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -666,7 +680,10 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 		case d.Name == before.Name && d.Description == before.Description && d.URL == before.URL:
 			return membership.ErrUnchanged
 		}
-		d.UpdatedAt = now
+		// The time of this write (not of the request's start, which may
+		// have waited for the list's lock or lost a compare-and-set), and
+		// never before the write it follows.
+		d.UpdatedAt = laterOf(s.now().UTC(), before.UpdatedAt)
 		return nil
 	})
 	if err != nil {
@@ -733,6 +750,9 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 		return err
 	}
 	defer unlock()
+	// The exits take effect now, after the gate and the lock, later than
+	// any change published while the deletion waited for them.
+	now = laterOf(s.now().UTC(), now)
 	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
 		return err
 	}
@@ -750,4 +770,12 @@ func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now ti
 		return err
 	}
 	return nil
+}
+
+// laterOf returns the later of a and b.
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

@@ -677,13 +677,18 @@ func (s *Definitions) update(ctx context.Context, org, id string, bump bool, fn 
 	}
 	err := backoff.Retry(attempt, backoff.WithContext(backoff.WithMaxRetries(bo, maxUpdateAttempts-1), ctx))
 	if errors.Is(err, errChangedMeanwhile) {
-		return segment.Definition{}, fmt.Errorf("update segment %s/%s: changed concurrently %d times, giving up", org, id, maxUpdateAttempts)
+		return segment.Definition{}, fmt.Errorf("update segment %s/%s: changed concurrently %d times, giving up: %w", org, id, maxUpdateAttempts, ErrContended)
 	}
 	if err != nil {
 		return segment.Definition{}, err
 	}
 	return out, nil
 }
+
+// ErrContended reports an update that lost its compare-and-set to other
+// writers of the same segment every time it tried: nothing was written,
+// and it may be made again.
+var ErrContended = errors.New("segment contended")
 
 // errChangedMeanwhile is a compare-and-set that lost to another writer.
 var errChangedMeanwhile = errors.New("segment changed meanwhile")

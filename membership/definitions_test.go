@@ -265,6 +265,43 @@ func TestDefinitionsConcurrentUpdates(t *testing.T) {
 	})
 }
 
+// TestUpdateContended: an update whose compare-and-set another writer
+// beats at every attempt gives up with ErrContended, having written
+// nothing, and the other writes stand.
+func TestUpdateContended(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		defs := membership.NewDefinitions(rdb)
+		d, err := defs.Create(ctx, testDynamicDef(testenv.Org(t, rdb, "org"), "busy"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		attempts := 0
+		_, err = defs.Update(ctx, d.OrgID, d.ID, func(cur *segment.Definition) error {
+			attempts++
+			// Another writer, between this attempt's read and its write.
+			if _, err := defs.Update(ctx, d.OrgID, d.ID, func(o *segment.Definition) error {
+				o.Description += "o"
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			cur.Name = "mine"
+			return nil
+		})
+		if !errors.Is(err, membership.ErrContended) {
+			t.Fatalf("err = %v after %d attempts, want ErrContended", err, attempts)
+		}
+		got, err := defs.Get(ctx, d.OrgID, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Name == "mine" || len(got.Description) != attempts {
+			t.Errorf("after %d attempts: name %q, description %q; want the other writer's %d writes alone", attempts, got.Name, got.Description, attempts)
+		}
+	})
+}
+
 func TestDefinitionsListPaging(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
