@@ -1032,6 +1032,10 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	}
 }
 
+// roundFinishLimit bounds a round of timers that goes on after its
+// instance was told to stop.
+const roundFinishLimit = 8 * time.Second
+
 // timerClaimLimit is how many timers of an organisation one round claims.
 const timerClaimLimit = 2000
 
@@ -1039,6 +1043,17 @@ const timerClaimLimit = 2000
 // them; it returns how many it claimed. Timers of a round that fails stay
 // claimed: their leases run out and they fire again.
 func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	// A round once begun is finished even when the instance is told to
+	// stop: cut between its claim and Done, its claims would stay under
+	// their lease and fire again 30 s later, publishing what it published
+	// a second time (after an orderly stop, not a crash), and a claim cut
+	// after Redis ran it would put its flips off by the lease. Bounded
+	// below the 10 s the process waits for its jobs.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), roundFinishLimit)
+	defer cancel()
 	claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, timerClaimLimit)
 	if err != nil || len(claimed) == 0 {
 		return 0, err

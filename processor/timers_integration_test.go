@@ -2,6 +2,7 @@ package processor_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -157,5 +158,54 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 	t.Logf("after %d flips: %d timer entries in the outbox, %d outbox entries, profile key %d bytes", cycles, timed, len(states[0].Outbox), size)
 	if timed > 10 {
 		t.Errorf("%d timer entries kept after %d finished flips and as many profile events, want at most 10", timed, cycles)
+	}
+}
+
+// cancelAfterPublish publishes, then cancels the round's context: the
+// instance got SIGTERM just as the round had published (segmentd's log
+// then says "fire timers ... finish N timers: context canceled").
+type cancelAfterPublish struct {
+	processor.ChangePublisher
+	cancel context.CancelFunc
+}
+
+func (p cancelAfterPublish) Publish(ctx context.Context, cs []events.Change) error {
+	err := p.ChangePublisher.Publish(ctx, cs)
+	p.cancel()
+	return err
+}
+
+// TestOrderlyStopFinishesTheTimerRound: an orderly stop (SIGTERM) that
+// comes while a timer round publishes must not leave its claims to fire
+// again after their lease, publishing the same changes a second time
+// with nothing crashed.
+func TestOrderlyStopFinishesTheTimerRound(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	_, _ = r.dueTimers(t, 1, flip)
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	now := time.Now()
+	r.newJobs(t, jobsOf{pub: cancelAfterPublish{r.publisher(t), cancel}, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
+	// The instance restarted; the next round after the lease.
+	later := now.Add(31 * time.Second)
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return later }, timerInterval: time.Minute}).FireTimers(briefly(t))
+
+	ids := map[string]int{}
+	// Both rounds published before FireTimers returned: a second copy
+	// would be on the topic already.
+	for _, m := range readTopic(t, r.brokers, r.membershipT, 2, 2*time.Second) {
+		var c struct{ EventID string }
+		_ = json.Unmarshal(m.Value, &c)
+		ids[c.EventID]++
+	}
+	for id, n := range ids {
+		if n > 1 {
+			t.Errorf("change %s published %d times after an orderly shutdown (nothing crashed)", id, n)
+		}
 	}
 }
