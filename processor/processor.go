@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -1052,6 +1053,56 @@ func (r *userResult) record(cs []events.Change, rev int64) {
 	}
 }
 
+// publishFirst puts raced (see racedChanges) before the changes to publish.
+func (r *userResult) publishFirst(raced []racedChange) {
+	if len(raced) == 0 {
+		return
+	}
+	cs := make([]events.Change, 0, len(raced)+len(r.changes))
+	revs := make([]int64, 0, len(raced)+len(r.revs))
+	for _, rc := range raced {
+		cs, revs = append(cs, rc.change), append(revs, rc.rev)
+	}
+	r.changes, r.revs = append(cs, r.changes...), append(revs, r.revs...)
+}
+
+// racedChange is a change another writer decided, with the revision of its
+// write.
+type racedChange struct {
+	change events.Change
+	rev    int64
+}
+
+// racedChanges returns the changes of a backfill's or timer's entries in a
+// user's stored outbox, written within racedWindow of now, of the segments
+// that changes (this write's) change again. Such a writer publishes after
+// its write: should it publish after this write's changes, a consumer
+// following the topic would end with its change, the older one. Published
+// here first (again, with the same eventIds, when it did publish), they
+// come before this write's on the topic whichever publishes first.
+func (p *Processor) racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, changes []events.Change, now time.Time) []racedChange {
+	since := now.Add(-racedWindow).UnixMilli()
+	var out []racedChange
+	for _, e := range outbox {
+		if streamEntry(e) || e.AtMillis < since {
+			continue
+		}
+		for _, c := range p.outboxChanges(ref, e) {
+			if slices.ContainsFunc(changes, func(o events.Change) bool { return o.SegmentID == c.SegmentID }) {
+				out = append(out, racedChange{change: c, rev: e.Rev})
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b racedChange) int { return cmp.Compare(a.rev, b.rev) })
+	return out
+}
+
+// racedWindow is how long after a backfill's or timer's write of a user
+// the stream takes its changes for possibly unpublished (see
+// racedChanges): the writer publishes within milliseconds of its write,
+// and within seconds when Kafka or Redis is slow.
+const racedWindow = 10 * time.Second
+
 // project adds projections only: changes published by their own events.
 func (r *userResult) project(cs []events.Change, rev int64) {
 	for _, c := range cs {
@@ -1361,6 +1412,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	if !wrote {
 		return res
+	}
+	if !w.cached {
+		res.publishFirst(p.racedChanges(w.ref, st.Outbox, res.changes, now))
 	}
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if moved {

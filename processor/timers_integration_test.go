@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -207,5 +209,79 @@ func TestOrderlyStopFinishesTheTimerRound(t *testing.T) {
 		if n > 1 {
 			t.Errorf("change %s published %d times after an orderly shutdown (nothing crashed)", id, n)
 		}
+	}
+}
+
+// slowPublisher holds its first Publish until release is closed, as a
+// timer round whose page of amends takes a while before it publishes.
+type slowPublisher struct {
+	processor.ChangePublisher
+	once    sync.Once
+	started chan struct{}
+	release chan struct{}
+}
+
+func (p *slowPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	p.once.Do(func() {
+		close(p.started)
+		<-p.release
+	})
+	return p.ChangePublisher.Publish(ctx, cs)
+}
+
+// TestTimerEntryAndProfileExitKeepTheirOrder: a timer round enters u0 (its
+// compare-and-set is written) and, before the round publishes, u0's profile
+// event makes it leave again. The stream publishes its exit at once, after
+// the round's entry, which it publishes first; the round's own copy of it
+// comes last. A consumer that reads the topic in order and drops repeated
+// eventIds must end where the segment's set is.
+func TestTimerEntryAndProfileExitKeepTheirOrder(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, _ := r.dueTimers(t, 1, flip)
+	r.start(t)
+
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pub := &slowPublisher{ChangePublisher: r.publisher(t), started: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		r.newJobs(t, jobsOf{pub: pub, registry: reg, timerInterval: time.Minute}).FireTimers(fctx)
+	}()
+	select {
+	case <-pub.started: // the round's amend of u0 is written
+	case <-time.After(20 * time.Second):
+		t.Fatal("the timer round did not reach its publication")
+	}
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
+		r.org, time.Now().UTC().Format(time.RFC3339)))
+	r.waitVersion(t, "u0", 2)
+	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
+	close(pub.release)
+	<-done
+
+	// As a consumer reads the topic: in order, each eventId once.
+	var got []string
+	seen := map[string]bool{}
+	for _, m := range readTopic(t, r.brokers, r.membershipT, 3, 5*time.Second) {
+		var c struct{ UserID, SegmentID, Change, EventID string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		if c.UserID == "u0" && c.SegmentID == seg && !seen[c.EventID] {
+			seen[c.EventID] = true
+			got = append(got, c.Change)
+		}
+	}
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+	if !slices.Equal(got, []string{"entered", "exited"}) || member {
+		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered then exited, and not a member", got, member)
 	}
 }
