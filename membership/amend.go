@@ -19,7 +19,16 @@ type Amend struct {
 	Entry                    OutboxEntry
 }
 
-// AmendResult is the outcome of one Amend.
+// AmendOutcome is the outcome of one Amend.
+type AmendOutcome struct {
+	Result AmendResult
+	// Before is, for an applied amend, the user's outbox as the amend
+	// found it: the entries of writes before it that may not be published
+	// yet (see Jobs).
+	Before []OutboxEntry
+}
+
+// AmendResult says what one Amend did.
 type AmendResult int8
 
 const (
@@ -38,7 +47,8 @@ const (
 // reply says whether the set already held it: the caller may have guessed
 // the membership from the member set), one write. It amends each user of
 // KEYS (profile hash, segment set) from its four ARGV: expected revision,
-// segment, 1|0, outbox entry. A deletion moves the revision like any
+// segment, 1|0, outbox entry; and replies with two values a user: the
+// outcome, and the outbox it found when it applied the change ('' else). A deletion moves the revision like any
 // write, and callers amend only users they read with a profile, so the
 // revision alone also catches a user deleted since the read.
 const amendScript = `
@@ -48,6 +58,7 @@ for k = 1, #KEYS, 2 do
   local h = redis.call('HMGET', KEYS[k], 'r', 'o')
   local rev = tonumber(h[1] or '0')
   local res = 0
+  local before = ''
   if rev == tonumber(ARGV[a]) then
     local n
     if ARGV[a + 2] == '1' then n = redis.call('SADD', KEYS[k + 1], ARGV[a + 1]) else n = redis.call('SREM', KEYS[k + 1], ARGV[a + 1]) end
@@ -60,9 +71,11 @@ for k = 1, #KEYS, 2 do
       if not o or string.sub(o, 1, 1) == '[' or o == 'null' then o = '' end
       redis.call('HSET', KEYS[k], 'r', rev + 1, 'o', o .. ARGV[a + 3])
       res = 1
+      before = o
     end
   end
   out[#out + 1] = res
+  out[#out + 1] = before
 end
 return out
 `
@@ -71,8 +84,8 @@ var amend = redis.NewScript(amendScript)
 
 // Amend applies each change atomically per user in one pipelined round trip
 // and reports the outcome of each.
-func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
-	out := make([]AmendResult, len(as))
+func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
+	out := make([]AmendOutcome, len(as))
 	calls := make([]scriptCall, len(as))
 	for i, a := range as {
 		entry := appendEntry(nil, a.Entry)
@@ -83,9 +96,16 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendResult, error) {
 		calls[i] = scriptCall{keys: []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)},
 			args: []any{a.ExpectRev, a.SegmentID, in, string(entry)}}
 	}
-	res, err := u.runPerUser(ctx, amend, calls)
-	for i, n := range res {
-		out[i] = AmendResult(n)
+	res, err := u.runPerUser(ctx, amend, calls, 2)
+	for i := 0; i+1 < len(res); i += 2 {
+		n, _ := res[i].(int64)
+		o := &out[i/2]
+		o.Result = AmendResult(n)
+		if before, _ := res[i+1].(string); before != "" {
+			// An outbox this package wrote; one it cannot read only hides
+			// what the caller would publish again.
+			o.Before, _ = DecodeOutbox(before)
+		}
 	}
 	if err != nil {
 		return out, fmt.Errorf("amend: %w", err)

@@ -3,6 +3,7 @@ package membership_test
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -21,9 +22,12 @@ func TestAmendOutcomes(t *testing.T) {
 		org := testenv.Org(t, rdb, "org")
 		users := membership.NewUsers(rdb)
 		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
+		// The entry of the stream's write that put "in" in s.
+		written := membership.OutboxEntry{EventID: "e1", Version: 1, Rev: 1, AtMillis: 1_700_000_000_000,
+			Changes: []membership.OutboxChange{{SegmentID: "s", Entered: true}}}
 		ws := []membership.UserWrite{
 			{OrgID: org, UserID: "out", Version: 1, Profile: profile},
-			{OrgID: org, UserID: "in", Version: 1, Profile: profile, Add: []string{"s"}},
+			{OrgID: org, UserID: "in", Version: 1, Profile: profile, Add: []string{"s"}, Outbox: []membership.OutboxEntry{written}},
 			{OrgID: org, UserID: "gone", Version: 1, Profile: profile},
 		}
 		if _, err := users.Write(ctx, ws); err != nil {
@@ -37,23 +41,24 @@ func TestAmendOutcomes(t *testing.T) {
 				Entry: membership.OutboxEntry{EventID: "segment:s:1", Rev: rev + 1, Changes: []membership.OutboxChange{{SegmentID: "s", Entered: enter}}}}
 		}
 		for _, tc := range []struct {
-			name  string
-			amend membership.Amend
-			want  membership.AmendResult
+			name   string
+			amend  membership.Amend
+			want   membership.AmendResult
+			before []membership.OutboxEntry // the outbox an applied amend found
 		}{
-			{"older revision", amend("out", 0, true), membership.AmendStale},
-			{"deleted since the read", amend("gone", 1, true), membership.AmendStale},
-			{"already in", amend("in", 1, true), membership.AmendUnchanged},
-			{"already out", amend("out", 1, false), membership.AmendUnchanged},
-			{"enters", amend("out", 1, true), membership.AmendApplied},
-			{"leaves", amend("in", 1, false), membership.AmendApplied},
+			{"older revision", amend("out", 0, true), membership.AmendStale, nil},
+			{"deleted since the read", amend("gone", 1, true), membership.AmendStale, nil},
+			{"already in", amend("in", 1, true), membership.AmendUnchanged, nil},
+			{"already out", amend("out", 1, false), membership.AmendUnchanged, nil},
+			{"enters", amend("out", 1, true), membership.AmendApplied, nil},
+			{"leaves", amend("in", 1, false), membership.AmendApplied, []membership.OutboxEntry{written}},
 		} {
 			got, err := users.Amend(ctx, []membership.Amend{tc.amend})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got[0] != tc.want {
-				t.Errorf("%s: %v, want %v", tc.name, got[0], tc.want)
+			if got[0].Result != tc.want || !reflect.DeepEqual(got[0].Before, tc.before) {
+				t.Errorf("%s: %v, found %+v; want %v, found %+v", tc.name, got[0].Result, got[0].Before, tc.want, tc.before)
 			}
 		}
 		states, err := users.Load(ctx, []membership.UserRef{{OrgID: org, UserID: "out"}, {OrgID: org, UserID: "in"}})
@@ -109,8 +114,8 @@ func TestAmendMany(t *testing.T) {
 		}
 		for i := range n {
 			member := len(states[i].Segments) == 1
-			if got[i] != want[i] || member != (want[i] == membership.AmendApplied) {
-				t.Fatalf("user %d: outcome %v, member %v; want %v", i, got[i], member, want[i])
+			if got[i].Result != want[i] || member != (want[i] == membership.AmendApplied) {
+				t.Fatalf("user %d: outcome %v, member %v; want %v", i, got[i].Result, member, want[i])
 			}
 		}
 	})

@@ -311,9 +311,9 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 	if _, err := u.addToIndex(ctx, created); err != nil {
 		return applied, fmt.Errorf("write users: %w", err)
 	}
-	res, err := u.runPerUser(ctx, u.write, calls)
+	res, err := u.runPerUser(ctx, u.write, calls, 1)
 	for i, n := range res {
-		applied[i] = n == 1
+		applied[i] = n == int64(1)
 	}
 	if err != nil {
 		return applied, fmt.Errorf("write users: %w", err)
@@ -323,10 +323,10 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 
 // runPerUser runs s over the users of calls (one user each), usersPerCall
 // users a call, in one pipelined round trip. s takes two keys and the
-// arguments of each user, one user after the other, and replies with one
-// integer per user. It returns each user's reply; on an error, those of
-// the users before the failed call.
-func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptCall) ([]int64, error) {
+// arguments of each user, one user after the other, and replies with width
+// values per user. It returns the replies, user after user; on an error,
+// those of the users before the failed call.
+func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptCall, width int) ([]any, error) {
 	var merged []scriptCall
 	for chunk := range slices.Chunk(calls, u.usersPerCall) {
 		if len(chunk) == 1 {
@@ -340,10 +340,10 @@ func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptC
 		}
 		merged = append(merged, c)
 	}
-	out := make([]int64, 0, len(calls))
+	out := make([]any, 0, width*len(calls))
 	for i, cmd := range runPipelined(ctx, u.rdb, s, merged) {
-		res, err := cmd.Int64Slice()
-		if err == nil && len(res) != len(merged[i].keys)/2 {
+		res, err := cmd.Slice()
+		if err == nil && len(res) != width*len(merged[i].keys)/2 {
 			err = fmt.Errorf("%d replies for %d users", len(res), len(merged[i].keys)/2)
 		}
 		if err != nil {

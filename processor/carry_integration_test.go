@@ -157,7 +157,7 @@ func TestStreamKeepsRecentAmendEntries(t *testing.T) {
 	entry := membership.OutboxEntry{EventID: "segment:" + gold + ":1", CauseType: events.CauseSegment, AtMillis: time.Now().UnixMilli(), Rev: st.Rev + 1,
 		Changes: []membership.OutboxChange{{SegmentID: gold, Entered: true}}}
 	applied, err := r.users.Amend(ctx, []membership.Amend{{OrgID: o, UserID: "u1", SegmentID: gold, ExpectRev: st.Rev, Entered: true, Entry: entry}})
-	if err != nil || applied[0] != membership.AmendApplied {
+	if err != nil || applied[0].Result != membership.AmendApplied {
 		t.Fatalf("amend applied %v, %v", applied, err)
 	}
 

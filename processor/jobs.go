@@ -25,7 +25,7 @@ import (
 type JobUsers interface {
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
-	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error)
+	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
 	IndexAll(ctx context.Context) (int64, error)
@@ -599,6 +599,29 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	return nil
 }
 
+// racedBefore returns the changes of seg for user that the outbox entries
+// of other writes than eventID, written within racedWindow of now,
+// decided: those an amend found when it applied (AmendOutcome.Before), in
+// the order of their writes.
+func racedBefore(org, user, seg, eventID string, before []membership.OutboxEntry, now time.Time) []events.Change {
+	since := now.Add(-racedWindow).UnixMilli()
+	var out []events.Change
+	for _, e := range before {
+		if e.EventID == eventID || e.AtMillis < since {
+			continue
+		}
+		for _, c := range e.Changes {
+			if c.SegmentID != seg {
+				continue
+			}
+			cause := events.Cause{Type: cmp.Or(e.CauseType, events.CauseProfile), EventID: e.EventID, Version: e.Version}
+			out = append(out, events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: c.Entered,
+				At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause})
+		}
+	}
+	return out
+}
+
 func backfillCause(seg string, generation int64) events.Cause {
 	return events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", seg, generation)}
 }
@@ -830,13 +853,19 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		}
 		pending = nil
 		for i, a := range amends {
-			switch outcomes[i] {
+			switch outcomes[i].Result {
 			case membership.AmendStale:
 				pending = append(pending, a.UserID)
 				continue
 			case membership.AmendUnchanged:
 				continue
 			}
+			// A change of the segment that a write just before this one
+			// decided (the stream's, another job's) may not be published
+			// yet: published after this one, it would leave a consumer
+			// following the topic with the older change. It goes first,
+			// again with its eventId when it was published.
+			changes = append(changes, racedBefore(org, a.UserID, seg, a.Entry.EventID, outcomes[i].Before, now)...)
 			c := changeOf(org, a.UserID, seg, a.Entry, p.causeOf(a.UserID))
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})

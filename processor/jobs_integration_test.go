@@ -447,7 +447,7 @@ type resentAmends struct {
 	once sync.Once
 }
 
-func (r *resentAmends) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error) {
+func (r *resentAmends) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error) {
 	resend := false
 	r.once.Do(func() { resend = true })
 	out, err := r.Users.Amend(ctx, as)
@@ -669,7 +669,7 @@ type changingUser struct {
 	key string
 }
 
-func (c changingUser) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendResult, error) {
+func (c changingUser) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error) {
 	if err := c.rdb.HIncrBy(ctx, c.key, "r", 1).Err(); err != nil {
 		return nil, err
 	}
