@@ -192,10 +192,11 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 }
 
 // Unfinished returns, for each user of org with a claimed timer whose
-// claim has not ended (its round failed, or runs now), the flips its
+// claim has not ended (its round failed, or runs now) and whose lease ran
+// out by leasedTo (the zero time: whatever its lease), the flips its
 // changes may have been written under: the claim's own, then the earlier
 // unfinished ones.
-func (s *Schedules) Unfinished(ctx context.Context, org string) (map[string][]time.Time, error) {
+func (s *Schedules) Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error) {
 	recs, err := s.rdb.HGetAll(ctx, ClaimsKey(org)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("unfinished timers of %s: %w", org, err)
@@ -207,7 +208,10 @@ func (s *Schedules) Unfinished(ctx context.Context, org string) (map[string][]ti
 		if !ok {
 			continue
 		}
-		_, rest, _ = strings.Cut(rest, ":")
+		lease, rest, _ := strings.Cut(rest, ":")
+		if !leasedTo.IsZero() && parseMillis(lease).After(leasedTo) {
+			continue
+		}
 		earlier, _, _ := strings.Cut(rest, "|")
 		flips := []time.Time{parseMillis(at)}
 		for e := range strings.SplitSeq(earlier, ",") {

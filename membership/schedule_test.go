@@ -108,9 +108,16 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		schedule(moved) // earlier than the retry's lease
 		third := claim(moved)
 		check("timer moved since", third, moved, flip)
-		unfinished, err := s.Unfinished(ctx, org)
+		unfinished, err := s.Unfinished(ctx, org, time.Time{})
 		if err != nil || len(unfinished) != 1 || !slices.EqualFunc(unfinished["u1"], []time.Time{moved, flip}, time.Time.Equal) {
 			t.Fatalf("unfinished: %v, %v; want u1 at %v then %v", unfinished, err, moved, flip)
+		}
+		// Within the third claim's lease, and past it.
+		if live, err := s.Unfinished(ctx, org, moved.Add(lease/2)); err != nil || len(live) != 0 {
+			t.Fatalf("unfinished past their lease, within it: %v, %v; want none", live, err)
+		}
+		if ended, err := s.Unfinished(ctx, org, moved.Add(lease)); err != nil || len(ended) != 1 {
+			t.Fatalf("unfinished past their lease, after it: %v, %v; want u1", ended, err)
 		}
 		if err := s.Done(ctx, []membership.Claimed{third}, []time.Time{{}}); err != nil {
 			t.Fatal(err)
@@ -118,7 +125,7 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		if n, err := rdb.HLen(ctx, membership.ClaimsKey(org)).Result(); err != nil || n != 0 {
 			t.Fatalf("claim records after Done: %d, %v; want none", n, err)
 		}
-		if unfinished, err := s.Unfinished(ctx, org); err != nil || len(unfinished) != 0 {
+		if unfinished, err := s.Unfinished(ctx, org, time.Time{}); err != nil || len(unfinished) != 0 {
 			t.Fatalf("unfinished after Done: %v, %v; want none", unfinished, err)
 		}
 		next := moved.Add(time.Hour)

@@ -36,7 +36,7 @@ type JobSchedules interface {
 	Schedule(ctx context.Context, due []membership.Due) error
 	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
 	Done(ctx context.Context, cs []membership.Claimed, next []time.Time) error
-	Unfinished(ctx context.Context, org string) (map[string][]time.Time, error)
+	Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error)
 }
 
 // JobDefinitions is what the jobs change of definitions.
@@ -471,10 +471,17 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		older[i] = backfillCause(cs.Def.ID, g)
 	}
 	// So may timer rounds of older criteria that failed: once the criteria
-	// hold no relative date, no round retries them.
+	// hold no relative date, no round retries them. While they do, a round
+	// that runs publishes its own changes, and one that failed is retried
+	// by a round once its lease runs out: only those past their lease are
+	// taken over here (a live one's changes would be published twice).
 	var timed map[string][]time.Time
 	if cs.Def.Generation > 1 {
-		if timed, err = j.cfg.Schedules.Unfinished(ctx, org); err != nil {
+		var leasedTo time.Time // any claim
+		if cs.Rule.TimeDependent() {
+			leasedTo = j.cfg.Now()
+		}
+		if timed, err = j.cfg.Schedules.Unfinished(ctx, org, leasedTo); err != nil {
 			return err
 		}
 	}

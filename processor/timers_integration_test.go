@@ -360,3 +360,56 @@ func TestTimerPublishesAnUnpublishedChangeFirst(t *testing.T) {
 		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered, exited, entered, and a member", got, member)
 	}
 }
+
+// holdAfterPublish publishes, then holds the round (before its claims are
+// finished) until release is closed.
+type holdAfterPublish struct {
+	processor.ChangePublisher
+	once               sync.Once
+	published, release chan struct{}
+}
+
+func (p *holdAfterPublish) Publish(ctx context.Context, cs []events.Change) error {
+	err := p.ChangePublisher.Publish(ctx, cs)
+	p.once.Do(func() { close(p.published); <-p.release })
+	return err
+}
+
+// TestBackfillLeavesALiveTimerRound: a timer round has published u0's flip
+// and not yet finished its claim when the segment's criteria change (to
+// other relative ones). The new generation's backfill leaves the live
+// claim's changes to its round, rather than publish them a second time
+// with nothing failed.
+func TestBackfillLeavesALiveTimerRound(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 1, flip)
+	pub := &holdAfterPublish{ChangePublisher: r.publisher(t), published: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() { defer close(done); fire(pub, time.Now()) }()
+	<-pub.published
+	d := r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	close(pub.release)
+	<-done
+	ids := map[string]int{}
+	// Everything is published by now: a second copy would be there.
+	for _, m := range readTopic(t, r.brokers, r.membershipT, 2, 2*time.Second) {
+		var c struct{ EventID string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		ids[c.EventID]++
+	}
+	if len(ids) != 1 {
+		t.Errorf("%d changes published, want the round's one", len(ids))
+	}
+	for id, n := range ids {
+		if n > 1 {
+			t.Errorf("change %s published %d times, with nothing failed", id, n)
+		}
+	}
+}
