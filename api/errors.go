@@ -132,7 +132,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 			fmt.Sprintf("an organisation can have at most %d segments", segment.MaxSegmentsPerOrg), nil)
 	case errors.Is(err, membership.ErrContended):
 		writeError(w, http.StatusConflict, codeSegmentBusy,
-			"the segment was changed by other requests throughout this one, which changed nothing; retry", nil)
+			"other requests changed the segment's record throughout this one, which could not update it; retry (a retry of this request is safe)", nil)
 	case errors.Is(err, membership.ErrInvalidCursor):
 		writeError(w, http.StatusBadRequest, codeValidationFailed, "the request is invalid",
 			[]errorDetail{{Field: "cursor", Message: "cursor is not one this API issued"}})

@@ -389,11 +389,13 @@ func TestTimesAreOfTheWrite(t *testing.T) {
 		if ok, err := coord.TryLock(ctx, membership.ListLock(a.org, id), "someone-else", 30*time.Second); err != nil || !ok {
 			t.Fatalf("lock: %v %v", ok, err)
 		}
+		a.pub.take()
 		put := make(chan response, 1)
 		go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": []string{"u2"}}) }()
 		time.Sleep(300 * time.Millisecond)
 		named := a.as("PUT", "/v1/segments/"+id, map[string]any{"name": "renamed"}).mustStatus(t, http.StatusOK)
 		time.Sleep(50 * time.Millisecond)
+		released := time.Now().Truncate(time.Millisecond)
 		if err := coord.Unlock(ctx, membership.ListLock(a.org, id), "someone-else"); err != nil {
 			t.Fatal(err)
 		}
@@ -402,6 +404,29 @@ func TestTimesAreOfTheWrite(t *testing.T) {
 		if str(got.body["updatedAt"]) < str(named.body["updatedAt"]) || str(listed.body["updatedAt"]) < str(named.body["updatedAt"]) {
 			t.Errorf("updatedAt went back: the rename answered %s, the list change after it %s, then GET %s",
 				named.body["updatedAt"], listed.body["updatedAt"], got.body["updatedAt"])
+		}
+		for _, c := range a.pub.take() {
+			if c.At.Before(released) {
+				t.Errorf("the list change's %s of %s at %s, before it had the lock (%s)", c.Direction(), c.UserID, c.At, released.UTC())
+			}
+		}
+	})
+	t.Run("updatedAt of a members edit after a clock ahead", func(t *testing.T) {
+		rdb := testenv.RedisClient(t)
+		a := newTestAPI(t, rdb)
+		id := str(a.as("POST", "/v1/segments", map[string]any{"name": "s", "type": "static", "userIds": []string{"u1"}}).mustStatus(t, http.StatusCreated).body["id"])
+		// Written by an instance whose clock is an hour ahead.
+		ahead := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+		if _, err := membership.NewDefinitions(rdb).Update(ctx, a.org, id, func(d *segment.Definition) error {
+			d.UpdatedAt = ahead
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u2"}}).mustStatus(t, http.StatusOK)
+		got := a.as("GET", "/v1/segments/"+id, nil).mustStatus(t, http.StatusOK)
+		if at, err := time.Parse(time.RFC3339Nano, str(got.body["updatedAt"])); err != nil || at.Before(ahead) {
+			t.Errorf("updatedAt %s after the edit: went back from %s", got.body["updatedAt"], ahead)
 		}
 	})
 	t.Run("a deletion's exits after its gate", func(t *testing.T) {

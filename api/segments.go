@@ -153,7 +153,12 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		d.Criteria = *b.Criteria
 	}
 	d.Normalize()
-	if err := d.Validate(); err != nil {
+	// The size first: compiling criteria of megabytes costs as much.
+	err = segment.CheckSize(d.Criteria)
+	if err == nil {
+		err = d.Validate()
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -635,7 +640,15 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	apply(&next)
 	next.UserIDs = b.UserIDs
 	next.Normalize()
-	if err := next.Validate(); err != nil {
+	// Criteria stored before their size was bounded still take a rename.
+	err = nil
+	if b.Criteria != nil {
+		err = segment.CheckSize(next.Criteria)
+	}
+	if err == nil {
+		err = next.Validate()
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}

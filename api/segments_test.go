@@ -418,6 +418,21 @@ func TestLimits(t *testing.T) {
 			a.as("POST", "/v1/segments", tt.body).wantError(t, 400, "limit_exceeded", tt.field)
 		})
 	}
+	t.Run("criteria stored over 256 KiB take a rename", func(t *testing.T) {
+		// As a build before the limit stored them.
+		values := make([]any, 30_000)
+		for i := range values {
+			values[i] = fmt.Sprint("user-", i)
+		}
+		d, err := membership.NewDefinitions(a.rdb).Create(context.Background(), segment.Definition{OrgID: a.org, Name: "old", Type: segment.TypeDynamic,
+			Status: segment.StatusReady, Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "customFields.x", Operator: segment.OpIn, Value: values, HasValue: true}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.as("PUT", "/v1/segments/"+d.ID, map[string]any{"name": "renamed"}).mustStatus(t, 200)
+		a.as("PUT", "/v1/segments/"+d.ID, map[string]any{"criteria": map[string]any{"include": []any{
+			map[string]any{"field": "customFields.x", "operator": "in", "value": values}}}}).wantError(t, 400, "limit_exceeded", "criteria.include")
+	})
 	t.Run("at the limits", func(t *testing.T) {
 		a.as("POST", "/v1/segments", map[string]any{"name": "x", "type": "dynamic",
 			"criteria": map[string]any{"include": criteria(20), "exclude": criteria(20)}}).mustStatus(t, 201)

@@ -106,6 +106,13 @@ func TestDecodeProfileEvent(t *testing.T) {
 					t.Fatalf("occurredAt %v, want %v", ev.OccurredAt, want)
 				}
 			}},
+		"leap second in occurredAt": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"2016-12-31t23:59:60.25z","profile":{}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if want := time.Date(2017, 1, 1, 0, 0, 0, 25e7, time.UTC); !ev.OccurredAt.Equal(want) {
+					t.Fatalf("occurredAt %v, want %v", ev.OccurredAt, want)
+				}
+			}},
+		"second 61 in occurredAt": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","occurredAt":"2016-12-31T23:59:61Z","profile":{}}`, wantField: "occurredAt"},
 		"repeated fields, the last valid": {in: `{"type":"profile.updated","orgId":"acme","userId":"u\udc00","userId":"u1","version":"3","version":3,"profile":[1],"profile":{"a":1}}`,
 			check: func(t *testing.T, ev ProfileEvent) {
 				if ev.UserID != "u1" || ev.Version != 3 || ev.Profile["a"] != 1.0 {

@@ -318,12 +318,23 @@ func checkEventID(s string) error {
 }
 
 // parseOccurredAt parses an RFC 3339 time, whose T and Z RFC 3339
-// (section 5.6) lets be lower case, as time.Parse does not.
+// (section 5.6) lets be lower case, and whose seconds may be a leap second
+// (:60, the next minute's first second, as the criteria take it), as
+// time.Parse does not. An offset of 24 hours, which time.Parse takes and
+// RFC 3339 does not, is taken too: the event is not dead-lettered for it.
 func parseOccurredAt(s string) (time.Time, error) {
 	if len(s) > 10 && (s[10] == 't' || s[len(s)-1] == 'z') {
 		s = strings.ToUpper(s)
 	}
-	return time.Parse(time.RFC3339Nano, s)
+	leap := len(s) > 19 && s[13] == ':' && s[16] == ':' && s[17:19] == "60"
+	if leap {
+		s = s[:17] + "59" + s[19:]
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err == nil && leap {
+		t = t.Add(time.Second)
+	}
+	return t, err
 }
 
 func checkID(field, s string) error {

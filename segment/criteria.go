@@ -174,8 +174,9 @@ const MaxCriteriaBytes = 256 << 10
 
 // CheckSize reports criteria larger than MaxCriteriaBytes as a
 // *ValidationError with the code [CodeLimitExceeded], naming the larger of
-// criteria.include and criteria.exclude. Compile does not apply it, so that
-// definitions stored before the limit still load.
+// criteria.include and criteria.exclude. It applies to criteria a request
+// gives: neither Compile nor Definition.Validate apply it, so that
+// definitions stored before the limit still load and can be renamed.
 func CheckSize(c Criteria) error {
 	inc, err := json.Marshal(c.Include)
 	if err != nil {

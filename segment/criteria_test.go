@@ -363,10 +363,6 @@ func TestCheckSize(t *testing.T) {
 			if !errors.As(err, &ve) || ve.Code != CodeLimitExceeded || ve.Errors[0].Field != tt.field {
 				t.Fatalf("CheckSize = %v, want limit_exceeded on %s", err, tt.field)
 			}
-			d := Definition{OrgID: "o", Name: "n", Type: TypeDynamic, Criteria: tt.c}
-			if !errors.As(d.Validate(), &ve) || ve.Code != CodeLimitExceeded {
-				t.Errorf("Validate = %v, want limit_exceeded", d.Validate())
-			}
 		})
 	}
 }

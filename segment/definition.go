@@ -193,11 +193,7 @@ func (d Definition) Validate() error {
 		if len(d.UserIDs) > 0 {
 			v.fail("userIds", "userIds are only allowed for static segments")
 		}
-		err := CheckSize(d.Criteria)
-		if err == nil {
-			_, err = Compile(d.Criteria)
-		}
-		if err != nil {
+		if _, err := Compile(d.Criteria); err != nil {
 			var ve *ValidationError
 			if !errors.As(err, &ve) {
 				v.fail("criteria", err.Error())
