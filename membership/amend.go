@@ -48,9 +48,10 @@ const (
 // the membership from the member set), one write. It amends each user of
 // KEYS (profile hash, segment set) from its four ARGV: expected revision,
 // segment, 1|0, outbox entry; and replies with two values a user: the
-// outcome, and the outbox it found when it applied the change ('' else). A deletion moves the revision like any
-// write, and callers amend only users they read with a profile, so the
-// revision alone also catches a user deleted since the read.
+// outcome, and the outbox it found when it applied the change (an empty
+// string when it did not). A deletion moves the revision like any write,
+// and callers amend only users they read with a profile, so the revision
+// alone also catches a user deleted since the read.
 const amendScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
