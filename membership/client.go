@@ -76,7 +76,17 @@ func HashValueLimit(ctx context.Context, rdb redis.UniversalClient) (int, bool) 
 func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 	cc, ok := rdb.(*redis.ClusterClient)
 	if !ok {
-		return rdb.Ping(ctx).Err()
+		// A node of a cluster answers PING, and then every command on a
+		// key of another node's slots with MOVED.
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return err
+		}
+		// A server that does not answer INFO (the embedded Redis, some
+		// managed services) is taken as it is.
+		if info, err := rdb.Info(ctx, "cluster").Result(); err == nil && strings.Contains(info, "cluster_enabled:1") {
+			return fmt.Errorf("%w: one address names a standalone Redis, and the server is a node of a Redis Cluster (give two or more of its nodes)", ErrIsCluster)
+		}
+		return nil
 	}
 	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 		info, err := c.ClusterInfo(ctx).Result()
@@ -94,6 +104,10 @@ func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 	}
 	return err
 }
+
+// ErrIsCluster reports a node of a Redis Cluster that was taken for a
+// standalone Redis (one address was given).
+var ErrIsCluster = errors.New("a redis cluster node")
 
 // ErrNotCluster reports a server that was taken for a node of a Redis
 // Cluster (several addresses were given) and has no cluster support.

@@ -161,6 +161,15 @@ func TestPing(t *testing.T) {
 			}
 		})
 	}
+	// One node of a cluster, taken for a standalone Redis: it answers
+	// PING, and MOVED to most commands.
+	t.Run("a cluster node as a standalone Redis", func(t *testing.T) {
+		rdb := membership.NewClient(testenv.RedisCluster(t)[:1], membership.Auth{})
+		defer rdb.Close()
+		if err := membership.Ping(context.Background(), rdb); !errors.Is(err, membership.ErrIsCluster) {
+			t.Errorf("ping = %v, want ErrIsCluster", err)
+		}
+	})
 	// Two addresses of standalone servers, taken for a cluster's: a
 	// mistake of configuration, which Ping names.
 	t.Run("standalone servers as a cluster", func(t *testing.T) {

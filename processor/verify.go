@@ -169,12 +169,16 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		}
 	}
 	var out []Difference
+	reported := map[key]bool{}
 	for _, d := range diffs {
 		k := key{d.OrgID, d.UserID}
 		if unreadable[k] {
-			// Unreadable now (still, or since the pass): reported once.
-			out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
-			delete(unreadable, k)
+			// Unreadable now (still, or since the pass): reported once,
+			// and its memberships not checked.
+			if !reported[k] {
+				reported[k] = true
+				out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
+			}
 			continue
 		}
 		if d.Where == "unreadable" {
@@ -270,6 +274,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 		}
 		var userIDs []string
 		scanned := map[string]bool{}
+		unreadable := map[string]bool{}
 		err := users.ScanProfiles(ctx, org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
 				if scanned[sp.UserID] {
@@ -281,6 +286,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 					// Reported, and the rest checked: the stream and the jobs
 					// leave such a user alone too.
 					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: "unreadable"})
+					unreadable[sp.UserID] = true
 					continue
 				}
 				userIDs = append(userIDs, sp.UserID)
@@ -318,7 +324,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			got := make(map[string]bool, len(members))
 			for _, m := range members {
 				got[m] = true
-				if !want[id][m] {
+				if !want[id][m] && !unreadable[m] {
 					diffs = append(diffs, Difference{org, id, m, false, "segment"})
 				}
 			}

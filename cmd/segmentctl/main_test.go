@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -550,5 +552,166 @@ func TestReadLinesHoldsNoOversizedLine(t *testing.T) {
 		if string(got[i].text) != string(want[i].text) || got[i].size != want[i].size || (want[i].text == nil) != (got[i].text == nil) {
 			t.Errorf("line %d: %q (%d bytes), want %q (%d bytes)", i+1, got[i].text, got[i].size, want[i].text, want[i].size)
 		}
+	}
+}
+
+// TestTailPrintsOneLinePerRecord: tail prints JSON lines, and its
+// output piped into produce is the documented replay of dead letters; a
+// record whose (JSON) value spans lines must still be one line.
+func TestTailPrintsOneLinePerRecord(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "dlq")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := kafkaio.NewWriter(brokers)
+	defer kafkaio.CloseWriter(w)
+	v := "{\n  \"eventId\": \"e1\", \"type\": \"profile.created\",\n  \"orgId\": \"acme\", \"userId\": \"u1\", \"version\": 1, \"profile\": {}\n}"
+	if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte(v)}); err != nil {
+		t.Fatal(err)
+	}
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	var out bytes.Buffer
+	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 1 {
+		t.Errorf("tail printed one record as %d lines (produce would send %d unkeyed records):\n%s", n, n, out.String())
+	}
+}
+
+// TestTailToEndEndsWhenTheTopicGoes: tail -to-end is documented to
+// stop at the end of what the topic held; when the topic is deleted while
+// it reads, it must end (with an error), not wait for ever in silence.
+func TestTailToEndEndsWhenTheTopicGoes(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "gone")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	defer func(d time.Duration) { tailUnreachable = d }(tailUnreachable)
+	tailUnreachable = 2 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	var in strings.Builder
+	for i := range 50000 {
+		fmt.Fprintf(&in, "{\"userId\":\"u%d\",\"pad\":\"%0200d\"}\n", i%100, i)
+	}
+	if err := run(ctx, []string{"produce", "-topic", topic}, env, strings.NewReader(in.String()), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// A reader of tail's output that is slow at first, as a pipe is.
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, pw)
+		pw.Close()
+	}()
+	br := bufio.NewReader(pr)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.DeleteTopics(topic); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	time.Sleep(3 * time.Second) // tail is held up by its reader meanwhile
+	go io.Copy(io.Discard, br)
+	select {
+	case err := <-done:
+		t.Logf("tail ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("tail -to-end still running 30 s after its topic was deleted, having said nothing")
+	}
+}
+
+// TestVerifyUnreadableMemberIsNoDifference: a member whose stored
+// profile can no longer be decoded is reported as unreadable, "not
+// checked"; it must not also be reported as "wrongly in the segment set".
+func TestVerifyUnreadableMemberIsNoDifference(t *testing.T) {
+	v := newVerifyOrg(t)
+	ctx, org := context.Background(), v.org
+	d := v.segment(t, segment.StatusReady, 1000)
+	if _, err := v.users.Write(ctx, []membership.UserWrite{
+		{OrgID: org, UserID: "u2", Version: 1, Profile: []byte(`{"points":`)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// u2 was a member (both sets) before its profile became unreadable.
+	if err := v.rdb.SAdd(ctx, membership.SegmentMembersKey(org, d.ID), "u2").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u2"), d.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := run(ctx, []string{"verify", "-org", org}, v.env, nil, &out)
+	var code exitCode
+	if !errors.As(err, &code) || code != 1 {
+		t.Fatalf("verify = %v, want exit 1; output:\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "u2 wrongly in") || !strings.Contains(out.String(), "0 differences, 1 unreadable profile not checked") {
+		t.Errorf("an unreadable (not checked) member is reported as a membership difference:\n%s", out.String())
+	}
+}
+
+// TestTailToEndInterrupted: tail -to-end stopped (SIGINT, SIGTERM) before
+// the end fails, so that a replay piped into produce is not taken for a
+// whole one.
+func TestTailToEndInterrupted(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	var in strings.Builder
+	for i := range 5000 {
+		fmt.Fprintf(&in, "{\"userId\":\"u%d\"}\n", i)
+	}
+	if err := run(context.Background(), []string{"produce", "-topic", topic}, env, strings.NewReader(in.String()), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, pw)
+		pw.Close()
+	}()
+	br := bufio.NewReader(pr)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // the signal
+	go io.Copy(io.Discard, br)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "interrupted") {
+		t.Errorf("tail -to-end interrupted = %v, want an error saying so", err)
+	}
+}
+
+// TestProduceCountsTheKey: the key counts against a record's limit as the
+// value does; a line too large with its userId is named and the others
+// are sent.
+func TestProduceCountsTheKey(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "topic")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	long := strings.Repeat("u", 6000)
+	big := fmt.Sprintf(`{"userId":%q,"pad":%q}`, long, strings.Repeat("x", maxRecordBytes-6100))
+	in := "{\"userId\":\"a\"}\n" + big + "\n{\"userId\":\"b\"}\n"
+	err := run(context.Background(), []string{"produce", "-topic", topic}, env, strings.NewReader(in), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("produce = %v, want line 2 named as too large", err)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(out.String(), "\n"); got != 2 {
+		t.Errorf("%d records on the topic, want the 2 lines that fit", got)
 	}
 }

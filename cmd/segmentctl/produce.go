@@ -88,6 +88,11 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 			return nil
 		}
 		key := userIDOf(line)
+		if len(line)+len(key) > maxRecordBytes {
+			// The key counts against the broker's limit as much.
+			tooLarge = append(tooLarge, fmt.Sprintf("line %d (%d bytes with its key)", lineNo, len(line)+len(key)))
+			return nil
+		}
 		if key == "" {
 			unkeyed++ // segmentd dead-letters it
 		}

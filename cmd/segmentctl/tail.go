@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -87,13 +88,26 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 				ended <- struct{}{} // nothing to read before the end
 				return
 			}
+			var unreadSince time.Time // offsets unreadable since
 			for {
 				m, err := fetch(ctx, r, bounded)
 				if bounded && errors.Is(err, errFetchIdle) {
 					// Records before the end deleted since (retention) leave
 					// the reader waiting past them: look again.
 					now, serr := kafkaio.Spans(ctx, e.brokers, *topic, []int{p})
-					if serr == nil && now[p].First >= span.End {
+					if serr != nil {
+						// Kafka gone or stalled, or the topic deleted: the
+						// reader retries for ever in silence; -to-end must end.
+						if unreadSince.IsZero() {
+							unreadSince = time.Now()
+						} else if time.Since(unreadSince) >= tailUnreachable {
+							failed <- fmt.Errorf("tail %s partition %d: no record for %s and its offsets unreadable: %w", *topic, p, tailUnreachable+fetchIdle, serr)
+							return
+						}
+						continue
+					}
+					unreadSince = time.Time{}
+					if now[p].First >= span.End {
 						ended <- struct{}{}
 						return
 					}
@@ -110,6 +124,14 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 					return
 				}
 				line := m.Value
+				if bytes.ContainsAny(line, "\r\n") && json.Valid(line) {
+					// One record, one line: a JSON value written over
+					// several lines would be as many records to produce.
+					var b bytes.Buffer
+					if json.Compact(&b, line) == nil {
+						line = b.Bytes()
+					}
+				}
 				if *headers {
 					line = recordJSON(m)
 				}
@@ -140,6 +162,11 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		}
 		select {
 		case <-ctx.Done():
+			if *toEnd {
+				// Not the end it was asked for: a pipe into produce must
+				// not take it for a whole replay.
+				return fmt.Errorf("tail: interrupted after %s, before the end of %s", plural(n, "record"), *topic)
+			}
 			return nil
 		case err := <-failed:
 			return err
@@ -174,6 +201,11 @@ var errFetchIdle = errors.New("no record")
 // fetchIdle is how long a bounded fetch waits before tail -to-end looks
 // again at where its partition starts.
 const fetchIdle = 2 * time.Second
+
+// tailUnreachable is how long tail -to-end goes on when a partition gives
+// no record and its offsets cannot be read (a variable: the tests shorten
+// it).
+var tailUnreachable = 30 * time.Second
 
 // fetch returns r's next record; bounded, it gives up with errFetchIdle
 // after fetchIdle without one.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -25,6 +26,11 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	rdb := membership.NewClient(e.redisAddrs, e.redisAuth)
 	defer rdb.Close()
+	// A wrong kind of Redis is said so, by the variable to set, rather than
+	// by the first command's MOVED.
+	if err := membership.Ping(ctx, rdb); errors.Is(err, membership.ErrIsCluster) || errors.Is(err, membership.ErrNotCluster) {
+		return fmt.Errorf("verify: SEGMENTD_REDIS_ADDRS: %w", err)
+	}
 	defs := membership.NewDefinitions(rdb)
 	diffs, checked, err := processor.Verify(ctx, defs, membership.NewUsers(rdb), membership.NewSets(rdb), time.Now(), *org)
 	if err != nil {

@@ -191,8 +191,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		// has the errors (at most one line each 10 s: probes come often).
 		if err := membership.Ping(ctx, rdb); err != nil {
 			notReady.warn(log, "redis", err)
-			if errors.Is(err, membership.ErrNotCluster) {
+			switch {
+			case errors.Is(err, membership.ErrNotCluster):
 				return errors.New("SEGMENTD_REDIS_ADDRS names a Redis Cluster (several addresses), and a server there has no cluster support: give a standalone Redis one address")
+			case errors.Is(err, membership.ErrIsCluster):
+				return errors.New("SEGMENTD_REDIS_ADDRS names a standalone Redis (one address), and it is a node of a Redis Cluster: give two or more of its nodes")
 			}
 			return errors.New("redis does not answer")
 		}
