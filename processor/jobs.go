@@ -608,11 +608,11 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 
 // racedBefore returns the changes of seg for user that the outbox entries
 // of other writes than eventID, written within racedWindow of now,
-// decided: those an amend found when it applied (AmendOutcome.Before), in
-// the order of their writes.
-func racedBefore(org, user, seg, eventID string, before []membership.OutboxEntry, now time.Time) []events.Change {
+// decided, each with the revision of its write: those an amend found when
+// it applied (AmendOutcome.Before), in the order of their writes.
+func racedBefore(org, user, seg, eventID string, before []membership.OutboxEntry, now time.Time) []membership.Projection {
 	since := now.Add(-racedWindow).UnixMilli()
-	var out []events.Change
+	var out []membership.Projection
 	for _, e := range before {
 		if e.EventID == eventID || e.AtMillis < since {
 			continue
@@ -622,8 +622,8 @@ func racedBefore(org, user, seg, eventID string, before []membership.OutboxEntry
 				continue
 			}
 			cause := events.Cause{Type: cmp.Or(e.CauseType, events.CauseProfile), EventID: e.EventID, Version: e.Version}
-			out = append(out, events.Change{OrgID: org, SegmentID: seg, UserID: user, Entered: c.Entered,
-				At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause})
+			out = append(out, membership.Projection{Rev: e.Rev, Change: events.Change{OrgID: org, SegmentID: seg, UserID: user,
+				Entered: c.Entered, At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause}})
 		}
 	}
 	return out
@@ -872,7 +872,12 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			// yet: published after this one, it would leave a consumer
 			// following the topic with the older change. It goes first,
 			// again with its eventId when it was published.
-			changes = append(changes, racedBefore(org, a.UserID, seg, a.Entry.EventID, outcomes[i].Before, now)...)
+			// Projected too (the newer write's projection wins all the
+			// same): changes and projections go index by index.
+			for _, r := range racedBefore(org, a.UserID, seg, a.Entry.EventID, outcomes[i].Before, now) {
+				changes = append(changes, r.Change)
+				projections = append(projections, r)
+			}
 			c := changeOf(org, a.UserID, seg, a.Entry, p.causeOf(a.UserID))
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})

@@ -291,73 +291,91 @@ func TestTimerEntryAndProfileExitKeepTheirOrder(t *testing.T) {
 // u0 again on top of that write. The round publishes the stream's exit
 // before its entry, so that the stream's own, late copy of the exit is a
 // repeat: a consumer that reads the topic in order and drops repeated
-// eventIds ends where the segment's set is.
+// eventIds ends where the segment's set is. Also when the segment is found
+// deleted as the round projects: the entry is then not published, and the
+// exit is.
 func TestTimerPublishesAnUnpublishedChangeFirst(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
-	seg, fire := r.dueTimers(t, 1, flip)
-	pub := r.publisher(t)
-	now := time.Now()
-	// The stream's two writes: u0 entered (published), then left (not yet).
-	st, err := r.users.Load(ctx, []membership.UserRef{{OrgID: r.org, UserID: "u0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev := st[0].Rev
-	streamChange := func(id string, version int64, entered bool, at time.Time) (membership.OutboxEntry, events.Change) {
-		e := membership.OutboxEntry{EventID: id, Version: version, Rev: rev + 1, AtMillis: at.UnixMilli(),
-			Changes: []membership.OutboxChange{{SegmentID: seg, Entered: entered}}}
-		c := events.Change{OrgID: r.org, SegmentID: seg, UserID: "u0", Entered: entered, At: time.UnixMilli(at.UnixMilli()).UTC(),
-			Cause: events.Cause{Type: events.CauseProfile, EventID: id, Version: version}}
-		return e, c
-	}
-	for _, step := range []struct {
-		id      string
-		entered bool
-		publish bool
-	}{{"e-in", true, true}, {"e-out", false, false}} {
-		e, c := streamChange(step.id, rev+1, step.entered, now)
-		w := membership.UserWrite{OrgID: r.org, UserID: "u0", ExpectRev: rev, Version: rev + 1, Profile: []byte(st[0].Profile),
-			Outbox: []membership.OutboxEntry{e}}
-		if step.entered {
-			w.Add = []string{seg}
-		} else {
-			w.Remove = []string{seg}
-		}
-		if applied, err := r.users.Write(ctx, []membership.UserWrite{w}); err != nil || !applied[0] {
-			t.Fatalf("stream write %s: %v %v", step.id, applied, err)
-		}
-		if _, err := r.users.Project(ctx, []membership.Projection{{Change: c, Rev: rev + 1}}); err != nil {
-			t.Fatal(err)
-		}
-		if step.publish {
-			if err := pub.Publish(ctx, []events.Change{c}); err != nil {
+	for name, tt := range map[string]struct {
+		deleted bool
+		want    []string
+	}{
+		"segment in place":                 {false, []string{"entered", "exited", "entered"}},
+		"segment deleted before the round": {true, []string{"entered", "exited"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+			seg, fire := r.dueTimers(t, 1, flip)
+			pub := r.publisher(t)
+			now := time.Now()
+			// The stream's two writes: u0 entered (published), then left (not yet).
+			st, err := r.users.Load(ctx, []membership.UserRef{{OrgID: r.org, UserID: "u0"}})
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		rev++
-	}
-	fire(pub, now) // the profile says inactive: u0 enters again
-	_, late := streamChange("e-out", rev, false, now)
-	if err := pub.Publish(ctx, []events.Change{late}); err != nil { // the stream's exit, at last
-		t.Fatal(err)
-	}
-	var got []string
-	seen := map[string]bool{}
-	for _, m := range readTopic(t, r.brokers, r.membershipT, 5, 5*time.Second) {
-		var c struct{ UserID, SegmentID, Change, EventID string }
-		if err := json.Unmarshal(m.Value, &c); err != nil {
-			t.Fatal(err)
-		}
-		if c.UserID == "u0" && c.SegmentID == seg && !seen[c.EventID] {
-			seen[c.EventID] = true
-			got = append(got, c.Change)
-		}
-	}
-	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
-	if !slices.Equal(got, []string{"entered", "exited", "entered"}) || !member {
-		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered, exited, entered, and a member", got, member)
+			rev := st[0].Rev
+			streamChange := func(id string, version int64, entered bool, at time.Time) (membership.OutboxEntry, events.Change) {
+				e := membership.OutboxEntry{EventID: id, Version: version, Rev: rev + 1, AtMillis: at.UnixMilli(),
+					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: entered}}}
+				c := events.Change{OrgID: r.org, SegmentID: seg, UserID: "u0", Entered: entered, At: time.UnixMilli(at.UnixMilli()).UTC(),
+					Cause: events.Cause{Type: events.CauseProfile, EventID: id, Version: version}}
+				return e, c
+			}
+			for _, step := range []struct {
+				id      string
+				entered bool
+				publish bool
+			}{{"e-in", true, true}, {"e-out", false, false}} {
+				e, c := streamChange(step.id, rev+1, step.entered, now)
+				w := membership.UserWrite{OrgID: r.org, UserID: "u0", ExpectRev: rev, Version: rev + 1, Profile: []byte(st[0].Profile),
+					Outbox: []membership.OutboxEntry{e}}
+				if step.entered {
+					w.Add = []string{seg}
+				} else {
+					w.Remove = []string{seg}
+				}
+				if applied, err := r.users.Write(ctx, []membership.UserWrite{w}); err != nil || !applied[0] {
+					t.Fatalf("stream write %s: %v %v", step.id, applied, err)
+				}
+				if _, err := r.users.Project(ctx, []membership.Projection{{Change: c, Rev: rev + 1}}); err != nil {
+					t.Fatal(err)
+				}
+				if step.publish {
+					if err := pub.Publish(ctx, []events.Change{c}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				rev++
+			}
+			if tt.deleted {
+				// A deletion's first step: no projection puts members back.
+				if err := r.rdb.Set(ctx, membership.SegmentDeletedKey(r.org, seg), "1", time.Hour).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fire(pub, now) // the profile says inactive: u0 enters again
+			_, late := streamChange("e-out", rev, false, now)
+			if err := pub.Publish(ctx, []events.Change{late}); err != nil { // the stream's exit, at last
+				t.Fatal(err)
+			}
+			var got []string
+			seen := map[string]bool{}
+			for _, m := range readTopic(t, r.brokers, r.membershipT, len(tt.want)+2, 3*time.Second) {
+				var c struct{ UserID, SegmentID, Change, EventID string }
+				if err := json.Unmarshal(m.Value, &c); err != nil {
+					t.Fatal(err)
+				}
+				if c.UserID == "u0" && c.SegmentID == seg && !seen[c.EventID] {
+					seen[c.EventID] = true
+					got = append(got, c.Change)
+				}
+			}
+			member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+			if !slices.Equal(got, tt.want) || member != (tt.want[len(tt.want)-1] == "entered") {
+				t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want %v, and the last one's membership", got, member, tt.want)
+			}
+		})
 	}
 }
 
