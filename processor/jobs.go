@@ -607,14 +607,15 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 }
 
 // racedBefore returns the changes of seg for user that the outbox entries
-// of other writes than eventID, written within racedWindow of now,
-// decided, each with the revision of its write: those an amend found when
-// it applied (AmendOutcome.Before), in the order of their writes.
-func racedBefore(org, user, seg, eventID string, before []membership.OutboxEntry, now time.Time) []membership.Projection {
+// of other writes than those of eventIDs (the amend's own, and those
+// published with it already), written within racedWindow of now, decided,
+// each with the revision of its write: those an amend found when it
+// applied (AmendOutcome.Before), in the order of their writes.
+func racedBefore(org, user, seg string, eventIDs []string, before []membership.OutboxEntry, now time.Time) []membership.Projection {
 	since := now.Add(-racedWindow).UnixMilli()
 	var out []membership.Projection
 	for _, e := range before {
-		if e.EventID == eventID || e.AtMillis < since {
+		if e.AtMillis < since || slices.Contains(eventIDs, e.EventID) {
 			continue
 		}
 		for _, c := range e.Changes {
@@ -796,6 +797,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		var changes []events.Change
 		var projections []membership.Projection
 		var due []membership.Due
+		var foundIDs map[string][]string // by user, the earlier attempts' entries added
 		for i, v := range views {
 			r := results[i]
 			if r.flip != nil {
@@ -820,6 +822,10 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					changes = append(changes, f.Change)
 					projections = append(projections, f)
+					if foundIDs == nil {
+						foundIDs = map[string][]string{}
+					}
+					foundIDs[v.UserID] = append(foundIDs[v.UserID], f.Change.Cause.EventID)
 				}
 				earlier = len(found) > 0
 			}
@@ -874,7 +880,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			// again with its eventId when it was published.
 			// Projected too (the newer write's projection wins all the
 			// same): changes and projections go index by index.
-			for _, r := range racedBefore(org, a.UserID, seg, a.Entry.EventID, outcomes[i].Before, now) {
+			for _, r := range racedBefore(org, a.UserID, seg, append(slices.Clip(foundIDs[a.UserID]), a.Entry.EventID), outcomes[i].Before, now) {
 				changes = append(changes, r.Change)
 				projections = append(projections, r)
 			}
