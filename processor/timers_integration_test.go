@@ -267,19 +267,7 @@ func TestTimerEntryAndProfileExitKeepTheirOrder(t *testing.T) {
 	close(pub.release)
 	<-done
 
-	// As a consumer reads the topic: in order, each eventId once.
-	var got []string
-	seen := map[string]bool{}
-	for _, m := range readTopic(t, r.brokers, r.membershipT, 3, 5*time.Second) {
-		var c struct{ UserID, SegmentID, Change, EventID string }
-		if err := json.Unmarshal(m.Value, &c); err != nil {
-			t.Fatal(err)
-		}
-		if c.UserID == "u0" && c.SegmentID == seg && !seen[c.EventID] {
-			seen[c.EventID] = true
-			got = append(got, c.Change)
-		}
-	}
+	got := r.followed(t, seg, "u0", 3, 5*time.Second)
 	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
 	if !slices.Equal(got, []string{"entered", "exited"}) || member {
 		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered then exited, and not a member", got, member)
@@ -359,18 +347,7 @@ func TestTimerPublishesAnUnpublishedChangeFirst(t *testing.T) {
 			if err := pub.Publish(ctx, []events.Change{late}); err != nil { // the stream's exit, at last
 				t.Fatal(err)
 			}
-			var got []string
-			seen := map[string]bool{}
-			for _, m := range readTopic(t, r.brokers, r.membershipT, len(tt.want)+2, 3*time.Second) {
-				var c struct{ UserID, SegmentID, Change, EventID string }
-				if err := json.Unmarshal(m.Value, &c); err != nil {
-					t.Fatal(err)
-				}
-				if c.UserID == "u0" && c.SegmentID == seg && !seen[c.EventID] {
-					seen[c.EventID] = true
-					got = append(got, c.Change)
-				}
-			}
+			got := r.followed(t, seg, "u0", len(tt.want)+2, 3*time.Second)
 			member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
 			if !slices.Equal(got, tt.want) || member != (tt.want[len(tt.want)-1] == "entered") {
 				t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want %v, and the last one's membership", got, member, tt.want)
@@ -430,4 +407,24 @@ func TestBackfillLeavesALiveTimerRound(t *testing.T) {
 			t.Errorf("change %s published %d times, with nothing failed", id, n)
 		}
 	}
+}
+
+// followed reads the membership topic as a consumer does (in order, each
+// eventId once), until it has read want records or timeout passes, and
+// returns user's changes of seg ("entered" or "exited").
+func (r *rig) followed(t *testing.T, seg, user string, want int, timeout time.Duration) []string {
+	t.Helper()
+	var got []string
+	seen := map[string]bool{}
+	for _, m := range readTopic(t, r.brokers, r.membershipT, want, timeout) {
+		var c struct{ UserID, SegmentID, Change, EventID string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		if c.UserID == user && c.SegmentID == seg && !seen[c.EventID] {
+			seen[c.EventID] = true
+			got = append(got, c.Change)
+		}
+	}
+	return got
 }
