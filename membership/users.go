@@ -437,6 +437,29 @@ end
 return n
 `)
 
+// SegmentRevisions returns, for each of users, the revision of the write
+// whose decision the segment's set holds for the user (see Project): -1
+// for a user with none.
+func (u *Users) SegmentRevisions(ctx context.Context, org, seg string, users []string) ([]int64, error) {
+	out := make([]int64, len(users))
+	if len(users) == 0 {
+		return out, nil
+	}
+	vals, err := u.rdb.HMGet(ctx, SegmentRevisionsKey(org, seg), users...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("revisions of %d users in %s/%s: %w", len(users), org, seg, err)
+	}
+	for i, v := range vals {
+		out[i] = -1
+		if s, ok := v.(string); ok {
+			if out[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+				return nil, fmt.Errorf("revision of %s in %s/%s: %w", users[i], org, seg, err)
+			}
+		}
+	}
+	return out, nil
+}
+
 // Deletions are the segments that Project found deleted, each with the
 // revision that its users' memberships had reached there before the
 // deletion (see SegmentRevisionsKey).

@@ -28,6 +28,7 @@ type JobUsers interface {
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
+	SegmentRevisions(ctx context.Context, org, seg string, users []string) ([]int64, error)
 	IndexAll(ctx context.Context) (int64, error)
 }
 
@@ -798,6 +799,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		var projections []membership.Projection
 		var due []membership.Due
 		var foundIDs map[string][]string // by user, the earlier attempts' entries added
+		var retried []int                // indexes in changes of earlier attempts' changes
 		for i, v := range views {
 			r := results[i]
 			if r.flip != nil {
@@ -820,6 +822,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				}
 				slices.SortStableFunc(found, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 				for _, f := range found {
+					retried = append(retried, len(changes))
 					changes = append(changes, f.Change)
 					projections = append(projections, f)
 					if foundIDs == nil {
@@ -837,6 +840,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				// otherwise be neither applied here nor scheduled. Past, it
 				// fires at the next round.
 				c := changeOf(org, v.UserID, seg, e, cause)
+				retried = append(retried, len(changes))
 				changes = append(changes, c)
 				projections = append(projections, membership.Projection{Change: c, Rev: e.Rev})
 				if at, ok := flipSince(p.cs.Rule, v, time.UnixMilli(e.AtMillis)); ok {
@@ -888,6 +892,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
+		if len(retried) > 0 {
+			if changes, projections, err = j.dropSuperseded(ctx, org, seg, changes, projections, retried); err != nil {
+				return err
+			}
+		}
 		// The amends are written: what they decided is projected and
 		// published here, through failures that pass (see settle). Left to
 		// a later attempt, it would wait for one that a deletion may never
@@ -899,6 +908,40 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		}
 	}
 	return nil
+}
+
+// dropSuperseded leaves out of changes (and of projections, index by
+// index) the earlier attempts' changes at retried that a later write of
+// the user already decided again for seg: its change is projected (the
+// segment's set holds a later revision for the user) and so published or
+// being published. Published after it, the earlier change would leave a
+// consumer that follows the topic with it, the older one; the attempt died
+// before publishing it, and a consumer never sees it.
+func (j *Jobs) dropSuperseded(ctx context.Context, org, seg string, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
+	users := make([]string, len(retried))
+	for k, i := range retried {
+		users[k] = changes[i].UserID
+	}
+	revs, err := j.cfg.Users.SegmentRevisions(ctx, org, seg, users)
+	if err != nil {
+		return nil, nil, err
+	}
+	drop := make(map[int]bool)
+	for k, i := range retried {
+		if revs[k] > projections[i].Rev {
+			drop[i] = true
+		}
+	}
+	if len(drop) == 0 {
+		return changes, projections, nil
+	}
+	keptC, keptP := changes[:0:0], projections[:0:0]
+	for i := range changes {
+		if !drop[i] {
+			keptC, keptP = append(keptC, changes[i]), append(keptP, projections[i])
+		}
+	}
+	return keptC, keptP, nil
 }
 
 // settleChanges projects and publishes changes already written, leaving

@@ -428,3 +428,33 @@ func (r *rig) followed(t *testing.T, seg, user string, want int, timeout time.Du
 	}
 	return got
 }
+
+// TestTimerRetryAfterNewerProfileChange: a timer round enters u0 (its
+// compare-and-set is written) and dies before publishing, as an instance
+// killed then. More than racedWindow later, and before the claim's lease
+// ends, u0's profile event makes it leave: the stream publishes its exit
+// alone (the round's entry is too old to be taken for one in flight). The
+// retried claim must not publish the round's entry after that exit: a
+// consumer that reads the topic in order and drops repeated eventIds must
+// end where the segment's set is.
+func TestTimerRetryAfterNewerProfileChange(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 1, t0.Add(-time.Minute))
+	fire(unreachablePublisher{}, t0) // written, not published: the crash
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+		t.Fatal("the first round did not enter u0")
+	}
+	r.start(t)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
+		r.org, time.Now().UTC().Format(time.RFC3339)))
+	r.waitVersion(t, "u0", 2)
+	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
+	fire(r.publisher(t), t0.Add(31*time.Second))              // the claim, retried after its lease
+	got := r.followed(t, seg, "u0", 2, 3*time.Second)
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+	if member || len(got) == 0 || got[len(got)-1] != "exited" {
+		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
+	}
+}
