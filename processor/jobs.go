@@ -912,11 +912,13 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 
 // dropSuperseded leaves out of changes (and of projections, index by
 // index) the earlier attempts' changes at retried that a later write of
-// the user already decided again for seg: its change is projected (the
-// segment's set holds a later revision for the user) and so published or
-// being published. Published after it, the earlier change would leave a
-// consumer that follows the topic with it, the older one; the attempt died
-// before publishing it, and a consumer never sees it.
+// the user, not published with them here, already decided again for seg:
+// its change is projected (the segment's set holds a later revision for
+// the user) and so published or being published. Published after it, the
+// earlier change would leave a consumer that follows the topic with it,
+// the older one; the attempt died before publishing it, and a consumer
+// never sees it. A later write whose change goes out here, after it, keeps
+// it: the two then come in their order.
 func (j *Jobs) dropSuperseded(ctx context.Context, org, seg string, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
 	users := make([]string, len(retried))
 	for k, i := range retried {
@@ -926,9 +928,17 @@ func (j *Jobs) dropSuperseded(ctx context.Context, org, seg string, changes []ev
 	if err != nil {
 		return nil, nil, err
 	}
+	type userRev struct {
+		user string
+		rev  int64
+	}
+	here := make(map[userRev]bool, len(projections))
+	for _, p := range projections {
+		here[userRev{p.Change.UserID, p.Rev}] = true
+	}
 	drop := make(map[int]bool)
 	for k, i := range retried {
-		if revs[k] > projections[i].Rev {
+		if revs[k] > projections[i].Rev && !here[userRev{users[k], revs[k]}] {
 			drop[i] = true
 		}
 	}
