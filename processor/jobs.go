@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -1214,7 +1215,32 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		return 0, err
 	}
 	if changes, projections := orphanTimerChanges(org, o, byUser, views); len(changes) > 0 {
-		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
+		// Earlier attempts' changes, as a pass's: one a later write
+		// decided again is left out (see dropSuperseded), segment by
+		// segment.
+		bySeg := map[string][]int{}
+		for i, c := range changes {
+			bySeg[c.SegmentID] = append(bySeg[c.SegmentID], i)
+		}
+		var keptC []events.Change
+		var keptP []membership.Projection
+		for _, seg := range slices.Sorted(maps.Keys(bySeg)) {
+			var cs []events.Change
+			var ps []membership.Projection
+			for _, i := range bySeg[seg] {
+				cs, ps = append(cs, changes[i]), append(ps, projections[i])
+			}
+			all := make([]int, len(cs))
+			for i := range all {
+				all[i] = i
+			}
+			cs, ps, err := j.dropSuperseded(ctx, org, seg, cs, ps, all)
+			if err != nil {
+				return 0, err
+			}
+			keptC, keptP = append(keptC, cs...), append(keptP, ps...)
+		}
+		if err := j.settleChanges(ctx, "", keptC, keptP, nil); err != nil {
 			return 0, err
 		}
 	}

@@ -1413,9 +1413,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	if !wrote {
 		return res
 	}
-	if !w.cached {
-		res.publishFirst(p.racedChanges(w.ref, st.Outbox, res.changes, now))
-	}
+	// A cached state holds the job entries the stream's own last write
+	// kept (keepAmends): they race all the same.
+	res.publishFirst(p.racedChanges(w.ref, st.Outbox, res.changes, now))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if moved {
 		uw.Applied = mark.String()

@@ -458,3 +458,89 @@ func TestTimerRetryAfterNewerProfileChange(t *testing.T) {
 		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
 	}
 }
+
+// TestTimerEntryAndCachedProfileExitKeepTheirOrder: as
+// TestTimerEntryAndProfileExitKeepTheirOrder, but u0's state is cached by
+// the stream (an event that changes no membership, written after the
+// round's amend) before the event that makes it leave.
+func TestTimerEntryAndCachedProfileExitKeepTheirOrder(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, _ := r.dueTimers(t, 1, flip)
+	r.start(t)
+
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pub := &slowPublisher{ChangePublisher: r.publisher(t), started: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		r.newJobs(t, jobsOf{pub: pub, registry: reg, timerInterval: time.Minute}).FireTimers(fctx)
+	}()
+	select {
+	case <-pub.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the timer round did not reach its publication")
+	}
+	// No membership change: the stream writes u0 and caches its state.
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"name":"x"}}`, r.org))
+	r.waitVersion(t, "u0", 2)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e3","type":"profile.updated","orgId":"%s","userId":"u0","version":3,"changes":{"updatedAt":%q}}`,
+		r.org, time.Now().UTC().Format(time.RFC3339)))
+	r.waitVersion(t, "u0", 3)
+	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
+	close(pub.release)
+	<-done
+
+	got := r.followed(t, seg, "u0", 3, 5*time.Second)
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+	if !slices.Equal(got, []string{"entered", "exited"}) || member {
+		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered then exited, and not a member", got, member)
+	}
+}
+
+// TestOrphanTimerChangeAfterNewerProfileChange: as
+// TestTimerRetryAfterNewerProfileChange, but the segment's criteria stop
+// being time-relative before the claim is retried (the organisation keeps
+// another time-relative segment, so rounds still claim u0): the round's
+// entry, superseded by the stream's exit, must not come after that exit.
+func TestOrphanTimerChangeAfterNewerProfileChange(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 1, t0.Add(-time.Minute))
+	fire(unreachablePublisher{}, t0) // written, not published: the crash
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+		t.Fatal("the first round did not enter u0")
+	}
+	r.start(t)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
+		r.org, time.Now().UTC().Format(time.RFC3339)))
+	r.waitVersion(t, "u0", 2)
+	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
+	// The segment is no longer time-relative; another one is.
+	// (Its backfill, which finds the round's entry superseded and leaves it
+	// out, has finished.)
+	r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "name", Operator: "equals", Value: "nobody", HasValue: true}}})
+	if _, err := r.defs.Update(ctx, r.org, seg, func(d *segment.Definition) error { d.Status = segment.StatusReady; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	r.segment(t, "ancient", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-3650d", HasValue: true}}})
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return t0.Add(31 * time.Second) }, timerInterval: time.Minute}).FireTimers(briefly(t))
+	got := r.followed(t, seg, "u0", 2, 3*time.Second)
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+	if member || len(got) == 0 || got[len(got)-1] != "exited" {
+		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
+	}
+}
