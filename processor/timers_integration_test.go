@@ -139,6 +139,8 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 		if len(st.Segments) != 1 {
 			t.Fatalf("cycle %d: segments %v, want %s", v, st.Segments, seg)
 		}
+		// The batch stores the user's timer after its write.
+		r.waitTimer(t, "u1", now().Add(time.Minute))
 		clock.Add(int64(90 * time.Second))
 		timers.FireTimers(ctx)
 		if in := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val(); in {
@@ -542,5 +544,20 @@ func TestOrphanTimerChangeAfterNewerProfileChange(t *testing.T) {
 	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
 	if member || len(got) == 0 || got[len(got)-1] != "exited" {
 		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
+	}
+}
+
+// waitTimer polls until user's timer is stored at or after from.
+func (r *rig) waitTimer(t *testing.T, user string, from time.Time) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		at, err := r.rdb.ZScore(context.Background(), membership.ScheduleKey(r.org), user).Result()
+		if err == nil && int64(at) >= from.UnixMilli() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timer of %s not stored at %s or later within 30 s: %v, %v", user, from, at, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
