@@ -1053,17 +1053,26 @@ func (r *userResult) record(cs []events.Change, rev int64) {
 	}
 }
 
-// publishFirst puts raced (see racedChanges) before the changes to publish.
+// publishFirst puts raced (see racedChanges) among the changes to publish
+// in the order of their writes: before this write's, and after the
+// replayed changes of earlier writes of the user (a batch redelivered
+// after a crash) that came before them.
 func (r *userResult) publishFirst(raced []racedChange) {
 	if len(raced) == 0 {
 		return
 	}
-	cs := make([]events.Change, 0, len(raced)+len(r.changes))
-	revs := make([]int64, 0, len(raced)+len(r.revs))
-	for _, rc := range raced {
-		cs, revs = append(cs, rc.change), append(revs, rc.rev)
+	all := make([]racedChange, 0, len(raced)+len(r.changes))
+	all = append(all, raced...)
+	for i, c := range r.changes {
+		all = append(all, racedChange{change: c, rev: r.revs[i]})
 	}
-	r.changes, r.revs = append(cs, r.changes...), append(revs, r.revs...)
+	// Stable: a write's own changes, and raced ones of one write, keep
+	// their order.
+	slices.SortStableFunc(all, func(a, b racedChange) int { return cmp.Compare(a.rev, b.rev) })
+	r.changes, r.revs = r.changes[:0], r.revs[:0]
+	for _, rc := range all {
+		r.changes, r.revs = append(r.changes, rc.change), append(r.revs, rc.rev)
+	}
 }
 
 // racedChange is a change another writer decided, with the revision of its
