@@ -454,66 +454,49 @@ func (r *rig) followed(t *testing.T, seg, user string, want int, timeout time.Du
 // alone (the round's entry is too old to be taken for one in flight). The
 // retried claim must not publish the round's entry after that exit: a
 // consumer that reads the topic in order and drops repeated eventIds must
-// end where the segment's set is.
-func TestTimerRetryAfterNewerProfileChange(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
-	seg, fire := r.dueTimers(t, 1, t0.Add(-time.Minute))
-	fire(unreachablePublisher{}, t0) // written, not published: the crash
-	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
-		t.Fatal("the first round did not enter u0")
-	}
-	r.start(t)
-	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
-		r.org, time.Now().UTC().Format(time.RFC3339)))
-	r.waitVersion(t, "u0", 2)
-	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
-	fire(r.publisher(t), t0.Add(31*time.Second))              // the claim, retried after its lease
-	got := r.followed(t, seg, "u0", 2, 3*time.Second)
-	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
-	if member || len(got) == 0 || got[len(got)-1] != "exited" {
-		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
-	}
-}
-
-// TestOrphanTimerChangeAfterNewerProfileChange: as
-// TestTimerRetryAfterNewerProfileChange, but the segment's criteria stop
+// end where the segment's set is. Also when the segment's criteria stop
 // being time-relative before the claim is retried (the organisation keeps
-// another time-relative segment, so rounds still claim u0): the round's
-// entry, superseded by the stream's exit, must not come after that exit.
-func TestOrphanTimerChangeAfterNewerProfileChange(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
-	seg, fire := r.dueTimers(t, 1, t0.Add(-time.Minute))
-	fire(unreachablePublisher{}, t0) // written, not published: the crash
-	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
-		t.Fatal("the first round did not enter u0")
-	}
-	r.start(t)
-	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
-		r.org, time.Now().UTC().Format(time.RFC3339)))
-	r.waitVersion(t, "u0", 2)
-	readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
-	// The segment is no longer time-relative; another one is.
-	// (Its backfill, which finds the round's entry superseded and leaves it
-	// out, has finished.)
-	r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "name", Operator: "equals", Value: "nobody", HasValue: true}}})
-	if _, err := r.defs.Update(ctx, r.org, seg, func(d *segment.Definition) error { d.Status = segment.StatusReady; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	r.segment(t, "ancient", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-3650d", HasValue: true}}})
-	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
-	reg := processor.NewRegistry(r.defs, time.Second, log)
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return t0.Add(31 * time.Second) }, timerInterval: time.Minute}).FireTimers(briefly(t))
-	got := r.followed(t, seg, "u0", 2, 3*time.Second)
-	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
-	if member || len(got) == 0 || got[len(got)-1] != "exited" {
-		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
+// another time-relative segment, so rounds still claim u0, and the entry
+// is an orphan's).
+func TestTimerRetryAfterNewerProfileChange(t *testing.T) {
+	for name, orphan := range map[string]bool{"the segment time-relative": false, "the segment no longer time-relative": true} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+			seg, fire := r.dueTimers(t, 1, t0.Add(-time.Minute))
+			fire(unreachablePublisher{}, t0) // written, not published: the crash
+			if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+				t.Fatal("the first round did not enter u0")
+			}
+			r.start(t)
+			r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
+				r.org, time.Now().UTC().Format(time.RFC3339)))
+			r.waitVersion(t, "u0", 2)
+			readTopic(t, r.brokers, r.membershipT, 1, 10*time.Second) // the stream's exit is out
+			retry := t0.Add(31 * time.Second)                         // after the claim's lease
+			if !orphan {
+				fire(r.publisher(t), retry)
+			} else {
+				// (Its backfill, which finds the round's entry superseded
+				// and leaves it out, has finished.)
+				r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "name", Operator: "equals", Value: "nobody", HasValue: true}}})
+				if _, err := r.defs.Update(ctx, r.org, seg, func(d *segment.Definition) error { d.Status = segment.StatusReady; return nil }); err != nil {
+					t.Fatal(err)
+				}
+				r.segment(t, "ancient", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-3650d", HasValue: true}}})
+				reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+				if err := reg.Reload(ctx); err != nil {
+					t.Fatal(err)
+				}
+				r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return retry }, timerInterval: time.Minute}).FireTimers(briefly(t))
+			}
+			got := r.followed(t, seg, "u0", 2, 3*time.Second)
+			member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+			if member || len(got) == 0 || got[len(got)-1] != "exited" {
+				t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want it to end exited, not a member", got, member)
+			}
+		})
 	}
 }
 
