@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -608,30 +607,6 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	return nil
 }
 
-// racedBefore returns the changes of seg for user that the outbox entries
-// of other writes than those of eventIDs (the amend's own, and those
-// published with it already), written within racedWindow of now, decided,
-// each with the revision of its write: those an amend found when it
-// applied (AmendOutcome.Before), in the order of their writes.
-func racedBefore(org, user, seg string, eventIDs []string, before []membership.OutboxEntry, now time.Time) []membership.Projection {
-	since := now.Add(-racedWindow).UnixMilli()
-	var out []membership.Projection
-	for _, e := range before {
-		if e.AtMillis < since || slices.Contains(eventIDs, e.EventID) {
-			continue
-		}
-		for _, c := range e.Changes {
-			if c.SegmentID != seg {
-				continue
-			}
-			cause := events.Cause{Type: cmp.Or(e.CauseType, events.CauseProfile), EventID: e.EventID, Version: e.Version}
-			out = append(out, membership.Projection{Rev: e.Rev, Change: events.Change{OrgID: org, SegmentID: seg, UserID: user,
-				Entered: c.Entered, At: time.UnixMilli(e.AtMillis).UTC(), Cause: cause}})
-		}
-	}
-	return out
-}
-
 func backfillCause(seg string, generation int64) events.Cause {
 	return events.Cause{Type: events.CauseSegment, EventID: fmt.Sprintf("segment:%s:%d", seg, generation)}
 }
@@ -885,7 +860,10 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			// again with its eventId when it was published.
 			// Projected too (the newer write's projection wins all the
 			// same): changes and projections go index by index.
-			for _, r := range racedBefore(org, a.UserID, seg, append(slices.Clip(foundIDs[a.UserID]), a.Entry.EventID), outcomes[i].Before, now) {
+			own := append(slices.Clip(foundIDs[a.UserID]), a.Entry.EventID) // published here already
+			skip := func(e membership.OutboxEntry) bool { return slices.Contains(own, e.EventID) }
+			only := func(s string) bool { return s == seg }
+			for _, r := range racedChanges(membership.UserRef{OrgID: org, UserID: a.UserID}, outcomes[i].Before, skip, only, now) {
 				changes = append(changes, r.Change)
 				projections = append(projections, r)
 			}
@@ -894,7 +872,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
 		if len(retried) > 0 {
-			if changes, projections, err = j.dropSuperseded(ctx, org, seg, changes, projections, retried); err != nil {
+			if changes, projections, err = j.dropSuperseded(ctx, org, changes, projections, retried); err != nil {
 				return err
 			}
 		}
@@ -913,22 +891,14 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 
 // dropSuperseded leaves out of changes (and of projections, index by
 // index) the earlier attempts' changes at retried that a later write of
-// the user, not published with them here, already decided again for seg:
-// its change is projected (the segment's set holds a later revision for
-// the user) and so published or being published. Published after it, the
-// earlier change would leave a consumer that follows the topic with it,
-// the older one; the attempt died before publishing it, and a consumer
-// never sees it. A later write whose change goes out here, after it, keeps
-// it: the two then come in their order.
-func (j *Jobs) dropSuperseded(ctx context.Context, org, seg string, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
-	users := make([]string, len(retried))
-	for k, i := range retried {
-		users[k] = changes[i].UserID
-	}
-	revs, err := j.cfg.Users.SegmentRevisions(ctx, org, seg, users)
-	if err != nil {
-		return nil, nil, err
-	}
+// the user, not published with them here, already decided again for their
+// segment: its change is projected (the segment's set holds a later
+// revision for the user) and so published or being published. Published
+// after it, the earlier change would leave a consumer that follows the
+// topic with it, the older one; the attempt died before publishing it,
+// and a consumer never sees it. A later write whose change goes out here,
+// after it, keeps it: the two then come in their order.
+func (j *Jobs) dropSuperseded(ctx context.Context, org string, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
 	type userRev struct {
 		user string
 		rev  int64
@@ -937,10 +907,24 @@ func (j *Jobs) dropSuperseded(ctx context.Context, org, seg string, changes []ev
 	for _, p := range projections {
 		here[userRev{p.Change.UserID, p.Rev}] = true
 	}
-	drop := make(map[int]bool)
+	bySeg := map[string][]int{} // indexes in retried
 	for k, i := range retried {
-		if revs[k] > projections[i].Rev && !here[userRev{users[k], revs[k]}] {
-			drop[i] = true
+		bySeg[changes[i].SegmentID] = append(bySeg[changes[i].SegmentID], k)
+	}
+	drop := make(map[int]bool)
+	for seg, ks := range bySeg {
+		users := make([]string, len(ks))
+		for n, k := range ks {
+			users[n] = changes[retried[k]].UserID
+		}
+		revs, err := j.cfg.Users.SegmentRevisions(ctx, org, seg, users)
+		if err != nil {
+			return nil, nil, err
+		}
+		for n, k := range ks {
+			if i := retried[k]; revs[n] > projections[i].Rev && !here[userRev{users[n], revs[n]}] {
+				drop[i] = true
+			}
 		}
 	}
 	if len(drop) == 0 {
@@ -1216,31 +1200,16 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	}
 	if changes, projections := orphanTimerChanges(org, o, byUser, views); len(changes) > 0 {
 		// Earlier attempts' changes, as a pass's: one a later write
-		// decided again is left out (see dropSuperseded), segment by
-		// segment.
-		bySeg := map[string][]int{}
-		for i, c := range changes {
-			bySeg[c.SegmentID] = append(bySeg[c.SegmentID], i)
+		// decided again is left out (see dropSuperseded).
+		all := make([]int, len(changes))
+		for i := range all {
+			all[i] = i
 		}
-		var keptC []events.Change
-		var keptP []membership.Projection
-		for _, seg := range slices.Sorted(maps.Keys(bySeg)) {
-			var cs []events.Change
-			var ps []membership.Projection
-			for _, i := range bySeg[seg] {
-				cs, ps = append(cs, changes[i]), append(ps, projections[i])
-			}
-			all := make([]int, len(cs))
-			for i := range all {
-				all[i] = i
-			}
-			cs, ps, err := j.dropSuperseded(ctx, org, seg, cs, ps, all)
-			if err != nil {
-				return 0, err
-			}
-			keptC, keptP = append(keptC, cs...), append(keptP, ps...)
+		changes, projections, err := j.dropSuperseded(ctx, org, changes, projections, all)
+		if err != nil {
+			return 0, err
 		}
-		if err := j.settleChanges(ctx, "", keptC, keptP, nil); err != nil {
+		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
 			return 0, err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/segmentd/segmentd/events"
+	"github.com/segmentd/segmentd/membership"
 )
 
 // TestPublishFirstKeepsTheWritesOrder: a job's change raced by this write
@@ -17,7 +18,7 @@ func TestPublishFirstKeepsTheWritesOrder(t *testing.T) {
 	var r userResult
 	r.record([]events.Change{change("replayed-a"), change("replayed-b")}, 3) // a redelivered batch's write
 	r.record([]events.Change{change("new")}, 7)                              // this write
-	r.publishFirst([]racedChange{{change("timer-1"), 5}, {change("timer-2"), 5}, {change("backfill"), 4}})
+	r.publishFirst([]membership.Projection{{Change: change("timer-1"), Rev: 5}, {Change: change("timer-2"), Rev: 5}, {Change: change("backfill"), Rev: 4}})
 	var got []string
 	for _, c := range r.changes {
 		got = append(got, c.Cause.EventID)

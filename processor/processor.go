@@ -1057,52 +1057,47 @@ func (r *userResult) record(cs []events.Change, rev int64) {
 // in the order of their writes: before this write's, and after the
 // replayed changes of earlier writes of the user (a batch redelivered
 // after a crash) that came before them.
-func (r *userResult) publishFirst(raced []racedChange) {
+func (r *userResult) publishFirst(raced []membership.Projection) {
 	if len(raced) == 0 {
 		return
 	}
-	all := make([]racedChange, 0, len(raced)+len(r.changes))
+	all := make([]membership.Projection, 0, len(raced)+len(r.changes))
 	all = append(all, raced...)
 	for i, c := range r.changes {
-		all = append(all, racedChange{change: c, rev: r.revs[i]})
+		all = append(all, membership.Projection{Change: c, Rev: r.revs[i]})
 	}
 	// Stable: a write's own changes, and raced ones of one write, keep
 	// their order.
-	slices.SortStableFunc(all, func(a, b racedChange) int { return cmp.Compare(a.rev, b.rev) })
+	slices.SortStableFunc(all, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 	r.changes, r.revs = r.changes[:0], r.revs[:0]
 	for _, rc := range all {
-		r.changes, r.revs = append(r.changes, rc.change), append(r.revs, rc.rev)
+		r.changes, r.revs = append(r.changes, rc.Change), append(r.revs, rc.Rev)
 	}
 }
 
-// racedChange is a change another writer decided, with the revision of its
-// write.
-type racedChange struct {
-	change events.Change
-	rev    int64
-}
-
-// racedChanges returns the changes of a backfill's or timer's entries in a
-// user's stored outbox, written within racedWindow of now, of the segments
-// that changes (this write's) change again. Such a writer publishes after
-// its write: should it publish after this write's changes, a consumer
-// following the topic would end with its change, the older one. Published
-// here first (again, with the same eventIds, when it did publish), they
-// come before this write's on the topic whichever publishes first.
-func (p *Processor) racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, changes []events.Change, now time.Time) []racedChange {
+// racedChanges returns the changes that the entries of a user's stored
+// outbox written within racedWindow of now decide, of the entries other
+// than skip and the segments changes, each with the revision of its write,
+// in the order of the writes. Another writer (the stream, a backfill, a
+// timer) publishes after its write: should it publish after the caller's
+// later change of the same segment, a consumer following the topic would
+// end with its change, the older one. Published by the caller first
+// (again, with the same eventIds, when it did publish), they come before
+// its own on the topic whichever publishes first.
+func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip func(membership.OutboxEntry) bool, segment func(string) bool, now time.Time) []membership.Projection {
 	since := now.Add(-racedWindow).UnixMilli()
-	var out []racedChange
+	var out []membership.Projection
 	for _, e := range outbox {
-		if streamEntry(e) || e.AtMillis < since {
+		if e.AtMillis < since || skip(e) {
 			continue
 		}
-		for _, c := range p.outboxChanges(ref, e) {
-			if slices.ContainsFunc(changes, func(o events.Change) bool { return o.SegmentID == c.SegmentID }) {
-				out = append(out, racedChange{change: c, rev: e.Rev})
+		for _, c := range outboxChanges(ref, e) {
+			if segment(c.SegmentID) {
+				out = append(out, membership.Projection{Change: c, Rev: e.Rev})
 			}
 		}
 	}
-	slices.SortStableFunc(out, func(a, b racedChange) int { return cmp.Compare(a.rev, b.rev) })
+	slices.SortStableFunc(out, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 	return out
 }
 
@@ -1259,7 +1254,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
 				continue
 			}
-			replayed := p.outboxChanges(w.ref, e)
+			replayed := outboxChanges(w.ref, e)
 			res.record(replayed, e.Rev)
 			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
 			res.replayed++
@@ -1393,7 +1388,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			version = ev.Version
 		}
 		outbox = append(outbox, entry)
-		res.add(p.outboxChanges(w.ref, entry), entry.Rev)
+		res.add(outboxChanges(w.ref, entry), entry.Rev)
 		res.applied++
 		mark, moved = mark.advance(pos), true
 		res.occurred = append(res.occurred, ev.OccurredAt)
@@ -1405,7 +1400,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		for _, o := range st.Outbox {
 			if later && o.Rev == rev {
 				// Not published here: probes are not needed.
-				for _, pr := range standing(p.outboxChanges(w.ref, o), o.Rev, st) {
+				for _, pr := range standing(outboxChanges(w.ref, o), o.Rev, st) {
 					if !pr.Probe {
 						res.projections = append(res.projections, pr)
 					}
@@ -1423,8 +1418,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		return res
 	}
 	// A cached state holds the job entries the stream's own last write
-	// kept (keepAmends): they race all the same.
-	res.publishFirst(p.racedChanges(w.ref, st.Outbox, res.changes, now))
+	// kept (keepAmends): they race all the same. The stream's own entries
+	// are published in order by its batches.
+	res.publishFirst(racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
+		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
+	}, now))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if moved {
 		uw.Applied = mark.String()
@@ -1516,7 +1514,7 @@ func keyedBy(next *segment.Profile, user string, paths []string) []string {
 	return slices.DeleteFunc(paths, func(p string) bool { return p == "userId" })
 }
 
-func (p *Processor) outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
+func outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
 	out := make([]events.Change, 0, len(e.Changes))
 	cause := e.CauseType
 	if cause == "" {
