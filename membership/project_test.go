@@ -49,6 +49,20 @@ func TestProjectNewestDecisionWins(t *testing.T) {
 				t.Errorf("members of %s = %q, want %q", seg, got, want)
 			}
 		}
+		// Which write's decision each set holds, asked in one mixed call.
+		asked := []membership.Projection{proj("a", "u1", 0, false), proj("b", "u1", 0, false), proj("a", "u2", 0, false),
+			proj("a", "u3", 0, false), proj("b", "u4", 0, false), proj("a", "u4", 0, false), proj("c", "u1", 0, false)}
+		cs := make([]events.Change, len(asked))
+		for i, a := range asked {
+			cs[i] = a.Change
+		}
+		revs, err := users.ProjectedRevisions(ctx, cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []int64{2, 3, 5, 4, 7, -1, -1}; fmt.Sprint(revs) != fmt.Sprint(want) {
+			t.Errorf("ProjectedRevisions = %v, want %v", revs, want)
+		}
 	})
 }
 

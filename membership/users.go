@@ -437,23 +437,53 @@ end
 return n
 `)
 
-// SegmentRevisions returns, for each of users, the revision of the write
-// whose decision the segment's set holds for the user (see Project): -1
-// for a user with none.
-func (u *Users) SegmentRevisions(ctx context.Context, org, seg string, users []string) ([]int64, error) {
-	out := make([]int64, len(users))
-	if len(users) == 0 {
+// ProjectedRevisions returns, for each change, the revision of the write
+// whose decision the change's segment set holds for its user (see
+// Project): -1 for a user with none. It reads every segment in one
+// pipelined round trip.
+func (u *Users) ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error) {
+	out := make([]int64, len(cs))
+	if len(cs) == 0 {
 		return out, nil
 	}
-	vals, err := u.rdb.HMGet(ctx, SegmentRevisionsKey(org, seg), users...).Result()
-	if err != nil {
-		return nil, fmt.Errorf("revisions of %d users in %s/%s: %w", len(users), org, seg, err)
+	type read struct {
+		at  []int // indexes in cs
+		cmd *redis.SliceCmd
 	}
-	for i, v := range vals {
-		out[i] = -1
-		if s, ok := v.(string); ok {
-			if out[i], err = strconv.ParseInt(s, 10, 64); err != nil {
-				return nil, fmt.Errorf("revision of %s in %s/%s: %w", users[i], org, seg, err)
+	bySeg := map[SegmentRef]*read{}
+	var order []SegmentRef
+	for i, c := range cs {
+		ref := SegmentRef{c.OrgID, c.SegmentID}
+		r := bySeg[ref]
+		if r == nil {
+			r = &read{}
+			bySeg[ref] = r
+			order = append(order, ref)
+		}
+		r.at = append(r.at, i)
+	}
+	pipe := u.rdb.Pipeline()
+	for _, ref := range order {
+		r := bySeg[ref]
+		users := make([]string, len(r.at))
+		for n, i := range r.at {
+			users[n] = cs[i].UserID
+		}
+		r.cmd = pipe.HMGet(ctx, SegmentRevisionsKey(ref.OrgID, ref.SegmentID), users...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("revisions of %d users in %d segments: %w", len(cs), len(order), err)
+	}
+	for _, ref := range order {
+		r := bySeg[ref]
+		for n, v := range r.cmd.Val() {
+			i := r.at[n]
+			out[i] = -1
+			if s, ok := v.(string); ok {
+				var err error
+				if out[i], err = strconv.ParseInt(s, 10, 64); err != nil {
+					return nil, fmt.Errorf("revision of %s in %s/%s: %w", cs[i].UserID, ref.OrgID, ref.SegmentID, err)
+				}
 			}
 		}
 	}

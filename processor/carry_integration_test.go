@@ -715,3 +715,66 @@ func TestReplayAfterDeletionPublishesNoEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayLeavesOutASupersededChange: a batch enters u1 and its instance
+// dies before publishing (its clock a minute behind, so the entry is old
+// to anyone who meets it). Before the batch is processed again, a write
+// of u1 decides the segment anew and is published. The replay must not
+// publish the killed batch's entry after that: a consumer that reads the
+// topic in order and drops repeated eventIds must end where the segment's
+// set is. When the later write is a backfill's, it is published first and
+// the entry is left out; when it is the stream's own (a later batch, killed
+// too), it is published after the replay, in the partition's order, and
+// both changes go out.
+func TestReplayLeavesOutASupersededChange(t *testing.T) {
+	for name, tt := range map[string]struct {
+		byBackfill bool
+		records    int64 // of the profile topic
+		want       []string
+	}{
+		"a backfill exits u1":    {true, 1, []string{"exited"}},
+		"a later batch exits u1": {false, 2, []string{"entered", "exited"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			seg := r.segment(t, "points", atLeast(1000))
+			behind := func() time.Time { return time.Now().Add(-time.Minute) }
+			stop := r.startWith(t, func(c *processor.Config) {
+				unpublished(1)(c)
+				c.Now = behind
+			})
+			o := r.org
+			r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`)
+			if tt.byBackfill {
+				r.waitVersion(t, "u1", 1)
+			} else {
+				r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":500}}`)
+				r.waitVersion(t, "u1", 2)
+			}
+			// The batches are projected, then the publication fails: wait
+			// for the projection of the last one.
+			deadline := time.Now().Add(10 * time.Second)
+			for r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val() != tt.byBackfill {
+				if time.Now().After(deadline) {
+					t.Fatal("the killed batches were not projected")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			stop()
+			if tt.byBackfill {
+				d := r.newCriteria(t, seg, atLeast(2000))
+				if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, o, compiled(t, d), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.startWith(t, func(c *processor.Config) { c.BatchSize = 1 })
+			r.waitCommitted(t, tt.records)
+			got := r.followed(t, seg, "u1", len(tt.want)+1, 3*time.Second)
+			member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val()
+			if !slices.Equal(got, tt.want) || member {
+				t.Errorf("the topic gives u1 %v (each eventId once), and u1 member = %v: want %v, and not a member", got, member, tt.want)
+			}
+		})
+	}
+}

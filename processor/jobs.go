@@ -28,7 +28,7 @@ type JobUsers interface {
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
-	SegmentRevisions(ctx context.Context, org, seg string, users []string) ([]int64, error)
+	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
 	IndexAll(ctx context.Context) (int64, error)
 }
 
@@ -872,7 +872,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
 		if len(retried) > 0 {
-			if changes, projections, err = j.dropSuperseded(ctx, org, changes, projections, retried); err != nil {
+			if changes, projections, err = j.dropSuperseded(ctx, changes, projections, retried); err != nil {
 				return err
 			}
 		}
@@ -892,51 +892,19 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 // dropSuperseded leaves out of changes (and of projections, index by
 // index) the earlier attempts' changes at retried that a later write of
 // the user, not published with them here, already decided again for their
-// segment: its change is projected (the segment's set holds a later
-// revision for the user) and so published or being published. Published
-// after it, the earlier change would leave a consumer that follows the
-// topic with it, the older one; the attempt died before publishing it,
-// and a consumer never sees it. A later write whose change goes out here,
-// after it, keeps it: the two then come in their order.
-func (j *Jobs) dropSuperseded(ctx context.Context, org string, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
-	type userRev struct {
-		user string
-		rev  int64
+// segment (see superseded): the attempt died before publishing them.
+// A later write whose change goes out here, after them, keeps them: the
+// two then come in their order.
+func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, projections []membership.Projection, retried []int) ([]events.Change, []membership.Projection, error) {
+	revs := make([]int64, len(projections))
+	for i, p := range projections {
+		revs[i] = p.Rev
 	}
-	here := make(map[userRev]bool, len(projections))
-	for _, p := range projections {
-		here[userRev{p.Change.UserID, p.Rev}] = true
+	drop, err := superseded(ctx, j.cfg.Users, changes, revs, retried, nil)
+	if err != nil {
+		return nil, nil, err
 	}
-	bySeg := map[string][]int{} // indexes in retried
-	for k, i := range retried {
-		bySeg[changes[i].SegmentID] = append(bySeg[changes[i].SegmentID], k)
-	}
-	drop := make(map[int]bool)
-	for seg, ks := range bySeg {
-		users := make([]string, len(ks))
-		for n, k := range ks {
-			users[n] = changes[retried[k]].UserID
-		}
-		revs, err := j.cfg.Users.SegmentRevisions(ctx, org, seg, users)
-		if err != nil {
-			return nil, nil, err
-		}
-		for n, k := range ks {
-			if i := retried[k]; revs[n] > projections[i].Rev && !here[userRev{users[n], revs[n]}] {
-				drop[i] = true
-			}
-		}
-	}
-	if len(drop) == 0 {
-		return changes, projections, nil
-	}
-	keptC, keptP := changes[:0:0], projections[:0:0]
-	for i := range changes {
-		if !drop[i] {
-			keptC, keptP = append(keptC, changes[i]), append(keptP, projections[i])
-		}
-	}
-	return keptC, keptP, nil
+	return without(changes, drop), without(projections, drop), nil
 }
 
 // settleChanges projects and publishes changes already written, leaving
@@ -1205,7 +1173,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		for i := range all {
 			all[i] = i
 		}
-		changes, projections, err := j.dropSuperseded(ctx, org, changes, projections, all)
+		changes, projections, err := j.dropSuperseded(ctx, changes, projections, all)
 		if err != nil {
 			return 0, err
 		}

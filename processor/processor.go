@@ -79,6 +79,7 @@ type UserStore interface {
 	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
 	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
+	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
@@ -670,6 +671,10 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 	if snap == nil {
 		return nil, errors.New("segment definitions not loaded yet")
 	}
+	// earlier holds the indexes in wb.changes of changes that earlier
+	// writes decided, and outboxes their users' outboxes as loaded.
+	var earlier []int
+	outboxes := map[membership.UserRef][]membership.OutboxEntry{}
 	pending := order
 	for round := 0; len(pending) > 0; round++ {
 		if round == maxConflicts {
@@ -728,6 +733,13 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			} else if !w.cached && states[i].Unreadable == nil {
 				p.cache.put(w.ref, states[i])
 			}
+			for k, rev := range r.revs {
+				// Decided by an earlier write: replayed, or raced.
+				if rev <= states[i].Rev {
+					earlier = append(earlier, len(wb.changes)+k)
+					outboxes[w.ref] = states[i].Outbox
+				}
+			}
 			wb.changes = append(wb.changes, r.changes...)
 			wb.revs = append(wb.revs, r.revs...)
 			wb.projections = append(wb.projections, r.projections...)
@@ -763,7 +775,33 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 		pending = conflicted
 		step("write") // the write and what it settles
 	}
+	if err := p.dropSuperseded(ctx, wb, earlier, outboxes); err != nil {
+		m.redisError()
+		return nil, err
+	}
 	return wb, nil
+}
+
+// dropSuperseded leaves out of the batch's changes those at earlier (see
+// superseded) that a backfill or a timer has decided again since: a replay
+// of a batch whose instance died before publishing it comes after the
+// rebalance, seconds later, and the job's change may be out by then. A
+// later write of the stream is published after the replay, in the order of
+// the partition's records (its entry is still in the user's outbox, among
+// the user's loaded outbox), and keeps it.
+func (p *Processor) dropSuperseded(ctx context.Context, wb *written, earlier []int, outboxes map[membership.UserRef][]membership.OutboxEntry) error {
+	stream := func(i int, later int64) bool {
+		c := wb.changes[i]
+		return slices.ContainsFunc(outboxes[membership.UserRef{OrgID: c.OrgID, UserID: c.UserID}], func(e membership.OutboxEntry) bool {
+			return e.Rev == later && streamEntry(e)
+		})
+	}
+	drop, err := superseded(ctx, p.cfg.Users, wb.changes, wb.revs, earlier, stream)
+	if err != nil {
+		return err
+	}
+	wb.changes, wb.revs = without(wb.changes, drop), without(wb.revs, drop)
+	return nil
 }
 
 // states returns the stored state of each user: from the cache when it
