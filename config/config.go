@@ -83,15 +83,26 @@ var Vars = []Var{
 
 // Error is a configuration error naming the variable at fault.
 type Error struct {
-	Var    string
-	Value  string
+	// Var is the variable at fault, and Value the value it was given.
+	Var, Value string
+	// Reason says what is wrong with the value.
 	Reason string
+	// Err, when not nil, is the error that showed it (a refused listen, an
+	// unreachable broker): its text follows the reason.
+	Err error
 }
 
 // Error says which variable is wrong, its value and why, in one line.
 func (e *Error) Error() string {
-	return fmt.Sprintf("config: %s=%q: %s", e.Var, e.Value, e.Reason)
+	msg := fmt.Sprintf("config: %s=%q: %s", e.Var, e.Value, e.Reason)
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
 }
+
+// Unwrap returns the error that showed the value wrong, if any.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Load reads and validates segmentd's configuration through getenv.
 func Load(getenv func(string) string) (Config, error) { return load(getenv, true) }
@@ -116,9 +127,9 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	var err error
 	c.HTTPAddr = get("SEGMENTD_HTTP_ADDR")
 	if _, port, e := net.SplitHostPort(c.HTTPAddr); e != nil {
-		return c, &Error{"SEGMENTD_HTTP_ADDR", c.HTTPAddr, "want host:port"}
+		return c, &Error{Var: "SEGMENTD_HTTP_ADDR", Value: c.HTTPAddr, Reason: "want host:port"}
 	} else if !validPort(port) {
-		return c, &Error{"SEGMENTD_HTTP_ADDR", c.HTTPAddr, "want a port from 1 to 65535"}
+		return c, &Error{Var: "SEGMENTD_HTTP_ADDR", Value: c.HTTPAddr, Reason: "want a port from 1 to 65535"}
 	}
 	if c.KafkaBrokers, err = addrList("SEGMENTD_KAFKA_BROKERS", get("SEGMENTD_KAFKA_BROKERS")); err != nil {
 		return c, err
@@ -130,7 +141,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	// Not trimmed: a password may begin or end with a space.
 	c.RedisPassword = getenv("SEGMENTD_REDIS_PASSWORD")
 	if c.RedisUsername != "" && c.RedisPassword == "" {
-		return c, &Error{"SEGMENTD_REDIS_USERNAME", c.RedisUsername, "needs SEGMENTD_REDIS_PASSWORD"}
+		return c, &Error{Var: "SEGMENTD_REDIS_USERNAME", Value: c.RedisUsername, Reason: "needs SEGMENTD_REDIS_PASSWORD"}
 	}
 	topicOf := map[string]string{} // topic name to the variable that gave it
 	for _, t := range []struct {
@@ -143,15 +154,15 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	} {
 		v := get(t.name)
 		if !validTopic(v) {
-			return c, &Error{t.name, v, "a topic name is 1-249 characters of [a-zA-Z0-9._-]"}
+			return c, &Error{Var: t.name, Value: v, Reason: "a topic name is 1-249 characters of [a-zA-Z0-9._-]"}
 		}
 		if other, ok := topicOf[v]; ok {
-			return c, &Error{t.name, v, "the same topic as " + other + ": profile, membership and DLQ topics must differ"}
+			return c, &Error{Var: t.name, Value: v, Reason: "the same topic as " + other + ": profile, membership and DLQ topics must differ"}
 		}
 		// Kafka refuses to create a topic whose name differs from another's
 		// only by '.' against '_' (they collide in its metrics' names).
 		if other, ok := topicOf[topicMetricName(v)]; ok {
-			return c, &Error{t.name, v, "collides with the topic of " + other + ": Kafka takes '.' and '_' for the same character in topic names"}
+			return c, &Error{Var: t.name, Value: v, Reason: "collides with the topic of " + other + ": Kafka takes '.' and '_' for the same character in topic names"}
 		}
 		topicOf[v] = t.name
 		topicOf[topicMetricName(v)] = t.name
@@ -162,7 +173,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 		return c, err
 	}
 	if daemon && !c.Embedded() && len(c.APIKeys) == 0 {
-		return c, &Error{"SEGMENTD_API_KEYS", "", "required when Kafka and Redis are external"}
+		return c, &Error{Var: "SEGMENTD_API_KEYS", Value: "", Reason: "required when Kafka and Redis are external"}
 	}
 	if c.BatchSize, err = positiveInt("SEGMENTD_BATCH_SIZE", get("SEGMENTD_BATCH_SIZE"), 100000); err != nil {
 		return c, err
@@ -175,7 +186,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 	}
 	v := get("SEGMENTD_EMBEDDED_EPHEMERAL")
 	if c.EmbeddedEphemeral, err = strconv.ParseBool(v); err != nil {
-		return c, &Error{"SEGMENTD_EMBEDDED_EPHEMERAL", v, "want true or false (or 1 or 0)"}
+		return c, &Error{Var: "SEGMENTD_EMBEDDED_EPHEMERAL", Value: v, Reason: "want true or false (or 1 or 0)"}
 	}
 	// Bounds that catch a unit mistyped (1h for 1ms): a batch that waits
 	// seconds to fill holds every event that long.
@@ -193,7 +204,7 @@ func load(getenv func(string) string, daemon bool) (Config, error) {
 		v := get(d.name)
 		x, e := time.ParseDuration(v)
 		if e != nil || x < d.min || x > d.max {
-			return c, &Error{d.name, v, "want a duration " + d.want}
+			return c, &Error{Var: d.name, Value: v, Reason: "want a duration " + d.want}
 		}
 		*d.dst = x
 	}
@@ -213,14 +224,14 @@ func addrList(name, v string) ([]string, error) {
 		a = strings.TrimSpace(a)
 		if strings.Contains(a, "@") {
 			// A URL with credentials: they are not echoed.
-			return nil, &Error{name, "<redacted>", "an address is host:port, without a scheme or credentials (Redis's go in SEGMENTD_REDIS_USERNAME and SEGMENTD_REDIS_PASSWORD)"}
+			return nil, &Error{Var: name, Value: "<redacted>", Reason: "an address is host:port, without a scheme or credentials (Redis's go in SEGMENTD_REDIS_USERNAME and SEGMENTD_REDIS_PASSWORD)"}
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" {
-			return nil, &Error{name, v, fmt.Sprintf("%q is not host:port", a)}
+			return nil, &Error{Var: name, Value: v, Reason: fmt.Sprintf("%q is not host:port", a)}
 		}
 		if !validPort(port) {
-			return nil, &Error{name, v, fmt.Sprintf("%q has no valid port", a)}
+			return nil, &Error{Var: name, Value: v, Reason: fmt.Sprintf("%q has no valid port", a)}
 		}
 		out = append(out, a)
 	}
@@ -243,20 +254,20 @@ func apiKeys(v string) (map[string]string, error) {
 		org, key = strings.TrimSpace(org), strings.TrimSpace(key)
 		// The value holds secrets: name the pair by position, never echo it.
 		if !ok || org == "" || key == "" {
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d is not orgId:key", i+1)}
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d is not orgId:key", i+1)}
 		}
 		if !ValidID(org) {
 			// Not quoted: a pair written the wrong way round has its key there.
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: its orgId (before the first colon) must be 1-100 characters of [a-zA-Z0-9_.-]", i+1)}
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: its orgId (before the first colon) must be 1-100 characters of [a-zA-Z0-9_.-]", i+1)}
 		}
 		if len(key) < 16 {
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}
 		}
 		if strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key holds a control character (a line break? pairs are separated by commas)", i+1)}
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key holds a control character (a line break? pairs are separated by commas)", i+1)}
 		}
 		if _, dup := keys[key]; dup {
-			return nil, &Error{"SEGMENTD_API_KEYS", "<redacted>", fmt.Sprintf("pair %d: key used twice", i+1)}
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key used twice", i+1)}
 		}
 		keys[key] = org
 	}
@@ -268,7 +279,7 @@ func positiveInt(name, v string, max int) (int, error) { return boundedInt(name,
 func boundedInt(name, v string, lo, hi int) (int, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < lo || n > hi {
-		return 0, &Error{name, v, fmt.Sprintf("want an integer from %d to %d", lo, hi)}
+		return 0, &Error{Var: name, Value: v, Reason: fmt.Sprintf("want an integer from %d to %d", lo, hi)}
 	}
 	return n, nil
 }

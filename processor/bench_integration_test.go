@@ -253,7 +253,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(float64(updates)/(all-created).Seconds(), "updates/s")
 	b.ReportMetric(float64(total)/all.Seconds(), "events/s")
 	b.ReportMetric(counterSum(b, r.reg, "segmentd_membership_changes_total")/float64(total), "changes/event")
-	h := snapshotHistogram(b, r.reg, "segmentd_batch_size")
+	h := snapshotHistogram(b, r.reg, "segmentd_batch_events")
 	b.ReportMetric(h.GetSampleSum()/float64(max(1, h.GetSampleCount())), "events/batch")
 	logSteps(b, r.reg)
 }
@@ -263,7 +263,7 @@ func logSteps(b *testing.B, reg *prometheus.Registry) {
 	for step, h := range stepHistograms(b, reg) {
 		b.Logf("step %-9s %8.1f ms/batch", step, 1000*h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
 	}
-	h := snapshotHistogram(b, reg, "segmentd_batch_size")
+	h := snapshotHistogram(b, reg, "segmentd_batch_events")
 	b.Logf("%.0f events per batch", h.GetSampleSum()/float64(max(1, h.GetSampleCount())))
 	b.Logf("user cache: %.0f hits, %.0f misses", cacheLookups(b, reg, "hit"), cacheLookups(b, reg, "miss"))
 }

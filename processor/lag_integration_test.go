@@ -45,7 +45,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 }
 
 // TestLagDuringOutage: while Redis fails and events pile up
-// unprocessed, segmentd_consumer_lag must show the backlog.
+// unprocessed, segmentd_consumer_lag_events must show the backlog.
 func TestLagDuringOutage(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
@@ -66,16 +66,16 @@ func TestLagDuringOutage(t *testing.T) {
 	}
 	r.produceEvents(t, evs)
 	time.Sleep(8 * time.Second)
-	lag := gauge(t, reg, "segmentd_consumer_lag")
+	lag := gauge(t, reg, "segmentd_consumer_lag_events")
 	t.Logf("lag during the outage: %v (6000 events unprocessed)", lag)
 	if lag < 1000 {
-		t.Errorf("segmentd_consumer_lag is %v with 6000 events unprocessed", lag)
+		t.Errorf("segmentd_consumer_lag_events is %v with 6000 events unprocessed", lag)
 	}
 	fw.fail.Store(false)
 	r.waitCommitted(t, 6001)
-	for deadline := time.Now().Add(15 * time.Second); gauge(t, reg, "segmentd_consumer_lag") != 0; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(15 * time.Second); gauge(t, reg, "segmentd_consumer_lag_events") != 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("segmentd_consumer_lag is %v once everything is processed", gauge(t, reg, "segmentd_consumer_lag"))
+			t.Fatalf("segmentd_consumer_lag_events is %v once everything is processed", gauge(t, reg, "segmentd_consumer_lag_events"))
 		}
 	}
 }

@@ -45,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Membership changes published, by direction (entered, exited) and cause.",
 		}, []string{"direction", "cause"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "segmentd_batch_size",
+			Name:    "segmentd_batch_events",
 			Help:    "Profile events per processed batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
 		}),
@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: prometheus.ExponentialBucketsRange(0.0005, 60, 64),
 		}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "segmentd_consumer_lag",
+			Name: "segmentd_consumer_lag_events",
 			Help: "Profile events not yet processed in the partitions this instance reads: fetched and not finished, or not fetched yet.",
 		}),
 		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -142,7 +142,7 @@ type Processor struct {
 	// to clear it, so it counts for fetchFailureWindow only.
 	fetchFailed atomic.Int64
 	// lag tracks, per partition read, its end and the next record not yet
-	// finished, for segmentd_consumer_lag.
+	// finished, for segmentd_consumer_lag_events.
 	lag lagTracker
 }
 

@@ -496,7 +496,7 @@ func TestBatchStepsObservedOnce(t *testing.T) {
 				for _, m := range mf.GetMetric() {
 					out[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
 				}
-			case "segmentd_batch_size":
+			case "segmentd_batch_events":
 				out["batches"] = mf.GetMetric()[0].GetHistogram().GetSampleCount()
 			}
 		}

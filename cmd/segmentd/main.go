@@ -62,7 +62,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	// the words of the configuration, before any server is started.
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
-		return &config.Error{Var: "SEGMENTD_HTTP_ADDR", Value: cfg.HTTPAddr, Reason: err.Error()}
+		return &config.Error{Var: "SEGMENTD_HTTP_ADDR", Value: cfg.HTTPAddr, Reason: "cannot listen there", Err: err}
 	}
 	defer ln.Close() // served and closed by the HTTP server, unless start-up fails before
 	if getenv("GOGC") == "" {
@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			Ephemeral: cfg.EmbeddedEphemeral})
 		if errors.Is(err, syscall.EADDRINUSE) && !cfg.EmbeddedEphemeral {
 			return &config.Error{Var: "SEGMENTD_EMBEDDED_EPHEMERAL", Value: getenv("SEGMENTD_EMBEDDED_EPHEMERAL"),
-				Reason: err.Error() + " (another segmentd running? set it to true for free ports, which this segmentd prints for segmentctl)"}
+				Reason: "the embedded servers' fixed ports are taken (another segmentd running? set it to true for free ports, which this segmentd prints for segmentctl)", Err: err}
 		}
 		if err != nil {
 			return err
@@ -131,7 +131,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err := reach(ctx, func(ctx context.Context) error { return kafkaio.Ping(ctx, cfg.KafkaBrokers) }); ctx.Err() != nil {
 		return nil
 	} else if err != nil {
-		return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka not reachable there: " + err.Error()}
+		return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka not reachable there", Err: err}
 	}
 	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); ctx.Err() != nil {
 		return nil

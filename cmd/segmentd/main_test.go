@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,8 +47,8 @@ func TestAddressInUse(t *testing.T) {
 	env := map[string]string{"SEGMENTD_HTTP_ADDR": held.Addr().String()}
 	err = run(context.Background(), nil, func(k string) string { return env[k] })
 	var ce *config.Error
-	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_HTTP_ADDR" {
-		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_HTTP_ADDR", err)
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_HTTP_ADDR" || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_HTTP_ADDR, wrapping the refused listen", err)
 	}
 }
 
