@@ -26,7 +26,7 @@ func TestDamagedSegmentSetHoldsNothingUp(t *testing.T) {
 	r.start(t)
 	o := r.org
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":2000}}`)
-	time.Sleep(2 * time.Second)
+	r.waitVersion(t, "u1", 1) // written: its projection is what meets the damaged set
 	r.produce(t, `{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"tier":"gold"}}`)
 	for deadline := time.Now().Add(20 * time.Second); members(t, rdb, membership.SegmentMembersKey(o, b)) != "u2"; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
