@@ -137,22 +137,12 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	now := s.now().UTC()
 	d := segment.Definition{
 		OrgID:     org,
-		Name:      *b.Name,
 		Type:      segment.Type(*b.Type),
 		UserIDs:   b.UserIDs,
 		CreatedAt: now,
 		UpdatedAt: now,
 	}
-	if b.Description != nil {
-		d.Description = *b.Description
-	}
-	if b.URL != nil {
-		d.URL = *b.URL
-	}
-	if b.Criteria != nil {
-		d.Criteria = *b.Criteria
-	}
-	d.Normalize()
+	b.applyTo(&d)
 	// The size first: compiling criteria of megabytes costs as much.
 	err = segment.CheckSize(d.Criteria)
 	if err == nil {
@@ -621,21 +611,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	// apply puts the body's fields on d; it runs again on every
 	// compare-and-set retry, on the definition as freshly read.
-	apply := func(d *segment.Definition) {
-		if b.Name != nil {
-			d.Name = *b.Name
-		}
-		if b.Description != nil {
-			d.Description = *b.Description
-		}
-		if b.URL != nil {
-			d.URL = *b.URL
-		}
-		if b.Criteria != nil {
-			d.Criteria = *b.Criteria
-		}
-		d.Normalize()
-	}
+	apply := b.applyTo
 	next := cur
 	apply(&next)
 	next.UserIDs = b.UserIDs

@@ -214,6 +214,24 @@ type segmentBody struct {
 	UserIDs     []string // nil when absent
 }
 
+// applyTo puts the body's editable fields that are present on d, and
+// normalises d.
+func (b segmentBody) applyTo(d *segment.Definition) {
+	if b.Name != nil {
+		d.Name = *b.Name
+	}
+	if b.Description != nil {
+		d.Description = *b.Description
+	}
+	if b.URL != nil {
+		d.URL = *b.URL
+	}
+	if b.Criteria != nil {
+		d.Criteria = *b.Criteria
+	}
+	d.Normalize()
+}
+
 var segmentBodyFields = map[string]bool{
 	"name": true, "description": true, "url": true, "type": true, "criteria": true, "userIds": true,
 }
