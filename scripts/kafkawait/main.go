@@ -13,6 +13,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -21,29 +22,38 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
 )
 
 func main() {
-	brokers := flag.String("brokers", "127.0.0.1:19092", "comma-separated Kafka brokers, host:port")
-	timeout := flag.Duration("timeout", 120*time.Second, "how long to wait in all")
-	flag.Parse()
+	if err := run(context.Background(), os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "kafkawait:", err)
+		os.Exit(1)
+	}
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+// run waits as the flags in args say, and returns the last error when the
+// timeout passes first.
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("kafkawait", flag.ContinueOnError)
+	brokers := fs.String("brokers", "127.0.0.1:19092", "comma-separated Kafka brokers, host:port")
+	timeout := fs.Duration("timeout", 120*time.Second, "how long to wait in all")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	addrs := strings.Split(*brokers, ",")
+	// A broker starting answers within seconds: ask often, and the same
+	// every time.
 	var last error
-	for {
-		if last = ready(ctx, addrs); last == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			fmt.Fprintf(os.Stderr, "kafkawait: Kafka at %s not ready within %s: %v\n", *brokers, *timeout, last)
-			os.Exit(1)
-		case <-time.After(250 * time.Millisecond):
-		}
+	err := backoff.Retry(func() error { last = ready(ctx, addrs); return last }, backoff.WithContext(backoff.NewConstantBackOff(250*time.Millisecond), ctx))
+	if err != nil {
+		// The retry ends with the timeout's error: the broker's says more.
+		return fmt.Errorf("Kafka at %s not ready within %s: %w", *brokers, *timeout, cmp.Or(last, err))
 	}
+	return nil
 }
 
 // ready returns nil when every broker in addrs lists at least one broker in
