@@ -1094,11 +1094,29 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 	}
 	return seg, func(pub processor.ChangePublisher, now time.Time) {
 		// Rounds go on until no timer is left due, however slow the machine
-		// (the default stops them after a second, for the next tick).
-		// Bounded: with a failing publisher a round retries until its
-		// context ends.
-		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(briefly(t))
+		// (the default stops them after a second, for the next tick). A
+		// publisher that fails makes a round retry until its context ends:
+		// it ends 2 s after the first failure.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
+		r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
 	}
+}
+
+// cutOnFailure calls cancel 2 s after its publisher first fails.
+type cutOnFailure struct {
+	processor.ChangePublisher
+	cancel func()
+	once   sync.Once
+}
+
+func (c *cutOnFailure) Publish(ctx context.Context, cs []events.Change) error {
+	err := c.ChangePublisher.Publish(ctx, cs)
+	if err != nil {
+		c.once.Do(func() { time.AfterFunc(2*time.Second, c.cancel) })
+	}
+	return err
 }
 
 // readHook runs before its first ViewUsers call reads, once.
