@@ -30,9 +30,14 @@ const (
 )
 
 type audienceJSON struct {
-	Count      int64    `json:"count"`
-	UserIDs    []string `json:"userIds"`
-	NextCursor *string  `json:"nextCursor"`
+	// Count is the exact number of stored users the criteria match.
+	Count int64 `json:"count"`
+	// UserIDs are the first matching user ids after the cursor, in ascending
+	// order; empty, never null, when none match.
+	UserIDs []string `json:"userIds"`
+	// NextCursor is the cursor of the next page, nil (null) after the last
+	// page.
+	NextCursor *string `json:"nextCursor"`
 }
 
 // DefaultAudienceTimeout bounds one audience search unless

@@ -40,17 +40,25 @@ const (
 // errorBody is the JSON of every error:
 // {"error": {"code": "…", "message": "…", "details": [{"field": "…", "message": "…"}]}}.
 type errorBody struct {
+	// Error is the error itself.
 	Error errorObject `json:"error"`
 }
 
 type errorObject struct {
-	Code    string        `json:"code"`
-	Message string        `json:"message"`
+	// Code is the machine-readable error code, such as "validation_failed".
+	Code string `json:"code"`
+	// Message is the human-readable description of the error.
+	Message string `json:"message"`
+	// Details lists the field errors of a request that failed validation;
+	// empty, never null, for other errors.
 	Details []errorDetail `json:"details"`
 }
 
 type errorDetail struct {
-	Field   string `json:"field"`
+	// Field names the request field at fault, as a JSON path
+	// ("criteria.include[0].value").
+	Field string `json:"field"`
+	// Message says what is wrong with the field.
 	Message string `json:"message"`
 }
 

@@ -10,8 +10,13 @@ import (
 
 // evaluationJSON is the answer of POST /v1/segments/{id}/evaluate.
 type evaluationJSON struct {
-	Member  bool            `json:"member"`
+	// Member reports whether the user is a member of the segment.
+	Member bool `json:"member"`
+	// Include is the outcome of each include criterion, in order; empty for a
+	// static segment.
 	Include []criterionEval `json:"include"`
+	// Exclude is the outcome of each exclude criterion, in order; empty for a
+	// static segment.
 	Exclude []criterionEval `json:"exclude"`
 }
 
@@ -19,10 +24,15 @@ type evaluationJSON struct {
 // matched, whether the field was present (and not null), and the value seen
 // there (null when missing).
 type criterionEval struct {
+	// Criterion is the criterion evaluated.
 	Criterion criterionJSON
-	Matched   bool
-	Present   bool
-	Seen      any
+	// Matched reports whether the criterion matched the profile.
+	Matched bool
+	// Present reports whether the profile holds the criterion's field with a
+	// value other than null.
+	Present bool
+	// Seen is the value of the field in the profile, nil when it is missing.
+	Seen any
 }
 
 // MarshalJSON writes {"field", "operator", "value", "matched", "present",

@@ -56,8 +56,11 @@ func (s *Server) isMember(w http.ResponseWriter, r *http.Request) {
 // userSegmentJSON is one segment in the answer of GET
 // /v1/users/{userId}/segments.
 type userSegmentJSON struct {
-	ID   string `json:"id"`
+	// ID is the segment's id.
+	ID string `json:"id"`
+	// Name is the segment's display name.
 	Name string `json:"name"`
+	// Type is "static" or "dynamic".
 	Type string `json:"type"`
 }
 
@@ -88,9 +91,14 @@ func (s *Server) userSegments(w http.ResponseWriter, r *http.Request) {
 
 // membersEditJSON is the answer of POST /v1/segments/{id}/members.
 type membersEditJSON struct {
-	Added   int   `json:"added"`
-	Removed int   `json:"removed"`
-	Size    int64 `json:"size"`
+	// Added is how many users the edit added: ids of add that were not
+	// members already.
+	Added int `json:"added"`
+	// Removed is how many users the edit removed: ids of remove that were
+	// members.
+	Removed int `json:"removed"`
+	// Size is the segment's exact size after the edit.
+	Size int64 `json:"size"`
 }
 
 // editMembers serves POST /v1/segments/{id}/members on static segments:

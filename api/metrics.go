@@ -77,6 +77,7 @@ func (s *Server) instrument(route string, h http.Handler) http.Handler {
 
 // statusWriter remembers the status code written through it.
 type statusWriter struct {
+	// ResponseWriter is the writer the status code is passed on to.
 	http.ResponseWriter
 	code int
 }

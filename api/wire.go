@@ -206,12 +206,17 @@ func decodeStrings(fe *fieldErrors, field string, raw json.RawMessage) ([]string
 // segmentBody is the body of POST and PUT /v1/segments: a field is nil when
 // absent.
 type segmentBody struct {
-	Name        *string
+	// Name is the segment's name.
+	Name *string
+	// Description is the segment's description; null counts as empty.
 	Description *string
-	URL         *string
-	Type        *string
-	Criteria    *segment.Criteria
-	UserIDs     []string // nil when absent
+	// URL is the segment's url; null counts as empty.
+	URL *string
+	// Type is "static" or "dynamic".
+	Type *string
+	// Criteria are the criteria of a dynamic segment.
+	Criteria *segment.Criteria
+	UserIDs  []string // nil when absent
 }
 
 // applyTo puts the body's editable fields that are present on d, and
@@ -333,32 +338,57 @@ func decodeCriterion(fe *fieldErrors, at string, raw json.RawMessage) (segment.C
 
 // segmentJSON is a segment as the API shows it.
 type segmentJSON struct {
-	ID            string        `json:"id"`
-	Name          string        `json:"name"`
-	Description   *string       `json:"description"`
-	Type          string        `json:"type"`
-	Criteria      *criteriaJSON `json:"criteria,omitempty"`
-	UserIDs       *[]string     `json:"userIds,omitempty"`
-	URL           *string       `json:"url"`
-	EstimatedSize int64         `json:"estimatedSize"`
-	Size          int64         `json:"size"`
-	Status        string        `json:"status"`
-	Progress      *progressJSON `json:"progress,omitempty"`
-	CreatedAt     string        `json:"createdAt"`
-	UpdatedAt     string        `json:"updatedAt"`
+	// ID is the segment's id.
+	ID string `json:"id"`
+	// Name is the segment's display name.
+	Name string `json:"name"`
+	// Description is the segment's description, nil (null) when it has none.
+	Description *string `json:"description"`
+	// Type is "static" or "dynamic".
+	Type string `json:"type"`
+	// Criteria are the criteria of a dynamic segment, nil (left out) for a
+	// static one.
+	Criteria *criteriaJSON `json:"criteria,omitempty"`
+	// UserIDs is the list of a static segment where the answer shows it (a
+	// create, a get of one segment), nil (left out) otherwise.
+	UserIDs *[]string `json:"userIds,omitempty"`
+	// URL is the segment's url, nil (null) when it has none.
+	URL *string `json:"url"`
+	// EstimatedSize is the size last copied from the exact size by the
+	// periodic refresh, 0 until the first.
+	EstimatedSize int64 `json:"estimatedSize"`
+	// Size is the segment's exact size (SCARD of its member set).
+	Size int64 `json:"size"`
+	// Status is "building" or "ready".
+	Status string `json:"status"`
+	// Progress is how far the backfill has come, for a dynamic segment being
+	// built; nil (left out) otherwise.
+	Progress *progressJSON `json:"progress,omitempty"`
+	// CreatedAt is when the segment was created, in UTC with milliseconds
+	// (timeFormat).
+	CreatedAt string `json:"createdAt"`
+	// UpdatedAt is when the segment last changed, in UTC with milliseconds
+	// (timeFormat).
+	UpdatedAt string `json:"updatedAt"`
 }
 
 type criteriaJSON struct {
+	// Include are the criteria a member must all match.
 	Include []criterionJSON `json:"include"`
+	// Exclude are the criteria a member must match none of.
 	Exclude []criterionJSON `json:"exclude"`
 }
 
 // criterionJSON is a criterion as shown; "value" is left out when the
 // criterion has none.
 type criterionJSON struct {
-	Field    string
+	// Field is the profile field the criterion reads.
+	Field string
+	// Operator is the criterion's comparison, such as "in" or ">=".
 	Operator string
-	Value    any
+	// Value is the value the field is compared with, when HasValue.
+	Value any
+	// HasValue reports whether the criterion has a value, null included.
 	HasValue bool
 }
 
@@ -404,6 +434,7 @@ func optString(s string) *string {
 
 // progressJSON is how far the backfill of a building segment has come.
 type progressJSON struct {
+	// UsersScanned is how many users the backfill has evaluated so far.
 	UsersScanned int64 `json:"usersScanned"`
 }
 
@@ -432,7 +463,10 @@ func segmentOut(d segment.Definition, size int64, userIDs []string) segmentJSON 
 
 // listJSON is a page of a list: {"data": [...], "nextCursor": "…" or null}.
 type listJSON[T any] struct {
-	Data       []T     `json:"data"`
+	// Data holds the page's items; empty, never null, when there are none.
+	Data []T `json:"data"`
+	// NextCursor is the cursor of the next page, nil (null) after the last
+	// page.
 	NextCursor *string `json:"nextCursor"`
 }
 

@@ -23,11 +23,19 @@ type Config struct {
 	// empty: the default user.
 	RedisUsername string
 	// RedisPassword authenticates to Redis (AUTH); empty: no AUTH.
-	RedisPassword   string
-	ProfileTopic    string
+	RedisPassword string
+	// ProfileTopic is the input topic of profile events (default
+	// "profile-events").
+	ProfileTopic string
+	// MembershipTopic is the output topic of membership change events
+	// (default "segment-membership").
 	MembershipTopic string
-	DLQTopic        string
-	GroupID         string
+	// DLQTopic is the dead-letter topic of undecodable or invalid input
+	// (default "profile-events-dlq").
+	DLQTopic string
+	// GroupID is the Kafka consumer group the instances share (default
+	// "segmentd").
+	GroupID string
 	// APIKeys maps API keys to organisation ids. Empty in embedded mode means
 	// one development key is generated and printed at start.
 	APIKeys map[string]string
@@ -55,9 +63,14 @@ func (c Config) Embedded() bool { return len(c.KafkaBrokers) == 0 || len(c.Redis
 
 // Var describes one configuration variable.
 type Var struct {
-	Name    string
+	// Name is the environment variable, such as "SEGMENTD_HTTP_ADDR".
+	Name string
+	// Default is the value used when the variable is unset or blank, empty
+	// for none.
 	Default string
-	Usage   string
+	// Usage says in a few words what the variable sets, for segmentd's
+	// usage message.
+	Usage string
 }
 
 // Vars lists every variable segmentd reads, in the order of the contract.

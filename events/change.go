@@ -35,13 +35,18 @@ type Cause struct {
 
 // Change is one user entering or leaving one segment.
 type Change struct {
-	OrgID     string
+	// OrgID is the organisation of the segment and the user.
+	OrgID string
+	// SegmentID is the segment the user entered or left.
 	SegmentID string
-	UserID    string
+	// UserID is the user whose membership changed.
+	UserID string
 	// Entered is true for an entry and false for an exit.
 	Entered bool
-	At      time.Time
-	Cause   Cause
+	// At is when the change was decided, published in UTC with milliseconds.
+	At time.Time
+	// Cause says why the membership changed.
+	Cause Cause
 }
 
 // Direction returns Entered or Exited.
@@ -71,19 +76,30 @@ func (c Change) EventID() string {
 
 // changeWire is the JSON of a membership-change event on the output topic.
 type changeWire struct {
-	EventID   string    `json:"eventId"`
-	OrgID     string    `json:"orgId"`
-	SegmentID string    `json:"segmentId"`
-	UserID    string    `json:"userId"`
-	Change    string    `json:"change"`
-	At        string    `json:"at"`
-	Cause     causeWire `json:"cause"`
+	// EventID is the change's id, from Change.EventID.
+	EventID string `json:"eventId"`
+	// OrgID is the organisation of the segment and the user.
+	OrgID string `json:"orgId"`
+	// SegmentID is the segment the user entered or left.
+	SegmentID string `json:"segmentId"`
+	// UserID is the user whose membership changed.
+	UserID string `json:"userId"`
+	// Change is Entered or Exited.
+	Change string `json:"change"`
+	// At is when the change was decided, RFC 3339 in UTC with milliseconds.
+	At string `json:"at"`
+	// Cause says why the membership changed.
+	Cause causeWire `json:"cause"`
 }
 
 type causeWire struct {
-	Type    string `json:"type"`
+	// Type is one of the Cause constants.
+	Type string `json:"type"`
+	// EventID is the event, revision or request that caused the change; left
+	// out when empty.
 	EventID string `json:"eventId,omitempty"`
-	Version int64  `json:"version,omitempty"`
+	// Version is the profile version that caused the change; left out when 0.
+	Version int64 `json:"version,omitempty"`
 }
 
 // EncodeChange returns the JSON value of the membership-change event for c.
@@ -132,7 +148,9 @@ func appendString(b []byte, s string) []byte {
 
 // DecodedChange is a membership-change event read back from the output topic.
 type DecodedChange struct {
+	// EventID is the event's id as published.
 	EventID string
+	// Change is the membership change the event carries.
 	Change
 }
 

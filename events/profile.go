@@ -26,12 +26,18 @@ const (
 
 // ProfileEvent is a decoded, validated profile change.
 type ProfileEvent struct {
+	// EventID is the event's eventId; empty when the event has none, until
+	// DeriveID gives it one.
 	EventID string
-	Type    string
-	OrgID   string
-	UserID  string
+	// Type is ProfileCreated, ProfileUpdated or ProfileDeleted.
+	Type string
+	// OrgID is the organisation the user belongs to.
+	OrgID string
+	// UserID is the user whose profile changed.
+	UserID string
 	// Version orders one user's events; meaningful only when HasVersion.
-	Version    int64
+	Version int64
+	// HasVersion reports whether the event carries a version.
 	HasVersion bool
 	// OccurredAt is the producer's timestamp, zero when absent.
 	OccurredAt time.Time
@@ -70,7 +76,10 @@ func (e *ProfileEvent) DeriveID(topic string, partition int, offset int64, at ti
 // InvalidError says why an input record is not a valid profile event. It is
 // permanent: the record goes to the dead-letter topic.
 type InvalidError struct {
-	Field  string
+	// Field names the event field at fault, empty when the fault is the
+	// record as a whole (not a JSON object).
+	Field string
+	// Reason says what is wrong.
 	Reason string
 }
 
@@ -90,6 +99,8 @@ func IsInvalid(err error) bool {
 
 // profileWire holds the fields of a profile event as read from JSON.
 type profileWire struct {
+	// EventID, Type, OrgID, UserID and OccurredAt are the text of the event's
+	// fields of those names, empty when absent.
 	EventID, Type, OrgID, UserID, OccurredAt string
 	// Version is the number's text; empty when absent or null.
 	Version string

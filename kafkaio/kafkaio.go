@@ -339,6 +339,7 @@ func dial(ctx context.Context, brokers []string) (*closingConn, error) {
 // Conn methods take no context, and a caller stopped (a signal during
 // start-up) must not wait for a broker that does not answer.
 type closingConn struct {
+	// Conn is the connection, closed when the context ends.
 	*kafka.Conn
 	stop func() bool
 }
@@ -388,7 +389,11 @@ func Partitions(ctx context.Context, brokers []string, topic string) ([]int, err
 
 // Span is the offsets a partition holds: from First up to End, the offset
 // its next record will take.
-type Span struct{ First, End int64 }
+type Span struct {
+	// First is the offset of the partition's oldest record, and End the
+	// offset its next record will take; First == End when it holds none.
+	First, End int64
+}
 
 // Spans returns the span of each of topic's partitions now.
 func Spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {

@@ -13,14 +13,22 @@ import (
 // appends its entry to the user's outbox, so that the entries of a stream
 // batch not yet committed stay replayable.
 type Amend struct {
+	// OrgID, UserID and SegmentID name the user and the segment whose
+	// membership changes.
 	OrgID, UserID, SegmentID string
-	ExpectRev                int64
-	Entered                  bool
-	Entry                    OutboxEntry
+	// ExpectRev is the user revision the amend was computed from: it applies
+	// only while the stored revision is still that one.
+	ExpectRev int64
+	// Entered is true to add the user to the segment and false to remove it.
+	Entered bool
+	// Entry is the outbox entry appended to the user's outbox when the
+	// membership changes.
+	Entry OutboxEntry
 }
 
 // AmendOutcome is the outcome of one Amend.
 type AmendOutcome struct {
+	// Result says what the amend did.
 	Result AmendResult
 	// Before is, for an applied amend, the user's outbox as the amend
 	// found it: the entries of writes before it that may not be published
@@ -116,12 +124,16 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
 
 // SegmentView is a user's state as seen for one segment.
 type SegmentView struct {
+	// UserID is the user viewed.
 	UserID string
-	Rev    int64
+	// Rev is the user's revision, 0 for a user never stored.
+	Rev int64
 	// Profile is the stored profile, empty when none.
 	Profile string
 	// Member reports whether the user's segment set holds the segment.
 	Member bool
+	// Outbox is the user's outbox, read only when ViewFields.Outbox asks for
+	// it.
 	Outbox []OutboxEntry
 	// Unreadable, when not nil, says why the stored state could not be
 	// decoded; the other fields are then unset.

@@ -60,6 +60,8 @@ var ErrLeaseLost = errors.New("lease lost")
 
 // LeaseExtender extends a lease that its owner holds; a Coordinator is one.
 type LeaseExtender interface {
+	// Extend extends the named lease for ttl while owner holds it, and
+	// reports false when it has lapsed or another owner holds it.
 	Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
 }
 

@@ -152,6 +152,7 @@ return 1
 // segmentIDs remembers the last id made, so that ids made by this process
 // rise strictly even within one millisecond or when the clock steps back.
 var segmentIDs struct {
+	// Mutex guards ms and rand.
 	sync.Mutex
 	ms   uint64
 	rand uint64
@@ -979,24 +980,40 @@ func (s *Definitions) every(ctx context.Context, keep func(segment.Definition) b
 // is separate from segment.Definition so that the domain type can change
 // without changing what is stored.
 type storedDefinition struct {
-	ID            string          `json:"id"`
-	OrgID         string          `json:"orgId"`
-	Name          string          `json:"name"`
-	Description   string          `json:"description,omitempty"`
-	URL           string          `json:"url,omitempty"`
-	Type          string          `json:"type"`
-	Criteria      *storedCriteria `json:"criteria,omitempty"`
-	Status        string          `json:"status"`
-	EstimatedSize int64           `json:"estimatedSize"`
-	Scanned       int64           `json:"backfillScanned,omitempty"`
-	Started       int64           `json:"backfillStarted,omitempty"`
+	// ID is the segment id.
+	ID string `json:"id"`
+	// OrgID is the organisation that owns the segment.
+	OrgID string `json:"orgId"`
+	// Name is the segment's display name.
+	Name string `json:"name"`
+	// Description is the segment's description, left out when empty.
+	Description string `json:"description,omitempty"`
+	// URL is the segment's url, left out when empty.
+	URL string `json:"url,omitempty"`
+	// Type is "static" or "dynamic".
+	Type string `json:"type"`
+	// Criteria are the criteria of a dynamic segment; nil (left out) for a
+	// static segment without any.
+	Criteria *storedCriteria `json:"criteria,omitempty"`
+	// Status is "building", "ready" or "deleting".
+	Status string `json:"status"`
+	// EstimatedSize is segment.Definition.EstimatedSize.
+	EstimatedSize int64 `json:"estimatedSize"`
+	// Scanned is segment.Definition.BackfillScanned, left out when 0.
+	Scanned int64 `json:"backfillScanned,omitempty"`
+	// Started is segment.Definition.BackfillStarted, left out when 0.
+	Started int64 `json:"backfillStarted,omitempty"`
 	// Earlier is the newest of EarlierAll, for builds that stored one
 	// older generation as a number (a rolling upgrade runs both).
-	Earlier    int64     `json:"backfillEarlier,omitempty"`
-	EarlierAll []int64   `json:"backfillEarlierAll,omitempty"`
-	Generation int64     `json:"generation"`
-	CreatedAt  time.Time `json:"createdAt"`
-	UpdatedAt  time.Time `json:"updatedAt"`
+	Earlier int64 `json:"backfillEarlier,omitempty"`
+	// EarlierAll is segment.Definition.BackfillEarlier, oldest first.
+	EarlierAll []int64 `json:"backfillEarlierAll,omitempty"`
+	// Generation is segment.Definition.Generation.
+	Generation int64 `json:"generation"`
+	// CreatedAt is when the segment was created, in UTC.
+	CreatedAt time.Time `json:"createdAt"`
+	// UpdatedAt is when the segment was last changed, in UTC.
+	UpdatedAt time.Time `json:"updatedAt"`
 	// Write identifies the update that wrote the definition (none for a
 	// create): casDefinitionScript tells a resend of its own write by it.
 	Write string `json:"write,omitempty"`
@@ -1020,16 +1037,22 @@ func newWriteID() string {
 }
 
 type storedCriteria struct {
+	// Include are the include criteria.
 	Include []storedCriterion `json:"include"`
+	// Exclude are the exclude criteria.
 	Exclude []storedCriterion `json:"exclude"`
 }
 
 // storedCriterion keeps the value raw: present (even as null) exactly when
 // the criterion has one.
 type storedCriterion struct {
-	Field    string          `json:"field"`
-	Operator string          `json:"operator"`
-	Value    json.RawMessage `json:"value,omitempty"`
+	// Field is the criterion's field path.
+	Field string `json:"field"`
+	// Operator is the criterion's operator.
+	Operator string `json:"operator"`
+	// Value is the criterion's value as JSON text, nil when the criterion has
+	// none.
+	Value json.RawMessage `json:"value,omitempty"`
 }
 
 // encodeDefinition returns the stored form of d, written by no update.

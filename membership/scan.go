@@ -10,6 +10,7 @@ import (
 
 // StoredProfile is one stored profile met by a scan.
 type StoredProfile struct {
+	// UserID is the user whose profile it is.
 	UserID string
 	// Profile is the stored profile (see segment.DecodeProfile).
 	Profile string

@@ -17,8 +17,10 @@ import (
 // user keeps the schedule's size and writes independent of how many
 // time-relative segments there are.
 type Due struct {
+	// OrgID and UserID name the user.
 	OrgID, UserID string
-	At            time.Time
+	// At is the instant at which the user's membership can next flip.
+	At time.Time
 }
 
 // ScheduleKey is the internal sorted set of an organisation's timers: members
@@ -106,6 +108,8 @@ func ClaimsKey(org string) string { return "schedclaim:{" + org + "}" }
 
 // Claimed is a timer taken by one instance until its lease ends.
 type Claimed struct {
+	// Due is the timer claimed: its user, and in At the flip it was claimed
+	// for.
 	Due
 	// Lease is the score the claim left on the timer; Done removes the timer
 	// only while it still carries this score.

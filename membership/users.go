@@ -25,8 +25,10 @@ func ProfileKey(org, user string) string { return "prof:{" + org + ":" + user + 
 
 // OutboxChange is one membership change recorded in a user's outbox.
 type OutboxChange struct {
+	// SegmentID is the segment the user entered or left.
 	SegmentID string
-	Entered   bool
+	// Entered is true for an entry and false for an exit.
+	Entered bool
 }
 
 // UnmarshalJSON decodes ["seg", 1], the form of an outbox stored as JSON.
@@ -52,16 +54,24 @@ func (c *OutboxChange) UnmarshalJSON(b []byte) error {
 // wrote the user and have not finished, and recent ones of backfills and
 // timers, so that whoever comes next after a crash can finish them.
 type OutboxEntry struct {
+	// EventID is the id of the profile event, or of the cause of a backfill's
+	// or timer's changes (events.Cause.EventID).
 	EventID string `json:"e"`
-	Version int64  `json:"v,omitempty"`
+	// Version is the profile event's version, 0 when it carried none or for a
+	// backfill or timer.
+	Version int64 `json:"v,omitempty"`
 	// Rev is the user revision that the write of this entry created.
 	Rev int64 `json:"r,omitempty"`
 	// CauseType is the changes' cause type (events.CauseProfile, or "" as
 	// older builds wrote it, for a profile event), or "dead-letter:" and the
 	// reason for a dead-lettered event.
-	CauseType string         `json:"k,omitempty"`
-	AtMillis  int64          `json:"t"`
-	Changes   []OutboxChange `json:"c,omitempty"`
+	CauseType string `json:"k,omitempty"`
+	// AtMillis is when the changes were decided, in unix milliseconds: the At
+	// of their change events.
+	AtMillis int64 `json:"t"`
+	// Changes are the membership changes the entry records; none for a
+	// dead-lettered event.
+	Changes []OutboxChange `json:"c,omitempty"`
 }
 
 // UserState is one user's stored state as the processor needs it.
@@ -77,7 +87,8 @@ type UserState struct {
 	Profile string
 	// Segments is the user's public segment set.
 	Segments []string
-	Outbox   []OutboxEntry
+	// Outbox is the user's outbox, oldest entry first.
+	Outbox []OutboxEntry
 	// Applied is the position of the last event applied to the user, as
 	// the processor wrote it (opaque here), empty when none is stored. It
 	// tells a redelivered event that carries no version from a new one.
@@ -90,17 +101,26 @@ type UserState struct {
 
 // UserWrite is one compare-and-set update of a user's state.
 type UserWrite struct {
+	// OrgID and UserID name the user to write.
 	OrgID, UserID string
 	// ExpectRev is the revision the update was computed from.
 	ExpectRev int64
-	Version   int64
+	// Version is the highest applied event version after the update (see
+	// UserState.Version).
+	Version int64
 	// Profile is the new profile, encoded by segment.AppendProfile (JSON is
 	// read too); nil writes a deletion tombstone (Remove then lists every
 	// segment the user leaves).
 	Profile []byte
-	Add     []string
-	Remove  []string
-	Outbox  []OutboxEntry
+	// Add lists the segments the user enters: they are added to its public
+	// segment set.
+	Add []string
+	// Remove lists the segments the user leaves: they are removed from its
+	// public segment set.
+	Remove []string
+	// Outbox is the user's outbox after the update; it replaces the stored
+	// one.
+	Outbox []OutboxEntry
 	// Applied, when not empty, replaces the stored position of the last
 	// event applied (see UserState.Applied).
 	Applied string
@@ -179,7 +199,10 @@ return out
 `
 
 // UserRef names one user of one organisation.
-type UserRef struct{ OrgID, UserID string }
+type UserRef struct {
+	// OrgID and UserID name the user.
+	OrgID, UserID string
+}
 
 // Load reads the state of each user in one pipelined round trip.
 func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
@@ -375,8 +398,11 @@ func SegmentRevisionsKey(org, seg string) string { return "segrev:{" + org + ":"
 // Projection is one membership change to mirror onto a segment's member
 // set, with the user revision whose write decided it.
 type Projection struct {
+	// Change is the membership change to mirror.
 	Change events.Change
-	Rev    int64
+	// Rev is the revision of the user write that decided the change: an older
+	// decision never overwrites a newer one.
+	Rev int64
 	// Probe asks only whether the segment is deleted, and writes nothing:
 	// for a change published without being projected (see Deletions).
 	Probe bool
@@ -620,7 +646,10 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error)
 const projectChunk = 10000
 
 // SegmentRef names one segment of one organisation.
-type SegmentRef struct{ OrgID, SegmentID string }
+type SegmentRef struct {
+	// OrgID and SegmentID name the segment.
+	OrgID, SegmentID string
+}
 
 // deletedRevisions reads projectScript's answer for a deleted segment: -1,
 // then user and revision pairs.

@@ -12,6 +12,9 @@ import (
 
 // ProfileLister scans stored profiles.
 type ProfileLister interface {
+	// ScanProfiles calls fn with every stored, non-deleted profile of org, a
+	// page at a time; fn is never called concurrently, nor again once it has
+	// returned an error.
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
 }
 

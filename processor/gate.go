@@ -9,6 +9,8 @@ import (
 // LiveRevisions reports the definitions revision each live instance still
 // has effects of in flight (see Processor.AppliedRevision).
 type LiveRevisions interface {
+	// LiveRevisions returns, by instance id, the definitions revision of each
+	// instance that beat within maxAge of now.
 	LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error)
 }
 

@@ -23,86 +23,174 @@ import (
 
 // JobUsers is the Redis side of the background jobs.
 type JobUsers interface {
+	// ScanUserIDs calls fn with every stored user id of org, deleted users
+	// included, a page at a time; fn is never called concurrently, nor again
+	// once it has returned an error.
 	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
+	// ViewUsers reads each user's revision, profile and what f asks for;
+	// deleted or unknown users come back with an empty profile.
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
+	// Amend applies each change atomically per user and reports the outcome
+	// of each.
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
+	// Project mirrors membership changes onto the public per-segment sets,
+	// idempotently, and returns the segments it found deleted (see
+	// membership.Deletions).
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
+	// UserSegmentSets returns the public segment set of each user, in the
+	// order of users.
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
+	// ProjectedRevisions returns, for each change, the revision of the write
+	// whose decision the change's segment set holds for its user; -1 for a
+	// user with none.
 	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
+	// IndexAll adds every stored user of every organisation to its
+	// organisation's index, once per deployment, and returns how many users
+	// it added.
 	IndexAll(ctx context.Context) (int64, error)
 }
 
 // JobSchedules stores the timers of time-relative criteria.
 type JobSchedules interface {
+	// Schedule records each due instant where it is earlier than the user's
+	// timer: a timer only ever moves earlier.
 	Schedule(ctx context.Context, due []membership.Due) error
+	// Claim takes up to limit timers of org due at or before now, leasing
+	// them for lease.
 	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
+	// Done ends the claims cs: each timer goes, or moves to next[i] where
+	// that is not zero.
 	Done(ctx context.Context, cs []membership.Claimed, next []time.Time) error
+	// Unfinished returns, for each user of org whose timer claim has not
+	// ended and whose lease ran out by leasedTo (the zero time: whatever its
+	// lease), the flips its changes may have been written under.
 	Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error)
 }
 
 // JobDefinitions is what the jobs change of definitions.
 type JobDefinitions interface {
+	// Orgs returns the organisations that have or had definitions, sorted.
 	Orgs(ctx context.Context) ([]string, error)
+	// OrgDefinitions returns the definitions of one organisation, sorted by
+	// id, leaving out segments being deleted.
 	OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error)
+	// MarkReady sets a segment's status to ready, but only while the segment
+	// is building that generation.
 	MarkReady(ctx context.Context, org, id string, generation int64) error
+	// SetEstimatedSize records a segment's estimated size, n users.
 	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
+	// SetBackfillProgress records how many users the backfill of generation
+	// has scanned.
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
+	// BeginBackfill records that a backfill of generation is about to write
+	// and reports whether it is the first attempt to, and the older
+	// generations whose backfills began and did not end cleanly.
 	BeginBackfill(ctx context.Context, org, id string, generation int64) (first bool, unfinished []int64, err error)
+	// EndBackfill records that the backfill of generation, stopped by a
+	// change of the segment, published everything it wrote.
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
+	// Get returns one definition, deleting ones included, or
+	// membership.ErrNotFound.
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
+	// Deleting returns the definitions of every organisation that are being
+	// deleted.
 	Deleting(ctx context.Context) ([]segment.Definition, error)
+	// MarkDeleting sets a segment's status to segment.StatusDeleting and
+	// returns the definition.
 	MarkDeleting(ctx context.Context, org, id string) (segment.Definition, error)
+	// UnfinishedCreates returns the static segments of every organisation
+	// whose create has not finished writing their list.
 	UnfinishedCreates(ctx context.Context) ([]segment.Definition, error)
+	// AbandonCreate marks a static segment whose create never finished as
+	// being deleted, unless the create has finished since
+	// (membership.ErrCreateFinished).
 	AbandonCreate(ctx context.Context, org, id string) (segment.Definition, error)
+	// Delete removes a definition, or returns membership.ErrNotFound; it does
+	// not touch the segment's membership.
 	Delete(ctx context.Context, org, id string) error
+	// Revision returns the definitions' revision, 0 before the first change.
 	Revision(ctx context.Context) (int64, error)
 }
 
 // SegmentRemover removes a deleted segment's members, publishing their
 // exits (membership.Sets.DeleteSegment).
 type SegmentRemover interface {
+	// DeleteSegment removes every member of the segment, handing their exits
+	// to publish first, and returns how many members it removed.
 	DeleteSegment(ctx context.Context, org, seg string, at time.Time, publish func(context.Context, []events.Change) error) (int, error)
+	// ForgetSegment takes seg out of the segment set of every stored user of
+	// org and returns how many sets held it.
 	ForgetSegment(ctx context.Context, org, seg string) (int64, error)
 }
 
 // Sizer counts and lists segment members.
 type Sizer interface {
+	// Sizes returns the exact size of each segment of ids, by id.
 	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
+	// AllMembers returns every user id of a segment, sorted.
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
 }
 
 // Coordinator hands a job to one instance and tracks which definitions
 // revision each instance has in force.
 type Coordinator interface {
+	// TryLock takes the named lease for owner for ttl, or extends it when
+	// owner holds it, and reports whether owner holds it now.
 	TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	// Extend extends the named lease while owner holds it; false when it has
+	// lapsed or another owner holds it.
 	Extend(ctx context.Context, name, owner string, ttl time.Duration) (bool, error)
+	// Unlock gives the named lease up if owner still holds it.
 	Unlock(ctx context.Context, name, owner string) error
+	// Beat records that instance id has definitions revision rev in force at
+	// now.
 	Beat(ctx context.Context, id string, rev int64, now time.Time) error
+	// Leave removes instance id from the heartbeat.
 	Leave(ctx context.Context, id string) error
+	// LiveRevisions returns the revision in force at each instance that beat
+	// within maxAge of now, by instance id.
 	LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error)
 }
 
 // ChangePublisher publishes membership changes.
 type ChangePublisher interface {
+	// Publish publishes changes to the membership topic and returns once they
+	// are acknowledged.
 	Publish(ctx context.Context, changes []events.Change) error
 }
 
 // JobsConfig wires Jobs.
 type JobsConfig struct {
-	InstanceID  string
+	// InstanceID names this instance in the heartbeat and in the owners of
+	// the leases it takes.
+	InstanceID string
+	// Definitions is the store of segment definitions.
 	Definitions JobDefinitions
-	Users       JobUsers
-	Schedules   JobSchedules
-	Sizes       Sizer
+	// Users is the store of users' profiles and segment sets that backfills
+	// and timers re-evaluate.
+	Users JobUsers
+	// Schedules holds the timers of time-relative criteria.
+	Schedules JobSchedules
+	// Sizes reads segment sizes and members, for the estimatedSize refresh
+	// and for backfills.
+	Sizes Sizer
+	// Coordinator holds the jobs' leases and this instance's heartbeat.
 	Coordinator Coordinator
-	Publisher   ChangePublisher
+	// Publisher publishes the membership changes the jobs make.
+	Publisher ChangePublisher
 	// Remover, when not nil, finishes the deletions that their request left
 	// undone (see DeletionGrace).
-	Remover   SegmentRemover
-	Registry  *Registry
+	Remover SegmentRemover
+	// Registry gives the compiled definitions in force; it must not be nil.
+	Registry *Registry
+	// Processor, when not nil, is this instance's processor, whose
+	// AppliedRevision the heartbeat reports; nil reports the registry's
+	// revision.
 	Processor *Processor
 	// Metrics counts the membership changes the jobs publish; nil counts nothing.
-	Metrics          *Metrics
+	Metrics *Metrics
+	// EstimateInterval is how often each segment's estimatedSize is refreshed
+	// from its exact size (default 1 hour).
 	EstimateInterval time.Duration
 	// TimerInterval is how often due timers are fired (default 1 s).
 	TimerInterval time.Duration
@@ -113,9 +201,12 @@ type JobsConfig struct {
 	// jobs finish its deletion (default 10 minutes: longer than a DELETE
 	// request, whose retry by the client may be under way, can run).
 	DeletionGrace time.Duration
-	Registerer    prometheus.Registerer
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// Registerer registers the jobs' metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives the jobs' logs; it must not be nil.
+	Logger *slog.Logger
+	// Now is the clock (nil is time.Now).
+	Now func() time.Time
 }
 
 // Jobs runs what follows definitions and time: the heartbeat, backfills of

@@ -27,22 +27,32 @@ import (
 // profile topic (Topic, Partition and Offset say where), or one to write,
 // which names its topic and may carry headers.
 type Record struct {
-	Topic     string
+	// Topic is the topic the record was read from, or the one to write it to.
+	Topic string
+	// Partition is the partition the record was read from; unused for one to
+	// write, whose partition the producer picks from Key.
 	Partition int
-	Offset    int64
+	// Offset is the record's offset in its partition, for one read.
+	Offset int64
 	// Time is the record's timestamp, for one read; zero for one to write.
 	Time time.Time
 	// HighWaterMark is, for one read, the end of its partition (the offset
 	// of the next record written there) as the fetch saw it; 0 when unknown.
 	HighWaterMark int64
-	Key           []byte
-	Value         []byte
-	Headers       []Header
+	// Key is the record's key: the user id, for profile events and membership
+	// changes.
+	Key []byte
+	// Value is the record's payload.
+	Value []byte
+	// Headers are the record's headers, nil for none.
+	Headers []Header
 }
 
 // Header is one header of a Record.
 type Header struct {
-	Key   string
+	// Key is the header's name.
+	Key string
+	// Value is the header's value.
 	Value []byte
 }
 
@@ -66,52 +76,85 @@ type Fetcher interface {
 // partitions now, so that the consumer lag keeps moving while no record
 // is fetched (an outage holds the batch in hand).
 type EndOffsets interface {
+	// EndOffsets returns the end of each of the given partitions of topic
+	// (the offset of the next record written there), by partition.
 	EndOffsets(ctx context.Context, topic string, partitions []int) (map[int]int64, error)
 }
 
 // Producer writes records to Kafka and returns once all are acknowledged.
 type Producer interface {
+	// Produce writes rs, each to the topic it names, and returns once every
+	// one is acknowledged.
 	Produce(ctx context.Context, rs []Record) error
 }
 
 // UserStore is the Redis side of the processor.
 type UserStore interface {
+	// Load reads the stored state of each user, in the order of refs.
 	Load(ctx context.Context, refs []membership.UserRef) ([]membership.UserState, error)
+	// Write applies each update atomically per user and reports, per update,
+	// whether it was applied (false: the user's revision had moved, and the
+	// caller must reload and recompute).
 	Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error)
+	// Project mirrors membership changes onto the public per-segment sets,
+	// idempotently, and returns the segments it found deleted (see
+	// membership.Deletions).
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
+	// ProjectedRevisions returns, for each change, the revision of the write
+	// whose decision the change's segment set holds for its user; -1 for a
+	// user with none.
 	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
 type Scheduler interface {
+	// Schedule records each due instant where it is earlier than the user's
+	// timer.
 	Schedule(ctx context.Context, due []membership.Due) error
 }
 
 // Rules gives the current compiled definitions.
 type Rules interface {
+	// Current returns the latest snapshot of the compiled definitions, nil
+	// before the first load.
 	Current() *Snapshot
 }
 
 // Config wires a Processor.
 type Config struct {
-	Fetcher         Fetcher
-	Producer        Producer
-	Users           UserStore
-	Rules           Rules
-	Scheduler       Scheduler // optional
+	// Fetcher reads the profile topic.
+	Fetcher Fetcher
+	// Producer writes the membership changes and the dead letters.
+	Producer Producer
+	// Users stores the users' states, and the segment sets they are projected
+	// onto.
+	Users UserStore
+	// Rules gives the compiled definitions each batch is evaluated with.
+	Rules     Rules
+	Scheduler Scheduler // optional
+	// MembershipTopic is the topic the membership change events are published
+	// to.
 	MembershipTopic string
-	DLQTopic        string
-	BatchSize       int
-	BatchWait       time.Duration
+	// DLQTopic is the dead-letter topic, where events that cannot be
+	// processed go with the reason in a header.
+	DLQTopic string
+	// BatchSize is the most records one batch takes (default 1000).
+	BatchSize int
+	// BatchWait is how long a batch waits for more records after its first
+	// one (default 20 ms).
+	BatchWait time.Duration
 	// UserCacheBytes is the memory the processor may take to keep users'
 	// states, to spare reading them before each write: 0 means
 	// DefaultUserCacheBytes, a negative number none.
 	UserCacheBytes int
 	// ShutdownTimeout bounds finishing the last batch after ctx ends.
 	ShutdownTimeout time.Duration
-	Metrics         *Metrics
-	Logger          *slog.Logger
-	Now             func() time.Time
+	// Metrics records the processor's metrics; nil records none.
+	Metrics *Metrics
+	// Logger receives the processor's logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock (nil is time.Now).
+	Now func() time.Time
 }
 
 // Processor consumes profile events and keeps membership exact.

@@ -15,6 +15,8 @@ import (
 
 // DefinitionLister lists every organisation's segment definitions.
 type DefinitionLister interface {
+	// All returns the definitions of every organisation, leaving out segments
+	// being deleted.
 	All(ctx context.Context) ([]segment.Definition, error)
 }
 
@@ -22,27 +24,37 @@ type DefinitionLister interface {
 // moves on every change and the organisations each change touched.
 type DefinitionSource interface {
 	DefinitionLister
+	// Revision returns the definitions' revision, which moves after every
+	// change that evaluation can see; 0 before the first.
 	Revision(ctx context.Context) (int64, error)
 	// ChangedOrgs lists the organisations changed at a revision after since.
 	ChangedOrgs(ctx context.Context, since int64) ([]string, error)
+	// OrgDefinitions returns the definitions of one organisation, leaving out
+	// segments being deleted.
 	OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error)
 }
 
 // CompiledSegment is a dynamic segment ready to evaluate.
 type CompiledSegment struct {
-	Def  segment.Definition
+	// Def is the segment's definition as loaded.
+	Def segment.Definition
+	// Rule is the segment's compiled criteria, bound to its organisation's
+	// OrgRules.Slots.
 	Rule *segment.Rule
 }
 
 // OrgRules holds one organisation's compiled dynamic segments and the index
 // from fields to the segments that read them.
 type OrgRules struct {
+	// Segments holds the compiled dynamic segments by id.
 	Segments map[string]*CompiledSegment
 	// IDs lists every dynamic segment, sorted.
 	IDs []string
 	// TimeIDs lists the segments with a time-relative criterion, sorted.
 	TimeIDs []string
-	Index   *segment.Index
+	// Index maps the profile fields to the segments that read them, and
+	// numbers the segments.
+	Index *segment.Index
 	// ByNumber holds the segments in the index's numbering.
 	ByNumber []*CompiledSegment
 	// All holds every index number, for users seen for the first time.
@@ -55,8 +67,12 @@ type OrgRules struct {
 	// segment.Guard); GuardOf gives, by index number, the segment's guard as
 	// an index into GuardSlots (-1 for none) and GuardKey its value.
 	GuardSlots []int32
-	GuardOf    []int32
-	GuardKey   []any
+	// GuardOf gives, by index number, the segment's guard as an index into
+	// GuardSlots, -1 for none.
+	GuardOf []int32
+	// GuardKey gives, by index number, the value of the segment's guard (nil
+	// for none).
+	GuardKey []any
 }
 
 // Guarded reports whether segment number n's guard rules out the profile
@@ -89,8 +105,11 @@ func (o *OrgRules) NextFlip(p *segment.Profile, now time.Time) (time.Time, bool)
 
 // Snapshot is an immutable view of every organisation's rules.
 type Snapshot struct {
+	// Revision is the definitions revision the snapshot was loaded at.
 	Revision int64
-	Orgs     map[string]*OrgRules
+	// Orgs holds the rules of each organisation with a dynamic segment, by
+	// organisation id.
+	Orgs map[string]*OrgRules
 }
 
 // Org returns the rules of org, nil when it has no dynamic segment.

@@ -10,6 +10,9 @@ import (
 // projectedRevisions reads which write's decision each segment set holds
 // for a user (see membership.Users.ProjectedRevisions).
 type projectedRevisions interface {
+	// ProjectedRevisions returns, for each change, the revision of the write
+	// whose decision the change's segment set holds for its user; -1 for a
+	// user with none.
 	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
 }
 

@@ -13,6 +13,8 @@ import (
 
 // Difference is one disagreement between a from-scratch evaluation and Redis.
 type Difference struct {
+	// OrgID, SegmentID and UserID name the organisation, the segment and the
+	// user that disagree.
 	OrgID, SegmentID, UserID string
 	// Want is whether the user should be a member.
 	Want bool
@@ -40,7 +42,12 @@ type ProfileScanner interface {
 	// organisation's) every stored user they lack, and returns how many it
 	// added.
 	Reindex(ctx context.Context, orgs []string) (int64, error)
+	// ScanProfiles calls fn with every stored, non-deleted profile of org, a
+	// page at a time; fn is never called concurrently, nor again once it has
+	// returned an error.
 	ScanProfiles(ctx context.Context, org string, fn func(page []membership.StoredProfile) error) error
+	// UserSegmentSets returns the public segment set of each user, in the
+	// order of users.
 	UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error)
 	// ViewUsers reads users' revisions and profiles again, for the second
 	// look at the differences.
@@ -49,7 +56,10 @@ type ProfileScanner interface {
 
 // MemberReader reads a segment's members.
 type MemberReader interface {
+	// AllMembers returns every user id of a segment, sorted.
 	AllMembers(ctx context.Context, org, seg string) ([]string, error)
+	// AreMembers reports whether each of users is in a segment, in the order
+	// of users.
 	AreMembers(ctx context.Context, org, seg string, users []string) ([]bool, error)
 }
 

@@ -68,15 +68,23 @@ const (
 // absent value from an explicit JSON null; a non-nil Value counts as given
 // even when HasValue is false.
 type Criterion struct {
-	Field    string
+	// Field is the dotted path of the profile field the criterion reads, such
+	// as "tier" or "customFields.testAccount".
+	Field string
+	// Operator is one of the Op constants.
 	Operator string
-	Value    any
+	// Value is the value the field is compared with, a decoded JSON value;
+	// nil for none, or for JSON null when HasValue is set.
+	Value any
+	// HasValue reports whether a value was given, null included.
 	HasValue bool
 }
 
 // Criteria are the include and exclude criteria of a dynamic segment.
 type Criteria struct {
+	// Include are the criteria a member must all match.
 	Include []Criterion `json:"include"`
+	// Exclude are the criteria a member must match none of.
 	Exclude []Criterion `json:"exclude"`
 }
 
@@ -86,9 +94,13 @@ func (c Criterion) hasValue() bool { return c.HasValue || c.Value != nil }
 // criterionJSON is the wire form of a Criterion; Value stays raw so that an
 // absent value can be told from null.
 type criterionJSON struct {
-	Field    string          `json:"field"`
-	Operator string          `json:"operator"`
-	Value    json.RawMessage `json:"value,omitempty"`
+	// Field is the criterion's field path.
+	Field string `json:"field"`
+	// Operator is the criterion's operator.
+	Operator string `json:"operator"`
+	// Value is the criterion's value as JSON text, nil when the criterion has
+	// none.
+	Value json.RawMessage `json:"value,omitempty"`
 }
 
 // MarshalJSON encodes the criterion as {"field","operator","value"}, leaving
@@ -125,7 +137,10 @@ func (c *Criterion) UnmarshalJSON(data []byte) error {
 // FieldError is one validation problem, located by Field (for example
 // "criteria.include[0].operator").
 type FieldError struct {
-	Field   string
+	// Field locates the problem, as a path into the request
+	// ("criteria.include[0].operator").
+	Field string
+	// Message says what is wrong there.
 	Message string
 }
 
@@ -133,7 +148,9 @@ type FieldError struct {
 // Code is [CodeValidationFailed] or [CodeLimitExceeded]; Errors lists every
 // problem found.
 type ValidationError struct {
-	Code   string
+	// Code is CodeValidationFailed or CodeLimitExceeded.
+	Code string
+	// Errors lists the problems found, each located by its Field.
 	Errors []FieldError
 }
 

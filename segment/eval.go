@@ -114,8 +114,11 @@ func checkOrderRelative(c *cond, v any, now instant) bool {
 // Explanation tells why a profile is or is not a member: the outcome of every
 // criterion, in the order of the rule's criteria.
 type Explanation struct {
-	Member  bool
+	// Member reports whether the profile is a member of the segment.
+	Member bool
+	// Include is the outcome of each include criterion, in order.
 	Include []CriterionResult
+	// Exclude is the outcome of each exclude criterion, in order.
 	Exclude []CriterionResult
 }
 
@@ -123,10 +126,14 @@ type Explanation struct {
 // reports whether the field was in the profile and not null, and Value holds
 // the value found there (nil when missing).
 type CriterionResult struct {
+	// Criterion is the criterion evaluated.
 	Criterion Criterion
-	Matched   bool
-	Present   bool
-	Value     any
+	// Matched reports whether the criterion matched the profile.
+	Matched bool
+	// Present reports whether the field was in the profile and not null.
+	Present bool
+	// Value is the value found at the field, nil when missing.
+	Value any
 }
 
 // Explain evaluates every criterion of the rule against p at time now, without

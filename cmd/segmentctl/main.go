@@ -126,6 +126,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 // cmdFlags is a subcommand's flag set, with where its help goes when asked
 // for; a flag's error goes to stderr, with the usage.
 type cmdFlags struct {
+	// FlagSet is the subcommand's flag set.
 	*flag.FlagSet
 	help, errs io.Writer
 }

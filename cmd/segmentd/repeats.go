@@ -15,6 +15,7 @@ import (
 // second or two. Other levels, errors among them, pass as they come; a
 // warning about another segment or organisation is another warning.
 type repeatLimiter struct {
+	// Handler is the handler that the records passed on go to.
 	slog.Handler
 	window time.Duration
 	state  *repeatState // shared by the handlers WithAttrs and WithGroup make
