@@ -449,3 +449,60 @@ func TestTimesAreOfTheWrite(t *testing.T) {
 		}
 	})
 }
+
+// pausedLists holds the first list write after it is done until release is
+// closed, as a slow request's last step (the definition's update) does.
+type pausedLists struct {
+	MembershipStore
+	armed   atomic.Bool
+	written chan struct{}
+	release chan struct{}
+}
+
+func (p *pausedLists) ApplyList(ctx context.Context, org, seg string, changes []events.Change) error {
+	err := p.MembershipStore.ApplyList(ctx, org, seg, changes)
+	if p.armed.Swap(false) {
+		close(p.written)
+		<-p.release
+	}
+	return err
+}
+
+// TestMembersEditRacingDeleteAnswersWhatItDid: a members add whose entries
+// were published and written, and which a DELETE then follows, must not
+// answer 404 "segment not found": the entries went out to analytics (and the
+// deletion answered them with exits), so the client must learn that its add
+// was made.
+func TestMembersEditRacingDeleteAnswersWhatItDid(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	p := &pausedLists{written: make(chan struct{}), release: make(chan struct{})}
+	a := newTestAPI(t, rdb, testOptions{membership: func(m MembershipStore) MembershipStore { p.MembershipStore = m; return p }})
+	id := str(a.as("POST", "/v1/segments", map[string]any{"name": "l", "type": "static", "userIds": []string{"a"}}).mustStatus(t, http.StatusCreated).body["id"])
+	a.pub.take()
+	edit := make(chan response, 1)
+	p.armed.Store(true)
+	go func() { edit <- a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"b"}}) }()
+	<-p.written
+	del := make(chan response, 1)
+	go func() { del <- a.as("DELETE", "/v1/segments/"+id, nil) }()
+	for deadline := time.Now().Add(10 * time.Second); a.as("GET", "/v1/segments/"+id, nil).status != http.StatusNotFound; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the DELETE did not begin")
+		}
+	}
+	close(p.release)
+	r := <-edit
+	(<-del).mustStatus(t, http.StatusNoContent)
+	entered := 0
+	for _, c := range a.pub.take() {
+		if c.UserID == "b" && c.Entered {
+			entered++
+		}
+	}
+	if entered == 0 {
+		t.Fatal("the add's entry was not published")
+	}
+	if r.status != http.StatusOK {
+		t.Errorf("members add answered %d %s, though its entry for b was published (and answered by the deletion's exit)", r.status, r.raw)
+	}
+}

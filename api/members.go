@@ -205,7 +205,10 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		d.UpdatedAt = laterOf(s.now().UTC(), d.UpdatedAt)
 		return nil
 	})
-	if err != nil {
+	// A deletion begun since the list was written (it waited for our lock)
+	// answers the entries published above with exits: the edit was made,
+	// and the client is told so rather than "not found".
+	if err != nil && !errors.Is(err, membership.ErrNotFound) {
 		s.fail(w, r, err)
 		return
 	}
