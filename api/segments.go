@@ -14,6 +14,7 @@ import (
 
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/membership"
+	"github.com/segmentd/segmentd/processor"
 	"github.com/segmentd/segmentd/segment"
 )
 
@@ -715,50 +716,11 @@ func (s *Server) deleteSegment(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// removeSegment deletes a segment and its membership.
+// removeSegment deletes a segment and its membership (see
+// processor.SegmentDeletion); its exits take effect no earlier than now.
 func (s *Server) removeSegment(ctx context.Context, d segment.Definition, now time.Time) error {
-	// Also on a retry, when the mark is made: its bump may be what failed,
-	// and marking again moves the revision that the gate below waits for.
-	if _, err := s.defs.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
-		return err
-	}
-	if s.await != nil {
-		// Every instance stops evaluating the segment before its members go.
-		rev, err := s.defs.Revision(ctx)
-		if err != nil {
-			return err
-		}
-		if err := s.await(ctx, rev); err != nil {
-			return fmt.Errorf("delete %s/%s: %w", d.OrgID, d.ID, err)
-		}
-	}
-	// A change of the list in progress ends first; none starts after the
-	// mark, and the members go once.
-	ctx, unlock, err := s.lockList(ctx, d.OrgID, d.ID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	// The exits take effect now, after the gate and the lock, later than
-	// any change published while the deletion waited for them.
-	now = laterOf(s.now().UTC(), now)
-	if _, err := s.sets.DeleteSegment(ctx, d.OrgID, d.ID, now, s.publish); err != nil {
-		return err
-	}
-	// Read after the gate, which waited for any backfill to stop. A static
-	// segment whose create did not finish may have a chunk of its list in
-	// users' own sets and not in the member set.
-	if cur, err := s.defs.Get(ctx, d.OrgID, d.ID); err == nil && (d.CreateUnfinished() || cur.BackfillUnfinished()) {
-		if _, err := s.sets.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
-			return err
-		}
-	} else if err != nil && !errors.Is(err, membership.ErrNotFound) {
-		return err
-	}
-	if err := s.defs.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
-		return err
-	}
-	return nil
+	return processor.SegmentDeletion{Definitions: s.defs, Remover: s.sets, Await: s.await, Lock: s.lockList, Publish: s.publish,
+		Now: s.now}.Remove(ctx, d, now)
 }
 
 // laterOf returns the later of a and b.

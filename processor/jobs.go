@@ -1474,65 +1474,39 @@ func (j *Jobs) finishDeletions(ctx context.Context) {
 const unfinishedCreateGrace = 20 * time.Minute
 
 // finishDeletion removes a segment marked deleting, as a DELETE does: d is
-// the definition as read before the mark.
+// the definition as read before the mark. Where a DELETE waits for the
+// list's lock, it gives up at once: a request's removal in progress, or a
+// change of the list, ends first, and the next search a minute later
+// finds the segment again if it is still there.
 func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner string) error {
-	// Every instance stops evaluating the segment before its members go.
-	// Marked again, as a DELETE's retry does: the request's move of the
-	// revision may be what failed, and marking moves it.
-	if _, err := j.cfg.Definitions.MarkDeleting(ctx, d.OrgID, d.ID); err != nil {
-		return err
+	lock := func(ctx context.Context, org, id string) (context.Context, func(), error) {
+		name := membership.ListLock(org, id)
+		unlock := func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = j.cfg.Coordinator.Unlock(uctx, name, owner)
+		}
+		ok, err := j.cfg.Coordinator.TryLock(ctx, name, owner, membership.ListLockTTL)
+		if err != nil {
+			unlock() // it may have been taken all the same (a lost reply)
+			return ctx, nil, err
+		}
+		if !ok {
+			return ctx, nil, errors.New("its list is locked by a request")
+		}
+		ctx, stopLease := membership.KeepLease(ctx, j.cfg.Coordinator, name, owner, membership.ListLockTTL)
+		return ctx, func() { stopLease(); unlock() }, nil
 	}
-	rev, err := j.cfg.Definitions.Revision(ctx)
-	if err != nil {
-		return err
-	}
-	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
-		return err
-	}
-	// The list's lock, as a DELETE holds it: a request's removal in
-	// progress, or a change of the list, ends first.
-	lock := membership.ListLock(d.OrgID, d.ID)
-	unlock := func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = j.cfg.Coordinator.Unlock(uctx, lock, owner)
-	}
-	ok, err := j.cfg.Coordinator.TryLock(ctx, lock, owner, membership.ListLockTTL)
-	if err != nil {
-		unlock() // it may have been taken all the same (a lost reply)
-		return err
-	}
-	if !ok {
-		return errors.New("its list is locked by a request")
-	}
-	defer unlock()
-	ctx, stopLease := membership.KeepLease(ctx, j.cfg.Coordinator, lock, owner, membership.ListLockTTL)
-	defer stopLease()
-	changes := func(ctx context.Context, cs []events.Change) error {
+	publish := func(ctx context.Context, cs []events.Change) error {
 		if err := j.cfg.Publisher.Publish(ctx, cs); err != nil {
 			return err
 		}
 		j.cfg.Metrics.countChanges(cs)
 		return nil
 	}
-	if _, err := j.cfg.Remover.DeleteSegment(ctx, d.OrgID, d.ID, j.cfg.Now(), changes); err != nil {
-		return err
-	}
-	// As a DELETE does (api's removeSegment): a static create that did not
-	// finish, or a backfill that did not end cleanly, may have left users
-	// holding the segment in their own set that the member set does not
-	// name.
-	if cur, err := j.cfg.Definitions.Get(ctx, d.OrgID, d.ID); err == nil && (d.CreateUnfinished() || cur.BackfillUnfinished()) {
-		if _, err := j.cfg.Remover.ForgetSegment(ctx, d.OrgID, d.ID); err != nil {
-			return err
-		}
-	} else if err != nil && !errors.Is(err, membership.ErrNotFound) {
-		return err
-	}
-	if err := j.cfg.Definitions.Delete(ctx, d.OrgID, d.ID); err != nil && !errors.Is(err, membership.ErrNotFound) {
-		return err
-	}
-	return nil
+	gate := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now)
+	return SegmentDeletion{Definitions: j.cfg.Definitions, Remover: j.cfg.Remover, Await: gate.Wait, Lock: lock, Publish: publish,
+		Now: j.cfg.Now}.Remove(ctx, d, time.Time{})
 }
 
 // estimateTick is how often the estimate refresh looks for organisations
