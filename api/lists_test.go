@@ -68,13 +68,10 @@ func TestDeleteWaitsForListWrite(t *testing.T) {
 	put := make(chan response, 1)
 	go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": users}) }()
 	// The deletion starts once the write has begun writing members.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-		if rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the list write wrote no member within 30 s")
-		}
+	// A fine poll: what follows must happen while the write goes on.
+	writing := func() bool { return rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 }
+	if !testenv.EventuallyEvery(30*time.Second, 2*time.Millisecond, writing) {
+		t.Fatal("the list write wrote no member within 30 s")
 	}
 	a.as("DELETE", "/v1/segments/"+id, nil).mustStatus(t, http.StatusNoContent)
 	if r := <-put; r.status != http.StatusOK && r.status != http.StatusNotFound {
@@ -198,13 +195,10 @@ func TestListLeaseIsShort(t *testing.T) {
 	put := make(chan response, 1)
 	go func() { put <- a.as("PUT", "/v1/segments/"+id, map[string]any{"userIds": ids("w", 100000)}) }()
 	lock := "lock:{" + membership.ListLock(a.org, id) + "}"
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
-		if rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the list write wrote no member within 30 s")
-		}
+	// A fine poll: what follows must happen while the write goes on.
+	writing := func() bool { return rdb.SCard(ctx, membership.SegmentMembersKey(a.org, id)).Val() > 1 }
+	if !testenv.EventuallyEvery(30*time.Second, 2*time.Millisecond, writing) {
+		t.Fatal("the list write wrote no member within 30 s")
 	}
 	ttl := rdb.PTTL(ctx, lock).Val()
 	(<-put).mustStatus(t, http.StatusOK)
@@ -485,10 +479,9 @@ func TestMembersEditRacingDeleteAnswersWhatItDid(t *testing.T) {
 	<-p.written
 	del := make(chan response, 1)
 	go func() { del <- a.as("DELETE", "/v1/segments/"+id, nil) }()
-	for deadline := time.Now().Add(10 * time.Second); a.as("GET", "/v1/segments/"+id, nil).status != http.StatusNotFound; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the DELETE did not begin")
-		}
+	// A fine poll: the edit is released as soon as the DELETE has begun.
+	if !testenv.EventuallyEvery(10*time.Second, 5*time.Millisecond, func() bool { return a.as("GET", "/v1/segments/"+id, nil).status == http.StatusNotFound }) {
+		t.Fatal("the DELETE did not begin")
 	}
 	close(p.release)
 	r := <-edit

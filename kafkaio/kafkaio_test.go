@@ -239,9 +239,7 @@ func TestCloseWriterLeavesNothing(t *testing.T) {
 		}
 	}
 	// Connections end as their goroutines notice the close.
-	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > before+1; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines after 5 writers closed, %d before", runtime.NumGoroutine(), before)
-		}
+	if !testenv.Eventually(10*time.Second, func() bool { return runtime.NumGoroutine() <= before+1 }) {
+		t.Fatalf("%d goroutines after 5 writers closed, %d before", runtime.NumGoroutine(), before)
 	}
 }

@@ -115,12 +115,13 @@ func (m *slotMove) finish(ctx context.Context) error {
 			return err
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	var err error
+	ownerMoved := func() bool {
 		agreed := true
 		for _, c := range m.all {
-			slots, err := c.ClusterSlots(ctx).Result()
-			if err != nil {
-				return err
+			var slots []redis.ClusterSlot
+			if slots, err = c.ClusterSlots(ctx).Result(); err != nil {
+				return true // stop waiting: the error is returned
 			}
 			for _, s := range slots {
 				if int(m.slot) >= s.Start && int(m.slot) <= s.End && s.Nodes[0].ID != m.toID {
@@ -128,13 +129,12 @@ func (m *slotMove) finish(ctx context.Context) error {
 				}
 			}
 		}
-		if agreed {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the masters do not agree on the slot's new owner")
-		}
+		return agreed
 	}
+	if !testenv.Eventually(10*time.Second, ownerMoved) {
+		return errors.New("the masters do not agree on the slot's new owner")
+	}
+	return err
 }
 
 // TestScanIndexAcrossResharding walks an organisation's user index, as a

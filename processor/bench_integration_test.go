@@ -552,12 +552,8 @@ func (r *benchRig) bareLatency(b *testing.B, w *kafka.Writer, spec producerSpec)
 
 // waitFor polls cond until it holds, failing the benchmark after a minute.
 func waitFor(b *testing.B, cond func() bool) {
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatal("timed out")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testenv.EventuallyEvery(time.Minute, 10*time.Millisecond, cond) {
+		b.Fatal("timed out")
 	}
 }
 

@@ -66,13 +66,8 @@ func testCachedUserChangedElsewhere(t *testing.T, rdb redis.UniversalClient) {
 	r.produce(t, `{"eventId":"e5","type":"profile.deleted","orgId":"`+o+`","userId":"u1","version":5}`)
 	r.waitVersion(t, "u1", 5)
 	// The deletion's exits are projected after the user's write.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if members(t, rdb, membership.SegmentMembersKey(o, static)) == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the deleted user is still in the static segment the processor had not seen")
-		}
+	if !testenv.Eventually(10*time.Second, func() bool { return members(t, rdb, membership.SegmentMembersKey(o, static)) == "" }) {
+		t.Fatalf("the deleted user is still in the static segment the processor had not seen")
 	}
 }
 
@@ -113,13 +108,8 @@ func TestEventLatencyObservedOnce(t *testing.T) {
 	const name = "segmentd_event_processing_seconds"
 	waitCount := func(want uint64) {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if n := snapshotHistogram(t, reg, name).GetSampleCount(); n >= want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d events observed within 30 s, want %d", snapshotHistogram(t, reg, name).GetSampleCount(), want)
-			}
+		if !testenv.Eventually(30*time.Second, func() bool { return snapshotHistogram(t, reg, name).GetSampleCount() >= want }) {
+			t.Fatalf("%d events observed within 30 s, want %d", snapshotHistogram(t, reg, name).GetSampleCount(), want)
 		}
 	}
 	r.produce(t,

@@ -297,20 +297,19 @@ func replayStoresTheTimer(t *testing.T, late time.Duration) {
 
 	r.startWith(t, func(c *processor.Config) { c.Now = func() time.Time { return time.Now().Add(late) } })
 	flip := float64(updated.Add(30 * 24 * time.Hour).UnixMilli())
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result()
-		if err == nil {
-			if at < flip || at > flip+1000 {
-				t.Errorf("timer at %v, want the flip %v", at, flip)
-			}
-			return
-		}
-		if !errors.Is(err, redis.Nil) {
+	var at float64
+	stored := func() bool {
+		var err error
+		if at, err = r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u1").Result(); err != nil && !errors.Is(err, redis.Nil) {
 			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the replay stored no timer within 30 s")
-		}
+		return err == nil
+	}
+	if !testenv.Eventually(30*time.Second, stored) {
+		t.Fatal("the replay stored no timer within 30 s")
+	}
+	if at < flip || at > flip+1000 {
+		t.Errorf("timer at %v, want the flip %v", at, flip)
 	}
 }
 
@@ -347,11 +346,8 @@ func TestFetchFailuresAreRetried(t *testing.T) {
 	var sawUnhealthy atomic.Bool
 	r.startWith(t, func(c *processor.Config) { c.Fetcher = &failingFetches{Fetcher: c.Fetcher, n: 4} })
 	go func() {
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if !r.proc.Healthy() {
-				sawUnhealthy.Store(true)
-				return
-			}
+		if testenv.EventuallyEvery(5*time.Second, 10*time.Millisecond, func() bool { return !r.proc.Healthy() }) {
+			sawUnhealthy.Store(true)
 		}
 	}()
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":1200}}`)
@@ -359,10 +355,8 @@ func TestFetchFailuresAreRetried(t *testing.T) {
 	if !sawUnhealthy.Load() {
 		t.Error("the processor never reported itself unhealthy while its fetches failed")
 	}
-	for deadline := time.Now().Add(10 * time.Second); !r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the processor is still unhealthy 10 s after fetching works again")
-		}
+	if !testenv.Eventually(10*time.Second, r.proc.Healthy) {
+		t.Fatal("the processor is still unhealthy 10 s after fetching works again")
 	}
 }
 
@@ -390,20 +384,16 @@ func TestCommitFailuresMakeUnhealthy(t *testing.T) {
 	r.startWith(t, func(c *processor.Config) { fc.Fetcher = c.Fetcher; c.Fetcher = fc })
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":1200}}`)
 	r.waitVersion(t, "u1", 1)
-	for deadline := time.Now().Add(10 * time.Second); r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the processor reports itself healthy 10 s into failing commits")
-		}
+	if !testenv.Eventually(10*time.Second, func() bool { return !r.proc.Healthy() }) {
+		t.Fatal("the processor reports itself healthy 10 s into failing commits")
 	}
 	// Commits work again, with no more traffic: the batch whose commit was
 	// given up is committed on its own.
 	time.Sleep(5 * time.Second) // past its retries
 	fc.fail.Store(false)
 	r.waitCommitted(t, 1)
-	for deadline := time.Now().Add(10 * time.Second); !r.proc.Healthy(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the processor is still unhealthy 10 s after commits work again")
-		}
+	if !testenv.Eventually(10*time.Second, r.proc.Healthy) {
+		t.Fatal("the processor is still unhealthy 10 s after commits work again")
 	}
 	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u1","version":2,"changes":{"points":1}}`)
 	r.waitCommitted(t, 2)
@@ -413,11 +403,9 @@ func TestCommitFailuresMakeUnhealthy(t *testing.T) {
 // profile topic.
 func (r *rig) waitCommitted(t *testing.T, n int64) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); committed(t, r.brokers, r.group, r.profile) < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("group %s did not commit %d records within 60 s", r.group, n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Each check asks Kafka: a slower poll than Eventually's.
+	if !testenv.EventuallyEvery(60*time.Second, 50*time.Millisecond, func() bool { return committed(t, r.brokers, r.group, r.profile) >= n }) {
+		t.Fatalf("group %s did not commit %d records within 60 s", r.group, n)
 	}
 }
 
@@ -521,11 +509,8 @@ func TestReplayedDeletionKeepsStaticReAdd(t *testing.T) {
 	r.produce(t, `{"eventId":"e2","type":"profile.deleted","orgId":"`+o+`","userId":"u1","version":2}`)
 	r.waitState(t, "u1", func(st membership.UserState) bool { return st.Deleted })
 	// The deletion's exit is projected before its publication fails.
-	for deadline := time.Now().Add(30 * time.Second); members(t, r.rdb, membership.SegmentMembersKey(o, d.ID)) != ""; {
-		if time.Now().After(deadline) {
-			t.Fatal("the deletion's exit was not projected within 30 s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testenv.Eventually(30*time.Second, func() bool { return members(t, r.rdb, membership.SegmentMembersKey(o, d.ID)) == "" }) {
+		t.Fatal("the deletion's exit was not projected within 30 s")
 	}
 	stop()
 	add("list-2")
@@ -694,11 +679,8 @@ func TestReplayAfterDeletionPublishesNoEntry(t *testing.T) {
 	o := r.org
 	stop := r.startWith(t, unpublished(0))
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`)
-	for deadline := time.Now().Add(30 * time.Second); members(t, r.rdb, membership.SegmentMembersKey(o, seg)) != "u1"; {
-		if time.Now().After(deadline) {
-			t.Fatal("the entry was not projected within 30 s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testenv.Eventually(30*time.Second, func() bool { return members(t, r.rdb, membership.SegmentMembersKey(o, seg)) == "u1" }) {
+		t.Fatal("the entry was not projected within 30 s")
 	}
 	stop()
 	if _, err := membership.NewSets(r.rdb).DeleteSegment(ctx, o, seg, time.Now(), nil); err != nil {
@@ -754,12 +736,11 @@ func TestReplayLeavesOutASupersededChange(t *testing.T) {
 			}
 			// The batches are projected, then the publication fails: wait
 			// for the projection of the last one.
-			deadline := time.Now().Add(10 * time.Second)
-			for r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val() != tt.byBackfill {
-				if time.Now().After(deadline) {
-					t.Fatal("the killed batches were not projected")
-				}
-				time.Sleep(20 * time.Millisecond)
+			projected := func() bool {
+				return r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val() == tt.byBackfill
+			}
+			if !testenv.Eventually(10*time.Second, projected) {
+				t.Fatal("the killed batches were not projected")
 			}
 			stop()
 			if tt.byBackfill {

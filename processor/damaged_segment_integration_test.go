@@ -28,10 +28,8 @@ func TestDamagedSegmentSetHoldsNothingUp(t *testing.T) {
 	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":2000}}`)
 	r.waitVersion(t, "u1", 1) // written: its projection is what meets the damaged set
 	r.produce(t, `{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"u2","version":1,"profile":{"tier":"gold"}}`)
-	for deadline := time.Now().Add(20 * time.Second); members(t, rdb, membership.SegmentMembersKey(o, b)) != "u2"; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("u2 not in segment %s 20 s after its event: the stream is held up by segment %s's damaged set (committed %d)",
-				b, a, committed(t, r.brokers, r.group, r.profile))
-		}
+	if !testenv.Eventually(20*time.Second, func() bool { return members(t, rdb, membership.SegmentMembersKey(o, b)) == "u2" }) {
+		t.Fatalf("u2 not in segment %s 20 s after its event: the stream is held up by segment %s's damaged set (committed %d)",
+			b, a, committed(t, r.brokers, r.group, r.profile))
 	}
 }

@@ -100,9 +100,9 @@ func (r *rig) produceEvents(t *testing.T, evs []events.ProfileEvent) {
 // waitProfiles waits until every user's stored profile has the wanted points.
 func (r *rig) waitPoints(t *testing.T, want map[string]int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		seen := 0
+	seen := 0
+	upToDate := func() bool {
+		seen = 0
 		err := r.users.ScanProfiles(context.Background(), r.org, func(page []membership.StoredProfile) error {
 			for _, sp := range page {
 				p, _ := segment.DecodeProfile(sp.Profile)
@@ -115,31 +115,27 @@ func (r *rig) waitPoints(t *testing.T, want map[string]int, timeout time.Duratio
 		if err != nil {
 			t.Fatal(err)
 		}
-		if seen == len(want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d profiles up to date after %s", seen, len(want), timeout)
-		}
-		time.Sleep(250 * time.Millisecond)
+		return seen == len(want)
+	}
+	// Each check scans every profile: a slower poll than Eventually's.
+	if !testenv.EventuallyEvery(timeout, 250*time.Millisecond, upToDate) {
+		t.Fatalf("%d of %d profiles up to date after %s", seen, len(want), timeout)
 	}
 }
 
 func (r *rig) waitReady(t *testing.T, id string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var status segment.Status
+	ready := func() bool {
 		d, err := r.defs.Get(context.Background(), r.org, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d.Status == segment.StatusReady {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("segment %s still %s after %s", id, d.Status, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
+		status = d.Status
+		return status == segment.StatusReady
+	}
+	if !testenv.Eventually(timeout, ready) {
+		t.Fatalf("segment %s still %s after %s", id, status, timeout)
 	}
 }
 
@@ -223,17 +219,16 @@ func TestBackfillWhileEventsArrive(t *testing.T) {
 	}
 	// The estimate catches up with the exact size within a few refreshes
 	// (one per second here).
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		cur, err := r.defs.Get(context.Background(), r.org, d.ID)
-		if err != nil {
+	var cur segment.Definition
+	caughtUp := func() bool {
+		var err error
+		if cur, err = r.defs.Get(context.Background(), r.org, d.ID); err != nil {
 			t.Fatal(err)
 		}
-		if cur.EstimatedSize == int64(want) && cur.BackfillScanned == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("estimatedSize = %d, backfillScanned = %d 10 s after ready; want %d and 0", cur.EstimatedSize, cur.BackfillScanned, want)
-		}
+		return cur.EstimatedSize == int64(want) && cur.BackfillScanned == 0
+	}
+	if !testenv.Eventually(10*time.Second, caughtUp) {
+		t.Fatalf("estimatedSize = %d, backfillScanned = %d 10 s after ready; want %d and 0", cur.EstimatedSize, cur.BackfillScanned, want)
 	}
 
 	// Change the criteria of the live segment, again under a stream of patches.
@@ -1758,19 +1753,15 @@ func TestJobsCompleteUserIndexes(t *testing.T) {
 			t.Errorf("jobs: %v", err)
 		}
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	marked := func() bool {
 		n, err := r.rdb.Exists(ctx, membership.AllIndexedKey).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the user indexes were not marked complete within 30 s")
-		}
-		time.Sleep(100 * time.Millisecond)
+		return n == 1
+	}
+	if !testenv.Eventually(30*time.Second, marked) {
+		t.Fatal("the user indexes were not marked complete within 30 s")
 	}
 	var ids []string
 	if err := membership.NewUsers(r.rdb).ScanUserIDs(ctx, r.org, func(page []string) error {

@@ -67,16 +67,12 @@ func TestLagDuringOutage(t *testing.T) {
 	r.produceEvents(t, evs)
 	// The partitions' ends are asked every 5 s: within a few of those,
 	// the backlog shows.
-	for deadline := time.Now().Add(20 * time.Second); gauge(t, reg, "segmentd_consumer_lag_events") < 1000; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("segmentd_consumer_lag_events is %v 20 s into an outage with 6000 events unprocessed", gauge(t, reg, "segmentd_consumer_lag_events"))
-		}
+	if !testenv.Eventually(20*time.Second, func() bool { return gauge(t, reg, "segmentd_consumer_lag_events") >= 1000 }) {
+		t.Fatalf("segmentd_consumer_lag_events is %v 20 s into an outage with 6000 events unprocessed", gauge(t, reg, "segmentd_consumer_lag_events"))
 	}
 	fw.fail.Store(false)
 	r.waitCommitted(t, 6001)
-	for deadline := time.Now().Add(15 * time.Second); gauge(t, reg, "segmentd_consumer_lag_events") != 0; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("segmentd_consumer_lag_events is %v once everything is processed", gauge(t, reg, "segmentd_consumer_lag_events"))
-		}
+	if !testenv.Eventually(15*time.Second, func() bool { return gauge(t, reg, "segmentd_consumer_lag_events") == 0 }) {
+		t.Fatalf("segmentd_consumer_lag_events is %v once everything is processed", gauge(t, reg, "segmentd_consumer_lag_events"))
 	}
 }

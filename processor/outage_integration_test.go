@@ -108,23 +108,15 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.produceEvents(t, batch(1))
-	deadline := time.Now().Add(30 * time.Second)
-	for p.Healthy() {
-		if time.Now().After(deadline) {
-			t.Fatal("processor still healthy 30 s into a Redis outage")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testenv.Eventually(30*time.Second, func() bool { return !p.Healthy() }) {
+		t.Fatal("processor still healthy 30 s into a Redis outage")
 	}
 	if err := srv.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	r.waitPoints(t, points, 2*time.Minute)
-	deadline = time.Now().Add(30 * time.Second)
-	for !p.Healthy() {
-		if time.Now().After(deadline) {
-			t.Fatal("processor not healthy 30 s after Redis came back")
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testenv.Eventually(30*time.Second, p.Healthy) {
+		t.Fatal("processor not healthy 30 s after Redis came back")
 	}
 	r.verifyClean(t)
 }

@@ -132,19 +132,19 @@ func (r *rig) waitVersion(t *testing.T, user string, v int64) membership.UserSta
 // waitState polls user's stored state until ok accepts it.
 func (r *rig) waitState(t *testing.T, user string, ok func(membership.UserState) bool) membership.UserState {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	var st membership.UserState
+	loaded := func() bool {
 		states, err := r.users.Load(context.Background(), []membership.UserRef{{OrgID: r.org, UserID: user}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ok(states[0]) {
-			return states[0]
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("state of %s not as wanted within 30 s: %+v", user, states[0])
-		}
-		time.Sleep(50 * time.Millisecond)
+		st = states[0]
+		return ok(st)
 	}
+	if !testenv.Eventually(30*time.Second, loaded) {
+		t.Fatalf("state of %s not as wanted within 30 s: %+v", user, st)
+	}
+	return st
 }
 
 func (r *rig) produce(t *testing.T, values ...string) {
@@ -468,11 +468,8 @@ func TestUserSetDamagedAfterCaching(t *testing.T) {
 	r.produce(t, e2)
 	r.waitVersion(t, "bad", 2)
 	r.waitState(t, "bad", func(st membership.UserState) bool { return slices.Contains(st.Segments, a) })
-	for deadline := time.Now().Add(30 * time.Second); members(t, rdb, membership.SegmentMembersKey(o, a)) != "bad"; {
-		if time.Now().After(deadline) {
-			t.Fatalf("members = %q after the repair and the replay, want bad", members(t, rdb, membership.SegmentMembersKey(o, a)))
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testenv.Eventually(30*time.Second, func() bool { return members(t, rdb, membership.SegmentMembersKey(o, a)) == "bad" }) {
+		t.Fatalf("members = %q after the repair and the replay, want bad", members(t, rdb, membership.SegmentMembersKey(o, a)))
 	}
 }
 
@@ -502,12 +499,9 @@ func TestBatchStepsObservedOnce(t *testing.T) {
 		}
 		return out
 	}
+	// Whether the commit was seen or not, got is checked below.
 	var got map[string]uint64
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if got = counts(); got["commit"] > 0 || time.Now().After(deadline) {
-			break
-		}
-	}
+	testenv.Eventually(30*time.Second, func() bool { got = counts(); return got["commit"] > 0 })
 	want := map[string]uint64{"batches": 1, "decode": 1, "load": 1, "evaluate": 1, "write": 1, "project": 1, "publish": 1, "commit": 1}
 	if !maps.Equal(got, want) {
 		t.Errorf("observations %v, want %v", got, want)

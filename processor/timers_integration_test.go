@@ -503,14 +503,15 @@ func TestTimerRetryAfterNewerProfileChange(t *testing.T) {
 // waitTimer polls until user's timer is stored at or after from.
 func (r *rig) waitTimer(t *testing.T, user string, from time.Time) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		at, err := r.rdb.ZScore(context.Background(), membership.ScheduleKey(r.org), user).Result()
-		if err == nil && int64(at) >= from.UnixMilli() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timer of %s not stored at %s or later within 30 s: %v, %v", user, from, at, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var (
+		at  float64
+		err error
+	)
+	stored := func() bool {
+		at, err = r.rdb.ZScore(context.Background(), membership.ScheduleKey(r.org), user).Result()
+		return err == nil && int64(at) >= from.UnixMilli()
+	}
+	if !testenv.Eventually(30*time.Second, stored) {
+		t.Fatalf("timer of %s not stored at %s or later within 30 s: %v, %v", user, from, at, err)
 	}
 }

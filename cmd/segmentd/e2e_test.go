@@ -291,16 +291,10 @@ func (e *e2e) committed() int64 {
 
 func (e *e2e) waitCommitted(want int64, timeout time.Duration) {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		n := e.committed()
-		if n >= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("committed %d of %d profile events after %s", n, want, timeout)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var n int64
+	// Each check asks Kafka: a slower poll than Eventually's.
+	if !testenv.EventuallyEvery(timeout, 200*time.Millisecond, func() bool { n = e.committed(); return n >= want }) {
+		e.t.Fatalf("committed %d of %d profile events after %s", n, want, timeout)
 	}
 }
 

@@ -83,12 +83,8 @@ func TestEmbeddedMode(t *testing.T) {
 				resp.Body.Close()
 				return resp.StatusCode
 			}
-			deadline := time.Now().Add(15 * time.Second)
-			for call(http.MethodGet, "/readyz", "") != http.StatusOK {
-				if time.Now().After(deadline) {
-					t.Fatal("segmentd not ready within 15 s")
-				}
-				time.Sleep(100 * time.Millisecond)
+			if !testenv.Eventually(15*time.Second, func() bool { return call(http.MethodGet, "/readyz", "") == http.StatusOK }) {
+				t.Fatal("segmentd not ready within 15 s")
 			}
 			if code := call(http.MethodGet, "/healthz", ""); code != http.StatusOK {
 				t.Fatalf("/healthz = %d", code)

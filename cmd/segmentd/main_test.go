@@ -125,12 +125,9 @@ func TestAPIChangesCounted(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for code, _ := call(http.MethodGet, "/readyz", ""); code != http.StatusOK; code, _ = call(http.MethodGet, "/readyz", "") {
-		if time.Now().After(deadline) {
-			t.Fatal("segmentd not ready within 30 s")
-		}
-		time.Sleep(100 * time.Millisecond)
+	ready := func() bool { code, _ := call(http.MethodGet, "/readyz", ""); return code == http.StatusOK }
+	if !testenv.Eventually(30*time.Second, ready) {
+		t.Fatal("segmentd not ready within 30 s")
 	}
 	code, body := call(http.MethodPost, "/v1/segments", `{"name":"vip","type":"static","userIds":["u1","u2","u3"]}`)
 	if code != http.StatusCreated {
