@@ -954,7 +954,19 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			own := append(slices.Clip(foundIDs[a.UserID]), a.Entry.EventID) // published here already
 			skip := func(e membership.OutboxEntry) bool { return slices.Contains(own, e.EventID) }
 			only := func(s string) bool { return s == seg }
-			for _, r := range racedChanges(membership.UserRef{OrgID: org, UserID: a.UserID}, outcomes[i].Before, skip, only, now) {
+			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
+			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
+			// The decision this one flips from may be older and still
+			// unpublished (see precedingChange): a job's whatever its age,
+			// the stream's within replayWindow.
+			recent := now.Add(-replayWindow).UnixMilli()
+			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, func(e membership.OutboxEntry) bool {
+				return !skip(e) && (jobEntry(e) || e.AtMillis >= recent)
+			}); ok {
+				raced = withoutRepeats(append(raced, pc))
+				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
+			}
+			for _, r := range raced {
 				changes = append(changes, r.Change)
 				projections = append(projections, r)
 			}
@@ -991,7 +1003,7 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 	for i, p := range projections {
 		revs[i] = p.Rev
 	}
-	drop, err := superseded(ctx, j.cfg.Users, changes, revs, retried, nil)
+	drop, err := superseded(ctx, j.cfg.Users, changes, revs, retried)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -100,10 +100,6 @@ type UserStore interface {
 	// idempotently, and returns the segments it found deleted (see
 	// membership.Deletions).
 	Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error)
-	// ProjectedRevisions returns, for each change, the revision of the write
-	// whose decision the change's segment set holds for its user; -1 for a
-	// user with none.
-	ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error)
 }
 
 // Scheduler records when a time-relative criterion can next flip for a user.
@@ -714,10 +710,6 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 	if snap == nil {
 		return nil, errors.New("segment definitions not loaded yet")
 	}
-	// earlier holds the indexes in wb.changes of changes that earlier
-	// writes decided, and outboxes their users' outboxes as loaded.
-	var earlier []int
-	outboxes := map[membership.UserRef][]membership.OutboxEntry{}
 	pending := order
 	for round := 0; len(pending) > 0; round++ {
 		if round == maxConflicts {
@@ -776,13 +768,6 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			} else if !w.cached && states[i].Unreadable == nil {
 				p.cache.put(w.ref, states[i])
 			}
-			for k, rev := range r.revs {
-				// Decided by an earlier write: replayed, or raced.
-				if rev <= states[i].Rev {
-					earlier = append(earlier, len(wb.changes)+k)
-					outboxes[w.ref] = states[i].Outbox
-				}
-			}
 			wb.changes = append(wb.changes, r.changes...)
 			wb.revs = append(wb.revs, r.revs...)
 			wb.projections = append(wb.projections, r.projections...)
@@ -818,33 +803,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 		pending = conflicted
 		step("write") // the write and what it settles
 	}
-	if err := p.dropSuperseded(ctx, wb, earlier, outboxes); err != nil {
-		m.redisError()
-		return nil, err
-	}
 	return wb, nil
-}
-
-// dropSuperseded leaves out of the batch's changes those at earlier (see
-// superseded) that a backfill or a timer has decided again since: a replay
-// of a batch whose instance died before publishing it comes after the
-// rebalance, seconds later, and the job's change may be out by then. A
-// later write of the stream is published after the replay, in the order of
-// the partition's records (its entry is still in the user's outbox, among
-// the user's loaded outbox), and keeps it.
-func (p *Processor) dropSuperseded(ctx context.Context, wb *written, earlier []int, outboxes map[membership.UserRef][]membership.OutboxEntry) error {
-	stream := func(i int, later int64) bool {
-		c := wb.changes[i]
-		return slices.ContainsFunc(outboxes[membership.UserRef{OrgID: c.OrgID, UserID: c.UserID}], func(e membership.OutboxEntry) bool {
-			return e.Rev == later && streamEntry(e)
-		})
-	}
-	drop, err := superseded(ctx, p.cfg.Users, wb.changes, wb.revs, earlier, stream)
-	if err != nil {
-		return err
-	}
-	wb.changes, wb.revs = without(wb.changes, drop), without(wb.revs, drop)
-	return nil
 }
 
 // states returns the stored state of each user: from the cache when it
@@ -1182,6 +1141,23 @@ func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip 
 	return out
 }
 
+// replayWindow is how long after the stream's write of a user a backfill or
+// timer that decides one of its segments again publishes the write's change
+// first, in case it is not published yet: a batch whose instance died is
+// replayed by the partition's next owner once the group has rebalanced
+// (its session timeout is 10 s), published after the job's change
+// otherwise. Longer than racedWindow, which covers a live writer.
+const replayWindow = 2 * time.Minute
+
+// revSegment is a segment as one write (of a revision) decided it.
+type revSegment struct {
+	rev int64
+	seg string
+}
+
+// jobEntry reports whether e is a backfill's or a timer's entry.
+func jobEntry(e membership.OutboxEntry) bool { return !streamEntry(e) }
+
 // racedWindow is how long after a backfill's or timer's write of a user
 // the stream takes its changes for possibly unpublished (see
 // racedChanges): the writer publishes within milliseconds of its write,
@@ -1318,6 +1294,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// replayedLast holds, by revision, the last replayed entry of each
 	// earlier write whose events this batch replays.
 	var replayedLast map[int64]string
+	// before holds the jobs' changes that the changes published here
+	// follow (see precedingChange), and decided the segments each write
+	// has decided here, from its first change of each.
+	var before []membership.Projection
+	decided := map[revSegment]bool{}
 	for i, it := range w.items {
 		ev := it.ev
 		if repeated(w.items, i, seen) {
@@ -1336,6 +1317,14 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				continue
 			}
 			replayed := outboxChanges(w.ref, e)
+			for _, c := range replayed {
+				if first := (revSegment{e.Rev, c.SegmentID}); !decided[first] {
+					decided[first] = true
+					if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry); ok {
+						before = append(before, pc)
+					}
+				}
+			}
 			res.record(replayed, e.Rev)
 			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
 			res.replayed++
@@ -1496,14 +1485,24 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		}
 	}
 	if !wrote {
+		res.publishFirst(withoutRepeats(before))
 		return res
 	}
 	// A cached state holds the job entries the stream's own last write
 	// kept (keepAmends): they race all the same. The stream's own entries
 	// are published in order by its batches.
-	res.publishFirst(racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
+	before = append(before, racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
 		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
-	}, now))
+	}, now)...)
+	for i, c := range res.changes {
+		if rev := res.revs[i]; rev == st.Rev+1 && !decided[revSegment{rev, c.SegmentID}] {
+			decided[revSegment{rev, c.SegmentID}] = true
+			if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, rev, c.Entered, jobEntry); ok {
+				before = append(before, pc)
+			}
+		}
+	}
+	res.publishFirst(withoutRepeats(before))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}
 	if moved {
 		uw.Applied = mark.String()

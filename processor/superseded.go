@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"slices"
 
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/membership"
@@ -20,14 +21,12 @@ type projectedRevisions interface {
 // decided by the write of revision revs[i]) that a later write of the user
 // decided again for their segment, and that are not published before it
 // here: the segment's set holds the later write's revision (it is
-// projected, and so published or being published), no change of this
-// publication comes from it, and pending, when not nil, does not take it
-// for a write still to be published after them. Published after the later
-// write's change, an earlier change would leave a consumer that follows the
-// topic with it, the older one; the earlier change is one a crash (or a
-// race, see racedChanges) kept back, and a consumer that never saw it sees
-// the later one.
-func superseded(ctx context.Context, users projectedRevisions, changes []events.Change, revs []int64, earlier []int, pending func(i int, later int64) bool) (map[int]bool, error) {
+// projected, and so published or being published), and no change of this
+// publication comes from it. Published after the later write's change, an
+// earlier change would leave a consumer that follows the topic with it, the
+// older one; and the later write published the earlier change before its
+// own (see precedingChange), so leaving it out here loses nothing.
+func superseded(ctx context.Context, users projectedRevisions, changes []events.Change, revs []int64, earlier []int) (map[int]bool, error) {
 	if len(earlier) == 0 {
 		return nil, nil
 	}
@@ -53,9 +52,6 @@ func superseded(ctx context.Context, users projectedRevisions, changes []events.
 		if later <= revs[i] || here[userRev{membership.UserRef{OrgID: changes[i].OrgID, UserID: changes[i].UserID}, later}] {
 			continue
 		}
-		if pending != nil && pending(i, later) {
-			continue
-		}
 		if drop == nil {
 			drop = map[int]bool{}
 		}
@@ -74,6 +70,50 @@ func without[T any](s []T, drop map[int]bool) []T {
 	for i, v := range s {
 		if !drop[i] {
 			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// precedingChange returns the change of segment seg that the newest entry
+// of outbox written before revision rev made there, with that entry's
+// revision, when take accepts the entry and a change of seg to entered
+// flips from that decision. A backfill's or a timer's decision may never
+// have been published, whatever its age (its round gave up on Kafka, or
+// its instance died), and its retry leaves it out once a later write has
+// decided the segment again (see superseded): the later writer publishes
+// it first (again, with its eventId, when it was published), so that it is
+// neither lost nor published after the change that followed it.
+func precedingChange(ref membership.UserRef, outbox []membership.OutboxEntry, seg string, rev int64, entered bool, take func(membership.OutboxEntry) bool) (membership.Projection, bool) {
+	var last membership.OutboxEntry
+	var change membership.OutboxChange
+	found := false
+	for _, e := range outbox {
+		if e.Rev >= rev || found && e.Rev < last.Rev {
+			continue
+		}
+		for _, c := range e.Changes {
+			if c.SegmentID == seg {
+				last, change, found = e, c, true
+			}
+		}
+	}
+	if !found || change.Entered == entered || !take(last) {
+		return membership.Projection{}, false
+	}
+	last.Changes = []membership.OutboxChange{change}
+	return membership.Projection{Change: outboxChanges(ref, last)[0], Rev: last.Rev}, true
+}
+
+// withoutRepeats returns ps without the projections that repeat an earlier
+// one's change (the same eventId, segment and direction).
+func withoutRepeats(ps []membership.Projection) []membership.Projection {
+	out := ps[:0:0]
+	for _, p := range ps {
+		if !slices.ContainsFunc(out, func(q membership.Projection) bool {
+			return q.Change.Cause.EventID == p.Change.Cause.EventID && q.Change.SegmentID == p.Change.SegmentID && q.Change.Entered == p.Change.Entered
+		}) {
+			out = append(out, p)
 		}
 	}
 	return out
