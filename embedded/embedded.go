@@ -37,15 +37,30 @@ type Servers struct {
 	stopClock, clockDone chan struct{}
 }
 
-// clockTick is how often the embedded Redis's keys age.
+// clockTick is how often the embedded Redis's keys age, at the most.
 const clockTick = 100 * time.Millisecond
+
+// clockShare bounds the clock's share of the embedded Redis's time to one
+// part in clockShare.
+const clockShare = 20
+
+// clockWait is how long the clock waits after aging the keys took cost.
+// miniredis ages them by sorting and walking every key under its lock: at a
+// fixed tick, with a few hundred thousand keys, the clock would hold the
+// lock nearly all the time and no command would be answered within the
+// clients' timeouts. Keys expire late by as much (leases of 30 s,
+// idempotency records of a day).
+func clockWait(cost time.Duration) time.Duration {
+	return max(clockTick, clockShare*cost)
+}
 
 // runClock ages the embedded Redis's keys with the wall clock: miniredis
 // expires keys only when told that time has passed, and segmentd's job
-// leases and idempotency records rely on expiry.
-func (s *Servers) runClock() {
+// leases and idempotency records rely on expiry. wait says how long to wait
+// after each aging (clockWait).
+func (s *Servers) runClock(wait func(cost time.Duration) time.Duration) {
 	defer close(s.clockDone)
-	t := time.NewTicker(clockTick)
+	t := time.NewTimer(clockTick)
 	defer t.Stop()
 	last := time.Now()
 	for {
@@ -55,6 +70,7 @@ func (s *Servers) runClock() {
 		case now := <-t.C:
 			s.redis.FastForward(now.Sub(last))
 			last = now
+			t.Reset(wait(time.Since(now)))
 		}
 	}
 }
@@ -82,7 +98,7 @@ func Start(opts Options) (*Servers, error) {
 		}
 		s.redis = mr
 		s.stopClock, s.clockDone = make(chan struct{}), make(chan struct{})
-		go s.runClock()
+		go s.runClock(clockWait)
 	}
 	return s, nil
 }

@@ -3,6 +3,8 @@ package embedded
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -85,4 +87,65 @@ func TestDeleteLargeSegment(t *testing.T) {
 	if left := rdb.SCard(ctx, membership.SegmentMembersKey("dev", "big")).Val(); left != 0 {
 		t.Errorf("%d members left", left)
 	}
+}
+
+// TestClockWait: the clock ages the keys every clockTick while that is
+// cheap, and waits clockShare times as long as aging took once it is not,
+// so that it never holds the server more than a share of the time.
+func TestClockWait(t *testing.T) {
+	for name, tt := range map[string]struct{ cost, want time.Duration }{
+		"an empty server":                   {0, clockTick},
+		"a few thousand keys":               {time.Millisecond, clockTick},
+		"at the share exactly":              {clockTick / clockShare, clockTick},
+		"300,000 keys (about 170 ms)":       {170 * time.Millisecond, 3400 * time.Millisecond},
+		"a call that took longer than tick": {2 * clockTick, 2 * clockShare * clockTick},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := clockWait(tt.cost); got != tt.want {
+				t.Errorf("clockWait(%v) = %v, want %v", tt.cost, got, tt.want)
+			}
+		})
+	}
+}
+
+// BenchmarkClockAging measures one aging of the embedded Redis's keys
+// (miniredis's FastForward, which holds the server's lock) with
+// SEGMENTD_BENCH_KEYS keys (300,000 unless set: about 150,000 users of make
+// run), and reports the share of the server's time the clock then takes
+// with a fixed clockTick (as before clockWait: the server answers nothing
+// else while the clock holds it) and with clockWait.
+func BenchmarkClockAging(b *testing.B) {
+	keys := 300000
+	if v := os.Getenv("SEGMENTD_BENCH_KEYS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		keys = n
+	}
+	s, err := Start(Options{Redis: true, Ephemeral: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: s.RedisAddr(), ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	defer rdb.Close()
+	ctx := context.Background()
+	for n := 0; n < keys; {
+		pipe := rdb.Pipeline()
+		for i := 0; i < 10000 && n < keys; i++ {
+			pipe.SAdd(ctx, fmt.Sprintf("usersegs:{org:u%07d}", n), "seg")
+			n++
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for b.Loop() {
+		s.redis.FastForward(time.Millisecond)
+	}
+	cost := time.Since(start) / time.Duration(b.N)
+	b.ReportMetric(100*min(1, float64(cost)/float64(clockTick)), "%-fixed-tick")
+	b.ReportMetric(100*float64(cost)/float64(clockWait(cost)), "%-clockWait")
 }

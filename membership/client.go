@@ -105,6 +105,16 @@ func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 	return err
 }
 
+// wrongType reports Redis's answer that a key holds another type than the
+// command takes. Redis gives a script's failed call as the call's own error
+// (WRONGTYPE first); the embedded Redis of make run (miniredis) wraps it
+// ("ERR Error compiling script ...: WRONGTYPE Operation against a key ..."),
+// so that the prefix alone would not find it there.
+func wrongType(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGTYPE") ||
+		err != nil && strings.Contains(err.Error(), "WRONGTYPE Operation against a key holding the wrong kind of value")
+}
+
 // ErrIsCluster reports a node of a Redis Cluster that was taken for a
 // standalone Redis (one address was given).
 var ErrIsCluster = errors.New("a redis cluster node")

@@ -230,7 +230,7 @@ func (s *Sets) ForgetSegment(ctx context.Context, org, seg string) (int64, error
 		for _, c := range cmds {
 			// Only a set of another type is left; any other failure of
 			// one command (a node going away) fails the walk.
-			if err := c.Err(); err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+			if err := c.Err(); err != nil && !wrongType(err) {
 				return err
 			}
 			n += c.Val()

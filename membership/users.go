@@ -247,7 +247,7 @@ func readErr(cmds ...redis.Cmder) (bad, failed error) {
 		err := c.Err()
 		switch {
 		case err == nil || errors.Is(err, redis.Nil):
-		case redis.HasErrorPrefix(err, "WRONGTYPE"):
+		case wrongType(err):
 			bad = fmt.Errorf("key %v: %w", c.Args()[1], err)
 		default:
 			return nil, err
@@ -599,7 +599,7 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error)
 		}
 		for i, cmd := range runPipelined(ctx, u.rdb, projectScript, calls[first:last]) {
 			reply, err := cmd.Result()
-			if redis.HasErrorPrefix(err, "WRONGTYPE") {
+			if wrongType(err) {
 				// A member set (or its revisions) written by hand as
 				// another type: it cannot take the projection, now or on
 				// any retry, and must not hold up every other segment's
