@@ -1,7 +1,7 @@
 # segmentd: build, run, test and benchmark.
 GO ?= go
 
-.PHONY: all build run test unit bench fmt vet lint clean
+.PHONY: all build run test test-embedded unit bench fmt vet lint clean
 
 all: build
 
@@ -25,6 +25,13 @@ run:
 ## servers would run each other's backfills and timers.
 test:
 	scripts/test-servers.sh run -- $(GO) test -race -count=1 -p 1 -timeout 14m ./...
+
+## test-embedded: the integration tests against the embedded stand-ins of
+## `make run` (kfake and miniredis, in-process) instead of real servers;
+## tests of what only a real server does skip, naming it. (OnEachRedis and
+## OnEachKafka run their embedded subtests in `make test` and `make unit` too.)
+test-embedded:
+	SEGMENTD_TEST_STANDINS=1 $(GO) test -race -count=1 -p 1 -timeout 14m ./membership ./kafkaio ./api ./cmd/...
 
 ## unit: tests that need no servers (integration tests skip)
 unit:

@@ -22,8 +22,9 @@ import (
 // reads them back through a GroupReader, commits them out of order, and
 // checks that each partition's committed offset is the one after its
 // highest record, which is what a restarted member resumes from.
-func TestProduceFetchCommit(t *testing.T) {
-	brokers := testenv.Kafka(t)
+func TestProduceFetchCommit(t *testing.T) { testenv.OnEachKafka(t, testProduceFetchCommit) }
+
+func testProduceFetchCommit(t *testing.T, brokers []string) {
 	topic, group := testenv.UniqueName(t, "in"), testenv.UniqueName(t, "group")
 	const partitions = 2
 	testenv.CreateTopic(t, brokers, topic, partitions)
@@ -176,8 +177,9 @@ func TestPingStopsWithItsContext(t *testing.T) {
 
 // TestPingTriesEveryBroker: a first broker that accepts connections and
 // never answers must not make the check fail while the next one answers.
-func TestPingTriesEveryBroker(t *testing.T) {
-	brokers := testenv.Kafka(t)
+func TestPingTriesEveryBroker(t *testing.T) { testenv.OnEachKafka(t, testPingTriesEveryBroker) }
+
+func testPingTriesEveryBroker(t *testing.T, brokers []string) {
 	frozen := frozenBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -222,8 +224,9 @@ func TestPartitionsCreatesNoTopic(t *testing.T) {
 
 // TestCloseWriterLeavesNothing: a writer closed with CloseWriter leaves no
 // goroutine of its transport behind (segmentctl and tests make many).
-func TestCloseWriterLeavesNothing(t *testing.T) {
-	brokers := testenv.Kafka(t)
+func TestCloseWriterLeavesNothing(t *testing.T) { testenv.OnEachKafka(t, testCloseWriterLeavesNothing) }
+
+func testCloseWriterLeavesNothing(t *testing.T, brokers []string) {
 	topic := testenv.UniqueName(t, "topic")
 	testenv.CreateTopic(t, brokers, topic, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

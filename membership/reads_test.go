@@ -197,6 +197,10 @@ func TestMembersPagingWhileTheSetChanges(t *testing.T) {
 					tt.between(t, add, rem, page)
 				}
 				missing, repeated := 0, 0
+				if name == "members leave" {
+					// README, Known limits: miniredis pages SSCAN by position.
+					testenv.RealRedisOnly(t, rdb, "SSCAN returns every member that stays while others leave")
+				}
 				for i, id := range tt.initial {
 					switch n := seen[id.(string)]; {
 					case !tt.stays(i):

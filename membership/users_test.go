@@ -113,6 +113,7 @@ func TestHashValueLimit(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		testenv.RealRedisOnly(t, rdb, "CONFIG GET (segmentd only warns from it)")
 		const name = "hash-max-listpack-value"
 		was, ok := membership.HashValueLimit(ctx, rdb)
 		if !ok || was <= 0 {
@@ -173,6 +174,7 @@ func TestPing(t *testing.T) {
 	// Two addresses of standalone servers, taken for a cluster's: a
 	// mistake of configuration, which Ping names.
 	t.Run("standalone servers as a cluster", func(t *testing.T) {
+		testenv.RealServersOnly(t, "miniredis answers CLUSTER SLOTS and refuses CLUSTER INFO")
 		addr := testenv.Redis(t)
 		rdb := membership.NewClient([]string{addr, addr}, membership.Auth{})
 		defer rdb.Close()
@@ -192,6 +194,7 @@ func TestClientAuth(t *testing.T) {
 		"cluster":    func(t *testing.T) []string { return testenv.RedisCluster(t) },
 	} {
 		t.Run(name, func(t *testing.T) {
+			testenv.RealServersOnly(t, "ACL SETUSER")
 			nodes := addrs(t)
 			user := testenv.UniqueName(t, "user")
 			for _, addr := range nodes {

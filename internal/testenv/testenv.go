@@ -8,6 +8,15 @@
 //	SEGMENTD_TEST_REDIS_ADDR           a standalone Redis, host:port
 //	SEGMENTD_TEST_REDIS_CLUSTER_ADDRS  comma-separated Redis Cluster nodes, host:port
 //	SEGMENTD_TEST_REQUIRE_SERVERS      "1" makes a missing variable fail the test
+//	SEGMENTD_TEST_STANDINS             "1" points Kafka and Redis at the embedded stand-ins
+//	                                   of `make run` instead (make test-embedded)
+//
+// OnEachRedis and OnEachKafka also run their function against the embedded
+// stand-ins (miniredis and kfake, started in-process once per test binary,
+// exactly as segmentd's embedded mode starts them), with or without
+// servers: the embedded default is held to the same contract. A test, or a
+// part of one, that depends on what only a real server does calls
+// RealRedisOnly or RealServersOnly, which skip it there with the reason.
 //
 // A test that asks for a server whose variable is unset is skipped, so that a
 // plain `go test ./...` passes without any server; with
@@ -34,11 +43,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+
+	"github.com/segmentd/segmentd/embedded"
 )
 
 // Names of the environment variables that this package reads.
@@ -51,7 +63,87 @@ const (
 	EnvRedisClusterAddrs = "SEGMENTD_TEST_REDIS_CLUSTER_ADDRS"
 	// EnvRequireServers, when set to "1", turns a missing server variable into a test failure instead of a skip.
 	EnvRequireServers = "SEGMENTD_TEST_REQUIRE_SERVERS"
+	// EnvStandins, when set to "1", makes Kafka, Redis and their clients
+	// the embedded stand-ins, and skips every test of a Redis Cluster.
+	EnvStandins = "SEGMENTD_TEST_STANDINS"
 )
+
+var (
+	standinOnce sync.Once
+	standinSrv  *embedded.Servers
+	standinErr  error
+	// standinRedis is the embedded Redis's address once it runs.
+	standinRedis atomic.Value
+)
+
+// Standins reports whether the whole run is against the embedded stand-ins
+// (SEGMENTD_TEST_STANDINS=1).
+func Standins() bool { return os.Getenv(EnvStandins) == "1" }
+
+// embeddedServers starts the embedded Kafka and Redis once per test binary,
+// on free ports; they stop with the process.
+func embeddedServers(t testing.TB) *embedded.Servers {
+	t.Helper()
+	standinOnce.Do(func() {
+		standinSrv, standinErr = embedded.Start(embedded.Options{Kafka: true, Redis: true, Ephemeral: true})
+		if standinErr == nil {
+			standinRedis.Store(standinSrv.RedisAddr())
+		}
+	})
+	if standinErr != nil {
+		t.Fatalf("testenv: embedded stand-ins: %v", standinErr)
+	}
+	return standinSrv
+}
+
+// EmbeddedRedis returns the address of the embedded Redis (miniredis).
+func EmbeddedRedis(t testing.TB) string {
+	t.Helper()
+	return embeddedServers(t).RedisAddr()
+}
+
+// EmbeddedKafka returns the address of the embedded broker (kfake).
+func EmbeddedKafka(t testing.TB) []string {
+	t.Helper()
+	return embeddedServers(t).KafkaBrokers()
+}
+
+// EmbeddedRedisClient returns a client of the embedded Redis, closed when
+// the test ends.
+func EmbeddedRedisClient(t testing.TB) redis.UniversalClient {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: EmbeddedRedis(t)})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// IsEmbedded reports whether rdb is a client of the embedded Redis.
+func IsEmbedded(rdb redis.UniversalClient) bool {
+	c, ok := rdb.(*redis.Client)
+	addr, _ := standinRedis.Load().(string)
+	return ok && addr != "" && c.Options().Addr == addr
+}
+
+// RealRedisOnly skips the test when rdb is the embedded Redis: for what
+// only a real server does (CONFIG, ACL, INFO, CLUSTER, SSCAN's guarantees
+// under concurrent removals), which segmentd does not rely on there. why
+// says what.
+func RealRedisOnly(t testing.TB, rdb redis.UniversalClient, why string) {
+	t.Helper()
+	if IsEmbedded(rdb) {
+		t.Skip("real Redis only: " + why)
+	}
+}
+
+// RealServersOnly skips the test in a run against the stand-ins
+// (SEGMENTD_TEST_STANDINS=1), for a test that reaches the servers without
+// OnEachRedis.
+func RealServersOnly(t testing.TB, why string) {
+	t.Helper()
+	if Standins() {
+		t.Skip("real servers only: " + why)
+	}
+}
 
 // setupTimeout bounds each network step of the helpers: pinging a server,
 // creating a topic, waiting for its partitions to get leaders.
@@ -62,6 +154,9 @@ const setupTimeout = 60 * time.Second
 // SEGMENTD_TEST_REQUIRE_SERVERS is "1".
 func Kafka(t testing.TB) []string {
 	t.Helper()
+	if Standins() {
+		return EmbeddedKafka(t)
+	}
 	return addrs(t, EnvKafkaBrokers)
 }
 
@@ -70,6 +165,9 @@ func Kafka(t testing.TB) []string {
 // fails it if SEGMENTD_TEST_REQUIRE_SERVERS is "1".
 func Redis(t testing.TB) string {
 	t.Helper()
+	if Standins() {
+		return EmbeddedRedis(t)
+	}
 	return addrs(t, EnvRedisAddr)[0]
 }
 
@@ -78,6 +176,9 @@ func Redis(t testing.TB) string {
 // test, or fails it if SEGMENTD_TEST_REQUIRE_SERVERS is "1".
 func RedisCluster(t testing.TB) []string {
 	t.Helper()
+	if Standins() {
+		t.Skip("embedded stand-ins: no Redis Cluster")
+	}
 	return addrs(t, EnvRedisClusterAddrs)
 }
 
@@ -296,17 +397,40 @@ func sanitize(s string) string {
 	}, s)
 }
 
-// OnEachRedis runs f against the standalone Redis and against the Redis
-// Cluster, each in its own parallel subtest.
+// OnEachRedis runs f against the standalone Redis, against the Redis
+// Cluster and against the embedded Redis of `make run` (which needs no
+// server), each in its own parallel subtest.
 func OnEachRedis(t *testing.T, f func(t *testing.T, rdb redis.UniversalClient)) {
 	t.Helper()
 	for name, connect := range map[string]func(testing.TB) redis.UniversalClient{
 		"standalone": RedisClient,
 		"cluster":    RedisClusterClient,
+		"embedded":   EmbeddedRedisClient,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			if name == "standalone" && Standins() {
+				t.Skip("embedded stand-ins: the embedded subtest runs instead")
+			}
 			f(t, connect(t))
+		})
+	}
+}
+
+// OnEachKafka runs f against the Kafka of SEGMENTD_TEST_KAFKA_BROKERS and
+// against the embedded broker of `make run` (which needs no server), one
+// after the other.
+func OnEachKafka(t *testing.T, f func(t *testing.T, brokers []string)) {
+	t.Helper()
+	for _, leg := range []struct {
+		name    string
+		brokers func(testing.TB) []string
+	}{{"kafka", Kafka}, {"embedded", EmbeddedKafka}} {
+		t.Run(leg.name, func(t *testing.T) {
+			if leg.name == "kafka" && Standins() {
+				t.Skip("embedded stand-ins: the embedded subtest runs instead")
+			}
+			f(t, leg.brokers(t))
 		})
 	}
 }
