@@ -877,30 +877,53 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			// A user with one is amended whatever its membership seemed (the
 			// amend script leaves it alone when it is already right): known
 			// may predate that attempt's write.
-			earlier := false
+			var found []membership.Projection
 			if p.earlier != nil && round == 0 {
 				// In the order they were written (their revisions), whatever
 				// the order of the causes they were found under.
-				var found []membership.Projection
 				for _, ec := range p.earlier(v.UserID) {
 					if e, ok := findEntry(v.Outbox, ec.EventID, seg); ok {
 						found = append(found, membership.Projection{Change: changeOf(org, v.UserID, seg, e, ec), Rev: e.Rev})
 					}
 				}
 				slices.SortStableFunc(found, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
-				for _, f := range found {
-					retried = append(retried, len(changes))
-					changes = append(changes, f.Change)
-					projections = append(projections, f)
-					if foundIDs == nil {
-						foundIDs = map[string][]string{}
-					}
-					foundIDs[v.UserID] = append(foundIDs[v.UserID], f.Change.Cause.EventID)
-				}
-				earlier = len(found) > 0
 			}
+			earlier := len(found) > 0
 			cause := p.causeOf(v.UserID)
-			if e, ok := findEntry(v.Outbox, cause.EventID, seg); ok {
+			causeEntry, again := findEntry(v.Outbox, cause.EventID, seg)
+			if earlier || again {
+				// The first of the earlier attempts' changes may flip from a
+				// decision that its attempt would have published first (see
+				// precedingChange), and that the decision's own retry leaves
+				// out once it finds it superseded: it goes first here.
+				first := causeEntry.Rev
+				entered := again && causeEntry.Changes[0].Entered
+				if earlier {
+					first, entered = found[0].Rev, found[0].Change.Entered
+				}
+				own := []string{cause.EventID}
+				for _, f := range found {
+					own = append(own, f.Change.Cause.EventID)
+				}
+				recent := now.Add(-replayWindow).UnixMilli()
+				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, func(e membership.OutboxEntry) bool {
+					return !slices.Contains(own, e.EventID) && (jobEntry(e) || e.AtMillis >= recent)
+				}); ok {
+					changes = append(changes, pc.Change)
+					projections = append(projections, pc)
+				}
+			}
+			for _, f := range found {
+				retried = append(retried, len(changes))
+				changes = append(changes, f.Change)
+				projections = append(projections, f)
+				if foundIDs == nil {
+					foundIDs = map[string][]string{}
+				}
+				foundIDs[v.UserID] = append(foundIDs[v.UserID], f.Change.Cause.EventID)
+			}
+			if again {
+				e := causeEntry
 				// Written by an earlier attempt that may not have published,
 				// nor stored the user's timer: the flip is looked for from
 				// that attempt's instant, as one that passed since would
@@ -1269,14 +1292,10 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err != nil {
 		return 0, err
 	}
-	if changes, projections := orphanTimerChanges(org, o, byUser, views); len(changes) > 0 {
+	if changes, projections, retried := orphanTimerChanges(org, o, byUser, views, j.cfg.Now()); len(changes) > 0 {
 		// Earlier attempts' changes, as a pass's: one a later write
 		// decided again is left out (see dropSuperseded).
-		all := make([]int, len(changes))
-		for i := range all {
-			all[i] = i
-		}
-		changes, projections, err := j.dropSuperseded(ctx, changes, projections, all)
+		changes, projections, err := j.dropSuperseded(ctx, changes, projections, retried)
 		if err != nil {
 			return 0, err
 		}
@@ -1380,10 +1399,14 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 // published again with their eventIds, so that one whose round failed
 // before publishing it is not lost. (A criteria change's backfill looks
 // for them too, for an organisation left with no relative date, whose
-// timers no round claims.)
-func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView) ([]events.Change, []membership.Projection) {
+// timers no round claims.) Each goes after the decision it flips from,
+// when that may be unpublished (see precedingChange).
+// It returns, with the changes and their projections, the indexes of the
+// earlier claims' changes among them.
+func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now time.Time) ([]events.Change, []membership.Projection, []int) {
 	var changes []events.Change
 	var projections []membership.Projection
+	var retried []int
 	for _, v := range views {
 		if len(v.Outbox) == 0 {
 			continue
@@ -1403,6 +1426,14 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
+					recent := now.Add(-replayWindow).UnixMilli()
+					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, func(p membership.OutboxEntry) bool {
+						return p.EventID != e.EventID && (jobEntry(p) || p.AtMillis >= recent)
+					}); ok {
+						changes = append(changes, pc.Change)
+						projections = append(projections, pc)
+					}
+					retried = append(retried, len(changes))
 					changes = append(changes, ch)
 					projections = append(projections, membership.Projection{Change: ch, Rev: e.Rev})
 					break
@@ -1410,7 +1441,7 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			}
 		}
 	}
-	return changes, projections
+	return changes, projections, retried
 }
 
 // deletionsLock hands the search for unfinished deletions to one instance
