@@ -1155,6 +1155,19 @@ type revSegment struct {
 	seg string
 }
 
+// decidedBefore reports whether changes (decided by the writes of revs,
+// index by index) hold a change of seg that the write of revision rev
+// decided: a later change of that write does not flip from what came
+// before the write.
+func decidedBefore(changes []events.Change, revs []int64, seg string, rev int64) bool {
+	for j, c := range changes {
+		if revs[j] == rev && c.SegmentID == seg {
+			return true
+		}
+	}
+	return false
+}
+
 // jobEntry reports whether e is a backfill's or a timer's entry.
 func jobEntry(e membership.OutboxEntry) bool { return !streamEntry(e) }
 
@@ -1295,10 +1308,11 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// earlier write whose events this batch replays.
 	var replayedLast map[int64]string
 	// before holds the jobs' changes that the changes published here
-	// follow (see precedingChange), and decided the segments each write
-	// has decided here, from its first change of each.
+	// follow (see precedingChange), and decided the segments each replayed
+	// write has decided here, from its first change of each (made when a
+	// write is replayed: most batches replay none).
 	var before []membership.Projection
-	decided := map[revSegment]bool{}
+	var decided map[revSegment]bool
 	for i, it := range w.items {
 		ev := it.ev
 		if repeated(w.items, i, seen) {
@@ -1319,6 +1333,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			replayed := outboxChanges(w.ref, e)
 			for _, c := range replayed {
 				if first := (revSegment{e.Rev, c.SegmentID}); !decided[first] {
+					if decided == nil {
+						decided = map[revSegment]bool{}
+					}
 					decided[first] = true
 					if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry); ok {
 						before = append(before, pc)
@@ -1494,12 +1511,14 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	before = append(before, racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
 		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
 	}, now)...)
+	// The new write's first change of each segment flips from what came
+	// before the write (a user has a few changes a batch: no set needed).
 	for i, c := range res.changes {
-		if rev := res.revs[i]; rev == st.Rev+1 && !decided[revSegment{rev, c.SegmentID}] {
-			decided[revSegment{rev, c.SegmentID}] = true
-			if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, rev, c.Entered, jobEntry); ok {
-				before = append(before, pc)
-			}
+		if res.revs[i] != st.Rev+1 || decidedBefore(res.changes[:i], res.revs[:i], c.SegmentID, res.revs[i]) {
+			continue
+		}
+		if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, jobEntry); ok {
+			before = append(before, pc)
 		}
 	}
 	res.publishFirst(withoutRepeats(before))

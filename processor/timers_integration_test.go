@@ -450,11 +450,12 @@ func (r *rig) followed(t *testing.T, seg, user string, want int, timeout time.Du
 // TestTimerRetryAfterNewerProfileChange: a timer round enters u0 (its
 // compare-and-set is written) and dies before publishing, as an instance
 // killed then. More than racedWindow later, and before the claim's lease
-// ends, u0's profile event makes it leave: the stream publishes its exit
-// alone (the round's entry is too old to be taken for one in flight). The
-// retried claim must not publish the round's entry after that exit: a
-// consumer that reads the topic in order and drops repeated eventIds must
-// end where the segment's set is. Also when the segment's criteria stop
+// ends, u0's profile event makes it leave: the stream publishes the
+// round's entry (the decision its exit flips from, see precedingChange),
+// then its exit. The retried claim must not publish the round's entry
+// after that exit: a consumer that reads the topic in order and drops
+// repeated eventIds must see entered then exited, and end where the
+// segment's set is. Also when the segment's criteria stop
 // being time-relative before the claim is retried (the organisation keeps
 // another time-relative segment, so rounds still claim u0, and the entry
 // is an orphan's).
