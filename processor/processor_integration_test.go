@@ -412,7 +412,9 @@ func TestUnreadableStateGoesToDLQ(t *testing.T) {
 				`{"eventId":"e2","type":"profile.created","orgId":"`+o+`","userId":"good","version":1,"profile":{"points":2000}}`,
 			)
 			r.waitVersion(t, "good", 1)
-			if g := members(t, rdb, membership.SegmentMembersKey(o, a)); g != "good" {
+			// The write comes before the projection onto the segment's set.
+			var g string
+			if !testenv.Eventually(10*time.Second, func() bool { g = members(t, rdb, membership.SegmentMembersKey(o, a)); return g == "good" }) {
 				t.Errorf("members = %q, want good", g)
 			}
 			dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
