@@ -395,8 +395,32 @@ type Span struct {
 	First, End int64
 }
 
-// Spans returns the span of each of topic's partitions now.
+// Spans returns the span of each of topic's partitions now. A partition
+// whose leader is moving (or just elected, on a topic just created) answers
+// with an error Kafka calls temporary: the read is retried for up to
+// spansRetry, then fails with it.
 func Spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {
+	var out map[int]Span
+	read := func() (err error) {
+		out, err = spans(ctx, brokers, topic, partitions)
+		var ke kafka.Error
+		if err != nil && !(errors.As(err, &ke) && ke.Temporary()) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(time.Second), backoff.WithMaxElapsedTime(spansRetry))
+	if err := backoff.Retry(read, backoff.WithContext(bo, ctx)); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// spansRetry bounds the retries of Spans: a leader election takes seconds.
+const spansRetry = 15 * time.Second
+
+func spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
 	for _, p := range partitions {
 		req.Topics[topic] = append(req.Topics[topic], kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))

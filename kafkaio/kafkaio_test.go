@@ -246,3 +246,31 @@ func testCloseWriterLeavesNothing(t *testing.T, brokers []string) {
 		t.Fatalf("%d goroutines after 5 writers closed, %d before", runtime.NumGoroutine(), before)
 	}
 }
+
+// TestSpansWaitForALeader: a partition that answers with an error Kafka
+// calls temporary (here: a topic that is created while the offsets are
+// asked for; right after a creation or a leader's move the partition's
+// leader answers Not Leader For Partition for a moment) is asked again,
+// so that segmentctl tail and the lag metric do not fail on it.
+func TestSpansWaitForALeader(t *testing.T) { testenv.OnEachKafka(t, testSpansWaitForALeader) }
+
+func testSpansWaitForALeader(t *testing.T, brokers []string) {
+	topic := testenv.UniqueName(t, "topic")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	created := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond) // the first ask finds no topic
+		created <- kafkaio.EnsureTopics(ctx, brokers, 2, topic)
+	}()
+	spans, err := kafkaio.Spans(ctx, brokers, topic, []int{0, 1})
+	if cerr := <-created; cerr != nil {
+		t.Fatal(cerr)
+	}
+	if err != nil {
+		t.Fatalf("spans of a topic created meanwhile: %v", err)
+	}
+	if want := (kafkaio.Span{}); len(spans) != 2 || spans[0] != want || spans[1] != want {
+		t.Errorf("spans %v, want two empty partitions", spans)
+	}
+}
