@@ -417,8 +417,9 @@ func Spans(ctx context.Context, brokers []string, topic string, partitions []int
 	return out, nil
 }
 
-// spansRetry bounds the retries of Spans: a leader election takes seconds.
-const spansRetry = 15 * time.Second
+// spansRetry bounds the retries of Spans: a leader is elected within
+// seconds, and a topic deleted meanwhile must not hold its caller long.
+const spansRetry = 5 * time.Second
 
 func spans(ctx context.Context, brokers []string, topic string, partitions []int) (map[int]Span, error) {
 	req := &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{}}
