@@ -140,7 +140,7 @@ func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
 			}
 		}
 	}
-	return p.w.WriteMessages(ctx, msgs...)
+	return WriteError(p.w.WriteMessages(ctx, msgs...))
 }
 
 // NewWriter returns a synchronous writer for messages that name their
@@ -202,7 +202,7 @@ func (p *Publisher) Publish(ctx context.Context, changes []events.Change) error 
 		return nil
 	}
 	msgs := AppendChangeMessages(nil, p.topic, changes)
-	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
+	if err := WriteError(p.w.WriteMessages(ctx, msgs...)); err != nil {
 		return fmt.Errorf("publish %d changes: %w", len(msgs), err)
 	}
 	return nil
@@ -216,6 +216,24 @@ func AppendChangeMessages(dst []kafka.Message, topic string, changes []events.Ch
 	}
 	return dst
 }
+
+// InvalidTopicError is EnsureTopics' error for a topic whose name Kafka
+// refuses: characters it does not take, or a name that collides with an
+// existing topic's (Kafka takes '.' and '_' for the same character).
+type InvalidTopicError struct {
+	// Topic is the name refused.
+	Topic string
+	// Err is Kafka's answer.
+	Err error
+}
+
+// Error names the topic and says why Kafka may have refused it.
+func (e *InvalidTopicError) Error() string {
+	return fmt.Sprintf("Kafka refused to create topic %s (a name it does not take, or one that collides with an existing topic's: '.' and '_' count as the same): %v", e.Topic, e.Err)
+}
+
+// Unwrap returns Kafka's answer.
+func (e *InvalidTopicError) Unwrap() error { return e.Err }
 
 // EnsureTopics creates each missing topic with the given partition count and
 // a replication factor of 3, capped to the number of brokers, then waits
@@ -252,6 +270,9 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 			if _, perr := readPartitions(ctx, brokers, t); perr == nil {
 				err = nil
 			}
+		}
+		if errors.Is(err, kafka.InvalidTopic) {
+			return &InvalidTopicError{Topic: t, Err: err}
 		}
 		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", t, err)
@@ -498,4 +519,37 @@ func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafk
 		return nil, fmt.Errorf("topic %s has no partitions", topic)
 	}
 	return ps, nil
+}
+
+// WriteError shortens an error of kafka-go's WriteMessages: its WriteErrors
+// holds one error per message, and its text repeats each of them (a failed
+// write of thousands of records made a log line of hundreds of kilobytes).
+// It says how many messages failed and wraps the first error.
+func WriteError(err error) error {
+	var we kafka.WriteErrors
+	if !errors.As(err, &we) {
+		return err
+	}
+	var first error
+	failed := 0
+	distinct := map[string]bool{}
+	for _, e := range we {
+		if e == nil {
+			continue
+		}
+		failed++
+		if first == nil {
+			first = e
+		}
+		if len(distinct) < 100 {
+			distinct[e.Error()] = true
+		}
+	}
+	if first == nil {
+		return err
+	}
+	if len(distinct) > 1 {
+		return fmt.Errorf("%d of %d messages not written (%d different errors, the first): %w", failed, len(we), len(distinct), first)
+	}
+	return fmt.Errorf("%d of %d messages not written: %w", failed, len(we), first)
 }

@@ -98,7 +98,7 @@ gen:
 			}
 			msgs = append(msgs, kafka.Message{Topic: *topic, Key: []byte(ev.UserID), Value: v, Time: now})
 		}
-		if err := w.WriteMessages(ctx, msgs...); err != nil {
+		if err := kafkaio.WriteError(w.WriteMessages(ctx, msgs...)); err != nil {
 			if ctx.Err() != nil {
 				interrupted = fmt.Sprintf(", interrupted (a batch of %d in flight, maybe sent)", n)
 				break gen

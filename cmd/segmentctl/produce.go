@@ -70,7 +70,7 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := w.WriteMessages(wctx, batch...); err != nil {
+		if err := kafkaio.WriteError(w.WriteMessages(wctx, batch...)); err != nil {
 			return fmt.Errorf("produce: after %s sent, lines up to %d not sent: %w", plural(n, "event"), lineNo, err)
 		}
 		n += len(batch)

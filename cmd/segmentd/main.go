@@ -103,7 +103,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 		if len(cfg.KafkaBrokers) == 0 {
 			cfg.KafkaBrokers = srv.KafkaBrokers()
-			if getenv("SEGMENTD_PARTITIONS") == "" {
+			if strings.TrimSpace(getenv("SEGMENTD_PARTITIONS")) == "" {
 				cfg.Partitions = 4 // enough to share among a few local instances
 			}
 			fmt.Printf("  embedded Kafka: %s\n", cfg.KafkaBrokers[0])
@@ -136,6 +136,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	if err := kafkaio.EnsureTopics(ctx, cfg.KafkaBrokers, cfg.Partitions, cfg.ProfileTopic, cfg.MembershipTopic, cfg.DLQTopic); ctx.Err() != nil {
 		return nil
 	} else if err != nil {
+		var ite *kafkaio.InvalidTopicError
+		if errors.As(err, &ite) {
+			return &config.Error{Var: topicVar(cfg, ite.Topic), Value: ite.Topic, Reason: "Kafka refused to create the topic", Err: err}
+		}
 		return err
 	}
 	defs := membership.NewDefinitions(rdb)
@@ -401,5 +405,17 @@ func (r *rateLimitedWarning) warn(log *slog.Logger, what string, err error) {
 	now := time.Now().UnixNano()
 	if last := r.last.Load(); now-last >= int64(10*time.Second) && r.last.CompareAndSwap(last, now) {
 		log.Warn("not ready", "dependency", what, "err", err)
+	}
+}
+
+// topicVar names the variable that configured topic.
+func topicVar(cfg config.Config, topic string) string {
+	switch topic {
+	case cfg.ProfileTopic:
+		return "SEGMENTD_PROFILE_TOPIC"
+	case cfg.MembershipTopic:
+		return "SEGMENTD_MEMBERSHIP_TOPIC"
+	default:
+		return "SEGMENTD_DLQ_TOPIC"
 	}
 }

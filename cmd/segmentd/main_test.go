@@ -98,6 +98,33 @@ func TestKafkaUnreachable(t *testing.T) {
 	}
 }
 
+// TestTopicRefused: a topic name Kafka refuses to create (here one that
+// collides with an existing topic's, '.' against '_') stops start-up with a
+// configuration error naming the variable of that topic.
+func TestTopicRefused(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	existing := testenv.UniqueName(t, "dlq_x")
+	testenv.CreateTopic(t, brokers, existing, 1)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	env := map[string]string{"SEGMENTD_HTTP_ADDR": addr, "SEGMENTD_KAFKA_BROKERS": strings.Join(brokers, ","),
+		"SEGMENTD_REDIS_ADDRS": "127.0.0.1:1", "SEGMENTD_API_KEYS": "acme:0123456789abcdef",
+		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "in"),
+		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "out"),
+		"SEGMENTD_DLQ_TOPIC":        strings.Replace(existing, "_", ".", 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = run(ctx, nil, func(k string) string { return env[k] })
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_DLQ_TOPIC" || ce.Value != env["SEGMENTD_DLQ_TOPIC"] {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_DLQ_TOPIC", err)
+	}
+}
+
 // TestAPIChangesCounted: the changes the API publishes (a static list's,
 // a deletion's exits) are counted in segmentd_membership_changes_total as
 // the processor's and the jobs' are.
