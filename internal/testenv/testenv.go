@@ -109,10 +109,14 @@ func EmbeddedKafka(t testing.TB) []string {
 }
 
 // EmbeddedRedisClient returns a client of the embedded Redis, closed when
-// the test ends.
+// the test ends. Its read timeout is long: miniredis runs scripts in a Lua
+// interpreter written in Go, many times slower than Redis's and slower still
+// under the race detector, and the adapters' suites send it calls far
+// larger than segmentd's embedded default does (tens of thousands of
+// projections in one script call).
 func EmbeddedRedisClient(t testing.TB) redis.UniversalClient {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: EmbeddedRedis(t)})
+	c := redis.NewClient(&redis.Options{Addr: EmbeddedRedis(t), ReadTimeout: 30 * time.Second})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
