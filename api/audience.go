@@ -90,7 +90,8 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	var inner fieldErrors
 	c, _ := decodeCriteria(&inner, "criteria", raw)
 	for _, d := range inner {
-		fe.add(strings.TrimPrefix(d.Field, "criteria."), d.Message)
+		field := strings.TrimPrefix(d.Field, "criteria.")
+		fe.add(field, strings.ReplaceAll(d.Message, d.Field, field))
 	}
 	tag := audienceTag(c)
 	after := ""

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -94,8 +95,14 @@ func (s *Server) evaluate(w http.ResponseWriter, r *http.Request) {
 	rawProfile, hasProfile := obj["profile"]
 	if hasProfile {
 		var fields map[string]any
-		if string(rawProfile) == "null" || json.Unmarshal(rawProfile, &fields) != nil {
-			fe.add("profile", "profile must be a JSON object")
+		if err := json.Unmarshal(rawProfile, &fields); string(rawProfile) == "null" || err != nil {
+			msg := "profile must be a JSON object"
+			if t := bytes.TrimSpace(rawProfile); err != nil && len(t) > 0 && t[0] == '{' {
+				// The body parsed: what fails in an object is a number
+				// past float64's range.
+				msg = "profile holds a number out of range (beyond about ±1.8e308)"
+			}
+			fe.add("profile", msg)
 		}
 		profile = segment.NewProfile(fields)
 	}
