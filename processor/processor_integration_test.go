@@ -181,6 +181,44 @@ func topicPartitions(t *testing.T, brokers []string, topic string) []kafka.Parti
 	return parts
 }
 
+// readAll reads every record that topic holds when it is called, from
+// every partition, however long the readers take to start on a busy
+// machine (up to a minute): for checks that nothing more was published
+// than expected, once every publication has returned.
+func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var ids []int
+	for _, p := range topicPartitions(t, brokers, topic) {
+		ids = append(ids, p.ID)
+	}
+	spans, err := kafkaio.Spans(ctx, brokers, topic, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []kafka.Message
+	for p, span := range spans {
+		if span.First >= span.End {
+			continue
+		}
+		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
+		for {
+			m, err := rd.ReadMessage(ctx)
+			if err != nil {
+				rd.Close()
+				t.Fatalf("read %s partition %d up to offset %d: %v", topic, p, span.End, err)
+			}
+			out = append(out, m)
+			if m.Offset >= span.End-1 {
+				break
+			}
+		}
+		rd.Close()
+	}
+	return out
+}
+
 // readTopic reads every partition of topic from the start until want
 // records arrived (then a short grace for extras) or the timeout passed.
 func readTopic(t *testing.T, brokers []string, topic string, want int, timeout time.Duration) []kafka.Message {
