@@ -151,3 +151,12 @@ func streamEntry(e membership.OutboxEntry) bool {
 	_, ok := deadLetterReason(e)
 	return ok
 }
+
+// after reports whether q was read after the stored position p of the last
+// event applied to the user, on the same partition of the same topic: a
+// record there cannot be the redelivery of an event the stored write
+// applied, but another copy of it (a producer's retry), which is a
+// duplicate and must not be replayed.
+func after(p position, ok bool, q position) bool {
+	return ok && p.sameSource(q) && q.off > p.off
+}

@@ -1320,6 +1320,10 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			continue
 		}
 		if e, ok := inOutbox[ev.EventID]; ok {
+			if after(stored, hasStored, positionOf(it.msg)) {
+				res.duplicate++ // another copy, not a redelivery: nothing to replay
+				continue
+			}
 			if !slices.ContainsFunc(w.carried, func(c membership.OutboxEntry) bool { return c.EventID == e.EventID }) {
 				outbox = append(outbox, e)
 				res.heldEntries = append(res.heldEntries, e)
