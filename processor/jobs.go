@@ -954,6 +954,19 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
+		if p.flipFound != nil && len(amends) > 0 {
+			// A timer round decided with the definitions it started with,
+			// which the revision gate does not wait for: paused past it (see
+			// Registry.Fresh), the round stops before writing, and its claim
+			// is taken up again after its lease, with the definitions in force.
+			cur, err := j.cfg.Registry.Fresh(ctx)
+			if err != nil {
+				return err
+			}
+			if o := cur.Org(org); o == nil || o.Segments[seg] == nil || o.Segments[seg].Def.Generation != p.cs.Def.Generation {
+				return fmt.Errorf("segment %s/%s changed while a timer round was deciding", org, seg)
+			}
+		}
 		outcomes, err := j.cfg.Users.Amend(ctx, amends)
 		if err != nil {
 			return err

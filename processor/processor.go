@@ -114,6 +114,9 @@ type Rules interface {
 	// Current returns the latest snapshot of the compiled definitions, nil
 	// before the first load.
 	Current() *Snapshot
+	// Fresh reads the definitions' revision now and returns the latest
+	// snapshot, reloaded when the revision moved.
+	Fresh(ctx context.Context) (*Snapshot, error)
 }
 
 // Config wires a Processor.
@@ -726,6 +729,20 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 			return nil, err
 		}
 		step("load")
+		// The definitions again, after the read: an instance paused (or
+		// cut off from Redis) for longer than the revision gate waits, 3 s,
+		// is taken for gone by the others, which then carry out a
+		// definition change (a backfill) without it; resumed, it must not
+		// write what its older definitions decide. The batch stays counted
+		// under the revision it started with (the gate waits for that one).
+		fresh, err := p.cfg.Rules.Fresh(ctx)
+		if err != nil {
+			m.redisError()
+			return nil, err
+		}
+		if fresh != nil && fresh.Revision != snap.Revision {
+			snap = fresh
+		}
 		// Rules apply at an instant after the read: a timer may have
 		// written a user's flip before it (see Jobs.amendPage).
 		results := p.evaluateAll(snap, pending, states, p.cfg.Now())

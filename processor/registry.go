@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -128,6 +129,9 @@ type Registry struct {
 	interval time.Duration
 	log      *slog.Logger
 	cur      atomic.Pointer[Snapshot]
+	// reloading serialises reloads (the poll's and Fresh's), so that an
+	// older snapshot never replaces a newer one.
+	reloading sync.Mutex
 	// onChange, when set by OnChange, is told of every new snapshot. Nothing
 	// sets it at present: the jobs read Current on each round instead.
 	onChange func(old, new *Snapshot)
@@ -145,6 +149,19 @@ func (r *Registry) OnChange(f func(old, new *Snapshot)) { r.onChange = f }
 // Current returns the latest snapshot, nil before the first load.
 func (r *Registry) Current() *Snapshot { return r.cur.Load() }
 
+// Fresh reads the source's revision now, reloads when it moved, and
+// returns the current snapshot: for a writer about to write what an older
+// snapshot decided. After a pause of the process (SIGSTOP, a paused
+// container or VM, a long stall) that snapshot may be older than what the
+// other instances' revision gate, which takes an instance silent for 3 s
+// for gone, still waits for.
+func (r *Registry) Fresh(ctx context.Context) (*Snapshot, error) {
+	if err := r.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return r.cur.Load(), nil
+}
+
 // Loaded reports whether definitions have been loaded once.
 func (r *Registry) Loaded() bool { return r.cur.Load() != nil }
 
@@ -152,6 +169,8 @@ func (r *Registry) Loaded() bool { return r.cur.Load() != nil }
 // first time, afterwards only the organisations that changed, so that a
 // change costs the same however many organisations there are.
 func (r *Registry) Reload(ctx context.Context) error {
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
 	rev, err := r.src.Revision(ctx)
 	if err != nil {
 		return err
