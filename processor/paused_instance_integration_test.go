@@ -16,10 +16,10 @@ import (
 // TestPausedInstanceWritesWithOldCriteria: an instance whose process is
 // paused (SIGSTOP, docker pause, a VM pause) for more than the revision
 // gate's 3 s, with a batch between its definitions snapshot and its write,
-// is taken for gone by the gate. A criteria change's backfill then runs and
-// marks the segment ready; when the instance resumes, it writes the batch
-// as the old criteria decide, and the membership stays wrong (no later
-// write corrects it until the user's next event).
+// is taken for gone by the gate, and a criteria change's backfill runs
+// without it. Resumed, it must evaluate the batch with the new criteria,
+// not write what the old ones decide (which no later write would correct
+// until the user's next event).
 func TestPausedInstanceWritesWithOldCriteria(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
@@ -57,7 +57,8 @@ func TestPausedInstanceWritesWithOldCriteria(t *testing.T) {
 // TestPausedTimerRoundWritesWithOldCriteria: the same for a round of
 // timers. Paused after it read the definitions, its instance silent for
 // more than 3 s, the round is not waited for by the criteria change's
-// backfill; resumed, it enters a user whom the new criteria keep out.
+// backfill; resumed, it must not enter a user whom the new criteria keep
+// out.
 func TestPausedTimerRoundWritesWithOldCriteria(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
