@@ -905,10 +905,9 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					own = append(own, f.Change.Cause.EventID)
 				}
-				recent := now.Add(-replayWindow).UnixMilli()
-				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, func(e membership.OutboxEntry) bool {
-					return !slices.Contains(own, e.EventID) && (jobEntry(e) || e.AtMillis >= recent)
-				}); ok {
+				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(now, func(e membership.OutboxEntry) bool {
+					return slices.Contains(own, e.EventID)
+				})); ok {
 					changes = append(changes, pc.Change)
 					projections = append(projections, pc)
 				}
@@ -993,12 +992,8 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
 			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
-			// unpublished (see precedingChange): a job's whatever its age,
-			// the stream's within replayWindow.
-			recent := now.Add(-replayWindow).UnixMilli()
-			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, func(e membership.OutboxEntry) bool {
-				return !skip(e) && (jobEntry(e) || e.AtMillis >= recent)
-			}); ok {
+			// unpublished (see precedingChange).
+			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(now, skip)); ok {
 				raced = withoutRepeats(append(raced, pc))
 				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 			}
@@ -1439,10 +1434,9 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
-					recent := now.Add(-replayWindow).UnixMilli()
-					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, func(p membership.OutboxEntry) bool {
-						return p.EventID != e.EventID && (jobEntry(p) || p.AtMillis >= recent)
-					}); ok {
+					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(now, func(p membership.OutboxEntry) bool {
+						return p.EventID == e.EventID
+					})); ok {
 						changes = append(changes, pc.Change)
 						projections = append(projections, pc)
 					}

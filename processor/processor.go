@@ -1166,12 +1166,6 @@ func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip 
 // otherwise. Longer than racedWindow, which covers a live writer.
 const replayWindow = 2 * time.Minute
 
-// revSegment is a segment as one write (of a revision) decided it.
-type revSegment struct {
-	rev int64
-	seg string
-}
-
 // decidedBefore reports whether changes (decided by the writes of revs,
 // index by index) hold a change of seg that the write of revision rev
 // decided: a later change of that write does not flip from what came
@@ -1325,11 +1319,8 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// earlier write whose events this batch replays.
 	var replayedLast map[int64]string
 	// before holds the jobs' changes that the changes published here
-	// follow (see precedingChange), and decided the segments each replayed
-	// write has decided here, from its first change of each (made when a
-	// write is replayed: most batches replay none).
+	// follow (see precedingChange).
 	var before []membership.Projection
-	var decided map[revSegment]bool
 	for i, it := range w.items {
 		ev := it.ev
 		if repeated(w.items, i, seen) {
@@ -1353,14 +1344,13 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			}
 			replayed := outboxChanges(w.ref, e)
 			for _, c := range replayed {
-				if first := (revSegment{e.Rev, c.SegmentID}); !decided[first] {
-					if decided == nil {
-						decided = map[revSegment]bool{}
-					}
-					decided[first] = true
-					if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry); ok {
-						before = append(before, pc)
-					}
+				// A replayed write's first change of each segment (most
+				// batches replay none, and a user has a few changes).
+				if decidedBefore(res.changes, res.revs, c.SegmentID, e.Rev) {
+					continue
+				}
+				if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry); ok {
+					before = append(before, pc)
 				}
 			}
 			res.record(replayed, e.Rev)

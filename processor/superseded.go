@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/membership"
@@ -103,6 +104,15 @@ func precedingChange(ref membership.UserRef, outbox []membership.OutboxEntry, se
 	}
 	last.Changes = []membership.OutboxChange{change}
 	return membership.Projection{Change: outboxChanges(ref, last)[0], Rev: last.Rev}, true
+}
+
+// mayBeUnpublished accepts, for a backfill's or timer's change (see
+// precedingChange), the outbox entries whose decision may still be
+// unpublished, other than those own names: a job's whatever its age, the
+// stream's written within replayWindow of now.
+func mayBeUnpublished(now time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
+	recent := now.Add(-replayWindow).UnixMilli()
+	return func(e membership.OutboxEntry) bool { return !own(e) && (jobEntry(e) || e.AtMillis >= recent) }
 }
 
 // withoutRepeats returns ps without the projections that repeat an earlier
