@@ -5,11 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os/exec"
-	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,35 +25,9 @@ import (
 // from-scratch evaluation.
 func TestRedisOutage(t *testing.T) {
 	brokers := testenv.Kafka(t)
-	testenv.Redis(t) // the same rule as every integration test: servers are required under make test
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	srv := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = srv.Process.Signal(syscall.SIGCONT)
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	rdb := membership.NewClient([]string{addr}, membership.Auth{})
+	srv := testenv.StartPrivateRedis(t)
+	rdb := membership.NewClient([]string{srv.Addr}, membership.Auth{})
 	t.Cleanup(func() { rdb.Close() })
-	for i := 0; rdb.Ping(context.Background()).Err() != nil; i++ {
-		if i == 100 {
-			t.Fatal("own redis-server did not answer")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 
 	r := &rig{brokers: brokers, rdb: rdb, org: testenv.Org(t, rdb, "org")}
 	r.profile, r.membershipT, r.dlq, r.group = testenv.UniqueName(t, "profiles"), testenv.UniqueName(t, "membership"), testenv.UniqueName(t, "dlq"), testenv.UniqueName(t, "group")
@@ -104,16 +74,12 @@ func TestRedisOutage(t *testing.T) {
 	r.produceEvents(t, batch(0))
 	r.waitPoints(t, points, time.Minute)
 
-	if err := srv.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	srv.Freeze(t)
 	r.produceEvents(t, batch(1))
 	if !testenv.Eventually(30*time.Second, func() bool { return !p.Healthy() }) {
 		t.Fatal("processor still healthy 30 s into a Redis outage")
 	}
-	if err := srv.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	srv.Thaw(t)
 	r.waitPoints(t, points, 2*time.Minute)
 	if !testenv.Eventually(30*time.Second, p.Healthy) {
 		t.Fatal("processor not healthy 30 s after Redis came back")

@@ -189,11 +189,16 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 	var notReady rateLimitedWarning
 	ready := func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		// Both at once, within a second: a probe's own timeout is often a
+		// second, and a hung server should give it a 503, not a timeout.
+		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 		defer cancel()
+		kafkaErr := make(chan error, 1)
+		go func() { kafkaErr <- kafkaio.Ping(ctx, cfg.KafkaBrokers) }()
+		redisErr := membership.Ping(ctx, rdb)
 		// /readyz answers anyone: the reasons name no address, the log
 		// has the errors (at most one line each 10 s: probes come often).
-		if err := membership.Ping(ctx, rdb); err != nil {
+		if err := redisErr; err != nil {
 			notReady.warn(log, "redis", err)
 			switch {
 			case errors.Is(err, membership.ErrNotCluster):
@@ -203,7 +208,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			}
 			return errors.New("redis does not answer")
 		}
-		if err := kafkaio.Ping(ctx, cfg.KafkaBrokers); err != nil {
+		if err := <-kafkaErr; err != nil {
 			notReady.warn(log, "kafka", err)
 			return errors.New("kafka does not answer")
 		}
@@ -345,10 +350,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 // jobsStopTimeout bounds the wait for the background jobs and the HTTP
 // server once the processor has stopped; kafkaCloseTimeout the wait for the
-// Kafka clients to close after them.
+// Kafka clients to close after them; readyTimeout a readiness check's reach
+// to Redis and Kafka.
 const (
 	jobsStopTimeout   = 10 * time.Second
 	kafkaCloseTimeout = 5 * time.Second
+	readyTimeout      = time.Second
 )
 
 // usage lists the variables segmentd reads.

@@ -189,3 +189,60 @@ func TestAPIChangesCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestReadinessFollowsRedis: a Redis that hangs (its process stopped)
+// turns /readyz to a 503 that names Redis, and its return turns it back to
+// 200, with no restart.
+func TestReadinessFollowsRedis(t *testing.T) {
+	srv := testenv.StartPrivateRedis(t)
+	org := testenv.UniqueName(t, "org")
+	env := map[string]string{
+		"SEGMENTD_HTTP_ADDR":        freeAddr(t),
+		"SEGMENTD_API_KEYS":         org + ":sk_test_0123456789abcdef",
+		"SEGMENTD_REDIS_ADDRS":      srv.Addr,
+		"SEGMENTD_KAFKA_BROKERS":    strings.Join(testenv.Kafka(t), ","),
+		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "profiles"),
+		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
+		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
+		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
+	}
+	runEmbedded(t, env)
+	// Before segmentd's shutdown, which needs Redis, whatever the outcome.
+	t.Cleanup(func() { srv.Thaw(t) })
+	client := &http.Client{Timeout: 10 * time.Second}
+	readyz := func() (int, string) {
+		resp, err := client.Get("http://" + env["SEGMENTD_HTTP_ADDR"] + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if !testenv.Eventually(30*time.Second, func() bool { code, _ := readyz(); return code == http.StatusOK }) {
+		t.Fatal("segmentd not ready within 30 s")
+	}
+
+	srv.Freeze(t)
+	var body string
+	if !testenv.Eventually(30*time.Second, func() bool {
+		var code int
+		start := time.Now()
+		code, body = readyz()
+		if code != http.StatusOK {
+			t.Logf("/readyz with Redis frozen: %d after %v", code, time.Since(start).Round(time.Millisecond))
+		}
+		return code == http.StatusServiceUnavailable
+	}) {
+		t.Fatalf("/readyz still not 503 30 s into a Redis outage: %s", body)
+	}
+	if !strings.Contains(body, "redis does not answer") {
+		t.Errorf("/readyz = %s, want the reason to name Redis", body)
+	}
+
+	srv.Thaw(t)
+	if !testenv.Eventually(30*time.Second, func() bool { code, _ := readyz(); return code == http.StatusOK }) {
+		code, body := readyz()
+		t.Fatalf("/readyz = %d %s 30 s after Redis came back, want 200", code, body)
+	}
+}
