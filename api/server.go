@@ -66,9 +66,18 @@ type DefinitionStore interface {
 	Revision(ctx context.Context) (int64, error)
 }
 
-// MembershipStore reads and writes the public membership sets.
+// MembershipStore reads and writes the public membership sets: what the
+// membership reads, the static lists and deletions each need.
 // *membership.Sets satisfies it.
 type MembershipStore interface {
+	MemberReader
+	StaticLists
+	SegmentRemover
+}
+
+// MemberReader reads the public membership sets, for the membership calls
+// and a segment's size.
+type MemberReader interface {
 	// Members returns a page of a segment's user ids and the next cursor.
 	Members(ctx context.Context, org, seg string, limit int, cursor string) ([]string, string, error)
 	// AllMembers returns every user id of a (static) segment, sorted.
@@ -79,6 +88,10 @@ type MembershipStore interface {
 	UserSegments(ctx context.Context, org, user string) ([]string, error)
 	// Sizes returns the exact size of each segment.
 	Sizes(ctx context.Context, org string, ids []string) (map[string]int64, error)
+}
+
+// StaticLists plans and writes the changes of static segments' lists.
+type StaticLists interface {
 	// PlanReplace computes the changes that make a static list userIDs.
 	PlanReplace(ctx context.Context, org, seg string, userIDs []string, cause events.Cause, at time.Time) ([]events.Change, error)
 	// PlanEdit computes the changes of adding and removing user ids, and
@@ -93,6 +106,10 @@ type MembershipStore interface {
 	// Enlist adds users to a segment's member set alone, for DeleteSegment
 	// to remove them from.
 	Enlist(ctx context.Context, org, seg string, userIDs []string) error
+}
+
+// SegmentRemover removes a deleted segment's membership.
+type SegmentRemover interface {
 	// ForgetSegment takes a segment out of every stored user's segment
 	// set, member or not.
 	ForgetSegment(ctx context.Context, org, seg string) (int64, error)

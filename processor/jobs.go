@@ -67,13 +67,30 @@ type JobSchedules interface {
 	Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error)
 }
 
-// JobDefinitions is what the jobs change of definitions.
+// JobDefinitions is what the jobs read and change of definitions.
 type JobDefinitions interface {
+	DefinitionReader
+	BuildRecorder
+	DeletionRecorder
+}
+
+// DefinitionReader reads the definitions the jobs work on.
+type DefinitionReader interface {
 	// Orgs returns the organisations that have or had definitions, sorted.
 	Orgs(ctx context.Context) ([]string, error)
 	// OrgDefinitions returns the definitions of one organisation, sorted by
 	// id, leaving out segments being deleted.
 	OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error)
+	// Get returns one definition, deleting ones included, or
+	// membership.ErrNotFound.
+	Get(ctx context.Context, org, id string) (segment.Definition, error)
+	// Revision returns the definitions' revision, 0 before the first change.
+	Revision(ctx context.Context) (int64, error)
+}
+
+// BuildRecorder records in a definition how its backfill and its size
+// estimate stand.
+type BuildRecorder interface {
 	// MarkReady sets a segment's status to ready, but only while the segment
 	// is building that generation.
 	MarkReady(ctx context.Context, org, id string, generation int64) error
@@ -89,9 +106,11 @@ type JobDefinitions interface {
 	// EndBackfill records that the backfill of generation, stopped by a
 	// change of the segment, published everything it wrote.
 	EndBackfill(ctx context.Context, org, id string, generation int64) error
-	// Get returns one definition, deleting ones included, or
-	// membership.ErrNotFound.
-	Get(ctx context.Context, org, id string) (segment.Definition, error)
+}
+
+// DeletionRecorder records the deletions of segments and the static creates
+// abandoned, through to the definition's removal.
+type DeletionRecorder interface {
 	// Deleting returns the definitions of every organisation that are being
 	// deleted.
 	Deleting(ctx context.Context) ([]segment.Definition, error)
@@ -108,8 +127,6 @@ type JobDefinitions interface {
 	// Delete removes a definition, or returns membership.ErrNotFound; it does
 	// not touch the segment's membership.
 	Delete(ctx context.Context, org, id string) error
-	// Revision returns the definitions' revision, 0 before the first change.
-	Revision(ctx context.Context) (int64, error)
 }
 
 // SegmentRemover removes a deleted segment's members, publishing their
