@@ -186,7 +186,17 @@ type Processor struct {
 	// lag tracks, per partition read, its end and the next record not yet
 	// finished, for segmentd_consumer_lag_events.
 	lag lagTracker
+	// dlqLog is when the publish stage last logged dead letters, and how
+	// many it has sent since without a line.
+	dlqLog struct {
+		at   time.Time
+		held int
+	}
 }
+
+// dlqLogEvery spaces the lines about dead letters: a producer that sends
+// bad records sends them in every batch, and each record carries its reason.
+const dlqLogEvery = 10 * time.Second
 
 type stageState struct {
 	failing atomic.Bool
@@ -972,16 +982,30 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 	}
 	m.countChanges(wb.changes)
 	m.countDLQ(len(wb.dlq))
-	if len(wb.dlq) > 0 {
-		// One line a batch: the records themselves carry every reason.
-		h := map[string]string{}
-		for _, x := range wb.dlq[0].Headers {
-			h[x.Key] = string(x.Value)
-		}
-		p.cfg.Logger.Warn("events sent to the DLQ", "count", len(wb.dlq), "topic", p.cfg.DLQTopic, "first_reason", h["segmentd-error"],
-			"first_source", h["segmentd-source-topic"]+"/"+h["segmentd-source-partition"]+"@"+h["segmentd-source-offset"])
-	}
+	p.logDLQ(wb.dlq)
 	return nil
+}
+
+// logDLQ logs the dead letters of a batch, at most one line each
+// dlqLogEvery: the count since the last line, and the first reason and
+// source of this batch's.
+func (p *Processor) logDLQ(dlq []Record) {
+	if len(dlq) == 0 {
+		return
+	}
+	l := &p.dlqLog
+	l.held += len(dlq)
+	now := p.cfg.Now()
+	if !l.at.IsZero() && now.Sub(l.at) < dlqLogEvery {
+		return
+	}
+	h := map[string]string{}
+	for _, x := range dlq[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	p.cfg.Logger.Warn("events sent to the DLQ", "count", l.held, "topic", p.cfg.DLQTopic, "first_reason", h["segmentd-error"],
+		"first_source", h["segmentd-source-topic"]+"/"+h["segmentd-source-partition"]+"@"+h["segmentd-source-offset"])
+	l.at, l.held = now, 0
 }
 
 // dlqMaxValue bounds the value of a dead letter: a record near the broker's
