@@ -105,6 +105,13 @@ func Ping(ctx context.Context, rdb redis.UniversalClient) error {
 	return err
 }
 
+// AuthRefused reports whether err is Redis refusing the client's
+// credentials (WRONGPASS, NOAUTH) or the user's permissions (NOPERM): a
+// configuration to correct, where other errors are a server to reach.
+func AuthRefused(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGPASS") || redis.HasErrorPrefix(err, "NOAUTH") || redis.HasErrorPrefix(err, "NOPERM")
+}
+
 // wrongType reports Redis's answer that a key holds another type than the
 // command takes. Redis gives a script's failed call as the call's own error
 // (WRONGTYPE first); the embedded Redis of make run (miniredis) wraps it

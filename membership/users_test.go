@@ -220,6 +220,9 @@ func TestClientAuth(t *testing.T) {
 				if (err == nil) != tt.ok {
 					t.Errorf("password %q: err = %v, want ok %v", tt.password, err, tt.ok)
 				}
+				if !tt.ok && !membership.AuthRefused(err) {
+					t.Errorf("password %q: AuthRefused(%v) = false, want a refusal of the credentials", tt.password, err)
+				}
 			}
 		})
 	}

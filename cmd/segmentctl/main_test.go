@@ -715,3 +715,48 @@ func TestProduceCountsTheKey(t *testing.T) {
 		t.Errorf("%d records on the topic, want the 2 lines that fit", got)
 	}
 }
+
+// The argument refused is the extra one, not the file given first.
+func TestStrayArgumentNamed(t *testing.T) {
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:1", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	err := run(context.Background(), []string{"produce", "a.jsonl", "extra"}, env, strings.NewReader(""), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `"extra"`) {
+		t.Errorf("segmentctl produce a.jsonl extra = %v, want the error to name \"extra\"", err)
+	}
+}
+
+// TestTailOneLineARecord: a record whose value spans several lines is one
+// line of tail's output (JSON, compacted) or none (anything else: a
+// producer's two events joined by a line break, a string with a raw line
+// break), and then the command ends with an error that names it. Piped into
+// produce, such a value would come back as several records.
+func TestTailOneLineARecord(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "dlq")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := kafkaio.NewWriter(brokers)
+	defer kafkaio.CloseWriter(w)
+	values := []string{
+		"{\n  \"eventId\": \"e0\",\n  \"userId\": \"u0\"\n}",
+		`{"eventId":"e1","type":"profile.created","orgId":"acme","userId":"u1","version":1,"profile":{"tier":"gold"}}` + "\n" +
+			`{"eventId":"e2","type":"profile.created","orgId":"acme","userId":"u2","version":1,"profile":{"tier":"gold"}}`,
+		"{\"eventId\":\"e3\",\"userId\":\"u3\",\"note\":\"a raw\nline break\"}",
+		"not json",
+	}
+	for _, v := range values {
+		if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	var out bytes.Buffer
+	err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out)
+	if want := "2 records not printed (the first at partition 0 offset 1)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("tail = %v, want an error saying %q", err, want)
+	}
+	if want := "{\"eventId\":\"e0\",\"userId\":\"u0\"}\nnot json\n"; out.String() != want {
+		t.Errorf("tail printed %q, want %q", out.String(), want)
+	}
+}

@@ -39,7 +39,11 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 	case len(args) == 1 && *file == "-":
 		*file = args[0]
 	case len(args) > 0:
-		return fmt.Errorf("produce: unexpected argument %q (one file, as the argument or with -f)", args[0])
+		extra := args[0]
+		if *file == "-" {
+			extra = args[1] // args[0] is the file
+		}
+		return fmt.Errorf("produce: unexpected argument %q (one file, as the argument or with -f)", extra)
 	}
 	in := stdin
 	if *file != "-" {

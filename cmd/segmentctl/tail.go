@@ -70,7 +70,7 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			return fmt.Errorf("tail %s partition %d: %w", *topic, p, err)
 		}
 	}
-	lines := make(chan []byte, 1024)
+	lines := make(chan tailLine, 1024)
 	// A reader that fails ends the command with its error, rather than
 	// leaving its partition silently unread.
 	failed := make(chan error, len(readers))
@@ -123,17 +123,21 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 					ended <- struct{}{} // written after tail started
 					return
 				}
-				line := m.Value
-				if bytes.ContainsAny(line, "\r\n") && json.Valid(line) {
-					// One record, one line: a JSON value written over
-					// several lines would be as many records to produce.
+				line := tailLine{text: m.Value, partition: p, offset: m.Offset}
+				switch {
+				case *headers:
+					line.text = recordJSON(m)
+				case bytes.ContainsAny(line.text, "\r\n"):
+					// One record, one line: a value written over several
+					// lines would be as many records to produce. JSON is
+					// compacted; anything else cannot be made one line and
+					// stay the record it was.
 					var b bytes.Buffer
-					if json.Compact(&b, line) == nil {
-						line = b.Bytes()
+					if json.Compact(&b, line.text) == nil {
+						line.text = b.Bytes()
+					} else {
+						line.text, line.unprintable = nil, true
 					}
-				}
-				if *headers {
-					line = recordJSON(m)
 				}
 				select {
 				case lines <- line:
@@ -150,49 +154,74 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	defer wg.Wait()
 	defer cancel()
 	n, done := 0, 0
+	skipped, firstSkipped := 0, tailLine{}
 	var timer <-chan time.Time
-	emit := func(l []byte) bool {
-		fmt.Fprintf(stdout, "%s\n", l)
+	emit := func(l tailLine) bool {
+		if l.unprintable {
+			if skipped++; skipped == 1 {
+				firstSkipped = l
+			}
+			return false
+		}
+		fmt.Fprintf(stdout, "%s\n", l.text)
 		n++
 		return *max > 0 && n >= *max
 	}
-	for {
-		if *idle > 0 {
-			timer = time.After(*idle)
-		}
-		select {
-		case <-ctx.Done():
-			if *toEnd {
-				// Not the end it was asked for: a pipe into produce must
-				// not take it for a whole replay.
-				return fmt.Errorf("tail: interrupted after %s, before the end of %s", plural(n, "record"), *topic)
+	read := func() error {
+		for {
+			if *idle > 0 {
+				timer = time.After(*idle)
 			}
-			return nil
-		case err := <-failed:
-			return err
-		case <-timer:
-			return nil
-		case <-ended:
-			if done++; done < len(readers) {
-				continue
-			}
-			// Every reader has sent its last line.
-			for {
-				select {
-				case l := <-lines:
-					if emit(l) {
+			select {
+			case <-ctx.Done():
+				if *toEnd {
+					// Not the end it was asked for: a pipe into produce must
+					// not take it for a whole replay.
+					return fmt.Errorf("tail: interrupted after %s, before the end of %s", plural(n, "record"), *topic)
+				}
+				return nil
+			case err := <-failed:
+				return err
+			case <-timer:
+				return nil
+			case <-ended:
+				if done++; done < len(readers) {
+					continue
+				}
+				// Every reader has sent its last line.
+				for {
+					select {
+					case l := <-lines:
+						if emit(l) {
+							return nil
+						}
+					default:
 						return nil
 					}
-				default:
+				}
+			case l := <-lines:
+				if emit(l) {
 					return nil
 				}
 			}
-		case l := <-lines:
-			if emit(l) {
-				return nil
-			}
 		}
 	}
+	err = read()
+	if skipped > 0 {
+		// Printed, they would come back from produce as other records.
+		err = errors.Join(err, fmt.Errorf("tail: %s not printed (the first at partition %d offset %d): a value that is not JSON and spans several lines cannot be one line of the output; -headers prints it",
+			plural(skipped, "record"), firstSkipped.partition, firstSkipped.offset))
+	}
+	return err
+}
+
+// tailLine is one record as tail prints it: its value (or, with -headers,
+// the record as JSON) on one line; unprintable when that cannot be.
+type tailLine struct {
+	text        []byte
+	partition   int
+	offset      int64
+	unprintable bool
 }
 
 // errFetchIdle is a bounded fetch that met no record for fetchIdle.

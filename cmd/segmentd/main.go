@@ -205,6 +205,8 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 				return errors.New("SEGMENTD_REDIS_ADDRS names a Redis Cluster (several addresses), and a server there has no cluster support: give a standalone Redis one address")
 			case errors.Is(err, membership.ErrIsCluster):
 				return errors.New("SEGMENTD_REDIS_ADDRS names a standalone Redis (one address), and it is a node of a Redis Cluster: give two or more of its nodes")
+			case membership.AuthRefused(err):
+				return errors.New("redis refuses the credentials or the user's permissions (SEGMENTD_REDIS_USERNAME, SEGMENTD_REDIS_PASSWORD)")
 			}
 			return errors.New("redis does not answer")
 		}
