@@ -258,7 +258,8 @@ func (s *Sets) Enlist(ctx context.Context, org, seg string, userIDs []string) er
 
 // DeleteSegment removes every member of a segment, of any type, a chunk at
 // a time: it reads a chunk of members, hands their exits (cause DeleteCause)
-// to publish, removes the segment from each of those users' segment sets and
+// to publish, after the entries of theirs that may not be published yet
+// (heldEntries), removes the segment from each of those users' segment sets and
 // then the users from the segment's set. At the end it deletes the segment's
 // set. When publish fails, DeleteSegment stops and returns its error with
 // nothing of that chunk written, so a later call picks up where this one
@@ -288,7 +289,11 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 			for chunk := range slices.Chunk(sortedUniqueIDs(ids), setsChunk) {
 				changes := staticChangesOf(org, seg, nil, chunk, cause, at)
 				if publish != nil {
-					if err := publish(ctx, changes); err != nil {
+					held, err := s.heldEntries(ctx, org, seg, chunk, at)
+					if err != nil {
+						return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
+					}
+					if err := publish(ctx, append(held, changes...)); err != nil {
 						return removed, fmt.Errorf("delete membership of %s/%s: publish: %w", org, seg, err)
 					}
 				}
@@ -325,6 +330,51 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 		return removed, fmt.Errorf("delete membership of %s/%s: %w", org, seg, err)
 	}
 	return removed, nil
+}
+
+// heldEntries returns the entries of users (members of seg) into seg that
+// their outboxes hold as the last decision of seg, written within
+// ReplayWindow of now: it may not be published yet, its writer having died
+// between its projection and its publication (a batch; or a backfill or
+// timer, which the deletion's gate waits for while their instance lives).
+// The replay publishes no entry of a deleted segment (Deletions.Refuses),
+// and published after the deletion's exit it would leave the user in the
+// segment for a consumer: the deletion publishes it first, with its eventId
+// (a repeat when it was published).
+func (s *Sets) heldEntries(ctx context.Context, org, seg string, users []string, now time.Time) ([]events.Change, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(users))
+	for i, u := range users {
+		cmds[i] = pipe.HGet(ctx, ProfileKey(org, u), "o")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("outboxes of %d members: %w", len(users), err)
+	}
+	var out []events.Change
+	recent := now.Add(-ReplayWindow).UnixMilli()
+	for i, u := range users {
+		// An outbox this package cannot read holds nothing it wrote.
+		es, _ := DecodeOutbox(cmds[i].Val())
+		var last OutboxEntry
+		var change OutboxChange
+		found := false
+		for _, e := range es {
+			if found && e.Rev < last.Rev {
+				continue
+			}
+			for _, c := range e.Changes {
+				if c.SegmentID == seg {
+					last, change, found = e, c, true
+				}
+			}
+		}
+		if !found || !change.Entered || last.AtMillis < recent {
+			continue
+		}
+		last.Changes = []OutboxChange{change}
+		out = append(out, last.Events(UserRef{OrgID: org, UserID: u})...)
+	}
+	return out, nil
 }
 
 // staticChangesOf returns the entries then the exits of users into or out

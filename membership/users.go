@@ -74,6 +74,33 @@ type OutboxEntry struct {
 	Changes []OutboxChange `json:"c,omitempty"`
 }
 
+// Events returns the change events of the entry's changes for user ref,
+// as their writer published them (or will): the same eventIds.
+func (e OutboxEntry) Events(ref UserRef) []events.Change {
+	out := make([]events.Change, 0, len(e.Changes))
+	cause := e.CauseType
+	if cause == "" {
+		cause = events.CauseProfile
+	}
+	for _, c := range e.Changes {
+		out = append(out, events.Change{
+			OrgID: ref.OrgID, SegmentID: c.SegmentID, UserID: ref.UserID, Entered: c.Entered,
+			At:    time.UnixMilli(e.AtMillis).UTC(),
+			Cause: events.Cause{Type: cause, EventID: e.EventID, Version: e.Version},
+		})
+	}
+	return out
+}
+
+// ReplayWindow is how long after a write of a user its changes are taken
+// for possibly unpublished by a later writer of the same segment (a
+// backfill, a timer, a deletion), which then publishes them before its
+// own: a batch whose instance died is replayed by the partition's next
+// owner once the group has rebalanced (its session timeout is 10 s), after
+// the later writer's change otherwise. (Backfills and timers also take a
+// job's changes so whatever their age: a job's retry may come much later.)
+const ReplayWindow = 2 * time.Minute
+
 // UserState is one user's stored state as the processor needs it.
 type UserState struct {
 	// Rev counts writes of the user; writes compare and set it.

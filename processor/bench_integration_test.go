@@ -672,6 +672,17 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	}
 	count := res.Count
 	audience := time.Since(start)
+	// Then the segment's deletion, as the API makes it: an exit published
+	// for each member (and the entries it may repeat first), then the sets;
+	// SEGMENTD_BENCH_DELETE_AFTER (a duration) dates it that much after the
+	// backfill.
+	later, _ := time.ParseDuration(getenv("SEGMENTD_BENCH_DELETE_AFTER"))
+	start = time.Now()
+	deleted, err := membership.NewSets(r.rdb).DeleteSegment(ctx, r.org, d.ID, time.Now().Add(later), kafkaio.NewPublisher(writer, r.membershipT).Publish)
+	if err != nil {
+		b.Fatal(err)
+	}
+	deletion := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(n)/backfill.Seconds(), "backfill-profiles/s")
 	b.ReportMetric(indexAll.Seconds(), "index-all-s")
@@ -682,6 +693,7 @@ func BenchmarkBackfillMillion(b *testing.B) {
 	b.ReportMetric(float64(count), "audience-count")
 	b.ReportMetric(float64(mem1-mem0)/float64(n), "bytes/profile")
 	b.ReportMetric(float64(mem2-mem1)/float64(max(members, 1)), "bytes/membership")
+	b.ReportMetric(float64(deleted)/deletion.Seconds(), "deleted-members/s")
 }
 
 // seedProfiles stores n loadgen profiles of org as the processor stores

@@ -759,3 +759,34 @@ func TestReplayAfterANewerDecision(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayAfterDeletionKeepsTheEntry: a batch enters u1, is projected,
+// and its instance dies before publishing (as a SIGKILL does). The segment
+// is then deleted, as the API does, which publishes an exit for each
+// member, u1 among them; the replayed batch publishes no entry of a deleted
+// segment. The deletion must have published the entry before its exit: a
+// consumer following the topic sees u1 enter, then leave.
+func TestReplayAfterDeletionKeepsTheEntry(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "points", atLeast(1000))
+	o := r.org
+	stop := r.startWith(t, unpublished(0))
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`)
+	if !testenv.Eventually(30*time.Second, func() bool { return members(t, r.rdb, membership.SegmentMembersKey(o, seg)) == "u1" }) {
+		t.Fatal("the entry was not projected within 30 s")
+	}
+	stop()
+	pub := r.publisher(t)
+	if _, err := membership.NewSets(r.rdb).DeleteSegment(ctx, o, seg, time.Now(), pub.Publish); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.defs.Delete(ctx, o, seg); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.waitCommitted(t, 1)
+	if got, want := r.followed(t, seg, "u1"), []string{"entered", "exited"}; !slices.Equal(got, want) {
+		t.Errorf("the topic gives u1 %v (each eventId once), want %v", got, want)
+	}
+}

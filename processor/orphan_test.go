@@ -12,8 +12,8 @@ import (
 // TestOrphanTimerChanges: a claim's change of a segment that is no longer
 // time-relative is published again, after the decision it flips from when
 // that may be unpublished (a job's of any age, the stream's within
-// replayWindow), and only for flips the claim was made for, of segments
-// still in force.
+// membership.ReplayWindow), and only for flips the claim was made for, of
+// segments still in force.
 func TestOrphanTimerChanges(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	flip := now.Add(-time.Hour)
@@ -49,7 +49,7 @@ func TestOrphanTimerChanges(t *testing.T) {
 			want: []string{"evt-1", timeCause("s", flip).EventID}, wantRetried: []int{1},
 		},
 		"not after a stream entry older than the replay window": {
-			outbox: []membership.OutboxEntry{stream(replayWindow + time.Minute), timer("s", flip, 4, false)}, claimedAt: flip,
+			outbox: []membership.OutboxEntry{stream(membership.ReplayWindow + time.Minute), timer("s", flip, 4, false)}, claimedAt: flip,
 			want: []string{timeCause("s", flip).EventID}, wantRetried: []int{0},
 		},
 		"not after an entry in the same direction": {

@@ -1172,7 +1172,7 @@ func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip 
 		if e.AtMillis < since || skip(e) {
 			continue
 		}
-		for _, c := range outboxChanges(ref, e) {
+		for _, c := range e.Events(ref) {
 			if segment(c.SegmentID) {
 				out = append(out, membership.Projection{Change: c, Rev: e.Rev})
 			}
@@ -1181,14 +1181,6 @@ func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip 
 	slices.SortStableFunc(out, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 	return out
 }
-
-// replayWindow is how long after the stream's write of a user a backfill or
-// timer that decides one of its segments again publishes the write's change
-// first, in case it is not published yet: a batch whose instance died is
-// replayed by the partition's next owner once the group has rebalanced
-// (its session timeout is 10 s), published after the job's change
-// otherwise. Longer than racedWindow, which covers a live writer.
-const replayWindow = 2 * time.Minute
 
 // decidedBefore reports whether changes (decided by the writes of revs,
 // index by index) hold a change of seg that the write of revision rev
@@ -1366,7 +1358,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
 				continue
 			}
-			replayed := outboxChanges(w.ref, e)
+			replayed := e.Events(w.ref)
 			for _, c := range replayed {
 				// A replayed write's first change of each segment (most
 				// batches replay none, and a user has a few changes).
@@ -1510,7 +1502,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			version = ev.Version
 		}
 		outbox = append(outbox, entry)
-		res.add(outboxChanges(w.ref, entry), entry.Rev)
+		res.add(entry.Events(w.ref), entry.Rev)
 		res.applied++
 		mark, moved = mark.advance(pos), true
 		res.occurred = append(res.occurred, ev.OccurredAt)
@@ -1522,7 +1514,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		for _, o := range st.Outbox {
 			if later && o.Rev == rev {
 				// Not published here: probes are not needed.
-				for _, pr := range standing(outboxChanges(w.ref, o), o.Rev, st) {
+				for _, pr := range standing(o.Events(w.ref), o.Rev, st) {
 					if !pr.Probe {
 						res.projections = append(res.projections, pr)
 					}
@@ -1646,20 +1638,4 @@ func timerFlip(eventID string) string {
 func keyedBy(next *segment.Profile, user string, paths []string) []string {
 	next.Set("userId", user)
 	return slices.DeleteFunc(paths, func(p string) bool { return p == "userId" })
-}
-
-func outboxChanges(ref membership.UserRef, e membership.OutboxEntry) []events.Change {
-	out := make([]events.Change, 0, len(e.Changes))
-	cause := e.CauseType
-	if cause == "" {
-		cause = events.CauseProfile
-	}
-	for _, c := range e.Changes {
-		out = append(out, events.Change{
-			OrgID: ref.OrgID, SegmentID: c.SegmentID, UserID: ref.UserID, Entered: c.Entered,
-			At:    time.UnixMilli(e.AtMillis).UTC(),
-			Cause: events.Cause{Type: cause, EventID: e.EventID, Version: e.Version},
-		})
-	}
-	return out
 }

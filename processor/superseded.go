@@ -103,15 +103,15 @@ func precedingChange(ref membership.UserRef, outbox []membership.OutboxEntry, se
 		return membership.Projection{}, false
 	}
 	last.Changes = []membership.OutboxChange{change}
-	return membership.Projection{Change: outboxChanges(ref, last)[0], Rev: last.Rev}, true
+	return membership.Projection{Change: last.Events(ref)[0], Rev: last.Rev}, true
 }
 
 // mayBeUnpublished accepts, for a backfill's or timer's change (see
 // precedingChange), the outbox entries whose decision may still be
 // unpublished, other than those own names: a job's whatever its age, the
-// stream's written within replayWindow of now.
+// stream's written within membership.ReplayWindow of now.
 func mayBeUnpublished(now time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
-	recent := now.Add(-replayWindow).UnixMilli()
+	recent := now.Add(-membership.ReplayWindow).UnixMilli()
 	return func(e membership.OutboxEntry) bool { return !own(e) && (jobEntry(e) || e.AtMillis >= recent) }
 }
 
