@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -178,6 +179,9 @@ func (d Definition) Validate() error {
 		v.fail("name", "name is required")
 	case utf8.RuneCountInString(name) > MaxNameLength:
 		v.fail("name", fmt.Sprintf("name must be at most %d characters", MaxNameLength))
+	case strings.ContainsFunc(name, unicode.IsControl):
+		// A name is one line of a dashboard or a log.
+		v.fail("name", "name must not contain control characters (line breaks, tabs, U+0000-U+001F, U+007F-U+009F)")
 	}
 	if utf8.RuneCountInString(d.Description) > MaxDescriptionLength {
 		v.fail("description", fmt.Sprintf("description must be at most %d characters", MaxDescriptionLength))

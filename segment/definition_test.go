@@ -71,6 +71,18 @@ func TestDefinitionValidate(t *testing.T) {
 			def:  func() Definition { d := validDynamic(); d.Name = "  \t"; return d },
 			code: CodeValidationFailed, fields: []string{"name"},
 		},
+		"name with a line break": {
+			def:  func() Definition { d := validDynamic(); d.Name = "VIP\nsegment"; return d },
+			code: CodeValidationFailed, fields: []string{"name"},
+		},
+		"name with a NUL": {
+			def:  func() Definition { d := validDynamic(); d.Name = "VIP\x00"; return d },
+			code: CodeValidationFailed, fields: []string{"name"},
+		},
+		"name with a C1 control": {
+			def:  func() Definition { d := validDynamic(); d.Name = "VI\u0085P"; return d },
+			code: CodeValidationFailed, fields: []string{"name"},
+		},
 		"name of 201 characters": {
 			def:  func() Definition { d := validDynamic(); d.Name = strings.Repeat("a", 201); return d },
 			code: CodeValidationFailed, fields: []string{"name"},
