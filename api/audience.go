@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -63,11 +64,12 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	checkKeys(&fe, "", obj, map[string]bool{"include": true, "exclude": true, "limit": true, "cursor": true}, nil)
 	limit := defaultAudienceLimit
 	if raw, ok := obj["limit"]; ok && string(raw) != "null" { // null: not given
-		var n int
-		if json.Unmarshal(raw, &n) != nil || n < 0 || n > maxAudienceLimit {
+		// A number, however written (1000, 1e3, 1000.0), as versions are.
+		var f float64
+		if json.Unmarshal(raw, &f) != nil || f != math.Trunc(f) || f < 0 || f > maxAudienceLimit {
 			fe.add("limit", "limit must be an integer from 0 to 1000")
 		}
-		limit = n
+		limit = int(f)
 	}
 	var cursor []byte
 	if raw, ok := obj["cursor"]; ok && string(raw) != "null" {

@@ -289,6 +289,12 @@ func TestAudienceSearch(t *testing.T) {
 			t.Errorf("pages gave %v", all)
 		}
 	})
+	t.Run("limit written as a float", func(t *testing.T) {
+		got := a.as("POST", "/v1/audience/search", json.RawMessage(`{"include": [{"field": "points", "operator": ">=", "value": 1000}], "limit": 2e0}`)).mustStatus(t, 200)
+		if ids := strList(got.body["userIds"]); len(ids) != 2 || got.body["nextCursor"] == nil {
+			t.Errorf("limit 2e0 gave %s, want a page of 2 and a cursor", got.raw)
+		}
+	})
 	t.Run("a cursor of other criteria", func(t *testing.T) {
 		got := a.as("POST", "/v1/audience/search", map[string]any{"include": rich, "limit": 1}).mustStatus(t, 200)
 		a.as("POST", "/v1/audience/search", map[string]any{"limit": 1, "cursor": got.body["nextCursor"]}).wantError(t, 400, "validation_failed", "cursor")
