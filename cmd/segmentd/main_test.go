@@ -129,17 +129,7 @@ func TestTopicRefused(t *testing.T) {
 // a deletion's exits) are counted in segmentd_membership_changes_total as
 // the processor's and the jobs' are.
 func TestAPIChangesCounted(t *testing.T) {
-	org := testenv.UniqueName(t, "org")
-	env := map[string]string{
-		"SEGMENTD_HTTP_ADDR":        freeAddr(t),
-		"SEGMENTD_API_KEYS":         org + ":sk_test_0123456789abcdef",
-		"SEGMENTD_REDIS_ADDRS":      testenv.Redis(t),
-		"SEGMENTD_KAFKA_BROKERS":    strings.Join(testenv.Kafka(t), ","),
-		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "profiles"),
-		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
-		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
-		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
-	}
+	env := serverEnv(t, testenv.Redis(t))
 	runEmbedded(t, env)
 	call := func(method, path, body string) (int, string) {
 		req, _ := http.NewRequest(method, "http://"+env["SEGMENTD_HTTP_ADDR"]+path, strings.NewReader(body))
@@ -195,17 +185,7 @@ func TestAPIChangesCounted(t *testing.T) {
 // 200, with no restart.
 func TestReadinessFollowsRedis(t *testing.T) {
 	srv := testenv.StartPrivateRedis(t)
-	org := testenv.UniqueName(t, "org")
-	env := map[string]string{
-		"SEGMENTD_HTTP_ADDR":        freeAddr(t),
-		"SEGMENTD_API_KEYS":         org + ":sk_test_0123456789abcdef",
-		"SEGMENTD_REDIS_ADDRS":      srv.Addr,
-		"SEGMENTD_KAFKA_BROKERS":    strings.Join(testenv.Kafka(t), ","),
-		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "profiles"),
-		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
-		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
-		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
-	}
+	env := serverEnv(t, srv.Addr)
 	runEmbedded(t, env)
 	// Before segmentd's shutdown, which needs Redis, whatever the outcome.
 	t.Cleanup(func() { srv.Thaw(t) })
@@ -244,5 +224,21 @@ func TestReadinessFollowsRedis(t *testing.T) {
 	if !testenv.Eventually(30*time.Second, func() bool { code, _ := readyz(); return code == http.StatusOK }) {
 		code, body := readyz()
 		t.Fatalf("/readyz = %d %s 30 s after Redis came back, want 200", code, body)
+	}
+}
+
+// serverEnv configures a segmentd on the Redis at redisAddr and the test
+// Kafka, with topics, group and organisation of its own (key
+// sk_test_0123456789abcdef) and a free HTTP address.
+func serverEnv(t *testing.T, redisAddr string) map[string]string {
+	return map[string]string{
+		"SEGMENTD_HTTP_ADDR":        freeAddr(t),
+		"SEGMENTD_API_KEYS":         testenv.UniqueName(t, "org") + ":sk_test_0123456789abcdef",
+		"SEGMENTD_REDIS_ADDRS":      redisAddr,
+		"SEGMENTD_KAFKA_BROKERS":    strings.Join(testenv.Kafka(t), ","),
+		"SEGMENTD_PROFILE_TOPIC":    testenv.UniqueName(t, "profiles"),
+		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
+		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
+		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
 	}
 }
