@@ -66,7 +66,7 @@ func (g *GroupReader) Fetch(ctx context.Context) (processor.Record, error) {
 		if g.closed.Load() {
 			err = fmt.Errorf("%w: %w", processor.ErrFetcherClosed, err)
 		}
-		return processor.Record{}, err
+		return processor.Record{}, fmt.Errorf("group %s: %w", g.r.Config().GroupID, err)
 	}
 	return processor.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time, Key: m.Key, Value: m.Value,
 		HighWaterMark: m.HighWaterMark}, nil
@@ -94,7 +94,10 @@ func (g *GroupReader) Commit(ctx context.Context, rs []processor.Record) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return g.r.CommitMessages(ctx, msgs...)
+	if err := g.r.CommitMessages(ctx, msgs...); err != nil {
+		return fmt.Errorf("commit offsets of %d partitions: %w", len(msgs), err)
+	}
+	return nil
 }
 
 // EndOffsets returns the end of each of topic's partitions given (the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -112,8 +113,9 @@ func KeepLease(ctx context.Context, l LeaseExtender, name, owner string, ttl tim
 			}
 		}
 	}()
+	var once sync.Once
 	return ctx, func() {
-		close(done)
+		once.Do(func() { close(done) })
 		<-stopped
 		cancel(nil)
 	}
@@ -162,7 +164,10 @@ return 0
 
 // Leave removes instance id from the heartbeat.
 func (c *Coordinator) Leave(ctx context.Context, id string) error {
-	return c.rdb.HDel(ctx, instancesKey, id).Err()
+	if err := c.rdb.HDel(ctx, instancesKey, id).Err(); err != nil {
+		return fmt.Errorf("leave the heartbeat as %s: %w", id, err)
+	}
+	return nil
 }
 
 // LiveRevisions returns the revision in force at each instance that beat
@@ -185,8 +190,9 @@ func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge t
 		case age <= maxAge:
 			out[id] = rev
 		case age > 10*maxAge:
-			// Only the beat read: one the instance wrote since stays.
-			pruneBeat.Run(ctx, c.rdb, []string{instancesKey}, id, v)
+			// Only the beat read: one the instance wrote since stays. A
+			// failed prune is tried again at the next read.
+			_ = pruneBeat.Run(ctx, c.rdb, []string{instancesKey}, id, v).Err()
 		}
 	}
 	return out, nil

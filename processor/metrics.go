@@ -76,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		kafkaErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "segmentd_kafka_errors_total",
-			Help: "Failed Kafka produce or commit operations of the processor.",
+			Help: "Failed Kafka fetch, produce or commit operations of the processor.",
 		}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "segmentd_user_cache_lookups_total",

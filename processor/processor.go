@@ -129,8 +129,10 @@ type Config struct {
 	// onto.
 	Users UserStore
 	// Rules gives the compiled definitions each batch is evaluated with.
-	Rules     Rules
-	Scheduler Scheduler // optional
+	Rules Rules
+	// Scheduler stores the users' next relative-date flips; nil stores
+	// none (no segment of time).
+	Scheduler Scheduler
 	// MembershipTopic is the topic the membership change events are published
 	// to.
 	MembershipTopic string
@@ -322,8 +324,14 @@ func (p *Processor) Run(ctx context.Context) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	defer func() { p.mu.Lock(); p.revs = nil; p.mu.Unlock() }()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork) })
-	defer stop()
+	var bound atomic.Pointer[time.Timer]
+	stop := context.AfterFunc(ctx, func() { bound.Store(time.AfterFunc(p.cfg.ShutdownTimeout, cancelWork)) })
+	defer func() {
+		stop()
+		if t := bound.Load(); t != nil {
+			t.Stop()
+		}
+	}()
 
 	commits := make(chan []Record, 1)
 	committed := make(chan struct{})

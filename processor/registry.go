@@ -173,7 +173,7 @@ func (r *Registry) Reload(ctx context.Context) error {
 	defer r.reloading.Unlock()
 	rev, err := r.src.Revision(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("definitions revision: %w", err)
 	}
 	old := r.cur.Load()
 	if old != nil && old.Revision == rev {

@@ -167,10 +167,16 @@ func tail(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		n++
 		return *max > 0 && n >= *max
 	}
+	var idleTimer *time.Timer
+	if *idle > 0 {
+		idleTimer = time.NewTimer(*idle)
+		defer idleTimer.Stop()
+		timer = idleTimer.C
+	}
 	read := func() error {
 		for {
-			if *idle > 0 {
-				timer = time.After(*idle)
+			if idleTimer != nil {
+				idleTimer.Reset(*idle) // a stale tick is dropped (Go 1.23 timers)
 			}
 			select {
 			case <-ctx.Done():
