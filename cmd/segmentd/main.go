@@ -16,8 +16,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,7 +24,6 @@ import (
 
 	"github.com/segmentd/segmentd/api"
 	"github.com/segmentd/segmentd/config"
-	"github.com/segmentd/segmentd/embedded"
 	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/processor"
@@ -73,50 +70,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	log := slog.New(newRepeatLimiter(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second))
 
 	if cfg.Embedded() {
-		// Each of Kafka and Redis is embedded when it is not configured.
-		srv, err := embedded.Start(embedded.Options{Kafka: len(cfg.KafkaBrokers) == 0, Redis: len(cfg.RedisAddrs) == 0,
-			Ephemeral: cfg.EmbeddedEphemeral})
-		if errors.Is(err, syscall.EADDRINUSE) && !cfg.EmbeddedEphemeral {
-			return &config.Error{Var: "SEGMENTD_EMBEDDED_EPHEMERAL", Value: getenv("SEGMENTD_EMBEDDED_EPHEMERAL"),
-				Reason: "the embedded servers' fixed ports are taken (another segmentd running? set it to true for free ports, which this segmentd prints for segmentctl)", Err: err}
-		}
+		srv, err := startEmbedded(&cfg, getenv)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
-		var inProcess []string
-		if len(cfg.KafkaBrokers) == 0 {
-			inProcess = append(inProcess, "Kafka")
-		}
-		if len(cfg.RedisAddrs) == 0 {
-			inProcess = append(inProcess, "Redis")
-		}
-		fmt.Printf("segmentd embedded mode: in-process %s (in memory; its data is lost on exit)\n", strings.Join(inProcess, " and "))
-		if len(cfg.APIKeys) == 0 {
-			key, err := devKey()
-			if err != nil {
-				return err
-			}
-			cfg.APIKeys = map[string]string{key: "dev"}
-			// The dev key is printed on purpose: it is how a new user reaches the API.
-			fmt.Printf("  dev API key (org \"dev\"): %s\n", key)
-		}
-		if len(cfg.KafkaBrokers) == 0 {
-			cfg.KafkaBrokers = srv.KafkaBrokers()
-			if strings.TrimSpace(getenv("SEGMENTD_PARTITIONS")) == "" {
-				cfg.Partitions = 4 // enough to share among a few local instances
-			}
-			fmt.Printf("  embedded Kafka: %s\n", cfg.KafkaBrokers[0])
-		}
-		if len(cfg.RedisAddrs) == 0 {
-			cfg.RedisAddrs = []string{srv.RedisAddr()}
-			fmt.Printf("  embedded Redis: %s\n", cfg.RedisAddrs[0])
-		}
-		if cfg.EmbeddedEphemeral {
-			// Not the ports segmentctl looks at by default: say how to reach them.
-			fmt.Printf("  for segmentctl: export SEGMENTD_KAFKA_BROKERS=%s SEGMENTD_REDIS_ADDRS=%s\n",
-				strings.Join(cfg.KafkaBrokers, ","), strings.Join(cfg.RedisAddrs, ","))
-		}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -187,41 +145,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 
-	var notReady rateLimitedWarning
-	ready := func(ctx context.Context) error {
-		// Both at once, within a second: a probe's own timeout is often a
-		// second, and a hung server should give it a 503, not a timeout.
-		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-		defer cancel()
-		kafkaErr := make(chan error, 1)
-		go func() { kafkaErr <- kafkaio.Ping(ctx, cfg.KafkaBrokers) }()
-		redisErr := membership.Ping(ctx, rdb)
-		// /readyz answers anyone: the reasons name no address, the log
-		// has the errors (at most one line each 10 s: probes come often).
-		if err := redisErr; err != nil {
-			notReady.warn(log, "redis", err)
-			switch {
-			case errors.Is(err, membership.ErrNotCluster):
-				return errors.New("SEGMENTD_REDIS_ADDRS names a Redis Cluster (several addresses), and a server there has no cluster support: give a standalone Redis one address")
-			case errors.Is(err, membership.ErrIsCluster):
-				return errors.New("SEGMENTD_REDIS_ADDRS names a standalone Redis (one address), and it is a node of a Redis Cluster: give two or more of its nodes")
-			case membership.AuthRefused(err):
-				return errors.New("redis refuses the credentials or the user's permissions (SEGMENTD_REDIS_USERNAME, SEGMENTD_REDIS_PASSWORD)")
-			}
-			return errors.New("redis does not answer")
-		}
-		if err := <-kafkaErr; err != nil {
-			notReady.warn(log, "kafka", err)
-			return errors.New("kafka does not answer")
-		}
-		if !registry.Loaded() {
-			return errors.New("definitions not loaded")
-		}
-		if !proc.Healthy() {
-			return errors.New("processor is retrying a failing batch")
-		}
-		return nil
-	}
+	ready := readiness(cfg.KafkaBrokers, rdb, registry.Loaded, proc.Healthy, log)
 	handler := api.New(api.Config{
 		Definitions:   defs,
 		Membership:    sets,
@@ -352,12 +276,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 
 // jobsStopTimeout bounds the wait for the background jobs and the HTTP
 // server once the processor has stopped; kafkaCloseTimeout the wait for the
-// Kafka clients to close after them; readyTimeout a readiness check's reach
-// to Redis and Kafka.
+// Kafka clients to close after them.
 const (
 	jobsStopTimeout   = 10 * time.Second
 	kafkaCloseTimeout = 5 * time.Second
-	readyTimeout      = time.Second
 )
 
 // usage lists the variables segmentd reads.
@@ -383,14 +305,6 @@ func instanceID() string {
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
-func devKey() (string, error) {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("dev key: %w", err)
-	}
-	return "sk_dev_" + hex.EncodeToString(b), nil
-}
-
 // userCacheBytes turns the configured size, where 0 means none, into the
 // processor's, where 0 means its default.
 func userCacheBytes(mb int) int {
@@ -405,16 +319,6 @@ func reach(ctx context.Context, check func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	return check(ctx)
-}
-
-// rateLimitedWarning logs at most one warning each 10 s.
-type rateLimitedWarning struct{ last atomic.Int64 }
-
-func (r *rateLimitedWarning) warn(log *slog.Logger, what string, err error) {
-	now := time.Now().UnixNano()
-	if last := r.last.Load(); now-last >= int64(10*time.Second) && r.last.CompareAndSwap(last, now) {
-		log.Warn("not ready", "dependency", what, "err", err)
-	}
 }
 
 // topicVar names the variable that configured topic.
