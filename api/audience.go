@@ -109,7 +109,7 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	}
 	// Checked before a search slot is taken: criteria that cannot be valid
 	// are a 400 however busy the instance is, never a 503 to retry.
-	err = segment.CheckSize(c)
+	err = checkCriteriaSize(c)
 	if err == nil {
 		_, err = segment.Compile(c)
 	}
@@ -172,7 +172,7 @@ func unwrapCriteria(err error) error {
 // passed to a search of other criteria is refused rather than resumed
 // there (it would skip ids that search never gave).
 func audienceTag(c segment.Criteria) string {
-	b, _ := json.Marshal(c)
+	b, _ := json.Marshal(criteriaOut(c))
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
 }

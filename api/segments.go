@@ -145,7 +145,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	b.applyTo(&d)
 	// The size first: compiling criteria of megabytes costs as much.
-	err = segment.CheckSize(d.Criteria)
+	err = checkCriteriaSize(d.Criteria)
 	if err == nil {
 		err = d.Validate()
 	}
@@ -620,7 +620,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	// Criteria stored before their size was bounded still take a rename.
 	err = nil
 	if b.Criteria != nil {
-		err = segment.CheckSize(next.Criteria)
+		err = checkCriteriaSize(next.Criteria)
 	}
 	if err == nil {
 		err = next.Validate()

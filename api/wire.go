@@ -408,6 +408,34 @@ func (c criterionJSON) MarshalJSON() ([]byte, error) {
 	}{c.Field, c.Operator, c.Value})
 }
 
+// checkCriteriaSize reports criteria larger than segment.MaxCriteriaBytes
+// written as JSON (as the API reads and writes them) as a
+// *segment.ValidationError with the code segment.CodeLimitExceeded, naming
+// the larger of criteria.include and criteria.exclude. It applies to
+// criteria a request gives, not to stored ones, so that definitions stored
+// before the limit still load and can be renamed.
+func checkCriteriaSize(c segment.Criteria) error {
+	out := criteriaOut(c)
+	inc, err := json.Marshal(out.Include)
+	if err != nil {
+		return fmt.Errorf("criteria: %w", err)
+	}
+	exc, err := json.Marshal(out.Exclude)
+	if err != nil {
+		return fmt.Errorf("criteria: %w", err)
+	}
+	n := len(inc) + len(exc)
+	if n <= segment.MaxCriteriaBytes {
+		return nil
+	}
+	field := "criteria.include"
+	if len(exc) > len(inc) {
+		field = "criteria.exclude"
+	}
+	return &segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: []segment.FieldError{{Field: field,
+		Message: fmt.Sprintf("include and exclude criteria together must be at most %d bytes as JSON, got %d", segment.MaxCriteriaBytes, n)}}}
+}
+
 func criterionOut(c segment.Criterion) criterionJSON {
 	return criterionJSON{Field: c.Field, Operator: c.Operator, Value: c.Value, HasValue: c.HasValue || c.Value != nil}
 }

@@ -83,56 +83,13 @@ type Criterion struct {
 // Criteria are the include and exclude criteria of a dynamic segment.
 type Criteria struct {
 	// Include are the criteria a member must all match.
-	Include []Criterion `json:"include"`
+	Include []Criterion
 	// Exclude are the criteria a member must match none of.
-	Exclude []Criterion `json:"exclude"`
+	Exclude []Criterion
 }
 
 // hasValue reports whether the criterion carries a value, JSON null included.
 func (c Criterion) hasValue() bool { return c.HasValue || c.Value != nil }
-
-// criterionJSON is the wire form of a Criterion; Value stays raw so that an
-// absent value can be told from null.
-type criterionJSON struct {
-	// Field is the criterion's field path.
-	Field string `json:"field"`
-	// Operator is the criterion's operator.
-	Operator string `json:"operator"`
-	// Value is the criterion's value as JSON text, nil when the criterion has
-	// none.
-	Value json.RawMessage `json:"value,omitempty"`
-}
-
-// MarshalJSON encodes the criterion as {"field","operator","value"}, leaving
-// out "value" when the criterion has none.
-func (c Criterion) MarshalJSON() ([]byte, error) {
-	w := criterionJSON{Field: c.Field, Operator: c.Operator}
-	if c.hasValue() {
-		raw, err := json.Marshal(c.Value)
-		if err != nil {
-			return nil, err
-		}
-		w.Value = raw
-	}
-	return json.Marshal(w)
-}
-
-// UnmarshalJSON decodes {"field","operator","value"}; HasValue is set when the
-// "value" key is present, even when it holds null.
-func (c *Criterion) UnmarshalJSON(data []byte) error {
-	var w criterionJSON
-	if err := json.Unmarshal(data, &w); err != nil {
-		return err
-	}
-	*c = Criterion{Field: w.Field, Operator: w.Operator}
-	if w.Value != nil {
-		c.HasValue = true
-		if err := json.Unmarshal(w.Value, &c.Value); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // FieldError is one validation problem, located by Field (for example
 // "criteria.include[0].operator").
@@ -188,32 +145,6 @@ type Rule struct {
 // above what 40 criteria of any real rule take (an "in" list of about
 // 10,000 short values fits).
 const MaxCriteriaBytes = 256 << 10
-
-// CheckSize reports criteria larger than MaxCriteriaBytes as a
-// *ValidationError with the code [CodeLimitExceeded], naming the larger of
-// criteria.include and criteria.exclude. It applies to criteria a request
-// gives: neither Compile nor Definition.Validate apply it, so that
-// definitions stored before the limit still load and can be renamed.
-func CheckSize(c Criteria) error {
-	inc, err := json.Marshal(c.Include)
-	if err != nil {
-		return fmt.Errorf("criteria: %w", err)
-	}
-	exc, err := json.Marshal(c.Exclude)
-	if err != nil {
-		return fmt.Errorf("criteria: %w", err)
-	}
-	n := len(inc) + len(exc)
-	if n <= MaxCriteriaBytes {
-		return nil
-	}
-	field := "criteria.include"
-	if len(exc) > len(inc) {
-		field = "criteria.exclude"
-	}
-	return &ValidationError{Code: CodeLimitExceeded, Errors: []FieldError{{field,
-		fmt.Sprintf("include and exclude criteria together must be at most %d bytes as JSON, got %d", MaxCriteriaBytes, n)}}}
-}
 
 // Compile validates c and compiles it into a Rule. The error, when not nil, is
 // a *ValidationError listing every problem found; over MaxInclude or

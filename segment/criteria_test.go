@@ -3,7 +3,6 @@ package segment
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"math"
 	"reflect"
 	"slices"
@@ -275,93 +274,6 @@ func TestParseRelative(t *testing.T) {
 			got, ok := ParseRelative(tt.in)
 			if ok != tt.ok || got != tt.want {
 				t.Errorf("ParseRelative(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
-			}
-		})
-	}
-}
-
-func TestCriterionJSON(t *testing.T) {
-	tests := map[string]struct {
-		in   string
-		want Criterion
-	}{
-		"value":       {`{"field":"tier","operator":"equals","value":"gold"}`, cr("tier", OpEquals, "gold")},
-		"number":      {`{"field":"points","operator":">","value":10}`, cr("points", OpGreater, 10.0)},
-		"array":       {`{"field":"tier","operator":"in","value":["a",1]}`, cr("tier", OpIn, []any{"a", 1.0})},
-		"null value":  {`{"field":"tier","operator":"equals","value":null}`, cr("tier", OpEquals, nil)},
-		"no value":    {`{"field":"tier","operator":"exists"}`, crNoValue("tier", OpExists)},
-		"extra field": {`{"field":"tier","operator":"exists","note":1}`, crNoValue("tier", OpExists)},
-	}
-	for name, tt := range tests {
-		t.Run(name, func(t *testing.T) {
-			var got Criterion
-			if err := json.Unmarshal([]byte(tt.in), &got); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Fatalf("Unmarshal = %#v, want %#v", got, tt.want)
-			}
-			out, err := json.Marshal(got)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var again Criterion
-			if err := json.Unmarshal(out, &again); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(again, tt.want) {
-				t.Errorf("round trip through %s = %#v, want %#v", out, again, tt.want)
-			}
-		})
-	}
-
-	var c Criteria
-	in := `{"include":[{"field":"a","operator":"exists"}],"exclude":[{"field":"b","operator":"equals","value":null}]}`
-	if err := json.Unmarshal([]byte(in), &c); err != nil {
-		t.Fatal(err)
-	}
-	_, err := Compile(c)
-	var ve *ValidationError
-	if !errors.As(err, &ve) || len(ve.Errors) != 1 || ve.Errors[0].Field != "criteria.exclude[0].value" {
-		t.Errorf("explicit null from JSON: Compile error = %v", err)
-	}
-	if err := json.Unmarshal([]byte(`{"field":1}`), new(Criterion)); err == nil {
-		t.Error("a numeric field name decoded without error")
-	}
-}
-
-func TestCheckSize(t *testing.T) {
-	values := func(n int) []any {
-		out := make([]any, n)
-		for i := range out {
-			out[i] = fmt.Sprintf("value-%07d", i)
-		}
-		return out
-	}
-	long := Criterion{Field: "customFields.x", Operator: OpIn, Value: values(20_000), HasValue: true}
-	tests := map[string]struct {
-		c     Criteria
-		field string // of the limit error; "" for none
-	}{
-		"a usual rule":         {Criteria{Include: []Criterion{{Field: "points", Operator: OpGreaterEq, Value: 1000.0, HasValue: true}}}, ""},
-		"10,000 values":        {Criteria{Include: []Criterion{{Field: "customFields.x", Operator: OpIn, Value: values(10_000), HasValue: true}}}, ""},
-		"a long include":       {Criteria{Include: []Criterion{long}}, "criteria.include"},
-		"a long exclude":       {Criteria{Exclude: []Criterion{long}}, "criteria.exclude"},
-		"a 300 KiB field path": {Criteria{Include: []Criterion{{Field: "customFields." + strings.Repeat("z", 300<<10), Operator: OpExists}}}, "criteria.include"},
-		"a 300 KiB string":     {Criteria{Include: []Criterion{{Field: "email", Operator: OpEquals, Value: strings.Repeat("y", 300<<10), HasValue: true}}}, "criteria.include"},
-	}
-	for name, tt := range tests {
-		t.Run(name, func(t *testing.T) {
-			err := CheckSize(tt.c)
-			if tt.field == "" {
-				if err != nil {
-					t.Fatalf("CheckSize = %v, want nil", err)
-				}
-				return
-			}
-			var ve *ValidationError
-			if !errors.As(err, &ve) || ve.Code != CodeLimitExceeded || ve.Errors[0].Field != tt.field {
-				t.Fatalf("CheckSize = %v, want limit_exceeded on %s", err, tt.field)
 			}
 		})
 	}
