@@ -389,6 +389,23 @@ func (j *Jobs) indexUsers(ctx context.Context) {
 	}, backoff.WithContext(bo, ctx))
 }
 
+// unpublishedFrom returns the earliest instant at which a stream write
+// still unpublished may have decided its changes, as seen at now:
+// membership.ReplayWindow before now (a batch of an instance that died is
+// replayed within it), or as long before the oldest batch this instance's
+// processor has not published (Kafka failing: the instances that share it
+// are held up as long, each with a batch of its own a little older or
+// younger).
+func (j *Jobs) unpublishedFrom(now time.Time) time.Time {
+	from := now.Add(-membership.ReplayWindow)
+	if j.cfg.Processor != nil {
+		if t := j.cfg.Processor.UnfinishedSince(); !t.IsZero() && t.Add(-membership.ReplayWindow).Before(from) {
+			from = t.Add(-membership.ReplayWindow)
+		}
+	}
+	return from
+}
+
 func (j *Jobs) beat(ctx context.Context) {
 	rev := int64(0)
 	if j.cfg.Processor != nil {
@@ -922,7 +939,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					own = append(own, f.Change.Cause.EventID)
 				}
-				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(now, func(e membership.OutboxEntry) bool {
+				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(j.unpublishedFrom(now), func(e membership.OutboxEntry) bool {
 					return slices.Contains(own, e.EventID)
 				})); ok {
 					changes = append(changes, pc.Change)
@@ -1010,7 +1027,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChange).
-			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(now, skip)); ok {
+			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(j.unpublishedFrom(now), skip)); ok {
 				raced = withoutRepeats(append(raced, pc))
 				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 			}
@@ -1317,7 +1334,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err != nil {
 		return 0, err
 	}
-	if changes, projections, retried := orphanTimerChanges(org, o, byUser, views, j.cfg.Now()); len(changes) > 0 {
+	if changes, projections, retried := orphanTimerChanges(org, o, byUser, views, j.cfg.Now(), j.unpublishedFrom(j.cfg.Now())); len(changes) > 0 {
 		// Earlier attempts' changes, as a pass's: one a later write
 		// decided again is left out (see dropSuperseded).
 		changes, projections, err := j.dropSuperseded(ctx, changes, projections, retried)
@@ -1428,7 +1445,7 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 // when that may be unpublished (see precedingChange).
 // It returns, with the changes and their projections, the indexes of the
 // earlier claims' changes among them.
-func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now time.Time) ([]events.Change, []membership.Projection, []int) {
+func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now, unpublishedFrom time.Time) ([]events.Change, []membership.Projection, []int) {
 	var changes []events.Change
 	var projections []membership.Projection
 	var retried []int
@@ -1451,7 +1468,7 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
-					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(now, func(p membership.OutboxEntry) bool {
+					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(unpublishedFrom, func(p membership.OutboxEntry) bool {
 						return p.EventID == e.EventID
 					})); ok {
 						changes = append(changes, pc.Change)

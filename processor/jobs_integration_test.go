@@ -1474,6 +1474,8 @@ type jobsOf struct {
 	users    processor.JobUsers       // nil: the rig's
 	defs     processor.JobDefinitions // nil: the rig's
 	remover  processor.SegmentRemover
+	// processor is the instance's processor (nil: none).
+	processor *processor.Processor
 	// timerInterval bounds a call of FireTimers's rounds (0: the default).
 	timerInterval time.Duration
 	// estimateInterval is SEGMENTD_ESTIMATE_INTERVAL (0: the default).
@@ -1509,7 +1511,7 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 		InstanceID: o.instance, Definitions: o.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
-		TimerInterval: o.timerInterval, EstimateInterval: o.estimateInterval,
+		TimerInterval: o.timerInterval, EstimateInterval: o.estimateInterval, Processor: o.processor,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -206,10 +206,12 @@ type stageState struct {
 	start atomic.Int64
 }
 
-// seqRev is the definitions revision a batch was evaluated with.
+// seqRev is the definitions revision a batch was evaluated with, and when
+// its evaluation began (its changes are decided at that instant or later).
 type seqRev struct {
 	seq uint64
 	rev int64
+	at  time.Time
 }
 
 // seqEntry is an outbox entry tagged with the batch that wrote it.
@@ -284,6 +286,22 @@ func (p *Processor) AppliedRevision() int64 {
 		return s.Revision
 	}
 	return 0
+}
+
+// UnfinishedSince returns when the evaluation of the oldest batch this
+// processor is writing, or has written and not yet published, began: its
+// changes may still be unpublished (Kafka failing, the publication being
+// retried). The zero time when there is none.
+func (p *Processor) UnfinishedSince() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var oldest time.Time
+	for _, r := range p.revs {
+		if oldest.IsZero() || r.at.Before(oldest) {
+			oldest = r.at
+		}
+	}
+	return oldest
 }
 
 // Healthy reports false while a batch is failing and being retried, or has
@@ -725,7 +743,7 @@ func (p *Processor) write(ctx context.Context, batch []Record, fetched time.Time
 	snap := p.cfg.Rules.Current()
 	if snap != nil {
 		// Dropped once this batch, or a later one, has been published.
-		p.revs = append(p.revs, seqRev{seq: wb.seq, rev: snap.Revision})
+		p.revs = append(p.revs, seqRev{seq: wb.seq, rev: snap.Revision, at: p.cfg.Now()})
 	}
 	p.mu.Unlock()
 	if snap == nil {

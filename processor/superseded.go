@@ -109,9 +109,9 @@ func precedingChange(ref membership.UserRef, outbox []membership.OutboxEntry, se
 // mayBeUnpublished accepts, for a backfill's or timer's change (see
 // precedingChange), the outbox entries whose decision may still be
 // unpublished, other than those own names: a job's whatever its age, the
-// stream's written within membership.ReplayWindow of now.
-func mayBeUnpublished(now time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
-	recent := now.Add(-membership.ReplayWindow).UnixMilli()
+// stream's decided at or after from (see Jobs.unpublishedFrom).
+func mayBeUnpublished(from time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
+	recent := from.UnixMilli()
 	return func(e membership.OutboxEntry) bool { return !own(e) && (jobEntry(e) || e.AtMillis >= recent) }
 }
 

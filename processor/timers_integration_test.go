@@ -585,3 +585,64 @@ func (r *rig) waitTimer(t *testing.T, user string, from time.Time) {
 		t.Fatalf("timer of %s not stored at %s or later within 30 s: %v, %v", user, from, at, err)
 	}
 }
+
+// TestTimerAfterALongKafkaOutage: the stream takes u0 out of a
+// relative-date segment and cannot publish the exit (Kafka failing) for
+// longer than membership.ReplayWindow; a timer round of the same instance
+// then enters u0 again. The round must publish the stream's exit first:
+// the stream's publication, retried once Kafka is back, comes after the
+// round's entry otherwise, and a consumer following the topic would end on
+// the exit while u0 is a member.
+func TestTimerAfterALongKafkaOutage(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, fire := r.dueTimers(t, 1, flip)
+	fire(r.publisher(t), time.Now()) // u0 enters, published
+	key := membership.SegmentMembersKey(r.org, seg)
+	if !r.rdb.SIsMember(ctx, key, "u0").Val() {
+		t.Fatal("the first round did not enter u0")
+	}
+	// The stream's clock runs as long behind as the outage has lasted: its
+	// write is that old when the round comes. At its clock u0's new
+	// updatedAt is not 30 days old; at the round's it is.
+	const outage = 150 * time.Second
+	stop := r.startWith(t, func(c *processor.Config) {
+		unpublished(1)(c)
+		c.Now = func() time.Time { return time.Now().Add(-outage) }
+	})
+	updated := time.Now().Add(-30*24*time.Hour - time.Second).UTC().Format(time.RFC3339Nano)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`, r.org, updated))
+	r.waitVersion(t, "u0", 2)
+	if !testenv.Eventually(30*time.Second, func() bool { return !r.rdb.SIsMember(ctx, key, "u0").Val() }) {
+		t.Fatal("the stream's exit was not projected within 30 s")
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	round, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: time.Now, timerInterval: time.Minute, processor: r.proc}).FireTimers(round)
+	if !r.rdb.SIsMember(ctx, key, "u0").Val() {
+		t.Fatal("the second round did not enter u0")
+	}
+	// Kafka back: the stream publishes its exit at last.
+	stop()
+	st, err := r.users.Load(ctx, []membership.UserRef{{OrgID: r.org, UserID: "u0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(st[0].Outbox, func(e membership.OutboxEntry) bool { return e.EventID == "e2" })
+	if i < 0 {
+		t.Fatalf("the stream's entry is not in u0's outbox: %+v", st[0].Outbox)
+	}
+	if err := r.publisher(t).Publish(ctx, st[0].Outbox[i].Events(membership.UserRef{OrgID: r.org, UserID: "u0"})); err != nil {
+		t.Fatal(err)
+	}
+	got := r.followed(t, seg, "u0")
+	if want := []string{"entered", "exited", "entered"}; !slices.Equal(got, want) || !r.rdb.SIsMember(ctx, key, "u0").Val() {
+		t.Errorf("the topic gives u0 %v (each eventId once): want %v, ending where the member set is (u0 in it)", got, want)
+	}
+}
