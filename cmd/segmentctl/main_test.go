@@ -555,31 +555,6 @@ func TestReadLinesHoldsNoOversizedLine(t *testing.T) {
 	}
 }
 
-// TestTailPrintsOneLinePerRecord: tail prints JSON lines, and its
-// output piped into produce is the documented replay of dead letters; a
-// record whose (JSON) value spans lines must still be one line.
-func TestTailPrintsOneLinePerRecord(t *testing.T) {
-	brokers := testenv.Kafka(t)
-	topic := testenv.UniqueName(t, "dlq")
-	testenv.CreateTopic(t, brokers, topic, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	w := kafkaio.NewWriter(brokers)
-	defer kafkaio.CloseWriter(w)
-	v := "{\n  \"eventId\": \"e1\", \"type\": \"profile.created\",\n  \"orgId\": \"acme\", \"userId\": \"u1\", \"version\": 1, \"profile\": {}\n}"
-	if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte(v)}); err != nil {
-		t.Fatal(err)
-	}
-	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
-	var out bytes.Buffer
-	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out); err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(out.String(), "\n"); n != 1 {
-		t.Errorf("tail printed one record as %d lines (produce would send %d unkeyed records):\n%s", n, n, out.String())
-	}
-}
-
 // TestTailToEndEndsWhenTheTopicGoes: tail -to-end is documented to
 // stop at the end of what the topic held; when the topic is deleted while
 // it reads, it must end (with an error), not wait for ever in silence.
