@@ -346,19 +346,10 @@ func TestTailToEnd(t *testing.T) {
 // TestTailShowsHeaders reads a dead letter with tail -headers: the reason
 // and the source are headers, which plain tail does not print.
 func TestTailShowsHeaders(t *testing.T) {
-	brokers := testenv.Kafka(t)
-	topic := testenv.UniqueName(t, "dlq")
-	testenv.CreateTopic(t, brokers, topic, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	w := kafkaio.NewWriter(brokers)
-	defer w.Close()
-	err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte("not json"),
+	topic, env := dlqWith(t, ctx, kafka.Message{Key: []byte("u1"), Value: []byte("not json"),
 		Headers: []kafka.Header{{Key: "segmentd-error", Value: []byte("not a JSON object")}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
 	var out bytes.Buffer
 	if err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-n", "1", "-headers"}, env, nil, &out); err != nil {
 		t.Fatal(err)
@@ -706,26 +697,19 @@ func TestStrayArgumentNamed(t *testing.T) {
 // break), and then the command ends with an error that names it. Piped into
 // produce, such a value would come back as several records.
 func TestTailOneLineARecord(t *testing.T) {
-	brokers := testenv.Kafka(t)
-	topic := testenv.UniqueName(t, "dlq")
-	testenv.CreateTopic(t, brokers, topic, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	w := kafkaio.NewWriter(brokers)
-	defer kafkaio.CloseWriter(w)
-	values := []string{
+	var letters []kafka.Message
+	for _, v := range []string{
 		"{\n  \"eventId\": \"e0\",\n  \"userId\": \"u0\"\n}",
 		`{"eventId":"e1","type":"profile.created","orgId":"acme","userId":"u1","version":1,"profile":{"tier":"gold"}}` + "\n" +
 			`{"eventId":"e2","type":"profile.created","orgId":"acme","userId":"u2","version":1,"profile":{"tier":"gold"}}`,
 		"{\"eventId\":\"e3\",\"userId\":\"u3\",\"note\":\"a raw\nline break\"}",
 		"not json",
+	} {
+		letters = append(letters, kafka.Message{Key: []byte("u1"), Value: []byte(v)})
 	}
-	for _, v := range values {
-		if err := w.WriteMessages(ctx, kafka.Message{Topic: topic, Key: []byte("u1"), Value: []byte(v)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
+	topic, env := dlqWith(t, ctx, letters...)
 	var out bytes.Buffer
 	err := run(ctx, []string{"tail", "-topic", topic, "-from-beginning", "-to-end"}, env, nil, &out)
 	if want := "2 records not printed (the first at partition 0 offset 1)"; err == nil || !strings.Contains(err.Error(), want) {
@@ -734,4 +718,22 @@ func TestTailOneLineARecord(t *testing.T) {
 	if want := "{\"eventId\":\"e0\",\"userId\":\"u0\"}\nnot json\n"; out.String() != want {
 		t.Errorf("tail printed %q, want %q", out.String(), want)
 	}
+}
+
+// dlqWith writes msgs, in order, to a new one-partition topic of the test
+// Kafka, and returns the topic and segmentctl's environment for it.
+func dlqWith(t *testing.T, ctx context.Context, msgs ...kafka.Message) (string, func(string) string) {
+	t.Helper()
+	brokers := testenv.Kafka(t)
+	topic := testenv.UniqueName(t, "dlq")
+	testenv.CreateTopic(t, brokers, topic, 1)
+	w := kafkaio.NewWriter(brokers)
+	defer kafkaio.CloseWriter(w)
+	for i := range msgs {
+		msgs[i].Topic = topic
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	return topic, envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
 }
