@@ -132,19 +132,12 @@ type Registry struct {
 	// reloading serialises reloads (the poll's and Fresh's), so that an
 	// older snapshot never replaces a newer one.
 	reloading sync.Mutex
-	// onChange, when set by OnChange, is told of every new snapshot. Nothing
-	// sets it at present: the jobs read Current on each round instead.
-	onChange func(old, new *Snapshot)
 }
 
 // NewRegistry returns a registry polling src every interval.
 func NewRegistry(src DefinitionSource, interval time.Duration, log *slog.Logger) *Registry {
 	return &Registry{src: src, interval: interval, log: log}
 }
-
-// OnChange sets a function called after each reload with the old and new
-// snapshots; it must be set before Run.
-func (r *Registry) OnChange(f func(old, new *Snapshot)) { r.onChange = f }
 
 // Current returns the latest snapshot, nil before the first load.
 func (r *Registry) Current() *Snapshot { return r.cur.Load() }
@@ -211,9 +204,6 @@ func (r *Registry) Reload(ctx context.Context) error {
 		}
 	}
 	r.cur.Store(snap)
-	if r.onChange != nil {
-		r.onChange(old, snap)
-	}
 	return nil
 }
 
