@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -333,46 +334,54 @@ func (s *Sets) DeleteSegment(ctx context.Context, org, seg string, at time.Time,
 }
 
 // heldEntries returns the entries of users (members of seg) into seg that
-// their outboxes hold as the last decision of seg, written within
-// ReplayWindow of now: it may not be published yet, its writer having died
-// between its projection and its publication (a batch; or a backfill or
-// timer, which the deletion's gate waits for while their instance lives).
-// The replay publishes no entry of a deleted segment (Deletions.Refuses),
-// and published after the deletion's exit it would leave the user in the
-// segment for a consumer: the deletion publishes it first, with its eventId
-// (a repeat when it was published).
+// their outboxes hold as the last decision of seg whose write the member
+// set holds (a later write not projected is not what the set answers for),
+// written within ReplayWindow of now: it may not be published yet, its
+// writer having died between its projection and its publication (a batch;
+// or a backfill or timer, which the deletion's gate waits for while their
+// instance lives). The replay publishes no entry of a deleted segment
+// (Deletions.Refuses), and published after the deletion's exit it would
+// leave the user in the segment for a consumer: the deletion publishes it
+// first, with its eventId (a repeat when it was published), after the
+// recent decisions before it (LastDecisions).
 func (s *Sets) heldEntries(ctx context.Context, org, seg string, users []string, now time.Time) ([]events.Change, error) {
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.StringCmd, len(users))
 	for i, u := range users {
 		cmds[i] = pipe.HGet(ctx, ProfileKey(org, u), "o")
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	revs := pipe.HMGet(ctx, SegmentRevisionsKey(org, seg), users...)
+	if _, err := pipe.Exec(ctx); unsent(err) != nil {
 		return nil, fmt.Errorf("outboxes of %d members: %w", len(users), err)
 	}
+	// Each read's own error: the pipeline's is the first one's, which may
+	// be a member without an outbox (redis.Nil) before a node's failure.
+	for i, c := range cmds {
+		if _, err := readErr(c); err != nil {
+			return nil, fmt.Errorf("outbox of member %s: %w", users[i], err)
+		}
+	}
+	if err := revs.Err(); err != nil {
+		return nil, fmt.Errorf("revisions of %d members: %w", len(users), err)
+	}
 	var out []events.Change
-	recent := now.Add(-ReplayWindow).UnixMilli()
+	recent := func(e OutboxEntry) bool { return e.AtMillis >= now.Add(-ReplayWindow).UnixMilli() }
 	for i, u := range users {
 		// An outbox this package cannot read holds nothing it wrote.
 		es, _ := DecodeOutbox(cmds[i].Val())
-		var last OutboxEntry
-		var change OutboxChange
-		found := false
-		for _, e := range es {
-			if found && e.Rev < last.Rev {
-				continue
-			}
-			for _, c := range e.Changes {
-				if c.SegmentID == seg {
-					last, change, found = e, c, true
-				}
+		below := int64(math.MaxInt64)
+		if v, ok := revs.Val()[i].(string); ok {
+			if held, err := strconv.ParseInt(v, 10, 64); err == nil {
+				below = held + 1
 			}
 		}
-		if !found || !change.Entered || last.AtMillis < recent {
+		ds := LastDecisions(es, seg, below, recent)
+		if len(ds) == 0 || !ds[len(ds)-1].Changes[0].Entered {
 			continue
 		}
-		last.Changes = []OutboxChange{change}
-		out = append(out, last.Events(UserRef{OrgID: org, UserID: u})...)
+		for _, d := range ds {
+			out = append(out, d.Events(UserRef{OrgID: org, UserID: u})...)
+		}
 	}
 	return out, nil
 }

@@ -238,3 +238,100 @@ func TestListVersion(t *testing.T) {
 		}
 	})
 }
+
+// failHGet makes the HGET of one key fail inside pipelines, as a command
+// sent to a node that is going away does, the others answering.
+type failHGet struct{ key string }
+
+func (failHGet) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (failHGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (f failHGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		_ = next(ctx, cmds)
+		for _, c := range cmds {
+			if c.Name() == "hget" && len(c.Args()) > 1 && c.Args()[1] == f.key {
+				c.(*redis.StringCmd).SetVal("") // not read
+				c.SetErr(errors.New("dial tcp: connection refused"))
+			}
+		}
+		for _, c := range cmds { // as go-redis answers: the first command's error
+			if err := c.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// TestDeleteSegmentHeldEntryReadFails: u2's outbox holds its recent,
+// possibly unpublished entry into the segment; the read of that outbox
+// fails while the read of u1's (who has none: redis.Nil) comes first in
+// the pipeline. The deletion must not publish u2's exit without u2's entry
+// before it: either it fails (and its retry publishes both) or it
+// publishes both.
+func TestDeleteSegmentHeldEntryReadFails(t *testing.T) {
+	base := testenv.RedisClient(t)
+	ctx := context.Background()
+	org := testenv.Org(t, base, "org")
+	seg := "seg_held"
+	at := time.Now().UTC()
+	for _, u := range []string{"u1", "u2"} {
+		if err := base.SAdd(ctx, membership.SegmentMembersKey(org, seg), u).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := base.SAdd(ctx, membership.UserSegmentsKey(org, u), seg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := membership.OutboxEntry{EventID: "e1", Version: 1, Rev: 1, CauseType: events.CauseProfile,
+		AtMillis: at.Add(-time.Second).UnixMilli(), Changes: []membership.OutboxChange{{SegmentID: seg, Entered: true}}}
+	if err := base.HSet(ctx, membership.ProfileKey(org, "u2"), "r", 1, "o", string(membership.AppendOutbox(nil, []membership.OutboxEntry{entry}))).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	rdb := redis.NewClient(base.(*redis.Client).Options())
+	t.Cleanup(func() { _ = rdb.Close() })
+	rdb.AddHook(failHGet{key: membership.ProfileKey(org, "u2")})
+
+	var published []string
+	_, err := membership.NewSets(rdb).DeleteSegment(ctx, org, seg, at, func(_ context.Context, cs []events.Change) error {
+		published = append(published, testChangeStrings(cs)...)
+		return nil
+	})
+	if err == nil && !(len(published) == 3 && published[0] == "+u2") {
+		t.Fatalf("deletion succeeded and published %v: u2's exit without its entry (the replay refuses the entry of a deleted segment: lost)", published)
+	}
+}
+
+// TestDeleteSegmentHeldEntryBeforeUnprojectedExit: one instance's pipeline
+// entered u1 (rev 1, projected: the member set holds it) and then took it
+// out (rev 2, written, not projected) and died before publishing either.
+// The replay publishes neither (an entry of a deleted segment, and an exit
+// that had not reached the member set); the deletion publishes u1's exit.
+// It must publish the entry the member set holds before it: a consumer
+// would otherwise see u1 leave a segment it never entered.
+func TestDeleteSegmentHeldEntryBeforeUnprojectedExit(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	ctx := context.Background()
+	org := testenv.Org(t, rdb, "org")
+	seg := "seg_held"
+	at := time.Now().UTC()
+	rdb.SAdd(ctx, membership.SegmentMembersKey(org, seg), "u1")
+	rdb.HSet(ctx, membership.SegmentRevisionsKey(org, seg), "u1", 1)
+	rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), seg)
+	es := []membership.OutboxEntry{
+		{EventID: "e1", Version: 1, Rev: 1, CauseType: events.CauseProfile, AtMillis: at.Add(-2 * time.Second).UnixMilli(), Changes: []membership.OutboxChange{{SegmentID: seg, Entered: true}}},
+		{EventID: "e2", Version: 2, Rev: 2, CauseType: events.CauseProfile, AtMillis: at.Add(-time.Second).UnixMilli(), Changes: []membership.OutboxChange{{SegmentID: seg, Entered: false}}},
+	}
+	rdb.HSet(ctx, membership.ProfileKey(org, "u1"), "r", 2, "o", string(membership.AppendOutbox(nil, es)))
+	var published []string
+	if _, err := membership.NewSets(rdb).DeleteSegment(ctx, org, seg, at, func(_ context.Context, cs []events.Change) error {
+		published = append(published, testChangeStrings(cs)...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(published) != 2 || published[0] != "+u1" {
+		t.Errorf("deletion published %v, want [+u1 -u1]: e1's entry, which the member set holds, is published by nobody", published)
+	}
+}

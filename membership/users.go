@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,45 @@ func (e OutboxEntry) Events(ref UserRef) []events.Change {
 		})
 	}
 	return out
+}
+
+// LastDecisions returns the trailing run of decisions of segment seg that
+// outbox's entries below revision below made and that take accepts, oldest
+// first (by revision, then in outbox order: the events of one write share
+// its revision), each entry with its change of seg alone; an entry found
+// twice counts once, where it comes last. It is empty when the newest such
+// decision is not accepted. A writer that publishes the decisions
+// before its own publishes them all, in order, not only the newest: a
+// consumer that keeps each eventId's first sighting then sees them as they
+// were written.
+func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(OutboxEntry) bool) []OutboxEntry {
+	var ds []OutboxEntry
+	for _, e := range outbox {
+		if e.Rev >= below {
+			continue
+		}
+		var change OutboxChange
+		found := false
+		for _, c := range e.Changes {
+			if c.SegmentID == seg {
+				change, found = c, true
+			}
+		}
+		if !found {
+			continue
+		}
+		e.Changes = []OutboxChange{change}
+		if i := slices.IndexFunc(ds, func(d OutboxEntry) bool { return d.Rev == e.Rev && d.EventID == e.EventID }); i >= 0 {
+			ds = slices.Delete(ds, i, i+1)
+		}
+		ds = append(ds, e)
+	}
+	slices.SortStableFunc(ds, func(a, b OutboxEntry) int { return cmp.Compare(a.Rev, b.Rev) })
+	first := len(ds)
+	for first > 0 && take(ds[first-1]) {
+		first--
+	}
+	return ds[first:]
 }
 
 // ReplayWindow is how long after a write of a user its changes are taken

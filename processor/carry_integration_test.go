@@ -666,23 +666,29 @@ func TestPatchToCorruptProfileIsDeadLettered(t *testing.T) {
 	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 7 && st.Version == 3 })
 }
 
-// TestReplayAfterANewerDecision: a batch enters u1 and its instance dies
-// before publishing (its clock a minute behind, so that the entry is older
-// than racedWindow to anyone who meets it). Before the batch is processed
-// again, another write of u1 decides the segment anew. A consumer that
-// reads the topic in order and drops repeated eventIds must see both
-// changes, in their order, and end where the segment's set is. When the
-// later write is a backfill's, it publishes the killed batch's change
-// before its own (the replay repeats it); when it is the stream's own (a
-// later batch, killed too), the partition's order puts it after the
+// TestReplayAfterANewerDecision: batches of u1 are written and projected,
+// and their instance dies before publishing (its clock a minute behind, so
+// that their entries are older than racedWindow to anyone who meets them).
+// Before they are processed again, another write of u1 decides the segment
+// anew. A consumer that reads the topic in order and drops repeated
+// eventIds must see every change, in the order written, and end where the
+// segment's set is. When the later write is a backfill's, it publishes the
+// killed batches' changes before its own (the replay repeats them): all of
+// them, when one batch entered and exited u1; when it is the stream's own
+// (a later batch, killed too), the partition's order puts it after the
 // replay.
 func TestReplayAfterANewerDecision(t *testing.T) {
+	e1 := `{"eventId":"e1","type":"profile.created","orgId":"%s","userId":"u1","version":1,"profile":{"points":1200}}`
+	e2 := `{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u1","version":2,"changes":{"points":500}}`
 	for name, tt := range map[string]struct {
-		byBackfill bool
-		records    int64 // of the profile topic
+		killed      []string // u1's events in the killed batches
+		batchSize   int      // of the killed batches (0: the rig's, one batch here)
+		backfillMin float64  // the backfill's criteria, points >= it (0: no backfill)
+		member      bool     // whether u1 ends in the segment
 	}{
-		"a backfill exits u1":    {true, 1},
-		"a later batch exits u1": {false, 2},
+		"a backfill exits u1":                                 {killed: []string{e1}, batchSize: 1, backfillMin: 2000},
+		"a later batch exits u1":                              {killed: []string{e1, e2}, batchSize: 1},
+		"one batch enters and exits u1, a backfill enters it": {killed: []string{e1, e2}, backfillMin: 400, member: true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, testenv.RedisClient(t))
@@ -690,42 +696,52 @@ func TestReplayAfterANewerDecision(t *testing.T) {
 			seg := r.segment(t, "points", atLeast(1000))
 			behind := func() time.Time { return time.Now().Add(-time.Minute) }
 			stop := r.startWith(t, func(c *processor.Config) {
-				unpublished(1)(c)
+				unpublished(tt.batchSize)(c)
 				c.Now = behind
 			})
 			o := r.org
-			r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`)
-			if tt.byBackfill {
-				r.waitVersion(t, "u1", 1)
-			} else {
-				r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":500}}`)
-				r.waitVersion(t, "u1", 2)
+			for _, e := range tt.killed {
+				r.produce(t, fmt.Sprintf(e, o))
 			}
+			st := r.waitVersion(t, "u1", int64(len(tt.killed)))
 			// The batches are projected, then the publication fails: wait
 			// for the projection of the last one.
 			projected := func() bool {
-				return r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val() == tt.byBackfill
+				rev, _ := r.rdb.HGet(ctx, membership.SegmentRevisionsKey(o, seg), "u1").Int64()
+				return rev == st.Rev
 			}
 			if !testenv.Eventually(10*time.Second, projected) {
 				t.Fatal("the killed batches were not projected")
 			}
 			stop()
-			if tt.byBackfill {
-				d := r.newCriteria(t, seg, atLeast(2000))
+			want := []string{"entered", "exited"}
+			if tt.backfillMin > 0 {
+				d := r.newCriteria(t, seg, atLeast(tt.backfillMin))
 				if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, o, compiled(t, d), 0); err != nil {
 					t.Fatal(err)
 				}
+				if tt.member {
+					want = append(want, "entered")
+				}
 			}
 			r.startWith(t, func(c *processor.Config) { c.BatchSize = 1 })
-			r.waitCommitted(t, tt.records)
-			want := []string{"entered", "exited"}
-			got := r.followed(t, seg, "u1")
+			r.waitCommitted(t, int64(len(tt.killed)))
+			got := r.followedCauses(t, seg, "u1")
 			member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(o, seg), "u1").Val()
-			if !slices.Equal(got, want) || member {
-				t.Errorf("the topic gives u1 %v (each eventId once), and u1 member = %v: want %v, and not a member", got, member, want)
+			if !slices.Equal(directions(got), want) || member != tt.member {
+				t.Errorf("the topic gives u1 %v (each eventId once), and u1 member = %v: want %v, and member = %v", got, member, want, tt.member)
 			}
 		})
 	}
+}
+
+// directions returns the first word of each of followedCauses' changes.
+func directions(changes []string) []string {
+	out := make([]string, len(changes))
+	for i, c := range changes {
+		out[i], _, _ = strings.Cut(c, " ")
+	}
+	return out
 }
 
 // TestReplayAfterDeletion: a batch enters u1, is projected, and its
@@ -774,5 +790,54 @@ func TestReplayAfterDeletion(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// projectOnce projects the first batch's changes and fails every later
+// projection (a Redis node going away).
+type projectOnce struct {
+	processor.UserStore
+	calls atomic.Int32
+}
+
+func (p *projectOnce) Project(ctx context.Context, ps []membership.Projection) (membership.Deletions, error) {
+	if p.calls.Add(1) > 1 {
+		return nil, errors.New("project: connection refused")
+	}
+	return p.UserStore.Project(ctx, ps)
+}
+
+// TestDeletionAfterProjectedEntryAndUnprojectedExit: batch 1 enters u1 and
+// is projected, batch 2 takes u1 out and is written, not projected; neither
+// is published (the instance dies). The segment is deleted, then the
+// batches are replayed. A consumer following the topic (each eventId once)
+// must see u1 enter, then leave: the member set held u1, from e1.
+func TestDeletionAfterProjectedEntryAndUnprojectedExit(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "points", atLeast(1000))
+	o := r.org
+	stop := r.startWith(t, func(c *processor.Config) {
+		unpublished(1)(c)
+		c.Users = &projectOnce{UserStore: c.Users}
+	})
+	r.produce(t,
+		`{"eventId":"e1","type":"profile.created","orgId":"`+o+`","userId":"u1","version":1,"profile":{"points":1200}}`,
+		`{"eventId":"e2","type":"profile.updated","orgId":"`+o+`","userId":"u1","version":2,"changes":{"points":500}}`)
+	r.waitVersion(t, "u1", 2)
+	if !testenv.Eventually(10*time.Second, func() bool { return members(t, r.rdb, membership.SegmentMembersKey(o, seg)) == "u1" }) {
+		t.Fatal("e1 not projected")
+	}
+	stop()
+	if _, err := membership.NewSets(r.rdb).DeleteSegment(ctx, o, seg, time.Now(), r.publisher(t).Publish); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.defs.Delete(ctx, o, seg); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	r.waitCommitted(t, 2)
+	if got, want := r.followedCauses(t, seg, "u1"), []string{"entered e1", "exited delete:" + seg}; !slices.Equal(got, want) {
+		t.Errorf("the topic gives u1 %v (each eventId once), want %v", got, want)
 	}
 }

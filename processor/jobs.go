@@ -928,7 +928,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			if earlier || again {
 				// The first of the earlier attempts' changes may flip from a
 				// decision that its attempt would have published first (see
-				// precedingChange), and that the decision's own retry leaves
+				// precedingChanges), and that the decision's own retry leaves
 				// out once it finds it superseded: it goes first here.
 				first := causeEntry.Rev
 				entered := again && causeEntry.Changes[0].Entered
@@ -939,9 +939,9 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					own = append(own, f.Change.Cause.EventID)
 				}
-				if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(j.unpublishedFrom(now), func(e membership.OutboxEntry) bool {
+				for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(j.unpublishedFrom(now), func(e membership.OutboxEntry) bool {
 					return slices.Contains(own, e.EventID)
-				})); ok {
+				})) {
 					changes = append(changes, pc.Change)
 					projections = append(projections, pc)
 				}
@@ -1026,9 +1026,9 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
 			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
-			// unpublished (see precedingChange).
-			if pc, ok := precedingChange(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(j.unpublishedFrom(now), skip)); ok {
-				raced = withoutRepeats(append(raced, pc))
+			// unpublished (see precedingChanges).
+			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(j.unpublishedFrom(now), skip)); len(pcs) > 0 {
+				raced = withoutRepeats(append(raced, pcs...))
 				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 			}
 			for _, r := range raced {
@@ -1442,7 +1442,7 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 // before publishing it is not lost. (A criteria change's backfill looks
 // for them too, for an organisation left with no relative date, whose
 // timers no round claims.) Each goes after the decision it flips from,
-// when that may be unpublished (see precedingChange).
+// when that may be unpublished (see precedingChanges).
 // It returns, with the changes and their projections, the indexes of the
 // earlier claims' changes among them.
 func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now, unpublishedFrom time.Time) ([]events.Change, []membership.Projection, []int) {
@@ -1468,9 +1468,9 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
-					if pc, ok := precedingChange(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(unpublishedFrom, func(p membership.OutboxEntry) bool {
+					for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(unpublishedFrom, func(p membership.OutboxEntry) bool {
 						return p.EventID == e.EventID
-					})); ok {
+					})) {
 						changes = append(changes, pc.Change)
 						projections = append(projections, pc)
 					}

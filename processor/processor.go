@@ -1361,7 +1361,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// earlier write whose events this batch replays.
 	var replayedLast map[int64]string
 	// before holds the jobs' changes that the changes published here
-	// follow (see precedingChange).
+	// follow (see precedingChanges).
 	var before []membership.Projection
 	for i, it := range w.items {
 		ev := it.ev
@@ -1391,9 +1391,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				if decidedBefore(res.changes, res.revs, c.SegmentID, e.Rev) {
 					continue
 				}
-				if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry); ok {
-					before = append(before, pc)
-				}
+				before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry)...)
 			}
 			res.record(replayed, e.Rev)
 			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
@@ -1570,9 +1568,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if res.revs[i] != st.Rev+1 || decidedBefore(res.changes[:i], res.revs[:i], c.SegmentID, res.revs[i]) {
 			continue
 		}
-		if pc, ok := precedingChange(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, jobEntry); ok {
-			before = append(before, pc)
-		}
+		before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, jobEntry)...)
 	}
 	res.publishFirst(withoutRepeats(before))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}

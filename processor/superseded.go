@@ -26,7 +26,7 @@ type projectedRevisions interface {
 // publication comes from it. Published after the later write's change, an
 // earlier change would leave a consumer that follows the topic with it, the
 // older one; and the later write published the earlier change before its
-// own (see precedingChange), so leaving it out here loses nothing.
+// own (see precedingChanges), so leaving it out here loses nothing.
 func superseded(ctx context.Context, users projectedRevisions, changes []events.Change, revs []int64, earlier []int) (map[int]bool, error) {
 	if len(earlier) == 0 {
 		return nil, nil
@@ -76,38 +76,32 @@ func without[T any](s []T, drop map[int]bool) []T {
 	return out
 }
 
-// precedingChange returns the change of segment seg that the newest entry
-// of outbox written before revision rev made there, with that entry's
-// revision, when take accepts the entry and a change of seg to entered
-// flips from that decision. A backfill's or a timer's decision may never
-// have been published, whatever its age (its round gave up on Kafka, or
-// its instance died), and its retry leaves it out once a later write has
-// decided the segment again (see superseded): the later writer publishes
-// it first (again, with its eventId, when it was published), so that it is
-// neither lost nor published after the change that followed it.
-func precedingChange(ref membership.UserRef, outbox []membership.OutboxEntry, seg string, rev int64, entered bool, take func(membership.OutboxEntry) bool) (membership.Projection, bool) {
-	var last membership.OutboxEntry
-	var change membership.OutboxChange
-	found := false
-	for _, e := range outbox {
-		if e.Rev >= rev || found && e.Rev < last.Rev {
-			continue
-		}
-		for _, c := range e.Changes {
-			if c.SegmentID == seg {
-				last, change, found = e, c, true
-			}
-		}
+// precedingChanges returns the changes of segment seg that the newest
+// entries of outbox written before revision rev made there, oldest first,
+// with their entries' revisions (membership.LastDecisions), when take
+// accepts them and a change of seg to entered flips from the newest. A
+// backfill's or a timer's decision may never have been published, whatever
+// its age (its round gave up on Kafka, or its instance died), and its retry
+// leaves it out once a later write has decided the segment again (see
+// superseded): the later writer publishes it first (again, with its
+// eventId, when it was published), so that it is neither lost nor
+// published after the change that followed it; and the decisions before
+// it that may be unpublished too (one batch's entry and exit), so that
+// they come in the order written.
+func precedingChanges(ref membership.UserRef, outbox []membership.OutboxEntry, seg string, rev int64, entered bool, take func(membership.OutboxEntry) bool) []membership.Projection {
+	ds := membership.LastDecisions(outbox, seg, rev, take)
+	if len(ds) == 0 || ds[len(ds)-1].Changes[0].Entered == entered {
+		return nil
 	}
-	if !found || change.Entered == entered || !take(last) {
-		return membership.Projection{}, false
+	out := make([]membership.Projection, len(ds))
+	for i, d := range ds {
+		out[i] = membership.Projection{Change: d.Events(ref)[0], Rev: d.Rev}
 	}
-	last.Changes = []membership.OutboxChange{change}
-	return membership.Projection{Change: last.Events(ref)[0], Rev: last.Rev}, true
+	return out
 }
 
 // mayBeUnpublished accepts, for a backfill's or timer's change (see
-// precedingChange), the outbox entries whose decision may still be
+// precedingChanges), the outbox entries whose decision may still be
 // unpublished, other than those own names: a job's whatever its age, the
 // stream's decided at or after from (see Jobs.unpublishedFrom).
 func mayBeUnpublished(from time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {

@@ -433,15 +433,36 @@ func TestBackfillLeavesALiveTimerRound(t *testing.T) {
 func (r *rig) followed(t *testing.T, seg, user string) []string {
 	t.Helper()
 	var got []string
+	for _, c := range r.followedChanges(t, seg, user) {
+		got = append(got, c.Direction())
+	}
+	return got
+}
+
+// followedCauses is followed with each change's cause eventId ("entered e1").
+func (r *rig) followedCauses(t *testing.T, seg, user string) []string {
+	t.Helper()
+	var got []string
+	for _, c := range r.followedChanges(t, seg, user) {
+		got = append(got, c.Direction()+" "+c.Cause.EventID)
+	}
+	return got
+}
+
+// followedChanges returns user's changes of seg as a consumer following the
+// membership topic sees them: in order, each eventId once.
+func (r *rig) followedChanges(t *testing.T, seg, user string) []events.DecodedChange {
+	t.Helper()
+	var got []events.DecodedChange
 	seen := map[string]bool{}
 	for _, m := range readAll(t, r.brokers, r.membershipT) {
-		var c struct{ UserID, SegmentID, Change, EventID string }
-		if err := json.Unmarshal(m.Value, &c); err != nil {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if c.UserID == user && c.SegmentID == seg && !seen[c.EventID] {
 			seen[c.EventID] = true
-			got = append(got, c.Change)
+			got = append(got, c)
 		}
 	}
 	return got
@@ -451,7 +472,7 @@ func (r *rig) followed(t *testing.T, seg, user string) []string {
 // compare-and-set is written) and dies before publishing, as an instance
 // killed then. More than racedWindow later, and before the claim's lease
 // ends, u0's profile event makes it leave: the stream publishes the
-// round's entry (the decision its exit flips from, see precedingChange),
+// round's entry (the decision its exit flips from, see precedingChanges),
 // then its exit. The retried claim must not publish the round's entry
 // after that exit: a consumer that reads the topic in order and drops
 // repeated eventIds must see entered then exited, and end where the

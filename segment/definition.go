@@ -179,9 +179,9 @@ func (d Definition) Validate() error {
 		v.fail("name", "name is required")
 	case utf8.RuneCountInString(name) > MaxNameLength:
 		v.fail("name", fmt.Sprintf("name must be at most %d characters", MaxNameLength))
-	case strings.ContainsFunc(name, unicode.IsControl):
+	case strings.ContainsFunc(name, func(r rune) bool { return unicode.In(r, unicode.Cc, unicode.Zl, unicode.Zp) }):
 		// A name is one line of a dashboard or a log.
-		v.fail("name", "name must not contain control characters (line breaks, tabs, U+0000-U+001F, U+007F-U+009F)")
+		v.fail("name", "name must not contain control characters or line breaks (tabs, U+0000-U+001F, U+007F-U+009F, U+2028, U+2029)")
 	}
 	if utf8.RuneCountInString(d.Description) > MaxDescriptionLength {
 		v.fail("description", fmt.Sprintf("description must be at most %d characters", MaxDescriptionLength))

@@ -83,6 +83,14 @@ func TestDefinitionValidate(t *testing.T) {
 			def:  func() Definition { d := validDynamic(); d.Name = "VI\u0085P"; return d },
 			code: CodeValidationFailed, fields: []string{"name"},
 		},
+		"name with a line separator": {
+			def:  func() Definition { d := validDynamic(); d.Name = "VIP\u2028segment"; return d },
+			code: CodeValidationFailed, fields: []string{"name"},
+		},
+		"name with a paragraph separator": {
+			def:  func() Definition { d := validDynamic(); d.Name = "VIP\u2029segment"; return d },
+			code: CodeValidationFailed, fields: []string{"name"},
+		},
 		"name of 201 characters": {
 			def:  func() Definition { d := validDynamic(); d.Name = strings.Repeat("a", 201); return d },
 			code: CodeValidationFailed, fields: []string{"name"},
