@@ -551,6 +551,47 @@ func TestVersionedEventIgnoresPosition(t *testing.T) {
 	r.waitState(t, "u1", func(st membership.UserState) bool { return profilePoints(st) == 2 })
 }
 
+// TestRepairedDeadLetterIsApplied follows README's replay of a dead letter:
+// a patch that applies to no profile ({"points":2000,"points.x":1}, which
+// takes no version) is dead-lettered in the batch of another event of the
+// user, whose write keeps its entry in the outbox; the operator repairs it
+// and produces it again, same eventId (and version, when it has one). It
+// must be applied, not taken for another copy of that entry.
+func TestRepairedDeadLetterIsApplied(t *testing.T) {
+	for name, version := range map[string]string{"with a version": `"version":3,`, "without a version": ``} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			seg := r.segment(t, "points", atLeast(1000))
+			o := r.org
+			v := func(n string) string {
+				if version == "" {
+					return ""
+				}
+				return `"version":` + n + `,`
+			}
+			// One batch (produced before the processor starts).
+			r.produce(t,
+				`{"eventId":"p1","type":"profile.created","orgId":"`+o+`","userId":"u",`+v("1")+`"profile":{"tier":"gold"}}`,
+				`{"eventId":"p2","type":"profile.updated","orgId":"`+o+`","userId":"u",`+v("2")+`"changes":{"tier":"silver"}}`,
+				`{"eventId":"p3","type":"profile.updated","orgId":"`+o+`","userId":"u",`+version+`"changes":{"points":2000,"points.x":1}}`)
+			r.start(t)
+			r.waitCommitted(t, 3)
+			if dl := readAll(t, r.brokers, r.dlq); len(dl) != 1 {
+				t.Fatalf("dead letters: %d, want 1", len(dl))
+			}
+			r.produce(t, `{"eventId":"p3","type":"profile.updated","orgId":"`+o+`","userId":"u",`+version+`"changes":{"points":2000}}`)
+			r.waitCommitted(t, 4)
+			if dl := readAll(t, r.brokers, r.dlq); len(dl) != 1 {
+				t.Errorf("dead letters: %d, want 1 (the first copy's)", len(dl))
+			}
+			r.waitState(t, "u", func(st membership.UserState) bool { return profilePoints(st) == 2000 })
+			if got := r.followed(t, seg, "u"); !slices.Equal(got, []string{"entered"}) {
+				t.Errorf("the topic gives u %v, want [entered]", got)
+			}
+		})
+	}
+}
+
 // TestDeadLetterDecisionSurvivesRedelivery: a patch dead-lettered against
 // the state it met, then a full profile applied after it, in batches never
 // published. Redelivered, the patch must be dead-lettered again (it would

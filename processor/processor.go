@@ -1369,7 +1369,14 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			res.duplicate++ // the same event twice in the batch: a producer's retry
 			continue
 		}
-		if e, ok := inOutbox[ev.EventID]; ok {
+		e, ok := inOutbox[ev.EventID]
+		if _, dead := deadLetterReason(e); ok && dead && after(stored, hasStored, positionOf(it.msg)) {
+			// A later copy of an event that was dead-lettered (repaired and
+			// produced again, as README says): judged as a new event, as it
+			// is once the entry has left the outbox.
+			ok = false
+		}
+		if ok {
 			if after(stored, hasStored, positionOf(it.msg)) {
 				res.duplicate++ // another copy, not a redelivery: nothing to replay
 				continue
