@@ -128,6 +128,26 @@ func TestDecodeProfileEvent(t *testing.T) {
 			}},
 		"repeated field, the last invalid": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","userId":5,"profile":{}}`, wantField: "userId"},
 		"not JSON in an unknown field":     {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{},"meta":[1,]}`, wantField: ""},
+		"delete with a profile that is no object": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","version":3,"profile":"gone"}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.Type != ProfileDeleted || ev.Profile != nil || ev.Changes != nil {
+					t.Fatalf("event %+v, want a deletion without profile or changes", ev)
+				}
+			}},
+		"delete with changes as a list": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","version":3,"changes":[]}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.Type != ProfileDeleted || ev.Profile != nil || ev.Changes != nil {
+					t.Fatalf("event %+v, want a deletion without profile or changes", ev)
+				}
+			}},
+		"delete with a number out of range in its profile": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","profile":{"points":1e400}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.Type != ProfileDeleted || ev.Profile != nil || ev.Changes != nil {
+					t.Fatalf("event %+v, want a deletion without profile or changes", ev)
+				}
+			}},
+		"not a profile in range":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"points":1e400}}`, wantField: ""},
+		"not JSON in a deletion's profile": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","profile":{"points":}}`, wantField: ""},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

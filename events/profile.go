@@ -104,8 +104,12 @@ type profileWire struct {
 	EventID, Type, OrgID, UserID, OccurredAt string
 	// Version is the number's text; empty when absent or null.
 	Version string
-	// Profile and Changes are nil when absent or null.
+	// Profile and Changes are nil when absent, null or not an object.
 	Profile, Changes map[string]any
+	// ProfileProblem and ChangesProblem say why profile or changes is not
+	// an object that can be read (a number past float64's range), nil when
+	// it is or is absent: a profile.deleted ignores both fields.
+	ProfileProblem, ChangesProblem *InvalidError
 }
 
 // decodeProfileWire reads a profile event's fields in one pass. Field names
@@ -180,17 +184,26 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 				err = wrongType(k, "must be a non-negative integer")
 			}
 		case "profile", "changes":
-			dst, reason := &w.Profile, "must be a JSON object"
+			dst, problem, reason := &w.Profile, &w.ProfileProblem, "must be a JSON object"
 			if k == "changes" {
-				dst, reason = &w.Changes, "must be a JSON object of dotted paths"
+				dst, problem, reason = &w.Changes, &w.ChangesProblem, "must be a JSON object of dotted paths"
 			}
+			*dst, *problem = nil, nil
 			switch c {
 			case '{':
-				*dst, err = r.object()
+				start, depth := r.i, r.depth
+				if *dst, err = r.object(); err != nil {
+					// A number past float64's range, or malformed JSON,
+					// which reading past the value finds again.
+					*dst, *problem = nil, &InvalidError{Reason: "not a JSON object: " + err.Error()}
+					r.i, r.depth = start, depth
+					err = r.skip()
+				}
 			case 'n':
-				*dst, err = nil, r.literal("null")
+				err = r.literal("null")
 			default:
-				err = wrongType(k, reason)
+				*problem = &InvalidError{k, reason}
+				err = r.skip()
 			}
 		default:
 			err = r.skip()
@@ -289,10 +302,15 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		}
 		ev.OccurredAt = t
 	}
-	hasProfile, hasChanges := w.Profile != nil, w.Changes != nil
 	if ev.Type == ProfileDeleted {
-		return ev, nil
+		return ev, nil // whatever profile and changes hold
 	}
+	for _, p := range []*InvalidError{w.ProfileProblem, w.ChangesProblem} {
+		if p != nil {
+			return ProfileEvent{}, p
+		}
+	}
+	hasProfile, hasChanges := w.Profile != nil, w.Changes != nil
 	switch {
 	case hasProfile && hasChanges:
 		return ProfileEvent{}, &InvalidError{"profile", "give either profile or changes, not both"}
