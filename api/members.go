@@ -18,10 +18,10 @@ const (
 
 // listMembers serves GET /v1/segments/{id}/members?limit=&cursor=.
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
 	var fe fieldErrors
+	q := readQuery(&fe, r)
 	limit, ok := parseLimit(&fe, q.Get("limit"), defaultMembersLimit, maxMembersLimit)
-	if !ok {
+	if !ok || len(fe) > 0 {
 		s.fail(w, r, fe.err())
 		return
 	}

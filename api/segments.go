@@ -27,15 +27,14 @@ const (
 // listSegments serves GET /v1/segments?limit=&type=&cursor=.
 func (s *Server) listSegments(w http.ResponseWriter, r *http.Request) {
 	org := orgOf(r.Context())
-	q := r.URL.Query()
 	var fe fieldErrors
+	q := readQuery(&fe, r)
 	limit, ok := parseLimit(&fe, q.Get("limit"), defaultSegmentsLimit, maxSegmentsLimit)
 	typ := segment.Type(q.Get("type"))
 	if typ != "" && typ != segment.TypeStatic && typ != segment.TypeDynamic {
 		fe.add("type", `type must be "static" or "dynamic"`)
-		ok = false
 	}
-	if !ok {
+	if !ok || len(fe) > 0 {
 		s.fail(w, r, fe.err())
 		return
 	}

@@ -207,6 +207,10 @@ func TestStaticSegmentLifecycle(t *testing.T) {
 		if !slices.Equal(all, []string{"u3", "u6"}) {
 			t.Errorf("paged members = %v", all)
 		}
+		// A cursor or limit that cannot be read is named, not dropped (a
+		// walk that would start over).
+		a.as("GET", "/v1/segments/"+id+"/members?limit=1&cursor=%ZZ", nil).wantError(t, 400, "validation_failed", "cursor")
+		a.as("GET", "/v1/segments/"+id+"/members?limit=1;cursor=abc", nil).wantError(t, 400, "validation_failed", "limit")
 		if m := a.as("GET", "/v1/segments/"+id+"/members/u3", nil).mustStatus(t, 200); m.body["member"] != true {
 			t.Errorf("u3 member = %s", m.raw)
 		}
@@ -525,6 +529,8 @@ func TestValidationNamesTheField(t *testing.T) {
 		"limit not a number": {"/v1/segments?limit=ten", "limit"},
 		"bad type":           {"/v1/segments?type=smart", "type"},
 		"bad cursor":         {"/v1/segments?cursor=nonsense", "cursor"},
+		"bad escape in type": {"/v1/segments?type=%Zstatic", "type"},
+		"';' in the query":   {"/v1/segments?limit=1;type=static", "limit"},
 	}
 	for name, tt := range queries {
 		t.Run(name, func(t *testing.T) {

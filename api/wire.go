@@ -8,9 +8,11 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf16"
@@ -503,4 +505,31 @@ func page[T any](data []T, next string) listJSON[T] {
 		data = []T{}
 	}
 	return listJSON[T]{Data: data, NextCursor: optString(next)}
+}
+
+// readQuery returns the request's query parameters, noting in fe each
+// one that cannot be read (a bad %-escape, a ';' separator): url.URL.Query
+// drops those silently, and a cursor or limit the client sent must not
+// become absent (a walk that starts over).
+func readQuery(fe *fieldErrors, r *http.Request) url.Values {
+	q := url.Values{}
+	for pair := range strings.SplitSeq(r.URL.RawQuery, "&") {
+		if pair == "" {
+			continue
+		}
+		v, err := url.ParseQuery(pair)
+		if err != nil {
+			name, _, _ := strings.Cut(pair, "=")
+			name, _, _ = strings.Cut(name, ";")
+			if n, uerr := url.QueryUnescape(name); uerr == nil {
+				name = n
+			}
+			fe.add(name, fmt.Sprintf("query parameter %q cannot be read (a bad %%-escape or a ';')", name))
+			continue
+		}
+		for k, vs := range v {
+			q[k] = append(q[k], vs...)
+		}
+	}
+	return q
 }
