@@ -24,13 +24,15 @@ import (
 // only by explicit CommitMessages calls (CommitInterval 0 makes them synchronous).
 func NewReader(brokers []string, group, topic string) *kafka.Reader {
 	return kafka.NewReader(kafka.ReaderConfig{
-		Brokers:           brokers,
-		GroupID:           group,
-		GroupTopics:       []string{topic},
-		MinBytes:          1,
-		MaxBytes:          16 << 20,
-		MaxWait:           100 * time.Millisecond,
-		QueueCapacity:     4096,
+		Brokers:     brokers,
+		GroupID:     group,
+		GroupTopics: []string{topic},
+		MinBytes:    1,
+		MaxBytes:    16 << 20,
+		MaxWait:     100 * time.Millisecond,
+		// Records fetched ahead of the processor: at 1 MB each (the
+		// broker's default limit), a larger queue would hold gigabytes.
+		QueueCapacity:     512,
 		CommitInterval:    0,
 		StartOffset:       kafka.FirstOffset,
 		HeartbeatInterval: time.Second,

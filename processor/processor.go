@@ -587,17 +587,23 @@ func (k *keptOffsets) records() []Record {
 	return out
 }
 
-// fetch collects up to BatchSize messages, waiting at most BatchWait after
-// the first one.
+// MaxBatchBytes bounds the bytes of keys and values a batch collects: of
+// records near the broker's 1 MB limit, BatchSize would hold gigabytes in
+// each of the pipeline's stages.
+const MaxBatchBytes = 16 << 20
+
+// fetch collects up to BatchSize messages, and up to MaxBatchBytes of keys
+// and values, waiting at most BatchWait after the first one.
 func (p *Processor) fetch(ctx context.Context) ([]Record, error) {
 	first, err := p.cfg.Fetcher.Fetch(ctx)
 	if err != nil {
 		return nil, err
 	}
 	batch := []Record{first}
+	size := len(first.Key) + len(first.Value)
 	wctx, cancel := context.WithTimeout(ctx, p.cfg.BatchWait)
 	defer cancel()
-	for len(batch) < p.cfg.BatchSize {
+	for len(batch) < p.cfg.BatchSize && size < MaxBatchBytes {
 		m, err := p.cfg.Fetcher.Fetch(wctx)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
@@ -606,6 +612,7 @@ func (p *Processor) fetch(ctx context.Context) ([]Record, error) {
 			return batch, err
 		}
 		batch = append(batch, m)
+		size += len(m.Key) + len(m.Value)
 	}
 	return batch, nil
 }

@@ -575,3 +575,27 @@ func TestHugeInvalidRecordIsDeadLettered(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchBytesBounded produces a backlog of 30 records of ~800 KB: a
+// batch takes at most MaxBatchBytes of them (and one record), not
+// BatchSize, since every stage of the pipeline holds a batch. The long
+// BatchWait would otherwise gather the whole backlog in one batch.
+func TestBatchBytesBounded(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	pad := strings.Repeat("x", 800_000)
+	var values []string
+	for i := range 30 {
+		values = append(values, `{"type":"profile.created","orgId":"`+r.org+`","userId":"u`+strconv.Itoa(i)+`","profile":{"points":2000,"customFields":{"bio":"`+pad+`"}}}`)
+	}
+	r.produce(t, values...)
+	reg := prometheus.NewRegistry()
+	r.startWith(t, func(c *processor.Config) {
+		c.BatchSize, c.BatchWait, c.Metrics = 2000, 3*time.Second, mustMetrics(t, reg)
+	})
+	r.waitCommitted(t, 30)
+	h := snapshotHistogram(t, reg, "segmentd_batch_events")
+	if want := (30*800_000)/processor.MaxBatchBytes + 1; h.GetSampleSum() != 30 || h.GetSampleCount() < uint64(want) {
+		t.Errorf("%v events in %d batches, want 30 in at least %d", h.GetSampleSum(), h.GetSampleCount(), want)
+	}
+}

@@ -68,6 +68,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	// A warning repeated with the same error (every job retrying through an
 	// outage) is logged once each 10 s, with how many were held back.
 	log := slog.New(newRepeatLimiter(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second))
+	if getenv("GOMEMLIMIT") == "" {
+		if n, ok := containerMemoryLimit(os.ReadFile); ok {
+			debug.SetMemoryLimit(softMemoryLimit(n))
+			log.Info("Go memory limit set below the container's", "container_bytes", n, "limit_bytes", softMemoryLimit(n))
+		}
+	}
 
 	if cfg.Embedded() {
 		srv, err := startEmbedded(&cfg, getenv)
