@@ -592,6 +592,45 @@ func TestRepairedDeadLetterIsApplied(t *testing.T) {
 	}
 }
 
+// TestRepairedDeadLetterRedeliveredWithOriginal: a batch applies p1 and
+// dead-letters p2 (a patch that applies to no profile); its dead letter is
+// published but the offsets are not committed (the group coordinator is
+// away, then the instance stops). The operator repairs p2 and produces it
+// again, same eventId. The next instance reads p1, p2 and the repaired p2
+// again, in one batch. README: a later copy of a dead-lettered event (the
+// dead letter repaired and produced again) is a new event, applied. It must
+// be applied (or at least not vanish without a dead letter).
+func TestRepairedDeadLetterRedeliveredWithOriginal(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	seg := r.segment(t, "points", atLeast(1000))
+	o := r.org
+	fc := &failingCommits{}
+	fc.fail.Store(true)
+	stop := r.startWith(t, func(c *processor.Config) {
+		fc.Fetcher = c.Fetcher
+		c.Fetcher = fc
+		c.ShutdownTimeout = time.Second
+	})
+	r.produce(t,
+		`{"eventId":"p1","type":"profile.created","orgId":"`+o+`","userId":"u","profile":{"tier":"gold"}}`,
+		`{"eventId":"p2","type":"profile.updated","orgId":"`+o+`","userId":"u","changes":{"points":2000,"points.x":1}}`)
+	if !testenv.Eventually(30*time.Second, func() bool { return len(readAll(t, r.brokers, r.dlq)) == 1 }) {
+		t.Fatal("p2 not dead-lettered")
+	}
+	stop()
+	if n := committed(t, r.brokers, r.group, r.profile); n != 0 {
+		t.Fatalf("committed %d, want 0", n)
+	}
+	// The repair, produced while no instance runs.
+	r.produce(t, `{"eventId":"p2","type":"profile.updated","orgId":"`+o+`","userId":"u","changes":{"points":2000}}`)
+	r.start(t)
+	r.waitCommitted(t, 3)
+	r.waitState(t, "u", func(st membership.UserState) bool { return profilePoints(st) == 2000 })
+	if got := r.followed(t, seg, "u"); !slices.Equal(got, []string{"entered"}) {
+		t.Errorf("the topic gives u %v, want [entered]", got)
+	}
+}
+
 // TestDeadLetterDecisionSurvivesRedelivery: a patch dead-lettered against
 // the state it met, then a full profile applied after it, in batches never
 // published. Redelivered, the patch must be dead-lettered again (it would

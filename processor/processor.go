@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -1244,6 +1245,16 @@ func (r *userResult) project(cs []events.Change, rev int64) {
 	}
 }
 
+// markDead records in dead the value of it, dead-lettered (dead made
+// when nil).
+func markDead(dead map[string][]byte, it item) map[string][]byte {
+	if dead == nil {
+		dead = map[string][]byte{}
+	}
+	dead[it.ev.EventID] = it.msg.Value
+	return dead
+}
+
 // manyItems is how many events of one user in a batch repeated looks
 // through one by one; past it, it keeps a set.
 const manyItems = 32
@@ -1370,11 +1381,18 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// before holds the jobs' changes that the changes published here
 	// follow (see precedingChanges).
 	var before []membership.Projection
+	// deadHere holds, by eventId, the values of the events this batch
+	// dead-lettered: a later copy in the batch that differs (the dead
+	// letter repaired and produced again, read with its original on a
+	// redelivery) is judged as a new event, not as a producer's retry.
+	var deadHere map[string][]byte
 	for i, it := range w.items {
 		ev := it.ev
 		if repeated(w.items, i, seen) {
-			res.duplicate++ // the same event twice in the batch: a producer's retry
-			continue
+			if v, dead := deadHere[ev.EventID]; !dead || bytes.Equal(v, it.msg.Value) {
+				res.duplicate++ // the same event twice in the batch: a producer's retry
+				continue
+			}
 		}
 		e, ok := inOutbox[ev.EventID]
 		if _, dead := deadLetterReason(e); ok && dead && after(stored, hasStored, positionOf(it.msg)) {
@@ -1396,6 +1414,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				// Dead-lettered by the first attempt, whatever the state
 				// would say now.
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
+				deadHere = markDead(deadHere, it)
 				continue
 			}
 			replayed := e.Events(w.ref)
@@ -1476,6 +1495,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 			if err != nil {
 				reason := "invalid profile event: changes: " + err.Error()
 				res.dlq = append(res.dlq, p.deadLetter(it.msg, reason))
+				deadHere = markDead(deadHere, it)
 				// Whether a patch applies to a profile depends on the
 				// profile: the decision is written with the user, so that a
 				// redelivery dead-letters the event again (see
