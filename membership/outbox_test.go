@@ -83,3 +83,60 @@ func TestStateCodec(t *testing.T) {
 		})
 	}
 }
+
+func TestLastDecisions(t *testing.T) {
+	const minute = 60_000 // in ms
+	in := func(id string, rev, at int64, seg string, entered bool) OutboxEntry {
+		return OutboxEntry{EventID: id, Rev: rev, AtMillis: at * minute, Changes: []OutboxChange{{SegmentID: seg, Entered: entered}}}
+	}
+	all := func(OutboxEntry) bool { return true }
+	for name, tt := range map[string]struct {
+		outbox []OutboxEntry
+		below  int64
+		take   func(OutboxEntry) bool
+		want   []string // eventIds
+	}{
+		"one write's entry and exit, in outbox order": {
+			outbox: []OutboxEntry{in("e1", 4, 10, "s", true), in("e2", 4, 10, "s", false)}, below: 5, take: all,
+			want: []string{"e1", "e2"},
+		},
+		"by revision, whatever the outbox order": {
+			outbox: []OutboxEntry{in("e2", 5, 10, "s", false), in("e1", 4, 10, "s", true)}, below: 9, take: all,
+			want: []string{"e1", "e2"},
+		},
+		"other segments and later revisions left out": {
+			outbox: []OutboxEntry{in("e1", 4, 10, "s", true), in("x", 5, 10, "t", false), in("e3", 6, 10, "s", false)}, below: 6, take: all,
+			want: []string{"e1"},
+		},
+		"the run stops at a decision not taken": {
+			outbox: []OutboxEntry{in("e1", 3, 10, "s", true), in("e2", 4, 10, "s", false), in("e3", 5, 10, "s", true)}, below: 9,
+			take: func(e OutboxEntry) bool { return e.EventID != "e2" },
+			want: []string{"e3"},
+		},
+		"none when the newest is not taken": {
+			outbox: []OutboxEntry{in("e1", 3, 10, "s", true), in("e2", 4, 10, "s", false)}, below: 9,
+			take: func(e OutboxEntry) bool { return e.EventID == "e1" },
+		},
+		"the run stops at a decision long before the newest": {
+			outbox: []OutboxEntry{in("b1", 3, 10, "s", true), in("b2", 4, 20, "s", false), in("b3", 5, 21, "s", true)}, below: 9, take: all,
+			want: []string{"b2", "b3"},
+		},
+		"an entry found twice counts once": {
+			outbox: []OutboxEntry{in("e1", 4, 10, "s", true), in("e2", 5, 10, "s", false), in("e1", 4, 10, "s", true)}, below: 9, take: all,
+			want: []string{"e1", "e2"},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var got []string
+			for _, d := range LastDecisions(tt.outbox, "s", tt.below, tt.take) {
+				if len(d.Changes) != 1 || d.Changes[0].SegmentID != "s" {
+					t.Fatalf("decision %+v: want its change of s alone", d)
+				}
+				got = append(got, d.EventID)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("decisions %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -97,8 +97,9 @@ func (e OutboxEntry) Events(ref UserRef) []events.Change {
 // outbox's entries below revision below made and that take accepts, oldest
 // first (by revision, then in outbox order: the events of one write share
 // its revision), each entry with its change of seg alone; an entry found
-// twice counts once, where it comes last. It is empty when the newest such
-// decision is not accepted. A writer that publishes the decisions
+// twice counts once, where it comes last; the run stops at a decision
+// written more than ReplayWindow before the newest. It is empty when the
+// newest such decision is not accepted. A writer that publishes the decisions
 // before its own publishes them all, in order, not only the newest: a
 // consumer that keeps each eventId's first sighting then sees them as they
 // were written.
@@ -127,6 +128,12 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 	slices.SortStableFunc(ds, func(a, b OutboxEntry) int { return cmp.Compare(a.Rev, b.Rev) })
 	first := len(ds)
 	for first > 0 && take(ds[first-1]) {
+		// Decisions long before the newest were published, or their own
+		// retry publishes them: a job's entries stay in an outbox that
+		// no stream write trims, and each flip would repeat them all.
+		if first < len(ds) && ds[first-1].AtMillis < ds[len(ds)-1].AtMillis-ReplayWindow.Milliseconds() {
+			break
+		}
 		first--
 	}
 	return ds[first:]
