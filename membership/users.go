@@ -104,6 +104,18 @@ func (e OutboxEntry) Events(ref UserRef) []events.Change {
 // consumer that keeps each eventId's first sighting then sees them as they
 // were written.
 func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(OutboxEntry) bool) []OutboxEntry {
+	// The newest decision first, without allocating: on the stream's path
+	// it is most often the stream's own, which its callers do not take.
+	var newest OutboxEntry
+	found := false
+	for _, e := range outbox {
+		if e.Rev < below && (!found || e.Rev >= newest.Rev) && slices.ContainsFunc(e.Changes, func(c OutboxChange) bool { return c.SegmentID == seg }) {
+			newest, found = e, true
+		}
+	}
+	if !found || !take(newest) {
+		return nil
+	}
 	var ds []OutboxEntry
 	for _, e := range outbox {
 		if e.Rev >= below {
