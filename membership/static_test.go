@@ -293,11 +293,7 @@ func TestDeleteSegmentHeldEntryReadFails(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 	rdb.AddHook(failHGet{key: membership.ProfileKey(org, "u2")})
 
-	var published []string
-	_, err := membership.NewSets(rdb).DeleteSegment(ctx, org, seg, at, func(_ context.Context, cs []events.Change) error {
-		published = append(published, testChangeStrings(cs)...)
-		return nil
-	})
+	published, err := deleteRecorded(membership.NewSets(rdb), org, seg, at)
 	if err == nil && !(len(published) == 3 && published[0] == "+u2") {
 		t.Fatalf("deletion succeeded and published %v: u2's exit without its entry (the replay refuses the entry of a deleted segment: lost)", published)
 	}
@@ -316,22 +312,35 @@ func TestDeleteSegmentHeldEntryBeforeUnprojectedExit(t *testing.T) {
 	org := testenv.Org(t, rdb, "org")
 	seg := "seg_held"
 	at := time.Now().UTC()
-	rdb.SAdd(ctx, membership.SegmentMembersKey(org, seg), "u1")
-	rdb.HSet(ctx, membership.SegmentRevisionsKey(org, seg), "u1", 1)
-	rdb.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), seg)
 	es := []membership.OutboxEntry{
 		{EventID: "e1", Version: 1, Rev: 1, CauseType: events.CauseProfile, AtMillis: at.Add(-2 * time.Second).UnixMilli(), Changes: []membership.OutboxChange{{SegmentID: seg, Entered: true}}},
 		{EventID: "e2", Version: 2, Rev: 2, CauseType: events.CauseProfile, AtMillis: at.Add(-time.Second).UnixMilli(), Changes: []membership.OutboxChange{{SegmentID: seg, Entered: false}}},
 	}
-	rdb.HSet(ctx, membership.ProfileKey(org, "u1"), "r", 2, "o", string(membership.AppendOutbox(nil, es)))
-	var published []string
-	if _, err := membership.NewSets(rdb).DeleteSegment(ctx, org, seg, at, func(_ context.Context, cs []events.Change) error {
-		published = append(published, testChangeStrings(cs)...)
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, membership.SegmentMembersKey(org, seg), "u1")
+		p.HSet(ctx, membership.SegmentRevisionsKey(org, seg), "u1", 1)
+		p.SAdd(ctx, membership.UserSegmentsKey(org, "u1"), seg)
+		p.HSet(ctx, membership.ProfileKey(org, "u1"), "r", 2, "o", string(membership.AppendOutbox(nil, es)))
 		return nil
 	}); err != nil {
+		t.Fatal(err)
+	}
+	published, err := deleteRecorded(membership.NewSets(rdb), org, seg, at)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(published) != 2 || published[0] != "+u1" {
 		t.Errorf("deletion published %v, want [+u1 -u1]: e1's entry, which the member set holds, is published by nobody", published)
 	}
+}
+
+// deleteRecorded deletes seg's membership and returns the changes it
+// published ("+user", "-user").
+func deleteRecorded(sets *membership.Sets, org, seg string, at time.Time) ([]string, error) {
+	var published []string
+	_, err := sets.DeleteSegment(context.Background(), org, seg, at, func(_ context.Context, cs []events.Change) error {
+		published = append(published, testChangeStrings(cs)...)
+		return nil
+	})
+	return published, err
 }
