@@ -2,6 +2,9 @@ package processor_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/processor"
+	"github.com/segmentd/segmentd/segment"
 )
 
 // TestRevisionGate waits on real heartbeats in a database of its own, so
@@ -61,4 +65,119 @@ func TestRevisionGate(t *testing.T) {
 	if err := gate.Wait(cctx, 8); err == nil {
 		t.Fatal("Wait(8) returned nil with every instance behind")
 	}
+}
+
+// racingSource is the definitions as one instance's registry reads them,
+// with a criteria change (a PUT served by any instance) landing between the
+// registry's read of the revision and its read of the definitions: the
+// definition is written first and the revision bumped just after, two
+// writes (different cluster slots), so a reload can meet exactly this.
+type racingSource struct {
+	*membership.Definitions
+	once   sync.Once
+	change func()
+}
+
+func (s *racingSource) All(ctx context.Context) ([]segment.Definition, error) {
+	s.once.Do(s.change)
+	return s.Definitions.All(ctx)
+}
+
+func (s *racingSource) OrgDefinitions(ctx context.Context, org string) ([]segment.Definition, error) {
+	s.once.Do(s.change)
+	return s.Definitions.OrgDefinitions(ctx, org)
+}
+
+// writeHook runs before the write of the given user at the given version.
+type writeHook struct {
+	*membership.Users
+	user    string
+	version int64
+	once    sync.Once
+	before  func()
+}
+
+func (h *writeHook) Write(ctx context.Context, ws []membership.UserWrite) ([]bool, error) {
+	for _, w := range ws {
+		if w.UserID == h.user && w.Version == h.version {
+			h.once.Do(h.before)
+		}
+	}
+	return h.Users.Write(ctx, ws)
+}
+
+// TestBackfillGateUsesRevisionOfItsGeneration: instance B evaluates a batch
+// with the old criteria (its snapshot and its batch are at revision R) and
+// writes it a moment later; meanwhile a PUT changes the criteria (revision
+// R+1) and instance A's registry reloads across the PUT's two writes, so
+// that its snapshot says R but holds the new generation. A's backfill of
+// that generation must wait for revision R+1 (B's batch of R done), as the
+// README promises ("starts only when every live instance is at the new
+// revision"); it waits for R instead, passes at once, and B's write of what
+// the old criteria decide lands after it: the member set is left wrong.
+func TestBackfillGateUsesRevisionOfItsGeneration(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "pts", atLeast(1000))
+	coord := membership.NewCoordinator(r.rdb)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	done := make(chan error, 1)
+	var beatB sync.WaitGroup
+	stopBeat := make(chan struct{})
+	hook := &writeHook{Users: r.users, user: "u0", version: 2, before: func() {
+		// B's heartbeat, as its jobs publish it: the oldest revision of its
+		// batches in flight (this one's: R).
+		beatB.Add(1)
+		go func() {
+			defer beatB.Done()
+			for {
+				_ = coord.Beat(ctx, "B-"+r.org, r.proc.AppliedRevision(), time.Now())
+				select {
+				case <-stopBeat:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		// Instance A starts (or reloads) while the PUT is served.
+		src := &racingSource{Definitions: r.defs, change: func() {
+			r.newCriteria(t, seg, atLeast(2000))
+		}}
+		regA := processor.NewRegistry(src, time.Hour, log)
+		if err := regA.Reload(ctx); err != nil {
+			t.Error(err)
+			return
+		}
+		snap := regA.Current()
+		cs := snap.Org(r.org).Segments[seg]
+		now, _ := r.defs.Revision(ctx)
+		t.Logf("A's snapshot: revision %d, generation %d; stored revision %d; B at %d", snap.Revision, cs.Def.Generation, now, r.proc.AppliedRevision())
+		jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: regA})
+		go func() { done <- jobs.Backfill(ctx, r.org, cs, snap.Revision) }()
+		// B's write comes a moment later (a few ms in production; here it
+		// waits for the backfill, or 3 s).
+		select {
+		case err := <-done:
+			t.Logf("backfill ended before B's write: %v", err)
+			done <- err
+		case <-time.After(3 * time.Second):
+		}
+	}}
+	r.startWith(t, func(c *processor.Config) { c.Users = hook })
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u0","version":1,"profile":{"points":2500}}`)
+	r.waitVersion(t, "u0", 1)
+	r.produce(t, `{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u0","version":2,"changes":{"points":1500}}`)
+	r.waitVersion(t, "u0", 2)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	close(stopBeat)
+	beatB.Wait()
+	_ = coord.Leave(ctx, "B-"+r.org)
+	r.waitReady(t, seg, 10*time.Second)
+	if in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Result(); err != nil || in {
+		t.Errorf("u0 (points 1500) is in segment %s, whose criteria are now points >= 2000: %v (%v)", seg, in, err)
+	}
+	r.verifyClean(t)
 }

@@ -568,6 +568,18 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	} else if cur.Generation != cs.Def.Generation || cur.Status != segment.StatusBuilding {
 		return nil
 	}
+	// The snapshot that asked for this backfill may say an older revision
+	// than the one that put its generation in force: a reload reads the
+	// revision, then the definitions, and a change's definition is written
+	// before its revision moves. The revision read now, after the stored
+	// definition showed this generation, is at least the change's, unless
+	// its writer is between its two writes (microseconds) or stopped there
+	// (README, Known limits).
+	if now, err := j.cfg.Definitions.Revision(ctx); err != nil {
+		return err
+	} else if now > rev {
+		rev = now
+	}
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}
