@@ -1009,7 +1009,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				return err
 			}
 			if o := cur.Org(org); o == nil || o.Segments[seg] == nil || o.Segments[seg].Def.Generation != p.cs.Def.Generation {
-				return fmt.Errorf("segment %s/%s changed while a timer round was deciding", org, seg)
+				return fmt.Errorf("segment %s/%s: %w", org, seg, errChangedWhileDeciding)
 			}
 		}
 		outcomes, err := j.cfg.Users.Amend(ctx, amends)
@@ -1265,6 +1265,10 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	}
 }
 
+// errChangedWhileDeciding is a timer pass that found its segment changed
+// (or deleted) after the round read the definitions, before it wrote.
+var errChangedWhileDeciding = errors.New("changed while a timer round was deciding")
+
 // roundFinishLimit bounds a round of timers that goes on after its
 // instance was told to stop.
 const roundFinishLimit = 8 * time.Second
@@ -1335,6 +1339,11 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			for _, u := range sc.users {
 				stuck[u] = true
 			}
+		} else if errors.Is(err, errChangedWhileDeciding) {
+			// Nothing of this pass was written: the new criteria's backfill
+			// evaluates (and schedules) every user of the segment. The other
+			// segments' flips go on now rather than after the claims' lease.
+			j.cfg.Logger.Info("timer pass skipped: the segment changed", "org", org, "segment", id)
 		} else if err != nil {
 			return 0, fmt.Errorf("segment %s: %w", id, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"sync"
@@ -665,5 +666,43 @@ func TestTimerAfterALongKafkaOutage(t *testing.T) {
 	got := r.followed(t, seg, "u0")
 	if want := []string{"entered", "exited", "entered"}; !slices.Equal(got, want) || !r.rdb.SIsMember(ctx, key, "u0").Val() {
 		t.Errorf("the topic gives u0 %v (each eventId once): want %v, ending where the member set is (u0 in it)", got, want)
+	}
+}
+
+// TestCriteriaChangeDoesNotHoldOtherSegmentsFlips: two relative-date
+// segments X and Y, users whose flips into both are due. While a timer
+// round runs, X's criteria are changed (a PUT). The round stops at X's
+// pass ("changed while a timer round was deciding"), which is as
+// documented for X; but Y, whose criteria did not change, must still see
+// its users enter within seconds of the flip, at the next rounds, not after
+// the 30 s lease of the aborted claims.
+func TestCriteriaChangeDoesNotHoldOtherSegmentsFlips(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	now := time.Now()
+	x, _ := r.dueTimers(t, 5, now.Add(-time.Second)) // "updatedAt < now-30d", due for u0..u4
+	time.Sleep(5 * time.Millisecond)                 // Y's id sorts after X's
+	y := r.segment(t, "inactive-too", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hook := &readHook{Users: r.users, before: func() {
+		// A PUT of X's criteria lands while the round decides.
+		r.newCriteria(t, x, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-25d", HasValue: true}}})
+	}}
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: hook, timerInterval: time.Minute})
+	// The rounds of the next few seconds (one a second in segmentd).
+	for range 5 {
+		jobs.FireTimers(ctx)
+		time.Sleep(time.Second)
+	}
+	n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, y)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 5 {
+		t.Errorf("segment Y (criteria unchanged) has %d of the 5 users whose flip passed %s ago; a change of segment X's criteria held them back", n, time.Since(now).Round(time.Second))
 	}
 }
