@@ -113,8 +113,8 @@ func (h *writeHook) Write(ctx context.Context, ws []membership.UserWrite) ([]boo
 // that its snapshot says R but holds the new generation. A's backfill of
 // that generation must wait for revision R+1 (B's batch of R done), as the
 // README promises ("starts only when every live instance is at the new
-// revision"); it waits for R instead, passes at once, and B's write of what
-// the old criteria decide lands after it: the member set is left wrong.
+// revision"). Waiting for R, it would pass at once, and B's write of what
+// the old criteria decide would land after it: the member set left wrong.
 func TestBackfillGateUsesRevisionOfItsGeneration(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
