@@ -906,6 +906,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// that the compare-and-set finds current. What is written after
 		// the read is caught by the compare-and-set.
 		now := j.cfg.Now()
+		unpublishedFrom := j.unpublishedFrom(now) // once a round, not per changed user
 		results := evaluateViews(p.cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
@@ -951,7 +952,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					own = append(own, f.Change.Cause.EventID)
 				}
-				for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(j.unpublishedFrom(now), func(e membership.OutboxEntry) bool {
+				for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(unpublishedFrom, func(e membership.OutboxEntry) bool {
 					return slices.Contains(own, e.EventID)
 				})) {
 					changes = append(changes, pc.Change)
@@ -1039,7 +1040,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChanges).
-			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(j.unpublishedFrom(now), skip)); len(pcs) > 0 {
+			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(unpublishedFrom, skip)); len(pcs) > 0 {
 				raced = withoutRepeats(append(raced, pcs...))
 				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 			}
