@@ -837,10 +837,22 @@ func (s *Definitions) Revision(ctx context.Context) (int64, error) {
 
 // bump moves the revision for a change of org's definitions.
 func (s *Definitions) bump(ctx context.Context, org string) error {
-	if err := bumpScript.Run(ctx, s.rdb, []string{definitionRevKey, definitionChangesKey}, org).Err(); err != nil {
-		return fmt.Errorf("bump definitions revision: %w", err)
+	_, err := s.MoveRevision(ctx, org)
+	return err
+}
+
+// MoveRevision moves the revision as a change of org's definitions does,
+// without changing any, and returns the revision it moved to. Every
+// instance loads org's definitions again at that revision, so that a
+// caller which waits for it (a backfill) knows every definition stored
+// before the call in force everywhere, whether or not its writer has moved
+// the revision yet.
+func (s *Definitions) MoveRevision(ctx context.Context, org string) (int64, error) {
+	n, err := bumpScript.Run(ctx, s.rdb, []string{definitionRevKey, definitionChangesKey}, org).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("bump definitions revision: %w", err)
 	}
-	return nil
+	return n, nil
 }
 
 // ChangedOrgs returns the organisations whose definitions changed at a

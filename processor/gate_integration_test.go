@@ -111,11 +111,38 @@ func (h *writeHook) Write(ctx context.Context, ws []membership.UserWrite) ([]boo
 // writes it a moment later; meanwhile a PUT changes the criteria (revision
 // R+1) and instance A's registry reloads across the PUT's two writes, so
 // that its snapshot says R but holds the new generation. A's backfill of
-// that generation must wait for revision R+1 (B's batch of R done), as the
-// README promises ("starts only when every live instance is at the new
-// revision"). Waiting for R, it would pass at once, and B's write of what
-// the old criteria decide would land after it: the member set left wrong.
+// that generation must wait until B evaluates with the new criteria (B's
+// batch of R done), as the README promises ("starts only when every live
+// instance is at the new revision"). Waiting for R, it would pass at once,
+// and B's write of what the old criteria decide would land after it: the
+// member set left wrong. In the second case the PUT's writer has not moved
+// the revision yet when the backfill reads it (it stalled, or died, between
+// its two writes): reading the revision is not enough there either.
 func TestBackfillGateUsesRevisionOfItsGeneration(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// stalled makes the backfill's store report the revision as the
+		// PUT's writer left it before moving it.
+		stalled bool
+	}{
+		{name: "registry reloaded across the change's two writes"},
+		{name: "the change's writer stalled before moving the revision", stalled: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { backfillGateCase(t, tc.stalled) })
+	}
+}
+
+// stalledRevision is a definitions store whose revision has not moved past
+// rev, as while a change's writer is between its definition's write and its
+// move of the revision.
+type stalledRevision struct {
+	processor.JobDefinitions
+	rev int64
+}
+
+func (s stalledRevision) Revision(context.Context) (int64, error) { return s.rev, nil }
+
+func backfillGateCase(t *testing.T, stalled bool) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	seg := r.segment(t, "pts", atLeast(1000))
@@ -153,7 +180,11 @@ func TestBackfillGateUsesRevisionOfItsGeneration(t *testing.T) {
 		cs := snap.Org(r.org).Segments[seg]
 		now, _ := r.defs.Revision(ctx)
 		t.Logf("A's snapshot: revision %d, generation %d; stored revision %d; B at %d", snap.Revision, cs.Def.Generation, now, r.proc.AppliedRevision())
-		jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: regA})
+		o := jobsOf{pub: r.publisher(t), registry: regA}
+		if stalled {
+			o.defs = stalledRevision{JobDefinitions: r.defs, rev: snap.Revision}
+		}
+		jobs := r.newJobs(t, o)
 		go func() { done <- jobs.Backfill(ctx, r.org, cs, snap.Revision) }()
 		// B's write comes a moment later (a few ms in production; here it
 		// waits for the backfill, or 3 s).

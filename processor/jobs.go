@@ -86,6 +86,9 @@ type DefinitionReader interface {
 	Get(ctx context.Context, org, id string) (segment.Definition, error)
 	// Revision returns the definitions' revision, 0 before the first change.
 	Revision(ctx context.Context) (int64, error)
+	// MoveRevision moves the definitions' revision for org, changing no
+	// definition, and returns the revision it moved to.
+	MoveRevision(ctx context.Context, org string) (int64, error)
 }
 
 // BuildRecorder records in a definition how its backfill and its size
@@ -569,13 +572,13 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 		return nil
 	}
 	// The snapshot that asked for this backfill may say an older revision
-	// than the one that put its generation in force: a reload reads the
-	// revision, then the definitions, and a change's definition is written
-	// before its revision moves. The revision read now, after the stored
-	// definition showed this generation, is at least the change's, unless
-	// its writer is between its two writes (microseconds) or stopped there
-	// (README, Known limits).
-	if now, err := j.cfg.Definitions.Revision(ctx); err != nil {
+	// than the one that put its generation in force (a reload reads the
+	// revision, then the definitions), and a change's definition is written
+	// before its revision moves: its writer may not have moved it yet, or
+	// may have died in between. A revision moved now, after the stored
+	// definition showed this generation, is one at which every instance
+	// evaluates with it.
+	if now, err := j.cfg.Definitions.MoveRevision(ctx, org); err != nil {
 		return err
 	} else if now > rev {
 		rev = now
