@@ -139,6 +139,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
+// Held reports, for each name, whether its lease is held now, in one
+// pipelined round trip.
+func (c *Coordinator) Held(ctx context.Context, names []string) ([]bool, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	pipe := c.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(names))
+	for i, n := range names {
+		cmds[i] = pipe.Exists(ctx, lockKey(n))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("read %d leases: %w", len(names), err)
+	}
+	out := make([]bool, len(names))
+	for i, c := range cmds {
+		out[i] = c.Val() > 0
+	}
+	return out, nil
+}
+
 // Unlock gives the lease up if owner still holds it.
 func (c *Coordinator) Unlock(ctx context.Context, name, owner string) error {
 	if err := unlockScript.Run(ctx, c.rdb, []string{lockKey(name)}, owner).Err(); err != nil {

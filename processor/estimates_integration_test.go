@@ -114,3 +114,66 @@ func TestEstimateFailureRetriedNextTick(t *testing.T) {
 		t.Fatalf("estimatedSize = %d on the tick after a failed refresh; want 1", got)
 	}
 }
+
+// TestEstimateSkipsUnsettledSegments: a refresh that comes while a static
+// list is being changed (its lease held: a replacement adds the new list
+// before it removes the old, so the set holds both for a moment) or while
+// a dynamic segment is being built (its set holds part of its members)
+// leaves the estimate as it was, rather than record for a whole interval a
+// size the segment never had; the next refresh after it settles records it.
+func TestEstimateSkipsUnsettledSegments(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// unsettled creates a segment in its unsettled state and returns
+		// it, and the end of that state.
+		unsettled func(t *testing.T, r *rig) (string, func())
+	}{
+		{name: "static list being changed", unsettled: func(t *testing.T, r *rig) (string, func()) {
+			ctx := context.Background()
+			d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "s", Type: segment.TypeStatic, Status: segment.StatusReady})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lock := membership.NewCoordinator(r.rdb)
+			if ok, err := lock.TryLock(ctx, membership.ListLock(r.org, d.ID), "a PUT", membership.ListLockTTL); err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			return d.ID, func() {
+				if err := lock.Unlock(ctx, membership.ListLock(r.org, d.ID), "a PUT"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{name: "dynamic segment being built", unsettled: func(t *testing.T, r *rig) (string, func()) {
+			ctx := context.Background()
+			d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "b", Type: segment.TypeDynamic, Criteria: atLeast(1), Status: segment.StatusBuilding})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d.ID, func() {
+				if err := r.defs.MarkReady(ctx, r.org, d.ID, d.Generation); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			seg, settle := tc.unsettled(t, r)
+			r.addMembers(t, seg, "u1", "u2", "u3")
+			const interval = time.Second
+			j := r.newJobs(t, jobsOf{estimateInterval: interval})
+			j.RefreshEstimates(ctx)
+			if got := r.estimatedSize(t, seg); got != 0 {
+				t.Errorf("estimatedSize = %d, recorded while the segment was unsettled; want it left at 0", got)
+			}
+			settle()
+			time.Sleep(interval)
+			j.RefreshEstimates(ctx)
+			if got := r.estimatedSize(t, seg); got != 3 {
+				t.Errorf("estimatedSize = %d at the first refresh after the segment settled; want 3", got)
+			}
+		})
+	}
+}

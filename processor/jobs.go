@@ -170,6 +170,8 @@ type Coordinator interface {
 	// LiveRevisions returns the revision in force at each instance that beat
 	// within maxAge of now, by instance id.
 	LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error)
+	// Held reports, for each name, whether its lease is held now.
+	Held(ctx context.Context, names []string) ([]bool, error)
 }
 
 // ChangePublisher publishes membership changes.
@@ -1619,8 +1621,13 @@ func (j *Jobs) finishDeletion(ctx context.Context, d segment.Definition, owner s
 }
 
 // estimateTick is how often the estimate refresh looks for organisations
-// whose lease has run out.
-func estimateTick(interval time.Duration) time.Duration { return min(interval, time.Minute) }
+// whose lease has run out: at most a minute, and a whole fraction of the
+// interval (a minute's tick would find the lease of a 90 s interval still
+// held at 60 s, and refresh at 120 s).
+func estimateTick(interval time.Duration) time.Duration {
+	n := (interval + time.Minute - 1) / time.Minute
+	return interval / max(n, 1)
+}
 
 // estimateLease is how long one refresh of an organisation holds off the
 // next: the interval less a tenth of a tick, so that the tick one interval
@@ -1673,11 +1680,7 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 		if len(defs) == 0 {
 			continue
 		}
-		ids := make([]string, len(defs))
-		for i, d := range defs {
-			ids[i] = d.ID
-		}
-		sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
+		sizes, err := j.settledSizes(ctx, org, defs)
 		if err != nil {
 			failed(err)
 			continue
@@ -1693,4 +1696,54 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 			failed(errors.Join(errs...))
 		}
 	}
+}
+
+// settledSizes returns the sizes of the segments among defs whose member
+// set is settled: a segment being built holds part of its membership, and
+// a static list being changed (its lease held) holds both lists at once
+// for a moment (a replacement adds before it removes). Those keep their
+// estimate until the next refresh rather than record a size the segment
+// never had for an interval. A list whose change starts while the sizes
+// are read is caught by reading the leases again after them.
+func (j *Jobs) settledSizes(ctx context.Context, org string, defs []segment.Definition) (map[string]int64, error) {
+	ids := make([]string, 0, len(defs))
+	var lists, locks []string
+	for _, d := range defs {
+		if d.Status == segment.StatusBuilding {
+			continue
+		}
+		ids = append(ids, d.ID)
+		if d.Type == segment.TypeStatic {
+			lists = append(lists, d.ID)
+			locks = append(locks, membership.ListLock(org, d.ID))
+		}
+	}
+	busy := map[string]bool{}
+	held := func() error {
+		h, err := j.cfg.Coordinator.Held(ctx, locks)
+		for i, b := range h {
+			if b {
+				busy[lists[i]] = true
+			}
+		}
+		return err
+	}
+	if err := held(); err != nil {
+		return nil, err
+	}
+	ids = slices.DeleteFunc(ids, func(id string) bool { return busy[id] })
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	sizes, err := j.cfg.Sizes.Sizes(ctx, org, ids)
+	if err != nil {
+		return nil, err
+	}
+	if err := held(); err != nil {
+		return nil, err
+	}
+	for id := range busy {
+		delete(sizes, id)
+	}
+	return sizes, nil
 }
