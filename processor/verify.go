@@ -52,6 +52,9 @@ type ProfileScanner interface {
 	// ViewUsers reads users' revisions and profiles again, for the second
 	// look at the differences.
 	ViewUsers(ctx context.Context, org string, users []string, f membership.ViewFields) ([]membership.SegmentView, error)
+	// ScanUserIDs calls fn with every stored user id of org, deleted users
+	// included.
+	ScanUserIDs(ctx context.Context, org string, fn func(ids []string) error) error
 }
 
 // MemberReader reads a segment's members.
@@ -318,6 +321,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 		if err != nil {
 			return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 		}
+		others := map[string]bool{} // users seen with no readable stored profile
 		userHas := make(map[string]map[string]bool, len(userIDs))
 		for i, u := range userIDs {
 			m := map[string]bool{}
@@ -346,6 +350,41 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			for _, u := range userIDs {
 				if userHas[u][id] != want[id][u] {
 					diffs = append(diffs, Difference{org, id, u, want[id][u], "user"})
+				}
+			}
+			for _, m := range members {
+				if !scanned[m] {
+					others[m] = true
+				}
+			}
+		}
+		// Users with no readable stored profile (deleted users, whose
+		// tombstones the index keeps, and members with no profile at all)
+		// are in no dynamic segment: their own sets must not name one.
+		if err := users.ScanUserIDs(ctx, org, func(ids []string) error {
+			for _, u := range ids {
+				if !scanned[u] {
+					others[u] = true
+				}
+			}
+			return nil
+		}); err != nil {
+			return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
+		}
+		if len(others) > 0 {
+			ids := make([]string, 0, len(others))
+			for u := range others {
+				ids = append(ids, u)
+			}
+			sets, err := users.UserSegmentSets(ctx, org, ids)
+			if err != nil {
+				return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
+			}
+			for i, u := range ids {
+				for _, s := range sets[i] {
+					if rules[s] != nil {
+						diffs = append(diffs, Difference{org, s, u, false, "user"})
+					}
 				}
 			}
 		}

@@ -57,15 +57,9 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	w := kafkaio.NewWriter(e.brokers)
 	defer kafkaio.CloseWriter(w)
 	batch := 500
-	var tick <-chan time.Time
 	if *rate > 0 {
-		// One batch per tick, about a hundred ticks a second, keeps the
-		// average rate without a sleep loop; the first batch goes at once.
+		// About a hundred batches a second; the first goes at once.
 		batch = min(max(*rate/100, 1), 500)
-		per := time.Duration(float64(time.Second) * float64(batch) / float64(*rate))
-		t := time.NewTicker(max(per, time.Millisecond))
-		defer t.Stop()
-		tick = t.C
 	}
 	sent := 0
 	msgs := make([]kafka.Message, 0, batch)
@@ -73,12 +67,24 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	interrupted := ""
 gen:
 	for *total == 0 || sent < *total {
-		if tick != nil && sent > 0 {
-			select {
-			case <-ctx.Done():
+		if *rate > 0 && sent > 0 {
+			// Each batch goes when the rate, counted from the start, is
+			// due to have sent the events before it: a write slower than
+			// a batch's share of a second is made up by the next ones,
+			// rather than lost as a ticker's dropped ticks are.
+			due := start.Add(time.Duration(float64(sent) * float64(time.Second) / float64(*rate)))
+			if d := time.Until(due); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					interrupted = ", interrupted"
+					break gen
+				case <-t.C:
+				}
+			} else if ctx.Err() != nil {
 				interrupted = ", interrupted"
 				break gen
-			case <-tick:
 			}
 		} else if ctx.Err() != nil {
 			interrupted = ", interrupted"

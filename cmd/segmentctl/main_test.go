@@ -737,3 +737,40 @@ func dlqWith(t *testing.T, ctx context.Context, msgs ...kafka.Message) (string, 
 	}
 	return topic, envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": brokers[0], "SEGMENTD_REDIS_ADDRS": "127.0.0.1:1"})
 }
+
+// TestVerifyUserSetOfUserWithoutProfile: a user set that names a ready
+// dynamic segment is a difference whatever the user's stored state: a
+// deleted user (tombstone) or one with no profile at all is in no dynamic
+// segment, and GET /v1/users/{id}/segments would show it in this one.
+func TestVerifyUserSetOfUserWithoutProfile(t *testing.T) {
+	v := newVerifyOrg(t)
+	ctx, rdb, org, users, env := context.Background(), v.rdb, v.org, v.users, v.env
+	d := v.segment(t, segment.StatusReady, 1000)
+	// u1: stored, then deleted (a tombstone); its set wrongly keeps d.
+	if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", Version: 1, Profile: []byte(`{"points":5}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u1", ExpectRev: 1, Version: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"u1", "ghost"} {
+		if err := rdb.SAdd(ctx, membership.UserSegmentsKey(org, u), d.ID).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// ghost is in the segment's set too (reported there), and in its own.
+	if err := rdb.SAdd(ctx, membership.SegmentMembersKey(org, d.ID), "ghost").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := run(ctx, []string{"verify", "-org", org}, env, nil, &out)
+	var code exitCode
+	if !errors.As(err, &code) || code != 1 {
+		t.Fatalf("verify = %v, want exit 1: user sets of u1 (deleted) and ghost (no profile) name %s; output:\n%s", err, d.ID, out.String())
+	}
+	for _, u := range []string{"u1", "ghost"} {
+		if !strings.Contains(out.String(), "user "+u+" wrongly in the user set") {
+			t.Errorf("output does not name %s's user set:\n%s", u, out.String())
+		}
+	}
+}
