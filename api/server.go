@@ -223,6 +223,7 @@ type Server struct {
 	await    func(ctx context.Context, rev int64) error
 	locks    Locker
 	searches chan struct{}
+	bodies   *bodyBudget
 	// searchFor bounds one audience search.
 	searchFor time.Duration
 	metrics   *httpMetrics
@@ -270,6 +271,7 @@ func New(cfg Config) *Server {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
+	s.bodies = &bodyBudget{left: bodyBudgetBodies * s.maxBody}
 	if s.metricsH == nil {
 		// The injected registry when it can be read; never the global one.
 		if g, ok := cfg.Registerer.(prometheus.Gatherer); ok {
@@ -281,6 +283,9 @@ func New(cfg Config) *Server {
 	s.metrics = newHTTPMetrics(cfg.Registerer, s.log)
 	for _, rt := range s.routes() {
 		h := rt.handler
+		if rt.method == http.MethodPost || rt.method == http.MethodPut {
+			h = s.boundBody(h)
+		}
 		if rt.auth {
 			h = s.authenticate(h)
 		}

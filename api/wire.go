@@ -37,6 +37,10 @@ const timeFormat = "2006-01-02T15:04:05.000Z07:00"
 // readObject reads the request body, bounded by the server's limit, as one
 // JSON object and returns its members, raw.
 func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]json.RawMessage, error) {
+	// A body declared longer than the cap is refused before it is read.
+	if r.ContentLength > s.maxBody {
+		return nil, &http.MaxBytesError{Limit: s.maxBody}
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError

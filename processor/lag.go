@@ -31,6 +31,10 @@ type lagPart struct {
 // keeps every partition (and its backlog) counted.
 const lagForget = time.Minute
 
+// lagMoved is how long other partitions are fetched without one before it
+// is taken for moved to another instance.
+const lagMoved = 2 * lagInterval
+
 // fetched records a fetched batch. A batch's records come in runs of one
 // partition, so the partition is looked up once a run.
 func (l *lagTracker) fetched(rs []Record, now time.Time) {
@@ -88,8 +92,11 @@ func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 	out := map[string][]int{}
 	for k, lp := range l.parts {
 		idle := now.Sub(lp.seen) > lagForget
-		moved := l.lastFetch.Sub(lp.seen) > lagForget || !held
-		if idle && (lp.next >= lp.end || moved) {
+		// Others fetched for a while without this one: it moved away (kafka-go
+		// fetches every assigned partition concurrently; an outage stops all
+		// fetches, so lastFetch does not move past seen then).
+		movedAway := l.lastFetch.Sub(lp.seen) > lagMoved
+		if movedAway || (idle && (lp.next >= lp.end || !held)) {
 			delete(l.parts, k)
 			continue
 		}

@@ -70,3 +70,37 @@ func TestLagForgetsMovedPartitionAfterOldFetchFailure(t *testing.T) {
 		t.Errorf("lag %d, want 0: a partition moved away %v ago is still counted because of a fetch that failed once", got, 3*lagForget)
 	}
 }
+
+// TestLagOfMovedPartitionDoesNotGrow: partition 0 moved to another
+// instance (a rebalance: an instance joined or left) while this one goes on
+// fetching partition 1. For the minute it stays tracked, its end is asked
+// of Kafka every lagInterval, so this instance counts every record the new
+// owner receives there: at 1,000 records/s on the moved partitions the lag
+// reported climbs by ~60,000 and drops back, on every rebalance, while
+// nothing is behind.
+func TestLagOfMovedPartitionDoesNotGrow(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	l := &lagTracker{parts: map[partitionOf]*lagPart{}}
+	l.fetched([]Record{{Topic: "p", Partition: 0, Offset: 99, HighWaterMark: 100}}, t0)
+	l.finished([]Record{{Topic: "p", Partition: 0, Offset: 99}})
+	// The rebalance: from now on only partition 1 is fetched, and caught up.
+	for i := 1; i <= 11; i++ {
+		now := t0.Add(time.Duration(i) * lagInterval)
+		l.fetched([]Record{{Topic: "p", Partition: 1, Offset: int64(i), HighWaterMark: int64(i + 1)}}, now)
+		l.finished([]Record{{Topic: "p", Partition: 1, Offset: int64(i)}})
+		for topic, parts := range l.partitions(now, true) { // under load a batch is always in a stage
+			ends := map[int]int64{}
+			for _, p := range parts {
+				if p == 0 {
+					ends[0] = 100 + int64(i)*5000 // the new owner's traffic
+				} else {
+					ends[p] = int64(i + 1)
+				}
+			}
+			l.ends(topic, ends)
+		}
+		if got := l.total(); got > 0 && i >= 3 {
+			t.Fatalf("%v after the move: lag %d, want 0 (nothing is behind on this instance)", time.Duration(i)*lagInterval, got)
+		}
+	}
+}

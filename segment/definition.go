@@ -291,8 +291,15 @@ func (v *validator) userIDsAt(field string, ids []string) {
 	if len(ids) <= MaxStaticUsers {
 		return
 	}
-	if n := len(DedupUserIDs(ids)); n > MaxStaticUsers {
-		v.limit(field, fmt.Sprintf("at most %d user ids are allowed in a static segment, got %d", MaxStaticUsers, n))
+	// Repeated ids count once; counting stops past the limit, so that a
+	// list far over it costs no more than one at it.
+	seen := make(map[string]struct{}, MaxStaticUsers+1)
+	for _, id := range ids {
+		seen[id] = struct{}{}
+		if len(seen) > MaxStaticUsers {
+			v.limit(field, fmt.Sprintf("at most %d user ids are allowed in a static segment, got more (%d listed)", MaxStaticUsers, len(ids)))
+			return
+		}
 	}
 }
 

@@ -1,0 +1,102 @@
+package api
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/segmentd/segmentd/internal/testenv"
+)
+
+// spaces is an endless body of spaces that counts what is read of it.
+type spaces struct{ n int64 }
+
+func (c *spaces) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = ' '
+	}
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+// TestDeclaredOversizedBodyIsNotRead: a request whose Content-Length is
+// past the cap is answered 413 without its body being read: reading up to
+// the cap first would cost the cap's bytes, several times over, for a body
+// the server knows it refuses.
+func TestDeclaredOversizedBodyIsNotRead(t *testing.T) {
+	const limit = 1 << 20
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxBody: limit})
+	body := &spaces{}
+	req := httptest.NewRequest(http.MethodPost, "/v1/segments", io.LimitReader(body, 4*limit))
+	req.ContentLength = 4 * limit
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	rec := httptest.NewRecorder()
+	a.srv.Config.Handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want 413", rec.Code)
+	}
+	if body.n > 64<<10 {
+		t.Errorf("the server read %d bytes of a body declared %d bytes long, past its cap of %d, before refusing it", body.n, 4*limit, limit)
+	}
+}
+
+// firstRead closes reading when its body is first read.
+type firstRead struct {
+	io.Reader
+	once    sync.Once
+	reading chan struct{}
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	f.once.Do(func() { close(f.reading) })
+	return f.Reader.Read(p)
+}
+
+// TestBodyBudget: while bodies of twice the cap in all are being read (two
+// slow clients at the cap), another request with a body is answered 503,
+// to retry; once they end, it goes through. Requests without a body are
+// not held back.
+func TestBodyBudget(t *testing.T) {
+	const limit = 1 << 16
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxBody: limit})
+	h := a.srv.Config.Handler
+	var wg sync.WaitGroup
+	var writers []*io.PipeWriter
+	for range bodyBudgetBodies {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		body := &firstRead{Reader: pr, reading: make(chan struct{})}
+		req := httptest.NewRequest(http.MethodPost, "/v1/segments", body)
+		req.ContentLength = limit
+		req.Header.Set("Authorization", "Bearer "+a.key)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.ServeHTTP(httptest.NewRecorder(), req)
+		}()
+		<-body.reading
+	}
+	create := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/v1/segments", strings.NewReader(`{"name":"s","type":"static","userIds":["u1"]}`))
+		req.Header.Set("Authorization", "Bearer "+a.key)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := create(); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
+		t.Errorf("a create while two bodies at the cap are read: %d %s; want 503 unavailable", rec.Code, rec.Body)
+	}
+	if r := a.do("GET", "/v1/segments", a.key, nil); r.status != http.StatusOK {
+		t.Errorf("a list while the bodies are read: %d; want 200", r.status)
+	}
+	for _, pw := range writers {
+		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	}
+	wg.Wait()
+	if rec := create(); rec.Code != http.StatusCreated {
+		t.Errorf("a create once the slow bodies ended: %d %s; want 201", rec.Code, rec.Body)
+	}
+}
