@@ -84,8 +84,9 @@ func (l *lagTracker) ends(topic string, ends map[int]int64) {
 }
 
 // partitions returns the partitions tracked, by topic, and forgets those
-// caught up and not fetched for lagForget, and those not fetched for
-// lagForget while others were, or while the processor was not held up.
+// not fetched for lagMoved while others were (moved to another instance),
+// and those not fetched for lagForget that are caught up or while the
+// processor was not held up.
 func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
