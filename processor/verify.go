@@ -376,12 +376,12 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			for u := range others {
 				ids = append(ids, u)
 			}
-			sets, err := users.UserSegmentSets(ctx, org, ids)
+			own, err := users.UserSegmentSets(ctx, org, ids)
 			if err != nil {
 				return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 			}
 			for i, u := range ids {
-				for _, s := range sets[i] {
+				for _, s := range own[i] {
 					if rules[s] != nil {
 						diffs = append(diffs, Difference{org, s, u, false, "user"})
 					}
