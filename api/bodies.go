@@ -1,7 +1,9 @@
 package api
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 )
@@ -37,26 +39,64 @@ func (b *bodyBudget) give(n int64) {
 	b.mu.Unlock()
 }
 
-// boundBody reserves the request's body (its declared length, or the cap
-// when it declares none) from the instance's budget for as long as h runs,
-// and answers 503 when the budget is spent. A body declared longer than the
-// cap takes nothing: it is refused unread (readObject).
+// boundBody reserves the request's body from the instance's budget for as
+// long as h runs: its declared length at once (503 when the budget has not
+// that much left), or, when it declares none (chunked), what is read of it
+// as it is read (readObject answers 503 when the budget runs out). A body
+// declared longer than the cap takes nothing: it is refused unread
+// (readObject).
 func (s *Server) boundBody(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		n := r.ContentLength
 		if n < 0 {
-			n = s.maxBody
+			// No declared length (chunked): reserved as it is read, so that a
+			// small streamed body does not take the whole cap.
+			bb := &budgetedBody{ReadCloser: r.Body, b: s.bodies}
+			r.Body = bb
+			defer func() { s.bodies.give(bb.held) }()
+			h(w, r)
+			return
 		}
 		if n == 0 || n > s.maxBody {
 			h(w, r)
 			return
 		}
 		if !s.bodies.take(n) {
-			writeError(w, http.StatusServiceUnavailable, codeUnavailable,
-				fmt.Sprintf("request bodies of %d MiB in all are being read on this instance; retry", bodyBudgetBodies*s.maxBody>>20), nil)
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, s.budgetSpent(), nil)
 			return
 		}
 		defer s.bodies.give(n)
 		h(w, r)
 	}
+}
+
+// errBodyBudget is a body read past what the instance's budget has left.
+var errBodyBudget = errors.New("request body budget spent")
+
+// budgetedBody takes from the budget what is read of a body of no declared
+// length.
+type budgetedBody struct {
+	io.ReadCloser
+	b    *bodyBudget
+	held int64
+}
+
+func (r *budgetedBody) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if n > 0 {
+		if !r.b.take(int64(n)) {
+			return 0, errBodyBudget
+		}
+		r.held += int64(n)
+	}
+	return n, err
+}
+
+// budgetSpent is the message of a 503 for a body the budget has no room for.
+func (s *Server) budgetSpent() string {
+	size := fmt.Sprintf("%d bytes", bodyBudgetBodies*s.maxBody)
+	if s.maxBody%(1<<20) == 0 {
+		size = fmt.Sprintf("%d MiB", bodyBudgetBodies*s.maxBody>>20)
+	}
+	return "request bodies of " + size + " in all are being read on this instance; retry"
 }

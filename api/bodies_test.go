@@ -55,48 +55,81 @@ func (f *firstRead) Read(p []byte) (int, error) {
 	return f.Reader.Read(p)
 }
 
-// TestBodyBudget: while bodies of twice the cap in all are being read (two
-// slow clients at the cap), another request with a body is answered 503,
-// to retry; once they end, it goes through. Requests without a body are
-// not held back.
-func TestBodyBudget(t *testing.T) {
-	const limit = 1 << 16
-	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxBody: limit})
-	h := a.srv.Config.Handler
+// slowBodies starts n requests whose bodies are read from pipes: declared
+// bodies of the cap when declared is true, chunked ones (no declared length)
+// otherwise. It returns once each handler has begun to read its body (a
+// chunked one after its first bytes, given here); end ends them.
+func slowBodies(t *testing.T, a *testAPI, n int, declared bool, limit int64) (end func()) {
+	t.Helper()
 	var wg sync.WaitGroup
 	var writers []*io.PipeWriter
-	for range bodyBudgetBodies {
+	for range n {
 		pr, pw := io.Pipe()
 		writers = append(writers, pw)
 		body := &firstRead{Reader: pr, reading: make(chan struct{})}
 		req := httptest.NewRequest(http.MethodPost, "/v1/segments", body)
-		req.ContentLength = limit
+		req.ContentLength = -1
+		if declared {
+			req.ContentLength = limit
+		}
 		req.Header.Set("Authorization", "Bearer "+a.key)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.ServeHTTP(httptest.NewRecorder(), req)
+			a.srv.Config.Handler.ServeHTTP(httptest.NewRecorder(), req)
 		}()
+		if !declared {
+			go func() { _, _ = pw.Write([]byte(`{"name":"streamed",`)) }()
+		}
 		<-body.reading
 	}
-	create := func() *httptest.ResponseRecorder {
-		req := httptest.NewRequest(http.MethodPost, "/v1/segments", strings.NewReader(`{"name":"s","type":"static","userIds":["u1"]}`))
-		req.Header.Set("Authorization", "Bearer "+a.key)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec
+	return func() {
+		for _, pw := range writers {
+			_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+		}
+		wg.Wait()
 	}
-	if rec := create(); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
-		t.Errorf("a create while two bodies at the cap are read: %d %s; want 503 unavailable", rec.Code, rec.Body)
+}
+
+// create sends a small create with its length declared, or chunked.
+func (a *testAPI) create(chunked bool) *httptest.ResponseRecorder {
+	body := `{"name":"s","type":"static","userIds":["u1"]}`
+	req := httptest.NewRequest(http.MethodPost, "/v1/segments", strings.NewReader(body))
+	if chunked {
+		req.ContentLength = -1
+	}
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	rec := httptest.NewRecorder()
+	a.srv.Config.Handler.ServeHTTP(rec, req)
+	return rec
+}
+
+// TestBodyBudget: while bodies of twice the cap in all are being read (two
+// slow clients at the cap), another request with a body, declared or
+// chunked, is answered 503, to retry; once they end, it goes through.
+// Requests without a body are not held back. Slow chunked bodies take only
+// what has been read of them.
+func TestBodyBudget(t *testing.T) {
+	const limit = 1 << 16
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxBody: limit})
+	end := slowBodies(t, a, bodyBudgetBodies, false, limit)
+	if rec := a.create(false); rec.Code != http.StatusCreated {
+		t.Errorf("a create while two small chunked bodies are read: %d %s; want 201", rec.Code, rec.Body)
+	}
+	end()
+	end = slowBodies(t, a, bodyBudgetBodies, true, limit)
+	for _, chunked := range []bool{false, true} {
+		if rec := a.create(chunked); rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"unavailable"`) {
+			t.Errorf("a create (chunked %v) while two bodies at the cap are read: %d %s; want 503 unavailable", chunked, rec.Code, rec.Body)
+		}
 	}
 	if r := a.do("GET", "/v1/segments", a.key, nil); r.status != http.StatusOK {
 		t.Errorf("a list while the bodies are read: %d; want 200", r.status)
 	}
-	for _, pw := range writers {
-		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
-	}
-	wg.Wait()
-	if rec := create(); rec.Code != http.StatusCreated {
-		t.Errorf("a create once the slow bodies ended: %d %s; want 201", rec.Code, rec.Body)
+	end()
+	for _, chunked := range []bool{false, true} {
+		if rec := a.create(chunked); rec.Code != http.StatusCreated {
+			t.Errorf("a create (chunked %v) once the slow bodies ended: %d %s; want 201", chunked, rec.Code, rec.Body)
+		}
 	}
 }

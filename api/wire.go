@@ -47,6 +47,9 @@ func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]
 		if errors.As(err, &mbe) {
 			return nil, err
 		}
+		if errors.Is(err, errBodyBudget) {
+			return nil, &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, message: s.budgetSpent()}
+		}
 		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "could not read the request body"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

@@ -443,6 +443,10 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 	}
 	building := map[string]bool{}
 	now := time.Now()
+	// One move of the revision for each organisation serves every backfill
+	// started there now: it comes after snap read their generations (see
+	// Backfill), and they then wait for the same revision together.
+	moved := map[string]int64{}
 	for org, o := range snap.Orgs {
 		for id, cs := range o.Segments {
 			if cs.Def.Status != segment.StatusBuilding {
@@ -462,10 +466,24 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			if busy {
 				continue
 			}
+			rev, ok := moved[org]
+			if !ok {
+				var err error
+				if rev, err = j.cfg.Definitions.MoveRevision(ctx, org); err != nil {
+					j.mu.Lock()
+					delete(j.running, key)
+					j.mu.Unlock()
+					if ctx.Err() == nil {
+						j.cfg.Logger.Warn("backfill not started; it will be retried", "org", org, "segment", id, "err", err)
+					}
+					continue
+				}
+				moved[org] = rev
+			}
 			j.backfills.Add(1)
 			go func() {
 				defer j.backfills.Done()
-				err := j.Backfill(ctx, org, cs, snap.Revision)
+				err := j.runBackfill(ctx, org, cs, rev, true)
 				j.mu.Lock()
 				delete(j.running, key)
 				var wait time.Duration
@@ -484,6 +502,14 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "retry_in", wait.Round(time.Millisecond), "err", err)
 				}
 			}()
+		}
+	}
+	if len(moved) > 0 {
+		// This instance at the moved revision at once, rather than at its
+		// next reload and beat: the backfills' gate then waits only for
+		// the other instances.
+		if _, err := j.cfg.Registry.Fresh(ctx); err == nil {
+			j.beat(ctx)
 		}
 	}
 	j.mu.Lock()
@@ -545,6 +571,13 @@ func (r backfillRetries) failed(key string, now time.Time) time.Duration {
 // deleted stops at its next page (errSuperseded), and until then holds back
 // the revision gate of that change.
 func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, rev int64) error {
+	return j.runBackfill(ctx, org, cs, rev, false)
+}
+
+// runBackfill is Backfill; moved says that rev is a revision moved after the
+// generation of cs was read from the stored definitions, which then needs
+// no move of its own.
+func (j *Jobs) runBackfill(ctx context.Context, org string, cs *CompiledSegment, rev int64, moved bool) error {
 	lock := "backfill:" + org + ":" + cs.Def.ID
 	// An owner of its own per attempt: an attempt whose lease lapsed sees
 	// that another one has held it since, even on this instance.
@@ -580,10 +613,12 @@ func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, re
 	// may have died in between. A revision moved now, after the stored
 	// definition showed this generation, is one at which every instance
 	// evaluates with it.
-	if now, err := j.cfg.Definitions.MoveRevision(ctx, org); err != nil {
-		return err
-	} else if now > rev {
-		rev = now
+	if !moved {
+		now, err := j.cfg.Definitions.MoveRevision(ctx, org)
+		if err != nil {
+			return err
+		}
+		rev = max(rev, now)
 	}
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err

@@ -17,12 +17,18 @@ type lagTracker struct {
 	parts map[partitionOf]*lagPart
 	// lastFetch is when the processor last fetched a record.
 	lastFetch time.Time
+	// checked is when partitions was last called (the ends that follow
+	// it are as of then).
+	checked time.Time
 }
 
 type lagPart struct {
 	end, next int64
 	// seen is when a record of the partition was last fetched.
 	seen time.Time
+	// behind is when its end was first seen past next, zero while it is
+	// caught up.
+	behind time.Time
 }
 
 // lagForget is how long a partition is tracked after its last fetch while
@@ -51,6 +57,9 @@ func (l *lagTracker) fetched(rs []Record, now time.Time) {
 			lp.seen = now
 		}
 		lp.end = max(lp.end, r.HighWaterMark, r.Offset+1)
+		if lp.behind.IsZero() && lp.end > lp.next {
+			lp.behind = now
+		}
 	}
 	if len(rs) > 0 {
 		l.lastFetch = now
@@ -79,24 +88,34 @@ func (l *lagTracker) ends(topic string, ends map[int]int64) {
 	for part, end := range ends {
 		if lp := l.parts[partitionOf{topic, part}]; lp != nil {
 			lp.end = max(lp.end, end)
+			if lp.end > lp.next && lp.behind.IsZero() {
+				lp.behind = l.checked
+			}
 		}
 	}
 }
 
 // partitions returns the partitions tracked, by topic, and forgets those
-// not fetched for lagMoved while others were (moved to another instance),
-// and those not fetched for lagForget that are caught up or while the
-// processor was not held up.
+// behind and not fetched for lagMoved while others were (moved to another
+// instance), and those not fetched for lagForget that are caught up or
+// while the processor was not held up.
 func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := map[string][]int{}
+	l.checked = now
 	for k, lp := range l.parts {
+		if lp.next >= lp.end {
+			lp.behind = time.Time{}
+		}
 		idle := now.Sub(lp.seen) > lagForget
 		// Others fetched for a while without this one: it moved away (kafka-go
 		// fetches every assigned partition concurrently; an outage stops all
 		// fetches, so lastFetch does not move past seen then).
-		movedAway := l.lastFetch.Sub(lp.seen) > lagMoved
+		// A partition caught up (quiet) is not taken for moved: it counts
+		// nothing, and an outage that follows must find it still tracked.
+		// One behind is, once others were fetched after it was seen behind.
+		movedAway := !lp.behind.IsZero() && l.lastFetch.After(lp.behind) && l.lastFetch.Sub(lp.seen) > lagMoved
 		if movedAway || (idle && (lp.next >= lp.end || !held)) {
 			delete(l.parts, k)
 			continue

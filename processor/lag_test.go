@@ -104,3 +104,48 @@ func TestLagOfMovedPartitionDoesNotGrow(t *testing.T) {
 		}
 	}
 }
+
+// TestLagOfQuietPartitionCountsOutageBacklog: partition 0 is this
+// instance's and quiet (caught up, nothing new for 15 s) while partition 1
+// is busy. Then Redis fails: the processor is held, fetching stops, and
+// 5,000 events arrive on partition 0. README: the lag "keeps growing
+// through an outage". The quiet partition was dropped as "moved away"
+// 10 s into its quiet spell, so its backlog is never counted.
+func TestLagOfQuietPartitionCountsOutageBacklog(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	l := &lagTracker{parts: map[partitionOf]*lagPart{}}
+	l.fetched([]Record{{Topic: "p", Partition: 0, Offset: 99, HighWaterMark: 100}}, t0)
+	l.finished([]Record{{Topic: "p", Partition: 0, Offset: 99}})
+	// Partition 1 busy for 15 s, partition 0 quiet; the lag loop runs every 5 s.
+	var off int64
+	for ms := 100; ms <= 15000; ms += 100 {
+		now := t0.Add(time.Duration(ms) * time.Millisecond)
+		l.fetched([]Record{{Topic: "p", Partition: 1, Offset: off, HighWaterMark: off + 1}}, now)
+		l.finished([]Record{{Topic: "p", Partition: 1, Offset: off}})
+		off++
+		if ms%5000 == 0 {
+			for topic, parts := range l.partitions(now, true) {
+				ends := map[int]int64{}
+				for _, p := range parts {
+					ends[p] = map[int]int64{0: 100, 1: off}[p]
+				}
+				l.ends(topic, ends)
+			}
+		}
+	}
+	// The outage: nothing fetched any more, the processor held; 5,000
+	// events arrive on partition 0 (and none on 1).
+	for i := 1; i <= 6; i++ {
+		now := t0.Add(15*time.Second + time.Duration(i)*lagInterval)
+		for topic, parts := range l.partitions(now, true) {
+			ends := map[int]int64{}
+			for _, p := range parts {
+				ends[p] = map[int]int64{0: 5100, 1: off}[p]
+			}
+			l.ends(topic, ends)
+		}
+	}
+	if got := l.total(); got != 5000 {
+		t.Errorf("lag %d through the outage, want 5000: the backlog of a partition this instance owns, quiet for 10 s before the outage, is not counted", got)
+	}
+}
