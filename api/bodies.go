@@ -51,7 +51,7 @@ func (s *Server) boundBody(h http.HandlerFunc) http.HandlerFunc {
 		if n < 0 {
 			// No declared length (chunked): reserved as it is read, so that a
 			// small streamed body does not take the whole cap.
-			bb := &budgetedBody{ReadCloser: r.Body, b: s.bodies}
+			bb := &budgetedBody{ReadCloser: r.Body, b: s.bodies, max: s.maxBody}
 			r.Body = bb
 			defer func() { s.bodies.give(bb.held) }()
 			h(w, r)
@@ -79,15 +79,18 @@ type budgetedBody struct {
 	io.ReadCloser
 	b    *bodyBudget
 	held int64
+	// max is the cap: what is read past it is refused (413) by the
+	// http.MaxBytesReader around this body, not kept, so it takes nothing.
+	max int64
 }
 
 func (r *budgetedBody) Read(p []byte) (int, error) {
 	n, err := r.ReadCloser.Read(p)
-	if n > 0 {
-		if !r.b.take(int64(n)) {
+	if c := min(int64(n), r.max-r.held); c > 0 {
+		if !r.b.take(c) {
 			return 0, errBodyBudget
 		}
-		r.held += int64(n)
+		r.held += c
 	}
 	return n, err
 }

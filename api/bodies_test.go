@@ -133,3 +133,23 @@ func TestBodyBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkedOversizedBodyIs413WhileAnotherIsRead: a chunked body past the
+// cap is a 413 (no retry cures it). While one declared body at the cap is
+// being read (half the budget, so the cap's bytes are left), the chunked
+// body is refused with 503 "retry" instead: MaxBytesReader reads cap+1
+// bytes to tell that it is past the cap, and the budget has only cap left.
+func TestChunkedOversizedBodyIs413WhileAnotherIsRead(t *testing.T) {
+	const limit = 1 << 16
+	a := newTestAPI(t, testenv.RedisClient(t), testOptions{maxBody: limit})
+	end := slowBodies(t, a, 1, true, limit)
+	defer end()
+	req := httptest.NewRequest(http.MethodPost, "/v1/segments", io.LimitReader(&spaces{}, 2*limit))
+	req.ContentLength = -1
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	rec := httptest.NewRecorder()
+	a.srv.Config.Handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a chunked body of twice the cap while one body at the cap is read: %d %s; want 413", rec.Code, rec.Body)
+	}
+}

@@ -2,9 +2,11 @@ package processor_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -211,4 +213,83 @@ func backfillGateCase(t *testing.T, stalled bool) {
 		t.Errorf("u0 (points 1500) is in segment %s, whose criteria are now points >= 2000: %v (%v)", seg, in, err)
 	}
 	r.verifyClean(t)
+}
+
+// TestBackfillNotHeldDoesNotMoveRevision: an instance whose backfill of a
+// segment finds another instance holding its lease moves no revision (each
+// move makes every instance load the organisation again): only the holder
+// moves it, once it has found the generation still building.
+func TestBackfillNotHeldDoesNotMoveRevision(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "rich", Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A's backfill holds the lease.
+	coord := membership.NewCoordinator(r.rdb)
+	if ok, err := coord.TryLock(ctx, "backfill:"+r.org+":"+d.ID, "instance-A/1/1", time.Minute); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, 250*time.Millisecond, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := r.defs.Revision(ctx)
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg})
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	go reg.Run(rctx)
+	_ = jobs.Run(rctx)
+	after, _ := r.defs.Revision(ctx)
+	if after-before > 1 {
+		t.Errorf("the revision moved %d times in 3 s on an instance that holds no backfill (another instance builds the segment)", after-before)
+	}
+}
+
+// failingMove is a definitions store whose MoveRevision fails (Redis
+// failing for that call), counting the calls.
+// failingMove is a definitions store that cannot move the revision.
+type failingMove struct {
+	processor.JobDefinitions
+	calls atomic.Int64
+}
+
+func (f *failingMove) MoveRevision(context.Context, string) (int64, error) {
+	f.calls.Add(1)
+	return 0, errors.New("redis: connection refused")
+}
+
+// TestBackfillMoveFailureBacksOff: a backfill whose start fails is retried
+// with a growing pause (backfillRetries: "an outage must not restart them
+// twice a second for its whole length"). A failing MoveRevision in
+// startBackfills skips backfillRetries: it is tried, and a warning logged,
+// on every 500 ms tick for every building segment.
+// TestBackfillMoveFailureBacksOff: a backfill whose move of the revision
+// fails (Redis failing) is retried with the backoff of any failed
+// backfill, not at every tick.
+func TestBackfillMoveFailureBacksOff(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	for _, n := range []string{"a", "b", "c"} {
+		if _, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: n, Type: segment.TypeDynamic, Criteria: atLeast(1000), Status: segment.StatusBuilding}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
+	reg := processor.NewRegistry(r.defs, time.Second, log)
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defs := &failingMove{JobDefinitions: r.defs}
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, defs: defs})
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_ = jobs.Run(rctx)
+	// With the backoff (500 ms, x1.5, up to 10 s) each segment is tried
+	// about 5 times in 5 s; 3 segments: ~15.
+	if n := defs.calls.Load(); n > 24 {
+		t.Errorf("MoveRevision tried %d times in 5 s for 3 building segments: no backoff", n)
+	}
 }

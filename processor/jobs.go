@@ -446,7 +446,7 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 	// One move of the revision for each organisation serves every backfill
 	// started there now: it comes after snap read their generations (see
 	// Backfill), and they then wait for the same revision together.
-	moved := map[string]int64{}
+	moves := map[string]func(context.Context) (int64, error){}
 	for org, o := range snap.Orgs {
 		for id, cs := range o.Segments {
 			if cs.Def.Status != segment.StatusBuilding {
@@ -466,24 +466,30 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 			if busy {
 				continue
 			}
-			rev, ok := moved[org]
-			if !ok {
+			move := moves[org]
+			if move == nil {
+				// Made once, by the first backfill of org that holds its
+				// lease: an instance whose backfills another instance holds
+				// moves nothing.
+				var once sync.Once
+				var rev int64
 				var err error
-				if rev, err = j.cfg.Definitions.MoveRevision(ctx, org); err != nil {
-					j.mu.Lock()
-					delete(j.running, key)
-					j.mu.Unlock()
-					if ctx.Err() == nil {
-						j.cfg.Logger.Warn("backfill not started; it will be retried", "org", org, "segment", id, "err", err)
-					}
-					continue
+				move = func(ctx context.Context) (int64, error) {
+					once.Do(func() {
+						if rev, err = j.cfg.Definitions.MoveRevision(ctx, org); err == nil {
+							if _, ferr := j.cfg.Registry.Fresh(ctx); ferr == nil {
+								j.beat(ctx)
+							}
+						}
+					})
+					return rev, err
 				}
-				moved[org] = rev
+				moves[org] = move
 			}
 			j.backfills.Add(1)
 			go func() {
 				defer j.backfills.Done()
-				err := j.runBackfill(ctx, org, cs, rev, true)
+				err := j.runBackfill(ctx, org, cs, snap.Revision, move)
 				j.mu.Lock()
 				delete(j.running, key)
 				var wait time.Duration
@@ -502,14 +508,6 @@ func (j *Jobs) startBackfills(ctx context.Context) {
 					j.cfg.Logger.Warn("backfill failed; it will be retried", "org", org, "segment", id, "retry_in", wait.Round(time.Millisecond), "err", err)
 				}
 			}()
-		}
-	}
-	if len(moved) > 0 {
-		// This instance at the moved revision at once, rather than at its
-		// next reload and beat: the backfills' gate then waits only for
-		// the other instances.
-		if _, err := j.cfg.Registry.Fresh(ctx); err == nil {
-			j.beat(ctx)
 		}
 	}
 	j.mu.Lock()
@@ -571,13 +569,16 @@ func (r backfillRetries) failed(key string, now time.Time) time.Duration {
 // deleted stops at its next page (errSuperseded), and until then holds back
 // the revision gate of that change.
 func (j *Jobs) Backfill(ctx context.Context, org string, cs *CompiledSegment, rev int64) error {
-	return j.runBackfill(ctx, org, cs, rev, false)
+	return j.runBackfill(ctx, org, cs, rev, func(ctx context.Context) (int64, error) {
+		return j.cfg.Definitions.MoveRevision(ctx, org)
+	})
 }
 
-// runBackfill is Backfill; moved says that rev is a revision moved after the
-// generation of cs was read from the stored definitions, which then needs
-// no move of its own.
-func (j *Jobs) runBackfill(ctx context.Context, org string, cs *CompiledSegment, rev int64, moved bool) error {
+// runBackfill is Backfill, with the move of the revision it waits for
+// given: move must move it after the generation of cs was read from the
+// stored definitions, and is called once the backfill holds its lease and
+// has found that generation still building.
+func (j *Jobs) runBackfill(ctx context.Context, org string, cs *CompiledSegment, rev int64, move func(context.Context) (int64, error)) error {
 	lock := "backfill:" + org + ":" + cs.Def.ID
 	// An owner of its own per attempt: an attempt whose lease lapsed sees
 	// that another one has held it since, even on this instance.
@@ -610,16 +611,14 @@ func (j *Jobs) runBackfill(ctx context.Context, org string, cs *CompiledSegment,
 	// than the one that put its generation in force (a reload reads the
 	// revision, then the definitions), and a change's definition is written
 	// before its revision moves: its writer may not have moved it yet, or
-	// may have died in between. A revision moved now, after the stored
-	// definition showed this generation, is one at which every instance
+	// may have died in between. A revision moved after the stored
+	// definition showed this generation is one at which every instance
 	// evaluates with it.
-	if !moved {
-		now, err := j.cfg.Definitions.MoveRevision(ctx, org)
-		if err != nil {
-			return err
-		}
-		rev = max(rev, now)
+	now, err := move(ctx)
+	if err != nil {
+		return err
 	}
+	rev = max(rev, now)
 	if err := NewRevisionGate(j.cfg.Coordinator, j.cfg.Now).Wait(ctx, rev); err != nil {
 		return err
 	}

@@ -115,7 +115,12 @@ func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 		// A partition caught up (quiet) is not taken for moved: it counts
 		// nothing, and an outage that follows must find it still tracked.
 		// One behind is, once others were fetched after it was seen behind.
-		movedAway := !lp.behind.IsZero() && l.lastFetch.After(lp.behind) && l.lastFetch.Sub(lp.seen) > lagMoved
+		// So is one behind for lagMoved, unfetched, while the processor was
+		// not held up: kafka-go would have fetched it were it still here
+		// (this instance may have no other partition to fetch, or only
+		// quiet ones).
+		movedAway := !lp.behind.IsZero() && (l.lastFetch.After(lp.behind) && l.lastFetch.Sub(lp.seen) > lagMoved ||
+			!held && now.Sub(lp.behind) > lagMoved && now.Sub(lp.seen) > lagMoved)
 		if movedAway || (idle && (lp.next >= lp.end || !held)) {
 			delete(l.parts, k)
 			continue

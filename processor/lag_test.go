@@ -149,3 +149,29 @@ func TestLagOfQuietPartitionCountsOutageBacklog(t *testing.T) {
 		t.Errorf("lag %d through the outage, want 5000: the backlog of a partition this instance owns, quiet for 10 s before the outage, is not counted", got)
 	}
 }
+
+// TestLagOfMovedPartitionOnQuietInstance: a rebalance moves partition 0
+// (caught up) to another instance, which receives 1,000 records/s there.
+// This instance keeps partition 1, which is quiet (or it keeps no
+// partition at all: more instances than partitions). Nothing is behind
+// here, yet the lag reported counts the new owner's records until
+// partition 0 has been idle for lagForget: ~55,000 after 55 s.
+func TestLagOfMovedPartitionOnQuietInstance(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	l := &lagTracker{parts: map[partitionOf]*lagPart{}}
+	l.fetched([]Record{{Topic: "p", Partition: 0, Offset: 99, HighWaterMark: 100}, {Topic: "p", Partition: 1, Offset: 9, HighWaterMark: 10}}, t0)
+	l.finished([]Record{{Topic: "p", Partition: 0, Offset: 99}, {Topic: "p", Partition: 1, Offset: 9}})
+	for i := 1; i <= 11; i++ {
+		now := t0.Add(time.Duration(i) * lagInterval)
+		for topic, parts := range l.partitions(now, false) { // idle: nothing to fetch
+			ends := map[int]int64{}
+			for _, p := range parts {
+				ends[p] = map[int]int64{0: 100 + int64(i)*5000, 1: 10}[p]
+			}
+			l.ends(topic, ends)
+		}
+		if got := l.total(); got > 0 && i >= 4 {
+			t.Fatalf("%v after the move: lag %d, want 0 (nothing is behind on this instance)", time.Duration(i)*lagInterval, got)
+		}
+	}
+}
