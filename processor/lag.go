@@ -37,8 +37,9 @@ type lagPart struct {
 // keeps every partition (and its backlog) counted.
 const lagForget = time.Minute
 
-// lagMoved is how long other partitions are fetched without one before it
-// is taken for moved to another instance.
+// lagMoved is how long a partition with records this instance has not
+// fetched goes unfetched, while others are fetched or nothing holds the
+// processor up, before it is taken for moved to another instance.
 const lagMoved = 2 * lagInterval
 
 // fetched records a fetched batch. A batch's records come in runs of one
