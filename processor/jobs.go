@@ -1362,16 +1362,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		if len(pending[id]) == 0 {
 			continue
 		}
-		cs := o.Segments[id]
-		causeOf := func(user string) events.Cause {
-			// A segment being built whose criteria a flip from before they
-			// were set would change: its backfill's change, which the
-			// backfill would find made, published under its cause.
-			if at := byUser[user].At; cs.Def.Status == segment.StatusBuilding && at.Before(cs.Def.UpdatedAt) {
-				return backfillCause(id, cs.Def.Generation)
-			}
-			return timeCause(id, byUser[user].At)
-		}
+		causeOf := func(user string) events.Cause { return timeCause(id, byUser[user].At) }
 		earlier := func(user string) []events.Cause {
 			var out []events.Cause
 			for _, at := range byUser[user].Earlier {
@@ -1379,7 +1370,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(ctx, amendPass{org: org, cs: cs, causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, pending[id])
+		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a

@@ -706,34 +706,3 @@ func TestCriteriaChangeDoesNotHoldOtherSegmentsFlips(t *testing.T) {
 		t.Errorf("segment Y (criteria unchanged) has %d of the 5 users whose flip passed %s ago; a change of segment X's criteria held them back", n, time.Since(now).Round(time.Second))
 	}
 }
-
-// TestTimerDoesNotClaimANewSegmentsEntries: a relative-date segment created
-// after its users' flip is entered by its backfill (cause segment): a timer
-// round for another segment's flip, running while the new one builds, must
-// not enter them with a time cause whose flip instant predates the segment.
-func TestTimerDoesNotClaimANewSegmentsEntries(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	flip := time.Now().Add(-time.Second)
-	r.dueTimers(t, 5, flip) // X: "updatedAt < now-30d", due for u0..u4
-	time.Sleep(5 * time.Millisecond)
-	created := time.Now()
-	// As POST /v1/segments stores it: building, its backfill yet to come.
-	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "inactive-too", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
-		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	y := d.ID
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, timerInterval: time.Minute}).FireTimers(ctx)
-	for _, c := range r.followedChanges(t, y, "u0") {
-		if c.Cause.Type == events.CauseTime {
-			t.Errorf("u0 %s segment Y (created %s, still building) with cause %s: a flip %s before Y existed (Y's own flip for u0 was a day earlier)",
-				c.Direction(), created.Format(time.StampMilli), c.Cause.EventID, created.Sub(flip).Round(time.Millisecond))
-		}
-	}
-}
