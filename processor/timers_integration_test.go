@@ -3,6 +3,7 @@ package processor_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -704,5 +705,137 @@ func TestCriteriaChangeDoesNotHoldOtherSegmentsFlips(t *testing.T) {
 	}
 	if n != 5 {
 		t.Errorf("segment Y (criteria unchanged) has %d of the 5 users whose flip passed %s ago; a change of segment X's criteria held them back", n, time.Since(now).Round(time.Second))
+	}
+}
+
+// TestTimerChangeOfBuildingSegmentPublished: a timer round (for another
+// segment's flip) enters u0 in Y, a segment being built, and cannot publish
+// the change; whether the claim is retried before or after Y's backfill
+// (which finds u0 already entered), the change is published, under one id
+// the retry finds again.
+func TestTimerChangeOfBuildingSegmentPublished(t *testing.T) {
+	for _, retryFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("retryWhileBuilding=%v", retryFirst), func(t *testing.T) { timerChangeOfBuildingSegment(t, retryFirst) })
+	}
+}
+
+func timerChangeOfBuildingSegment(t *testing.T, retryFirst bool) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Second)
+	r.dueTimers(t, 1, flip)
+	time.Sleep(5 * time.Millisecond)
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "inactive-too", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := d.ID
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	fire := func(pub processor.ChangePublisher, now time.Time) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
+		r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
+	}
+	fire(failFor{r.publisher(t), y}, t0) // Y's change written, not published
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val() {
+		keys, _ := r.rdb.Keys(ctx, "*").Result()
+		for _, k := range keys {
+			t.Logf("key %s %s", k, r.rdb.Type(ctx, k).Val())
+		}
+		t.Fatal("the round did not enter u0 in Y")
+	}
+	if retryFirst {
+		fire(r.publisher(t), t0.Add(31*time.Second)) // the claim's retry, after its lease, Y still building
+	}
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := reg.Current().Org(r.org).Segments[y].Def.Status; st != segment.StatusReady {
+		t.Fatalf("Y %s", st)
+	}
+	if !retryFirst {
+		fire(r.publisher(t), t0.Add(31*time.Second)) // the claim's retry, after its lease
+	}
+	got := r.followedChanges(t, y, "u0")
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val()
+	if len(got) == 0 {
+		t.Errorf("u0 is a member of Y = %v, but no change of u0 in Y was ever published", member)
+	}
+	for _, c := range got {
+		t.Logf("%s %s", c.Direction(), c.Cause.EventID)
+	}
+}
+
+// failFor fails every publication that holds a change of seg.
+type failFor struct {
+	processor.ChangePublisher
+	seg string
+}
+
+func (p failFor) Publish(ctx context.Context, cs []events.Change) error {
+	for _, c := range cs {
+		if c.SegmentID == p.seg {
+			return errors.New("unreachable")
+		}
+	}
+	return p.ChangePublisher.Publish(ctx, cs)
+}
+
+// TestTimerExitDuringBuildAfterRename: Y's backfill entered u0; u0's flip
+// out of Y passes, and a name-only change moves Y's updatedAt past the flip
+// while Y still builds (its backfill on other pages). The timer round for
+// that flip takes u0 out of Y, with the flip's time cause.
+func TestTimerExitDuringBuildAfterRename(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(3 * time.Second)
+	p := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"updatedAt": flip.Add(-30 * 24 * time.Hour).UTC().Format(time.RFC3339Nano)}))
+	if _, err := r.users.Write(ctx, []membership.UserWrite{{OrgID: r.org, UserID: "u0", Version: 1, Profile: p}}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.defs.Create(ctx, segment.Definition{OrgID: r.org, Name: "active", Type: segment.TypeDynamic, Status: segment.StatusBuilding,
+		Criteria: segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-30d", HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := d.ID
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val() {
+		t.Fatal("backfill did not enter u0")
+	}
+	time.Sleep(time.Until(flip) + 500*time.Millisecond)
+	// The state of a build that has done u0's page and goes on with others
+	// (status building, same generation), then a name-only PUT.
+	if _, err := r.defs.Update(ctx, r.org, y, func(d *segment.Definition) error {
+		d.Status, d.Name, d.UpdatedAt = segment.StatusBuilding, "renamed", time.Now().UTC()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, timerInterval: time.Minute}).FireTimers(ctx)
+	}
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val()
+	got := r.followedChanges(t, y, "u0")
+	for _, c := range got {
+		t.Logf("%s %s", c.Direction(), c.Cause.EventID)
+	}
+	if member {
+		t.Errorf("u0 (updatedAt older than 30 d since %s) is still a member of Y after 3 timer rounds", flip.Format(time.StampMilli))
 	}
 }
