@@ -109,8 +109,10 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 	var newest OutboxEntry
 	found := false
 	for _, e := range outbox {
-		if e.Rev < below && (!found || e.Rev >= newest.Rev) && slices.ContainsFunc(e.Changes, func(c OutboxChange) bool { return c.SegmentID == seg }) {
-			newest, found = e, true
+		if e.Rev < below && (!found || e.Rev >= newest.Rev) {
+			if _, ok := changeOf(e, seg); ok {
+				newest, found = e, true
+			}
 		}
 	}
 	if !found || !take(newest) {
@@ -121,14 +123,8 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 		if e.Rev >= below {
 			continue
 		}
-		var change OutboxChange
-		found := false
-		for _, c := range e.Changes {
-			if c.SegmentID == seg {
-				change, found = c, true
-			}
-		}
-		if !found {
+		change, ok := changeOf(e, seg)
+		if !ok {
 			continue
 		}
 		e.Changes = []OutboxChange{change}
@@ -149,6 +145,17 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 		first--
 	}
 	return ds[first:]
+}
+
+// changeOf returns entry e's change of segment seg, the last when it holds
+// several.
+func changeOf(e OutboxEntry, seg string) (OutboxChange, bool) {
+	for i := len(e.Changes) - 1; i >= 0; i-- {
+		if e.Changes[i].SegmentID == seg {
+			return e.Changes[i], true
+		}
+	}
+	return OutboxChange{}, false
 }
 
 // ReplayWindow is how long after a write of a user its changes are taken

@@ -78,15 +78,11 @@ gen:
 				select {
 				case <-ctx.Done():
 					t.Stop()
-					interrupted = ", interrupted"
-					break gen
 				case <-t.C:
 				}
-			} else if ctx.Err() != nil {
-				interrupted = ", interrupted"
-				break gen
 			}
-		} else if ctx.Err() != nil {
+		}
+		if ctx.Err() != nil {
 			interrupted = ", interrupted"
 			break gen
 		}

@@ -70,8 +70,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	log := slog.New(newRepeatLimiter(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), 10*time.Second))
 	if getenv("GOMEMLIMIT") == "" {
 		if n, ok := containerMemoryLimit(os.ReadFile); ok {
-			debug.SetMemoryLimit(softMemoryLimit(n))
-			log.Info("Go memory limit set below the container's", "container_bytes", n, "limit_bytes", softMemoryLimit(n))
+			soft := softMemoryLimit(n)
+			debug.SetMemoryLimit(soft)
+			log.Info("Go memory limit set below the container's", "container_bytes", n, "limit_bytes", soft)
 		}
 	}
 
