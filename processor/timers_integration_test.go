@@ -744,10 +744,6 @@ func timerChangeOfBuildingSegment(t *testing.T, retryFirst bool) {
 	}
 	fire(failFor{r.publisher(t), y}, t0) // Y's change written, not published
 	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val() {
-		keys, _ := r.rdb.Keys(ctx, "*").Result()
-		for _, k := range keys {
-			t.Logf("key %s %s", k, r.rdb.Type(ctx, k).Val())
-		}
 		t.Fatal("the round did not enter u0 in Y")
 	}
 	if retryFirst {
