@@ -2,13 +2,18 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/segmentd/segmentd/internal/testenv"
+	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
 )
 
@@ -91,5 +96,51 @@ func TestOpenAPIUserIDSchema(t *testing.T) {
 				t.Errorf("%s.%s items: pattern matches %q = %v, the API accepts it = %v", at[0], at[1], id, got, want)
 			}
 		}
+	}
+}
+
+// TestOpenAPIStatusesOfRealAnswers: answers the API gives in states the
+// README describes are in the document, so that a client generated from it
+// (or a validating proxy) does not reject them. A stored criterion that no
+// longer compiles (an offset of 24 hours, taken by earlier builds) makes
+// evaluate answer 500; an audience search takes "limit": null as the
+// default, as the property's description says.
+func TestOpenAPIStatusesOfRealAnswers(t *testing.T) {
+	var doc struct {
+		Paths      map[string]map[string]json.RawMessage `json:"paths"`
+		Components struct {
+			Schemas map[string]struct {
+				Properties map[string]struct {
+					Nullable bool `json:"nullable"`
+				} `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(openAPIDocument, &doc); err != nil {
+		t.Fatal(err)
+	}
+	a := newTestAPI(t, testenv.RedisClient(t))
+
+	// As an earlier build stored it.
+	d, err := membership.NewDefinitions(a.rdb).Create(context.Background(), segment.Definition{OrgID: a.org, Name: "old", Type: segment.TypeDynamic,
+		Status: segment.StatusReady, Criteria: segment.Criteria{Include: []segment.Criterion{
+			{Field: "createdAt", Operator: segment.OpGreater, Value: "2024-01-15T10:30:00+24:00", HasValue: true}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evaluate struct {
+		Responses map[string]json.RawMessage `json:"responses"`
+	}
+	if err := json.Unmarshal(doc.Paths["/v1/segments/{id}/evaluate"]["post"], &evaluate); err != nil {
+		t.Fatal(err)
+	}
+	r := a.as("POST", "/v1/segments/"+d.ID+"/evaluate", map[string]any{"profile": map[string]any{"createdAt": "2025-01-01T00:00:00Z"}})
+	if _, ok := evaluate.Responses[strconv.Itoa(r.status)]; !ok {
+		t.Errorf("evaluate answered %d, which openapi.json does not list: %s", r.status, r.raw)
+	}
+
+	a.as("POST", "/v1/audience/search", `{"limit": null}`).mustStatus(t, http.StatusOK)
+	if !doc.Components.Schemas["AudienceSearch"].Properties["limit"].Nullable {
+		t.Error(`POST /v1/audience/search takes "limit": null, but AudienceSearch.limit is not nullable in openapi.json`)
 	}
 }
