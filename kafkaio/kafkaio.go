@@ -258,9 +258,13 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 	if err != nil {
 		return fmt.Errorf("find controller: %w", err)
 	}
-	ctrlConn, err := (&kafka.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port)))
+	ctrlAddr := net.JoinHostPort(ctrl.Host, strconv.Itoa(ctrl.Port))
+	ctrlConn, err := (&kafka.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "tcp", ctrlAddr)
 	if err != nil {
-		return fmt.Errorf("dial controller: %w", err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("dial controller: %w", err)
+		}
+		return &AdvertisedUnreachableError{Addr: ctrlAddr, Err: err}
 	}
 	cc := closeOnDone(ctx, ctrlConn)
 	defer cc.Close()
@@ -307,6 +311,22 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 	}
 	return nil
 }
+
+// AdvertisedUnreachableError is a broker that answered at the configured
+// address but advertises one (Kafka's advertised.listeners) that does not
+// answer from here: a container's host name, most often.
+type AdvertisedUnreachableError struct {
+	// Addr is the address the cluster advertises, and Err why it failed.
+	Addr string
+	Err  error
+}
+
+func (e *AdvertisedUnreachableError) Error() string {
+	return fmt.Sprintf("advertised address %s (the brokers' advertised.listeners) does not answer from here: %v", e.Addr, e.Err)
+}
+
+// Unwrap returns the dial error.
+func (e *AdvertisedUnreachableError) Unwrap() error { return e.Err }
 
 // leadersTimeout bounds the wait for new topics' partitions to get leaders.
 const leadersTimeout = 30 * time.Second

@@ -105,6 +105,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		if errors.As(err, &ite) {
 			return &config.Error{Var: topicVar(cfg, ite.Topic), Value: ite.Topic, Reason: "Kafka refused to create the topic", Err: err}
 		}
+		var aue *kafkaio.AdvertisedUnreachableError
+		if errors.As(err, &aue) {
+			return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka answers there but advertises an address segmentd cannot reach", Err: err}
+		}
 		return err
 	}
 	defs := membership.NewDefinitions(rdb)

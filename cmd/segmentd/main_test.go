@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/segmentd/segmentd/config"
 	"github.com/segmentd/segmentd/embedded"
 	"github.com/segmentd/segmentd/internal/testenv"
@@ -97,6 +99,63 @@ func TestKafkaUnreachable(t *testing.T) {
 		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_KAFKA_BROKERS", err)
 	}
 }
+
+// TestKafkaAdvertisesUnreachableAddress: a broker that answers at
+// SEGMENTD_KAFKA_BROKERS but advertises an address that does not answer from
+// here (Kafka's advertised.listeners naming a container's host name, say)
+// stops start-up with a configuration error naming SEGMENTD_KAFKA_BROKERS
+// and saying that the advertised address is the one that does not answer,
+// rather than with a bare dial error about an address the user never gave.
+func TestKafkaAdvertisesUnreachableAddress(t *testing.T) {
+	gone, err := net.Listen("tcp", "127.0.0.1:0") // an address nothing listens on once closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	advertised := gone.Addr().String()
+	gone.Close()
+	var real string
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(func(network, address string) (net.Listener, error) {
+		ln, err := net.Listen(network, "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		real = ln.Addr().String()
+		return advertisedAs{ln, advertised}, nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	env := map[string]string{"SEGMENTD_HTTP_ADDR": addr, "SEGMENTD_KAFKA_BROKERS": real,
+		"SEGMENTD_REDIS_ADDRS": "127.0.0.1:1", "SEGMENTD_API_KEYS": "acme:0123456789abcdef"}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = run(ctx, nil, func(k string) string { return env[k] })
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Var != "SEGMENTD_KAFKA_BROKERS" || !strings.Contains(err.Error(), "advertised") {
+		t.Fatalf("run = %v, want a configuration error naming SEGMENTD_KAFKA_BROKERS that says the advertised address does not answer", err)
+	}
+}
+
+// advertisedAs is a listener that reports another address than its own,
+// as a broker behind a wrong advertised.listeners does.
+type advertisedAs struct {
+	net.Listener
+	addr string
+}
+
+func (a advertisedAs) Addr() net.Addr { return fakeAddr(a.addr) }
+
+type fakeAddr string
+
+func (fakeAddr) Network() string  { return "tcp" }
+func (a fakeAddr) String() string { return string(a) }
 
 // TestTopicRefused: a topic name Kafka refuses to create (here one that
 // collides with an existing topic's, '.' against '_') stops start-up with a
