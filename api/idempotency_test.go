@@ -324,3 +324,59 @@ func TestStaticCreateMeetsADelete(t *testing.T) {
 		})
 	}
 }
+
+// TestStaticCreateMeetsADeleteWhileWritingItsList: the segment a create made
+// is deleted by another request while the create writes its list (the
+// DELETE waits for the list's lock). The create must not answer 404
+// "segment not found" to a POST /v1/segments, and a retry with its
+// Idempotency-Key must be refused as after any deletion of the key's
+// segment, rather than create the deleted segment again under a new id.
+func TestStaticCreateMeetsADeleteWhileWritingItsList(t *testing.T) {
+	for name, tt := range map[string]struct {
+		key  string
+		code string
+	}{
+		"keyed":   {"k-w", "idempotency_key_reused"},
+		"unkeyed": {"", "segment_busy"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			rdb := testenv.RedisClient(t)
+			p := &pausedLists{written: make(chan struct{}), release: make(chan struct{})}
+			a := newTestAPI(t, rdb, testOptions{membership: func(m MembershipStore) MembershipStore { p.MembershipStore = m; return p }})
+			body := map[string]any{"name": "s", "type": "static", "userIds": []string{"u1", "u2"}}
+			hdr := http.Header{}
+			if tt.key != "" {
+				hdr.Set("Idempotency-Key", tt.key)
+			}
+			p.armed.Store(true)
+			created := make(chan response, 1)
+			go func() { created <- a.doWith("POST", "/v1/segments", a.key, hdr, body) }()
+			<-p.written
+			data, _ := a.as("GET", "/v1/segments?type=static", nil).mustStatus(t, http.StatusOK).body["data"].([]any)
+			if len(data) != 1 {
+				t.Fatalf("%d segments listed, want the one being created", len(data))
+			}
+			id := str(data[0].(map[string]any)["id"])
+			del := make(chan response, 1)
+			go func() { del <- a.as("DELETE", "/v1/segments/"+id, nil) }()
+			if !testenv.EventuallyEvery(10*time.Second, 5*time.Millisecond, func() bool { return a.as("GET", "/v1/segments/"+id, nil).status == http.StatusNotFound }) {
+				t.Fatal("the DELETE did not begin")
+			}
+			close(p.release)
+			r := <-created
+			(<-del).mustStatus(t, http.StatusNoContent)
+			if r.status != http.StatusConflict {
+				t.Errorf("create answered %d %s, want 409 %s", r.status, r.raw, tt.code)
+			} else if got := r.errorCode(t); got != tt.code {
+				t.Errorf("create answered code %q, want %q", got, tt.code)
+			}
+			if tt.key != "" {
+				retry := a.doWith("POST", "/v1/segments", a.key, hdr, body)
+				if retry.status == http.StatusCreated {
+					t.Fatalf("the retry of a create whose segment was deleted (DELETE answered 204) created it again as %s", str(retry.body["id"]))
+				}
+				retry.wantError(t, http.StatusConflict, "idempotency_key_reused")
+			}
+		})
+	}
+}

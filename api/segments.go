@@ -248,6 +248,20 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		ready, err := s.markListed(ctx, created)
+		if errors.Is(err, membership.ErrNotFound) {
+			// Another request deleted the segment while its list was
+			// written (its DELETE waits for this lock, and its exits answer
+			// the entries published here): answered as a deletion before
+			// the list was written is, and the key, if any, stays, so that
+			// a retry does not create the deleted segment again.
+			code := codeSegmentBusy
+			if ic != nil {
+				code = codeIdempotencyKeyReused
+			}
+			s.fail(w, r, &apiError{status: http.StatusConflict, code: code,
+				message: "the segment this request created was deleted by another request while its list was written"})
+			return
+		}
 		if err != nil {
 			// As a failed write of the list: the segment goes, or stays
 			// building for a retry after the lease to finish.
