@@ -195,6 +195,22 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 	return out, nil
 }
 
+// OldestDue returns the due instant of org's earliest timer not under a
+// claim's lease, when it is at or before now: how far the rounds are
+// behind. A claimed timer's score is its lease, so it counts again only
+// once the lease has run out.
+func (s *Schedules) OldestDue(ctx context.Context, org string, now time.Time) (time.Time, bool, error) {
+	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: ScheduleKey(org), Start: "-inf", Stop: now.UnixMilli(),
+		ByScore: true, Count: 1}).Result()
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("oldest timer of %s: %w", org, err)
+	}
+	if len(zs) == 0 {
+		return time.Time{}, false, nil
+	}
+	return time.UnixMilli(int64(zs[0].Score)), true, nil
+}
+
 // Unfinished returns, for each user of org with a claimed timer whose
 // claim has not ended (its round failed, or runs now) and whose lease ran
 // out by leasedTo (the zero time: whatever its lease), the flips its

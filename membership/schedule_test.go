@@ -231,3 +231,50 @@ func TestClaimsWithOneLease(t *testing.T) {
 		}
 	})
 }
+
+// TestOldestDueLeavesClaimedTimers: OldestDue gives the earliest timer due
+// and not under a claim's lease, nothing when none is due, and a claimed
+// timer again once its lease has run out.
+func TestOldestDueLeavesClaimedTimers(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		s := membership.NewSchedules(rdb)
+		base := time.UnixMilli(1_800_000_000_000)
+		if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: "u1", At: base.Add(-10 * time.Second)},
+			{OrgID: org, UserID: "u2", At: base.Add(-5 * time.Second)}, {OrgID: org, UserID: "u3", At: base.Add(5 * time.Second)}}); err != nil {
+			t.Fatal(err)
+		}
+		oldest := func(now time.Time) (time.Time, bool) {
+			t.Helper()
+			at, ok, err := s.OldestDue(ctx, org, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return at, ok
+		}
+		steps := []struct {
+			name  string
+			claim int // timers claimed at the step's instant first
+			now   time.Time
+			want  time.Time // zero: none due
+		}{
+			{"two due", 0, base, base.Add(-10 * time.Second)},
+			{"the oldest claimed", 1, base, base.Add(-5 * time.Second)},
+			{"both claimed", 1, base, time.Time{}},
+			{"a later one due, the claims leased", 0, base.Add(20 * time.Second), base.Add(5 * time.Second)},
+			{"the leases run out", 1, base.Add(31 * time.Second), base.Add(30 * time.Second)},
+		}
+		for _, st := range steps {
+			if st.claim > 0 {
+				if c, err := s.Claim(ctx, org, st.now, 30*time.Second, st.claim); err != nil || len(c) != st.claim {
+					t.Fatalf("%s: claimed %v, %v", st.name, c, err)
+				}
+			}
+			at, ok := oldest(st.now)
+			if ok != !st.want.IsZero() || !at.Equal(st.want) {
+				t.Errorf("%s: oldest due %v (%v), want %v", st.name, at, ok, st.want)
+			}
+		}
+	})
+}

@@ -65,6 +65,9 @@ type JobSchedules interface {
 	// ended and whose lease ran out by leasedTo (the zero time: whatever its
 	// lease), the flips its changes may have been written under.
 	Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error)
+	// OldestDue returns the due instant of org's earliest timer due at or
+	// before now and not claimed.
+	OldestDue(ctx context.Context, org string, now time.Time) (time.Time, bool, error)
 }
 
 // JobDefinitions is what the jobs read and change of definitions.
@@ -243,6 +246,7 @@ type Jobs struct {
 	progress prometheus.Gauge
 	backfill *prometheus.CounterVec
 	timers   prometheus.Counter
+	timerLag prometheus.Gauge
 	mu       sync.Mutex
 	running  map[string]bool
 	retries  backfillRetries
@@ -295,9 +299,13 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 			Name: "segmentd_timers_fired_total",
 			Help: "Timers of time-relative criteria fired.",
 		}),
+		timerLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "segmentd_timers_lag_seconds",
+			Help: "After this instance's last timer rounds, how long ago the oldest timer still due and unclaimed came due, the largest over organisations (0 when none is).",
+		}),
 	}
 	if cfg.Registerer != nil {
-		if err := registerAll(cfg.Registerer, j.progress, j.backfill, j.timers); err != nil {
+		if err := registerAll(cfg.Registerer, j.progress, j.backfill, j.timers, j.timerLag); err != nil {
 			return nil, err
 		}
 	}
@@ -1283,6 +1291,8 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	// newer than the definitions the round applies.
 	defer j.releaseRevision(j.holdRevision(first.Revision, "", nil))
 	snap := j.cfg.Registry.Current()
+	var lag time.Duration
+	measured := true
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {
 			continue
@@ -1302,6 +1312,19 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 				break
 			}
 		}
+		// What the rounds left due: sustained flips faster than the rounds
+		// fire them show here first.
+		now := j.cfg.Now()
+		at, due, err := j.cfg.Schedules.OldestDue(ctx, org, now)
+		switch {
+		case err != nil:
+			measured = false
+		case due:
+			lag = max(lag, now.Sub(at))
+		}
+	}
+	if measured {
+		j.timerLag.Set(lag.Seconds())
 	}
 }
 

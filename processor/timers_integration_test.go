@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/membership"
@@ -833,5 +835,35 @@ func TestTimerExitDuringBuildAfterRename(t *testing.T) {
 	}
 	if member {
 		t.Errorf("u0 (updatedAt older than 30 d since %s) is still a member of Y after 3 timer rounds", flip.Format(time.StampMilli))
+	}
+}
+
+// TestTimersLagShowsWhatRoundsLeftDue: 2,500 users flip at one instant and
+// the rounds of one call may take a single claim (an interval already
+// over): segmentd_timers_lag_seconds shows how long ago the timers left due
+// came due, and 0 once the next call has fired them.
+func TestTimersLagShowsWhatRoundsLeftDue(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	seg, _ := r.dueTimers(t, 2500, t0)
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	metrics := prometheus.NewRegistry()
+	now := t0.Add(10 * time.Second)
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: metrics, now: func() time.Time { return now }, timerInterval: time.Nanosecond})
+
+	jobs.FireTimers(ctx)
+	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 10 {
+		t.Errorf("after a round of 2,000 claims, lag = %v s, want 10 (500 timers due at t0 left)", got)
+	}
+	jobs.FireTimers(ctx)
+	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 0 {
+		t.Errorf("after every timer fired, lag = %v s, want 0", got)
+	}
+	if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Val(); n != 2500 {
+		t.Errorf("%d members, want all 2,500 users flipped in", n)
 	}
 }
