@@ -223,12 +223,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			if errors.Is(err, errNotFound) {
 				// Not a 404: the request created the segment, and another
 				// deleted it before its list was written.
-				code := codeSegmentBusy
-				if ic != nil {
-					code = codeIdempotencyKeyReused
-				}
-				err = &apiError{status: http.StatusConflict, code: code,
-					message: "the segment this request created was deleted by another request before its list was written"}
+				err = deletedByAnother(ic != nil, "before its list was written")
 			}
 			s.fail(w, r, err)
 			return
@@ -254,12 +249,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			// the entries published here): answered as a deletion before
 			// the list was written is, and the key, if any, stays, so that
 			// a retry does not create the deleted segment again.
-			code := codeSegmentBusy
-			if ic != nil {
-				code = codeIdempotencyKeyReused
-			}
-			s.fail(w, r, &apiError{status: http.StatusConflict, code: code,
-				message: "the segment this request created was deleted by another request while its list was written"})
+			s.fail(w, r, deletedByAnother(ic != nil, "while its list was written"))
 			return
 		}
 		if err != nil {
@@ -287,6 +277,9 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 		// stopped before marking the segment ready: the create is finished,
 		// and the segment is ready, not left for the jobs to roll back.
 		ready, err := s.markListed(ctx, created)
+		if errors.Is(err, membership.ErrNotFound) {
+			err = deletedByAnother(true, "before it was marked ready")
+		}
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -304,6 +297,19 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/v1/segments/"+created.ID)
 	writeJSON(w, http.StatusCreated, segmentOut(created, size, userIDs))
+}
+
+// deletedByAnother is the answer to a static create whose segment another
+// request deleted before the create was finished (when, says at what
+// point): a 409, not a 404, as the request did create it; with a key, as a
+// retry after any deletion of the key's segment is answered.
+func deletedByAnother(keyed bool, when string) *apiError {
+	code := codeSegmentBusy
+	if keyed {
+		code = codeIdempotencyKeyReused
+	}
+	return &apiError{status: http.StatusConflict, code: code,
+		message: "the segment this request created was deleted by another request " + when}
 }
 
 // markListed makes a static segment whose list is written in full ready.

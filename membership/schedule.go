@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -195,20 +196,38 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 	return out, nil
 }
 
-// OldestDue returns the due instant of org's earliest timer not under a
-// claim's lease, when it is at or before now: how far the rounds are
-// behind. A claimed timer's score is its lease, so it counts again only
-// once the lease has run out.
+// oldestDueScript returns the earliest instant at or before ARGV[1] (unix
+// ms) of a flip of org not fired yet: the lowest score of a timer due, and
+// the flip each claim not finished was taken for (a claimed timer's score
+// is its lease, which says nothing of how late its flip is: a claim whose
+// instance died holds it for the whole lease). False when there is none.
+var oldestDueScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local best
+local z = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+if z[2] then best = tonumber(z[2]) end
+for _, rec in ipairs(redis.call('HVALS', KEYS[2])) do
+  local at = tonumber(string.match(rec, '^([^:]*):'))
+  if at and at <= now and (not best or at < best) then best = at end
+end
+if not best then return false end
+return string.format('%d', best)
+`)
+
+// OldestDue returns the earliest flip instant of org, at or before now,
+// that no round has fired yet: a timer due and unclaimed, or one under a
+// claim that has not finished (running now, failed, or left by an
+// instance that died), counted from the flip it was claimed for rather
+// than from its lease. It tells how late relative-date flips are.
 func (s *Schedules) OldestDue(ctx context.Context, org string, now time.Time) (time.Time, bool, error) {
-	zs, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: ScheduleKey(org), Start: "-inf", Stop: now.UnixMilli(),
-		ByScore: true, Count: 1}).Result()
+	res, err := oldestDueScript.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org)}, now.UnixMilli()).Text()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, false, nil
+	}
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("oldest timer of %s: %w", org, err)
 	}
-	if len(zs) == 0 {
-		return time.Time{}, false, nil
-	}
-	return time.UnixMilli(int64(zs[0].Score)), true, nil
+	return parseMillis(res), true, nil
 }
 
 // Unfinished returns, for each user of org with a claimed timer whose

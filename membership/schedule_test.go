@@ -232,10 +232,13 @@ func TestClaimsWithOneLease(t *testing.T) {
 	})
 }
 
-// TestOldestDueLeavesClaimedTimers: OldestDue gives the earliest timer due
-// and not under a claim's lease, nothing when none is due, and a claimed
-// timer again once its lease has run out.
-func TestOldestDueLeavesClaimedTimers(t *testing.T) {
+// TestOldestDueCountsUnfinishedClaims: OldestDue gives the earliest flip
+// due and not fired yet, nothing when none is: a timer under a claim that
+// has not finished (its round running or failed, or its instance dead)
+// counts from the flip it was claimed for, neither skipped while its lease
+// runs nor counted from the lease once it ran out; one whose claim
+// finished no longer counts.
+func TestOldestDueCountsUnfinishedClaims(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		org := testenv.Org(t, rdb, "org")
@@ -245,33 +248,36 @@ func TestOldestDueLeavesClaimedTimers(t *testing.T) {
 			{OrgID: org, UserID: "u2", At: base.Add(-5 * time.Second)}, {OrgID: org, UserID: "u3", At: base.Add(5 * time.Second)}}); err != nil {
 			t.Fatal(err)
 		}
-		oldest := func(now time.Time) (time.Time, bool) {
-			t.Helper()
-			at, ok, err := s.OldestDue(ctx, org, now)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return at, ok
-		}
 		steps := []struct {
 			name  string
-			claim int // timers claimed at the step's instant first
+			claim int  // timers claimed at the step's instant first
+			done  bool // and their claims finished (the timers removed)
 			now   time.Time
 			want  time.Time // zero: none due
 		}{
-			{"two due", 0, base, base.Add(-10 * time.Second)},
-			{"the oldest claimed", 1, base, base.Add(-5 * time.Second)},
-			{"both claimed", 1, base, time.Time{}},
-			{"a later one due, the claims leased", 0, base.Add(20 * time.Second), base.Add(5 * time.Second)},
-			{"the leases run out", 1, base.Add(31 * time.Second), base.Add(30 * time.Second)},
+			{"two due", 0, false, base, base.Add(-10 * time.Second)},
+			{"the oldest claimed, its round running or failed", 1, false, base, base.Add(-10 * time.Second)},
+			{"the other claimed and fired", 1, true, base, base.Add(-10 * time.Second)},
+			{"a later one due, the claim still leased", 0, false, base.Add(20 * time.Second), base.Add(-10 * time.Second)},
+			{"the claim's lease run out", 0, false, base.Add(31 * time.Second), base.Add(-10 * time.Second)},
+			{"both fired", 2, true, base.Add(31 * time.Second), time.Time{}},
 		}
 		for _, st := range steps {
 			if st.claim > 0 {
-				if c, err := s.Claim(ctx, org, st.now, 30*time.Second, st.claim); err != nil || len(c) != st.claim {
+				c, err := s.Claim(ctx, org, st.now, 30*time.Second, st.claim)
+				if err != nil || len(c) != st.claim {
 					t.Fatalf("%s: claimed %v, %v", st.name, c, err)
 				}
+				if st.done {
+					if err := s.Done(ctx, c, make([]time.Time, len(c))); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
-			at, ok := oldest(st.now)
+			at, ok, err := s.OldestDue(ctx, org, st.now)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if ok != !st.want.IsZero() || !at.Equal(st.want) {
 				t.Errorf("%s: oldest due %v (%v), want %v", st.name, at, ok, st.want)
 			}

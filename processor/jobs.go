@@ -65,8 +65,9 @@ type JobSchedules interface {
 	// ended and whose lease ran out by leasedTo (the zero time: whatever its
 	// lease), the flips its changes may have been written under.
 	Unfinished(ctx context.Context, org string, leasedTo time.Time) (map[string][]time.Time, error)
-	// OldestDue returns the due instant of org's earliest timer due at or
-	// before now and not claimed.
+	// OldestDue returns the earliest flip instant of org at or before now
+	// that no round has fired yet: a timer due, or one under a claim not
+	// finished, counted from its flip.
 	OldestDue(ctx context.Context, org string, now time.Time) (time.Time, bool, error)
 }
 
@@ -301,7 +302,7 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 		}),
 		timerLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_timers_lag_seconds",
-			Help: "After this instance's last timer rounds, how long ago the oldest timer still due and unclaimed came due, the largest over organisations (0 when none is).",
+			Help: "After this instance's last timer rounds, how long ago the oldest flip not fired yet came due (a timer due, or one under a claim not finished), the largest over organisations (0 when none is).",
 		}),
 	}
 	if cfg.Registerer != nil {

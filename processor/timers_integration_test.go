@@ -867,3 +867,37 @@ func TestTimersLagShowsWhatRoundsLeftDue(t *testing.T) {
 		t.Errorf("%d members, want all 2,500 users flipped in", n)
 	}
 }
+
+// TestTimersLagCountsTimersHeldByAnotherClaim: an instance that claimed
+// due timers and then died (or whose round failed) holds them under its
+// claims' lease for 30 s, while their flips wait. The survivor's
+// segmentd_timers_lag_seconds must show how late those flips are rather
+// than 0: the metric is what tells an operator that relative-date flips
+// land late.
+func TestTimersLagCountsTimersHeldByAnotherClaim(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	r.dueTimers(t, 100, t0)
+	// Another instance claims every timer at t0 and dies before firing them.
+	if c, err := membership.NewSchedules(r.rdb).Claim(ctx, r.org, t0, 30*time.Second, 1000); err != nil || len(c) != 100 {
+		t.Fatalf("claimed %d timers, %v", len(c), err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	metrics := prometheus.NewRegistry()
+	now := t0.Add(20 * time.Second)
+	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: metrics, now: func() time.Time { return now }, timerInterval: time.Minute})
+
+	jobs.FireTimers(ctx)
+	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 20 {
+		t.Errorf("100 flips due at t0 not fired 20 s later (held by a dead instance's claims): lag = %v s, want 20", got)
+	}
+	now = t0.Add(31 * time.Second) // the claims' lease has run out: the survivor fires them
+	jobs.FireTimers(ctx)
+	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 0 {
+		t.Errorf("after every timer fired, lag = %v s, want 0", got)
+	}
+}
