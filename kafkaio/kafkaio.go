@@ -313,8 +313,9 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 }
 
 // AdvertisedUnreachableError is a broker that answered at the configured
-// address but advertises one (Kafka's advertised.listeners) that does not
-// answer from here: a container's host name, most often.
+// address but advertises, for the cluster's controller, one (Kafka's
+// advertised.listeners) that does not answer from here: a container's host
+// name, most often, or a broker of a larger cluster that is down.
 type AdvertisedUnreachableError struct {
 	// Addr is the address the cluster advertises, and Err why it failed.
 	Addr string
@@ -322,7 +323,7 @@ type AdvertisedUnreachableError struct {
 }
 
 func (e *AdvertisedUnreachableError) Error() string {
-	return fmt.Sprintf("advertised address %s (the brokers' advertised.listeners) does not answer from here: %v", e.Addr, e.Err)
+	return fmt.Sprintf("the controller's advertised address %s does not answer from here (check the brokers' advertised.listeners, or whether that broker is down): %v", e.Addr, e.Err)
 }
 
 // Unwrap returns the dial error.

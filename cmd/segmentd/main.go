@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 		var aue *kafkaio.AdvertisedUnreachableError
 		if errors.As(err, &aue) {
-			return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka answers there but advertises an address segmentd cannot reach", Err: err}
+			return &config.Error{Var: "SEGMENTD_KAFKA_BROKERS", Value: strings.Join(cfg.KafkaBrokers, ","), Reason: "Kafka answers there but the controller address it advertises does not", Err: err}
 		}
 		return err
 	}
