@@ -838,66 +838,54 @@ func TestTimerExitDuringBuildAfterRename(t *testing.T) {
 	}
 }
 
-// TestTimersLagShowsWhatRoundsLeftDue: 2,500 users flip at one instant and
-// the rounds of one call may take a single claim (an interval already
-// over): segmentd_timers_lag_seconds shows how long ago the timers left due
-// came due, and 0 once the next call has fired them.
-func TestTimersLagShowsWhatRoundsLeftDue(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
-	seg, _ := r.dueTimers(t, 2500, t0)
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	metrics := prometheus.NewRegistry()
-	now := t0.Add(10 * time.Second)
-	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: metrics, now: func() time.Time { return now }, timerInterval: time.Nanosecond})
+// TestTimersLag: segmentd_timers_lag_seconds shows how long ago the
+// oldest flip not fired yet came due, and 0 once a later call has fired
+// every one. The flips wait either for rounds (2,500 users flip at one
+// instant, and one call's rounds take a single claim of 2,000: the interval
+// is already over), or for the claims of an instance that took them and
+// died: their lease holds them for 30 s, and they count from their flip,
+// not from the lease.
+func TestTimersLag(t *testing.T) {
+	for name, tt := range map[string]struct {
+		users       int
+		deadClaim   bool          // another instance claims every timer at t0 and dies
+		interval    time.Duration // the jobs' TimerInterval
+		first, next time.Duration // the two calls' instants, after t0
+		want        float64       // the lag after the first call, seconds
+	}{
+		"left due by the rounds":           {users: 2500, interval: time.Nanosecond, first: 10 * time.Second, next: 10 * time.Second, want: 10},
+		"held by a dead instance's claims": {users: 100, deadClaim: true, interval: time.Minute, first: 20 * time.Second, next: 31 * time.Second, want: 20},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+			seg, _ := r.dueTimers(t, tt.users, t0)
+			if tt.deadClaim {
+				if c, err := membership.NewSchedules(r.rdb).Claim(ctx, r.org, t0, 30*time.Second, 2*tt.users); err != nil || len(c) != tt.users {
+					t.Fatalf("claimed %d timers, %v", len(c), err)
+				}
+			}
+			reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+			if err := reg.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			metrics := prometheus.NewRegistry()
+			now := t0.Add(tt.first)
+			jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: metrics, now: func() time.Time { return now }, timerInterval: tt.interval})
 
-	jobs.FireTimers(ctx)
-	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 10 {
-		t.Errorf("after a round of 2,000 claims, lag = %v s, want 10 (500 timers due at t0 left)", got)
-	}
-	jobs.FireTimers(ctx)
-	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 0 {
-		t.Errorf("after every timer fired, lag = %v s, want 0", got)
-	}
-	if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Val(); n != 2500 {
-		t.Errorf("%d members, want all 2,500 users flipped in", n)
-	}
-}
-
-// TestTimersLagCountsTimersHeldByAnotherClaim: an instance that claimed
-// due timers and then died (or whose round failed) holds them under its
-// claims' lease for 30 s, while their flips wait. The survivor's
-// segmentd_timers_lag_seconds must show how late those flips are rather
-// than 0: the metric is what tells an operator that relative-date flips
-// land late.
-func TestTimersLagCountsTimersHeldByAnotherClaim(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
-	r.dueTimers(t, 100, t0)
-	// Another instance claims every timer at t0 and dies before firing them.
-	if c, err := membership.NewSchedules(r.rdb).Claim(ctx, r.org, t0, 30*time.Second, 1000); err != nil || len(c) != 100 {
-		t.Fatalf("claimed %d timers, %v", len(c), err)
-	}
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	metrics := prometheus.NewRegistry()
-	now := t0.Add(20 * time.Second)
-	jobs := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: metrics, now: func() time.Time { return now }, timerInterval: time.Minute})
-
-	jobs.FireTimers(ctx)
-	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 20 {
-		t.Errorf("100 flips due at t0 not fired 20 s later (held by a dead instance's claims): lag = %v s, want 20", got)
-	}
-	now = t0.Add(31 * time.Second) // the claims' lease has run out: the survivor fires them
-	jobs.FireTimers(ctx)
-	if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 0 {
-		t.Errorf("after every timer fired, lag = %v s, want 0", got)
+			jobs.FireTimers(ctx)
+			if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != tt.want {
+				t.Errorf("flips due at t0 not all fired %v later: lag = %v s, want %v", tt.first, got, tt.want)
+			}
+			now = t0.Add(tt.next)
+			jobs.FireTimers(ctx)
+			if got := gauge(t, metrics, "segmentd_timers_lag_seconds"); got != 0 {
+				t.Errorf("after every timer fired, lag = %v s, want 0", got)
+			}
+			if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Val(); n != int64(tt.users) {
+				t.Errorf("%d members, want all %d users flipped in", n, tt.users)
+			}
+		})
 	}
 }
