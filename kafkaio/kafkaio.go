@@ -322,6 +322,7 @@ type AdvertisedUnreachableError struct {
 	Err  error
 }
 
+// Error names the address and the two likely causes.
 func (e *AdvertisedUnreachableError) Error() string {
 	return fmt.Sprintf("the controller's advertised address %s does not answer from here (check the brokers' advertised.listeners, or whether that broker is down): %v", e.Addr, e.Err)
 }
