@@ -926,6 +926,28 @@ type amendPass struct {
 	// lease, would let another instance claim the user again before the
 	// round ends.
 	flipFound func(user string, at time.Time)
+	// later, when not nil, takes what the pass wrote, to be settled by the
+	// caller with other passes' (see settlement), instead of its being
+	// settled after each write.
+	later *settlement
+}
+
+// settlement gathers the changes that several passes of a timer round
+// wrote, to project, publish and schedule them in one go: a settle costs
+// two Redis round trips and a Kafka produce however many changes it
+// carries, and a round makes a pass for each time-relative segment.
+// Changes keep the order in which the passes wrote them, which is each
+// user's order of revisions.
+type settlement struct {
+	changes     []events.Change
+	projections []membership.Projection
+	due         []membership.Due
+}
+
+func (s *settlement) add(changes []events.Change, projections []membership.Projection, due []membership.Due) {
+	s.changes = append(s.changes, changes...)
+	s.projections = append(s.projections, projections...)
+	s.due = append(s.due, due...)
 }
 
 // amendPage brings the segment's membership of the given users in line
@@ -1106,11 +1128,16 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			}
 		}
 		// The amends are written: what they decided is projected and
-		// published here, through failures that pass (see settle). Left to
+		// published here (or by the caller of later, before it lets go of
+		// its revision), through failures that pass (see settle). Left to
 		// a later attempt, it would wait for one that a deletion may never
 		// let come (a deleted segment's timers and backfills stop): the
 		// deletion, whose gate waits while this round holds its revision,
 		// would remove the members without the exits decided here.
+		if p.later != nil {
+			p.later.add(changes, projections, due)
+			continue
+		}
 		if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
 			return err
 		}
@@ -1292,41 +1319,71 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 	// newer than the definitions the round applies.
 	defer j.releaseRevision(j.holdRevision(first.Revision, "", nil))
 	snap := j.cfg.Registry.Current()
-	var lag time.Duration
-	measured := true
+	var (
+		mu       sync.Mutex
+		lag      time.Duration
+		measured = true
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, timerOrgsAtOnce)
+	)
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {
 			continue
 		}
-		// Claims go in rounds until no timer is left due or the rounds took
-		// the timer interval, so that many flips at one instant (a batch of
-		// profiles imported together) still fire within seconds.
-		start := time.Now()
-		for {
-			// Each round's clock is its own: its claims' leases run from it.
-			n, err := j.fireOrgTimers(ctx, org, o, j.cfg.Now())
-			if err != nil {
-				j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
-				break
+		// Organisations' rounds go side by side: a round waits on Redis and
+		// Kafka most of its time, and one organisation's flips should not
+		// wait for another's.
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			at, due, err := j.fireOrgRounds(ctx, org, o)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				measured = false
+			case due:
+				lag = max(lag, at)
 			}
-			if n < timerClaimLimit || time.Since(start) >= j.cfg.TimerInterval || ctx.Err() != nil {
-				break
-			}
-		}
-		// What the rounds left due: sustained flips faster than the rounds
-		// fire them show here first.
-		now := j.cfg.Now()
-		at, due, err := j.cfg.Schedules.OldestDue(ctx, org, now)
-		switch {
-		case err != nil:
-			measured = false
-		case due:
-			lag = max(lag, now.Sub(at))
-		}
+		}()
 	}
+	wg.Wait()
 	if measured {
 		j.timerLag.Set(lag.Seconds())
 	}
+}
+
+// timerOrgsAtOnce bounds the organisations whose timer rounds run at once.
+const timerOrgsAtOnce = 4
+
+// fireOrgRounds fires org's due timers in rounds, and returns how late the
+// oldest flip the rounds left is, if any is (an error when that could not
+// be read).
+func (j *Jobs) fireOrgRounds(ctx context.Context, org string, o *OrgRules) (time.Duration, bool, error) {
+	// Claims go in rounds until no timer is left due or the rounds took
+	// the timer interval, so that many flips at one instant (a batch of
+	// profiles imported together) still fire within seconds.
+	start := time.Now()
+	for {
+		// Each round's clock is its own: its claims' leases run from it.
+		n, err := j.fireOrgTimers(ctx, org, o, j.cfg.Now())
+		if err != nil {
+			j.cfg.Logger.Warn("fire timers", "org", org, "err", err)
+			break
+		}
+		if n < timerClaimLimit || time.Since(start) >= j.cfg.TimerInterval || ctx.Err() != nil {
+			break
+		}
+	}
+	// What the rounds left due: sustained flips faster than the rounds
+	// fire them show here first.
+	now := j.cfg.Now()
+	at, due, err := j.cfg.Schedules.OldestDue(ctx, org, now)
+	if err != nil || !due {
+		return 0, false, err
+	}
+	return now.Sub(at), true, nil
 }
 
 // errChangedWhileDeciding is a timer pass that found its segment changed
@@ -1382,6 +1439,9 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err != nil {
 		return 0, err
 	}
+	// The passes' writes are settled together once they all wrote (or one
+	// failed: what the others wrote goes out all the same).
+	var later settlement
 	for _, id := range o.TimeIDs {
 		if len(pending[id]) == 0 {
 			continue
@@ -1394,7 +1454,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound}, pending[id])
+		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a
@@ -1409,8 +1469,14 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			// segments' flips go on now rather than after the claims' lease.
 			j.cfg.Logger.Info("timer pass skipped: the segment changed", "org", org, "segment", id)
 		} else if err != nil {
+			if serr := j.settleChanges(ctx, "", later.changes, later.projections, later.due); serr != nil {
+				j.cfg.Logger.Warn("timer round: written changes left to the claims' retry", "org", org, "changes", len(later.changes), "err", serr)
+			}
 			return 0, fmt.Errorf("segment %s: %w", id, err)
 		}
+	}
+	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due); err != nil {
+		return 0, err
 	}
 	if len(stuck) > 0 {
 		users = slices.DeleteFunc(users, func(u string) bool { return stuck[u] })

@@ -889,3 +889,143 @@ func TestTimersLag(t *testing.T) {
 		})
 	}
 }
+
+// recordingPublisher publishes through pub and keeps each call's changes.
+type recordingPublisher struct {
+	pub   processor.ChangePublisher
+	mu    sync.Mutex
+	calls [][]events.Change
+}
+
+func (p *recordingPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	if err := p.pub.Publish(ctx, cs); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, slices.Clone(cs))
+	return nil
+}
+
+// failSecondAmend fails the second Amend call that writes anything.
+type failSecondAmend struct {
+	processor.JobUsers
+	calls atomic.Int32
+}
+
+func (f *failSecondAmend) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error) {
+	if len(as) > 0 && f.calls.Add(1) == 2 {
+		return nil, errors.New("redis: connection reset")
+	}
+	return f.JobUsers.Amend(ctx, as)
+}
+
+// TestTimerRoundSettlesItsPassesTogether: three users flip into two
+// relative-date segments at one instant. The round's two passes publish
+// in one call (a call each cost a Kafka produce and two Redis round trips
+// per segment, which under a sustained stream made flips seconds late);
+// and when the second pass fails, what the first wrote is still projected
+// and published by the round, not left to the claims' retry 30 s later.
+func TestTimerRoundSettlesItsPassesTogether(t *testing.T) {
+	for name, failing := range map[string]bool{"both passes write": false, "the second pass fails": true} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+			const users = 3
+			seg, _ := r.dueTimers(t, users, flip)
+			other := r.segment(t, "inactive for 29 days", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+			reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+			if err := reg.Reload(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pub := &recordingPublisher{pub: r.publisher(t)}
+			var ju processor.JobUsers = r.users
+			if failing {
+				ju = &failSecondAmend{JobUsers: r.users}
+			}
+			r.newJobs(t, jobsOf{pub: pub, registry: reg, users: ju, timerInterval: time.Minute}).FireTimers(ctx)
+			bySeg := map[string][]string{}
+			for _, call := range pub.calls {
+				for _, c := range call {
+					if c.Entered {
+						bySeg[c.SegmentID] = append(bySeg[c.SegmentID], c.UserID)
+					}
+				}
+			}
+			if !failing {
+				if len(pub.calls) != 1 || len(bySeg[seg]) != users || len(bySeg[other]) != users {
+					t.Fatalf("the round published %d times, entering %v: want once, every user into both segments", len(pub.calls), bySeg)
+				}
+				return
+			}
+			// Whichever pass came first wrote its segment; the second wrote
+			// nothing.
+			first := seg
+			if len(bySeg[other]) > 0 {
+				first = other
+			}
+			members := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, first))
+			if len(pub.calls) != 1 || len(bySeg[first]) != users || len(bySeg) != 1 || len(members) != users {
+				t.Fatalf("after the second pass failed the round published %d times, entering %v, and %s holds %v: want the first pass's %d entries projected and published once", len(pub.calls), bySeg, first, members, users)
+			}
+		})
+	}
+}
+
+// meetingPublisher holds each organisation's first publication until the
+// other organisation's has begun, or wait has passed (then missed is set).
+type meetingPublisher struct {
+	pub     processor.ChangePublisher
+	orgs    [2]string
+	arrived [2]chan struct{}
+	once    [2]sync.Once
+	wait    time.Duration
+	missed  atomic.Bool
+}
+
+func (p *meetingPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	if len(cs) > 0 {
+		if i := slices.Index(p.orgs[:], cs[0].OrgID); i >= 0 {
+			p.once[i].Do(func() { close(p.arrived[i]) })
+			select {
+			case <-p.arrived[1-i]:
+			case <-time.After(p.wait):
+				p.missed.Store(true)
+			}
+		}
+	}
+	return p.pub.Publish(ctx, cs)
+}
+
+// TestTimerRoundsOfOrganisationsSideBySide: two organisations each with a
+// flip due. One organisation's round must not wait for the other's to end
+// (their rounds wait on Redis and Kafka most of their time, and one after
+// the other they added up to seconds of lateness for every organisation
+// under a sustained stream): each one's publication is held until the
+// other's has begun, which rounds one after the other never see.
+func TestTimerRoundsOfOrganisationsSideBySide(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a, b := newRig(t, rdb), newRig(t, rdb)
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	segA, _ := a.dueTimers(t, 1, flip)
+	segB, _ := b.dueTimers(t, 1, flip)
+	reg := processor.NewRegistry(a.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pub := &meetingPublisher{pub: a.publisher(t), orgs: [2]string{a.org, b.org}, arrived: [2]chan struct{}{make(chan struct{}), make(chan struct{})}, wait: 10 * time.Second}
+	a.newJobs(t, jobsOf{pub: pub, registry: reg, timerInterval: time.Minute}).FireTimers(ctx)
+	if pub.missed.Load() {
+		t.Error("one organisation's round waited for the other's to end")
+	}
+	for _, r := range []struct {
+		rig *rig
+		seg string
+	}{{a, segA}, {b, segB}} {
+		if !r.rig.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.rig.org, r.seg), "u0").Val() {
+			t.Errorf("u0 of %s did not enter", r.rig.org)
+		}
+	}
+}
