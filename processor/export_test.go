@@ -9,6 +9,10 @@ import (
 // every TimerInterval.
 func (j *Jobs) FireTimers(ctx context.Context) { j.fireTimers(ctx) }
 
+// SetRoundLimit bounds each timer round at d instead of roundFinishLimit:
+// a round whose publisher fails then ends sooner.
+func (j *Jobs) SetRoundLimit(d time.Duration) { j.roundLimit = d }
+
 // FinishDeletions finishes the deletions left undone once, as Run does
 // every minute.
 func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }

@@ -255,6 +255,8 @@ type Jobs struct {
 	backfills sync.WaitGroup
 	// attempts numbers this instance's backfill attempts.
 	attempts atomic.Uint64
+	// roundLimit bounds a timer round (roundFinishLimit).
+	roundLimit time.Duration
 	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
@@ -287,7 +289,7 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{},
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{}, roundLimit: roundFinishLimit,
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -1410,7 +1412,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	// a second time (after an orderly stop, not a crash), and a claim cut
 	// after Redis ran it would put its flips off by the lease. Bounded
 	// below the 10 s the process waits for its jobs.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), roundFinishLimit)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), j.roundLimit)
 	defer cancel()
 	claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, timerClaimLimit)
 	if err != nil || len(claimed) == 0 {

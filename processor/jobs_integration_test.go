@@ -1045,9 +1045,7 @@ func TestTimerRetrySchedulesPassedFlip(t *testing.T) {
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fire := func(pub processor.ChangePublisher, now time.Time) {
-		r.newJobs(t, jobsOf{pub: pub, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(briefly(t))
-	}
+	fire := func(pub processor.ChangePublisher, now time.Time) { r.fireRounds(t, reg, pub, now) }
 	fire(unreachablePublisher{}, t0.Add(time.Second))
 	if in := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Val(); !in {
 		t.Fatal("the first attempt did not let u1 in; the test needs it")
@@ -1089,14 +1087,27 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 	}
 	return seg, func(pub processor.ChangePublisher, now time.Time) {
 		// Rounds go on until no timer is left due, however slow the machine
-		// (the default stops them after a second, for the next tick). A
-		// publisher that fails makes a round retry until its context ends:
-		// it ends 2 s after the first failure.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
-		r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
+		// (the default stops them after a second, for the next tick).
+		r.fireRounds(t, reg, pub, now)
 	}
+}
+
+// fireRounds fires the due timers at now with reg's definitions, through
+// pub. A publisher that fails makes a round retry until its context ends:
+// it ends 2 s after the first failure, and the round, which goes on after
+// its instance is told to stop, 3 s after it began, when pub is one that
+// fails (8 s otherwise).
+func (r *rig) fireRounds(t *testing.T, reg *processor.Registry, pub processor.ChangePublisher, now time.Time) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
+	j := r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute})
+	switch pub.(type) {
+	case unreachablePublisher, failFor, refusingSegment:
+		j.SetRoundLimit(3 * time.Second)
+	}
+	j.FireTimers(ctx)
 }
 
 // cutOnFailure calls cancel 2 s after its publisher first fails.

@@ -738,12 +738,7 @@ func timerChangeOfBuildingSegment(t *testing.T, retryFirst bool) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	fire := func(pub processor.ChangePublisher, now time.Time) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
-		r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute}).FireTimers(ctx)
-	}
+	fire := func(pub processor.ChangePublisher, now time.Time) { r.fireRounds(t, reg, pub, now) }
 	fire(failFor{r.publisher(t), y}, t0) // Y's change written, not published
 	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, y), "u0").Val() {
 		t.Fatal("the round did not enter u0 in Y")
