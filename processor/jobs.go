@@ -1396,6 +1396,10 @@ var errChangedWhileDeciding = errors.New("changed while a timer round was decidi
 // instance was told to stop.
 const roundFinishLimit = 8 * time.Second
 
+// roundSettleShare: a round's passes have its time but 1/roundSettleShare
+// of it, kept for settling what they wrote.
+const roundSettleShare = 4
+
 // timerClaimLimit is how many timers of an organisation one round claims.
 const timerClaimLimit = 2000
 
@@ -1442,8 +1446,13 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		return 0, err
 	}
 	// The passes' writes are settled together once they all wrote (or one
-	// failed: what the others wrote goes out all the same).
+	// failed: what the others wrote goes out all the same). The passes stop
+	// short of the round's end, so that passes running out of time (a slow
+	// Redis) leave the settlement the rest of it: settled with the round's
+	// time spent, what they wrote would wait for the claims' lease.
 	var later settlement
+	passCtx, stopPasses := context.WithTimeout(ctx, j.roundLimit-j.roundLimit/roundSettleShare)
+	defer stopPasses()
 	for _, id := range o.TimeIDs {
 		if len(pending[id]) == 0 {
 			continue
@@ -1456,7 +1465,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(ctx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later}, pending[id])
+		err := j.amendPage(passCtx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a

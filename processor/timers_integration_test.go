@@ -1024,3 +1024,57 @@ func TestTimerRoundsOfOrganisationsSideBySide(t *testing.T) {
 		}
 	}
 }
+
+// slowSecondAmend makes the second Amend call that writes anything wait
+// until its context ends, as a Redis too slow for the round's time does.
+type slowSecondAmend struct {
+	processor.JobUsers
+	calls atomic.Int32
+}
+
+func (f *slowSecondAmend) Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error) {
+	if len(as) > 0 && f.calls.Add(1) == 2 {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return f.JobUsers.Amend(ctx, as)
+}
+
+// TestTimerRoundOutOfTimeSettlesEarlierPasses: three users flip into two
+// relative-date segments at one instant, and the round runs out of time in
+// its second pass (a slow Redis). What the first pass wrote is still
+// projected and published by the round, as when each pass settled its own
+// writes, not left, every flip of the round, to the claims' retry after
+// their 30 s lease.
+func TestTimerRoundOutOfTimeSettlesEarlierPasses(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	const users = 3
+	seg, _ := r.dueTimers(t, users, flip)
+	other := r.segment(t, "inactive for 29 days", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pub := &recordingPublisher{pub: r.publisher(t)}
+	j := r.newJobs(t, jobsOf{pub: pub, registry: reg, users: &slowSecondAmend{JobUsers: r.users}, timerInterval: time.Minute})
+	j.SetRoundLimit(3 * time.Second)
+	j.FireTimers(ctx)
+	entered := map[string][]string{}
+	for _, call := range pub.calls {
+		for _, c := range call {
+			if c.Entered {
+				entered[c.SegmentID] = append(entered[c.SegmentID], c.UserID)
+			}
+		}
+	}
+	first := seg
+	if len(entered[other]) > 0 {
+		first = other
+	}
+	members := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, first))
+	if len(entered[first]) != users || len(members) != users {
+		t.Fatalf("after the round ran out of time in its second pass it published the entries %v, and %s holds %v: want the first pass's %d entries projected and published", entered, first, members, users)
+	}
+}
