@@ -1095,7 +1095,7 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 // fireRounds fires the due timers at now with reg's definitions, through
 // pub. A publisher that fails makes a round retry until its context ends:
 // it ends 2 s after the first failure, and the round, which goes on after
-// its instance is told to stop, 3 s after it began, when pub is one that
+// its instance is told to stop, 4 s after it began, when pub is one that
 // fails (8 s otherwise).
 func (r *rig) fireRounds(t *testing.T, reg *processor.Registry, pub processor.ChangePublisher, now time.Time) {
 	t.Helper()
@@ -1105,7 +1105,7 @@ func (r *rig) fireRounds(t *testing.T, reg *processor.Registry, pub processor.Ch
 	j := r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute})
 	switch pub.(type) {
 	case unreachablePublisher, failFor, refusingSegment:
-		j.SetRoundLimit(3 * time.Second)
+		j.SetRoundLimit(4 * time.Second)
 	}
 	j.FireTimers(ctx)
 }

@@ -1058,9 +1058,7 @@ func TestTimerRoundOutOfTimeSettlesEarlierPasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := &recordingPublisher{pub: r.publisher(t)}
-	j := r.newJobs(t, jobsOf{pub: pub, registry: reg, users: &slowSecondAmend{JobUsers: r.users}, timerInterval: time.Minute})
-	j.SetRoundLimit(3 * time.Second)
-	j.FireTimers(ctx)
+	r.newJobs(t, jobsOf{pub: pub, registry: reg, users: &slowSecondAmend{JobUsers: r.users}, timerInterval: time.Minute}).FireTimers(ctx)
 	entered := map[string][]string{}
 	for _, call := range pub.calls {
 		for _, c := range call {
