@@ -1475,8 +1475,9 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 				stuck[u] = true
 			}
 		} else if errors.Is(err, errChangedWhileDeciding) {
-			// Nothing of this pass was written: the new criteria's backfill
-			// evaluates (and schedules) every user of the segment. The other
+			// Nothing more of this pass is written (what its users read
+			// before wrote is in later, settled below): the new criteria's
+			// backfill evaluates (and schedules) every user of the segment. The other
 			// segments' flips go on now rather than after the claims' lease.
 			j.cfg.Logger.Info("timer pass skipped: the segment changed", "org", org, "segment", id)
 		} else if err != nil {
