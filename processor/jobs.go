@@ -932,6 +932,10 @@ type amendPass struct {
 	// caller with other passes' (see settlement), instead of its being
 	// settled after each write.
 	later *settlement
+	// afterWrite, when not nil, is the context of the reads that follow a
+	// write on its way to later: a timer round's passes stop short of the
+	// round's end, and what they wrote must still reach the settlement.
+	afterWrite context.Context
 }
 
 // settlement gathers the changes that several passes of a timer round
@@ -1072,6 +1076,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				Entry: membership.OutboxEntry{EventID: cause.EventID, CauseType: cause.Type, AtMillis: now.UnixMilli(), Rev: v.Rev + 1,
 					Changes: []membership.OutboxChange{{SegmentID: seg, Entered: r.match}}}})
 		}
+		var changed error
 		if p.flipFound != nil && len(amends) > 0 {
 			// A timer round decided with the definitions it started with,
 			// which the revision gate does not wait for: paused past it (see
@@ -1082,7 +1087,12 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				return err
 			}
 			if o := cur.Org(org); o == nil || o.Segments[seg] == nil || o.Segments[seg].Def.Generation != p.cs.Def.Generation {
-				return fmt.Errorf("segment %s/%s: %w", org, seg, errChangedWhileDeciding)
+				// Nothing decided here is written; what earlier attempts
+				// wrote, found above in the users' outboxes, is published
+				// all the same: the round ends those users' claims, and
+				// nothing else looks for the entries of finished claims.
+				changed = fmt.Errorf("segment %s/%s: %w", org, seg, errChangedWhileDeciding)
+				amends = nil
 			}
 		}
 		outcomes, err := j.cfg.Users.Amend(ctx, amends)
@@ -1125,7 +1135,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
 		}
 		if len(retried) > 0 {
-			if changes, projections, err = j.dropSuperseded(ctx, changes, projections, retried); err != nil {
+			dctx := ctx
+			if p.afterWrite != nil {
+				dctx = p.afterWrite
+			}
+			if changes, projections, err = j.dropSuperseded(dctx, changes, projections, retried); err != nil {
 				return err
 			}
 		}
@@ -1138,10 +1152,11 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// would remove the members without the exits decided here.
 		if p.later != nil {
 			p.later.add(changes, projections, due)
-			continue
-		}
-		if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
+		} else if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
 			return err
+		}
+		if changed != nil {
+			return changed
 		}
 	}
 	return nil
@@ -1449,9 +1464,13 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	// failed: what the others wrote goes out all the same). The passes stop
 	// short of the round's end, so that passes running out of time (a slow
 	// Redis) leave the settlement the rest of it: settled with the round's
-	// time spent, what they wrote would wait for the claims' lease.
+	// time spent, what they wrote would wait for the claims' lease. The
+	// share is counted back from the round's end, not on from the passes'
+	// start: the claim and the read before the passes, as slow as the
+	// passes on a slow Redis, would otherwise eat into it.
 	var later settlement
-	passCtx, stopPasses := context.WithTimeout(ctx, j.roundLimit-j.roundLimit/roundSettleShare)
+	roundEnd, _ := ctx.Deadline()
+	passCtx, stopPasses := context.WithDeadline(ctx, roundEnd.Add(-j.roundLimit/roundSettleShare))
 	defer stopPasses()
 	for _, id := range o.TimeIDs {
 		if len(pending[id]) == 0 {
@@ -1465,7 +1484,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(passCtx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later}, pending[id])
+		err := j.amendPage(passCtx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later, afterWrite: ctx}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
@@ -1044,4 +1045,174 @@ func (f *slowSecondAmend) Amend(ctx context.Context, as []membership.Amend) ([]m
 		return nil, ctx.Err()
 	}
 	return f.JobUsers.Amend(ctx, as)
+}
+
+// slowReadThenSlowSecondAmend reads the claimed users' segment sets only
+// after delay, as a slow Redis does for the read a round makes before its
+// passes, and makes the second Amend call that writes anything wait until
+// its context ends.
+type slowReadThenSlowSecondAmend struct {
+	slowSecondAmend
+	delay time.Duration
+}
+
+func (f *slowReadThenSlowSecondAmend) UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error) {
+	select {
+	case <-time.After(f.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return f.JobUsers.UserSegmentSets(ctx, org, users)
+}
+
+// TestTimerRoundKeepsItsSettlementTimeAfterSlowReads: the round's reads
+// before its passes (the claim, the read that decides each user's passes)
+// take more than the share of the round kept for settling. The passes must
+// still stop that share before the round's end, not that long after they
+// began: otherwise a pass that runs out of time (a slow Redis) takes the
+// round's whole time, and what the first pass wrote is neither projected
+// nor published until the claims' retry after their 30 s lease.
+func TestTimerRoundKeepsItsSettlementTimeAfterSlowReads(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	const users = 3
+	seg, _ := r.dueTimers(t, users, flip)
+	other := r.segment(t, "inactive for 29 days", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A round of 4 s keeps 1 s for its settlement; its reads before the
+	// passes take 1.5 s of it.
+	const limit = 4 * time.Second
+	pub := &recordingPublisher{pub: r.publisher(t)}
+	ju := &slowReadThenSlowSecondAmend{slowSecondAmend: slowSecondAmend{JobUsers: r.users}, delay: limit * 3 / 8}
+	j := r.newJobs(t, jobsOf{pub: pub, registry: reg, users: ju, timerInterval: time.Minute})
+	j.SetRoundLimit(limit)
+	j.FireTimers(ctx)
+	bySeg := map[string][]string{}
+	for _, call := range pub.calls {
+		for _, c := range call {
+			if c.Entered {
+				bySeg[c.SegmentID] = append(bySeg[c.SegmentID], c.UserID)
+			}
+		}
+	}
+	// The first pass wrote its segment into the users' own sets.
+	first := seg
+	if r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u0"), other).Val() {
+		first = other
+	}
+	members := testenv.SMembers(t, r.rdb, membership.SegmentMembersKey(r.org, first))
+	if len(pub.calls) != 1 || len(bySeg[first]) != users || len(members) != users {
+		t.Fatalf("the round published %d times, entering %v, and %s holds %v: want the first pass's %d entries projected and published once", len(pub.calls), bySeg, first, members, users)
+	}
+}
+
+// TestRetriedTimerEntryOfChangedSegmentIsPublished: a timer round enters
+// u0 and cannot publish (Kafka down). When its claim is retried, u1's flip
+// into the segment is due as well, and the segment's criteria change
+// (a PUT, to criteria u0 still meets) after the retry read the definitions
+// and before its pass writes: the pass stops ("changed while a timer round
+// was deciding"). The first round's entry of u0, which the pass found in
+// u0's outbox, is a write made before, and must still be published: the
+// retry ends u0's claim, after which no round and not the new criteria's
+// backfill (it looks for the entries of unfinished claims only) looks for
+// it, and a consumer following the topic would never see u0 enter a
+// segment whose set holds it.
+func TestRetriedTimerEntryOfChangedSegmentIsPublished(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+	flip := t0.Add(-time.Minute)
+	seg, fire := r.dueTimers(t, 2, flip)
+	// u1's flip is not due at the first round.
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(t0.Add(time.Hour).UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fire(unreachablePublisher{}, t0) // u0 written, not published
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+		t.Fatal("the first round did not enter u0")
+	}
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(flip.UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The PUT lands once the retry has read the definitions (reg is not
+	// reloaded before the pass asks for the freshest ones).
+	d := r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
+	retry := t0.Add(31 * time.Second) // after the first claim's lease
+	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return retry }, timerInterval: time.Minute}).FireTimers(ctx)
+	if err := r.newJobs(t, jobsOf{pub: r.publisher(t)}).Backfill(ctx, r.org, compiled(t, d), 0); err != nil {
+		t.Fatal(err)
+	}
+	got := r.followed(t, seg, "u0")
+	member := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val()
+	if !slices.Equal(got, []string{"entered"}) || !member {
+		t.Errorf("the topic gives u0 %v (each eventId once), and u0 member = %v: want entered (the first round's), a member", got, member)
+	}
+	if got := r.followed(t, seg, "u1"); !slices.Equal(got, []string{"entered"}) {
+		t.Errorf("the topic gives u1 %v, want entered (the backfill's)", got)
+	}
+}
+
+// slowSupersededRead answers the read of which decisions the segments' sets
+// hold only after delay, as a slow Redis does; it gives up when its
+// context ends first.
+type slowSupersededRead struct {
+	processor.JobUsers
+	delay time.Duration
+}
+
+func (f *slowSupersededRead) ProjectedRevisions(ctx context.Context, cs []events.Change) ([]int64, error) {
+	select {
+	case <-time.After(f.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return f.JobUsers.ProjectedRevisions(ctx, cs)
+}
+
+// TestTimerRetryKeepsWhatItWroteWhenItsPassesRunOutOfTime: a retried
+// claim's pass writes u1's flip, then reads which decisions the segment's
+// set holds (to leave out the earlier attempt's superseded changes), and
+// that read ends after the passes' share of the round. The write is made:
+// it must still be projected and published by the round's settlement, not
+// wait for the claims' next retry after their 30 s lease.
+func TestTimerRetryKeepsWhatItWroteWhenItsPassesRunOutOfTime(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+	flip := t0.Add(-time.Minute)
+	seg, fire := r.dueTimers(t, 2, flip)
+	// u1's flip is not due at the first round.
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(t0.Add(time.Hour).UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fire(unreachablePublisher{}, t0) // u0 written, not published: its claim stays
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(flip.UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 6 * time.Second // the passes have 4.5 s of it
+	slow := &slowSupersededRead{JobUsers: r.users, delay: limit*3/4 + 200*time.Millisecond}
+	retry := t0.Add(31 * time.Second) // after the first claim's lease
+	j := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: slow, now: func() time.Time { return retry }, timerInterval: time.Minute})
+	j.SetRoundLimit(limit)
+	j.FireTimers(ctx)
+	for _, u := range []string{"u0", "u1"} {
+		if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), u).Val() {
+			t.Errorf("%s is not in the segment's set after the retry round", u)
+		}
+		if got := r.followed(t, seg, u); !slices.Equal(got, []string{"entered"}) {
+			t.Errorf("the topic gives %s %v, want entered", u, got)
+		}
+	}
 }
