@@ -52,3 +52,47 @@ func TestDLQLogSpaced(t *testing.T) {
 		}
 	}
 }
+
+// TestDLQLogHeldBackWithoutLaterLetters: dead letters sent within
+// dlqLogEvery of a line, with none after them, are still logged once
+// dlqLogEvery has passed, by the next call without dead letters (a batch
+// with none, or the lag loop's tick on a quiet topic), rather than never.
+func TestDLQLogHeldBackWithoutLaterLetters(t *testing.T) {
+	var out bytes.Buffer
+	now := time.Unix(1_700_000_000, 0)
+	p := &Processor{cfg: Config{
+		Logger: slog.New(slog.NewTextHandler(&out, nil)), DLQTopic: "dlq",
+		Now: func() time.Time { return now },
+	}}
+	letter := func(reason, offset string) Record {
+		return Record{Headers: []Header{
+			{Key: "segmentd-error", Value: []byte(reason)},
+			{Key: "segmentd-source-topic", Value: []byte("profiles")},
+			{Key: "segmentd-source-partition", Value: []byte("1")},
+			{Key: "segmentd-source-offset", Value: []byte(offset)},
+		}}
+	}
+	p.logDLQ([]Record{letter("first", "0")})
+	if !strings.Contains(out.String(), "count=1") {
+		t.Fatalf("first dead letter: logged %q", out.String())
+	}
+	out.Reset()
+	now = now.Add(2 * time.Second)
+	p.logDLQ([]Record{letter("second", "1"), letter("third", "2")})
+	now = now.Add(5 * time.Second)
+	p.logDLQ(nil)
+	if out.Len() != 0 {
+		t.Fatalf("within dlqLogEvery of the line: logged %q, want nothing yet", out.String())
+	}
+	now = now.Add(4 * time.Second)
+	p.logDLQ(nil)
+	if got := out.String(); !strings.Contains(got, "count=2") || !strings.Contains(got, "first_reason=second") || !strings.Contains(got, "first_source=profiles/1@1") {
+		t.Fatalf("dlqLogEvery after the line, no dead letter since: logged %q, want count=2 with the held reason and source", got)
+	}
+	out.Reset()
+	now = now.Add(time.Minute)
+	p.logDLQ(nil)
+	if out.Len() != 0 {
+		t.Fatalf("nothing held: logged %q", out.String())
+	}
+}

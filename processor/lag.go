@@ -170,6 +170,8 @@ func (p *Processor) lagLoop(ctx context.Context) {
 			p.lag.partitions(time.Now(), p.held())
 		}
 		p.cfg.Metrics.SetLag(p.lag.total())
+		// Dead letters held back with none after them to log them.
+		p.logDLQ(nil)
 	}
 }
 

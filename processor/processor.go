@@ -189,11 +189,15 @@ type Processor struct {
 	// lag tracks, per partition read, its end and the next record not yet
 	// finished, for segmentd_consumer_lag_events.
 	lag lagTracker
-	// dlqLog is when the publish stage last logged dead letters, and how
-	// many it has sent since without a line.
+	// dlqLog is when the publish stage last logged dead letters, how many
+	// it has sent since without a line, and the reason and source of the
+	// latest batch of those. The lag loop and the end of Run log the ones
+	// held back when no later dead letter comes to do it.
 	dlqLog struct {
-		at   time.Time
-		held int
+		sync.Mutex
+		at             time.Time
+		held           int
+		reason, source string
 	}
 }
 
@@ -388,6 +392,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		close(toProject)
 		<-projected
 		<-published
+		p.flushDLQLog()
 		select {
 		case <-committed:
 		case <-work.Done():
@@ -1022,23 +1027,49 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 
 // logDLQ logs the dead letters of a batch, at most one line each
 // dlqLogEvery: the count since the last line, and the first reason and
-// source of this batch's.
+// source of this batch's. Called with none (a batch without dead letters,
+// the lag loop's tick), it logs those held back once dlqLogEvery has
+// passed since the last line, so that a dead letter sent within
+// dlqLogEvery of a line, with none after it, is still logged.
 func (p *Processor) logDLQ(dlq []Record) {
-	if len(dlq) == 0 {
+	l := &p.dlqLog
+	l.Lock()
+	defer l.Unlock()
+	if len(dlq) > 0 {
+		h := map[string]string{}
+		for _, x := range dlq[0].Headers {
+			h[x.Key] = string(x.Value)
+		}
+		l.held += len(dlq)
+		l.reason = h["segmentd-error"]
+		l.source = h["segmentd-source-topic"] + "/" + h["segmentd-source-partition"] + "@" + h["segmentd-source-offset"]
+	}
+	if l.held == 0 {
 		return
 	}
-	l := &p.dlqLog
-	l.held += len(dlq)
 	now := p.cfg.Now()
 	if !l.at.IsZero() && now.Sub(l.at) < dlqLogEvery {
 		return
 	}
-	h := map[string]string{}
-	for _, x := range dlq[0].Headers {
-		h[x.Key] = string(x.Value)
+	p.writeDLQLine(now)
+}
+
+// flushDLQLog logs the dead letters held back, whenever the last line was
+// (at the end of Run: the process may be about to exit).
+func (p *Processor) flushDLQLog() {
+	l := &p.dlqLog
+	l.Lock()
+	defer l.Unlock()
+	if l.held > 0 {
+		p.writeDLQLine(p.cfg.Now())
 	}
-	p.cfg.Logger.Warn("events sent to the DLQ", "count", l.held, "topic", p.cfg.DLQTopic, "first_reason", h["segmentd-error"],
-		"first_source", h["segmentd-source-topic"]+"/"+h["segmentd-source-partition"]+"@"+h["segmentd-source-offset"])
+}
+
+// writeDLQLine writes the line of the dead letters held; dlqLog is locked.
+func (p *Processor) writeDLQLine(now time.Time) {
+	l := &p.dlqLog
+	p.cfg.Logger.Warn("events sent to the DLQ", "count", l.held, "topic", p.cfg.DLQTopic, "first_reason", l.reason,
+		"first_source", l.source)
 	l.at, l.held = now, 0
 }
 
