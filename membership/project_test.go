@@ -186,3 +186,32 @@ func TestProjectManyChanges(t *testing.T) {
 		}
 	})
 }
+
+// TestProjectOverDamagedRevision: a user's revision in a segment's
+// revisions hash that is not a number (written by hand) counts as none: a
+// projection repairs it, where it used to fail every batch that projected
+// onto the segment, and ProjectedRevisions answers -1 for it.
+func TestProjectOverDamagedRevision(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		users := membership.NewUsers(rdb)
+		if err := rdb.HSet(ctx, membership.SegmentRevisionsKey(org, "s"), "u1", "garbage").Err(); err != nil {
+			t.Fatal(err)
+		}
+		c := events.Change{OrgID: org, SegmentID: "s", UserID: "u1", Entered: true}
+		revs, err := users.ProjectedRevisions(ctx, []events.Change{c})
+		if err != nil || len(revs) != 1 || revs[0] != -1 {
+			t.Fatalf("ProjectedRevisions = %v, %v; want [-1]", revs, err)
+		}
+		if _, err := users.Project(ctx, []membership.Projection{{Change: c, Rev: 3}, {Change: events.Change{OrgID: org, SegmentID: "s", UserID: "u2", Entered: true}, Rev: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, "s")), ","); got != "u1,u2" {
+			t.Errorf("members = %q, want u1,u2", got)
+		}
+		if got := rdb.HGet(ctx, membership.SegmentRevisionsKey(org, "s"), "u1").Val(); got != "3" {
+			t.Errorf("u1's revision = %q, want 3", got)
+		}
+	})
+}

@@ -570,7 +570,9 @@ for i = 1, #ARGV, 3 do
 end
 if #users == 0 then return 0 end
 local revs = call('HMGET', KEYS[2], users)
-for j = 1, #users do cur[users[j]] = tonumber(revs[j] or '-1') end
+-- A revision that is not a number (a key written by hand) counts as none,
+-- so that the next decision repairs it rather than every batch failing.
+for j = 1, #users do cur[users[j]] = tonumber(revs[j] or '-1') or -1 end
 local final, n = {}, 0
 for i = 1, #ARGV, 3 do
   local user, rev, op = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
@@ -638,10 +640,14 @@ func (u *Users) ProjectedRevisions(ctx context.Context, cs []events.Change) ([]i
 			i := r.at[n]
 			out[i] = -1
 			if s, ok := v.(string); ok {
-				var err error
-				if out[i], err = strconv.ParseInt(s, 10, 64); err != nil {
-					return nil, fmt.Errorf("revision of %s in %s/%s: %w", cs[i].UserID, ref.OrgID, ref.SegmentID, err)
+				rev, err := strconv.ParseInt(s, 10, 64)
+				if err != nil {
+					// As Project counts it (a key written by hand):
+					// none, until the next decision repairs it.
+					u.log.Warn("segment revision unreadable: taken for none", "key", SegmentRevisionsKey(ref.OrgID, ref.SegmentID), "err", err)
+					continue
 				}
+				out[i] = rev
 			}
 		}
 	}
