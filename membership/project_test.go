@@ -3,6 +3,7 @@ package membership_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -204,14 +205,68 @@ func TestProjectOverDamagedRevision(t *testing.T) {
 		if err != nil || len(revs) != 1 || revs[0] != -1 {
 			t.Fatalf("ProjectedRevisions = %v, %v; want [-1]", revs, err)
 		}
-		if _, err := users.Project(ctx, []membership.Projection{{Change: c, Rev: 3}, {Change: events.Change{OrgID: org, SegmentID: "s", UserID: "u2", Entered: true}, Rev: 1}}); err != nil {
-			t.Fatal(err)
+		// A call of a few projections, and one of many (see projectScript).
+		for _, n := range []int{2, 20} {
+			seg := fmt.Sprintf("s%d", n)
+			if err := rdb.HSet(ctx, membership.SegmentRevisionsKey(org, seg), "u1", "garbage").Err(); err != nil {
+				t.Fatal(err)
+			}
+			ps := []membership.Projection{{Change: events.Change{OrgID: org, SegmentID: seg, UserID: "u1", Entered: true}, Rev: 3}}
+			for i := 2; i <= n; i++ {
+				ps = append(ps, membership.Projection{Change: events.Change{OrgID: org, SegmentID: seg, UserID: fmt.Sprintf("u%d", i), Entered: true}, Rev: 1})
+			}
+			if _, err := users.Project(ctx, ps); err != nil {
+				t.Fatal(err)
+			}
+			if got := rdb.SCard(ctx, membership.SegmentMembersKey(org, seg)).Val(); got != int64(n) {
+				t.Errorf("%d projections: %d members, want %d", n, got, n)
+			}
+			if got := rdb.HGet(ctx, membership.SegmentRevisionsKey(org, seg), "u1").Val(); got != "3" {
+				t.Errorf("%d projections: u1's revision = %q, want 3", n, got)
+			}
 		}
-		if got := strings.Join(testenv.SMembers(t, rdb, membership.SegmentMembersKey(org, "s")), ","); got != "u1,u2" {
-			t.Errorf("members = %q, want u1,u2", got)
-		}
-		if got := rdb.HGet(ctx, membership.SegmentRevisionsKey(org, "s"), "u1").Val(); got != "3" {
-			t.Errorf("u1's revision = %q, want 3", got)
+	})
+}
+
+// TestProjectInOneCallOrOneByOne: projections onto a segment decide the
+// same whether they come in one call (decided in Lua, written in a few
+// commands) or one call each (written one by one): the newest revision
+// wins, equal revisions apply in order, probes write nothing.
+func TestProjectInOneCallOrOneByOne(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		users := membership.NewUsers(rdb)
+		rnd := rand.New(rand.NewPCG(7, 7))
+		for trial := range 20 {
+			together, alone := fmt.Sprintf("together%d", trial), fmt.Sprintf("alone%d", trial)
+			var ps []membership.Projection
+			for range 5 + rnd.IntN(60) {
+				p := membership.Projection{Change: events.Change{OrgID: org, SegmentID: together, UserID: fmt.Sprintf("u%d", rnd.IntN(12)), Entered: rnd.IntN(2) == 0},
+					Rev: int64(rnd.IntN(6)), Probe: rnd.IntN(8) == 0}
+				ps = append(ps, p)
+			}
+			if _, err := users.Project(ctx, ps); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range ps {
+				p.Change.SegmentID = alone
+				if _, err := users.Project(ctx, []membership.Projection{p}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, key := range []func(org, seg string) string{membership.SegmentMembersKey, membership.SegmentRevisionsKey} {
+				a, b := key(org, together), key(org, alone)
+				var got, want string
+				if key(org, "x") == membership.SegmentMembersKey(org, "x") {
+					got, want = strings.Join(testenv.SMembers(t, rdb, a), ","), strings.Join(testenv.SMembers(t, rdb, b), ",")
+				} else {
+					got, want = fmt.Sprint(rdb.HGetAll(ctx, a).Val()), fmt.Sprint(rdb.HGetAll(ctx, b).Val())
+				}
+				if got != want {
+					t.Errorf("trial %d: %s = %s in one call, %s = %s one by one", trial, a, got, b, want)
+				}
+			}
 		}
 	})
 }

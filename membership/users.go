@@ -530,10 +530,10 @@ const deletedRevisionsTTL = time.Hour
 // each of the users had there before the deletion (user, revision pairs,
 // only users with one; see Deletions).
 //
-// A call decides in Lua what each user ends with and then writes it in a
-// few variadic commands: a Redis call made from a script costs about as
-// much as the command itself, and three of them for every user were half
-// of a backfill's Redis time. A command takes at most 1,000 arguments (an
+// A call of more than a few projections decides in Lua what each user ends
+// with and then writes it in a few variadic commands: a Redis call made
+// from a script costs about as much as the command itself, and three of
+// them for every user were half of a backfill's Redis time. A command takes at most 1,000 arguments (an
 // even number, for field and value pairs), far within what unpack can
 // pass.
 var projectScript = redis.NewScript(`
@@ -547,6 +547,25 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
     end
   end
   return out
+end
+-- A revision that is not a number (a key written by hand) counts as none,
+-- so that the next decision repairs it rather than every batch failing.
+if #ARGV <= 3 * 4 then
+  -- A few projections (the stream's usual call: a batch's one or two
+  -- changes of a segment) cost less one by one than by the tables below.
+  local n = 0
+  for i = 1, #ARGV, 3 do
+    local user, rev, op = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+    if op ~= 'p' then
+      local cur = tonumber(redis.call('HGET', KEYS[2], user) or '-1') or -1
+      if rev >= cur then
+        redis.call('HSET', KEYS[2], user, rev)
+        if op == '1' then redis.call('SADD', KEYS[1], user) else redis.call('SREM', KEYS[1], user) end
+        n = n + 1
+      end
+    end
+  end
+  return n
 end
 -- call runs cmd on key with args, 1000 at a time, and returns the replies
 -- end to end.
@@ -570,8 +589,6 @@ for i = 1, #ARGV, 3 do
 end
 if #users == 0 then return 0 end
 local revs = call('HMGET', KEYS[2], users)
--- A revision that is not a number (a key written by hand) counts as none,
--- so that the next decision repairs it rather than every batch failing.
 for j = 1, #users do cur[users[j]] = tonumber(revs[j] or '-1') or -1 end
 local final, n = {}, 0
 for i = 1, #ARGV, 3 do
