@@ -29,6 +29,8 @@ type lagPart struct {
 	// behind is when its end was first seen past next, zero while it is
 	// caught up.
 	behind time.Time
+	// under counts the answers running that put its end below next.
+	under int
 }
 
 // lagForget is how long a partition is tracked after its last fetch while
@@ -82,18 +84,31 @@ func (l *lagTracker) finished(rs []Record) {
 	}
 }
 
-// ends records the partitions' ends as asked for.
-func (l *lagTracker) ends(topic string, ends map[int]int64) {
+// ends records the partitions' ends as asked for, and returns the
+// partitions whose end was below the records already finished there in
+// this answer and the one before: the topic started over (deleted and
+// created again).
+func (l *lagTracker) ends(topic string, ends map[int]int64) (startedOver []int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for part, end := range ends {
 		if lp := l.parts[partitionOf{topic, part}]; lp != nil {
+			// Twice running (lagInterval apart): a new leader's end can
+			// lag for a moment behind what its predecessor served.
+			if end < lp.next {
+				if lp.under++; lp.under >= 2 {
+					startedOver = append(startedOver, part)
+				}
+			} else {
+				lp.under = 0
+			}
 			lp.end = max(lp.end, end)
 			if lp.end > lp.next && lp.behind.IsZero() {
 				lp.behind = l.checked
 			}
 		}
 	}
+	return startedOver
 }
 
 // partitions returns the partitions tracked, by topic, and forgets those
@@ -162,8 +177,16 @@ func (p *Processor) lagLoop(ctx context.Context) {
 				qctx, cancel := context.WithTimeout(ctx, lagInterval)
 				ends, err := eo.EndOffsets(qctx, topic, parts)
 				cancel()
-				if err == nil {
-					p.lag.ends(topic, ends)
+				if err != nil {
+					continue
+				}
+				if over := p.lag.ends(topic, ends); len(over) > 0 {
+					// kafka-go goes on asking for the old topic's offsets,
+					// past the new one's end, and waits there without an
+					// error: nothing would say that no event is read.
+					if !p.startedOver.Swap(true) {
+						p.cfg.Logger.Error("topic started over (deleted and created again): its events are not read; restart every instance", "topic", topic, "partitions", over)
+					}
 				}
 			}
 		} else {

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -172,6 +173,25 @@ func TestLagOfMovedPartitionOnQuietInstance(t *testing.T) {
 		}
 		if got := l.total(); got > 0 && i >= 4 {
 			t.Fatalf("%v after the move: lag %d, want 0 (nothing is behind on this instance)", time.Duration(i)*lagInterval, got)
+		}
+	}
+}
+
+// TestLagTopicStartedOver: a partition's end below the records finished
+// there, in two answers running, is a topic that started over; one such
+// answer alone (a new leader's end lagging for a moment) is not.
+func TestLagTopicStartedOver(t *testing.T) {
+	l := lagTracker{parts: map[partitionOf]*lagPart{}}
+	now := time.Unix(1_700_000_000, 0)
+	rs := []Record{{Topic: "p", Partition: 0, Offset: 40, HighWaterMark: 41}}
+	l.fetched(rs, now)
+	l.finished(rs)
+	for i, tc := range []struct {
+		end  int64
+		want []int
+	}{{10, nil}, {41, nil}, {10, nil}, {12, []int{0}}, {12, []int{0}}} {
+		if got := l.ends("p", map[int]int64{0: tc.end}); !slices.Equal(got, tc.want) {
+			t.Errorf("answer %d (end %d): started over %v, want %v", i, tc.end, got, tc.want)
 		}
 	}
 }

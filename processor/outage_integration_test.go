@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
@@ -85,4 +86,47 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal("processor not healthy 30 s after Redis came back")
 	}
 	r.verifyClean(t)
+}
+
+// TestProfileTopicStartedOver deletes the profile topic under a running
+// processor and creates it again. kafka-go goes on reading each partition
+// at the old topic's offsets, past the new topic's end, and waits there
+// without an error: the processor must notice (a partition's end below
+// what it finished) and report itself unhealthy, rather than answer ready
+// while no event is read; and once restarted, it reads the new topic from
+// its beginning, with no event of it skipped.
+func TestProfileTopicStartedOver(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	stop := r.start(t)
+	var vals []string
+	for i := range 60 {
+		vals = append(vals, fmt.Sprintf(`{"eventId":"a%d","type":"profile.created","orgId":"%s","userId":"u%d","version":1,"profile":{"points":1}}`, i, r.org, i))
+	}
+	r.produce(t, vals...)
+	r.waitCommitted(t, 60)
+
+	cl := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
+	if _, err := cl.DeleteTopics(context.Background(), &kafka.DeleteTopicsRequest{Topics: []string{r.profile}}); err != nil {
+		t.Fatal(err)
+	}
+	if !testenv.Eventually(30*time.Second, func() bool {
+		_, err := kafkaio.Partitions(context.Background(), r.brokers, r.profile)
+		return err != nil
+	}) {
+		t.Fatal("profile topic still there 30 s after its deletion")
+	}
+	testenv.CreateTopic(t, r.brokers, r.profile, 3)
+	vals = nil
+	for i := range 6 {
+		vals = append(vals, fmt.Sprintf(`{"eventId":"b%d","type":"profile.updated","orgId":"%s","userId":"u%d","version":2,"changes":{"points":5}}`, i, r.org, i))
+	}
+	r.produce(t, vals...)
+	if !testenv.Eventually(30*time.Second, func() bool { return !r.proc.Healthy() }) {
+		t.Fatal("the processor still reports itself healthy 30 s after its topic started over")
+	}
+	stop()
+	r.start(t)
+	for i := range 6 {
+		r.waitVersion(t, fmt.Sprintf("u%d", i), 2)
+	}
 }

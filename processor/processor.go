@@ -189,6 +189,9 @@ type Processor struct {
 	// lag tracks, per partition read, its end and the next record not yet
 	// finished, for segmentd_consumer_lag_events.
 	lag lagTracker
+	// startedOver is set once a topic read is seen to have started over
+	// (see lagLoop): the instance is unhealthy until it is restarted.
+	startedOver atomic.Bool
 	// dlqLog is when the publish stage last logged dead letters, how many
 	// it has sent since without a line, and the reason and source of the
 	// latest batch of those. The lag loop and the end of Run log the ones
@@ -310,8 +313,12 @@ func (p *Processor) UnfinishedSince() time.Time {
 }
 
 // Healthy reports false while a batch is failing and being retried, or has
-// been in one stage for longer than stallAfter.
+// been in one stage for longer than stallAfter, and once a topic read has
+// started over (see lagLoop).
 func (p *Processor) Healthy() bool {
+	if p.startedOver.Load() {
+		return false
+	}
 	if t := p.fetchFailed.Load(); t != 0 && time.Since(time.Unix(0, t)) < fetchFailureWindow {
 		return false
 	}
