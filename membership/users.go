@@ -759,7 +759,8 @@ func (u *Users) Project(ctx context.Context, ps []Projection) (Deletions, error)
 				// another type: it cannot take the projection, now or on
 				// any retry, and must not hold up every other segment's
 				// (the users' own sets are right; verify reports it).
-				u.log.Warn("segment set unreadable: projection skipped; repair the key", "key", calls[first+i].keys[0], "err", err)
+				// Either key may be the one of the wrong type: both named.
+				u.log.Warn("segment set unreadable: projection skipped; repair the key of the wrong type", "key", calls[first+i].keys[0], "revisions_key", calls[first+i].keys[1], "err", err)
 				continue
 			}
 			if err != nil {
