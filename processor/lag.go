@@ -20,6 +20,21 @@ type lagTracker struct {
 	// checked is when partitions was last called (the ends that follow
 	// it are as of then).
 	checked time.Time
+	// done keeps, for every partition whose records this processor
+	// finished, the offset after the last of them, however long ago: a
+	// partition's end never goes below it unless its topic started over,
+	// whoever owns the partition now. Unlike parts it is never forgotten,
+	// so that a partition quiet for lagForget before its topic is deleted
+	// and created again is still seen to start over (kafka-go fetches
+	// nothing from it then).
+	done map[partitionOf]*doneMark
+}
+
+// doneMark is a partition's offset after the records finished there, and
+// how many answers running put its end below it.
+type doneMark struct {
+	next  int64
+	under int
 }
 
 type lagPart struct {
@@ -29,8 +44,6 @@ type lagPart struct {
 	// behind is when its end was first seen past next, zero while it is
 	// caught up.
 	behind time.Time
-	// under counts the answers running that put its end below next.
-	under int
 }
 
 // lagForget is how long a partition is tracked after its last fetch while
@@ -73,14 +86,24 @@ func (l *lagTracker) fetched(rs []Record, now time.Time) {
 func (l *lagTracker) finished(rs []Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.done == nil {
+		l.done = map[partitionOf]*doneMark{}
+	}
 	var lp *lagPart
+	var dm *doneMark
 	for i, r := range rs {
 		if i == 0 || r.Partition != rs[i-1].Partition || r.Topic != rs[i-1].Topic {
-			lp = l.parts[partitionOf{r.Topic, r.Partition}]
+			k := partitionOf{r.Topic, r.Partition}
+			lp = l.parts[k]
+			if dm = l.done[k]; dm == nil {
+				dm = &doneMark{}
+				l.done[k] = dm
+			}
 		}
 		if lp != nil {
 			lp.next = max(lp.next, r.Offset+1)
 		}
+		dm.next = max(dm.next, r.Offset+1)
 	}
 }
 
@@ -92,16 +115,18 @@ func (l *lagTracker) ends(topic string, ends map[int]int64) (startedOver []int) 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for part, end := range ends {
-		if lp := l.parts[partitionOf{topic, part}]; lp != nil {
+		if dm := l.done[partitionOf{topic, part}]; dm != nil {
 			// Twice running (lagInterval apart): a new leader's end can
 			// lag for a moment behind what its predecessor served.
-			if end < lp.next {
-				if lp.under++; lp.under >= 2 {
+			if end < dm.next {
+				if dm.under++; dm.under >= 2 {
 					startedOver = append(startedOver, part)
 				}
 			} else {
-				lp.under = 0
+				dm.under = 0
 			}
+		}
+		if lp := l.parts[partitionOf{topic, part}]; lp != nil {
 			lp.end = max(lp.end, end)
 			if lp.end > lp.next && lp.behind.IsZero() {
 				lp.behind = l.checked
@@ -114,7 +139,9 @@ func (l *lagTracker) ends(topic string, ends map[int]int64) (startedOver []int) 
 // partitions returns the partitions tracked, by topic, and forgets those
 // behind and not fetched for lagMoved while others were (moved to another
 // instance), and those not fetched for lagForget that are caught up or
-// while the processor was not held up.
+// while the processor was not held up. Partitions forgotten whose records
+// were finished are returned too: their ends tell a topic that started
+// over (see ends), and count in no lag.
 func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -142,6 +169,11 @@ func (l *lagTracker) partitions(now time.Time, held bool) map[string][]int {
 			continue
 		}
 		out[k.topic] = append(out[k.topic], k.partition)
+	}
+	for k := range l.done {
+		if l.parts[k] == nil {
+			out[k.topic] = append(out[k.topic], k.partition)
+		}
 	}
 	return out
 }

@@ -195,3 +195,35 @@ func TestLagTopicStartedOver(t *testing.T) {
 		}
 	}
 }
+
+// TestLagTopicStartedOverAfterQuietMinute: a partition whose last event
+// was finished more than lagForget before its topic is deleted and
+// created again (a quiet topic, or a quiet partition of a busy one) is
+// still noticed as started over. The lag loop asks for the ends every
+// lagInterval throughout; kafka-go, waiting past the new topic's end,
+// fetches nothing from it.
+func TestLagTopicStartedOverAfterQuietMinute(t *testing.T) {
+	l := lagTracker{parts: map[partitionOf]*lagPart{}}
+	t0 := time.Unix(1_700_000_000, 0)
+	rs := []Record{{Topic: "p", Partition: 0, Offset: 40, HighWaterMark: 41}}
+	l.fetched(rs, t0)
+	l.finished(rs)
+	recreated := t0.Add(2 * time.Minute)
+	var over []int
+	for now := t0.Add(lagInterval); now.Before(recreated.Add(30 * time.Second)); now = now.Add(lagInterval) {
+		end := int64(41) // the old topic, quiet
+		if !now.Before(recreated) {
+			end = 12 // the new topic: a few events so far
+		}
+		for topic, parts := range l.partitions(now, false) {
+			ends := map[int]int64{}
+			for _, p := range parts {
+				ends[p] = end
+			}
+			over = append(over, l.ends(topic, ends)...)
+		}
+	}
+	if !slices.Equal(over, []int{0, 0, 0, 0, 0}) {
+		t.Fatalf("partition 0 quiet for 2 minutes, then its topic started over: reported %v over 30 s of answers, want it from the second answer on", over)
+	}
+}
