@@ -533,9 +533,9 @@ const deletedRevisionsTTL = time.Hour
 // A call of more than a few projections decides in Lua what each user ends
 // with and then writes it in a few variadic commands: a Redis call made
 // from a script costs about as much as the command itself, and three of
-// them for every user were half of a backfill's Redis time. A command takes at most 1,000 arguments (an
-// even number, for field and value pairs), far within what unpack can
-// pass.
+// them for every user were half of a backfill's Redis time. A command
+// takes at most 1,000 arguments (an even number, for field and value
+// pairs), far within what unpack can pass.
 var projectScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[3]) == 1 then
   local out = {-1}
