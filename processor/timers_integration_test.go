@@ -1098,20 +1098,7 @@ func (f *slowReadThenSlowSecondAmend) UserSegmentSets(ctx context.Context, org s
 func TestRetriedTimerEntryOfChangedSegmentIsPublished(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
-	flip := t0.Add(-time.Minute)
-	seg, fire := r.dueTimers(t, 2, flip)
-	// u1's flip is not due at the first round.
-	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(t0.Add(time.Hour).UnixMilli()), Member: "u1"}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	fire(unreachablePublisher{}, t0) // u0 written, not published
-	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
-		t.Fatal("the first round did not enter u0")
-	}
-	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(flip.UnixMilli()), Member: "u1"}).Err(); err != nil {
-		t.Fatal(err)
-	}
+	seg, t0 := r.unpublishedRoundThenAnotherFlip(t)
 	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
@@ -1160,17 +1147,7 @@ func (f *slowSupersededRead) ProjectedRevisions(ctx context.Context, cs []events
 func TestTimerRetryKeepsWhatItWroteWhenItsPassesRunOutOfTime(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
-	t0 := time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
-	flip := t0.Add(-time.Minute)
-	seg, fire := r.dueTimers(t, 2, flip)
-	// u1's flip is not due at the first round.
-	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(t0.Add(time.Hour).UnixMilli()), Member: "u1"}).Err(); err != nil {
-		t.Fatal(err)
-	}
-	fire(unreachablePublisher{}, t0) // u0 written, not published: its claim stays
-	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(flip.UnixMilli()), Member: "u1"}).Err(); err != nil {
-		t.Fatal(err)
-	}
+	seg, t0 := r.unpublishedRoundThenAnotherFlip(t)
 	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
 	if err := reg.Reload(ctx); err != nil {
 		t.Fatal(err)
@@ -1189,4 +1166,27 @@ func TestTimerRetryKeepsWhatItWroteWhenItsPassesRunOutOfTime(t *testing.T) {
 			t.Errorf("the topic gives %s %v, want entered", u, got)
 		}
 	}
+}
+
+// unpublishedRoundThenAnotherFlip: u0's flip into a relative-date segment
+// is written by a round that cannot publish (Kafka down; its claim stays,
+// for a retry after its lease), and u1's flip, not due at that round, is
+// due after it. It returns the segment and the round's instant.
+func (r *rig) unpublishedRoundThenAnotherFlip(t *testing.T) (seg string, t0 time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	t0 = time.Now().Add(-15 * time.Second).Truncate(time.Millisecond)
+	flip := t0.Add(-time.Minute)
+	seg, fire := r.dueTimers(t, 2, flip)
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(t0.Add(time.Hour).UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fire(unreachablePublisher{}, t0)
+	if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+		t.Fatal("the first round did not enter u0")
+	}
+	if err := r.rdb.ZAdd(ctx, membership.ScheduleKey(r.org), redis.Z{Score: float64(flip.UnixMilli()), Member: "u1"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return seg, t0
 }
