@@ -1472,6 +1472,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	roundEnd, _ := ctx.Deadline()
 	passCtx, stopPasses := context.WithDeadline(ctx, roundEnd.Add(-j.roundLimit/roundSettleShare))
 	defer stopPasses()
+	var passErr error
 	for _, id := range o.TimeIDs {
 		if len(pending[id]) == 0 {
 			continue
@@ -1494,20 +1495,26 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 				stuck[u] = true
 			}
 		} else if errors.Is(err, errChangedWhileDeciding) {
-			// Nothing more of this pass is written (what its users read
-			// before wrote is in later, settled below): the new criteria's
-			// backfill evaluates (and schedules) every user of the segment. The other
-			// segments' flips go on now rather than after the claims' lease.
+			// The pass wrote nothing of its own (what earlier attempts
+			// wrote, found in its users' outboxes, is in later): the new
+			// criteria's backfill evaluates (and schedules) every user of
+			// the segment. The other segments' flips go on now rather than
+			// after the claims' lease.
 			j.cfg.Logger.Info("timer pass skipped: the segment changed", "org", org, "segment", id)
 		} else if err != nil {
-			if serr := j.settleChanges(ctx, "", later.changes, later.projections, later.due); serr != nil {
-				j.cfg.Logger.Warn("timer round: written changes left to the claims' retry", "org", org, "changes", len(later.changes), "err", serr)
-			}
-			return 0, fmt.Errorf("segment %s: %w", id, err)
+			passErr = fmt.Errorf("segment %s: %w", id, err)
+			break
 		}
 	}
+	// What the passes wrote goes out even when one failed.
 	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due); err != nil {
-		return 0, err
+		if passErr == nil {
+			return 0, err
+		}
+		j.cfg.Logger.Warn("timer round: written changes left to the claims' retry", "org", org, "changes", len(later.changes), "err", err)
+	}
+	if passErr != nil {
+		return 0, passErr
 	}
 	if len(stuck) > 0 {
 		users = slices.DeleteFunc(users, func(u string) bool { return stuck[u] })

@@ -179,51 +179,42 @@ func TestLagOfMovedPartitionOnQuietInstance(t *testing.T) {
 
 // TestLagTopicStartedOver: a partition's end below the records finished
 // there, in two answers running, is a topic that started over; one such
-// answer alone (a new leader's end lagging for a moment) is not.
+// answer alone (a new leader's end lagging for a moment) is not. A
+// partition quiet for longer than lagForget before its topic is deleted
+// and created again (kafka-go, waiting past the new topic's end, fetches
+// nothing from it) is still asked for, and noticed.
 func TestLagTopicStartedOver(t *testing.T) {
-	l := lagTracker{parts: map[partitionOf]*lagPart{}}
-	now := time.Unix(1_700_000_000, 0)
-	rs := []Record{{Topic: "p", Partition: 0, Offset: 40, HighWaterMark: 41}}
-	l.fetched(rs, now)
-	l.finished(rs)
-	for i, tc := range []struct {
-		end  int64
-		want []int
-	}{{10, nil}, {41, nil}, {10, nil}, {12, []int{0}}, {12, []int{0}}} {
-		if got := l.ends("p", map[int]int64{0: tc.end}); !slices.Equal(got, tc.want) {
-			t.Errorf("answer %d (end %d): started over %v, want %v", i, tc.end, got, tc.want)
-		}
-	}
-}
-
-// TestLagTopicStartedOverAfterQuietMinute: a partition whose last event
-// was finished more than lagForget before its topic is deleted and
-// created again (a quiet topic, or a quiet partition of a busy one) is
-// still noticed as started over. The lag loop asks for the ends every
-// lagInterval throughout; kafka-go, waiting past the new topic's end,
-// fetches nothing from it.
-func TestLagTopicStartedOverAfterQuietMinute(t *testing.T) {
-	l := lagTracker{parts: map[partitionOf]*lagPart{}}
-	t0 := time.Unix(1_700_000_000, 0)
-	rs := []Record{{Topic: "p", Partition: 0, Offset: 40, HighWaterMark: 41}}
-	l.fetched(rs, t0)
-	l.finished(rs)
-	recreated := t0.Add(2 * time.Minute)
-	var over []int
-	for now := t0.Add(lagInterval); now.Before(recreated.Add(30 * time.Second)); now = now.Add(lagInterval) {
-		end := int64(41) // the old topic, quiet
-		if !now.Before(recreated) {
-			end = 12 // the new topic: a few events so far
-		}
-		for topic, parts := range l.partitions(now, false) {
-			ends := map[int]int64{}
-			for _, p := range parts {
-				ends[p] = end
+	for name, tc := range map[string]struct {
+		ends []int64 // the partition's end in the answers, lagInterval apart
+		want []int   // the partitions reported started over, all answers together
+	}{
+		"an end lagging for one answer": {ends: []int64{10, 41, 41}},
+		"a topic started over":          {ends: []int64{41, 10, 12, 12}, want: []int{0, 0}},
+		// 2 minutes quiet, then the new topic for 30 s.
+		"a quiet partition whose topic started over": {
+			ends: append(slices.Repeat([]int64{41}, int(2*time.Minute/lagInterval)), slices.Repeat([]int64{12}, 6)...),
+			want: []int{0, 0, 0, 0, 0},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := lagTracker{parts: map[partitionOf]*lagPart{}}
+			t0 := time.Unix(1_700_000_000, 0)
+			rs := []Record{{Topic: "p", Partition: 0, Offset: 40, HighWaterMark: 41}}
+			l.fetched(rs, t0)
+			l.finished(rs)
+			var over []int
+			for i, end := range tc.ends {
+				for topic, parts := range l.partitions(t0.Add(time.Duration(i+1)*lagInterval), false) {
+					ends := map[int]int64{}
+					for _, p := range parts {
+						ends[p] = end
+					}
+					over = append(over, l.ends(topic, ends)...)
+				}
 			}
-			over = append(over, l.ends(topic, ends)...)
-		}
-	}
-	if !slices.Equal(over, []int{0, 0, 0, 0, 0}) {
-		t.Fatalf("partition 0 quiet for 2 minutes, then its topic started over: reported %v over 30 s of answers, want it from the second answer on", over)
+			if !slices.Equal(over, tc.want) {
+				t.Errorf("ends %v: started over %v, want %v", tc.ends, over, tc.want)
+			}
+		})
 	}
 }
