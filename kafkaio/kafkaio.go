@@ -122,6 +122,47 @@ func (g *GroupReader) Close() error {
 	return g.r.Close()
 }
 
+// GroupOffsets reads a consumer group's committed offsets of a topic
+// without joining the group: the jobs' CommittedOffsets.
+type GroupOffsets struct {
+	brokers      []string
+	group, topic string
+}
+
+// NewGroupOffsets returns the reader of group's committed offsets of topic.
+func NewGroupOffsets(brokers []string, group, topic string) *GroupOffsets {
+	return &GroupOffsets{brokers: brokers, group: group, topic: topic}
+}
+
+// Committed returns the group's committed offset (the next record to
+// process) of each partition of the topic that has one.
+func (g *GroupOffsets) Committed(ctx context.Context) (map[int]int64, error) {
+	partitions, err := Partitions(ctx, g.brokers, g.topic)
+	if err != nil {
+		return nil, err
+	}
+	var resp *kafka.OffsetFetchResponse
+	err = withTopicTransport(ctx, g.brokers, g.topic, func(ctx context.Context, tr *kafka.Transport) (err error) {
+		req := &kafka.OffsetFetchRequest{GroupID: g.group, Topics: map[string][]int{g.topic: partitions}}
+		resp, err = (&kafka.Client{Addr: kafka.TCP(g.brokers...), Transport: tr}).OffsetFetch(ctx, req)
+		if err == nil && resp.Error != nil {
+			err = resp.Error
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("committed offsets of group %s: %w", g.group, err)
+	}
+	out := make(map[int]int64, len(partitions))
+	for _, p := range resp.Topics[g.topic] {
+		// A partition's error, or none committed (-1), tells nothing.
+		if p.Error == nil && p.CommittedOffset >= 0 {
+			out[p.Partition] = p.CommittedOffset
+		}
+	}
+	return out, nil
+}
+
 // Producer is the processor's Producer: it writes records through a
 // kafka-go writer (see NewWriter).
 type Producer struct {

@@ -85,6 +85,16 @@ func testProduceFetchCommit(t *testing.T, brokers []string) {
 			t.Errorf("partition %d: committed %d, want %d", p.Partition, p.CommittedOffset, want)
 		}
 	}
+	// The jobs read the same, from outside the group.
+	committed, err := kafkaio.NewGroupOffsets(brokers, group, topic).Committed(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range res.Topics[topic] {
+		if p.CommittedOffset >= 0 && committed[p.Partition] != p.CommittedOffset {
+			t.Errorf("Committed: partition %d at %d, want %d", p.Partition, committed[p.Partition], p.CommittedOffset)
+		}
+	}
 
 	// The headers went out as given: read the records without a group.
 	var headers int

@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -34,6 +35,14 @@ type AmendOutcome struct {
 	// found it: the entries of writes before it that may not be published
 	// yet (see Jobs).
 	Before []OutboxEntry
+	// Stored is, for an applied amend, the user's outbox as the amend left
+	// it, in its stored form: what DropPublished expects to find.
+	Stored string
+	// Applied is, for an applied amend that found an outbox, the stored
+	// position of the last profile event applied to the user (see
+	// UserState.Applied), which tells how far its stream entries may be
+	// unpublished.
+	Applied string
 }
 
 // AmendResult says what one Amend did.
@@ -55,19 +64,20 @@ const (
 // reply says whether the set already held it: the caller may have guessed
 // the membership from the member set), one write. It amends each user of
 // KEYS (profile hash, segment set) from its four ARGV: expected revision,
-// segment, 1|0, outbox entry; and replies with two values a user: the
-// outcome, and the outbox it found when it applied the change (an empty
-// string when it did not). A deletion moves the revision like any write,
+// segment, 1|0, outbox entry; and replies with three values a user: the
+// outcome, and the outbox and applied position it found when it applied
+// the change (empty strings when it did not, the position also when the
+// outbox was empty). A deletion moves the revision like any write,
 // and callers amend only users they read with a profile, so the revision
 // alone also catches a user deleted since the read.
 const amendScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
   local a = 2 * k - 1
-  local h = redis.call('HMGET', KEYS[k], 'r', 'o')
+  local h = redis.call('HMGET', KEYS[k], 'r', 'o', 'k')
   local rev = tonumber(h[1] or '0')
   local res = 0
-  local before = ''
+  local before, applied = '', ''
   if rev == tonumber(ARGV[a]) then
     local n
     if ARGV[a + 2] == '1' then n = redis.call('SADD', KEYS[k + 1], ARGV[a + 1]) else n = redis.call('SREM', KEYS[k + 1], ARGV[a + 1]) end
@@ -81,10 +91,12 @@ for k = 1, #KEYS, 2 do
       redis.call('HSET', KEYS[k], 'r', rev + 1, 'o', o .. ARGV[a + 3])
       res = 1
       before = o
+      if o ~= '' then applied = h[3] or '' end
     end
   end
   out[#out + 1] = res
   out[#out + 1] = before
+  out[#out + 1] = applied
 end
 return out
 `
@@ -105,21 +117,89 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
 		calls[i] = scriptCall{keys: []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)},
 			args: []any{a.ExpectRev, a.SegmentID, in, string(entry)}}
 	}
-	res, err := u.runPerUser(ctx, amend, calls, 2)
-	for i := 0; i+1 < len(res); i += 2 {
+	res, err := u.runPerUser(ctx, amend, calls, 3)
+	for i := 0; i+2 < len(res); i += 3 {
 		n, _ := res[i].(int64)
-		o := &out[i/2]
+		o := &out[i/3]
+		o.Applied, _ = res[i+2].(string)
 		o.Result = AmendResult(n)
-		if before, _ := res[i+1].(string); before != "" {
+		before, _ := res[i+1].(string)
+		if before != "" {
 			// An outbox this package wrote; one it cannot read only hides
 			// what the caller would publish again.
 			o.Before, _ = DecodeOutbox(before)
+		}
+		if o.Result == AmendApplied {
+			o.Stored = before + calls[i/3].args[3].(string)
 		}
 	}
 	if err != nil {
 		return out, fmt.Errorf("amend: %w", err)
 	}
 	return out, nil
+}
+
+// OutboxDrop removes, from one user's outbox, entries whose changes are
+// published: a later writer of the user's segments then no longer takes
+// them for possibly unpublished and publishes them again.
+type OutboxDrop struct {
+	// OrgID and UserID name the user.
+	OrgID, UserID string
+	// Stored is the outbox the drop expects to find (AmendOutcome.Stored).
+	// When another write replaced it since, nothing is removed: the entries
+	// that write kept are published again by whoever flips from them, a
+	// repeat, not a loss.
+	Stored string
+	// Published reports the entries to remove.
+	Published func(OutboxEntry) bool
+}
+
+// The script replaces each user's outbox (KEYS: the profile hashes) by the
+// second of its ARGV pair when it is still the first, and replies 1 when
+// it did, else 0. It leaves the revision alone: the outbox then says the
+// same of every change but that it may be unpublished, and a writer that
+// read the user before keeps its compare-and-set (and its cached state).
+const dropScript = `
+local out = {}
+for k = 1, #KEYS do
+  if (redis.call('HGET', KEYS[k], 'o') or '') == ARGV[2 * k - 1] then
+    redis.call('HSET', KEYS[k], 'o', ARGV[2 * k])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+`
+
+var dropPublished = redis.NewScript(dropScript)
+
+// DropPublished applies each drop that finds something to remove, in one
+// pipelined round trip, and returns how many outboxes it changed.
+func (u *Users) DropPublished(ctx context.Context, ds []OutboxDrop) (int, error) {
+	var calls []scriptCall
+	for _, d := range ds {
+		es, err := DecodeOutbox(d.Stored)
+		if err != nil || len(es) == 0 || d.Stored[0] == '[' {
+			continue // not what Amend writes: left as it is
+		}
+		kept := slices.DeleteFunc(slices.Clone(es), d.Published)
+		if len(kept) == len(es) {
+			continue
+		}
+		calls = append(calls, scriptCall{keys: []string{ProfileKey(d.OrgID, d.UserID)}, args: []any{d.Stored, string(AppendOutbox(nil, kept))}})
+	}
+	res, err := u.runPerUser(ctx, dropPublished, calls, 1)
+	n := 0
+	for _, r := range res {
+		if v, _ := r.(int64); v == 1 {
+			n++
+		}
+	}
+	if err != nil {
+		return n, fmt.Errorf("drop published outbox entries: %w", err)
+	}
+	return n, nil
 }
 
 // SegmentView is a user's state as seen for one segment.
@@ -135,6 +215,9 @@ type SegmentView struct {
 	// Outbox is the user's outbox, read only when ViewFields.Outbox asks for
 	// it.
 	Outbox []OutboxEntry
+	// Applied is the stored position of the last profile event applied to
+	// the user (see UserState.Applied), read with the outbox.
+	Applied string
 	// Unreadable, when not nil, says why the stored state could not be
 	// decoded; the other fields are then unset.
 	Unreadable error
@@ -156,7 +239,7 @@ type ViewFields struct {
 func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f ViewFields) ([]SegmentView, error) {
 	fields := []string{"r", "p"}
 	if f.Outbox {
-		fields = append(fields, "o")
+		fields = append(fields, "o", "k")
 	}
 	pipe := u.rdb.Pipeline()
 	hm := make([]*redis.SliceCmd, len(users))
@@ -192,7 +275,7 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 			out[i] = SegmentView{UserID: user, Unreadable: unreadable(org, user, err)}
 			continue
 		}
-		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i] != nil && is[i].Val(), Outbox: st.Outbox}
+		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i] != nil && is[i].Val(), Outbox: st.Outbox, Applied: field(h, 3)}
 		if !st.Deleted {
 			v.Profile = st.Profile
 		}

@@ -120,3 +120,86 @@ func TestAmendMany(t *testing.T) {
 		}
 	})
 }
+
+// TestDropPublished: a drop removes the entries it is told are published
+// from the outbox an amend left, keeps the others and the revision, and
+// removes nothing from an outbox written since the amend; a call of many
+// users (several a script call on a single Redis) drops each user's own.
+func TestDropPublished(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		users := membership.NewUsers(rdb)
+		profile := segment.AppendProfile(nil, segment.NewProfile(map[string]any{"points": 1.0}))
+		stream := membership.OutboxEntry{EventID: "e1", Version: 1, Rev: 1, AtMillis: 1_700_000_000_000,
+			Changes: []membership.OutboxChange{{SegmentID: "a", Entered: true}}}
+		const n = 150
+		ws := make([]membership.UserWrite, n)
+		as := make([]membership.Amend, n)
+		refs := make([]membership.UserRef, n)
+		for i := range n {
+			id := fmt.Sprintf("u%03d", i)
+			refs[i] = membership.UserRef{OrgID: org, UserID: id}
+			ws[i] = membership.UserWrite{OrgID: org, UserID: id, Version: 1, Profile: profile, Outbox: []membership.OutboxEntry{stream}}
+			as[i] = membership.Amend{OrgID: org, UserID: id, SegmentID: "t", ExpectRev: 1, Entered: true,
+				Entry: membership.OutboxEntry{EventID: "time:t:" + id, CauseType: "time", Rev: 2, AtMillis: 1_700_000_001_000,
+					Changes: []membership.OutboxChange{{SegmentID: "t", Entered: true}}}}
+		}
+		if _, err := users.Write(ctx, ws); err != nil {
+			t.Fatal(err)
+		}
+		got, err := users.Amend(ctx, as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if got[i].Result != membership.AmendApplied {
+				t.Fatalf("user %d: amend %v", i, got[i].Result)
+			}
+			want := string(membership.AppendOutbox(nil, []membership.OutboxEntry{stream, as[i].Entry}))
+			if got[i].Stored != want {
+				t.Fatalf("user %d: stored %q, want %q", i, got[i].Stored, want)
+			}
+		}
+		// u000 is written again after its amend: its drop finds another outbox.
+		if _, err := users.Write(ctx, []membership.UserWrite{{OrgID: org, UserID: "u000", ExpectRev: 2, Version: 2, Profile: profile,
+			Outbox: []membership.OutboxEntry{as[0].Entry}}}); err != nil {
+			t.Fatal(err)
+		}
+		drops := make([]membership.OutboxDrop, n)
+		for i := range n {
+			eventID := as[i].Entry.EventID
+			if i%2 == 1 {
+				eventID = "time:t:other" // another user's change: nothing of this one's is published
+			}
+			drops[i] = membership.OutboxDrop{OrgID: org, UserID: refs[i].UserID, Stored: got[i].Stored,
+				Published: func(e membership.OutboxEntry) bool { return e.EventID == eventID }}
+		}
+		changed, err := users.DropPublished(ctx, drops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := n/2 - 1; changed != want {
+			t.Errorf("%d outboxes changed, want %d", changed, want)
+		}
+		states, err := users.Load(ctx, refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, st := range states {
+			var want []membership.OutboxEntry
+			wantRev := int64(2)
+			switch {
+			case i == 0:
+				want, wantRev = []membership.OutboxEntry{as[0].Entry}, 3
+			case i%2 == 1:
+				want = []membership.OutboxEntry{stream, as[i].Entry}
+			default:
+				want = []membership.OutboxEntry{stream}
+			}
+			if !reflect.DeepEqual(st.Outbox, want) || st.Rev != wantRev || len(st.Segments) != 1 {
+				t.Errorf("user %d: outbox %+v, rev %d, segments %v; want %+v, rev %d, [t]", i, st.Outbox, st.Rev, st.Segments, want, wantRev)
+			}
+		}
+	})
+}

@@ -145,3 +145,42 @@ func TestRepeated(t *testing.T) {
 		})
 	}
 }
+
+// TestUnpublishedStream: a job takes a stream entry for possibly
+// unpublished while it is recent, unless the user's last applied event is
+// below its partition's committed offset; a job's entry whatever its age
+// and what it owns never.
+func TestUnpublishedStream(t *testing.T) {
+	now := t0
+	u := unpublishedStream{from: now.Add(-membership.ReplayWindow), topic: topicHash("profiles"), committed: map[int]int64{2: 101, 3: 50}}
+	recent := membership.OutboxEntry{EventID: "e1", AtMillis: now.Add(-time.Minute).UnixMilli()}
+	old := membership.OutboxEntry{EventID: "e0", AtMillis: now.Add(-3 * time.Minute).UnixMilli()}
+	job := membership.OutboxEntry{EventID: "time:s:1", CauseType: events.CauseTime, AtMillis: old.AtMillis}
+	none := func(membership.OutboxEntry) bool { return false }
+	for name, tc := range map[string]struct {
+		applied string
+		own     func(membership.OutboxEntry) bool
+		unread  bool    // no committed offsets read
+		want    [3]bool // recent, old, job
+	}{
+		"below the committed offset":   {at("profiles", 2, 100, t0).String(), none, false, [3]bool{false, false, true}},
+		"at the committed offset":      {at("profiles", 2, 101, t0).String(), none, false, [3]bool{true, false, true}},
+		"another partition, not below": {at("profiles", 3, 60, t0).String(), none, false, [3]bool{true, false, true}},
+		"a partition never committed":  {at("profiles", 7, 0, t0).String(), none, false, [3]bool{true, false, true}},
+		"another topic":                {at("other", 2, 1, t0).String(), none, false, [3]bool{true, false, true}},
+		"no stored position":           {"", none, false, [3]bool{true, false, true}},
+		"own entries are never taken":  {"", func(e membership.OutboxEntry) bool { return true }, false, [3]bool{false, false, false}},
+		"offsets unknown (never read)": {at("profiles", 2, 1, t0).String(), none, true, [3]bool{true, false, true}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			v := u
+			if tc.unread {
+				v.committed = nil
+			}
+			take := v.take(tc.applied, tc.own)
+			if got := [3]bool{take(recent), take(old), take(job)}; got != tc.want {
+				t.Errorf("takes recent, old, job entry: %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -26,3 +26,6 @@ func (j *Jobs) RefreshEstimates(ctx context.Context) { j.refreshEstimates(ctx) }
 func (m *Metrics) ObserveLatency(occurred, fetched, now time.Time) {
 	m.observeLatency(occurred, fetched, now)
 }
+
+// CommittedRefresh is how often the jobs read the committed offsets.
+const CommittedRefresh = committedRefresh

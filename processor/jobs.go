@@ -33,6 +33,10 @@ type JobUsers interface {
 	// Amend applies each change atomically per user and reports the outcome
 	// of each.
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
+	// DropPublished removes published entries from the outboxes that
+	// amends left, where no write replaced them since, and returns how many
+	// outboxes it changed.
+	DropPublished(ctx context.Context, ds []membership.OutboxDrop) (int, error)
 	// Project mirrors membership changes onto the public per-segment sets,
 	// idempotently, and returns the segments it found deleted (see
 	// membership.Deletions).
@@ -185,6 +189,15 @@ type ChangePublisher interface {
 	Publish(ctx context.Context, changes []events.Change) error
 }
 
+// CommittedOffsets reads how far the processors' consumer group has
+// committed the profile topic.
+type CommittedOffsets interface {
+	// Committed returns the committed offset (the next record to process)
+	// of each partition of the profile topic that has one. The stream
+	// commits a record once its changes are published.
+	Committed(ctx context.Context) (map[int]int64, error)
+}
+
 // JobsConfig wires Jobs.
 type JobsConfig struct {
 	// InstanceID names this instance in the heartbeat and in the owners of
@@ -213,6 +226,15 @@ type JobsConfig struct {
 	// AppliedRevision the heartbeat reports; nil reports the registry's
 	// revision.
 	Processor *Processor
+	// Committed, when not nil, reads the consumer group's committed offsets
+	// of ProfileTopic: a job's change then publishes again no change of the
+	// stream that the user's last applied profile event, below its
+	// partition's committed offset, shows published (see
+	// unpublishedStream). Nil takes every recent one for possibly
+	// unpublished.
+	Committed CommittedOffsets
+	// ProfileTopic is the topic whose offsets Committed reads.
+	ProfileTopic string
 	// Metrics counts the membership changes the jobs publish; nil counts nothing.
 	Metrics *Metrics
 	// EstimateInterval is how often each segment's estimatedSize is refreshed
@@ -262,6 +284,12 @@ type Jobs struct {
 	// reports the oldest, so that the revision gate of a change waits for
 	// work that the change makes stale to stop.
 	inForce map[*heldRevision]struct{}
+	// committed is the consumer group's committed offsets as last read.
+	committed struct {
+		sync.Mutex
+		offsets map[int]int64
+		read    time.Time
+	}
 }
 
 // errSuperseded stops a backfill whose segment changed criteria or is being
@@ -421,6 +449,40 @@ func (j *Jobs) unpublishedFrom(now time.Time) time.Time {
 	}
 	return from
 }
+
+// unpublished returns what tells, as seen at now, the stream entries that
+// may still be unpublished: those decided from unpublishedFrom on, unless
+// the user's last applied event is below its partition's committed offset
+// (read at most once each committedRefresh).
+func (j *Jobs) unpublished(ctx context.Context, now time.Time) unpublishedStream {
+	u := unpublishedStream{from: j.unpublishedFrom(now)}
+	if j.cfg.Committed == nil {
+		return u
+	}
+	c := &j.committed
+	c.Lock()
+	defer c.Unlock()
+	if time.Since(c.read) >= committedRefresh {
+		// A failed read keeps the offsets read before: each still tells
+		// what was published then.
+		rctx, cancel := context.WithTimeout(ctx, committedRefresh)
+		offsets, err := j.cfg.Committed.Committed(rctx)
+		cancel()
+		c.read = time.Now()
+		if err == nil {
+			c.offsets = offsets
+		} else if ctx.Err() == nil {
+			j.cfg.Logger.Debug("committed offsets unread; stream changes taken by their age", "err", err)
+		}
+	}
+	u.topic, u.committed = topicHash(j.cfg.ProfileTopic), c.offsets
+	return u
+}
+
+// committedRefresh is how often the jobs read the committed offsets, at
+// most: a stream batch is committed within milliseconds of its
+// publication, and a timer flips a user seconds after its event.
+const committedRefresh = 250 * time.Millisecond
 
 func (j *Jobs) beat(ctx context.Context) {
 	rev := int64(0)
@@ -948,6 +1010,9 @@ type settlement struct {
 	changes     []events.Change
 	projections []membership.Projection
 	due         []membership.Due
+	// stored is, by user, the outbox the passes' last amend of the user
+	// left (see membership.AmendOutcome.Stored).
+	stored map[string]string
 }
 
 func (s *settlement) add(changes []events.Change, projections []membership.Projection, due []membership.Due) {
@@ -982,7 +1047,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// that the compare-and-set finds current. What is written after
 		// the read is caught by the compare-and-set.
 		now := j.cfg.Now()
-		unpublishedFrom := j.unpublishedFrom(now) // once a round, not per changed user
+		unpublished := j.unpublished(ctx, now) // once a round, not per changed user
 		results := evaluateViews(p.cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
@@ -1028,7 +1093,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				for _, f := range found {
 					own = append(own, f.Change.Cause.EventID)
 				}
-				for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, mayBeUnpublished(unpublishedFrom, func(e membership.OutboxEntry) bool {
+				for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, first, entered, unpublished.take(v.Applied, func(e membership.OutboxEntry) bool {
 					return slices.Contains(own, e.EventID)
 				})) {
 					changes = append(changes, pc.Change)
@@ -1122,13 +1187,19 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChanges).
-			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, mayBeUnpublished(unpublishedFrom, skip)); len(pcs) > 0 {
+			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, unpublished.take(outcomes[i].Applied, skip)); len(pcs) > 0 {
 				raced = withoutRepeats(append(raced, pcs...))
 				slices.SortStableFunc(raced, func(a, b membership.Projection) int { return cmp.Compare(a.Rev, b.Rev) })
 			}
 			for _, r := range raced {
 				changes = append(changes, r.Change)
 				projections = append(projections, r)
+			}
+			if p.later != nil {
+				if p.later.stored == nil {
+					p.later.stored = map[string]string{}
+				}
+				p.later.stored[a.UserID] = outcomes[i].Stored
 			}
 			c := changeOf(org, a.UserID, seg, a.Entry, p.causeOf(a.UserID))
 			changes = append(changes, c)
@@ -1152,7 +1223,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// would remove the members without the exits decided here.
 		if p.later != nil {
 			p.later.add(changes, projections, due)
-		} else if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
+		} else if _, err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
 			return err
 		}
 		if changed != nil {
@@ -1182,16 +1253,18 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 
 // settleChanges projects and publishes changes already written, leaving
 // out those a deletion answered (see Deletions.Published), then stores
-// due, through failures that pass (see settle).
-func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) error {
+// due, through failures that pass (see settle). It returns the changes
+// it published.
+func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) ([]events.Change, error) {
+	var out []events.Change
 	published := false
-	return j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
+	err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
 		if !published {
 			deleted, err := j.cfg.Users.Project(ctx, projections)
 			if err != nil {
 				return err
 			}
-			out := changes
+			out = changes
 			if len(deleted) > 0 {
 				out = deleted.Published(changes, func(i int) int64 { return projections[i].Rev })
 			}
@@ -1203,6 +1276,48 @@ func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.C
 		}
 		return j.cfg.Schedules.Schedule(ctx, due)
 	})
+	if !published {
+		out = nil
+	}
+	return out, err
+}
+
+// dropPublished removes from the outboxes that a timer round's amends
+// left (stored, by user) the entries of jobs whose changes published
+// holds: kept, each would be published again by every later writer of
+// its segment that flips from it (see precedingChanges, racedChanges),
+// whatever its age, as one that may never have been published. Stream
+// entries stay (the stream's batches keep their own), and so does an
+// outbox written since the amend. A failure costs only those repeats.
+func (j *Jobs) dropPublished(ctx context.Context, org string, stored map[string]string, published []events.Change) {
+	if len(stored) == 0 || len(published) == 0 {
+		return
+	}
+	type change struct {
+		user, eventID, seg string
+		entered            bool
+	}
+	out := make(map[change]bool, len(published))
+	for _, c := range published {
+		out[change{c.UserID, c.Cause.EventID, c.SegmentID, c.Entered}] = true
+	}
+	drops := make([]membership.OutboxDrop, 0, len(stored))
+	for user, outbox := range stored {
+		drops = append(drops, membership.OutboxDrop{OrgID: org, UserID: user, Stored: outbox, Published: func(e membership.OutboxEntry) bool {
+			if streamEntry(e) || len(e.Changes) == 0 {
+				return false
+			}
+			for _, c := range e.Changes {
+				if !out[change{user, e.EventID, c.SegmentID, c.Entered}] {
+					return false
+				}
+			}
+			return true
+		}})
+	}
+	if _, err := j.cfg.Users.DropPublished(ctx, drops); err != nil && ctx.Err() == nil {
+		j.cfg.Logger.Warn("timer round: published entries left in outboxes (published again by later writers)", "org", org, "err", err)
+	}
 }
 
 // stillChanging reports the users whose compare-and-set lost to their
@@ -1507,7 +1622,9 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		}
 	}
 	// What the passes wrote goes out even when one failed.
-	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due); err != nil {
+	published, err := j.settleChanges(ctx, "", later.changes, later.projections, later.due)
+	j.dropPublished(ctx, org, later.stored, published)
+	if err != nil {
 		if passErr == nil {
 			return 0, err
 		}
@@ -1523,14 +1640,14 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err != nil {
 		return 0, err
 	}
-	if changes, projections, retried := orphanTimerChanges(org, o, byUser, views, j.cfg.Now(), j.unpublishedFrom(j.cfg.Now())); len(changes) > 0 {
+	if changes, projections, retried := orphanTimerChanges(org, o, byUser, views, j.cfg.Now(), j.unpublished(ctx, j.cfg.Now())); len(changes) > 0 {
 		// Earlier attempts' changes, as a pass's: one a later write
 		// decided again is left out (see dropSuperseded).
 		changes, projections, err := j.dropSuperseded(ctx, changes, projections, retried)
 		if err != nil {
 			return 0, err
 		}
-		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
+		if _, err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
 			return 0, err
 		}
 	}
@@ -1634,7 +1751,7 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 // when that may be unpublished (see precedingChanges).
 // It returns, with the changes and their projections, the indexes of the
 // earlier claims' changes among them.
-func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now, unpublishedFrom time.Time) ([]events.Change, []membership.Projection, []int) {
+func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now time.Time, unpublished unpublishedStream) ([]events.Change, []membership.Projection, []int) {
 	var changes []events.Change
 	var projections []membership.Projection
 	var retried []int
@@ -1657,7 +1774,7 @@ func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Cl
 			for _, at := range flips {
 				if cause := timeCause(seg, at); cause.EventID == e.EventID {
 					ch := changeOf(org, v.UserID, seg, e, cause)
-					for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, mayBeUnpublished(unpublishedFrom, func(p membership.OutboxEntry) bool {
+					for _, pc := range precedingChanges(membership.UserRef{OrgID: org, UserID: v.UserID}, v.Outbox, seg, e.Rev, ch.Entered, unpublished.take(v.Applied, func(p membership.OutboxEntry) bool {
 						return p.EventID == e.EventID
 					})) {
 						changes = append(changes, pc.Change)

@@ -1523,6 +1523,7 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 		TimerInterval: o.timerInterval, EstimateInterval: o.estimateInterval, Processor: o.processor,
+		Committed: kafkaio.NewGroupOffsets(r.brokers, r.group, r.profile), ProfileTopic: r.profile,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ func TestOrphanTimerChanges(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			claims := map[string]membership.Claimed{"u": {Due: membership.Due{OrgID: "o", UserID: "u", At: tc.claimedAt}, Earlier: tc.earlier}}
 			views := []membership.SegmentView{{UserID: "u", Rev: 4, Outbox: tc.outbox}}
-			changes, projections, retried := orphanTimerChanges("o", org, claims, views, now, now.Add(-membership.ReplayWindow))
+			changes, projections, retried := orphanTimerChanges("o", org, claims, views, now, unpublishedStream{from: now.Add(-membership.ReplayWindow)})
 			var got []string
 			for i, c := range changes {
 				got = append(got, c.Cause.EventID)

@@ -100,13 +100,44 @@ func precedingChanges(ref membership.UserRef, outbox []membership.OutboxEntry, s
 	return out
 }
 
-// mayBeUnpublished accepts, for a backfill's or timer's change (see
-// precedingChanges), the outbox entries whose decision may still be
-// unpublished, other than those own names: a job's whatever its age, the
-// stream's decided at or after from (see Jobs.unpublishedFrom).
-func mayBeUnpublished(from time.Time, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
-	recent := from.UnixMilli()
-	return func(e membership.OutboxEntry) bool { return !own(e) && (jobEntry(e) || e.AtMillis >= recent) }
+// unpublishedStream tells which stream entries of a user's outbox may
+// still be unpublished, as a job sees them (see Jobs.unpublished).
+type unpublishedStream struct {
+	// from is the earliest instant at which such an entry may have been
+	// decided (see Jobs.unpublishedFrom).
+	from time.Time
+	// topic is the hash of the profile topic's name (see position), and
+	// committed the consumer group's committed offset of each of its
+	// partitions, as last read; nil when unknown.
+	topic     uint32
+	committed map[int]int64
+}
+
+// published reports whether every stream entry of a user whose stored
+// position of the last applied event is applied (UserState.Applied) is
+// published: that event lies below its partition's committed offset. A
+// user's events come from one partition (they are keyed by user), applied
+// in offset order, and the stream commits a batch once its changes are
+// published, batches in order.
+func (u unpublishedStream) published(applied string) bool {
+	p, ok := parsePosition(applied)
+	if !ok || p.topic != u.topic {
+		return false
+	}
+	c, ok := u.committed[p.partition]
+	return ok && p.off < c
+}
+
+// take accepts, for a backfill's or timer's change of a user whose stored
+// position of the last applied event is applied (see precedingChanges),
+// the outbox entries whose decision may still be unpublished, other than
+// those own names: a job's whatever its age, the stream's decided at or
+// after u.from unless published says they all are.
+func (u unpublishedStream) take(applied string, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
+	recent, published := u.from.UnixMilli(), u.published(applied)
+	return func(e membership.OutboxEntry) bool {
+		return !own(e) && (jobEntry(e) || (!published && e.AtMillis >= recent))
+	}
 }
 
 // withoutRepeats returns ps without the projections that repeat an earlier

@@ -170,6 +170,63 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 	}
 }
 
+// TestPublishedChangesNotRepeated: a user enters an "active in the last
+// minute" segment with each profile event and leaves it by timer a minute
+// later. A timer round removes the entries it published from the outbox,
+// so the stream's next entry, which flips from the round's exit, does not
+// publish that exit again; and the round, which flips from the stream's
+// entry, does not publish that entry again once its event is committed:
+// on the membership topic each of the user's changes comes once.
+func TestPublishedChangesNotRepeated(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "active", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-1m", HasValue: true}}})
+	var clock atomic.Int64
+	clock.Store(time.Now().Truncate(time.Millisecond).UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	r.startWith(t, func(c *processor.Config) { c.Now = now })
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
+	const cycles = 4
+	for v := 1; v <= cycles; v++ {
+		r.produce(t, fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
+			v, r.org, v, now().UTC().Format(time.RFC3339Nano)))
+		r.waitVersion(t, "u1", int64(v))
+		r.waitTimer(t, "u1", now().Add(time.Minute))
+		// The event's batch is committed, and the round reads the offsets
+		// after that.
+		r.waitCommitted(t, int64(v))
+		time.Sleep(processor.CommittedRefresh)
+		clock.Add(int64(90 * time.Second))
+		timers.FireTimers(ctx)
+		if in := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val(); in {
+			t.Fatalf("cycle %d: still active 90 s after the last event", v)
+		}
+		clock.Add(int64(30 * time.Second))
+	}
+	readTopic(t, r.brokers, r.membershipT, 2*cycles, time.Minute)
+	count := map[string]int{}
+	var order []string
+	for _, m := range readAll(t, r.brokers, r.membershipT) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, c.Direction()+" "+c.Cause.EventID)
+		count[c.EventID]++
+	}
+	repeats := 0
+	for _, n := range count {
+		repeats += n - 1
+	}
+	if len(count) != 2*cycles || repeats > 0 {
+		t.Errorf("the topic holds %d changes, %d of them repeats, want %d changes and no repeat: %v", len(order), repeats, 2*cycles, order)
+	}
+}
+
 // cancelAfterPublish publishes, then cancels the round's context: the
 // instance got SIGTERM just as the round had published (segmentd's log
 // then says "fire timers ... finish N timers: context canceled").
