@@ -123,33 +123,54 @@ func (g *GroupReader) Close() error {
 }
 
 // GroupOffsets reads a consumer group's committed offsets of a topic
-// without joining the group: the jobs' CommittedOffsets.
+// without joining the group: the jobs' CommittedOffsets. Its connections
+// stay open between reads, which come several times a second while
+// timers fire; Close closes them.
 type GroupOffsets struct {
-	brokers      []string
+	client       *kafka.Client
+	transport    *kafka.Transport
 	group, topic string
 }
 
 // NewGroupOffsets returns the reader of group's committed offsets of topic.
 func NewGroupOffsets(brokers []string, group, topic string) *GroupOffsets {
-	return &GroupOffsets{brokers: brokers, group: group, topic: topic}
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second, MetadataTopics: []string{topic}}
+	return &GroupOffsets{client: &kafka.Client{Addr: kafka.TCP(brokers...), Transport: tr}, transport: tr, group: group, topic: topic}
 }
 
 // Committed returns the group's committed offset (the next record to
-// process) of each partition of the topic that has one.
+// process) of each partition of the topic that has one. ctx is bounded
+// by requestTimeout unless it has a deadline.
 func (g *GroupOffsets) Committed(ctx context.Context) (map[int]int64, error) {
-	partitions, err := Partitions(ctx, g.brokers, g.topic)
-	if err != nil {
-		return nil, err
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
 	}
-	var resp *kafka.OffsetFetchResponse
-	err = withTopicTransport(ctx, g.brokers, g.topic, func(ctx context.Context, tr *kafka.Transport) (err error) {
-		req := &kafka.OffsetFetchRequest{GroupID: g.group, Topics: map[string][]int{g.topic: partitions}}
-		resp, err = (&kafka.Client{Addr: kafka.TCP(g.brokers...), Transport: tr}).OffsetFetch(ctx, req)
-		if err == nil && resp.Error != nil {
-			err = resp.Error
+	meta, err := g.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{g.topic}})
+	if err != nil {
+		return nil, fmt.Errorf("partitions of %s: %w", g.topic, err)
+	}
+	var partitions []int
+	for _, t := range meta.Topics {
+		if t.Name != g.topic {
+			continue
 		}
-		return err
-	})
+		if t.Error != nil {
+			return nil, fmt.Errorf("partitions of %s: %w", g.topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			partitions = append(partitions, p.ID)
+		}
+	}
+	if len(partitions) == 0 {
+		return nil, fmt.Errorf("topic %s has no partitions", g.topic)
+	}
+	req := &kafka.OffsetFetchRequest{GroupID: g.group, Topics: map[string][]int{g.topic: partitions}}
+	resp, err := g.client.OffsetFetch(ctx, req)
+	if err == nil && resp.Error != nil {
+		err = resp.Error
+	}
 	if err != nil {
 		return nil, fmt.Errorf("committed offsets of group %s: %w", g.group, err)
 	}
@@ -161,6 +182,12 @@ func (g *GroupOffsets) Committed(ctx context.Context) (map[int]int64, error) {
 		}
 	}
 	return out, nil
+}
+
+// Close closes the connections kept open.
+func (g *GroupOffsets) Close() error {
+	g.transport.CloseIdleConnections()
+	return nil
 }
 
 // Producer is the processor's Producer: it writes records through a

@@ -86,7 +86,9 @@ func testProduceFetchCommit(t *testing.T, brokers []string) {
 		}
 	}
 	// The jobs read the same, from outside the group.
-	committed, err := kafkaio.NewGroupOffsets(brokers, group, topic).Committed(ctx)
+	offsets := kafkaio.NewGroupOffsets(brokers, group, topic)
+	defer offsets.Close()
+	committed, err := offsets.Committed(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -289,6 +289,9 @@ type Jobs struct {
 		sync.Mutex
 		offsets map[int]int64
 		read    time.Time
+		// reading is set while a caller reads them: the others take the
+		// offsets read before rather than wait.
+		reading bool
 	}
 }
 
@@ -461,21 +464,26 @@ func (j *Jobs) unpublished(ctx context.Context, now time.Time) unpublishedStream
 	}
 	c := &j.committed
 	c.Lock()
-	defer c.Unlock()
-	if time.Since(c.read) >= committedRefresh {
+	read := !c.reading && time.Since(c.read) >= committedRefresh
+	c.reading = c.reading || read
+	offsets := c.offsets
+	c.Unlock()
+	if read {
 		// A failed read keeps the offsets read before: each still tells
 		// what was published then.
 		rctx, cancel := context.WithTimeout(ctx, committedRefresh)
-		offsets, err := j.cfg.Committed.Committed(rctx)
+		fresh, err := j.cfg.Committed.Committed(rctx)
 		cancel()
-		c.read = time.Now()
 		if err == nil {
-			c.offsets = offsets
+			offsets = fresh
 		} else if ctx.Err() == nil {
 			j.cfg.Logger.Debug("committed offsets unread; stream changes taken by their age", "err", err)
 		}
+		c.Lock()
+		c.offsets, c.read, c.reading = offsets, time.Now(), false
+		c.Unlock()
 	}
-	u.topic, u.committed = topicHash(j.cfg.ProfileTopic), c.offsets
+	u.topic, u.committed = topicHash(j.cfg.ProfileTopic), offsets
 	return u
 }
 
@@ -1283,13 +1291,16 @@ func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.C
 }
 
 // dropPublished removes from the outboxes that a timer round's amends
-// left (stored, by user) the entries of jobs whose changes published
-// holds: kept, each would be published again by every later writer of
-// its segment that flips from it (see precedingChanges, racedChanges),
-// whatever its age, as one that may never have been published. Stream
-// entries stay (the stream's batches keep their own), and so does an
-// outbox written since the amend. A failure costs only those repeats.
-func (j *Jobs) dropPublished(ctx context.Context, org string, stored map[string]string, published []events.Change) {
+// left (stored, by user) the entries of the claims the round ended
+// (ended, by user) whose changes published holds: kept, each would be
+// published again by every later writer of its segment that flips from it
+// (see precedingChanges, racedChanges), whatever its age, as one that may
+// never have been published. Other entries stay: the stream's (its
+// batches keep their own), and those of other jobs, whose unfinished
+// attempt would otherwise decide again under the same cause and so make
+// a change with a published one's eventId. So does an outbox written
+// since the amend. A failure costs only those repeats.
+func (j *Jobs) dropPublished(ctx context.Context, org string, ended map[string]membership.Claimed, stored map[string]string, published []events.Change) {
 	if len(stored) == 0 || len(published) == 0 {
 		return
 	}
@@ -1303,16 +1314,18 @@ func (j *Jobs) dropPublished(ctx context.Context, org string, stored map[string]
 	}
 	drops := make([]membership.OutboxDrop, 0, len(stored))
 	for user, outbox := range stored {
+		claim, ok := ended[user]
+		if !ok {
+			continue
+		}
+		flips := append([]time.Time{claim.At}, claim.Earlier...)
 		drops = append(drops, membership.OutboxDrop{OrgID: org, UserID: user, Stored: outbox, Published: func(e membership.OutboxEntry) bool {
-			if streamEntry(e) || len(e.Changes) == 0 {
+			if e.CauseType != events.CauseTime || len(e.Changes) != 1 {
 				return false
 			}
-			for _, c := range e.Changes {
-				if !out[change{user, e.EventID, c.SegmentID, c.Entered}] {
-					return false
-				}
-			}
-			return true
+			c := e.Changes[0]
+			return slices.ContainsFunc(flips, func(at time.Time) bool { return timeCause(c.SegmentID, at).EventID == e.EventID }) &&
+				out[change{user, e.EventID, c.SegmentID, c.Entered}]
 		}})
 	}
 	if _, err := j.cfg.Users.DropPublished(ctx, drops); err != nil && ctx.Err() == nil {
@@ -1623,7 +1636,6 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	}
 	// What the passes wrote goes out even when one failed.
 	published, err := j.settleChanges(ctx, "", later.changes, later.projections, later.due)
-	j.dropPublished(ctx, org, later.stored, published)
 	if err != nil {
 		if passErr == nil {
 			return 0, err
@@ -1677,6 +1689,17 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err := j.cfg.Schedules.Done(ctx, done, next); err != nil {
 		return 0, err
 	}
+	// Only once their claims are over: a claim left unfinished (the round
+	// failed after publishing, or its user kept changing) is retried after
+	// its lease under the same flip, and so the same causes. Found in the
+	// outbox, its entry is published again with its eventId; dropped, the
+	// retry decides the user afresh, and a change it makes in the same
+	// direction as the published one (the user brought back since) carries
+	// that one's eventId, which consumers drop as a repeat.
+	for u := range stuck {
+		delete(later.stored, u)
+	}
+	j.dropPublished(ctx, org, byUser, later.stored, published)
 	j.timers.Add(float64(len(claimed)))
 	return len(claimed), nil
 }

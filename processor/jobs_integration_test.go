@@ -1518,12 +1518,14 @@ func (r *rig) newJobs(t *testing.T, o jobsOf) *processor.Jobs {
 	if o.defs == nil {
 		o.defs = r.defs
 	}
+	committed := kafkaio.NewGroupOffsets(r.brokers, r.group, r.profile)
+	t.Cleanup(func() { committed.Close() })
 	j, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: o.instance, Definitions: o.defs, Users: o.users, Schedules: membership.NewSchedules(r.rdb),
 		Sizes: membership.NewSets(r.rdb), Coordinator: membership.NewCoordinator(r.rdb), Publisher: o.pub, Registry: o.registry,
 		Remover: o.remover, Registerer: o.metrics, Logger: slog.New(slog.NewTextHandler(testLogWriter(), nil)), Now: o.now,
 		TimerInterval: o.timerInterval, EstimateInterval: o.estimateInterval, Processor: o.processor,
-		Committed: kafkaio.NewGroupOffsets(r.brokers, r.group, r.profile), ProfileTopic: r.profile,
+		Committed: committed, ProfileTopic: r.profile,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -227,6 +227,115 @@ func TestPublishedChangesNotRepeated(t *testing.T) {
 	}
 }
 
+// failAfterPublish is a timer round's publisher and users whose reads of
+// users fail once the round has published: Redis failing between a round's
+// publication and the end of its claims, which then stay, to be retried
+// after their lease.
+type failAfterPublish struct {
+	processor.ChangePublisher
+	processor.JobUsers
+	published atomic.Bool
+}
+
+func (f *failAfterPublish) Publish(ctx context.Context, cs []events.Change) error {
+	err := f.ChangePublisher.Publish(ctx, cs)
+	if err == nil {
+		f.published.Store(true)
+	}
+	return err
+}
+
+func (f *failAfterPublish) ViewUsers(ctx context.Context, org string, users []string, v membership.ViewFields) ([]membership.SegmentView, error) {
+	if f.published.Load() {
+		return nil, errors.New("read users: connection reset by peer")
+	}
+	return f.JobUsers.ViewUsers(ctx, org, users, v)
+}
+
+// TestRetriedTimerClaimAfterItsPublicationKeepsTheExit: a timer round takes
+// u1 out of "active in the last minute" and publishes the exit, then fails
+// before it ends its claim (Redis failing), which is retried after its
+// lease under the same flip, so with the same cause. Meanwhile a profile
+// event brings u1 back in, with a flip due just after that lease. The retry
+// takes u1 out again: that exit must reach a consumer that follows the
+// topic and drops repeated eventIds, which ends, as Redis does, with u1 out
+// of the segment. An exit under the first attempt's cause has the first
+// exit's eventId, and is dropped as a repeat.
+func TestRetriedTimerClaimAfterItsPublicationKeepsTheExit(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	ctx := context.Background()
+	seg := r.segment(t, "active", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-1m", HasValue: true}}})
+	var clock atomic.Int64
+	c0 := time.Now().Truncate(time.Second)
+	clock.Store(c0.UnixNano())
+	now := func() time.Time { return time.Unix(0, clock.Load()) }
+	r.startWith(t, func(c *processor.Config) { c.Now = now })
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	event := func(v int, updatedAt time.Time) string {
+		return fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
+			v, r.org, v, updatedAt.UTC().Format(time.RFC3339Nano))
+	}
+	r.produce(t, event(1, c0))
+	r.waitVersion(t, "u1", 1)
+	r.waitTimer(t, "u1", c0.Add(time.Minute))
+	r.waitCommitted(t, 1)
+
+	// The round at c0+90s takes u1 out, publishes, and fails before Done:
+	// its claim's lease ends at c0+120s.
+	clock.Store(c0.Add(90 * time.Second).UnixNano())
+	failing := &failAfterPublish{ChangePublisher: r.publisher(t), JobUsers: r.users}
+	r.newJobs(t, jobsOf{pub: failing, users: failing, registry: reg, now: now, timerInterval: time.Minute}).FireTimers(ctx)
+	if !failing.published.Load() || r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val() {
+		t.Fatal("the first round did not take u1 out and publish")
+	}
+	if n := r.rdb.HLen(ctx, membership.ClaimsKey(r.org)).Val(); n != 1 {
+		t.Fatalf("%d claims left unfinished, want the failed round's", n)
+	}
+
+	// u1 active again at c0+100s, by an event that says so since c0+61s:
+	// it flips out at c0+121s, after the claim's lease.
+	clock.Store(c0.Add(100 * time.Second).UnixNano())
+	r.produce(t, event(2, c0.Add(61*time.Second)))
+	r.waitVersion(t, "u1", 2)
+	r.waitCommitted(t, 2)
+	if !r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val() {
+		t.Fatal("the profile event did not bring u1 back in")
+	}
+
+	// The rounds after the lease: the retry of the claim, then the next.
+	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
+	for _, at := range []time.Duration{122 * time.Second, 123 * time.Second} {
+		clock.Store(c0.Add(at).UnixNano())
+		timers.FireTimers(ctx)
+	}
+	if r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val() {
+		t.Fatal("u1 still active after its flip")
+	}
+
+	// A consumer following the topic, dropping repeated eventIds.
+	seen := map[string]bool{}
+	var order []string
+	member := false
+	for _, m := range readAll(t, r.brokers, r.membershipT) {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, c.Direction()+" "+c.Cause.EventID+" "+c.EventID)
+		if seen[c.EventID] {
+			continue
+		}
+		seen[c.EventID] = true
+		member = c.Entered
+	}
+	if member {
+		t.Errorf("a consumer following the topic ends with u1 in the segment, Redis with u1 out: %v", order)
+	}
+}
+
 // cancelAfterPublish publishes, then cancels the round's context: the
 // instance got SIGTERM just as the round had published (segmentd's log
 // then says "fire timers ... finish N timers: context canceled").

@@ -138,8 +138,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			}
 		})
 	}
+	committed := kafkaio.NewGroupOffsets(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
 	closeKafka := func() {
 		leaveGroup()
+		_ = committed.Close() // closes idle connections only
 		if err := kafkaio.CloseWriter(writer); err != nil {
 			log.Warn("close kafka writer", "err", err)
 		}
@@ -149,7 +151,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	jobs, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
 		Coordinator: coord, Publisher: publisher, Remover: sets, Registry: registry, Processor: proc,
-		Committed: kafkaio.NewGroupOffsets(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic), ProfileTopic: cfg.ProfileTopic,
+		Committed: committed, ProfileTopic: cfg.ProfileTopic,
 		EstimateInterval: cfg.EstimateInterval, Metrics: metrics, Registerer: reg, Logger: log,
 	})
 	if err != nil {
