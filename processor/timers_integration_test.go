@@ -116,14 +116,13 @@ func seedFlips(tb testing.TB, r *rig, org string, users, others int, flip time.T
 	return seg
 }
 
-// TestTimerEntriesDoNotPileUp: a user active every two minutes, in an
-// "active in the last minute" segment, enters it with each profile event and
-// leaves it by timer a minute later. Each exit is a timer's outbox entry;
-// once its round has finished and the user's next profile events came, it
-// is published and needed by no retry. The user's stored state must not
-// grow with every flip of the day (each profile write reads and writes it
-// whole).
-func TestTimerEntriesDoNotPileUp(t *testing.T) {
+// activeEveryTwoMinutes runs cycles of a user active every two minutes, in
+// an "active in the last minute" segment: each cycle a profile event enters
+// u1, and a timer round 90 s later takes it out. With committed, each
+// round comes once the event's batch is committed and the round can read
+// so. It returns the rig and the segment.
+func activeEveryTwoMinutes(t *testing.T, cycles int, committed bool) (*rig, string) {
+	t.Helper()
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	seg := r.segment(t, "active", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-1m", HasValue: true}}})
@@ -136,7 +135,6 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
-	const cycles = 30
 	for v := 1; v <= cycles; v++ {
 		r.produce(t, fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
 			v, r.org, v, now().UTC().Format(time.RFC3339Nano)))
@@ -146,6 +144,10 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 		}
 		// The batch stores the user's timer after its write.
 		r.waitTimer(t, "u1", now().Add(time.Minute))
+		if committed {
+			r.waitCommitted(t, int64(v))
+			time.Sleep(processor.CommittedRefresh)
+		}
 		clock.Add(int64(90 * time.Second))
 		timers.FireTimers(ctx)
 		if in := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val(); in {
@@ -153,6 +155,20 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 		}
 		clock.Add(int64(30 * time.Second))
 	}
+	return r, seg
+}
+
+// TestTimerEntriesDoNotPileUp: a user active every two minutes enters an
+// "active in the last minute" segment with each profile event and leaves
+// it by timer a minute later. Each exit is a timer's outbox entry; once its
+// round has finished and the user's next profile events came, it is
+// published and needed by no retry. The user's stored state must not grow
+// with every flip of the day (each profile write reads and writes it
+// whole).
+func TestTimerEntriesDoNotPileUp(t *testing.T) {
+	const cycles = 30
+	r, _ := activeEveryTwoMinutes(t, cycles, false)
+	ctx := context.Background()
 	states, err := r.users.Load(ctx, []membership.UserRef{{OrgID: r.org, UserID: "u1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -170,43 +186,17 @@ func TestTimerEntriesDoNotPileUp(t *testing.T) {
 	}
 }
 
-// TestPublishedChangesNotRepeated: a user enters an "active in the last
-// minute" segment with each profile event and leaves it by timer a minute
-// later. A timer round removes the entries it published from the outbox,
-// so the stream's next entry, which flips from the round's exit, does not
-// publish that exit again; and the round, which flips from the stream's
-// entry, does not publish that entry again once its event is committed:
-// on the membership topic each of the user's changes comes once.
+// TestPublishedChangesNotRepeated: a user active every two minutes enters
+// an "active in the last minute" segment with each profile event and
+// leaves it by timer a minute later. A timer round removes the entries it
+// published from the outbox, so the stream's next entry, which flips from
+// the round's exit, does not publish that exit again; and the round, which
+// flips from the stream's entry, does not publish that entry again once
+// its event is committed: on the membership topic each of the user's
+// changes comes once.
 func TestPublishedChangesNotRepeated(t *testing.T) {
-	r := newRig(t, testenv.RedisClient(t))
-	ctx := context.Background()
-	seg := r.segment(t, "active", segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: ">", Value: "now-1m", HasValue: true}}})
-	var clock atomic.Int64
-	clock.Store(time.Now().Truncate(time.Millisecond).UnixNano())
-	now := func() time.Time { return time.Unix(0, clock.Load()) }
-	r.startWith(t, func(c *processor.Config) { c.Now = now })
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
-	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
 	const cycles = 4
-	for v := 1; v <= cycles; v++ {
-		r.produce(t, fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
-			v, r.org, v, now().UTC().Format(time.RFC3339Nano)))
-		r.waitVersion(t, "u1", int64(v))
-		r.waitTimer(t, "u1", now().Add(time.Minute))
-		// The event's batch is committed, and the round reads the offsets
-		// after that.
-		r.waitCommitted(t, int64(v))
-		time.Sleep(processor.CommittedRefresh)
-		clock.Add(int64(90 * time.Second))
-		timers.FireTimers(ctx)
-		if in := r.rdb.SIsMember(ctx, membership.UserSegmentsKey(r.org, "u1"), seg).Val(); in {
-			t.Fatalf("cycle %d: still active 90 s after the last event", v)
-		}
-		clock.Add(int64(30 * time.Second))
-	}
+	r, _ := activeEveryTwoMinutes(t, cycles, true)
 	readTopic(t, r.brokers, r.membershipT, 2*cycles, time.Minute)
 	count := map[string]int{}
 	var order []string
