@@ -3,7 +3,6 @@ package membership
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -35,9 +34,6 @@ type AmendOutcome struct {
 	// found it: the entries of writes before it that may not be published
 	// yet (see Jobs).
 	Before []OutboxEntry
-	// Stored is, for an applied amend, the user's outbox as the amend left
-	// it, in its stored form: what DropPublished expects to find.
-	Stored string
 	// Applied is, for an applied amend that found an outbox, the stored
 	// position of the last profile event applied to the user (see
 	// UserState.Applied), which tells how far its stream entries may be
@@ -129,77 +125,11 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
 			// what the caller would publish again.
 			o.Before, _ = DecodeOutbox(before)
 		}
-		if o.Result == AmendApplied {
-			o.Stored = before + calls[i/3].args[3].(string)
-		}
 	}
 	if err != nil {
 		return out, fmt.Errorf("amend: %w", err)
 	}
 	return out, nil
-}
-
-// OutboxDrop removes, from one user's outbox, entries whose changes are
-// published: a later writer of the user's segments then no longer takes
-// them for possibly unpublished and publishes them again.
-type OutboxDrop struct {
-	// OrgID and UserID name the user.
-	OrgID, UserID string
-	// Stored is the outbox the drop expects to find (AmendOutcome.Stored).
-	// When another write replaced it since, nothing is removed: the entries
-	// that write kept are published again by whoever flips from them, a
-	// repeat, not a loss.
-	Stored string
-	// Published reports the entries to remove.
-	Published func(OutboxEntry) bool
-}
-
-// The script replaces each user's outbox (KEYS: the profile hashes) by the
-// second of its ARGV pair when it is still the first, and replies 1 when
-// it did, else 0. It leaves the revision alone: the outbox then says the
-// same of every change but that it may be unpublished, and a writer that
-// read the user before keeps its compare-and-set (and its cached state).
-const dropScript = `
-local out = {}
-for k = 1, #KEYS do
-  if (redis.call('HGET', KEYS[k], 'o') or '') == ARGV[2 * k - 1] then
-    redis.call('HSET', KEYS[k], 'o', ARGV[2 * k])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-`
-
-var dropPublished = redis.NewScript(dropScript)
-
-// DropPublished applies each drop that finds something to remove, in one
-// pipelined round trip, and returns how many outboxes it changed.
-func (u *Users) DropPublished(ctx context.Context, ds []OutboxDrop) (int, error) {
-	var calls []scriptCall
-	for _, d := range ds {
-		es, err := DecodeOutbox(d.Stored)
-		if err != nil || len(es) == 0 || d.Stored[0] == '[' {
-			continue // not what Amend writes: left as it is
-		}
-		kept := slices.DeleteFunc(slices.Clone(es), d.Published)
-		if len(kept) == len(es) {
-			continue
-		}
-		calls = append(calls, scriptCall{keys: []string{ProfileKey(d.OrgID, d.UserID)}, args: []any{d.Stored, string(AppendOutbox(nil, kept))}})
-	}
-	res, err := u.runPerUser(ctx, dropPublished, calls, 1)
-	n := 0
-	for _, r := range res {
-		if v, _ := r.(int64); v == 1 {
-			n++
-		}
-	}
-	if err != nil {
-		return n, fmt.Errorf("drop published outbox entries: %w", err)
-	}
-	return n, nil
 }
 
 // SegmentView is a user's state as seen for one segment.

@@ -33,10 +33,6 @@ type JobUsers interface {
 	// Amend applies each change atomically per user and reports the outcome
 	// of each.
 	Amend(ctx context.Context, as []membership.Amend) ([]membership.AmendOutcome, error)
-	// DropPublished removes published entries from the outboxes that
-	// amends left, where no write replaced them since, and returns how many
-	// outboxes it changed.
-	DropPublished(ctx context.Context, ds []membership.OutboxDrop) (int, error)
 	// Project mirrors membership changes onto the public per-segment sets,
 	// idempotently, and returns the segments it found deleted (see
 	// membership.Deletions).
@@ -1018,9 +1014,6 @@ type settlement struct {
 	changes     []events.Change
 	projections []membership.Projection
 	due         []membership.Due
-	// stored is, by user, the outbox the passes' last amend of the user
-	// left (see membership.AmendOutcome.Stored).
-	stored map[string]string
 }
 
 func (s *settlement) add(changes []events.Change, projections []membership.Projection, due []membership.Due) {
@@ -1203,12 +1196,6 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 				changes = append(changes, r.Change)
 				projections = append(projections, r)
 			}
-			if p.later != nil {
-				if p.later.stored == nil {
-					p.later.stored = map[string]string{}
-				}
-				p.later.stored[a.UserID] = outcomes[i].Stored
-			}
 			c := changeOf(org, a.UserID, seg, a.Entry, p.causeOf(a.UserID))
 			changes = append(changes, c)
 			projections = append(projections, membership.Projection{Change: c, Rev: a.Entry.Rev})
@@ -1231,7 +1218,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// would remove the members without the exits decided here.
 		if p.later != nil {
 			p.later.add(changes, projections, due)
-		} else if _, err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
+		} else if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
 			return err
 		}
 		if changed != nil {
@@ -1261,18 +1248,16 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 
 // settleChanges projects and publishes changes already written, leaving
 // out those a deletion answered (see Deletions.Published), then stores
-// due, through failures that pass (see settle). It returns the changes
-// it published.
-func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) ([]events.Change, error) {
-	var out []events.Change
+// due, through failures that pass (see settle).
+func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) error {
 	published := false
-	err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
+	return j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
 		if !published {
 			deleted, err := j.cfg.Users.Project(ctx, projections)
 			if err != nil {
 				return err
 			}
-			out = changes
+			out := changes
 			if len(deleted) > 0 {
 				out = deleted.Published(changes, func(i int) int64 { return projections[i].Rev })
 			}
@@ -1284,53 +1269,6 @@ func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.C
 		}
 		return j.cfg.Schedules.Schedule(ctx, due)
 	})
-	if !published {
-		out = nil
-	}
-	return out, err
-}
-
-// dropPublished removes from the outboxes that a timer round's amends
-// left (stored, by user) the entries of the claims the round ended
-// (ended, by user) whose changes published holds: kept, each would be
-// published again by every later writer of its segment that flips from it
-// (see precedingChanges, racedChanges), whatever its age, as one that may
-// never have been published. Other entries stay: the stream's (its
-// batches keep their own), and those of other jobs, whose unfinished
-// attempt would otherwise decide again under the same cause and so make
-// a change with a published one's eventId. So does an outbox written
-// since the amend. A failure costs only those repeats.
-func (j *Jobs) dropPublished(ctx context.Context, org string, ended map[string]membership.Claimed, stored map[string]string, published []events.Change) {
-	if len(stored) == 0 || len(published) == 0 {
-		return
-	}
-	type change struct {
-		user, eventID, seg string
-		entered            bool
-	}
-	out := make(map[change]bool, len(published))
-	for _, c := range published {
-		out[change{c.UserID, c.Cause.EventID, c.SegmentID, c.Entered}] = true
-	}
-	drops := make([]membership.OutboxDrop, 0, len(stored))
-	for user, outbox := range stored {
-		claim, ok := ended[user]
-		if !ok {
-			continue
-		}
-		flips := append([]time.Time{claim.At}, claim.Earlier...)
-		drops = append(drops, membership.OutboxDrop{OrgID: org, UserID: user, Stored: outbox, Published: func(e membership.OutboxEntry) bool {
-			if e.CauseType != events.CauseTime || len(e.Changes) != 1 {
-				return false
-			}
-			c := e.Changes[0]
-			return slices.ContainsFunc(flips, func(at time.Time) bool { return timeCause(c.SegmentID, at).EventID == e.EventID }) &&
-				out[change{user, e.EventID, c.SegmentID, c.Entered}]
-		}})
-	}
-	if _, err := j.cfg.Users.DropPublished(ctx, drops); err != nil && ctx.Err() == nil {
-		j.cfg.Logger.Warn("timer round: published entries left in outboxes (published again by later writers)", "org", org, "err", err)
-	}
 }
 
 // stillChanging reports the users whose compare-and-set lost to their
@@ -1635,8 +1573,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		}
 	}
 	// What the passes wrote goes out even when one failed.
-	published, err := j.settleChanges(ctx, "", later.changes, later.projections, later.due)
-	if err != nil {
+	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due); err != nil {
 		if passErr == nil {
 			return 0, err
 		}
@@ -1659,7 +1596,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		if err != nil {
 			return 0, err
 		}
-		if _, err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
+		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
 			return 0, err
 		}
 	}
@@ -1689,17 +1626,6 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	if err := j.cfg.Schedules.Done(ctx, done, next); err != nil {
 		return 0, err
 	}
-	// Only once their claims are over: a claim left unfinished (the round
-	// failed after publishing, or its user kept changing) is retried after
-	// its lease under the same flip, and so the same causes. Found in the
-	// outbox, its entry is published again with its eventId; dropped, the
-	// retry decides the user afresh, and a change it makes in the same
-	// direction as the published one (the user brought back since) carries
-	// that one's eventId, which consumers drop as a repeat.
-	for u := range stuck {
-		delete(later.stored, u)
-	}
-	j.dropPublished(ctx, org, byUser, later.stored, published)
 	j.timers.Add(float64(len(claimed)))
 	return len(claimed), nil
 }
