@@ -151,20 +151,13 @@ func (g *GroupOffsets) Committed(ctx context.Context) (map[int]int64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partitions of %s: %w", g.topic, err)
 	}
-	var partitions []int
-	for _, t := range meta.Topics {
-		if t.Name != g.topic {
-			continue
-		}
-		if t.Error != nil {
-			return nil, fmt.Errorf("partitions of %s: %w", g.topic, t.Error)
-		}
-		for _, p := range t.Partitions {
-			partitions = append(partitions, p.ID)
-		}
+	ps, err := partitionsIn(meta, g.topic)
+	if err != nil {
+		return nil, err
 	}
-	if len(partitions) == 0 {
-		return nil, fmt.Errorf("topic %s has no partitions", g.topic)
+	partitions := make([]int, len(ps))
+	for i, p := range ps {
+		partitions[i] = p.ID
 	}
 	req := &kafka.OffsetFetchRequest{GroupID: g.group, Topics: map[string][]int{g.topic: partitions}}
 	resp, err := g.client.OffsetFetch(ctx, req)
@@ -600,6 +593,11 @@ func readPartitions(ctx context.Context, brokers []string, topic string) ([]kafk
 	if err != nil {
 		return nil, fmt.Errorf("partitions of %s: %w", topic, err)
 	}
+	return partitionsIn(resp, topic)
+}
+
+// partitionsIn returns topic's partitions in a metadata answer.
+func partitionsIn(resp *kafka.MetadataResponse, topic string) ([]kafka.Partition, error) {
 	var ps []kafka.Partition
 	for _, t := range resp.Topics {
 		if t.Name != topic {

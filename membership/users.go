@@ -438,15 +438,13 @@ func (u *Users) Write(ctx context.Context, ws []UserWrite) ([]bool, error) {
 }
 
 // runPerUser runs s over the users of calls (one user each), usersPerCall
-// users a call, in one pipelined round trip. s takes the keys and the
+// users a call, in one pipelined round trip. s takes two keys and the
 // arguments of each user, one user after the other, and replies with width
 // values per user. It returns the replies, user after user; on an error,
 // those of the users before the failed call.
 func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptCall, width int) ([]any, error) {
 	var merged []scriptCall
-	var users []int // of each merged call
 	for chunk := range slices.Chunk(calls, u.usersPerCall) {
-		users = append(users, len(chunk))
 		if len(chunk) == 1 {
 			merged = append(merged, chunk[0])
 			continue
@@ -461,8 +459,8 @@ func (u *Users) runPerUser(ctx context.Context, s *redis.Script, calls []scriptC
 	out := make([]any, 0, width*len(calls))
 	for i, cmd := range runPipelined(ctx, u.rdb, s, merged) {
 		res, err := cmd.Slice()
-		if err == nil && len(res) != width*users[i] {
-			err = fmt.Errorf("%d replies for %d users", len(res), users[i])
+		if err == nil && len(res) != width*len(merged[i].keys)/2 {
+			err = fmt.Errorf("%d replies for %d users", len(res), len(merged[i].keys)/2)
 		}
 		if err != nil {
 			return out, err
