@@ -642,10 +642,7 @@ func TestTimerRoundGoesOnPastAChangingUser(t *testing.T) {
 	t0 := time.Now().Truncate(time.Millisecond)
 	const users = 20
 	seg, _ := r.dueTimers(t, users, t0.Add(-time.Minute))
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	busy := changingUser{Users: r.users, rdb: r.rdb, key: membership.ProfileKey(r.org, "u0")}
 	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: busy, now: func() time.Time { return t0 }, timerInterval: time.Minute}).FireTimers(briefly(t))
 	if n, err := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Result(); err != nil || n != users-1 {
@@ -1010,10 +1007,7 @@ func TestBackfillRetrySchedulesPassedFlip(t *testing.T) {
 	if err := r.newJobs(t, jobsOf{pub: r.publisher(t), now: at(later)}).Backfill(ctx, r.org, cs, 0); err != nil {
 		t.Fatal(err)
 	}
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: at(later), timerInterval: time.Minute}).FireTimers(ctx)
 	if in, err := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, cs.Def.ID), "u1").Result(); err != nil || in {
 		t.Errorf("u1 is a member (%v) a minute after its flip out", err)
@@ -1041,10 +1035,7 @@ func TestTimerRetrySchedulesPassedFlip(t *testing.T) {
 	if err := membership.NewSchedules(r.rdb).Schedule(ctx, []membership.Due{{OrgID: r.org, UserID: "u1", At: t0}}); err != nil {
 		t.Fatal(err)
 	}
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	fire := func(pub processor.ChangePublisher, now time.Time) { r.fireRounds(t, reg, pub, now) }
 	fire(unreachablePublisher{}, t0.Add(time.Second))
 	if in := r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u1").Val(); !in {
@@ -1502,6 +1493,16 @@ func (r *rig) compiled(t *testing.T, reg *processor.Registry, id string) (*proce
 	}
 	snap := reg.Current()
 	return snap.Org(r.org).Segments[id], snap.Revision
+}
+
+// registry returns a registry of the rig's definitions, loaded.
+func (r *rig) registry(t *testing.T) *processor.Registry {
+	t.Helper()
+	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
+	if err := reg.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return reg
 }
 
 // newJobs returns the background jobs of one test instance, not running.

@@ -44,10 +44,7 @@ func TestTimerRoundReadsUsersOncePerNeed(t *testing.T) {
 	ctx := context.Background()
 	const users, segments = 1000, 30
 	seg := seedFlips(t, r, r.org, users, segments-1, time.Now().Add(-time.Second))
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	counter := &readCounter{JobUsers: r.users}
 	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, users: counter}).FireTimers(ctx)
 	if n := r.rdb.SCard(ctx, membership.SegmentMembersKey(r.org, seg)).Val(); n != users {
@@ -130,10 +127,7 @@ func activeEveryTwoMinutes(t *testing.T, cycles int, committed bool) (*rig, stri
 	clock.Store(time.Now().Truncate(time.Millisecond).UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	r.startWith(t, func(c *processor.Config) { c.Now = now })
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	timers := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: now, timerInterval: time.Minute})
 	for v := 1; v <= cycles; v++ {
 		r.produce(t, fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
@@ -257,10 +251,7 @@ func TestRetriedTimerClaimAfterItsPublicationKeepsTheExit(t *testing.T) {
 	clock.Store(c0.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
 	r.startWith(t, func(c *processor.Config) { c.Now = now })
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	event := func(v int, updatedAt time.Time) string {
 		return fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"updatedAt":"%s"}}`,
 			v, r.org, v, updatedAt.UTC().Format(time.RFC3339Nano))
@@ -1236,10 +1227,7 @@ func TestRetriedTimerEntryOfChangedSegmentIsPublished(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	seg, t0 := r.unpublishedRoundThenAnotherFlip(t)
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	// The PUT lands once the retry has read the definitions (reg is not
 	// reloaded before the pass asks for the freshest ones).
 	d := r.newCriteria(t, seg, segment.Criteria{Include: []segment.Criterion{{Field: "updatedAt", Operator: "<", Value: "now-29d", HasValue: true}}})
@@ -1285,10 +1273,7 @@ func TestTimerRetryKeepsWhatItWroteWhenItsPassesRunOutOfTime(t *testing.T) {
 	r := newRig(t, testenv.RedisClient(t))
 	ctx := context.Background()
 	seg, t0 := r.unpublishedRoundThenAnotherFlip(t)
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	const limit = 6 * time.Second // the passes have 4.5 s of it
 	slow := &slowSupersededRead{JobUsers: r.users, delay: limit*3/4 + 200*time.Millisecond}
 	retry := t0.Add(31 * time.Second) // after the first claim's lease
@@ -1347,10 +1332,7 @@ func TestTimerFlipFiredAgainByAReplayKeepsTheExit(t *testing.T) {
 	c0 := time.Now().Truncate(time.Second)
 	clock.Store(c0.UnixNano())
 	now := func() time.Time { return time.Unix(0, clock.Load()) }
-	reg := processor.NewRegistry(r.defs, time.Second, slog.New(slog.NewTextHandler(testLogWriter(), nil)))
-	if err := reg.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	reg := r.registry(t)
 	event := func(v int, lastSeen time.Time) string {
 		return fmt.Sprintf(`{"eventId":"e%d","type":"profile.updated","orgId":"%s","userId":"u1","version":%d,"profile":{"createdAt":"%s","lastSeen":"%s"}}`,
 			v, r.org, v, c0.Add(-10*time.Second).UTC().Format(time.RFC3339Nano), lastSeen.UTC().Format(time.RFC3339Nano))
