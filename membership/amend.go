@@ -60,20 +60,20 @@ const (
 // reply says whether the set already held it: the caller may have guessed
 // the membership from the member set), one write. It amends each user of
 // KEYS (profile hash, segment set) from its four ARGV: expected revision,
-// segment, 1|0, outbox entry; and replies with three values a user: the
-// outcome, and the outbox and applied position it found when it applied
-// the change (empty strings when it did not, the position also when the
-// outbox was empty). A deletion moves the revision like any write,
+// segment, 1|0, outbox entry; and replies with four values a user: the
+// outcome, and the outbox, applied position and published marks (see
+// Users.MarkPublished) it found when it applied the change (empty strings
+// when it did not, the position and marks also when the outbox was empty). A deletion moves the revision like any write,
 // and callers amend only users they read with a profile, so the revision
 // alone also catches a user deleted since the read.
 const amendScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
   local a = 2 * k - 1
-  local h = redis.call('HMGET', KEYS[k], 'r', 'o', 'k')
+  local h = redis.call('HMGET', KEYS[k], 'r', 'o', 'k', 'j')
   local rev = tonumber(h[1] or '0')
   local res = 0
-  local before, applied = '', ''
+  local before, applied, published = '', '', ''
   if rev == tonumber(ARGV[a]) then
     local n
     if ARGV[a + 2] == '1' then n = redis.call('SADD', KEYS[k + 1], ARGV[a + 1]) else n = redis.call('SREM', KEYS[k + 1], ARGV[a + 1]) end
@@ -87,12 +87,13 @@ for k = 1, #KEYS, 2 do
       redis.call('HSET', KEYS[k], 'r', rev + 1, 'o', o .. ARGV[a + 3])
       res = 1
       before = o
-      if o ~= '' then applied = h[3] or '' end
+      if o ~= '' then applied, published = h[3] or '', h[4] or '' end
     end
   end
   out[#out + 1] = res
   out[#out + 1] = before
   out[#out + 1] = applied
+  out[#out + 1] = published
 end
 return out
 `
@@ -113,10 +114,10 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
 		calls[i] = scriptCall{keys: []string{ProfileKey(a.OrgID, a.UserID), UserSegmentsKey(a.OrgID, a.UserID)},
 			args: []any{a.ExpectRev, a.SegmentID, in, string(entry)}}
 	}
-	res, err := u.runPerUser(ctx, amend, calls, 3)
-	for i := 0; i+2 < len(res); i += 3 {
+	res, err := u.runPerUser(ctx, amend, calls, 4)
+	for i := 0; i+3 < len(res); i += 4 {
 		n, _ := res[i].(int64)
-		o := &out[i/3]
+		o := &out[i/4]
 		o.Applied, _ = res[i+2].(string)
 		o.Result = AmendResult(n)
 		before, _ := res[i+1].(string)
@@ -124,6 +125,8 @@ func (u *Users) Amend(ctx context.Context, as []Amend) ([]AmendOutcome, error) {
 			// An outbox this package wrote; one it cannot read only hides
 			// what the caller would publish again.
 			o.Before, _ = DecodeOutbox(before)
+			marks, _ := res[i+3].(string)
+			markPublished(o.Before, marks)
 		}
 	}
 	if err != nil {
@@ -169,7 +172,7 @@ type ViewFields struct {
 func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f ViewFields) ([]SegmentView, error) {
 	fields := []string{"r", "p"}
 	if f.Outbox {
-		fields = append(fields, "o", "k")
+		fields = append(fields, "o", "k", "j")
 	}
 	pipe := u.rdb.Pipeline()
 	hm := make([]*redis.SliceCmd, len(users))
@@ -205,6 +208,7 @@ func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f Vie
 			out[i] = SegmentView{UserID: user, Unreadable: unreadable(org, user, err)}
 			continue
 		}
+		markPublished(st.Outbox, field(h, 4))
 		v := SegmentView{UserID: user, Rev: st.Rev, Member: is[i] != nil && is[i].Val(), Outbox: st.Outbox, Applied: field(h, 3)}
 		if !st.Deleted {
 			v.Profile = st.Profile

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // An outbox is stored as the concatenation of its entries, each one
@@ -46,7 +47,8 @@ func encodeOutbox(es []OutboxEntry) []byte { return AppendOutbox(nil, es) }
 
 // AppendState appends a compact binary form of a user's state to dst, for
 // a caller that keeps states outside Redis: revision, version, deleted,
-// profile, applied position, segments, then the outbox in its stored form.
+// profile, applied position, segments, the revisions of the outbox's
+// entries marked published, then the outbox in its stored form.
 func AppendState(dst []byte, st UserState) []byte {
 	dst = binary.AppendVarint(dst, st.Rev)
 	dst = binary.AppendVarint(dst, st.Version)
@@ -60,6 +62,18 @@ func AppendState(dst []byte, st UserState) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(st.Segments)))
 	for _, seg := range st.Segments {
 		dst = appendString(dst, seg)
+	}
+	n := 0
+	for _, e := range st.Outbox {
+		if e.Published {
+			n++
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(n))
+	for _, e := range st.Outbox {
+		if e.Published {
+			dst = binary.AppendVarint(dst, e.Rev)
+		}
 	}
 	return AppendOutbox(dst, st.Outbox)
 }
@@ -76,10 +90,21 @@ func DecodeState(s string) (UserState, error) {
 	for i := uint64(0); i < n && r.err == nil; i++ {
 		st.Segments = append(st.Segments, r.str())
 	}
+	n = r.uvarint()
+	if n > uint64(len(r.s)-r.i) {
+		r.fail()
+	}
+	var published []int64
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		published = append(published, r.varint())
+	}
 	if r.err != nil {
 		return st, fmt.Errorf("user state: %w", r.err)
 	}
 	es, err := DecodeOutbox(s[r.i:])
+	for i := range es {
+		es[i].Published = slices.Contains(published, es[i].Rev)
+	}
 	st.Outbox = es
 	return st, err
 }

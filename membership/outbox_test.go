@@ -70,6 +70,11 @@ func TestStateCodec(t *testing.T) {
 		"full": {Rev: 9, Version: 17, Profile: "\x01binary", Applied: "1234:3:1qa2b3c:lx2k9",
 			Segments: []string{"seg_a", "seg_b"}, Outbox: []OutboxEntry{{EventID: "e1", Rev: 9, AtMillis: 5, Changes: []OutboxChange{{SegmentID: "seg_a", Entered: true}}}}},
 		"tombstone": {Rev: 3, Version: -1, Deleted: true, Applied: "7:0:abc:1"},
+		"published marks": {Rev: 12, Version: -1, Profile: "\x01p", Outbox: []OutboxEntry{
+			{EventID: "time:seg_a:1000", Rev: 10, CauseType: "time", AtMillis: 1000, Changes: []OutboxChange{{SegmentID: "seg_a"}}, Published: true},
+			{EventID: "time:seg_b:2000", Rev: 11, CauseType: "time", AtMillis: 2000, Changes: []OutboxChange{{SegmentID: "seg_b"}}},
+			{EventID: "e7", Rev: 12, AtMillis: 3000, Changes: []OutboxChange{{SegmentID: "seg_a", Entered: true}}},
+		}},
 	}
 	for name, st := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -73,6 +73,11 @@ type OutboxEntry struct {
 	// Changes are the membership changes the entry records; none for a
 	// dead-lettered event.
 	Changes []OutboxChange `json:"c,omitempty"`
+	// Published is true for an entry whose writer (a timer round) recorded,
+	// once Kafka acknowledged them, that its changes are published (see
+	// Users.MarkPublished); the record is kept beside the outbox, not in the
+	// entry's stored form. An entry without it may be published or not.
+	Published bool `json:"-"`
 }
 
 // Events returns the change events of the entry's changes for user ref,
@@ -306,7 +311,7 @@ func (u *Users) Load(ctx context.Context, refs []UserRef) ([]UserState, error) {
 	hm := make([]*redis.SliceCmd, len(refs))
 	sm := make([]*redis.StringSliceCmd, len(refs))
 	for i, r := range refs {
-		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o", "k")
+		hm[i] = pipe.HMGet(ctx, ProfileKey(r.OrgID, r.UserID), "r", "v", "p", "o", "k", "j")
 		sm[i] = pipe.SMembers(ctx, UserSegmentsKey(r.OrgID, r.UserID))
 	}
 	if _, err := pipe.Exec(ctx); unsent(err) != nil {
@@ -358,6 +363,7 @@ func unreadable(org, user string, err error) error {
 func decodeState(h []any, segs []string) (UserState, error) {
 	st, err := decodeFields(field(h, 0), field(h, 1), field(h, 2), field(h, 3), segs)
 	st.Applied = field(h, 4)
+	markPublished(st.Outbox, field(h, 5))
 	return st, err
 }
 

@@ -48,6 +48,8 @@ type JobUsers interface {
 	// organisation's index, once per deployment, and returns how many users
 	// it added.
 	IndexAll(ctx context.Context) (int64, error)
+	// MarkPublished records that the outbox entries ps name are published.
+	MarkPublished(ctx context.Context, ps []membership.Published) error
 }
 
 // JobSchedules stores the timers of time-relative criteria.
@@ -1185,7 +1187,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			skip := func(e membership.OutboxEntry) bool { return slices.Contains(own, e.EventID) }
 			only := func(s string) bool { return s == seg }
 			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
-			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
+			raced := racedChanges(ref, outcomes[i].Before, func(e membership.OutboxEntry) bool { return skip(e) || e.Published }, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChanges).
 			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, unpublished.take(outcomes[i].Applied, skip)); len(pcs) > 0 {
@@ -1218,7 +1220,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// would remove the members without the exits decided here.
 		if p.later != nil {
 			p.later.add(changes, projections, due)
-		} else if err := j.settleChanges(ctx, seg, changes, projections, due); err != nil {
+		} else if err := j.settleChanges(ctx, seg, changes, projections, due, false); err != nil {
 			return err
 		}
 		if changed != nil {
@@ -1248,8 +1250,15 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 
 // settleChanges projects and publishes changes already written, leaving
 // out those a deletion answered (see Deletions.Published), then stores
-// due, through failures that pass (see settle).
-func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due) error {
+// due, through failures that pass (see settle). With mark (a timer
+// round's), it then marks the published entries of jobs as such, so that
+// the user's next writers do not publish them again (see
+// unpublishedJobEntry): a timer's change is most often followed by one of
+// the stream (a user active again), which would otherwise publish it
+// again, and again at each later flip while the entry stays in the
+// outbox (a day). Backfills leave their entries unmarked: a mark costs a
+// Redis call per changed user, on their path every entering user's.
+func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due, mark bool) error {
 	published := false
 	return j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
 		if !published {
@@ -1266,9 +1275,33 @@ func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.C
 			}
 			published = true
 			j.cfg.Metrics.countChanges(out)
+			if mark && len(deleted) == 0 {
+				j.markPublished(ctx, projections)
+			}
 		}
 		return j.cfg.Schedules.Schedule(ctx, due)
 	})
+}
+
+// markPublished marks the job entries whose changes ps hold published. A
+// mark that fails costs repeats only: it is not retried.
+func (j *Jobs) markPublished(ctx context.Context, ps []membership.Projection) {
+	var marks []membership.Published
+	seen := make(map[membership.Published]bool, len(ps))
+	for _, p := range ps {
+		c := p.Change
+		m := membership.Published{OrgID: c.OrgID, UserID: c.UserID, Rev: p.Rev}
+		if (c.Cause.Type == events.CauseTime || c.Cause.Type == events.CauseSegment) && !seen[m] {
+			seen[m] = true
+			marks = append(marks, m)
+		}
+	}
+	if len(marks) == 0 {
+		return
+	}
+	if err := j.cfg.Users.MarkPublished(ctx, marks); err != nil && ctx.Err() == nil {
+		j.cfg.Logger.Warn("published changes not marked as such: the users' next writers publish them again", "changes", len(marks), "err", err)
+	}
 }
 
 // stillChanging reports the users whose compare-and-set lost to their
@@ -1573,7 +1606,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		}
 	}
 	// What the passes wrote goes out even when one failed.
-	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due); err != nil {
+	if err := j.settleChanges(ctx, "", later.changes, later.projections, later.due, true); err != nil {
 		if passErr == nil {
 			return 0, err
 		}
@@ -1596,7 +1629,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 		if err != nil {
 			return 0, err
 		}
-		if err := j.settleChanges(ctx, "", changes, projections, nil); err != nil {
+		if err := j.settleChanges(ctx, "", changes, projections, nil, true); err != nil {
 			return 0, err
 		}
 	}

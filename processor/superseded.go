@@ -131,12 +131,13 @@ func (u unpublishedStream) published(applied string) bool {
 // take accepts, for a backfill's or timer's change of a user whose stored
 // position of the last applied event is applied (see precedingChanges),
 // the outbox entries whose decision may still be unpublished, other than
-// those own names: a job's whatever its age, the stream's decided at or
-// after u.from unless published says they all are.
+// those own names: a job's whatever its age unless its writer marked it
+// published, the stream's decided at or after u.from unless published says
+// they all are.
 func (u unpublishedStream) take(applied string, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
 	recent, published := u.from.UnixMilli(), u.published(applied)
 	return func(e membership.OutboxEntry) bool {
-		return !own(e) && (jobEntry(e) || (!published && e.AtMillis >= recent))
+		return !own(e) && (unpublishedJobEntry(e) || (!published && streamEntry(e) && e.AtMillis >= recent))
 	}
 }
 
