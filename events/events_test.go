@@ -1,6 +1,7 @@
 package events
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -146,7 +147,7 @@ func TestDecodeProfileEvent(t *testing.T) {
 					t.Fatalf("event %+v, want a deletion without profile or changes", ev)
 				}
 			}},
-		"not a profile in range":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"points":1e400}}`, wantField: ""},
+		"not a profile in range":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"points":1e400}}`, wantField: "profile"},
 		"not JSON in a deletion's profile": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","profile":{"points":}}`, wantField: ""},
 	}
 	for name, tt := range tests {
@@ -229,5 +230,32 @@ func BenchmarkDecodeProfileEvent(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestOutOfRangeNumberReasonNamesField checks that an event whose profile
+// or changes is a JSON object holding a number beyond float64's range (valid
+// JSON) is dead-lettered with a reason that names the field and the number,
+// not one saying the record is no JSON object: an operator reading the DLQ
+// header must be able to tell what to repair.
+func TestOutOfRangeNumberReasonNamesField(t *testing.T) {
+	for field, in := range map[string]string{
+		"profile": `{"type":"profile.updated","orgId":"acme","userId":"u1","version":2,"profile":{"points":1e400}}`,
+		"changes": `{"type":"profile.updated","orgId":"acme","userId":"u1","version":2,"changes":{"customFields.score":-1e400}}`,
+	} {
+		_, err := DecodeProfileEvent([]byte(in))
+		var ie *InvalidError
+		if !errors.As(err, &ie) {
+			t.Fatalf("%s: err = %v, want an InvalidError", field, err)
+		}
+		if ie.Field != field {
+			t.Errorf("%s: reason %q names field %q, want %q", field, err, ie.Field, field)
+		}
+		if strings.Contains(err.Error(), "not a JSON object") {
+			t.Errorf("%s: reason %q says the record is no JSON object; it is one", field, err)
+		}
+		if !strings.Contains(err.Error(), "1e400") {
+			t.Errorf("%s: reason %q does not quote the number out of range", field, err)
+		}
 	}
 }

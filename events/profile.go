@@ -194,8 +194,11 @@ func decodeProfileWire(value []byte) (profileWire, error) {
 				start, depth := r.i, r.depth
 				if *dst, err = r.object(); err != nil {
 					// A number past float64's range, or malformed JSON,
-					// which reading past the value finds again.
-					*dst, *problem = nil, &InvalidError{Reason: "not a JSON object: " + err.Error()}
+					// which reading past the value finds again (and which
+					// then makes the whole record "not a JSON object"): the
+					// problem kept is the number's, in an object that is
+					// JSON, and names the field that holds it.
+					*dst, *problem = nil, &InvalidError{k, "holds a number out of range: " + err.Error()}
 					r.i, r.depth = start, depth
 					err = r.skip()
 				}
