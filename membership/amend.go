@@ -63,9 +63,10 @@ const (
 // segment, 1|0, outbox entry; and replies with four values a user: the
 // outcome, and the outbox, applied position and published marks (see
 // Users.MarkPublished) it found when it applied the change (empty strings
-// when it did not, the position and marks also when the outbox was empty). A deletion moves the revision like any write,
-// and callers amend only users they read with a profile, so the revision
-// alone also catches a user deleted since the read.
+// when it did not, the position and marks also when the outbox was
+// empty). A deletion moves the revision like any write, and callers amend
+// only users they read with a profile, so the revision alone also catches
+// a user deleted since the read.
 const amendScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
