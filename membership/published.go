@@ -9,8 +9,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Published names an outbox entry whose changes its writer published:
-// the user, and the revision the entry's write created (revisions of a
+// Published names an outbox entry whose changes a job published (a timer
+// round, its own entries and those it published again before them): the
+// user, and the revision the entry's write created (revisions of a
 // user only grow, a deletion's tombstone included, so one names one
 // entry for good).
 type Published struct {
@@ -22,28 +23,35 @@ type Published struct {
 
 // The script marks, for each user of KEYS (profile hash, and the segment
 // set, unused, as every per-user script takes), the revision of its ARGV
-// as published in the hash's field j: revisions, each followed by a
-// comma, the newest 8 (a writer looks for the newest decisions of a
-// segment before its own, and a mark that falls off only makes a writer
-// publish that entry again). The mark leaves the revision alone: it
-// changes no membership, and a writer that read the user before it and
-// writes after it loses nothing but the mark (it publishes the entry
-// again). A revision the user has not reached (a hash flushed since) is
-// not marked. It replies 1 a user.
+// as published in the hash's field j: revisions in increasing order, each
+// followed by a comma, the highest 16. The cap counts the user's entries
+// of every segment (a timer round writes one for each segment it flips,
+// and an outbox keeps a timer's entries of the user's last flips), and
+// keeps the newest by revision whatever order the marks come in; a mark
+// that falls off only makes a writer publish that entry again. The mark
+// leaves the revision alone: it changes no membership, and a writer that
+// read the user before it and writes after it loses nothing but the mark
+// (it publishes the entry again). A revision the user has not reached (a
+// hash flushed since) is not marked. It replies 1 a user.
 const markPublishedScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
-  local rev = ARGV[(k + 1) / 2]
+  local rev = tonumber(ARGV[(k + 1) / 2])
   local h = redis.call('HMGET', KEYS[k], 'r', 'j')
-  local j = h[2] or ''
-  if tonumber(h[1] or '0') >= tonumber(rev) and not string.find(',' .. j, ',' .. rev .. ',', 1, true) then
-    j = j .. rev .. ','
-    local _, n = string.gsub(j, ',', '')
-    while n > 8 do
-      j = string.sub(j, string.find(j, ',', 1, true) + 1)
-      n = n - 1
+  if tonumber(h[1] or '0') >= rev then
+    local revs, seen = {}, false
+    for m in string.gmatch(h[2] or '', '([^,]+),') do
+      local n = tonumber(m)
+      if n == rev then seen = true end
+      if n then revs[#revs + 1] = n end
     end
-    redis.call('HSET', KEYS[k], 'j', j)
+    if not seen then
+      revs[#revs + 1] = rev
+      table.sort(revs)
+      while #revs > 16 do table.remove(revs, 1) end
+      for i, n in ipairs(revs) do revs[i] = string.format('%d', n) end
+      redis.call('HSET', KEYS[k], 'j', table.concat(revs, ',') .. ',')
+    end
   end
   out[#out + 1] = 1
 end

@@ -14,8 +14,9 @@ import (
 
 // TestMarkPublished marks entries of many users published (more than one
 // script call takes on a single Redis) and checks that every reader of an
-// outbox sees the marks of its own user's entries only, the newest eight
-// of them, and none for a revision the user has not reached.
+// outbox sees the marks of its own user's entries only, the sixteen of the
+// highest revisions whatever order the marks came in, and none for a
+// revision the user has not reached.
 func TestMarkPublished(t *testing.T) {
 	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
@@ -34,7 +35,7 @@ func TestMarkPublished(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Each user enters and leaves s in turn: one timer entry a write,
-		// revisions 2 to 11; "u000" ten times, the others once.
+		// revisions 2 to 21 for "u000", 2 for the others.
 		entry := func(rev int64, enter bool) membership.OutboxEntry {
 			return membership.OutboxEntry{EventID: fmt.Sprintf("time:s:%d", rev), CauseType: "time", Rev: rev, AtMillis: 1_700_000_000_000 + rev,
 				Changes: []membership.OutboxChange{{SegmentID: "s", Entered: enter}}}
@@ -50,7 +51,7 @@ func TestMarkPublished(t *testing.T) {
 		if _, err := users.Amend(ctx, first); err != nil {
 			t.Fatal(err)
 		}
-		for rev := int64(3); rev <= 11; rev++ {
+		for rev := int64(3); rev <= 21; rev++ {
 			if out, err := users.Amend(ctx, []membership.Amend{amend("u000", rev)}); err != nil || out[0].Result != membership.AmendApplied {
 				t.Fatalf("amend of revision %d: %+v, %v", rev, out, err)
 			}
@@ -59,18 +60,20 @@ func TestMarkPublished(t *testing.T) {
 		for i := 2; i < n; i += 2 {
 			marks = append(marks, membership.Published{OrgID: org, UserID: fmt.Sprintf("u%03d", i), Rev: 2})
 		}
-		for rev := int64(2); rev <= 11; rev++ {
+		// The oldest last: it must not push out a newer one.
+		for rev := int64(3); rev <= 21; rev++ {
 			marks = append(marks, membership.Published{OrgID: org, UserID: "u000", Rev: rev})
 		}
+		marks = append(marks, membership.Published{OrgID: org, UserID: "u000", Rev: 2})
 		// Again (a retry), and one the user has not reached.
-		marks = append(marks, membership.Published{OrgID: org, UserID: "u000", Rev: 11}, membership.Published{OrgID: org, UserID: "u001", Rev: 3})
+		marks = append(marks, membership.Published{OrgID: org, UserID: "u000", Rev: 21}, membership.Published{OrgID: org, UserID: "u001", Rev: 3})
 		if err := users.MarkPublished(ctx, marks); err != nil {
 			t.Fatal(err)
 		}
 
 		want := func(user string, rev int64) bool {
 			if user == "u000" {
-				return rev >= 4 // the newest eight marks
+				return rev >= 6 // the highest sixteen
 			}
 			var i int
 			fmt.Sscanf(user, "u%03d", &i)
@@ -106,7 +109,7 @@ func TestMarkPublished(t *testing.T) {
 			check("ViewUsers", v.UserID, v.Outbox)
 		}
 		// An amend finds the marks with the outbox; u001 leaves s.
-		out, err := users.Amend(ctx, []membership.Amend{amend("u000", 12), amend("u001", 3), amend("u002", 3)})
+		out, err := users.Amend(ctx, []membership.Amend{amend("u000", 22), amend("u001", 3), amend("u002", 3)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +125,7 @@ func TestMarkPublished(t *testing.T) {
 			t.Fatal(err)
 		}
 		check("Load after the amend", "u001", after[0].Outbox)
-		if j := rdb.HGet(ctx, membership.ProfileKey(org, "u000"), "j").Val(); j != "4,5,6,7,8,9,10,11," {
+		if j := rdb.HGet(ctx, membership.ProfileKey(org, "u000"), "j").Val(); j != "6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21," {
 			t.Errorf("marks of u000 stored as %q", j)
 		}
 	})

@@ -73,10 +73,11 @@ type OutboxEntry struct {
 	// Changes are the membership changes the entry records; none for a
 	// dead-lettered event.
 	Changes []OutboxChange `json:"c,omitempty"`
-	// Published is true for an entry whose writer (a timer round) recorded,
-	// once Kafka acknowledged them, that its changes are published (see
-	// Users.MarkPublished); the record is kept beside the outbox, not in the
-	// entry's stored form. An entry without it may be published or not.
+	// Published is true for an entry that a timer round (its writer, or one
+	// that published a backfill's entry again) recorded, once Kafka
+	// acknowledged them, as published (see Users.MarkPublished); the record
+	// is kept beside the outbox, not in the entry's stored form. An entry
+	// without it may be published or not.
 	Published bool `json:"-"`
 }
 
@@ -169,7 +170,8 @@ func changeOf(e OutboxEntry, seg string) (OutboxChange, bool) {
 // own: a batch whose instance died is replayed by the partition's next
 // owner once the group has rebalanced (its session timeout is 10 s), after
 // the later writer's change otherwise. (Backfills and timers also take a
-// job's changes so whatever their age: a job's retry may come much later.)
+// job's changes so whatever their age, unless a timer round marked them
+// published (see Users.MarkPublished): a job's retry may come much later.)
 const ReplayWindow = 2 * time.Minute
 
 // UserState is one user's stored state as the processor needs it.

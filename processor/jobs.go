@@ -1251,16 +1251,17 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 // settleChanges projects and publishes changes already written, leaving
 // out those a deletion answered (see Deletions.Published), then stores
 // due, through failures that pass (see settle). With mark (a timer
-// round's), it then marks the published entries of jobs as such, so that
+// round's), it then marks the published entries of jobs as such (after
+// due is stored, which a flip's timer needs, and a mark does not), so that
 // the user's next writers do not publish them again (see
 // unpublishedJobEntry): a timer's change is most often followed by one of
 // the stream (a user active again), which would otherwise publish it
 // again, and again at each later flip while the entry stays in the
 // outbox (a day). Backfills leave their entries unmarked: a mark costs a
-// Redis call per changed user, on their path every entering user's.
+// Redis call per entry marked, on their path every entering user's.
 func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.Change, projections []membership.Projection, due []membership.Due, mark bool) error {
-	published := false
-	return j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
+	published, whole := false, false
+	err := j.settle(ctx, seg, len(changes), func(ctx context.Context) error {
 		if !published {
 			deleted, err := j.cfg.Users.Project(ctx, projections)
 			if err != nil {
@@ -1273,14 +1274,15 @@ func (j *Jobs) settleChanges(ctx context.Context, seg string, changes []events.C
 			if err := j.cfg.Publisher.Publish(ctx, out); err != nil {
 				return err
 			}
-			published = true
+			published, whole = true, len(deleted) == 0
 			j.cfg.Metrics.countChanges(out)
-			if mark && len(deleted) == 0 {
-				j.markPublished(ctx, projections)
-			}
 		}
 		return j.cfg.Schedules.Schedule(ctx, due)
 	})
+	if err == nil && mark && whole {
+		j.markPublished(ctx, projections)
+	}
+	return err
 }
 
 // markPublished marks the job entries whose changes ps hold published. A
@@ -1300,7 +1302,7 @@ func (j *Jobs) markPublished(ctx context.Context, ps []membership.Projection) {
 		return
 	}
 	if err := j.cfg.Users.MarkPublished(ctx, marks); err != nil && ctx.Err() == nil {
-		j.cfg.Logger.Warn("published changes not marked as such: the users' next writers publish them again", "changes", len(marks), "err", err)
+		j.cfg.Logger.Warn("published entries not marked as such: the users' next writers publish them again", "entries", len(marks), "err", err)
 	}
 }
 

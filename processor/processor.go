@@ -1271,7 +1271,7 @@ func decidedBefore(changes []events.Change, revs []int64, seg string, rev int64)
 func jobEntry(e membership.OutboxEntry) bool { return !streamEntry(e) }
 
 // unpublishedJobEntry reports whether e is a backfill's or a timer's entry
-// that may not be published: its writer has not marked it published (see
+// that may not be published: no timer round has marked it published (see
 // membership.Users.MarkPublished). A marked entry's changes were on the
 // topic before the mark, and so before anything its reader publishes.
 func unpublishedJobEntry(e membership.OutboxEntry) bool { return jobEntry(e) && !e.Published }
@@ -1641,7 +1641,8 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	// A cached state holds the job entries the stream's own last write
 	// kept (keepAmends): they race all the same. The stream's own entries
-	// are published in order by its batches.
+	// are published in order by its batches, and an entry marked published
+	// was on the topic before the mark (settledEntry).
 	before = append(before, racedChanges(w.ref, st.Outbox, settledEntry, func(seg string) bool {
 		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
 	}, now)...)
@@ -1691,7 +1692,10 @@ const amendGrace = 10 * time.Minute
 const timerGrace = 24 * time.Hour
 
 // keepAmends appends to outbox the entries of loaded made by backfills and
-// timers that may not be published yet: a backfill's while its segment is
+// timers that may not be published yet, or that their job's retry must find
+// (one marked published is kept all the same: a claim retried, or a replay's
+// timer at an instant already fired, decides under the same cause): a
+// backfill's while its segment is
 // still being built, at that generation or a later one, in org (its retry,
 // or the new generation's backfill, publishes from them, however late it
 // comes) and for amendGrace, a timer's for timerGrace and only under the

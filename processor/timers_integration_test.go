@@ -1055,10 +1055,10 @@ func (f *failSecondAmend) Amend(ctx context.Context, as []membership.Amend) ([]m
 // claims' retry after their 30 s lease.
 func TestTimerRoundSettlesItsPassesTogether(t *testing.T) {
 	for name, tc := range map[string]struct {
-		wrap  func(processor.JobUsers) processor.JobUsers
+		wrap func(processor.JobUsers) processor.JobUsers
 	}{
-		"both passes write":                             {},
-		"the second pass fails":                         {wrap: func(u processor.JobUsers) processor.JobUsers { return &failSecondAmend{JobUsers: u} }},
+		"both passes write":     {},
+		"the second pass fails": {wrap: func(u processor.JobUsers) processor.JobUsers { return &failSecondAmend{JobUsers: u} }},
 		// The round's default limit: the share kept for settling (2 s)
 		// holds a produce on a machine busy with other tests.
 		"the round runs out of time in its second pass": {wrap: func(u processor.JobUsers) processor.JobUsers { return &slowSecondAmend{JobUsers: u} }},
