@@ -36,21 +36,31 @@ type Published struct {
 const markPublishedScript = `
 local out = {}
 for k = 1, #KEYS, 2 do
-  local rev = tonumber(ARGV[(k + 1) / 2])
+  local rev = ARGV[(k + 1) / 2]
+  local n = tonumber(rev)
   local h = redis.call('HMGET', KEYS[k], 'r', 'j')
-  if tonumber(h[1] or '0') >= rev then
-    local revs, seen = {}, false
-    for m in string.gmatch(h[2] or '', '([^,]+),') do
-      local n = tonumber(m)
-      if n == rev then seen = true end
-      if n then revs[#revs + 1] = n end
-    end
-    if not seen then
-      revs[#revs + 1] = rev
+  local j = h[2] or ''
+  if tonumber(h[1] or '0') >= n then
+    local write = true
+    if n > tonumber(string.match(',' .. j, '^.*,(%d+),$') or '-1') then
+      -- Marks come mostly in the order of their revisions.
+      j = j .. rev .. ','
+    elseif string.find(',' .. j, ',' .. rev .. ',', 1, true) then
+      write = false
+    else
+      local revs = {}
+      for m in string.gmatch(j, '(%d+),') do revs[#revs + 1] = tonumber(m) end
+      revs[#revs + 1] = n
       table.sort(revs)
-      while #revs > 16 do table.remove(revs, 1) end
-      for i, n in ipairs(revs) do revs[i] = string.format('%d', n) end
-      redis.call('HSET', KEYS[k], 'j', table.concat(revs, ',') .. ',')
+      j = table.concat(revs, ',') .. ','
+    end
+    if write then
+      local _, c = string.gsub(j, ',', ',')
+      while c > 16 do
+        j = string.sub(j, string.find(j, ',', 1, true) + 1)
+        c = c - 1
+      end
+      redis.call('HSET', KEYS[k], 'j', j)
     end
   end
   out[#out + 1] = 1
