@@ -118,6 +118,15 @@ func TestLastDecisions(t *testing.T) {
 			take: func(e OutboxEntry) bool { return e.EventID != "e2" },
 			want: []string{"e3"},
 		},
+		"the run stops at a decision marked published": {
+			outbox: []OutboxEntry{in("e1", 3, 10, "s", true), {EventID: "e2", Rev: 4, AtMillis: 10 * minute, Changes: []OutboxChange{{SegmentID: "s"}}, Published: true},
+				in("e3", 5, 10, "s", true)}, below: 9, take: all,
+			want: []string{"e3"},
+		},
+		"none when the newest is marked published": {
+			outbox: []OutboxEntry{in("e1", 3, 10, "s", true), {EventID: "e2", Rev: 4, AtMillis: 10 * minute, Changes: []OutboxChange{{SegmentID: "s"}}, Published: true}},
+			below:  9, take: all,
+		},
 		"none when the newest is not taken": {
 			outbox: []OutboxEntry{in("e1", 3, 10, "s", true), in("e2", 4, 10, "s", false)}, below: 9,
 			take: func(e OutboxEntry) bool { return e.EventID == "e1" },

@@ -100,7 +100,9 @@ func (e OutboxEntry) Events(ref UserRef) []events.Change {
 }
 
 // LastDecisions returns the trailing run of decisions of segment seg that
-// outbox's entries below revision below made and that take accepts, oldest
+// outbox's entries below revision below made and that take accepts, and
+// that are not marked published (a marked entry's changes were on the
+// topic before the mark, so before anything the caller publishes), oldest
 // first (by revision, then in outbox order: the events of one write share
 // its revision), each entry with its change of seg alone; an entry found
 // twice counts once, where it comes last; the run stops at a decision
@@ -121,7 +123,8 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 			}
 		}
 	}
-	if !found || !take(newest) {
+	taken := func(e OutboxEntry) bool { return !e.Published && take(e) }
+	if !found || !taken(newest) {
 		return nil
 	}
 	var ds []OutboxEntry
@@ -141,7 +144,7 @@ func LastDecisions(outbox []OutboxEntry, seg string, below int64, take func(Outb
 	}
 	slices.SortStableFunc(ds, func(a, b OutboxEntry) int { return cmp.Compare(a.Rev, b.Rev) })
 	first := len(ds)
-	for first > 0 && take(ds[first-1]) {
+	for first > 0 && taken(ds[first-1]) {
 		// Decisions long before the newest were published, or their own
 		// retry publishes them: a job's entries stay in an outbox that
 		// no stream write trims, and each flip would repeat them all.

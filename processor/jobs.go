@@ -1187,7 +1187,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			skip := func(e membership.OutboxEntry) bool { return slices.Contains(own, e.EventID) }
 			only := func(s string) bool { return s == seg }
 			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
-			raced := racedChanges(ref, outcomes[i].Before, func(e membership.OutboxEntry) bool { return skip(e) || e.Published }, only, now)
+			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChanges).
 			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, unpublished.take(outcomes[i].Applied, skip)); len(pcs) > 0 {
@@ -1254,7 +1254,7 @@ func (j *Jobs) dropSuperseded(ctx context.Context, changes []events.Change, proj
 // round's), it then marks the published entries of jobs as such (after
 // due is stored, which a flip's timer needs, and a mark does not), so that
 // the user's next writers do not publish them again (see
-// unpublishedJobEntry): a timer's change is most often followed by one of
+// membership.LastDecisions and racedChanges): a timer's change is most often followed by one of
 // the stream (a user active again), which would otherwise publish it
 // again, and again at each later flip while the entry stays in the
 // outbox (a day). Backfills leave their entries unmarked: a mark costs a

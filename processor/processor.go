@@ -1230,8 +1230,9 @@ func (r *userResult) publishFirst(raced []membership.Projection) {
 
 // racedChanges returns the changes that the entries of a user's stored
 // outbox written within racedWindow of now decide, of the entries other
-// than skip and the segments changes, each with the revision of its write,
-// in the order of the writes. Another writer (the stream, a backfill, a
+// than skip and those marked published (on the topic before the mark),
+// and the segments changes, each with the revision of its write, in the
+// order of the writes. Another writer (the stream, a backfill, a
 // timer) publishes after its write: should it publish after the caller's
 // later change of the same segment, a consumer following the topic would
 // end with its change, the older one. Published by the caller first
@@ -1241,7 +1242,7 @@ func racedChanges(ref membership.UserRef, outbox []membership.OutboxEntry, skip 
 	since := now.Add(-racedWindow).UnixMilli()
 	var out []membership.Projection
 	for _, e := range outbox {
-		if e.AtMillis < since || skip(e) {
+		if e.AtMillis < since || e.Published || skip(e) {
 			continue
 		}
 		for _, c := range e.Events(ref) {
@@ -1269,17 +1270,6 @@ func decidedBefore(changes []events.Change, revs []int64, seg string, rev int64)
 
 // jobEntry reports whether e is a backfill's or a timer's entry.
 func jobEntry(e membership.OutboxEntry) bool { return !streamEntry(e) }
-
-// unpublishedJobEntry reports whether e is a backfill's or a timer's entry
-// that may not be published: no timer round has marked it published (see
-// membership.Users.MarkPublished). A marked entry's changes were on the
-// topic before the mark, and so before anything its reader publishes.
-func unpublishedJobEntry(e membership.OutboxEntry) bool { return jobEntry(e) && !e.Published }
-
-// settledEntry reports whether e needs no publishing again by a later
-// writer of its user: the stream's own (its batches publish them in
-// order), or one marked published.
-func settledEntry(e membership.OutboxEntry) bool { return streamEntry(e) || e.Published }
 
 // racedWindow is how long after a backfill's or timer's write of a user
 // the stream takes its changes for possibly unpublished (see
@@ -1473,7 +1463,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				if decidedBefore(res.changes, res.revs, c.SegmentID, e.Rev) {
 					continue
 				}
-				before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, unpublishedJobEntry)...)
+				before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry)...)
 			}
 			res.record(replayed, e.Rev)
 			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
@@ -1641,9 +1631,8 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	}
 	// A cached state holds the job entries the stream's own last write
 	// kept (keepAmends): they race all the same. The stream's own entries
-	// are published in order by its batches, and an entry marked published
-	// was on the topic before the mark (settledEntry).
-	before = append(before, racedChanges(w.ref, st.Outbox, settledEntry, func(seg string) bool {
+	// are published in order by its batches.
+	before = append(before, racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
 		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
 	}, now)...)
 	// The new write's first change of each segment flips from what came
@@ -1652,7 +1641,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if res.revs[i] != st.Rev+1 || decidedBefore(res.changes[:i], res.revs[:i], c.SegmentID, res.revs[i]) {
 			continue
 		}
-		before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, unpublishedJobEntry)...)
+		before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, jobEntry)...)
 	}
 	res.publishFirst(withoutRepeats(before))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}

@@ -82,7 +82,7 @@ func without[T any](s []T, drop map[int]bool) []T {
 // accepts them and a change of seg to entered flips from the newest. A
 // backfill's or a timer's decision may never have been published, whatever
 // its age (its round gave up on Kafka, or its instance died), unless a
-// timer round marked it published (callers' take leaves those out: they
+// timer round marked it published (LastDecisions leaves those out: they
 // were on the topic before the mark), and its retry
 // leaves it out once a later write has decided the segment again (see
 // superseded): the later writer publishes it first (again, with its
@@ -133,13 +133,13 @@ func (u unpublishedStream) published(applied string) bool {
 // take accepts, for a backfill's or timer's change of a user whose stored
 // position of the last applied event is applied (see precedingChanges),
 // the outbox entries whose decision may still be unpublished, other than
-// those own names: a job's whatever its age unless a timer round marked it
-// published, the stream's decided at or after u.from unless published says
-// they all are.
+// those own names: a job's whatever its age, the stream's decided at or
+// after u.from unless published says they all are (membership.LastDecisions
+// leaves out those marked published).
 func (u unpublishedStream) take(applied string, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
 	recent, published := u.from.UnixMilli(), u.published(applied)
 	return func(e membership.OutboxEntry) bool {
-		return !own(e) && (unpublishedJobEntry(e) || (!published && streamEntry(e) && e.AtMillis >= recent))
+		return !own(e) && (jobEntry(e) || (!published && e.AtMillis >= recent))
 	}
 }
 
