@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/segmentd/segmentd/events"
@@ -30,6 +32,7 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	full := fs.Float64("full", 0.1, "share of later events sent as full profiles")
 	seed := fs.Uint64("seed", 1, "random seed")
 	topic := fs.String("topic", e.profileTopic, "topic to produce to")
+	retryFor := fs.Duration("retry-for", 2*time.Minute, "how long a batch that Kafka does not take is tried again before loadgen gives up (0: not retried)")
 	args, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -37,8 +40,8 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	if len(args) > 0 {
 		return fmt.Errorf("loadgen: unexpected argument %q", args[0])
 	}
-	if *users < 1 || *orgs < 1 || *rate < 0 || *total < 0 {
-		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate and -n not negative")
+	if *users < 1 || *orgs < 1 || *rate < 0 || *total < 0 || *retryFor < 0 {
+		return fmt.Errorf("loadgen: -users and -orgs must be positive, -rate, -n and -retry-for not negative")
 	}
 	if !(*flip >= 0 && *flip <= 1) || !(*full >= 0 && *full <= 1) {
 		return fmt.Errorf("loadgen: -flip and -full are shares, from 0 to 1")
@@ -100,7 +103,7 @@ gen:
 			}
 			msgs = append(msgs, kafka.Message{Topic: *topic, Key: []byte(ev.UserID), Value: v, Time: now})
 		}
-		if err := kafkaio.WriteError(w.WriteMessages(ctx, msgs...)); err != nil {
+		if err := writeRetrying(ctx, w, msgs, *retryFor, fs.errs); err != nil {
 			if ctx.Err() != nil {
 				interrupted = fmt.Sprintf(", interrupted (a batch of %d in flight, maybe sent)", n)
 				break gen
@@ -112,4 +115,42 @@ gen:
 	el := time.Since(start)
 	fmt.Fprintf(stdout, "produced %d events in %s (%.0f events/s)%s\n", sent, el.Round(time.Millisecond), float64(sent)/el.Seconds(), interrupted)
 	return nil
+}
+
+// writeRetrying writes msgs, trying a batch that Kafka did not take again
+// for up to retryFor (a broker restarting, a leader moving), with a line on
+// warn for each failure. A retry after a partial write sends some events
+// twice, with the same versions: segmentd ignores the repeats. A refusal
+// that no retry changes (a record too large, a topic that does not exist)
+// ends it at once.
+func writeRetrying(ctx context.Context, w *kafka.Writer, msgs []kafka.Message, retryFor time.Duration, warn io.Writer) error {
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(retryFor))
+	var b backoff.BackOff = bo
+	if retryFor == 0 {
+		b = &backoff.StopBackOff{} // a zero MaxElapsedTime would retry forever
+	}
+	failures := 0
+	return backoff.RetryNotify(func() error {
+		err := kafkaio.WriteError(w.WriteMessages(ctx, msgs...))
+		if err == nil || ctx.Err() != nil || !retriableWrite(err) {
+			return backoff.Permanent(err)
+		}
+		failures++
+		return err
+	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
+		fmt.Fprintf(warn, "segmentctl: loadgen: a batch of %d not written (failure %d), trying again in %s: %v\n", len(msgs), failures, wait.Round(time.Millisecond), err)
+	})
+}
+
+// retriableWrite tells a write that may succeed later (the broker
+// unreachable, a leader moving) from one Kafka refuses for good. A topic
+// Kafka does not know counts as refused: segmentd creates its topics when
+// it starts, and a mistyped -topic should not wait for the retry bound.
+func retriableWrite(err error) bool {
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		return ke.Temporary() && !errors.Is(err, kafka.UnknownTopicOrPartition)
+	}
+	return true
 }

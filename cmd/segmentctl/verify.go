@@ -41,6 +41,14 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 	}
 	summary := fmt.Sprintf("%s of %s against %s", plural(checked.Segments, "ready dynamic segment"),
 		plural(checked.Orgs, "organisation"), plural(checked.Profiles, "stored profile"))
+	if checked.Segments == 0 {
+		// No profile is read then: "against 0 stored profiles" would say
+		// that there are none.
+		summary = "no ready dynamic segment to check"
+		if *org != "" {
+			summary = fmt.Sprintf("organisation %q has no ready dynamic segment to check", *org)
+		}
+	}
 	if checked.Building > 0 {
 		summary += fmt.Sprintf("; %s still building, not checked", plural(checked.Building, "segment"))
 	}
@@ -75,8 +83,6 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "organisation %q has no segments: nothing was checked (is the id right?)\n", *org)
 			return exitCode(1)
 		}
-		fmt.Fprintf(stdout, "no differences (%s)\norganisation %q has no ready dynamic segment\n", summary, *org)
-		return nil
 	}
 	fmt.Fprintf(stdout, "no differences (%s)\n", summary)
 	return nil
