@@ -48,6 +48,7 @@ func TestCompileValidation(t *testing.T) {
 		"gt date without zone":     {inc(cr("createdAt", OpGreater, "2024-01-01T00:00:00")), CodeValidationFailed, []string{"criteria.include[0].value"}},
 		"gt impossible full-date":  {inc(cr("createdAt", OpGreater, "2024-02-30")), CodeValidationFailed, []string{"criteria.include[0].value"}},
 		"gt impossible date":       {inc(cr("createdAt", OpGreater, "2023-02-29T00:00:00Z")), CodeValidationFailed, []string{"criteria.include[0].value"}},
+		"gt offset minute 60":      {inc(cr("createdAt", OpGreater, "2024-01-15T10:30:00+01:60")), CodeValidationFailed, []string{"criteria.include[0].value"}},
 		"lt relative bad unit":     {inc(cr("updatedAt", OpLess, "now-30y")), CodeValidationFailed, []string{"criteria.include[0].value"}},
 		"lt relative no amount":    {inc(cr("updatedAt", OpLess, "now-d")), CodeValidationFailed, []string{"criteria.include[0].value"}},
 		"lt relative no sign":      {inc(cr("updatedAt", OpLess, "now30d")), CodeValidationFailed, []string{"criteria.include[0].value"}},

@@ -490,6 +490,12 @@ func TestParseTimeWhereRFC3339Parts(t *testing.T) {
 		// time-hour 00-23, in an offset too.
 		"offset hour 24":  {"2024-01-15T10:30:00+24:00", ""},
 		"offset hour -24": {"2024-01-15T10:30:00-24:00", ""},
+		// time-minute 00-59, in an offset too: time.Parse reads "+01:60"
+		// as +02:00.
+		"offset minute 60":           {"2024-01-15T10:30:00+01:60", ""},
+		"offset minute 60, fraction": {"2024-01-15T10:30:00.123-05:60", ""},
+		"offset minute 60, lower":    {"2024-01-15t10:30:00+00:60", ""},
+		"offset minute 59":           {"2024-01-15T10:30:00+01:59", "2024-01-15T08:31:00Z"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -97,6 +97,11 @@ func parseTimeSlow(s string) (instant, bool) {
 	if _, off := t.Zone(); off >= 24*3600 || off <= -24*3600 {
 		return instant{}, false
 	}
+	// It takes an offset's minute of 60 too ("+01:60", read as +02:00),
+	// which RFC 3339 (time-minute 00-59) does not.
+	if n := len(s); n > 6 && (s[n-6] == '+' || s[n-6] == '-') && s[n-3] == ':' && s[n-2] > '5' {
+		return instant{}, false
+	}
 	return instantOf(t), true
 }
 
