@@ -499,3 +499,34 @@ func TestMembersEditRacingDeleteAnswersWhatItDid(t *testing.T) {
 		t.Errorf("members add answered %d %s, though its entry for b was published (and answered by the deletion's exit)", r.status, r.raw)
 	}
 }
+
+// TestAddingAMemberAgainRestoresItsUserSet: a user that a static segment's
+// set holds and whose own set lost the segment (an add racing the user's
+// deletion, README's known limits) is put right by adding the user to the
+// list again, as the README says: its own set holds the segment again, and
+// no event is published (the user was a member all along).
+func TestAddingAMemberAgainRestoresItsUserSet(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	a := newTestAPI(t, rdb)
+	ctx := context.Background()
+	id := str(a.as("POST", "/v1/segments", map[string]any{"name": "l", "type": "static", "userIds": []string{"u1", "u2"}}).mustStatus(t, http.StatusCreated).body["id"])
+	a.pub.take()
+	// The state the race leaves: in the segment's set, not in the user's own.
+	if err := rdb.SRem(ctx, membership.UserSegmentsKey(a.org, "u1"), id).Err(); err != nil {
+		t.Fatal(err)
+	}
+	edit := a.as("POST", "/v1/segments/"+id+"/members", map[string]any{"add": []string{"u1", "u3"}}).mustStatus(t, http.StatusOK)
+	if num(edit.body["added"]) != 1 || num(edit.body["size"]) != 3 {
+		t.Errorf("edit = %s", edit.raw)
+	}
+	if got := changeSigns(a.pub.take()); !slices.Equal(got, []string{"+u3"}) {
+		t.Errorf("published %v, want only u3's entry", got)
+	}
+	if got := testenv.SMembers(t, rdb, membership.UserSegmentsKey(a.org, "u1")); !slices.Equal(got, []string{id}) {
+		t.Errorf("u1's segments after adding u1 again = %v, want [%s]", got, id)
+	}
+	us := a.as("GET", "/v1/users/u1/segments", nil).mustStatus(t, http.StatusOK)
+	if data, _ := us.body["data"].([]any); len(data) != 1 {
+		t.Errorf("GET /v1/users/u1/segments = %s, want the segment", us.raw)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/membership"
 	"github.com/segmentd/segmentd/segment"
 )
@@ -189,6 +190,15 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	// The ids of add that were members already: their own sets are
+	// written again, with no event, so that adding a user again puts right
+	// a user's set that lost the segment while the member set kept it.
+	if members := alreadyMembers(add, changes); len(members) > 0 {
+		if err := s.sets.RestoreUserSets(ctx, d.OrgID, d.ID, members); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
 	sizes, err := s.sets.Sizes(ctx, d.OrgID, []string{d.ID})
 	if err != nil {
 		s.fail(w, r, err)
@@ -213,6 +223,24 @@ func (s *Server) editMembers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, membersEditJSON{Added: added, Removed: removed, Size: sizes[d.ID]})
+}
+
+// alreadyMembers returns the ids of add that changes do not enter: those
+// the segment's set held when the edit was planned.
+func alreadyMembers(add []string, changes []events.Change) []string {
+	entered := make(map[string]bool, len(changes))
+	for _, c := range changes {
+		if c.Entered {
+			entered[c.UserID] = true
+		}
+	}
+	var out []string
+	for _, id := range add {
+		if !entered[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // checkEdit checks the lists of a members edit: non-blank ids, each list

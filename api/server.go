@@ -106,6 +106,9 @@ type StaticLists interface {
 	// Enlist adds users to a segment's member set alone, for DeleteSegment
 	// to remove them from.
 	Enlist(ctx context.Context, org, seg string, userIDs []string) error
+	// RestoreUserSets puts a segment into the own sets of users its member
+	// set already holds, publishing nothing.
+	RestoreUserSets(ctx context.Context, org, seg string, userIDs []string) error
 }
 
 // SegmentRemover removes a deleted segment's membership.

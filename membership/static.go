@@ -244,6 +244,25 @@ func (s *Sets) ForgetSegment(ctx context.Context, org, seg string) (int64, error
 	return n, nil
 }
 
+// RestoreUserSets puts seg into the own segment set of each of userIDs,
+// users its member set already holds, and publishes nothing: a user that
+// the member set names and whose own set lost the segment (an add racing
+// the user's deletion, see the README's known limits) is put right by
+// adding it to the list again. A user whose own set holds seg already is
+// left as it is.
+func (s *Sets) RestoreUserSets(ctx context.Context, org, seg string, userIDs []string) error {
+	for chunk := range slices.Chunk(userIDs, setsChunk) {
+		pipe := s.rdb.Pipeline()
+		for _, id := range chunk {
+			pipe.SAdd(ctx, UserSegmentsKey(org, id), seg)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return fmt.Errorf("restore %d user sets of %s/%s: %w", len(chunk), org, seg, err)
+		}
+	}
+	return nil
+}
+
 // Enlist adds users to a segment's member set alone. DeleteSegment works
 // from that set: enlisted first, every one of them gets its exit published
 // and loses the segment from its own set, also users whose own set a list
