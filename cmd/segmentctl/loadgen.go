@@ -90,6 +90,14 @@ gen:
 			break gen
 		}
 		n := batch
+		if *rate > 0 {
+			// Behind the rate (a write took longer than a batch's share
+			// of a second): the events due by now go in this write, up
+			// to the largest batch, so that the rate is caught up rather
+			// than capped at one small batch per write's round trip.
+			due := int(time.Since(start).Seconds()*float64(*rate)) - sent
+			n = max(n, min(due, 500))
+		}
 		if *total > 0 {
 			n = min(n, *total-sent)
 		}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/kafkaio"
@@ -134,5 +136,38 @@ func TestRetriableWrite(t *testing.T) {
 				t.Errorf("retriableWrite(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestLoadgenKeepsTheRateWhenWritesAreSlow: against a broker that takes
+// 40 ms to answer each write (a busy machine, a remote cluster), the events
+// due while a write was under way go out together in the next one, so that
+// the rate asked for is kept on average, rather than capped at one batch of
+// rate/100 per write. Counted in writes, not timed: each write takes at
+// least 40 ms, in which 40 events fall due, so a loadgen that keeps the rate
+// sends 600 events in far fewer than the 60 writes of 10 that cap it.
+func TestLoadgenKeepsTheRateWhenWritesAreSlow(t *testing.T) {
+	const topic = "slow-writes"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var writes atomic.Int64
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		writes.Add(1)
+		time.Sleep(40 * time.Millisecond)
+		return nil, nil, false // observed only: the cluster answers it
+	})
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": c.ListenAddrs()[0]})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"loadgen", "-rate", "1000", "-n", "600", "-users", "10", "-topic", topic}, env, nil, &out); err != nil {
+		t.Fatalf("loadgen = %v (%q)", err, out.String())
+	}
+	if n := writes.Load(); n == 0 || n >= 40 {
+		t.Errorf("600 events at -rate 1000 against 40 ms writes went in %d writes (%q), want far fewer than 60: the rate is not kept", n, out.String())
 	}
 }
