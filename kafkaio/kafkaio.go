@@ -5,10 +5,12 @@
 package kafkaio
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -424,6 +426,12 @@ func pingOne(ctx context.Context, broker string) error {
 	}
 	defer conn.Close()
 	if _, err := conn.Brokers(); err != nil {
+		// The connection's deadline passed, or it was closed because the
+		// time ran out (or the caller stopped): that, not the closed
+		// connection, is what to say.
+		if cerr := ctx.Err(); cerr != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%s accepted the connection and did not answer a metadata request in time: %w", broker, cmp.Or(cerr, err))
+		}
 		return fmt.Errorf("metadata from %s: %w", broker, err)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -184,6 +185,19 @@ func TestPingStopsWithItsContext(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("ping did not end with its cancelled context")
+	}
+}
+
+// TestPingOfAFrozenBrokerSaysSo: a broker that accepts the connection and
+// never answers fails the check with its time out named, not with the
+// closed connection the check's own close leaves.
+func TestPingOfAFrozenBrokerSaysSo(t *testing.T) {
+	frozen := frozenBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err := kafkaio.Ping(ctx, []string{frozen.Addr().String()})
+	if err == nil || !strings.Contains(err.Error(), "did not answer a metadata request in time") || strings.Contains(err.Error(), "closed network connection") {
+		t.Errorf("ping of a frozen broker = %v, want it named as not answering in time", err)
 	}
 }
 
