@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -142,5 +143,37 @@ func TestOpenAPIStatusesOfRealAnswers(t *testing.T) {
 	a.as("POST", "/v1/audience/search", `{"limit": null}`).mustStatus(t, http.StatusOK)
 	if !doc.Components.Schemas["AudienceSearch"].Properties["limit"].Nullable {
 		t.Error(`POST /v1/audience/search takes "limit": null, but AudienceSearch.limit is not nullable in openapi.json`)
+	}
+}
+
+// TestOpenAPIServersPointAtTheServingInstance: the document served at
+// /v1/openapi.json names, as its server, the instance that serves it (a
+// relative URL, resolved against the document's own), whatever address it
+// listens on: a client generated from it, or an explorer's "try it out",
+// must not send the calls to another host or port.
+func TestOpenAPIServersPointAtTheServingInstance(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t))
+	r := a.as("GET", "/v1/openapi.json", nil).mustStatus(t, http.StatusOK)
+	var doc struct {
+		Servers []struct {
+			URL string `json:"url"`
+		} `json:"servers"`
+	}
+	if err := json.Unmarshal(r.raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	base, err := url.Parse(a.srv.URL + "/v1/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range doc.Servers {
+		u, err := url.Parse(s.URL)
+		if err != nil {
+			t.Errorf("server url %q: %v", s.URL, err)
+			continue
+		}
+		if got := base.ResolveReference(u); got.Host != base.Host {
+			t.Errorf("the document served by %s sends calls to %s (server url %q)", base.Host, got.Host, s.URL)
+		}
 	}
 }
