@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/segmentd/segmentd/internal/testenv"
 )
@@ -151,5 +152,46 @@ func TestChunkedOversizedBodyIs413WhileAnotherIsRead(t *testing.T) {
 	a.srv.Config.Handler.ServeHTTP(rec, req)
 	if rec.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("a chunked body of twice the cap while one body at the cap is read: %d %s; want 413", rec.Code, rec.Body)
+	}
+}
+
+// TestBodyNotReceivedInTimeIsNoInvalidJSON: a valid body that arrives
+// more slowly than the server's read timeout allows (a large static list
+// over a slow link) is answered 408 request_timeout, not a 400
+// invalid_json that tells the client its JSON is broken.
+func TestBodyNotReceivedInTimeIsNoInvalidJSON(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t))
+	srv := httptest.NewUnstartedServer(a.srv.Config.Handler)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+
+	body := `{"name":"slow","type":"static","userIds":["u1","u2","u3"]}`
+	pr, pw := io.Pipe()
+	go func() {
+		// The whole body, valid JSON, a byte at a time past the timeout.
+		for i := range len(body) {
+			if _, err := pw.Write([]byte{body[i]}); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = pw.Close()
+	}()
+	defer pw.Close()
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/segments", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = int64(len(body))
+	req.Header.Set("Authorization", "Bearer "+a.key)
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("no answer to a slow body: %v", err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(raw), `"request_timeout"`) {
+		t.Errorf("a valid body received past the read timeout: %d %s; want 408 request_timeout", res.StatusCode, raw)
 	}
 }

@@ -21,6 +21,9 @@ const (
 	codeUserNotFound     = "user_not_found"
 	codeUnauthorized     = "unauthorized"
 	codeBodyTooLarge     = "body_too_large"
+	// codeRequestTimeout answers a body that did not arrive within the
+	// server's read timeout.
+	codeRequestTimeout   = "request_timeout"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeSegmentNotStatic = "segment_not_static"
 	// codeIdempotencyKeyReused answers a create whose Idempotency-Key

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -49,6 +50,12 @@ func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]
 		}
 		if errors.Is(err, errBodyBudget) {
 			return nil, &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, message: s.budgetSpent()}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server's read timeout ran out before the whole body came:
+			// the JSON is not at fault, the time it took is.
+			return nil, &apiError{status: http.StatusRequestTimeout, code: codeRequestTimeout,
+				message: "the request body did not arrive within the server's read timeout; send it over a faster link, or in smaller requests (a static list can be created empty and filled with POST /v1/segments/{id}/members)"}
 		}
 		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "could not read the request body"}
 	}
