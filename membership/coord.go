@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,6 +31,9 @@ const ListLockTTL = 30 * time.Second
 // Coordinator hands jobs to one instance at a time and tracks instances.
 type Coordinator struct {
 	rdb redis.UniversalClient
+	// beats numbers this process's beats, so that each one differs from
+	// the one before even when the clock stands still.
+	beats atomic.Uint64
 }
 
 // NewCoordinator returns a coordinator on rdb.
@@ -169,8 +173,11 @@ func (c *Coordinator) Unlock(ctx context.Context, name, owner string) error {
 }
 
 // Beat records that instance id has definitions revision rev in force.
+// Each beat's value differs from the one before (`rev:ms:n`, n counting the
+// beats): Beats' readers tell a live instance by its beat changing, with no
+// need for the instances' clocks to agree.
 func (c *Coordinator) Beat(ctx context.Context, id string, rev int64, now time.Time) error {
-	v := strconv.FormatInt(rev, 10) + ":" + strconv.FormatInt(now.UnixMilli(), 10)
+	v := strconv.FormatInt(rev, 10) + ":" + strconv.FormatInt(now.UnixMilli(), 10) + ":" + strconv.FormatUint(c.beats.Add(1), 10)
 	if err := c.rdb.HSet(ctx, instancesKey, id, v).Err(); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
@@ -194,20 +201,9 @@ func (c *Coordinator) Leave(ctx context.Context, id string) error {
 // LiveRevisions returns the revision in force at each instance that beat
 // within maxAge of now, and removes instances silent for much longer.
 func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error) {
-	all, err := c.rdb.HGetAll(ctx, instancesKey).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("instances: %w", err)
-	}
 	out := map[string]int64{}
-	for id, v := range all {
-		r, at, ok := strings.Cut(v, ":")
-		rev, err1 := strconv.ParseInt(r, 10, 64)
-		ms, err2 := strconv.ParseInt(at, 10, 64)
-		if !ok || err1 != nil || err2 != nil {
-			continue
-		}
-		age := now.Sub(time.UnixMilli(ms))
-		switch {
+	err := c.eachBeat(ctx, func(id, v string, rev int64, at time.Time) {
+		switch age := now.Sub(at); {
 		case age <= maxAge:
 			out[id] = rev
 		case age > 10*maxAge:
@@ -215,6 +211,40 @@ func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge t
 			// failed prune is tried again at the next read.
 			_ = pruneBeat.Run(ctx, c.rdb, []string{instancesKey}, id, v).Err()
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// Beats returns each instance's last beat as stored, by instance id: a
+// value that has not changed for a while is an instance that died, or
+// stopped beating, without leaving.
+func (c *Coordinator) Beats(ctx context.Context) (map[string]string, error) {
+	all, err := c.rdb.HGetAll(ctx, instancesKey).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("instances: %w", err)
+	}
+	return all, nil
+}
+
+// eachBeat calls fn with every instance's last beat: its value as stored,
+// and the revision and time it holds.
+func (c *Coordinator) eachBeat(ctx context.Context, fn func(id, v string, rev int64, at time.Time)) error {
+	all, err := c.Beats(ctx)
+	if err != nil {
+		return err
+	}
+	for id, v := range all {
+		r, rest, ok := strings.Cut(v, ":")
+		at, _, _ := strings.Cut(rest, ":") // the beat's number, when it has one, follows
+		rev, err1 := strconv.ParseInt(r, 10, 64)
+		ms, err2 := strconv.ParseInt(at, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			continue
+		}
+		fn(id, v, rev, time.UnixMilli(ms))
+	}
+	return nil
 }

@@ -3,6 +3,8 @@ package membership_test
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,4 +179,59 @@ func TestKeptLeaseEndsBeforeItCanLapseWhenARenewalHangs(t *testing.T) {
 	case <-time.After(3 * ttl):
 		t.Fatal("the holder's context did not end")
 	}
+}
+
+// TestBeats: an instance that beat within the age is live, with its
+// revision; one silent for ten times the age is pruned by LiveRevisions;
+// one that left is gone; and each beat's stored value differs from the one
+// before, even at the same instant, which is how Beats' readers tell a live
+// instance.
+func TestBeats(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		c := membership.NewCoordinator(rdb)
+		now := time.Now()
+		id := func(s string) string { return testenv.UniqueName(t, s) }
+		live, silent, gone, left := id("live"), id("silent"), id("gone"), id("left")
+		ours := func(ids []string) []string {
+			return slices.DeleteFunc(slices.Sorted(slices.Values(ids)), func(s string) bool { return !slices.Contains([]string{live, silent, gone, left}, s) })
+		}
+		for _, b := range []struct {
+			id  string
+			rev int64
+			at  time.Time
+		}{{live, 7, now.Add(-time.Second)}, {silent, 5, now.Add(-5 * time.Second)}, {gone, 3, now.Add(-time.Minute)}, {left, 9, now}} {
+			if err := c.Beat(ctx, b.id, b.rev, b.at); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Leave(ctx, left); err != nil {
+			t.Fatal(err)
+		}
+		before, err := c.Beats(ctx)
+		if err != nil || !slices.Equal(ours(slices.Collect(maps.Keys(before))), ours([]string{live, silent, gone})) {
+			t.Fatalf("beats = %v, %v; want %s, %s and %s", before, err, live, silent, gone)
+		}
+		revs, err := c.LiveRevisions(ctx, now, 3*time.Second)
+		if err != nil || revs[live] != 7 || len(ours(slices.Collect(maps.Keys(revs)))) != 1 {
+			t.Errorf("live revisions = %v, %v; want %s at 7 alone of ours", revs, err, live)
+		}
+		// The same instant again: the value still changes.
+		if err := c.Beat(ctx, live, 7, now.Add(-time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c.Beats(ctx)
+		if err != nil || after[live] == before[live] || after[silent] != before[silent] {
+			t.Errorf("beats after %s beat again at the same instant: %v, %v (before: %v); want its value changed, %s's not", live, after, err, before, silent)
+		}
+		if _, ok := after[gone]; ok {
+			t.Errorf("%s, silent for ten times the age, not pruned: %v", gone, after)
+		}
+		if revs, err := c.LiveRevisions(ctx, now, 3*time.Second); err != nil || revs[live] != 7 {
+			t.Errorf("live revisions after a numbered beat = %v, %v; want %s at 7", revs, err, live)
+		}
+		for _, i := range []string{live, silent} {
+			_ = c.Leave(ctx, i)
+		}
+	})
 }

@@ -170,15 +170,21 @@ end
 return out
 `
 
-// Claim takes up to limit timers of org due at or before now, leasing them
-// for lease.
-func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
+// Claim takes up to limit timers of org due at or before now for owner (an
+// instance id; empty: none), leasing them for lease. A claim's owner lets
+// TakeOver hand its timers to other instances before the lease ends when
+// the owner stops beating.
+func (s *Schedules) Claim(ctx context.Context, org, owner string, now time.Time, lease time.Duration, limit int) ([]Claimed, error) {
 	leaseAt := now.Add(lease).UnixMilli()
 	// Two claims may get the same lease (two instances in one
-	// millisecond): the token tells their records apart.
+	// millisecond): the token tells their records apart. The owner follows
+	// an "@" (instance ids hold none: host, pid and a random part).
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
+	if owner != "" {
+		token += "@" + owner
+	}
 	res, err := s.claim.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org), PendingKey(org)}, now.UnixMilli(), leaseAt, limit, MaxEarlierClaims, token).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("claim timers of %s: %w", org, err)
@@ -194,6 +200,57 @@ func (s *Schedules) Claim(ctx context.Context, org string, now time.Time, lease 
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// takeOverScript makes due now (ARGV[1], unix ms) every timer still under
+// the claim of an owner in ARGV[2:] whose lease has not ended, and moves the
+// claim's lease in its record to now: the next claim of the timer is then a
+// retry of that claim, for the same flip (see claimScript), as it would be
+// after the lease. Replies how many it took over.
+var takeOverScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local silent = {}
+for i = 2, #ARGV do silent[ARGV[i]] = true end
+local recs = redis.call('HGETALL', KEYS[2])
+local n = 0
+for i = 1, #recs, 2 do
+  local user, rec = recs[i], recs[i + 1]
+  local rat, rlease, rrest = string.match(rec, '^([^:]*):([^:]*):(.*)$')
+  local owner = rrest and string.match(rrest, '|[^@]*@(.*)$')
+  if owner and silent[owner] and tonumber(rlease) and tonumber(rlease) > now then
+    local score = redis.call('ZSCORE', KEYS[1], user)
+    -- A timer moved since its claim (an earlier flip scheduled) is due
+    -- by then, or will be, on its own.
+    if score and tonumber(score) == tonumber(rlease) then
+      redis.call('ZADD', KEYS[1], ARGV[1], user)
+      redis.call('HSET', KEYS[2], user, rat .. ':' .. ARGV[1] .. ':' .. rrest)
+      n = n + 1
+    end
+  end
+end
+return n
+`)
+
+// TakeOver makes the timers of org that owners (instances that stopped
+// beating: killed, frozen, cut off) claimed and have not finished due at
+// now, before their leases end, and returns how many. Their next claim is
+// a retry of the owner's, under the same flips, as after the lease; should
+// an owner be alive after all, its round and the retry may both publish the
+// same changes, with the same eventIds, which a lapsed lease allows too.
+func (s *Schedules) TakeOver(ctx context.Context, org string, owners []string, now time.Time) (int, error) {
+	if len(owners) == 0 {
+		return 0, nil
+	}
+	args := make([]any, 0, 1+len(owners))
+	args = append(args, now.UnixMilli())
+	for _, o := range owners {
+		args = append(args, o)
+	}
+	n, err := takeOverScript.Run(ctx, s.rdb, []string{ScheduleKey(org), ClaimsKey(org)}, args...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("take over the timers of %s: %w", org, err)
+	}
+	return n, nil
 }
 
 // oldestDueScript returns the earliest instant at or before ARGV[1] (unix

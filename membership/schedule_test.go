@@ -3,6 +3,7 @@ package membership_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,7 +47,7 @@ func TestScheduleOnlyMovesEarlier(t *testing.T) {
 				t.Fatalf("%s: timer at %v, want %v", st.name, got, st.want)
 			}
 		}
-		claimed, err := s.Claim(ctx, org, base.Add(time.Hour), 30*time.Second, 10)
+		claimed, err := s.Claim(ctx, org, "", base.Add(time.Hour), 30*time.Second, 10)
 		if err != nil || len(claimed) != 1 {
 			t.Fatalf("claimed %v, %v", claimed, err)
 		}
@@ -71,7 +72,7 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		lease := 30 * time.Second
 		claim := func(now time.Time) membership.Claimed {
 			t.Helper()
-			claimed, err := s.Claim(ctx, org, now, lease, 10)
+			claimed, err := s.Claim(ctx, org, "", now, lease, 10)
 			if err != nil || len(claimed) != 1 {
 				t.Fatalf("claim at %v: %v, %v; want one timer", now, claimed, err)
 			}
@@ -98,7 +99,7 @@ func TestClaimKeepsItsFlip(t *testing.T) {
 		schedule(flip)
 		first := claim(flip)
 		check("first claim", first, flip)
-		if claimed, err := s.Claim(ctx, org, flip.Add(lease/2), lease, 10); err != nil || len(claimed) != 0 {
+		if claimed, err := s.Claim(ctx, org, "", flip.Add(lease/2), lease, 10); err != nil || len(claimed) != 0 {
 			t.Fatalf("claim within the lease: %v, %v; want none", claimed, err)
 		}
 		retry := claim(flip.Add(lease + time.Second))
@@ -162,7 +163,7 @@ func TestScheduleDuringClaim(t *testing.T) {
 				if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: user, At: base}}); err != nil {
 					t.Fatal(err)
 				}
-				claimed, err := s.Claim(ctx, org, base, 30*time.Second, 10)
+				claimed, err := s.Claim(ctx, org, "", base, 30*time.Second, 10)
 				if err != nil || len(claimed) != 1 {
 					t.Fatalf("claimed %v, %v", claimed, err)
 				}
@@ -204,7 +205,7 @@ func TestClaimsWithOneLease(t *testing.T) {
 		}
 		claim := func() []membership.Claimed {
 			t.Helper()
-			c, err := s.Claim(ctx, org, base, 30*time.Second, 10)
+			c, err := s.Claim(ctx, org, "", base, 30*time.Second, 10)
 			if err != nil || len(c) != 1 {
 				t.Fatalf("claimed %v, %v; want one", c, err)
 			}
@@ -264,7 +265,7 @@ func TestOldestDueCountsUnfinishedClaims(t *testing.T) {
 		}
 		for _, st := range steps {
 			if st.claim > 0 {
-				c, err := s.Claim(ctx, org, st.now, 30*time.Second, st.claim)
+				c, err := s.Claim(ctx, org, "", st.now, 30*time.Second, st.claim)
 				if err != nil || len(c) != st.claim {
 					t.Fatalf("%s: claimed %v, %v", st.name, c, err)
 				}
@@ -280,6 +281,69 @@ func TestOldestDueCountsUnfinishedClaims(t *testing.T) {
 			}
 			if ok != !st.want.IsZero() || !at.Equal(st.want) {
 				t.Errorf("%s: oldest due %v (%v), want %v", st.name, at, ok, st.want)
+			}
+		}
+	})
+}
+
+// TestTakeOver: the unfinished claims of an instance that stopped beating
+// become due at once, before their lease ends, and their next claim is a
+// retry of the silent instance's, under the same flip; a claim of another
+// owner, and a timer moved earlier since its claim, are left as they are.
+func TestTakeOver(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		s := membership.NewSchedules(rdb)
+		base := time.UnixMilli(1_800_000_000_000)
+		var due []membership.Due
+		for _, u := range []string{"u1", "u2", "u3"} {
+			due = append(due, membership.Due{OrgID: org, UserID: u, At: base})
+		}
+		if err := s.Schedule(ctx, due); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := s.Claim(ctx, org, "dead-1", base, 30*time.Second, 2); err != nil || len(c) != 2 {
+			t.Fatalf("claim of the instance that dies: %v, %v", c, err)
+		}
+		if c, err := s.Claim(ctx, org, "alive-1", base, 30*time.Second, 10); err != nil || len(c) != 1 {
+			t.Fatalf("claim of the instance that lives: %v, %v", c, err)
+		}
+		// One of the dead instance's users gets an earlier flip meanwhile:
+		// its timer is due then on its own.
+		moved := base.Add(2 * time.Second)
+		var movedUser string
+		if recs, err := rdb.HGetAll(ctx, membership.ClaimsKey(org)).Result(); err != nil {
+			t.Fatal(err)
+		} else {
+			for u, rec := range recs {
+				if strings.HasSuffix(rec, "@dead-1") && movedUser == "" {
+					movedUser = u
+				}
+			}
+		}
+		if err := s.Schedule(ctx, []membership.Due{{OrgID: org, UserID: movedUser, At: moved}}); err != nil {
+			t.Fatal(err)
+		}
+		now := base.Add(5 * time.Second)
+		if n, err := s.TakeOver(ctx, org, []string{"someone-else"}, now); err != nil || n != 0 {
+			t.Errorf("take over of an instance with no claims = %d, %v; want 0", n, err)
+		}
+		if n, err := s.TakeOver(ctx, org, []string{"dead-1"}, now); err != nil || n != 1 {
+			t.Errorf("take over of the dead instance = %d, %v; want its 1 claim still at its lease", n, err)
+		}
+		c, err := s.Claim(ctx, org, "alive-2", now, 30*time.Second, 10)
+		if err != nil || len(c) != 2 {
+			t.Fatalf("claim after the take over = %v, %v; want the dead instance's two users, not the live one's", c, err)
+		}
+		for _, cl := range c {
+			switch {
+			case cl.UserID == movedUser:
+				if !cl.At.Equal(moved) || len(cl.Earlier) != 1 || !cl.Earlier[0].Equal(base) {
+					t.Errorf("the moved timer claimed for %v (earlier %v), want its new flip %v with %v unfinished", cl.At, cl.Earlier, moved, base)
+				}
+			case !cl.At.Equal(base) || len(cl.Earlier) != 0:
+				t.Errorf("the taken-over timer of %s claimed for %v (earlier %v), want a retry for the same flip %v", cl.UserID, cl.At, cl.Earlier, base)
 			}
 		}
 	})

@@ -268,7 +268,7 @@ func logSteps(b *testing.B, reg *prometheus.Registry) {
 	b.Logf("user cache: %.0f hits, %.0f misses", cacheLookups(b, reg, "hit"), cacheLookups(b, reg, "miss"))
 }
 
-func counterSum(b *testing.B, reg *prometheus.Registry, name string) float64 {
+func counterSum(b testing.TB, reg *prometheus.Registry, name string) float64 {
 	mfs, err := reg.Gather()
 	if err != nil {
 		b.Fatal(err)

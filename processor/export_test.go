@@ -13,6 +13,10 @@ func (j *Jobs) FireTimers(ctx context.Context) { j.fireTimers(ctx) }
 // a round whose publisher fails then ends sooner.
 func (j *Jobs) SetRoundLimit(d time.Duration) { j.roundLimit = d }
 
+// SetSilence makes the timer claims of another instance whose beat stays
+// the same for d taken over, instead of after claimOwnerSilence.
+func (j *Jobs) SetSilence(d time.Duration) { j.silence = d }
+
 // FinishDeletions finishes the deletions left undone once, as Run does
 // every minute.
 func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }

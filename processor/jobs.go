@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,9 +58,13 @@ type JobSchedules interface {
 	// Schedule records each due instant where it is earlier than the user's
 	// timer: a timer only ever moves earlier.
 	Schedule(ctx context.Context, due []membership.Due) error
-	// Claim takes up to limit timers of org due at or before now, leasing
-	// them for lease.
-	Claim(ctx context.Context, org string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
+	// Claim takes up to limit timers of org due at or before now for owner
+	// (this instance), leasing them for lease.
+	Claim(ctx context.Context, org, owner string, now time.Time, lease time.Duration, limit int) ([]membership.Claimed, error)
+	// TakeOver makes the unfinished claims of owners, instances that
+	// stopped beating, due at now before their leases end, and returns how
+	// many.
+	TakeOver(ctx context.Context, org string, owners []string, now time.Time) (int, error)
 	// Done ends the claims cs: each timer goes, or moves to next[i] where
 	// that is not zero.
 	Done(ctx context.Context, cs []membership.Claimed, next []time.Time) error
@@ -176,6 +181,9 @@ type Coordinator interface {
 	// LiveRevisions returns the revision in force at each instance that beat
 	// within maxAge of now, by instance id.
 	LiveRevisions(ctx context.Context, now time.Time, maxAge time.Duration) (map[string]int64, error)
+	// Beats returns each instance's last beat as stored, by instance id;
+	// each beat stores a value other than the one before.
+	Beats(ctx context.Context) (map[string]string, error)
 	// Held reports, for each name, whether its lease is held now.
 	Held(ctx context.Context, names []string) ([]bool, error)
 }
@@ -263,20 +271,28 @@ type JobsConfig struct {
 // backfill, refresh, deletion search and completion to one instance, and
 // timers are claimed one by one.
 type Jobs struct {
-	cfg      JobsConfig
-	progress prometheus.Gauge
-	backfill *prometheus.CounterVec
-	timers   prometheus.Counter
-	timerLag prometheus.Gauge
-	mu       sync.Mutex
-	running  map[string]bool
-	retries  backfillRetries
+	cfg       JobsConfig
+	progress  prometheus.Gauge
+	backfill  *prometheus.CounterVec
+	timers    prometheus.Counter
+	timerLag  prometheus.Gauge
+	takenOver prometheus.Counter
+	mu        sync.Mutex
+	running   map[string]bool
+	retries   backfillRetries
 	// backfills counts the running backfill goroutines, which Run waits for.
 	backfills sync.WaitGroup
 	// attempts numbers this instance's backfill attempts.
 	attempts atomic.Uint64
 	// roundLimit bounds a timer round (roundFinishLimit).
 	roundLimit time.Duration
+	// silence is how long another instance's beat stays the same before
+	// its timer claims are taken over (claimOwnerSilence).
+	silence time.Duration
+	// beatsMu guards beatsSeen: each other instance's beat as last read,
+	// and since when (this process's clock) it has read that value.
+	beatsMu   sync.Mutex
+	beatsSeen map[string]seenBeat
 	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
@@ -318,7 +334,7 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{}, roundLimit: roundFinishLimit,
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{}, roundLimit: roundFinishLimit, silence: claimOwnerSilence, beatsSeen: map[string]seenBeat{},
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -331,13 +347,17 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 			Name: "segmentd_timers_fired_total",
 			Help: "Timers of time-relative criteria fired.",
 		}),
+		takenOver: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "segmentd_timer_claims_taken_over_total",
+			Help: "Timer claims of instances that stopped beating (killed, frozen, cut off) taken over before their leases ended.",
+		}),
 		timerLag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_timers_lag_seconds",
 			Help: "After this instance's last timer rounds, how long ago the oldest flip not fired yet came due (a timer due, or one under a claim not finished), the largest over organisations (0 when none is).",
 		}),
 	}
 	if cfg.Registerer != nil {
-		if err := registerAll(cfg.Registerer, j.progress, j.backfill, j.timers, j.timerLag); err != nil {
+		if err := registerAll(cfg.Registerer, j.progress, j.backfill, j.timers, j.timerLag, j.takenOver); err != nil {
 			return nil, err
 		}
 	}
@@ -1444,6 +1464,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		wg       sync.WaitGroup
 		slots    = make(chan struct{}, timerOrgsAtOnce)
 	)
+	silent := j.silentOwners(ctx)
 	for org, o := range snap.Orgs {
 		if !o.TimeDependent() {
 			continue
@@ -1455,7 +1476,7 @@ func (j *Jobs) fireTimers(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			at, due, err := j.fireOrgRounds(ctx, org, o)
+			at, due, err := j.fireOrgRounds(ctx, org, o, silent)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -1478,7 +1499,18 @@ const timerOrgsAtOnce = 4
 // fireOrgRounds fires org's due timers in rounds, and returns how late the
 // oldest flip the rounds left is, if any is (an error when that could not
 // be read).
-func (j *Jobs) fireOrgRounds(ctx context.Context, org string, o *OrgRules) (time.Duration, bool, error) {
+func (j *Jobs) fireOrgRounds(ctx context.Context, org string, o *OrgRules, silent []string) (time.Duration, bool, error) {
+	if len(silent) > 0 {
+		// Their claims fire in this round, rather than when their leases
+		// end, up to 30 s after the instance died.
+		n, err := j.cfg.Schedules.TakeOver(ctx, org, silent, j.cfg.Now())
+		if err != nil {
+			j.cfg.Logger.Warn("take over timers", "org", org, "err", err)
+		} else if n > 0 {
+			j.takenOver.Add(float64(n))
+			j.cfg.Logger.Info("timers of instances that stopped beating taken over", "org", org, "timers", n, "instances", silent)
+		}
+	}
 	// Claims go in rounds until no timer is left due or the rounds took
 	// the timer interval, so that many flips at one instant (a batch of
 	// profiles imported together) still fire within seconds.
@@ -1503,6 +1535,52 @@ func (j *Jobs) fireOrgRounds(ctx context.Context, org string, o *OrgRules) (time
 	}
 	return now.Sub(at), true, nil
 }
+
+// seenBeat is another instance's beat as last read, and since when.
+type seenBeat struct {
+	value string
+	since time.Time
+}
+
+// silentOwners returns the other instances whose beat has not changed for
+// j.silence, as this instance saw it (its own clock: instances' clocks need
+// not agree, and a beat's value changes with every beat), and whose timer
+// claims it takes over: nil when there are none, or when the beats cannot
+// be read (their leases then end as they would). An instance stays named
+// until its claims' leases, taken before its last beat, have ended.
+func (j *Jobs) silentOwners(ctx context.Context) []string {
+	beats, err := j.cfg.Coordinator.Beats(ctx)
+	if err != nil {
+		j.cfg.Logger.Warn("instances' beats", "err", err)
+		return nil
+	}
+	now := time.Now()
+	j.beatsMu.Lock()
+	defer j.beatsMu.Unlock()
+	var silent []string
+	for id, v := range beats {
+		seen, ok := j.beatsSeen[id]
+		switch {
+		case id == j.cfg.InstanceID:
+		case !ok || seen.value != v:
+			j.beatsSeen[id] = seenBeat{value: v, since: now}
+		case now.Sub(seen.since) >= j.silence && now.Sub(seen.since) < j.silence+timerLease:
+			silent = append(silent, id)
+		}
+	}
+	maps.DeleteFunc(j.beatsSeen, func(id string, _ seenBeat) bool { _, ok := beats[id]; return !ok })
+	return silent
+}
+
+// timerLease is how long a timer claim holds its timers: a round is
+// bounded well under it (roundFinishLimit), so another instance takes them
+// only after their claimer died, froze or lost Redis, or once it is seen
+// silent (claimOwnerSilence).
+const timerLease = 30 * time.Second
+
+// claimOwnerSilence is how long an instance's beat (every 250 ms) may stay
+// the same before its timer claims are taken over: twelve beats missed.
+const claimOwnerSilence = 3 * time.Second
 
 // errChangedWhileDeciding is a timer pass that found its segment changed
 // (or deleted) after the round read the definitions, before it wrote.
@@ -1534,7 +1612,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 	// below the 10 s the process waits for its jobs.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), j.roundLimit)
 	defer cancel()
-	claimed, err := j.cfg.Schedules.Claim(ctx, org, now, 30*time.Second, timerClaimLimit)
+	claimed, err := j.cfg.Schedules.Claim(ctx, org, j.cfg.InstanceID, now, timerLease, timerClaimLimit)
 	if err != nil || len(claimed) == 0 {
 		return 0, err
 	}

@@ -1090,10 +1090,17 @@ func (r *rig) dueTimers(t *testing.T, n int, flip time.Time) (seg string, fire f
 // fails (8 s otherwise).
 func (r *rig) fireRounds(t *testing.T, reg *processor.Registry, pub processor.ChangePublisher, now time.Time) {
 	t.Helper()
+	r.fireRoundsAs(t, "", reg, pub, now)
+}
+
+// fireRoundsAs is fireRounds by the instance named instance (empty: one of
+// its own).
+func (r *rig) fireRoundsAs(t *testing.T, instance string, reg *processor.Registry, pub processor.ChangePublisher, now time.Time) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cut := &cutOnFailure{ChangePublisher: pub, cancel: cancel}
-	j := r.newJobs(t, jobsOf{pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute})
+	j := r.newJobs(t, jobsOf{instance: instance, pub: cut, registry: reg, now: func() time.Time { return now }, timerInterval: time.Minute})
 	switch pub.(type) {
 	case unreachablePublisher, failFor, refusingSegment:
 		j.SetRoundLimit(4 * time.Second)

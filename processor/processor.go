@@ -1674,10 +1674,10 @@ const amendGrace = 10 * time.Minute
 
 // timerGrace is how long an entry a timer appended to a user's outbox is
 // kept through the user's stream writes. A timer that dies between its
-// write and its publishing is claimed again after its 30 s lease by any
-// instance running; after an outage of every instance, as soon as one
-// starts, when the stream may already be writing the user: the day covers
-// such an outage.
+// write and its publishing is claimed again by any instance running, 3 s
+// after that instance saw its heartbeat stop, or after its 30 s lease; after an outage of
+// every instance, as soon as one starts, when the stream may already be
+// writing the user: the day covers such an outage.
 const timerGrace = 24 * time.Hour
 
 // keepAmends appends to outbox the entries of loaded made by backfills and

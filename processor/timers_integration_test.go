@@ -987,7 +987,7 @@ func TestTimersLag(t *testing.T) {
 			t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
 			seg, _ := r.dueTimers(t, tt.users, t0)
 			if tt.deadClaim {
-				if c, err := membership.NewSchedules(r.rdb).Claim(ctx, r.org, t0, 30*time.Second, 2*tt.users); err != nil || len(c) != tt.users {
+				if c, err := membership.NewSchedules(r.rdb).Claim(ctx, r.org, "", t0, 30*time.Second, 2*tt.users); err != nil || len(c) != tt.users {
 					t.Fatalf("claimed %d timers, %v", len(c), err)
 				}
 			}
@@ -1384,5 +1384,61 @@ func TestTimerFlipFiredAgainByAReplayKeepsTheExit(t *testing.T) {
 
 	if got := r.followed(t, active, "u1"); len(got) == 0 || got[len(got)-1] != "exited" {
 		t.Errorf("a consumer following the topic ends with u1 active, Redis with u1 not: %v", r.followedCauses(t, active, "u1"))
+	}
+}
+
+// TestTimersOfASilentInstanceAreTakenOver: an instance claims a due timer,
+// writes its user's entry, cannot publish it and dies: its beat stops
+// changing. Another instance, whose rounds saw that beat unchanged for the
+// silence (zero here, so two rounds in a row), takes the claim over well
+// within its 30 s lease and publishes the entry under the same flip, so
+// with the same eventId; while the claimer still beats, even with its
+// clock standing still, its claim is left to it until the lease ends.
+func TestTimersOfASilentInstanceAreTakenOver(t *testing.T) {
+	for name, beating := range map[string]bool{"silent": false, "still beating": true} {
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testenv.RedisClient(t))
+			ctx := context.Background()
+			t0 := time.Now().Truncate(time.Millisecond)
+			flip := t0.Add(-time.Minute)
+			seg, _ := r.dueTimers(t, 1, flip)
+			reg := r.registry(t)
+			coord := membership.NewCoordinator(r.rdb)
+			claimer := testenv.UniqueName(t, "claimer")
+			t.Cleanup(func() { _ = coord.Leave(context.Background(), claimer) })
+			beat := func() {
+				if err := coord.Beat(ctx, claimer, reg.Current().Revision, t0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			beat()
+			r.fireRoundsAs(t, claimer, reg, unreachablePublisher{}, t0) // written, not published
+			if !r.rdb.SIsMember(ctx, membership.SegmentMembersKey(r.org, seg), "u0").Val() {
+				t.Fatal("the claimer's round did not enter u0")
+			}
+			later := t0.Add(5 * time.Second)
+			m := prometheus.NewRegistry()
+			j := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: m, now: func() time.Time { return later }, timerInterval: time.Minute})
+			j.SetSilence(0)
+			j.FireTimers(ctx) // reads the claimer's beat for the first time: not silent yet
+			if got := r.followed(t, seg, "u0"); len(got) != 0 {
+				t.Fatalf("the topic gives u0 %v before the claimer was seen silent, want nothing", got)
+			}
+			if beating {
+				beat()
+			}
+			j.FireTimers(ctx)
+			got := r.followedCauses(t, seg, "u0")
+			var want []string
+			if !beating {
+				want = []string{"entered " + fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("the topic gives u0 %v, want %v", got, want)
+			}
+			if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); (n == 1) == beating || n > 1 {
+				t.Errorf("claims taken over = %v (claimer beating: %v)", n, beating)
+			}
+		})
 	}
 }
