@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,13 +30,16 @@ const ListLockTTL = 30 * time.Second
 // Coordinator hands jobs to one instance at a time and tracks instances.
 type Coordinator struct {
 	rdb redis.UniversalClient
-	// beats numbers this process's beats, so that each one differs from
-	// the one before even when the clock stands still.
-	beats atomic.Uint64
+	// mu guards lastBeat: the instant each instance last beat at from this
+	// process, which its next beat passes.
+	mu       sync.Mutex
+	lastBeat map[string]int64
 }
 
 // NewCoordinator returns a coordinator on rdb.
-func NewCoordinator(rdb redis.UniversalClient) *Coordinator { return &Coordinator{rdb: rdb} }
+func NewCoordinator(rdb redis.UniversalClient) *Coordinator {
+	return &Coordinator{rdb: rdb, lastBeat: map[string]int64{}}
+}
 
 // TryLock takes the named lease for owner, or extends it when owner holds it.
 func (c *Coordinator) TryLock(ctx context.Context, name, owner string, ttl time.Duration) (bool, error) {
@@ -172,12 +174,21 @@ func (c *Coordinator) Unlock(ctx context.Context, name, owner string) error {
 	return nil
 }
 
-// Beat records that instance id has definitions revision rev in force.
-// Each beat's value differs from the one before (`rev:ms:n`, n counting the
-// beats): Beats' readers tell a live instance by its beat changing, with no
-// need for the instances' clocks to agree.
+// Beat records that instance id has definitions revision rev in force at
+// now. Each beat's value differs from the one before: its instant passes
+// the last one's by a millisecond at least (a clock that stands still or
+// steps back is outrun by a few milliseconds a second), so that Beats'
+// readers tell a live instance by its beat changing, whatever the
+// instances' clocks say.
 func (c *Coordinator) Beat(ctx context.Context, id string, rev int64, now time.Time) error {
-	v := strconv.FormatInt(rev, 10) + ":" + strconv.FormatInt(now.UnixMilli(), 10) + ":" + strconv.FormatUint(c.beats.Add(1), 10)
+	ms := now.UnixMilli()
+	c.mu.Lock()
+	if last, ok := c.lastBeat[id]; ok && ms <= last {
+		ms = last + 1
+	}
+	c.lastBeat[id] = ms
+	c.mu.Unlock()
+	v := strconv.FormatInt(rev, 10) + ":" + strconv.FormatInt(ms, 10)
 	if err := c.rdb.HSet(ctx, instancesKey, id, v).Err(); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
@@ -192,6 +203,9 @@ return 0
 
 // Leave removes instance id from the heartbeat.
 func (c *Coordinator) Leave(ctx context.Context, id string) error {
+	c.mu.Lock()
+	delete(c.lastBeat, id)
+	c.mu.Unlock()
 	if err := c.rdb.HDel(ctx, instancesKey, id).Err(); err != nil {
 		return fmt.Errorf("leave the heartbeat as %s: %w", id, err)
 	}
@@ -219,8 +233,8 @@ func (c *Coordinator) LiveRevisions(ctx context.Context, now time.Time, maxAge t
 }
 
 // Beats returns each instance's last beat as stored, by instance id: a
-// value that has not changed for a while is an instance that died, or
-// stopped beating, without leaving.
+// value that has not changed for a while (see Beat) is an instance that
+// died, or stopped beating, without leaving.
 func (c *Coordinator) Beats(ctx context.Context) (map[string]string, error) {
 	all, err := c.rdb.HGetAll(ctx, instancesKey).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -237,8 +251,7 @@ func (c *Coordinator) eachBeat(ctx context.Context, fn func(id, v string, rev in
 		return err
 	}
 	for id, v := range all {
-		r, rest, ok := strings.Cut(v, ":")
-		at, _, _ := strings.Cut(rest, ":") // the beat's number, when it has one, follows
+		r, at, ok := strings.Cut(v, ":")
 		rev, err1 := strconv.ParseInt(r, 10, 64)
 		ms, err2 := strconv.ParseInt(at, 10, 64)
 		if !ok || err1 != nil || err2 != nil {
