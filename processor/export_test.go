@@ -17,6 +17,10 @@ func (j *Jobs) SetRoundLimit(d time.Duration) { j.roundLimit = d }
 // the same for d taken over, instead of after claimOwnerSilence.
 func (j *Jobs) SetSilence(d time.Duration) { j.silence = d }
 
+// SetBeatReadGap makes reads of the beats d apart restart the count of
+// every silence, instead of beatReadGap.
+func (j *Jobs) SetBeatReadGap(d time.Duration) { j.beatsGap = d }
+
 // FinishDeletions finishes the deletions left undone once, as Run does
 // every minute.
 func (j *Jobs) FinishDeletions(ctx context.Context) { j.finishDeletions(ctx) }

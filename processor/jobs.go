@@ -289,10 +289,15 @@ type Jobs struct {
 	// silence is how long another instance's beat stays the same before
 	// its timer claims are taken over (claimOwnerSilence).
 	silence time.Duration
-	// beatsMu guards beatsSeen: each other instance's beat as last read,
-	// and since when (this process's clock) it has read that value.
+	// beatsMu guards beatsSeen, each other instance's beat as last read and
+	// since when (this process's clock) it has read that value, and
+	// beatsRead, when it last read them.
 	beatsMu   sync.Mutex
 	beatsSeen map[string]seenBeat
+	beatsRead time.Time
+	// beatsGap is how long between two reads of the beats restarts the
+	// count of every silence (beatReadGap).
+	beatsGap time.Duration
 	// inForce holds each backfill and timer round in progress, with the
 	// definitions revision its work is still valid at; the heartbeat
 	// reports the oldest, so that the revision gate of a change waits for
@@ -334,7 +339,7 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 	if cfg.EstimateInterval <= 0 {
 		cfg.EstimateInterval = time.Hour
 	}
-	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{}, roundLimit: roundFinishLimit, silence: claimOwnerSilence, beatsSeen: map[string]seenBeat{},
+	j := &Jobs{cfg: cfg, running: map[string]bool{}, retries: backfillRetries{}, inForce: map[*heldRevision]struct{}{}, roundLimit: roundFinishLimit, silence: claimOwnerSilence, beatsSeen: map[string]seenBeat{}, beatsGap: beatReadGap,
 		progress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "segmentd_backfill_users_scanned",
 			Help: "Users scanned by the backfills running on this instance (0 when none runs).",
@@ -388,7 +393,26 @@ func (j *Jobs) Run(ctx context.Context) error {
 		defer wg.Done()
 		j.indexUsers(ctx)
 	}()
-	loop(250*time.Millisecond, j.beat)
+	// The beat goes on until the jobs have stopped, not when ctx ends: a
+	// timer round under way finishes (up to roundFinishLimit), and another
+	// instance that saw the beat stand still for claimOwnerSilence would
+	// take its claims over and publish their changes a second time; the
+	// revision the round holds must keep the revision gates waiting, too.
+	beatCtx, stopBeat := context.WithCancel(context.WithoutCancel(ctx))
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			j.beat(beatCtx)
+			select {
+			case <-beatCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	loop(500*time.Millisecond, j.startBackfills)
 	loop(j.cfg.TimerInterval, j.fireTimers)
 	loop(estimateTick(j.cfg.EstimateInterval), j.refreshEstimates)
@@ -399,6 +423,8 @@ func (j *Jobs) Run(ctx context.Context) error {
 	// A backfill stops at its next call once ctx ends; its lock and revision
 	// must be released before this instance leaves.
 	j.backfills.Wait()
+	stopBeat()
+	<-beatDone
 	// Leave promptly, so that backfills elsewhere do not wait for us.
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
@@ -1557,12 +1583,17 @@ func (j *Jobs) silentOwners(ctx context.Context) []string {
 	now := time.Now()
 	j.beatsMu.Lock()
 	defer j.beatsMu.Unlock()
+	// After a gap in this instance's reads (Redis failing or slow, which
+	// holds the others' beats back too), a beat not moved since the read
+	// before says nothing: the count starts again.
+	gap := !j.beatsRead.IsZero() && now.Sub(j.beatsRead) >= j.beatsGap
+	j.beatsRead = now
 	var silent []string
 	for id, v := range beats {
 		seen, ok := j.beatsSeen[id]
 		switch {
 		case id == j.cfg.InstanceID:
-		case !ok || seen.value != v:
+		case !ok || seen.value != v || gap:
 			j.beatsSeen[id] = seenBeat{value: v, since: now}
 		case now.Sub(seen.since) >= j.silence && now.Sub(seen.since) < j.silence+timerLease:
 			silent = append(silent, id)
@@ -1581,6 +1612,10 @@ const timerLease = 30 * time.Second
 // claimOwnerSilence is how long an instance's beat (every 250 ms) may stay
 // the same before its timer claims are taken over: twelve beats missed.
 const claimOwnerSilence = 3 * time.Second
+
+// beatReadGap: reads of the beats (one a timer tick, each second) this far
+// apart restart the count of every silence.
+const beatReadGap = 3 * time.Second
 
 // errChangedWhileDeciding is a timer pass that found its segment changed
 // (or deleted) after the round read the definitions, before it wrote.

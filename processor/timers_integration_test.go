@@ -1393,9 +1393,14 @@ func TestTimerFlipFiredAgainByAReplayKeepsTheExit(t *testing.T) {
 // silence (zero here, so two rounds in a row), takes the claim over well
 // within its 30 s lease and publishes the entry under the same flip, so
 // with the same eventId; while the claimer still beats, even with its
-// clock standing still, its claim is left to it until the lease ends.
+// clock standing still, its claim is left to it until the lease ends; and
+// a silence seen across a gap in the other instance's own reads of the
+// beats (its Redis failing or slow, which holds every beat back) does not
+// count.
 func TestTimersOfASilentInstanceAreTakenOver(t *testing.T) {
-	for name, beating := range map[string]bool{"silent": false, "still beating": true} {
+	for name, tt := range map[string]struct{ beating, readGap bool }{
+		"silent": {}, "still beating": {beating: true}, "silent across a gap in the reads": {readGap: true},
+	} {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, testenv.RedisClient(t))
 			ctx := context.Background()
@@ -1420,25 +1425,81 @@ func TestTimersOfASilentInstanceAreTakenOver(t *testing.T) {
 			m := prometheus.NewRegistry()
 			j := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: m, now: func() time.Time { return later }, timerInterval: time.Minute})
 			j.SetSilence(0)
+			if tt.readGap {
+				j.SetBeatReadGap(0) // every read comes after a gap
+			}
 			j.FireTimers(ctx) // reads the claimer's beat for the first time: not silent yet
 			if got := r.followed(t, seg, "u0"); len(got) != 0 {
 				t.Fatalf("the topic gives u0 %v before the claimer was seen silent, want nothing", got)
 			}
-			if beating {
+			if tt.beating {
 				beat()
 			}
 			j.FireTimers(ctx)
 			got := r.followedCauses(t, seg, "u0")
+			takeOver := !tt.beating && !tt.readGap
 			var want []string
-			if !beating {
+			if takeOver {
 				want = []string{"entered " + fmt.Sprintf("time:%s:%d", seg, flip.UnixMilli())}
 			}
 			if !slices.Equal(got, want) {
 				t.Errorf("the topic gives u0 %v, want %v", got, want)
 			}
-			if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); (n == 1) == beating || n > 1 {
-				t.Errorf("claims taken over = %v (claimer beating: %v)", n, beating)
+			if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); (n == 1) != takeOver || n > 1 {
+				t.Errorf("claims taken over = %v, want %v", n, map[bool]int{true: 1}[takeOver])
 			}
 		})
+	}
+}
+
+// TestOrderlyStopKeepsItsTimerClaims: an instance told to stop (SIGTERM)
+// finishes the timer round under way, up to 8 s, so that its claims do not
+// fire again. It must go on beating until that round ends: another
+// instance that sees its beat stand still for 3 s meanwhile takes over the
+// claims of the round still running, and publishes its changes a second
+// time with nothing crashed.
+func TestOrderlyStopKeepsItsTimerClaims(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	flip := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	_, _ = r.dueTimers(t, 1, flip)
+	reg := r.registry(t)
+	held := &slowPublisher{ChangePublisher: r.publisher(t), started: make(chan struct{}), release: make(chan struct{})}
+	stopping := r.newJobs(t, jobsOf{pub: held, registry: reg})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = stopping.Run(ctx) }()
+	select {
+	case <-held.started: // the round wrote u0's entry and publishes it
+	case <-time.After(30 * time.Second):
+		t.Fatal("the round did not publish")
+	}
+	stop()
+	// Another instance's rounds go on meanwhile, as each second.
+	m := prometheus.NewRegistry()
+	other := r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, metrics: m, timerInterval: time.Minute})
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		other.FireTimers(context.Background())
+	}
+	close(held.release) // the stopping instance's round publishes, within its 8 s
+	<-ran
+	ids := map[string]int{}
+	for _, m := range readAll(t, r.brokers, r.membershipT) {
+		var c struct{ EventID string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		ids[c.EventID]++
+	}
+	if len(ids) != 1 {
+		t.Errorf("%d changes published, want the round's one", len(ids))
+	}
+	for id, n := range ids {
+		if n > 1 {
+			t.Errorf("change %s published %d times after an orderly stop (nothing crashed)", id, n)
+		}
+	}
+	if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); n != 0 {
+		t.Errorf("%v claims of the instance finishing its round taken over", n)
 	}
 }
