@@ -542,15 +542,8 @@ func TestBackfillLeavesALiveTimerRound(t *testing.T) {
 	}
 	close(pub.release)
 	<-done
-	ids := map[string]int{}
 	// Everything is published by now: a second copy would be there.
-	for _, m := range readAll(t, r.brokers, r.membershipT) {
-		var c struct{ EventID string }
-		if err := json.Unmarshal(m.Value, &c); err != nil {
-			t.Fatal(err)
-		}
-		ids[c.EventID]++
-	}
+	ids := r.publishedIDs(t)
 	if len(ids) != 1 {
 		t.Errorf("%d changes published, want the round's one", len(ids))
 	}
@@ -1483,14 +1476,7 @@ func TestOrderlyStopKeepsItsTimerClaims(t *testing.T) {
 	}
 	close(held.release) // the stopping instance's round publishes, within its 8 s
 	<-ran
-	ids := map[string]int{}
-	for _, m := range readAll(t, r.brokers, r.membershipT) {
-		var c struct{ EventID string }
-		if err := json.Unmarshal(m.Value, &c); err != nil {
-			t.Fatal(err)
-		}
-		ids[c.EventID]++
-	}
+	ids := r.publishedIDs(t)
 	if len(ids) != 1 {
 		t.Errorf("%d changes published, want the round's one", len(ids))
 	}
@@ -1502,4 +1488,19 @@ func TestOrderlyStopKeepsItsTimerClaims(t *testing.T) {
 	if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); n != 0 {
 		t.Errorf("%v claims of the instance finishing its round taken over", n)
 	}
+}
+
+// publishedIDs counts the records of each change eventId on the membership
+// topic.
+func (r *rig) publishedIDs(t *testing.T) map[string]int {
+	t.Helper()
+	ids := map[string]int{}
+	for _, m := range readAll(t, r.brokers, r.membershipT) {
+		var c struct{ EventID string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		ids[c.EventID]++
+	}
+	return ids
 }
