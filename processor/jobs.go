@@ -371,12 +371,11 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 
 // Run runs every job until ctx ends.
 func (j *Jobs) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	loop := func(every time.Duration, f func(context.Context)) {
+	every := func(ctx context.Context, wg *sync.WaitGroup, period time.Duration, f func(context.Context)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(every)
+			t := time.NewTicker(period)
 			defer t.Stop()
 			for {
 				f(ctx)
@@ -388,43 +387,32 @@ func (j *Jobs) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		j.indexUsers(ctx)
-	}()
 	// The beat goes on until the jobs have stopped, not when ctx ends: a
 	// timer round under way finishes (up to roundFinishLimit), and another
 	// instance that saw the beat stand still for claimOwnerSilence would
 	// take its claims over and publish their changes a second time; the
 	// revision the round holds must keep the revision gates waiting, too.
+	var beating sync.WaitGroup
 	beatCtx, stopBeat := context.WithCancel(context.WithoutCancel(ctx))
-	beatDone := make(chan struct{})
+	every(beatCtx, &beating, 250*time.Millisecond, j.beat)
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer close(beatDone)
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			j.beat(beatCtx)
-			select {
-			case <-beatCtx.Done():
-				return
-			case <-t.C:
-			}
-		}
+		defer wg.Done()
+		j.indexUsers(ctx)
 	}()
-	loop(500*time.Millisecond, j.startBackfills)
-	loop(j.cfg.TimerInterval, j.fireTimers)
-	loop(estimateTick(j.cfg.EstimateInterval), j.refreshEstimates)
+	every(ctx, &wg, 500*time.Millisecond, j.startBackfills)
+	every(ctx, &wg, j.cfg.TimerInterval, j.fireTimers)
+	every(ctx, &wg, estimateTick(j.cfg.EstimateInterval), j.refreshEstimates)
 	if j.cfg.Remover != nil {
-		loop(time.Minute, j.finishDeletions)
+		every(ctx, &wg, time.Minute, j.finishDeletions)
 	}
 	wg.Wait()
 	// A backfill stops at its next call once ctx ends; its lock and revision
 	// must be released before this instance leaves.
 	j.backfills.Wait()
 	stopBeat()
-	<-beatDone
+	beating.Wait()
 	// Leave promptly, so that backfills elsewhere do not wait for us.
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()

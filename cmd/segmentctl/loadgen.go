@@ -59,10 +59,10 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	g.StartVersionsAt(start.UnixMicro())
 	w := kafkaio.NewWriter(e.brokers)
 	defer kafkaio.CloseWriter(w)
-	batch := 500
+	batch := maxLoadBatch
 	if *rate > 0 {
 		// About a hundred batches a second; the first goes at once.
-		batch = min(max(*rate/100, 1), 500)
+		batch = min(max(*rate/100, 1), maxLoadBatch)
 	}
 	sent := 0
 	msgs := make([]kafka.Message, 0, batch)
@@ -96,7 +96,7 @@ gen:
 			// to the largest batch, so that the rate is caught up rather
 			// than capped at one small batch per write's round trip.
 			due := int(time.Since(start).Seconds()*float64(*rate)) - sent
-			n = max(n, min(due, 500))
+			n = max(n, min(due, maxLoadBatch))
 		}
 		if *total > 0 {
 			n = min(n, *total-sent)
@@ -124,6 +124,9 @@ gen:
 	fmt.Fprintf(stdout, "produced %d events in %s (%.0f events/s)%s\n", sent, el.Round(time.Millisecond), float64(sent)/el.Seconds(), interrupted)
 	return nil
 }
+
+// maxLoadBatch is the most events loadgen sends in one write.
+const maxLoadBatch = 500
 
 // writeRetrying writes msgs, trying a batch that Kafka did not take again
 // for up to retryFor (a broker restarting, a leader moving), with a line on
@@ -158,7 +161,7 @@ func writeRetrying(ctx context.Context, w *kafka.Writer, msgs []kafka.Message, r
 func retriableWrite(err error) bool {
 	var ke kafka.Error
 	if errors.As(err, &ke) {
-		return ke.Temporary() && !errors.Is(err, kafka.UnknownTopicOrPartition)
+		return ke.Temporary() && ke != kafka.UnknownTopicOrPartition
 	}
 	return true
 }
