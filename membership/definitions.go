@@ -809,11 +809,13 @@ func (s *Definitions) SetBackfillProgress(ctx context.Context, org, id string, g
 	return err
 }
 
-// SetEstimatedSize records a segment's estimated size. It does not move the
-// revision, since evaluation does not read the estimate.
-func (s *Definitions) SetEstimatedSize(ctx context.Context, org, id string, n int64) error {
+// SetEstimatedSize records a segment's estimated size, read from its member
+// set at generation, while the segment is still at that generation and not
+// building: a size read as a rebuild began would be part of one. It does
+// not move the revision, since evaluation does not read the estimate.
+func (s *Definitions) SetEstimatedSize(ctx context.Context, org, id string, generation, n int64) error {
 	_, err := s.update(ctx, org, id, false, func(d *segment.Definition) error {
-		if d.EstimatedSize == n {
+		if d.Generation != generation || d.Status == segment.StatusBuilding || d.EstimatedSize == n {
 			return ErrUnchanged
 		}
 		d.EstimatedSize = n

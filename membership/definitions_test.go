@@ -121,8 +121,15 @@ func TestDefinitionsCRUD(t *testing.T) {
 		}
 
 		// (Whether the estimate moves the revision cannot be checked here:
-		// tests running in parallel move it.)
-		if err := defs.SetEstimatedSize(ctx, org, created.ID, 42); err != nil {
+		// tests running in parallel move it.) A size read at an earlier
+		// generation is not recorded: it may be part of a rebuild.
+		if err := defs.SetEstimatedSize(ctx, org, created.ID, 1, 7); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := defs.Get(ctx, org, created.ID); d.EstimatedSize != 0 {
+			t.Errorf("estimatedSize = %d after a size read at an earlier generation, want 0", d.EstimatedSize)
+		}
+		if err := defs.SetEstimatedSize(ctx, org, created.ID, 2, 42); err != nil {
 			t.Fatal(err)
 		}
 		if d, _ := defs.Get(ctx, org, created.ID); d.EstimatedSize != 42 {

@@ -21,14 +21,14 @@ type flakyEstimates struct {
 	written  atomic.Int64
 }
 
-func (f *flakyEstimates) SetEstimatedSize(ctx context.Context, org, id string, n int64) error {
+func (f *flakyEstimates) SetEstimatedSize(ctx context.Context, org, id string, generation, n int64) error {
 	if org == f.org {
 		if f.failures.Add(-1) >= 0 {
 			return errors.New("injected failure")
 		}
 		f.written.Add(1)
 	}
-	return f.Definitions.SetEstimatedSize(ctx, org, id, n)
+	return f.Definitions.SetEstimatedSize(ctx, org, id, generation, n)
 }
 
 // estimateRig is an organisation with one static segment, for the refresh

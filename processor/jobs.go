@@ -108,8 +108,9 @@ type BuildRecorder interface {
 	// MarkReady sets a segment's status to ready, but only while the segment
 	// is building that generation.
 	MarkReady(ctx context.Context, org, id string, generation int64) error
-	// SetEstimatedSize records a segment's estimated size, n users.
-	SetEstimatedSize(ctx context.Context, org, id string, n int64) error
+	// SetEstimatedSize records a segment's estimated size, n users, read
+	// at generation, unless the segment has moved past it or is building.
+	SetEstimatedSize(ctx context.Context, org, id string, generation, n int64) error
 	// SetBackfillProgress records how many users the backfill of generation
 	// has scanned.
 	SetBackfillProgress(ctx context.Context, org, id string, generation, scanned int64) error
@@ -2049,10 +2050,15 @@ func (j *Jobs) refreshEstimates(ctx context.Context) {
 			failed(err)
 			continue
 		}
+		generation := make(map[string]int64, len(defs))
+		for _, d := range defs {
+			generation[d.ID] = d.Generation
+		}
 		var errs []error
 		for id, n := range sizes {
-			// One deleted meanwhile needs no estimate.
-			if err := j.cfg.Definitions.SetEstimatedSize(ctx, org, id, n); err != nil && !errors.Is(err, membership.ErrNotFound) {
+			// One deleted meanwhile needs no estimate; one whose rebuild
+			// began meanwhile keeps the estimate it had.
+			if err := j.cfg.Definitions.SetEstimatedSize(ctx, org, id, generation[id], n); err != nil && !errors.Is(err, membership.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("segment %s: %w", id, err))
 			}
 		}
