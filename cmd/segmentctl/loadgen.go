@@ -66,7 +66,8 @@ func runLoadgen(ctx context.Context, e env, args []string, stdout io.Writer) err
 	}
 	sent := 0
 	msgs := make([]kafka.Message, 0, batch)
-	// An interrupt ends the run; what it sent is still reported.
+	// An interrupt ends the run; what it sent is still reported, and a run
+	// of -n events cut short fails.
 	interrupted := ""
 gen:
 	for *total == 0 || sent < *total {
@@ -122,6 +123,11 @@ gen:
 	}
 	el := time.Since(start)
 	fmt.Fprintf(stdout, "produced %d events in %s (%.0f events/s)%s\n", sent, el.Round(time.Millisecond), float64(sent)/el.Seconds(), interrupted)
+	if interrupted != "" && *total > 0 && sent < *total {
+		// Asked for -n events and stopped short: not done, as an
+		// interrupted produce is not (with -n 0 the interrupt is the end).
+		return fmt.Errorf("loadgen: interrupted after %d of the %d events asked for: %w", sent, *total, ctx.Err())
+	}
 	return nil
 }
 

@@ -171,3 +171,36 @@ func TestLoadgenKeepsTheRateWhenWritesAreSlow(t *testing.T) {
 		t.Errorf("600 events at -rate 1000 against 40 ms writes went in %d writes (%q), want far fewer than 60: the rate is not kept", n, out.String())
 	}
 }
+
+// TestLoadgenInterruptedBeforeNFails: a loadgen asked for -n events and
+// interrupted (SIGINT, SIGTERM) before it sent them all did not do what it
+// was asked, so it fails (exit 2) after reporting what it sent, as an
+// interrupted produce does; with -n 0 (until interrupted) the interrupt is
+// its normal end.
+func TestLoadgenInterruptedBeforeNFails(t *testing.T) {
+	const topic = "interrupted"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": c.ListenAddrs()[0]})
+	for name, tc := range map[string]struct {
+		n       string
+		wantErr bool
+	}{
+		"cut short":         {"100000", true},
+		"until interrupted": {"0", false},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond) // the signal
+		var out bytes.Buffer
+		err := run(ctx, []string{"loadgen", "-rate", "200", "-n", tc.n, "-users", "10", "-topic", topic}, env, nil, &out)
+		cancel()
+		if !strings.Contains(out.String(), "interrupted") {
+			t.Errorf("%s: loadgen -n %s interrupted printed %q, want what it sent and that it was interrupted", name, tc.n, out.String())
+		}
+		if gotErr := err != nil; gotErr != tc.wantErr {
+			t.Errorf("%s: loadgen -n %s interrupted = %v, want an error: %t", name, tc.n, err, tc.wantErr)
+		}
+	}
+}
