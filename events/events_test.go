@@ -259,3 +259,21 @@ func TestOutOfRangeNumberReasonNamesField(t *testing.T) {
 		}
 	}
 }
+
+// TestBlankUserIDReasonSaysBlank checks that an event whose userId is not
+// empty but only white space (" ", a no-break space) is dead-lettered with
+// a reason that says so: "must not be empty" sends whoever reads the DLQ
+// header looking for a missing field in a record that has one.
+func TestBlankUserIDReasonSaysBlank(t *testing.T) {
+	for _, id := range []string{` `, `\u00a0`, `\u3000 `} {
+		in := `{"type":"profile.updated","orgId":"acme","userId":"` + id + `","changes":{"points":1}}`
+		_, err := DecodeProfileEvent([]byte(in))
+		var ie *InvalidError
+		if !errors.As(err, &ie) || ie.Field != "userId" {
+			t.Fatalf("%s: err = %v, want an InvalidError on userId", in, err)
+		}
+		if !strings.Contains(ie.Reason, "white space") {
+			t.Errorf("%s: reason %q does not say the id is only white space", in, err)
+		}
+	}
+}

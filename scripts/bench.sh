@@ -23,6 +23,9 @@ go test -run '^$' -bench 'BenchmarkProfile|BenchmarkMatch5' -benchmem -count 5 .
 section "profile events: decoding a patch and a whole profile, and the load generator's encoding"
 go test -run '^$' -bench 'BenchmarkDecodeProfileEvent|BenchmarkEncodeProfileEvent' -benchmem -count 3 ./events/
 
+section "patches: a usual one of 3 paths, and patches of 1,000 to 40,000 paths"
+go test -run '^$' -bench 'BenchmarkApplyChanges' -benchmem -count 2 ./segment/
+
 section "a definition change reaching an instance: reload everything against the changed organisation only"
 go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
 

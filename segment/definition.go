@@ -263,12 +263,15 @@ func (v *validator) userIDs(ids []string) { v.userIDsAt("userIds", ids) }
 const MaxUserIDLength = 256
 
 // CheckUserID returns why s cannot be a user id, or "": a user id is
-// valid UTF-8 of 1 to MaxUserIDLength bytes with no ASCII control characters
+// valid UTF-8 of 1 to MaxUserIDLength bytes, not only white space, with no ASCII control characters
 // (U+0000-U+001F, U+007F) and no braces (Redis hash tags are built from it). Profile events and static
 // lists take the same ids.
 func CheckUserID(s string) string {
-	if strings.TrimSpace(s) == "" {
+	if s == "" {
 		return "must not be empty"
+	}
+	if strings.TrimSpace(s) == "" {
+		return "must not be only white space"
 	}
 	if len(s) > MaxUserIDLength || !utf8.ValidString(s) {
 		return fmt.Sprintf("must be valid UTF-8 of at most %d bytes", MaxUserIDLength)

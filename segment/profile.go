@@ -273,27 +273,46 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 	}
 
 	// Only the top-level fields the patch touched can differ; diffing them
-	// whole lists the paths exactly as ChangedPaths would.
+	// whole lists the paths exactly as ChangedPaths would. A patch of a
+	// few paths looks its tops up in a slice; a larger one in a set, so
+	// that a patch of many fields costs in proportion to its paths.
 	var changed []string
-	tops := make([]string, 0, len(paths))
+	var tops []string
+	var topSet map[string]bool
+	if len(paths) > smallPatch {
+		topSet = make(map[string]bool, len(paths))
+	}
 	for _, p := range paths {
 		top, _, _ := strings.Cut(p, ".")
-		if !slices.Contains(tops, top) {
+		if topSet != nil {
+			if topSet[top] {
+				continue
+			}
+			topSet[top] = true
+		} else if slices.Contains(tops, top) {
+			continue
+		} else {
 			tops = append(tops, top)
-			changed = diffValues(changed, "", top, old.Get(top), root.Get(top))
 		}
+		changed = diffValues(changed, "", top, old.Get(top), root.Get(top))
 	}
 	slices.Sort(changed)
 	return root, changed, nil
 }
 
+// smallPatch is the most paths whose top-level fields ApplyChanges looks up
+// in a slice rather than a set.
+const smallPatch = 16
+
 // set stores v (or removes the field when v is nil) at path in root, copying
-// each object on the way that *owned does not hold yet.
+// each object on the way that *owned does not hold yet. Paths come in
+// sorted order, so no path below this one has been set yet: *owned holds
+// no object under it to forget (looking for one would cost the whole of
+// *owned for each path).
 func set(root *Profile, owned *map[string]map[string]any, path string, v any) string {
 	dot := strings.IndexByte(path, '.')
 	if dot < 0 {
 		root.Set(path, v)
-		forgetBelow(*owned, path)
 		return ""
 	}
 	if *owned == nil {
@@ -347,18 +366,7 @@ func set(root *Profile, owned *map[string]map[string]any, path string, v any) st
 	} else {
 		obj[last] = v
 	}
-	forgetBelow(*owned, path)
 	return ""
-}
-
-// forgetBelow drops the objects copied under path, which a value from the
-// caller has just replaced; a sorted patch never has any, but stay safe.
-func forgetBelow(owned map[string]map[string]any, path string) {
-	for p := range owned {
-		if len(p) > len(path) && p[len(path)] == '.' && strings.HasPrefix(p, path) {
-			delete(owned, p)
-		}
-	}
 }
 
 // lookupPath is lookup for a dotted path given as a string.

@@ -3,6 +3,7 @@ package segment
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -325,6 +326,50 @@ func TestProfileJSON(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(`[1]`), &p); err == nil {
 		t.Error("an array decoded as a profile")
+	}
+}
+
+// TestApplyChangesManyPaths applies a patch of many fields, each in an
+// object of its own ("f123.x") or at the top level, as a valid event of a
+// few hundred kilobytes may: every field is set and every path reported.
+// Its cost is BenchmarkApplyChangesManyPaths's.
+func TestApplyChangesManyPaths(t *testing.T) {
+	p, changed, err := ApplyChanges(nil, manyPaths(5_000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Len() != 10_000 || len(changed) != 10_000 {
+		t.Fatalf("%d fields and %d changed paths, want 10000 each", p.Len(), len(changed))
+	}
+	// A new object is one changed path, as ChangedPaths gives it.
+	for path, top := range map[string]string{"f0.x": "f0", "f4999.x": "f4999", "g0": "g0", "g4999": "g4999"} {
+		if !slices.Contains(changed, top) || lookupPath(p, path) != 1.0 {
+			t.Errorf("%s: %s changed %t, value %v; want changed and 1", path, top, slices.Contains(changed, top), lookupPath(p, path))
+		}
+	}
+}
+
+// manyPaths is a patch of 2n paths: n in objects of their own, n at the
+// top level.
+func manyPaths(n int) map[string]any {
+	changes := make(map[string]any, 2*n)
+	for i := range n {
+		changes[fmt.Sprintf("f%d.x", i)] = 1.0
+		changes[fmt.Sprintf("g%d", i)] = 1.0
+	}
+	return changes
+}
+
+func BenchmarkApplyChangesManyPaths(b *testing.B) {
+	for _, n := range []int{500, 5_000, 20_000} {
+		changes := manyPaths(n)
+		b.Run(fmt.Sprint(2*n), func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := ApplyChanges(nil, changes); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
