@@ -20,11 +20,13 @@ run:
 
 ## test: unit and integration tests with -race against real Kafka 4.x and Redis,
 ## which scripts/test-servers.sh starts on 127.0.0.1 and stops afterwards.
-## Packages run one after another (-p 1): a segmentd instance runs the jobs of
-## every organisation it finds in Redis, so concurrent packages sharing the
-## servers would run each other's backfills and timers.
+## A segmentd instance runs the jobs of every organisation it finds in Redis,
+## so packages sharing a Redis would run each other's backfills and timers:
+## they run one after another (-p 1), but for the processor's tests, the
+## longest, which run beside them against a second Redis of their own
+## (scripts/test-packages.sh).
 test:
-	scripts/test-servers.sh run -- $(GO) test -race -count=1 -p 1 -timeout 14m ./...
+	scripts/test-servers.sh run -- env GO=$(GO) scripts/test-packages.sh
 
 ## test-embedded: the integration tests against the embedded stand-ins of
 ## `make run` (kfake and miniredis, in-process) instead of real servers;

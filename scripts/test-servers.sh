@@ -4,6 +4,11 @@
 #
 #   - a standalone Redis               127.0.0.1:${REDIS_PORT:-16379}
 #   - a 3-master Redis Cluster         127.0.0.1:${REDIS_CLUSTER_PORTS:-17001,17002,17003}
+#   - a second standalone Redis and    127.0.0.1:${REDIS2_PORT:-16380}
+#     3-master Redis Cluster           127.0.0.1:${REDIS2_CLUSTER_PORTS:-17004,17005,17006}
+#     (the processor package's tests run segmentd's jobs, which act on every
+#     organisation they find in Redis: on Redis of their own, they run beside
+#     the other packages' tests; see scripts/test-packages.sh)
 #   - a single-node Apache Kafka 4.x   127.0.0.1:${KAFKA_PORT:-19092} (KRaft, broker+controller;
 #                                      controller listener on ${KAFKA_CONTROLLER_PORT:-19093})
 #
@@ -25,6 +30,7 @@
 #
 # Environment (all optional): REDIS_PORT, REDIS_CLUSTER_PORTS (comma or space
 # separated, at least 3; each node also listens on port+10000, its cluster bus),
+# REDIS2_PORT, REDIS2_CLUSTER_PORTS (the same for the second Redis),
 # KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_HEAP_OPTS (default "-Xmx512m -Xms256m"),
 # KAFKA_JVM_OPTS (default "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"),
 # KAFKA_START_TIMEOUT and REDIS_START_TIMEOUT (seconds, default 120 and 60).
@@ -40,6 +46,8 @@ KAFKA_LIBS="$CACHE/kafka/libs"
 
 REDIS_PORT="${REDIS_PORT:-16379}"
 REDIS_CLUSTER_PORTS="${REDIS_CLUSTER_PORTS:-17001,17002,17003}"
+REDIS2_PORT="${REDIS2_PORT:-16380}"
+REDIS2_CLUSTER_PORTS="${REDIS2_CLUSTER_PORTS:-17004,17005,17006}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
@@ -55,16 +63,18 @@ log() { printf 'test-servers: %s\n' "$*" >&2; }
 die() { printf 'test-servers: error: %s\n' "$*" >&2; exit 1; }
 
 read -r -a CLUSTER_PORTS <<<"${REDIS_CLUSTER_PORTS//,/ }"
+read -r -a CLUSTER2_PORTS <<<"${REDIS2_CLUSTER_PORTS//,/ }"
 
 check_ports() {
   local p
-  for p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" "$REDIS2_PORT" "${CLUSTER2_PORTS[@]}" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     if ! [[ "$p" =~ ^[1-9][0-9]{0,4}$ ]] || ((p > 65535)); then
-      die "bad port '$p' (check REDIS_PORT, REDIS_CLUSTER_PORTS, KAFKA_PORT, KAFKA_CONTROLLER_PORT)"
+      die "bad port '$p' (check REDIS_PORT, REDIS_CLUSTER_PORTS, REDIS2_PORT, REDIS2_CLUSTER_PORTS, KAFKA_PORT, KAFKA_CONTROLLER_PORT)"
     fi
   done
   ((${#CLUSTER_PORTS[@]} >= 3)) || die "REDIS_CLUSTER_PORTS needs at least 3 ports, got '$REDIS_CLUSTER_PORTS'"
-  for p in "${CLUSTER_PORTS[@]}"; do
+  ((${#CLUSTER2_PORTS[@]} >= 3)) || die "REDIS2_CLUSTER_PORTS needs at least 3 ports, got '$REDIS2_CLUSTER_PORTS'"
+  for p in "${CLUSTER_PORTS[@]}" "${CLUSTER2_PORTS[@]}"; do
     ((p + 10000 <= 65535)) || die "Redis Cluster port $p too high: its cluster bus port $((p + 10000)) is not a port"
   done
   local dups
@@ -76,13 +86,16 @@ check_ports() {
 # (port + 10000) included.
 all_ports() {
   local p
-  printf '%s\n' "$REDIS_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
-  for p in "${CLUSTER_PORTS[@]}"; do printf '%s\n%s\n' "$p" "$((p + 10000))"; done
+  printf '%s\n' "$REDIS_PORT" "$REDIS2_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+  for p in "${CLUSTER_PORTS[@]}" "${CLUSTER2_PORTS[@]}"; do printf '%s\n%s\n' "$p" "$((p + 10000))"; done
 }
 
+# cluster_addrs [PORT...]: the cluster nodes' addresses, comma separated
+# (the first cluster's when no port is given).
 cluster_addrs() {
   local p out=""
-  for p in "${CLUSTER_PORTS[@]}"; do out+="${out:+,}$HOST:$p"; done
+  (($#)) || set -- "${CLUSTER_PORTS[@]}"
+  for p in "$@"; do out+="${out:+,}$HOST:$p"; done
   printf '%s' "$out"
 }
 
@@ -90,6 +103,8 @@ env_lines() {
   printf 'export SEGMENTD_TEST_KAFKA_BROKERS=%s\n' "$HOST:$KAFKA_PORT"
   printf 'export SEGMENTD_TEST_REDIS_ADDR=%s\n' "$HOST:$REDIS_PORT"
   printf 'export SEGMENTD_TEST_REDIS_CLUSTER_ADDRS=%s\n' "$(cluster_addrs)"
+  printf 'export SEGMENTD_TEST_REDIS2_ADDR=%s\n' "$HOST:$REDIS2_PORT"
+  printf 'export SEGMENTD_TEST_REDIS2_CLUSTER_ADDRS=%s\n' "$(cluster_addrs "${CLUSTER2_PORTS[@]}")"
   printf 'export SEGMENTD_TEST_REQUIRE_SERVERS=1\n'
 }
 
@@ -132,7 +147,7 @@ running() {
     ours "$f" || return 1
     n=$((n + 1))
   done
-  ((n >= 4))
+  ((n >= 8))
 }
 
 # ---------------------------------------------------------------- prerequisites
@@ -220,21 +235,21 @@ wait_redis() {
   done
 }
 
+# start_redis_cluster PORT...: a Redis Cluster of these masters.
 start_redis_cluster() {
-  local p nodes=() deadline
-  for p in "${CLUSTER_PORTS[@]}"; do
+  local p nodes=() deadline log="$LOGS/redis-cluster-$1-create.log"
+  for p in "$@"; do
     start_redis "$p" "$TMP/redis-$p" --cluster-enabled yes --cluster-config-file nodes.conf \
       --cluster-node-timeout 5000
     nodes+=("$HOST:$p")
   done
-  for p in "${CLUSTER_PORTS[@]}"; do wait_redis "$p"; done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
-    >"$LOGS/redis-cluster-create.log" 2>&1 || {
-    cat "$LOGS/redis-cluster-create.log" >&2
+  for p in "$@"; do wait_redis "$p"; done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$log" 2>&1 || {
+    cat "$log" >&2
     die "redis-cli --cluster create failed"
   }
   deadline=$((SECONDS + REDIS_START_TIMEOUT))
-  for p in "${CLUSTER_PORTS[@]}"; do
+  for p in "$@"; do
     until redis-cli -h "$HOST" -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
       ((SECONDS < deadline)) || {
         redis-cli -h "$HOST" -p "$p" cluster info >&2 || true
@@ -377,7 +392,7 @@ do_start() {
 
   local p
   for p in $(all_ports); do
-    ! port_open "$p" || die "port $HOST:$p is already in use (by another test-servers.sh? Choose other ports with REDIS_PORT, REDIS_CLUSTER_PORTS (each also takes port+10000 for the cluster bus), KAFKA_PORT, KAFKA_CONTROLLER_PORT)"
+    ! port_open "$p" || die "port $HOST:$p is already in use (by another test-servers.sh? Choose other ports with REDIS_PORT, REDIS_CLUSTER_PORTS, REDIS2_PORT, REDIS2_CLUSTER_PORTS (each cluster port also takes port+10000 for the cluster bus), KAFKA_PORT, KAFKA_CONTROLLER_PORT)"
   done
 
   local t0=$SECONDS
@@ -395,13 +410,16 @@ do_start() {
   KAFKAWAIT=1
   build_kafkawait || KAFKAWAIT=0
   start_redis "$REDIS_PORT" "$TMP/redis-$REDIS_PORT"
-  start_redis_cluster
+  start_redis "$REDIS2_PORT" "$TMP/redis-$REDIS2_PORT"
+  start_redis_cluster "${CLUSTER_PORTS[@]}"
+  start_redis_cluster "${CLUSTER2_PORTS[@]}"
   wait_redis "$REDIS_PORT"
+  wait_redis "$REDIS2_PORT"
   wait_kafka
 
   env_lines >"$STATE/env"
   trap - EXIT INT TERM HUP
-  log "started Kafka $(kafka_version) on $HOST:$KAFKA_PORT, Redis on $HOST:$REDIS_PORT, Redis Cluster on $(cluster_addrs) in $((SECONDS - t0))s"
+  log "started Kafka $(kafka_version) on $HOST:$KAFKA_PORT, Redis on $HOST:$REDIS_PORT, Redis Cluster on $(cluster_addrs), the second Redis on $HOST:$REDIS2_PORT and $(cluster_addrs "${CLUSTER2_PORTS[@]}") in $((SECONDS - t0))s"
 }
 
 # stop_all ends every process named in the state dir (TERM, then KILL after
