@@ -759,11 +759,21 @@ func TestTimerAfterALongKafkaOutage(t *testing.T) {
 		unpublished(1)(c)
 		c.Now = func() time.Time { return time.Now().Add(-outage) }
 	})
-	updated := time.Now().Add(-30*24*time.Hour - time.Second).UTC().Format(time.RFC3339Nano)
-	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`, r.org, updated))
+	updatedAt := time.Now().Add(-30*24*time.Hour - time.Second)
+	r.produce(t, fmt.Sprintf(`{"eventId":"e2","type":"profile.updated","orgId":"%s","userId":"u0","version":2,"changes":{"updatedAt":%q}}`,
+		r.org, updatedAt.UTC().Format(time.RFC3339Nano)))
 	r.waitVersion(t, "u0", 2)
 	if !testenv.Eventually(30*time.Second, func() bool { return !r.rdb.SIsMember(ctx, key, "u0").Val() }) {
 		t.Fatal("the stream's exit was not projected within 30 s")
+	}
+	// The batch stores its timers beside its publication, after the
+	// projection: the round below looks for the one of u0's next flip, due
+	// by now (a claim of the first round may have left a later one).
+	if !testenv.Eventually(30*time.Second, func() bool {
+		at, err := r.rdb.ZScore(ctx, membership.ScheduleKey(r.org), "u0").Result()
+		return err == nil && int64(at) <= time.Now().UnixMilli()
+	}) {
+		t.Fatal("u0's timer for its next flip, due by now, was not stored within 30 s")
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
 	reg := processor.NewRegistry(r.defs, time.Second, log)
