@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -188,11 +189,12 @@ func (g *GroupOffsets) Close() error {
 // Producer is the processor's Producer: it writes records through a
 // kafka-go writer (see NewWriter).
 type Producer struct {
-	w *kafka.Writer
+	out inOrder
 }
 
-// NewProducer returns a Producer writing through w.
-func NewProducer(w *kafka.Writer) *Producer { return &Producer{w: w} }
+// NewProducer returns a Producer writing through w, which nothing else may
+// write through (see WriteInOrder).
+func NewProducer(w *kafka.Writer) *Producer { return &Producer{out: inOrder{w: w}} }
 
 // Produce writes rs and returns once all are acknowledged. Records carry
 // the time they are written (kafka-go sends none otherwise).
@@ -208,7 +210,7 @@ func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
 			}
 		}
 	}
-	return WriteError(p.w.WriteMessages(ctx, msgs...))
+	return p.out.write(ctx, msgs)
 }
 
 // NewWriter returns a synchronous writer for messages that name their
@@ -255,14 +257,18 @@ func CloseWriter(w *kafka.Writer) error {
 	return err
 }
 
-// Publisher publishes membership changes to the membership topic.
+// Publisher publishes membership changes to the membership topic. Its
+// methods may be called concurrently.
 type Publisher struct {
-	w     *kafka.Writer
+	out   inOrder
 	topic string
 }
 
-// NewPublisher returns a publisher writing through w.
-func NewPublisher(w *kafka.Writer, topic string) *Publisher { return &Publisher{w: w, topic: topic} }
+// NewPublisher returns a publisher writing through w, which nothing else
+// may write through (see WriteInOrder).
+func NewPublisher(w *kafka.Writer, topic string) *Publisher {
+	return &Publisher{out: inOrder{w: w}, topic: topic}
+}
 
 // Publish writes one change event per change and returns once all are acknowledged.
 func (p *Publisher) Publish(ctx context.Context, changes []events.Change) error {
@@ -270,7 +276,7 @@ func (p *Publisher) Publish(ctx context.Context, changes []events.Change) error 
 		return nil
 	}
 	msgs := AppendChangeMessages(nil, p.topic, changes)
-	if err := WriteError(p.w.WriteMessages(ctx, msgs...)); err != nil {
+	if err := p.out.write(ctx, msgs); err != nil {
 		return fmt.Errorf("publish %d changes: %w", len(msgs), err)
 	}
 	return nil
@@ -620,6 +626,68 @@ func partitionsIn(resp *kafka.MetadataResponse, topic string) ([]kafka.Partition
 		return nil, fmt.Errorf("topic %s has no partitions", topic)
 	}
 	return ps, nil
+}
+
+// inOrder is WriteInOrder through one writer for concurrent callers.
+type inOrder struct {
+	mu sync.Mutex // one call at a time: no record batch mixes two
+	w  *kafka.Writer
+}
+
+func (o *inOrder) write(ctx context.Context, msgs []kafka.Message) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, err := WriteInOrder(ctx, o.w, msgs)
+	return err
+}
+
+// WriteInOrder writes msgs through w so that a failure never leaves a
+// later message of a partition written without an earlier one. kafka-go
+// splits a partition's messages into record batches (w.BatchSize messages,
+// w.BatchBytes bytes) and, when one batch fails, still writes the batches
+// after it: a caller that writes the messages again after an error would
+// then give a reader that drops repeats a user's later changes before its
+// earlier ones. So each call to kafka-go holds at most one record batch's
+// worth (one batch a partition), and a call is made only once the one
+// before it succeeded: what a failure leaves written is a first part of
+// each partition's messages. Calls must not overlap on w (kafka-go would
+// put two calls' messages in one batch), and nothing else may write
+// through it meanwhile. It returns how many of msgs, from the first, were
+// acknowledged; after an error, some of the rest may be written too.
+func WriteInOrder(ctx context.Context, w *kafka.Writer, msgs []kafka.Message) (int, error) {
+	maxN, maxBytes := w.BatchSize, w.BatchBytes
+	if maxN <= 0 {
+		maxN = 100 // kafka-go's default
+	}
+	if maxBytes <= 0 {
+		maxBytes = 1 << 20 // kafka-go's default
+	}
+	done := 0
+	for len(msgs) > 0 {
+		n, size := 0, int64(0)
+		for n < len(msgs) && n < maxN {
+			sz := messageBytes(&msgs[n])
+			if n > 0 && size+sz > maxBytes {
+				break
+			}
+			n, size = n+1, size+sz
+		}
+		if err := WriteError(w.WriteMessages(ctx, msgs[:n]...)); err != nil {
+			return done, err
+		}
+		msgs, done = msgs[n:], done+n
+	}
+	return done, nil
+}
+
+// messageBytes bounds what kafka-go counts of m against BatchBytes: its key,
+// value and headers, and the record's framing (at most 64 bytes).
+func messageBytes(m *kafka.Message) int64 {
+	n := int64(len(m.Key) + len(m.Value) + 64)
+	for _, h := range m.Headers {
+		n += int64(len(h.Key) + len(h.Value) + 10)
+	}
+	return n
 }
 
 // WriteError shortens an error of kafka-go's WriteMessages: its WriteErrors

@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/segmentd/segmentd/events"
 	"github.com/segmentd/segmentd/internal/testenv"
 	"github.com/segmentd/segmentd/kafkaio"
 	"github.com/segmentd/segmentd/processor"
@@ -298,5 +301,91 @@ func testSpansWaitForALeader(t *testing.T, brokers []string) {
 	}
 	if want := (kafkaio.Span{}); len(spans) != 2 || spans[0] != want || spans[1] != want {
 		t.Errorf("spans %v, want two empty partitions", spans)
+	}
+}
+
+// TestFailedPublishLeavesAPrefixOfEachPartition: a Publish that fails must
+// not have written a later record of a partition without the earlier ones.
+// The processor publishes a batch's changes again, all of them and in
+// order, after a failure; a consumer that drops repeated eventIds keeps the
+// first copy of each. Were a later record of a user's partition written by
+// the failed attempt while an earlier one was not, that consumer would see
+// the user's changes the other way round (an exit before the entry it
+// follows) and end on a membership the Redis sets do not hold.
+func TestFailedPublishLeavesAPrefixOfEachPartition(t *testing.T) {
+	const topic = "changes"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	// The broker times out the first produce requests, as a broker does
+	// while a partition's leader moves, then takes them again.
+	failed := 0
+	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		if failed == 3 { // kafka-go's attempts of one record batch
+			c.DropControl()
+			return nil, nil, false
+		}
+		c.KeepControl()
+		failed++
+		req := kreq.(*kmsg.ProduceRequest)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.RequestTimedOut.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+
+	w := kafkaio.NewWriter(brokers)
+	defer kafkaio.CloseWriter(w)
+	pub := kafkaio.NewPublisher(w, topic)
+	// One user's changes, more than one record batch of the writer holds.
+	var changes []events.Change
+	for i := range 1000 {
+		changes = append(changes, events.Change{OrgID: "acme", SegmentID: fmt.Sprintf("seg_%04d", i), UserID: "u_1",
+			Entered: true, At: time.UnixMilli(0), Cause: events.Cause{Type: events.CauseProfile, EventID: "e1"}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, changes); err == nil {
+		t.Fatal("the publish succeeded although the broker timed out its first writes")
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var got []string
+	for {
+		fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
+		fs := cl.PollFetches(fctx)
+		fcancel()
+		if fctx.Err() != nil && fs.NumRecords() == 0 {
+			break
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			d, err := events.DecodeChange(r.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, d.SegmentID)
+		})
+	}
+	for i, seg := range got {
+		if want := changes[i].SegmentID; seg != want {
+			t.Fatalf("after a failed publish the partition holds %d of its %d records, the first %s: not the first ones published (%s first); a later record was written without those before it",
+				len(got), len(changes), got[0], changes[0].SegmentID)
+		}
 	}
 }

@@ -74,8 +74,10 @@ func produce(ctx context.Context, e env, args []string, stdin io.Reader, stdout 
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := kafkaio.WriteError(w.WriteMessages(wctx, batch...)); err != nil {
-			return fmt.Errorf("produce: after %s sent, lines up to %d not sent: %w", plural(n, "event"), lineNo, err)
+		// In order: a user's lines that a failed write leaves sent are
+		// its first ones.
+		if sent, err := kafkaio.WriteInOrder(wctx, w, batch); err != nil {
+			return fmt.Errorf("produce: after %s sent, lines up to %d not sent, or sent in part: %w", plural(n+sent, "event"), lineNo, err)
 		}
 		n += len(batch)
 		batch, batchBytes = batch[:0], 0

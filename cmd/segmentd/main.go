@@ -122,7 +122,10 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	reader := kafkaio.NewGroupReader(cfg.KafkaBrokers, cfg.GroupID, cfg.ProfileTopic)
-	writer := kafkaio.NewWriter(cfg.KafkaBrokers)
+	// A writer each for the stream and for the jobs and the API: each
+	// writes through its own one call at a time (kafkaio.WriteInOrder), and
+	// the stream's batches need not wait for a backfill's pages.
+	writer, jobsWriter := kafkaio.NewWriter(cfg.KafkaBrokers), kafkaio.NewWriter(cfg.KafkaBrokers)
 	proc := processor.New(processor.Config{
 		Fetcher: reader, Producer: kafkaio.NewProducer(writer), Users: users, Rules: registry, Scheduler: scheds,
 		MembershipTopic: cfg.MembershipTopic, DLQTopic: cfg.DLQTopic,
@@ -142,11 +145,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	closeKafka := func() {
 		leaveGroup()
 		_ = committed.Close() // closes idle connections only
-		if err := kafkaio.CloseWriter(writer); err != nil {
-			log.Warn("close kafka writer", "err", err)
+		if err := errors.Join(kafkaio.CloseWriter(writer), kafkaio.CloseWriter(jobsWriter)); err != nil {
+			log.Warn("close kafka writers", "err", err)
 		}
 	}
-	publisher := kafkaio.NewPublisher(writer, cfg.MembershipTopic)
+	publisher := kafkaio.NewPublisher(jobsWriter, cfg.MembershipTopic)
 	coord := membership.NewCoordinator(rdb)
 	jobs, err := processor.NewJobs(processor.JobsConfig{
 		InstanceID: instanceID(), Definitions: defs, Users: users, Schedules: scheds, Sizes: sets,
