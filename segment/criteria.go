@@ -339,10 +339,13 @@ type valSet struct {
 	strs     []string
 	strIndex map[string]struct{} // for large string lists only
 	nums     []float64
+	numIndex map[float64]struct{} // for large number lists only
 	hasTrue  bool
 	hasFalse bool
 	hasNull  bool
 	other    []any // arrays and objects
+	// otherIndex holds the canonical keys of other, for large lists only.
+	otherIndex map[string]struct{}
 }
 
 // strIndexMin is the list length from which a map beats a linear scan.
@@ -525,6 +528,22 @@ func newValSet(arr []any) *valSet {
 		s.strIndex = make(map[string]struct{}, len(s.strs))
 		for _, x := range s.strs {
 			s.strIndex[x] = struct{}{}
+		}
+	}
+	// An array field is checked element by element: without an index, an
+	// array of n numbers against a list of m costs n*m comparisons.
+	if len(s.nums) >= strIndexMin {
+		s.numIndex = make(map[float64]struct{}, len(s.nums))
+		for _, x := range s.nums {
+			s.numIndex[x] = struct{}{} // -0 and 0 are one key, as they are equal
+		}
+	}
+	if len(s.other) >= strIndexMin {
+		s.otherIndex = make(map[string]struct{}, len(s.other))
+		for _, x := range s.other {
+			if k, ok := appendCanonical(nil, x); ok {
+				s.otherIndex[string(k)] = struct{}{}
+			}
 		}
 	}
 	return s

@@ -2,6 +2,7 @@ package segment
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -410,6 +411,10 @@ func (s *valSet) has(e any) bool {
 		return s.hasNull
 	}
 	if f, ok := toFloat(e); ok {
+		if s.numIndex != nil {
+			_, ok := s.numIndex[f]
+			return ok
+		}
 		for _, y := range s.nums {
 			if f == y {
 				return true
@@ -417,12 +422,74 @@ func (s *valSet) has(e any) bool {
 		}
 		return false
 	}
+	if s.otherIndex != nil {
+		if k, ok := appendCanonical(nil, e); ok {
+			_, ok := s.otherIndex[string(k)]
+			return ok
+		}
+	}
 	for _, y := range s.other {
 		if jsonEqual(e, y) {
 			return true
 		}
 	}
 	return false
+}
+
+// appendCanonical appends to dst a key of JSON value v that two values
+// share exactly when jsonEqual holds between them: numbers by value,
+// object members sorted, null members left out. ok is false for a value
+// of a type jsonEqual knows no equal of.
+func appendCanonical(dst []byte, v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case nil:
+		return append(dst, 'n'), true
+	case bool:
+		if x {
+			return append(dst, 't'), true
+		}
+		return append(dst, 'f'), true
+	case string:
+		dst = strconv.AppendInt(append(dst, 's'), int64(len(x)), 10)
+		return append(append(dst, ':'), x...), true
+	case []any:
+		dst = strconv.AppendInt(append(dst, '['), int64(len(x)), 10)
+		dst = append(dst, ':')
+		for _, e := range x {
+			var ok bool
+			if dst, ok = appendCanonical(dst, e); !ok {
+				return dst, false
+			}
+		}
+		return dst, true
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k, e := range x {
+			if e != nil {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		dst = strconv.AppendInt(append(dst, '{'), int64(len(keys)), 10)
+		dst = append(dst, ':')
+		for _, k := range keys {
+			dst = strconv.AppendInt(dst, int64(len(k)), 10)
+			dst = append(append(dst, ':'), k...)
+			var ok bool
+			if dst, ok = appendCanonical(dst, x[k]); !ok {
+				return dst, false
+			}
+		}
+		return dst, true
+	}
+	f, ok := toFloat(v)
+	if !ok {
+		return dst, false
+	}
+	if f == 0 {
+		f = 0 // -0 equals 0
+	}
+	return strconv.AppendFloat(append(dst, 'd'), f, 'g', -1, 64), true
 }
 
 // toFloat reads a JSON number: float64 from encoding/json, json.Number from a

@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -49,5 +50,39 @@ func BenchmarkMatch5(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		sink = r.Match(p, benchNow)
+	}
+}
+
+// BenchmarkMatchInArray evaluates "badges in [m values]" for a profile
+// whose badges hold 2m values, none in the list: each element of the
+// array is looked up in the list. Scanning the list instead cost n*m:
+// 1.3 s for 40,000 numbers against 80,000 elements, well within a
+// criterion's 256 KiB and an event's 1 MB.
+func BenchmarkMatchInArray(b *testing.B) {
+	for _, kind := range []string{"numbers", "objects"} {
+		for _, m := range []int{5_000, 10_000, 20_000} {
+			list, arr := make([]any, m), make([]any, 2*m)
+			for i := range list {
+				list[i] = float64(-i - 1)
+				if kind == "objects" {
+					list[i] = map[string]any{"n": list[i]}
+				}
+			}
+			for i := range arr {
+				arr[i] = float64(i % 10)
+				if kind == "objects" {
+					arr[i] = map[string]any{"n": arr[i]}
+				}
+			}
+			r := MustCompile(Criteria{Include: []Criterion{{Field: "badges", Operator: OpIn, Value: list, HasValue: true}}})
+			p := NewProfile(pmap{"badges": arr})
+			b.Run(fmt.Sprint(kind, "/", m), func(b *testing.B) {
+				for b.Loop() {
+					if r.Match(p, benchNow) {
+						b.Fatal("matched")
+					}
+				}
+			})
+		}
 	}
 }

@@ -3,6 +3,7 @@ package segment
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -570,6 +571,44 @@ func TestParseTimeMatchesTimePackage(t *testing.T) {
 		got, ok := parseRFC3339Fast(s)
 		if !ok || got != instantOf(tm) {
 			t.Fatalf("parseRFC3339Fast(%q) = %v, %v; want %v", s, got, ok, instantOf(tm))
+		}
+	}
+}
+
+// TestInLargeLists checks in and not_in with lists long enough to be
+// looked up rather than scanned (numbers, arrays and objects), against
+// scalar and array fields: equal numbers by value (-0 is 0), objects
+// whatever their key order and null members, arrays element by element.
+func TestInLargeLists(t *testing.T) {
+	list := []any{-0.0, 1e300, 2.5, []any{"a", 1.0, nil}, map[string]any{"k": 1.0, "j": []any{true}}}
+	for i := range 40 {
+		list = append(list, float64(1000+i), map[string]any{"n": float64(i)}, []any{float64(i)})
+	}
+	in := MustCompile(Criteria{Include: []Criterion{cr("f", OpIn, list)}})
+	notIn := MustCompile(Criteria{Include: []Criterion{cr("f", OpNotIn, list)}})
+	tests := []struct {
+		v    any
+		want bool
+	}{
+		{0.0, true}, {math.Copysign(0, -1), true}, {1e300, true}, {2.5, true}, {1039.0, true}, {json.Number("1001"), true},
+		{2.0, false}, {1040.0, false}, {"2.5", false},
+		{[]any{[]any{"a", 1.0, nil}}, true}, {[]any{[]any{"a", 1.0}}, false}, {[]any{[]any{1.0, "a", nil}}, false},
+		{map[string]any{"j": []any{true}, "k": 1.0, "x": nil}, true}, {map[string]any{"j": []any{true}}, false},
+		{map[string]any{"n": 39.0}, true}, {map[string]any{"n": 40.0}, false}, {[]any{7.0}, false},
+		// An array field shares an element with the list.
+		{[]any{"x", 3.0, 1020.0}, true}, {[]any{"x", 3.0, []any{12.0}}, true}, {[]any{map[string]any{"n": 3.0}}, true},
+		{[]any{"x", 3.0, map[string]any{"n": -1.0}}, false},
+	}
+	for _, tt := range tests {
+		p := NewProfile(pmap{"f": tt.v})
+		if got := in.Match(p, testNow); got != tt.want {
+			t.Errorf("in: %#v: %t, want %t", tt.v, got, tt.want)
+		}
+		if got := notIn.Match(p, testNow); got == tt.want {
+			t.Errorf("not_in: %#v: %t, want %t", tt.v, got, !tt.want)
+		}
+		if got := in.Explain(p, testNow).Member; got != tt.want {
+			t.Errorf("explain in: %#v: %t, want %t", tt.v, got, tt.want)
 		}
 	}
 }

@@ -23,23 +23,82 @@ type Index struct {
 	// merging the index's lists is most of a lookup); memoMu orders writers.
 	memo   atomic.Pointer[map[string][]int32]
 	memoMu sync.Mutex
-	// exact maps a field path to the numbers of segments reading exactly it.
-	exact map[string][]int32
-	// under maps a path to the numbers of segments reading it or a field
-	// nested below it: under["customFields"] includes readers of
+	// root is a tree of the paths read, one node per key of a path: a
+	// path's node is found by hashing each of its keys once, where a map
+	// of every prefix of every path would hash each prefix whole, the
+	// square of a deep path's length.
+	root pathNode
+}
+
+// pathNode is the node of one field path in an Index.
+type pathNode struct {
+	// oneKey and one hold the node's only child; children holds them all
+	// once there are two (most nodes have one, or none).
+	oneKey   string
+	one      *pathNode
+	children map[string]*pathNode
+	// exact holds the numbers of the segments reading exactly this path.
+	exact []int32
+	// under holds the numbers of the segments reading this path or a field
+	// nested below it: under of "customFields" includes readers of
 	// "customFields.vip.level".
-	under map[string][]int32
+	under []int32
+}
+
+// child returns n's node for key k, nil when no path read goes there.
+func (n *pathNode) child(k string) *pathNode {
+	if n.children == nil {
+		if n.one != nil && n.oneKey == k {
+			return n.one
+		}
+		return nil
+	}
+	return n.children[k]
+}
+
+// add makes c n's child for key k, which n has none for.
+func (n *pathNode) add(k string, c *pathNode) {
+	switch {
+	case n.one == nil:
+		n.oneKey, n.one = k, c
+	case n.children == nil:
+		n.children = map[string]*pathNode{n.oneKey: n.one, k: c}
+	default:
+		n.children[k] = c
+	}
+}
+
+// fill computes n.under and that of every node below it, sorted and
+// without duplicates. A node with one child and no readers of its own
+// shares its child's list, so that a chain of keys costs one list.
+func (n *pathNode) fill() {
+	n.exact = slices.Clip(slices.Compact(n.exact))
+	if n.children == nil {
+		if n.one == nil {
+			n.under = n.exact
+			return
+		}
+		n.one.fill()
+		if len(n.exact) == 0 {
+			n.under = n.one.under
+			return
+		}
+		n.under = slices.Clip(mergeSorted(slices.Clone(n.exact), 0, n.one.under))
+		return
+	}
+	n.under = slices.Clone(n.exact)
+	for _, c := range n.children {
+		c.fill()
+		n.under = mergeSorted(n.under, 0, c.under)
+	}
+	n.under = slices.Clip(n.under)
 }
 
 // NewIndex builds an index from the field paths each segment reads, keyed by
 // segment id (as returned by [Rule.Fields]). Malformed or empty paths are
 // kept as given; they simply never relate to a valid changed path.
 func NewIndex(fieldsByID map[string][]string) *Index {
-	ix := &Index{
-		num:   make(map[string]int32, len(fieldsByID)),
-		exact: make(map[string][]int32),
-		under: make(map[string][]int32),
-	}
+	ix := &Index{num: make(map[string]int32, len(fieldsByID))}
 	for id := range fieldsByID {
 		ix.ids = append(ix.ids, id)
 	}
@@ -49,23 +108,23 @@ func NewIndex(fieldsByID map[string][]string) *Index {
 	}
 	for i, id := range ix.ids {
 		for _, f := range fieldsByID[id] {
-			ix.exact[f] = append(ix.exact[f], int32(i))
-			for p := f; ; {
-				ix.under[p] = append(ix.under[p], int32(i))
-				j := strings.LastIndexByte(p, '.')
-				if j < 0 {
+			n := &ix.root
+			for k, rest, more := strings.Cut(f, "."); ; k, rest, more = strings.Cut(rest, ".") {
+				c := n.child(k)
+				if c == nil {
+					c = &pathNode{}
+					n.add(k, c)
+				}
+				n = c
+				if !more {
 					break
 				}
-				p = p[:j]
 			}
+			// Segments come in ascending number: exact stays sorted.
+			n.exact = append(n.exact, int32(i))
 		}
 	}
-	for _, m := range []map[string][]int32{ix.exact, ix.under} {
-		for k, ns := range m {
-			slices.Sort(ns)
-			m[k] = slices.Clip(slices.Compact(ns))
-		}
-	}
+	ix.root.fill()
 	return ix
 }
 
@@ -137,16 +196,18 @@ func (ix *Index) remember(key string, ns []int32) {
 func (ix *Index) appendAffected(dst []int32, changed []string) []int32 {
 	start := len(dst)
 	for _, c := range changed {
-		// Readers of c itself or of fields below it.
-		dst = mergeSorted(dst, start, ix.under[c])
-		// Readers of fields above c.
-		for p := c; ; {
-			i := strings.LastIndexByte(p, '.')
-			if i < 0 {
+		n := &ix.root
+		for k, rest, more := strings.Cut(c, "."); ; k, rest, more = strings.Cut(rest, ".") {
+			if n = n.child(k); n == nil {
 				break
 			}
-			p = p[:i]
-			dst = mergeSorted(dst, start, ix.exact[p])
+			if !more {
+				// Readers of c itself or of fields below it.
+				dst = mergeSorted(dst, start, n.under)
+				break
+			}
+			// Readers of a field above c.
+			dst = mergeSorted(dst, start, n.exact)
 		}
 	}
 	return dst

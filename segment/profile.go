@@ -3,6 +3,7 @@ package segment
 import (
 	"encoding/json"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -180,10 +181,13 @@ func (p *Profile) UnmarshalJSON(b []byte) error {
 // key and a null one are the same (both are missing to a criterion). Either
 // profile may be nil.
 func ChangedPaths(old, new *Profile) []string {
-	var dst []string
+	var tops []string
 	for i, k := range knownFields {
-		dst = diffValues(dst, "", k, old.field(k, i), new.field(k, i))
+		if old.field(k, i) != nil || new.field(k, i) != nil {
+			tops = append(tops, k)
+		}
 	}
+	n := len(tops)
 	var a, b map[string]any
 	if old != nil {
 		a = old.other
@@ -191,40 +195,100 @@ func ChangedPaths(old, new *Profile) []string {
 	if new != nil {
 		b = new.other
 	}
-	dst = diffObjects(dst, "", a, b)
-	slices.Sort(dst)
-	return dst
-}
-
-// diffObjects appends the paths, under prefix, whose values differ between
-// objects a and b.
-func diffObjects(dst []string, prefix string, a, b map[string]any) []string {
-	start := len(dst)
-	for k, av := range a {
-		dst = diffValues(dst, prefix, k, av, b[k])
+	for k := range a {
+		tops = append(tops, k)
 	}
-	for k, bv := range b {
+	for k := range b {
 		if _, seen := a[k]; !seen {
-			dst = diffValues(dst, prefix, k, nil, bv)
+			tops = append(tops, k)
 		}
 	}
-	slices.Sort(dst[start:])
-	return dst
+	slices.Sort(tops[n:])
+	var pb [128]byte // most paths fit: no allocation for the buffer
+	d := differ{budget: maxChangedPathBytes, path: pb[:0]}
+	for _, k := range tops {
+		d.top(k, old.Get(k), new.Get(k))
+	}
+	slices.Sort(d.dst)
+	return d.dst
 }
 
-// diffValues appends prefix+k, or the paths below it, when a and b differ.
-// The path is built only for a difference or an object on both sides: most
-// keys of an object are unchanged.
-func diffValues(dst []string, prefix, k string, a, b any) []string {
+// Bounds of the paths ChangedPaths and ApplyChanges list below the
+// top-level fields: at most maxChangedPathDepth keys deep and
+// maxChangedPathBytes in all. A field whose differences go deeper, or
+// once that many bytes are listed, is listed as its top-level name alone,
+// which stands for every path below it (to the field index, a change of
+// "customFields" affects the readers of every "customFields.…" field):
+// listing them all would cost the square of the profile's size for a
+// deeply nested profile (each path repeats every key above it), and so
+// would the field index's walk over each path's prefixes.
+const (
+	maxChangedPathDepth = 64
+	maxChangedPathBytes = 64 << 10
+)
+
+// differ lists the paths whose values differ between two profiles, within
+// a budget of path bytes. path is the path of the values being compared,
+// built in one buffer: a string is made only for a difference listed.
+type differ struct {
+	dst    []string
+	path   []byte
+	depth  int
+	budget int
+	over   bool
+}
+
+// top appends the paths below top-level field k whose values differ
+// between a and b, or k alone when they would go past the bounds.
+func (d *differ) top(k string, a, b any) {
+	start := len(d.dst)
+	d.path, d.depth, d.over = append(d.path[:0], k...), 0, false
+	d.values(a, b)
+	if d.over {
+		d.dst = d.dst[:start]
+		if !jsonEqual(a, b) {
+			d.dst = append(d.dst, k)
+		}
+	}
+}
+
+// values appends d.path, or the paths below it, when a and b differ.
+// Most keys of an object are unchanged: only the objects on both sides
+// are descended into.
+func (d *differ) values(a, b any) {
 	am, aok := asObject(a)
 	bm, bok := asObject(b)
 	if aok && bok {
-		return diffObjects(dst, prefix+k+".", am, bm)
+		if d.depth++; d.depth > maxChangedPathDepth {
+			d.over = true
+			return
+		}
+		n := len(d.path)
+		for k, av := range am {
+			d.path = append(append(d.path[:n], '.'), k...)
+			if d.values(av, bm[k]); d.over {
+				return
+			}
+		}
+		for k, bv := range bm {
+			if _, seen := am[k]; !seen {
+				d.path = append(append(d.path[:n], '.'), k...)
+				if d.values(nil, bv); d.over {
+					return
+				}
+			}
+		}
+		d.path = d.path[:n]
+		d.depth--
+		return
 	}
 	if !jsonEqual(a, b) {
-		dst = append(dst, prefix+k)
+		if d.budget -= len(d.path); d.budget < 0 {
+			d.over = true
+			return
+		}
+		d.dst = append(d.dst, string(d.path))
 	}
-	return dst
 }
 
 // ApplyChanges applies a patch to old and returns the resulting profile with
@@ -260,9 +324,9 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 	}
 
 	root := old.Clone()
-	// owned holds the objects, by path, already copied by this call, which it
-	// may therefore modify in place; made for the first nested path.
-	var owned map[string]map[string]any
+	// owned holds the objects already copied (or made) by this call, which
+	// it may therefore modify in place; made for the first nested path.
+	var owned map[uintptr]struct{}
 	for _, p := range paths {
 		if msg := set(root, &owned, p, changes[p]); msg != "" {
 			errs = append(errs, FieldError{p, msg})
@@ -273,10 +337,10 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 	}
 
 	// Only the top-level fields the patch touched can differ; diffing them
-	// whole lists the paths exactly as ChangedPaths would. A patch of a
-	// few paths looks its tops up in a slice; a larger one in a set, so
-	// that a patch of many fields costs in proportion to its paths.
-	var changed []string
+	// whole, in ChangedPaths' order, lists the paths exactly as
+	// ChangedPaths would. A patch of a few paths looks its tops up in a
+	// slice; a larger one in a set, so that a patch of many fields costs
+	// in proportion to its paths.
 	var tops []string
 	var topSet map[string]bool
 	if len(paths) > smallPatch {
@@ -291,13 +355,28 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 			topSet[top] = true
 		} else if slices.Contains(tops, top) {
 			continue
-		} else {
-			tops = append(tops, top)
 		}
-		changed = diffValues(changed, "", top, old.Get(top), root.Get(top))
+		tops = append(tops, top)
 	}
-	slices.Sort(changed)
-	return root, changed, nil
+	slices.SortFunc(tops, func(a, b string) int {
+		sa, sb := knownSlot(a), knownSlot(b)
+		switch {
+		case sa >= 0 && sb >= 0:
+			return sa - sb
+		case sa >= 0:
+			return -1
+		case sb >= 0:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	var pb [128]byte
+	d := differ{budget: maxChangedPathBytes, path: pb[:0], dst: make([]string, 0, len(paths))}
+	for _, top := range tops {
+		d.top(top, old.Get(top), root.Get(top))
+	}
+	slices.Sort(d.dst)
+	return root, d.dst, nil
 }
 
 // smallPatch is the most paths whose top-level fields ApplyChanges looks up
@@ -305,52 +384,59 @@ func ApplyChanges(old *Profile, changes map[string]any) (*Profile, []string, err
 const smallPatch = 16
 
 // set stores v (or removes the field when v is nil) at path in root, copying
-// each object on the way that *owned does not hold yet. Paths come in
-// sorted order, so no path below this one has been set yet: *owned holds
-// no object under it to forget (looking for one would cost the whole of
-// *owned for each path).
-func set(root *Profile, owned *map[string]map[string]any, path string, v any) string {
+// each object on the way that *owned does not hold yet. Objects are known
+// by identity, not by their path: looking a path's every prefix up would
+// hash the path once for each of its keys, the square of its length for a
+// deep one. Paths come in sorted order, so no later path replaces an
+// object on this one's way (a path sorts after its prefixes).
+func set(root *Profile, owned *map[uintptr]struct{}, path string, v any) string {
 	dot := strings.IndexByte(path, '.')
 	if dot < 0 {
 		root.Set(path, v)
 		return ""
 	}
 	if *owned == nil {
-		*owned = make(map[string]map[string]any)
+		*owned = make(map[uintptr]struct{})
 	}
-	// Walk the objects on the way: prefix is path[:end], k its last key.
+	// Walk the objects on the way: k is the key path[start:end].
 	var obj map[string]any
 	start, end := 0, dot
 	for {
-		prefix, k := path[:end], path[start:end]
-		next, ok := (*owned)[prefix]
-		if !ok {
-			var cur any
-			if obj == nil {
-				cur = root.Get(k)
-			} else {
-				cur = obj[k]
+		k := path[start:end]
+		var cur any
+		if obj == nil {
+			cur = root.Get(k)
+		} else {
+			cur = obj[k]
+		}
+		var next map[string]any
+		switch cur := cur.(type) {
+		case nil:
+			if v == nil {
+				return "" // nothing to remove
 			}
-			switch cur := cur.(type) {
-			case nil:
-				if v == nil {
-					return "" // nothing to remove
-				}
+		case map[string]any:
+			if _, ok := (*owned)[objectID(cur)]; ok {
+				next = cur
+			}
+		default:
+			if v == nil {
+				return "" // nothing below a value that is no object to remove
+			}
+			return "path crosses " + path[:end] + ", which is not an object"
+		}
+		if next == nil {
+			if m, ok := cur.(map[string]any); ok && m != nil {
+				next = maps.Clone(m)
+			} else {
 				next = make(map[string]any)
-			case map[string]any:
-				next = maps.Clone(cur)
-			default:
-				if v == nil {
-					return "" // nothing below a value that is no object to remove
-				}
-				return "path crosses " + prefix + ", which is not an object"
 			}
 			if obj == nil {
 				root.Set(k, next)
 			} else {
 				obj[k] = next
 			}
-			(*owned)[prefix] = next
+			(*owned)[objectID(next)] = struct{}{}
 		}
 		obj = next
 		start = end + 1
@@ -368,6 +454,11 @@ func set(root *Profile, owned *map[string]map[string]any, path string, v any) st
 	}
 	return ""
 }
+
+// objectID returns what identifies object m: its map's address, whatever
+// variable holds it (Go's collector does not move maps, and root keeps
+// every object of a call alive while the call uses their addresses).
+func objectID(m map[string]any) uintptr { return reflect.ValueOf(m).Pointer() }
 
 // lookupPath is lookup for a dotted path given as a string.
 func lookupPath(p *Profile, path string) any {
