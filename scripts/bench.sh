@@ -24,7 +24,10 @@ section "profile events: decoding a patch and a whole profile, and the load gene
 go test -run '^$' -bench 'BenchmarkDecodeProfileEvent|BenchmarkEncodeProfileEvent' -benchmem -count 3 ./events/
 
 section "patches: a usual one of 3 paths, and patches of 1,000 to 40,000 paths"
-go test -run '^$' -bench 'BenchmarkApplyChanges' -benchmem -count 2 ./segment/
+go test -run '^$' -bench 'BenchmarkApplyChanges$|BenchmarkApplyChangesManyPaths' -benchmem -count 2 ./segment/
+
+section "deep profiles, deep patch paths, long in-lists against arrays, deep criterion fields"
+go test -run '^$' -bench 'BenchmarkChangedPathsDeep|BenchmarkApplyChangesDeepPath|BenchmarkMatchInArray|BenchmarkNewIndexDeepField' -benchmem ./segment/
 
 section "a definition change reaching an instance: reload everything against the changed organisation only"
 go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
