@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -194,7 +193,7 @@ type Producer struct {
 
 // NewProducer returns a Producer writing through w, which nothing else may
 // write through (see WriteInOrder).
-func NewProducer(w *kafka.Writer) *Producer { return &Producer{out: inOrder{w: w}} }
+func NewProducer(w *kafka.Writer) *Producer { return &Producer{out: newInOrder(w)} }
 
 // Produce writes rs and returns once all are acknowledged. Records carry
 // the time they are written (kafka-go sends none otherwise).
@@ -267,7 +266,7 @@ type Publisher struct {
 // NewPublisher returns a publisher writing through w, which nothing else
 // may write through (see WriteInOrder).
 func NewPublisher(w *kafka.Writer, topic string) *Publisher {
-	return &Publisher{out: inOrder{w: w}, topic: topic}
+	return &Publisher{out: newInOrder(w), topic: topic}
 }
 
 // Publish writes one change event per change and returns once all are acknowledged.
@@ -630,13 +629,22 @@ func partitionsIn(resp *kafka.MetadataResponse, topic string) ([]kafka.Partition
 
 // inOrder is WriteInOrder through one writer for concurrent callers.
 type inOrder struct {
-	mu sync.Mutex // one call at a time: no record batch mixes two
-	w  *kafka.Writer
+	// turn is held by the call in progress: no record batch mixes two
+	// calls. A channel, so that a caller waiting for its turn still
+	// honours its context.
+	turn chan struct{}
+	w    *kafka.Writer
 }
 
+func newInOrder(w *kafka.Writer) inOrder { return inOrder{turn: make(chan struct{}, 1), w: w} }
+
 func (o *inOrder) write(ctx context.Context, msgs []kafka.Message) error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	select {
+	case o.turn <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the Kafka writer: %w", context.Cause(ctx))
+	}
+	defer func() { <-o.turn }()
 	_, err := WriteInOrder(ctx, o.w, msgs)
 	return err
 }

@@ -2,11 +2,13 @@ package kafkaio_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -387,5 +389,49 @@ func TestFailedPublishLeavesAPrefixOfEachPartition(t *testing.T) {
 			t.Fatalf("after a failed publish the partition holds %d of its %d records, the first %s: not the first ones published (%s first); a later record was written without those before it",
 				len(got), len(changes), got[0], changes[0].SegmentID)
 		}
+	}
+}
+
+// TestPublisherWaitHonoursContext: a publication waits for the one in
+// progress on its writer (their records must not share a record batch), but
+// no longer than its context allows: an API call or a timer round behind a
+// slow publication gives up at its deadline.
+func TestPublisherWaitHonoursContext(t *testing.T) {
+	const topic = "changes"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		once.Do(func() { close(entered) })
+		<-release // the broker holds the first publication's write
+		return nil, nil, false
+	})
+	w := kafkaio.NewWriter(c.ListenAddrs())
+	defer kafkaio.CloseWriter(w)
+	pub := kafkaio.NewPublisher(w, topic)
+	change := []events.Change{{OrgID: "acme", SegmentID: "seg_1", UserID: "u_1", Entered: true,
+		At: time.UnixMilli(0), Cause: events.Cause{Type: events.CauseProfile, EventID: "e1"}}}
+	first := make(chan error, 1)
+	go func() { first <- pub.Publish(context.Background(), change) }()
+	<-entered
+	// Released after a while in any case, so that a wait that ignores its
+	// context ends too, and fails below.
+	timer := time.AfterFunc(10*time.Second, func() { close(release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	err = pub.Publish(ctx, change)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for the Kafka writer") {
+		t.Errorf("a publication behind a held one = %v, want it to give up waiting at its deadline", err)
+	}
+	if timer.Stop() {
+		close(release)
+	}
+	if err := <-first; err != nil {
+		t.Errorf("the first publication: %v", err)
 	}
 }

@@ -79,7 +79,7 @@ check_ports() {
   done
   local dups
   dups="$(all_ports | sort | uniq -d)"
-  [[ -z "$dups" ]] || die "port(s) used twice: ${dups//$'\n'/ }"
+  [[ -z "$dups" ]] || die "port(s) used twice: ${dups//$'\n'/ } (check REDIS_PORT, REDIS_CLUSTER_PORTS, REDIS2_PORT, REDIS2_CLUSTER_PORTS, KAFKA_PORT, KAFKA_CONTROLLER_PORT; a cluster port also takes port+10000)"
 }
 
 # all_ports lists every TCP port the servers listen on, Redis Cluster bus ports

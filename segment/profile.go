@@ -241,13 +241,16 @@ type differ struct {
 // top appends the paths below top-level field k whose values differ
 // between a and b, or k alone when they would go past the bounds.
 func (d *differ) top(k string, a, b any) {
-	start := len(d.dst)
+	start, budget := len(d.dst), d.budget
 	d.path, d.depth, d.over = append(d.path[:0], k...), 0, false
 	d.values(a, b)
 	if d.over {
-		d.dst = d.dst[:start]
+		// The paths dropped give their bytes back: what the field spent
+		// before it went over depends on the order its keys came in.
+		d.dst, d.budget = d.dst[:start], budget
 		if !jsonEqual(a, b) {
 			d.dst = append(d.dst, k)
+			d.budget -= len(k)
 		}
 	}
 }

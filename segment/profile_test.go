@@ -459,6 +459,34 @@ func TestChangedPathsDeepProfile(t *testing.T) {
 	}
 }
 
+// TestChangedPathsSameAnswerEachTime: the paths listed for two profiles do
+// not depend on the order in which a map's keys happen to be visited. A
+// field collapsed to its top-level name (here "a", for a difference deeper
+// than maxChangedPathDepth) must not spend the byte budget of the fields
+// after it on paths it does not list: otherwise "b" is listed path by path
+// or whole from one call to the next, and ApplyChanges and ChangedPaths
+// give different answers for the same change.
+func TestChangedPathsSameAnswerEachTime(t *testing.T) {
+	a, oa := map[string]any{"deep": nested(maxChangedPathDepth+5, "k", 1.0)}, map[string]any{"deep": nested(maxChangedPathDepth+5, "k", 2.0)}
+	for i := range 400 {
+		k := fmt.Sprintf("key%03d_%s", i, strings.Repeat("x", 90))
+		a[k], oa[k] = 1.0, 2.0
+	}
+	b := map[string]any{}
+	for i := range 300 {
+		b[fmt.Sprintf("key%03d_%s", i, strings.Repeat("y", 90))] = 1.0
+	}
+	old := NewProfile(pmap{"a": oa, "b": map[string]any{}})
+	nw := NewProfile(pmap{"a": a, "b": b})
+	answers := map[int]int{}
+	for range 100 {
+		answers[len(ChangedPaths(old, nw))]++
+	}
+	if len(answers) != 1 {
+		t.Errorf("ChangedPaths of the same two profiles listed different numbers of paths (count: times): %v", answers)
+	}
+}
+
 // TestApplyChangesDeepPath applies a patch whose one path is 100,000 keys
 // deep (200 KB): each object on it is made once. Looking each prefix of
 // the path up cost the square of its length (0.5 s at 160 KB, growing
