@@ -316,7 +316,7 @@ func testSpansWaitForALeader(t *testing.T, brokers []string) {
 // follows) and end on a membership the Redis sets do not hold.
 func TestFailedPublishLeavesAPrefixOfEachPartition(t *testing.T) {
 	const topic = "changes"
-	c := oneTopicBroker(t, topic)
+	c := testenv.OneTopicBroker(t, topic)
 	brokers := c.ListenAddrs()
 	// The broker times out the first produce requests, as a broker does
 	// while a partition's leader moves, then takes them again.
@@ -394,7 +394,7 @@ func TestFailedPublishLeavesAPrefixOfEachPartition(t *testing.T) {
 // slow publication gives up at its deadline.
 func TestPublisherWaitHonoursContext(t *testing.T) {
 	const topic = "changes"
-	c := oneTopicBroker(t, topic)
+	c := testenv.OneTopicBroker(t, topic)
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -426,16 +426,4 @@ func TestPublisherWaitHonoursContext(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Errorf("the first publication: %v", err)
 	}
-}
-
-// oneTopicBroker starts an in-process broker holding topic, with one
-// partition, closed when the test ends.
-func oneTopicBroker(t *testing.T, topic string) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
 }

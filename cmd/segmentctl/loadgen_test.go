@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/segmentd/segmentd/internal/testenv"
@@ -148,7 +147,7 @@ func TestRetriableWrite(t *testing.T) {
 // sends 600 events in far fewer than the 60 writes of 10 that cap it.
 func TestLoadgenKeepsTheRateWhenWritesAreSlow(t *testing.T) {
 	const topic = "slow-writes"
-	c := oneTopicBroker(t, topic)
+	c := testenv.OneTopicBroker(t, topic)
 	var writes atomic.Int64
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
@@ -175,7 +174,7 @@ func TestLoadgenKeepsTheRateWhenWritesAreSlow(t *testing.T) {
 // its normal end.
 func TestLoadgenInterruptedBeforeNFails(t *testing.T) {
 	const topic = "interrupted"
-	c := oneTopicBroker(t, topic)
+	c := testenv.OneTopicBroker(t, topic)
 	env := envMap(map[string]string{"SEGMENTD_KAFKA_BROKERS": c.ListenAddrs()[0]})
 	for name, tc := range map[string]struct {
 		n       string
@@ -195,16 +194,4 @@ func TestLoadgenInterruptedBeforeNFails(t *testing.T) {
 			t.Errorf("%s: loadgen -n %s interrupted = %v, want an error: %t", name, tc.n, err, tc.wantErr)
 		}
 	}
-}
-
-// oneTopicBroker starts an in-process broker holding topic, with one
-// partition, closed when the test ends.
-func oneTopicBroker(t *testing.T, topic string) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
 }

@@ -49,6 +49,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/segmentd/segmentd/embedded"
 )
@@ -512,4 +513,17 @@ func DropOrgWhenDone(t testing.TB, rdb redis.UniversalClient, org string) {
 			t.Logf("testenv: dropping the keys of %s: %v", org, err)
 		}
 	})
+}
+
+// OneTopicBroker starts an in-process broker (kfake) of its own holding
+// topic, with one partition, closed when the test ends: for a test that
+// controls what the broker answers.
+func OneTopicBroker(t testing.TB, topic string) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }
