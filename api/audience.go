@@ -90,7 +90,8 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	}
 	raw, _ := json.Marshal(crit)
 	var inner fieldErrors
-	c, _ := decodeCriteria(&inner, "criteria", raw)
+	var over []segment.FieldError
+	c, _ := decodeCriteria(&inner, &over, "criteria", raw)
 	for _, d := range inner {
 		field := strings.TrimPrefix(d.Field, "criteria.")
 		fe.add(field, strings.ReplaceAll(d.Message, d.Field, field))
@@ -105,6 +106,10 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := fe.err(); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if len(over) > 0 {
+		s.fail(w, r, unwrapCriteria(&segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: over}))
 		return
 	}
 	// Checked before a search slot is taken: criteria that cannot be valid

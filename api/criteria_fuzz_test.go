@@ -34,7 +34,8 @@ func FuzzDecodeCriteria(f *testing.F) {
 			return // the body's own decoding refuses it first
 		}
 		var fe fieldErrors
-		c, ok := decodeCriteria(&fe, "criteria", raw)
+		var over []segment.FieldError
+		c, ok := decodeCriteria(&fe, &over, "criteria", raw)
 		if !ok {
 			if len(fe) == 0 {
 				t.Fatalf("%s refused with no field named", raw)
@@ -51,7 +52,7 @@ func FuzzDecodeCriteria(f *testing.F) {
 			t.Fatalf("%s accepted, then not written: %v", raw, err)
 		}
 		var again fieldErrors
-		back, ok := decodeCriteria(&again, "criteria", out)
+		back, ok := decodeCriteria(&again, &over, "criteria", out)
 		if !ok || !reflect.DeepEqual(back, c) {
 			t.Fatalf("%s read as %#v, written as %s, read back as %#v (%v)", raw, c, out, back, again)
 		}

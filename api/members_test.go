@@ -498,3 +498,36 @@ func TestReadyzSharesChecks(t *testing.T) {
 		t.Errorf("probe ReadyFor after the check = %d, want a new check's 503", code)
 	}
 }
+
+// TestLongListsOfBadElementsAreAnsweredBriefly: a body of many elements
+// that are not what a list takes (numbers where criteria or user ids
+// belong) is answered with a bounded list of details, the criteria with
+// their limit, rather than with a detail for each element.
+func TestLongListsOfBadElementsAreAnsweredBriefly(t *testing.T) {
+	a := newTestAPI(t, testenv.RedisClient(t))
+	zeros := "[" + strings.Repeat("0,", 200_000) + "0]"
+	for name, tc := range map[string]struct {
+		path, body, code, field string
+	}{
+		"search criteria":   {"/v1/audience/search", `{"include": ` + zeros + `}`, "limit_exceeded", "include"},
+		"segment criteria":  {"/v1/segments", `{"name": "x", "type": "dynamic", "criteria": {"exclude": ` + zeros + `}}`, "limit_exceeded", "criteria.exclude"},
+		"static list":       {"/v1/segments", `{"name": "x", "type": "static", "userIds": ` + zeros + `}`, "validation_failed", "userIds[0]"},
+		"members of a body": {"/v1/segments", `{"name": "x"` + strings.Repeat(`, "k": 0`, 200_000) + `}`, "limit_exceeded", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := a.as("POST", tc.path, tc.body)
+			if tc.field == "" {
+				r.wantError(t, http.StatusBadRequest, tc.code)
+			} else {
+				r.wantError(t, http.StatusBadRequest, tc.code, tc.field)
+			}
+			if n := len(r.errorFields(t)); n > 101 {
+				t.Errorf("%s: %d details in an answer of %d bytes", tc.path, n, len(r.raw))
+			}
+		})
+	}
+	r := a.as("POST", "/v1/audience/search", `{"include": `+zeros+`}`)
+	if msg := fmt.Sprint(r.body["error"]); !strings.Contains(msg, "got 200001") {
+		t.Errorf("the limit's detail does not give the count: %s", msg)
+	}
+}

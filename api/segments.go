@@ -130,7 +130,11 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if err := fe.err(); err != nil {
+	err = fe.err()
+	if err == nil {
+		err = b.criteriaOver()
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -625,7 +629,11 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	if cur.Type == segment.TypeDynamic && b.UserIDs != nil {
 		fe.add("userIds", "userIds are only allowed for static segments")
 	}
-	if err := fe.err(); err != nil {
+	err = fe.err()
+	if err == nil {
+		err = b.criteriaOver()
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}

@@ -59,6 +59,15 @@ func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]
 		}
 		return nil, &apiError{status: http.StatusBadRequest, code: codeInvalidJSON, message: "could not read the request body"}
 	}
+	// No request takes more than a few members: an object of millions of
+	// them (within the body cap) is refused before its map is built, which
+	// costs about twenty times the body.
+	if t := bytes.TrimSpace(body); len(t) > 0 && t[0] == '{' && json.Valid(t) {
+		if n := arrayLen(t); n > maxBodyMembers {
+			return nil, &apiError{status: http.StatusBadRequest, code: codeLimitExceeded,
+				message: fmt.Sprintf("the request body is an object of %d members; a request takes at most %d (see the API reference for its fields)", n, maxBodyMembers)}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var obj map[string]json.RawMessage
 	if err := dec.Decode(&obj); err != nil {
@@ -93,6 +102,10 @@ func (s *Server) readObject(w http.ResponseWriter, r *http.Request) (map[string]
 	}
 	return obj, nil
 }
+
+// maxBodyMembers bounds the members of a request body's object: the
+// largest request has a handful.
+const maxBodyMembers = 64
 
 const notUTF8 = "must be valid UTF-8 (no invalid bytes or unpaired \\u surrogates)"
 
@@ -149,9 +162,28 @@ func jsonProblem(err error) string {
 // fieldErrors collects the problems of one request body.
 type fieldErrors []errorDetail
 
+// maxDetails bounds the details of one error answer, as the validation of
+// segment definitions bounds its own: a body of millions of bad elements
+// (a list of 16 million numbers fits in the body cap) is answered with the
+// first of them, not with an answer many times the body's size.
+const maxDetails = 100
+
+// moreDetails is the message of the detail that ends a list cut at
+// maxDetails.
+const moreDetails = "and more errors not listed"
+
 func (fe *fieldErrors) add(field, msg string) {
-	*fe = append(*fe, errorDetail{Field: field, Message: msg})
+	switch {
+	case len(*fe) < maxDetails:
+		*fe = append(*fe, errorDetail{Field: field, Message: msg})
+	case len(*fe) == maxDetails:
+		*fe = append(*fe, errorDetail{Field: field, Message: moreDetails})
+	}
 }
+
+// full reports whether fe takes no more details: the caller can stop
+// looking for them.
+func (fe fieldErrors) full() bool { return len(fe) > maxDetails }
 
 func (fe fieldErrors) err() error {
 	if len(fe) == 0 {
@@ -169,6 +201,9 @@ func checkKeys(fe *fieldErrors, prefix string, obj map[string]json.RawMessage, k
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if fe.full() {
+			return
+		}
 		switch {
 		case owned[k]:
 			fe.add(prefix+k, k+" is set by the server and cannot be given")
@@ -192,31 +227,93 @@ func decodeString(fe *fieldErrors, field string, raw json.RawMessage, nullable b
 }
 
 // decodeStrings decodes a JSON array of strings; an element that is not a
-// string is reported by its index.
+// string is reported by its index. It reads the array one element at a
+// time: a list of millions of short elements (numbers, repeated ids) within
+// the body cap costs its strings, not a slice of every element's JSON
+// beside them, and a list of non-strings stops at the first errors
+// reported.
 func decodeStrings(fe *fieldErrors, field string, raw json.RawMessage) ([]string, bool) {
-	var ss []string
-	if string(raw) != "null" && json.Unmarshal(raw, &ss) == nil && !slices.Contains(ss, "") {
-		if ss == nil {
-			ss = []string{}
-		}
-		return ss, true
-	}
-	// Not an array of strings (or one with a null, which decodes as ""):
-	// find the elements to name.
-	var elems []json.RawMessage
-	if string(raw) == "null" || json.Unmarshal(raw, &elems) != nil {
+	notArray := func() ([]string, bool) {
 		fe.add(field, field+" must be an array of strings")
 		return nil, false
 	}
-	ss = make([]string, len(elems))
-	ok := true
-	for i, e := range elems {
-		if string(e) == "null" || json.Unmarshal(e, &ss[i]) != nil {
-			fe.add(fmt.Sprintf("%s[%d]", field, i), "user id must be a string")
-			ok = false
+	if len(raw) == 0 || raw[0] != '[' {
+		return notArray()
+	}
+	if n, ok := stringElements(raw); ok {
+		// The common case, at the speed of one Unmarshal into a slice
+		// of the right size.
+		ss := make([]string, 0, n)
+		if json.Unmarshal(raw, &ss) == nil {
+			return ss, true
 		}
 	}
-	return ss, ok
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // a number is an error: no need to convert it
+	if _, err := dec.Token(); err != nil {
+		return notArray()
+	}
+	ss := []string{}
+	ok := true
+	for i := 0; dec.More(); i++ {
+		tok, err := dec.Token()
+		if err != nil {
+			return notArray() // raw is valid JSON: not expected
+		}
+		if id, isString := tok.(string); isString {
+			if ok {
+				ss = append(ss, id)
+			}
+			continue
+		}
+		ok = false
+		fe.add(fmt.Sprintf("%s[%d]", field, i), "user id must be a string")
+		if fe.full() {
+			return nil, false
+		}
+		if d, isDelim := tok.(json.Delim); isDelim && (d == '[' || d == '{') {
+			// Skip the array or object element whole.
+			for depth := 1; depth > 0; {
+				tok, err := dec.Token()
+				if err != nil {
+					return notArray()
+				}
+				switch tok {
+				case json.Delim('['), json.Delim('{'):
+					depth++
+				case json.Delim(']'), json.Delim('}'):
+					depth--
+				}
+			}
+		}
+	}
+	if !ok {
+		return nil, false
+	}
+	return ss, true
+}
+
+// stringElements reports whether the valid JSON array raw holds only
+// strings, and how many.
+func stringElements(raw json.RawMessage) (int, bool) {
+	n := 0
+	for i := 1; i < len(raw); i++ {
+		switch raw[i] {
+		case ' ', '\t', '\n', '\r', ',':
+		case ']':
+			return n, true
+		case '"':
+			n++
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++ // the escaped character
+				}
+			}
+		default:
+			return 0, false
+		}
+	}
+	return 0, false
 }
 
 // segmentBody is the body of POST and PUT /v1/segments: a field is nil when
@@ -233,6 +330,19 @@ type segmentBody struct {
 	// Criteria are the criteria of a dynamic segment.
 	Criteria *segment.Criteria
 	UserIDs  []string // nil when absent
+	// CriteriaOver are the limit errors of criteria lists longer than a
+	// segment may have, which are not decoded (Criteria leaves them
+	// empty).
+	CriteriaOver []segment.FieldError
+}
+
+// criteriaOver returns the limit error of b's criteria lists that are
+// too long, or nil.
+func (b segmentBody) criteriaOver() error {
+	if len(b.CriteriaOver) == 0 {
+		return nil
+	}
+	return &segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: b.CriteriaOver}
 }
 
 // applyTo puts the body's editable fields that are present on d, and
@@ -282,7 +392,7 @@ func (s *Server) decodeSegmentBody(w http.ResponseWriter, r *http.Request) (segm
 	b.URL = str("url", true)
 	b.Type = str("type", false)
 	if raw, ok := obj["criteria"]; ok {
-		if c, ok := decodeCriteria(&fe, "criteria", raw); ok {
+		if c, ok := decodeCriteria(&fe, &b.CriteriaOver, "criteria", raw); ok {
 			b.Criteria = &c
 		}
 	}
@@ -293,8 +403,11 @@ func (s *Server) decodeSegmentBody(w http.ResponseWriter, r *http.Request) (segm
 }
 
 // decodeCriteria decodes {"include": [...], "exclude": [...]}; a missing list
-// is empty.
-func decodeCriteria(fe *fieldErrors, field string, raw json.RawMessage) (segment.Criteria, bool) {
+// is empty. A list of more criteria than a segment may have is not decoded:
+// its limit error, with the count, goes to over, and the list is left empty,
+// so that a body of millions of criteria costs a count of them, not their
+// decoding.
+func decodeCriteria(fe *fieldErrors, over *[]segment.FieldError, field string, raw json.RawMessage) (segment.Criteria, bool) {
 	var obj map[string]json.RawMessage
 	if string(raw) == "null" || json.Unmarshal(raw, &obj) != nil {
 		fe.add(field, field+` must be an object {"include": [...], "exclude": [...]}`)
@@ -305,24 +418,73 @@ func decodeCriteria(fe *fieldErrors, field string, raw json.RawMessage) (segment
 	c := segment.Criteria{Include: []segment.Criterion{}, Exclude: []segment.Criterion{}}
 	for _, part := range []struct {
 		name string
+		max  int
 		out  *[]segment.Criterion
-	}{{"include", &c.Include}, {"exclude", &c.Exclude}} {
+	}{{"include", segment.MaxInclude, &c.Include}, {"exclude", segment.MaxExclude, &c.Exclude}} {
 		raw, ok := obj[part.name]
 		if !ok {
 			continue
 		}
 		at := field + "." + part.name
+		if len(raw) == 0 || raw[0] != '[' {
+			fe.add(at, at+" must be an array of criteria")
+			continue
+		}
+		if count := arrayLen(raw); count > part.max {
+			*over = append(*over, segment.FieldError{Field: at,
+				Message: fmt.Sprintf("at most %d %s criteria are allowed, got %d", part.max, part.name, count)})
+			continue
+		}
 		var items []json.RawMessage
-		if string(raw) == "null" || json.Unmarshal(raw, &items) != nil {
+		if json.Unmarshal(raw, &items) != nil {
 			fe.add(at, at+" must be an array of criteria")
 			continue
 		}
 		for i, item := range items {
+			if fe.full() {
+				break
+			}
 			cr, _ := decodeCriterion(fe, fmt.Sprintf("%s[%d]", at, i), item)
 			*part.out = append(*part.out, cr)
 		}
 	}
 	return c, len(*fe) == n
+}
+
+// arrayLen returns how many elements the valid JSON array raw holds (or
+// members the object raw holds), without decoding them.
+func arrayLen(raw json.RawMessage) int {
+	n, depth, counted := 0, 0, false
+	for i := 0; i < len(raw); i++ {
+		switch raw[i] {
+		case ' ', '\t', '\n', '\r', ':':
+		case ',':
+			if depth == 1 {
+				counted = false
+			}
+		case '[', '{':
+			if depth == 1 && !counted {
+				n, counted = n+1, true
+			}
+			depth++
+		case ']', '}':
+			depth--
+		case '"':
+			if depth == 1 && !counted {
+				n, counted = n+1, true
+			}
+			for i++; i < len(raw) && raw[i] != '"'; i++ {
+				if raw[i] == '\\' {
+					i++ // the escaped character
+				}
+			}
+		default: // a number, true, false or null
+			if depth == 1 && !counted {
+				n, counted = n+1, true
+			}
+		}
+	}
+	return n
 }
 
 // decodeCriterion decodes {"field", "operator", "value"}; HasValue is set

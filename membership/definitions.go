@@ -562,6 +562,18 @@ func (s *Definitions) List(ctx context.Context, org string, opts ListOptions) ([
 			if !ok {
 				continue // deleted since HKEYS
 			}
+			// The type and status first: a definition the page leaves out
+			// costs a scan of its JSON, not the decoding of its criteria
+			// (up to segment.MaxCriteriaBytes each, in an organisation of
+			// segment.MaxSegmentsPerOrg).
+			var head struct {
+				Type   string `json:"type"`
+				Status string `json:"status"`
+			}
+			if json.Unmarshal([]byte(raw), &head) == nil &&
+				(head.Status == string(segment.StatusDeleting) || (opts.Type != "" && head.Type != string(opts.Type))) {
+				continue
+			}
 			d, err := decodeDefinition(raw)
 			if err != nil {
 				return nil, "", fmt.Errorf("list segments of %s: %s: %w", org, ids[i], err)

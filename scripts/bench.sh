@@ -29,6 +29,9 @@ go test -run '^$' -bench 'BenchmarkApplyChanges$|BenchmarkApplyChangesManyPaths'
 section "deep profiles, deep patch paths, long in-lists against arrays, deep criterion fields"
 go test -run '^$' -bench 'BenchmarkChangedPathsDeep|BenchmarkApplyChangesDeepPath|BenchmarkMatchInArray|BenchmarkNewIndexDeepField' -benchmem ./segment/
 
+section "request bodies of millions of tiny elements, refused"
+go test -run '^$' -bench BenchmarkLongBodies -benchtime 2x ./api/
+
 section "a definition change reaching an instance: reload everything against the changed organisation only"
 go test -run '^$' -bench 'BenchmarkDefinitionChange' -benchmem -count 3 ./processor/
 

@@ -139,7 +139,10 @@ func (d *Definition) Normalize() {
 // DedupUserIDs returns ids without duplicates, in the order of their first
 // occurrence. It returns ids itself when there is no duplicate.
 func DedupUserIDs(ids []string) []string {
-	seen := make(map[string]struct{}, len(ids))
+	// Sized for the ids a list may hold, not for every id given: a list
+	// of millions of repeats of a few ids is a few ids.
+	n := min(len(ids), MaxStaticUsers+1)
+	seen := make(map[string]struct{}, n)
 	dup := false
 	for _, id := range ids {
 		if _, ok := seen[id]; ok {
@@ -152,7 +155,7 @@ func DedupUserIDs(ids []string) []string {
 		return ids
 	}
 	clear(seen)
-	out := make([]string, 0, len(ids))
+	out := make([]string, 0, n)
 	for _, id := range ids {
 		if _, ok := seen[id]; ok {
 			continue
