@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -92,6 +93,8 @@ type testOptions struct {
 	membership func(MembershipStore) MembershipStore
 	// locks wraps the list locks.
 	locks func(Locker) Locker
+	// publisher, when set, publishes instead of the recording publisher.
+	publisher Publisher
 }
 
 func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *testAPI {
@@ -124,7 +127,7 @@ func newTestAPI(t *testing.T, rdb redis.UniversalClient, opts ...testOptions) *t
 		Membership:  sets,
 		Profiles:    users,
 		Audience:    audience,
-		Publisher:   a.pub,
+		Publisher:   cmp.Or[Publisher](o.publisher, a.pub),
 		Keys:        map[string]string{a.key: a.org, a.otherKey: a.otherOrg},
 		Ready: func(context.Context) error {
 			a.readyMu.Lock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -530,3 +531,91 @@ func TestAddingAMemberAgainRestoresItsUserSet(t *testing.T) {
 		t.Errorf("GET /v1/users/u1/segments = %s, want the segment", us.raw)
 	}
 }
+
+// turnPublisher publishes one call at a time, as the Kafka publisher does
+// (one writer shared by every organisation's lists and deletions): a call
+// waits for the one in progress. Its first call of the organisation org
+// holds its turn until release is closed. It records the organisation of
+// each call, in the order the calls went out.
+type turnPublisher struct {
+	turn    chan struct{}
+	org     string
+	release chan struct{}
+	held    atomic.Bool
+	waiting atomic.Int32
+	mu      sync.Mutex
+	calls   []string
+}
+
+func newTurnPublisher(org string) *turnPublisher {
+	return &turnPublisher{turn: make(chan struct{}, 1), org: org, release: make(chan struct{})}
+}
+
+func (p *turnPublisher) Publish(ctx context.Context, cs []events.Change) error {
+	p.waiting.Add(1)
+	select {
+	case p.turn <- struct{}{}:
+	case <-ctx.Done():
+		p.waiting.Add(-1)
+		return ctx.Err()
+	}
+	p.waiting.Add(-1)
+	defer func() { <-p.turn }()
+	if cs[0].OrgID == p.org && p.held.CompareAndSwap(false, true) {
+		<-p.release
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for range cs {
+		p.calls = append(p.calls, cs[0].OrgID)
+	}
+	return nil
+}
+
+// TestLargeListLetsOtherOrganisationsPublish writes a static list of 2,500
+// ids while another organisation edits a list of its own: the list's
+// changes are published a chunk at a time, so the other organisation's one
+// change goes out between two chunks rather than after the whole list (at
+// 100,000 ids, the whole list held the shared writer for most of a second
+// on a local broker, and the members of the list all held in memory at once).
+func TestLargeListLetsOtherOrganisationsPublish(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	var pub *turnPublisher
+	a := newTestAPI(t, rdb, testOptions{publisher: publisherFunc(func(ctx context.Context, cs []events.Change) error {
+		return pub.Publish(ctx, cs)
+	})})
+	pub = newTurnPublisher(a.org)
+	small := str(a.do("POST", "/v1/segments", a.otherKey, map[string]any{"name": "small", "type": "static", "userIds": []string{}}).mustStatus(t, http.StatusCreated).body["id"])
+	pub.calls = nil
+	created := make(chan response, 1)
+	go func() {
+		created <- a.as("POST", "/v1/segments", map[string]any{"name": "big", "type": "static", "userIds": ids("u", 2500)})
+	}()
+	if !testenv.Eventually(10*time.Second, pub.held.Load) {
+		t.Fatal("the list's changes were not published")
+	}
+	edited := make(chan response, 1)
+	go func() {
+		edited <- a.do("POST", "/v1/segments/"+small+"/members", a.otherKey, map[string]any{"add": []string{"x"}})
+	}()
+	if !testenv.Eventually(10*time.Second, func() bool { return pub.waiting.Load() == 1 }) {
+		t.Fatal("the other organisation's change did not reach the publisher")
+	}
+	close(pub.release)
+	(<-created).mustStatus(t, http.StatusCreated)
+	(<-edited).mustStatus(t, http.StatusOK)
+	pub.mu.Lock()
+	defer pub.mu.Unlock()
+	at := slices.Index(pub.calls, a.otherOrg)
+	if n := len(pub.calls); n != 2501 || at < 0 {
+		t.Fatalf("%d changes published, the other organisation's at %d; want 2,501", n, at)
+	}
+	if after := len(pub.calls) - 1 - at; after == 0 {
+		t.Errorf("the other organisation's change went out after all 2,500 of the list's: it waited for the whole list")
+	}
+}
+
+// publisherFunc is a Publisher of a function.
+type publisherFunc func(ctx context.Context, cs []events.Change) error
+
+func (f publisherFunc) Publish(ctx context.Context, cs []events.Change) error { return f(ctx, cs) }

@@ -490,12 +490,22 @@ func (s *Server) publishThenApply(ctx context.Context, d segment.Definition, cha
 	return nil
 }
 
+// publishChunk is how many changes one call to the publisher carries.
+const publishChunk = 1000
+
+// publish publishes changes in order, publishChunk at a time: the Kafka
+// writer is shared by every organisation's list changes and deletions and
+// by the jobs, one call at a time, so a list of 100,000 ids published in
+// one call would hold the others back until its last record is
+// acknowledged, and would hold all of its records in memory at once.
 func (s *Server) publish(ctx context.Context, changes []events.Change) error {
 	if s.pub == nil || len(changes) == 0 {
 		return nil
 	}
-	if err := s.pub.Publish(ctx, changes); err != nil {
-		return fmt.Errorf("publish %d membership changes: %w", len(changes), err)
+	for chunk := range slices.Chunk(changes, publishChunk) {
+		if err := s.pub.Publish(ctx, chunk); err != nil {
+			return fmt.Errorf("publish %d membership changes: %w", len(changes), err)
+		}
 	}
 	return nil
 }
