@@ -333,19 +333,9 @@ func TestOrderlyStopFinishesTheTimerRound(t *testing.T) {
 	later := now.Add(31 * time.Second)
 	r.newJobs(t, jobsOf{pub: r.publisher(t), registry: reg, now: func() time.Time { return later }, timerInterval: time.Minute}).FireTimers(briefly(t))
 
-	ids := map[string]int{}
 	// Both rounds published before FireTimers returned: a second copy
 	// would be on the topic already.
-	for _, m := range readAll(t, r.brokers, r.membershipT) {
-		var c struct{ EventID string }
-		_ = json.Unmarshal(m.Value, &c)
-		ids[c.EventID]++
-	}
-	for id, n := range ids {
-		if n > 1 {
-			t.Errorf("change %s published %d times after an orderly shutdown (nothing crashed)", id, n)
-		}
-	}
+	r.publishedOnce(t, "after an orderly shutdown (nothing crashed)")
 }
 
 // slowPublisher holds its first Publish until release is closed, as a
@@ -543,14 +533,8 @@ func TestBackfillLeavesALiveTimerRound(t *testing.T) {
 	close(pub.release)
 	<-done
 	// Everything is published by now: a second copy would be there.
-	ids := r.publishedIDs(t)
-	if len(ids) != 1 {
+	if ids := r.publishedOnce(t, "with nothing failed"); len(ids) != 1 {
 		t.Errorf("%d changes published, want the round's one", len(ids))
-	}
-	for id, n := range ids {
-		if n > 1 {
-			t.Errorf("change %s published %d times, with nothing failed", id, n)
-		}
 	}
 }
 
@@ -1486,18 +1470,25 @@ func TestOrderlyStopKeepsItsTimerClaims(t *testing.T) {
 	}
 	close(held.release) // the stopping instance's round publishes, within its 8 s
 	<-ran
-	ids := r.publishedIDs(t)
-	if len(ids) != 1 {
+	if ids := r.publishedOnce(t, "after an orderly stop (nothing crashed)"); len(ids) != 1 {
 		t.Errorf("%d changes published, want the round's one", len(ids))
-	}
-	for id, n := range ids {
-		if n > 1 {
-			t.Errorf("change %s published %d times after an orderly stop (nothing crashed)", id, n)
-		}
 	}
 	if n := counterSum(t, m, "segmentd_timer_claims_taken_over_total"); n != 0 {
 		t.Errorf("%v claims of the instance finishing its round taken over", n)
 	}
+}
+
+// publishedOnce returns publishedIDs, failing the test for each change
+// published more than once (when says in what circumstances).
+func (r *rig) publishedOnce(t *testing.T, when string) map[string]int {
+	t.Helper()
+	ids := r.publishedIDs(t)
+	for id, n := range ids {
+		if n > 1 {
+			t.Errorf("change %s published %d times %s", id, n, when)
+		}
+	}
+	return ids
 }
 
 // publishedIDs counts the records of each change eventId on the membership
