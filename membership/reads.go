@@ -194,10 +194,23 @@ func decodeMembersCursor(s, tag string) (membersCursor, error) {
 func (s *Sets) AllMembers(ctx context.Context, org, seg string) ([]string, error) {
 	ids, err := s.rdb.SMembers(ctx, SegmentMembersKey(org, seg)).Result()
 	if err != nil {
-		return nil, fmt.Errorf("members of %s/%s: %w", org, seg, err)
+		return nil, fmt.Errorf("members of %s/%s: %w", org, seg, setErr(err))
 	}
 	slices.Sort(ids)
 	return ids, nil
+}
+
+// ErrNotASet reports a segment's member set that holds another type than a
+// set (written by hand, or damaged). It is returned wrapped, with Redis's
+// own error; test it with errors.Is.
+var ErrNotASet = errors.New("the member set holds another type than a set")
+
+// setErr marks Redis's WRONGTYPE answer about a member set as ErrNotASet.
+func setErr(err error) error {
+	if wrongType(err) {
+		return fmt.Errorf("%w (%w)", ErrNotASet, err)
+	}
+	return err
 }
 
 // IsMember reports whether a user is in a segment (SISMEMBER).
@@ -216,7 +229,7 @@ func (s *Sets) AreMembers(ctx context.Context, org, seg string, users []string) 
 	for chunk := range slices.Chunk(users, 10_000) {
 		is, err := s.rdb.SMIsMember(ctx, SegmentMembersKey(org, seg), idsAsArgs(chunk)...).Result()
 		if err != nil {
-			return nil, fmt.Errorf("are %d users in %s/%s: %w", len(chunk), org, seg, err)
+			return nil, fmt.Errorf("are %d users in %s/%s: %w", len(chunk), org, seg, setErr(err))
 		}
 		out = append(out, is...)
 	}

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -20,7 +21,11 @@ type Difference struct {
 	Want bool
 	// Where names the set that disagrees: "segment" (seg:…:members) or
 	// "user" (user:…:segments); "unreadable" is a user whose stored
-	// profile cannot be decoded (no SegmentID, no Want), not checked.
+	// profile cannot be decoded (no SegmentID, no Want), not checked;
+	// "uncompilable" is a ready segment whose stored criteria no longer
+	// compile (no UserID, no Want), whose members are not checked; "not a
+	// set" is a ready segment whose member set holds another type (no
+	// UserID, no Want): its wanted members are reported missing too.
 	Where string
 }
 
@@ -28,6 +33,12 @@ type Difference struct {
 func (d Difference) String() string {
 	if d.Where == "unreadable" {
 		return fmt.Sprintf("%s: user %s has a stored profile that cannot be decoded (%s): not checked", d.OrgID, d.UserID, membership.ProfileKey(d.OrgID, d.UserID))
+	}
+	if d.Where == "uncompilable" {
+		return fmt.Sprintf("%s/%s: the stored criteria no longer compile (segmentd leaves the segment out; save its criteria again): not checked", d.OrgID, d.SegmentID)
+	}
+	if d.Where == "not a set" {
+		return fmt.Sprintf("%s/%s: the member set %s holds another type than a set (segmentd skips it): restore it or remove it", d.OrgID, d.SegmentID, membership.SegmentMembersKey(d.OrgID, d.SegmentID))
 	}
 	verb := "missing from"
 	if !d.Want {
@@ -130,6 +141,9 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 	byOrg := map[string][]string{}
 	listed := map[string]bool{}
 	for _, d := range diffs {
+		if d.Where == "uncompilable" || d.Where == "not a set" {
+			continue // no user
+		}
 		if k := d.OrgID + "\x00" + d.UserID; !listed[k] {
 			listed[k] = true
 			byOrg[d.OrgID] = append(byOrg[d.OrgID], d.UserID)
@@ -174,6 +188,9 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 	inSegment := map[segUser]bool{}
 	for k, us := range asked {
 		is, err := sets.AreMembers(ctx, k.org, k.seg, us)
+		if errors.Is(err, membership.ErrNotASet) {
+			is, err = make([]bool, len(us)), nil // holds no member
+		}
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", k.org, err)
 		}
@@ -197,10 +214,26 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		if d.Where == "unreadable" {
 			continue // a profile written since replaced it
 		}
-		vr := rules[d.OrgID+"/"+d.SegmentID]
 		cur, ok := current[d.OrgID+"/"+d.SegmentID]
+		if d.Where == "uncompilable" {
+			if ok && cur.Status == segment.StatusReady {
+				if _, err := segment.Compile(cur.Criteria); err != nil {
+					out = append(out, d)
+				}
+			}
+			continue
+		}
+		vr := rules[d.OrgID+"/"+d.SegmentID]
 		if !ok || cur.Status != segment.StatusReady || cur.Generation != vr.generation {
 			continue // deleted, or rebuilding new criteria, since the pass
+		}
+		if d.Where == "not a set" {
+			if _, err := sets.AllMembers(ctx, d.OrgID, d.SegmentID); errors.Is(err, membership.ErrNotASet) {
+				out = append(out, d)
+			} else if err != nil {
+				return nil, fmt.Errorf("verify %s: %w", d.OrgID, err)
+			}
+			continue
 		}
 		want := profiles[k] != nil && vr.rule.Match(profiles[k], now)
 		var got bool
@@ -279,7 +312,10 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 		for _, d := range ds {
 			r, err := segment.Compile(d.Criteria)
 			if err != nil {
-				return nil, checked, nil, fmt.Errorf("verify %s/%s: %w", org, d.ID, err)
+				// Valid when stored, refused by this build (segmentd logs
+				// and leaves it out): reported, and the others checked.
+				diffs = append(diffs, Difference{OrgID: org, SegmentID: d.ID, Where: "uncompilable"})
+				continue
 			}
 			rules[d.ID] = r
 			checkedRules[org+"/"+d.ID] = verifiedRule{generation: d.Generation, rule: r}
@@ -332,6 +368,12 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 		}
 		for id := range rules {
 			members, err := sets.AllMembers(ctx, org, id)
+			if errors.Is(err, membership.ErrNotASet) {
+				// Reported, with every member it should hold, and the
+				// other segments checked.
+				diffs = append(diffs, Difference{OrgID: org, SegmentID: id, Where: "not a set"})
+				members, err = nil, nil
+			}
 			if err != nil {
 				return nil, checked, nil, fmt.Errorf("verify %s: %w", org, err)
 			}

@@ -56,15 +56,21 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s missing from their organisation's index of users, which backfills and audience searches read: added\n", plural(int(checked.Reindexed), "stored user"))
 	}
 	if len(diffs) > 0 {
-		unreadable := 0
+		unreadable, uncompilable := 0, 0
 		for _, d := range diffs {
-			if d.Where == "unreadable" {
+			switch d.Where {
+			case "unreadable":
 				unreadable++
+			case "uncompilable":
+				uncompilable++
 			}
 		}
-		counts := plural(len(diffs)-unreadable, "difference")
+		counts := plural(len(diffs)-unreadable-uncompilable, "difference")
 		if unreadable > 0 {
 			counts += fmt.Sprintf(", %s not checked", plural(unreadable, "unreadable profile"))
+		}
+		if uncompilable > 0 {
+			counts += fmt.Sprintf(", %s whose criteria no longer compile not checked", plural(uncompilable, "segment"))
 		}
 		fmt.Fprintf(stdout, "%s (%s)\n", counts, summary)
 		return exitCode(1)
