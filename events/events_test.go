@@ -147,6 +147,15 @@ func TestDecodeProfileEvent(t *testing.T) {
 					t.Fatalf("event %+v, want a deletion without profile or changes", ev)
 				}
 			}},
+		// userId is a string in every profile, new user or stored: a value
+		// set through it is refused whatever the state it would meet.
+		"null below userId is a no-op": {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"userId.x":null,"tier":"gold"}}`,
+			check: func(t *testing.T, ev ProfileEvent) {
+				if ev.Changes["tier"] != "gold" {
+					t.Fatalf("changes %v", ev.Changes)
+				}
+			}},
+		"path through userId":              {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","changes":{"userId.x":1,"tier":"gold"}}`, wantField: "changes"},
 		"not a profile in range":           {in: `{"type":"profile.updated","orgId":"acme","userId":"u1","profile":{"points":1e400}}`, wantField: "profile"},
 		"not JSON in a deletion's profile": {in: `{"type":"profile.deleted","orgId":"acme","userId":"u1","profile":{"points":}}`, wantField: ""},
 	}

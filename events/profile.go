@@ -326,9 +326,17 @@ func DecodeProfileEvent(value []byte) (ProfileEvent, error) {
 		if len(ev.Changes) == 0 {
 			return ProfileEvent{}, &InvalidError{"changes", "must not be empty"}
 		}
-		for path := range ev.Changes {
+		for path, v := range ev.Changes {
 			if path == "" || strings.HasPrefix(path, ".") || strings.HasSuffix(path, ".") || strings.Contains(path, "..") {
 				return ProfileEvent{}, &InvalidError{"changes", fmt.Sprintf("%q is not a dotted path", path)}
+			}
+			// userId is the user's own id, a string, in every profile
+			// (segment.DecodeUserProfile): a value set below it crosses a
+			// non-object whether or not the user is stored yet, so the
+			// patch is refused for every user alike, taking no version.
+			// Removing (null) below it is a no-op, as below any non-object.
+			if v != nil && strings.HasPrefix(path, "userId.") {
+				return ProfileEvent{}, &InvalidError{"changes", fmt.Sprintf("%q sets a value through userId, the user's id, which is not an object", path)}
 			}
 		}
 	}

@@ -367,6 +367,45 @@ func testEventKinds(t *testing.T, rdb redis.UniversalClient) {
 	}
 }
 
+// TestPatchUnderUserIDSameForNewAndExistingUser checks that a patch
+// setting a value below userId ("userId.x") meets the same fate whether
+// the user is new or already stored. userId is always the user's own id,
+// a string, in every profile (README, Criteria): a path through it sets a
+// value through a non-object, which is invalid input for every user, not
+// only for one whose profile is already stored. Before, the existing
+// user's patch was dead-lettered while the new user's was applied whole
+// (its other paths included) and its userId.x silently dropped.
+func TestPatchUnderUserIDSameForNewAndExistingUser(t *testing.T) {
+	rdb := testenv.RedisClient(t)
+	r := newRig(t, rdb)
+	gold := r.segment(t, "gold", segment.Criteria{Include: []segment.Criterion{{Field: "tier", Operator: "equals", Value: "gold", HasValue: true}}})
+	r.start(t)
+	o := r.org
+	r.produce(t,
+		`{"eventId":"o1","type":"profile.created","orgId":"`+o+`","userId":"old","version":1,"profile":{"points":1}}`,
+		`{"eventId":"o2","type":"profile.updated","orgId":"`+o+`","userId":"old","version":2,"changes":{"userId.x":1,"tier":"gold"}}`,
+		`{"eventId":"n1","type":"profile.updated","orgId":"`+o+`","userId":"new","version":1,"changes":{"userId.x":1,"tier":"gold"}}`,
+	)
+	dl := readTopic(t, r.brokers, r.dlq, 2, 15*time.Second)
+	dead := map[string]string{}
+	for _, m := range dl {
+		for _, h := range m.Headers {
+			if h.Key == "segmentd-error" {
+				dead[string(m.Key)] = string(h.Value)
+			}
+		}
+	}
+	if len(dead) != 2 {
+		t.Errorf("dead letters for %v, want the patch of both the stored and the new user", dead)
+	}
+	if g := members(t, rdb, membership.SegmentMembersKey(o, gold)); g != "" {
+		t.Errorf("members of gold = %q, want none: the patch is the same for both users", g)
+	}
+	if _, ok, err := r.users.Profile(context.Background(), o, "new"); err != nil || ok {
+		t.Errorf("new user stored (%v, %v), want no profile from a dead-lettered patch", ok, err)
+	}
+}
+
 // TestCriteriaOnUserID checks that a criterion on userId reads the id the
 // events are keyed by, whatever a profile or a patch says it is.
 func TestCriteriaOnUserID(t *testing.T) {
