@@ -279,6 +279,12 @@ func apiKeys(v string) (map[string]string, error) {
 		if strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key holds a control character (a line break? pairs are separated by commas)", i+1)}
 		}
+		// A colon in the key is most often the next pair, written after a
+		// semicolon or a space instead of a comma: that organisation
+		// would be left with no key.
+		if strings.Contains(key, ":") {
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key holds a colon (another orgId:key after it? pairs are separated by commas)", i+1)}
+		}
 		if _, dup := keys[key]; dup {
 			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key used twice", i+1)}
 		}

@@ -69,6 +69,10 @@ func TestLoadErrors(t *testing.T) {
 		// One pair per line (a YAML block scalar) reads as one pair whose
 		// key holds a newline: no Authorization header can carry it.
 		"pairs on lines": {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef\nglobex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
+		// Pairs separated by something other than a comma read as one pair
+		// whose key holds the next pair: that organisation would have no key.
+		"pairs separated by semicolons": {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef;globex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
+		"pairs separated by spaces":     {"SEGMENTD_API_KEYS", "acme:sk_acme_0123456789abcdef globex:sk_globex_0123456789ab", "SEGMENTD_API_KEYS"},
 		// Credentials in a URL are refused, and not echoed.
 		"redis URL with password": {"SEGMENTD_REDIS_ADDRS", "redis://:0123456789abcdef@127.0.0.1:6379", "SEGMENTD_REDIS_ADDRS"},
 		"redis user, no password": {"SEGMENTD_REDIS_USERNAME", "segmentd", "SEGMENTD_REDIS_USERNAME"},

@@ -367,6 +367,10 @@ func NewJobs(cfg JobsConfig) (*Jobs, error) {
 			return nil, err
 		}
 	}
+	// At 0 from the start, so that the first of each counts in rate().
+	for _, r := range []string{"ready", "superseded", "error"} {
+		j.backfill.WithLabelValues(r)
+	}
 	return j, nil
 }
 

@@ -94,6 +94,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if err := registerAll(reg, m.events, m.dlq, m.changes, m.batchSize, m.latency, m.processing, m.lag, m.steps, m.redisErrors, m.kafkaErrors, m.cache, m.cacheUsers, m.cacheBytes); err != nil {
 		return nil, err
 	}
+	// Every series whose labels are known is there at 0 from the start: a
+	// series that appears with its first increment hides that increment
+	// from rate() and increase().
+	for _, r := range []string{"applied", "duplicate", "replayed", "dlq"} {
+		m.events.WithLabelValues(r)
+	}
+	for _, d := range []string{events.Entered, events.Exited} {
+		for _, c := range []string{events.CauseProfile, events.CauseSegment, events.CauseStatic, events.CauseTime} {
+			m.changes.WithLabelValues(d, c)
+		}
+	}
+	for _, s := range []string{"decode", "load", "evaluate", "write", "project", "schedule", "publish", "commit"} {
+		m.steps.WithLabelValues(s)
+	}
+	for _, r := range []string{"hit", "miss"} {
+		m.cache.WithLabelValues(r)
+	}
 	return m, nil
 }
 

@@ -71,3 +71,15 @@ func devKey() (string, error) {
 	}
 	return "sk_dev_" + hex.EncodeToString(b), nil
 }
+
+// halfEmbedded returns the variable left unset when exactly one of Kafka
+// and Redis is configured, and "" when both are, or neither.
+func halfEmbedded(cfg config.Config) string {
+	switch kafka, redis := len(cfg.KafkaBrokers) > 0, len(cfg.RedisAddrs) > 0; {
+	case kafka && !redis:
+		return "SEGMENTD_REDIS_ADDRS"
+	case redis && !kafka:
+		return "SEGMENTD_KAFKA_BROKERS"
+	}
+	return ""
+}

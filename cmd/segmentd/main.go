@@ -77,11 +77,18 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 
 	if cfg.Embedded() {
+		unset := halfEmbedded(cfg)
 		srv, err := startEmbedded(&cfg, getenv)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
+		if unset != "" {
+			// Most often a variable forgotten in a deployment: this
+			// instance would join the real group (or read the real
+			// Redis) and keep the other half of its work in memory.
+			log.Warn("only one of Kafka and Redis is configured: the other runs in-process, in memory, and what this instance writes there is lost on exit; set both for production", "unset", unset)
+		}
 	}
 
 	reg := prometheus.NewRegistry()

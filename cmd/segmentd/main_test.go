@@ -224,7 +224,7 @@ func TestAPIChangesCounted(t *testing.T) {
 		`{cause="static",direction="entered"}`:  "4",
 		`{cause="static",direction="exited"}`:   "1",
 		`{cause="segment",direction="exited"}`:  "3",
-		`{cause="segment",direction="entered"}`: "",
+		`{cause="segment",direction="entered"}`: "0",
 	} {
 		line := "segmentd_membership_changes_total" + series + " "
 		got := ""
@@ -299,5 +299,26 @@ func serverEnv(t *testing.T, redisAddr string) map[string]string {
 		"SEGMENTD_MEMBERSHIP_TOPIC": testenv.UniqueName(t, "membership"),
 		"SEGMENTD_DLQ_TOPIC":        testenv.UniqueName(t, "dlq"),
 		"SEGMENTD_GROUP_ID":         testenv.UniqueName(t, "group"),
+	}
+}
+
+// TestHalfEmbedded checks which variable the start-up warning names when
+// only one of Kafka and Redis is configured, and that a whole embedded or
+// a whole configured deployment gets none.
+func TestHalfEmbedded(t *testing.T) {
+	for name, tc := range map[string]struct {
+		kafka, redis []string
+		want         string
+	}{
+		"both configured": {[]string{"k:9092"}, []string{"r:6379"}, ""},
+		"neither":         {nil, nil, ""},
+		"only Kafka":      {[]string{"k:9092"}, nil, "SEGMENTD_REDIS_ADDRS"},
+		"only Redis":      {nil, []string{"r:6379"}, "SEGMENTD_KAFKA_BROKERS"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if got := halfEmbedded(config.Config{KafkaBrokers: tc.kafka, RedisAddrs: tc.redis}); got != tc.want {
+				t.Errorf("halfEmbedded = %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
