@@ -918,14 +918,37 @@ func timeCause(seg string, at time.Time) events.Cause {
 // or a later one (whose backfill publishes what an unfinished older one
 // left).
 func (o *OrgRules) building(eventID string) bool {
+	cs, gen, ok := o.backfillOf(eventID)
+	return ok && cs.Def.Status == segment.StatusBuilding && gen <= cs.Def.Generation
+}
+
+// backfillPublished reports whether e is the entry of a backfill that has
+// published every change it wrote: its segment is ready at e's generation
+// or a later one. A backfill marks its segment ready once every page is
+// published, and a later generation's publishes what an unfinished older
+// one left (Jobs.runBackfill) before it does. The stream and the timers
+// need not publish such an entry again before their own change; a
+// snapshot of the definitions that lags only leaves more entries to them.
+func (o *OrgRules) backfillPublished(e membership.OutboxEntry) bool {
+	if e.CauseType != events.CauseSegment {
+		return false
+	}
+	cs, gen, ok := o.backfillOf(e.EventID)
+	return ok && cs.Def.Status == segment.StatusReady && gen <= cs.Def.Generation
+}
+
+// backfillOf returns the segment of o, and the generation, of a backfill's
+// cause (see backfillCause); ok is false when eventID is not one or its
+// segment is not among o's.
+func (o *OrgRules) backfillOf(eventID string) (cs *CompiledSegment, gen int64, ok bool) {
 	rest, ok := strings.CutPrefix(eventID, "segment:")
 	i := strings.LastIndexByte(rest, ':')
 	if o == nil || !ok || i < 0 {
-		return false
+		return nil, 0, false
 	}
 	gen, err := strconv.ParseInt(rest[i+1:], 10, 64)
-	cs := o.Segments[rest[:i]]
-	return err == nil && cs != nil && cs.Def.Status == segment.StatusBuilding && gen <= cs.Def.Generation
+	cs = o.Segments[rest[:i]]
+	return cs, gen, err == nil && cs != nil
 }
 
 // heldRevision is a backfill (def set) or a timer round in progress, and
@@ -1043,6 +1066,10 @@ type amendPass struct {
 	// write on its way to later: a timer round's passes stop short of the
 	// round's end, and what they wrote must still reach the settlement.
 	afterWrite context.Context
+	// rules, when not nil, are the organisation's definitions: a finished
+	// backfill's entries found in the users' outboxes are not published
+	// again (see OrgRules.backfillPublished).
+	rules *OrgRules
 }
 
 // settlement gathers the changes that several passes of a timer round
@@ -1090,6 +1117,7 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 		// the read is caught by the compare-and-set.
 		now := j.cfg.Now()
 		unpublished := j.unpublished(ctx, now) // once a round, not per changed user
+		unpublished.rules = p.rules
 		results := evaluateViews(p.cs.Rule, views, now)
 		var amends []membership.Amend
 		var changes []events.Change
@@ -1226,7 +1254,9 @@ func (j *Jobs) amendPage(ctx context.Context, p amendPass, ids []string) error {
 			skip := func(e membership.OutboxEntry) bool { return slices.Contains(own, e.EventID) }
 			only := func(s string) bool { return s == seg }
 			ref := membership.UserRef{OrgID: org, UserID: a.UserID}
-			raced := racedChanges(ref, outcomes[i].Before, skip, only, now)
+			raced := racedChanges(ref, outcomes[i].Before, func(e membership.OutboxEntry) bool {
+				return skip(e) || p.rules.backfillPublished(e)
+			}, only, now)
 			// The decision this one flips from may be older and still
 			// unpublished (see precedingChanges).
 			if pcs := precedingChanges(ref, outcomes[i].Before, seg, a.Entry.Rev, a.Entered, unpublished.take(outcomes[i].Applied, skip)); len(pcs) > 0 {
@@ -1692,7 +1722,7 @@ func (j *Jobs) fireOrgTimers(ctx context.Context, org string, o *OrgRules, now t
 			}
 			return out
 		}
-		err := j.amendPage(passCtx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later, afterWrite: ctx}, pending[id])
+		err := j.amendPage(passCtx, amendPass{org: org, cs: o.Segments[id], causeOf: causeOf, earlier: earlier, retry: true, flipFound: flipFound, later: &later, afterWrite: ctx, rules: o}, pending[id])
 		var sc *stillChanging
 		if errors.As(err, &sc) {
 			// Their claims stay, to be retried after the lease, as a
@@ -1842,6 +1872,7 @@ func (j *Jobs) timerPasses(ctx context.Context, org string, o *OrgRules, byUser 
 // It returns, with the changes and their projections, the indexes of the
 // earlier claims' changes among them.
 func orphanTimerChanges(org string, o *OrgRules, byUser map[string]membership.Claimed, views []membership.SegmentView, now time.Time, unpublished unpublishedStream) ([]events.Change, []membership.Projection, []int) {
+	unpublished.rules = o
 	var changes []events.Change
 	var projections []membership.Projection
 	var retried []int

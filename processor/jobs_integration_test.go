@@ -2,6 +2,7 @@ package processor_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,8 +36,9 @@ func testLogWriter() io.Writer {
 	return io.Discard
 }
 
-// startAll runs a processor and the background jobs, like one segmentd.
-func (r *rig) startAll(t *testing.T) {
+// startAll runs a processor and the background jobs, like one segmentd,
+// and returns the registry of definitions they share.
+func (r *rig) startAll(t *testing.T) *processor.Registry {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testLogWriter(), nil))
 	reg := processor.NewRegistry(r.defs, 100*time.Millisecond, log)
@@ -76,6 +78,7 @@ func (r *rig) startAll(t *testing.T) {
 		reader.Close()
 		writer.Close()
 	})
+	return reg
 }
 
 func (r *rig) produceEvents(t *testing.T, evs []events.ProfileEvent) {
@@ -1615,6 +1618,53 @@ func TestFinishedBackfillIsNotRunAgain(t *testing.T) {
 	}
 	if n := ready(); n != 1 {
 		t.Errorf("the generation was built %v times, want once", n)
+	}
+}
+
+// TestFinishedBackfillNotPublishedAgain: once a segment is ready, the
+// stream knows its backfill published every change it wrote, and a user's
+// next change of that segment does not publish the backfill's entry again
+// first (as it does for a job's entry that may be unpublished): each
+// member's entry is on the topic once, then its exit.
+func TestFinishedBackfillNotPublishedAgain(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	points := r.storePoints(t, 20)
+	cs := r.buildingSegment(t, atLeast(1000))
+	reg := r.startAll(t)
+	r.waitReady(t, cs.Def.ID, 30*time.Second)
+	seen := func() bool {
+		o := reg.Current().Org(r.org)
+		return o != nil && o.Segments[cs.Def.ID] != nil && o.Segments[cs.Def.ID].Def.Status == segment.StatusReady
+	}
+	if !testenv.Eventually(10*time.Second, seen) {
+		t.Fatal("the stream's definitions never showed the segment ready")
+	}
+	var lines []string
+	for u, p := range points {
+		if p >= 1000 {
+			lines = append(lines, `{"eventId":"x-`+u+`","type":"profile.updated","orgId":"`+r.org+`","userId":"`+u+`","version":2,"changes":{"points":0}}`)
+		}
+	}
+	if len(lines) == 0 {
+		t.Fatal("no member to leave")
+	}
+	r.produce(t, lines...)
+	msgs := readTopic(t, r.brokers, r.membershipT, 2*len(lines), 30*time.Second)
+	count := map[string]int{}
+	for _, m := range msgs {
+		var c struct{ EventID, UserID, Change string }
+		if err := json.Unmarshal(m.Value, &c); err != nil {
+			t.Fatal(err)
+		}
+		count[c.UserID+" "+c.Change]++
+	}
+	for u, p := range points {
+		if p < 1000 {
+			continue
+		}
+		if count[u+" entered"] != 1 || count[u+" exited"] != 1 {
+			t.Errorf("%s: entered %d times, exited %d times on the topic; want once each", u, count[u+" entered"], count[u+" exited"])
+		}
 	}
 }
 

@@ -1271,6 +1271,13 @@ func decidedBefore(changes []events.Change, revs []int64, seg string, rev int64)
 // jobEntry reports whether e is a backfill's or a timer's entry.
 func jobEntry(e membership.OutboxEntry) bool { return !streamEntry(e) }
 
+// unpublishedJob reports whether e is a backfill's or a timer's entry whose
+// change may be unpublished: any but those of a backfill that has
+// published all it wrote (see backfillPublished).
+func (o *OrgRules) unpublishedJob(e membership.OutboxEntry) bool {
+	return jobEntry(e) && !o.backfillPublished(e)
+}
+
 // racedWindow is how long after a backfill's or timer's write of a user
 // the stream takes its changes for possibly unpublished (see
 // racedChanges): the writer publishes within milliseconds of its write,
@@ -1463,7 +1470,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 				if decidedBefore(res.changes, res.revs, c.SegmentID, e.Rev) {
 					continue
 				}
-				before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, jobEntry)...)
+				before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, e.Rev, c.Entered, org.unpublishedJob)...)
 			}
 			res.record(replayed, e.Rev)
 			res.projections = append(res.projections, standing(replayed, e.Rev, st)...)
@@ -1632,7 +1639,9 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 	// A cached state holds the job entries the stream's own last write
 	// kept (keepAmends): they race all the same. The stream's own entries
 	// are published in order by its batches.
-	before = append(before, racedChanges(w.ref, st.Outbox, streamEntry, func(seg string) bool {
+	before = append(before, racedChanges(w.ref, st.Outbox, func(e membership.OutboxEntry) bool {
+		return streamEntry(e) || org.backfillPublished(e)
+	}, func(seg string) bool {
 		return slices.ContainsFunc(res.changes, func(c events.Change) bool { return c.SegmentID == seg })
 	}, now)...)
 	// The new write's first change of each segment flips from what came
@@ -1641,7 +1650,7 @@ func (p *Processor) evaluate(snap *Snapshot, w *userWork, st membership.UserStat
 		if res.revs[i] != st.Rev+1 || decidedBefore(res.changes[:i], res.revs[:i], c.SegmentID, res.revs[i]) {
 			continue
 		}
-		before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, jobEntry)...)
+		before = append(before, precedingChanges(w.ref, st.Outbox, c.SegmentID, res.revs[i], c.Entered, org.unpublishedJob)...)
 	}
 	res.publishFirst(withoutRepeats(before))
 	uw := &membership.UserWrite{OrgID: w.ref.OrgID, UserID: w.ref.UserID, ExpectRev: st.Rev, Version: version, Outbox: outbox}

@@ -113,6 +113,10 @@ type unpublishedStream struct {
 	// partitions, as last read; nil when unknown.
 	topic     uint32
 	committed map[int]int64
+	// rules are the user's organisation's definitions, which tell the
+	// backfills that have published all they wrote (see
+	// OrgRules.backfillPublished); nil takes every job's entry.
+	rules *OrgRules
 }
 
 // published reports whether every stream entry of a user whose stored
@@ -133,13 +137,13 @@ func (u unpublishedStream) published(applied string) bool {
 // take accepts, for a backfill's or timer's change of a user whose stored
 // position of the last applied event is applied (see precedingChanges),
 // the outbox entries whose decision may still be unpublished, other than
-// those own names: a job's whatever its age, the stream's decided at or
-// after u.from unless published says they all are (membership.LastDecisions
-// leaves out those marked published).
+// those own names: a job's whatever its age (but a finished backfill's),
+// the stream's decided at or after u.from unless published says they all
+// are (membership.LastDecisions leaves out those marked published).
 func (u unpublishedStream) take(applied string, own func(membership.OutboxEntry) bool) func(membership.OutboxEntry) bool {
 	recent, published := u.from.UnixMilli(), u.published(applied)
 	return func(e membership.OutboxEntry) bool {
-		return !own(e) && (jobEntry(e) || (!published && e.AtMillis >= recent))
+		return !own(e) && (u.rules.unpublishedJob(e) || (streamEntry(e) && !published && e.AtMillis >= recent))
 	}
 }
 
