@@ -209,7 +209,11 @@ func (p *Producer) Produce(ctx context.Context, rs []processor.Record) error {
 			}
 		}
 	}
-	return p.out.write(ctx, msgs)
+	err := p.out.write(ctx, msgs)
+	if errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge) {
+		err = fmt.Errorf("%w: %w", processor.ErrRecordTooLarge, err)
+	}
+	return err
 }
 
 // NewWriter returns a synchronous writer for messages that name their

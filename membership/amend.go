@@ -3,6 +3,7 @@ package membership
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -171,6 +172,23 @@ type ViewFields struct {
 // profile and what f asks for. Deleted or unknown users come back with an
 // empty Profile.
 func (u *Users) ViewUsers(ctx context.Context, org string, users []string, f ViewFields) ([]SegmentView, error) {
+	if len(users) <= readRoundTripUsers {
+		return u.viewUsers(ctx, org, users, f)
+	}
+	// A round trip a chunk (see readRoundTripUsers): segmentctl verify
+	// reads again every user it found a difference of.
+	out := make([]SegmentView, 0, len(users))
+	for chunk := range slices.Chunk(users, readRoundTripUsers) {
+		vs, err := u.viewUsers(ctx, org, chunk, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs...)
+	}
+	return out, nil
+}
+
+func (u *Users) viewUsers(ctx context.Context, org string, users []string, f ViewFields) ([]SegmentView, error) {
 	fields := []string{"r", "p"}
 	if f.Outbox {
 		fields = append(fields, "o", "k", "j")

@@ -864,21 +864,29 @@ func userFromProfileKey(key string) (UserRef, bool) {
 	return UserRef{OrgID: org, UserID: user}, ok
 }
 
-// UserSegmentSets returns the public segment set of each user, pipelined.
+// UserSegmentSets returns the public segment set of each user, pipelined,
+// readRoundTripUsers users a round trip: a caller may ask for every stored
+// user of an organisation (segmentctl verify), and one pipeline of a
+// million reads outlasts the client's timeouts.
 func (u *Users) UserSegmentSets(ctx context.Context, org string, users []string) ([][]string, error) {
-	pipe := u.rdb.Pipeline()
-	cmds := make([]*redis.StringSliceCmd, len(users))
-	for i, user := range users {
-		cmds[i] = pipe.SMembers(ctx, UserSegmentsKey(org, user))
-	}
-	if len(users) > 0 {
+	out := make([][]string, 0, len(users))
+	for chunk := range slices.Chunk(users, readRoundTripUsers) {
+		pipe := u.rdb.Pipeline()
+		cmds := make([]*redis.StringSliceCmd, len(chunk))
+		for i, user := range chunk {
+			cmds[i] = pipe.SMembers(ctx, UserSegmentsKey(org, user))
+		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("user segment sets: %w", err)
 		}
-	}
-	out := make([][]string, len(users))
-	for i := range cmds {
-		out[i] = cmds[i].Val()
+		for _, c := range cmds {
+			out = append(out, c.Val())
+		}
 	}
 	return out, nil
 }
+
+// readRoundTripUsers bounds the users whose reads one pipelined round trip
+// of UserSegmentSets or ViewUsers carries: ~0.1 s of Redis's time, far
+// within the client's 3 s timeouts.
+const readRoundTripUsers = 10_000

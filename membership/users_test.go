@@ -227,3 +227,64 @@ func TestClientAuth(t *testing.T) {
 		})
 	}
 }
+
+// pipelineSizes records the size of the largest pipeline a client sends.
+type pipelineSizes struct{ largest int }
+
+func (p *pipelineSizes) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (p *pipelineSizes) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (p *pipelineSizes) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		p.largest = max(p.largest, len(cmds))
+		return next(ctx, cmds)
+	}
+}
+
+// TestReadsOfManyUsersInBoundedRoundTrips reads the segment sets and the
+// states of more users than one round trip should carry: segmentctl
+// verify asks for those of every stored user of an organisation at once,
+// and a single pipeline of a million users' reads outlasts the client's
+// 3 s timeouts (it failed with an i/o timeout, after its retries, on an
+// organisation of a million users). Each round trip must stay bounded,
+// and the answers must still come back in the order of the users.
+func TestReadsOfManyUsersInBoundedRoundTrips(t *testing.T) {
+	testenv.OnEachRedis(t, func(t *testing.T, rdb redis.UniversalClient) {
+		testenv.RealRedisOnly(t, rdb, "tens of thousands of keys")
+		ctx := context.Background()
+		org := testenv.Org(t, rdb, "org")
+		const n = 25_000
+		ids := make([]string, n)
+		pipe := rdb.Pipeline()
+		for i := range ids {
+			ids[i] = fmt.Sprintf("u%05d", i)
+			pipe.SAdd(ctx, membership.UserSegmentsKey(org, ids[i]), fmt.Sprintf("seg_%d", i))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+		sizes := &pipelineSizes{}
+		rdb.AddHook(sizes)
+		users := membership.NewUsers(rdb)
+		sets, err := users.UserSegmentSets(ctx, org, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range sets {
+			if want := fmt.Sprintf("seg_%d", i); len(s) != 1 || s[0] != want {
+				t.Fatalf("user %s: segment set %v, want [%s]", ids[i], s, want)
+			}
+		}
+		views, err := users.ViewUsers(ctx, org, ids, membership.ViewFields{Segment: "seg_7"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range views {
+			if v.UserID != ids[i] || v.Member != (i == 7) {
+				t.Fatalf("view %d: %+v", i, v)
+			}
+		}
+		if sizes.largest > 20_000 {
+			t.Fatalf("one round trip carried %d commands for %d users: unbounded", sizes.largest, n)
+		}
+	})
+}

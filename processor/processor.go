@@ -62,6 +62,12 @@ type Header struct {
 // a connection that a broker or a proxy closed included, is retried.
 var ErrFetcherClosed = errors.New("fetcher closed")
 
+// ErrRecordTooLarge is what a Producer's Produce returns, wrapped, when a
+// topic refused a record for its size (a topic's max.message.bytes below
+// the broker's default, which the dead letters' cut assumes): the
+// processor then writes the batch's dead letters without their values.
+var ErrRecordTooLarge = errors.New("record too large for its topic")
+
 // Fetcher is the consumer side of the profile topic, as a member of a
 // consumer group.
 type Fetcher interface {
@@ -1024,6 +1030,9 @@ func (p *Processor) publish(ctx context.Context, wb *written) error {
 		}
 	}
 	if err != nil {
+		if errors.Is(err, ErrRecordTooLarge) && p.dropDeadLetterValues(wb) {
+			p.cfg.Logger.Warn("the DLQ topic refused a dead letter for its size; the batch's dead letters go without their values", "topic", p.cfg.DLQTopic)
+		}
 		return err
 	}
 	m.countChanges(wb.changes)
@@ -1123,6 +1132,26 @@ func (p *Processor) deadLetter(msg Record, reason string) Record {
 		dl.Value = dl.Value[:dlqMaxValue]
 	}
 	return dl
+}
+
+// dropDeadLetterValues empties the value of every dead letter of wb that
+// has one, saying its length in segmentd-truncated-from (the source headers
+// still say where the record is), and reports whether it changed any: a
+// DLQ topic that takes no record of the size cut to by deadLetter would
+// otherwise hold the partition for ever.
+func (p *Processor) dropDeadLetterValues(wb *written) bool {
+	changed := false
+	for i := range wb.dlq {
+		dl := &wb.dlq[i]
+		if len(dl.Value) == 0 {
+			continue
+		}
+		if !slices.ContainsFunc(dl.Headers, func(h Header) bool { return h.Key == "segmentd-truncated-from" }) {
+			dl.Headers = append(dl.Headers, Header{Key: "segmentd-truncated-from", Value: []byte(strconv.Itoa(len(dl.Value)))})
+		}
+		dl.Value, changed = nil, true
+	}
+	return changed
 }
 
 type decodedEvent struct {

@@ -617,6 +617,61 @@ func TestHugeInvalidRecordIsDeadLettered(t *testing.T) {
 	}
 }
 
+// TestDeadLetterRefusedForItsSizeStillMovesOn runs with a DLQ topic whose
+// record limit (max.message.bytes) is below an invalid record that the
+// profile topic took: the dead letter goes to the DLQ without its value
+// (the headers still say where the record is and how long it was), the
+// partition moves on to the valid event behind it, and that event's change
+// is published (repeated once at most, by the retry), rather than the batch
+// being retried for ever with its change events published again at each
+// attempt.
+func TestDeadLetterRefusedForItsSizeStillMovesOn(t *testing.T) {
+	r := newRig(t, testenv.RedisClient(t))
+	r.dlq = testenv.UniqueName(t, "smalldlq")
+	cl := &kafka.Client{Addr: kafka.TCP(r.brokers...), Timeout: 10 * time.Second}
+	resp, err := cl.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: r.dlq, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "4000"}}}}})
+	if err == nil {
+		err = resp.Errors[r.dlq]
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.CreateTopic(t, r.brokers, r.dlq, 1) // waits for its leader
+	r.segment(t, "points", segment.Criteria{Include: []segment.Criterion{{Field: "points", Operator: ">=", Value: 1000.0, HasValue: true}}})
+	r.start(t)
+	big := `{"userId":"u1","junk":"` + strings.Repeat("x", 8000) + `"}`
+	r.produce(t, `{"eventId":"e1","type":"profile.created","orgId":"`+r.org+`","userId":"u1","version":1,"profile":{"points":2000}}`, big,
+		`{"eventId":"e2","type":"profile.updated","orgId":"`+r.org+`","userId":"u1","version":2,"changes":{"tier":"gold"}}`)
+	r.waitCommitted(t, 3)
+	dl := readTopic(t, r.brokers, r.dlq, 1, 30*time.Second)
+	if len(dl) != 1 {
+		t.Fatalf("dead letters: %d, want 1", len(dl))
+	}
+	h := map[string]string{}
+	for _, x := range dl[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if h["segmentd-truncated-from"] != strconv.Itoa(len(big)) || h["segmentd-error"] == "" || h["segmentd-source-offset"] != "1" {
+		t.Errorf("dead letter: %d bytes, headers %v", len(dl[0].Value), h)
+	}
+	// The attempt the DLQ refused may have published the change already:
+	// the retry repeats it once, under the same id.
+	chg := readAll(t, r.brokers, r.membershipT)
+	ids := map[string]bool{}
+	for _, m := range chg {
+		c, err := events.DecodeChange(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[c.EventID] = true
+	}
+	if len(chg) == 0 || len(chg) > 2 || len(ids) != 1 {
+		t.Errorf("%d change events published with %d ids, want u1's entry once (twice at most, with one id)", len(chg), len(ids))
+	}
+}
+
 // TestBatchBytesBounded produces a backlog of 30 records of ~800 KB: a
 // batch takes at most MaxBatchBytes of them (and one record), not
 // BatchSize, since every stage of the pipeline holds a batch. The long
