@@ -1,7 +1,7 @@
 # segmentd: build, run, test and benchmark.
 GO ?= go
 
-.PHONY: all build run test test-embedded unit bench fmt vet lint clean
+.PHONY: all build run test test-embedded unit bench fmt vet clean
 
 all: build
 

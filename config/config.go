@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Config is segmentd's validated configuration.
@@ -273,10 +275,16 @@ func apiKeys(v string) (map[string]string, error) {
 			// Not quoted: a pair written the wrong way round has its key there.
 			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: its orgId (before the first colon) must be 1-100 characters of [a-zA-Z0-9_.-]", i+1)}
 		}
-		if len(key) < 16 {
+		if !utf8.ValidString(key) {
+			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key is not valid UTF-8", i+1)}
+		}
+		// Characters, not bytes: a key of 8 two-byte characters is short.
+		if utf8.RuneCountInString(key) < 16 {
 			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key must be at least 16 characters", i+1)}
 		}
-		if strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		// Printable: no control character, ASCII or not (U+0085), and no
+		// line or paragraph separator (U+2028, U+2029).
+		if strings.ContainsFunc(key, func(r rune) bool { return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' }) {
 			return nil, &Error{Var: "SEGMENTD_API_KEYS", Value: "<redacted>", Reason: fmt.Sprintf("pair %d: key holds a control character (a line break? pairs are separated by commas)", i+1)}
 		}
 		// A colon in the key is most often the next pair, written after a

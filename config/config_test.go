@@ -106,6 +106,31 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
+// TestAPIKeyLengthInCharacters holds SEGMENTD_API_KEYS to what the README
+// and segmentd -h say: keys of 16 characters or more, printable. A key of 8
+// two-byte characters is 16 bytes but 8 characters, and a key holding a
+// non-ASCII control character or line break (U+0085, U+2028) or bytes that
+// are not UTF-8 is not printable: each must stop start-up.
+func TestAPIKeyLengthInCharacters(t *testing.T) {
+	for name, key := range map[string]string{
+		"8 two-byte characters": "éééééééé",
+		"next line (U+0085)":    "sk_acme_01234567\u008589abcdef",
+		"line separator":        "sk_acme_01234567\u202889abcdef",
+		"not UTF-8":             "sk_acme_01234567\xff89abcdef",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(envOf(map[string]string{"SEGMENTD_API_KEYS": "acme:" + key}))
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Var != "SEGMENTD_API_KEYS" {
+				t.Fatalf("key %q: err = %v, want a config error naming SEGMENTD_API_KEYS", key, err)
+			}
+		})
+	}
+	if _, err := Load(envOf(map[string]string{"SEGMENTD_API_KEYS": "acme:éééééééééééééééé"})); err != nil {
+		t.Fatalf("a key of 16 printable characters: %v", err)
+	}
+}
+
 func TestLoadClientNeedsNoKeys(t *testing.T) {
 	if _, err := LoadClient(envOf(map[string]string{"SEGMENTD_KAFKA_BROKERS": "127.0.0.1:9092", "SEGMENTD_REDIS_ADDRS": "127.0.0.1:6379"})); err != nil {
 		t.Fatal(err)
