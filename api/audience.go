@@ -108,8 +108,8 @@ func (s *Server) audienceSearch(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if len(over) > 0 {
-		s.fail(w, r, unwrapCriteria(&segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: over}))
+	if err := overLimits(over); err != nil {
+		s.fail(w, r, unwrapCriteria(err))
 		return
 	}
 	// Checked before a search slot is taken: criteria that cannot be valid

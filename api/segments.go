@@ -130,11 +130,7 @@ func (s *Server) createSegment(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	err = fe.err()
-	if err == nil {
-		err = b.criteriaOver()
-	}
-	if err != nil {
+	if err := b.check(fe); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -639,11 +635,7 @@ func (s *Server) replaceSegment(w http.ResponseWriter, r *http.Request) {
 	if cur.Type == segment.TypeDynamic && b.UserIDs != nil {
 		fe.add("userIds", "userIds are only allowed for static segments")
 	}
-	err = fe.err()
-	if err == nil {
-		err = b.criteriaOver()
-	}
-	if err != nil {
+	if err := b.check(fe); err != nil {
 		s.fail(w, r, err)
 		return
 	}

@@ -304,11 +304,7 @@ func stringElements(raw json.RawMessage) (int, bool) {
 			return n, true
 		case '"':
 			n++
-			for i++; i < len(raw) && raw[i] != '"'; i++ {
-				if raw[i] == '\\' {
-					i++ // the escaped character
-				}
-			}
+			i = stringEnd(raw, i)
 		default:
 			return 0, false
 		}
@@ -336,13 +332,22 @@ type segmentBody struct {
 	CriteriaOver []segment.FieldError
 }
 
-// criteriaOver returns the limit error of b's criteria lists that are
-// too long, or nil.
-func (b segmentBody) criteriaOver() error {
-	if len(b.CriteriaOver) == 0 {
+// check returns the first of fe's problems, then of b's criteria lists
+// that are too long (see overLimits), or nil.
+func (b segmentBody) check(fe fieldErrors) error {
+	if err := fe.err(); err != nil {
+		return err
+	}
+	return overLimits(b.CriteriaOver)
+}
+
+// overLimits returns the limit error of criteria lists longer than a
+// segment may have (see decodeCriteria), or nil when there are none.
+func overLimits(over []segment.FieldError) error {
+	if len(over) == 0 {
 		return nil
 	}
-	return &segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: b.CriteriaOver}
+	return &segment.ValidationError{Code: segment.CodeLimitExceeded, Errors: over}
 }
 
 // applyTo puts the body's editable fields that are present on d, and
@@ -473,11 +478,7 @@ func arrayLen(raw json.RawMessage) int {
 			if depth == 1 && !counted {
 				n, counted = n+1, true
 			}
-			for i++; i < len(raw) && raw[i] != '"'; i++ {
-				if raw[i] == '\\' {
-					i++ // the escaped character
-				}
-			}
+			i = stringEnd(raw, i)
 		default: // a number, true, false or null
 			if depth == 1 && !counted {
 				n, counted = n+1, true
@@ -485,6 +486,17 @@ func arrayLen(raw json.RawMessage) int {
 		}
 	}
 	return n
+}
+
+// stringEnd returns the index of the quote that ends the JSON string whose
+// opening quote is at raw[i] (len(raw) when it does not end).
+func stringEnd(raw []byte, i int) int {
+	for i++; i < len(raw) && raw[i] != '"'; i++ {
+		if raw[i] == '\\' {
+			i++ // the escaped character
+		}
+	}
+	return i
 }
 
 // decodeCriterion decodes {"field", "operator", "value"}; HasValue is set

@@ -565,7 +565,8 @@ func (s *Definitions) List(ctx context.Context, org string, opts ListOptions) ([
 			// The type and status first: a definition the page leaves out
 			// costs a scan of its JSON, not the decoding of its criteria
 			// (up to segment.MaxCriteriaBytes each, in an organisation of
-			// segment.MaxSegmentsPerOrg).
+			// segment.MaxSegmentsPerOrg). JSON that does not read here
+			// does not decode below either, and is reported there.
 			var head struct {
 				Type   string `json:"type"`
 				Status string `json:"status"`
@@ -577,9 +578,6 @@ func (s *Definitions) List(ctx context.Context, org string, opts ListOptions) ([
 			d, err := decodeDefinition(raw)
 			if err != nil {
 				return nil, "", fmt.Errorf("list segments of %s: %s: %w", org, ids[i], err)
-			}
-			if d.Status == segment.StatusDeleting || (opts.Type != "" && d.Type != opts.Type) {
-				continue
 			}
 			if len(out) == limit {
 				return out, base64.RawURLEncoding.EncodeToString([]byte(out[limit-1].ID)), nil

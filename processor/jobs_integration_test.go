@@ -1886,7 +1886,7 @@ func TestVerifyLooksAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []processor.Difference{{OrgID: r.org, SegmentID: seg, UserID: "u0", Want: false, Where: "user"}}
+	want := []processor.Difference{{OrgID: r.org, SegmentID: seg, UserID: "u0", Want: false, Where: processor.WhereUser}}
 	if !slices.Equal(diffs, want) {
 		t.Errorf("differences %v, want %v", diffs, want)
 	}

@@ -19,25 +19,37 @@ type Difference struct {
 	OrgID, SegmentID, UserID string
 	// Want is whether the user should be a member.
 	Want bool
-	// Where names the set that disagrees: "segment" (seg:…:members) or
-	// "user" (user:…:segments); "unreadable" is a user whose stored
-	// profile cannot be decoded (no SegmentID, no Want), not checked;
-	// "uncompilable" is a ready segment whose stored criteria no longer
-	// compile (no UserID, no Want), whose members are not checked; "not a
-	// set" is a ready segment whose member set holds another type (no
-	// UserID, no Want): its wanted members are reported missing too.
+	// Where names the set that disagrees, or what could not be checked:
+	// one of the Where* constants.
 	Where string
 }
 
+// What a Difference's Where names.
+const (
+	// WhereSegment is the segment's member set (seg:…:members).
+	WhereSegment = "segment"
+	// WhereUser is the user's segment set (user:…:segments).
+	WhereUser = "user"
+	// WhereUnreadable is a user whose stored profile cannot be decoded (no
+	// SegmentID, no Want), not checked.
+	WhereUnreadable = "unreadable"
+	// WhereUncompilable is a ready segment whose stored criteria no longer
+	// compile (no UserID, no Want), whose members are not checked.
+	WhereUncompilable = "uncompilable"
+	// WhereNotASet is a ready segment whose member set holds another type
+	// (no UserID, no Want): its wanted members are reported missing too.
+	WhereNotASet = "not a set"
+)
+
 // String describes the difference in one line.
 func (d Difference) String() string {
-	if d.Where == "unreadable" {
+	if d.Where == WhereUnreadable {
 		return fmt.Sprintf("%s: user %s has a stored profile that cannot be decoded (%s): not checked", d.OrgID, d.UserID, membership.ProfileKey(d.OrgID, d.UserID))
 	}
-	if d.Where == "uncompilable" {
+	if d.Where == WhereUncompilable {
 		return fmt.Sprintf("%s/%s: the stored criteria no longer compile (segmentd leaves the segment out; save its criteria again): not checked", d.OrgID, d.SegmentID)
 	}
-	if d.Where == "not a set" {
+	if d.Where == WhereNotASet {
 		return fmt.Sprintf("%s/%s: the member set %s holds another type than a set (segmentd skips it): restore it or remove it", d.OrgID, d.SegmentID, membership.SegmentMembersKey(d.OrgID, d.SegmentID))
 	}
 	verb := "missing from"
@@ -141,7 +153,7 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 	byOrg := map[string][]string{}
 	listed := map[string]bool{}
 	for _, d := range diffs {
-		if d.Where == "uncompilable" || d.Where == "not a set" {
+		if d.Where == WhereUncompilable || d.Where == WhereNotASet {
 			continue // no user
 		}
 		if k := d.OrgID + "\x00" + d.UserID; !listed[k] {
@@ -180,7 +192,7 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 	type segUser struct{ org, seg, user string }
 	asked := map[segKey][]string{}
 	for _, d := range diffs {
-		if d.Where == "segment" {
+		if d.Where == WhereSegment {
 			k := segKey{d.OrgID, d.SegmentID}
 			asked[k] = append(asked[k], d.UserID)
 		}
@@ -207,15 +219,15 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 			// and its memberships not checked.
 			if !reported[k] {
 				reported[k] = true
-				out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: "unreadable"})
+				out = append(out, Difference{OrgID: d.OrgID, UserID: d.UserID, Where: WhereUnreadable})
 			}
 			continue
 		}
-		if d.Where == "unreadable" {
+		if d.Where == WhereUnreadable {
 			continue // a profile written since replaced it
 		}
 		cur, ok := current[d.OrgID+"/"+d.SegmentID]
-		if d.Where == "uncompilable" {
+		if d.Where == WhereUncompilable {
 			if ok && cur.Status == segment.StatusReady {
 				if _, err := segment.Compile(cur.Criteria); err != nil {
 					out = append(out, d)
@@ -227,7 +239,7 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		if !ok || cur.Status != segment.StatusReady || cur.Generation != vr.generation {
 			continue // deleted, or rebuilding new criteria, since the pass
 		}
-		if d.Where == "not a set" {
+		if d.Where == WhereNotASet {
 			if _, err := sets.AllMembers(ctx, d.OrgID, d.SegmentID); errors.Is(err, membership.ErrNotASet) {
 				out = append(out, d)
 			} else if err != nil {
@@ -237,7 +249,7 @@ func recheck(ctx context.Context, defs DefinitionLister, users ProfileScanner, s
 		}
 		want := profiles[k] != nil && vr.rule.Match(profiles[k], now)
 		var got bool
-		if d.Where == "segment" {
+		if d.Where == WhereSegment {
 			got = inSegment[segUser{d.OrgID, d.SegmentID, d.UserID}]
 		} else {
 			got = slices.Contains(segSets[k], d.SegmentID)
@@ -258,7 +270,7 @@ func sortDifferences(diffs []Difference) {
 		if a.OrgID != b.OrgID {
 			return a.OrgID < b.OrgID
 		}
-		if ua, ub := a.Where == "unreadable", b.Where == "unreadable"; ua != ub {
+		if ua, ub := a.Where == WhereUnreadable, b.Where == WhereUnreadable; ua != ub {
 			return ua
 		}
 		if a.SegmentID != b.SegmentID {
@@ -314,7 +326,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			if err != nil {
 				// Valid when stored, refused by this build (segmentd logs
 				// and leaves it out): reported, and the others checked.
-				diffs = append(diffs, Difference{OrgID: org, SegmentID: d.ID, Where: "uncompilable"})
+				diffs = append(diffs, Difference{OrgID: org, SegmentID: d.ID, Where: WhereUncompilable})
 				continue
 			}
 			rules[d.ID] = r
@@ -334,7 +346,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 				if err != nil {
 					// Reported, and the rest checked: the stream and the jobs
 					// leave such a user alone too.
-					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: "unreadable"})
+					diffs = append(diffs, Difference{OrgID: org, UserID: sp.UserID, Where: WhereUnreadable})
 					unreadable[sp.UserID] = true
 					continue
 				}
@@ -371,7 +383,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			if errors.Is(err, membership.ErrNotASet) {
 				// Reported, with every member it should hold, and the
 				// other segments checked.
-				diffs = append(diffs, Difference{OrgID: org, SegmentID: id, Where: "not a set"})
+				diffs = append(diffs, Difference{OrgID: org, SegmentID: id, Where: WhereNotASet})
 				members, err = nil, nil
 			}
 			if err != nil {
@@ -381,17 +393,17 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			for _, m := range members {
 				got[m] = true
 				if !want[id][m] && !unreadable[m] {
-					diffs = append(diffs, Difference{org, id, m, false, "segment"})
+					diffs = append(diffs, Difference{org, id, m, false, WhereSegment})
 				}
 			}
 			for u := range want[id] {
 				if !got[u] {
-					diffs = append(diffs, Difference{org, id, u, true, "segment"})
+					diffs = append(diffs, Difference{org, id, u, true, WhereSegment})
 				}
 			}
 			for _, u := range userIDs {
 				if userHas[u][id] != want[id][u] {
-					diffs = append(diffs, Difference{org, id, u, want[id][u], "user"})
+					diffs = append(diffs, Difference{org, id, u, want[id][u], WhereUser})
 				}
 			}
 			for _, m := range members {
@@ -425,7 +437,7 @@ func verifyPass(ctx context.Context, defs DefinitionLister, users ProfileScanner
 			for i, u := range ids {
 				for _, s := range own[i] {
 					if rules[s] != nil {
-						diffs = append(diffs, Difference{org, s, u, false, "user"})
+						diffs = append(diffs, Difference{org, s, u, false, WhereUser})
 					}
 				}
 			}

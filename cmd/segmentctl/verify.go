@@ -59,9 +59,9 @@ func verify(ctx context.Context, e env, args []string, stdout io.Writer) error {
 		unreadable, uncompilable := 0, 0
 		for _, d := range diffs {
 			switch d.Where {
-			case "unreadable":
+			case processor.WhereUnreadable:
 				unreadable++
-			case "uncompilable":
+			case processor.WhereUncompilable:
 				uncompilable++
 			}
 		}
